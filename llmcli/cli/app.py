@@ -1,0 +1,73 @@
+"""The typer application and the error boundary every command shares."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..errors import LlmcliError
+
+app = typer.Typer(
+    name="llmcli",
+    help="Run large language models on your own CPU: convert, quantize, run and bench GGUF models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    """Run large language models on your own CPU. Add --verbose to see tracebacks."""
+    if version:
+        from .. import __version__
+
+        print(f"llmcli {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+        raise typer.Exit(0)
+
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+# Command modules, each adding its command(s) to `app` when imported. Order = help order.
+COMMAND_MODULES = [
+    "inspect_cmd",
+]
+
+
+def _register_commands() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}")
+
+
+def _report(error: LlmcliError) -> int:
+    """One red line on stderr; the exit code for an expected failure."""
+    err_console.print("[bold red]error:[/] " + escape(str(error)), soft_wrap=True)
+    return 1
+
+
+def run_app(argv: list[str]) -> None:
+    _register_commands()
+    verbose = "--verbose" in argv or os.environ.get("LLMCLI_VERBOSE") == "1"
+    argv = [a for a in argv if a != "--verbose"]
+    try:
+        app(args=argv, prog_name="llmcli", standalone_mode=True)
+    except LlmcliError as e:
+        if verbose:
+            raise
+        raise SystemExit(_report(e))
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
