@@ -1,0 +1,8 @@
+"""ggml block formats: quantize and dequantize byte-exactly as ggml does, one module per family.
+
+Importing this package registers every codec; use `quantize`, `dequantize` and `get_codec`.
+"""
+
+from .registry import CODECS, Codec, dequantize, get_codec, quantizable_types, quantize, register
+
+__all__ = ["CODECS", "Codec", "dequantize", "get_codec", "quantizable_types", "quantize", "register"]
