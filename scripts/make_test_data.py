@@ -66,6 +66,23 @@ def main() -> None:
         shutil.copy(ref / "gguf" / f"{name}.llamacpp.json", out)
     for fname in SMALL_GGUFS:
         shutil.copy(ref / "gguf" / fname, out / fname)
+
+    # K-quant model: the f16 GGUF llama.cpp wrote, llama-quantize's per-tensor records for every
+    # type, and llama.cpp's logits. The quantized GGUFs themselves are not kept: the per-tensor
+    # sha256 in kq/types/*.json pin every byte of them.
+    kq = DATA / "kq"
+    if kq.exists():
+        shutil.rmtree(kq)
+    kq.mkdir(parents=True)
+    for fname in ("kq-f16.gguf", "index.json", "determinism.json"):
+        shutil.copy(ref / "kq" / fname, kq / fname)
+    shutil.copytree(ref / "kq" / "types", kq / "types")
+    shutil.copytree(ref / "kq" / "llamacpp", kq / "llamacpp")
+    shutil.copytree(ref / "kq" / "hf", kq / "hf", ignore=shutil.ignore_patterns("model.safetensors"))
+
+    demo = DATA / "demo"
+    demo.mkdir(exist_ok=True)
+    shutil.copy(ref / "gemma3-270m" / "llamacpp.json", demo / "llamacpp.json")
     print(f"wrote {DATA}")
 
 
