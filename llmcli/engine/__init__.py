@@ -1,0 +1,1 @@
+"""The inference engine: kernels, KV cache, runtime tokenizer, sampling, generation."""
