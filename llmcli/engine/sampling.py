@@ -1,0 +1,136 @@
+"""Token sampling as llama.cpp's default chain does it.
+
+llama.cpp's common sampler applies, in this order (common/common.h `samplers`):
+penalties -> top-k -> top-p -> min-p -> temperature -> draw. (DRY, top-n-sigma, typical-p and XTC sit
+in between but are disabled by default, so they are left out.) With `temp <= 0` the chain is greedy:
+the highest logit wins. Defaults are llama.cpp's: temp 0.8, top-k 40, top-p 0.95, min-p 0.05,
+repeat-penalty 1.0 over the last 64 tokens, random seed.
+
+The random draw uses numpy's PCG64, so a seed reproduces our own output, not llama.cpp's (which
+draws with std::mt19937 and std::discrete_distribution).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections import Counter, deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BadInputError
+
+
+@dataclass
+class SamplingParams:
+    temp: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64  # -1: the whole context
+    seed: int | None = None  # None: a fresh random seed
+
+    def validate(self) -> "SamplingParams":
+        checks = [
+            (math.isfinite(self.temp) and self.temp >= 0, f"--temp must be >= 0, got {self.temp}"),
+            (self.top_k >= 0, f"--top-k must be >= 0 (0 disables it), got {self.top_k}"),
+            (0.0 < self.top_p <= 1.0, f"--top-p must be in (0, 1], got {self.top_p}"),
+            (0.0 <= self.min_p <= 1.0, f"--min-p must be in [0, 1], got {self.min_p}"),
+            (math.isfinite(self.repeat_penalty) and self.repeat_penalty > 0,
+             f"--repeat-penalty must be > 0, got {self.repeat_penalty}"),
+            (self.repeat_last_n >= -1, f"--repeat-last-n must be >= -1, got {self.repeat_last_n}"),
+            (self.seed is None or 0 <= self.seed < 2**64, f"--seed must be in [0, 2^64), got {self.seed}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BadInputError(message)
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temp <= 0.0
+
+
+class Sampler:
+    """Picks the next token from a row of logits; remembers recent tokens for the repeat penalty.
+
+    Feed every token the model has seen (prompt and generated) through `accept`, as llama.cpp's
+    completion tool does, so the penalty window covers both.
+    """
+
+    def __init__(self, params: SamplingParams, ctx_size: int = 4096):
+        self.params = params.validate()
+        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
+        self.rng = np.random.Generator(np.random.PCG64(self.seed))
+        window = ctx_size if params.repeat_last_n == -1 else params.repeat_last_n
+        self._history: deque[int] = deque(maxlen=max(window, 0))
+
+    def reset(self) -> None:
+        self._history.clear()
+        self.rng = np.random.Generator(np.random.PCG64(self.seed))
+
+    def accept(self, token: int) -> None:
+        if self._history.maxlen:
+            self._history.append(int(token))
+
+    def sample(self, logits: np.ndarray) -> int:
+        logits = self.apply_penalties(logits)
+        if self.params.greedy:
+            return int(np.argmax(logits))
+        ids, kept = self.candidates(logits)
+        kept = kept.astype(np.float64) / self.params.temp
+        probs = np.exp(kept - kept.max())
+        probs /= probs.sum()
+        return int(ids[min(np.searchsorted(np.cumsum(probs), self.rng.random(), side="right"),
+                           len(ids) - 1)])
+
+    # -- the chain's filters, public so they can be tested one by one ---------------------------------
+
+    def apply_penalties(self, logits: np.ndarray) -> np.ndarray:
+        """Repeat penalty on every token in the window: positive logits divided, others multiplied."""
+        penalty = self.params.repeat_penalty
+        if penalty == 1.0 or not self._history:
+            return logits
+        logits = np.array(logits, dtype=np.float32, copy=True)
+        ids = np.fromiter(Counter(self._history).keys(), dtype=np.int64)
+        values = logits[ids]
+        logits[ids] = np.where(values <= 0, values * np.float32(penalty), values / np.float32(penalty))
+        return logits
+
+    def candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """top-k, then top-p, then min-p: the ids that may be drawn (best first) and their logits."""
+        p = self.params
+        logits = np.asarray(logits, dtype=np.float32)
+        n = logits.shape[0]
+        k = n if p.top_k <= 0 else min(p.top_k, n)
+        if k < n:
+            ids = np.argpartition(-logits, k - 1)[:k]
+        else:
+            ids = np.arange(n)
+        ids = ids[np.argsort(-logits[ids], kind="stable")]
+        kept = logits[ids]
+        ids, kept = top_p_filter(ids, kept, p.top_p)
+        return min_p_filter(ids, kept, p.min_p)
+
+
+def top_p_filter(ids: np.ndarray, logits: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the shortest best-first prefix whose probability mass reaches `top_p` (at least one)."""
+    if top_p >= 1.0:
+        return ids, logits
+    probs = np.exp((logits - logits[0]).astype(np.float32))
+    probs /= probs.sum(dtype=np.float32)
+    cumulative = np.cumsum(probs, dtype=np.float32)
+    last = int(np.searchsorted(cumulative, np.float32(top_p), side="left")) + 1
+    last = min(max(last, 1), len(ids))
+    return ids[:last], logits[:last]
+
+
+def min_p_filter(ids: np.ndarray, logits: np.ndarray, min_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep tokens whose probability is at least `min_p` times the best one's (at least one)."""
+    if min_p <= 0.0 or len(ids) == 0:
+        return ids, logits
+    keep = logits >= logits[0] + np.float32(math.log(min_p))
+    keep[0] = True
+    return ids[keep], logits[keep]
