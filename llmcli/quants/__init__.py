@@ -3,6 +3,7 @@
 Importing this package registers every codec; use `quantize`, `dequantize` and `get_codec`.
 """
 
+from . import floats, iquants, legacy  # noqa: F401  (register their codecs)
 from .registry import CODECS, Codec, dequantize, get_codec, quantizable_types, quantize, register
 
 __all__ = ["CODECS", "Codec", "dequantize", "get_codec", "quantizable_types", "quantize", "register"]

@@ -1,0 +1,110 @@
+"""Float formats: F32, F16, BF16 — element-wise, one value per "block".
+
+What ggml does when llama-quantize (`ggml_quantize_chunk`) writes these types:
+- F16: `ggml_fp32_to_fp16_row`, a bit-manipulating conversion that rounds to nearest even for every
+  finite value (subnormals included, overflow -> inf) and writes every NaN as the canonical quiet NaN
+  0x7E00 with the input's sign. LLVM's `fptrunc` rounds the same way; only NaN needs a fix-up.
+- BF16: `ggml_fp32_to_bf16_row_ref`: round to nearest even by adding 0x7FFF plus the lowest kept
+  bit, no flush of subnormals; a NaN keeps its top 16 bits with the quiet bit (0x40) forced on.
+- Back to float32: F16 widens exactly (a signalling NaN comes back quieted, as ggml's conversion does);
+  BF16 is the top half of a float32, so widening is a shift.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..gguf.constants import GGMLType
+from .half import f32_bits, f32_from_bits, fp16_to_fp32, fp32_to_fp16
+from .registry import Codec, register
+
+F16_CANONICAL_NAN = 0x7E00
+BF16_QUIET_BIT = 0x0040
+
+
+# Layout of all three formats: a row is a plain little-endian array, one element per value.
+#   F32 : | f32 | f32 | ...      F16 / BF16 : | u16 | u16 | ...
+# Kernels run over the flattened array in prange chunks so one long row still uses every thread.
+_CHUNK = 1 << 16
+
+
+@njit(inline="always")
+def ggml_fp32_to_fp16(v):
+    """float32 -> fp16 bits exactly as ggml's GGML_FP32_TO_FP16 (also used for block scales)."""
+    if v != v:  # NaN: ggml writes the canonical quiet NaN, keeping the sign
+        return np.uint16(((f32_bits(v) >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(F16_CANONICAL_NAN))
+    return fp32_to_fp16(v)
+
+
+@njit(parallel=True, cache=True)
+def _f32_to_f16_kernel(x, out):
+    n = x.size
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            out[i] = ggml_fp32_to_fp16(x[i])
+
+
+@njit(parallel=True, cache=True)
+def _f16_to_f32_kernel(h, out):
+    n = h.size
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            out[i] = fp16_to_fp32(h[i])
+
+
+@njit(parallel=True, cache=True)
+def _f32_to_bf16_kernel(x, out):
+    n = x.size
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            u = f32_bits(x[i])
+            if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN: keep it, make it quiet
+                out[i] = np.uint16(u >> np.uint32(16)) | np.uint16(BF16_QUIET_BIT)
+            else:  # round to nearest even; cannot wrap: the largest finite input stays below 2**32
+                rounding = np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
+                out[i] = np.uint16((u + rounding) >> np.uint32(16))
+
+
+@njit(parallel=True, cache=True)
+def _bf16_to_f32_kernel(h, out):
+    n = h.size
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
+            out[i] = f32_from_bits(np.uint32(h[i]) << np.uint32(16))
+
+
+def _elementwise(kernel, rows: np.ndarray, in_dtype, out_dtype) -> np.ndarray:
+    src = np.ascontiguousarray(rows).view(in_dtype)
+    out = np.empty(src.shape, dtype=out_dtype)
+    kernel(src.reshape(-1), out.reshape(-1))
+    return out
+
+
+def quantize_f32(rows: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rows, dtype=np.float32).view(np.uint8)
+
+
+def dequantize_f32(raw: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(raw).view(np.float32)
+
+
+def quantize_f16(rows: np.ndarray) -> np.ndarray:
+    return _elementwise(_f32_to_f16_kernel, rows, np.float32, np.uint16).view(np.uint8)
+
+
+def dequantize_f16(raw: np.ndarray) -> np.ndarray:
+    return _elementwise(_f16_to_f32_kernel, raw, np.uint16, np.float32)
+
+
+def quantize_bf16(rows: np.ndarray) -> np.ndarray:
+    return _elementwise(_f32_to_bf16_kernel, rows, np.float32, np.uint16).view(np.uint8)
+
+
+def dequantize_bf16(raw: np.ndarray) -> np.ndarray:
+    return _elementwise(_bf16_to_f32_kernel, raw, np.uint16, np.float32)
+
+
+register(Codec(GGMLType.F32, dequantize_f32, quantize_f32))
+register(Codec(GGMLType.F16, dequantize_f16, quantize_f16))
+register(Codec(GGMLType.BF16, dequantize_bf16, quantize_bf16))

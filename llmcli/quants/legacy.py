@@ -1,0 +1,372 @@
+"""Legacy 32-weight block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (and Q8_1, the activation format).
+
+Quantizers reproduce ggml's `quantize_row_*_ref`, which is what llama-quantize runs for these types
+without an imatrix (`ggml_quantize_chunk` -> `quantize_q4_0` -> `quantize_row_q4_0_ref`, ...; Q8_0
+always takes the reference path). Dequantizers reproduce `dequantize_row_*`.
+
+Exactness rules followed in every kernel:
+- float32 arithmetic only, in ggml's order (numba would widen `float32 op python-float` to float64,
+  so every constant is an np.float32); no fused multiply-add (numba does not contract without
+  fastmath, and ggml's reference code is built for baseline x86-64, which has no FMA).
+- C's float -> int8/uint8 casts are x86-64's `cvttss2si` (truncate toward zero; NaN or out of
+  range gives INT32_MIN) followed by keeping the low byte: `_c_float_to_int`.
+- `roundf` rounds half away from zero: `_roundf`.
+- scales go to fp16 through ggml's conversion (`ggml_fp32_to_fp16`); the unrounded float32 scale is
+  what divides the weights, as in ggml.
+
+Kernels work on a flat (n_blocks, 32) view, one prange iteration per block, so a single long row
+still uses every thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..gguf.constants import TYPE_INFO, GGMLType
+from .floats import ggml_fp32_to_fp16
+from .half import fp16_to_fp32
+from .registry import Codec, register
+
+QK = 32  # weights per block in every legacy format
+FLT_MAX = np.float32(3.4028234663852886e38)
+INT32_MIN = -2147483648
+
+
+@njit(inline="always")
+def _c_float_to_int(v):
+    """(int)v as x86-64 computes it: truncate toward zero; NaN/out of range -> INT32_MIN."""
+    if v != v or v >= 2147483648.0 or v < -2147483648.0:
+        return INT32_MIN
+    return np.int32(v)
+
+
+@njit(inline="always")
+def _c_int8(v):
+    """(int8_t)v: the low byte of the 32-bit conversion, read as signed."""
+    return ((_c_float_to_int(v) & 0xFF) ^ 0x80) - 0x80
+
+
+@njit(inline="always")
+def _roundf(v):
+    """C's roundf: nearest integer, halves away from zero (np.round would round halves to even)."""
+    if not (abs(v) < np.float32(8388608.0)):  # |v| >= 2**23 is already integral (or inf/NaN)
+        return v
+    t = np.float32(np.int32(v))
+    frac = v - t  # exact
+    if frac >= np.float32(0.5):
+        t += np.float32(1.0)
+    elif frac <= np.float32(-0.5):
+        t -= np.float32(1.0)
+    return t
+
+
+@njit(inline="always")
+def _put_u16(out, b, pos, h):
+    out[b, pos] = h & 0xFF
+    out[b, pos + 1] = (h >> 8) & 0xFF
+
+
+@njit(inline="always")
+def _get_f16(raw, b, pos):
+    return fp16_to_fp32(np.uint16(raw[b, pos]) | (np.uint16(raw[b, pos + 1]) << np.uint16(8)))
+
+
+@njit(inline="always")
+def _get_u32(raw, b, pos):
+    return (np.uint32(raw[b, pos]) | (np.uint32(raw[b, pos + 1]) << np.uint32(8))
+            | (np.uint32(raw[b, pos + 2]) << np.uint32(16)) | (np.uint32(raw[b, pos + 3]) << np.uint32(24)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Q4_0, 18 bytes per 32 weights; weight = d * (q - 8), q in 0..15
+#
+#   byte  0      2                                  18
+#         +------+----------------------------------+
+#         |  d   | qs[16]: lo nibble = q[j]          |
+#         | fp16 |         hi nibble = q[j + 16]     |
+#         +------+----------------------------------+
+# d = (the value of largest magnitude, sign kept) / -8, so that value maps to q = 0.
+
+@njit(parallel=True, cache=True)
+def _quantize_q4_0(x, out):
+    for b in prange(x.shape[0]):
+        amax = np.float32(0.0)
+        vmax = np.float32(0.0)
+        for j in range(QK):  # first value of largest magnitude wins
+            v = x[b, j]
+            if amax < abs(v):
+                amax = abs(v)
+                vmax = v
+        d = vmax / np.float32(-8.0)
+        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        _put_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        for j in range(QK // 2):
+            q0 = min(15, _c_int8(x[b, j] * inv + np.float32(8.5)))
+            q1 = min(15, _c_int8(x[b, j + QK // 2] * inv + np.float32(8.5)))
+            out[b, 2 + j] = (q0 & 0xFF) | ((q1 << 4) & 0xFF)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_q4_0(raw, y):
+    for b in prange(raw.shape[0]):
+        d = _get_f16(raw, b, 0)
+        for j in range(QK // 2):
+            q = np.int32(raw[b, 2 + j])
+            y[b, j] = np.float32((q & 0x0F) - 8) * d
+            y[b, j + QK // 2] = np.float32((q >> 4) - 8) * d
+
+
+# ---------------------------------------------------------------------------------------------
+# Q4_1, 20 bytes per 32 weights; weight = d * q + m, q in 0..15
+#
+#   byte  0      2      4                                  20
+#         +------+------+----------------------------------+
+#         |  d   |  m   | qs[16]: lo nibble = q[j]          |
+#         | fp16 | fp16 |         hi nibble = q[j + 16]     |
+#         +------+------+----------------------------------+
+# m = block minimum, d = (max - min) / 15.
+
+@njit(parallel=True, cache=True)
+def _quantize_q4_1(x, out):
+    for b in prange(x.shape[0]):
+        vmin = FLT_MAX
+        vmax = -FLT_MAX
+        for j in range(QK):
+            v = x[b, j]
+            if v < vmin:
+                vmin = v
+            if v > vmax:
+                vmax = v
+        d = (vmax - vmin) / np.float32(15.0)
+        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        _put_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        _put_u16(out, b, 2, ggml_fp32_to_fp16(vmin))
+        for j in range(QK // 2):
+            q0 = min(15, _c_int8((x[b, j] - vmin) * inv + np.float32(0.5)))
+            q1 = min(15, _c_int8((x[b, j + QK // 2] - vmin) * inv + np.float32(0.5)))
+            out[b, 4 + j] = (q0 & 0xFF) | ((q1 << 4) & 0xFF)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_q4_1(raw, y):
+    for b in prange(raw.shape[0]):
+        d = _get_f16(raw, b, 0)
+        m = _get_f16(raw, b, 2)
+        for j in range(QK // 2):
+            q = np.int32(raw[b, 4 + j])
+            y[b, j] = np.float32(q & 0x0F) * d + m
+            y[b, j + QK // 2] = np.float32(q >> 4) * d + m
+
+
+# ---------------------------------------------------------------------------------------------
+# Q5_0, 22 bytes per 32 weights; weight = d * (q - 16), q in 0..31
+#
+#   byte  0      2                6                                  22
+#         +------+----------------+----------------------------------+
+#         |  d   | qh: u32 LE,    | qs[16]: lo nibble = q[j] & 15     |
+#         | fp16 | bit j = q[j]>>4|         hi nibble = q[j+16] & 15  |
+#         +------+----------------+----------------------------------+
+# d = (the value of largest magnitude, sign kept) / -16.
+
+@njit(parallel=True, cache=True)
+def _quantize_q5_0(x, out):
+    for b in prange(x.shape[0]):
+        amax = np.float32(0.0)
+        vmax = np.float32(0.0)
+        for j in range(QK):
+            v = x[b, j]
+            if amax < abs(v):
+                amax = abs(v)
+                vmax = v
+        d = vmax / np.float32(-16.0)
+        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        _put_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        qh = 0
+        for j in range(QK // 2):
+            q0 = min(31, _c_int8(x[b, j] * inv + np.float32(16.5))) & 0xFF
+            q1 = min(31, _c_int8(x[b, j + QK // 2] * inv + np.float32(16.5))) & 0xFF
+            out[b, 6 + j] = (q0 & 0x0F) | ((q1 & 0x0F) << 4)
+            qh |= ((q0 & 0x10) >> 4) << j
+            qh |= ((q1 & 0x10) >> 4) << (j + QK // 2)
+        for i in range(4):
+            out[b, 2 + i] = (qh >> (8 * i)) & 0xFF
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_q5_0(raw, y):
+    for b in prange(raw.shape[0]):
+        d = _get_f16(raw, b, 0)
+        qh = np.int64(_get_u32(raw, b, 2))
+        for j in range(QK // 2):
+            q = np.int32(raw[b, 6 + j])
+            hi0 = np.int32((qh >> j) << 4) & 0x10
+            hi1 = np.int32(qh >> (j + 12)) & 0x10
+            y[b, j] = np.float32(((q & 0x0F) | hi0) - 16) * d
+            y[b, j + QK // 2] = np.float32(((q >> 4) | hi1) - 16) * d
+
+
+# ---------------------------------------------------------------------------------------------
+# Q5_1, 24 bytes per 32 weights; weight = d * q + m, q in 0..31
+#
+#   byte  0      2      4                8                                  24
+#         +------+------+----------------+----------------------------------+
+#         |  d   |  m   | qh: u32 LE,    | qs[16]: lo nibble = q[j] & 15     |
+#         | fp16 | fp16 | bit j = q[j]>>4|         hi nibble = q[j+16] & 15  |
+#         +------+------+----------------+----------------------------------+
+# m = block minimum, d = (max - min) / 31; no clamp to 31 in ggml (the cast is to uint8_t).
+
+@njit(parallel=True, cache=True)
+def _quantize_q5_1(x, out):
+    for b in prange(x.shape[0]):
+        vmin = FLT_MAX
+        vmax = -FLT_MAX
+        for j in range(QK):
+            v = x[b, j]
+            if v < vmin:
+                vmin = v
+            if v > vmax:
+                vmax = v
+        d = (vmax - vmin) / np.float32(31.0)
+        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        _put_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        _put_u16(out, b, 2, ggml_fp32_to_fp16(vmin))
+        qh = 0
+        for j in range(QK // 2):
+            q0 = _c_float_to_int((x[b, j] - vmin) * inv + np.float32(0.5)) & 0xFF
+            q1 = _c_float_to_int((x[b, j + QK // 2] - vmin) * inv + np.float32(0.5)) & 0xFF
+            out[b, 8 + j] = (q0 & 0x0F) | ((q1 & 0x0F) << 4)
+            qh |= ((q0 & 0x10) >> 4) << j
+            qh |= ((q1 & 0x10) >> 4) << (j + QK // 2)
+        for i in range(4):
+            out[b, 4 + i] = (qh >> (8 * i)) & 0xFF
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_q5_1(raw, y):
+    for b in prange(raw.shape[0]):
+        d = _get_f16(raw, b, 0)
+        m = _get_f16(raw, b, 2)
+        qh = np.int64(_get_u32(raw, b, 4))
+        for j in range(QK // 2):
+            q = np.int32(raw[b, 8 + j])
+            hi0 = np.int32((qh >> j) << 4) & 0x10
+            hi1 = np.int32(qh >> (j + 12)) & 0x10
+            y[b, j] = np.float32((q & 0x0F) | hi0) * d + m
+            y[b, j + QK // 2] = np.float32((q >> 4) | hi1) * d + m
+
+
+# ---------------------------------------------------------------------------------------------
+# Q8_0, 34 bytes per 32 weights; weight = d * q, q int8
+#
+#   byte  0      2                                  34
+#         +------+----------------------------------+
+#         |  d   | qs[32]: int8 q[j]                 |
+#         | fp16 |                                   |
+#         +------+----------------------------------+
+# d = max|x| / 127, q = roundf(x / d).
+
+@njit(parallel=True, cache=True)
+def _quantize_q8_0(x, out):
+    for b in prange(x.shape[0]):
+        amax = np.float32(0.0)
+        for j in range(QK):
+            a = abs(x[b, j])
+            amax = amax if amax > a else a  # ggml's MAX(amax, fabsf(v)), NaN-propagating as in C
+        d = amax / np.float32(127.0)
+        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        _put_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        for j in range(QK):
+            out[b, 2 + j] = _c_float_to_int(_roundf(x[b, j] * inv)) & 0xFF
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_q8_0(raw, y):
+    for b in prange(raw.shape[0]):
+        d = _get_f16(raw, b, 0)
+        for j in range(QK):
+            y[b, j] = np.float32((np.int32(raw[b, 2 + j]) ^ 0x80) - 0x80) * d
+
+
+# ---------------------------------------------------------------------------------------------
+# Q8_1, 36 bytes per 32 weights: Q8_0 plus s = d * sum(q), the activation format that Q4_1/Q5_1
+# dot products use. ggml has a reference quantizer but no dequantizer; ours returns d * q.
+#
+#   byte  0      2      4                                  36
+#         +------+------+----------------------------------+
+#         |  d   |  s   | qs[32]: int8 q[j]                 |
+#         | fp16 | fp16 |                                   |
+#         +------+------+----------------------------------+
+
+@njit(parallel=True, cache=True)
+def _quantize_q8_1(x, out):
+    for b in prange(x.shape[0]):
+        amax = np.float32(0.0)
+        for j in range(QK):
+            a = abs(x[b, j])
+            amax = amax if amax > a else a
+        d = amax / np.float32(127.0)
+        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        _put_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        total = 0
+        for j in range(QK):
+            q = _c_float_to_int(_roundf(x[b, j] * inv)) & 0xFF
+            out[b, 4 + j] = q
+            total += (q ^ 0x80) - 0x80  # the stored int8, read back
+        _put_u16(out, b, 2, ggml_fp32_to_fp16(np.float32(total) * d))
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_q8_1(raw, y):
+    for b in prange(raw.shape[0]):
+        d = _get_f16(raw, b, 0)
+        for j in range(QK):
+            y[b, j] = np.float32((np.int32(raw[b, 4 + j]) ^ 0x80) - 0x80) * d
+
+
+# type -> (quantize kernel, dequantize kernel); kernels take (n_blocks, 32) f32 and
+# (n_blocks, block_bytes) u8 views.
+KERNELS = {
+    GGMLType.Q4_0: (_quantize_q4_0, _dequantize_q4_0),
+    GGMLType.Q4_1: (_quantize_q4_1, _dequantize_q4_1),
+    GGMLType.Q5_0: (_quantize_q5_0, _dequantize_q5_0),
+    GGMLType.Q5_1: (_quantize_q5_1, _dequantize_q5_1),
+    GGMLType.Q8_0: (_quantize_q8_0, _dequantize_q8_0),
+    GGMLType.Q8_1: (_quantize_q8_1, _dequantize_q8_1),
+}
+
+
+def blockwise_quantizer(kernel, ggml_type: GGMLType):
+    """Wrap a per-block kernel as a codec quantize: float32 (n, k) -> uint8 (n, row_bytes)."""
+    info = TYPE_INFO[ggml_type]
+
+    def quantize_rows(rows: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        n_rows, row_len = rows.shape
+        n_blocks = n_rows * (row_len // info.block_size)
+        out = np.empty((n_rows, info.row_bytes(row_len)), dtype=np.uint8)
+        kernel(rows.reshape(n_blocks, info.block_size), out.reshape(n_blocks, info.block_bytes))
+        return out
+
+    quantize_rows.__name__ = f"quantize_{ggml_type.name.lower()}"
+    return quantize_rows
+
+
+def blockwise_dequantizer(kernel, ggml_type: GGMLType):
+    """Wrap a per-block kernel as a codec dequantize: uint8 (n, row_bytes) -> float32 (n, k)."""
+    info = TYPE_INFO[ggml_type]
+
+    def dequantize_rows(raw: np.ndarray) -> np.ndarray:
+        raw = np.ascontiguousarray(raw).view(np.uint8)
+        n_rows, row_bytes = raw.shape
+        n_blocks = n_rows * (row_bytes // info.block_bytes)
+        out = np.empty((n_rows, row_bytes // info.block_bytes * info.block_size), dtype=np.float32)
+        kernel(raw.reshape(n_blocks, info.block_bytes), out.reshape(n_blocks, info.block_size))
+        return out
+
+    dequantize_rows.__name__ = f"dequantize_{ggml_type.name.lower()}"
+    return dequantize_rows
+
+
+for _type, (_quantize, _dequantize) in KERNELS.items():
+    register(Codec(_type, blockwise_dequantizer(_dequantize, _type), blockwise_quantizer(_quantize, _type)))
