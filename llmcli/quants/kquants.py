@@ -1,0 +1,591 @@
+"""k-quants: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (weights) and Q8_K (activations), byte-exact with ggml.
+
+A super-block holds 256 weights. Quantizing equals ggml's `quantize_row_q*_K_ref`, which is what
+llama-quantize runs for these types when no importance matrix is given (`quantize_q*_K` falls back
+to the _ref function when quant_weights is NULL); dequantizing equals `dequantize_row_q*_K`.
+The per-sub-block scale searches live in kquant_search.py; this module holds the block layouts.
+
+All kernels run `prange` over rows; each row is independent, so thread count never changes bytes.
+Every float op is float32 in ggml's order (see kquant_search.py for why that decides identity).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..gguf.constants import TYPE_INFO, GGMLType
+from .half import f32_bits, f32_from_bits, fp16_to_fp32, fp32_to_fp16
+from .kquant_search import (F32, GROUP_MAX_EPS, ONE, ZERO, make_q3_quants_rmse, make_qkx2_quants,
+                            make_qx_quants_rmse1, nearest_int)
+from .registry import Codec, register
+
+QK_K = 256
+KERNEL = dict(parallel=True, cache=True, error_model="numpy")
+HELPER = dict(cache=True, error_model="numpy")
+
+# make_qkx2_quants search parameters per type: (nmax, rmin, rdelta, nstep)
+Q2_SEARCH = (3, F32(-0.5), F32(0.1), 15)
+Q4_SEARCH = (15, F32(-1.0), F32(0.1), 20)
+Q5_SEARCH = (31, F32(-0.5), F32(0.1), 15)
+F15 = F32(15.0)
+F63 = F32(63.0)
+F32_M32 = F32(-32.0)
+F32_M128 = F32(-128.0)
+F32_M127 = F32(-127.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# small shared pieces
+
+
+@njit(**HELPER)
+def _put_f16(out, pos, value):
+    """Store float32 value as little-endian fp16 at out[pos:pos+2]."""
+    h = fp32_to_fp16(value)
+    out[pos] = h & 0xFF
+    out[pos + 1] = h >> 8
+
+
+@njit(**HELPER)
+def _get_f16(raw, pos):
+    return fp16_to_fp32(np.uint16(raw[pos]) | (np.uint16(raw[pos + 1]) << np.uint16(8)))
+
+
+@njit(**HELPER)
+def _pack_2bit(L, qs):
+    """64 bytes: byte 32*h + l holds L[128h + l + 32s] in bits 2s..2s+1 (s = 0..3)."""
+    for h in range(2):
+        for l in range(32):
+            j = 128 * h + l
+            qs[32 * h + l] = L[j] | (L[j + 32] << 2) | (L[j + 64] << 4) | (L[j + 96] << 6)
+
+
+@njit(**HELPER)
+def _scale_min_k4(j, sc):
+    """6-bit (scale, min) of sub-block j from the 12 packed bytes (ggml get_scale_min_k4).
+
+    bytes 0-3 : scale j (j<4) in bits 0-5, high bits of scale j+4 in bits 6-7
+    bytes 4-7 : min j   (j<4) in bits 0-5, high bits of min j+4   in bits 6-7
+    bytes 8-11: low 4 bits of scale j+4 (bits 0-3) and of min j+4 (bits 4-7)
+    """
+    if j < 4:
+        return sc[j] & 63, sc[j + 4] & 63
+    return ((sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4),
+            (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4))
+
+
+@njit(**HELPER)
+def _q3_scale(j, sc):
+    """Signed 6-bit scale of sub-block j from Q3_K's 12 scale bytes.
+
+    bytes 0-7 : low 4 bits of scale j (j<8, bits 0-3) and of scale j+8 (bits 4-7)
+    bytes 8-11: byte 8+(j%4) bits 2*(j//4)..+1 hold the top 2 bits; stored value is scale + 32
+    """
+    low = (np.int32(sc[j]) & 0xF) if j < 8 else (np.int32(sc[j - 8]) >> 4)
+    high = (np.int32(sc[8 + j % 4]) >> (2 * (j // 4))) & 3
+    return (low | (high << 4)) - 32
+
+
+# ---------------------------------------------------------------------------------------------
+# Q2_K                                                                          84 bytes / 256
+#
+#   0        16                         80      82       84
+#   | scales | qs: 2-bit levels         | d f16 | dmin f16 |
+#   scales[j] = scale_j (bits 0-3) | min_j (bits 4-7) for the 16 sub-blocks of 16
+#   weight = d*scale_j*q - dmin*min_j ; qs packed as in _pack_2bit
+
+
+@njit(**HELPER)
+def _quantize_block_q2_k(x, out, L, Laux, weights, scales, mins):
+    nmax, rmin, rdelta, nstep = Q2_SEARCH
+    max_scale = ZERO
+    max_min = ZERO
+    for j in range(16):
+        xs = x[16 * j:16 * j + 16]
+        for l in range(16):
+            weights[l] = abs(xs[l])
+        s, m = make_qkx2_quants(xs, weights, nmax, L[16 * j:16 * j + 16], Laux,
+                                rmin, rdelta, nstep, True)
+        scales[j] = s
+        mins[j] = m
+        if s > max_scale:
+            max_scale = s
+        if m > max_min:
+            max_min = m
+    packed = out[0:16]
+    if max_scale > ZERO:
+        iscale = F15 / max_scale
+        for j in range(16):
+            packed[j] = nearest_int(iscale * scales[j]) & 0xFF
+        _put_f16(out, 80, max_scale / F15)
+    else:
+        for j in range(16):
+            packed[j] = 0
+        _put_f16(out, 80, ZERO)
+    if max_min > ZERO:
+        iscale = F15 / max_min
+        for j in range(16):
+            packed[j] |= (nearest_int(iscale * mins[j]) << 4) & 0xFF
+        _put_f16(out, 82, max_min / F15)
+    else:
+        _put_f16(out, 82, ZERO)
+    d_all = _get_f16(out, 80)
+    m_all = _get_f16(out, 82)
+    for j in range(16):
+        d = d_all * F32(packed[j] & 0xF)
+        if d == ZERO:
+            continue
+        dm = m_all * F32(packed[j] >> 4)
+        for i in range(16):
+            L[16 * j + i] = max(0, min(3, nearest_int((x[16 * j + i] + dm) / d)))
+    _pack_2bit(L, out[16:80])
+
+
+@njit(**KERNEL)
+def _quantize_q2_k(x, out):
+    nb = x.shape[1] // QK_K
+    for r in prange(x.shape[0]):
+        L = np.empty(QK_K, np.uint8)
+        Laux = np.empty(16, np.uint8)
+        weights = np.empty(16, np.float32)
+        scales = np.empty(16, np.float32)
+        mins = np.empty(16, np.float32)
+        for b in range(nb):
+            _quantize_block_q2_k(x[r, b * QK_K:(b + 1) * QK_K], out[r, b * 84:(b + 1) * 84],
+                                 L, Laux, weights, scales, mins)
+
+
+@njit(**KERNEL)
+def _dequantize_q2_k(raw, y):
+    nb = y.shape[1] // QK_K
+    for r in prange(y.shape[0]):
+        for b in range(nb):
+            blk = raw[r, b * 84:(b + 1) * 84]
+            d = _get_f16(blk, 80)
+            dmin = _get_f16(blk, 82)
+            o = b * QK_K
+            for h in range(2):
+                for s in range(4):
+                    for half in range(2):
+                        sc = blk[8 * h + 2 * s + half]
+                        dl = d * F32(sc & 0xF)
+                        ml = dmin * F32(sc >> 4)
+                        for l in range(16):
+                            q = (blk[16 + 32 * h + 16 * half + l] >> (2 * s)) & 3
+                            y[r, o + 128 * h + 32 * s + 16 * half + l] = dl * F32(q) - ml
+
+
+# ---------------------------------------------------------------------------------------------
+# Q3_K                                                                         110 bytes / 256
+#
+#   0        32                 96        108     110
+#   | hmask  | qs: 2-bit low    | scales  | d f16 |
+#   level (0..7) = low 2 bits (qs, as _pack_2bit) + 4 * high bit; high bit of weight j is
+#   bit j//32 of hmask[j%32]; weight = d * scale_j * (level - 4), scale_j 6-bit signed (_q3_scale)
+
+
+@njit(**HELPER)
+def _quantize_block_q3_k(x, out, L, scales):
+    max_scale = ZERO
+    amax = ZERO
+    for j in range(16):
+        s = make_q3_quants_rmse(x[16 * j:16 * j + 16], 4, L[16 * j:16 * j + 16])
+        scales[j] = s
+        a = abs(s)
+        if a > amax:
+            amax = a
+            max_scale = s
+    sc = out[96:108]
+    for j in range(12):
+        sc[j] = 0
+    if max_scale != ZERO:
+        iscale = F32_M32 / max_scale
+        for j in range(16):
+            l = np.int8(nearest_int(iscale * scales[j]))      # ggml keeps it in an int8_t
+            l = max(-32, min(31, np.int32(l))) + 32
+            if j < 8:
+                sc[j] = l & 0xF
+            else:
+                sc[j - 8] |= (l & 0xF) << 4
+            sc[j % 4 + 8] |= (l >> 4) << (2 * (j // 4))
+        _put_f16(out, 108, ONE / iscale)
+    else:
+        _put_f16(out, 108, ZERO)
+    d_all = _get_f16(out, 108)
+    for j in range(16):
+        d = d_all * F32(_q3_scale(j, sc))
+        if d == ZERO:
+            continue
+        for i in range(16):
+            L[16 * j + i] = max(-4, min(3, nearest_int(x[16 * j + i] / d))) + 4
+    hmask = out[0:32]
+    for m in range(32):
+        hmask[m] = 0
+    for j in range(QK_K):
+        if L[j] > 3:
+            hmask[j % 32] |= 1 << (j // 32)
+            L[j] -= 4
+    _pack_2bit(L, out[32:96])
+
+
+@njit(**KERNEL)
+def _quantize_q3_k(x, out):
+    nb = x.shape[1] // QK_K
+    for r in prange(x.shape[0]):
+        L = np.empty(QK_K, np.int8)
+        scales = np.empty(16, np.float32)
+        for b in range(nb):
+            _quantize_block_q3_k(x[r, b * QK_K:(b + 1) * QK_K], out[r, b * 110:(b + 1) * 110],
+                                 L, scales)
+
+
+@njit(**KERNEL)
+def _dequantize_q3_k(raw, y):
+    nb = y.shape[1] // QK_K
+    for r in prange(y.shape[0]):
+        for b in range(nb):
+            blk = raw[r, b * 110:(b + 1) * 110]
+            d_all = _get_f16(blk, 108)
+            sc = blk[96:108]
+            o = b * QK_K
+            for h in range(2):
+                for s in range(4):
+                    bit = 1 << (4 * h + s)
+                    for half in range(2):
+                        dl = d_all * F32(_q3_scale(8 * h + 2 * s + half, sc))
+                        for l in range(16):
+                            k = 16 * half + l
+                            low = np.int32((blk[32 + 32 * h + k] >> (2 * s)) & 3)
+                            q = low - (0 if (blk[k] & bit) != 0 else 4)
+                            y[r, o + 128 * h + 32 * s + k] = dl * F32(q)
+
+
+# ---------------------------------------------------------------------------------------------
+# Q4_K and Q5_K share the 8 x 32 sub-block structure with 6-bit scales and mins:
+#
+# Q4_K                                                                         144 bytes / 256
+#   0       2          4                16                          144
+#   | d f16 | dmin f16 | scales (12, _scale_min_k4) | qs: 4-bit levels |
+#   qs[32c + l]: low nibble = weight 64c + l, high nibble = weight 64c + 32 + l
+#
+# Q5_K                                                                         176 bytes / 256
+#   0       2          4        16     48                 176
+#   | d f16 | dmin f16 | scales | qh   | qs: low 4 bits   |
+#   low nibbles as Q4_K; bit 2c of qh[l] = 16s of weight 64c + l, bit 2c+1 of weight 64c + 32 + l
+#
+#   weight = d*scale_j*q - dmin*min_j
+
+
+@njit(**HELPER)
+def _quantize_levels_k4(x, out, L, Laux, weights, scales, mins, nmax, rmin, rdelta, nstep):
+    """Fill d, dmin, the 12 scale bytes of out and the levels L (0..nmax) of one block."""
+    max_scale = ZERO
+    max_min = ZERO
+    for j in range(8):
+        xs = x[32 * j:32 * j + 32]
+        sum_x2 = ZERO
+        for l in range(32):
+            sum_x2 += xs[l] * xs[l]
+        av_x = np.sqrt(sum_x2 / F32(32.0))
+        for l in range(32):
+            weights[l] = av_x + abs(xs[l])
+        s, m = make_qkx2_quants(xs, weights, nmax, L[32 * j:32 * j + 32], Laux,
+                                rmin, rdelta, nstep, False)
+        scales[j] = s
+        mins[j] = m
+        if s > max_scale:
+            max_scale = s
+        if m > max_min:
+            max_min = m
+    inv_scale = F63 / max_scale if max_scale > ZERO else ZERO
+    inv_min = F63 / max_min if max_min > ZERO else ZERO
+    sc = out[4:16]
+    for j in range(8):
+        ls = min(63, nearest_int(inv_scale * scales[j]) & 0xFF)   # ggml stores them in uint8_t
+        lm = min(63, nearest_int(inv_min * mins[j]) & 0xFF)
+        if j < 4:
+            sc[j] = ls
+            sc[j + 4] = lm
+        else:
+            sc[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4)
+            sc[j - 4] |= (ls >> 4) << 6
+            sc[j] |= (lm >> 4) << 6
+    _put_f16(out, 0, max_scale / F63)
+    _put_f16(out, 2, max_min / F63)
+    d_all = _get_f16(out, 0)
+    m_all = _get_f16(out, 2)
+    for j in range(8):
+        s6, m6 = _scale_min_k4(j, sc)
+        d = d_all * F32(s6)
+        if d == ZERO:
+            continue
+        dm = m_all * F32(m6)
+        for i in range(32):
+            L[32 * j + i] = max(0, min(nmax, nearest_int((x[32 * j + i] + dm) / d)))
+
+
+@njit(**KERNEL)
+def _quantize_q4_k(x, out):
+    nmax, rmin, rdelta, nstep = Q4_SEARCH
+    nb = x.shape[1] // QK_K
+    for r in prange(x.shape[0]):
+        L = np.empty(QK_K, np.uint8)
+        Laux = np.empty(32, np.uint8)
+        weights = np.empty(32, np.float32)
+        scales = np.empty(8, np.float32)
+        mins = np.empty(8, np.float32)
+        for b in range(nb):
+            blk = out[r, b * 144:(b + 1) * 144]
+            _quantize_levels_k4(x[r, b * QK_K:(b + 1) * QK_K], blk, L, Laux, weights, scales, mins,
+                                nmax, rmin, rdelta, nstep)
+            for c in range(4):
+                for l in range(32):
+                    blk[16 + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << 4)
+
+
+@njit(**KERNEL)
+def _quantize_q5_k(x, out):
+    nmax, rmin, rdelta, nstep = Q5_SEARCH
+    nb = x.shape[1] // QK_K
+    for r in prange(x.shape[0]):
+        L = np.empty(QK_K, np.uint8)
+        Laux = np.empty(32, np.uint8)
+        weights = np.empty(32, np.float32)
+        scales = np.empty(8, np.float32)
+        mins = np.empty(8, np.float32)
+        for b in range(nb):
+            blk = out[r, b * 176:(b + 1) * 176]
+            _quantize_levels_k4(x[r, b * QK_K:(b + 1) * QK_K], blk, L, Laux, weights, scales, mins,
+                                nmax, rmin, rdelta, nstep)
+            for l in range(32):
+                blk[16 + l] = 0
+            for c in range(4):
+                for l in range(32):
+                    lo = L[64 * c + l]
+                    hi = L[64 * c + 32 + l]
+                    if lo > 15:
+                        lo -= 16
+                        blk[16 + l] |= 1 << (2 * c)
+                    if hi > 15:
+                        hi -= 16
+                        blk[16 + l] |= 2 << (2 * c)
+                    blk[48 + 32 * c + l] = lo | (hi << 4)
+
+
+@njit(**KERNEL)
+def _dequantize_q4_k(raw, y):
+    nb = y.shape[1] // QK_K
+    for r in prange(y.shape[0]):
+        for b in range(nb):
+            blk = raw[r, b * 144:(b + 1) * 144]
+            d = _get_f16(blk, 0)
+            dmin = _get_f16(blk, 2)
+            sc = blk[4:16]
+            o = b * QK_K
+            for c in range(4):
+                s1, m1 = _scale_min_k4(2 * c, sc)
+                s2, m2 = _scale_min_k4(2 * c + 1, sc)
+                d1 = d * F32(s1)
+                dm1 = dmin * F32(m1)
+                d2 = d * F32(s2)
+                dm2 = dmin * F32(m2)
+                for l in range(32):
+                    q = blk[16 + 32 * c + l]
+                    y[r, o + 64 * c + l] = d1 * F32(q & 0xF) - dm1
+                    y[r, o + 64 * c + 32 + l] = d2 * F32(q >> 4) - dm2
+
+
+@njit(**KERNEL)
+def _dequantize_q5_k(raw, y):
+    nb = y.shape[1] // QK_K
+    for r in prange(y.shape[0]):
+        for b in range(nb):
+            blk = raw[r, b * 176:(b + 1) * 176]
+            d = _get_f16(blk, 0)
+            dmin = _get_f16(blk, 2)
+            sc = blk[4:16]
+            o = b * QK_K
+            for c in range(4):
+                s1, m1 = _scale_min_k4(2 * c, sc)
+                s2, m2 = _scale_min_k4(2 * c + 1, sc)
+                d1 = d * F32(s1)
+                dm1 = dmin * F32(m1)
+                d2 = d * F32(s2)
+                dm2 = dmin * F32(m2)
+                for l in range(32):
+                    q = blk[48 + 32 * c + l]
+                    qh = blk[16 + l]
+                    lo = np.int32(q & 0xF) + (16 if (qh & (1 << (2 * c))) != 0 else 0)
+                    hi = np.int32(q >> 4) + (16 if (qh & (2 << (2 * c))) != 0 else 0)
+                    y[r, o + 64 * c + l] = d1 * F32(lo) - dm1
+                    y[r, o + 64 * c + 32 + l] = d2 * F32(hi) - dm2
+
+
+# ---------------------------------------------------------------------------------------------
+# Q6_K                                                                         210 bytes / 256
+#
+#   0                  128            192              208     210
+#   | ql: low 4 bits   | qh: high 2   | scales int8 x16 | d f16 |
+#   for half h (weights 128h..128h+127), l in 0..31, s in 0..3 (weight 128h + 32s + l):
+#     low nibble:  ql[64h + l + 32*(s%2)], bits 4*(s//2)..+3
+#     high 2 bits: qh[32h + l], bits 2s..2s+1
+#   weight = d * scale_{(128h + 32s + l)//16} * (level - 32)
+
+
+@njit(**HELPER)
+def _quantize_block_q6_k(x, out, L, scales):
+    max_scale = ZERO
+    max_abs_scale = ZERO
+    for j in range(16):
+        s = make_qx_quants_rmse1(x[16 * j:16 * j + 16], 32, L[16 * j:16 * j + 16])
+        scales[j] = s
+        a = abs(s)
+        if a > max_abs_scale:
+            max_abs_scale = a
+            max_scale = s
+    if max_abs_scale < GROUP_MAX_EPS:
+        for i in range(210):
+            out[i] = 0
+        return
+    iscale = F32_M128 / max_scale
+    _put_f16(out, 208, ONE / iscale)
+    for j in range(16):
+        out[192 + j] = min(127, nearest_int(iscale * scales[j])) & 0xFF
+    d_all = _get_f16(out, 208)
+    for j in range(16):
+        d = d_all * F32(np.int8(out[192 + j]))
+        if d == ZERO:
+            continue
+        for i in range(16):
+            L[16 * j + i] = max(-32, min(31, nearest_int(x[16 * j + i] / d))) + 32
+    for h in range(2):
+        for l in range(32):
+            j = 128 * h + l
+            q1 = L[j]
+            q2 = L[j + 32]
+            q3 = L[j + 64]
+            q4 = L[j + 96]
+            out[64 * h + l] = (q1 & 0xF) | ((q3 & 0xF) << 4)
+            out[64 * h + 32 + l] = (q2 & 0xF) | ((q4 & 0xF) << 4)
+            out[128 + 32 * h + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6)
+
+
+@njit(**KERNEL)
+def _quantize_q6_k(x, out):
+    nb = x.shape[1] // QK_K
+    for r in prange(x.shape[0]):
+        L = np.empty(QK_K, np.int8)
+        scales = np.empty(16, np.float32)
+        for b in range(nb):
+            _quantize_block_q6_k(x[r, b * QK_K:(b + 1) * QK_K], out[r, b * 210:(b + 1) * 210],
+                                 L, scales)
+
+
+@njit(**KERNEL)
+def _dequantize_q6_k(raw, y):
+    nb = y.shape[1] // QK_K
+    for r in prange(y.shape[0]):
+        for b in range(nb):
+            blk = raw[r, b * 210:(b + 1) * 210]
+            d = _get_f16(blk, 208)
+            o = b * QK_K
+            for h in range(2):
+                for s in range(4):
+                    for l in range(32):
+                        low = (blk[64 * h + l + 32 * (s % 2)] >> (4 * (s // 2))) & 0xF
+                        high = (blk[128 + 32 * h + l] >> (2 * s)) & 3
+                        q = np.int32(low | (high << 4)) - 32
+                        sc = np.int8(blk[192 + 8 * h + 2 * s + l // 16])
+                        y[r, o + 128 * h + 32 * s + l] = d * F32(sc) * F32(q)
+
+
+# ---------------------------------------------------------------------------------------------
+# Q8_K (activations)                                                           292 bytes / 256
+#
+#   0       4                 260                 292
+#   | d f32 | qs: int8 x 256  | bsums: int16 x 16 |
+#   weight = d * q ; bsums[j] = sum of qs[16j..16j+15]
+#   (ggml leaves bsums untouched for an all-zero block; here they are 0)
+
+
+@njit(**KERNEL)
+def _quantize_q8_k(x, out):
+    nb = x.shape[1] // QK_K
+    for r in prange(x.shape[0]):
+        for b in range(nb):
+            xs = x[r, b * QK_K:(b + 1) * QK_K]
+            blk = out[r, b * 292:(b + 1) * 292]
+            vmax = ZERO
+            amax = ZERO
+            for j in range(QK_K):
+                ax = abs(xs[j])
+                if ax > amax:
+                    amax = ax
+                    vmax = xs[j]
+            if amax == ZERO:
+                for i in range(292):
+                    blk[i] = 0
+                continue
+            iscale = F32_M127 / vmax
+            for j in range(16):
+                total = np.int32(0)
+                for i in range(16):
+                    q = min(127, nearest_int(iscale * xs[16 * j + i]))
+                    blk[4 + 16 * j + i] = q & 0xFF
+                    total += np.int8(q)
+                blk[260 + 2 * j] = total & 0xFF
+                blk[261 + 2 * j] = (total >> 8) & 0xFF
+            bits = f32_bits(ONE / iscale)
+            for i in range(4):
+                blk[i] = (bits >> (8 * i)) & 0xFF
+
+
+@njit(**KERNEL)
+def _dequantize_q8_k(raw, y):
+    nb = y.shape[1] // QK_K
+    for r in prange(y.shape[0]):
+        for b in range(nb):
+            blk = raw[r, b * 292:(b + 1) * 292]
+            bits = (np.uint32(blk[0]) | (np.uint32(blk[1]) << np.uint32(8))
+                    | (np.uint32(blk[2]) << np.uint32(16)) | (np.uint32(blk[3]) << np.uint32(24)))
+            d = f32_from_bits(bits)
+            for j in range(QK_K):
+                y[r, b * QK_K + j] = d * F32(np.int8(blk[4 + j]))
+
+
+# ---------------------------------------------------------------------------------------------
+# registration
+
+
+def _codec(ggml_type: GGMLType, quantize_kernel, dequantize_kernel) -> Codec:
+    info = TYPE_INFO[ggml_type]
+
+    def quantize(rows: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        out = np.zeros((rows.shape[0], rows.shape[1] // QK_K * info.block_bytes), np.uint8)
+        quantize_kernel(rows, out)
+        return out
+
+    def dequantize(raw: np.ndarray) -> np.ndarray:
+        raw = np.ascontiguousarray(raw, dtype=np.uint8)
+        out = np.empty((raw.shape[0], raw.shape[1] // info.block_bytes * QK_K), np.float32)
+        dequantize_kernel(raw, out)
+        return out
+
+    quantize.__name__ = f"quantize_{ggml_type.name.lower()}"
+    dequantize.__name__ = f"dequantize_{ggml_type.name.lower()}"
+    return register(Codec(ggml_type, dequantize, quantize))
+
+
+KERNELS = {
+    GGMLType.Q2_K: (_quantize_q2_k, _dequantize_q2_k),
+    GGMLType.Q3_K: (_quantize_q3_k, _dequantize_q3_k),
+    GGMLType.Q4_K: (_quantize_q4_k, _dequantize_q4_k),
+    GGMLType.Q5_K: (_quantize_q5_k, _dequantize_q5_k),
+    GGMLType.Q6_K: (_quantize_q6_k, _dequantize_q6_k),
+    GGMLType.Q8_K: (_quantize_q8_k, _dequantize_q8_k),
+}
+
+for _type, (_q, _dq) in KERNELS.items():
+    _codec(_type, _q, _dq)
