@@ -1,0 +1,75 @@
+"""Weights as the engine sees them: views into the GGUF mmap, never dequantized whole.
+
+`Linear` is one projection y = W x (+ b) over a matrix stored in any ggml type the matmul kernels
+handle; `embedding_rows` dequantizes only the rows of the token embedding a batch looks up.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnsupportedError
+from ..gguf.constants import GGMLType
+from ..gguf.reader import GGUFReader, TensorInfo
+try:
+    from . import matmul as mm
+except ImportError:  # the kernel engineer's module has not landed yet: a slow stand-in
+    from . import _matmul_standin as mm
+
+# The types the matmul kernels compute (their own list if they publish one).
+COMPUTABLE_TYPES = tuple(mm.supported_types() if hasattr(mm, "supported_types") else (
+    GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0,
+    GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K,
+    GGMLType.Q6_K, GGMLType.IQ4_NL, GGMLType.IQ4_XS))
+
+# Plain float formats read directly (embedding lookups, norm weights, biases).
+_FLOAT_VIEWS = {GGMLType.F32: np.float32, GGMLType.F16: np.float16}
+
+
+def float_rows(raw: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
+    """uint8 rows (n, row_bytes) of any supported type -> float32 (n, row_length)."""
+    if ggml_type in _FLOAT_VIEWS:
+        return raw.view(_FLOAT_VIEWS[ggml_type]).astype(np.float32)
+    if ggml_type == GGMLType.BF16:
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    from .. import quants
+
+    return quants.dequantize(raw, ggml_type)
+
+
+def vector(reader: GGUFReader, info: TensorInfo) -> np.ndarray:
+    """A small 1-D tensor (norm weight, bias, rope factors) as a float32 array."""
+    return np.ascontiguousarray(float_rows(reader.tensor_bytes(info), info.type).reshape(-1))
+
+
+class Linear:
+    """y = x @ W.T (+ bias) with W (n_out, n_in) kept as raw ggml blocks in the mmap.
+
+    `rows` selects a row range of the stored matrix (one expert of a 3-D MoE tensor).
+    """
+
+    def __init__(self, reader: GGUFReader, info: TensorInfo, bias: np.ndarray | None = None,
+                 rows: tuple[int, int] | None = None):
+        if info.type not in COMPUTABLE_TYPES:
+            raise UnsupportedError(
+                f"{reader.path}: tensor '{info.name}' has type {info.type.name}, which the engine "
+                f"cannot compute (supported: {', '.join(t.name for t in COMPUTABLE_TYPES)})")
+        raw = reader.tensor_bytes(info)
+        if rows is not None:
+            raw = raw[rows[0]:rows[1]]
+        self.name = info.name
+        self.type = info.type
+        self.n_in = info.shape[0]
+        self.n_out = raw.shape[0]
+        self.matrix = mm.QuantizedMatrix(raw, info.type, self.n_in)
+        self.bias = bias
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """x: float32 (T, n_in) -> out (T, n_out)."""
+        if x.shape[0] == 1:
+            mm.matvec(self.matrix, x[0], out[0])
+        else:
+            mm.matmul(self.matrix, x, out)
+        if self.bias is not None:
+            out += self.bias
+        return out

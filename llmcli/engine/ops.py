@@ -1,0 +1,165 @@
+"""The non-matmul operations of a transformer forward pass, as numba kernels.
+
+Every kernel works in place or into a caller-provided buffer (no allocation per token), on float32,
+C-contiguous arrays. Shapes use T = tokens in the batch, H = query heads, Hkv = key/value heads,
+Dh = head size, D = model width. Accumulations that ggml does in double (norm sums) are done in
+float64 here too; everything else is float32 like ggml's CPU backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def rms_norm(x, weight, eps, out):
+    """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, for every row r of x (R, N).
+
+    Norm weights are used as stored: Gemma's (1 + w) offset is already baked in by the converter.
+    `out` may be `x` (in place). Also serves QK-norm with x viewed as (T*H, Dh).
+    """
+    n_rows, n = x.shape
+    for r in prange(n_rows):
+        ss = 0.0
+        for i in range(n):
+            v = np.float64(x[r, i])
+            ss += v * v
+        scale = np.float32(1.0 / math.sqrt(ss / n + eps))
+        for i in range(n):
+            out[r, i] = x[r, i] * scale * weight[i]
+
+
+@njit(parallel=True, cache=True)
+def rope(x, cos, sin, pos0, neox):
+    """Rotate the first n_rot = 2 * cos.shape[1] channels of every head in place.
+
+    x: (T, heads, Dh); token t is at position pos0 + t; cos/sin: (n_ctx, n_rot/2) per position.
+    NORM style (LLaMA, Baichuan) rotates adjacent pairs, NEOX style (Qwen, Gemma, Phi-3) rotates
+    channel i with channel i + n_rot/2:
+
+        norm: (x0 x1)(x2 x3)...           neox: x0 .. x[n/2-1] | x[n/2] .. x[n-1]
+               pair i = (2i, 2i+1)               pair i = (i, i + n/2)
+    """
+    n_tok, n_heads, _ = x.shape
+    half = cos.shape[1]
+    for task in prange(n_tok * n_heads):
+        t = task // n_heads
+        h = task % n_heads
+        p = pos0 + t
+        for i in range(half):
+            c = cos[p, i]
+            s = sin[p, i]
+            if neox:
+                a = x[t, h, i]
+                b = x[t, h, i + half]
+                x[t, h, i] = a * c - b * s
+                x[t, h, i + half] = a * s + b * c
+            else:
+                a = x[t, h, 2 * i]
+                b = x[t, h, 2 * i + 1]
+                x[t, h, 2 * i] = a * c - b * s
+                x[t, h, 2 * i + 1] = a * s + b * c
+
+
+@njit(parallel=True, cache=True)
+def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
+    """Causal multi-head attention of T new queries against the cache, written to out.
+
+    q, out: (T, H, Dh); k_cache, v_cache: (Hkv, n_ctx, Dh), already holding positions
+    0 .. pos0 + T - 1. Query head h reads key/value head h // (H / Hkv) (grouped-query attention).
+    Per query at position p, key j in [max(0, p - window + 1), p] (window <= 0: no sliding window):
+
+        s_j = scale * (q . k_j)
+        s_j = softcap * tanh(s_j / softcap)        if softcap > 0   (Gemma 2)
+        s_j = s_j - slopes[h] * (p - j)            ALiBi (slopes all zero otherwise)
+        out = sum_j softmax(s)_j * v_j
+    """
+    n_tok, n_heads, head_dim = q.shape
+    n_kv_heads = k_cache.shape[0]
+    group = n_heads // n_kv_heads
+    for task in prange(n_tok * n_heads):
+        t = task // n_heads
+        h = task % n_heads
+        kvh = h // group
+        p = pos0 + t
+        start = 0
+        if window > 0 and p - window + 1 > 0:
+            start = p - window + 1
+        n = p + 1 - start
+        scores = np.empty(n, dtype=np.float32)
+        slope = slopes[h]
+        best = -np.inf
+        for j in range(n):
+            acc = np.float32(0.0)
+            for d in range(head_dim):
+                acc += q[t, h, d] * k_cache[kvh, start + j, d]
+            s = acc * np.float32(scale)
+            if softcap > 0.0:
+                s = np.float32(softcap * math.tanh(s / softcap))
+            s -= np.float32(slope * (p - (start + j)))
+            scores[j] = s
+            if s > best:
+                best = s
+        total = 0.0
+        for j in range(n):
+            e = np.float32(math.exp(scores[j] - best))
+            scores[j] = e
+            total += e
+        inv = np.float32(1.0 / total)
+        for d in range(head_dim):
+            out[t, h, d] = 0.0
+        for j in range(n):
+            w = scores[j] * inv
+            for d in range(head_dim):
+                out[t, h, d] += w * v_cache[kvh, start + j, d]
+
+
+@njit(parallel=True, cache=True)
+def silu_mul(gate, up, out):
+    """out = silu(gate) * up, rows of (T, F). out may alias gate or up."""
+    n_rows, n = gate.shape
+    for r in prange(n_rows):
+        for i in range(n):
+            g = gate[r, i]
+            out[r, i] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[r, i]
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+@njit(parallel=True, cache=True)
+def gelu_mul(gate, up, out):
+    """out = gelu(gate) * up with the tanh approximation ggml and Gemma use, rows of (T, F)."""
+    n_rows, n = gate.shape
+    c = np.float32(_SQRT_2_OVER_PI)
+    for r in prange(n_rows):
+        for i in range(n):
+            g = gate[r, i]
+            inner = c * g * (np.float32(1.0) + np.float32(0.044715) * g * g)
+            out[r, i] = np.float32(0.5) * g * (np.float32(1.0) + np.float32(math.tanh(inner))) * up[r, i]
+
+
+@njit(cache=True)
+def softcap_(x, cap):
+    """x = cap * tanh(x / cap) in place over a 2-D array (Gemma 2/3 final logits)."""
+    n_rows, n = x.shape
+    for r in range(n_rows):
+        for i in range(n):
+            x[r, i] = np.float32(cap * math.tanh(x[r, i] / cap))
+
+
+@njit(cache=True)
+def store_kv(k, v, k_cache, v_cache, pos0):
+    """Copy this batch's keys/values (T, Hkv, Dh) into the cache (Hkv, n_ctx, Dh) at pos0.."""
+    n_tok, n_kv_heads, head_dim = k.shape
+    for h in range(n_kv_heads):
+        for t in range(n_tok):
+            for d in range(head_dim):
+                k_cache[h, pos0 + t, d] = k[t, h, d]
+                v_cache[h, pos0 + t, d] = v[t, h, d]
+
+
+ACTIVATIONS = {"silu": silu_mul, "gelu": gelu_mul}

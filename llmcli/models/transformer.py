@@ -1,0 +1,375 @@
+"""The decoder-only transformer every supported architecture is an instance of.
+
+Per layer (each step present only when the file holds its tensors or the spec asks for it):
+
+    h = rms_norm(x, attn_norm)
+    q, k, v = attn_q/k/v(h) (+ biases) | split(attn_qkv(h))
+    q, k = rms_norm per head (attn_q_norm / attn_k_norm)              Qwen3, Gemma 3
+    q, k = rope(q, k)  (norm | neox; per-layer table: global or sliding-window base)
+    a = attention(q, K cache, V cache)  causal, GQA, sliding window, soft-cap, ALiBi
+    o = attn_output(a) (+ bias);  o = rms_norm(o, post_attention_norm)   Gemma 2/3
+    x = x + o
+    h = rms_norm(x, ffn_norm)
+    f = ffn_down(act(ffn_gate(h)) * ffn_up(h))       dense
+      | ffn_down(act(up[:F]) * up[F:])                Phi-3 fused gate|up
+      | sum_top-k w_e * expert_e(h) (+ sigmoid gate * shared expert(h))   MoE
+    f = rms_norm(f, post_ffw_norm);  x = x + f
+    logits = output(rms_norm(x, output_norm)), final soft-cap (Gemma 2/3)
+
+Weights keep their GGUF names as attributes (`blk.attn_q`, `blk.ffn_down_exps`, ...), loaded by
+one loop over the file's tensors. Buffers for a whole batch are allocated once at load.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+import numpy as np
+
+from ..engine import ops
+from ..engine.kv_cache import KVCache
+from ..engine.linear import Linear, float_rows, vector
+from ..engine.rope import rope_tables
+from ..errors import BadInputError, FormatError, LlmcliError, UnsupportedError
+from ..gguf.reader import GGUFReader
+from .hparams import HParams, read_hparams
+from .registry import ArchSpec, get_spec
+
+_BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)\.(weight|bias)$")
+
+# Tensors every layer needs; others are optional and switch graph features on.
+_REQUIRED_IN_BLOCK = ("attn_norm", "attn_output", "ffn_norm")
+
+
+class Transformer:
+    """A GGUF model ready to run: hyperparameters, weight views, KV cache and work buffers."""
+
+    def __init__(self, reader: GGUFReader, spec: ArchSpec, ctx_size: int | None = None,
+                 batch_size: int = 512, threads: int | None = None):
+        self.reader, self.spec = reader, spec
+        self.path = reader.path
+        hp, meta = read_hparams(reader, spec.name, spec.rope_style)
+        if spec.configure is not None:
+            spec.configure(hp, meta)
+        self.hp: HParams = hp
+        self.n_ctx = int(ctx_size or min(hp.n_ctx_train, 4096))
+        if self.n_ctx <= 0:
+            raise BadInputError(f"context size must be positive, got {self.n_ctx}")
+        self.batch_size = max(1, int(batch_size))
+        if spec.embed_scale:
+            hp.embed_scale = math.sqrt(hp.n_embd)
+        self.set_threads(threads)
+        self._load_weights()
+        self._build_rope()
+        self.slopes = hp.alibi_slopes()
+        self.cache = KVCache(hp.n_layer, hp.n_head_kv, self.n_ctx, hp.head_dim, hp.head_dim_v)
+        self._alloc_buffers(self.batch_size)
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def _load_weights(self) -> None:
+        r, hp = self.reader, self.hp
+        self.blocks = [SimpleNamespace() for _ in range(hp.n_layer)]
+        biases: dict[tuple[int, str], np.ndarray] = {}
+        for info in r.tensors:
+            m = _BLOCK_TENSOR.match(info.name)
+            if m and m.group(3) == "bias":
+                biases[(int(m.group(1)), m.group(2))] = vector(r, info)
+        for info in r.tensors:
+            m = _BLOCK_TENSOR.match(info.name)
+            if not m or m.group(3) != "weight":
+                continue
+            il, name = int(m.group(1)), m.group(2)
+            if il >= hp.n_layer:
+                raise FormatError(f"{self.path}: tensor '{info.name}' is for layer {il}, but the "
+                                  f"model has {hp.n_layer} layers")
+            setattr(self.blocks[il], name, self._weight(info, biases.get((il, name))))
+        for il, blk in enumerate(self.blocks):
+            for name in _REQUIRED_IN_BLOCK:
+                if not hasattr(blk, name):
+                    raise FormatError(f"{self.path}: missing tensor 'blk.{il}.{name}.weight'")
+            if not hasattr(blk, "attn_qkv") and not all(hasattr(blk, n) for n in ("attn_q", "attn_k", "attn_v")):
+                raise FormatError(f"{self.path}: layer {il} has neither attn_qkv nor attn_q/k/v tensors")
+
+        embd = r.tensor("token_embd.weight")
+        self.token_embd_raw = r.tensor_bytes(embd)
+        self.token_embd_type = embd.type
+        self._check_embedding_type(embd)
+        self.output_norm = vector(r, r.tensor("output_norm.weight"))
+        if r.has_tensor("output.weight"):
+            self.output = Linear(r, r.tensor("output.weight"))
+        elif self.spec.tied_output:
+            self.output = Linear(r, embd)
+        else:
+            raise FormatError(f"{self.path}: missing tensor 'output.weight'")
+        hp.n_vocab = self.output.n_out
+
+    def _weight(self, info, bias):
+        """1-D tensors become float32 vectors, matrices Linear views, 3-D expert stacks a list of
+        per-expert Linear views (expert e = rows [e * n_ff, (e + 1) * n_ff) of the raw view)."""
+        if len(info.shape) == 1:
+            return vector(self.reader, info)
+        if len(info.shape) == 2:
+            return Linear(self.reader, info, bias)
+        n_rows_per_expert, n_expert = info.shape[1], info.shape[2]
+        return [Linear(self.reader, info, rows=(e * n_rows_per_expert, (e + 1) * n_rows_per_expert))
+                for e in range(n_expert)]
+
+    def _check_embedding_type(self, embd) -> None:
+        try:
+            float_rows(self.token_embd_raw[:1], embd.type)
+        except LlmcliError as e:
+            raise UnsupportedError(f"{self.path}: tensor 'token_embd.weight' has type {embd.type.name}, "
+                                   f"which the engine cannot read ({e})") from None
+
+    def _rope_factors(self) -> np.ndarray | None:
+        r = self.reader
+        if r.has_tensor("rope_freqs.weight"):
+            return vector(r, r.tensor("rope_freqs.weight"))
+        # LongRoPE (Phi-3): long factors when the context exceeds the original training length.
+        which = "long" if self.n_ctx > self.hp.rope.n_ctx_orig else "short"
+        name = f"rope_factors_{which}.weight"
+        return vector(r, r.tensor(name)) if r.has_tensor(name) else None
+
+    def _build_rope(self) -> None:
+        hp = self.hp
+        if hp.rope_style == "none":
+            self.rope_global = self.rope_swa = None
+            return
+        factors = self._rope_factors()
+        self.rope_global = rope_tables(hp.rope, self.n_ctx, factors)
+        self.rope_swa = rope_tables(hp.rope_swa, self.n_ctx, factors) if any(hp.is_swa) else None
+
+    def _alloc_buffers(self, n: int) -> None:
+        """Flat float32 work buffers for a batch of n tokens; `_buf(name, rows, cols)` hands out
+        C-contiguous (rows, cols) views of them, so kernels always see one memory layout."""
+        hp = self.hp
+        n_ff = max([hp.n_ff] + [self._ffn_width(b) for b in self.blocks])
+        sizes = {
+            "x": hp.n_embd, "h": hp.n_embd, "o": hp.n_embd,       # residual, normed input, output
+            "q": hp.n_head * hp.head_dim, "k": hp.n_head_kv * hp.head_dim,
+            "v": hp.n_head_kv * hp.head_dim_v,
+            "qkv": (hp.n_head + 2 * hp.n_head_kv) * max(hp.head_dim, hp.head_dim_v),
+            "attn": hp.n_head * hp.head_dim_v,
+            "gate": n_ff, "up": n_ff, "fused": 2 * n_ff,
+        }
+        self._flat = {name: np.zeros(n * width, np.float32) for name, width in sizes.items()}
+
+    def _buf(self, name: str, rows: int, cols: int) -> np.ndarray:
+        return self._flat[name][:rows * cols].reshape(rows, cols)
+
+    @staticmethod
+    def _ffn_width(blk) -> int:
+        widths = [0]
+        for name in ("ffn_gate", "ffn_gate_shexp", "ffn_up_shexp", "ffn_gate_exps", "ffn_up_exps"):
+            w = getattr(blk, name, None)
+            if isinstance(w, list):
+                widths.append(w[0].n_out)
+            elif w is not None:
+                widths.append(w.n_out)
+        up = getattr(blk, "ffn_up", None)
+        if up is not None:
+            widths.append(up.n_out if hasattr(blk, "ffn_gate") else up.n_out // 2)
+        return max(widths)
+
+    # -- running -------------------------------------------------------------------------------
+
+    def set_threads(self, threads: int | None) -> None:
+        import numba
+
+        from ..engine import linear
+
+        n = int(threads or numba.config.NUMBA_NUM_THREADS)
+        n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(n)
+        if hasattr(linear.mm, "set_threads"):
+            linear.mm.set_threads(n)
+        self.threads = n
+
+    @property
+    def n_past(self) -> int:
+        return self.cache.n_past
+
+    def reset(self) -> None:
+        """Forget the context (the KV cache) so the next forward starts at position 0."""
+        self.cache.n_past = 0
+
+    def forward(self, ids, pos: int | None = None, all_logits: bool = False) -> np.ndarray:
+        """Run `ids` at positions pos, pos + 1, ... (default: right after what is cached).
+
+        Returns float32 logits of the last position (n_vocab,), or of every position
+        (len(ids), n_vocab) with all_logits. The prompt goes through in batches of batch_size,
+        so each weight block is decoded once per batch.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        pos = self.cache.n_past if pos is None else int(pos)
+        if len(ids) == 0:
+            raise BadInputError("nothing to evaluate: the token list is empty")
+        if pos + len(ids) > self.n_ctx:
+            raise BadInputError(f"{len(ids)} tokens at position {pos} do not fit the context of "
+                                f"{self.n_ctx} tokens (raise --ctx-size)")
+        bad = ids[(ids < 0) | (ids >= self.token_embd_raw.shape[0])]
+        if len(bad):
+            raise BadInputError(f"token id {int(bad[0])} is outside the vocabulary of "
+                                f"{self.token_embd_raw.shape[0]} tokens")
+        outs = []
+        for start in range(0, len(ids), self.batch_size):
+            chunk = ids[start:start + self.batch_size]
+            last = start + len(chunk) >= len(ids)
+            logits = self._forward_batch(chunk, pos + start, all_logits or not last)
+            if all_logits:
+                outs.append(logits)
+            elif last:
+                outs.append(logits[-1])
+        self.cache.n_past = pos + len(ids)
+        return np.concatenate(outs) if all_logits else outs[-1]
+
+    def logits(self, ids) -> np.ndarray:
+        """Full-sequence logits (len(ids), n_vocab) from an empty context."""
+        self.reset()
+        return self.forward(ids, 0, all_logits=True)
+
+    def generate(self, prompt_ids, max_tokens: int, sampler=None) -> Iterator[int]:
+        from ..engine.generate import generate
+
+        return generate(self, prompt_ids, max_tokens, sampler)
+
+    # -- the graph -----------------------------------------------------------------------------
+
+    def _forward_batch(self, ids: np.ndarray, pos0: int, want_logits_rows: bool) -> np.ndarray:
+        hp = self.hp
+        n = len(ids)
+        x, h, o = (self._buf(name, n, hp.n_embd) for name in ("x", "h", "o"))
+        x[:] = float_rows(self.token_embd_raw[ids], self.token_embd_type)
+        if hp.embed_scale != 1.0:
+            x *= np.float32(hp.embed_scale)
+        for il, blk in enumerate(self.blocks):
+            ops.rms_norm(x, blk.attn_norm, hp.rms_eps, h)
+            self._attention(il, blk, h, o, pos0)
+            if hasattr(blk, "post_attention_norm"):
+                ops.rms_norm(o, blk.post_attention_norm, hp.rms_eps, o)
+            x += o
+            ops.rms_norm(x, blk.ffn_norm, hp.rms_eps, h)
+            self._ffn(blk, h, o)
+            if hasattr(blk, "post_ffw_norm"):
+                ops.rms_norm(o, blk.post_ffw_norm, hp.rms_eps, o)
+            x += o
+        rows = x if want_logits_rows else x[n - 1:]
+        normed = h[:len(rows)]
+        ops.rms_norm(rows, self.output_norm, hp.rms_eps, normed)
+        logits = np.empty((len(rows), hp.n_vocab), np.float32)
+        self.output(normed, logits)
+        if hp.final_softcap:
+            ops.softcap_(logits, hp.final_softcap)
+        return logits
+
+    def _attention(self, il: int, blk, h: np.ndarray, out: np.ndarray, pos0: int) -> None:
+        hp = self.hp
+        n = h.shape[0]
+        nq, nk = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+        q = self._buf("q", n, nq)
+        k = self._buf("k", n, nk)
+        v = self._buf("v", n, hp.n_head_kv * hp.head_dim_v)
+        if hasattr(blk, "attn_qkv"):
+            qkv = blk.attn_qkv(h, self._buf("qkv", n, blk.attn_qkv.n_out))
+            q[:] = qkv[:, :nq]
+            k[:] = qkv[:, nq:nq + nk]
+            v[:] = qkv[:, nq + nk:]
+        else:
+            blk.attn_q(h, q)
+            blk.attn_k(h, k)
+            blk.attn_v(h, v)
+        q3 = q.reshape(n, hp.n_head, hp.head_dim)
+        k3 = k.reshape(n, hp.n_head_kv, hp.head_dim)
+        v3 = v.reshape(n, hp.n_head_kv, hp.head_dim_v)
+        if hasattr(blk, "attn_q_norm"):
+            flat = q.reshape(n * hp.n_head, hp.head_dim)
+            ops.rms_norm(flat, blk.attn_q_norm, hp.rms_eps, flat)
+        if hasattr(blk, "attn_k_norm"):
+            flat = k.reshape(n * hp.n_head_kv, hp.head_dim)
+            ops.rms_norm(flat, blk.attn_k_norm, hp.rms_eps, flat)
+        swa = hp.is_swa[il]
+        table = self.rope_swa if swa else self.rope_global
+        if table is not None:
+            neox = hp.rope_style == "neox"
+            ops.rope(q3, table[0], table[1], pos0, neox)
+            ops.rope(k3, table[0], table[1], pos0, neox)
+        k_cache, v_cache = self.cache.layer(il)
+        ops.store_kv(k3, v3, k_cache, v_cache, pos0)
+        attn = self._buf("attn", n, hp.n_head * hp.head_dim_v)
+        a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
+        ops.attention(q3, k_cache, v_cache, pos0, hp.attn_scale, hp.attn_softcap,
+                      hp.n_swa if swa else 0, self.slopes, a3)
+        blk.attn_output(attn, out)
+
+    def _ffn(self, blk, h: np.ndarray, out: np.ndarray) -> None:
+        if hasattr(blk, "ffn_gate_inp"):
+            self._moe(blk, h, out)
+            return
+        self._dense_ffn(blk.ffn_gate if hasattr(blk, "ffn_gate") else None, blk.ffn_up,
+                        blk.ffn_down, h, out)
+
+    def _dense_ffn(self, gate_w, up_w, down_w, h, out) -> None:
+        n = h.shape[0]
+        act = ops.ACTIVATIONS[self.spec.activation]
+        if gate_w is not None:
+            width = gate_w.n_out
+            gate, up = self._buf("gate", n, width), self._buf("up", n, width)
+            gate_w(h, gate)
+            up_w(h, up)
+        else:  # fused gate|up (Phi-3): the first half of ffn_up's rows is the gate
+            width = up_w.n_out // 2
+            fused = up_w(h, self._buf("fused", n, 2 * width))
+            gate, up = self._buf("gate", n, width), self._buf("up", n, width)
+            gate[:] = fused[:, :width]
+            up[:] = fused[:, width:]
+        act(gate, up, gate)
+        down_w(gate, out)
+
+    def _moe(self, blk, h: np.ndarray, out: np.ndarray) -> None:
+        """Route each token to its top-k experts (softmax over all experts first)."""
+        hp, n = self.hp, h.shape[0]
+        n_expert = blk.ffn_gate_inp.n_out
+        router = np.empty((n, n_expert), np.float32)
+        blk.ffn_gate_inp(h, router)
+        probs = np.exp(router - router.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        k = hp.n_expert_used or n_expert
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        weights = np.take_along_axis(probs, top, axis=1)
+        if self.spec.moe_norm_weights:
+            weights /= np.maximum(weights.sum(axis=1, keepdims=True), 6.103515625e-5)
+        if hp.expert_weights_scale not in (0.0, 1.0):
+            weights *= np.float32(hp.expert_weights_scale)
+        out[:] = 0.0
+        gates = getattr(blk, "ffn_gate_exps", None)
+        for e in np.unique(top):
+            rows, slot = np.nonzero(top == e)
+            xe = np.ascontiguousarray(h[rows])
+            ye = np.empty((len(rows), hp.n_embd), np.float32)
+            self._dense_ffn(gates[e] if gates else None, blk.ffn_up_exps[e], blk.ffn_down_exps[e], xe, ye)
+            out[rows] += weights[rows, slot][:, None] * ye
+        if hasattr(blk, "ffn_up_shexp"):
+            shared = np.empty_like(out)
+            self._dense_ffn(getattr(blk, "ffn_gate_shexp", None), blk.ffn_up_shexp, blk.ffn_down_shexp, h, shared)
+            if hasattr(blk, "ffn_gate_inp_shexp"):
+                g = h @ blk.ffn_gate_inp_shexp
+                shared *= (1.0 / (1.0 + np.exp(-g)))[:, None].astype(np.float32)
+            out += shared
+
+
+def load_model(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
+               batch_size: int = 512) -> Transformer:
+    """Open a GGUF file and build the model its `general.architecture` names."""
+    reader = GGUFReader(Path(path))
+    try:
+        spec = get_spec(reader.architecture, reader.path)
+        return Transformer(reader, spec, ctx_size=ctx_size, batch_size=batch_size, threads=threads)
+    except BaseException:
+        reader.close()
+        raise
