@@ -43,6 +43,7 @@ out_console = Console(highlight=False)
 
 # Command modules, each adding its command(s) to `app` when imported. Order = help order.
 COMMAND_MODULES = [
+    "convert_cmd",
     "inspect_cmd",
 ]
 

@@ -1,0 +1,41 @@
+"""`llmcli convert DIR`: a Hugging Face checkpoint directory -> GGUF, as llama.cpp converts it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app, out_console
+from .format import human_bytes, human_count
+
+
+@app.command()
+def convert(
+    model_dir: Path = typer.Argument(..., help="Hugging Face model directory (config.json, *.safetensors, tokenizer)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="Output GGUF file [default: ./<DIR name>-<outtype>.gguf]."),
+    outtype: str = typer.Option("f16", "--outtype", help="f32, f16, bf16, q8_0 or auto (bf16 if stored bf16, else f16)."),
+    pre: Optional[str] = typer.Option(None, "--pre",
+                                      help="Byte-level BPE pre-tokenizer name (llama-bpe, qwen2, ...) when "
+                                           "llama.cpp's hash table does not know the tokenizer."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Convert a Hugging Face checkpoint to GGUF (byte-identical to llama.cpp's converter)."""
+    from ..convert import convert as run_convert
+
+    summary = run_convert(model_dir, output, outtype=outtype.lower(), pre=pre, force=force,
+                          progress=sys.stderr.isatty() and not as_json)
+    if as_json:
+        print(json.dumps(summary.as_dict(), indent=2))
+        return
+    types = ", ".join(f"{name}: {n}" for name, n in summary.type_counts.items())
+    out_console.print(
+        f"wrote [bold]{summary.output}[/]: {summary.architecture} ({summary.hf_architecture}), "
+        f"{summary.outtype}, {summary.tensors} tensors ({types}), {human_count(summary.parameters)} parameters, "
+        f"{human_bytes(summary.bytes)} in {summary.seconds:.2f} s"
+    )

@@ -1,0 +1,13 @@
+"""Hugging Face checkpoint -> GGUF, matching llama.cpp's convert_hf_to_gguf.py.
+
+    from llmcli.convert import convert
+    summary = convert("path/to/hf-model", "model-f16.gguf", outtype="f16")
+
+Modules: checkpoint (config.json + lazy safetensors), base (what all architectures share),
+one module per architecture family (llama, qwen2, gemma3, phi3, ...) registered in registry,
+metadata (general.* keys, key order), pipeline (type choice, encoders, streaming write).
+"""
+
+from .pipeline import OUTTYPE_CHOICES, ConvertSummary, TensorQuantizer, convert, default_output
+
+__all__ = ["convert", "ConvertSummary", "TensorQuantizer", "OUTTYPE_CHOICES", "default_output"]

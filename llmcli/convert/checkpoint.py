@@ -1,0 +1,175 @@
+"""A Hugging Face checkpoint directory, read lazily: config.json and safetensors shards.
+
+Safetensors layout (one file):
+
+    u64 little-endian N | N bytes of JSON header | data
+    header: {"name": {"dtype": "BF16", "shape": [rows, cols], "data_offsets": [begin, end]}, ...,
+             "__metadata__": {...}}            offsets relative to the start of data
+
+We parse the header ourselves (numpy has no bfloat16, and we want exact file ranges) and read one
+tensor's bytes at a time with a plain file read, so memory holds at most the tensor being converted.
+Tensors are listed the way llama.cpp's converter visits them: shards in sorted file-name order,
+names sorted within each shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadInputError, FormatError, UnsupportedError
+
+# safetensors dtype -> (numpy dtype of the stored bytes, bytes per element)
+_STORED_DTYPE: dict[str, str] = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",
+}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    """One tensor in a safetensors shard; nothing is read until `load()`."""
+
+    name: str
+    dtype: str  # safetensors dtype name: F32, F16, BF16, ...
+    shape: tuple[int, ...]
+    path: Path
+    offset: int  # absolute file offset of the first byte
+    n_bytes: int
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    def load(self) -> np.ndarray:
+        """The tensor as llama.cpp's converter works on it: F16 and F32 as stored, all else float32."""
+        count = self.n_elements
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            raw = np.fromfile(f, dtype=_STORED_DTYPE[self.dtype], count=count)
+        if raw.size != count:
+            raise FormatError(f"{self.path}: tensor '{self.name}' is cut short (file truncated?)")
+        raw = raw.reshape(self.shape)
+        if self.dtype in ("F32", "F16"):
+            return raw
+        if self.dtype == "BF16":
+            # bfloat16 is the top half of a float32: widen exactly.
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.astype(np.float32)
+
+
+def read_safetensors_header(path: Path) -> list[SourceTensor]:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise FormatError(f"{path}: truncated safetensors file ({size} bytes)")
+        n = int.from_bytes(head, "little")
+        if n > _MAX_HEADER or 8 + n > size:
+            raise FormatError(f"{path}: truncated or corrupt safetensors header (says {n} bytes, file has {size})")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FormatError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: corrupt safetensors header (not a JSON object)")
+    data_start = 8 + n
+    out = []
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = meta["dtype"], tuple(int(d) for d in meta["shape"]), meta["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{path}: corrupt safetensors entry for '{name}'") from None
+        if dtype not in _STORED_DTYPE:
+            raise UnsupportedError(f"{path}: tensor '{name}' has dtype {dtype}, which convert cannot read")
+        expected = (int(np.prod(shape, dtype=np.int64)) if shape else 1) * np.dtype(_STORED_DTYPE[dtype]).itemsize
+        if end - begin != expected:
+            raise FormatError(f"{path}: tensor '{name}' has {end - begin} bytes, its {dtype} shape {list(shape)} needs {expected}")
+        if data_start + end > size:
+            raise FormatError(f"{path}: truncated: tensor '{name}' ends at byte {data_start + end}, file has {size}")
+        out.append(SourceTensor(name, dtype, shape, path, data_start + begin, end - begin))
+    out.sort(key=lambda t: t.name)
+    return out
+
+
+class Checkpoint:
+    """config.json + the list of tensors of a Hugging Face model directory."""
+
+    def __init__(self, model_dir: str | os.PathLike):
+        self.dir = Path(model_dir)
+        if not self.dir.is_dir():
+            raise BadInputError(f"{self.dir}: not a directory")
+        self.config_path = self.dir / "config.json"
+        if not self.config_path.is_file():
+            raise BadInputError(f"{self.dir}: no config.json (expected a Hugging Face model directory)")
+        try:
+            self.config: dict[str, Any] = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FormatError(f"{self.config_path}: not valid JSON ({e})") from None
+        if not isinstance(self.config, dict):
+            raise FormatError(f"{self.config_path}: not a JSON object")
+        self.shards = self._shard_paths()
+        self.tensors: list[SourceTensor] = []
+        for shard in self.shards:
+            self.tensors.extend(read_safetensors_header(shard))
+        self._check_index()
+
+    @property
+    def architecture(self) -> str:
+        archs = self.config.get("architectures")
+        if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
+            raise BadInputError(f"{self.config_path}: missing 'architectures'")
+        return archs[0]
+
+    def _index(self) -> dict | None:
+        path = self.dir / "model.safetensors.index.json"
+        if not path.is_file():
+            return None
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FormatError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+            raise FormatError(f"{path}: no 'weight_map'")
+        return index
+
+    def _shard_paths(self) -> list[Path]:
+        index = self._index()
+        if index is not None:
+            names = sorted(set(index["weight_map"].values()))
+            missing = [n for n in names if not (self.dir / n).is_file()]
+            if missing:
+                raise BadInputError(f"{self.dir / missing[0]}: shard listed in model.safetensors.index.json is missing")
+            return [self.dir / n for n in names]
+        names = sorted(n for n in os.listdir(self.dir) if n.startswith("model") and n.endswith(".safetensors"))
+        if not names:
+            raise BadInputError(f"{self.dir}: no model*.safetensors weights found")
+        return [self.dir / n for n in names]
+
+    def _check_index(self) -> None:
+        index = self._index()
+        if index is None:
+            return
+        listed = set(index["weight_map"])
+        present = {t.name for t in self.tensors}
+        missing = sorted(listed - present)
+        if missing:
+            shard = index["weight_map"][missing[0]]
+            raise BadInputError(f"{self.dir / shard}: tensor '{missing[0]}' listed in the index is not in the shard "
+                                f"({len(missing)} missing)")
+        extra = sorted(present - listed)
+        if extra:
+            raise BadInputError(f"{self.dir / 'model.safetensors.index.json'}: tensor '{extra[0]}' is in a shard but "
+                                f"not in the index")
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
