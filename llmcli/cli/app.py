@@ -45,6 +45,7 @@ out_console = Console(highlight=False)
 COMMAND_MODULES = [
     "convert_cmd",
     "inspect_cmd",
+    "quantize_cmd",
 ]
 
 

@@ -1,0 +1,369 @@
+"""`llmcli quantize`: a GGUF file in, the same model with llama-quantize's block formats out.
+
+    reader (mmap) ─► plan: a type per tensor (quants/mixes.py), output header, checks up front
+                  ─► per tensor, in llama-quantize's order: copy the bytes, or
+                     dequantize a slab of rows to float32 ─► quantize ─► write; measure the error
+                  ─► atomic rename
+
+What llama-quantize writes, and so what we write: the input's metadata in its order, minus split.*
+keys, with `general.quantization_version` (2) and `general.file_type` removed and appended last;
+tensors sorted by layer then name; each tensor's dimensions trimmed of trailing 1s (ggml_n_dims);
+data padded to 32 bytes. Quantization works row by row, so slabs of rows give the same bytes as the
+whole tensor at once; only one tensor's output is held in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .atomic import check_output_path
+from .errors import BadInputError, UnsupportedError
+from .gguf import GGUFReader, GGUFWriter
+from .gguf.constants import QUANTIZATION_VERSION, TYPE_INFO, GGMLType, ValueType
+from .gguf.reader import MetadataValue, TensorInfo
+from .quants import registry
+from .quants.mixes import (
+    Mix,
+    ModelFacts,
+    QuantizeOptions,
+    TypeChoice,
+    TypePlanner,
+    find_mix,
+    is_quantized,
+    llama_tensor_order,
+    n_dims,
+)
+
+KEY_FILE_TYPE = "general.file_type"
+KEY_QUANTIZATION_VERSION = "general.quantization_version"
+SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
+
+# Rows converted to float32 at once: bounds memory for huge tensors (e.g. a 256k-token embedding).
+SLAB_ELEMENTS = 1 << 24
+
+
+def quantized_metadata(metadata: dict[str, MetadataValue], mix: Mix) -> dict[str, MetadataValue]:
+    """The output's metadata, in llama-quantize's order (see the module docstring)."""
+    out = {k: v for k, v in metadata.items()
+           if k not in SPLIT_KEYS and k not in (KEY_FILE_TYPE, KEY_QUANTIZATION_VERSION)}
+    out[KEY_QUANTIZATION_VERSION] = MetadataValue(ValueType.UINT32, QUANTIZATION_VERSION)
+    out[KEY_FILE_TYPE] = MetadataValue(ValueType.UINT32, int(mix.file_type))
+    return out
+
+
+def output_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """GGUF writes ggml_n_dims dimensions: trailing 1s are dropped (a (256, 1) tensor becomes (256,))."""
+    return tuple(shape[:n_dims(shape)]) if shape else (1,)
+
+
+@dataclass
+class PlannedTensor:
+    info: TensorInfo
+    choice: TypeChoice
+    shape: tuple[int, ...]          # as written (GGUF order)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def source(self) -> GGMLType:
+        return self.info.type
+
+    @property
+    def target(self) -> GGMLType:
+        return self.choice.target
+
+    @property
+    def converts(self) -> bool:
+        """llama-quantize rewrites a tensor only when its type changes; otherwise bytes are copied."""
+        return self.target != self.source
+
+    @property
+    def bytes_in(self) -> int:
+        return self.info.n_bytes
+
+    @property
+    def bytes_out(self) -> int:
+        return self.info.n_rows * TYPE_INFO[self.target].row_bytes(self.info.row_length)
+
+
+@dataclass
+class QuantizePlan:
+    input: Path
+    mix: Mix
+    model: ModelFacts
+    tensors: list[PlannedTensor]
+    metadata: dict[str, MetadataValue]
+    n_fallback: int
+    input_file_bytes: int
+
+    def writer(self, path: str | os.PathLike, force: bool = False) -> GGUFWriter:
+        w = GGUFWriter(path, force=force)
+        for key, mv in self.metadata.items():
+            w.add(key, mv)
+        for t in self.tensors:
+            w.add_tensor_info(t.name, t.shape, t.target)
+        return w
+
+    @property
+    def output_file_bytes(self) -> int:
+        return self.writer(os.devnull, force=True).total_bytes
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(t.info.n_elements for t in self.tensors)
+
+
+def plan_quantize(reader: GGUFReader, mix: Mix, options: QuantizeOptions,
+                  allow_requantize: bool = False) -> QuantizePlan:
+    """Choose every tensor's type and check, before any work, that the job can be done."""
+    where = str(reader.path)
+    model = ModelFacts.from_metadata(reader.get, where)
+    by_name = {t.name: t for t in reader.tensors}
+    planner = TypePlanner(model, mix, options, by_name)
+    tensors = []
+    for name in llama_tensor_order(by_name):
+        info = by_name[name]
+        choice = planner.choose(name, info.shape, info.type)
+        tensors.append(PlannedTensor(info, choice, output_shape(info.shape)))
+    plan = QuantizePlan(reader.path, mix, model, tensors, quantized_metadata(reader.metadata, mix),
+                        planner.n_fallback, reader.file_size)
+    check_plan(plan, allow_requantize)
+    return plan
+
+
+def check_plan(plan: QuantizePlan, allow_requantize: bool) -> None:
+    for t in plan.tensors:
+        if t.choice.needs_imatrix:
+            raise UnsupportedError(
+                f"{plan.input}: tensor '{t.name}' would become {t.target.name}, which llama.cpp only "
+                f"produces with an importance matrix (--imatrix), and llmcli has none")
+    for t in plan.tensors:
+        if t.converts and is_quantized(t.source) and not allow_requantize:
+            raise BadInputError(
+                f"{plan.input}: tensor '{t.name}' is already quantized ({t.source.name}); quantizing "
+                f"it again to {t.target.name} compounds the rounding errors - start from the F16/F32 "
+                f"model, or pass --allow-requantize to do it anyway")
+    missing = sorted({t.source.name for t in plan.tensors if t.converts and t.source not in registry.CODECS} |
+                     {t.target.name for t in plan.tensors if t.converts
+                      and t.target not in registry.quantizable_types()})
+    if missing:
+        raise UnsupportedError(f"{plan.input}: llmcli cannot convert tensors of type {', '.join(missing)} "
+                               f"needed for {plan.mix.name}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Doing it
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TensorResult:
+    name: str
+    shape: tuple[int, ...]
+    from_type: str
+    to_type: str
+    bytes: int
+    bytes_in: int
+    how: str
+    rmse: float | None = None       # RMS error of the dequantized result / RMS of the input
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "shape": list(self.shape), "from_type": self.from_type,
+             "to_type": self.to_type, "bytes": self.bytes, "bytes_in": self.bytes_in, "how": self.how}
+        if self.rmse is not None:
+            d["rmse"] = self.rmse
+        return d
+
+
+@dataclass
+class QuantizeReport:
+    input: str
+    output: str | None
+    type: str
+    file_type: int
+    dry_run: bool
+    tensors: list[TensorResult]
+    n_parameters: int
+    n_fallback: int
+    file_bytes_in: int
+    file_bytes_out: int
+    seconds: float = 0.0
+    threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def bytes_in(self) -> int:
+        return sum(t.bytes_in for t in self.tensors)
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(t.bytes for t in self.tensors)
+
+    def to_json(self) -> dict:
+        n = max(self.n_parameters, 1)
+        return {
+            "input": self.input, "output": self.output, "type": self.type, "file_type": self.file_type,
+            "dry_run": self.dry_run, "threads": self.threads,
+            "tensors": [t.to_json() for t in self.tensors],
+            "totals": {
+                "n_tensors": len(self.tensors),
+                "n_converted": sum(t.from_type != t.to_type for t in self.tensors),
+                "n_fallback": self.n_fallback,
+                "n_parameters": self.n_parameters,
+                "tensor_bytes_in": self.bytes_in, "tensor_bytes_out": self.bytes_out,
+                "bits_per_weight_in": 8.0 * self.bytes_in / n,
+                "bits_per_weight_out": 8.0 * self.bytes_out / n,
+                "file_bytes_in": self.file_bytes_in, "file_bytes_out": self.file_bytes_out,
+                "seconds": self.seconds,
+                "input_mb_per_s": (self.bytes_in / 1e6 / self.seconds) if self.seconds > 0 else None,
+            },
+        }
+
+
+def to_float32(raw: np.ndarray, source: GGMLType) -> np.ndarray:
+    """(rows, row_bytes) of any readable type -> float32 (rows, row_length)."""
+    if source == GGMLType.F32:
+        return np.ascontiguousarray(raw).view(np.float32)
+    return registry.dequantize(raw, source)
+
+
+def convert_rows(raw: np.ndarray, source: GGMLType, target: GGMLType, where: str,
+                 measure: bool = True) -> tuple[np.ndarray, float, float]:
+    """Rows of `source` bytes -> rows of `target` bytes, slab by slab.
+
+    Returns (bytes, sum of squared error, sum of squared input); the sums are zero when `measure`
+    is false."""
+    n_rows = raw.shape[0]
+    if n_rows == 0:
+        return np.empty((0, 0), np.uint8), 0.0, 0.0
+    row_length = raw.shape[1] // TYPE_INFO[source].block_bytes * TYPE_INFO[source].block_size
+    out = np.empty((n_rows, TYPE_INFO[target].row_bytes(row_length)), dtype=np.uint8)
+    slab = max(1, SLAB_ELEMENTS // max(row_length, 1))
+    err2 = ref2 = 0.0
+    for start in range(0, n_rows, slab):
+        x = to_float32(raw[start:start + slab], source)
+        if not np.isfinite(x).all():
+            bad = start + int(np.argwhere(~np.isfinite(x))[0][0])
+            raise BadInputError(f"{where}: row {bad} holds NaN or infinite values; "
+                                f"ggml cannot quantize it to a valid {target.name} block")
+        q = registry.quantize(x, target)
+        out[start:start + len(q)] = q
+        if measure:
+            d = (registry.dequantize(q, target) - x).ravel()
+            xf = x.ravel()
+            err2 += float(np.dot(d, d))   # float32 BLAS sums: plenty for a report figure
+            ref2 += float(np.dot(xf, xf))
+    return out, err2, ref2
+
+
+def relative_rmse(err2: float, ref2: float) -> float:
+    if ref2 > 0:
+        return math.sqrt(err2 / ref2)
+    return 0.0 if err2 == 0 else math.inf
+
+
+def _result(t: PlannedTensor, rmse: float | None = None) -> TensorResult:
+    return TensorResult(t.name, t.shape, t.source.name, t.target.name, t.bytes_out, t.bytes_in,
+                        t.choice.how, rmse)
+
+
+def set_threads(threads: int | None) -> int | None:
+    """--threads: numba's worker count for the parallel kernels."""
+    if threads is None:
+        return None
+    import numba
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= threads <= limit:
+        raise BadInputError(f"--threads {threads}: must be between 1 and {limit} on this machine")
+    numba.set_num_threads(threads)
+    return threads
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                disable=None if enabled else True, leave=False, dynamic_ncols=True)
+
+
+def quantize_file(input_path: str | os.PathLike, output_path: str | os.PathLike | None, type_name: str,
+                  options: QuantizeOptions | None = None, *, allow_requantize: bool = False,
+                  dry_run: bool = False, threads: int | None = None, force: bool = False,
+                  progress: bool = False, measure: bool = True,
+                  on_tensor: Callable[[TensorResult], None] | None = None) -> QuantizeReport:
+    """Quantize a GGUF file as `llama-quantize [options] IN OUT TYPE` would, byte for byte."""
+    options = options or QuantizeOptions()
+    mix = find_mix(type_name)
+    if not dry_run:
+        if output_path is None:
+            raise BadInputError("an output file is needed (or pass --dry-run)")
+        check_output_path(output_path, force)
+        if Path(output_path).exists() and Path(input_path).exists() and \
+                os.path.samefile(input_path, output_path):
+            raise BadInputError(f"{output_path}: is the input file; write the quantized model elsewhere")
+    threads = set_threads(threads)
+    with GGUFReader(input_path) as reader:
+        plan = plan_quantize(reader, mix, options, allow_requantize)
+        report = QuantizeReport(str(input_path), None if dry_run else str(output_path), mix.name,
+                                int(mix.file_type), dry_run, [], plan.n_parameters, plan.n_fallback,
+                                reader.file_size, plan.output_file_bytes, threads=threads)
+        if dry_run:
+            report.tensors = [_result(t) for t in plan.tensors]
+            return report
+        started = time.perf_counter()
+        writer = plan.writer(output_path, force=force)
+        bar = _progress_bar(sum(t.bytes_in for t in plan.tensors), progress)
+        try:
+            with writer.open():
+                for t in plan.tensors:
+                    bar.set_postfix_str(t.name, refresh=False)
+                    result = write_tensor(reader, writer, t, measure)
+                    report.tensors.append(result)
+                    bar.update(t.bytes_in)
+                    if on_tensor is not None:
+                        on_tensor(result)
+        finally:
+            bar.close()
+        report.seconds = time.perf_counter() - started
+    return report
+
+
+def write_tensor(reader: GGUFReader, writer: GGUFWriter, t: PlannedTensor, measure: bool = True) -> TensorResult:
+    raw = reader.tensor_bytes(t.info)
+    if not t.converts:
+        writer.write_tensor_data(t.name, raw)
+        return _result(t)
+    data, err2, ref2 = convert_rows(raw, t.source, t.target, f"{reader.path}: tensor '{t.name}'", measure)
+    writer.write_tensor_data(t.name, data)
+    return _result(t, relative_rmse(err2, ref2) if measure else None)
+
+
+def plan_for_tensors(metadata: dict[str, MetadataValue], tensors: Iterable[tuple[str, tuple[int, ...], GGMLType]],
+                     type_name: str, options: QuantizeOptions | None = None,
+                     where: str = "model") -> tuple[Mix, dict[str, MetadataValue], list[tuple[str, tuple[int, ...], GGMLType]]]:
+    """For writers that make a model on the fly (convert --outtype Q4_K_M): given the metadata and
+    the (name, shape, type) tensors an unquantized file would have, return the mix, the quantized
+    file's metadata and its (name, shape, type) tensors in llama-quantize's order."""
+    mix = find_mix(type_name)
+    model = ModelFacts.from_metadata(lambda k: metadata[k].to_python() if k in metadata else None, where)
+    by_name = {name: (tuple(shape), t) for name, shape, t in tensors}
+    planner = TypePlanner(model, mix, options or QuantizeOptions(), by_name)
+    planned = []
+    for name in llama_tensor_order(by_name):
+        shape, source = by_name[name]
+        choice = planner.choose(name, shape, source)
+        if choice.needs_imatrix:
+            raise UnsupportedError(f"{where}: tensor '{name}' would need an importance matrix")
+        planned.append((name, output_shape(shape), choice.target))
+    return mix, quantized_metadata(metadata, mix), planned
