@@ -1,0 +1,71 @@
+"""Helpers shared by every block-family kernel module.
+
+Every quantized kernel sees the weights as a read-only uint8 view `blocks[row, block, byte]`
+(zero-copy over the GGUF mmap) and the activations as a float32 view `x[block, group, lane]`
+whose trailing shape matches the way the format groups its weights, so kernels index with plain
+loop variables only (numba vectorises that shape; computed flat offsets were ~10x slower).
+
+Mat-vec kernels share one shape, the "lanes" shape LLVM vectorises: a small float32 accumulator
+per tile of rows, one lane per position inside a block, `acc[k] += scale * q(k) * x[k]` over every
+block of a row, reduced once per row. `prange` over tiles of rows even for one thread: inside a
+prange body numba marks the arrays non-aliasing and the accumulator stays in registers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ...quants.half import fp16_to_fp32
+
+# Rows per prange work item in mat-vec kernels: big enough to amortise the accumulator set-up,
+# small enough that 2 threads share a 256-row matrix evenly.
+ROW_TILE = 16
+
+
+@njit(inline="always")
+def half_at(blocks, r, b, off):
+    """The fp16 stored little-endian at byte `off` of block (r, b), as float32."""
+    return fp16_to_fp32(np.int32(blocks[r, b, off]) | (np.int32(blocks[r, b, off + 1]) << 8))
+
+
+@njit(inline="always")
+def signed8(v):
+    """A uint8 byte read as int8, widened to int32."""
+    return np.int32(v) - ((np.int32(v) & 128) << 1)
+
+
+@njit(inline="always")
+def scale_min_k4(blocks, r, b, j, base):
+    """Q4_K/Q5_K 6-bit (scale, min) of sub-block j from the 12 packed bytes at `base`:
+
+    bytes 0-3 : low 6 bits = scale j (j<4), top 2 bits = high bits of scale j+4
+    bytes 4-7 : low 6 bits = min j   (j<4), top 2 bits = high bits of min j+4
+    bytes 8-11: low nibble = low 4 bits of scale j+4, high nibble = low 4 bits of min j+4
+    """
+    if j < 4:
+        sc = np.int32(blocks[r, b, base + j]) & 63
+        m = np.int32(blocks[r, b, base + j + 4]) & 63
+    else:
+        q = np.int32(blocks[r, b, base + j + 4])
+        sc = (q & 15) | ((np.int32(blocks[r, b, base + j - 4]) >> 6) << 4)
+        m = (q >> 4) | ((np.int32(blocks[r, b, base + j]) >> 6) << 4)
+    return sc, m
+
+
+class Format:
+    """How the engine multiplies by one ggml type.
+
+    x_group: trailing shape of the activation view, e.g. (2, 16) -> x.reshape(n_blocks, 2, 16);
+             () for the float types, whose kernels take x and the weights as plain 2-D rows.
+    element: dtype the raw row bytes are viewed as: uint8 blocks `(rows, n_blocks, block_bytes)`
+             for quantized types, `(rows, n_cols)` of float32/uint16 for F32/F16/BF16.
+    matvec(weights, x_view, out):  out[r] = row r . x
+    dequant(weights, out_view):    out_view[r, ...] = row r's values, out_view shaped like x_view
+    """
+
+    __slots__ = ("x_group", "matvec", "dequant", "element")
+
+    def __init__(self, x_group, matvec, dequant, element=np.uint8):
+        self.x_group, self.matvec, self.dequant = tuple(x_group), matvec, dequant
+        self.element = np.dtype(element)

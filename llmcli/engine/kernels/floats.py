@@ -1,0 +1,81 @@
+"""Mat-vec and dequantize kernels for the unquantized weight types F32, F16 and BF16.
+
+The rows are viewed as float32 / uint16 arrays `(rows, n_cols)`; n_cols needs no particular
+multiple, so these use a plain per-row dot product that LLVM vectorises as a reduction
+(fastmath lets it reassociate the sum into vector lanes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ...gguf.constants import GGMLType
+from ...quants.half import f32_from_bits, fp16_to_fp32
+from .common import ROW_TILE, Format
+
+
+@njit(inline="always")
+def _bf16(v):
+    return f32_from_bits(np.uint32(v) << np.uint32(16))
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def matvec_f32(w, x, out):
+    n_rows, n_cols = w.shape
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            s = np.float32(0.0)
+            for k in range(n_cols):
+                s += w[r, k] * x[k]
+            out[r] = s
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def matvec_f16(w, x, out):
+    n_rows, n_cols = w.shape
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            s = np.float32(0.0)
+            for k in range(n_cols):
+                s += fp16_to_fp32(w[r, k]) * x[k]
+            out[r] = s
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def matvec_bf16(w, x, out):
+    n_rows, n_cols = w.shape
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            s = np.float32(0.0)
+            for k in range(n_cols):
+                s += _bf16(w[r, k]) * x[k]
+            out[r] = s
+
+
+@njit(parallel=True, cache=True)
+def dequant_f32(w, out):
+    for r in prange(w.shape[0]):
+        for k in range(w.shape[1]):
+            out[r, k] = w[r, k]
+
+
+@njit(parallel=True, cache=True)
+def dequant_f16(w, out):
+    for r in prange(w.shape[0]):
+        for k in range(w.shape[1]):
+            out[r, k] = fp16_to_fp32(w[r, k])
+
+
+@njit(parallel=True, cache=True)
+def dequant_bf16(w, out):
+    for r in prange(w.shape[0]):
+        for k in range(w.shape[1]):
+            out[r, k] = _bf16(w[r, k])
+
+
+FORMATS = {
+    GGMLType.F32: Format((), matvec_f32, dequant_f32, np.float32),
+    GGMLType.F16: Format((), matvec_f16, dequant_f16, np.uint16),
+    GGMLType.BF16: Format((), matvec_bf16, dequant_bf16, np.uint16),
+}

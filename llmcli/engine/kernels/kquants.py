@@ -1,0 +1,375 @@
+"""Mat-vec and dequantize kernels for the 256-weight super-block formats: Q2_K, Q3_K, Q4_K, Q5_K,
+Q6_K and IQ4_XS (ggml-common.h block structs, dequantize_row_* in ggml-quants.c).
+
+Same "lanes" shape as legacy.py. Formats with a per-sub-block minimum (Q2_K, Q4_K, Q5_K) add
+`dmin * m * sum(x over the sub-block)` once per sub-block instead of subtracting per lane; the
+sub-block sums of x are computed once per call (llama.cpp's `bsums` idea).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ...gguf.constants import GGMLType
+from .common import ROW_TILE, Format, half_at, scale_min_k4, signed8
+from .legacy import IQ4NL_VALUES
+
+
+@njit(inline="always")
+def _group_sums(x):
+    """x[block, group, lane] -> sums[block, group]."""
+    sums = np.empty((x.shape[0], x.shape[1]), np.float32)
+    for b in range(x.shape[0]):
+        for g in range(x.shape[1]):
+            sums[b, g] = x[b, g].sum()
+    return sums
+
+
+# ---------------------------------------------------------------------------------------------
+# Q2_K: 84 bytes, 256 weights in 16 sub-blocks of 16
+#   byte 0             16                          80    82     84
+#        | scales[16]  | qs[64]                    | d   | dmin |
+#   scales[s]: low nibble = scale, high nibble = min of sub-block s
+#   sub-block s = 8n + 2j + h (n: 128-half, j: 2-bit plane, h: 16-byte half), weight l of it:
+#        q = (qs[32n + 16h + l] >> 2j) & 3       value = d*scale*q - dmin*min
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def matvec_q2_k(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    x_sum = _group_sums(x)
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty(32, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            offset = np.float32(0.0)
+            for b in range(n_blocks):
+                d = half_at(blocks, r, b, 80)
+                dmin = half_at(blocks, r, b, 82)
+                for n in range(2):
+                    for j in range(4):
+                        for h in range(2):
+                            s = 8 * n + 2 * j + h
+                            sc = np.int32(blocks[r, b, s])
+                            dl = d * np.float32(sc & 15)
+                            offset += dmin * np.float32(sc >> 4) * x_sum[b, s]
+                            for l in range(16):
+                                q = (np.int32(blocks[r, b, 16 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
+                                acc[16 * h + l] += dl * np.float32(q) * x[b, s, l]
+            out[r] = acc.sum() - offset
+
+
+@njit(parallel=True, cache=True)
+def dequant_q2_k(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for b in range(blocks.shape[1]):
+            d = half_at(blocks, r, b, 80)
+            dmin = half_at(blocks, r, b, 82)
+            for n in range(2):
+                for j in range(4):
+                    for h in range(2):
+                        s = 8 * n + 2 * j + h
+                        sc = np.int32(blocks[r, b, s])
+                        dl = d * np.float32(sc & 15)
+                        ml = dmin * np.float32(sc >> 4)
+                        for l in range(16):
+                            q = (np.int32(blocks[r, b, 16 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
+                            out[r, b, s, l] = dl * np.float32(q) - ml
+
+
+# ---------------------------------------------------------------------------------------------
+# Q3_K: 110 bytes, 256 weights in 16 sub-blocks of 16
+#   byte 0           32                 96           108  110
+#        | hmask[32] | qs[64]           | scales[12] | d  |
+#   sub-block s = 8n + 2j + h as in Q2_K; weight l of it:
+#        q = ((qs[32n + 16h + l] >> 2j) & 3) - (0 if hmask[16h + l] & (1 << 4n+j) else 4)
+#        value = d * (scale[s] - 32) * q
+#   scales: 16 x 6 bits; byte i<4:  s[i] low4 = b[i]&15,  s[i+8] low4 = b[i]>>4,
+#           byte 4+i: s[i+4] low4 = b[4+i]&15, s[i+12] low4 = b[4+i]>>4,
+#           byte 8+i: bits 0-1 -> s[i], 2-3 -> s[i+4], 4-5 -> s[i+8], 6-7 -> s[i+12] (high 2 bits)
+# ---------------------------------------------------------------------------------------------
+@njit(inline="always")
+def _q3_k_scales(blocks, r, b, sc):
+    for i in range(4):
+        lo = np.int32(blocks[r, b, 96 + i])
+        mid = np.int32(blocks[r, b, 100 + i])
+        hi = np.int32(blocks[r, b, 104 + i])
+        sc[i] = ((lo & 15) | ((hi & 3) << 4)) - 32
+        sc[i + 4] = ((mid & 15) | (((hi >> 2) & 3) << 4)) - 32
+        sc[i + 8] = ((lo >> 4) | (((hi >> 4) & 3) << 4)) - 32
+        sc[i + 12] = ((mid >> 4) | (((hi >> 6) & 3) << 4)) - 32
+
+
+@njit(parallel=True, cache=True)
+def matvec_q3_k(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty(32, np.float32)
+        sc = np.empty(16, np.int32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            for b in range(n_blocks):
+                d = half_at(blocks, r, b, 108)
+                _q3_k_scales(blocks, r, b, sc)
+                for n in range(2):
+                    for j in range(4):
+                        mask = np.int32(1 << (4 * n + j))
+                        for h in range(2):
+                            s = 8 * n + 2 * j + h
+                            dl = d * np.float32(sc[s])
+                            for l in range(16):
+                                q = (np.int32(blocks[r, b, 32 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
+                                q -= np.int32(0 if (np.int32(blocks[r, b, 16 * h + l]) & mask) != 0 else 4)
+                                acc[16 * h + l] += dl * np.float32(q) * x[b, s, l]
+            out[r] = acc.sum()
+
+
+@njit(parallel=True, cache=True)
+def dequant_q3_k(blocks, out):
+    for r in prange(blocks.shape[0]):
+        sc = np.empty(16, np.int32)
+        for b in range(blocks.shape[1]):
+            d = half_at(blocks, r, b, 108)
+            _q3_k_scales(blocks, r, b, sc)
+            for n in range(2):
+                for j in range(4):
+                    mask = np.int32(1 << (4 * n + j))
+                    for h in range(2):
+                        s = 8 * n + 2 * j + h
+                        dl = d * np.float32(sc[s])
+                        for l in range(16):
+                            q = (np.int32(blocks[r, b, 32 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
+                            q -= np.int32(0 if (np.int32(blocks[r, b, 16 * h + l]) & mask) != 0 else 4)
+                            out[r, b, s, l] = dl * np.float32(q)
+
+
+# ---------------------------------------------------------------------------------------------
+# Q4_K: 144 bytes, 256 weights in 8 sub-blocks of 32
+#   byte 0    2      4            16                                 144
+#        | d  | dmin | scales[12] | qs[128]                          |
+#   group g (0..3) = 32 bytes qs[32g .. 32g+31]: low nibbles are sub-block 2g, high nibbles 2g+1
+#   value = d*scale[s]*q - dmin*min[s]   (6-bit scale/min pairs, see common.scale_min_k4)
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def matvec_q4_k(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    x_sum = _group_sums(x)
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty(64, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            offset = np.float32(0.0)
+            for b in range(n_blocks):
+                d = half_at(blocks, r, b, 0)
+                dmin = half_at(blocks, r, b, 2)
+                for g in range(4):
+                    sc1, m1 = scale_min_k4(blocks, r, b, 2 * g, 4)
+                    sc2, m2 = scale_min_k4(blocks, r, b, 2 * g + 1, 4)
+                    d1 = d * np.float32(sc1)
+                    d2 = d * np.float32(sc2)
+                    offset += dmin * (np.float32(m1) * x_sum[b, 2 * g] + np.float32(m2) * x_sum[b, 2 * g + 1])
+                    for l in range(32):
+                        q = np.int32(blocks[r, b, 16 + 32 * g + l])
+                        acc[l] += d1 * np.float32(q & 15) * x[b, 2 * g, l]
+                        acc[32 + l] += d2 * np.float32(q >> 4) * x[b, 2 * g + 1, l]
+            out[r] = acc.sum() - offset
+
+
+@njit(parallel=True, cache=True)
+def dequant_q4_k(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for b in range(blocks.shape[1]):
+            d = half_at(blocks, r, b, 0)
+            dmin = half_at(blocks, r, b, 2)
+            for g in range(4):
+                sc1, m1 = scale_min_k4(blocks, r, b, 2 * g, 4)
+                sc2, m2 = scale_min_k4(blocks, r, b, 2 * g + 1, 4)
+                d1 = d * np.float32(sc1)
+                d2 = d * np.float32(sc2)
+                min1 = dmin * np.float32(m1)
+                min2 = dmin * np.float32(m2)
+                for l in range(32):
+                    q = np.int32(blocks[r, b, 16 + 32 * g + l])
+                    out[r, b, 2 * g, l] = d1 * np.float32(q & 15) - min1
+                    out[r, b, 2 * g + 1, l] = d2 * np.float32(q >> 4) - min2
+
+
+# ---------------------------------------------------------------------------------------------
+# Q5_K: 176 bytes, 256 weights in 8 sub-blocks of 32
+#   byte 0    2      4            16        48                       176
+#        | d  | dmin | scales[12] | qh[32]  | qs[128]                |
+#   as Q4_K, plus a 5th bit: sub-block s takes bit s of qh[l] (l = position in the sub-block)
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def matvec_q5_k(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    x_sum = _group_sums(x)
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty(64, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            offset = np.float32(0.0)
+            for b in range(n_blocks):
+                d = half_at(blocks, r, b, 0)
+                dmin = half_at(blocks, r, b, 2)
+                for g in range(4):
+                    sc1, m1 = scale_min_k4(blocks, r, b, 2 * g, 4)
+                    sc2, m2 = scale_min_k4(blocks, r, b, 2 * g + 1, 4)
+                    d1 = d * np.float32(sc1)
+                    d2 = d * np.float32(sc2)
+                    offset += dmin * (np.float32(m1) * x_sum[b, 2 * g] + np.float32(m2) * x_sum[b, 2 * g + 1])
+                    bit1 = np.int32(1 << (2 * g))
+                    bit2 = np.int32(2 << (2 * g))
+                    for l in range(32):
+                        q = np.int32(blocks[r, b, 48 + 32 * g + l])
+                        qh = np.int32(blocks[r, b, 16 + l])
+                        lo = (q & 15) + np.int32(16 if (qh & bit1) != 0 else 0)
+                        hi = (q >> 4) + np.int32(16 if (qh & bit2) != 0 else 0)
+                        acc[l] += d1 * np.float32(lo) * x[b, 2 * g, l]
+                        acc[32 + l] += d2 * np.float32(hi) * x[b, 2 * g + 1, l]
+            out[r] = acc.sum() - offset
+
+
+@njit(parallel=True, cache=True)
+def dequant_q5_k(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for b in range(blocks.shape[1]):
+            d = half_at(blocks, r, b, 0)
+            dmin = half_at(blocks, r, b, 2)
+            for g in range(4):
+                sc1, m1 = scale_min_k4(blocks, r, b, 2 * g, 4)
+                sc2, m2 = scale_min_k4(blocks, r, b, 2 * g + 1, 4)
+                d1 = d * np.float32(sc1)
+                d2 = d * np.float32(sc2)
+                min1 = dmin * np.float32(m1)
+                min2 = dmin * np.float32(m2)
+                bit1 = np.int32(1 << (2 * g))
+                bit2 = np.int32(2 << (2 * g))
+                for l in range(32):
+                    q = np.int32(blocks[r, b, 48 + 32 * g + l])
+                    qh = np.int32(blocks[r, b, 16 + l])
+                    lo = (q & 15) + np.int32(16 if (qh & bit1) != 0 else 0)
+                    hi = (q >> 4) + np.int32(16 if (qh & bit2) != 0 else 0)
+                    out[r, b, 2 * g, l] = d1 * np.float32(lo) - min1
+                    out[r, b, 2 * g + 1, l] = d2 * np.float32(hi) - min2
+
+
+# ---------------------------------------------------------------------------------------------
+# Q6_K: 210 bytes, 256 weights in 16 sub-blocks of 16
+#   byte 0                  128             192               208  210
+#        | ql[128]          | qh[64]        | scales[16] int8 | d  |
+#   half n (0,1) uses ql[64n..64n+63], qh[32n..32n+31]; for l in 0..31 the byte triple
+#   (a = ql[64n+l], c = ql[64n+32+l], h = qh[32n+l]) feeds 4 weights, 32 apart:
+#        c=0: a & 15 | (h & 3) << 4       c=1: c & 15 | (h >> 2 & 3) << 4
+#        c=2: a >> 4 | (h >> 4 & 3) << 4  c=3: c >> 4 | (h >> 6 & 3) << 4      (each minus 32)
+#   weight 128n + 32c + l sits in sub-block 8n + 2c + l//16, whose scale is scales[8n + 2c + l//16]
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def matvec_q6_k(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty(64, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            for b in range(n_blocks):
+                d = half_at(blocks, r, b, 208)
+                for n in range(2):
+                    for h in range(2):
+                        s = 8 * n + h
+                        d0 = d * np.float32(signed8(blocks[r, b, 192 + s]))
+                        d1 = d * np.float32(signed8(blocks[r, b, 194 + s]))
+                        d2 = d * np.float32(signed8(blocks[r, b, 196 + s]))
+                        d3 = d * np.float32(signed8(blocks[r, b, 198 + s]))
+                        for i in range(16):
+                            a = np.int32(blocks[r, b, 64 * n + 16 * h + i])
+                            c = np.int32(blocks[r, b, 64 * n + 32 + 16 * h + i])
+                            hb = np.int32(blocks[r, b, 128 + 32 * n + 16 * h + i])
+                            q0 = ((a & 15) | ((hb & 3) << 4)) - 32
+                            q1 = ((c & 15) | (((hb >> 2) & 3) << 4)) - 32
+                            q2 = ((a >> 4) | (((hb >> 4) & 3) << 4)) - 32
+                            q3 = ((c >> 4) | (((hb >> 6) & 3) << 4)) - 32
+                            acc[i] += d0 * np.float32(q0) * x[b, s, i]
+                            acc[16 + i] += d1 * np.float32(q1) * x[b, s + 2, i]
+                            acc[32 + i] += d2 * np.float32(q2) * x[b, s + 4, i]
+                            acc[48 + i] += d3 * np.float32(q3) * x[b, s + 6, i]
+            out[r] = acc.sum()
+
+
+@njit(parallel=True, cache=True)
+def dequant_q6_k(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for b in range(blocks.shape[1]):
+            d = half_at(blocks, r, b, 208)
+            for n in range(2):
+                for h in range(2):
+                    s = 8 * n + h
+                    d0 = d * np.float32(signed8(blocks[r, b, 192 + s]))
+                    d1 = d * np.float32(signed8(blocks[r, b, 194 + s]))
+                    d2 = d * np.float32(signed8(blocks[r, b, 196 + s]))
+                    d3 = d * np.float32(signed8(blocks[r, b, 198 + s]))
+                    for i in range(16):
+                        a = np.int32(blocks[r, b, 64 * n + 16 * h + i])
+                        c = np.int32(blocks[r, b, 64 * n + 32 + 16 * h + i])
+                        hb = np.int32(blocks[r, b, 128 + 32 * n + 16 * h + i])
+                        out[r, b, s, i] = d0 * np.float32(((a & 15) | ((hb & 3) << 4)) - 32)
+                        out[r, b, s + 2, i] = d1 * np.float32(((c & 15) | (((hb >> 2) & 3) << 4)) - 32)
+                        out[r, b, s + 4, i] = d2 * np.float32(((a >> 4) | (((hb >> 4) & 3) << 4)) - 32)
+                        out[r, b, s + 6, i] = d3 * np.float32(((c >> 4) | (((hb >> 6) & 3) << 4)) - 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# IQ4_XS: 136 bytes, 256 weights in 8 sub-blocks of 32
+#   byte 0    2              4             8                         136
+#        | d  | scales_h u16 | scales_l[4] | qs[128]                 |
+#   sub-block ib: ls = (scales_l[ib/2] >> 4*(ib%2) & 15) | (scales_h >> 2ib & 3) << 4
+#   16 bytes qs[16ib..]: low nibble = weight j, high = weight j+16; value = d*(ls-32)*VALUES[q]
+#   (activation view x[block, 16, 16]: half 2ib + 0/1)
+# ---------------------------------------------------------------------------------------------
+@njit(inline="always")
+def _iq4_xs_scale(blocks, r, b, ib):
+    sh = np.int32(blocks[r, b, 2]) | (np.int32(blocks[r, b, 3]) << 8)
+    sl = (np.int32(blocks[r, b, 4 + ib // 2]) >> (4 * (ib % 2))) & 15
+    return (sl | (((sh >> (2 * ib)) & 3) << 4)) - 32
+
+
+@njit(parallel=True, cache=True)
+def matvec_iq4_xs(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    values = IQ4NL_VALUES
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty(32, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            for b in range(n_blocks):
+                d = half_at(blocks, r, b, 0)
+                for ib in range(8):
+                    dl = d * np.float32(_iq4_xs_scale(blocks, r, b, ib))
+                    for j in range(16):
+                        q = np.int32(blocks[r, b, 8 + 16 * ib + j])
+                        acc[j] += dl * values[q & 15] * x[b, 2 * ib, j]
+                        acc[16 + j] += dl * values[q >> 4] * x[b, 2 * ib + 1, j]
+            out[r] = acc.sum()
+
+
+@njit(parallel=True, cache=True)
+def dequant_iq4_xs(blocks, out):
+    values = IQ4NL_VALUES
+    for r in prange(blocks.shape[0]):
+        for b in range(blocks.shape[1]):
+            d = half_at(blocks, r, b, 0)
+            for ib in range(8):
+                dl = d * np.float32(_iq4_xs_scale(blocks, r, b, ib))
+                for j in range(16):
+                    q = np.int32(blocks[r, b, 8 + 16 * ib + j])
+                    out[r, b, 2 * ib, j] = dl * values[q & 15]
+                    out[r, b, 2 * ib + 1, j] = dl * values[q >> 4]
+
+
+FORMATS = {
+    GGMLType.Q2_K: Format((16, 16), matvec_q2_k, dequant_q2_k),
+    GGMLType.Q3_K: Format((16, 16), matvec_q3_k, dequant_q3_k),
+    GGMLType.Q4_K: Format((8, 32), matvec_q4_k, dequant_q4_k),
+    GGMLType.Q5_K: Format((8, 32), matvec_q5_k, dequant_q5_k),
+    GGMLType.Q6_K: Format((16, 16), matvec_q6_k, dequant_q6_k),
+    GGMLType.IQ4_XS: Format((16, 16), matvec_iq4_xs, dequant_iq4_xs),
+}

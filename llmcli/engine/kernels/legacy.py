@@ -1,0 +1,256 @@
+"""Mat-vec and dequantize kernels for the 32-weight block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+IQ4_NL (ggml-common.h block structs, dequantize_row_* in ggml-quants.c).
+
+Activations stay float32 (see matmul.py for why); every kernel is the "lanes" shape of common.py.
+Nibble formats split a block in two halves: byte j holds weight j (low nibble) and weight j+16
+(high nibble), so their activation view is x[block, half, 16].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ...gguf.constants import GGMLType
+from .common import ROW_TILE, Format, half_at, signed8
+
+# 1 << k as int32 (bit 31 wraps to the sign bit, which is what a bit test wants).
+_BIT = np.array([1 << k for k in range(32)], dtype=np.uint32).view(np.int32)
+
+# IQ4_NL's non-linear 4-bit code book (ggml-common.h kvalues_iq4nl).
+IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
+                        dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Q8_0: 34 bytes, 32 weights            weight k = d * qs[k]
+#   byte  0    2                                  34
+#         | d  | qs[0..31] int8                   |
+#         fp16
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def matvec_q8_0(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty(32, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            for b in range(n_blocks):
+                d = half_at(blocks, r, b, 0)
+                for k in range(32):
+                    acc[k] += d * np.float32(signed8(blocks[r, b, 2 + k])) * x[b, k]
+            out[r] = acc.sum()
+
+
+@njit(parallel=True, cache=True)
+def dequant_q8_0(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for b in range(blocks.shape[1]):
+            d = half_at(blocks, r, b, 0)
+            for k in range(32):
+                out[r, b, k] = d * np.float32(signed8(blocks[r, b, 2 + k]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Q4_0: 18 bytes, 32 weights            weight j    = d * ((qs[j] & 15) - 8)
+#   byte  0    2                  18    weight j+16 = d * ((qs[j] >> 4) - 8)
+#         | d  | qs[0..15]        |
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def matvec_q4_0(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty(32, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            for b in range(n_blocks):
+                d = half_at(blocks, r, b, 0)
+                for j in range(16):
+                    q = np.int32(blocks[r, b, 2 + j])
+                    acc[j] += d * np.float32((q & 15) - 8) * x[b, 0, j]
+                    acc[16 + j] += d * np.float32((q >> 4) - 8) * x[b, 1, j]
+            out[r] = acc.sum()
+
+
+@njit(parallel=True, cache=True)
+def dequant_q4_0(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for b in range(blocks.shape[1]):
+            d = half_at(blocks, r, b, 0)
+            for j in range(16):
+                q = np.int32(blocks[r, b, 2 + j])
+                out[r, b, 0, j] = d * np.float32((q & 15) - 8)
+                out[r, b, 1, j] = d * np.float32((q >> 4) - 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Q4_1: 20 bytes, 32 weights            weight j    = d * (qs[j] & 15) + m
+#   byte  0    2    4                  20  weight j+16 = d * (qs[j] >> 4) + m
+#         | d  | m  | qs[0..15]        |
+# The "+ m" part is m * sum(x over the block), added once per block instead of per lane.
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def matvec_q4_1(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    x_sum = np.empty(n_blocks, np.float32)
+    for b in range(n_blocks):
+        x_sum[b] = x[b].sum()
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty(32, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            offset = np.float32(0.0)
+            for b in range(n_blocks):
+                d = half_at(blocks, r, b, 0)
+                offset += half_at(blocks, r, b, 2) * x_sum[b]
+                for j in range(16):
+                    q = np.int32(blocks[r, b, 4 + j])
+                    acc[j] += d * np.float32(q & 15) * x[b, 0, j]
+                    acc[16 + j] += d * np.float32(q >> 4) * x[b, 1, j]
+            out[r] = acc.sum() + offset
+
+
+@njit(parallel=True, cache=True)
+def dequant_q4_1(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for b in range(blocks.shape[1]):
+            d = half_at(blocks, r, b, 0)
+            m = half_at(blocks, r, b, 2)
+            for j in range(16):
+                q = np.int32(blocks[r, b, 4 + j])
+                out[r, b, 0, j] = d * np.float32(q & 15) + m
+                out[r, b, 1, j] = d * np.float32(q >> 4) + m
+
+
+# ---------------------------------------------------------------------------------------------
+# Q5_0: 22 bytes, 32 weights            weight j    = d * ((qs[j] & 15 | bit j of qh << 4) - 16)
+#   byte  0    2        6                  22  weight j+16 = d * ((qs[j] >> 4 | bit j+16 of qh << 4) - 16)
+#         | d  | qh u32 | qs[0..15]        |
+# The high bit is tested against a constant table (`vptestmd` + blend); `(qh >> j) & 1` gets
+# widened to 64 bits and was ~35 % slower.
+# ---------------------------------------------------------------------------------------------
+@njit(inline="always")
+def _qh32(blocks, r, b, off):
+    return (np.int32(blocks[r, b, off]) | (np.int32(blocks[r, b, off + 1]) << 8)
+            | (np.int32(blocks[r, b, off + 2]) << 16) | np.int32(np.int32(blocks[r, b, off + 3]) << 24))
+
+
+@njit(parallel=True, cache=True)
+def matvec_q5_0(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty(32, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            for b in range(n_blocks):
+                d = half_at(blocks, r, b, 0)
+                qh = _qh32(blocks, r, b, 2)
+                for j in range(16):
+                    q = np.int32(blocks[r, b, 6 + j])
+                    lo = (q & 15) - np.int32(0 if (qh & _BIT[j]) != 0 else 16)
+                    hi = (q >> 4) - np.int32(0 if (qh & _BIT[j + 16]) != 0 else 16)
+                    acc[j] += d * np.float32(lo) * x[b, 0, j]
+                    acc[16 + j] += d * np.float32(hi) * x[b, 1, j]
+            out[r] = acc.sum()
+
+
+@njit(parallel=True, cache=True)
+def dequant_q5_0(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for b in range(blocks.shape[1]):
+            d = half_at(blocks, r, b, 0)
+            qh = _qh32(blocks, r, b, 2)
+            for j in range(16):
+                q = np.int32(blocks[r, b, 6 + j])
+                lo = (q & 15) - np.int32(0 if (qh & _BIT[j]) != 0 else 16)
+                hi = (q >> 4) - np.int32(0 if (qh & _BIT[j + 16]) != 0 else 16)
+                out[r, b, 0, j] = d * np.float32(lo)
+                out[r, b, 1, j] = d * np.float32(hi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Q5_1: 24 bytes, 32 weights            weight j    = d * (qs[j] & 15 | bit j of qh << 4) + m
+#   byte  0    2    4        8                  24  weight j+16 = d * (qs[j] >> 4 | bit j+16 << 4) + m
+#         | d  | m  | qh u32 | qs[0..15]        |
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def matvec_q5_1(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    x_sum = np.empty(n_blocks, np.float32)
+    for b in range(n_blocks):
+        x_sum[b] = x[b].sum()
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty(32, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            offset = np.float32(0.0)
+            for b in range(n_blocks):
+                d = half_at(blocks, r, b, 0)
+                offset += half_at(blocks, r, b, 2) * x_sum[b]
+                qh = _qh32(blocks, r, b, 4)
+                for j in range(16):
+                    q = np.int32(blocks[r, b, 8 + j])
+                    lo = (q & 15) + np.int32(16 if (qh & _BIT[j]) != 0 else 0)
+                    hi = (q >> 4) + np.int32(16 if (qh & _BIT[j + 16]) != 0 else 0)
+                    acc[j] += d * np.float32(lo) * x[b, 0, j]
+                    acc[16 + j] += d * np.float32(hi) * x[b, 1, j]
+            out[r] = acc.sum() + offset
+
+
+@njit(parallel=True, cache=True)
+def dequant_q5_1(blocks, out):
+    for r in prange(blocks.shape[0]):
+        for b in range(blocks.shape[1]):
+            d = half_at(blocks, r, b, 0)
+            m = half_at(blocks, r, b, 2)
+            qh = _qh32(blocks, r, b, 4)
+            for j in range(16):
+                q = np.int32(blocks[r, b, 8 + j])
+                lo = (q & 15) + np.int32(16 if (qh & _BIT[j]) != 0 else 0)
+                hi = (q >> 4) + np.int32(16 if (qh & _BIT[j + 16]) != 0 else 0)
+                out[r, b, 0, j] = d * np.float32(lo) + m
+                out[r, b, 1, j] = d * np.float32(hi) + m
+
+
+# ---------------------------------------------------------------------------------------------
+# IQ4_NL: 18 bytes, 32 weights          weight j    = d * VALUES[qs[j] & 15]
+#   byte  0    2                  18    weight j+16 = d * VALUES[qs[j] >> 4]
+#         | d  | qs[0..15]        |
+# ---------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def matvec_iq4_nl(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    values = IQ4NL_VALUES
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty(32, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            for b in range(n_blocks):
+                d = half_at(blocks, r, b, 0)
+                for j in range(16):
+                    q = np.int32(blocks[r, b, 2 + j])
+                    acc[j] += d * values[q & 15] * x[b, 0, j]
+                    acc[16 + j] += d * values[q >> 4] * x[b, 1, j]
+            out[r] = acc.sum()
+
+
+@njit(parallel=True, cache=True)
+def dequant_iq4_nl(blocks, out):
+    values = IQ4NL_VALUES
+    for r in prange(blocks.shape[0]):
+        for b in range(blocks.shape[1]):
+            d = half_at(blocks, r, b, 0)
+            for j in range(16):
+                q = np.int32(blocks[r, b, 2 + j])
+                out[r, b, 0, j] = d * values[q & 15]
+                out[r, b, 1, j] = d * values[q >> 4]
+
+
+FORMATS = {
+    GGMLType.Q8_0: Format((32,), matvec_q8_0, dequant_q8_0),
+    GGMLType.Q4_0: Format((2, 16), matvec_q4_0, dequant_q4_0),
+    GGMLType.Q4_1: Format((2, 16), matvec_q4_1, dequant_q4_1),
+    GGMLType.Q5_0: Format((2, 16), matvec_q5_0, dequant_q5_0),
+    GGMLType.Q5_1: Format((2, 16), matvec_q5_1, dequant_q5_1),
+    GGMLType.IQ4_NL: Format((2, 16), matvec_iq4_nl, dequant_iq4_nl),
+}

@@ -1,0 +1,185 @@
+"""Matrix products with GGUF weights, read in place from their quantized blocks.
+
+    W = QuantizedMatrix(reader.tensor_bytes(name), GGMLType.Q4_K, n_cols)
+    matvec(W, x, out)          # out (n_rows,)           = W @ x            token generation
+    matmul(W, X, out)          # out (n_tokens, n_rows)  = X @ W.T          prompt processing
+    dequantize_rows(W, a, b)   # float32 rows a..b-1 (embedding lookup)
+
+Activations stay float32: the weights are decoded block by block inside the kernels and
+multiplied with float32 x. We chose this over llama.cpp's 8-bit activation quantization
+(Q8_0/Q8_K blocks + integer dot products) because the float path (a) matches a
+dequantize-then-float32 reference to rounding error for every type, (b) vectorises with LLVM
+from numba for every format, whereas integer dot products only paid off for Q8_0 (no VNNI from
+numba), and (c) keeps one simple kernel shape per format. The price is logits that differ from
+llama.cpp's native ones by its activation-quantization noise, not by ours.
+
+Mat-vec streams every weight byte once (memory-bound). Mat-mul with 4+ tokens decodes a tile of
+rows to float32 once per call (in a reused scratch buffer, ~1 MB so it stays in L2) and runs a
+register-blocked float32 GEMM over it (compute-bound); fewer tokens run one mat-vec per token.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+
+from ..errors import BadInputError, UnsupportedError
+from ..gguf.constants import TYPE_INFO, GGMLType
+from .kernels import FORMATS, gemm_nt
+
+__all__ = ["QuantizedMatrix", "matvec", "matmul", "dequantize_rows", "set_threads", "get_threads",
+           "default_threads", "supported_types"]
+
+# Below this many tokens a batch runs as separate mat-vecs (decoding the tile costs more).
+GEMM_MIN_TOKENS = 4
+# float32 bytes of one decoded weight tile: fits the per-core L2 next to the activation rows.
+GEMM_TILE_BYTES = 1 << 20
+
+
+def supported_types() -> list[GGMLType]:
+    return list(FORMATS)
+
+
+class QuantizedMatrix:
+    """A (n_rows, n_cols) weight matrix stored as ggml blocks, one row per `raw` row.
+
+    `raw` is a uint8 (n_rows, row_bytes) view (e.g. `GGUFReader.tensor_bytes`); it is never copied.
+    """
+
+    __slots__ = ("raw", "ggml_type", "n_rows", "n_cols", "format", "weights")
+
+    def __init__(self, raw: np.ndarray, ggml_type: GGMLType, n_cols: int):
+        ggml_type = GGMLType(ggml_type)
+        fmt = FORMATS.get(ggml_type)
+        if fmt is None:
+            raise UnsupportedError(f"matrix multiplication with {ggml_type.name} weights is not supported "
+                                   f"(supported: {', '.join(t.name for t in FORMATS)})")
+        info = TYPE_INFO[ggml_type]
+        if raw.ndim != 2 or raw.dtype != np.uint8:
+            raise BadInputError(f"{ggml_type.name} weights must be a 2-D uint8 array, got {raw.dtype} {raw.shape}")
+        if n_cols <= 0 or n_cols % info.block_size or raw.shape[1] != info.row_bytes(n_cols):
+            raise BadInputError(f"{ggml_type.name} rows of {n_cols} values need {info.row_bytes(n_cols)} bytes "
+                                f"(blocks of {info.block_size}), got {raw.shape[1]}")
+        if not raw.flags.c_contiguous:
+            raise BadInputError(f"{ggml_type.name} weight rows must be contiguous in memory")
+        self.raw, self.ggml_type, self.n_rows, self.n_cols, self.format = raw, ggml_type, raw.shape[0], n_cols, fmt
+        if fmt.x_group:
+            weights = raw.reshape(raw.shape[0], n_cols // info.block_size, info.block_bytes)
+        else:
+            weights = raw.view(fmt.element)
+        # Always read-only, so every kernel is compiled for one array type whatever the source.
+        weights = weights.view()
+        weights.flags.writeable = False
+        self.weights = weights
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_rows, self.n_cols
+
+    def rows(self, start: int, stop: int) -> "QuantizedMatrix":
+        """Rows start..stop-1 as a QuantizedMatrix over the same bytes (e.g. one MoE expert)."""
+        if not 0 <= start <= stop <= self.n_rows:
+            raise BadInputError(f"rows {start}:{stop} out of range for a {self.n_rows}-row matrix")
+        return QuantizedMatrix(self.raw[start:stop], self.ggml_type, self.n_cols)
+
+    def __repr__(self) -> str:
+        return f"QuantizedMatrix({self.ggml_type.name}, {self.n_rows}x{self.n_cols})"
+
+    def _x_view(self, x: np.ndarray) -> np.ndarray:
+        group = self.format.x_group
+        if not group:
+            return x
+        return x.reshape((self.n_cols // int(np.prod(group)),) + group)
+
+
+def _activations(W: QuantizedMatrix, x: np.ndarray, ndim: int, what: str) -> np.ndarray:
+    if x.ndim != ndim or x.shape[-1] != W.n_cols:
+        raise BadInputError(f"{what} of shape {x.shape} does not fit a {W.n_rows}x{W.n_cols} matrix")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _output(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, np.float32)
+    if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise BadInputError(f"output buffer must be contiguous float32 {shape}, got {out.dtype} {out.shape}")
+    return out
+
+
+def matvec(W: QuantizedMatrix, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """out[r] = W[r] . x for x float32 (n_cols,); returns out (n_rows,)."""
+    x = _activations(W, x, 1, "x")
+    out = _output(out, (W.n_rows,))
+    if W.n_rows:
+        W.format.matvec(W.weights, W._x_view(x), out)
+    return out
+
+
+_scratch = np.empty(0, np.float32)
+
+
+def _scratch_rows(n_rows: int, n_cols: int) -> np.ndarray:
+    """A reused float32 (n_rows, n_cols) buffer (not thread-safe: one engine thread calls us)."""
+    global _scratch
+    if _scratch.size < n_rows * n_cols:
+        _scratch = np.empty(n_rows * n_cols, np.float32)
+    return _scratch[: n_rows * n_cols].reshape(n_rows, n_cols)
+
+
+def matmul(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """out[t, r] = W[r] . X[t] for X float32 (n_tokens, n_cols); returns out (n_tokens, n_rows)."""
+    X = _activations(W, X, 2, "X")
+    n_tokens = X.shape[0]
+    out = _output(out, (n_tokens, W.n_rows))
+    if n_tokens < GEMM_MIN_TOKENS:
+        for t in range(n_tokens):
+            W.format.matvec(W.weights, W._x_view(X[t]), out[t])
+        return out
+    tile = max(4, GEMM_TILE_BYTES // (4 * W.n_cols) // 4 * 4)
+    for start in range(0, W.n_rows, tile):
+        stop = min(W.n_rows, start + tile)
+        decoded = _scratch_rows(stop - start, W.n_cols)
+        W.format.dequant(W.weights[start:stop], _row_view(W, decoded))
+        gemm_nt(X, decoded, out, start)
+    return out
+
+
+def _row_view(W: QuantizedMatrix, rows: np.ndarray) -> np.ndarray:
+    """float32 (n, n_cols) -> the (n, *activation view) shape a dequant kernel writes."""
+    group = W.format.x_group
+    if not group:
+        return rows
+    return rows.reshape((rows.shape[0], W.n_cols // int(np.prod(group))) + group)
+
+
+def dequantize_rows(W: QuantizedMatrix, start: int, stop: int) -> np.ndarray:
+    """Rows start..stop-1 of W decoded to float32 (stop-start, n_cols), e.g. token embeddings."""
+    sub = W.rows(start, stop)
+    out = np.empty((stop - start, W.n_cols), np.float32)
+    if stop > start:
+        W.format.dequant(sub.weights, _row_view(W, out))
+    return out
+
+
+def default_threads() -> int:
+    """Physical cores available to this process (hyper-threads share one core's vector units)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import psutil
+        physical = psutil.cpu_count(logical=False) or available
+    except Exception:  # psutil is a dependency, but a missing sysfs must not break the engine
+        physical = available
+    return max(1, min(available, physical, numba.config.NUMBA_NUM_THREADS))
+
+
+def set_threads(n: int) -> None:
+    """Threads the kernels use (numba's pool for the calling thread); 1 is cheap."""
+    if n < 1:
+        raise BadInputError(f"thread count must be at least 1, got {n}")
+    numba.set_num_threads(min(int(n), numba.config.NUMBA_NUM_THREADS))
+
+
+def get_threads() -> int:
+    return numba.get_num_threads()
