@@ -132,8 +132,8 @@ class ArchConverter:
     def need(self, *keys: str) -> Any:
         value = self.find(*keys)
         if value is None:
-            raise BadInputError(f"{self.ckpt.config_path}: missing '{keys[0]}'"
-                                + (f" (or any of {', '.join(keys[1:])})" if len(keys) > 1 else ""))
+            wanted = f"'{keys[0]}'" if len(keys) == 1 else "one of " + ", ".join(f"'{k}'" for k in keys)
+            raise BadInputError(f"{self.ckpt.config_path}: missing key {wanted}")
         return value
 
     def _rope_parameters(self) -> dict[str, Any]:
