@@ -164,7 +164,8 @@ def float_conversion_inputs(rng: np.random.Generator) -> np.ndarray:
         0xFF800001, 0x7FA00000, 0x7FFFFFFF, 0xFFFFFFFF, 0x7FC02000, 0x7F7FFFFF, 0xFF7FFFFF,
         0x7F7F8000, 0x7F7F7FFF, 0x00000001, 0x80000001, 0x007FFFFF, 0x00800000, 0x00008000,
         0x00018000, 0x477FE000, 0x477FF000, 0x477FEFFF, 0x33000000, 0x33000001, 0x32FFFFFF,
-        0x387FC000, 0x38800000], dtype=np.uint32))
+        0x387FC000, 0x38800000, 0x3F808000, 0x3F818000, 0x3F808001, 0x3F807FFF, 0xBF808000,
+        0xBF818000], dtype=np.uint32))
     random_bits = bits(rng.integers(0, 1 << 32, 1 << 14, dtype=np.uint64).astype(np.uint32))
     up, down = np.float32(np.inf), np.float32(-np.inf)
     with np.errstate(invalid="ignore"):  # some bf16 ties are NaN patterns; nextafter keeps NaN
