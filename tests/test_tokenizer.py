@@ -294,7 +294,8 @@ def test_bad_metadata_is_a_clear_error():
 # ---- 100 KB --------------------------------------------------------------------------------------
 
 def text_100k() -> str:
-    return (DATA / "tokenizer" / "text100k.txt").read_text(encoding="utf-8")
+    with open(DATA / "tokenizer" / "text100k.txt", encoding="utf-8", newline="") as f:
+        return f.read()  # newline="": keep the "\r\n" in it
 
 
 # ---- the demo model helper -----------------------------------------------------------------------
