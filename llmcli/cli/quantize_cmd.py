@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -55,20 +56,21 @@ def quantize(
 
 def _render(info: dict) -> None:
     title = f"{info['input']} -> {info['output'] or '(dry run)'} as {info['type']}"
-    table = Table(title=title)
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("tensor", style="cyan", overflow="fold", min_width=12)
-    table.add_column("shape", justify="right")
-    table.add_column("type")
-    table.add_column("size", justify="right")
-    table.add_column("rel. RMSE", justify="right")
-    table.add_column("why", style="dim")
-    for i, t in enumerate(info["tensors"]):
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("tensor", style="cyan", overflow="fold")
+    table.add_column("shape", justify="right", no_wrap=True, min_width=9)
+    table.add_column("type", no_wrap=True, min_width=12)
+    table.add_column("size", justify="right", no_wrap=True, min_width=10)
+    table.add_column("rel.RMSE", justify="right", no_wrap=True, min_width=8)
+    for t in info["tensors"]:
         changed = t["from_type"] != t["to_type"]
         types = f"{t['from_type']} -> [bold]{t['to_type']}[/]" if changed else t["from_type"]
+        if t["how"].startswith("fallback"):
+            types += " [dim](fallback)[/]"
+        elif t["how"].startswith("--"):
+            types += " [dim](option)[/]"
         rmse = f"{t['rmse']:.4f}" if t.get("rmse") is not None else ""
-        table.add_row(str(i), Text(t["name"]), " x ".join(map(str, t["shape"])), types,
-                      human_bytes(t["bytes"]), rmse, t["how"])
+        table.add_row(Text(t["name"]), "x".join(map(str, t["shape"])), types, human_bytes(t["bytes"]), rmse)
     out_console.print(table)
     tot = info["totals"]
     verb = "would be" if info["dry_run"] else "written"

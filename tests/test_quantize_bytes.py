@@ -1,0 +1,56 @@
+"""Whole quantized files byte-identical to llama-quantize's (file sha256 from tests/data/kq/types)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from llmcli.gguf import GGUFReader
+from llmcli.quantize import quantize_file
+from llmcli.quants.mixes import QuantizeOptions
+
+DATA = Path(__file__).parent / "data"
+KQ = DATA / "kq" / "kq-f16.gguf"
+
+
+def _distinct_records() -> list[Path]:
+    """Every successful record, once per distinct output (Q6_K and Q6_K-pure are the same file)."""
+    seen, out = set(), []
+    for p in sorted((DATA / "kq" / "types").glob("*.json")):
+        record = json.loads(p.read_text())
+        if record.get("failed") or record["file_sha256"] in seen:
+            continue
+        seen.add(record["file_sha256"])
+        out.append(p)
+    return out
+
+
+RECORDS = _distinct_records()
+
+
+def test_every_kq_type_is_covered():
+    assert len(RECORDS) == 18
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def mismatching_tensors(path: Path, record: dict) -> list[str]:
+    with GGUFReader(path) as reader:
+        return [f"{t.name} ({t.type.name})" for t in reader.tensors
+                if hashlib.sha256(reader.tensor_bytes(t).tobytes()).hexdigest() != record["tensors"][t.name]["sha256"]]
+
+
+@pytest.mark.parametrize("record_path", RECORDS, ids=lambda p: p.stem)
+def test_kq_file_is_byte_identical(record_path, tmp_path):
+    record = json.loads(record_path.read_text())
+    out = tmp_path / f"kq-{record_path.stem}.gguf"
+    report = quantize_file(KQ, out, record["type_arg"], QuantizeOptions(pure=record["pure"]), measure=False)
+    assert out.stat().st_size == record["file_bytes"] == report.file_bytes_out
+    if _sha256(out) != record["file_sha256"]:
+        bad = mismatching_tensors(out, record)
+        pytest.fail(f"{record_path.stem}: file differs from llama-quantize's; tensors differing: {bad or 'none (header)'}")
