@@ -556,10 +556,11 @@ class Tokenizer:
     def _spm_cut_pattern(self) -> re.Pattern:
         """Where SPM text may be cut into independent pieces: before a "▁" whose left neighbour
         is never followed by "▁" inside a token (so no token can span the cut)."""
-        glue = set()
-        for t in self.tokens:
-            if t.find(SPACE_MARK, 1) > 0:
-                glue.update(t[i - 1] for i in range(1, len(t)) if t[i] == SPACE_MARK)
+        joined = "\x00".join(self.tokens)
+        if joined.count("\x00") == len(self.tokens) - 1:  # no token holds the separator
+            glue = set(re.findall(f"([^\x00])(?={SPACE_MARK})", joined))
+        else:
+            glue = {t[i - 1] for t in self.tokens for i in range(1, len(t)) if t[i] == SPACE_MARK}
         if glue:
             cls = "".join(sorted(re.escape(c) for c in glue))
             return re.compile(f"(?<![{cls}])(?={SPACE_MARK})")
