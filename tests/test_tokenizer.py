@@ -12,6 +12,7 @@ References (all made with the real llama.cpp at commit 0c1e570, see tests/data/R
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -117,17 +118,29 @@ def test_special_ids_from_metadata(demo_tokenizer):
     assert demo_tokenizer.n_vocab == 262144
 
 
-@pytest.mark.parametrize("name, eog_texts", [
-    ("qwen2", {"<|endoftext|>", "<|im_end|>"}),
-    ("llama_bf16", {"<|end_of_text|>", "<|eot_id|>"}),
-    ("phi3", {"<|endoftext|>", "<|end|>", "</s>"}),
-    ("llama", {"</s>"}),
-])
-def test_end_of_generation_tokens(name, eog_texts):
-    """EOG = eos + tokens llama.cpp recognises by text (<|im_end|>, <|eot_id|>, <end_of_turn>...)."""
-    tok = tiny_tokenizer(name)
-    assert {tok.token_text(i) for i in tok.eog_ids} == eog_texts
-    assert tok.is_eog(tok.eos_id)
+def tokenizer_for(name: str, request) -> Tokenizer:
+    return request.getfixturevalue("demo_tokenizer") if name == "demo" else tiny_tokenizer(name)
+
+
+def llama_cpp_record(name: str) -> dict:
+    return json.loads((DATA / "tokenizer" / f"{name}.json").read_text())
+
+
+REFERENCE_MODELS = ["llama", "gemma3", "phi3", "qwen2", "llama_bf16", "demo"]
+
+
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
+def test_special_ids_and_end_of_generation_match_llama_cpp(name, request):
+    tok, ref = tokenizer_for(name, request), llama_cpp_record(name)
+    assert tok.n_vocab == ref["n_vocab"]
+    assert (tok.bos_id, tok.eos_id) == (ref["special_ids"]["bos"], ref["special_ids"]["eos"])
+    assert sorted(tok.eog_ids) == ref["eog_ids"]
+    if name == "phi3":
+        # Two eot candidates (<|endoftext|>, <|end|>): llama.cpp takes whichever its hash map
+        # yields first, we take the first in its list. Both end generation either way.
+        assert ref["special_ids"]["eot"] in tok.eog_ids and tok.eot_id in tok.eog_ids
+    else:
+        assert tok.eot_id == ref["special_ids"]["eot"]
 
 
 def test_demo_end_of_turn_ends_generation(demo_tokenizer):
@@ -291,11 +304,73 @@ def test_bad_metadata_is_a_clear_error():
         Tokenizer.from_metadata({k: v for k, v in bpe.items() if k != "tokenizer.ggml.merges"}, "x.gguf")
 
 
-# ---- 100 KB --------------------------------------------------------------------------------------
+# ---- 100 KB, pieces, detokenize --------------------------------------------------------------------
 
 def text_100k() -> str:
     with open(DATA / "tokenizer" / "text100k.txt", encoding="utf-8", newline="") as f:
         return f.read()  # newline="": keep the "\r\n" in it
+
+
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
+def test_100k_text_ids_match_llama_cpp(name, request):
+    tok, text = tokenizer_for(name, request), text_100k()
+    assert len(text) == 100_000
+    ref = np.load(DATA / "tokenizer" / f"{name}.text100k.npz")
+    for key, parse_special in (("parse_special_off", False), ("parse_special_on", True)):
+        got = tok.tokenize(text, parse_special=parse_special)
+        expected = ref[key].tolist()
+        first_diff = next((i for i, (g, e) in enumerate(zip(got, expected)) if g != e), None)
+        assert (len(got), first_diff) == (len(expected), None), key
+
+
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
+def test_every_token_piece_matches_llama_cpp(name, request):
+    tok, ref = tokenizer_for(name, request), llama_cpp_record(name)
+    for special, key in ((True, "special"), (False, "plain")):
+        h = hashlib.sha256()
+        for tid in range(tok.n_vocab):
+            piece = tok.token_to_piece(tid, special=special)
+            h.update(len(piece).to_bytes(4, "little") + piece)
+        assert h.hexdigest() == ref["pieces_sha256"][key], key
+
+
+DETOKENIZE_MODES = {  # reference key -> (ids key, remove_special, unparse_special)
+    "no_bos": ("ids_no_bos", False, False),
+    "parse_special": ("ids_parse_special", False, False),
+    "parse_special_remove_special": ("ids_parse_special", True, False),
+    "parse_special_unparse": ("ids_parse_special", False, True),
+    "parse_special_remove_unparse": ("ids_parse_special", True, True),
+}
+
+
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
+def test_detokenize_matches_llama_cpp(name, request):
+    tok, ref = tokenizer_for(name, request), llama_cpp_record(name)
+    bad = []
+    for entry in ref["detokenize"]:
+        for key, (ids_key, remove_special, unparse_special) in DETOKENIZE_MODES.items():
+            got = tok.detokenize(entry[ids_key], remove_special, unparse_special)
+            if got != entry[key]:
+                bad.append(f"{key} {entry['text']!r}: {got!r} != {entry[key]!r}")
+    assert bad == []
+    ids = np.load(DATA / "tokenizer" / f"{name}.text100k.npz")
+    for mode, ids_key, remove_special, unparse_special in [
+            ("off_plain", "parse_special_off", False, False),
+            ("on_remove_unparse", "parse_special_on", True, True),
+            ("on_plain", "parse_special_on", False, False)]:
+        data = tok.detokenize_bytes(ids[ids_key].tolist(), remove_special, unparse_special)
+        assert hashlib.sha256(data).hexdigest() == ref["text100k"]["detokenize_sha256"][mode], mode
+
+
+@pytest.mark.parametrize("name", ["qwen2", "demo"])
+def test_streaming_100k_equals_detokenize(name, request):
+    tok = tokenizer_for(name, request)
+    ids = np.load(DATA / "tokenizer" / f"{name}.text100k.npz")["parse_special_on"].tolist()
+    stream = tok.stream()
+    streamed = "".join(stream.feed(i) for i in ids) + stream.flush()
+    # neither model strips a prefix space nor cleans up spaces, so the pieces are the whole text
+    assert streamed == tok.detokenize(ids)
+    assert "\ufffd" not in streamed
 
 
 # ---- the demo model helper -----------------------------------------------------------------------
