@@ -107,6 +107,11 @@ class ArchConverter:
 
     gguf_arch: ClassVar[str]
     TENSOR_NAMES: ClassVar[dict[str, str]] = COMMON_TENSOR_NAMES
+    # config.json `model_type` -> {key: default} for keys transformers' config class fills in when
+    # config.json omits them. llama.cpp reads the config through transformers, so a missing
+    # head_dim, num_key_value_heads, rope_theta... takes these values there. A callable default
+    # receives the config dict (e.g. head_dim = hidden_size // num_attention_heads).
+    CONFIG_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, ckpt: Checkpoint, *, pre: str | None = None):
         self.ckpt = ckpt
@@ -116,6 +121,7 @@ class ArchConverter:
         if isinstance(hp.get("text_config"), dict):
             hp = {**hp, **hp["text_config"]}
         self.hp: dict[str, Any] = hp
+        self._apply_config_defaults()
         self.block_count = int(self.need("n_layers", "num_hidden_layers", "n_layer", "num_layers"))
         self.name_map = TensorNameMap(self.TENSOR_NAMES)
         self.rope = self._rope_parameters()
@@ -124,6 +130,17 @@ class ArchConverter:
         self.early_keys: list[tuple[str, float]] = []
 
     # -- config access ------------------------------------------------------------------------
+
+    def _apply_config_defaults(self) -> None:
+        defaults = self.CONFIG_DEFAULTS.get(self.hp.get("model_type"), {})
+        legacy_rope = any(k in self.hp for k in ("rope_parameters", "rope_scaling", "rope_theta"))
+        for key, default in defaults.items():
+            if key in self.hp or (key == "rope_theta" and legacy_rope):
+                continue
+            try:
+                self.hp[key] = default(self.hp) if callable(default) else default
+            except (KeyError, TypeError, ZeroDivisionError):
+                pass  # a derived default whose inputs are missing: `need` reports the input later
 
     def find(self, *keys: str) -> Any:
         """The first of `keys` present in config.json (or None)."""

@@ -60,7 +60,10 @@ class SourceTensor:
             return raw
         if self.dtype == "BF16":
             # bfloat16 is the top half of a float32: widen exactly.
-            return (raw.astype(np.uint32) << 16).view(np.float32)
+            wide = raw.astype(np.uint32)
+            del raw
+            wide <<= 16
+            return wide.view(np.float32)
         return raw.astype(np.float32)
 
 

@@ -35,6 +35,10 @@ GEMMA3_TENSOR_NAMES = {
 class Gemma3Converter(ArchConverter):
     gguf_arch = "gemma3"
     TENSOR_NAMES = GEMMA3_TENSOR_NAMES
+    # transformers 5.23 Gemma3TextConfig defaults for keys that change the GGUF
+    CONFIG_DEFAULTS = {"gemma3_text": {"num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 131072,
+                                       "rms_norm_eps": 1e-6, "rope_theta": 1e6, "rope_local_base_freq": 10000.0,
+                                       "sliding_window": 4096}}
     norm_shift = 1.0
 
     def set_hparams(self, kv: KV, file_type: int) -> None:

@@ -13,13 +13,14 @@ What llama.cpp's converter does beyond the generic path:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Iterable
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, UnsupportedError
 from .base import COMMON_TENSOR_NAMES, ArchConverter, OutputTensor, stacked
 from .checkpoint import SourceTensor
 from .metadata import KV
@@ -42,10 +43,31 @@ def permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
             .reshape(w.shape))
 
 
+def _heads(hp: dict) -> int:
+    return hp["num_attention_heads"]
+
+
+def _head_dim(hp: dict) -> int:
+    return hp["hidden_size"] // hp["num_attention_heads"]
+
+
+# What transformers 5.23's LlamaConfig / MistralConfig / MixtralConfig fill in (checked with
+# AutoConfig on minimal config.json files); only keys that change the GGUF.
+LLAMA_CONFIG_DEFAULTS = {
+    "llama": {"num_key_value_heads": _heads, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+              "rope_theta": 10000.0, "head_dim": _head_dim},
+    "mistral": {"num_key_value_heads": 8, "head_dim": _head_dim, "max_position_embeddings": 131072,
+                "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "sliding_window": 4096},
+    "mixtral": {"num_key_value_heads": 8, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+                "rope_theta": 1e6, "num_experts_per_tok": 2, "num_local_experts": 8},
+}
+
+
 @register("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
 class LlamaConverter(ArchConverter):
     gguf_arch = "llama"
     TENSOR_NAMES = LLAMA_TENSOR_NAMES
+    CONFIG_DEFAULTS = LLAMA_CONFIG_DEFAULTS
     permute_qk = True
 
     def __init__(self, *args, **kwargs):
@@ -67,9 +89,27 @@ class LlamaConverter(ArchConverter):
         if (self.dir / "tokenizer.model").is_file():
             self.sentencepiece_vocab(kv)
         else:
+            self._refuse_sentencepiece_style_json()
             self.bpe_vocab(kv)
         if self.hp.get("vocab_size", 32000) == 49152:  # granite small models
             kv.boolean("tokenizer.ggml.add_bos_token", False)
+
+    def _refuse_sentencepiece_style_json(self) -> None:
+        """tokenizer.json holding a SentencePiece-style BPE (byte fallback) without tokenizer.model:
+        llama.cpp rebuilds a `llama` vocabulary through transformers' tokenizer; we do not."""
+        path = self.dir / "tokenizer.json"
+        if not path.is_file():
+            return
+        try:
+            tok = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return  # bpe_vocab reports the broken file
+        model = tok.get("model") or {}
+        llama3_style = model.get("type") == "BPE" and model.get("ignore_merges", False) and not model.get("byte_fallback", True)
+        if (not llama3_style and model.get("type") == "BPE" and model.get("byte_fallback", False)
+                and (tok.get("decoder") or {}).get("type") == "Sequence"):
+            raise UnsupportedError(f"{path}: SentencePiece-style tokenizer.json without tokenizer.model is not "
+                                   f"supported; add the model's tokenizer.model")
 
     def transform(self, name: str, data: np.ndarray) -> np.ndarray:
         if self.permute_qk:
@@ -139,8 +179,6 @@ class LlamaConverter(ArchConverter):
 
 
 def vocab_config(conv: ArchConverter) -> dict:
-    import json
-
     path = conv.dir / "tokenizer_config.json"
     if not path.is_file():
         return {}

@@ -34,6 +34,10 @@ PHI3_TENSOR_NAMES = {
 class Phi3Converter(ArchConverter):
     gguf_arch = "phi3"
     TENSOR_NAMES = PHI3_TENSOR_NAMES
+    # transformers 5.23 Phi3Config defaults for keys that change the GGUF
+    CONFIG_DEFAULTS = {"phi3": {"num_key_value_heads": lambda hp: hp["num_attention_heads"],
+                                "max_position_embeddings": 4096, "original_max_position_embeddings": 4096,
+                                "rms_norm_eps": 1e-5, "rope_theta": 10000.0}}
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes = super().expected_shapes()

@@ -15,6 +15,9 @@ from .registry import register
 @register("Qwen2ForCausalLM", "Qwen2Model")
 class Qwen2Converter(ArchConverter):
     gguf_arch = "qwen2"
+    # transformers 5.23 Qwen2Config defaults for keys that change the GGUF
+    CONFIG_DEFAULTS = {"qwen2": {"num_key_value_heads": 32, "max_position_embeddings": 32768,
+                                 "rms_norm_eps": 1e-6, "rope_theta": 10000.0}}
 
     def keep(self, name: str) -> str | None:
         name = super().keep(name)
