@@ -11,16 +11,9 @@ import numpy as np
 from ..errors import UnsupportedError
 from ..gguf.constants import GGMLType
 from ..gguf.reader import GGUFReader, TensorInfo
-try:
-    from . import matmul as mm
-except ImportError:  # the kernel engineer's module has not landed yet: a slow stand-in
-    from . import _matmul_standin as mm
+from . import matmul as mm
 
-# The types the matmul kernels compute (their own list if they publish one).
-COMPUTABLE_TYPES = tuple(mm.supported_types() if hasattr(mm, "supported_types") else (
-    GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0,
-    GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K,
-    GGMLType.Q6_K, GGMLType.IQ4_NL, GGMLType.IQ4_XS))
+COMPUTABLE_TYPES = tuple(mm.supported_types())
 
 # Plain float formats read directly (embedding lookups, norm weights, biases).
 _FLOAT_VIEWS = {GGMLType.F32: np.float32, GGMLType.F16: np.float16}

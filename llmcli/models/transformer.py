@@ -357,9 +357,11 @@ class Transformer:
         if hasattr(blk, "ffn_up_shexp"):
             shared = np.empty_like(out)
             self._dense_ffn(getattr(blk, "ffn_gate_shexp", None), blk.ffn_up_shexp, blk.ffn_down_shexp, h, shared)
-            if hasattr(blk, "ffn_gate_inp_shexp"):
-                g = h @ blk.ffn_gate_inp_shexp
-                shared *= (1.0 / (1.0 + np.exp(-g)))[:, None].astype(np.float32)
+            gate_inp = getattr(blk, "ffn_gate_inp_shexp", None)
+            if gate_inp is not None:  # stored as a (1, n_embd) matrix, or as a vector
+                g = gate_inp(h, np.empty((len(h), 1), np.float32)) if isinstance(gate_inp, Linear) \
+                    else (h @ gate_inp)[:, None]
+                shared *= (1.0 / (1.0 + np.exp(-g))).astype(np.float32)
             out += shared
 
 
