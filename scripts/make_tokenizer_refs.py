@@ -10,6 +10,9 @@
      unparse_special variants) -> <name>.json
    * bos/eos/eot ids, the end-of-generation set (llama_vocab_is_eog over the vocabulary), and a
      sha256 over every token's piece (token_to_piece, special on and off) -> <name>.json
+3. Every pre-tokenizer in llmcli.vocab.pretokenizers: the qwen2 test GGUF rewritten with
+   `tokenizer.ggml.pre` = that name, the 100 KB text tokenized (no BOS, no special parsing);
+   count and sha256 of the ids (int32 little-endian) -> pretokenizers.json
 
     /work/refvenv/bin/python scripts/make_tokenizer_refs.py \
         [--reference /work/shared/reference] [--demo ~/.cache/llmcli/gemma-3-270m-q4_k_m.gguf]
@@ -142,12 +145,43 @@ def pieces_sha256(vocab: LlamaCppVocab, special: bool) -> str:
     return h.hexdigest()
 
 
+def survey_pretokenizers(text: str, work: Path) -> dict:
+    """llama.cpp's ids for `text` under every pre-tokenizer name we know, on the qwen2 vocabulary."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from llmcli.gguf import GGUFReader, GGUFWriter, MetadataValue, ValueType
+    from llmcli.gguf.writer import copy_metadata
+    from llmcli.vocab.pretokenizers import PRE_TOKENIZERS
+
+    source = ROOT / "tests" / "data" / "gguf_ref" / "qwen2-f16.gguf"
+    out = {}
+    with GGUFReader(source) as reader:
+        for name in sorted(PRE_TOKENIZERS):
+            path = work / f"qwen2-pre-{name}.gguf"
+            w = GGUFWriter(path, force=True)
+            copy_metadata(reader.metadata, w, skip=["tokenizer.ggml.pre"])
+            w.add("tokenizer.ggml.pre", MetadataValue(ValueType.STRING, name))
+            w.add_tensor_infos_from(reader.tensors)
+            with w.open():
+                for t, data in reader.iter_tensors():
+                    w.write_tensor_data(t.name, data)
+            ids = LlamaCppVocab(path).tokenize(text, False, False)
+            out[name] = {"n_ids": len(ids),
+                         "sha256": hashlib.sha256(np.array(ids, dtype="<i4").tobytes()).hexdigest()}
+            path.unlink()
+            print(f"pre {name}: {len(ids)} ids")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reference", type=Path, default=Path("/work/shared/reference"))
     ap.add_argument("--demo", type=Path,
                     default=Path.home() / ".cache" / "llmcli" / "gemma-3-270m-q4_k_m.gguf")
     ap.add_argument("--text-only", action="store_true", help="only build text100k.txt")
+    ap.add_argument("--pre-only", action="store_true", help="only the pre-tokenizer survey")
+    ap.add_argument("--work", type=Path, default=Path("/tmp"), help="scratch dir for GGUF variants")
     args = ap.parse_args()
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -156,6 +190,15 @@ def main() -> None:
     text = read_text100k()
     print(f"{TEXT}: {len(text)} characters, {len(text.encode())} bytes")
     if args.text_only:
+        return
+    survey = {
+        "note": "qwen2-f16.gguf with tokenizer.ggml.pre replaced; llama.cpp tokenize(text100k, "
+                "add_special=False, parse_special=False); sha256 of the ids as int32 little-endian",
+        "llama_cpp": "llama-cpp-python 0.3.36 (llama.cpp 0c1e570)",
+        "pre": survey_pretokenizers(text, args.work),
+    }
+    (OUT / "pretokenizers.json").write_text(json.dumps(survey, indent=1) + "\n")
+    if args.pre_only:
         return
 
     models = {name: args.reference / "gguf" / f"{name}-f16.gguf" for name in TINY}

@@ -281,6 +281,26 @@ def test_pre_tokenizer_table_covers_the_common_names():
         pre_tokenizer("not-a-pre", "x.gguf")
 
 
+def test_every_pre_tokenizer_matches_llama_cpp():
+    """The qwen2 vocabulary under each `tokenizer.ggml.pre` name, on the 100 KB text, against
+    llama.cpp (which runs its hand-written splitters or std::regex for these)."""
+    ref = json.loads((DATA / "tokenizer" / "pretokenizers.json").read_text())["pre"]
+    assert set(ref) == set(PRE_TOKENIZERS)
+    md, text = record_metadata("qwen2"), text_100k()
+    results = {}  # names sharing regexes and merge rule give the same ids: tokenize once
+    bad = []
+    for name in sorted(ref):
+        pre = PRE_TOKENIZERS[name]
+        key = (pre.regexes, pre.ignore_merges)
+        if key not in results:
+            tok = Tokenizer.from_metadata({**md, "tokenizer.ggml.pre": name}, name)
+            ids = np.array(tok.tokenize(text, add_special=False), dtype="<i4")
+            results[key] = {"n_ids": len(ids), "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
+        if results[key] != ref[name]:
+            bad.append(f"{name}: {results[key]['n_ids']} ids, llama.cpp {ref[name]['n_ids']}")
+    assert bad == []
+
+
 def test_every_table_regex_compiles_and_splits_losslessly():
     text = "Hello, World! It's 2024-01-01: 中文 café naïve 🙂 \r\n\t  x  \u00a0y\n\n42.5%"
     for name, pre in PRE_TOKENIZERS.items():
