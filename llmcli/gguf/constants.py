@@ -208,3 +208,29 @@ class FileType(enum.IntEnum):
     MOSTLY_NVFP4 = 39
     MOSTLY_Q1_0 = 40
     MOSTLY_Q2_0 = 41
+
+
+# How llama.cpp names a file type in model descriptions (llama_ftype_name), e.g. for llama-bench's
+# `model_type` column; types missing here are shown by their enum name.
+FILE_TYPE_DESCRIPTIONS: dict[FileType, str] = {
+    FileType.ALL_F32: "all F32",
+    FileType.MOSTLY_F16: "F16",
+    FileType.MOSTLY_BF16: "BF16",
+    FileType.MOSTLY_Q4_0: "Q4_0",
+    FileType.MOSTLY_Q4_1: "Q4_1",
+    FileType.MOSTLY_Q5_0: "Q5_0",
+    FileType.MOSTLY_Q5_1: "Q5_1",
+    FileType.MOSTLY_Q8_0: "Q8_0",
+    FileType.MOSTLY_Q2_K: "Q2_K - Medium",
+    FileType.MOSTLY_Q2_K_S: "Q2_K - Small",
+    FileType.MOSTLY_Q3_K_S: "Q3_K - Small",
+    FileType.MOSTLY_Q3_K_M: "Q3_K - Medium",
+    FileType.MOSTLY_Q3_K_L: "Q3_K - Large",
+    FileType.MOSTLY_Q4_K_S: "Q4_K - Small",
+    FileType.MOSTLY_Q4_K_M: "Q4_K - Medium",
+    FileType.MOSTLY_Q5_K_S: "Q5_K - Small",
+    FileType.MOSTLY_Q5_K_M: "Q5_K - Medium",
+    FileType.MOSTLY_Q6_K: "Q6_K",
+    FileType.MOSTLY_IQ4_NL: "IQ4_NL - 4.5 bpw",
+    FileType.MOSTLY_IQ4_XS: "IQ4_XS - 4.25 bpw",
+}

@@ -1,0 +1,132 @@
+"""Time prompt processing and generation on the engine, as llama-bench does.
+
+Per test: load the model (once per model/threads/batch/context), optionally warm up, then `repetitions`
+times: clear the KV cache, process `n_prompt` synthetic token ids in batches (logits of the last
+position only), then generate `n_gen` tokens one at a time feeding back the argmax. Tokenization and
+sampling are not timed: ids are random, like llama-bench's. The first-ever call of each kernel pays
+numba's compilation; it is measured apart (`compile_s`) and excluded from the samples.
+"""
+
+from __future__ import annotations
+
+import datetime
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..gguf.constants import FILE_TYPE_DESCRIPTIONS, FileType
+from ..models import load_model
+from .results import BenchResult, ModelInfo
+from .spec import BenchTest
+from .system import environment
+
+
+def describe_model(model) -> ModelInfo:
+    reader = model.reader
+    arch = reader.architecture or "unknown"
+    n_params = sum(t.n_elements for t in reader.tensors)
+    size = sum(t.n_bytes for t in reader.tensors)
+    ftype = reader.get("general.file_type")
+    try:
+        ftype_enum = FileType(ftype)
+        ftype_name, ftype_desc = ftype_enum.name, FILE_TYPE_DESCRIPTIONS.get(ftype_enum, ftype_enum.name)
+    except (ValueError, TypeError):
+        ftype_name = ftype_desc = "unknown"
+    label = reader.get("general.size_label") or (f"{n_params / 1e9:.1f}B" if n_params >= 1e9
+                                                  else f"{n_params / 1e6:.0f}M")
+    mix = Counter(t.type.name for t in reader.tensors)
+    return ModelInfo(Path(reader.path).name, arch, f"{arch} {label} {ftype_desc}", size, n_params,
+                     ftype_name, dict(sorted(mix.items())))
+
+
+@dataclass
+class _Loaded:
+    key: tuple
+    model: object
+
+
+class BenchRunner:
+    """Runs tests, reusing a loaded model while model, threads, batch size and context stay the same."""
+
+    def __init__(self, repetitions: int, warmup: bool, seed: int = 1234,
+                 progress: Callable[[str], None] | None = None):
+        self.repetitions = repetitions
+        self.warmup = warmup
+        self.rng = np.random.default_rng(seed)
+        self.progress = progress or (lambda message: None)
+        self._loaded: _Loaded | None = None
+        self._compiled: set[tuple] = set()
+
+    def _model(self, test: BenchTest):
+        key = (test.model, test.n_threads, test.n_batch, test.n_ctx)
+        if self._loaded is None or self._loaded.key != key:
+            self._loaded = None  # release the previous model's buffers first
+            model = load_model(test.model, threads=test.n_threads, ctx_size=test.n_ctx,
+                               batch_size=test.n_batch)
+            self._loaded = _Loaded(key, model)
+        return self._loaded.model
+
+    @staticmethod
+    def peak_rss() -> int:
+        """The process's peak resident set so far, in bytes (Linux reports KiB)."""
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _random_ids(self, model, n: int) -> np.ndarray:
+        return self.rng.integers(0, model.hp.n_vocab, size=n, dtype=np.int64)
+
+    def _run_once(self, model, test: BenchTest) -> int:
+        """One timed repetition; returns nanoseconds."""
+        model.reset()
+        prompt = self._random_ids(model, test.n_prompt)
+        first = int(self._random_ids(model, 1)[0])
+        start = time.perf_counter_ns()
+        if test.n_prompt:
+            logits = model.forward(prompt)
+            first = int(np.argmax(logits))
+        token = first
+        for _ in range(test.n_gen):
+            logits = model.forward([token])
+            token = int(np.argmax(logits))
+        return time.perf_counter_ns() - start
+
+    def _compile(self, model, test: BenchTest) -> float:
+        """Run each code path once so numba compiles (or loads its cache) outside the timings."""
+        kinds = ("prompt" if test.n_prompt else None, "gen" if test.n_gen else None)
+        key = (test.model, test.n_threads) + kinds
+        if key in self._compiled:
+            return 0.0
+        start = time.perf_counter()
+        model.reset()
+        if test.n_prompt:
+            model.forward(self._random_ids(model, min(test.n_prompt, 8)))
+        if test.n_gen:
+            model.forward(self._random_ids(model, 1))
+        self._compiled.add(key)
+        return time.perf_counter() - start
+
+    def run(self, tests: list[BenchTest]) -> Iterator[BenchResult]:
+        env = environment()
+        for i, test in enumerate(tests, 1):
+            self.progress(f"[{i}/{len(tests)}] {Path(test.model).name} {test.name} "
+                          f"threads={test.n_threads} batch={test.n_batch}")
+            model = self._model(test)
+            compile_s = self._compile(model, test)
+            if self.warmup:
+                self._run_once(model, test)
+            samples = [self._run_once(model, test) for _ in range(self.repetitions)]
+            yield BenchResult(
+                test=test,
+                model=describe_model(model),
+                samples_ns=samples,
+                test_time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                peak_rss_bytes=self.peak_rss(),
+                kv_cache_bytes=int(model.cache.n_bytes),
+                compile_s=compile_s,
+                warmup=self.warmup,
+                environment=env,
+            )

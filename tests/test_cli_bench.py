@@ -1,0 +1,75 @@
+"""`llmcli bench` end to end on a tiny model: outputs, --compare exit codes, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmcli.bench.compare import REGRESSION_EXIT_CODE
+
+TINY = "gguf_ref/llama-f16.gguf"
+
+
+@pytest.fixture(scope="module")
+def bench_json(tmp_path_factory):
+    """One real run, reused: 2 thread counts x (pp8, tg4, pp8+tg4)."""
+    from click.testing import CliRunner
+
+    from llmcli.cli.app import run_app
+    from tests.conftest import DATA, _Entry
+
+    res = CliRunner().invoke(_Entry(run_app), ["bench", "-m", str(DATA / TINY), "-p", "8", "-n", "4",
+                                               "-pg", "8,4", "-r", "2", "-t", "1,2", "-o", "json"])
+    assert res.exit_code == 0, res.output
+    path = tmp_path_factory.mktemp("bench") / "base.json"
+    path.write_text(res.stdout)
+    return path
+
+
+def test_json_carries_every_field(bench_json):
+    rows = json.loads(bench_json.read_text())
+    assert [(r["test"], r["n_threads"]) for r in rows] == [
+        ("pp8", 1), ("tg4", 1), ("pp8+tg4", 1), ("pp8", 2), ("tg4", 2), ("pp8+tg4", 2)]
+    for r in rows:
+        assert len(r["samples_ns"]) == 2 and len(r["samples_ts"]) == 2 and r["avg_ts"] > 0
+        assert r["model_arch"] == "llama" and r["model_n_params"] > 0 and r["model_size"] > 0
+        assert r["model_type_mix"] == {"F16": 16, "F32": 5}
+        assert r["peak_rss_bytes"] > 0 and r["kv_cache_bytes"] > 0 and r["numba_version"]
+        assert r["model_file_type"] == "MOSTLY_F16" and r["model_type"].endswith("F16")
+
+
+def test_compare_against_itself_passes_and_a_faster_base_fails(cli, data_dir, bench_json, tmp_path):
+    rows = json.loads(bench_json.read_text())
+    res = cli("bench", "-m", data_dir / TINY, "-p", "8", "-n", "0", "-r", "1", "-t", "1",
+              "--compare", bench_json, "--threshold", "100000", "-o", "csv")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.splitlines()[0].startswith("build_commit,")
+    for r in rows:
+        r["avg_ts"] *= 1000.0
+    fast = tmp_path / "fast.json"
+    fast.write_text(json.dumps(rows))
+    res = cli("bench", "-m", data_dir / TINY, "-p", "8", "-n", "0", "-r", "1", "-t", "1",
+              "--compare", fast, "-o", "jsonl")
+    assert res.exit_code == REGRESSION_EXIT_CODE and "regression" in res.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "0", "-n", "0"], "nothing to measure"),
+    (["-o", "xml"], "unknown format"),
+    (["-t", "0"], "below the minimum"),
+    (["-p", "x"], "not an integer"),
+])
+def test_bad_input(cli, data_dir, args, message):
+    res = cli("bench", "-m", data_dir / TINY, *args)
+    assert res.exit_code == 1 and message in res.stderr
+
+
+def test_missing_model_and_unmatched_base(cli, data_dir, tmp_path):
+    res = cli("bench", "-m", tmp_path / "nope.gguf")
+    assert res.exit_code == 1 and "nope.gguf" in res.stderr
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"model_filename": "x.gguf", "n_prompt": 8, "n_gen": 0, "n_threads": 1,
+                                  "n_batch": 512, "avg_ts": 1.0}]))
+    res = cli("bench", "-m", data_dir / TINY, "-p", "8", "-n", "0", "-r", "1", "-t", "1", "--compare", other)
+    assert res.exit_code == 1 and "no test matches" in res.stderr
