@@ -56,6 +56,9 @@ def _write_atomically(path: Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a cache file need not be
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
