@@ -46,6 +46,7 @@ COMMAND_MODULES = [
     "convert_cmd",
     "inspect_cmd",
     "quantize_cmd",
+    "run_cmd",
     "bench_cmd",
 ]
 
