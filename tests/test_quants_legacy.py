@@ -167,3 +167,18 @@ def test_iq4_is_read_only(type_name):
     assert codec.quantize is None
     with pytest.raises(UnsupportedError, match="read only"):
         quantize(np.zeros((1, 256), dtype=np.float32), GGMLType[type_name])
+
+
+def test_dequantize_demo_model_blocks_matches_gguf_py():
+    """Blocks written by llama.cpp for a real model (Gemma 3 270M Q4_K_M: Q5_0 and Q8_0 tensors)."""
+    from llmcli.demo import demo_model_path
+
+    reader = GGUFReader(demo_model_path())
+    cases = {"blk.0.attn_k.weight": "Q5_0", "blk.0.ffn_up.weight": "Q5_0",
+             "blk.0.attn_v.weight": "Q8_0", "token_embd.weight": "Q8_0"}
+    for name, type_name in cases.items():
+        info = next(t for t in reader.tensors if t.name == name)
+        assert info.type.name == type_name, name
+        raw = reader.tensor_bytes(name)[:4096]
+        ours = dequantize(raw, GGMLType[type_name])
+        assert same_bits(ours, gguf_dequantize(np.asarray(raw), gguf.GGMLQuantizationType[type_name])), name
