@@ -73,7 +73,12 @@ def encode_f32(a: np.ndarray) -> np.ndarray:
 
 
 def encode_f16(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.float16, copy=False)  # round-to-nearest-even, as the converter does
+    """numpy's astype(float16) (round to nearest even, what the converter does), done by a kernel."""
+    if a.dtype == np.float16:
+        return a
+    from .kernels import f32_to_f16
+
+    return f32_to_f16(a)
 
 
 def encode_bf16(a: np.ndarray) -> np.ndarray:

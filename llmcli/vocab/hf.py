@@ -281,7 +281,7 @@ class _SpecialVocab:
         self.ids: dict[str, int] = {}
         self.add: dict[str, bool] = {}
         self.merges: list[str] = []
-        self.chat_template: str | None = None
+        self.chat_template: str | list | None = None
         self.lowercase: bool | None = None
         self.strip_accents: bool | None = None
         self._from_tokenizer_files(load_merges)
@@ -330,10 +330,14 @@ class _SpecialVocab:
         json_template = self.dir / "chat_template.json"
         if jinja.is_file():
             template = jinja.read_text(encoding="utf-8")
+            extra = sorted((self.dir / "additional_chat_templates").glob("*.jinja"))
+            if extra:
+                template = [{"name": "default", "template": template}] + [
+                    {"name": p.stem, "template": p.read_text(encoding="utf-8")} for p in extra]
         elif json_template.is_file():
             template = (_read_json(json_template) or {}).get("chat_template")
         template = config.get("chat_template", template)
-        if template is None or isinstance(template, str):
+        if template is None or isinstance(template, (str, list)):
             self.chat_template = template
         for kind in self.types:
             add_entry = config.get(f"add_{kind}_token")
@@ -418,6 +422,27 @@ class _SpecialVocab:
                         config["sep_token"] = eos
         return bos, cls, eos, sep
 
+    def _named_templates(self, out: VocabMetadata) -> None:
+        """A list of {name, template}: `default` -> tokenizer.chat_template, others ->
+        tokenizer.chat_template.<name> + the tokenizer.chat_templates name list. (llama.cpp lists
+        the names in Python set order, which varies between runs; we keep first-seen order.)"""
+        default, names = None, []
+        for choice in self.chat_template:
+            name = "".join(c if c.isascii() and c.isalnum() else "_" for c in choice.get("name", ""))
+            template = choice.get("template")
+            if not name or template is None:
+                continue
+            if name == "default":
+                default = template
+            else:
+                if name not in names:
+                    names.append(name)
+                out.string(f"tokenizer.chat_template.{name}", template)
+        if names:
+            out.put("tokenizer.chat_templates", MetadataValue(ValueType.ARRAY, names, ValueType.STRING))
+        if default is not None:
+            out.string("tokenizer.chat_template", default)
+
     def _from_config_json(self) -> None:
         config = _optional_json(self.dir / "config.json") or {}
         for kind in self.types:
@@ -436,8 +461,10 @@ class _SpecialVocab:
         for kind, value in self.add.items():
             if kind in ADD_TOKEN_KEYS:
                 out.put(ADD_TOKEN_KEYS[kind], MetadataValue(ValueType.BOOL, bool(value)))
-        if self.chat_template is not None:
+        if isinstance(self.chat_template, str):
             out.string("tokenizer.chat_template", self.chat_template)
+        elif self.chat_template is not None:
+            self._named_templates(out)
         if self.lowercase is not None:
             out.put("tokenizer.ggml.normalizer.lowercase", MetadataValue(ValueType.BOOL, bool(self.lowercase)))
         if self.strip_accents is not None:
