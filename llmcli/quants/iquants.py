@@ -2,8 +2,8 @@
 
 Both map a 4-bit index through ggml's fixed 16-entry table `kvalues_iq4nl` (a non-uniform grid,
 denser near zero) and scale it; equal to ggml's `dequantize_row_iq4_nl` / `dequantize_row_iq4_xs`.
-Quantizing to them needs ggml's search-based quantizer (with an importance matrix in practice)
-and is not offered.
+Quantizing to them (ggml's search over scales and grid points) is not offered: these codecs exist
+so that GGUFs holding IQ4 tensors can be read.
 """
 
 from __future__ import annotations
@@ -12,18 +12,12 @@ import numpy as np
 from numba import njit, prange
 
 from ..gguf.constants import GGMLType
-from .legacy import blockwise_dequantizer
-from .half import fp16_to_fp32
+from .legacy import blockwise_dequantizer, read_fp16
 from .registry import Codec, register
 
 # ggml's IQ4 grid: the value each 4-bit index stands for, before scaling.
 IQ4_GRID = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
                     dtype=np.float32)
-
-
-@njit(inline="always")
-def _get_f16(raw, b, pos):
-    return fp16_to_fp32(np.uint16(raw[b, pos]) | (np.uint16(raw[b, pos + 1]) << np.uint16(8)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,7 +32,7 @@ def _get_f16(raw, b, pos):
 @njit(parallel=True, cache=True)
 def _dequantize_iq4_nl(raw, y):
     for b in prange(raw.shape[0]):
-        d = _get_f16(raw, b, 0)
+        d = read_fp16(raw, b, 0)
         for j in range(16):
             q = raw[b, 2 + j]
             y[b, j] = d * IQ4_GRID[q & 0x0F]
@@ -60,7 +54,7 @@ def _dequantize_iq4_nl(raw, y):
 @njit(parallel=True, cache=True)
 def _dequantize_iq4_xs(raw, y):
     for b in prange(raw.shape[0]):
-        d = _get_f16(raw, b, 0)
+        d = read_fp16(raw, b, 0)
         scales_h = np.int32(raw[b, 2]) | (np.int32(raw[b, 3]) << 8)
         for s in range(8):
             low = (np.int32(raw[b, 4 + s // 2]) >> (4 * (s % 2))) & 0x0F

@@ -62,18 +62,21 @@ def _roundf(v):
 
 
 @njit(inline="always")
-def _put_u16(out, b, pos, h):
+def write_u16(out, b, pos, h):
+    """Store a 16-bit value little-endian at out[b, pos:pos+2]."""
     out[b, pos] = h & 0xFF
     out[b, pos + 1] = (h >> 8) & 0xFF
 
 
 @njit(inline="always")
-def _get_f16(raw, b, pos):
+def read_fp16(raw, b, pos):
+    """The fp16 stored little-endian at raw[b, pos:pos+2], as float32."""
     return fp16_to_fp32(np.uint16(raw[b, pos]) | (np.uint16(raw[b, pos + 1]) << np.uint16(8)))
 
 
 @njit(inline="always")
-def _get_u32(raw, b, pos):
+def read_u32(raw, b, pos):
+    """The uint32 stored little-endian at raw[b, pos:pos+4]."""
     return (np.uint32(raw[b, pos]) | (np.uint32(raw[b, pos + 1]) << np.uint32(8))
             | (np.uint32(raw[b, pos + 2]) << np.uint32(16)) | (np.uint32(raw[b, pos + 3]) << np.uint32(24)))
 
@@ -100,7 +103,7 @@ def _quantize_q4_0(x, out):
                 vmax = v
         d = vmax / np.float32(-8.0)
         inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        _put_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
         for j in range(QK // 2):
             q0 = min(15, _c_int8(x[b, j] * inv + np.float32(8.5)))
             q1 = min(15, _c_int8(x[b, j + QK // 2] * inv + np.float32(8.5)))
@@ -110,7 +113,7 @@ def _quantize_q4_0(x, out):
 @njit(parallel=True, cache=True)
 def _dequantize_q4_0(raw, y):
     for b in prange(raw.shape[0]):
-        d = _get_f16(raw, b, 0)
+        d = read_fp16(raw, b, 0)
         for j in range(QK // 2):
             q = np.int32(raw[b, 2 + j])
             y[b, j] = np.float32((q & 0x0F) - 8) * d
@@ -140,8 +143,8 @@ def _quantize_q4_1(x, out):
                 vmax = v
         d = (vmax - vmin) / np.float32(15.0)
         inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        _put_u16(out, b, 0, ggml_fp32_to_fp16(d))
-        _put_u16(out, b, 2, ggml_fp32_to_fp16(vmin))
+        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        write_u16(out, b, 2, ggml_fp32_to_fp16(vmin))
         for j in range(QK // 2):
             q0 = min(15, _c_int8((x[b, j] - vmin) * inv + np.float32(0.5)))
             q1 = min(15, _c_int8((x[b, j + QK // 2] - vmin) * inv + np.float32(0.5)))
@@ -151,8 +154,8 @@ def _quantize_q4_1(x, out):
 @njit(parallel=True, cache=True)
 def _dequantize_q4_1(raw, y):
     for b in prange(raw.shape[0]):
-        d = _get_f16(raw, b, 0)
-        m = _get_f16(raw, b, 2)
+        d = read_fp16(raw, b, 0)
+        m = read_fp16(raw, b, 2)
         for j in range(QK // 2):
             q = np.int32(raw[b, 4 + j])
             y[b, j] = np.float32(q & 0x0F) * d + m
@@ -181,7 +184,7 @@ def _quantize_q5_0(x, out):
                 vmax = v
         d = vmax / np.float32(-16.0)
         inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        _put_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
         qh = 0
         for j in range(QK // 2):
             q0 = min(31, _c_int8(x[b, j] * inv + np.float32(16.5))) & 0xFF
@@ -196,8 +199,8 @@ def _quantize_q5_0(x, out):
 @njit(parallel=True, cache=True)
 def _dequantize_q5_0(raw, y):
     for b in prange(raw.shape[0]):
-        d = _get_f16(raw, b, 0)
-        qh = np.int64(_get_u32(raw, b, 2))
+        d = read_fp16(raw, b, 0)
+        qh = np.int64(read_u32(raw, b, 2))
         for j in range(QK // 2):
             q = np.int32(raw[b, 6 + j])
             hi0 = np.int32((qh >> j) << 4) & 0x10
@@ -229,8 +232,8 @@ def _quantize_q5_1(x, out):
                 vmax = v
         d = (vmax - vmin) / np.float32(31.0)
         inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        _put_u16(out, b, 0, ggml_fp32_to_fp16(d))
-        _put_u16(out, b, 2, ggml_fp32_to_fp16(vmin))
+        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        write_u16(out, b, 2, ggml_fp32_to_fp16(vmin))
         qh = 0
         for j in range(QK // 2):
             q0 = _c_float_to_int((x[b, j] - vmin) * inv + np.float32(0.5)) & 0xFF
@@ -245,9 +248,9 @@ def _quantize_q5_1(x, out):
 @njit(parallel=True, cache=True)
 def _dequantize_q5_1(raw, y):
     for b in prange(raw.shape[0]):
-        d = _get_f16(raw, b, 0)
-        m = _get_f16(raw, b, 2)
-        qh = np.int64(_get_u32(raw, b, 4))
+        d = read_fp16(raw, b, 0)
+        m = read_fp16(raw, b, 2)
+        qh = np.int64(read_u32(raw, b, 4))
         for j in range(QK // 2):
             q = np.int32(raw[b, 8 + j])
             hi0 = np.int32((qh >> j) << 4) & 0x10
@@ -275,7 +278,7 @@ def _quantize_q8_0(x, out):
             amax = amax if amax > a else a  # ggml's MAX(amax, fabsf(v)), NaN-propagating as in C
         d = amax / np.float32(127.0)
         inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        _put_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
         for j in range(QK):
             out[b, 2 + j] = _c_float_to_int(_roundf(x[b, j] * inv)) & 0xFF
 
@@ -283,7 +286,7 @@ def _quantize_q8_0(x, out):
 @njit(parallel=True, cache=True)
 def _dequantize_q8_0(raw, y):
     for b in prange(raw.shape[0]):
-        d = _get_f16(raw, b, 0)
+        d = read_fp16(raw, b, 0)
         for j in range(QK):
             y[b, j] = np.float32((np.int32(raw[b, 2 + j]) ^ 0x80) - 0x80) * d
 
@@ -307,19 +310,19 @@ def _quantize_q8_1(x, out):
             amax = amax if amax > a else a
         d = amax / np.float32(127.0)
         inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        _put_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
         total = 0
         for j in range(QK):
             q = _c_float_to_int(_roundf(x[b, j] * inv)) & 0xFF
             out[b, 4 + j] = q
             total += (q ^ 0x80) - 0x80  # the stored int8, read back
-        _put_u16(out, b, 2, ggml_fp32_to_fp16(np.float32(total) * d))
+        write_u16(out, b, 2, ggml_fp32_to_fp16(np.float32(total) * d))
 
 
 @njit(parallel=True, cache=True)
 def _dequantize_q8_1(raw, y):
     for b in prange(raw.shape[0]):
-        d = _get_f16(raw, b, 0)
+        d = read_fp16(raw, b, 0)
         for j in range(QK):
             y[b, j] = np.float32((np.int32(raw[b, 4 + j]) ^ 0x80) - 0x80) * d
 
