@@ -1,52 +1,200 @@
-"""`llmcli run -m MODEL.gguf -p PROMPT`: stream the model's greedy continuation of a prompt."""
+"""`llmcli run` (and `llmcli chat`): generate text from a prompt, or chat, streaming tokens as they come."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 from pathlib import Path
 
 import typer
 
 from ..errors import BadInputError
-from .app import app
+from .app import app, err_console
+
+SAMPLING_HELP = "Sampling (llama.cpp's defaults; --temp 0 is greedy)"
+
+
+def _read_prompt(prompt: str | None, file: Path | None) -> str | None:
+    if prompt is not None and file is not None:
+        raise BadInputError("give the prompt with -p or -f, not both")
+    if file is None:
+        return prompt
+    try:
+        return file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BadInputError(f"{file}: cannot read the prompt file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{file}: the prompt file is not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+@contextlib.contextmanager
+def _loading_status(message: str):
+    """A spinner on stderr while the model loads and, the first time ever, numba compiles kernels."""
+    from ..jitcache import kernels_compiled
+
+    if not kernels_compiled():
+        message += " — compiling kernels (first run only, this takes a while)"
+    if err_console.is_terminal:
+        with err_console.status(message, spinner="dots"):
+            yield
+    else:
+        if "compiling" in message:
+            err_console.print(f"[dim]{message}[/]")
+        yield
+
+
+def _print_timings(completion) -> None:
+    t = completion.timings
+    err_console.print(
+        f"[dim]prompt: {t.prompt_n} tokens, {t.prompt_per_second:.2f} t/s | "
+        f"generated: {t.predicted_n} tokens, {t.predicted_per_second:.2f} t/s | "
+        f"stop: {completion.stop_reason}[/]", highlight=False)
+
+
+def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_size: int):
+    from ..api import load
+
+    if batch_size <= 0:
+        raise BadInputError(f"--batch-size must be positive, got {batch_size}")
+    if threads is not None and threads <= 0:
+        raise BadInputError(f"--threads must be positive, got {threads}")
+    name = model.name if model else "the demo model (Gemma 3 270M)"
+    with _loading_status(f"loading {name}"):
+        return load(model, threads=threads, ctx_size=ctx_size, batch_size=batch_size)
+
+
+def _stream(completion, as_json: bool) -> None:
+    """Print a completion as it is generated (or collect it for --json)."""
+    try:
+        for piece in completion:
+            if not as_json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+    except KeyboardInterrupt:  # Ctrl-C while printing: still report what we have
+        completion.stop_reason = "interrupted"
+
+
+def _chat_loop(llm, params, n_predict: int, stop: list[str], system: str | None, first: str | None) -> None:
+    """Interactive turns: a line of input per user message; /exit ends, /reset forgets the conversation."""
+    messages = [{"role": "system", "content": system}] if system else []
+    interactive = sys.stdin.isatty()
+    err_console.print(f"[dim]chat template: {llm.chat_template.origin}. Type /exit to quit, /reset to "
+                      f"start over.[/]", highlight=False)
+    pending = first
+    while True:
+        if pending is None:
+            if interactive:
+                err_console.print("[bold green]> [/]", end="")
+            line = sys.stdin.readline()
+            if not line:
+                break
+            pending = line.rstrip("\n")
+        text, pending = pending, None
+        if not text.strip():
+            continue
+        if text.strip() == "/exit":
+            break
+        if text.strip() == "/reset":
+            messages = [{"role": "system", "content": system}] if system else []
+            llm.reset()
+            err_console.print("[dim]conversation reset[/]")
+            continue
+        messages.append({"role": "user", "content": text})
+        completion = llm.chat_completion(messages, max_tokens=n_predict, params=params, stop=stop)
+        _stream(completion, as_json=False)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": completion.text})
+        _print_timings(completion)
+        if completion.stop_reason == "interrupted":
+            break
+        if completion.stop_reason == "context":
+            err_console.print("[yellow]the context is full: /reset to start a new conversation[/]")
 
 
 @app.command()
 def run(
-    model: Path = typer.Option(..., "-m", "--model", help="GGUF model file."),
-    prompt: str = typer.Option(..., "-p", "--prompt", help="Text to continue."),
-    n_predict: int = typer.Option(128, "-n", "--n-predict", help="Maximum number of tokens to generate."),
-    threads: int = typer.Option(0, "-t", "--threads", help="CPU threads (0: one per physical core)."),
-    ctx_size: int = typer.Option(0, "-c", "--ctx-size",
-                                 help="Context size in tokens (0: the model's, at most 4096)."),
+    model: Path = typer.Option(None, "-m", "--model", help="GGUF model file (default: the demo model)."),
+    prompt: str = typer.Option(None, "-p", "--prompt", help="Text to continue."),
+    file: Path = typer.Option(None, "-f", "--file", help="Read the prompt from a file."),
+    n_predict: int = typer.Option(-1, "-n", "--n-predict",
+                                  help="Tokens to generate (-1: until end of generation or a full context)."),
+    stop: list[str] = typer.Option([], "--stop", help="Stop when the text contains this (repeatable)."),
+    ctx_size: int = typer.Option(None, "-c", "--ctx-size", help="Context size (default 4096, or the model's if smaller)."),
+    threads: int = typer.Option(None, "-t", "--threads", help="CPU threads (default: physical cores)."),
     batch_size: int = typer.Option(512, "-b", "--batch-size", help="Prompt tokens evaluated per batch."),
+    temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 = greedy.", rich_help_panel=SAMPLING_HELP),
+    top_k: int = typer.Option(40, "--top-k", help="Keep the k best tokens (0 = off).", rich_help_panel=SAMPLING_HELP),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus mass (1 = off).", rich_help_panel=SAMPLING_HELP),
+    min_p: float = typer.Option(0.05, "--min-p", help="Minimum probability relative to the best (0 = off).",
+                                rich_help_panel=SAMPLING_HELP),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", help="Penalty for repeated tokens (1 = off).",
+                                         rich_help_panel=SAMPLING_HELP),
+    repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="Tokens the penalty looks back (-1 = context).",
+                                      rich_help_panel=SAMPLING_HELP),
+    seed: int = typer.Option(None, "--seed", help="Random seed (default: random).", rich_help_panel=SAMPLING_HELP),
+    no_parse_special: bool = typer.Option(False, "--no-parse-special",
+                                          help="Treat special-token text in the prompt as plain text."),
+    chat: bool = typer.Option(False, "--chat", help="Interactive chat with the model's chat template."),
+    system: str = typer.Option(None, "--system", help="System message for --chat."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with ids, text, stop reason, timings."),
 ) -> None:
-    """Generate text greedily (always the most likely next token) and print it as it comes."""
-    from ..engine.generate import generate
-    from ..engine.matmul import default_threads
-    from ..engine.tokenizer import Tokenizer
-    from ..models import load_model
+    """Generate text from a prompt, streaming it as it comes; timings go to stderr."""
+    from ..engine.sampling import SamplingParams
 
-    if n_predict < 0:
-        raise BadInputError(f"--n-predict must be 0 or more, got {n_predict}")
-    if batch_size <= 0:
-        raise BadInputError(f"--batch-size must be positive, got {batch_size}")
-    if ctx_size < 0:
-        raise BadInputError(f"--ctx-size must be positive, got {ctx_size}")
-    lm = load_model(model, threads=threads or default_threads(), ctx_size=ctx_size or None,
-                    batch_size=batch_size)
-    tokenizer = Tokenizer.from_gguf(lm.reader)
-    ids = tokenizer.tokenize(prompt, add_special=True, parse_special=True)
-    if not ids:
-        raise BadInputError("the prompt is empty and the model adds no BOS token to start from")
-    if len(ids) + n_predict > lm.n_ctx:
-        raise BadInputError(f"the prompt ({len(ids)} tokens) plus --n-predict {n_predict} does not fit "
-                            f"the context of {lm.n_ctx} tokens (raise --ctx-size or lower --n-predict)")
-    stream = tokenizer.stream()
-    for token in generate(lm, ids, n_predict):
-        if tokenizer.is_eog(token):  # end of generation: stop before computing another token
-            break
-        sys.stdout.write(stream.feed(token))
+    params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed).validate()
+    if n_predict < -1:
+        raise BadInputError(f"--n-predict must be -1 (no limit) or more, got {n_predict}")
+    text = _read_prompt(prompt, file)
+    if chat:
+        if as_json:
+            raise BadInputError("--json does not apply to --chat")
+        llm = _load(model, threads, ctx_size, batch_size)
+        _chat_loop(llm, params, n_predict, stop, system, text)
+        return
+    if text is None:
+        raise BadInputError("no prompt: give one with -p TEXT or -f FILE (or use --chat)")
+    llm = _load(model, threads, ctx_size, batch_size)
+    completion = llm.complete(text, max_tokens=n_predict, params=params, stop=stop,
+                              parse_special=not no_parse_special)
+    _stream(completion, as_json)
+    if as_json:
+        t = completion.timings
+        print(json.dumps({
+            "prompt": text,
+            "prompt_tokens": completion.prompt_tokens,
+            "tokens": completion.tokens,
+            "text": completion.text,
+            "stop_reason": completion.stop_reason,
+            "seed": completion.sampler.seed,
+            "timings": {"prompt_n": t.prompt_n, "prompt_per_second": t.prompt_per_second,
+                        "predicted_n": t.predicted_n, "predicted_per_second": t.predicted_per_second,
+                        "prompt_ms": t.prompt_ms, "predicted_ms": t.predicted_ms},
+        }, ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
         sys.stdout.flush()
-    sys.stdout.write(stream.flush() + "\n")
-    sys.stdout.flush()
+        _print_timings(completion)
+
+
+@app.command("chat")
+def chat_command(
+    model: Path = typer.Option(None, "-m", "--model", help="GGUF model file (default: the demo model)."),
+    system: str = typer.Option(None, "--system", help="System message."),
+    n_predict: int = typer.Option(-1, "-n", "--n-predict", help="Tokens per reply (-1: until end of turn)."),
+    ctx_size: int = typer.Option(None, "-c", "--ctx-size", help="Context size (default 4096, or the model's if smaller)."),
+    threads: int = typer.Option(None, "-t", "--threads", help="CPU threads (default: physical cores)."),
+    temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 = greedy."),
+    top_k: int = typer.Option(40, "--top-k"),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    min_p: float = typer.Option(0.05, "--min-p"),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty"),
+    seed: int = typer.Option(None, "--seed"),
+) -> None:
+    """Chat with a model (same as `llmcli run --chat`)."""
+    from ..engine.sampling import SamplingParams
+
+    params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, 64, seed).validate()
+    llm = _load(model, threads, ctx_size, 512)
+    _chat_loop(llm, params, n_predict, [], system, None)
