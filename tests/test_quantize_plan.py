@@ -112,3 +112,16 @@ def test_bad_tensor_type_specs():
                           ("attn_v(=q8_0", "bad regular expression")]:
         with pytest.raises(BadInputError, match=message):
             parse_tensor_type_override(spec)
+
+
+def test_demo_model_types_are_llama_quantize_s_q4_k_m():
+    """The Gemma 3 270M demo file was made by llama-quantize Q4_K_M: tied 640-wide embeddings (Q8_0),
+    Q5_0/Q8_0 fallbacks for 640-wide rows. Re-planning it gives back every tensor's type and order."""
+    from llmcli.demo import demo_model_path
+
+    with GGUFReader(demo_model_path()) as reader:
+        assert reader.get("general.file_type") == MIXES["Q4_K_M"].file_type
+        plan = plan_quantize(reader, MIXES["Q4_K_M"], QuantizeOptions(), allow_requantize=True)
+        assert [t.name for t in plan.tensors] == [t.name for t in reader.tensors]
+        assert [t.target for t in plan.tensors] == [t.type for t in reader.tensors]
+        assert plan.n_fallback > 0 and plan.output_file_bytes == reader.file_size
