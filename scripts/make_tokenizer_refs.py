@@ -11,8 +11,10 @@
    * bos/eos/eot ids, the end-of-generation set (llama_vocab_is_eog over the vocabulary), and a
      sha256 over every token's piece (token_to_piece, special on and off) -> <name>.json
 3. Every pre-tokenizer in llmcli.vocab.pretokenizers: the qwen2 test GGUF rewritten with
-   `tokenizer.ggml.pre` = that name, the 100 KB text tokenized (no BOS, no special parsing);
-   count and sha256 of the ids (int32 little-endian) -> pretokenizers.json
+   `tokenizer.ggml.pre` = that name, the 100 KB text and `unicode_stress.txt` (20,000 random code
+   points from every plane, white space and controls; built once) tokenized (no BOS, no special
+   parsing); count and sha256 of the ids (int32 little-endian) -> pretokenizers.json.
+   The stress text's ids for each model also go into <name>.json.
 
     /work/refvenv/bin/python scripts/make_tokenizer_refs.py \
         [--reference /work/shared/reference] [--demo ~/.cache/llmcli/gemma-3-270m-q4_k_m.gguf]
@@ -32,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "data" / "tokenizer"
 TEXT = OUT / "text100k.txt"
+STRESS = OUT / "unicode_stress.txt"
 N_CHARS = 100_000
 TINY = ["llama", "gemma3", "phi3", "qwen2", "llama_bf16"]
 
@@ -81,6 +84,33 @@ def build_text(reference: Path) -> str:
 def read_text100k() -> str:
     with open(TEXT, encoding="utf-8", newline="") as f:  # keep "\r\n" as written
         return f.read()
+
+
+def build_stress_text() -> str:
+    """Random code points: all planes (more from the BMP), no surrogates, plus white space."""
+    rng = random.Random(151)
+    spaces = [" ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\x85", "\xa0", "\u2003", "\u3000",
+              "\u2028", "\x1c", "'s", "'LL", "\x00"]
+    out = []
+    while len(out) < 20_000:
+        r = rng.random()
+        if r < 0.15:
+            out.append(rng.choice(spaces))
+            continue
+        hi = 0x80 if r < 0.35 else 0x3000 if r < 0.6 else 0x10000 if r < 0.8 else 0x110000
+        cp = rng.randrange(0x1, hi)
+        if not 0xD800 <= cp < 0xE000:
+            out.append(chr(cp))
+    return "".join(out)
+
+
+def read_stress() -> str:
+    with open(STRESS, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+def ids_digest(ids: list[int]) -> dict:
+    return {"n_ids": len(ids), "sha256": hashlib.sha256(np.array(ids, dtype="<i4").tobytes()).hexdigest()}
 
 
 class LlamaCppVocab:
@@ -145,7 +175,7 @@ def pieces_sha256(vocab: LlamaCppVocab, special: bool) -> str:
     return h.hexdigest()
 
 
-def survey_pretokenizers(text: str, work: Path) -> dict:
+def survey_pretokenizers(text: str, stress: str, work: Path) -> dict:
     """llama.cpp's ids for `text` under every pre-tokenizer name we know, on the qwen2 vocabulary."""
     import sys
 
@@ -166,11 +196,11 @@ def survey_pretokenizers(text: str, work: Path) -> dict:
             with w.open():
                 for t, data in reader.iter_tensors():
                     w.write_tensor_data(t.name, data)
-            ids = LlamaCppVocab(path).tokenize(text, False, False)
-            out[name] = {"n_ids": len(ids),
-                         "sha256": hashlib.sha256(np.array(ids, dtype="<i4").tobytes()).hexdigest()}
+            vocab = LlamaCppVocab(path)
+            out[name] = {"text100k": ids_digest(vocab.tokenize(text, False, False)),
+                         "unicode_stress": ids_digest(vocab.tokenize(stress, False, False))}
             path.unlink()
-            print(f"pre {name}: {len(ids)} ids")
+            print(f"pre {name}: {out[name]}")
     return out
 
 
@@ -188,14 +218,17 @@ def main() -> None:
     if not TEXT.exists():
         TEXT.write_text(build_text(args.reference), encoding="utf-8", newline="")
     text = read_text100k()
+    if not STRESS.exists():
+        STRESS.write_text(build_stress_text(), encoding="utf-8", newline="")
+    stress = read_stress()
     print(f"{TEXT}: {len(text)} characters, {len(text.encode())} bytes")
     if args.text_only:
         return
     survey = {
-        "note": "qwen2-f16.gguf with tokenizer.ggml.pre replaced; llama.cpp tokenize(text100k, "
+        "note": "qwen2-f16.gguf with tokenizer.ggml.pre replaced; llama.cpp tokenize(text, "
                 "add_special=False, parse_special=False); sha256 of the ids as int32 little-endian",
         "llama_cpp": "llama-cpp-python 0.3.36 (llama.cpp 0c1e570)",
-        "pre": survey_pretokenizers(text, args.work),
+        "pre": survey_pretokenizers(text, stress, args.work),
     }
     (OUT / "pretokenizers.json").write_text(json.dumps(survey, indent=1) + "\n")
     if args.pre_only:
@@ -243,6 +276,8 @@ def main() -> None:
                                               ("on_remove_unparse", True, True, True),
                                               ("on_plain", True, False, False)]},
             },
+            "unicode_stress": {ps: ids_digest(vocab.tokenize(stress, True, ps == "parse_special_on"))
+                               for ps in ("parse_special_off", "parse_special_on")},
             "detokenize": detok,
         }
         (OUT / f"{name}.json").write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n")

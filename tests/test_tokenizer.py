@@ -281,12 +281,18 @@ def test_pre_tokenizer_table_covers_the_common_names():
         pre_tokenizer("not-a-pre", "x.gguf")
 
 
-def test_every_pre_tokenizer_matches_llama_cpp():
-    """The qwen2 vocabulary under each `tokenizer.ggml.pre` name, on the 100 KB text, against
-    llama.cpp (which runs its hand-written splitters or std::regex for these)."""
+def ids_digest(ids: list[int]) -> dict:
+    return {"n_ids": len(ids), "sha256": hashlib.sha256(np.array(ids, dtype="<i4").tobytes()).hexdigest()}
+
+
+@pytest.mark.parametrize("text_name", ["text100k", "unicode_stress"])
+def test_every_pre_tokenizer_matches_llama_cpp(text_name):
+    """The qwen2 vocabulary under each `tokenizer.ggml.pre` name against llama.cpp (which runs its
+    hand-written splitters or std::regex for these), on the 100 KB text and on random code points
+    from every plane (which checks the Unicode class table)."""
     ref = json.loads((DATA / "tokenizer" / "pretokenizers.json").read_text())["pre"]
     assert set(ref) == set(PRE_TOKENIZERS)
-    md, text = record_metadata("qwen2"), text_100k()
+    md, text = record_metadata("qwen2"), read_text(text_name)
     results = {}  # names sharing regexes and merge rule give the same ids: tokenize once
     bad = []
     for name in sorted(ref):
@@ -294,10 +300,9 @@ def test_every_pre_tokenizer_matches_llama_cpp():
         key = (pre.regexes, pre.ignore_merges)
         if key not in results:
             tok = Tokenizer.from_metadata({**md, "tokenizer.ggml.pre": name}, name)
-            ids = np.array(tok.tokenize(text, add_special=False), dtype="<i4")
-            results[key] = {"n_ids": len(ids), "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
-        if results[key] != ref[name]:
-            bad.append(f"{name}: {results[key]['n_ids']} ids, llama.cpp {ref[name]['n_ids']}")
+            results[key] = ids_digest(tok.tokenize(text, add_special=False))
+        if results[key] != ref[name][text_name]:
+            bad.append(f"{name}: {results[key]['n_ids']} ids, llama.cpp {ref[name][text_name]['n_ids']}")
     assert bad == []
 
 
@@ -326,9 +331,13 @@ def test_bad_metadata_is_a_clear_error():
 
 # ---- 100 KB, pieces, detokenize --------------------------------------------------------------------
 
-def text_100k() -> str:
-    with open(DATA / "tokenizer" / "text100k.txt", encoding="utf-8", newline="") as f:
+def read_text(name: str) -> str:
+    with open(DATA / "tokenizer" / f"{name}.txt", encoding="utf-8", newline="") as f:
         return f.read()  # newline="": keep the "\r\n" in it
+
+
+def text_100k() -> str:
+    return read_text("text100k")
 
 
 @pytest.mark.parametrize("name", REFERENCE_MODELS)
@@ -341,6 +350,14 @@ def test_100k_text_ids_match_llama_cpp(name, request):
         expected = ref[key].tolist()
         first_diff = next((i for i, (g, e) in enumerate(zip(got, expected)) if g != e), None)
         assert (len(got), first_diff) == (len(expected), None), key
+
+
+@pytest.mark.parametrize("name", REFERENCE_MODELS)
+def test_unicode_stress_ids_match_llama_cpp(name, request):
+    tok, ref = tokenizer_for(name, request), llama_cpp_record(name)["unicode_stress"]
+    text = read_text("unicode_stress")
+    for key, parse_special in (("parse_special_off", False), ("parse_special_on", True)):
+        assert ids_digest(tok.tokenize(text, parse_special=parse_special)) == ref[key], key
 
 
 @pytest.mark.parametrize("name", REFERENCE_MODELS)

@@ -13,29 +13,30 @@ offsets on the real text, because collapsing maps one code point to one characte
 llama.cpp hand-codes the GPT-2, Llama-3, Qwen2 and Qwen3.5 patterns (unicode.cpp); those hand-written
 splitters implement exactly these regexes, so the regex route gives the same words.
 
-The class of a code point comes from its Unicode general category (`unicodedata`, Unicode 14 in
-Python 3.11); llama.cpp's tables come from a newer UnicodeData.txt, so code points assigned after
-Unicode 14 (rare: recent emoji, CJK extension I) may be classed "undefined" here and split
-differently. White space is the Unicode White_Space property, as in llama.cpp.
+The class of a code point is its Unicode 15.1 general category (the version llama.cpp's tables
+were generated from), read from the pinned table in `unicode_classes` rather than from the running
+Python's `unicodedata`, whose Unicode version changes with the interpreter. White space is the
+Unicode White_Space property, as in llama.cpp.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
-import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
 from ..errors import UnsupportedError
+from . import unicode_classes
 
 # -- code point classes ---------------------------------------------------------------------------
 
+# Classes as unicode_classes writes them: the general category's first letter, "U" unassigned.
 NUMBER, LETTER, PUNCTUATION, MARK, SYMBOL, SEPARATOR, CONTROL, UNDEFINED = (
-    "N", "L", "P", "M", "S", "Z", "C", "Cn")
+    "N", "L", "P", "M", "S", "Z", "C", "U")
 
-# General category (first letter, or the full two letters for Cn) -> class.
-_CATEGORY_CLASS = {"N": NUMBER, "L": LETTER, "P": PUNCTUATION, "M": MARK, "S": SYMBOL,
-                   "Z": SEPARATOR, "C": CONTROL}
+_RUN_STARTS = [int(x, 16) for x in unicode_classes.RUN_STARTS.split()]
+_RUN_CLASSES = "".join(unicode_classes.RUN_CLASSES.split())
 
 # Unicode's White_Space property (PropList.txt).
 WHITE_SPACE = frozenset([*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
@@ -53,11 +54,8 @@ _PROPERTY_CLASS = {"N": NUMBER, "L": LETTER, "P": PUNCTUATION, "M": MARK, "S": S
 
 
 def codepoint_class(cp: int) -> str:
-    """NUMBER, LETTER, ... or UNDEFINED for an unassigned code point."""
-    cat = unicodedata.category(chr(cp))
-    if cat == "Cn":
-        return UNDEFINED
-    return _CATEGORY_CLASS[cat[0]]
+    """NUMBER, LETTER, ... or UNDEFINED for an unassigned code point (Unicode 15.1)."""
+    return _RUN_CLASSES[bisect.bisect_right(_RUN_STARTS, cp) - 1]
 
 
 class _CollapseTable(dict):
