@@ -151,6 +151,15 @@ def test_demo_end_of_turn_ends_generation(demo_tokenizer):
     assert not demo_tokenizer.is_eog(demo_tokenizer.bos_id)
 
 
+def test_ids_with_attr(demo_tokenizer):
+    from llmcli.engine.tokenizer import TokenAttr
+
+    ids = demo_tokenizer.ids_with_attr(TokenAttr.CONTROL | TokenAttr.USER_DEFINED)
+    assert {demo_tokenizer.bos_id, demo_tokenizer.eos_id, demo_tokenizer.eot_id} <= set(ids)
+    mask = int(TokenAttr.CONTROL | TokenAttr.USER_DEFINED)
+    assert ids == [i for i in range(demo_tokenizer.n_vocab) if int(demo_tokenizer.token_attr(i)) & mask]
+
+
 def test_control_tokens_render_only_when_asked(demo_tokenizer):
     ids = demo_tokenizer.tokenize("<start_of_turn>user\nHi<end_of_turn>", parse_special=True)
     assert demo_tokenizer.detokenize(ids) == "user\nHi"

@@ -26,6 +26,7 @@ import codecs
 import heapq
 import re
 from enum import IntFlag
+from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -231,6 +232,11 @@ class _WordCache(dict):
         if len(self) >= self.limit:
             self.clear()
         self[key] = value
+
+
+@lru_cache(maxsize=None)
+def _attr_flag(value: int) -> TokenAttr:
+    return TokenAttr(value)  # building an IntFlag is slow; there are only a few distinct values
 
 
 # -- metadata helpers -----------------------------------------------------------------------------
@@ -456,10 +462,16 @@ class Tokenizer:
         return self.tokens[tid]
 
     def token_attr(self, tid: int) -> TokenAttr:
-        return TokenAttr(self.attrs[tid])
+        return _attr_flag(self.attrs[tid])
 
     def is_control(self, tid: int) -> bool:
         return bool(self.attrs[tid] & CONTROL)
+
+    def ids_with_attr(self, mask: TokenAttr | int) -> list[int]:
+        """Ids of the tokens having any attribute in `mask`, e.g. CONTROL | USER_DEFINED
+        (fast: use this rather than token_attr() over a 262k vocabulary)."""
+        mask = int(mask)
+        return [i for i, a in enumerate(self.attrs) if a & mask]
 
     # ---- tokenize --------------------------------------------------------------------------------
 
