@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,43 @@ FORCED_PRE = {"llama_bf16": "llama-bpe", "qwen2": "qwen2"}
 JOBS = [("llama", "q8_0"), ("mixtral", "q8_0"), ("gemma3", "q8_0"), ("phi3", "q8_0"),
         ("qwen2", "q8_0"), ("llama_bf16", "q8_0"), ("llama_bf16", "bf16"), ("llama", "bf16"),
         ("llama_bf16", "auto"), ("llama", "auto")]
+
+# Config variants, converted to f16: name -> (checkpoint, {config key: new value, None = remove}).
+# "*-defaults": keys removed, so transformers' config defaults apply (llama.cpp reads config.json
+# through AutoConfig); the others switch on RoPE scaling variants.
+_DROP_ROPE = {"rope_theta": None, "rope_parameters": None, "rope_scaling": None}
+VARIANTS = {
+    "llama-defaults": ("llama", {"head_dim": None, **_DROP_ROPE, "max_position_embeddings": None,
+                                 "rms_norm_eps": None}),
+    "mistral-defaults": ("mistral", {"head_dim": None, **_DROP_ROPE, "max_position_embeddings": None,
+                                     "rms_norm_eps": None, "sliding_window": None}),
+    "qwen2-defaults": ("qwen2", {**_DROP_ROPE, "max_position_embeddings": None, "rms_norm_eps": None}),
+    "gemma3-defaults": ("gemma3", {**_DROP_ROPE, "rope_local_base_freq": None, "max_position_embeddings": None,
+                                   "rms_norm_eps": None, "sliding_window": None}),
+    "phi3-defaults": ("phi3", {**_DROP_ROPE, "max_position_embeddings": None,
+                               "original_max_position_embeddings": None, "rms_norm_eps": None}),
+    "llama_bf16-llama3rope": ("llama_bf16", {"rope_scaling": None, "rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
+    "gemma3-linearrope": ("gemma3", {"rope_parameters": {
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}}),
+    "phi3-longrope": ("phi3", {"original_max_position_embeddings": 256, "rope_parameters": {
+        "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
+        "original_max_position_embeddings": 256,
+        "long_factor": [1.0, 1.25, 1.5, 2.0, 3.0, 4.5, 6.0, 8.0],
+        "short_factor": [1.0, 1.0, 1.0625, 1.125, 1.25, 1.5, 1.75, 2.0]}}),
+}
+
+
+def edit_config(config: dict, edits: dict) -> dict:
+    for key, value in edits.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    return config
+
 
 # Runs inside the llama.cpp directory: optionally pin the pre-tokenizer name, then the converter's main().
 DRIVER = """
@@ -65,11 +103,12 @@ def gguf_record(path: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama-cpp", type=Path, required=True)
+    ap.add_argument("--variant", action="append", help="only these config variants (and no outtype jobs)")
     args = ap.parse_args()
     out_dir = DATA / "convert_ref"
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, outtype in JOBS:
+        for name, outtype in ([] if args.variant else JOBS):
             out = Path(tmp) / f"{name}-{outtype}.gguf"
             cmd = [sys.executable, "-c", DRIVER, FORCED_PRE.get(name, "-"), str(DATA / "hf" / name),
                    "--outtype", outtype, "--outfile", str(out)]
@@ -79,7 +118,23 @@ def main() -> None:
                 f" (tokenizer.ggml.pre forced to {FORCED_PRE[name]})" if name in FORCED_PRE else "")
             (out_dir / f"{name}-{outtype}.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False))
             print(name, outtype, rec["file_sha256"], rec["file_size"])
-
+        (out_dir / "variants").mkdir(exist_ok=True)
+        for variant, (name, edits) in VARIANTS.items():
+            if args.variant and variant not in args.variant:
+                continue
+            src = Path(tmp) / "variants" / variant / name
+            shutil.copytree(DATA / "hf" / name, src, ignore=shutil.ignore_patterns("reference"))
+            config = edit_config(json.loads((src / "config.json").read_text()), edits)
+            (src / "config.json").write_text(json.dumps(config, indent=2))
+            out = Path(tmp) / f"{variant}.gguf"
+            cmd = [sys.executable, "-c", DRIVER, FORCED_PRE.get(name, "-"), str(src), "--outtype", "f16",
+                   "--outfile", str(out)]
+            subprocess.run(cmd, cwd=args.llama_cpp, check=True, capture_output=True)
+            rec = gguf_record(out)
+            rec["config_edits"] = edits
+            rec["command"] = f"convert_hf_to_gguf.py <tests/data/hf/{name} with config.json edits> --outtype f16"
+            (out_dir / "variants" / f"{variant}-f16.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False))
+            print(variant, rec["file_sha256"], rec["file_size"])
 
 if __name__ == "__main__":
     main()

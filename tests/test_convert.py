@@ -153,3 +153,35 @@ def test_quantizer_hook_plugs_in(tmp_path):
     assert "blk.0.ffn_gate_exps.weight" in offered and "token_embd.weight" in offered
     assert not any(n.endswith("_norm.weight") or "ffn_gate_inp" in n for n in offered)
     assert all(default == GGMLType.F16 for _, _, default in q.offered)
+
+
+VARIANT_REFS = sorted((DATA / "convert_ref" / "variants").glob("*-f16.json"))
+
+
+@pytest.mark.parametrize("ref_path", VARIANT_REFS, ids=lambda p: p.stem)
+def test_config_variants_match_llama_cpp(tmp_path, ref_path):
+    """Edited config.json files: keys removed (llama.cpp reads the config through transformers,
+    which fills defaults; ours come from per-model_type tables) and RoPE scaling variants
+    (Llama 3 rope_freqs, Gemma 3 linear scaling, Phi-3 LongRoPE factors)."""
+    import shutil
+
+    ref = json.loads(ref_path.read_text(encoding="utf-8"))
+    name = ref_path.stem.split("-")[0]
+    d = tmp_path / name
+    shutil.copytree(DATA / "hf" / name, d, ignore=shutil.ignore_patterns("reference"))
+    config = json.loads((d / "config.json").read_text())
+    for key, value in ref["config_edits"].items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (d / "config.json").write_text(json.dumps(config, indent=2))
+    out = tmp_path / "out.gguf"
+    convert(d, out, outtype="f16", pre=FORCED_PRE.get(name))
+    assert_matches(record(out), ref)
+
+
+def test_variant_references_present():
+    assert {p.stem for p in VARIANT_REFS} == {
+        "llama-defaults-f16", "mistral-defaults-f16", "qwen2-defaults-f16", "gemma3-defaults-f16",
+        "phi3-defaults-f16", "llama_bf16-llama3rope-f16", "gemma3-linearrope-f16", "phi3-longrope-f16"}
