@@ -20,6 +20,10 @@ ARCH_MODULES = [
     "qwen2",
     "gemma3",
     "phi3",
+    "qwen3",
+    "qwen2moe",
+    "gemma",
+    "baichuan",
 ]
 
 CONVERTERS: dict[str, type["ArchConverter"]] = {}

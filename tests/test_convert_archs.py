@@ -1,0 +1,153 @@
+"""`llmcli convert` for Qwen3, Qwen2-MoE, Gemma 1, Gemma 2 and Baichuan against llama.cpp's converter.
+
+The pack has no checkpoints of these architectures, so scripts/make_arch_references.py made tiny
+random ones (tests/data/hf/<name>/) and converted them with llama.cpp's convert_hf_to_gguf.py at the
+reference commit (Baichuan: with the converter's self-recursion bug fixed, see that script).
+tests/data/gguf_ref/<name>-<f32|f16>.json record llama.cpp's output: file sha256, metadata (types,
+values, order) and every tensor's type, shape and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from llmcli.convert import convert
+from llmcli.errors import BadInputError
+from llmcli.gguf import GGUFReader
+
+DATA = Path(__file__).parent / "data"
+ARCHS = {"qwen3": "qwen3", "qwen2moe": "qwen2moe", "gemma": "gemma", "gemma2": "gemma2", "baichuan": "baichuan"}
+# byte-level BPE whose pre-tokenizer hash llama.cpp does not know: forced as for the references
+FORCED_PRE = {"qwen3": "qwen2", "qwen2moe": "qwen2"}
+
+
+def reference(name: str, outtype: str) -> dict:
+    return json.loads((DATA / "gguf_ref" / f"{name}-{outtype}.json").read_text(encoding="utf-8"))
+
+
+def checkpoint_copy(tmp_path: Path, name: str) -> Path:
+    """The checkpoint under its own basename (general.name derives from it), as a writable copy."""
+    dst = tmp_path / name
+    shutil.copytree(DATA / "hf" / name, dst, ignore=shutil.ignore_patterns("reference"))
+    return dst
+
+
+def record(path: Path) -> dict:
+    with GGUFReader(path) as r:
+        meta = {k: {"type": mv.type.name, "item_type": mv.item_type.name if mv.item_type is not None else None,
+                    "value": mv.to_python()} for k, mv in r.metadata.items()}
+        tensors = {t.name: {"type": t.type.name, "shape": list(t.shape),
+                            "sha256": hashlib.sha256(r.tensor_bytes(t).tobytes()).hexdigest()} for t in r.tensors}
+        order = [t.name for t in r.tensors]
+    return {"metadata": meta, "tensors": tensors, "tensor_order": order,
+            "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def assert_tensors_match(ours: dict, ref: dict) -> None:
+    assert ours["tensor_order"] == ref["tensor_order"]
+    for name, want in ref["tensors"].items():
+        got = ours["tensors"][name]
+        assert (got["type"], got["shape"]) == (want["type"], want["shape"]), name
+        assert got["sha256"] == want["sha256"], f"{name}: tensor bytes differ"
+
+
+def assert_metadata_match(ours: dict, ref: dict) -> None:
+    assert list(ours["metadata"]) == list(ref["metadata"]), "metadata keys or their order differ"
+    for key, want in ref["metadata"].items():
+        got = ours["metadata"][key]
+        assert (got["type"], got["item_type"]) == (want["type"], want["item_type"]), key
+        if FLOAT32 in (want["type"], want["item_type"]):
+            np.testing.assert_array_equal(np.float32(got["value"]), np.float32(want["value"]), err_msg=key)
+        else:
+            assert got["value"] == want["value"], key
+
+
+FLOAT32 = "FLOAT32"
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_matches_llama_cpp(tmp_path, name, outtype):
+    out = tmp_path / f"{name}-{outtype}.gguf"
+    summary = convert(checkpoint_copy(tmp_path, name), out, outtype=outtype, pre=FORCED_PRE.get(name))
+    ours, ref = record(out), reference(name, outtype)
+    assert summary.architecture == ref["metadata"]["general.architecture"]["value"] == ARCHS[name]
+    assert_metadata_match(ours, ref)
+    assert_tensors_match(ours, ref)
+    assert ours["file_sha256"] == ref["file_sha256"], "whole file not byte-identical"
+
+
+def test_qwen2moe_fused_expert_layout(tmp_path):
+    """transformers' in-memory layout (experts.gate_up_proj / experts.down_proj, 3-D) converts to the
+    same tensors as the per-expert files llama.cpp's record was made from."""
+    src = checkpoint_copy(tmp_path, "qwen2moe")
+    weights = load_file(src / "model.safetensors")
+    n_expert = json.loads((src / "config.json").read_text())["num_experts"]
+    for bid in (0, 1):
+        pre = f"model.layers.{bid}.mlp.experts"
+        per = {w: np.stack([weights.pop(f"{pre}.{x}.{w}.weight") for x in range(n_expert)])
+               for w in ("gate_proj", "up_proj", "down_proj")}
+        weights[f"{pre}.gate_up_proj"] = np.concatenate([per["gate_proj"], per["up_proj"]], axis=1)
+        weights[f"{pre}.down_proj"] = per["down_proj"]
+    save_file(weights, str(src / "model.safetensors"))
+    out = tmp_path / "fused.gguf"
+    convert(src, out, outtype="f16", pre="qwen2")
+    ref = reference("qwen2moe", "f16")
+    ours = record(out)
+    assert sorted(ours["tensors"]) == sorted(ref["tensors"])
+    for name, want in ref["tensors"].items():
+        got = ours["tensors"][name]
+        assert (got["type"], got["shape"], got["sha256"]) == (want["type"], want["shape"], want["sha256"]), name
+
+
+def test_qwen2moe_missing_expert_is_an_error(tmp_path):
+    src = checkpoint_copy(tmp_path, "qwen2moe")
+    weights = load_file(src / "model.safetensors")
+    del weights["model.layers.1.mlp.experts.2.up_proj.weight"]
+    save_file(weights, str(src / "model.safetensors"))
+    with pytest.raises(BadInputError, match="layer 1 has 11 expert tensors, expected 12"):
+        convert(src, tmp_path / "out.gguf", outtype="f16", pre="qwen2")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_baichuan_w_pack_split_and_permutation(tmp_path):
+    """Independent of the record: attn_q/attn_k/attn_v are W_pack's thirds, q and k rows interleaved
+    per head (row 2i of a head = rotate-half row i, row 2i+1 = row i + head_dim/2)."""
+    src = checkpoint_copy(tmp_path, "baichuan")
+    cfg = json.loads((src / "config.json").read_text())
+    n_embd, n_head = cfg["hidden_size"], cfg["num_attention_heads"]
+    head_dim = n_embd // n_head
+    w_pack = load_file(src / "model.safetensors")["model.layers.3.self_attn.W_pack.weight"]
+    out = tmp_path / "b.gguf"
+    convert(src, out, outtype="f16")
+    with GGUFReader(out) as r:
+        got = {p: np.array(r.tensor_array(f"blk.3.attn_{p}.weight")) for p in "qkv"}
+    q, k, v = w_pack[:n_embd], w_pack[n_embd:2 * n_embd], w_pack[2 * n_embd:]
+    np.testing.assert_array_equal(got["v"], v)
+    for name, part in (("q", q), ("k", k)):
+        for h in range(n_head):
+            rows = part[h * head_dim:(h + 1) * head_dim]
+            mine = got[name][h * head_dim:(h + 1) * head_dim]
+            np.testing.assert_array_equal(mine[0::2], rows[: head_dim // 2])
+            np.testing.assert_array_equal(mine[1::2], rows[head_dim // 2:])
+
+
+@pytest.mark.parametrize("name", ["gemma", "gemma2"])
+def test_gemma_norms_are_stored_plus_one(tmp_path, name):
+    src = checkpoint_copy(tmp_path, name)
+    weights = load_file(src / "model.safetensors")
+    out = tmp_path / "g.gguf"
+    convert(src, out, outtype="f32")
+    with GGUFReader(out) as r:
+        np.testing.assert_array_equal(np.array(r.tensor_array("blk.1.attn_norm.weight")),
+                                      weights["model.layers.1.input_layernorm.weight"] + np.float32(1))
+        np.testing.assert_array_equal(np.array(r.tensor_array("output_norm.weight")),
+                                      weights["model.norm.weight"] + np.float32(1))
+        assert "output.weight" not in {t.name for t in r.tensors}  # tied: llama.cpp reuses token_embd
