@@ -22,7 +22,7 @@ import pytest
 
 from llmcli import demo
 from llmcli.engine.tokenizer import Tokenizer, clean_up_spaces
-from llmcli.errors import FormatError, LlmcliError, UnsupportedError
+from llmcli.errors import BadInputError, FormatError, LlmcliError, UnsupportedError
 from llmcli.gguf import GGUFReader
 from llmcli.vocab.pretokenizers import PRE_TOKENIZERS, RegexSplitter, pre_tokenizer
 
@@ -336,6 +336,11 @@ def test_bad_metadata_is_a_clear_error():
     bpe = record_metadata("qwen2")
     with pytest.raises(FormatError, match="x.gguf.*merges"):
         Tokenizer.from_metadata({k: v for k, v in bpe.items() if k != "tokenizer.ggml.merges"}, "x.gguf")
+
+
+def test_text_that_is_not_unicode_is_a_clear_error():
+    with pytest.raises(BadInputError, match="not valid Unicode.*U\\+D83D at character 2"):
+        tiny_tokenizer("qwen2").tokenize("ab\ud83d")
 
 
 # ---- 100 KB, pieces, detokenize --------------------------------------------------------------------

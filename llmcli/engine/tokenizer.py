@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..errors import FormatError, UnsupportedError
+from ..errors import BadInputError, FormatError, UnsupportedError
 from ..vocab.pretokenizers import PreTokenizer, pre_tokenizer, splitter
 
 
@@ -424,6 +424,11 @@ class Tokenizer:
         elif "modern-bert" in name:
             set_attr("[MASK]", LSTRIP, True)
 
+    def __repr__(self) -> str:
+        pre = f", pre={self.pre_name!r}" if self.model == BPE else ""
+        return (f"Tokenizer({self.model!r}{pre}, n_vocab={self.n_vocab}, bos={self.bos_id}, "
+                f"eos={self.eos_id}, add_bos={self.add_bos})")
+
     # ---- properties ------------------------------------------------------------------------------
 
     @property
@@ -479,6 +484,11 @@ class Tokenizer:
         """Token ids of `text`. add_special: BOS/EOS as the metadata asks (add_bos_token /
         add_eos_token). parse_special: control tokens written in the text (e.g. "<start_of_turn>")
         become those tokens; user-defined tokens are always recognised."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BadInputError(f"text to tokenize is not valid Unicode: {e.reason} "
+                                f"(U+{ord(text[e.start]):04X} at character {e.start})") from None
         out: list[int] = []
         if add_special and self.add_bos:
             out.append(self._required("bos"))
