@@ -41,6 +41,8 @@ def main() -> None:
     x = rng.standard_normal((args.rows, args.cols)).astype(np.float32)
     mb = x.nbytes / 1e6
     print(f"input {args.rows}x{args.cols} float32 = {mb:.0f} MB; MB/s of float32 (quantize in, dequantize out)")
+    print(f"context: numpy x.copy() {mb / median_seconds(lambda: x.copy(), args.repeat):.0f} MB/s "
+          f"(a loaded machine shows here first)")
     print(f"{'type':8} {'quant 1t':>9} {'quant 2t':>9} {'deq 1t':>9} {'deq 2t':>9}")
     for name in args.types:
         t = GGMLType[name]

@@ -149,14 +149,16 @@ def test_round_trip_error_is_within_half_a_step(type_name):
 def test_rows_and_shapes():
     rng = np.random.default_rng(1)
     rows = rng.standard_normal((3, 96)).astype(np.float32)
-    for type_name in QUANTIZED_TYPES:
+    for type_name in QUANTIZED_TYPES + ["F32", "F16", "BF16"]:
         ggml_type = GGMLType[type_name]
         out = quantize(rows, ggml_type)
-        assert out.dtype == np.uint8 and out.shape == (3, 3 * TYPE_INFO[ggml_type].block_bytes)
+        assert out.dtype == np.uint8 and out.shape == (3, TYPE_INFO[ggml_type].row_bytes(96))
+        assert dequantize(out, ggml_type).shape == (3, 96)
         # each row is quantized independently of the others
         assert np.array_equal(quantize(rows[1:2], ggml_type), out[1:2])
         # a non-contiguous or float64 input is accepted and gives the same bytes
         assert np.array_equal(get_codec(ggml_type).quantize(rows.astype(np.float64)), out)
+        assert np.array_equal(get_codec(ggml_type).quantize(np.asfortranarray(rows)), out)
     with pytest.raises(UnsupportedError, match="multiple of 32"):
         quantize(rows[:, :40], GGMLType.Q4_0)
 

@@ -74,35 +74,46 @@ def _bf16_to_f32_kernel(h, out):
             out[i] = f32_from_bits(np.uint32(h[i]) << np.uint32(16))
 
 
-def _elementwise(kernel, rows: np.ndarray, in_dtype, out_dtype) -> np.ndarray:
-    src = np.ascontiguousarray(rows).view(in_dtype)
-    out = np.empty(src.shape, dtype=out_dtype)
+def _narrow(kernel, rows: np.ndarray) -> np.ndarray:
+    """float rows (n, k) -> uint8 (n, 2k) through a float32 -> 16-bit kernel."""
+    src = np.ascontiguousarray(rows, dtype=np.float32)
+    out = np.empty(src.shape, dtype=np.uint16)
+    kernel(src.reshape(-1), out.reshape(-1))
+    return out.view(np.uint8)
+
+
+def _widen(kernel, raw: np.ndarray) -> np.ndarray:
+    """uint8 rows (n, 2k) of 16-bit values -> float32 (n, k)."""
+    src = np.ascontiguousarray(raw).view(np.uint8).view(np.uint16)
+    out = np.empty(src.shape, dtype=np.float32)
     kernel(src.reshape(-1), out.reshape(-1))
     return out
 
 
 def quantize_f32(rows: np.ndarray) -> np.ndarray:
+    """Zero-copy when the input is already contiguous float32 (the result shares its memory)."""
     return np.ascontiguousarray(rows, dtype=np.float32).view(np.uint8)
 
 
 def dequantize_f32(raw: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(raw).view(np.float32)
+    """Zero-copy: a float32 view of the bytes (read-only if they are a read-only mmap)."""
+    return np.ascontiguousarray(raw).view(np.uint8).view(np.float32)
 
 
 def quantize_f16(rows: np.ndarray) -> np.ndarray:
-    return _elementwise(_f32_to_f16_kernel, rows, np.float32, np.uint16).view(np.uint8)
+    return _narrow(_f32_to_f16_kernel, rows)
 
 
 def dequantize_f16(raw: np.ndarray) -> np.ndarray:
-    return _elementwise(_f16_to_f32_kernel, raw, np.uint16, np.float32)
+    return _widen(_f16_to_f32_kernel, raw)
 
 
 def quantize_bf16(rows: np.ndarray) -> np.ndarray:
-    return _elementwise(_f32_to_bf16_kernel, rows, np.float32, np.uint16).view(np.uint8)
+    return _narrow(_f32_to_bf16_kernel, rows)
 
 
 def dequantize_bf16(raw: np.ndarray) -> np.ndarray:
-    return _elementwise(_bf16_to_f32_kernel, raw, np.uint16, np.float32)
+    return _widen(_bf16_to_f32_kernel, raw)
 
 
 register(Codec(GGMLType.F32, dequantize_f32, quantize_f32))
