@@ -33,6 +33,7 @@ from .quants import registry
 from .quants.mixes import (
     Mix,
     ModelFacts,
+    SUPPORTED_MIXES,
     QuantizeOptions,
     TypeChoice,
     TypePlanner,
@@ -123,9 +124,10 @@ class QuantizePlan:
         return sum(t.info.n_elements for t in self.tensors)
 
 
-def plan_quantize(reader: GGUFReader, mix: Mix, options: QuantizeOptions,
+def plan_quantize(reader, mix: Mix, options: QuantizeOptions,
                   allow_requantize: bool = False) -> QuantizePlan:
-    """Choose every tensor's type and check, before any work, that the job can be done."""
+    """Choose every tensor's type and check, before any work, that the job can be done.
+    `reader`: a GGUFReader, or a source with the same interface (see ConvertedSource)."""
     where = str(reader.path)
     model = ModelFacts.from_metadata(reader.get, where)
     by_name = {t.name: t for t in reader.tensors}
@@ -303,7 +305,6 @@ def quantize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
                   progress: bool = False, measure: bool = True,
                   on_tensor: Callable[[TensorResult], None] | None = None) -> QuantizeReport:
     """Quantize a GGUF file as `llama-quantize [options] IN OUT TYPE` would, byte for byte."""
-    options = options or QuantizeOptions()
     mix = find_mix(type_name)
     if not dry_run:
         if output_path is None:
@@ -314,32 +315,44 @@ def quantize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
             raise BadInputError(f"{output_path}: is the input file; write the quantized model elsewhere")
     threads = set_threads(threads)
     with GGUFReader(input_path) as reader:
-        plan = plan_quantize(reader, mix, options, allow_requantize)
-        report = QuantizeReport(str(input_path), None if dry_run else str(output_path), mix.name,
-                                int(mix.file_type), dry_run, [], plan.n_parameters, plan.n_fallback,
-                                reader.file_size, plan.output_file_bytes, threads=threads)
-        if dry_run:
-            report.tensors = [_result(t) for t in plan.tensors]
-            return report
-        started = time.perf_counter()
-        writer = plan.writer(output_path, force=force)
-        bar = _progress_bar(sum(t.bytes_in for t in plan.tensors), progress)
-        try:
-            with writer.open():
-                for t in plan.tensors:
-                    bar.set_postfix_str(t.name, refresh=False)
-                    result = write_tensor(reader, writer, t, measure)
-                    report.tensors.append(result)
-                    bar.update(t.bytes_in)
-                    if on_tensor is not None:
-                        on_tensor(result)
-        finally:
-            bar.close()
-        report.seconds = time.perf_counter() - started
+        return run_quantize(reader, None if dry_run else output_path, mix, options or QuantizeOptions(),
+                            allow_requantize=allow_requantize, threads=threads, force=force,
+                            progress=progress, measure=measure, on_tensor=on_tensor)
+
+
+def run_quantize(source, output_path: str | os.PathLike | None, mix: Mix, options: QuantizeOptions, *,
+                 allow_requantize: bool = False, threads: int | None = None, force: bool = False,
+                 progress: bool = False, measure: bool = True,
+                 on_tensor: Callable[[TensorResult], None] | None = None) -> QuantizeReport:
+    """Plan and (unless `output_path` is None: a dry run) write. `source` is a GGUFReader or
+    anything with the same `path`, `metadata`, `get`, `tensors`, `tensor_bytes` and `file_size`."""
+    dry_run = output_path is None
+    plan = plan_quantize(source, mix, options, allow_requantize)
+    report = QuantizeReport(str(source.path), None if dry_run else str(output_path), mix.name,
+                            int(mix.file_type), dry_run, [], plan.n_parameters, plan.n_fallback,
+                            source.file_size, plan.output_file_bytes, threads=threads)
+    if dry_run:
+        report.tensors = [_result(t) for t in plan.tensors]
+        return report
+    started = time.perf_counter()
+    writer = plan.writer(output_path, force=force)
+    bar = _progress_bar(sum(t.bytes_in for t in plan.tensors), progress)
+    try:
+        with writer.open():
+            for t in plan.tensors:
+                bar.set_postfix_str(t.name, refresh=False)
+                result = write_tensor(source, writer, t, measure)
+                report.tensors.append(result)
+                bar.update(t.bytes_in)
+                if on_tensor is not None:
+                    on_tensor(result)
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - started
     return report
 
 
-def write_tensor(reader: GGUFReader, writer: GGUFWriter, t: PlannedTensor, measure: bool = True) -> TensorResult:
+def write_tensor(reader, writer: GGUFWriter, t: PlannedTensor, measure: bool = True) -> TensorResult:
     raw = reader.tensor_bytes(t.info)
     if not t.converts:
         writer.write_tensor_data(t.name, raw)
@@ -349,21 +362,74 @@ def write_tensor(reader: GGUFReader, writer: GGUFWriter, t: PlannedTensor, measu
     return _result(t, relative_rmse(err2, ref2) if measure else None)
 
 
-def plan_for_tensors(metadata: dict[str, MetadataValue], tensors: Iterable[tuple[str, tuple[int, ...], GGMLType]],
-                     type_name: str, options: QuantizeOptions | None = None,
-                     where: str = "model") -> tuple[Mix, dict[str, MetadataValue], list[tuple[str, tuple[int, ...], GGMLType]]]:
-    """For writers that make a model on the fly (convert --outtype Q4_K_M): given the metadata and
-    the (name, shape, type) tensors an unquantized file would have, return the mix, the quantized
-    file's metadata and its (name, shape, type) tensors in llama-quantize's order."""
-    mix = find_mix(type_name)
-    model = ModelFacts.from_metadata(lambda k: metadata[k].to_python() if k in metadata else None, where)
-    by_name = {name: (tuple(shape), t) for name, shape, t in tensors}
-    planner = TypePlanner(model, mix, options or QuantizeOptions(), by_name)
-    planned = []
-    for name in llama_tensor_order(by_name):
-        shape, source = by_name[name]
-        choice = planner.choose(name, shape, source)
-        if choice.needs_imatrix:
-            raise UnsupportedError(f"{where}: tensor '{name}' would need an importance matrix")
-        planned.append((name, output_shape(shape), choice.target))
-    return mix, quantized_metadata(metadata, mix), planned
+# --------------------------------------------------------------------------------------------------
+# convert --outtype Q4_K_M: Hugging Face checkpoint -> quantized GGUF, no f16 file in between
+# --------------------------------------------------------------------------------------------------
+
+
+class ConvertedSource:
+    """The f16 GGUF `llmcli convert --outtype f16` would write, never written: the header is built
+    up front and each tensor's bytes are made (loaded, transformed, encoded) when asked for. Being
+    exactly those bytes, quantizing from it gives the same file as convert + quantize."""
+
+    def __init__(self, model_dir: str | os.PathLike, pre: str | None = None):
+        from .convert.checkpoint import Checkpoint
+        from .convert.pipeline import prepare
+
+        self.path = Path(model_dir)
+        ckpt = Checkpoint(self.path)
+        self.hf_architecture = ckpt.architecture
+        _conv, planned, kv, counts, _file_type = prepare(ckpt, self.path, "f16", pre)
+        self.n_parameters = counts[0]
+        self.metadata: dict[str, MetadataValue] = dict(kv.entries)
+        self._planned = {p.tensor.name: p for p in planned}
+        self.tensors = [TensorInfo(p.tensor.name, p.tensor.gguf_shape, p.type, 0, TYPE_INFO[p.type])
+                        for p in planned]
+        header = GGUFWriter(os.devnull, force=True)
+        for key, mv in self.metadata.items():
+            header.add(key, mv)
+        header.add_tensor_infos_from(self.tensors)
+        self.file_size = header.total_bytes
+
+    def get(self, key: str, default=None):
+        mv = self.metadata.get(key)
+        return default if mv is None else mv.to_python()
+
+    def tensor_bytes(self, info: TensorInfo) -> np.ndarray:
+        from .convert.pipeline import encode
+
+        p = self._planned[info.name]
+        data = p.tensor.load()
+        if tuple(data.shape) != p.tensor.shape:
+            raise BadInputError(f"{self.path}: tensor '{info.name}' has shape {list(data.shape)}, "
+                                f"expected {list(p.tensor.shape)}")
+        return np.ascontiguousarray(encode(data, p.type)).view(np.uint8).reshape(info.n_rows, info.row_bytes)
+
+
+def convert_quantized(model_dir: str | os.PathLike, output_path: str | os.PathLike | None, type_name: str,
+                      options: QuantizeOptions | None = None, *, pre: str | None = None, force: bool = False,
+                      threads: int | None = None, progress: bool = False, measure: bool = False):
+    """`llmcli convert DIR --outtype Q4_K_M`: one streaming pass, byte-equal to `convert --outtype f16`
+    followed by `quantize --type Q4_K_M`. Returns convert's ConvertSummary."""
+    from .convert.pipeline import ConvertSummary, default_output
+
+    started = time.perf_counter()
+    try:
+        mix = find_mix(type_name)
+    except BadInputError:
+        raise BadInputError(f"unknown --outtype '{type_name}': f32, f16, bf16, q8_0, auto, or a quantization "
+                            f"type ({', '.join(SUPPORTED_MIXES)})") from None
+    out = Path(output_path) if output_path is not None else default_output(Path(model_dir), mix.name.lower())
+    check_output_path(out, force)
+    threads = set_threads(threads)
+    source = ConvertedSource(model_dir, pre)
+    report = run_quantize(source, out, mix, options or QuantizeOptions(), threads=threads, force=force,
+                          progress=progress, measure=measure)
+    counts: dict[str, int] = {}
+    for t in report.tensors:
+        counts[t.to_type] = counts.get(t.to_type, 0) + 1
+    return ConvertSummary(output=str(out), architecture=str(source.get("general.architecture")),
+                          hf_architecture=source.hf_architecture, outtype=mix.name, file_type=int(mix.file_type),
+                          tensors=len(report.tensors), parameters=source.n_parameters,
+                          bytes=out.stat().st_size, seconds=round(time.perf_counter() - started, 3),
+                          type_counts=counts)

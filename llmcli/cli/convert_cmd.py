@@ -18,7 +18,9 @@ def convert(
     model_dir: Path = typer.Argument(..., help="Hugging Face model directory (config.json, *.safetensors, tokenizer)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output",
                                           help="Output GGUF file [default: ./<DIR name>-<outtype>.gguf]."),
-    outtype: str = typer.Option("f16", "--outtype", help="f32, f16, bf16, q8_0 or auto (bf16 if stored bf16, else f16)."),
+    outtype: str = typer.Option("f16", "--outtype", help="f32, f16, bf16, q8_0 or auto (bf16 if stored bf16, else f16) as llama.cpp's converter writes them; "
+                                 "or a quantization type (Q4_K_M, Q6_K, ... as `llmcli quantize --type`): the f16 "
+                                 "conversion quantized in the same pass."),
     pre: Optional[str] = typer.Option(None, "--pre",
                                       help="Byte-level BPE pre-tokenizer name (llama-bpe, qwen2, ...) when "
                                            "llama.cpp's hash table does not know the tokenizer."),
@@ -27,9 +29,16 @@ def convert(
 ) -> None:
     """Convert a Hugging Face checkpoint to GGUF (byte-identical to llama.cpp's converter)."""
     from ..convert import convert as run_convert
+    from ..convert.pipeline import OUTTYPE_CHOICES
 
-    summary = run_convert(model_dir, output, outtype=outtype.lower(), pre=pre, force=force,
-                          progress=sys.stderr.isatty() and not as_json)
+    if outtype.lower() in OUTTYPE_CHOICES:
+        summary = run_convert(model_dir, output, outtype=outtype.lower(), pre=pre, force=force,
+                              progress=sys.stderr.isatty() and not as_json)
+    else:  # a llama-quantize TYPE (Q4_K_M, ...): convert to f16 and quantize in one streaming pass
+        from ..quantize import convert_quantized
+
+        summary = convert_quantized(model_dir, output, outtype, pre=pre, force=force,
+                                    progress=sys.stderr.isatty() and not as_json)
     if as_json:
         print(json.dumps(summary.as_dict(), indent=2))
         return

@@ -217,6 +217,28 @@ def convert(model_dir: str | os.PathLike, output: str | os.PathLike | None = Non
     check_output_path(out_path, force)
     if pre is not None and pre not in known_pre_tokenizers():
         raise BadInputError(f"--pre {pre}: unknown pre-tokenizer; one of: {', '.join(sorted(known_pre_tokenizers()))}")
+    conv, planned, kv, counts, file_type = prepare(ckpt, model_dir, outtype, pre, quantizer)
+
+    writer = GGUFWriter(out_path, force=force)
+    for key, mv in kv.entries.items():
+        writer.add(key, mv)
+    for p in planned:
+        writer.add_tensor_info(p.tensor.name, p.tensor.gguf_shape, p.type)
+    _write(writer, planned, quantizer, progress)
+
+    type_counts: dict[str, int] = {}
+    for p in planned:
+        type_counts[p.type.name] = type_counts.get(p.type.name, 0) + 1
+    return ConvertSummary(output=str(out_path), architecture=conv.gguf_arch, hf_architecture=ckpt.architecture,
+                          outtype=outtype, file_type=file_type, tensors=len(planned), parameters=counts[0],
+                          bytes=out_path.stat().st_size, seconds=round(time.perf_counter() - start, 3),
+                          type_counts=type_counts)
+
+
+def prepare(ckpt: Checkpoint, model_dir: Path, outtype: str, pre: str | None = None,
+            quantizer: TensorQuantizer | None = None) -> tuple[ArchConverter, list[PlannedTensor], KV, tuple, int]:
+    """Everything before the data: the converter, each tensor's type, the metadata (in llama.cpp's
+    order), the parameter counts and the file type. `llmcli convert --outtype Q4_K_M` streams from this too."""
     conv_cls = converter_for(ckpt.architecture, ckpt.config_path)
     conv: ArchConverter = conv_cls(ckpt, pre=pre)
     conv.require_tokenizer()
@@ -236,21 +258,7 @@ def convert(model_dir: str | os.PathLike, output: str | os.PathLike | None = Non
     conv.set_hparams(kv, file_type)
     kv.u32("general.quantization_version", QUANTIZATION_VERSION)
     conv.set_vocab(kv)
-
-    writer = GGUFWriter(out_path, force=force)
-    for key, mv in kv.entries.items():
-        writer.add(key, mv)
-    for p in planned:
-        writer.add_tensor_info(p.tensor.name, p.tensor.gguf_shape, p.type)
-    _write(writer, planned, quantizer, progress)
-
-    type_counts: dict[str, int] = {}
-    for p in planned:
-        type_counts[p.type.name] = type_counts.get(p.type.name, 0) + 1
-    return ConvertSummary(output=str(out_path), architecture=conv.gguf_arch, hf_architecture=ckpt.architecture,
-                          outtype=outtype, file_type=file_type, tensors=len(planned), parameters=counts[0],
-                          bytes=out_path.stat().st_size, seconds=round(time.perf_counter() - start, 3),
-                          type_counts=type_counts)
+    return conv, planned, kv, counts, file_type
 
 
 def _choose_type(t: OutputTensor, main_type: GGMLType, quantizer: TensorQuantizer | None) -> GGMLType:
