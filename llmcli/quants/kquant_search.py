@@ -38,57 +38,7 @@ JIT = dict(cache=True, error_model="numpy")
 def nearest_int(fval):
     """ggml's nearest_int: the int32 nearest to float32 fval, ties to even."""
     bits = f32_bits(fval + MAGIC)
-    return np.int32(bits & np.uint32(0x007FFFFF)) - np.int32(0x00400000)
-
-
-@njit(**JIT)
-def make_qx_quants_rmse1(x, nmax, L):
-    """Symmetric scale for x with levels -nmax..nmax-1, weights x*x (ggml make_qx_quants, rmse_type 1).
-
-    Writes L[i] = level + nmax and returns the scale (value ~ scale * level)."""
-    n = x.shape[0]
-    vmax = ZERO
-    amax = ZERO
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            vmax = x[i]
-    if amax < GROUP_MAX_EPS:
-        for i in range(n):
-            L[i] = 0
-        return ZERO
-    fnmax = F32(nmax)
-    iscale = -fnmax / vmax
-    sumlx = ZERO
-    suml2 = ZERO
-    for i in range(n):
-        l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-        L[i] = l + nmax
-        w = x[i] * x[i]
-        fl = F32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
-    scale = sumlx / suml2 if suml2 != ZERO else ZERO
-    best = scale * sumlx
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        iscale = -(fnmax + TENTH * F32(step)) / vmax
-        sumlx = ZERO
-        suml2 = ZERO
-        for i in range(n):
-            l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-            w = x[i] * x[i]
-            fl = F32(l)
-            sumlx += w * x[i] * fl
-            suml2 += w * fl * fl
-        if suml2 > ZERO and sumlx * sumlx > best * suml2:
-            for i in range(n):
-                L[i] = nmax + max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-            scale = sumlx / suml2
-            best = scale * sumlx
-    return scale
+    return np.int32(np.int32(bits & np.uint32(0x007FFFFF)) - np.int32(0x00400000))  # stay int32
 
 
 @njit(**JIT)
@@ -143,6 +93,7 @@ def make_q3_quants_rmse(x, nmax, L):
     return sumlx / suml2 if suml2 > ZERO else ZERO
 
 
+
 @njit(**JIT)
 def make_qkx2_quants(x, weights, nmax, L, Laux, rmin, rdelta, nstep, use_mad):
     """Affine fit x ~ scale * L - the_min with levels 0..nmax (ggml make_qkx2_quants).
@@ -169,11 +120,12 @@ def make_qkx2_quants(x, weights, nmax, L, Laux, rmin, rdelta, nstep, use_mad):
             L[i] = 0
         return ZERO, -vmin
     fnmax = F32(nmax)
+    top = np.int32(nmax)
     iscale = fnmax / (vmax - vmin)
     scale = ONE / iscale
     best_error = ZERO
     for i in range(n):
-        l = max(0, min(nmax, nearest_int(iscale * (x[i] - vmin))))
+        l = max(np.int32(0), min(top, nearest_int(iscale * (x[i] - vmin))))
         L[i] = l
         diff = scale * F32(l) + vmin - x[i]
         diff = abs(diff) if use_mad else diff * diff
@@ -186,7 +138,7 @@ def make_qkx2_quants(x, weights, nmax, L, Laux, rmin, rdelta, nstep, use_mad):
         sum_l2 = ZERO
         sum_xl = ZERO
         for i in range(n):
-            l = max(0, min(nmax, nearest_int(iscale * (x[i] - vmin))))
+            l = max(np.int32(0), min(top, nearest_int(iscale * (x[i] - vmin))))
             Laux[i] = l
             w = weights[i]
             fl = F32(l)
@@ -212,3 +164,100 @@ def make_qkx2_quants(x, weights, nmax, L, Laux, rmin, rdelta, nstep, use_mad):
                 scale = this_scale
                 vmin = this_min
     return scale, -vmin
+
+
+# ---------------------------------------------------------------------------------------------
+# Lane searches: all sub-blocks of a super-block at once.
+#
+# ggml runs one search per sub-block, and every sum in it is a sequential float32 chain, so a
+# single search cannot be vectorised without changing its result. The S sub-blocks of a block are
+# independent, though: with the block transposed to xT[i, s] (element i of sub-block s), the inner
+# loop over s runs S exact copies of ggml's scalar arithmetic side by side (one SIMD lane each),
+# every lane keeping ggml's order. Branches become per-lane selects, which take the same decisions.
+#
+#   x  (256,)  = | sub-block 0: n values | sub-block 1 | ... | sub-block S-1 |
+#   xT (n, S)  : xT[i, s] = x[n*s + i]
+#
+# S is baked into each compiled function (a closure constant): with a runtime lane count LLVM
+# vectorised only for S >= 16 and fell back to scalar code below. `st` is caller-owned scratch,
+# (16, S) float32, for the per-lane state.
+
+
+def qx_quants_rmse1_lanes(S: int):
+    """make_qx_quants_rmse1_lanes for S sub-blocks (see below)."""
+
+    @njit(**JIT)
+    def make_qx_quants_rmse1_lanes(xT, nmax, levels, scales, laux, st):
+        """ggml's make_qx_quants (rmse_type 1, weights x*x) on every column of xT.
+
+        Symmetric fit x ~ scale * (level - nmax), levels 0..2*nmax-1 (0 for an all-zero group),
+        the best of 19 trial scales. Writes levels (n, S) int8 and scales (S,); laux is scratch."""
+        n = xT.shape[0]
+        vmax, amax, iscale, scale = st[0], st[1], st[2], st[3]
+        best, sumlx, suml2, take = st[4], st[5], st[6], st[7]
+        lo = np.int32(-nmax)
+        hi = np.int32(nmax - 1)
+        off = np.int32(nmax)
+        fnmax = F32(nmax)
+        for s in range(S):
+            vmax[s] = ZERO
+            amax[s] = ZERO
+        for i in range(n):
+            for s in range(S):
+                xi = xT[i, s]
+                ax = abs(xi)
+                bigger = ax > amax[s]
+                amax[s] = ax if bigger else amax[s]
+                vmax[s] = xi if bigger else vmax[s]
+        for s in range(S):
+            iscale[s] = -fnmax / vmax[s]
+            sumlx[s] = ZERO
+            suml2[s] = ZERO
+        for i in range(n):
+            for s in range(S):
+                xi = xT[i, s]
+                l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
+                levels[i, s] = l + off
+                w = xi * xi
+                fl = F32(l)
+                sumlx[s] += w * xi * fl
+                suml2[s] += w * fl * fl
+        for s in range(S):
+            scale[s] = sumlx[s] / suml2[s] if suml2[s] != ZERO else ZERO
+            best[s] = scale[s] * sumlx[s]
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            num = -(fnmax + TENTH * F32(step))
+            for s in range(S):
+                iscale[s] = num / vmax[s]
+                sumlx[s] = ZERO
+                suml2[s] = ZERO
+            for i in range(n):
+                for s in range(S):
+                    xi = xT[i, s]
+                    l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
+                    laux[i, s] = l + off
+                    w = xi * xi
+                    fl = F32(l)
+                    sumlx[s] += w * xi * fl
+                    suml2[s] += w * fl * fl
+            for s in range(S):
+                better = suml2[s] > ZERO and sumlx[s] * sumlx[s] > best[s] * suml2[s]
+                take[s] = ONE if better else ZERO
+                if better:
+                    scale[s] = sumlx[s] / suml2[s]
+                    best[s] = scale[s] * sumlx[s]
+            for i in range(n):
+                for s in range(S):
+                    if take[s] != ZERO:
+                        levels[i, s] = laux[i, s]
+        for s in range(S):
+            if amax[s] < GROUP_MAX_EPS:                      # ggml returns early: all zero
+                scales[s] = ZERO
+                for i in range(n):
+                    levels[i, s] = 0
+            else:
+                scales[s] = scale[s]
+
+    return make_qx_quants_rmse1_lanes

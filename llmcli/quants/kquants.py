@@ -17,10 +17,11 @@ from numba import njit, prange
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .half import f32_bits, f32_from_bits, fp16_to_fp32, fp32_to_fp16
 from .kquant_search import (F32, GROUP_MAX_EPS, ONE, ZERO, make_q3_quants_rmse, make_qkx2_quants,
-                            make_qx_quants_rmse1, nearest_int)
+                            nearest_int, qx_quants_rmse1_lanes)
 from .registry import Codec, register
 
 QK_K = 256
+qx_rmse1_16_lanes = qx_quants_rmse1_lanes(16)   # Q6_K's search, its 16 sub-blocks side by side
 KERNEL = dict(parallel=True, cache=True, error_model="numpy")
 HELPER = dict(cache=True, error_model="numpy")
 
@@ -87,6 +88,13 @@ def _q3_scale(j, sc):
     return (low | (high << 4)) - 32
 
 
+@njit(**HELPER)
+def _qkx2_scratch(n, S):
+    """Buffers for make_qkx2_quants over S sub-blocks of n: Laux, weights, scales, mins."""
+    return (np.empty(n, np.uint8), np.empty(n, np.float32), np.empty(S, np.float32),
+            np.empty(S, np.float32))
+
+
 # ---------------------------------------------------------------------------------------------
 # Q2_K                                                                          84 bytes / 256
 #
@@ -97,7 +105,8 @@ def _q3_scale(j, sc):
 
 
 @njit(**HELPER)
-def _quantize_block_q2_k(x, out, L, Laux, weights, scales, mins):
+def _quantize_block_q2_k(x, out, L, scratch):
+    Laux, weights, scales, mins = scratch
     nmax, rmin, rdelta, nstep = Q2_SEARCH
     max_scale = ZERO
     max_min = ZERO
@@ -147,13 +156,10 @@ def _quantize_q2_k(x, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
         L = np.empty(QK_K, np.uint8)
-        Laux = np.empty(16, np.uint8)
-        weights = np.empty(16, np.float32)
-        scales = np.empty(16, np.float32)
-        mins = np.empty(16, np.float32)
+        scratch = _qkx2_scratch(16, 16)
         for b in range(nb):
             _quantize_block_q2_k(x[r, b * QK_K:(b + 1) * QK_K], out[r, b * 84:(b + 1) * 84],
-                                 L, Laux, weights, scales, mins)
+                                 L, scratch)
 
 
 @njit(**KERNEL)
@@ -278,8 +284,9 @@ def _dequantize_q3_k(raw, y):
 
 
 @njit(**HELPER)
-def _quantize_levels_k4(x, out, L, Laux, weights, scales, mins, nmax, rmin, rdelta, nstep):
+def _quantize_levels_k4(x, out, L, scratch, nmax, rmin, rdelta, nstep):
     """Fill d, dmin, the 12 scale bytes of out and the levels L (0..nmax) of one block."""
+    Laux, weights, scales, mins = scratch
     max_scale = ZERO
     max_min = ZERO
     for j in range(8):
@@ -331,13 +338,10 @@ def _quantize_q4_k(x, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
         L = np.empty(QK_K, np.uint8)
-        Laux = np.empty(32, np.uint8)
-        weights = np.empty(32, np.float32)
-        scales = np.empty(8, np.float32)
-        mins = np.empty(8, np.float32)
+        scratch = _qkx2_scratch(32, 8)
         for b in range(nb):
             blk = out[r, b * 144:(b + 1) * 144]
-            _quantize_levels_k4(x[r, b * QK_K:(b + 1) * QK_K], blk, L, Laux, weights, scales, mins,
+            _quantize_levels_k4(x[r, b * QK_K:(b + 1) * QK_K], blk, L, scratch,
                                 nmax, rmin, rdelta, nstep)
             for c in range(4):
                 for l in range(32):
@@ -350,13 +354,10 @@ def _quantize_q5_k(x, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
         L = np.empty(QK_K, np.uint8)
-        Laux = np.empty(32, np.uint8)
-        weights = np.empty(32, np.float32)
-        scales = np.empty(8, np.float32)
-        mins = np.empty(8, np.float32)
+        scratch = _qkx2_scratch(32, 8)
         for b in range(nb):
             blk = out[r, b * 176:(b + 1) * 176]
-            _quantize_levels_k4(x[r, b * QK_K:(b + 1) * QK_K], blk, L, Laux, weights, scales, mins,
+            _quantize_levels_k4(x[r, b * QK_K:(b + 1) * QK_K], blk, L, scratch,
                                 nmax, rmin, rdelta, nstep)
             for l in range(32):
                 blk[16 + l] = 0
@@ -434,12 +435,17 @@ def _dequantize_q5_k(raw, y):
 
 
 @njit(**HELPER)
-def _quantize_block_q6_k(x, out, L, scales):
+def _quantize_block_q6_k(x, out, L, xT, levels, laux, st, scales):
+    for i in range(16):
+        for j in range(16):
+            xT[i, j] = x[16 * j + i]
+    qx_rmse1_16_lanes(xT, 32, levels, scales, laux, st)
     max_scale = ZERO
     max_abs_scale = ZERO
     for j in range(16):
-        s = make_qx_quants_rmse1(x[16 * j:16 * j + 16], 32, L[16 * j:16 * j + 16])
-        scales[j] = s
+        for i in range(16):
+            L[16 * j + i] = levels[i, j]
+        s = scales[j]
         a = abs(s)
         if a > max_abs_scale:
             max_abs_scale = a
@@ -476,10 +482,14 @@ def _quantize_q6_k(x, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
         L = np.empty(QK_K, np.int8)
+        xT = np.empty((16, 16), np.float32)
+        levels = np.empty((16, 16), np.int8)
+        laux = np.empty((16, 16), np.int8)
+        st = np.empty((16, 16), np.float32)
         scales = np.empty(16, np.float32)
         for b in range(nb):
             _quantize_block_q6_k(x[r, b * QK_K:(b + 1) * QK_K], out[r, b * 210:(b + 1) * 210],
-                                 L, scales)
+                                 L, xT, levels, laux, st, scales)
 
 
 @njit(**KERNEL)
