@@ -68,17 +68,22 @@ def rope(x, cos, sin, pos0, neox):
 def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
     """Causal multi-head attention of T new queries against the cache, written to out.
 
-    q, out: (T, H, Dh); k_cache, v_cache: (Hkv, n_ctx, Dh), already holding positions
-    0 .. pos0 + T - 1. Query head h reads key/value head h // (H / Hkv) (grouped-query attention).
-    Per query at position p, key j in [max(0, p - window + 1), p] (window <= 0: no sliding window):
+    q, out: (T, H, Dh); k_cache: (Hkv, Dh, n_ctx) (keys transposed, see KVCache);
+    v_cache: (Hkv, n_ctx, Dv); both hold positions 0 .. pos0 + T - 1. Query head h reads key/value
+    head h // (H / Hkv) (grouped-query attention). Per query at position p, keys j in
+    [max(0, p - window + 1), p] (window <= 0: no sliding window):
 
         s_j = scale * (q . k_j)
         s_j = softcap * tanh(s_j / softcap)        if softcap > 0   (Gemma 2)
         s_j = s_j - slopes[h] * (p - j)            ALiBi (slopes all zero otherwise)
         out = sum_j softmax(s)_j * v_j
+
+    The scores loop runs over key positions innermost (contiguous in the transposed cache), so it
+    vectorises without reassociating a dot product; the value loop runs over channels.
     """
     n_tok, n_heads, head_dim = q.shape
     n_kv_heads = k_cache.shape[0]
+    head_dim_v = v_cache.shape[2]
     group = n_heads // n_kv_heads
     for task in prange(n_tok * n_heads):
         t = task // n_heads
@@ -89,14 +94,16 @@ def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
         if window > 0 and p - window + 1 > 0:
             start = p - window + 1
         n = p + 1 - start
-        scores = np.empty(n, dtype=np.float32)
+        scores = np.zeros(n, dtype=np.float32)
+        for d in range(head_dim):
+            qd = q[t, h, d]
+            keys = k_cache[kvh, d, start:start + n]
+            for j in range(n):
+                scores[j] += qd * keys[j]
         slope = slopes[h]
         best = -np.inf
         for j in range(n):
-            acc = np.float32(0.0)
-            for d in range(head_dim):
-                acc += q[t, h, d] * k_cache[kvh, start + j, d]
-            s = acc * np.float32(scale)
+            s = scores[j] * np.float32(scale)
             if softcap > 0.0:
                 s = np.float32(softcap * math.tanh(s / softcap))
             s -= np.float32(slope * (p - (start + j)))
@@ -109,12 +116,14 @@ def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
             scores[j] = e
             total += e
         inv = np.float32(1.0 / total)
-        for d in range(head_dim):
-            out[t, h, d] = 0.0
+        acc = np.zeros(head_dim_v, dtype=np.float32)
         for j in range(n):
             w = scores[j] * inv
-            for d in range(head_dim):
-                out[t, h, d] += w * v_cache[kvh, start + j, d]
+            values = v_cache[kvh, start + j]
+            for d in range(head_dim_v):
+                acc[d] += w * values[d]
+        for d in range(head_dim_v):
+            out[t, h, d] = acc[d]
 
 
 @njit(parallel=True, cache=True)
@@ -153,12 +162,16 @@ def softcap_(x, cap):
 
 @njit(cache=True)
 def store_kv(k, v, k_cache, v_cache, pos0):
-    """Copy this batch's keys/values (T, Hkv, Dh) into the cache (Hkv, n_ctx, Dh) at pos0.."""
+    """Copy this batch's keys (T, Hkv, Dh) into the transposed key cache (Hkv, Dh, n_ctx) and its
+    values (T, Hkv, Dv) into the value cache (Hkv, n_ctx, Dv), at positions pos0 .. pos0 + T - 1."""
     n_tok, n_kv_heads, head_dim = k.shape
+    head_dim_v = v.shape[2]
     for h in range(n_kv_heads):
+        for d in range(head_dim):
+            for t in range(n_tok):
+                k_cache[h, d, pos0 + t] = k[t, h, d]
         for t in range(n_tok):
-            for d in range(head_dim):
-                k_cache[h, pos0 + t, d] = k[t, h, d]
+            for d in range(head_dim_v):
                 v_cache[h, pos0 + t, d] = v[t, h, d]
 
 
