@@ -273,7 +273,7 @@ def _marker_texts(tok: Tokenizer) -> frozenset[str]:
     from .engine.tokenizer import TokenAttr
 
     markers = TokenAttr.CONTROL | TokenAttr.USER_DEFINED
-    return frozenset(tok.token_text(i) for i in range(tok.n_vocab) if tok.token_attr(i) & markers)
+    return frozenset(tok.token_text(int(i)) for i in tok.ids_with_attr(int(markers)))
 
 
 def _ctx_for(path: Path, ctx_size: int | None) -> int | None:

@@ -1,0 +1,45 @@
+"""The README stays true: its two set-up commands, its CLI example and its Python example run."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _bash_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)\n```", README, re.S)
+
+
+def test_readme_opens_with_the_two_setup_commands():
+    blocks = _bash_blocks()
+    install_and_run, install_and_test = blocks[0], blocks[1]
+    assert "\n" not in install_and_run and "\n" not in install_and_test  # one copy-pasteable line each
+    assert README.index(install_and_run) < README.index("## ")
+    assert install_and_run.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install")
+    assert '".[demo]"' in install_and_run and "llmcli run" in install_and_run
+    assert "pytest" in install_and_test
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert install_and_test in ci, ".ci/run must run the README's test command"
+
+
+def test_readme_main_command_runs(cli):
+    command = _bash_blocks()[0].split("&& ")[-1]
+    argv = shlex.split(command)
+    assert argv[0] == "llmcli"
+    res = cli(*argv[1:])
+    assert res.exit_code == 0, res.stderr
+    assert len(res.stdout.strip()) > 0 and "generated: 32 tokens" in res.stderr
+
+
+def test_readme_python_example_runs():
+    example = re.search(r"```python\n(.*?)\n```", README, re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "(6, 262144)" and len(lines) >= 3
