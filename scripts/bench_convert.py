@@ -114,6 +114,12 @@ def main() -> None:
                   f"bf16 in {info['shards']} shards ({time.perf_counter() - t0:.1f} s)")
         else:
             info = {"largest_tensor_elements": 32000 * 2048}
+        # the constant: the same child converting the tiny test checkpoint (interpreter, numpy, numba)
+        child_base = ("import sys; from llmcli.convert import convert; convert(sys.argv[1], sys.argv[2], "
+                      "outtype=sys.argv[3])")
+        subprocess.run([sys.executable, "-c", child_base, str(ROOT / "tests" / "data" / "hf" / "llama"),
+                        str(tmp / "tiny.gguf"), args.outtype], check=True)
+        base_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         out = tmp / f"out-{args.outtype}.gguf"
         # the library call the CLI makes, in a fresh interpreter (so ru_maxrss is convert's alone)
         child = ("import json, sys; from llmcli.convert import convert; "
@@ -132,6 +138,9 @@ def main() -> None:
         print(f"peak RSS of the child: {peak_kib / 1024:.0f} MiB; largest tensor {largest_f32 / 2**20:.0f} MiB as "
               f"float32 ({largest_f32 / 2**21:.0f} MiB bf16); peak RSS / largest float32 tensor = "
               f"{peak_kib * 1024 / largest_f32:.2f}")
+        print(f"constant (same child converting the 0.2M-parameter test model): {base_kib / 1024:.0f} MiB; "
+              f"peak minus constant = {(peak_kib - base_kib) / 1024:.0f} MiB = "
+              f"{(peak_kib - base_kib) * 1024 / largest_f32:.2f} x the largest float32 tensor")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

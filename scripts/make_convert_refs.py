@@ -57,6 +57,12 @@ VARIANTS = {
         "short_factor": [1.0, 1.0, 1.0625, 1.125, 1.25, 1.5, 1.75, 2.0]}}),
 }
 
+# Variants converted from a directory with another name and/or with generation_config.json edits
+# (general.name/basename/finetune/version/size_label/organization and general.sampling.* keys).
+VARIANT_DIR_NAME = {"llama-named": "Llama-3.1-8B-Instruct-v0.2"}
+VARIANT_GENERATION = {"llama-named": {"temperature": 0.6, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}}
+VARIANTS["llama-named"] = ("llama", {"_name_or_path": "meta-llama/Llama-3.1-8B-Instruct"})
+
 
 def edit_config(config: dict, edits: dict) -> dict:
     for key, value in edits.items():
@@ -122,16 +128,22 @@ def main() -> None:
         for variant, (name, edits) in VARIANTS.items():
             if args.variant and variant not in args.variant:
                 continue
-            src = Path(tmp) / "variants" / variant / name
+            src = Path(tmp) / "variants" / variant / VARIANT_DIR_NAME.get(variant, name)
             shutil.copytree(DATA / "hf" / name, src, ignore=shutil.ignore_patterns("reference"))
             config = edit_config(json.loads((src / "config.json").read_text()), edits)
             (src / "config.json").write_text(json.dumps(config, indent=2))
+            gen_edits = VARIANT_GENERATION.get(variant, {})
+            if gen_edits:
+                gen = edit_config(json.loads((src / "generation_config.json").read_text()), gen_edits)
+                (src / "generation_config.json").write_text(json.dumps(gen, indent=2))
             out = Path(tmp) / f"{variant}.gguf"
             cmd = [sys.executable, "-c", DRIVER, FORCED_PRE.get(name, "-"), str(src), "--outtype", "f16",
                    "--outfile", str(out)]
             subprocess.run(cmd, cwd=args.llama_cpp, check=True, capture_output=True)
             rec = gguf_record(out)
             rec["config_edits"] = edits
+            rec["dir_name"] = src.name
+            rec["generation_config_edits"] = gen_edits
             rec["command"] = f"convert_hf_to_gguf.py <tests/data/hf/{name} with config.json edits> --outtype f16"
             (out_dir / "variants" / f"{variant}-f16.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False))
             print(variant, rec["file_sha256"], rec["file_size"])

@@ -161,21 +161,24 @@ VARIANT_REFS = sorted((DATA / "convert_ref" / "variants").glob("*-f16.json"))
 @pytest.mark.parametrize("ref_path", VARIANT_REFS, ids=lambda p: p.stem)
 def test_config_variants_match_llama_cpp(tmp_path, ref_path):
     """Edited config.json files: keys removed (llama.cpp reads the config through transformers,
-    which fills defaults; ours come from per-model_type tables) and RoPE scaling variants
-    (Llama 3 rope_freqs, Gemma 3 linear scaling, Phi-3 LongRoPE factors)."""
+    which fills defaults; ours come from per-model_type tables), RoPE scaling variants (Llama 3
+    rope_freqs, Gemma 3 linear scaling, Phi-3 LongRoPE factors), and a model-id-like directory name
+    with _name_or_path and sampling defaults (general.* naming and general.sampling.* keys)."""
     import shutil
 
     ref = json.loads(ref_path.read_text(encoding="utf-8"))
     name = ref_path.stem.split("-")[0]
-    d = tmp_path / name
+    d = tmp_path / ref.get("dir_name", name)
     shutil.copytree(DATA / "hf" / name, d, ignore=shutil.ignore_patterns("reference"))
-    config = json.loads((d / "config.json").read_text())
-    for key, value in ref["config_edits"].items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    (d / "config.json").write_text(json.dumps(config, indent=2))
+    for file, edits in (("config.json", ref["config_edits"]),
+                        ("generation_config.json", ref.get("generation_config_edits", {}))):
+        content = json.loads((d / file).read_text())
+        for key, value in edits.items():
+            if value is None:
+                content.pop(key, None)
+            else:
+                content[key] = value
+        (d / file).write_text(json.dumps(content, indent=2))
     out = tmp_path / "out.gguf"
     convert(d, out, outtype="f16", pre=FORCED_PRE.get(name))
     assert_matches(record(out), ref)
@@ -184,4 +187,5 @@ def test_config_variants_match_llama_cpp(tmp_path, ref_path):
 def test_variant_references_present():
     assert {p.stem for p in VARIANT_REFS} == {
         "llama-defaults-f16", "mistral-defaults-f16", "qwen2-defaults-f16", "gemma3-defaults-f16",
-        "phi3-defaults-f16", "llama_bf16-llama3rope-f16", "gemma3-linearrope-f16", "phi3-longrope-f16"}
+        "phi3-defaults-f16", "llama_bf16-llama3rope-f16", "gemma3-linearrope-f16", "phi3-longrope-f16",
+        "llama-named-f16"}

@@ -122,11 +122,12 @@ def id_to_title(text: str) -> str:
 
 def model_id_components(model_id: str, total_params: int) -> dict[str, str | None]:
     """Split a model id into name, basename, size label, finetune and version as llama.cpp does."""
-    result = dict(name=model_id, basename=None, size_label=None, finetune=None, version=None)
+    result = dict(name=model_id, organization=None, basename=None, size_label=None, finetune=None, version=None)
     if " " in model_id:
         return result
-    name = model_id.split("/", 1)[1] if "/" in model_id else model_id
+    org, name = model_id.split("/", 1) if "/" in model_id else (None, model_id)
     result["name"] = name
+    result["organization"] = org if org and not org.startswith(".") else None
     parts = [p for p in name.split("-") if p]
     kinds: list[set[str]] = [set() for _ in parts]
     for i, part in enumerate(parts):
@@ -155,7 +156,8 @@ def model_id_components(model_id: str, total_params: int) -> dict[str, str | Non
                 kinds[i].add("size_label")
             parts[i] = part
         elif i > 0 and re.fullmatch(r"chat|instruct|vision|lora", part, re.IGNORECASE):
-            kinds[i].add("finetune")
+            # "lora" in an adapter's name (negative total_params) is its type, not a finetune
+            kinds[i].add("type" if total_params < 0 and part.lower() == "lora" else "finetune")
     if any(c.isdecimal() for p, k in zip(parts, kinds) if "size_label" in k for c in p):
         for p, k in zip(parts, kinds):
             if "size_label" in k and all(c.isalpha() for c in p):
@@ -229,7 +231,8 @@ def add_general(kv: KV, model_dir: Path, config: dict, total_params: int, shared
             kv.i32(key, value)
         else:
             kv.f32(key, value)
-    parts: dict[str, str | None] = dict(name=None, basename=None, size_label=None, finetune=None, version=None)
+    parts: dict[str, str | None] = dict(name=None, organization=None, basename=None, size_label=None, finetune=None,
+                                       version=None)
     ids = []
     name_or_path = config.get("_name_or_path")
     if isinstance(name_or_path, str) and name_or_path.count("/") <= 1:
@@ -242,6 +245,8 @@ def add_general(kv: KV, model_dir: Path, config: dict, total_params: int, shared
     kv.string("general.name", id_to_title(parts["name"]))
     if parts["version"] is not None:
         kv.string("general.version", parts["version"])
+    if parts["organization"] is not None:
+        kv.string("general.organization", id_to_title(parts["organization"]))
     if parts["finetune"] is not None:
         kv.string("general.finetune", parts["finetune"])
     if parts["basename"] is not None:
