@@ -184,3 +184,19 @@ def test_dequantize_demo_model_blocks_matches_gguf_py():
         raw = reader.tensor_bytes(name)[:4096]
         ours = dequantize(raw, GGMLType[type_name])
         assert same_bits(ours, gguf_dequantize(np.asarray(raw), gguf.GGMLQuantizationType[type_name])), name
+
+
+def test_same_bytes_with_one_or_two_threads(ggml_refs):
+    import numba
+
+    rows = np.concatenate([ggml_refs["rows"]] * 4)
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            results.append([quantize(rows, GGMLType[t]) for t in QUANTIZED_TYPES + ["F16", "BF16"]])
+    finally:
+        numba.set_num_threads(before)
+    for one, two in zip(*results):
+        assert np.array_equal(one, two)
