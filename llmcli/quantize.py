@@ -18,9 +18,9 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -201,7 +201,6 @@ class QuantizeReport:
     file_bytes_out: int
     seconds: float = 0.0
     threads: int | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def bytes_in(self) -> int:

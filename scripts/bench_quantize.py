@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from llmcli.gguf import GGUFWriter
-from llmcli.gguf.constants import GGMLType, ValueType
+from llmcli.gguf.constants import GGMLType
 from llmcli.quantize import quantize_file
 from llmcli.quants.mixes import SUPPORTED_MIXES
 
