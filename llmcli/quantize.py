@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -201,6 +201,7 @@ class QuantizeReport:
     file_bytes_out: int
     seconds: float = 0.0
     threads: int | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def bytes_in(self) -> int:
@@ -214,7 +215,7 @@ class QuantizeReport:
         n = max(self.n_parameters, 1)
         return {
             "input": self.input, "output": self.output, "type": self.type, "file_type": self.file_type,
-            "dry_run": self.dry_run, "threads": self.threads,
+            "dry_run": self.dry_run, "threads": self.threads, "warnings": self.warnings,
             "tensors": [t.to_json() for t in self.tensors],
             "totals": {
                 "n_tensors": len(self.tensors),
@@ -326,12 +327,15 @@ def run_quantize(source, output_path: str | os.PathLike | None, mix: Mix, option
     """Plan and (unless `output_path` is None: a dry run) write. `source` is a GGUFReader or
     anything with the same `path`, `metadata`, `get`, `tensors`, `tensor_bytes` and `file_size`."""
     dry_run = output_path is None
-    plan = plan_quantize(source, mix, options, allow_requantize)
+    # like llama-quantize, a dry run shows the plan of a quantized input without --allow-requantize
+    plan = plan_quantize(source, mix, options, allow_requantize or dry_run)
     report = QuantizeReport(str(source.path), None if dry_run else str(output_path), mix.name,
                             int(mix.file_type), dry_run, [], plan.n_parameters, plan.n_fallback,
                             source.file_size, plan.output_file_bytes, threads=threads)
     if dry_run:
         report.tensors = [_result(t) for t in plan.tensors]
+        if not allow_requantize and any(t.converts and is_quantized(t.source) for t in plan.tensors):
+            report.warnings.append("the input is already quantized: the real run needs --allow-requantize")
         return report
     started = time.perf_counter()
     writer = plan.writer(output_path, force=force)

@@ -157,6 +157,9 @@ def test_requantizing_needs_the_flag(cli, tmp_path):
     out = tmp_path / "q4.gguf"
     _fails(cli("quantize", q8, out, "--type", "Q4_0"), "already quantized", "--allow-requantize")
     assert not out.exists()
+    # llama-quantize's --dry-run shows the plan anyway; we add a warning
+    res = cli("quantize", q8, "--type", "Q4_0", "--dry-run", "--json")
+    assert res.exit_code == 0 and "--allow-requantize" in json.loads(res.stdout)["warnings"][0]
     res = cli("quantize", q8, out, "--type", "Q4_0", "--allow-requantize", "--json")
     assert res.exit_code == 0, res.stderr
     tensors = {t["name"]: t for t in json.loads(res.stdout)["tensors"]}

@@ -84,6 +84,8 @@ def _render(info: dict) -> None:
         if tot["input_mb_per_s"]:
             line += f" ({tot['input_mb_per_s']:.1f} MB/s of input)"
     out_console.print(line)
+    for warning in info["warnings"]:
+        err_console.print(f"[yellow]note:[/] {warning}")
     if tot["n_fallback"]:
         err_console.print(f"[yellow]note:[/] {tot['n_fallback']} tensor(s) have rows the block size does "
                           f"not divide and use a fallback type (as llama-quantize does)")
