@@ -530,7 +530,8 @@ class TypeChoice:
     source: GGMLType
     target: GGMLType
     quantizable: bool        # False: copied as it is whatever the mix says
-    how: str                 # "kept", "mix", "pure", "override", "fallback"...
+    how: str   # "kept" (never quantized), "base", "mix" (a rule moved it), "--tensor-type" and the
+               # other options, or "fallback from Q4_K (row length 640)"
     needs_imatrix: bool = False
 
 
