@@ -14,7 +14,9 @@ For each of qwen3, qwen2moe, gemma, gemma2, baichuan it
    scratch directory and stores JSON records of the GGUFs in tests/data/gguf_ref/<name>-<f32|f16>.json
    (make_test_data.gguf_record, the format of the pack's records);
 4. if llama-cpp-python is importable, runs llama.cpp on the prompt ids (n_threads=2, logits_all) and
-   writes gguf_ref/<name>.llamacpp.json + <name>-f32.llamacpp_logits.npy like the pack.
+   writes gguf_ref/<name>.llamacpp.json + <name>-f32.llamacpp_logits.npy like the pack;
+5. records a few more --outtype conversions (EXTRA_OUTTYPES: bf16, q8_0, auto) as
+   gguf_ref/<name>-<outtype>.json.
 
 Per-architecture choices (each exercises what llama.cpp reads for that architecture):
 * qwen3    Qwen3ForCausalLM, Qwen2 byte-level BPE, head_dim 32 (q_proj 64 -> 128, != hidden/heads),
@@ -446,17 +448,37 @@ def make(name: str, llama_dir: Path, with_llama_cpp: bool) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
+# records only (no llama.cpp run): other --outtype paths where these architectures have something
+# particular - 3-D expert tensors in Q8_0 / BF16, a float16 checkpoint going to BF16 / Q8_0 / auto
+EXTRA_OUTTYPES = {"qwen2moe": ["bf16", "q8_0"], "baichuan": ["bf16", "q8_0", "auto"], "gemma2": ["q8_0"]}
+
+
+def make_extra_records(name: str, llama_dir: Path) -> None:
+    spec = MODELS[name]
+    for outtype in EXTRA_OUTTYPES.get(name, []):
+        gguf, command, stable = convert(name, spec, DATA / "hf" / name, llama_dir, outtype)
+        rec = gguf_record(gguf)
+        rec["converter_command"] = command
+        rec["fresh_conversion_byte_identical"] = stable
+        (DATA / "gguf_ref" / f"{name}-{outtype}.json").write_text(json.dumps(rec, ensure_ascii=False, indent=1))
+        print(f"{name} {outtype}: {rec['file_size']} bytes sha256 {rec['file_sha256'][:16]} stable={stable}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama-cpp", type=Path, default=LLAMA_CPP, help="llama.cpp source tree (commit 0c1e570)")
     ap.add_argument("--only", nargs="*", choices=sorted(MODELS), help="only these models")
     ap.add_argument("--no-llama-cpp-run", action="store_true", help="skip the llama-cpp-python outputs")
+    ap.add_argument("--extra-only", action="store_true",
+                    help="keep the checkpoints; only (re)write the EXTRA_OUTTYPES records")
     args = ap.parse_args()
     with_lc = have_llama_cpp() and not args.no_llama_cpp_run
     if not with_lc:
         print("llama-cpp-python not used: no llama.cpp logits/greedy outputs will be written")
     for name in args.only or list(MODELS):
-        make(name, args.llama_cpp, with_lc)
+        if not args.extra_only:
+            make(name, args.llama_cpp, with_lc)
+        make_extra_records(name, args.llama_cpp)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,22 @@ def test_matches_llama_cpp(tmp_path, name, outtype):
     assert ours["file_sha256"] == ref["file_sha256"], "whole file not byte-identical"
 
 
+# the other --outtype paths recorded with llama.cpp's converter (scripts/make_arch_references.py):
+# 3-D expert tensors in BF16 / Q8_0, a float16 checkpoint to BF16 / Q8_0 / auto (-> f16)
+EXTRA_OUTTYPES = [("qwen2moe", "bf16"), ("qwen2moe", "q8_0"), ("baichuan", "bf16"), ("baichuan", "q8_0"),
+                  ("baichuan", "auto"), ("gemma2", "q8_0")]
+
+
+@pytest.mark.parametrize("name,outtype", EXTRA_OUTTYPES)
+def test_other_outtypes_match_llama_cpp(tmp_path, name, outtype):
+    out = tmp_path / f"{name}-{outtype}.gguf"
+    convert(checkpoint_copy(tmp_path, name), out, outtype=outtype, pre=FORCED_PRE.get(name))
+    ours, ref = record(out), reference(name, outtype)
+    assert_metadata_match(ours, ref)
+    assert_tensors_match(ours, ref)
+    assert ours["file_sha256"] == ref["file_sha256"], "whole file not byte-identical"
+
+
 def test_qwen2moe_fused_expert_layout(tmp_path):
     """transformers' in-memory layout (experts.gate_up_proj / experts.down_proj, 3-D) converts to the
     same tensors as the per-expert files llama.cpp's record was made from."""
@@ -151,3 +167,15 @@ def test_gemma_norms_are_stored_plus_one(tmp_path, name):
         np.testing.assert_array_equal(np.array(r.tensor_array("output_norm.weight")),
                                       weights["model.norm.weight"] + np.float32(1))
         assert "output.weight" not in {t.name for t in r.tensors}  # tied: llama.cpp reuses token_embd
+
+
+def test_baichuan_w_pack_of_the_wrong_shape_is_an_error(tmp_path):
+    src = checkpoint_copy(tmp_path, "baichuan")
+    weights = load_file(src / "model.safetensors")
+    name = "model.layers.5.self_attn.W_pack.weight"
+    weights[name] = weights[name][:-16]  # a GQA-style pack (k/v narrower than q) is not Baichuan's
+    save_file(weights, str(src / "model.safetensors"))
+    with pytest.raises(BadInputError, match=r"model.safetensors: 'model.layers.5.self_attn.W_pack.weight' has shape "
+                                            r"\[80, 32\], expected \[96, 32\]"):
+        convert(src, tmp_path / "out.gguf", outtype="f16")
+    assert not (tmp_path / "out.gguf").exists()

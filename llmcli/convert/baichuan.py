@@ -9,7 +9,8 @@ The checkpoints are LLaMA with one fused attention input projection per layer:
 
 llama.cpp's converter splits W_pack in equal thirds (so only multi-head attention checkpoints,
 n_kv_head == n_head, convert correctly) and permutes K with llama.cpp's `n_head // n_kv_head` head
-count when a config sets num_key_value_heads != num_attention_heads; we do the same.
+count when a config sets num_key_value_heads != num_attention_heads; we do the same, but refuse a
+W_pack that is not (3 * hidden_size, hidden_size), from which llama.cpp would write a broken model.
 Extra keys: `tensor_data_layout = "Meta AI original pth"` and `rope.dimension_count` = hidden / heads.
 Vocabulary: SentencePiece.
 
@@ -25,6 +26,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ..errors import BadInputError
 from .base import ArchConverter, OutputTensor
 from .checkpoint import SourceTensor
 from .llama import permute_rows
@@ -60,7 +62,12 @@ class BaichuanConverter(ArchConverter):
             yield from super().tensor_outputs(src, name)
             return
         bid = int(m.group(1))
-        third = src.shape[0] // 3
+        n_embd = int(self.need("hidden_size"))
+        if src.shape != (3 * n_embd, n_embd):
+            # llama.cpp would cut equal thirds anyway and write a broken model
+            raise BadInputError(f"{src.path}: '{src.name}' has shape {list(src.shape)}, expected "
+                                f"[{3 * n_embd}, {n_embd}] (q, k, v of hidden_size {n_embd} stacked)")
+        third = n_embd
         heads = self._head_counts()
         for part, (gguf, permute) in enumerate(W_PACK_PARTS):
 
