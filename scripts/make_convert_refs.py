@@ -62,6 +62,39 @@ VARIANTS = {
 VARIANT_DIR_NAME = {"llama-named": "Llama-3.1-8B-Instruct-v0.2"}
 VARIANT_GENERATION = {"llama-named": {"temperature": 0.6, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}}
 VARIANTS["llama-named"] = ("llama", {"_name_or_path": "meta-llama/Llama-3.1-8B-Instruct"})
+# A typical Hugging Face model card (README.md front matter -> general.license/tags/languages/base_model/dataset)
+MODEL_CARD = """---
+license: apache-2.0
+language:
+- en
+- fr
+- no
+tags:
+- text-generation
+- llama
+pipeline_tag: text-generation
+library_name: transformers
+base_model:
+- meta-llama/Llama-3.1-8B-Instruct
+- https://huggingface.co/mistralai/Mistral-7B-v0.1
+datasets:
+  - HuggingFaceH4/ultrachat_200k
+  - https://example.org/corpus
+model-index:
+- name: tiny-llama
+  results:
+  - task:
+      type: text-generation
+widget:
+  - text: "Once upon a time"
+extra_gated_prompt: "You agree to the license"
+---
+# A tiny Llama
+
+Random weights, for tests.
+"""
+VARIANT_FILES = {"llama-card": {"README.md": MODEL_CARD}}
+VARIANTS["llama-card"] = ("llama", {})
 
 
 def edit_config(config: dict, edits: dict) -> dict:
@@ -132,6 +165,8 @@ def main() -> None:
             shutil.copytree(DATA / "hf" / name, src, ignore=shutil.ignore_patterns("reference"))
             config = edit_config(json.loads((src / "config.json").read_text()), edits)
             (src / "config.json").write_text(json.dumps(config, indent=2))
+            for fname, text in VARIANT_FILES.get(variant, {}).items():
+                (src / fname).write_text(text, encoding="utf-8")
             gen_edits = VARIANT_GENERATION.get(variant, {})
             if gen_edits:
                 gen = edit_config(json.loads((src / "generation_config.json").read_text()), gen_edits)
@@ -144,6 +179,7 @@ def main() -> None:
             rec["config_edits"] = edits
             rec["dir_name"] = src.name
             rec["generation_config_edits"] = gen_edits
+            rec["extra_files"] = VARIANT_FILES.get(variant, {})
             rec["command"] = f"convert_hf_to_gguf.py <tests/data/hf/{name} with config.json edits> --outtype f16"
             (out_dir / "variants" / f"{variant}-f16.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False))
             print(variant, rec["file_sha256"], rec["file_size"])

@@ -163,7 +163,8 @@ def test_config_variants_match_llama_cpp(tmp_path, ref_path):
     """Edited config.json files: keys removed (llama.cpp reads the config through transformers,
     which fills defaults; ours come from per-model_type tables), RoPE scaling variants (Llama 3
     rope_freqs, Gemma 3 linear scaling, Phi-3 LongRoPE factors), and a model-id-like directory name
-    with _name_or_path and sampling defaults (general.* naming and general.sampling.* keys)."""
+    with _name_or_path and sampling defaults (general.* naming and general.sampling.* keys), and a
+    model card (README.md front matter: license, tags, languages, base models, datasets)."""
     import shutil
 
     ref = json.loads(ref_path.read_text(encoding="utf-8"))
@@ -179,6 +180,8 @@ def test_config_variants_match_llama_cpp(tmp_path, ref_path):
             else:
                 content[key] = value
         (d / file).write_text(json.dumps(content, indent=2))
+    for file, text in ref.get("extra_files", {}).items():
+        (d / file).write_text(text, encoding="utf-8")
     out = tmp_path / "out.gguf"
     convert(d, out, outtype="f16", pre=FORCED_PRE.get(name))
     assert_matches(record(out), ref)
@@ -188,4 +191,4 @@ def test_variant_references_present():
     assert {p.stem for p in VARIANT_REFS} == {
         "llama-defaults-f16", "mistral-defaults-f16", "qwen2-defaults-f16", "gemma3-defaults-f16",
         "phi3-defaults-f16", "llama_bf16-llama3rope-f16", "gemma3-linearrope-f16", "phi3-longrope-f16",
-        "llama-named-f16"}
+        "llama-named-f16", "llama-card-f16"}

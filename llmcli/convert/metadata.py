@@ -206,13 +206,105 @@ SAMPLING_KEYS = [
 ]
 
 
+# model card key -> general field, in llama.cpp's order of precedence (first found wins)
+CARD_FIELDS = [
+    ("name", "name"), ("author", "author"), ("version", "version"), ("organization", "organization"),
+    ("description", "description"), ("finetune", "finetune"), ("basename", "basename"),
+    ("size_label", "size_label"), ("source_url", "url"), ("source_doi", "doi"), ("source_uuid", "uuid"),
+    ("source_repo_url", "repo_url"),
+    ("name", "model_name"), ("author", "model_author"), ("version", "model_version"),
+    ("organization", "model_organization"), ("description", "model_description"), ("finetune", "model_finetune"),
+    ("basename", "model_basename"), ("size_label", "model_size_label"), ("source_url", "model_url"),
+    ("source_doi", "model_doi"), ("source_uuid", "model_uuid"), ("source_repo_url", "model_repo_url"),
+    ("author", "model_creator"), ("basename", "model_type"),
+    ("license", "license"), ("license_name", "license_name"), ("license_link", "license_link"),
+]
+# general field -> GGUF key, in the order llama.cpp writes them (after general.name)
+GENERAL_KEYS = [
+    ("author", "general.author"), ("version", "general.version"), ("organization", "general.organization"),
+    ("finetune", "general.finetune"), ("basename", "general.basename"), ("description", "general.description"),
+    ("size_label", "general.size_label"), ("license", "general.license"), ("license_name", "general.license.name"),
+    ("license_link", "general.license.link"), ("source_url", "general.source.url"),
+    ("source_doi", "general.source.doi"), ("source_uuid", "general.source.uuid"),
+    ("source_repo_url", "general.source.repo_url"),
+]
+ENTRY_FIELDS = ["name", "author", "version", "organization", "description", "url", "doi", "uuid", "repo_url"]
+_HF_URL = re.compile(r"https?://huggingface.co/([^/]+/[^/]+)$")
+
+
+def _entry_from_id(model_id: Any, total_params: int) -> dict:
+    """A base model or dataset named by a Hugging Face id or URL -> {name, organization, version, repo_url}."""
+    if isinstance(model_id, dict):
+        return model_id
+    if not isinstance(model_id, str):
+        return {}
+    entry: dict[str, str] = {}
+    hf_id = model_id
+    if model_id.startswith(("http://", "https://", "ssh://")):
+        entry["repo_url"] = model_id
+        m = _HF_URL.match(model_id) if "huggingface.co" in model_id else None
+        if m is None:
+            return entry
+        hf_id = m.group(1)
+    parts = model_id_components(hf_id, total_params)
+    if parts["name"] is not None:
+        entry["name"] = id_to_title(parts["name"])
+    if parts["organization"] is not None:
+        entry["organization"] = id_to_title(parts["organization"])
+    if parts["version"] is not None:
+        entry["version"] = parts["version"]
+    if hf_id is model_id and parts["organization"] is not None and parts["name"] is not None:
+        entry["repo_url"] = f"https://huggingface.co/{parts['organization']}/{parts['name']}"
+    return entry
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def general_fields(model_dir: Path, config: dict, total_params: int) -> dict[str, Any]:
+    """llama.cpp's metadata heuristics: model card first, then config.json's `_name_or_path` (when
+    it looks like a model id), then the directory name, each filling only what is still unknown."""
+    from .model_card import read_model_card
+
+    card = read_model_card(model_dir)
+    fields: dict[str, Any] = {}
+    for field, card_key in CARD_FIELDS:
+        if card_key in card and fields.get(field) is None:
+            fields[field] = card[card_key]
+    for plural, keys in (("base_models", ("base_model", "base_models", "base_model_sources")),
+                         ("datasets", ("datasets", "dataset", "dataset_sources"))):
+        if any(k in card for k in keys):
+            ids = next((card[k] for k in keys if k in card), None)
+            fields[plural] = [_entry_from_id(i, total_params) for i in _as_list(ids)]
+    for plural, keys in (("tags", ("tags", "pipeline_tag")), ("languages", ("languages", "language"))):
+        for k in keys:
+            if card.get(k) is not None:
+                fields.setdefault(plural, []).extend(_as_list(card[k]))
+
+    ids = []
+    name_or_path = config.get("_name_or_path")
+    if isinstance(name_or_path, str) and name_or_path.count("/") <= 1:
+        ids.append(name_or_path)
+    ids.append(model_dir.name if model_dir.name not in ("", ".", "..") else model_dir.resolve().name)
+    for model_id in ids:
+        parts = model_id_components(model_id, total_params)
+        for field in ("name", "organization"):
+            if fields.get(field) is None and parts[field] is not None:
+                fields[field] = id_to_title(parts[field])
+        for field in ("basename", "finetune", "version", "size_label"):
+            if fields.get(field) is None and parts[field] is not None:
+                fields[field] = parts[field]
+    if fields.get("name") is None:
+        fields["name"] = model_dir.name
+    return fields
+
+
 def add_general(kv: KV, model_dir: Path, config: dict, total_params: int, shared: int, expert: int,
                 expert_count: int) -> None:
-    """general.type, sampling defaults, name/basename/finetune/version/size_label.
-
-    Name parts come first from config.json's `_name_or_path` (when it looks like a model id), then
-    from the directory name for whatever is still unknown.
-    """
+    """general.type, sampling defaults, name and the rest of general.* in llama.cpp's order."""
     kv.string("general.type", "model")
     gen_path = model_dir / "generation_config.json"
     try:
@@ -231,28 +323,24 @@ def add_general(kv: KV, model_dir: Path, config: dict, total_params: int, shared
             kv.i32(key, value)
         else:
             kv.f32(key, value)
-    parts: dict[str, str | None] = dict(name=None, organization=None, basename=None, size_label=None, finetune=None,
-                                       version=None)
-    ids = []
-    name_or_path = config.get("_name_or_path")
-    if isinstance(name_or_path, str) and name_or_path.count("/") <= 1:
-        ids.append(name_or_path)
-    ids.append(model_dir.name if model_dir.name not in ("", ".", "..") else model_dir.resolve().name)
-    for model_id in ids:
-        for key, value in model_id_components(model_id, total_params).items():
-            if parts[key] is None and value is not None:
-                parts[key] = value
-    kv.string("general.name", id_to_title(parts["name"]))
-    if parts["version"] is not None:
-        kv.string("general.version", parts["version"])
-    if parts["organization"] is not None:
-        kv.string("general.organization", id_to_title(parts["organization"]))
-    if parts["finetune"] is not None:
-        kv.string("general.finetune", parts["finetune"])
-    if parts["basename"] is not None:
-        kv.string("general.basename", parts["basename"])
-    label = parts["size_label"]
-    if label is None and total_params > 0:
-        label = size_label(total_params, shared, expert, expert_count)
-    if label is not None:
-        kv.string("general.size_label", label)
+
+    fields = general_fields(model_dir, config, total_params)
+    if fields.get("size_label") is None and total_params > 0:
+        fields["size_label"] = size_label(total_params, shared, expert, expert_count)
+    if isinstance(fields.get("license"), list):
+        fields["license"] = ",".join(str(x) for x in fields["license"])
+    kv.string("general.name", fields["name"])
+    for field, key in GENERAL_KEYS:
+        if fields.get(field) is not None:
+            kv.string(key, fields[field])
+    for plural, prefix in (("base_models", "general.base_model"), ("datasets", "general.dataset")):
+        if plural not in fields:
+            continue
+        kv.u32(f"{prefix}.count", len(fields[plural]))
+        for i, entry in enumerate(fields[plural]):
+            for field in ENTRY_FIELDS:
+                if field in entry:
+                    kv.string(f"{prefix}.{i}.{field}", entry[field])
+    for plural, key in (("tags", "general.tags"), ("languages", "general.languages")):
+        if plural in fields:
+            kv.array(key, fields[plural], ValueType.STRING)
