@@ -121,29 +121,26 @@ def read_hparams(reader: GGUFReader, arch: str, rope_style: str) -> tuple[HParam
 
 
 def _rope_config(meta: Meta, head_dim: int, n_ctx_train: int) -> RopeConfig:
-    """Global RoPE parameters the way llama.cpp's context derives them from the metadata."""
+    """Global RoPE parameters the way llama.cpp's context derives them from the metadata.
+
+    For the architectures here llama.cpp reads only the scaling type, factor, attention factor and
+    original context; YaRN's beta/ext/attn/log-multiplier keys (read by DeepSeek, Grok, ...) are
+    ignored and their defaults used, so we ignore them too.
+    """
     scaling = str(meta.get("rope.scaling.type", "linear"))
     factor = float(meta.get("rope.scaling.factor", 0.0) or meta.get("rope.scale_linear", 0.0) or 0.0)
     freq_scale = 1.0 / factor if factor else 1.0
     if scaling == "none":
         freq_scale = 1.0
-    ext_factor = float(meta.get("rope.scaling.yarn_ext_factor", -1.0))
-    if ext_factor < 0:
-        ext_factor = 1.0 if scaling == "yarn" else 0.0
+    ext_factor = 1.0 if scaling == "yarn" else 0.0
     rope_attn_factor = float(meta.get("rope.scaling.attn_factor", 1.0))
-    if ext_factor != 0.0:
-        attn_factor = yarn_attn_factor(freq_scale, float(meta.get("rope.scaling.yarn_log_multiplier", 0.0)),
-                                       rope_attn_factor)
-    else:
-        attn_factor = float(meta.get("rope.scaling.yarn_attn_factor", 1.0)) * rope_attn_factor
+    attn_factor = yarn_attn_factor(freq_scale, 0.0, rope_attn_factor) if ext_factor else rope_attn_factor
     return RopeConfig(
         n_rot=int(meta.get("rope.dimension_count", head_dim)),
         freq_base=float(meta.get("rope.freq_base", 10000.0)),
         freq_scale=freq_scale,
         ext_factor=ext_factor,
         attn_factor=attn_factor,
-        beta_fast=float(meta.get("rope.scaling.yarn_beta_fast", 32.0)),
-        beta_slow=float(meta.get("rope.scaling.yarn_beta_slow", 1.0)),
         n_ctx_orig=int(meta.get("rope.scaling.original_context_length", n_ctx_train)),
     )
 

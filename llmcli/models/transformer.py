@@ -132,7 +132,9 @@ class Transformer:
         if r.has_tensor("rope_freqs.weight"):
             return vector(r, r.tensor("rope_freqs.weight"))
         # LongRoPE (Phi-3): long factors when the context exceeds the original training length.
-        which = "long" if self.n_ctx > self.hp.rope.n_ctx_orig else "short"
+        # llama.cpp compares its context padded to a multiple of 256, so we do too.
+        padded_ctx = -(-self.n_ctx // 256) * 256
+        which = "long" if padded_ctx > self.hp.rope.n_ctx_orig else "short"
         name = f"rope_factors_{which}.weight"
         return vector(r, r.tensor(name)) if r.has_tensor(name) else None
 
