@@ -1,6 +1,7 @@
 """Every architecture's forward pass against transformers (float32) and llama.cpp, on tiny models.
 
-GGUFs come from converting tests/data/hf/<name> at test time with `llmcli convert` (byte-identical to
+Architectures: llama (+ Mistral, Mixtral, a Llama-3 BPE bf16 checkpoint), qwen2, qwen2moe, qwen3,
+gemma, gemma2, gemma3, phi3, baichuan. GGUFs come from converting tests/data/hf/<name> at test time with `llmcli convert` (byte-identical to
 llama.cpp's converter, which tests/test_convert*.py pins), plus the two files llama.cpp itself wrote
 that are stored whole (llama-f16, qwen2-f16). Expected values: `reference/logits.npy` and
 `reference/greedy.json` (transformers), `gguf_ref/<name>-<kind>.llamacpp_logits.npy` (llama.cpp).
@@ -31,6 +32,11 @@ MODELS = {
     "qwen2": ("qwen2", "qwen2"),
     "gemma3": ("gemma3", None),
     "phi3": ("phi3", None),
+    "qwen3": ("qwen3", "qwen2"),
+    "qwen2moe": ("qwen2moe", "qwen2"),
+    "gemma": ("gemma", None),
+    "gemma2": ("gemma2", None),
+    "baichuan": ("baichuan", None),
 }
 
 
@@ -85,9 +91,10 @@ def test_llamacpp_written_gguf(name):
     _check(DATA / "gguf_ref" / f"{name}-f16.gguf", name, "f16", MODELS[name][0])
 
 
-@pytest.mark.parametrize("name", ["gemma3", "mixtral", "phi3"])
+@pytest.mark.parametrize("name", ["gemma3", "gemma2", "mixtral", "qwen2moe", "phi3"])
 def test_batches_and_single_token_steps_agree_with_the_reference(converted, name):
-    """Prompt split in uneven batches, then token by token through the KV cache: the same logits."""
+    """Prompt split in uneven batches, then token by token through the KV cache: the same logits
+    (gemma2's sliding window of 16 slides across batch boundaries; MoE routing per batch)."""
     ids, ref_logits, _ = _reference(name)
     model = load_model(converted(name, "f32"), threads=1, batch_size=5)
     by_batches = model.logits(ids)
