@@ -95,6 +95,31 @@ Random weights, for tests.
 """
 VARIANT_FILES = {"llama-card": {"README.md": MODEL_CARD}}
 VARIANTS["llama-card"] = ("llama", {})
+# Gemma 3 as a multimodal checkpoint: config nested under text_config, tensors under
+# language_model., plus vision/projector tensors the text conversion must skip.
+VARIANTS["gemma3-multimodal"] = ("gemma3", {})
+MULTIMODAL = {"gemma3-multimodal"}
+
+
+def make_multimodal(src: Path) -> None:
+    """Rewrite a text-only Gemma 3 checkpoint in place as Gemma3ForConditionalGeneration."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    text = json.loads((src / "config.json").read_text())
+    text.pop("architectures", None)
+    config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+              "text_config": text, "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 32,
+                                                     "intermediate_size": 64, "num_hidden_layers": 1,
+                                                     "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
+              "mm_tokens_per_image": 4, "boi_token_index": 4, "eoi_token_index": 5, "image_token_index": 6}
+    (src / "config.json").write_text(json.dumps(config, indent=2))
+    tensors = {f"language_model.{k}": v for k, v in load_file(str(src / "model.safetensors")).items()}
+    rng = np.random.default_rng(0)
+    tensors["vision_tower.vision_model.embeddings.patch_embedding.weight"] = rng.standard_normal((32, 3, 14, 14)).astype(np.float32)
+    tensors["multi_modal_projector.mm_input_projection_weight"] = rng.standard_normal((32, 64)).astype(np.float32)
+    tensors["multi_modal_projector.mm_soft_emb_norm.weight"] = rng.standard_normal(32).astype(np.float32)
+    save_file(tensors, str(src / "model.safetensors"))
 
 
 def edit_config(config: dict, edits: dict) -> dict:
@@ -165,6 +190,8 @@ def main() -> None:
             shutil.copytree(DATA / "hf" / name, src, ignore=shutil.ignore_patterns("reference"))
             config = edit_config(json.loads((src / "config.json").read_text()), edits)
             (src / "config.json").write_text(json.dumps(config, indent=2))
+            if variant in MULTIMODAL:
+                make_multimodal(src)
             for fname, text in VARIANT_FILES.get(variant, {}).items():
                 (src / fname).write_text(text, encoding="utf-8")
             gen_edits = VARIANT_GENERATION.get(variant, {})
@@ -180,6 +207,7 @@ def main() -> None:
             rec["dir_name"] = src.name
             rec["generation_config_edits"] = gen_edits
             rec["extra_files"] = VARIANT_FILES.get(variant, {})
+            rec["make_multimodal"] = variant in MULTIMODAL
             rec["command"] = f"convert_hf_to_gguf.py <tests/data/hf/{name} with config.json edits> --outtype f16"
             (out_dir / "variants" / f"{variant}-f16.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False))
             print(variant, rec["file_sha256"], rec["file_size"])

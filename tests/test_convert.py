@@ -182,6 +182,8 @@ def test_config_variants_match_llama_cpp(tmp_path, ref_path):
         (d / file).write_text(json.dumps(content, indent=2))
     for file, text in ref.get("extra_files", {}).items():
         (d / file).write_text(text, encoding="utf-8")
+    if ref.get("make_multimodal"):
+        _reference_script().make_multimodal(d)  # the same rewrite the reference was made from
     out = tmp_path / "out.gguf"
     convert(d, out, outtype="f16", pre=FORCED_PRE.get(name))
     assert_matches(record(out), ref)
@@ -191,4 +193,14 @@ def test_variant_references_present():
     assert {p.stem for p in VARIANT_REFS} == {
         "llama-defaults-f16", "mistral-defaults-f16", "qwen2-defaults-f16", "gemma3-defaults-f16",
         "phi3-defaults-f16", "llama_bf16-llama3rope-f16", "gemma3-linearrope-f16", "phi3-longrope-f16",
-        "llama-named-f16", "llama-card-f16"}
+        "llama-named-f16", "llama-card-f16", "gemma3-multimodal-f16"}
+
+
+def _reference_script():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "make_convert_refs.py"
+    spec = importlib.util.spec_from_file_location("make_convert_refs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

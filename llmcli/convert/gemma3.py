@@ -31,14 +31,20 @@ GEMMA3_TENSOR_NAMES = {
 }
 
 
-@register("Gemma3ForCausalLM")
+# Gemma3ForConditionalGeneration (4B and up, with a vision tower): the text model only, as
+# llama.cpp's text conversion does - `language_model.` is dropped from names, vision and projector
+# tensors are skipped, text_config is merged over the top-level config. (No reference checkpoint:
+# verified only through the shared code paths.)
+@register("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration")
 class Gemma3Converter(ArchConverter):
     gguf_arch = "gemma3"
     TENSOR_NAMES = GEMMA3_TENSOR_NAMES
     # transformers 5.23 Gemma3TextConfig defaults for keys that change the GGUF
-    CONFIG_DEFAULTS = {"gemma3_text": {"num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 131072,
-                                       "rms_norm_eps": 1e-6, "rope_theta": 1e6, "rope_local_base_freq": 10000.0,
-                                       "sliding_window": 4096}}
+    # (multimodal checkpoints often list only a few text_config keys and rely on all of these)
+    CONFIG_DEFAULTS = {"gemma3_text": {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+                                       "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+                                       "head_dim": 256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+                                       "rope_theta": 1e6, "rope_local_base_freq": 10000.0, "sliding_window": 4096}}
     norm_shift = 1.0
 
     def set_hparams(self, kv: KV, file_type: int) -> None:
