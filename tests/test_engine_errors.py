@@ -108,3 +108,23 @@ def test_token_id_outside_the_vocabulary():
     model = load_model(TINY)
     with pytest.raises(BadInputError, match="token id 1000 is outside the vocabulary of 1000"):
         model.forward([1, 1000])
+
+
+def test_moe_layer_without_expert_tensors(tmp_path):
+    """A router without its experts (e.g. an old per-expert layout llama.cpp no longer reads)."""
+    from llmcli.convert.pipeline import convert
+
+    mixtral = convert(Path(__file__).parent / "data" / "hf" / "mixtral", tmp_path / "mixtral.gguf", outtype="f16")
+    src = Path(mixtral.output)
+    with GGUFReader(src) as reader:
+        w = GGUFWriter(tmp_path / "no_experts.gguf")
+        for key, mv in reader.metadata.items():
+            w.add(key, mv)
+        kept = [t for t in reader.tensors if t.name != "blk.0.ffn_up_exps.weight"]
+        for t in kept:
+            w.add_tensor_info(t.name, t.shape, t.type)
+        with w.open():
+            for t in kept:
+                w.write_tensor_data(t.name, reader.tensor_bytes(t))
+    with pytest.raises(FormatError, match=r"missing tensor 'blk\.0\.ffn_up_exps\.weight'"):
+        load_model(tmp_path / "no_experts.gguf")

@@ -70,6 +70,11 @@ class Transformer:
         self.cache = KVCache(hp.n_layer, hp.n_head_kv, self.n_ctx, hp.head_dim, hp.head_dim_v)
         self._alloc_buffers(self.batch_size)
 
+    @classmethod
+    def load(cls, path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
+             batch_size: int = 512) -> "Transformer":
+        return load_model(path, threads=threads, ctx_size=ctx_size, batch_size=batch_size)
+
     # -- loading -------------------------------------------------------------------------------
 
     def _load_weights(self) -> None:
@@ -95,6 +100,10 @@ class Transformer:
                     raise FormatError(f"{self.path}: missing tensor 'blk.{il}.{name}.weight'")
             if not hasattr(blk, "attn_qkv") and not all(hasattr(blk, n) for n in ("attn_q", "attn_k", "attn_v")):
                 raise FormatError(f"{self.path}: layer {il} has neither attn_qkv nor attn_q/k/v tensors")
+            ffn = ("ffn_up_exps", "ffn_down_exps") if hasattr(blk, "ffn_gate_inp") else ("ffn_up", "ffn_down")
+            for name in ffn:
+                if not hasattr(blk, name):
+                    raise FormatError(f"{self.path}: missing tensor 'blk.{il}.{name}.weight'")
 
         embd = r.tensor("token_embd.weight")
         self.token_embd_raw = r.tensor_bytes(embd)
