@@ -204,3 +204,15 @@ def _reference_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.mark.parametrize("name,outtype", [("gemma3", "f16"), ("llama_bf16", "q8_0"), ("llama_bf16", "bf16"),
+                                          ("phi3", "f32")])
+def test_streaming_in_row_slices_gives_the_same_bytes(tmp_path, monkeypatch, name, outtype):
+    """Big matrices are read and encoded a slice of rows at a time; force slices of 3 rows."""
+    from llmcli.convert import pipeline
+
+    monkeypatch.setattr(pipeline, "_ROWS_PER_CHUNK_BYTES", 3 * 64 * 4 * 2)
+    out = tmp_path / "out.gguf"
+    convert(model_dir(tmp_path, name), out, outtype=outtype, pre=FORCED_PRE.get(name))
+    assert_matches(record(out), reference(name, outtype))

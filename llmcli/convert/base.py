@@ -36,6 +36,9 @@ class OutputTensor:
     shape: tuple[int, ...]
     load: Callable[[], np.ndarray]
     source_bytes: int
+    # rows start..stop (first axis) of the result, for 2-D tensors whose transform works row by
+    # row: lets the writer stream big matrices in slices instead of holding them whole
+    load_rows: Callable[[int, int], np.ndarray] | None = None
 
     @property
     def gguf_shape(self) -> tuple[int, ...]:
@@ -333,7 +336,18 @@ class ArchConverter:
         def load(src=src, name=name) -> np.ndarray:
             return self.transform(name, src.load())
 
-        yield OutputTensor(gguf, self.output_shape(name, src.shape), load, src.n_bytes)
+        def load_rows(start: int, stop: int, src=src, name=name) -> np.ndarray:
+            return self.transform(name, src.load_rows(start, stop))
+
+        row_wise = len(src.shape) == 2 and self.row_wise(name)
+        yield OutputTensor(gguf, self.output_shape(name, src.shape), load, src.n_bytes,
+                           load_rows if row_wise else None)
+
+    def row_wise(self, name: str) -> bool:
+        """Whether `transform` of a slice of rows equals that slice of `transform` of the whole
+        tensor (true for no transform, elementwise changes, cutting trailing rows). Architectures
+        whose transform mixes rows (Q/K permutation) say False for those tensors."""
+        return True
 
     def plan(self) -> list[OutputTensor]:
         """Every output tensor in llama.cpp's order, nothing loaded yet."""

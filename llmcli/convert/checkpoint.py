@@ -49,13 +49,20 @@ class SourceTensor:
 
     def load(self) -> np.ndarray:
         """The tensor as llama.cpp's converter works on it: F16 and F32 as stored, all else float32."""
-        count = self.n_elements
+        return self.load_rows(0, self.shape[0]) if self.shape else self._read(0, 1).reshape(())
+
+    def load_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop (first axis) of the tensor, converted as `load()` does."""
+        row = int(np.prod(self.shape[1:], dtype=np.int64))
+        return self._read(start * row, (stop - start) * row).reshape((stop - start, *self.shape[1:]))
+
+    def _read(self, first: int, count: int) -> np.ndarray:
+        dtype = np.dtype(_STORED_DTYPE[self.dtype])
         with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            raw = np.fromfile(f, dtype=_STORED_DTYPE[self.dtype], count=count)
+            f.seek(self.offset + first * dtype.itemsize)
+            raw = np.fromfile(f, dtype=dtype, count=count)
         if raw.size != count:
             raise FormatError(f"{self.path}: tensor '{self.name}' is cut short (file truncated?)")
-        raw = raw.reshape(self.shape)
         if self.dtype in ("F32", "F16"):
             return raw
         if self.dtype == "BF16":

@@ -72,6 +72,11 @@ class Gemma3Converter(ArchConverter):
             self.bpe_vocab(kv)
 
     def n_vocab_real(self) -> int:
+        if getattr(self, "_n_vocab_real", None) is None:
+            self._n_vocab_real = self._count_vocab()
+        return self._n_vocab_real
+
+    def _count_vocab(self) -> int:
         if (self.dir / "tokenizer.model").is_file():
             if (n := self.find("vocab_size_per_layer_input", "vocab_size")) is not None:
                 return int(n)

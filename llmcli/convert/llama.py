@@ -111,6 +111,9 @@ class LlamaConverter(ArchConverter):
             raise UnsupportedError(f"{path}: SentencePiece-style tokenizer.json without tokenizer.model is not "
                                    f"supported; add the model's tokenizer.model")
 
+    def row_wise(self, name: str) -> bool:
+        return not (self.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")))
+
     def transform(self, name: str, data: np.ndarray) -> np.ndarray:
         if self.permute_qk:
             n_head = self.need("n_heads", "num_attention_heads")

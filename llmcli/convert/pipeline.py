@@ -130,6 +130,20 @@ def encode(a: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
     return out
 
 
+def encode_by_rows(t: OutputTensor, ggml_type: GGMLType) -> np.ndarray:
+    """Encode a 2-D tensor reading its rows in slices: memory = the encoded result + one slice."""
+    n_rows, row_len = t.shape
+    out = np.empty((n_rows, TYPE_INFO[ggml_type].row_bytes(row_len)), dtype=np.uint8)
+    step = max(1, _ROWS_PER_CHUNK_BYTES // 2 // max(1, row_len * 4))
+    for i in range(0, n_rows, step):
+        j = min(n_rows, i + step)
+        rows = t.load_rows(i, j)
+        if rows.shape != (j - i, row_len):
+            raise BadInputError(f"tensor '{t.name}': rows {i}..{j} have shape {list(rows.shape)}")
+        out[i:j] = encode(rows, ggml_type)
+    return out
+
+
 # -- the quantization hook ------------------------------------------------------------------------
 
 
@@ -278,6 +292,10 @@ def _write(writer: GGUFWriter, planned: list[PlannedTensor], quantizer: TensorQu
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=not progress,
               desc="converting", leave=False) as bar, writer.open():
         for p in planned:
+            if p.tensor.load_rows is not None and p.type in ENCODERS:
+                writer.write_tensor_data(p.tensor.name, encode_by_rows(p.tensor, p.type))
+                bar.update(p.tensor.source_bytes)
+                continue
             data = p.tensor.load()
             if tuple(data.shape) != p.tensor.shape:
                 raise BadInputError(f"tensor '{p.tensor.name}': got shape {list(data.shape)}, "
