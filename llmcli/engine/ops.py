@@ -13,6 +13,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
+# Let LLVM reassociate and fuse float sums (vectorised partial sums, FMA) but keep IEEE inf/NaN
+# semantics: the attention maximum starts at -inf.
+_REASSOCIATE = {"contract", "reassoc", "nsz", "arcp"}
+
 
 @njit(parallel=True, cache=True)
 def rms_norm(x, weight, eps, out):
@@ -64,7 +68,7 @@ def rope(x, cos, sin, pos0, neox):
                 x[t, h, 2 * i + 1] = a * s + b * c
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_REASSOCIATE)
 def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
     """Causal multi-head attention of T new queries against the cache, written to out.
 
@@ -78,8 +82,8 @@ def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
         s_j = s_j - slopes[h] * (p - j)            ALiBi (slopes all zero otherwise)
         out = sum_j softmax(s)_j * v_j
 
-    The scores loop runs over key positions innermost (contiguous in the transposed cache), so it
-    vectorises without reassociating a dot product; the value loop runs over channels.
+    The scores loop runs over key positions innermost (contiguous in the transposed cache), four
+    channels per pass; the value loop over channels, four keys per pass: both vectorise.
     """
     n_tok, n_heads, head_dim = q.shape
     n_kv_heads = k_cache.shape[0]
@@ -95,7 +99,16 @@ def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
             start = p - window + 1
         n = p + 1 - start
         scores = np.zeros(n, dtype=np.float32)
-        for d in range(head_dim):
+        d4 = head_dim - head_dim % 4
+        for d in range(0, d4, 4):
+            q0, q1, q2, q3 = q[t, h, d], q[t, h, d + 1], q[t, h, d + 2], q[t, h, d + 3]
+            k0 = k_cache[kvh, d, start:start + n]
+            k1 = k_cache[kvh, d + 1, start:start + n]
+            k2 = k_cache[kvh, d + 2, start:start + n]
+            k3 = k_cache[kvh, d + 3, start:start + n]
+            for j in range(n):
+                scores[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j]
+        for d in range(d4, head_dim):
             qd = q[t, h, d]
             keys = k_cache[kvh, d, start:start + n]
             for j in range(n):
@@ -117,7 +130,14 @@ def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
             total += e
         inv = np.float32(1.0 / total)
         acc = np.zeros(head_dim_v, dtype=np.float32)
-        for j in range(n):
+        n4 = n - n % 4
+        for j in range(0, n4, 4):
+            w0, w1, w2, w3 = scores[j] * inv, scores[j + 1] * inv, scores[j + 2] * inv, scores[j + 3] * inv
+            v0, v1 = v_cache[kvh, start + j], v_cache[kvh, start + j + 1]
+            v2, v3 = v_cache[kvh, start + j + 2], v_cache[kvh, start + j + 3]
+            for d in range(head_dim_v):
+                acc[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d]
+        for j in range(n4, n):
             w = scores[j] * inv
             values = v_cache[kvh, start + j]
             for d in range(head_dim_v):
