@@ -148,6 +148,17 @@ def test_dequantize_arbitrary_blocks_equals_ggml(type_name):
         assert np.array_equal(floats, oracle)
 
 
+@pytest.mark.parametrize("type_name", ALL_TYPES)
+def test_odd_block_counts_equal_ggml(type_name):
+    """Q4_K/Q5_K search blocks in pairs across rows: a lone last block must come out the same."""
+    rows = refs()["edge/rows"]
+    want = refs()[f"edge/{type_name}/quantized"]
+    for n in (1, 3, 7):
+        assert np.array_equal(quantize(rows[:n], GGMLType[type_name]), want[:n]), n
+    pairs = rows[:6].reshape(2, 768)        # 3 blocks per row: the pairs straddle rows
+    assert np.array_equal(quantize(pairs, GGMLType[type_name]), want[:6].reshape(2, -1))
+
+
 def test_thread_count_does_not_change_bytes():
     rows = f16_rows("blk.0.ffn_down.weight")[:64]
     before = numba.get_num_threads()

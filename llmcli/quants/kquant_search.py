@@ -94,78 +94,6 @@ def make_q3_quants_rmse(x, nmax, L):
 
 
 
-@njit(**JIT)
-def make_qkx2_quants(x, weights, nmax, L, Laux, rmin, rdelta, nstep, use_mad):
-    """Affine fit x ~ scale * L - the_min with levels 0..nmax (ggml make_qkx2_quants).
-
-    Tries nstep+1 trial scales around nmax/(max-min), keeps the one with the least weighted error
-    (absolute if use_mad, else squared). Writes L; returns (scale, the_min)."""
-    n = x.shape[0]
-    vmin = x[0]
-    vmax = x[0]
-    sum_w = weights[0]
-    sum_x = sum_w * x[0]
-    for i in range(1, n):
-        if x[i] < vmin:
-            vmin = x[i]
-        if x[i] > vmax:
-            vmax = x[i]
-        w = weights[i]
-        sum_w += w
-        sum_x += w * x[i]
-    if vmin > ZERO:
-        vmin = ZERO
-    if vmax == vmin:
-        for i in range(n):
-            L[i] = 0
-        return ZERO, -vmin
-    fnmax = F32(nmax)
-    top = np.int32(nmax)
-    iscale = fnmax / (vmax - vmin)
-    scale = ONE / iscale
-    best_error = ZERO
-    for i in range(n):
-        l = max(np.int32(0), min(top, nearest_int(iscale * (x[i] - vmin))))
-        L[i] = l
-        diff = scale * F32(l) + vmin - x[i]
-        diff = abs(diff) if use_mad else diff * diff
-        best_error += weights[i] * diff
-    if nstep < 1:
-        return scale, -vmin
-    for step in range(nstep + 1):
-        iscale = (rmin + rdelta * F32(step) + fnmax) / (vmax - vmin)
-        sum_l = ZERO
-        sum_l2 = ZERO
-        sum_xl = ZERO
-        for i in range(n):
-            l = max(np.int32(0), min(top, nearest_int(iscale * (x[i] - vmin))))
-            Laux[i] = l
-            w = weights[i]
-            fl = F32(l)
-            sum_l += w * fl
-            sum_l2 += w * fl * fl
-            sum_xl += w * fl * x[i]
-        D = sum_w * sum_l2 - sum_l * sum_l
-        if D > ZERO:
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-            if this_min > ZERO:
-                this_min = ZERO
-                this_scale = sum_xl / sum_l2
-            cur_error = ZERO
-            for i in range(n):
-                diff = this_scale * F32(Laux[i]) + this_min - x[i]
-                diff = abs(diff) if use_mad else diff * diff
-                cur_error += weights[i] * diff
-            if cur_error < best_error:
-                for i in range(n):
-                    L[i] = Laux[i]
-                best_error = cur_error
-                scale = this_scale
-                vmin = this_min
-    return scale, -vmin
-
-
 # ---------------------------------------------------------------------------------------------
 # Lane searches: all sub-blocks of a super-block at once.
 #
@@ -178,86 +106,191 @@ def make_qkx2_quants(x, weights, nmax, L, Laux, rmin, rdelta, nstep, use_mad):
 #   x  (256,)  = | sub-block 0: n values | sub-block 1 | ... | sub-block S-1 |
 #   xT (n, S)  : xT[i, s] = x[n*s + i]
 #
-# S is baked into each compiled function (a closure constant): with a runtime lane count LLVM
-# vectorised only for S >= 16 and fell back to scalar code below. `st` is caller-owned scratch,
-# (16, S) float32, for the per-lane state.
+# What it takes for LLVM to vectorise the lane loops (each measured): S >= 16 at run time (a
+# compile-time S got unrolled into scalar code; S = 8 stayed scalar), so Q4_K/Q5_K search two
+# blocks at once; and few arrays per loop, or LLVM's runtime alias checks exceed its limit and it
+# keeps the scalar loop. Then the searches run 1.6-1.9x faster than ggml's C on one core.
+# `st` is caller-owned scratch, (16, S) float32, for the per-lane state.
 
 
-def qx_quants_rmse1_lanes(S: int):
-    """make_qx_quants_rmse1_lanes for S sub-blocks (see below)."""
+@njit(**JIT)
+def make_qx_quants_rmse1_lanes(xT, nmax, levels, scales, laux, st):
+    """ggml's make_qx_quants (rmse_type 1, weights x*x) on every column of xT.
 
-    @njit(**JIT)
-    def make_qx_quants_rmse1_lanes(xT, nmax, levels, scales, laux, st):
-        """ggml's make_qx_quants (rmse_type 1, weights x*x) on every column of xT.
-
-        Symmetric fit x ~ scale * (level - nmax), levels 0..2*nmax-1 (0 for an all-zero group),
-        the best of 19 trial scales. Writes levels (n, S) int8 and scales (S,); laux is scratch."""
-        n = xT.shape[0]
-        vmax, amax, iscale, scale = st[0], st[1], st[2], st[3]
-        best, sumlx, suml2, take = st[4], st[5], st[6], st[7]
-        lo = np.int32(-nmax)
-        hi = np.int32(nmax - 1)
-        off = np.int32(nmax)
-        fnmax = F32(nmax)
+    Symmetric fit x ~ scale * (level - nmax), levels 0..2*nmax-1 (0 for an all-zero group),
+    the best of 19 trial scales. Writes levels (n, S) int8 and scales (S,); laux is scratch."""
+    n, S = xT.shape
+    vmax, amax, iscale, scale = st[0], st[1], st[2], st[3]
+    best, sumlx, suml2, take = st[4], st[5], st[6], st[7]
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
+    off = np.int32(nmax)
+    fnmax = F32(nmax)
+    for s in range(S):
+        vmax[s] = ZERO
+        amax[s] = ZERO
+    for i in range(n):
         for s in range(S):
-            vmax[s] = ZERO
-            amax[s] = ZERO
-        for i in range(n):
-            for s in range(S):
-                xi = xT[i, s]
-                ax = abs(xi)
-                bigger = ax > amax[s]
-                amax[s] = ax if bigger else amax[s]
-                vmax[s] = xi if bigger else vmax[s]
+            xi = xT[i, s]
+            ax = abs(xi)
+            bigger = ax > amax[s]
+            amax[s] = ax if bigger else amax[s]
+            vmax[s] = xi if bigger else vmax[s]
+    for s in range(S):
+        iscale[s] = -fnmax / vmax[s]
+        sumlx[s] = ZERO
+        suml2[s] = ZERO
+    for i in range(n):
         for s in range(S):
-            iscale[s] = -fnmax / vmax[s]
+            xi = xT[i, s]
+            l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
+            levels[i, s] = l + off
+            w = xi * xi
+            fl = F32(l)
+            sumlx[s] += w * xi * fl
+            suml2[s] += w * fl * fl
+    for s in range(S):
+        scale[s] = sumlx[s] / suml2[s] if suml2[s] != ZERO else ZERO
+        best[s] = scale[s] * sumlx[s]
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        num = -(fnmax + TENTH * F32(step))
+        for s in range(S):
+            iscale[s] = num / vmax[s]
             sumlx[s] = ZERO
             suml2[s] = ZERO
         for i in range(n):
             for s in range(S):
                 xi = xT[i, s]
                 l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
-                levels[i, s] = l + off
+                laux[i, s] = l + off
                 w = xi * xi
                 fl = F32(l)
                 sumlx[s] += w * xi * fl
                 suml2[s] += w * fl * fl
         for s in range(S):
-            scale[s] = sumlx[s] / suml2[s] if suml2[s] != ZERO else ZERO
-            best[s] = scale[s] * sumlx[s]
-        for step in range(-9, 10):
-            if step == 0:
-                continue
-            num = -(fnmax + TENTH * F32(step))
+            better = suml2[s] > ZERO and sumlx[s] * sumlx[s] > best[s] * suml2[s]
+            take[s] = ONE if better else ZERO
+            if better:
+                scale[s] = sumlx[s] / suml2[s]
+                best[s] = scale[s] * sumlx[s]
+        for i in range(n):
             for s in range(S):
-                iscale[s] = num / vmax[s]
-                sumlx[s] = ZERO
-                suml2[s] = ZERO
+                if take[s] != ZERO:
+                    levels[i, s] = laux[i, s]
+    for s in range(S):
+        if amax[s] < GROUP_MAX_EPS:                      # ggml returns early: all zero
+            scales[s] = ZERO
+            for i in range(n):
+                levels[i, s] = 0
+        else:
+            scales[s] = scale[s]
+
+
+@njit(**JIT)
+def make_qkx2_quants_lanes(xT, wT, nmax, rmin, rdelta, nstep, use_mad, levels, scales, the_mins,
+                           laux, st):
+    """ggml's make_qkx2_quants on every column of xT (weights wT), nstep >= 1.
+
+    Affine fit x ~ scale * level - the_min with levels 0..nmax: tries nstep+1 trial scales around
+    nmax/(max-min) and keeps the one with the least weighted error (absolute if use_mad, else
+    squared). Writes levels (n, S) uint8, scales (S,), the_mins (S,); laux (n, S) f32 is scratch.
+    Each loop touches few arrays, so LLVM's runtime alias checks stay under its limit."""
+    n, S = xT.shape
+    vmin, vmax, sum_w, sum_x = st[0], st[1], st[2], st[3]
+    iscale, scale, best, err = st[4], st[5], st[6], st[7]
+    sl, sl2, sxl, tsc, tmn, take = st[8], st[9], st[10], st[11], st[12], st[13]
+    flat = st[14]
+    top = np.int32(nmax)
+    fnmax = F32(nmax)
+    for s in range(S):
+        vmin[s] = xT[0, s]
+        vmax[s] = xT[0, s]
+        sum_w[s] = wT[0, s]
+        sum_x[s] = wT[0, s] * xT[0, s]
+    for i in range(1, n):
+        for s in range(S):
+            xi = xT[i, s]
+            vmin[s] = xi if xi < vmin[s] else vmin[s]
+            vmax[s] = xi if xi > vmax[s] else vmax[s]
+    for i in range(1, n):
+        for s in range(S):
+            sum_w[s] += wT[i, s]
+    for i in range(1, n):
+        for s in range(S):
+            sum_x[s] += wT[i, s] * xT[i, s]
+    for s in range(S):
+        vmin[s] = ZERO if vmin[s] > ZERO else vmin[s]
+        flat[s] = ONE if vmax[s] == vmin[s] else ZERO       # ggml returns early: levels 0, scale 0
+        iscale[s] = fnmax / (vmax[s] - vmin[s])
+        scale[s] = ONE / iscale[s]
+        best[s] = ZERO
+        the_mins[s] = -vmin[s]
+    for step in range(-1, nstep + 1):                       # -1: the starting point nmax/(max-min)
+        if step >= 0:
+            num = rmin + rdelta * F32(step) + fnmax
+            for s in range(S):
+                iscale[s] = num / (vmax[s] - vmin[s])
+        for i in range(n):
+            for s in range(S):
+                l = max(np.int32(0), min(top, nearest_int(iscale[s] * (xT[i, s] - vmin[s]))))
+                laux[i, s] = F32(l)
+        if step < 0:
+            for s in range(S):
+                tsc[s] = scale[s]
+                tmn[s] = vmin[s]
+                take[s] = ONE
+        else:
+            for s in range(S):
+                sl[s] = ZERO
+                sl2[s] = ZERO
+                sxl[s] = ZERO
             for i in range(n):
                 for s in range(S):
-                    xi = xT[i, s]
-                    l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
-                    laux[i, s] = l + off
-                    w = xi * xi
-                    fl = F32(l)
-                    sumlx[s] += w * xi * fl
-                    suml2[s] += w * fl * fl
+                    sl[s] += wT[i, s] * laux[i, s]
+            for i in range(n):
+                for s in range(S):
+                    sl2[s] += wT[i, s] * laux[i, s] * laux[i, s]
+            for i in range(n):
+                for s in range(S):
+                    sxl[s] += wT[i, s] * laux[i, s] * xT[i, s]
             for s in range(S):
-                better = suml2[s] > ZERO and sumlx[s] * sumlx[s] > best[s] * suml2[s]
+                D = sum_w[s] * sl2[s] - sl[s] * sl[s]
+                this_scale = (sum_w[s] * sxl[s] - sum_x[s] * sl[s]) / D
+                this_min = (sl2[s] * sum_x[s] - sl[s] * sxl[s]) / D
+                if this_min > ZERO:
+                    this_min = ZERO
+                    this_scale = sxl[s] / sl2[s]
+                tsc[s] = this_scale
+                tmn[s] = this_min
+                take[s] = ONE if D > ZERO else ZERO
+        for s in range(S):
+            err[s] = ZERO
+        for i in range(n):
+            for s in range(S):
+                diff = tsc[s] * laux[i, s] + tmn[s] - xT[i, s]
+                diff = abs(diff) if use_mad else diff * diff
+                err[s] += wT[i, s] * diff
+        for s in range(S):
+            if step < 0:
+                best[s] = err[s]                            # ggml's best_error, starting point
+            else:
+                better = take[s] != ZERO and flat[s] == ZERO and err[s] < best[s]
                 take[s] = ONE if better else ZERO
                 if better:
-                    scale[s] = sumlx[s] / suml2[s]
-                    best[s] = scale[s] * sumlx[s]
+                    best[s] = err[s]
+                    scale[s] = tsc[s]
+                    vmin[s] = tmn[s]
+        for i in range(n):
+            for s in range(S):
+                if take[s] != ZERO:
+                    levels[i, s] = np.uint8(laux[i, s])
+    for s in range(S):
+        if flat[s] != ZERO:
+            scales[s] = ZERO
             for i in range(n):
-                for s in range(S):
-                    if take[s] != ZERO:
-                        levels[i, s] = laux[i, s]
-        for s in range(S):
-            if amax[s] < GROUP_MAX_EPS:                      # ggml returns early: all zero
-                scales[s] = ZERO
-                for i in range(n):
-                    levels[i, s] = 0
-            else:
-                scales[s] = scale[s]
-
-    return make_qx_quants_rmse1_lanes
+                levels[i, s] = 0
+        else:
+            scales[s] = scale[s]
+            the_mins[s] = -vmin[s]

@@ -16,12 +16,11 @@ from numba import njit, prange
 
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .half import f32_bits, f32_from_bits, fp16_to_fp32, fp32_to_fp16
-from .kquant_search import (F32, GROUP_MAX_EPS, ONE, ZERO, make_q3_quants_rmse, make_qkx2_quants,
-                            nearest_int, qx_quants_rmse1_lanes)
+from .kquant_search import (F32, GROUP_MAX_EPS, ONE, ZERO, make_q3_quants_rmse,
+                            make_qkx2_quants_lanes, make_qx_quants_rmse1_lanes, nearest_int)
 from .registry import Codec, register
 
 QK_K = 256
-qx_rmse1_16_lanes = qx_quants_rmse1_lanes(16)   # Q6_K's search, its 16 sub-blocks side by side
 KERNEL = dict(parallel=True, cache=True, error_model="numpy")
 HELPER = dict(cache=True, error_model="numpy")
 
@@ -89,9 +88,11 @@ def _q3_scale(j, sc):
 
 
 @njit(**HELPER)
-def _qkx2_scratch(n, S):
-    """Buffers for make_qkx2_quants over S sub-blocks of n: Laux, weights, scales, mins."""
-    return (np.empty(n, np.uint8), np.empty(n, np.float32), np.empty(S, np.float32),
+def _lane_scratch(n, S):
+    """Buffers for make_qkx2_quants_lanes over S sub-blocks of n: xT, wT, levels, laux, st,
+    scales, mins."""
+    return (np.empty((n, S), np.float32), np.empty((n, S), np.float32), np.empty((n, S), np.uint8),
+            np.empty((n, S), np.float32), np.empty((16, S), np.float32), np.empty(S, np.float32),
             np.empty(S, np.float32))
 
 
@@ -105,23 +106,23 @@ def _qkx2_scratch(n, S):
 
 
 @njit(**HELPER)
-def _quantize_block_q2_k(x, out, L, scratch):
-    Laux, weights, scales, mins = scratch
+def _quantize_block_q2_k(x, out, L, lanes):
+    xT, wT, levels, laux, st, scales, mins = lanes
     nmax, rmin, rdelta, nstep = Q2_SEARCH
+    for i in range(16):
+        for j in range(16):
+            xT[i, j] = x[16 * j + i]
+            wT[i, j] = abs(x[16 * j + i])
+    make_qkx2_quants_lanes(xT, wT, nmax, rmin, rdelta, nstep, True, levels, scales, mins, laux, st)
     max_scale = ZERO
     max_min = ZERO
     for j in range(16):
-        xs = x[16 * j:16 * j + 16]
-        for l in range(16):
-            weights[l] = abs(xs[l])
-        s, m = make_qkx2_quants(xs, weights, nmax, L[16 * j:16 * j + 16], Laux,
-                                rmin, rdelta, nstep, True)
-        scales[j] = s
-        mins[j] = m
-        if s > max_scale:
-            max_scale = s
-        if m > max_min:
-            max_min = m
+        for i in range(16):
+            L[16 * j + i] = levels[i, j]
+        if scales[j] > max_scale:
+            max_scale = scales[j]
+        if mins[j] > max_min:
+            max_min = mins[j]
     packed = out[0:16]
     if max_scale > ZERO:
         iscale = F15 / max_scale
@@ -156,10 +157,10 @@ def _quantize_q2_k(x, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
         L = np.empty(QK_K, np.uint8)
-        scratch = _qkx2_scratch(16, 16)
+        lanes = _lane_scratch(16, 16)
         for b in range(nb):
             _quantize_block_q2_k(x[r, b * QK_K:(b + 1) * QK_K], out[r, b * 84:(b + 1) * 84],
-                                 L, scratch)
+                                 L, lanes)
 
 
 @njit(**KERNEL)
@@ -284,33 +285,48 @@ def _dequantize_q3_k(raw, y):
 
 
 @njit(**HELPER)
-def _quantize_levels_k4(x, out, L, scratch, nmax, rmin, rdelta, nstep):
-    """Fill d, dmin, the 12 scale bytes of out and the levels L (0..nmax) of one block."""
-    Laux, weights, scales, mins = scratch
+def _search_pair_k4(xa, xb, lanes, nmax, rmin, rdelta, nstep):
+    """Scale/min search for the 8 sub-blocks of 32 of two blocks at once: lanes 0-7 are block a,
+    lanes 8-15 block b (16 lanes is what LLVM vectorises)."""
+    xT, wT, levels, laux, st, scales, mins = lanes
+    for i in range(32):
+        for j in range(8):
+            xT[i, j] = xa[32 * j + i]
+            xT[i, 8 + j] = xb[32 * j + i]
+    av_x = st[15]
+    for j in range(16):
+        av_x[j] = ZERO
+    for i in range(32):
+        for j in range(16):
+            av_x[j] += xT[i, j] * xT[i, j]
+    for j in range(16):
+        av_x[j] = np.sqrt(av_x[j] / F32(32.0))
+    for i in range(32):
+        for j in range(16):
+            wT[i, j] = av_x[j] + abs(xT[i, j])
+    make_qkx2_quants_lanes(xT, wT, nmax, rmin, rdelta, nstep, False, levels, scales, mins, laux, st)
+
+
+@njit(**HELPER)
+def _finish_block_k4(x, out, L, lanes, first, nmax):
+    """From the search results in lanes first..first+7: d, dmin, the 12 scale bytes of out and the
+    final levels L (0..nmax) of one block."""
+    levels, scales, mins = lanes[2], lanes[5], lanes[6]
     max_scale = ZERO
     max_min = ZERO
     for j in range(8):
-        xs = x[32 * j:32 * j + 32]
-        sum_x2 = ZERO
-        for l in range(32):
-            sum_x2 += xs[l] * xs[l]
-        av_x = np.sqrt(sum_x2 / F32(32.0))
-        for l in range(32):
-            weights[l] = av_x + abs(xs[l])
-        s, m = make_qkx2_quants(xs, weights, nmax, L[32 * j:32 * j + 32], Laux,
-                                rmin, rdelta, nstep, False)
-        scales[j] = s
-        mins[j] = m
-        if s > max_scale:
-            max_scale = s
-        if m > max_min:
-            max_min = m
+        for i in range(32):
+            L[32 * j + i] = levels[i, first + j]
+        if scales[first + j] > max_scale:
+            max_scale = scales[first + j]
+        if mins[first + j] > max_min:
+            max_min = mins[first + j]
     inv_scale = F63 / max_scale if max_scale > ZERO else ZERO
     inv_min = F63 / max_min if max_min > ZERO else ZERO
     sc = out[4:16]
     for j in range(8):
-        ls = min(63, nearest_int(inv_scale * scales[j]) & 0xFF)   # ggml stores them in uint8_t
-        lm = min(63, nearest_int(inv_min * mins[j]) & 0xFF)
+        ls = min(63, nearest_int(inv_scale * scales[first + j]) & 0xFF)   # ggml: uint8_t
+        lm = min(63, nearest_int(inv_min * mins[first + j]) & 0xFF)
         if j < 4:
             sc[j] = ls
             sc[j + 4] = lm
@@ -332,46 +348,64 @@ def _quantize_levels_k4(x, out, L, scratch, nmax, rmin, rdelta, nstep):
             L[32 * j + i] = max(0, min(nmax, nearest_int((x[32 * j + i] + dm) / d)))
 
 
+@njit(**HELPER)
+def _pack_q4_k(L, blk):
+    for c in range(4):
+        for l in range(32):
+            blk[16 + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << 4)
+
+
+@njit(**HELPER)
+def _pack_q5_k(L, blk):
+    for l in range(32):
+        blk[16 + l] = 0
+    for c in range(4):
+        for l in range(32):
+            lo = L[64 * c + l]
+            hi = L[64 * c + 32 + l]
+            if lo > 15:
+                lo -= 16
+                blk[16 + l] |= 1 << (2 * c)
+            if hi > 15:
+                hi -= 16
+                blk[16 + l] |= 2 << (2 * c)
+            blk[48 + 32 * c + l] = lo | (hi << 4)
+
+
+@njit(**HELPER)
+def _quantize_pair_k4(xs, blocks, p, L, lanes, nmax, rmin, rdelta, nstep, five_bits):
+    """Blocks 2p and 2p+1 of the flattened tensor (2p twice when it is the last, odd one)."""
+    a = 2 * p
+    b = min(a + 1, xs.shape[0] - 1)
+    _search_pair_k4(xs[a], xs[b], lanes, nmax, rmin, rdelta, nstep)
+    for k in range(2 if b != a else 1):
+        _finish_block_k4(xs[a + k], blocks[a + k], L, lanes, 8 * k, nmax)
+        if five_bits:
+            _pack_q5_k(L, blocks[a + k])
+        else:
+            _pack_q4_k(L, blocks[a + k])
+
+
 @njit(**KERNEL)
 def _quantize_q4_k(x, out):
     nmax, rmin, rdelta, nstep = Q4_SEARCH
-    nb = x.shape[1] // QK_K
-    for r in prange(x.shape[0]):
+    xs = x.reshape((-1, QK_K))                  # blocks are independent: pair them across rows
+    blocks = out.reshape((-1, 144))
+    for p in prange((xs.shape[0] + 1) // 2):
         L = np.empty(QK_K, np.uint8)
-        scratch = _qkx2_scratch(32, 8)
-        for b in range(nb):
-            blk = out[r, b * 144:(b + 1) * 144]
-            _quantize_levels_k4(x[r, b * QK_K:(b + 1) * QK_K], blk, L, scratch,
-                                nmax, rmin, rdelta, nstep)
-            for c in range(4):
-                for l in range(32):
-                    blk[16 + 32 * c + l] = L[64 * c + l] | (L[64 * c + 32 + l] << 4)
+        lanes = _lane_scratch(32, 16)
+        _quantize_pair_k4(xs, blocks, p, L, lanes, nmax, rmin, rdelta, nstep, False)
 
 
 @njit(**KERNEL)
 def _quantize_q5_k(x, out):
     nmax, rmin, rdelta, nstep = Q5_SEARCH
-    nb = x.shape[1] // QK_K
-    for r in prange(x.shape[0]):
+    xs = x.reshape((-1, QK_K))
+    blocks = out.reshape((-1, 176))
+    for p in prange((xs.shape[0] + 1) // 2):
         L = np.empty(QK_K, np.uint8)
-        scratch = _qkx2_scratch(32, 8)
-        for b in range(nb):
-            blk = out[r, b * 176:(b + 1) * 176]
-            _quantize_levels_k4(x[r, b * QK_K:(b + 1) * QK_K], blk, L, scratch,
-                                nmax, rmin, rdelta, nstep)
-            for l in range(32):
-                blk[16 + l] = 0
-            for c in range(4):
-                for l in range(32):
-                    lo = L[64 * c + l]
-                    hi = L[64 * c + 32 + l]
-                    if lo > 15:
-                        lo -= 16
-                        blk[16 + l] |= 1 << (2 * c)
-                    if hi > 15:
-                        hi -= 16
-                        blk[16 + l] |= 2 << (2 * c)
-                    blk[48 + 32 * c + l] = lo | (hi << 4)
+        lanes = _lane_scratch(32, 16)
+        _quantize_pair_k4(xs, blocks, p, L, lanes, nmax, rmin, rdelta, nstep, True)
 
 
 @njit(**KERNEL)
@@ -439,7 +473,7 @@ def _quantize_block_q6_k(x, out, L, xT, levels, laux, st, scales):
     for i in range(16):
         for j in range(16):
             xT[i, j] = x[16 * j + i]
-    qx_rmse1_16_lanes(xT, 32, levels, scales, laux, st)
+    make_qx_quants_rmse1_lanes(xT, 32, levels, scales, laux, st)   # 16 sub-blocks side by side
     max_scale = ZERO
     max_abs_scale = ZERO
     for j in range(16):
