@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...gguf.constants import GGMLType
+from .simd import fma_lanes, lanes_sum
 from .common import ROW_TILE, Format, half_at, scale_min_k4, signed8
 from .legacy import IQ4NL_VALUES
 
@@ -37,26 +38,29 @@ def _group_sums(x):
 @njit(parallel=True, cache=True)
 def matvec_q2_k(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 84)
+    xf = x.reshape(-1)
     x_sum = _group_sums(x)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(32, np.float32)
+        acc = np.empty(64, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
             offset = np.float32(0.0)
+            row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 80)
                 dmin = half_at(blocks, r, b, 82)
+                base = 84 * b
                 for n in range(2):
                     for j in range(4):
                         for h in range(2):
                             s = 8 * n + 2 * j + h
                             sc = np.int32(blocks[r, b, s])
-                            dl = d * np.float32(sc & 15)
                             offset += dmin * np.float32(sc >> 4) * x_sum[b, s]
-                            for l in range(16):
-                                q = (np.int32(blocks[r, b, 16 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
-                                acc[16 * h + l] += dl * np.float32(q) * x[b, s, l]
-            out[r] = acc.sum() - offset
+                            fma_lanes(acc, 32 * (j & 1) + 16 * h, d * np.float32(sc & 15), xf, 256 * b + 16 * s,
+                                      row, base + 16 + 32 * n + 16 * h, 2 * j, 3, row, 0, 0, 0, 0, 0, 16,
+                                      False, False)
+            out[r] = lanes_sum(acc, 64) - offset
 
 
 @njit(parallel=True, cache=True)
@@ -103,25 +107,27 @@ def _q3_k_scales(blocks, r, b, sc):
 @njit(parallel=True, cache=True)
 def matvec_q3_k(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 110)
+    xf = x.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(32, np.float32)
+        acc = np.empty(64, np.float32)
         sc = np.empty(16, np.int32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
+            row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 108)
                 _q3_k_scales(blocks, r, b, sc)
+                base = 110 * b
                 for n in range(2):
                     for j in range(4):
-                        mask = np.int32(1 << (4 * n + j))
                         for h in range(2):
                             s = 8 * n + 2 * j + h
-                            dl = d * np.float32(sc[s])
-                            for l in range(16):
-                                q = (np.int32(blocks[r, b, 32 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
-                                q -= np.int32(0 if (np.int32(blocks[r, b, 16 * h + l]) & mask) != 0 else 4)
-                                acc[16 * h + l] += dl * np.float32(q) * x[b, s, l]
-            out[r] = acc.sum()
+                            # q = 2 low bits + 4 * hmask bit - 4
+                            fma_lanes(acc, 32 * (j & 1) + 16 * h, d * np.float32(sc[s]), xf, 256 * b + 16 * s,
+                                      row, base + 32 + 32 * n + 16 * h, 2 * j, 3,
+                                      row, base + 16 * h, 4 * n + j, 1, 4, -4, 16, False, False)
+            out[r] = lanes_sum(acc, 64)
 
 
 @njit(parallel=True, cache=True)
@@ -153,26 +159,28 @@ def dequant_q3_k(blocks, out):
 @njit(parallel=True, cache=True)
 def matvec_q4_k(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 144)
+    xf = x.reshape(-1)
     x_sum = _group_sums(x)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         acc = np.empty(64, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
             offset = np.float32(0.0)
+            row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
                 dmin = half_at(blocks, r, b, 2)
+                base = 144 * b
                 for g in range(4):
                     sc1, m1 = scale_min_k4(blocks, r, b, 2 * g, 4)
                     sc2, m2 = scale_min_k4(blocks, r, b, 2 * g + 1, 4)
-                    d1 = d * np.float32(sc1)
-                    d2 = d * np.float32(sc2)
                     offset += dmin * (np.float32(m1) * x_sum[b, 2 * g] + np.float32(m2) * x_sum[b, 2 * g + 1])
-                    for l in range(32):
-                        q = np.int32(blocks[r, b, 16 + 32 * g + l])
-                        acc[l] += d1 * np.float32(q & 15) * x[b, 2 * g, l]
-                        acc[32 + l] += d2 * np.float32(q >> 4) * x[b, 2 * g + 1, l]
-            out[r] = acc.sum() - offset
+                    fma_lanes(acc, 0, d * np.float32(sc1), xf, 256 * b + 64 * g, row, base + 16 + 32 * g, 0, 15,
+                              row, 0, 0, 0, 0, 0, 32, False, False)
+                    fma_lanes(acc, 32, d * np.float32(sc2), xf, 256 * b + 64 * g + 32, row, base + 16 + 32 * g,
+                              4, 15, row, 0, 0, 0, 0, 0, 32, False, False)
+            out[r] = lanes_sum(acc, 64) - offset
 
 
 @njit(parallel=True, cache=True)
@@ -203,31 +211,28 @@ def dequant_q4_k(blocks, out):
 @njit(parallel=True, cache=True)
 def matvec_q5_k(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 176)
+    xf = x.reshape(-1)
     x_sum = _group_sums(x)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         acc = np.empty(64, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
             offset = np.float32(0.0)
+            row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
                 dmin = half_at(blocks, r, b, 2)
+                base = 176 * b
                 for g in range(4):
                     sc1, m1 = scale_min_k4(blocks, r, b, 2 * g, 4)
                     sc2, m2 = scale_min_k4(blocks, r, b, 2 * g + 1, 4)
-                    d1 = d * np.float32(sc1)
-                    d2 = d * np.float32(sc2)
                     offset += dmin * (np.float32(m1) * x_sum[b, 2 * g] + np.float32(m2) * x_sum[b, 2 * g + 1])
-                    bit1 = np.int32(1 << (2 * g))
-                    bit2 = np.int32(2 << (2 * g))
-                    for l in range(32):
-                        q = np.int32(blocks[r, b, 48 + 32 * g + l])
-                        qh = np.int32(blocks[r, b, 16 + l])
-                        lo = (q & 15) + np.int32(16 if (qh & bit1) != 0 else 0)
-                        hi = (q >> 4) + np.int32(16 if (qh & bit2) != 0 else 0)
-                        acc[l] += d1 * np.float32(lo) * x[b, 2 * g, l]
-                        acc[32 + l] += d2 * np.float32(hi) * x[b, 2 * g + 1, l]
-            out[r] = acc.sum() - offset
+                    fma_lanes(acc, 0, d * np.float32(sc1), xf, 256 * b + 64 * g, row, base + 48 + 32 * g, 0, 15,
+                              row, base + 16, 2 * g, 1, 16, 0, 32, False, False)
+                    fma_lanes(acc, 32, d * np.float32(sc2), xf, 256 * b + 64 * g + 32, row, base + 48 + 32 * g,
+                              4, 15, row, base + 16, 2 * g + 1, 1, 16, 0, 32, False, False)
+            out[r] = lanes_sum(acc, 64) - offset
 
 
 @njit(parallel=True, cache=True)
@@ -267,32 +272,26 @@ def dequant_q5_k(blocks, out):
 @njit(parallel=True, cache=True)
 def matvec_q6_k(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 210)
+    xf = x.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         acc = np.empty(64, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
+            row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 208)
+                base = 210 * b
                 for n in range(2):
-                    for h in range(2):
-                        s = 8 * n + h
-                        d0 = d * np.float32(signed8(blocks[r, b, 192 + s]))
-                        d1 = d * np.float32(signed8(blocks[r, b, 194 + s]))
-                        d2 = d * np.float32(signed8(blocks[r, b, 196 + s]))
-                        d3 = d * np.float32(signed8(blocks[r, b, 198 + s]))
-                        for i in range(16):
-                            a = np.int32(blocks[r, b, 64 * n + 16 * h + i])
-                            c = np.int32(blocks[r, b, 64 * n + 32 + 16 * h + i])
-                            hb = np.int32(blocks[r, b, 128 + 32 * n + 16 * h + i])
-                            q0 = ((a & 15) | ((hb & 3) << 4)) - 32
-                            q1 = ((c & 15) | (((hb >> 2) & 3) << 4)) - 32
-                            q2 = ((a >> 4) | (((hb >> 4) & 3) << 4)) - 32
-                            q3 = ((c >> 4) | (((hb >> 6) & 3) << 4)) - 32
-                            acc[i] += d0 * np.float32(q0) * x[b, s, i]
-                            acc[16 + i] += d1 * np.float32(q1) * x[b, s + 2, i]
-                            acc[32 + i] += d2 * np.float32(q2) * x[b, s + 4, i]
-                            acc[48 + i] += d3 * np.float32(q3) * x[b, s + 6, i]
-            out[r] = acc.sum()
+                    for c in range(4):
+                        # c=0,2 read ql[64n + l], c=1,3 read ql[64n + 32 + l]; c>=2 take the high nibble
+                        ql = base + 64 * n + 32 * (c & 1)
+                        for h in range(2):
+                            s = 8 * n + 2 * c + h
+                            dl = d * np.float32(signed8(blocks[r, b, 192 + s]))
+                            fma_lanes(acc, 16 * c, dl, xf, 256 * b + 16 * s, row, ql + 16 * h, 4 * (c >> 1), 15,
+                                      row, base + 128 + 32 * n + 16 * h, 2 * c, 3, 16, -32, 16, False, False)
+            out[r] = lanes_sum(acc, 64)
 
 
 @njit(parallel=True, cache=True)
@@ -348,7 +347,7 @@ def matvec_iq4_xs(blocks, x, out):
                         q = np.int32(blocks[r, b, 8 + 16 * ib + j])
                         acc[j] += dl * values[q & 15] * x[b, 2 * ib, j]
                         acc[16 + j] += dl * values[q >> 4] * x[b, 2 * ib + 1, j]
-            out[r] = acc.sum()
+            out[r] = lanes_sum(acc, 32)
 
 
 @njit(parallel=True, cache=True)

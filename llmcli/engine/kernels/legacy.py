@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...gguf.constants import GGMLType
+from .simd import fma_lanes, lanes_sum
 from .common import ROW_TILE, Format, half_at, signed8
 
 # 1 << k as int32 (bit 31 wraps to the sign bit, which is what a bit test wants).
@@ -31,15 +32,19 @@ IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38
 @njit(parallel=True, cache=True)
 def matvec_q8_0(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 34)
+    xf = x.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(32, np.float32)
+        acc = np.empty(64, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
+            row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
-                for k in range(32):
-                    acc[k] += d * np.float32(signed8(blocks[r, b, 2 + k])) * x[b, k]
-            out[r] = acc.sum()
+                # even/odd blocks into separate lanes: two independent add chains
+                fma_lanes(acc, 32 * (b & 1), d, xf, 32 * b, row, 34 * b + 2, 0, -1,
+                          row, 0, 0, 0, 0, 0, 32, True, False)
+            out[r] = lanes_sum(acc, 64)
 
 
 @njit(parallel=True, cache=True)
@@ -59,17 +64,20 @@ def dequant_q8_0(blocks, out):
 @njit(parallel=True, cache=True)
 def matvec_q4_0(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 18)
+    xf = x.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(32, np.float32)
+        acc = np.empty(64, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
+            row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
-                for j in range(16):
-                    q = np.int32(blocks[r, b, 2 + j])
-                    acc[j] += d * np.float32((q & 15) - 8) * x[b, 0, j]
-                    acc[16 + j] += d * np.float32((q >> 4) - 8) * x[b, 1, j]
-            out[r] = acc.sum()
+                o = 32 * (b & 1)
+                fma_lanes(acc, o, d, xf, 32 * b, row, 18 * b + 2, 0, 15, row, 0, 0, 0, 0, -8, 16, False, False)
+                fma_lanes(acc, o + 16, d, xf, 32 * b + 16, row, 18 * b + 2, 4, 15, row, 0, 0, 0, 0, -8, 16,
+                          False, False)
+            out[r] = lanes_sum(acc, 64)
 
 
 @njit(parallel=True, cache=True)
@@ -92,22 +100,25 @@ def dequant_q4_0(blocks, out):
 @njit(parallel=True, cache=True)
 def matvec_q4_1(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 20)
+    xf = x.reshape(-1)
     x_sum = np.empty(n_blocks, np.float32)
     for b in range(n_blocks):
         x_sum[b] = x[b].sum()
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(32, np.float32)
+        acc = np.empty(64, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
             offset = np.float32(0.0)
+            row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
                 offset += half_at(blocks, r, b, 2) * x_sum[b]
-                for j in range(16):
-                    q = np.int32(blocks[r, b, 4 + j])
-                    acc[j] += d * np.float32(q & 15) * x[b, 0, j]
-                    acc[16 + j] += d * np.float32(q >> 4) * x[b, 1, j]
-            out[r] = acc.sum() + offset
+                o = 32 * (b & 1)
+                fma_lanes(acc, o, d, xf, 32 * b, row, 20 * b + 4, 0, 15, row, 0, 0, 0, 0, 0, 16, False, False)
+                fma_lanes(acc, o + 16, d, xf, 32 * b + 16, row, 20 * b + 4, 4, 15, row, 0, 0, 0, 0, 0, 16,
+                          False, False)
+            out[r] = lanes_sum(acc, 64) + offset
 
 
 @njit(parallel=True, cache=True)
@@ -138,20 +149,22 @@ def _qh32(blocks, r, b, off):
 @njit(parallel=True, cache=True)
 def matvec_q5_0(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 22)
+    xf = x.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(32, np.float32)
+        acc = np.empty(64, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
+            row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
-                qh = _qh32(blocks, r, b, 2)
-                for j in range(16):
-                    q = np.int32(blocks[r, b, 6 + j])
-                    lo = (q & 15) - np.int32(0 if (qh & _BIT[j]) != 0 else 16)
-                    hi = (q >> 4) - np.int32(0 if (qh & _BIT[j + 16]) != 0 else 16)
-                    acc[j] += d * np.float32(lo) * x[b, 0, j]
-                    acc[16 + j] += d * np.float32(hi) * x[b, 1, j]
-            out[r] = acc.sum()
+                o = 32 * (b & 1)
+                # weight j: low nibble + 16 * bit j of qh - 16; weight j+16: high nibble, bit j+16
+                fma_lanes(acc, o, d, xf, 32 * b, row, 22 * b + 6, 0, 15,
+                          row, 22 * b + 2, 0, 1, 16, -16, 16, False, True)
+                fma_lanes(acc, o + 16, d, xf, 32 * b + 16, row, 22 * b + 6, 4, 15,
+                          row, 22 * b + 2, 16, 1, 16, -16, 16, False, True)
+            out[r] = lanes_sum(acc, 64)
 
 
 @njit(parallel=True, cache=True)
@@ -176,25 +189,26 @@ def dequant_q5_0(blocks, out):
 @njit(parallel=True, cache=True)
 def matvec_q5_1(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 24)
+    xf = x.reshape(-1)
     x_sum = np.empty(n_blocks, np.float32)
     for b in range(n_blocks):
         x_sum[b] = x[b].sum()
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(32, np.float32)
+        acc = np.empty(64, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
             offset = np.float32(0.0)
+            row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
                 offset += half_at(blocks, r, b, 2) * x_sum[b]
-                qh = _qh32(blocks, r, b, 4)
-                for j in range(16):
-                    q = np.int32(blocks[r, b, 8 + j])
-                    lo = (q & 15) + np.int32(16 if (qh & _BIT[j]) != 0 else 0)
-                    hi = (q >> 4) + np.int32(16 if (qh & _BIT[j + 16]) != 0 else 0)
-                    acc[j] += d * np.float32(lo) * x[b, 0, j]
-                    acc[16 + j] += d * np.float32(hi) * x[b, 1, j]
-            out[r] = acc.sum() + offset
+                o = 32 * (b & 1)
+                fma_lanes(acc, o, d, xf, 32 * b, row, 24 * b + 8, 0, 15,
+                          row, 24 * b + 4, 0, 1, 16, 0, 16, False, True)
+                fma_lanes(acc, o + 16, d, xf, 32 * b + 16, row, 24 * b + 8, 4, 15,
+                          row, 24 * b + 4, 16, 1, 16, 0, 16, False, True)
+            out[r] = lanes_sum(acc, 64) + offset
 
 
 @njit(parallel=True, cache=True)
@@ -231,7 +245,7 @@ def matvec_iq4_nl(blocks, x, out):
                     q = np.int32(blocks[r, b, 2 + j])
                     acc[j] += d * values[q & 15] * x[b, 0, j]
                     acc[16 + j] += d * values[q >> 4] * x[b, 1, j]
-            out[r] = acc.sum()
+            out[r] = lanes_sum(acc, 32)
 
 
 @njit(parallel=True, cache=True)
