@@ -94,6 +94,9 @@ extra_gated_prompt: "You agree to the license"
 Random weights, for tests.
 """
 VARIANT_FILES = {"llama-card": {"README.md": MODEL_CARD}}
+# JSON files other than config.json edited for a variant
+VARIANT_JSON_EDITS = {"llama-noprefix": {"tokenizer_config.json": {"add_prefix_space": False}}}
+VARIANTS["llama-noprefix"] = ("llama", {})
 VARIANTS["llama-card"] = ("llama", {})
 # Gemma 3 as a multimodal checkpoint: config nested under text_config, tensors under
 # language_model., plus vision/projector tensors the text conversion must skip.
@@ -164,6 +167,18 @@ def gguf_record(path: Path) -> dict:
             "metadata": meta, "tensor_order": [t.name for t in r.tensors], "tensors": tensors}
 
 
+def bpe_check_hashes() -> dict:
+    """The pre-tokenizer check hash of each byte-level BPE checkpoint, as the converter computes it
+    (AutoTokenizer.encode of llama.cpp's check text, sha256 of str(ids))."""
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(ROOT))
+    from llmcli.vocab.bpe_hashes import CHECK_TEXT
+
+    return {name: hashlib.sha256(str(AutoTokenizer.from_pretrained(DATA / "hf" / name).encode(CHECK_TEXT))
+                                 .encode()).hexdigest() for name in FORCED_PRE}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama-cpp", type=Path, required=True)
@@ -171,6 +186,7 @@ def main() -> None:
     args = ap.parse_args()
     out_dir = DATA / "convert_ref"
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bpe_check_hashes.json").write_text(json.dumps(bpe_check_hashes(), indent=1) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
         for name, outtype in ([] if args.variant else JOBS):
             out = Path(tmp) / f"{name}-{outtype}.gguf"
@@ -192,6 +208,9 @@ def main() -> None:
             (src / "config.json").write_text(json.dumps(config, indent=2))
             if variant in MULTIMODAL:
                 make_multimodal(src)
+            for fname, file_edits in VARIANT_JSON_EDITS.get(variant, {}).items():
+                content = edit_config(json.loads((src / fname).read_text()), file_edits)
+                (src / fname).write_text(json.dumps(content, indent=2))
             for fname, text in VARIANT_FILES.get(variant, {}).items():
                 (src / fname).write_text(text, encoding="utf-8")
             gen_edits = VARIANT_GENERATION.get(variant, {})
@@ -208,6 +227,7 @@ def main() -> None:
             rec["generation_config_edits"] = gen_edits
             rec["extra_files"] = VARIANT_FILES.get(variant, {})
             rec["make_multimodal"] = variant in MULTIMODAL
+            rec["file_edits"] = VARIANT_JSON_EDITS.get(variant, {})
             rec["command"] = f"convert_hf_to_gguf.py <tests/data/hf/{name} with config.json edits> --outtype f16"
             (out_dir / "variants" / f"{variant}-f16.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False))
             print(variant, rec["file_sha256"], rec["file_size"])

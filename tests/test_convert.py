@@ -24,7 +24,7 @@ DATA = Path(__file__).parent / "data"
 TINY = ["llama", "llama_bf16", "mistral", "mixtral", "qwen2", "gemma3", "phi3"]
 # byte-level BPE checkpoints whose pre-tokenizer hash llama.cpp does not know (see the pack's README)
 FORCED_PRE = {"llama_bf16": "llama-bpe", "qwen2": "qwen2"}
-CONVERT_REFS = sorted(p.stem for p in (DATA / "convert_ref").glob("*.json"))
+CONVERT_REFS = sorted(p.stem for p in (DATA / "convert_ref").glob("*-*.json"))
 
 
 def reference(name: str, outtype: str) -> dict:
@@ -180,6 +180,10 @@ def test_config_variants_match_llama_cpp(tmp_path, ref_path):
             else:
                 content[key] = value
         (d / file).write_text(json.dumps(content, indent=2))
+    for file, edits in ref.get("file_edits", {}).items():
+        content = json.loads((d / file).read_text())
+        content.update(edits)
+        (d / file).write_text(json.dumps(content, indent=2))
     for file, text in ref.get("extra_files", {}).items():
         (d / file).write_text(text, encoding="utf-8")
     if ref.get("make_multimodal"):
@@ -193,7 +197,7 @@ def test_variant_references_present():
     assert {p.stem for p in VARIANT_REFS} == {
         "llama-defaults-f16", "mistral-defaults-f16", "qwen2-defaults-f16", "gemma3-defaults-f16",
         "phi3-defaults-f16", "llama_bf16-llama3rope-f16", "gemma3-linearrope-f16", "phi3-longrope-f16",
-        "llama-named-f16", "llama-card-f16", "gemma3-multimodal-f16"}
+        "llama-named-f16", "llama-card-f16", "gemma3-multimodal-f16", "llama-noprefix-f16"}
 
 
 def _reference_script():
@@ -216,3 +220,13 @@ def test_streaming_in_row_slices_gives_the_same_bytes(tmp_path, monkeypatch, nam
     out = tmp_path / "out.gguf"
     convert(model_dir(tmp_path, name), out, outtype=outtype, pre=FORCED_PRE.get(name))
     assert_matches(record(out), reference(name, outtype))
+
+
+@pytest.mark.parametrize("name", sorted(FORCED_PRE))
+def test_bpe_check_hash_matches_the_converters(name):
+    """The pre-tokenizer hash, from the tokenizers library, equals what llama.cpp's converter computes
+    through transformers' AutoTokenizer (recorded by scripts/make_convert_refs.py)."""
+    from llmcli.vocab.hf import bpe_check_hash
+
+    expected = json.loads((DATA / "convert_ref" / "bpe_check_hashes.json").read_text())[name]
+    assert bpe_check_hash(DATA / "hf" / name) == expected
