@@ -85,6 +85,11 @@ def test_logits_and_greedy_match_transformers(converted, name, kind):
     _check(converted(name, kind), name, kind, MODELS[name][0])
 
 
+def test_bf16_gguf_of_a_bf16_checkpoint(converted):
+    """llama_bf16 is stored in bfloat16, so a BF16 GGUF holds exactly the reference's weights."""
+    _check(converted("llama_bf16", "bf16"), "llama_bf16", "bf16", "llama")
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
 def test_llamacpp_written_gguf(name):
     """The f16 files llama.cpp's converter wrote, stored whole."""

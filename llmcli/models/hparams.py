@@ -112,7 +112,6 @@ def read_hparams(reader: GGUFReader, arch: str, rope_style: str) -> tuple[HParam
         is_swa=[False] * n_layer,
         n_expert=int(meta.get("expert_count", 0)),
         n_expert_used=int(meta.get("expert_used_count", 0)),
-        expert_weights_scale=float(meta.get("expert_weights_scale", 0.0)),
     )
     if n_head % n_head_kv:
         raise FormatError(f"{reader.path}: {n_head} attention heads are not a multiple of "
