@@ -119,3 +119,19 @@ def test_forward_continues_the_cache_and_reset_forgets_it(converted):
     model.reset()
     first = model.forward(ids[:1])
     assert np.abs(first - ref_logits[0]).max() < TOL
+
+
+def test_generate_stops_after_a_stop_id_and_takes_a_sampler(converted):
+    ids, _, ref_greedy = _reference("qwen2")
+    model = load_model(converted("qwen2", "f32"), threads=1)
+    stop = ref_greedy[5]
+    first = ref_greedy.index(stop)
+    assert list(model.generate(ids, 16, stop_ids=[stop])) == ref_greedy[:first + 1]
+    seen = []
+
+    def sampler(logits):  # greedy, recording what it was given
+        seen.append(logits.shape)
+        return int(np.argmax(logits))
+
+    assert list(model.generate(ids, 4, sampler=sampler)) == ref_greedy[:4]
+    assert seen == [(model.hp.n_vocab,)] * 4

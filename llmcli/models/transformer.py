@@ -245,10 +245,11 @@ class Transformer:
         self.reset()
         return self.forward(ids, 0, all_logits=True)
 
-    def generate(self, prompt_ids, max_tokens: int, sampler=None) -> Iterator[int]:
+    def generate(self, prompt_ids, max_tokens: int, sampler=None, stop_ids=()) -> Iterator[int]:
+        """Greedy (or `sampler(logits) -> id`) continuation from an empty context; see engine.generate."""
         from ..engine.generate import generate
 
-        return generate(self, prompt_ids, max_tokens, sampler)
+        return generate(self, prompt_ids, max_tokens, sampler, stop_ids=stop_ids)
 
     # -- the graph -----------------------------------------------------------------------------
 
