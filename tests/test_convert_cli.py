@@ -115,6 +115,11 @@ def _missing_shard(d: Path) -> str:
     return "model-00002-of-00002.safetensors"
 
 
+def _missing_shard_no_index(d: Path) -> str:
+    (d / "model.safetensors").rename(d / "model-00001-of-00002.safetensors")
+    return "model-00002-of-00002.safetensors"
+
+
 def _truncated_shard(d: Path) -> str:
     data = (d / "model.safetensors").read_bytes()
     (d / "model.safetensors").write_bytes(data[: len(data) // 2])
@@ -154,6 +159,7 @@ BAD_INPUTS = {
     "unknown_arch": ("llama", _unknown_arch),
     "missing_key": ("llama", _missing_key),
     "missing_shard": ("llama", _missing_shard),
+    "missing_shard_no_index": ("llama", _missing_shard_no_index),
     "truncated_shard": ("llama", _truncated_shard),
     "unknown_tensor": ("llama", _unknown_tensor),
     "shape_mismatch": ("mistral", _shape_mismatch),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,15 @@ class Checkpoint:
         names = sorted(n for n in os.listdir(self.dir) if n.startswith("model") and n.endswith(".safetensors"))
         if not names:
             raise BadInputError(f"{self.dir}: no model*.safetensors weights found")
+        # without an index, shard names (model-00002-of-00003.safetensors) still say how many there are
+        for n in names:
+            if m := re.fullmatch(r"model-(\d+)-of-(\d+)\.safetensors", n):
+                width, total = len(m.group(1)), int(m.group(2))
+                for i in range(1, total + 1):
+                    expected = f"model-{i:0{width}d}-of-{m.group(2)}.safetensors"
+                    if expected not in names:
+                        raise BadInputError(f"{self.dir / expected}: shard missing (and no model.safetensors.index.json)")
+                break
         return [self.dir / n for n in names]
 
     def _check_index(self) -> None:
