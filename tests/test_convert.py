@@ -131,6 +131,7 @@ class Q8Quantizer:
 
     def __init__(self):
         self.offered: list[tuple[str, tuple[int, ...], GGMLType]] = []
+        self.quantized: list[str] = []
 
     def choose_type(self, name, gguf_shape, default):
         self.offered.append((name, gguf_shape, default))
@@ -140,6 +141,7 @@ class Q8Quantizer:
         from llmcli.convert.pipeline import encode_q8_0
 
         assert rows.dtype == np.float32 and ggml_type == GGMLType.Q8_0
+        self.quantized.append(name)
         return encode_q8_0(rows)
 
 
@@ -153,6 +155,7 @@ def test_quantizer_hook_plugs_in(tmp_path):
     assert "blk.0.ffn_gate_exps.weight" in offered and "token_embd.weight" in offered
     assert not any(n.endswith("_norm.weight") or "ffn_gate_inp" in n for n in offered)
     assert all(default == GGMLType.F16 for _, _, default in q.offered)
+    assert q.quantized == [name for name, _, _ in q.offered]  # every chosen tensor went through the hook
 
 
 VARIANT_REFS = sorted((DATA / "convert_ref" / "variants").glob("*-f16.json"))

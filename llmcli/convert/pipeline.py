@@ -115,6 +115,7 @@ ENCODERS: dict[GGMLType, Callable[[np.ndarray], np.ndarray]] = {
     GGMLType.Q8_0: encode_q8_0,
 }
 
+FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 _ROWS_PER_CHUNK_BYTES = 64 * 1024 * 1024
 
 
@@ -292,7 +293,9 @@ def _write(writer: GGUFWriter, planned: list[PlannedTensor], quantizer: TensorQu
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=not progress,
               desc="converting", leave=False) as bar, writer.open():
         for p in planned:
-            if p.tensor.load_rows is not None and p.type in ENCODERS:
+            # a quantizer's own types go to the quantizer (its Q8_0 may be ggml's, not gguf-py's)
+            hooked = quantizer is not None and p.type not in FLOAT_TYPES
+            if p.tensor.load_rows is not None and not hooked and p.type in ENCODERS:
                 writer.write_tensor_data(p.tensor.name, encode_by_rows(p.tensor, p.type))
                 bar.update(p.tensor.source_bytes)
                 continue
@@ -300,11 +303,11 @@ def _write(writer: GGUFWriter, planned: list[PlannedTensor], quantizer: TensorQu
             if tuple(data.shape) != p.tensor.shape:
                 raise BadInputError(f"tensor '{p.tensor.name}': got shape {list(data.shape)}, "
                                     f"expected {list(p.tensor.shape)}")
-            if p.type in ENCODERS:
-                encoded = encode(data, p.type)
-            elif quantizer is not None:
+            if hooked:
                 rows = data.astype(np.float32, copy=False).reshape(-1, data.shape[-1])
                 encoded = quantizer.quantize(p.tensor.name, rows, p.type)
+            elif p.type in ENCODERS:
+                encoded = encode(data, p.type)
             else:
                 raise BadInputError(f"tensor '{p.tensor.name}': no encoder for {p.type.name}")
             del data
