@@ -94,6 +94,21 @@ extra_gated_prompt: "You agree to the license"
 Random weights, for tests.
 """
 VARIANT_FILES = {"llama-card": {"README.md": MODEL_CARD}}
+# Checkpoints stored as float16 (the converter keeps f16 data in f16: Q/K permutation and Gemma's
+# norm + 1 happen in half precision): every tensor of model.safetensors cast to float16.
+F16_SOURCE = {"llama-f16src", "gemma3-f16src"}
+VARIANTS["llama-f16src"] = ("llama", {"torch_dtype": "float16", "dtype": "float16"})
+VARIANTS["gemma3-f16src"] = ("gemma3", {"torch_dtype": "float16", "dtype": "float16"})
+
+
+def make_f16_source(src: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(src / "model.safetensors"))
+    save_file({k: v.astype(np.float16) for k, v in tensors.items()}, str(src / "model.safetensors"))
+
+
 # JSON files other than config.json edited for a variant
 VARIANT_JSON_EDITS = {"llama-noprefix": {"tokenizer_config.json": {"add_prefix_space": False}}}
 VARIANTS["llama-noprefix"] = ("llama", {})
@@ -208,6 +223,8 @@ def main() -> None:
             (src / "config.json").write_text(json.dumps(config, indent=2))
             if variant in MULTIMODAL:
                 make_multimodal(src)
+            if variant in F16_SOURCE:
+                make_f16_source(src)
             for fname, file_edits in VARIANT_JSON_EDITS.get(variant, {}).items():
                 content = edit_config(json.loads((src / fname).read_text()), file_edits)
                 (src / fname).write_text(json.dumps(content, indent=2))
@@ -227,6 +244,7 @@ def main() -> None:
             rec["generation_config_edits"] = gen_edits
             rec["extra_files"] = VARIANT_FILES.get(variant, {})
             rec["make_multimodal"] = variant in MULTIMODAL
+            rec["make_f16_source"] = variant in F16_SOURCE
             rec["file_edits"] = VARIANT_JSON_EDITS.get(variant, {})
             rec["command"] = f"convert_hf_to_gguf.py <tests/data/hf/{name} with config.json edits> --outtype f16"
             (out_dir / "variants" / f"{variant}-f16.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False))

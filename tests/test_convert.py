@@ -191,6 +191,8 @@ def test_config_variants_match_llama_cpp(tmp_path, ref_path):
         (d / file).write_text(text, encoding="utf-8")
     if ref.get("make_multimodal"):
         _reference_script().make_multimodal(d)  # the same rewrite the reference was made from
+    if ref.get("make_f16_source"):
+        _reference_script().make_f16_source(d)
     out = tmp_path / "out.gguf"
     convert(d, out, outtype="f16", pre=FORCED_PRE.get(name))
     assert_matches(record(out), ref)
@@ -200,7 +202,8 @@ def test_variant_references_present():
     assert {p.stem for p in VARIANT_REFS} == {
         "llama-defaults-f16", "mistral-defaults-f16", "qwen2-defaults-f16", "gemma3-defaults-f16",
         "phi3-defaults-f16", "llama_bf16-llama3rope-f16", "gemma3-linearrope-f16", "phi3-longrope-f16",
-        "llama-named-f16", "llama-card-f16", "gemma3-multimodal-f16", "llama-noprefix-f16"}
+        "llama-named-f16", "llama-card-f16", "gemma3-multimodal-f16", "llama-noprefix-f16",
+        "llama-f16src-f16", "gemma3-f16src-f16"}
 
 
 def _reference_script():
