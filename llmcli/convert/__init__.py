@@ -5,7 +5,13 @@
 
 Modules: checkpoint (config.json + lazy safetensors), base (what all architectures share),
 one module per architecture family (llama, qwen2, gemma3, phi3, ...) registered in registry,
-metadata (general.* keys, key order), pipeline (type choice, encoders, streaming write).
+metadata (general.* keys, key order) with model_card (README.md front matter), pipeline (type
+choice, encoders, streaming write), kernels (numba float32 -> float16).
+
+Adding an architecture: a module with an `ArchConverter` subclass decorated with
+`@register("HFArchitectureName")` (TENSOR_NAMES table, CONFIG_DEFAULTS, and overrides of
+set_hparams / set_vocab / transform / tensor_outputs as needed), and its name in
+registry.ARCH_MODULES. Converting straight to quantized types: pass a `TensorQuantizer`.
 """
 
 from .pipeline import OUTTYPE_CHOICES, ConvertSummary, TensorQuantizer, convert, default_output
