@@ -9,7 +9,7 @@ It prints GB/s of GGUF bytes streamed, ms per matrix, and the projection for one
 the 127 matrices a token multiplies by) and for pp512. Timings are medians over rounds; the machine
 may be shared, so compare ratios within one run.
 
-    python scripts/bench_kernels.py [--model PATH] [--rounds N] [--threads 1,2] [--no-pp]
+    python scripts/bench_kernels.py [--model PATH] [--rounds N] [--threads 1,2] [--no-pp] [--cpu-time]
 """
 
 from __future__ import annotations
@@ -20,12 +20,34 @@ import time
 from collections import defaultdict
 
 import numpy as np
+from numba import njit, prange
 
 from llmcli.engine.matmul import QuantizedMatrix, matmul, matvec, set_threads
 from llmcli.gguf import GGUFReader
 
 DEMO = "/work/demo/gemma-3-270m-q4_k_m.gguf"
 PP_TOKENS = 512
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _row_sums(a, out):
+    for r in prange(a.shape[0]):
+        s = np.float32(0.0)
+        for k in range(a.shape[1]):
+            s += a[r, k]
+        out[r] = s
+
+
+def yardsticks(rounds: int) -> tuple[float, float]:
+    """This machine's memory read bandwidth (GB/s, a vectorised numba row sum over 128 MB) and
+    numpy/OpenBLAS float32 GEMM speed (GFLOP/s, 512x640 @ 640x2048) measured by the same clock."""
+    a = np.ones((32768, 1024), np.float32)
+    sums = np.empty(32768, np.float32)
+    bandwidth = a.nbytes / median_time(lambda: _row_sums(a, sums), rounds) / 1e9
+    x = np.ones((PP_TOKENS, 640), np.float32)
+    w = np.ones((2048, 640), np.float32)
+    gemm = 2 * PP_TOKENS * 640 * 2048 / median_time(lambda: x @ w.T, rounds) / 1e9
+    return bandwidth, gemm
 
 
 def groups_of(reader: GGUFReader) -> dict[tuple, list[QuantizedMatrix]]:
@@ -40,13 +62,16 @@ def groups_of(reader: GGUFReader) -> dict[tuple, list[QuantizedMatrix]]:
     return dict(groups)
 
 
+CLOCK = time.perf_counter
+
+
 def median_time(fn, rounds: int) -> float:
     fn()  # warm up (and compile)
     times = []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return statistics.median(times)
 
 
@@ -57,7 +82,13 @@ def main() -> None:
     ap.add_argument("--pp-rounds", type=int, default=3)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--no-pp", action="store_true")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with the process CPU clock (1 thread only): on a shared, overloaded machine "
+                         "this leaves out the time other processes held the core")
     args = ap.parse_args()
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
 
     reader = GGUFReader(args.model)
     groups = groups_of(reader)
@@ -70,6 +101,11 @@ def main() -> None:
         header += f" | {n}T mv ms  GB/s"
         if not args.no_pp:
             header += f"  pp ms GFLOP/s"
+    for n in thread_counts:
+        set_threads(n)
+        bandwidth, gemm = yardsticks(args.rounds)
+        print(f"yardsticks at {n} thread(s): memory read {bandwidth:.1f} GB/s (numba row sum), "
+              f"numpy float32 GEMM {gemm:.0f} GFLOP/s (OpenBLAS, its own threads)")
     print(header)
     for (kind, type_name, n_rows, n_cols), mats in sorted(groups.items(), key=lambda kv: -kv[1][0].raw.nbytes):
         nbytes = mats[0].raw.nbytes

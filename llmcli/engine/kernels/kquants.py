@@ -53,13 +53,13 @@ def matvec_q2_k(blocks, x, out):
                 base = 84 * b
                 for n in range(2):
                     for j in range(4):
-                        for h in range(2):
-                            s = 8 * n + 2 * j + h
-                            sc = np.int32(blocks[r, b, s])
-                            offset += dmin * np.float32(sc >> 4) * x_sum[b, s]
-                            fma_lanes(acc, 32 * (j & 1) + 16 * h, d * np.float32(sc & 15), xf, 256 * b + 16 * s,
-                                      row, base + 16 + 32 * n + 16 * h, 2 * j, 3, row, 0, 0, 0, 0, 0, 16,
-                                      False, False)
+                        s = 8 * n + 2 * j  # sub-blocks s and s+1: 32 consecutive weights
+                        sc0 = np.int32(blocks[r, b, s])
+                        sc1 = np.int32(blocks[r, b, s + 1])
+                        offset += dmin * (np.float32(sc0 >> 4) * x_sum[b, s] + np.float32(sc1 >> 4) * x_sum[b, s + 1])
+                        fma_lanes(acc, 32 * (j & 1), d * np.float32(sc0 & 15), d * np.float32(sc1 & 15),
+                                  xf, 256 * b + 16 * s, row, base + 16 + 32 * n, 2 * j, 3,
+                                  row, 0, 0, 0, 0, 0, 32, False, False, False)
             out[r] = lanes_sum(acc, 64) - offset
 
 
@@ -121,12 +121,11 @@ def matvec_q3_k(blocks, x, out):
                 base = 110 * b
                 for n in range(2):
                     for j in range(4):
-                        for h in range(2):
-                            s = 8 * n + 2 * j + h
-                            # q = 2 low bits + 4 * hmask bit - 4
-                            fma_lanes(acc, 32 * (j & 1) + 16 * h, d * np.float32(sc[s]), xf, 256 * b + 16 * s,
-                                      row, base + 32 + 32 * n + 16 * h, 2 * j, 3,
-                                      row, base + 16 * h, 4 * n + j, 1, 4, -4, 16, False, False)
+                        s = 8 * n + 2 * j  # sub-blocks s and s+1: 32 consecutive weights
+                        # q = 2 low bits + 4 * hmask bit - 4
+                        fma_lanes(acc, 32 * (j & 1), d * np.float32(sc[s]), d * np.float32(sc[s + 1]),
+                                  xf, 256 * b + 16 * s, row, base + 32 + 32 * n, 2 * j, 3,
+                                  row, base, 4 * n + j, 1, 4, -4, 32, False, False, False)
             out[r] = lanes_sum(acc, 64)
 
 
@@ -176,10 +175,12 @@ def matvec_q4_k(blocks, x, out):
                     sc1, m1 = scale_min_k4(blocks, r, b, 2 * g, 4)
                     sc2, m2 = scale_min_k4(blocks, r, b, 2 * g + 1, 4)
                     offset += dmin * (np.float32(m1) * x_sum[b, 2 * g] + np.float32(m2) * x_sum[b, 2 * g + 1])
-                    fma_lanes(acc, 0, d * np.float32(sc1), xf, 256 * b + 64 * g, row, base + 16 + 32 * g, 0, 15,
-                              row, 0, 0, 0, 0, 0, 32, False, False)
-                    fma_lanes(acc, 32, d * np.float32(sc2), xf, 256 * b + 64 * g + 32, row, base + 16 + 32 * g,
-                              4, 15, row, 0, 0, 0, 0, 0, 32, False, False)
+                    d1 = d * np.float32(sc1)
+                    d2 = d * np.float32(sc2)
+                    fma_lanes(acc, 0, d1, d1, xf, 256 * b + 64 * g, row, base + 16 + 32 * g, 0, 15,
+                              row, 0, 0, 0, 0, 0, 32, False, False, False)
+                    fma_lanes(acc, 32, d2, d2, xf, 256 * b + 64 * g + 32, row, base + 16 + 32 * g, 4, 15,
+                              row, 0, 0, 0, 0, 0, 32, False, False, False)
             out[r] = lanes_sum(acc, 64) - offset
 
 
@@ -228,10 +229,12 @@ def matvec_q5_k(blocks, x, out):
                     sc1, m1 = scale_min_k4(blocks, r, b, 2 * g, 4)
                     sc2, m2 = scale_min_k4(blocks, r, b, 2 * g + 1, 4)
                     offset += dmin * (np.float32(m1) * x_sum[b, 2 * g] + np.float32(m2) * x_sum[b, 2 * g + 1])
-                    fma_lanes(acc, 0, d * np.float32(sc1), xf, 256 * b + 64 * g, row, base + 48 + 32 * g, 0, 15,
-                              row, base + 16, 2 * g, 1, 16, 0, 32, False, False)
-                    fma_lanes(acc, 32, d * np.float32(sc2), xf, 256 * b + 64 * g + 32, row, base + 48 + 32 * g,
-                              4, 15, row, base + 16, 2 * g + 1, 1, 16, 0, 32, False, False)
+                    d1 = d * np.float32(sc1)
+                    d2 = d * np.float32(sc2)
+                    fma_lanes(acc, 0, d1, d1, xf, 256 * b + 64 * g, row, base + 48 + 32 * g, 0, 15,
+                              row, base + 16, 2 * g, 1, 16, 0, 32, False, False, False)
+                    fma_lanes(acc, 32, d2, d2, xf, 256 * b + 64 * g + 32, row, base + 48 + 32 * g, 4, 15,
+                              row, base + 16, 2 * g + 1, 1, 16, 0, 32, False, False, False)
             out[r] = lanes_sum(acc, 64) - offset
 
 
@@ -284,13 +287,13 @@ def matvec_q6_k(blocks, x, out):
                 base = 210 * b
                 for n in range(2):
                     for c in range(4):
-                        # c=0,2 read ql[64n + l], c=1,3 read ql[64n + 32 + l]; c>=2 take the high nibble
-                        ql = base + 64 * n + 32 * (c & 1)
-                        for h in range(2):
-                            s = 8 * n + 2 * c + h
-                            dl = d * np.float32(signed8(blocks[r, b, 192 + s]))
-                            fma_lanes(acc, 16 * c, dl, xf, 256 * b + 16 * s, row, ql + 16 * h, 4 * (c >> 1), 15,
-                                      row, base + 128 + 32 * n + 16 * h, 2 * c, 3, 16, -32, 16, False, False)
+                        # weights 128n + 32c + l, l < 32 = sub-blocks s, s+1; c=0,2 read ql[64n + l],
+                        # c=1,3 read ql[64n + 32 + l]; c>=2 take the high nibble; qh bits 2c, 2c+1
+                        s = 8 * n + 2 * c
+                        fma_lanes(acc, 32 * (c & 1), d * np.float32(signed8(blocks[r, b, 192 + s])),
+                                  d * np.float32(signed8(blocks[r, b, 193 + s])), xf, 256 * b + 16 * s,
+                                  row, base + 64 * n + 32 * (c & 1), 4 * (c >> 1), 15,
+                                  row, base + 128 + 32 * n, 2 * c, 3, 16, -32, 32, False, False, False)
             out[r] = lanes_sum(acc, 64)
 
 

@@ -42,8 +42,8 @@ def matvec_q8_0(blocks, x, out):
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
                 # even/odd blocks into separate lanes: two independent add chains
-                fma_lanes(acc, 32 * (b & 1), d, xf, 32 * b, row, 34 * b + 2, 0, -1,
-                          row, 0, 0, 0, 0, 0, 32, True, False)
+                fma_lanes(acc, 32 * (b & 1), d, d, xf, 32 * b, row, 34 * b + 2, 0, -1,
+                          row, 0, 0, 0, 0, 0, 32, True, False, False)
             out[r] = lanes_sum(acc, 64)
 
 
@@ -73,10 +73,8 @@ def matvec_q4_0(blocks, x, out):
             row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
-                o = 32 * (b & 1)
-                fma_lanes(acc, o, d, xf, 32 * b, row, 18 * b + 2, 0, 15, row, 0, 0, 0, 0, -8, 16, False, False)
-                fma_lanes(acc, o + 16, d, xf, 32 * b + 16, row, 18 * b + 2, 4, 15, row, 0, 0, 0, 0, -8, 16,
-                          False, False)
+                fma_lanes(acc, 32 * (b & 1), d, d, xf, 32 * b, row, 18 * b + 2, 0, 0,
+                          row, 0, 0, 0, 0, -8, 32, False, False, True)
             out[r] = lanes_sum(acc, 64)
 
 
@@ -114,10 +112,8 @@ def matvec_q4_1(blocks, x, out):
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
                 offset += half_at(blocks, r, b, 2) * x_sum[b]
-                o = 32 * (b & 1)
-                fma_lanes(acc, o, d, xf, 32 * b, row, 20 * b + 4, 0, 15, row, 0, 0, 0, 0, 0, 16, False, False)
-                fma_lanes(acc, o + 16, d, xf, 32 * b + 16, row, 20 * b + 4, 4, 15, row, 0, 0, 0, 0, 0, 16,
-                          False, False)
+                fma_lanes(acc, 32 * (b & 1), d, d, xf, 32 * b, row, 20 * b + 4, 0, 0,
+                          row, 0, 0, 0, 0, 0, 32, False, False, True)
             out[r] = lanes_sum(acc, 64) + offset
 
 
@@ -158,12 +154,9 @@ def matvec_q5_0(blocks, x, out):
             row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
-                o = 32 * (b & 1)
-                # weight j: low nibble + 16 * bit j of qh - 16; weight j+16: high nibble, bit j+16
-                fma_lanes(acc, o, d, xf, 32 * b, row, 22 * b + 6, 0, 15,
-                          row, 22 * b + 2, 0, 1, 16, -16, 16, False, True)
-                fma_lanes(acc, o + 16, d, xf, 32 * b + 16, row, 22 * b + 6, 4, 15,
-                          row, 22 * b + 2, 16, 1, 16, -16, 16, False, True)
+                # weight i: nibble i + 16 * bit i of qh - 16 (low nibbles first, then high)
+                fma_lanes(acc, 32 * (b & 1), d, d, xf, 32 * b, row, 22 * b + 6, 0, 0,
+                          row, 22 * b + 2, 0, 1, 16, -16, 32, False, True, True)
             out[r] = lanes_sum(acc, 64)
 
 
@@ -203,11 +196,8 @@ def matvec_q5_1(blocks, x, out):
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
                 offset += half_at(blocks, r, b, 2) * x_sum[b]
-                o = 32 * (b & 1)
-                fma_lanes(acc, o, d, xf, 32 * b, row, 24 * b + 8, 0, 15,
-                          row, 24 * b + 4, 0, 1, 16, 0, 16, False, True)
-                fma_lanes(acc, o + 16, d, xf, 32 * b + 16, row, 24 * b + 8, 4, 15,
-                          row, 24 * b + 4, 16, 1, 16, 0, 16, False, True)
+                fma_lanes(acc, 32 * (b & 1), d, d, xf, 32 * b, row, 24 * b + 8, 0, 0,
+                          row, 24 * b + 4, 0, 1, 16, 0, 32, False, True, True)
             out[r] = lanes_sum(acc, 64) + offset
 
 

@@ -5,12 +5,16 @@ unknown aliasing between the accumulator and the weight bytes) the "lanes" loops
 compile to scalar code here. This intrinsic emits the vector IR directly, so every format's inner
 step is a handful of zmm/ymm instructions whatever LLVM's loop heuristics decide:
 
-    for i in 0..n-1 (n a compile-time literal, 16 or 32):
+    for i in 0..n-1 (n a compile-time literal, 8, 16 or 32):
         lo  = (byte(src, src_off + i) >> shift) & mask          (byte sign-extended if signed)
+              nibbles: n/2 bytes feed n lanes, lane i < n/2 = byte i & 15, lane n/2+i = byte i >> 4
         hi  = (byte(src2, src2_off + i) >> shift2) & mask2      (src2_bits: bit (shift2 + i) of
                                                                    a 32-bit word at src2_off)
         w   = lo + hi * mul2 + bias
-        acc[acc_off + i] += scale * float(w) * x[x_off + i]
+        acc[acc_off + i] += s_i * float(w) * x[x_off + i]       s_i = scale (i < n/2), scale2 (i >= n/2)
+
+Two scales let one call cover two 16-weight sub-blocks that sit next to each other (Q2_K, Q3_K,
+Q6_K), and the nibble mode lets one call cover a whole 32-weight Q4_0/Q5_0 block.
 
 `src`, `src2` are flat uint8 arrays (e.g. a row of blocks), `x`, `acc` flat float32 arrays.
 """
@@ -28,20 +32,19 @@ def _data_ptr(context, builder, aryty, ary):
 
 
 @intrinsic
-def fma_lanes(typingctx, acc, acc_off, scale, x, x_off, src, src_off, shift, mask,
-              src2, src2_off, shift2, mask2, mul2, bias, n, signed, src2_bits):
-    if not (isinstance(n, types.IntegerLiteral) and isinstance(signed, types.BooleanLiteral)
-            and isinstance(src2_bits, types.BooleanLiteral)):
+def fma_lanes(typingctx, acc, acc_off, scale, scale2, x, x_off, src, src_off, shift, mask,
+              src2, src2_off, shift2, mask2, mul2, bias, n, signed, src2_bits, nibbles):
+    flags = (signed, src2_bits, nibbles)
+    if not (isinstance(n, types.IntegerLiteral) and all(isinstance(f, types.BooleanLiteral) for f in flags)):
         return None
     width = n.literal_value
-    is_signed = signed.literal_value
-    bits_mode = src2_bits.literal_value
-    sig = types.void(acc, acc_off, scale, x, x_off, src, src_off, shift, mask,
-                     src2, src2_off, shift2, mask2, mul2, bias, n, signed, src2_bits)
+    is_signed, bits_mode, nibble_mode = (f.literal_value for f in flags)
+    sig = types.void(acc, acc_off, scale, scale2, x, x_off, src, src_off, shift, mask,
+                     src2, src2_off, shift2, mask2, mul2, bias, n, signed, src2_bits, nibbles)
 
     def codegen(context, builder, signature, args):
-        (acc_v, acc_off_v, scale_v, x_v, x_off_v, src_v, src_off_v, shift_v, mask_v,
-         src2_v, src2_off_v, shift2_v, mask2_v, mul2_v, bias_v, _, _, _) = args
+        (acc_v, acc_off_v, scale_v, scale2_v, x_v, x_off_v, src_v, src_off_v, shift_v, mask_v,
+         src2_v, src2_off_v, shift2_v, mask2_v, mul2_v, bias_v) = args[:16]
         i32, i64, f32, i8 = ir.IntType(32), ir.IntType(64), ir.FloatType(), ir.IntType(8)
         v_i32 = ir.VectorType(i32, width)
         v_f32 = ir.VectorType(f32, width)
@@ -64,34 +67,45 @@ def fma_lanes(typingctx, acc, acc_off, scale, x, x_off, src, src_off, shift, mas
             return builder.bitcast(p, elem_vty.as_pointer())
 
         tys = signature.args
+        half = width // 2
         # first byte source
-        qp = vec_ptr(tys[5], src_v, src_off_v, tys[6], v_i8)
-        q8 = builder.load(qp, align=1)
-        q = builder.sext(q8, v_i32) if is_signed else builder.zext(q8, v_i32)
-        q = builder.ashr(q, splat(as_i32(shift_v, tys[7]), v_i32))
-        q = builder.and_(q, splat(as_i32(mask_v, tys[8]), v_i32))
+        if nibble_mode:
+            v_half = ir.VectorType(i8, half)
+            b = builder.zext(builder.load(vec_ptr(tys[6], src_v, src_off_v, tys[7], v_half), align=1),
+                             ir.VectorType(i32, half))
+            both = builder.shuffle_vector(b, b, ir.Constant(v_i32, list(range(half)) * 2))
+            shifts = ir.Constant(v_i32, [0] * half + [4] * half)
+            q = builder.and_(builder.lshr(both, shifts), ir.Constant(v_i32, [15] * width))
+        else:
+            q8 = builder.load(vec_ptr(tys[6], src_v, src_off_v, tys[7], v_i8), align=1)
+            q = builder.sext(q8, v_i32) if is_signed else builder.zext(q8, v_i32)
+            q = builder.ashr(q, splat(as_i32(shift_v, tys[8]), v_i32))
+            q = builder.and_(q, splat(as_i32(mask_v, tys[9]), v_i32))
         # second source
         if bits_mode:
-            wp = builder.gep(_data_ptr(context, builder, tys[9], src2_v), [as_i64(src2_off_v, tys[10])], inbounds=True)
+            wp = builder.gep(_data_ptr(context, builder, tys[10], src2_v), [as_i64(src2_off_v, tys[11])],
+                             inbounds=True)
             word = builder.load(builder.bitcast(wp, i32.as_pointer()), align=1)
-            lane_shift = builder.add(splat(as_i32(shift2_v, tys[11]), v_i32),
+            lane_shift = builder.add(splat(as_i32(shift2_v, tys[12]), v_i32),
                                      ir.Constant(v_i32, list(range(width))))
             h = builder.lshr(splat(word, v_i32), lane_shift)
         else:
-            hp = vec_ptr(tys[9], src2_v, src2_off_v, tys[10], v_i8)
+            hp = vec_ptr(tys[10], src2_v, src2_off_v, tys[11], v_i8)
             h = builder.zext(builder.load(hp, align=1), v_i32)
-            h = builder.lshr(h, splat(as_i32(shift2_v, tys[11]), v_i32))
-        h = builder.and_(h, splat(as_i32(mask2_v, tys[12]), v_i32))
-        w = builder.add(q, builder.mul(h, splat(as_i32(mul2_v, tys[13]), v_i32)))
-        w = builder.add(w, splat(as_i32(bias_v, tys[14]), v_i32))
+            h = builder.lshr(h, splat(as_i32(shift2_v, tys[12]), v_i32))
+        h = builder.and_(h, splat(as_i32(mask2_v, tys[13]), v_i32))
+        w = builder.add(q, builder.mul(h, splat(as_i32(mul2_v, tys[14]), v_i32)))
+        w = builder.add(w, splat(as_i32(bias_v, tys[15]), v_i32))
         wf = builder.sitofp(w, v_f32)
-        s = context.cast(builder, scale_v, tys[2], types.float32)
-        xp = vec_ptr(tys[3], x_v, x_off_v, tys[4], v_f32)
-        xv = builder.load(xp, align=4)
+        s1 = splat(context.cast(builder, scale_v, tys[2], types.float32), v_f32)
+        s2 = splat(context.cast(builder, scale2_v, tys[3], types.float32), v_f32)
+        scales = builder.shuffle_vector(s1, s2, ir.Constant(v_i32, list(range(half)) + list(range(width, width + half))))
+        xv = builder.load(vec_ptr(tys[4], x_v, x_off_v, tys[5], v_f32), align=4)
         ap = vec_ptr(tys[0], acc_v, acc_off_v, tys[1], v_f32)
         av = builder.load(ap, align=4)
-        prod = builder.fmul(builder.fmul(wf, splat(s, v_f32)), xv)
-        builder.store(builder.fadd(av, prod), ap, align=4)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_f32, [v_f32] * 3),
+                                             f"llvm.fma.v{width}f32")
+        builder.store(builder.call(fma, [builder.fmul(wf, scales), xv, av]), ap, align=4)
         return context.get_dummy_value()
 
     return sig, codegen
