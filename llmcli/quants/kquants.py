@@ -533,15 +533,17 @@ def _dequantize_q6_k(raw, y):
         for b in range(nb):
             blk = raw[r, b * 210:(b + 1) * 210]
             d = _get_f16(blk, 208)
-            o = b * QK_K
             for h in range(2):
                 for s in range(4):
-                    for l in range(32):
-                        low = (blk[64 * h + l + 32 * (s % 2)] >> (4 * (s // 2))) & 0xF
-                        high = (blk[128 + 32 * h + l] >> (2 * s)) & 3
-                        q = np.int32(low | (high << 4)) - 32
-                        sc = np.int8(blk[192 + 8 * h + 2 * s + l // 16])
-                        y[r, o + 128 * h + 32 * s + l] = d * F32(sc) * F32(q)
+                    ql = blk[64 * h + 32 * (s % 2):64 * h + 32 * (s % 2) + 32]
+                    qh = blk[128 + 32 * h:128 + 32 * h + 32]
+                    o = b * QK_K + 128 * h + 32 * s
+                    for half in range(2):
+                        dl = d * F32(np.int8(blk[192 + 8 * h + 2 * s + half]))
+                        for l in range(16 * half, 16 * half + 16):
+                            low = (np.int32(ql[l]) >> (4 * (s // 2))) & 0xF
+                            high = (np.int32(qh[l]) >> (2 * s)) & 3
+                            y[r, o + l] = dl * F32((low | (high << 4)) - 32)
 
 
 # ---------------------------------------------------------------------------------------------
