@@ -8,9 +8,10 @@
 Activations stay float32: the weights are decoded block by block inside the kernels and
 multiplied with float32 x. We chose this over llama.cpp's 8-bit activation quantization
 (Q8_0/Q8_K blocks + integer dot products) because the float path (a) matches a
-dequantize-then-float32 reference to rounding error for every type, (b) vectorises with LLVM
-from numba for every format, whereas integer dot products only paid off for Q8_0 (no VNNI from
-numba), and (c) keeps one simple kernel shape per format. The price is logits that differ from
+dequantize-then-float32 reference to rounding error for every type, (b) every format shares one
+vector step (kernels/simd.py `fma_lanes`: decode 16-32 weights, FMA with float32 x), whereas integer
+dot products only paid off for Q8_0 in kernels.md's measurements (no VNNI from numba), and (c)
+keeps one simple kernel shape per format. The price is logits that differ from
 llama.cpp's native ones by its activation-quantization noise, not by ours.
 
 Mat-vec streams every weight byte once (memory-bound). Mat-mul with 4+ tokens decodes a tile of
@@ -48,7 +49,7 @@ class QuantizedMatrix:
     `raw` is a uint8 (n_rows, row_bytes) view (e.g. `GGUFReader.tensor_bytes`); it is never copied.
     """
 
-    __slots__ = ("raw", "ggml_type", "n_rows", "n_cols", "format", "weights")
+    __slots__ = ("raw", "ggml_type", "n_rows", "n_cols", "format", "weights", "x_shape")
 
     def __init__(self, raw: np.ndarray, ggml_type: GGMLType, n_cols: int):
         ggml_type = GGMLType(ggml_type)
@@ -73,6 +74,9 @@ class QuantizedMatrix:
         weights = weights.view()
         weights.flags.writeable = False
         self.weights = weights
+        # shape of one activation row as the kernels index it, e.g. (n_blocks, 8, 32) for Q4_K
+        group = fmt.x_group
+        self.x_shape = (n_cols // int(np.prod(group)),) + group if group else (n_cols,)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -88,15 +92,14 @@ class QuantizedMatrix:
         return f"QuantizedMatrix({self.ggml_type.name}, {self.n_rows}x{self.n_cols})"
 
     def _x_view(self, x: np.ndarray) -> np.ndarray:
-        group = self.format.x_group
-        if not group:
-            return x
-        return x.reshape((self.n_cols // int(np.prod(group)),) + group)
+        return x.reshape(self.x_shape)
 
 
 def _activations(W: QuantizedMatrix, x: np.ndarray, ndim: int, what: str) -> np.ndarray:
     if x.ndim != ndim or x.shape[-1] != W.n_cols:
         raise BadInputError(f"{what} of shape {x.shape} does not fit a {W.n_rows}x{W.n_cols} matrix")
+    if x.dtype == np.float32 and x.flags.c_contiguous:
+        return x
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -148,10 +151,7 @@ def matmul(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) -> 
 
 def _row_view(W: QuantizedMatrix, rows: np.ndarray) -> np.ndarray:
     """float32 (n, n_cols) -> the (n, *activation view) shape a dequant kernel writes."""
-    group = W.format.x_group
-    if not group:
-        return rows
-    return rows.reshape((rows.shape[0], W.n_cols // int(np.prod(group))) + group)
+    return rows.reshape((rows.shape[0],) + W.x_shape)
 
 
 def dequantize_rows(W: QuantizedMatrix, start: int, stop: int) -> np.ndarray:

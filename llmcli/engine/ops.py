@@ -1,5 +1,8 @@
 """The non-matmul operations of a transformer forward pass, as numba kernels.
 
+Each kernel's per-row (or per-head) body is an inlined function with two drivers: a `prange` one for
+batches and a `_serial` one for single tokens (see PARALLEL_MIN_WORK).
+
 Every kernel works in place or into a caller-provided buffer (no allocation per token), on float32,
 C-contiguous arrays. Shapes use T = tokens in the batch, H = query heads, Hkv = key/value heads,
 Dh = head size, D = model width. Accumulations that ggml does in double (norm sums) are done in
@@ -18,6 +21,18 @@ from numba import njit, prange
 _REASSOCIATE = {"contract", "reassoc", "nsz", "arcp"}
 
 
+@njit(inline="always")
+def _rms_row(x, weight, eps, out, r):
+    n = x.shape[1]
+    ss = 0.0
+    for i in range(n):
+        v = np.float64(x[r, i])
+        ss += v * v
+    scale = np.float32(1.0 / math.sqrt(ss / n + eps))
+    for i in range(n):
+        out[r, i] = x[r, i] * scale * weight[i]
+
+
 @njit(parallel=True, cache=True)
 def rms_norm(x, weight, eps, out):
     """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, for every row r of x (R, N).
@@ -25,15 +40,36 @@ def rms_norm(x, weight, eps, out):
     Norm weights are used as stored: Gemma's (1 + w) offset is already baked in by the converter.
     `out` may be `x` (in place). Also serves QK-norm with x viewed as (T*H, Dh).
     """
-    n_rows, n = x.shape
-    for r in prange(n_rows):
-        ss = 0.0
-        for i in range(n):
-            v = np.float64(x[r, i])
-            ss += v * v
-        scale = np.float32(1.0 / math.sqrt(ss / n + eps))
-        for i in range(n):
-            out[r, i] = x[r, i] * scale * weight[i]
+    for r in prange(x.shape[0]):
+        _rms_row(x, weight, eps, out, r)
+
+
+@njit(cache=True)
+def rms_norm_serial(x, weight, eps, out):
+    for r in range(x.shape[0]):
+        _rms_row(x, weight, eps, out, r)
+
+
+@njit(inline="always")
+def _rope_task(x, cos, sin, pos0, neox, task):
+    n_heads = x.shape[1]
+    half = cos.shape[1]
+    t = task // n_heads
+    h = task % n_heads
+    p = pos0 + t
+    for i in range(half):
+        c = cos[p, i]
+        s = sin[p, i]
+        if neox:
+            a = x[t, h, i]
+            b = x[t, h, i + half]
+            x[t, h, i] = a * c - b * s
+            x[t, h, i + half] = a * s + b * c
+        else:
+            a = x[t, h, 2 * i]
+            b = x[t, h, 2 * i + 1]
+            x[t, h, 2 * i] = a * c - b * s
+            x[t, h, 2 * i + 1] = a * s + b * c
 
 
 @njit(parallel=True, cache=True)
@@ -47,25 +83,75 @@ def rope(x, cos, sin, pos0, neox):
         norm: (x0 x1)(x2 x3)...           neox: x0 .. x[n/2-1] | x[n/2] .. x[n-1]
                pair i = (2i, 2i+1)               pair i = (i, i + n/2)
     """
-    n_tok, n_heads, _ = x.shape
-    half = cos.shape[1]
-    for task in prange(n_tok * n_heads):
-        t = task // n_heads
-        h = task % n_heads
-        p = pos0 + t
-        for i in range(half):
-            c = cos[p, i]
-            s = sin[p, i]
-            if neox:
-                a = x[t, h, i]
-                b = x[t, h, i + half]
-                x[t, h, i] = a * c - b * s
-                x[t, h, i + half] = a * s + b * c
-            else:
-                a = x[t, h, 2 * i]
-                b = x[t, h, 2 * i + 1]
-                x[t, h, 2 * i] = a * c - b * s
-                x[t, h, 2 * i + 1] = a * s + b * c
+    for task in prange(x.shape[0] * x.shape[1]):
+        _rope_task(x, cos, sin, pos0, neox, task)
+
+
+@njit(cache=True)
+def rope_serial(x, cos, sin, pos0, neox):
+    for task in range(x.shape[0] * x.shape[1]):
+        _rope_task(x, cos, sin, pos0, neox, task)
+
+
+@njit(inline="always")
+def _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out, task):
+    n_heads, head_dim = q.shape[1], q.shape[2]
+    head_dim_v = v_cache.shape[2]
+    n_heads_per_kv = n_heads // k_cache.shape[0]
+    t = task // n_heads
+    h = task % n_heads
+    kvh = h // n_heads_per_kv
+    p = pos0 + t
+    start = 0
+    if window > 0 and p - window + 1 > 0:
+        start = p - window + 1
+    n = p + 1 - start
+    scores = np.zeros(n, dtype=np.float32)
+    d4 = head_dim - head_dim % 4
+    for d in range(0, d4, 4):
+        q0, q1, q2, q3 = q[t, h, d], q[t, h, d + 1], q[t, h, d + 2], q[t, h, d + 3]
+        k0 = k_cache[kvh, d, start:start + n]
+        k1 = k_cache[kvh, d + 1, start:start + n]
+        k2 = k_cache[kvh, d + 2, start:start + n]
+        k3 = k_cache[kvh, d + 3, start:start + n]
+        for j in range(n):
+            scores[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j]
+    for d in range(d4, head_dim):
+        qd = q[t, h, d]
+        keys = k_cache[kvh, d, start:start + n]
+        for j in range(n):
+            scores[j] += qd * keys[j]
+    slope = slopes[h]
+    best = -np.inf
+    for j in range(n):
+        s = scores[j] * np.float32(scale)
+        if softcap > 0.0:
+            s = np.float32(softcap * math.tanh(s / softcap))
+        s -= np.float32(slope * (p - (start + j)))
+        scores[j] = s
+        if s > best:
+            best = s
+    total = 0.0
+    for j in range(n):
+        e = np.float32(math.exp(scores[j] - best))
+        scores[j] = e
+        total += e
+    inv = np.float32(1.0 / total)
+    acc = np.zeros(head_dim_v, dtype=np.float32)
+    n4 = n - n % 4
+    for j in range(0, n4, 4):
+        w0, w1, w2, w3 = scores[j] * inv, scores[j + 1] * inv, scores[j + 2] * inv, scores[j + 3] * inv
+        v0, v1 = v_cache[kvh, start + j], v_cache[kvh, start + j + 1]
+        v2, v3 = v_cache[kvh, start + j + 2], v_cache[kvh, start + j + 3]
+        for d in range(head_dim_v):
+            acc[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d]
+    for j in range(n4, n):
+        w = scores[j] * inv
+        values = v_cache[kvh, start + j]
+        for d in range(head_dim_v):
+            acc[d] += w * values[d]
+    for d in range(head_dim_v):
+        out[t, h, d] = acc[d]
 
 
 @njit(parallel=True, cache=True, fastmath=_REASSOCIATE)
@@ -85,90 +171,59 @@ def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
     The scores loop runs over key positions innermost (contiguous in the transposed cache), four
     channels per pass; the value loop over channels, four keys per pass: both vectorise.
     """
-    n_tok, n_heads, head_dim = q.shape
-    n_kv_heads = k_cache.shape[0]
-    head_dim_v = v_cache.shape[2]
-    group = n_heads // n_kv_heads
-    for task in prange(n_tok * n_heads):
-        t = task // n_heads
-        h = task % n_heads
-        kvh = h // group
-        p = pos0 + t
-        start = 0
-        if window > 0 and p - window + 1 > 0:
-            start = p - window + 1
-        n = p + 1 - start
-        scores = np.zeros(n, dtype=np.float32)
-        d4 = head_dim - head_dim % 4
-        for d in range(0, d4, 4):
-            q0, q1, q2, q3 = q[t, h, d], q[t, h, d + 1], q[t, h, d + 2], q[t, h, d + 3]
-            k0 = k_cache[kvh, d, start:start + n]
-            k1 = k_cache[kvh, d + 1, start:start + n]
-            k2 = k_cache[kvh, d + 2, start:start + n]
-            k3 = k_cache[kvh, d + 3, start:start + n]
-            for j in range(n):
-                scores[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j]
-        for d in range(d4, head_dim):
-            qd = q[t, h, d]
-            keys = k_cache[kvh, d, start:start + n]
-            for j in range(n):
-                scores[j] += qd * keys[j]
-        slope = slopes[h]
-        best = -np.inf
-        for j in range(n):
-            s = scores[j] * np.float32(scale)
-            if softcap > 0.0:
-                s = np.float32(softcap * math.tanh(s / softcap))
-            s -= np.float32(slope * (p - (start + j)))
-            scores[j] = s
-            if s > best:
-                best = s
-        total = 0.0
-        for j in range(n):
-            e = np.float32(math.exp(scores[j] - best))
-            scores[j] = e
-            total += e
-        inv = np.float32(1.0 / total)
-        acc = np.zeros(head_dim_v, dtype=np.float32)
-        n4 = n - n % 4
-        for j in range(0, n4, 4):
-            w0, w1, w2, w3 = scores[j] * inv, scores[j + 1] * inv, scores[j + 2] * inv, scores[j + 3] * inv
-            v0, v1 = v_cache[kvh, start + j], v_cache[kvh, start + j + 1]
-            v2, v3 = v_cache[kvh, start + j + 2], v_cache[kvh, start + j + 3]
-            for d in range(head_dim_v):
-                acc[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d]
-        for j in range(n4, n):
-            w = scores[j] * inv
-            values = v_cache[kvh, start + j]
-            for d in range(head_dim_v):
-                acc[d] += w * values[d]
-        for d in range(head_dim_v):
-            out[t, h, d] = acc[d]
+    for task in prange(q.shape[0] * q.shape[1]):
+        _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out, task)
 
 
-@njit(parallel=True, cache=True)
-def silu_mul(gate, up, out):
-    """out = silu(gate) * up, rows of (T, F). out may alias gate or up."""
-    n_rows, n = gate.shape
-    for r in prange(n_rows):
-        for i in range(n):
-            g = gate[r, i]
-            out[r, i] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[r, i]
+@njit(cache=True, fastmath=_REASSOCIATE)
+def attention_serial(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
+    for task in range(q.shape[0] * q.shape[1]):
+        _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out, task)
+
+
+@njit(inline="always")
+def _silu_row(gate, up, out, r):
+    for i in range(gate.shape[1]):
+        g = gate[r, i]
+        out[r, i] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[r, i]
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
+@njit(inline="always")
+def _gelu_row(gate, up, out, r):
+    c = np.float32(_SQRT_2_OVER_PI)
+    for i in range(gate.shape[1]):
+        g = gate[r, i]
+        inner = c * g * (np.float32(1.0) + np.float32(0.044715) * g * g)
+        out[r, i] = np.float32(0.5) * g * (np.float32(1.0) + np.float32(math.tanh(inner))) * up[r, i]
+
+
+@njit(parallel=True, cache=True)
+def silu_mul(gate, up, out):
+    """out = silu(gate) * up, rows of (T, F). out may alias gate or up."""
+    for r in prange(gate.shape[0]):
+        _silu_row(gate, up, out, r)
+
+
+@njit(cache=True)
+def silu_mul_serial(gate, up, out):
+    for r in range(gate.shape[0]):
+        _silu_row(gate, up, out, r)
+
+
 @njit(parallel=True, cache=True)
 def gelu_mul(gate, up, out):
     """out = gelu(gate) * up with the tanh approximation ggml and Gemma use, rows of (T, F)."""
-    n_rows, n = gate.shape
-    c = np.float32(_SQRT_2_OVER_PI)
-    for r in prange(n_rows):
-        for i in range(n):
-            g = gate[r, i]
-            inner = c * g * (np.float32(1.0) + np.float32(0.044715) * g * g)
-            out[r, i] = np.float32(0.5) * g * (np.float32(1.0) + np.float32(math.tanh(inner))) * up[r, i]
+    for r in prange(gate.shape[0]):
+        _gelu_row(gate, up, out, r)
+
+
+@njit(cache=True)
+def gelu_mul_serial(gate, up, out):
+    for r in range(gate.shape[0]):
+        _gelu_row(gate, up, out, r)
 
 
 @njit(cache=True)
@@ -196,3 +251,9 @@ def store_kv(k, v, k_cache, v_cache, pos0):
 
 
 ACTIVATIONS = {"silu": silu_mul, "gelu": gelu_mul}
+ACTIVATIONS_SERIAL = {"silu": silu_mul_serial, "gelu": gelu_mul_serial}
+
+# Below this much work (multiply-adds) a parallel region costs more than it saves: a single token's
+# norms, RoPE and activations, and attention over a short context, run on the calling thread. (With
+# the other core busy, each parallel region can also stall a scheduler tick waiting for its worker.)
+PARALLEL_MIN_WORK = 1 << 16

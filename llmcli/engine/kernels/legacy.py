@@ -1,7 +1,8 @@
 """Mat-vec and dequantize kernels for the 32-weight block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 IQ4_NL (ggml-common.h block structs, dequantize_row_* in ggml-quants.c).
 
-Activations stay float32 (see matmul.py for why); every kernel is the "lanes" shape of common.py.
+Activations stay float32 (see matmul.py for why); every mat-vec is the "lanes" shape of
+common.py with `simd.fma_lanes` as its step (IQ4_NL keeps a plain loop: a table lookup per lane).
 Nibble formats split a block in two halves: byte j holds weight j (low nibble) and weight j+16
 (high nibble), so their activation view is x[block, half, 16].
 """
