@@ -239,12 +239,12 @@ def to_float32(raw: np.ndarray, source: GGMLType) -> np.ndarray:
     return registry.dequantize(raw, source)
 
 
-def convert_rows(raw: np.ndarray, source: GGMLType, target: GGMLType, where: str,
-                 measure: bool = True) -> tuple[np.ndarray, float, float]:
+def convert_rows(raw: np.ndarray, source: GGMLType, target: GGMLType, where: str, measure: bool = True,
+                 on_slab: Callable[[int], None] | None = None) -> tuple[np.ndarray, float, float]:
     """Rows of `source` bytes -> rows of `target` bytes, slab by slab.
 
     Returns (bytes, sum of squared error, sum of squared input); the sums are zero when `measure`
-    is false."""
+    is false. `on_slab(n_input_bytes)` is called after each slab (progress)."""
     n_rows = raw.shape[0]
     if n_rows == 0:
         return np.empty((0, 0), np.uint8), 0.0, 0.0
@@ -265,6 +265,8 @@ def convert_rows(raw: np.ndarray, source: GGMLType, target: GGMLType, where: str
             xf = x.ravel()
             err2 += float(np.dot(d, d))   # float32 BLAS sums: plenty for a report figure
             ref2 += float(np.dot(xf, xf))
+        if on_slab is not None:
+            on_slab(len(q) * raw.shape[1])
     return out, err2, ref2
 
 
@@ -344,9 +346,10 @@ def run_quantize(source, output_path: str | os.PathLike | None, mix: Mix, option
         with writer.open():
             for t in plan.tensors:
                 bar.set_postfix_str(t.name, refresh=False)
-                result = write_tensor(source, writer, t, measure)
+                result = write_tensor(source, writer, t, measure, on_slab=bar.update)
                 report.tensors.append(result)
-                bar.update(t.bytes_in)
+                if not t.converts:
+                    bar.update(t.bytes_in)
                 if on_tensor is not None:
                     on_tensor(result)
     finally:
@@ -355,12 +358,14 @@ def run_quantize(source, output_path: str | os.PathLike | None, mix: Mix, option
     return report
 
 
-def write_tensor(reader, writer: GGUFWriter, t: PlannedTensor, measure: bool = True) -> TensorResult:
+def write_tensor(reader, writer: GGUFWriter, t: PlannedTensor, measure: bool = True,
+                 on_slab: Callable[[int], None] | None = None) -> TensorResult:
     raw = reader.tensor_bytes(t.info)
     if not t.converts:
         writer.write_tensor_data(t.name, raw)
         return _result(t)
-    data, err2, ref2 = convert_rows(raw, t.source, t.target, f"{reader.path}: tensor '{t.name}'", measure)
+    data, err2, ref2 = convert_rows(raw, t.source, t.target, f"{reader.path}: tensor '{t.name}'", measure,
+                                    on_slab)
     writer.write_tensor_data(t.name, data)
     return _result(t, relative_rmse(err2, ref2) if measure else None)
 
