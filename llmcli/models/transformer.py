@@ -256,24 +256,25 @@ class Transformer:
     def _forward_batch(self, ids: np.ndarray, pos0: int, want_logits_rows: bool) -> np.ndarray:
         hp = self.hp
         n = len(ids)
+        norm = ops.rms_norm_serial if n == 1 else ops.rms_norm
         x, h, o = (self._buf(name, n, hp.n_embd) for name in ("x", "h", "o"))
         x[:] = float_rows(self.token_embd_raw[ids], self.token_embd_type)
         if hp.embed_scale != 1.0:
             x *= np.float32(hp.embed_scale)
         for il, blk in enumerate(self.blocks):
-            ops.rms_norm(x, blk.attn_norm, hp.rms_eps, h)
+            norm(x, blk.attn_norm, hp.rms_eps, h)
             self._attention(il, blk, h, o, pos0)
             if hasattr(blk, "post_attention_norm"):
-                ops.rms_norm(o, blk.post_attention_norm, hp.rms_eps, o)
+                norm(o, blk.post_attention_norm, hp.rms_eps, o)
             x += o
-            ops.rms_norm(x, blk.ffn_norm, hp.rms_eps, h)
+            norm(x, blk.ffn_norm, hp.rms_eps, h)
             self._ffn(blk, h, o)
             if hasattr(blk, "post_ffw_norm"):
-                ops.rms_norm(o, blk.post_ffw_norm, hp.rms_eps, o)
+                norm(o, blk.post_ffw_norm, hp.rms_eps, o)
             x += o
         rows = x if want_logits_rows else x[n - 1:]
         normed = h[:len(rows)]
-        ops.rms_norm(rows, self.output_norm, hp.rms_eps, normed)
+        norm(rows, self.output_norm, hp.rms_eps, normed)
         logits = np.empty((len(rows), hp.n_vocab), np.float32)
         self.output(normed, logits)
         if hp.final_softcap:
@@ -296,27 +297,33 @@ class Transformer:
             blk.attn_q(h, q)
             blk.attn_k(h, k)
             blk.attn_v(h, v)
+        single = n == 1
+        norm = ops.rms_norm_serial if single else ops.rms_norm
         q3 = q.reshape(n, hp.n_head, hp.head_dim)
         k3 = k.reshape(n, hp.n_head_kv, hp.head_dim)
         v3 = v.reshape(n, hp.n_head_kv, hp.head_dim_v)
         if hasattr(blk, "attn_q_norm"):
             flat = q.reshape(n * hp.n_head, hp.head_dim)
-            ops.rms_norm(flat, blk.attn_q_norm, hp.rms_eps, flat)
+            norm(flat, blk.attn_q_norm, hp.rms_eps, flat)
         if hasattr(blk, "attn_k_norm"):
             flat = k.reshape(n * hp.n_head_kv, hp.head_dim)
-            ops.rms_norm(flat, blk.attn_k_norm, hp.rms_eps, flat)
+            norm(flat, blk.attn_k_norm, hp.rms_eps, flat)
         swa = hp.is_swa[il]
         table = self.rope_swa if swa else self.rope_global
         if table is not None:
             neox = hp.rope_style == "neox"
-            ops.rope(q3, table[0], table[1], pos0, neox)
-            ops.rope(k3, table[0], table[1], pos0, neox)
+            rope = ops.rope_serial if single else ops.rope
+            rope(q3, table[0], table[1], pos0, neox)
+            rope(k3, table[0], table[1], pos0, neox)
         k_cache, v_cache = self.cache.layer(il)
         ops.store_kv(k3, v3, k_cache, v_cache, pos0)
         attn = self._buf("attn", n, hp.n_head * hp.head_dim_v)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
-        ops.attention(q3, k_cache, v_cache, pos0, hp.attn_scale, hp.attn_softcap,
-                      hp.n_swa if swa else 0, self.slopes, a3)
+        window = hp.n_swa if swa else 0
+        n_keys = pos0 + n if window <= 0 else min(pos0 + n, window)
+        work = n * hp.n_head * n_keys * (hp.head_dim + hp.head_dim_v)
+        attention = ops.attention if work >= ops.PARALLEL_MIN_WORK else ops.attention_serial
+        attention(q3, k_cache, v_cache, pos0, hp.attn_scale, hp.attn_softcap, window, self.slopes, a3)
         blk.attn_output(attn, out)
 
     def _ffn(self, blk, h: np.ndarray, out: np.ndarray) -> None:
@@ -328,7 +335,7 @@ class Transformer:
 
     def _dense_ffn(self, gate_w, up_w, down_w, h, out) -> None:
         n = h.shape[0]
-        act = ops.ACTIVATIONS[self.spec.activation]
+        act = (ops.ACTIVATIONS_SERIAL if n == 1 else ops.ACTIVATIONS)[self.spec.activation]
         if gate_w is not None:
             width = gate_w.n_out
             gate, up = self._buf("gate", n, width), self._buf("up", n, width)
