@@ -191,16 +191,12 @@ class Transformer:
     # -- running -------------------------------------------------------------------------------
 
     def set_threads(self, threads: int | None) -> None:
-        import numba
+        """Threads for every kernel (numba's pool); None: one per physical core."""
+        from ..engine import matmul
 
-        from ..engine import linear
-
-        n = int(threads or numba.config.NUMBA_NUM_THREADS)
-        n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
-        numba.set_num_threads(n)
-        if hasattr(linear.mm, "set_threads"):
-            linear.mm.set_threads(n)
-        self.threads = n
+        n = matmul.default_threads() if threads is None else int(threads)
+        matmul.set_threads(n)
+        self.threads = matmul.get_threads()
 
     @property
     def n_past(self) -> int:
