@@ -116,7 +116,7 @@ ENCODERS: dict[GGMLType, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
-_ROWS_PER_CHUNK_BYTES = 64 * 1024 * 1024
+_ROWS_PER_CHUNK_BYTES = 16 * 1024 * 1024  # float32 bytes per slice: keeps temporaries small
 
 
 def encode(a: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
