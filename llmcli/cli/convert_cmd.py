@@ -17,7 +17,7 @@ from .format import human_bytes, human_count
 def convert(
     model_dir: Path = typer.Argument(..., help="Hugging Face model directory (config.json, *.safetensors, tokenizer)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output",
-                                          help="Output GGUF file [default: ./<DIR name>-<outtype>.gguf]."),
+                                          help="Output GGUF file (default: ./<DIR name>-<outtype>.gguf)."),
     outtype: str = typer.Option("f16", "--outtype", help="f32, f16, bf16, q8_0 or auto (bf16 if stored bf16, else f16) as llama.cpp's converter writes them; "
                                  "or a quantization type (Q4_K_M, Q6_K, ... as `llmcli quantize --type`): the f16 "
                                  "conversion quantized in the same pass."),
