@@ -148,8 +148,8 @@ def test_output_buffers_and_threads():
         assert matmul(W, X, out) is out
         np.testing.assert_allclose(out, one, rtol=1e-6, atol=1e-6)
         y = np.empty(64, np.float32)
-        assert matvec(W, X[2], y) is y
-        np.testing.assert_allclose(y, one[2], rtol=1e-6, atol=1e-6)
+        assert matvec(W, X[2], y) is y  # mat-vec and GEMM sum in different orders
+        np.testing.assert_allclose(y, one[2], rtol=1e-5, atol=1e-5)
     finally:
         set_threads(before)
 
@@ -172,3 +172,15 @@ def test_bad_shapes_are_reported():
         matmul(W, np.zeros((3, 32), np.float32), out=np.empty((3, 5), np.float32))
     with pytest.raises(BadInputError):
         set_threads(0)
+
+
+def test_matmul_over_several_tiles():
+    """Wide rows: the prompt GEMM decodes the matrix in several row tiles plus a <32-row remainder."""
+    rng = np.random.default_rng(13)
+    raw = random_rows("Q4_0", 300, 2048, rng)  # 128-row tiles of 2048 floats: 128 + 128 + 32 + 12
+    W = QuantizedMatrix(raw, GGMLType.Q4_0, 2048)
+    weights = reference_weights(raw, "Q4_0")
+    X = rng.standard_normal((13, 2048)).astype(np.float32)
+    expected = X.astype(np.float64) @ weights.astype(np.float64).T
+    bound = 2e-5 * np.outer(np.linalg.norm(X, axis=1), np.linalg.norm(weights, axis=1))
+    assert np.all(np.abs(matmul(W, X) - expected) <= bound)

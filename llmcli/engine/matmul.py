@@ -15,8 +15,9 @@ keeps one simple kernel shape per format. The price is logits that differ from
 llama.cpp's native ones by its activation-quantization noise, not by ours.
 
 Mat-vec streams every weight byte once (memory-bound). Mat-mul with 4+ tokens decodes a tile of
-rows to float32 once per call (in a reused scratch buffer, ~1 MB so it stays in L2) and runs a
-register-blocked float32 GEMM over it (compute-bound); fewer tokens run one mat-vec per token.
+rows to float32 once per call (in a reused scratch buffer, ~1 MB so it stays in L2), transposes it
+and runs a register-blocked float32 GEMM over it (compute-bound); fewer tokens run one mat-vec
+per token.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 
 from ..errors import BadInputError, UnsupportedError
 from ..gguf.constants import TYPE_INFO, GGMLType
-from .kernels import FORMATS, gemm_nt
+from .kernels import FORMATS, gemm_nt, gemm_tn, transpose
 
 __all__ = ["QuantizedMatrix", "matvec", "matmul", "dequantize_rows", "set_threads", "get_threads",
            "default_threads", "supported_types"]
@@ -37,6 +38,8 @@ __all__ = ["QuantizedMatrix", "matvec", "matmul", "dequantize_rows", "set_thread
 GEMM_MIN_TOKENS = 4
 # float32 bytes of one decoded weight tile: fits the per-core L2 next to the activation rows.
 GEMM_TILE_BYTES = 1 << 20
+# The GEMM micro-kernel covers 32 weight rows at a time (kernels/gemm.py).
+COLUMNS_PER_TILE_STEP = 32
 
 
 def supported_types() -> list[GGMLType]:
@@ -120,15 +123,15 @@ def matvec(W: QuantizedMatrix, x: np.ndarray, out: np.ndarray | None = None) -> 
     return out
 
 
-_scratch = np.empty(0, np.float32)
+_scratch: dict[str, np.ndarray] = {}
 
 
-def _scratch_rows(n_rows: int, n_cols: int) -> np.ndarray:
+def _scratch_2d(name: str, n_rows: int, n_cols: int) -> np.ndarray:
     """A reused float32 (n_rows, n_cols) buffer (not thread-safe: one engine thread calls us)."""
-    global _scratch
-    if _scratch.size < n_rows * n_cols:
-        _scratch = np.empty(n_rows * n_cols, np.float32)
-    return _scratch[: n_rows * n_cols].reshape(n_rows, n_cols)
+    buf = _scratch.get(name)
+    if buf is None or buf.size < n_rows * n_cols:
+        buf = _scratch[name] = np.empty(n_rows * n_cols, np.float32)
+    return buf[: n_rows * n_cols].reshape(n_rows, n_cols)
 
 
 def matmul(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -140,12 +143,21 @@ def matmul(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) -> 
         for t in range(n_tokens):
             W.format.matvec(W.weights, W._x_view(X[t]), out[t])
         return out
-    tile = max(4, GEMM_TILE_BYTES // (4 * W.n_cols) // 4 * 4)
-    for start in range(0, W.n_rows, tile):
-        stop = min(W.n_rows, start + tile)
-        decoded = _scratch_rows(stop - start, W.n_cols)
+    # Rows in tiles of a multiple of 32: decode, transpose (k-major), micro-kernel GEMM.
+    strip = COLUMNS_PER_TILE_STEP
+    tile = max(strip, GEMM_TILE_BYTES // (4 * W.n_cols) // strip * strip)
+    full = W.n_rows - W.n_rows % strip
+    for start in range(0, full, tile):
+        stop = min(full, start + tile)
+        decoded = _scratch_2d("rows", stop - start, W.n_cols)
         W.format.dequant(W.weights[start:stop], _row_view(W, decoded))
-        gemm_nt(X, decoded, out, start)
+        decoded_t = _scratch_2d("cols", W.n_cols, stop - start)
+        transpose(decoded, decoded_t)
+        gemm_tn(X, decoded_t, out, start)
+    if full < W.n_rows:  # the last n_rows % 32 rows: dot-product GEMM on untransposed rows
+        decoded = _scratch_2d("rows", W.n_rows - full, W.n_cols)
+        W.format.dequant(W.weights[full:], _row_view(W, decoded))
+        gemm_nt(X, decoded, out, full)
     return out
 
 

@@ -1,18 +1,55 @@
-"""float32 GEMM for prompt processing: out[t, col0 + r] = X[t] . W[r] for a tile of decoded rows.
+"""float32 GEMMs for prompt processing: out[t, col0 + r] = X[t] . W[r] for a tile of decoded rows.
 
 Prompt processing is compute bound, so each weight tile is decoded to float32 once per batch
-(by a format's `dequant` kernel) and multiplied here. The work unit is a 4-token x 4-row block
-held in 16 accumulators; with fastmath LLVM turns each into a zmm register of partial sums over k,
-so one pass over k loads 4 x-rows and 4 w-rows per 16 FMAs.
+(by a format's `dequant` kernel) and multiplied here.
 
-    X (T, K) row-major     W tile (R, K) row-major (L2-resident)     out (T, n_rows_total)
-    prange over token quads -> for each row quad of the tile -> 16 dot products over k
+`gemm_tn` (the fast one) takes the tile transposed, Wt (K, R) with R a multiple of 32, and runs
+`simd.gemm_micro`: 6 tokens x 32 rows in 12 zmm accumulators over the whole k loop, one broadcast
+of x and two loads of Wt per 12 FMAs, no horizontal sums (~1.5x `gemm_nt` here).
+
+    X (T, K) row-major     Wt (K, R) row-major (L2-resident)      out (T, n_rows_total)
+    prange over groups of 6 tokens -> for each 32-column strip of Wt -> gemm_micro
+
+`gemm_nt` is the dot-product form for the leftover rows (R not a multiple of 32): a 4-token x
+4-row block in 16 accumulators that fastmath lets LLVM keep as vector partial sums over k.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from .simd import gemm_micro
+
+TOKENS_PER_MICRO = 6
+COLUMNS_PER_MICRO = 32
+
+
+@njit(parallel=True, cache=True)
+def transpose(src, dst):
+    """dst (K, R) = src (R, K).T, in 32x32 blocks so both sides stay in cache lines."""
+    n_rows, n_cols = src.shape
+    for rb in prange((n_rows + 31) // 32):
+        for cb in range(0, n_cols, 32):
+            for r in range(32 * rb, min(n_rows, 32 * rb + 32)):
+                for c in range(cb, min(n_cols, cb + 32)):
+                    dst[c, r] = src[r, c]
+
+
+@njit(parallel=True, cache=True)
+def gemm_tn(x, wt, out, col0):
+    """out[t, col0 + r] = X[t] . Wt[:, r]; Wt (K, R) with R a multiple of 32."""
+    n_tokens, n_k = x.shape
+    n_cols = wt.shape[1]
+    n_groups = n_tokens // TOKENS_PER_MICRO
+    for g in prange(n_groups + n_tokens % TOKENS_PER_MICRO):
+        if g < n_groups:
+            for c0 in range(0, n_cols, COLUMNS_PER_MICRO):
+                gemm_micro(x, TOKENS_PER_MICRO * g, 6, wt, c0, out, col0, n_k)
+        else:
+            t = TOKENS_PER_MICRO * n_groups + (g - n_groups)
+            for c0 in range(0, n_cols, COLUMNS_PER_MICRO):
+                gemm_micro(x, t, 1, wt, c0, out, col0, n_k)
 
 
 @njit(inline="always")
