@@ -12,9 +12,9 @@ same branches, so these functions follow ggml's arithmetic exactly:
 * comparisons keep ggml's NaN behaviour (`a > b` is false when either is NaN);
 * `error_model="numpy"`: x/0 gives inf/NaN as in C instead of raising.
 
-Only the variants that llama-quantize runs without an importance matrix are here: make_qx_quants
-with rmse_type 1 and x*x weights (Q6_K), make_q3_quants with rmse (Q3_K), make_qkx2_quants (Q2_K,
-Q4_K, Q5_K).
+Only the variants that llama-quantize runs without an importance matrix are here: make_q3_quants
+with rmse (Q3_K, one sub-block at a time), and make_qx_quants with rmse_type 1 and x*x weights
+(Q6_K) and make_qkx2_quants (Q2_K, Q4_K, Q5_K) as "lane" searches over 16 sub-blocks at once.
 """
 
 from __future__ import annotations

@@ -5,8 +5,14 @@ llama-quantize runs for these types when no importance matrix is given (`quantiz
 to the _ref function when quant_weights is NULL); dequantizing equals `dequantize_row_q*_K`.
 The per-sub-block scale searches live in kquant_search.py; this module holds the block layouts.
 
-All kernels run `prange` over rows; each row is independent, so thread count never changes bytes.
-Every float op is float32 in ggml's order (see kquant_search.py for why that decides identity).
+Kernels run `prange` over rows (Q4_K/Q5_K over pairs of blocks, whose searches share 16 SIMD
+lanes); blocks are independent, so the thread count never changes the bytes. Every float op is
+float32 in ggml's order (see kquant_search.py for why that decides identity).
+
+Differences from ggml, both outside what a file can hold: for an all-zero Q8_K block ggml leaves
+bsums as they were in the output buffer, here they are 0; NaN scales are stored as ggml's
+software fp16 conversion would (0x7E00 | sign) only for the default NaN, other payloads keep
+their top mantissa bits (vcvtps2ph).
 """
 
 from __future__ import annotations
