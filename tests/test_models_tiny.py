@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from llmcli.convert.pipeline import convert
+from llmcli.errors import BadInputError
 from llmcli.models import load_model
 
 DATA = Path(__file__).parent / "data"
@@ -135,3 +136,19 @@ def test_generate_stops_after_a_stop_id_and_takes_a_sampler(converted):
 
     assert list(model.generate(ids, 4, sampler=sampler)) == ref_greedy[:4]
     assert seen == [(model.hp.n_vocab,)] * 4
+
+
+def test_sliding_window_ring_cache_and_rewinding(converted):
+    """gemma2 (window 16, layer 0 sliding): with batches of 5 its sliding layer keeps a ring of
+    21 positions; continuing, rewinding a little (the ring still holds the window) and rewinding far
+    (the prefix is evaluated again) all give the reference logits."""
+    ids, ref_logits, ref_greedy = _reference("gemma2")
+    model = load_model(converted("gemma2", "f32"), threads=1, batch_size=5, ctx_size=128)
+    assert model.hp.is_swa == [True, False] and model.cache.slots == [16 + 5, 128]
+    model.forward(ids)
+    for pos in (len(ids) - 3, 10, 0):
+        last = model.forward(ids[pos:], pos=pos)
+        assert np.abs(last - ref_logits[-1]).max() < TOL, pos
+    assert list(model.generate(ids, 16)) == ref_greedy
+    with pytest.raises(BadInputError, match="leaves a gap"):
+        model.forward([5], pos=model.n_past + 1)

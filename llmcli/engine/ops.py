@@ -98,6 +98,7 @@ def _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, o
     n_heads, head_dim = q.shape[1], q.shape[2]
     head_dim_v = v_cache.shape[2]
     n_heads_per_kv = n_heads // k_cache.shape[0]
+    ring = k_cache.shape[2]  # position p lives in slot p % ring
     t = task // n_heads
     h = task % n_heads
     kvh = h // n_heads_per_kv
@@ -108,19 +109,26 @@ def _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, o
     n = p + 1 - start
     scores = np.zeros(n, dtype=np.float32)
     d4 = head_dim - head_dim % 4
-    for d in range(0, d4, 4):
-        q0, q1, q2, q3 = q[t, h, d], q[t, h, d + 1], q[t, h, d + 2], q[t, h, d + 3]
-        k0 = k_cache[kvh, d, start:start + n]
-        k1 = k_cache[kvh, d + 1, start:start + n]
-        k2 = k_cache[kvh, d + 2, start:start + n]
-        k3 = k_cache[kvh, d + 3, start:start + n]
-        for j in range(n):
-            scores[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j]
-    for d in range(d4, head_dim):
-        qd = q[t, h, d]
-        keys = k_cache[kvh, d, start:start + n]
-        for j in range(n):
-            scores[j] += qd * keys[j]
+    # keys start .. p are at most two contiguous runs of slots (one when the cache does not wrap)
+    j0 = 0
+    while j0 < n:
+        slot = (start + j0) % ring
+        m = min(n - j0, ring - slot)
+        run = scores[j0:j0 + m]
+        for d in range(0, d4, 4):
+            q0, q1, q2, q3 = q[t, h, d], q[t, h, d + 1], q[t, h, d + 2], q[t, h, d + 3]
+            k0 = k_cache[kvh, d, slot:slot + m]
+            k1 = k_cache[kvh, d + 1, slot:slot + m]
+            k2 = k_cache[kvh, d + 2, slot:slot + m]
+            k3 = k_cache[kvh, d + 3, slot:slot + m]
+            for j in range(m):
+                run[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j]
+        for d in range(d4, head_dim):
+            qd = q[t, h, d]
+            keys = k_cache[kvh, d, slot:slot + m]
+            for j in range(m):
+                run[j] += qd * keys[j]
+        j0 += m
     slope = slopes[h]
     best = -np.inf
     for j in range(n):
@@ -138,18 +146,24 @@ def _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, o
         total += e
     inv = np.float32(1.0 / total)
     acc = np.zeros(head_dim_v, dtype=np.float32)
-    n4 = n - n % 4
-    for j in range(0, n4, 4):
-        w0, w1, w2, w3 = scores[j] * inv, scores[j + 1] * inv, scores[j + 2] * inv, scores[j + 3] * inv
-        v0, v1 = v_cache[kvh, start + j], v_cache[kvh, start + j + 1]
-        v2, v3 = v_cache[kvh, start + j + 2], v_cache[kvh, start + j + 3]
-        for d in range(head_dim_v):
-            acc[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d]
-    for j in range(n4, n):
-        w = scores[j] * inv
-        values = v_cache[kvh, start + j]
-        for d in range(head_dim_v):
-            acc[d] += w * values[d]
+    j0 = 0
+    while j0 < n:
+        slot = (start + j0) % ring
+        m = min(n - j0, ring - slot)
+        m4 = m - m % 4
+        for j in range(0, m4, 4):
+            w0, w1 = scores[j0 + j] * inv, scores[j0 + j + 1] * inv
+            w2, w3 = scores[j0 + j + 2] * inv, scores[j0 + j + 3] * inv
+            v0, v1 = v_cache[kvh, slot + j], v_cache[kvh, slot + j + 1]
+            v2, v3 = v_cache[kvh, slot + j + 2], v_cache[kvh, slot + j + 3]
+            for d in range(head_dim_v):
+                acc[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d]
+        for j in range(m4, m):
+            w = scores[j0 + j] * inv
+            values = v_cache[kvh, slot + j]
+            for d in range(head_dim_v):
+                acc[d] += w * values[d]
+        j0 += m
     for d in range(head_dim_v):
         out[t, h, d] = acc[d]
 
@@ -158,9 +172,10 @@ def _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, o
 def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
     """Causal multi-head attention of T new queries against the cache, written to out.
 
-    q, out: (T, H, Dh); k_cache: (Hkv, Dh, n_ctx) (keys transposed, see KVCache);
-    v_cache: (Hkv, n_ctx, Dv); both hold positions 0 .. pos0 + T - 1. Query head h reads key/value
-    head h // (H / Hkv) (grouped-query attention). Per query at position p, keys j in
+    q, out: (T, H, Dh); k_cache: (Hkv, Dh, n_slots) (keys transposed, see KVCache);
+    v_cache: (Hkv, n_slots, Dv); position p is in slot p % n_slots (a ring for sliding-window
+    layers; n_slots >= n_ctx otherwise), every position the queries see present. Query head h
+    reads key/value head h // (H / Hkv) (grouped-query attention). Per query at position p, keys j in
     [max(0, p - window + 1), p] (window <= 0: no sliding window):
 
         s_j = scale * (q . k_j)
@@ -237,17 +252,18 @@ def softcap_(x, cap):
 
 @njit(cache=True)
 def store_kv(k, v, k_cache, v_cache, pos0):
-    """Copy this batch's keys (T, Hkv, Dh) into the transposed key cache (Hkv, Dh, n_ctx) and its
-    values (T, Hkv, Dv) into the value cache (Hkv, n_ctx, Dv), at positions pos0 .. pos0 + T - 1."""
+    """Copy this batch's keys (T, Hkv, Dh) into the transposed key cache (Hkv, Dh, n_slots) and its
+    values (T, Hkv, Dv) into the value cache (Hkv, n_slots, Dv): position p goes to slot p % n_slots."""
     n_tok, n_kv_heads, head_dim = k.shape
     head_dim_v = v.shape[2]
+    ring = k_cache.shape[2]
     for h in range(n_kv_heads):
         for d in range(head_dim):
             for t in range(n_tok):
-                k_cache[h, d, pos0 + t] = k[t, h, d]
+                k_cache[h, d, (pos0 + t) % ring] = k[t, h, d]
         for t in range(n_tok):
             for d in range(head_dim_v):
-                v_cache[h, pos0 + t, d] = v[t, h, d]
+                v_cache[h, (pos0 + t) % ring, d] = v[t, h, d]
 
 
 ACTIVATIONS = {"silu": silu_mul, "gelu": gelu_mul}

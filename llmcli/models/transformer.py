@@ -67,7 +67,10 @@ class Transformer:
         self._load_weights()
         self._build_rope()
         self.slopes = hp.alibi_slopes()
-        self.cache = KVCache(hp.n_layer, hp.n_head_kv, self.n_ctx, hp.head_dim, hp.head_dim_v)
+        # Sliding-window layers keep a ring of window + batch positions: enough for any batch's queries.
+        self.cache = KVCache([min(self.n_ctx, hp.n_swa + self.batch_size) if swa else self.n_ctx
+                              for swa in hp.is_swa], hp.n_head_kv, hp.head_dim, hp.head_dim_v)
+        self._history = np.zeros(self.n_ctx, np.int64)  # the ids at positions 0 .. n_past - 1
         self._alloc_buffers(self.batch_size)
 
     @classmethod
@@ -224,6 +227,15 @@ class Transformer:
         if len(bad):
             raise BadInputError(f"token id {int(bad[0])} is outside the vocabulary of "
                                 f"{self.token_embd_raw.shape[0]} tokens")
+        if pos > self.cache.n_past:
+            raise BadInputError(f"position {pos} leaves a gap: only {self.cache.n_past} positions are "
+                                f"evaluated")
+        if pos < self.cache.n_past and not self._ring_holds_window_before(pos):
+            # Rewound past what the sliding-window rings still hold: evaluate the kept prefix again.
+            prefix = self._history[:pos].copy()
+            self.cache.n_past = 0
+            if pos:
+                self.forward(prefix, 0)
         outs = []
         for start in range(0, len(ids), self.batch_size):
             chunk = ids[start:start + self.batch_size]
@@ -233,8 +245,19 @@ class Transformer:
                 outs.append(logits)
             elif last:
                 outs.append(logits[-1])
+        self._history[pos:pos + len(ids)] = ids
         self.cache.n_past = pos + len(ids)
         return np.concatenate(outs) if all_logits else outs[-1]
+
+    def _ring_holds_window_before(self, pos: int) -> bool:
+        """Whether every sliding-window ring still holds the window of positions before `pos`
+        (positions up to n_past - 1 have been written over older ones)."""
+        for swa, slots in zip(self.hp.is_swa, self.cache.slots):
+            if swa and slots < self.n_ctx:
+                oldest_needed = max(0, pos - self.hp.n_swa + 1)
+                if self.cache.n_past - 1 >= oldest_needed + slots:
+                    return False
+        return True
 
     def logits(self, ids) -> np.ndarray:
         """Full-sequence logits (len(ids), n_vocab) from an empty context."""
