@@ -109,6 +109,28 @@ def make_f16_source(src: Path) -> None:
     save_file({k: v.astype(np.float16) for k, v in tensors.items()}, str(src / "model.safetensors"))
 
 
+# Files removed for a variant: SPM Llama with tokenizer.json only (llama.cpp's LlamaHfVocab path)
+VARIANT_REMOVE = {"llama-hfvocab": ["tokenizer.model"], "mistral-hfvocab": ["tokenizer.model"]}
+VARIANTS["llama-hfvocab"] = ("llama", {})
+VARIANTS["mistral-hfvocab"] = ("mistral", {})
+# ... and with two tokens added beyond the base vocabulary: one special (listed in
+# extra_special_tokens), one plain
+VARIANT_REMOVE["llama-hfvocab-added"] = ["tokenizer.model"]
+VARIANTS["llama-hfvocab-added"] = ("llama", {})
+ADD_TOKENS = {"llama-hfvocab-added"}
+
+
+def add_tokens(src: Path) -> None:
+    tok = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    base = len(tok["model"]["vocab"])
+    for i, (text, special) in enumerate((("<|im_start|>", True), ("<tool>", False))):
+        tok["added_tokens"].append({"id": base + i, "content": text, "single_word": False, "lstrip": False,
+                                    "rstrip": False, "normalized": False, "special": special})
+    (src / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
+    cfg = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg["extra_special_tokens"] = list(cfg.get("extra_special_tokens", [])) + ["<|im_start|>"]
+    (src / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+
 # JSON files other than config.json edited for a variant
 VARIANT_JSON_EDITS = {"llama-noprefix": {"tokenizer_config.json": {"add_prefix_space": False}}}
 VARIANTS["llama-noprefix"] = ("llama", {})
@@ -225,6 +247,10 @@ def main() -> None:
                 make_multimodal(src)
             if variant in F16_SOURCE:
                 make_f16_source(src)
+            for fname in VARIANT_REMOVE.get(variant, []):
+                (src / fname).unlink()
+            if variant in ADD_TOKENS:
+                add_tokens(src)
             for fname, file_edits in VARIANT_JSON_EDITS.get(variant, {}).items():
                 content = edit_config(json.loads((src / fname).read_text()), file_edits)
                 (src / fname).write_text(json.dumps(content, indent=2))
@@ -245,6 +271,8 @@ def main() -> None:
             rec["extra_files"] = VARIANT_FILES.get(variant, {})
             rec["make_multimodal"] = variant in MULTIMODAL
             rec["make_f16_source"] = variant in F16_SOURCE
+            rec["remove_files"] = VARIANT_REMOVE.get(variant, [])
+            rec["add_tokens"] = variant in ADD_TOKENS
             rec["file_edits"] = VARIANT_JSON_EDITS.get(variant, {})
             rec["command"] = f"convert_hf_to_gguf.py <tests/data/hf/{name} with config.json edits> --outtype f16"
             (out_dir / "variants" / f"{variant}-f16.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False))

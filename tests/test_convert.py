@@ -193,6 +193,10 @@ def test_config_variants_match_llama_cpp(tmp_path, ref_path):
         _reference_script().make_multimodal(d)  # the same rewrite the reference was made from
     if ref.get("make_f16_source"):
         _reference_script().make_f16_source(d)
+    for file in ref.get("remove_files", []):
+        (d / file).unlink()
+    if ref.get("add_tokens"):
+        _reference_script().add_tokens(d)
     out = tmp_path / "out.gguf"
     convert(d, out, outtype="f16", pre=FORCED_PRE.get(name))
     assert_matches(record(out), ref)
@@ -203,7 +207,8 @@ def test_variant_references_present():
         "llama-defaults-f16", "mistral-defaults-f16", "qwen2-defaults-f16", "gemma3-defaults-f16",
         "phi3-defaults-f16", "llama_bf16-llama3rope-f16", "gemma3-linearrope-f16", "phi3-longrope-f16",
         "llama-named-f16", "llama-card-f16", "gemma3-multimodal-f16", "llama-noprefix-f16",
-        "llama-f16src-f16", "gemma3-f16src-f16"}
+        "llama-f16src-f16", "gemma3-f16src-f16", "llama-hfvocab-f16", "mistral-hfvocab-f16",
+        "llama-hfvocab-added-f16"}
 
 
 def _reference_script():

@@ -20,7 +20,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import BadInputError, UnsupportedError
+from ..errors import BadInputError
+from ..vocab import hf as vocab
 from .base import COMMON_TENSOR_NAMES, ArchConverter, OutputTensor, stacked
 from .checkpoint import SourceTensor
 from .metadata import KV
@@ -88,28 +89,26 @@ class LlamaConverter(ArchConverter):
             kv.boolean("tokenizer.ggml.add_space_prefix", prefix)
         if (self.dir / "tokenizer.model").is_file():
             self.sentencepiece_vocab(kv)
+        elif self._llama_style_json():
+            meta = vocab.llama_hf_vocab(self.dir)
+            kv.string("tokenizer.ggml.model", "llama")
+            kv.string("tokenizer.ggml.pre", "default")
+            kv.extend(meta.entries)
+            kv.extend(vocab.special_vocab(self.dir, meta.n_tokens).entries)
         else:
-            self._refuse_sentencepiece_style_json()
             self.bpe_vocab(kv)
         if self.hp.get("vocab_size", 32000) == 49152:  # granite small models
             kv.boolean("tokenizer.ggml.add_bos_token", False)
 
-    def _refuse_sentencepiece_style_json(self) -> None:
-        """tokenizer.json holding a SentencePiece-style BPE (byte fallback) without tokenizer.model:
-        llama.cpp rebuilds a `llama` vocabulary through transformers' tokenizer; we do not."""
+    def _llama_style_json(self) -> bool:
+        """tokenizer.json converted from SentencePiece (llama.cpp's LlamaHfVocab path)."""
         path = self.dir / "tokenizer.json"
         if not path.is_file():
-            return
+            return False
         try:
-            tok = json.loads(path.read_text(encoding="utf-8"))
+            return vocab.is_llama_style_bpe(json.loads(path.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return  # bpe_vocab reports the broken file
-        model = tok.get("model") or {}
-        llama3_style = model.get("type") == "BPE" and model.get("ignore_merges", False) and not model.get("byte_fallback", True)
-        if (not llama3_style and model.get("type") == "BPE" and model.get("byte_fallback", False)
-                and (tok.get("decoder") or {}).get("type") == "Sequence"):
-            raise UnsupportedError(f"{path}: SentencePiece-style tokenizer.json without tokenizer.model is not "
-                                   f"supported; add the model's tokenizer.model")
+            return False  # bpe_vocab reports the broken file
 
     def row_wise(self, name: str) -> bool:
         return not (self.permute_qk and name.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")))

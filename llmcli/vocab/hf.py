@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,57 @@ def sentencepiece_vocab(model_dir: Path, vocab_size: int | None, *, added_tokens
                 types[tid] = TokenType.USER_DEFINED
             tokens[tid], scores[tid] = text, -1000.0
     return _token_list(tokens, [int(t) for t in types], scores)
+
+
+# -- SentencePiece-style tokenizer.json without tokenizer.model -----------------------------------
+
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def is_llama_style_bpe(tokenizer: dict) -> bool:
+    """A tokenizer.json converted from SentencePiece (BPE with byte fallback, Sequence decoder),
+    as opposed to a byte-level BPE (Llama 3 style: ignore_merges, no byte fallback)."""
+    model = tokenizer.get("model") or {}
+    llama3 = model.get("type") == "BPE" and model.get("ignore_merges", False) and not model.get("byte_fallback", True)
+    return (not llama3 and model.get("type") == "BPE" and bool(model.get("byte_fallback", False))
+            and (tokenizer.get("decoder") or {}).get("type") == "Sequence")
+
+
+def llama_hf_vocab(model_dir: Path) -> VocabMetadata:
+    """tokenizer.json of a SentencePiece-style BPE -> `llama` tokens, as llama.cpp's LlamaHfVocab:
+    base vocabulary first (score -1000; <0xNN> BYTE, special tokens CONTROL, else NORMAL), then the
+    added tokens beyond it (special -> CONTROL, others USER_DEFINED). Special tokens are the ones
+    tokenizer_config.json names (bos/eos/unk/sep/pad/cls/mask and the extra/additional lists)."""
+    path = model_dir / "tokenizer.json"
+    tok = _read_json(path)
+    vocab: dict[str, int] = dict((tok.get("model") or {}).get("vocab") or {})
+    n_base = len(vocab)
+    added = [(t["content"], int(t["id"])) for t in tok.get("added_tokens", [])]
+    full = dict(vocab)
+    full.update(dict(added))
+    config = _optional_json(model_dir / "tokenizer_config.json") or {}
+
+    def content(entry: Any) -> str | None:
+        entry = entry.get("content") if isinstance(entry, dict) else entry
+        return entry if isinstance(entry, str) else None
+
+    specials = [content(config.get(k)) for k in _NAMED_SPECIALS]
+    for key in ("additional_special_tokens", "extra_special_tokens"):
+        if isinstance(config.get(key), list):
+            specials += [content(e) for e in config[key]]
+    special_ids = {full[t] for t in specials if t is not None and t in full}
+    by_id = {i: t for t, i in full.items()}
+    tokens, types = [], []
+    for i in range(n_base):
+        text = by_id[i]
+        tokens.append(text)
+        types.append(TokenType.BYTE if _BYTE_TOKEN.fullmatch(text) else
+                     TokenType.CONTROL if i in special_ids else TokenType.NORMAL)
+    for text, i in sorted(((t, i) for t, i in added if i >= n_base), key=lambda x: x[1]):
+        tokens.append(text)
+        types.append(TokenType.CONTROL if text in specials and i in special_ids else TokenType.USER_DEFINED)
+    return _token_list(tokens, [int(t) for t in types], [-1000.0] * len(tokens))
 
 
 # -- byte-level BPE --------------------------------------------------------------------------------
