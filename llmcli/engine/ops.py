@@ -94,8 +94,46 @@ def rope_serial(x, cos, sin, pos0, neox):
 
 
 @njit(inline="always")
+def _add_scores(q, k_cache, t, h, kvh, slot, m, dst):
+    """dst[j] += q[t, h] . key in slot + j, for j < m: four channels per pass over the keys."""
+    head_dim = q.shape[2]
+    d4 = head_dim - head_dim % 4
+    for d in range(0, d4, 4):
+        q0, q1, q2, q3 = q[t, h, d], q[t, h, d + 1], q[t, h, d + 2], q[t, h, d + 3]
+        k0 = k_cache[kvh, d, slot:slot + m]
+        k1 = k_cache[kvh, d + 1, slot:slot + m]
+        k2 = k_cache[kvh, d + 2, slot:slot + m]
+        k3 = k_cache[kvh, d + 3, slot:slot + m]
+        for j in range(m):
+            dst[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j]
+    for d in range(d4, head_dim):
+        qd = q[t, h, d]
+        keys = k_cache[kvh, d, slot:slot + m]
+        for j in range(m):
+            dst[j] += qd * keys[j]
+
+
+@njit(inline="always")
+def _add_values(v_cache, kvh, slot, m, weights, inv, acc):
+    """acc += sum_j weights[j] * inv * value in slot + j, for j < m: four keys per pass."""
+    head_dim_v = v_cache.shape[2]
+    m4 = m - m % 4
+    for j in range(0, m4, 4):
+        w0, w1, w2, w3 = weights[j] * inv, weights[j + 1] * inv, weights[j + 2] * inv, weights[j + 3] * inv
+        v0, v1 = v_cache[kvh, slot + j], v_cache[kvh, slot + j + 1]
+        v2, v3 = v_cache[kvh, slot + j + 2], v_cache[kvh, slot + j + 3]
+        for d in range(head_dim_v):
+            acc[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d]
+    for j in range(m4, m):
+        w = weights[j] * inv
+        values = v_cache[kvh, slot + j]
+        for d in range(head_dim_v):
+            acc[d] += w * values[d]
+
+
+@njit(inline="always")
 def _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out, task):
-    n_heads, head_dim = q.shape[1], q.shape[2]
+    n_heads = q.shape[1]
     head_dim_v = v_cache.shape[2]
     n_heads_per_kv = n_heads // k_cache.shape[0]
     ring = k_cache.shape[2]  # position p lives in slot p % ring
@@ -108,27 +146,17 @@ def _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, o
         start = p - window + 1
     n = p + 1 - start
     scores = np.zeros(n, dtype=np.float32)
-    d4 = head_dim - head_dim % 4
-    # keys start .. p are at most two contiguous runs of slots (one when the cache does not wrap)
-    j0 = 0
-    while j0 < n:
-        slot = (start + j0) % ring
-        m = min(n - j0, ring - slot)
-        run = scores[j0:j0 + m]
-        for d in range(0, d4, 4):
-            q0, q1, q2, q3 = q[t, h, d], q[t, h, d + 1], q[t, h, d + 2], q[t, h, d + 3]
-            k0 = k_cache[kvh, d, slot:slot + m]
-            k1 = k_cache[kvh, d + 1, slot:slot + m]
-            k2 = k_cache[kvh, d + 2, slot:slot + m]
-            k3 = k_cache[kvh, d + 3, slot:slot + m]
-            for j in range(m):
-                run[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j]
-        for d in range(d4, head_dim):
-            qd = q[t, h, d]
-            keys = k_cache[kvh, d, slot:slot + m]
-            for j in range(m):
-                run[j] += qd * keys[j]
-        j0 += m
+    # keys start .. p are one contiguous run of slots, or two when a sliding-window ring wraps
+    first = start % ring
+    if first + n <= ring:
+        _add_scores(q, k_cache, t, h, kvh, first, n, scores)  # the common case: no view, faster
+    else:
+        j0 = 0
+        while j0 < n:
+            slot = (start + j0) % ring
+            m = min(n - j0, ring - slot)
+            _add_scores(q, k_cache, t, h, kvh, slot, m, scores[j0:j0 + m])
+            j0 += m
     slope = slopes[h]
     best = -np.inf
     for j in range(n):
@@ -146,24 +174,15 @@ def _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, o
         total += e
     inv = np.float32(1.0 / total)
     acc = np.zeros(head_dim_v, dtype=np.float32)
-    j0 = 0
-    while j0 < n:
-        slot = (start + j0) % ring
-        m = min(n - j0, ring - slot)
-        m4 = m - m % 4
-        for j in range(0, m4, 4):
-            w0, w1 = scores[j0 + j] * inv, scores[j0 + j + 1] * inv
-            w2, w3 = scores[j0 + j + 2] * inv, scores[j0 + j + 3] * inv
-            v0, v1 = v_cache[kvh, slot + j], v_cache[kvh, slot + j + 1]
-            v2, v3 = v_cache[kvh, slot + j + 2], v_cache[kvh, slot + j + 3]
-            for d in range(head_dim_v):
-                acc[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d]
-        for j in range(m4, m):
-            w = scores[j0 + j] * inv
-            values = v_cache[kvh, slot + j]
-            for d in range(head_dim_v):
-                acc[d] += w * values[d]
-        j0 += m
+    if first + n <= ring:
+        _add_values(v_cache, kvh, first, n, scores, inv, acc)
+    else:
+        j0 = 0
+        while j0 < n:
+            slot = (start + j0) % ring
+            m = min(n - j0, ring - slot)
+            _add_values(v_cache, kvh, slot, m, scores[j0:j0 + m], inv, acc)
+            j0 += m
     for d in range(head_dim_v):
         out[t, h, d] = acc[d]
 
@@ -186,8 +205,14 @@ def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
     The scores loop runs over key positions innermost (contiguous in the transposed cache), four
     channels per pass; the value loop over channels, four keys per pass: both vectorise.
     """
-    for task in prange(q.shape[0] * q.shape[1]):
-        _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out, task)
+    n_tok, n_heads = q.shape[0], q.shape[1]
+    for i in prange(n_tok * n_heads):
+        # Causal work grows with t; prange hands each thread a contiguous range of i, so visit
+        # tokens as 0, T-1, 1, T-2, ... to give every thread the same number of keys.
+        k = i // n_heads
+        t = k // 2 if k % 2 == 0 else n_tok - 1 - k // 2
+        _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out,
+                        t * n_heads + i % n_heads)
 
 
 @njit(cache=True, fastmath=_REASSOCIATE)
