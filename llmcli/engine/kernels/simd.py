@@ -227,3 +227,96 @@ def gemm_micro(typingctx, x, t0, n_t, wt, c0, out, col0, n_k):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def row_dot_q8_0(typingctx, row, x, n_blocks):
+    """sum over blocks b of d_b * sum_k q_bk * x[32b + k] for one Q8_0 row (uint8 (n_blocks*34,)).
+
+    The whole block loop is emitted as one LLVM loop, two blocks per trip, with four zmm
+    accumulators carried in registers (no per-block store of the lanes, no per-block reduction).
+    Q8_0 is the demo model's output matrix, 70 % of the bytes of a token.
+    """
+
+    def codegen(context, builder, signature, args):
+        row_v, x_v, nb_v = args
+        tys = signature.args
+        f32, i32, i64, i8, f16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(8), ir.HalfType()
+        v16f, v16i8, v16i32 = ir.VectorType(f32, 16), ir.VectorType(i8, 16), ir.VectorType(i32, 16)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f] * 3), "llvm.fma.v16f32")
+        row_p = _data_ptr(context, builder, tys[0], row_v)
+        x_p = _data_ptr(context, builder, tys[1], x_v)
+        nb = context.cast(builder, nb_v, tys[2], types.int64)
+        zero = ir.Constant(v16f, [0.0] * 16)
+        undef = ir.Constant(v16f, ir.Undefined)
+        splat_mask = ir.Constant(v16i32, [0] * 16)
+
+        def block(b, acc_lo, acc_hi):
+            base = builder.gep(row_p, [builder.mul(b, ir.Constant(i64, 34))])
+            d = builder.fpext(builder.load(builder.bitcast(base, f16.as_pointer()), align=1), f32)
+            ds = builder.shuffle_vector(builder.insert_element(undef, d, ir.Constant(i32, 0)), undef, splat_mask)
+            xb = builder.gep(x_p, [builder.mul(b, ir.Constant(i64, 32))])
+            out = []
+            for h, acc in enumerate((acc_lo, acc_hi)):
+                qp = builder.bitcast(builder.gep(base, [ir.Constant(i64, 2 + 16 * h)]), v16i8.as_pointer())
+                q = builder.sitofp(builder.sext(builder.load(qp, align=1), v16i32), v16f)
+                xv = builder.load(builder.bitcast(builder.gep(xb, [ir.Constant(i64, 16 * h)]), v16f.as_pointer()),
+                                  align=4)
+                out.append(builder.call(fma, [builder.fmul(q, ds), xv, acc]))
+            return out
+
+        pre = builder.block
+        loop = builder.append_basic_block("q8.loop")
+        tail = builder.append_basic_block("q8.tail")
+        n_pairs = builder.ashr(nb, ir.Constant(i64, 1))
+        builder.cbranch(builder.icmp_signed(">", n_pairs, ir.Constant(i64, 0)), loop, tail)
+
+        builder.position_at_end(loop)
+        i = builder.phi(i64)
+        accs = [builder.phi(v16f) for _ in range(4)]
+        i.add_incoming(ir.Constant(i64, 0), pre)
+        for a in accs:
+            a.add_incoming(zero, pre)
+        b0 = builder.shl(i, ir.Constant(i64, 1))
+        new01 = block(b0, accs[0], accs[1])
+        new23 = block(builder.add(b0, ir.Constant(i64, 1)), accs[2], accs[3])
+        new = new01 + new23
+        i_next = builder.add(i, ir.Constant(i64, 1))
+        i.add_incoming(i_next, loop)
+        for a, v in zip(accs, new):
+            a.add_incoming(v, loop)
+        builder.cbranch(builder.icmp_signed("<", i_next, n_pairs), loop, tail)
+
+        builder.position_at_end(tail)
+        finals = []
+        for v in new:
+            phi = builder.phi(v16f)
+            phi.add_incoming(zero, pre)
+            phi.add_incoming(v, loop)
+            finals.append(phi)
+        lo = builder.fadd(finals[0], finals[2])
+        hi = builder.fadd(finals[1], finals[3])
+        # odd block count: the last block
+        odd = builder.icmp_signed("!=", builder.and_(nb, ir.Constant(i64, 1)), ir.Constant(i64, 0))
+        with builder.if_then(odd):
+            last_lo, last_hi = block(builder.sub(nb, ir.Constant(i64, 1)), lo, hi)
+            odd_block = builder.block
+        lo_phi = builder.phi(v16f)
+        lo_phi.add_incoming(last_lo, odd_block)
+        lo_phi.add_incoming(lo, tail)
+        hi_phi = builder.phi(v16f)
+        hi_phi.add_incoming(last_hi, odd_block)
+        hi_phi.add_incoming(hi, tail)
+        vec = builder.fadd(lo_phi, hi_phi)
+        size = 16
+        while size > 1:
+            half = size // 2
+            # tree sum of the 16 lanes
+            u = ir.Constant(ir.VectorType(f32, size), ir.Undefined)
+            a = builder.shuffle_vector(vec, u, ir.Constant(ir.VectorType(i32, half), list(range(half))))
+            c = builder.shuffle_vector(vec, u, ir.Constant(ir.VectorType(i32, half), list(range(half, size))))
+            vec = builder.fadd(a, c)
+            size = half
+        return builder.extract_element(vec, ir.Constant(i32, 0))
+
+    return types.float32(row, x, n_blocks), codegen
