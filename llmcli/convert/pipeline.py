@@ -89,6 +89,13 @@ def encode_bf16(a: np.ndarray) -> np.ndarray:
 
 
 def encode_q8_0(a: np.ndarray) -> np.ndarray:
+    """Q8_0 as convert_hf_to_gguf.py writes it (a numba kernel equal to `encode_q8_0_numpy`)."""
+    from .kernels import q8_0_blocks
+
+    return q8_0_blocks(a, encode_q8_0_numpy)
+
+
+def encode_q8_0_numpy(a: np.ndarray) -> np.ndarray:
     """Q8_0 as gguf-py's numpy quantizer computes it (what convert_hf_to_gguf.py writes).
 
     Block of 32 values -> [ d: f16 | q[32]: int8 ], d = max|x| / 127, q = round-half-away(x / d)
@@ -96,15 +103,16 @@ def encode_q8_0(a: np.ndarray) -> np.ndarray:
     """
     blocks = a.astype(np.float32, copy=False).reshape(-1, 32)
     d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # inf/NaN as numpy gives them
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-    x = blocks * inv
-    mag = np.abs(x)
-    floored = np.floor(mag)
-    q = np.sign(x) * (floored + np.floor(2 * (mag - floored)))
+        x = blocks * inv
+        mag = np.abs(x)
+        floored = np.floor(mag)
+        q = np.sign(x) * (floored + np.floor(2 * (mag - floored)))
     out = np.empty((blocks.shape[0], 34), dtype=np.uint8)
-    out[:, :2] = d.astype(np.float16).view(np.uint8)
-    out[:, 2:] = q.astype(np.int8).view(np.uint8)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out[:, :2] = d.astype(np.float16).view(np.uint8)
+        out[:, 2:] = q.astype(np.int8).view(np.uint8)
     return out
 
 
