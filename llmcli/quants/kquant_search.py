@@ -294,3 +294,80 @@ def make_qkx2_quants_lanes(xT, wT, nmax, rmin, rdelta, nstep, use_mad, levels, s
         else:
             scales[s] = scale[s]
             the_mins[s] = -vmin[s]
+
+
+@njit(**JIT)
+def make_q3_quants_rmse_lanes(xT, nmax, levels, scales, st):
+    """ggml's make_q3_quants (do_rmse) on every column of xT.
+
+    Symmetric fit with levels -nmax..nmax-1, then up to 5 passes that move single levels while the
+    x*x-weighted fit improves. Writes levels (n, S) int8 as level + nmax (0 for an all-zero group)
+    and scales (S,). Lanes keep passing until every lane is done: a pass that changes nothing leaves
+    its lane's state as it was, so the extra passes ggml skips change nothing either."""
+    n, S = xT.shape
+    vmax, amax, iscale, sumlx, suml2, changed = st[0], st[1], st[2], st[3], st[4], st[5]
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
+    for s in range(S):
+        vmax[s] = ZERO
+        amax[s] = ZERO
+    for i in range(n):
+        for s in range(S):
+            xi = xT[i, s]
+            ax = abs(xi)
+            bigger = ax > amax[s]
+            amax[s] = ax if bigger else amax[s]
+            vmax[s] = xi if bigger else vmax[s]
+    for s in range(S):
+        iscale[s] = -F32(nmax) / vmax[s]
+        sumlx[s] = ZERO
+        suml2[s] = ZERO
+    for i in range(n):
+        for s in range(S):
+            levels[i, s] = max(lo, min(hi, nearest_int(iscale[s] * xT[i, s])))
+    for i in range(n):
+        for s in range(S):
+            xi = xT[i, s]
+            fl = F32(levels[i, s])
+            sumlx[s] += xi * xi * xi * fl
+    for i in range(n):
+        for s in range(S):
+            xi = xT[i, s]
+            fl = F32(levels[i, s])
+            suml2[s] += xi * xi * fl * fl
+    for _ in range(5):
+        for s in range(S):
+            changed[s] = ZERO
+        for i in range(n):
+            for s in range(S):
+                xi = xT[i, s]
+                w = xi * xi
+                li = np.int32(levels[i, s])
+                fli = F32(li)
+                slx = sumlx[s] - w * xi * fli
+                sl2 = suml2[s] - w * fli * fli
+                new_l = max(lo, min(hi, nearest_int(xi * sl2 / slx)))
+                fnl = F32(new_l)
+                slx_new = slx + w * xi * fnl
+                sl2_new = sl2 + w * fnl * fnl
+                accept = (slx > ZERO and new_l != li and sl2_new > ZERO
+                          and slx_new * slx_new * suml2[s] > sumlx[s] * sumlx[s] * sl2_new)
+                if accept:
+                    levels[i, s] = new_l
+                    sumlx[s] = slx_new
+                    suml2[s] = sl2_new
+                    changed[s] = ONE
+        any_changed = False
+        for s in range(S):
+            any_changed = any_changed or changed[s] != ZERO
+        if not any_changed:
+            break
+    for s in range(S):
+        if amax[s] < GROUP_MAX_EPS:                      # ggml returns early: all zero
+            scales[s] = ZERO
+            for i in range(n):
+                levels[i, s] = 0
+        else:
+            scales[s] = sumlx[s] / suml2[s] if suml2[s] > ZERO else ZERO
+            for i in range(n):
+                levels[i, s] += nmax

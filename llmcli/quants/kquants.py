@@ -22,7 +22,7 @@ from numba import njit, prange
 
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .half import f32_bits, f32_from_bits, fp16_to_fp32, fp32_to_fp16
-from .kquant_search import (F32, GROUP_MAX_EPS, ONE, ZERO, make_q3_quants_rmse,
+from .kquant_search import (F32, GROUP_MAX_EPS, ONE, ZERO, make_q3_quants_rmse_lanes,
                             make_qkx2_quants_lanes, make_qx_quants_rmse1_lanes, nearest_int)
 from .registry import Codec, register
 
@@ -199,12 +199,17 @@ def _dequantize_q2_k(raw, y):
 
 
 @njit(**HELPER)
-def _quantize_block_q3_k(x, out, L, scales):
+def _quantize_block_q3_k(x, out, L, xT, levels, st, scales):
+    for i in range(16):
+        for j in range(16):
+            xT[i, j] = x[16 * j + i]
+    make_q3_quants_rmse_lanes(xT, 4, levels, scales, st)     # 16 sub-blocks side by side
     max_scale = ZERO
     amax = ZERO
     for j in range(16):
-        s = make_q3_quants_rmse(x[16 * j:16 * j + 16], 4, L[16 * j:16 * j + 16])
-        scales[j] = s
+        for i in range(16):
+            L[16 * j + i] = levels[i, j]
+        s = scales[j]
         a = abs(s)
         if a > amax:
             amax = a
@@ -232,13 +237,13 @@ def _quantize_block_q3_k(x, out, L, scales):
             continue
         for i in range(16):
             L[16 * j + i] = max(-4, min(3, nearest_int(x[16 * j + i] / d))) + 4
-    hmask = out[0:32]
-    for m in range(32):
-        hmask[m] = 0
+    for m in range(32):                      # levels are 0..7: bit 2 is the high bit (no branches:
+        bits = 0                             # on real weights they were half mispredicted)
+        for k in range(8):
+            bits |= (np.int32(L[32 * k + m]) >> 2) << k
+        out[m] = bits
     for j in range(QK_K):
-        if L[j] > 3:
-            hmask[j % 32] |= 1 << (j // 32)
-            L[j] -= 4
+        L[j] &= 3
     _pack_2bit(L, out[32:96])
 
 
@@ -247,10 +252,13 @@ def _quantize_q3_k(x, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
         L = np.empty(QK_K, np.int8)
+        xT = np.empty((16, 16), np.float32)
+        levels = np.empty((16, 16), np.int8)
+        st = np.empty((16, 16), np.float32)
         scales = np.empty(16, np.float32)
         for b in range(nb):
             _quantize_block_q3_k(x[r, b * QK_K:(b + 1) * QK_K], out[r, b * 110:(b + 1) * 110],
-                                 L, scales)
+                                 L, xT, levels, st, scales)
 
 
 @njit(**KERNEL)
@@ -363,19 +371,15 @@ def _pack_q4_k(L, blk):
 
 @njit(**HELPER)
 def _pack_q5_k(L, blk):
-    for l in range(32):
-        blk[16 + l] = 0
+    for l in range(32):                      # levels are 0..31: bit 4 goes to qh
+        bits = 0
+        for c in range(4):
+            bits |= (np.int32(L[64 * c + l]) >> 4) << (2 * c)
+            bits |= (np.int32(L[64 * c + 32 + l]) >> 4) << (2 * c + 1)
+        blk[16 + l] = bits
     for c in range(4):
         for l in range(32):
-            lo = L[64 * c + l]
-            hi = L[64 * c + 32 + l]
-            if lo > 15:
-                lo -= 16
-                blk[16 + l] |= 1 << (2 * c)
-            if hi > 15:
-                hi -= 16
-                blk[16 + l] |= 2 << (2 * c)
-            blk[48 + 32 * c + l] = lo | (hi << 4)
+            blk[48 + 32 * c + l] = (L[64 * c + l] & 0xF) | ((L[64 * c + 32 + l] & 0xF) << 4)
 
 
 @njit(**HELPER)
