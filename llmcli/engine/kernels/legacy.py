@@ -1,8 +1,10 @@
 """Mat-vec and dequantize kernels for the 32-weight block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 IQ4_NL (ggml-common.h block structs, dequantize_row_* in ggml-quants.c).
 
-Activations stay float32 (see matmul.py for why); every mat-vec is the "lanes" shape of
-common.py with `simd.fma_lanes` as its step (IQ4_NL keeps a plain loop: a table lookup per lane).
+Activations stay float32 (see matmul.py for why). Q8_0, Q4_0 and Q5_0 (the demo model's output
+and most of its layers) run each row as one explicit vector loop (`simd.row_dot`); Q4_1 and Q5_1
+use the "lanes" shape of common.py with `simd.fma_lanes` as the step; IQ4_NL keeps a plain loop
+(a table lookup per lane).
 Nibble formats split a block in two halves: byte j holds weight j (low nibble) and weight j+16
 (high nibble), so their activation view is x[block, half, 16].
 """
@@ -13,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...gguf.constants import GGMLType
-from .simd import fma_lanes, lanes_sum, row_dot_q8_0
+from .simd import fma_lanes, lanes_sum, row_dot
 from .common import ROW_TILE, Format, half_at, signed8
 
 # 1 << k as int32 (bit 31 wraps to the sign bit, which is what a bit test wants).
@@ -32,13 +34,13 @@ IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True)
 def matvec_q8_0(blocks, x, out):
-    # the demo's output matrix: a whole-row vector loop (simd.row_dot_q8_0), ~15 % over fma_lanes
+    # the demo's output matrix: a whole-row vector loop (simd.row_dot), ~15 % over fma_lanes
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 34)
     xf = x.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            out[r] = row_dot_q8_0(flat[r], xf, n_blocks)
+            out[r] = row_dot(flat[r], xf, n_blocks, "q8_0")
 
 
 @njit(parallel=True, cache=True)
@@ -57,19 +59,13 @@ def dequant_q8_0(blocks, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True)
 def matvec_q4_0(blocks, x, out):
+    # one vector loop per row (simd.row_dot); in cache ~30 % over fma_lanes steps
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 18)
     xf = x.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(64, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            row = flat[r]
-            for b in range(n_blocks):
-                d = half_at(blocks, r, b, 0)
-                fma_lanes(acc, 32 * (b & 1), d, d, xf, 32 * b, row, 18 * b + 2, 0, 0,
-                          row, 0, 0, 0, 0, -8, 32, False, False, True)
-            out[r] = lanes_sum(acc, 64)
+            out[r] = row_dot(flat[r], xf, n_blocks, "q4_0")
 
 
 @njit(parallel=True, cache=True)
@@ -138,20 +134,13 @@ def _qh32(blocks, r, b, off):
 
 @njit(parallel=True, cache=True)
 def matvec_q5_0(blocks, x, out):
+    # one vector loop per row (simd.row_dot); in cache ~15 % over fma_lanes steps
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 22)
     xf = x.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(64, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            row = flat[r]
-            for b in range(n_blocks):
-                d = half_at(blocks, r, b, 0)
-                # weight i: nibble i + 16 * bit i of qh - 16 (low nibbles first, then high)
-                fma_lanes(acc, 32 * (b & 1), d, d, xf, 32 * b, row, 22 * b + 6, 0, 0,
-                          row, 22 * b + 2, 0, 1, 16, -16, 32, False, True, True)
-            out[r] = lanes_sum(acc, 64)
+            out[r] = row_dot(flat[r], xf, n_blocks, "q5_0")
 
 
 @njit(parallel=True, cache=True)

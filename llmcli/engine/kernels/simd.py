@@ -229,20 +229,60 @@ def gemm_micro(typingctx, x, t0, n_t, wt, c0, out, col0, n_k):
     return sig, codegen
 
 
+# Legacy formats whose whole row runs as one LLVM loop: block bytes, and how block b's two
+# 16-lane halves of integer weights are decoded (see `_decode_halves`).
+ROW_DOT_BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q5_0": 22}
+
+
+def _decode_halves(builder, kind, base):
+    """(weights 0-15, weights 16-31) of the block at `base` as <16 x i32>."""
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    v16i8, v16i32 = ir.VectorType(i8, 16), ir.VectorType(i32, 16)
+
+    def load16(offset):
+        return builder.load(builder.bitcast(builder.gep(base, [ir.Constant(i64, offset)]), v16i8.as_pointer()),
+                            align=1)
+
+    def splat(value):
+        return ir.Constant(v16i32, [value] * 16)
+
+    if kind == "q8_0":
+        return builder.sext(load16(2), v16i32), builder.sext(load16(18), v16i32)
+    qs = builder.zext(load16(2 if kind == "q4_0" else 6), v16i32)
+    lo = builder.and_(qs, splat(15))
+    hi = builder.lshr(qs, splat(4))
+    if kind == "q4_0":
+        return builder.sub(lo, splat(8)), builder.sub(hi, splat(8))
+    qh_ptr = builder.bitcast(builder.gep(base, [ir.Constant(i64, 2)]), i32.as_pointer())
+    qh = builder.load(qh_ptr, align=1)
+    qh_v = builder.shuffle_vector(builder.insert_element(ir.Constant(v16i32, ir.Undefined), qh, ir.Constant(i32, 0)),
+                                  ir.Constant(v16i32, ir.Undefined), splat(0))
+    halves = []
+    for nibble, first_bit in ((lo, 0), (hi, 16)):
+        bits = builder.lshr(qh_v, ir.Constant(v16i32, list(range(first_bit, first_bit + 16))))
+        fifth = builder.shl(builder.and_(bits, splat(1)), splat(4))
+        halves.append(builder.sub(builder.or_(nibble, fifth), splat(16)))
+    return tuple(halves)
+
+
 @intrinsic
-def row_dot_q8_0(typingctx, row, x, n_blocks):
-    """sum over blocks b of d_b * sum_k q_bk * x[32b + k] for one Q8_0 row (uint8 (n_blocks*34,)).
+def row_dot(typingctx, row, x, n_blocks, kind):
+    """sum over blocks b of d_b * sum_k q_bk * x[32b + k] for one row of Q8_0, Q4_0 or Q5_0 blocks
+    (`kind` a literal string, `row` uint8 (n_blocks * block_bytes,), x float32 (n_blocks * 32,)).
 
     The whole block loop is emitted as one LLVM loop, two blocks per trip, with four zmm
-    accumulators carried in registers (no per-block store of the lanes, no per-block reduction).
-    Q8_0 is the demo model's output matrix, 70 % of the bytes of a token.
+    accumulators carried in registers: no per-block store of the lanes, no per-block reduction.
     """
+    if not isinstance(kind, types.StringLiteral) or kind.literal_value not in ROW_DOT_BLOCK_BYTES:
+        return None
+    fmt = kind.literal_value
+    block_bytes = ROW_DOT_BLOCK_BYTES[fmt]
 
     def codegen(context, builder, signature, args):
-        row_v, x_v, nb_v = args
+        row_v, x_v, nb_v, _ = args
         tys = signature.args
-        f32, i32, i64, i8, f16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(8), ir.HalfType()
-        v16f, v16i8, v16i32 = ir.VectorType(f32, 16), ir.VectorType(i8, 16), ir.VectorType(i32, 16)
+        f32, i32, i64, f16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.HalfType()
+        v16f, v16i32 = ir.VectorType(f32, 16), ir.VectorType(i32, 16)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f] * 3), "llvm.fma.v16f32")
         row_p = _data_ptr(context, builder, tys[0], row_v)
         x_p = _data_ptr(context, builder, tys[1], x_v)
@@ -252,22 +292,20 @@ def row_dot_q8_0(typingctx, row, x, n_blocks):
         splat_mask = ir.Constant(v16i32, [0] * 16)
 
         def block(b, acc_lo, acc_hi):
-            base = builder.gep(row_p, [builder.mul(b, ir.Constant(i64, 34))])
+            base = builder.gep(row_p, [builder.mul(b, ir.Constant(i64, block_bytes))])
             d = builder.fpext(builder.load(builder.bitcast(base, f16.as_pointer()), align=1), f32)
             ds = builder.shuffle_vector(builder.insert_element(undef, d, ir.Constant(i32, 0)), undef, splat_mask)
             xb = builder.gep(x_p, [builder.mul(b, ir.Constant(i64, 32))])
             out = []
-            for h, acc in enumerate((acc_lo, acc_hi)):
-                qp = builder.bitcast(builder.gep(base, [ir.Constant(i64, 2 + 16 * h)]), v16i8.as_pointer())
-                q = builder.sitofp(builder.sext(builder.load(qp, align=1), v16i32), v16f)
+            for h, (q, acc) in enumerate(zip(_decode_halves(builder, fmt, base), (acc_lo, acc_hi))):
                 xv = builder.load(builder.bitcast(builder.gep(xb, [ir.Constant(i64, 16 * h)]), v16f.as_pointer()),
                                   align=4)
-                out.append(builder.call(fma, [builder.fmul(q, ds), xv, acc]))
+                out.append(builder.call(fma, [builder.fmul(builder.sitofp(q, v16f), ds), xv, acc]))
             return out
 
         pre = builder.block
-        loop = builder.append_basic_block("q8.loop")
-        tail = builder.append_basic_block("q8.tail")
+        loop = builder.append_basic_block("row_dot.loop")
+        tail = builder.append_basic_block("row_dot.tail")
         n_pairs = builder.ashr(nb, ir.Constant(i64, 1))
         builder.cbranch(builder.icmp_signed(">", n_pairs, ir.Constant(i64, 0)), loop, tail)
 
@@ -278,9 +316,7 @@ def row_dot_q8_0(typingctx, row, x, n_blocks):
         for a in accs:
             a.add_incoming(zero, pre)
         b0 = builder.shl(i, ir.Constant(i64, 1))
-        new01 = block(b0, accs[0], accs[1])
-        new23 = block(builder.add(b0, ir.Constant(i64, 1)), accs[2], accs[3])
-        new = new01 + new23
+        new = block(b0, accs[0], accs[1]) + block(builder.add(b0, ir.Constant(i64, 1)), accs[2], accs[3])
         i_next = builder.add(i, ir.Constant(i64, 1))
         i.add_incoming(i_next, loop)
         for a, v in zip(accs, new):
@@ -296,9 +332,8 @@ def row_dot_q8_0(typingctx, row, x, n_blocks):
             finals.append(phi)
         lo = builder.fadd(finals[0], finals[2])
         hi = builder.fadd(finals[1], finals[3])
-        # odd block count: the last block
         odd = builder.icmp_signed("!=", builder.and_(nb, ir.Constant(i64, 1)), ir.Constant(i64, 0))
-        with builder.if_then(odd):
+        with builder.if_then(odd):  # odd block count: the last block
             last_lo, last_hi = block(builder.sub(nb, ir.Constant(i64, 1)), lo, hi)
             odd_block = builder.block
         lo_phi = builder.phi(v16f)
@@ -309,9 +344,8 @@ def row_dot_q8_0(typingctx, row, x, n_blocks):
         hi_phi.add_incoming(hi, tail)
         vec = builder.fadd(lo_phi, hi_phi)
         size = 16
-        while size > 1:
+        while size > 1:  # tree sum of the 16 lanes
             half = size // 2
-            # tree sum of the 16 lanes
             u = ir.Constant(ir.VectorType(f32, size), ir.Undefined)
             a = builder.shuffle_vector(vec, u, ir.Constant(ir.VectorType(i32, half), list(range(half))))
             c = builder.shuffle_vector(vec, u, ir.Constant(ir.VectorType(i32, half), list(range(half, size))))
@@ -319,4 +353,4 @@ def row_dot_q8_0(typingctx, row, x, n_blocks):
             size = half
         return builder.extract_element(vec, ir.Constant(i32, 0))
 
-    return types.float32(row, x, n_blocks), codegen
+    return types.float32(row, x, n_blocks, kind), codegen
