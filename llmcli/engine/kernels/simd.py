@@ -99,7 +99,8 @@ def fma_lanes(typingctx, acc, acc_off, scale, scale2, x, x_off, src, src_off, sh
         wf = builder.sitofp(w, v_f32)
         s1 = splat(context.cast(builder, scale_v, tys[2], types.float32), v_f32)
         s2 = splat(context.cast(builder, scale2_v, tys[3], types.float32), v_f32)
-        scales = builder.shuffle_vector(s1, s2, ir.Constant(v_i32, list(range(half)) + list(range(width, width + half))))
+        first_half_of_each = list(range(half)) + list(range(width, width + half))
+        scales = builder.shuffle_vector(s1, s2, ir.Constant(v_i32, first_half_of_each))
         xv = builder.load(vec_ptr(tys[4], x_v, x_off_v, tys[5], v_f32), align=4)
         ap = vec_ptr(tys[0], acc_v, acc_off_v, tys[1], v_f32)
         av = builder.load(ap, align=4)
@@ -219,8 +220,8 @@ def gemm_micro(typingctx, x, t0, n_t, wt, c0, out, col0, n_k):
         o_base = builder.bitcast(oa.data, i8p)
         for i in range(rows):
             res = results[2 * i: 2 * i + 2]
-            row_ptr = builder.bitcast(builder.gep(o_base, [builder.mul(builder.add(t0_64, ir.Constant(i64, i)), o_stride)]),
-                                      f32.as_pointer())
+            row_offset = builder.mul(builder.add(t0_64, ir.Constant(i64, i)), o_stride)
+            row_ptr = builder.bitcast(builder.gep(o_base, [row_offset]), f32.as_pointer())
             dst = builder.gep(row_ptr, [builder.add(col0_64, c0_64)])
             builder.store(res[0], builder.bitcast(dst, v16.as_pointer()), align=4)
             builder.store(res[1], builder.bitcast(builder.gep(dst, [ir.Constant(i64, 16)]), v16.as_pointer()), align=4)
