@@ -12,9 +12,9 @@ same branches, so these functions follow ggml's arithmetic exactly:
 * comparisons keep ggml's NaN behaviour (`a > b` is false when either is NaN);
 * `error_model="numpy"`: x/0 gives inf/NaN as in C instead of raising.
 
-Only the variants that llama-quantize runs without an importance matrix are here: make_q3_quants
-with rmse (Q3_K, one sub-block at a time), and make_qx_quants with rmse_type 1 and x*x weights
-(Q6_K) and make_qkx2_quants (Q2_K, Q4_K, Q5_K) as "lane" searches over 16 sub-blocks at once.
+Only the variants that llama-quantize runs without an importance matrix are here, each as a
+"lane" search over 16 sub-blocks at once (see below): make_q3_quants with rmse (Q3_K),
+make_qx_quants with rmse_type 1 and x*x weights (Q6_K), make_qkx2_quants (Q2_K, Q4_K, Q5_K).
 """
 
 from __future__ import annotations
@@ -41,59 +41,6 @@ def nearest_int(fval):
     return np.int32(np.int32(bits & np.uint32(0x007FFFFF)) - np.int32(0x00400000))  # stay int32
 
 
-@njit(**JIT)
-def make_q3_quants_rmse(x, nmax, L):
-    """Symmetric scale with levels -nmax..nmax-1, refined level by level (ggml make_q3_quants, do_rmse).
-
-    Writes L[i] = level + nmax (0 for an all-zero group) and returns the scale."""
-    n = x.shape[0]
-    vmax = ZERO
-    amax = ZERO
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            vmax = x[i]
-    if amax < GROUP_MAX_EPS:
-        for i in range(n):
-            L[i] = 0
-        return ZERO
-    iscale = -F32(nmax) / vmax
-    sumlx = ZERO
-    suml2 = ZERO
-    for i in range(n):
-        l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-        L[i] = l
-        w = x[i] * x[i]
-        fl = F32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
-    for _ in range(5):
-        n_changed = 0
-        for i in range(n):
-            w = x[i] * x[i]
-            fli = F32(L[i])
-            slx = sumlx - w * x[i] * fli
-            if slx > ZERO:
-                sl2 = suml2 - w * fli * fli
-                new_l = max(-nmax, min(nmax - 1, nearest_int(x[i] * sl2 / slx)))
-                if new_l != L[i]:
-                    fnl = F32(new_l)
-                    slx += w * x[i] * fnl
-                    sl2 += w * fnl * fnl
-                    if sl2 > ZERO and slx * slx * suml2 > sumlx * sumlx * sl2:
-                        L[i] = new_l
-                        sumlx = slx
-                        suml2 = sl2
-                        n_changed += 1
-        if n_changed == 0:
-            break
-    for i in range(n):
-        L[i] += nmax
-    return sumlx / suml2 if suml2 > ZERO else ZERO
-
-
-
 # ---------------------------------------------------------------------------------------------
 # Lane searches: all sub-blocks of a super-block at once.
 #
@@ -109,7 +56,7 @@ def make_q3_quants_rmse(x, nmax, L):
 # What it takes for LLVM to vectorise the lane loops (each measured): S >= 16 at run time (a
 # compile-time S got unrolled into scalar code; S = 8 stayed scalar), so Q4_K/Q5_K search two
 # blocks at once; and few arrays per loop, or LLVM's runtime alias checks exceed its limit and it
-# keeps the scalar loop. Then the searches run 1.6-1.9x faster than ggml's C on one core.
+# keeps the scalar loop. Then the searches run 1.3-2.5x faster than ggml's C on one core.
 # `st` is caller-owned scratch, (16, S) float32, for the per-lane state.
 
 

@@ -569,27 +569,40 @@ def _dequantize_q6_k(raw, y):
 def _quantize_q8_k(x, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
+        lane_max = np.empty(16, np.float32)
+        qs = np.empty(QK_K, np.int32)
         for b in range(nb):
             xs = x[r, b * QK_K:(b + 1) * QK_K]
             blk = out[r, b * 292:(b + 1) * 292]
-            vmax = ZERO
+            # ggml keeps the first x of largest |x| (NaN never wins); the largest |x| does not
+            # depend on the order, so find it over 16 lanes, then its first position
+            for k in range(16):
+                lane_max[k] = ZERO
+            for j in range(0, QK_K, 16):
+                for k in range(16):
+                    ax = abs(xs[j + k])
+                    lane_max[k] = ax if ax > lane_max[k] else lane_max[k]
             amax = ZERO
-            for j in range(QK_K):
-                ax = abs(xs[j])
-                if ax > amax:
-                    amax = ax
-                    vmax = xs[j]
+            for k in range(16):
+                amax = lane_max[k] if lane_max[k] > amax else amax
             if amax == ZERO:
                 for i in range(292):
                     blk[i] = 0
                 continue
+            vmax = ZERO
+            for j in range(QK_K):
+                if abs(xs[j]) == amax:
+                    vmax = xs[j]
+                    break
             iscale = F32_M127 / vmax
+            for j in range(QK_K):
+                qs[j] = np.int8(min(np.int32(127), nearest_int(iscale * xs[j])))   # int8_t
+            for j in range(QK_K):
+                blk[4 + j] = qs[j] & 0xFF
             for j in range(16):
                 total = np.int32(0)
                 for i in range(16):
-                    q = min(127, nearest_int(iscale * xs[16 * j + i]))
-                    blk[4 + 16 * j + i] = q & 0xFF
-                    total += np.int8(q)
+                    total += qs[16 * j + i]
                 blk[260 + 2 * j] = total & 0xFF
                 blk[261 + 2 * j] = (total >> 8) & 0xFF
             bits = f32_bits(ONE / iscale)
