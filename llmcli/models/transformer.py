@@ -240,7 +240,9 @@ class Transformer:
         for start in range(0, len(ids), self.batch_size):
             chunk = ids[start:start + self.batch_size]
             last = start + len(chunk) >= len(ids)
-            logits = self._forward_batch(chunk, pos + start, all_logits or not last)
+            # Logits of every row (all_logits), of the prompt's last row, or none (earlier batches).
+            n_rows = len(chunk) if all_logits else (1 if last else 0)
+            logits = self._forward_batch(chunk, pos + start, n_rows)
             if all_logits:
                 outs.append(logits)
             elif last:
@@ -272,7 +274,8 @@ class Transformer:
 
     # -- the graph -----------------------------------------------------------------------------
 
-    def _forward_batch(self, ids: np.ndarray, pos0: int, want_logits_rows: bool) -> np.ndarray:
+    def _forward_batch(self, ids: np.ndarray, pos0: int, n_logit_rows: int) -> np.ndarray | None:
+        """Run one batch through every layer; logits of its last n_logit_rows rows (None for 0)."""
         hp = self.hp
         n = len(ids)
         norm = ops.rms_norm_serial if n == 1 else ops.rms_norm
@@ -291,7 +294,9 @@ class Transformer:
             if hasattr(blk, "post_ffw_norm"):
                 norm(o, blk.post_ffw_norm, hp.rms_eps, o)
             x += o
-        rows = x if want_logits_rows else x[n - 1:]
+        if n_logit_rows == 0:
+            return None
+        rows = x[n - n_logit_rows:]
         normed = h[:len(rows)]
         norm(rows, self.output_norm, hp.rms_eps, normed)
         logits = np.empty((len(rows), hp.n_vocab), np.float32)
