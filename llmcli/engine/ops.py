@@ -3,8 +3,8 @@
 Each kernel's per-row (or per-head) body is an inlined function with two drivers: a `prange` one for
 batches and a `_serial` one for single tokens (see PARALLEL_MIN_WORK).
 
-Every kernel works in place or into a caller-provided buffer (no allocation per token), on float32,
-C-contiguous arrays. Shapes use T = tokens in the batch, H = query heads, Hkv = key/value heads,
+Every kernel works in place or into a caller-provided buffer on float32, C-contiguous arrays (the
+only per-call allocation is attention's small per-head score scratch, inside the kernel). Shapes use T = tokens in the batch, H = query heads, Hkv = key/value heads,
 Dh = head size, D = model width. Accumulations that ggml does in double (norm sums) are done in
 float64 here too; everything else is float32 like ggml's CPU backend.
 """
