@@ -93,6 +93,7 @@ class Completion:
     max_tokens: int
     sampler: Sampler
     stop: Sequence[str] = ()
+    ignore_eos: bool = False  # never end on an end-of-generation token (llama.cpp's --ignore-eos)
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     stop_reason: str | None = None
@@ -104,6 +105,7 @@ class Completion:
         matcher = _StopMatcher(self.stop)
         started = time.perf_counter()
         generating_since = None
+        banned = np.array(sorted(llm.tokenizer.eog_ids), dtype=np.int64) if self.ignore_eos else None
         try:
             logits = llm._evaluate_prompt(self.prompt_tokens, self.timings)
             for tok in self.prompt_tokens:
@@ -114,6 +116,9 @@ class Completion:
                 if 0 <= self.max_tokens <= len(self.tokens):
                     self.stop_reason = "length"
                     break
+                if banned is not None and len(banned):
+                    logits = logits.copy()
+                    logits[banned] = -np.inf
                 token = self.sampler.sample(logits)
                 self.sampler.accept(token)
                 if llm.tokenizer.is_eog(token):
@@ -221,12 +226,12 @@ class LLM:
     # -- generation ----------------------------------------------------------------------------
 
     def complete(self, prompt: str | Sequence[int], *, max_tokens: int = -1, params: SamplingParams | None = None,
-                 stop: Sequence[str] = (), parse_special: bool = True) -> Completion:
+                 stop: Sequence[str] = (), parse_special: bool = True, ignore_eos: bool = False) -> Completion:
         """A Completion for a text prompt (tokenized with BOS per the model) or a list of ids."""
         ids = (self.tokenize(prompt, add_special=True, parse_special=parse_special)
                if isinstance(prompt, str) else [int(t) for t in prompt])
         params = params or SamplingParams()
-        return Completion(self, ids, max_tokens, Sampler(params, self.n_ctx), list(stop))
+        return Completion(self, ids, max_tokens, Sampler(params, self.n_ctx), list(stop), ignore_eos)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temp: float = 0.8,
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,

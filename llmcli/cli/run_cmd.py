@@ -49,7 +49,7 @@ def _print_timings(completion) -> None:
     err_console.print(
         f"[dim]prompt: {t.prompt_n} tokens, {t.prompt_per_second:.2f} t/s | "
         f"generated: {t.predicted_n} tokens, {t.predicted_per_second:.2f} t/s | "
-        f"stop: {completion.stop_reason}[/]", highlight=False)
+        f"stop: {completion.stop_reason}[/]", highlight=False, soft_wrap=True)
 
 
 def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_size: int):
@@ -134,6 +134,7 @@ def run(
     repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="Tokens the penalty looks back (-1 = context).",
                                       rich_help_panel=SAMPLING_HELP),
     seed: int = typer.Option(None, "--seed", help="Random seed (default: random).", rich_help_panel=SAMPLING_HELP),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past end-of-generation tokens."),
     no_parse_special: bool = typer.Option(False, "--no-parse-special",
                                           help="Treat special-token text in the prompt as plain text."),
     chat: bool = typer.Option(False, "--chat", help="Interactive chat with the model's chat template."),
@@ -157,7 +158,7 @@ def run(
         raise BadInputError("no prompt: give one with -p TEXT or -f FILE (or use --chat)")
     llm = _load(model, threads, ctx_size, batch_size)
     completion = llm.complete(text, max_tokens=n_predict, params=params, stop=stop,
-                              parse_special=not no_parse_special)
+                              parse_special=not no_parse_special, ignore_eos=ignore_eos)
     _stream(completion, as_json)
     if as_json:
         t = completion.timings
