@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 DATA = Path(__file__).parent / "data"
 
@@ -20,27 +22,26 @@ class CliResult:
         self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr
 
 
-@pytest.fixture
-def cli():
-    """Run `llmcli ARGS...` in-process; returns exit code, stdout and stderr."""
+def run_cli(*args, input: str | None = None) -> CliResult:
+    """Run `llmcli ARGS...` in this process with captured stdout/stderr and the given stdin."""
     from llmcli.cli.app import run_app
 
-    def invoke(*args: str, input: str | None = None) -> CliResult:
-        runner = CliRunner()
-        result = runner.invoke(_Entry(run_app), [str(a) for a in args], input=input)
-        if result.exception and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return CliResult(result.exit_code, result.stdout, result.stderr)
+    out, err = io.StringIO(), io.StringIO()
+    old_stdin = sys.stdin
+    sys.stdin = io.StringIO(input or "")
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_app([str(a) for a in args])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.stdin = old_stdin
+    return CliResult(code, out.getvalue(), err.getvalue())
 
-    return invoke
 
-
-class _Entry:
-    """Adapts `run_app(argv)` to what CliRunner.invoke expects of a click command."""
-
-    def __init__(self, run_app):
-        self.run_app = run_app
-        self.name = "llmcli"
-
-    def main(self, args=None, prog_name=None, **extra):
-        self.run_app(list(args or []))
+@pytest.fixture
+def cli():
+    """`res = cli("inspect", path, "--json")` -> res.exit_code, res.stdout, res.stderr."""
+    return run_cli

@@ -14,14 +14,11 @@ TINY = "gguf_ref/llama-f16.gguf"
 @pytest.fixture(scope="module")
 def bench_json(tmp_path_factory):
     """One real run, reused: 2 thread counts x (pp8, tg4, pp8+tg4)."""
-    from click.testing import CliRunner
+    from tests.conftest import DATA, run_cli
 
-    from llmcli.cli.app import run_app
-    from tests.conftest import DATA, _Entry
-
-    res = CliRunner().invoke(_Entry(run_app), ["bench", "-m", str(DATA / TINY), "-p", "8", "-n", "4",
-                                               "-pg", "8,4", "-r", "2", "-t", "1,2", "-o", "json"])
-    assert res.exit_code == 0, res.output
+    res = run_cli("bench", "-m", DATA / TINY, "-p", "8", "-n", "4", "-pg", "8,4", "-r", "2", "-t", "1,2",
+                  "-o", "json")
+    assert res.exit_code == 0, res.stderr
     path = tmp_path_factory.mktemp("bench") / "base.json"
     path.write_text(res.stdout)
     return path
