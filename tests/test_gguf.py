@@ -189,3 +189,25 @@ def test_truncated_real_file(data_dir, tmp_path):
         path.write_bytes(blob[:cut])
         with pytest.raises(FormatError, match="truncated|past the end|not a GGUF"):
             GGUFReader(path)
+
+
+@pytest.mark.parametrize("with_nul", [False, True])
+def test_long_string_arrays_decode_like_one_by_one(tmp_path, with_nul):
+    """Vocabularies are decoded in bulk; it must equal decoding each string, invalid UTF-8 included."""
+    rng = np.random.default_rng(0)
+    raw = [bytes(rng.integers(1, 256, rng.integers(0, 12)).astype(np.uint8)) for _ in range(5000)]
+    raw[7] = "é".encode()[:1]  # a truncated sequence right before the next length field
+    raw[8] = "é".encode()[1:]  # a string starting with a continuation byte
+    raw[9] = b""
+    if with_nul:
+        raw[100] = b"a\0b"
+    strings = [b.decode("utf-8", errors="surrogateescape") for b in raw]
+    path = tmp_path / "vocab.gguf"
+    w = GGUFWriter(path)
+    w.add_array("tokens", strings, ValueType.STRING)
+    with w.open():
+        pass
+    with GGUFReader(path) as r:
+        assert r.get_array("tokens") == strings
+        rewrite(r, tmp_path / "again.gguf")
+    assert (tmp_path / "again.gguf").read_bytes() == path.read_bytes()

@@ -149,24 +149,54 @@ class _Cursor:
         return bytes(self.take(n, what)).decode("utf-8", errors="surrogateescape")
 
     def strings(self, count: int, what: str) -> list[str]:
-        # The hot path for vocabularies of 100k+ tokens: avoid per-item method calls.
+        """`count` consecutive GGUF strings (u64 length + UTF-8 bytes each)."""
+        starts, end = self._string_starts(count, what)
+        if count < 1024:
+            return [bytes(self.buf[s + 8:e]).decode("utf-8", errors="surrogateescape")
+                    for s, e in zip(starts, starts[1:] + [end])]
+        return self._strings_bulk(starts, end)
+
+    def _string_starts(self, count: int, what: str) -> tuple[list[int], int]:
+        """Offsets of each string's length field, and where the last string ends (bounds-checked)."""
         buf, pos, end = self.buf, self.pos, len(self.buf)
-        out = []
-        append = out.append
+        starts = []
+        append = starts.append
         unpack = struct.Struct("<Q").unpack_from
         for _ in range(count):
             if pos + 8 > end:
                 self.pos = pos
                 raise self.fail(f"truncated header: {what} runs past the end of the file")
             (n,) = unpack(buf, pos)
-            pos += 8
-            if n > end - pos:
-                self.pos = pos
-                raise self.fail(f"{what}: string length {n} exceeds the {end - pos} bytes left in the file")
-            append(bytes(buf[pos:pos + n]).decode("utf-8", errors="surrogateescape"))
-            pos += n
+            if n > end - pos - 8:
+                self.pos = pos + 8
+                raise self.fail(f"{what}: string length {n} exceeds the {end - pos - 8} bytes left in the file")
+            append(pos)
+            pos += 8 + n
         self.pos = pos
-        return out
+        return starts, pos
+
+    def _strings_bulk(self, starts: list[int], end: int) -> list[str]:
+        """Decode many strings at once (vocabularies of 100k+ tokens are the hot path at load).
+
+        The 8-byte length fields are replaced by one NUL separator each, the rest is decoded in one go
+        and split. Decoding is per byte sequence, so this equals decoding each string apart, unless a
+        string itself holds a NUL byte: then decode them one by one.
+        """
+        base = starts[0]
+        region = np.frombuffer(self.buf, dtype=np.uint8, count=end - base, offset=base)
+        fields = np.asarray(starts, dtype=np.int64) - base
+        keep = np.ones(len(region), dtype=bool)
+        for k in range(1, 8):
+            keep[fields + k] = False
+        string_bytes = keep.copy()
+        string_bytes[fields] = False
+        if np.any(region[string_bytes] == 0):
+            bounds = starts[1:] + [end]
+            return [bytes(self.buf[s + 8:e]).decode("utf-8", errors="surrogateescape")
+                    for s, e in zip(starts, bounds)]
+        packed = region[keep]
+        packed[np.flatnonzero(~string_bytes[keep])] = 0  # each length field's first byte -> NUL
+        return packed.tobytes().decode("utf-8", errors="surrogateescape").split("\0")[1:]
 
 
 def _value_type(code: int, cur: _Cursor, what: str) -> ValueType:
