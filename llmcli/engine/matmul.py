@@ -15,8 +15,8 @@ keeps one simple kernel shape per format. The price is logits that differ from
 llama.cpp's native ones by its activation-quantization noise, not by ours.
 
 Mat-vec streams every weight byte once (memory-bound). Mat-mul with 4+ tokens decodes a tile of
-rows to float32 once per call (in a reused scratch buffer, ~1 MB so it stays in L2), transposes it
-and runs a register-blocked float32 GEMM over it (compute-bound); fewer tokens run one mat-vec
+rows to float32 once per call (in a reused scratch buffer, ~1 MB so it stays in L2), packs it
+into 32-row panels and runs a register-blocked float32 GEMM over it (compute-bound); fewer tokens run one mat-vec
 per token.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import BadInputError, UnsupportedError
 from ..gguf.constants import TYPE_INFO, GGMLType
-from .kernels import FORMATS, gemm_nt, gemm_tn, transpose
+from .kernels import FORMATS, gemm_nt, gemm_panels, pack_panels
 
 __all__ = ["QuantizedMatrix", "matvec", "matmul", "dequantize_rows", "set_threads", "get_threads",
            "default_threads", "supported_types"]
@@ -143,7 +143,7 @@ def matmul(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) -> 
         for t in range(n_tokens):
             W.format.matvec(W.weights, W._x_view(X[t]), out[t])
         return out
-    # Rows in tiles of a multiple of 32: decode, transpose (k-major), micro-kernel GEMM.
+    # Rows in tiles of a multiple of 32: decode, pack into 32-row k-major panels, micro-kernel GEMM.
     strip = COLUMNS_PER_TILE_STEP
     tile = max(strip, GEMM_TILE_BYTES // (4 * W.n_cols) // strip * strip)
     full = W.n_rows - W.n_rows % strip
@@ -151,9 +151,9 @@ def matmul(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) -> 
         stop = min(full, start + tile)
         decoded = _scratch_2d("rows", stop - start, W.n_cols)
         W.format.dequant(W.weights[start:stop], _row_view(W, decoded))
-        decoded_t = _scratch_2d("cols", W.n_cols, stop - start)
-        transpose(decoded, decoded_t)
-        gemm_tn(X, decoded_t, out, start)
+        panels = _scratch_2d("panels", stop - start, W.n_cols).reshape((stop - start) // strip, W.n_cols, strip)
+        pack_panels(decoded, panels)
+        gemm_panels(X, panels, out, start)
     if full < W.n_rows:  # the last n_rows % 32 rows: dot-product GEMM on untransposed rows
         decoded = _scratch_2d("rows", W.n_rows - full, W.n_cols)
         W.format.dequant(W.weights[full:], _row_view(W, decoded))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from . import floats, kquants, legacy
 from .common import Format
-from .gemm import gemm_nt, gemm_tn, transpose
+from .gemm import gemm_nt, gemm_panels, pack_panels
 
 FORMATS: dict = {**floats.FORMATS, **legacy.FORMATS, **kquants.FORMATS}
 
-__all__ = ["FORMATS", "Format", "gemm_nt", "gemm_tn", "transpose"]
+__all__ = ["FORMATS", "Format", "gemm_nt", "gemm_panels", "pack_panels"]
