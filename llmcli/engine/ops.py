@@ -60,12 +60,14 @@ def _rms_row(x, weight, eps, out, r):
         out[r, i] = x[r, i] * scale * weight[i]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_REASSOCIATE)
 def rms_norm(x, weight, eps, out):
     """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, for every row r of x (R, N).
 
     Norm weights are used as stored: Gemma's (1 + w) offset is already baked in by the converter.
-    `out` may be `x` (in place). Also serves QK-norm with x viewed as (T*H, Dh).
+    `out` may be `x` (in place). Also serves QK-norm with x viewed as (T*H, Dh). The batched
+    kernels reassociate (the float64 sum of squares becomes vector partial sums, ~3x faster); the
+    `_serial` ones keep the sequential order.
     """
     for r in prange(x.shape[0]):
         _rms_row(x, weight, eps, out, r)
@@ -401,7 +403,7 @@ def _gelu_row(gate, up, out, r):
         out[r, i] = np.float32(0.5) * g * (np.float32(1.0) + _tanh(inner)) * up[r, i]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_REASSOCIATE)
 def silu_mul(gate, up, out):
     """out = silu(gate) * up, rows of (T, F). out may alias gate or up."""
     for r in prange(gate.shape[0]):
@@ -414,7 +416,7 @@ def silu_mul_serial(gate, up, out):
         _silu_row(gate, up, out, r)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_REASSOCIATE)
 def gelu_mul(gate, up, out):
     """out = gelu(gate) * up with the tanh approximation ggml and Gemma use, rows of (T, F)."""
     for r in prange(gate.shape[0]):
