@@ -283,9 +283,18 @@ class Transformer:
         x[:] = float_rows(self.token_embd_raw[ids], self.token_embd_type)
         if hp.embed_scale != 1.0:
             x *= np.float32(hp.embed_scale)
+        last_layer = len(self.blocks) - 1
         for il, blk in enumerate(self.blocks):
             norm(x, blk.attn_norm, hp.rms_eps, h)
-            self._attention(il, blk, h, o, pos0)
+            # The last layer's output is only read for the logit rows: every row still writes its
+            # key and value to the cache, but queries, attention and the FFN run on the kept rows
+            # only (as llama.cpp's output-row selection; a prompt's batch keeps 1 row, or none).
+            keep = n_logit_rows if il == last_layer else n
+            self._attention(il, blk, h, o[:keep], pos0, keep)
+            if keep == 0:
+                break
+            if keep < n:
+                x, h, o = x[n - keep:], h[:keep], o[:keep]
             if hasattr(blk, "post_attention_norm"):
                 norm(o, blk.post_attention_norm, hp.rms_eps, o)
             x += o
@@ -296,7 +305,7 @@ class Transformer:
             x += o
         if n_logit_rows == 0:
             return None
-        rows = x[n - n_logit_rows:]
+        rows = x[len(x) - n_logit_rows:]
         normed = h[:len(rows)]
         norm(rows, self.output_norm, hp.rms_eps, normed)
         logits = np.empty((len(rows), hp.n_vocab), np.float32)
@@ -305,42 +314,49 @@ class Transformer:
             ops.softcap_(logits, hp.final_softcap)
         return logits
 
-    def _attention(self, il: int, blk, h: np.ndarray, out: np.ndarray, pos0: int) -> None:
+    def _attention(self, il: int, blk, h: np.ndarray, out: np.ndarray, pos0: int, keep: int | None = None) -> None:
+        """Keys and values of every row of h into the cache; attention output of the last `keep`
+        rows (default all) into out (keep, n_embd)."""
         hp = self.hp
-        n = h.shape[0]
+        n_all = h.shape[0]
+        n = n_all if keep is None else keep
         nq, nk = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
         q = self._buf("q", n, nq)
-        k = self._buf("k", n, nk)
-        v = self._buf("v", n, hp.n_head_kv * hp.head_dim_v)
+        k = self._buf("k", n_all, nk)
+        v = self._buf("v", n_all, hp.n_head_kv * hp.head_dim_v)
         if hasattr(blk, "attn_qkv"):
-            qkv = blk.attn_qkv(h, self._buf("qkv", n, blk.attn_qkv.n_out))
-            q[:] = qkv[:, :nq]
+            qkv = blk.attn_qkv(h, self._buf("qkv", n_all, blk.attn_qkv.n_out))
+            q[:] = qkv[n_all - n:, :nq]
             k[:] = qkv[:, nq:nq + nk]
             v[:] = qkv[:, nq + nk:]
         else:
-            blk.attn_q(h, q)
+            if n:
+                blk.attn_q(h[n_all - n:], q)
             blk.attn_k(h, k)
             blk.attn_v(h, v)
+        k3 = k.reshape(n_all, hp.n_head_kv, hp.head_dim)
+        v3 = v.reshape(n_all, hp.n_head_kv, hp.head_dim_v)
+        if hasattr(blk, "attn_k_norm"):
+            flat = k.reshape(n_all * hp.n_head_kv, hp.head_dim)
+            (ops.rms_norm_serial if n_all == 1 else ops.rms_norm)(flat, blk.attn_k_norm, hp.rms_eps, flat)
+        swa = hp.is_swa[il]
+        table = self.rope_swa if swa else self.rope_global
+        neox = hp.rope_style == "neox"
+        if table is not None:
+            (ops.rope_serial if n_all == 1 else ops.rope)(k3, table[0], table[1], pos0, neox)
+        k_cache, v_cache = self.cache.layer(il)
+        ops.store_kv(k3, v3, k_cache, v_cache, pos0)
+        if n == 0:
+            return
+        pos0 += n_all - n  # the kept queries are the batch's last rows
         single = n == 1
         norm = ops.rms_norm_serial if single else ops.rms_norm
         q3 = q.reshape(n, hp.n_head, hp.head_dim)
-        k3 = k.reshape(n, hp.n_head_kv, hp.head_dim)
-        v3 = v.reshape(n, hp.n_head_kv, hp.head_dim_v)
         if hasattr(blk, "attn_q_norm"):
             flat = q.reshape(n * hp.n_head, hp.head_dim)
             norm(flat, blk.attn_q_norm, hp.rms_eps, flat)
-        if hasattr(blk, "attn_k_norm"):
-            flat = k.reshape(n * hp.n_head_kv, hp.head_dim)
-            norm(flat, blk.attn_k_norm, hp.rms_eps, flat)
-        swa = hp.is_swa[il]
-        table = self.rope_swa if swa else self.rope_global
         if table is not None:
-            neox = hp.rope_style == "neox"
-            rope = ops.rope_serial if single else ops.rope
-            rope(q3, table[0], table[1], pos0, neox)
-            rope(k3, table[0], table[1], pos0, neox)
-        k_cache, v_cache = self.cache.layer(il)
-        ops.store_kv(k3, v3, k_cache, v_cache, pos0)
+            (ops.rope_serial if single else ops.rope)(q3, table[0], table[1], pos0, neox)
         attn = self._buf("attn", n, hp.n_head * hp.head_dim_v)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
         window = hp.n_swa if swa else 0
