@@ -34,6 +34,9 @@ from .kernels import FORMATS, gemm_nt, gemm_panels, pack_panels
 __all__ = ["QuantizedMatrix", "matvec", "matmul", "dequantize_rows", "set_threads", "get_threads",
            "default_threads", "supported_types"]
 
+# Mat-vecs over fewer weight bytes run on the calling thread: entering numba's thread pool costs
+# ~25 us at 2 threads, what ~100 KB of weights take to stream on one core.
+SERIAL_MATVEC_BYTES = 128 * 1024
 # Below this many tokens a batch runs as separate mat-vecs (decoding the tile costs more).
 GEMM_MIN_TOKENS = 4
 # float32 bytes of one decoded weight tile: fits the per-core L2 next to the activation rows.
@@ -119,7 +122,9 @@ def matvec(W: QuantizedMatrix, x: np.ndarray, out: np.ndarray | None = None) -> 
     x = _activations(W, x, 1, "x")
     out = _output(out, (W.n_rows,))
     if W.n_rows:
-        W.format.matvec(W.weights, W._x_view(x), out)
+        # A parallel region costs more than it saves on one thread or on a small matrix.
+        serial = W.raw.nbytes < SERIAL_MATVEC_BYTES or numba.get_num_threads() == 1
+        (W.format.matvec_serial if serial else W.format.matvec)(W.weights, W._x_view(x), out)
     return out
 
 
