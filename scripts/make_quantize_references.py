@@ -28,7 +28,6 @@ import ctypes
 import hashlib
 import json
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path

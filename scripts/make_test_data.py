@@ -17,7 +17,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 
 from llmcli.gguf import GGUFReader
 
