@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import sys
 from pathlib import Path
@@ -39,6 +40,21 @@ def run_cli(*args, input: str | None = None) -> CliResult:
     finally:
         sys.stdin = old_stdin
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def gguf_record(path: Path) -> dict:
+    """What the convert tests compare with llama.cpp's records: metadata (types, values, order), per-tensor
+    type/shape/sha256, tensor order and the whole file's sha256 (tests/data/gguf_ref/*.json format)."""
+    from llmcli.gguf import GGUFReader
+
+    with GGUFReader(path) as r:
+        meta = {k: {"type": mv.type.name, "item_type": mv.item_type.name if mv.item_type is not None else None,
+                    "value": mv.to_python()} for k, mv in r.metadata.items()}
+        tensors = {t.name: {"type": t.type.name, "shape": list(t.shape),
+                            "sha256": hashlib.sha256(r.tensor_bytes(t).tobytes()).hexdigest()} for t in r.tensors}
+        order = [t.name for t in r.tensors]
+    return {"metadata": meta, "tensors": tensors, "tensor_order": order,
+            "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ values, in order) and every tensor's type, shape and sha256.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 
 from llmcli.convert import convert
-from llmcli.gguf import GGUFReader
+from tests.conftest import gguf_record
 from llmcli.gguf.constants import FileType, GGMLType
 
 DATA = Path(__file__).parent / "data"
@@ -40,15 +39,6 @@ def model_dir(tmp_path: Path, name: str) -> Path:
     return link
 
 
-def record(path: Path) -> dict:
-    with GGUFReader(path) as r:
-        meta = {k: {"type": mv.type.name, "item_type": mv.item_type.name if mv.item_type is not None else None,
-                    "value": mv.to_python()} for k, mv in r.metadata.items()}
-        tensors = {t.name: {"type": t.type.name, "shape": list(t.shape),
-                            "sha256": hashlib.sha256(r.tensor_bytes(t).tobytes()).hexdigest()} for t in r.tensors}
-        order = [t.name for t in r.tensors]
-    return {"metadata": meta, "tensors": tensors, "tensor_order": order,
-            "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def assert_matches(ours: dict, ref: dict) -> None:
@@ -73,7 +63,7 @@ def assert_matches(ours: dict, ref: dict) -> None:
 def test_matches_llama_cpp(tmp_path, name, outtype):
     out = tmp_path / "out.gguf"
     summary = convert(model_dir(tmp_path, name), out, outtype=outtype, pre=FORCED_PRE.get(name))
-    assert_matches(record(out), reference(name, outtype))
+    assert_matches(gguf_record(out), reference(name, outtype))
     assert summary.tensors == len(reference(name, outtype)["tensors"])
 
 
@@ -82,7 +72,7 @@ def test_matches_llama_cpp_other_outtypes(tmp_path, ref_name):
     name, outtype = ref_name.rsplit("-", 1)
     out = tmp_path / "out.gguf"
     convert(model_dir(tmp_path, name), out, outtype=outtype, pre=FORCED_PRE.get(name))
-    assert_matches(record(out), reference(name, outtype))
+    assert_matches(gguf_record(out), reference(name, outtype))
 
 
 def test_reference_set_covers_q8_0_bf16_and_auto():
@@ -112,7 +102,7 @@ def test_sharded_checkpoint_gives_the_same_file(tmp_path):
     (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     out = tmp_path / "out.gguf"
     convert(d, out, outtype="f16")
-    ours = record(out)
+    ours = gguf_record(out)
     ref = reference("llama", "f16")
     # llama.cpp visits shard by shard (sorted file names), names sorted within a shard
     hf_to_gguf = dict(zip([t.name for t in tensors], ref["tensor_order"]))  # one file: sorted order
@@ -149,7 +139,7 @@ def test_quantizer_hook_plugs_in(tmp_path):
     q = Q8Quantizer()
     out = tmp_path / "out.gguf"
     convert(model_dir(tmp_path, "mixtral"), out, outtype="f16", quantizer=q)
-    assert_matches(record(out), reference("mixtral", "q8_0"))
+    assert_matches(gguf_record(out), reference("mixtral", "q8_0"))
     offered = {name for name, _, _ in q.offered}
     assert "blk.0.ffn_gate_exps.weight" in offered and "token_embd.weight" in offered
     assert not any(n.endswith("_norm.weight") or "ffn_gate_inp" in n for n in offered)
@@ -198,7 +188,7 @@ def test_config_variants_match_llama_cpp(tmp_path, ref_path):
         _reference_script().add_tokens(d)
     out = tmp_path / "out.gguf"
     convert(d, out, outtype="f16", pre=FORCED_PRE.get(name))
-    assert_matches(record(out), ref)
+    assert_matches(gguf_record(out), ref)
 
 
 def test_variant_references_present():
@@ -229,7 +219,7 @@ def test_streaming_in_row_slices_gives_the_same_bytes(tmp_path, monkeypatch, nam
     monkeypatch.setattr(pipeline, "_ROWS_PER_CHUNK_BYTES", 3 * 64 * 4 * 2)
     out = tmp_path / "out.gguf"
     convert(model_dir(tmp_path, name), out, outtype=outtype, pre=FORCED_PRE.get(name))
-    assert_matches(record(out), reference(name, outtype))
+    assert_matches(gguf_record(out), reference(name, outtype))
 
 
 @pytest.mark.parametrize("name", sorted(FORCED_PRE))

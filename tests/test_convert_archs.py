@@ -9,7 +9,6 @@ values, order) and every tensor's type, shape and sha256.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from llmcli.convert import convert
+from tests.conftest import gguf_record
 from llmcli.errors import BadInputError
 from llmcli.gguf import GGUFReader
 
@@ -39,15 +39,6 @@ def checkpoint_copy(tmp_path: Path, name: str) -> Path:
     return dst
 
 
-def record(path: Path) -> dict:
-    with GGUFReader(path) as r:
-        meta = {k: {"type": mv.type.name, "item_type": mv.item_type.name if mv.item_type is not None else None,
-                    "value": mv.to_python()} for k, mv in r.metadata.items()}
-        tensors = {t.name: {"type": t.type.name, "shape": list(t.shape),
-                            "sha256": hashlib.sha256(r.tensor_bytes(t).tobytes()).hexdigest()} for t in r.tensors}
-        order = [t.name for t in r.tensors]
-    return {"metadata": meta, "tensors": tensors, "tensor_order": order,
-            "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def assert_tensors_match(ours: dict, ref: dict) -> None:
@@ -77,7 +68,7 @@ FLOAT32 = "FLOAT32"
 def test_matches_llama_cpp(tmp_path, name, outtype):
     out = tmp_path / f"{name}-{outtype}.gguf"
     summary = convert(checkpoint_copy(tmp_path, name), out, outtype=outtype, pre=FORCED_PRE.get(name))
-    ours, ref = record(out), reference(name, outtype)
+    ours, ref = gguf_record(out), reference(name, outtype)
     assert summary.architecture == ref["metadata"]["general.architecture"]["value"] == ARCHS[name]
     assert_metadata_match(ours, ref)
     assert_tensors_match(ours, ref)
@@ -94,7 +85,7 @@ EXTRA_OUTTYPES = [("qwen2moe", "bf16"), ("qwen2moe", "q8_0"), ("baichuan", "bf16
 def test_other_outtypes_match_llama_cpp(tmp_path, name, outtype):
     out = tmp_path / f"{name}-{outtype}.gguf"
     convert(checkpoint_copy(tmp_path, name), out, outtype=outtype, pre=FORCED_PRE.get(name))
-    ours, ref = record(out), reference(name, outtype)
+    ours, ref = gguf_record(out), reference(name, outtype)
     assert_metadata_match(ours, ref)
     assert_tensors_match(ours, ref)
     assert ours["file_sha256"] == ref["file_sha256"], "whole file not byte-identical"
@@ -116,7 +107,7 @@ def test_qwen2moe_fused_expert_layout(tmp_path):
     out = tmp_path / "fused.gguf"
     convert(src, out, outtype="f16", pre="qwen2")
     ref = reference("qwen2moe", "f16")
-    ours = record(out)
+    ours = gguf_record(out)
     assert sorted(ours["tensors"]) == sorted(ref["tensors"])
     for name, want in ref["tensors"].items():
         got = ours["tensors"][name]
