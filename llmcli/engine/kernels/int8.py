@@ -1,0 +1,270 @@
+"""Mat-vec with 8-bit activations, as llama.cpp computes a token: x is quantized once per call to
+ggml's Q8_0 activation blocks and each weight block is dotted with it in integers.
+
+Why: decoding weights to float32 and FMA-ing costs ~2 vector instructions per 16 weights more
+than one `vpdpbusd` (64 byte products summed 4 at a time into 16 int32 lanes). On the demo
+model's 178 MB Q8_0 output matrix that took a token's mat-vec from 18.2 to 12.2 ms at 2 threads
+(9.8 -> 14.6 GB/s of a ~19.5 GB/s machine), 25.8 -> 23.3 ms at 1 thread. It is also llama.cpp's
+own arithmetic (its CPU backend quantizes activations for every quantized weight type), so the
+logits move towards llama.cpp's, by its activation-rounding noise.
+
+Activation blocks (ggml's x86 `quantize_row_q8_0`, bit for bit):
+
+    for each 32 values of x:   amax = max |x|,  d = fp16(amax / 127),  q = rint(x * 127 / amax)
+    xq int8 (n,)    xd float32 (n/32,) = d as float    xbias int32 (n/32 * 8,): see below
+
+`vpdpbusd` multiplies unsigned by signed bytes, so weights enter as unsigned codes u with the
+format's offset removed afterwards: w = u - OFFSET (Q8_0: u = w ^ 0x80, OFFSET 128; Q4_0: the
+nibble, 8; Q5_0: nibble | 5th bit << 4, 16). Then  sum w*x = sum u*x - OFFSET * sum x; the
+correction -OFFSET * sum(xq of the block) starts lane 0 of the block's 8 int32 lanes (`xbias`),
+so the integer sum needs no extra instruction.
+
+One block = 8 int32 lanes; a zmm holds two consecutive blocks:
+
+    lanes  0..7  block b   (bytes u[0..31] . xq[32b .. 32b+31], 4 products per lane)
+    lanes  8..15 block b+1
+    acc(float32 x16) += float(lanes) * [d_w(b) xd(b)] x8 ++ [d_w(b+1) xd(b+1)] x8
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from llvmlite import binding as llvm
+from numba import config, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ...gguf.constants import GGMLType
+from ...quants.half import fp32_round_fp16
+from .common import ROW_TILE
+from .simd import PREFETCH_BYTES, _data_ptr
+
+
+def _host_has_vnni() -> bool:
+    # numba compiles for the host CPU unless NUMBA_CPU_NAME asks for a portable target
+    if config.CPU_NAME not in (None, "host"):
+        return False
+    try:
+        return bool(llvm.get_host_cpu_features().get("avx512vnni", False))
+    except Exception:  # an llvmlite without feature detection: the generic code is always correct
+        return False
+
+
+HAS_VNNI = _host_has_vnni()
+
+# Per weight type: block bytes, byte offset of the fp16 scale, how the unsigned codes are read,
+# and the offset subtracted from them.
+#   q8_0  | d | qs[32] int8 |                   u = qs ^ 0x80
+#   q4_0  | d | qs[16] |                        u[j] = qs[j] & 15, u[j+16] = qs[j] >> 4
+#   q5_0  | d | qh u32 | qs[16] |               as q4_0, | (bit j of qh) << 4
+INT8_BLOCKS = {"q8_0": (34, 128), "q4_0": (18, 8), "q5_0": (22, 16)}
+
+
+def dot_u8_s8(builder, acc, u, s):
+    """acc <16 x i32> + (sum of 4 adjacent u8*s8 products per lane) for u, s <64 x i8>."""
+    i8, i32 = ir.IntType(8), ir.IntType(32)
+    v16i32 = ir.VectorType(i32, 16)
+    if HAS_VNNI:
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32] * 3),
+                                            "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(fn, [acc, builder.bitcast(u, v16i32), builder.bitcast(s, v16i32)])
+    v64i32 = ir.VectorType(i32, 64)
+    prod = builder.mul(builder.zext(u, v64i32), builder.sext(s, v64i32))
+    undef = ir.Constant(v64i32, ir.Undefined)
+    for k in range(4):
+        acc = builder.add(acc, builder.shuffle_vector(prod, undef, ir.Constant(v16i32, list(range(k, 64, 4)))))
+    del i8
+    return acc
+
+
+def _codes(builder, kind, base):
+    """The 32 unsigned codes of the block at `base` (i8*) as <32 x i8>."""
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    v32i8, v16i8 = ir.VectorType(i8, 32), ir.VectorType(i8, 16)
+
+    def load(offset, vty):
+        return builder.load(builder.bitcast(builder.gep(base, [ir.Constant(i64, offset)]), vty.as_pointer()), align=1)
+
+    if kind == "q8_0":
+        return builder.xor(load(2, v32i8), ir.Constant(v32i8, [0x80] * 32))
+    qs = load(2 if kind == "q4_0" else 6, v16i8)
+    both = builder.shuffle_vector(qs, qs, ir.Constant(ir.VectorType(i32, 32), list(range(16)) * 2))
+    shifts = ir.Constant(v32i8, [0] * 16 + [4] * 16)
+    u = builder.and_(builder.lshr(both, shifts), ir.Constant(v32i8, [15] * 32))
+    if kind == "q4_0":
+        return u
+    # 5th bit: byte j takes bit j of the little-endian u32 qh = bit (j % 8) of qh byte j // 8
+    qh = load(2, ir.VectorType(i8, 4))
+    spread = builder.shuffle_vector(qh, qh, ir.Constant(ir.VectorType(i32, 32), [j // 8 for j in range(32)]))
+    bit = builder.and_(spread, ir.Constant(v32i8, [1 << (j % 8) for j in range(32)]))
+    is_set = builder.icmp_unsigned("!=", bit, ir.Constant(v32i8, [0] * 32))
+    return builder.or_(u, builder.select(is_set, ir.Constant(v32i8, [16] * 32), ir.Constant(v32i8, [0] * 32)))
+
+
+@intrinsic
+def row_dot_int8(typingctx, row, xq, xd, xbias, n_blocks, kind):
+    """sum over blocks b of d_w(b) * xd[b] * (w_b . xq_b) for one row of Q8_0/Q4_0/Q5_0 blocks
+    (`kind` a literal string; row uint8 (n_blocks * block_bytes,), xq int8, xd float32, xbias
+    int32 as made by `quantize_activations`). Two blocks per loop trip, the float accumulator in
+    a register for the whole row, a prefetch PREFETCH_BYTES ahead."""
+    if not isinstance(kind, types.StringLiteral) or kind.literal_value not in INT8_BLOCKS:
+        return None
+    fmt = kind.literal_value
+    block_bytes = INT8_BLOCKS[fmt][0]
+
+    def codegen(context, builder, signature, args):
+        row_v, xq_v, xd_v, xb_v, nb_v = args[:5]
+        tys = signature.args
+        f32, i32, i64, i8, f16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(8), ir.HalfType()
+        v16f, v16i32, v32i8, v64i8 = (ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 32),
+                                      ir.VectorType(i8, 64))
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f] * 3), "llvm.fma.v16f32")
+        pf = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0i8")
+        row_p = builder.bitcast(_data_ptr(context, builder, tys[0], row_v), i8.as_pointer())
+        xq_p = builder.bitcast(_data_ptr(context, builder, tys[1], xq_v), i8.as_pointer())
+        xd_p = _data_ptr(context, builder, tys[2], xd_v)
+        xb_p = _data_ptr(context, builder, tys[3], xb_v)
+        nb = context.cast(builder, nb_v, tys[4], types.int64)
+        zero_f = ir.Constant(v16f, [0.0] * 16)
+        undef_f = ir.Constant(v16f, ir.Undefined)
+        c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
+
+        def blocks_step(b, count, acc):
+            """acc + the `count` (1 or 2) blocks starting at block b."""
+            bases = [builder.gep(row_p, [builder.mul(builder.add(b, c64(k)), c64(block_bytes))]) for k in range(count)]
+            codes = [_codes(builder, fmt, base) for base in bases]
+            xs = builder.gep(xq_p, [builder.shl(b, c64(5))])
+            if count == 2:
+                u = builder.shuffle_vector(codes[0], codes[1], ir.Constant(ir.VectorType(i32, 64), list(range(64))))
+                s = builder.load(builder.bitcast(xs, v64i8.as_pointer()), align=1)
+            else:
+                zeros = ir.Constant(v32i8, [0] * 32)
+                widen = ir.Constant(ir.VectorType(i32, 64), list(range(64)))
+                u = builder.shuffle_vector(codes[0], zeros, widen)
+                s = builder.shuffle_vector(builder.load(builder.bitcast(xs, v32i8.as_pointer()), align=1), zeros, widen)
+            bias_p = builder.bitcast(builder.gep(xb_p, [builder.shl(b, c64(3))]), v16i32.as_pointer())
+            if count == 2:
+                bias = builder.load(bias_p, align=4)
+            else:  # only the first 8 lanes exist for a last odd block
+                v8i32 = ir.VectorType(i32, 8)
+                half = builder.load(builder.bitcast(bias_p, v8i32.as_pointer()), align=4)
+                bias = builder.shuffle_vector(half, ir.Constant(v8i32, [0] * 8),
+                                              ir.Constant(v16i32, list(range(16))))
+            dots = dot_u8_s8(builder, bias, u, s)
+            scales = undef_f
+            for k in range(count):
+                d_w = builder.fpext(builder.load(builder.bitcast(bases[k], f16.as_pointer()), align=1), f32)
+                d_x = builder.load(builder.gep(xd_p, [builder.add(b, c64(k))]))
+                scales = builder.insert_element(scales, builder.fmul(d_w, d_x), ir.Constant(i32, k))
+            if count == 1:
+                scales = builder.insert_element(scales, ir.Constant(f32, 0.0), ir.Constant(i32, 1))
+            scales = builder.shuffle_vector(scales, undef_f, ir.Constant(v16i32, [0] * 8 + [1] * 8))
+            return builder.call(fma, [builder.sitofp(dots, v16f), scales, acc])
+
+        pre = builder.block
+        loop = builder.append_basic_block("row_dot_int8.loop")
+        tail = builder.append_basic_block("row_dot_int8.tail")
+        n_pairs = builder.ashr(nb, c64(1))
+        builder.cbranch(builder.icmp_signed(">", n_pairs, c64(0)), loop, tail)
+
+        builder.position_at_end(loop)
+        i = builder.phi(i64)
+        acc = builder.phi(v16f)
+        i.add_incoming(c64(0), pre)
+        acc.add_incoming(zero_f, pre)
+        b0 = builder.shl(i, c64(1))
+        if PREFETCH_BYTES:
+            ahead = builder.gep(row_p, [builder.add(builder.mul(b0, c64(block_bytes)), c64(PREFETCH_BYTES))])
+            builder.call(pf, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        new = blocks_step(b0, 2, acc)
+        i_next = builder.add(i, c64(1))
+        i.add_incoming(i_next, loop)
+        acc.add_incoming(new, loop)
+        builder.cbranch(builder.icmp_signed("<", i_next, n_pairs), loop, tail)
+
+        builder.position_at_end(tail)
+        total = builder.phi(v16f)
+        total.add_incoming(zero_f, pre)
+        total.add_incoming(new, loop)
+        odd = builder.icmp_signed("!=", builder.and_(nb, c64(1)), c64(0))
+        with builder.if_then(odd):
+            with_last = blocks_step(builder.sub(nb, c64(1)), 1, total)
+            odd_block = builder.block
+        vec = builder.phi(v16f)
+        vec.add_incoming(with_last, odd_block)
+        vec.add_incoming(total, tail)
+        size = 16
+        while size > 1:  # tree sum of the 16 lanes
+            half = size // 2
+            u = ir.Constant(ir.VectorType(f32, size), ir.Undefined)
+            lo = builder.shuffle_vector(vec, u, ir.Constant(ir.VectorType(i32, half), list(range(half))))
+            hi = builder.shuffle_vector(vec, u, ir.Constant(ir.VectorType(i32, half), list(range(half, size))))
+            vec = builder.fadd(lo, hi)
+            size = half
+        return builder.extract_element(vec, ir.Constant(i32, 0))
+
+    return types.float32(row, xq, xd, xbias, n_blocks, kind), codegen
+
+
+@njit(inline="always")
+def quantize_activations(x, offset):
+    """x float32 (32 n,) -> (xq int8 (32 n,), xd float32 (n,), xbias int32 (8 n,)) as ggml's x86
+    quantize_row_q8_0 (d rounded to fp16, multiplier 127/amax, round half to even), with
+    xbias[8b] = -offset * sum(xq of block b) and the other 7 lanes of each block 0."""
+    n_blocks = x.size // 32
+    xq = np.empty(x.size, np.int8)
+    xd = np.empty(n_blocks, np.float32)
+    xbias = np.zeros(n_blocks * 8, np.int32)
+    for b in range(n_blocks):
+        amax = np.float32(0.0)
+        for k in range(32):
+            amax = max(amax, abs(x[32 * b + k]))
+        xd[b] = fp32_round_fp16(amax / np.float32(127.0))
+        inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+        total = np.int32(0)
+        for k in range(32):
+            q = np.int32(np.rint(x[32 * b + k] * inv))
+            xq[32 * b + k] = q
+            total += q
+        xbias[8 * b] = -offset * total
+    return xq, xd, xbias
+
+
+# One kernel per weight type: `kind` must be a literal for the intrinsic, and numba caches by function.
+@njit(parallel=True, cache=True)
+def matvec_q8_0_int8(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 34)
+    xq, xd, xbias = quantize_activations(x.reshape(-1), np.int32(128))
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            out[r] = row_dot_int8(flat[r], xq, xd, xbias, n_blocks, "q8_0")
+
+
+@njit(parallel=True, cache=True)
+def matvec_q4_0_int8(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 18)
+    xq, xd, xbias = quantize_activations(x.reshape(-1), np.int32(8))
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            out[r] = row_dot_int8(flat[r], xq, xd, xbias, n_blocks, "q4_0")
+
+
+@njit(parallel=True, cache=True)
+def matvec_q5_0_int8(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 22)
+    xq, xd, xbias = quantize_activations(x.reshape(-1), np.int32(16))
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            out[r] = row_dot_int8(flat[r], xq, xd, xbias, n_blocks, "q5_0")
+
+
+INT8_MATVECS = {
+    GGMLType.Q8_0: matvec_q8_0_int8,
+    GGMLType.Q4_0: matvec_q4_0_int8,
+    GGMLType.Q5_0: matvec_q5_0_int8,
+}
