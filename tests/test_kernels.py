@@ -4,6 +4,9 @@ Blocks come from real quantizers (gguf-py's, and llama-quantize's slices in test
 see scripts/extract_kernel_blocks.py) and from random bytes with finite fp16 scales (every byte
 pattern is a valid block, so random blocks reach every code path). gguf-py's `dequantize` is the
 oracle for the block layouts; our dequantize must equal it bit for bit.
+
+These are the float32-activation kernels (`set_activations("float")` for the whole module); the
+8-bit-activation mat-vecs are checked in test_kernels_int8*.py.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import pytest
 from gguf.quants import dequantize as oracle_dequantize
 from gguf.quants import quantize as oracle_quantize
 
-from llmcli.engine.matmul import (QuantizedMatrix, dequantize_rows, get_threads, matmul, matvec,
-                                  set_threads, supported_types)
+from llmcli.engine.matmul import (QuantizedMatrix, dequantize_rows, get_activations, get_threads, matmul,
+                                  matvec, set_activations, set_threads, supported_types)
 from llmcli.errors import BadInputError, UnsupportedError
 from llmcli.gguf import GGUFReader
 from llmcli.gguf.constants import TYPE_INFO, GGMLType
@@ -30,6 +33,14 @@ FP16_SCALE_OFFSETS = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5
                       "Q6_K": [208], "IQ4_XS": [0]}
 N_ROWS = 37  # not a multiple of the 16-row mat-vec tiles nor of the 4-row GEMM blocks
 TOKEN_COUNTS = [1, 3, 17]
+
+
+@pytest.fixture(autouse=True)
+def float_activations():
+    before = get_activations()
+    set_activations("float")
+    yield
+    set_activations(before)
 
 
 def random_rows(type_name: str, n_rows: int, n_cols: int, rng) -> np.ndarray:

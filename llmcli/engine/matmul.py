@@ -5,14 +5,12 @@
     matmul(W, X, out)          # out (n_tokens, n_rows)  = X @ W.T          prompt processing
     dequantize_rows(W, a, b)   # float32 rows a..b-1 (embedding lookup)
 
-Activations stay float32: the weights are decoded block by block inside the kernels and
-multiplied with float32 x. We chose this over llama.cpp's 8-bit activation quantization
-(Q8_0/Q8_K blocks + integer dot products) because the float path (a) matches a
-dequantize-then-float32 reference to rounding error for every type, (b) every format shares one
-vector step (kernels/simd.py `fma_lanes`: decode 16-32 weights, FMA with float32 x), whereas integer
-dot products only paid off for Q8_0 in kernels.md's measurements (no VNNI from numba), and (c)
-keeps one simple kernel shape per format. The price is logits that differ from
-llama.cpp's native ones by its activation-quantization noise, not by ours.
+Activations: a mat-vec (token generation) rounds x to 8 bits where the weight type has an
+integer kernel (Q8_0, Q4_0, Q5_0 and, as they land, the K-quants: kernels/int8*.py), exactly as
+llama.cpp's CPU backend quantizes activations to Q8_0/Q8_K blocks; `set_activations("float")` keeps
+float32 activations everywhere (a dequantize-then-float32 reference to rounding error). Mat-muls
+(prompt processing) stay float32: they are compute-bound in GEMM form, where decoding a weight tile
+once per batch already amortises, and float32 is the more exact of the two.
 
 Mat-vec streams every weight byte once (memory-bound). Mat-mul with 4+ tokens decodes a tile of
 rows to float32 once per call (in a reused scratch buffer, ~1 MB so it stays in L2), packs it
@@ -32,7 +30,7 @@ from ..gguf.constants import TYPE_INFO, GGMLType
 from .kernels import FORMATS, gemm_nt, gemm_panels, pack_panels
 
 __all__ = ["QuantizedMatrix", "matvec", "matmul", "dequantize_rows", "set_threads", "get_threads",
-           "default_threads", "supported_types"]
+           "default_threads", "supported_types", "set_activations", "get_activations"]
 
 # Mat-vecs over fewer weight bytes run on the calling thread: entering numba's thread pool costs
 # ~25 us at 2 threads, what ~100 KB of weights take to stream on one core.
@@ -43,6 +41,21 @@ GEMM_MIN_TOKENS = 4
 GEMM_TILE_BYTES = 1 << 20
 # The GEMM micro-kernel covers 32 weight rows at a time (kernels/gemm.py).
 COLUMNS_PER_TILE_STEP = 32
+# "int8": mat-vecs quantize activations to 8 bits where the weight type has an integer kernel.
+ACTIVATION_MODES = ("int8", "float")
+_activations_mode = "int8"
+
+
+def set_activations(mode: str) -> None:
+    """How mat-vecs treat activations: "int8" (llama.cpp's arithmetic, faster) or "float"."""
+    global _activations_mode
+    if mode not in ACTIVATION_MODES:
+        raise BadInputError(f"activations must be one of {', '.join(ACTIVATION_MODES)}, got {mode!r}")
+    _activations_mode = mode
+
+
+def get_activations() -> str:
+    return _activations_mode
 
 
 def supported_types() -> list[GGMLType]:
@@ -122,10 +135,17 @@ def matvec(W: QuantizedMatrix, x: np.ndarray, out: np.ndarray | None = None) -> 
     x = _activations(W, x, 1, "x")
     out = _output(out, (W.n_rows,))
     if W.n_rows:
-        # A parallel region costs more than it saves on one thread or on a small matrix.
-        serial = W.raw.nbytes < SERIAL_MATVEC_BYTES or numba.get_num_threads() == 1
-        (W.format.matvec_serial if serial else W.format.matvec)(W.weights, W._x_view(x), out)
+        _matvec_kernel(W)(W.weights, W._x_view(x), out)
     return out
+
+
+def _matvec_kernel(W: QuantizedMatrix):
+    fmt = W.format
+    # A parallel region costs more than it saves on one thread or on a small matrix.
+    serial = W.raw.nbytes < SERIAL_MATVEC_BYTES or numba.get_num_threads() == 1
+    if _activations_mode == "int8" and fmt.matvec_int8 is not None:
+        return fmt.matvec_int8_serial if serial else fmt.matvec_int8
+    return fmt.matvec_serial if serial else fmt.matvec
 
 
 _scratch: dict[str, np.ndarray] = {}
@@ -145,8 +165,9 @@ def matmul(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) -> 
     n_tokens = X.shape[0]
     out = _output(out, (n_tokens, W.n_rows))
     if n_tokens < GEMM_MIN_TOKENS:
+        kernel = _matvec_kernel(W)
         for t in range(n_tokens):
-            W.format.matvec(W.weights, W._x_view(X[t]), out[t])
+            kernel(W.weights, W._x_view(X[t]), out[t])
         return out
     # Rows in tiles of a multiple of 32: decode, pack into 32-row k-major panels, micro-kernel GEMM.
     strip = COLUMNS_PER_TILE_STEP

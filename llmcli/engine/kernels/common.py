@@ -83,12 +83,20 @@ class Format:
              for quantized types, `(rows, n_cols)` of float32/uint16 for F32/F16/BF16.
     matvec(weights, x_view, out):  out[r] = row r . x
     matvec_serial:                 the same on the calling thread only (see `serial_twin`)
+    matvec_int8, matvec_int8_serial: the same with activations rounded to 8 bits as llama.cpp does
+                                   (int8.py), or None where the type has no such kernel
     dequant(weights, out_view):    out_view[r, ...] = row r's values, out_view shaped like x_view
     """
 
-    __slots__ = ("x_group", "matvec", "matvec_serial", "dequant", "element")
+    __slots__ = ("x_group", "matvec", "matvec_serial", "dequant", "element", "matvec_int8", "matvec_int8_serial")
 
     def __init__(self, x_group, matvec, dequant, element=np.uint8):
         self.x_group, self.matvec, self.dequant = tuple(x_group), matvec, dequant
         self.matvec_serial = serial_twin(matvec)
         self.element = np.dtype(element)
+        self.matvec_int8 = self.matvec_int8_serial = None
+
+    def with_int8(self, matvec_int8) -> "Format":
+        """Attach an 8-bit-activation mat-vec kernel (same signature as `matvec`)."""
+        self.matvec_int8, self.matvec_int8_serial = matvec_int8, serial_twin(matvec_int8)
+        return self

@@ -1,0 +1,173 @@
+"""Mat-vecs with 8-bit activations (kernels/int8.py): Q8_0, Q4_0, Q5_0 weights.
+
+Three oracles: gguf-py's dequantize for the weight blocks and its Q8_0 quantizer for the activation
+blocks; llama.cpp's own logits on the K-quant test model (its CPU backend rounds activations the same
+way), token by token through the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from gguf.quants import dequantize as oracle_dequantize
+from gguf.quants import quantize as oracle_quantize
+from numba import njit
+
+from llmcli.engine.kernels.int8 import INT8_MATVECS, quantize_activations
+from llmcli.engine.matmul import QuantizedMatrix, get_activations, matmul, matvec, set_activations
+from llmcli.errors import BadInputError
+from llmcli.gguf.constants import GGMLType
+from llmcli.models import load_model
+from llmcli.quantize import quantize_file
+from llmcli.quants.mixes import QuantizeOptions
+
+from test_kernels import N_ROWS, random_rows
+
+INT8_TYPES = ["Q8_0", "Q4_0", "Q5_0"]
+KQ = Path(__file__).parent / "data" / "kq"
+
+
+@pytest.fixture
+def activations():
+    before = get_activations()
+    yield set_activations
+    set_activations(before)
+
+
+@njit(cache=True)
+def _quantize(x):
+    return quantize_activations(x, np.int32(1))
+
+
+def oracle_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int codes (n,), block scales (n/32,)) of x as gguf-py's Q8_0 quantizer writes them."""
+    blocks = oracle_quantize(x.reshape(1, -1), gguf.GGMLQuantizationType.Q8_0).view(np.uint8).reshape(-1, 34)
+    scales = blocks[:, :2].copy().view(np.float16).astype(np.float32).reshape(-1)
+    return blocks[:, 2:].view(np.int8).reshape(-1).astype(np.int64), scales
+
+
+def int8_reference(raw: np.ndarray, type_name: str, x: np.ndarray) -> np.ndarray:
+    """sum over blocks of d_w * d_x * (codes . xq) in float64, from gguf-py's dequantized weights
+    (= d_w * code) and gguf-py's activation blocks."""
+    xq, xd = oracle_activations(x)
+    weights = oracle_dequantize(raw, gguf.GGMLQuantizationType[type_name]).astype(np.float64)
+    n_blocks = x.size // 32
+    per_block = np.einsum("rbk,bk->rb", weights.reshape(len(raw), n_blocks, 32), xq.reshape(n_blocks, 32))
+    return per_block @ xd.astype(np.float64)
+
+
+def test_activation_blocks_are_ggmls():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.standard_normal(32 * 40).astype(np.float32) * 3,
+                        np.zeros(32, np.float32),  # an all-zero block: d = 0, codes 0
+                        np.full(32, -2.5, np.float32)])
+    xq, xd, xbias = _quantize(x)
+    want_q, want_d = oracle_activations(x)
+    np.testing.assert_array_equal(xd, want_d)  # fp16-rounded amax / 127
+    # ggml's x86 quantizer multiplies by 127/amax and rounds half to even, gguf-py's reference by
+    # 1/d and half away from zero: codes may differ by 1 on an exact tie, nowhere else
+    differ = xq.astype(np.int64) != want_q
+    assert np.abs(xq.astype(np.int64) - want_q).max() <= 1 and differ.mean() < 0.01
+    assert np.all(xq[-64:-32] == 0) and np.all(xq[-32:] == -127)
+    np.testing.assert_array_equal(xbias.reshape(-1, 8)[:, 0], -xq.reshape(-1, 32).astype(np.int64).sum(1))
+    assert np.all(xbias.reshape(-1, 8)[:, 1:] == 0)
+
+
+@pytest.mark.parametrize("type_name", INT8_TYPES)
+@pytest.mark.parametrize("n_cols", [32, 96, 640])  # one block, odd and even block counts
+def test_matvec_equals_integer_reference(type_name, n_cols, activations):
+    rng = np.random.default_rng(n_cols + len(type_name))
+    raw = random_rows(type_name, N_ROWS, n_cols, rng)
+    W = QuantizedMatrix(raw, GGMLType[type_name], n_cols)
+    x = rng.standard_normal(n_cols).astype(np.float32)
+    x[:32] *= 40  # blocks of very different scales
+    activations("int8")
+    got = matvec(W, x)
+    expected = int8_reference(raw, type_name, x)
+    # exact integer sums; only the float32 scaling and lane sums round (and a tie rounded the other way)
+    scale = np.abs(oracle_dequantize(raw, gguf.GGMLQuantizationType[type_name])).sum(1) * np.abs(x).max() / 127
+    assert np.all(np.abs(got - expected) <= 1e-5 * np.abs(expected) + 1e-3 * scale), type_name
+    # the mode switch: float activations give the float kernels' result, which differs by the rounding
+    activations("float")
+    exact = matvec(W, x)
+    assert not np.array_equal(exact, got)
+    assert np.abs(exact - got).max() < 0.02 * np.abs(exact).max()
+    # a batch of fewer than 4 tokens runs as mat-vecs: the same kernel
+    activations("int8")
+    np.testing.assert_array_equal(matmul(W, np.stack([x, x]))[1], got)
+
+
+def test_serial_and_parallel_kernels_agree(activations):
+    rng = np.random.default_rng(2)
+    raw = random_rows("Q5_0", 300, 640, rng)  # > SERIAL_MATVEC_BYTES: the parallel kernel
+    W = QuantizedMatrix(raw, GGMLType.Q5_0, 640)
+    x = rng.standard_normal(640).astype(np.float32)
+    activations("int8")
+    out = np.empty(300, np.float32)
+    INT8_MATVECS[GGMLType.Q5_0](W.weights, W._x_view(x), out)
+    np.testing.assert_array_equal(matvec(W, x), out)
+    np.testing.assert_array_equal(matvec(W.rows(0, 5), x), out[:5])  # small: the serial twin
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(BadInputError, match="int8, float"):
+        set_activations("int4")
+
+
+def test_generic_code_without_vnni(tmp_path):
+    """On a CPU without AVX512-VNNI (an AVX2 Haswell here) the kernels emit plain vector IR: same numbers."""
+    rng = np.random.default_rng(4)
+    raw = random_rows("Q5_0", 20, 96, rng)
+    x = rng.standard_normal(96).astype(np.float32)
+    np.save(tmp_path / "raw.npy", raw)
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from llmcli.engine.kernels import int8
+        from llmcli.engine.matmul import QuantizedMatrix
+        from llmcli.gguf.constants import GGMLType
+        assert not int8.HAS_VNNI
+        W = QuantizedMatrix(np.load({str(tmp_path / 'raw.npy')!r}), GGMLType.Q5_0, 96)
+        out = np.empty(20, np.float32)
+        int8.matvec_q5_0_int8(W.weights, W._x_view(np.load({str(tmp_path / 'x.npy')!r})), out)
+        np.save({str(tmp_path / 'out.npy')!r}, out)
+    """)
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
+    generic = np.load(tmp_path / "out.npy")
+    expected = int8_reference(raw, "Q5_0", x)
+    np.testing.assert_allclose(generic, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("tag", ["Q4_0", "Q8_0"])
+def test_decode_logits_follow_llamacpp(tag, tmp_path, activations):
+    """Token by token (mat-vecs) on the K-quant test model with every matrix in `tag`: llama.cpp's
+    native logits (8-bit activations) within 2x its own native-vs-dequantized-f32 difference, and
+    nearer to them than float32 activations get."""
+    record = json.loads((KQ / "types" / f"{tag}.json").read_text())
+    path = tmp_path / f"kq-{tag}.gguf"
+    quantize_file(KQ / "kq-f16.gguf", path, record["type_arg"], QuantizeOptions(pure=record["pure"]), measure=False)
+    ids = json.loads((KQ / "llamacpp" / "f16.json").read_text())["prompt_ids"]
+    native = np.load(KQ / "llamacpp" / f"{tag}.logits.npy")
+    dequantized = np.load(KQ / "llamacpp" / f"{tag}.dequant_f32.logits.npy")
+    model = load_model(path, threads=1)
+    per_mode = {}
+    for mode in ("int8", "float"):
+        activations(mode)
+        model.reset()
+        per_mode[mode] = np.stack([np.asarray(model.forward([t])).reshape(-1) for t in ids])
+    llamacpp_spread = np.abs(native - dequantized).max()  # 0.75 (Q4_0), 0.60 (Q8_0)
+    int8_diff = np.abs(per_mode["int8"] - native).max()
+    assert int8_diff <= 2 * llamacpp_spread, (tag, int8_diff, llamacpp_spread)
+    assert int8_diff < np.abs(per_mode["float"] - native).max()
+    assert (per_mode["int8"].argmax(1) == native.argmax(1)).mean() >= 0.95
+    # float activations still reproduce the dequantized-f32 run
+    assert np.abs(per_mode["float"] - dequantized).max() < 1e-2
