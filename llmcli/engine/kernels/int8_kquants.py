@@ -1,0 +1,346 @@
+"""Mat-vec with 8-bit activations for Q4_K and Q6_K weights, llama.cpp's Q8_K path: x is quantized
+once per call to ggml's Q8_K activation blocks and every weight super-block is dotted with them in
+integers (`vpdpbusd`, see int8.py), as ggml's `ggml_vec_dot_q4_K_q8_K` / `ggml_vec_dot_q6_K_q8_K`.
+
+Activation blocks (ggml's `quantize_row_q8_K_ref`, which its x86 backend calls, bit for bit):
+
+    per 256 values of x:  max = the value of largest |x| (the first one on a tie),
+                          iscale = -127 / max,   q = min(127, rint(iscale * x)),   d = 1 / iscale
+                          (all zero: d = 0, q = 0)
+    xq int8 (n,)   xd float32 (n/256,) = d (float32, not fp16)   bsums int32 (n/16,) = sum of q per 16
+
+Per super-block b, with the integer sums exactly as ggml's generic C code defines them:
+
+    Q4_K:  d_x * d * sum_s sc_s * (u_s . xq_s)  -  d_x * dmin * sum_s m_s * (bsums over sub-block s)
+           u = the nibble 0..15 (unsigned, as vpdpbusd wants), s < 8 sub-blocks of 32
+    Q6_K:  d_x * d * sum_s sc_s * ((u_s - 32) . xq_s)
+         = d_x * d * (sum_s sc_s * (u_s . xq_s)  -  32 * sum_s sc_s * bsums_s)
+           u = the 6-bit code 0..63, sc int8, s < 16 sub-blocks of 16
+
+Each block's integer sum lives in one <16 x i32> (its 16 lanes summed at the end of the row
+with everything else, so which lane holds what does not matter); it becomes float once per block
+and is FMA'd with d * d_x into a float32 accumulator that stays in a register for the whole row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ...gguf.constants import GGMLType
+from .common import ROW_TILE
+from .int8 import dot_u8_s8
+from .simd import PREFETCH_BYTES, _data_ptr
+
+QK_K = 256
+
+
+@njit(inline="always")
+def quantize_q8_k(x):
+    """x float32 (256 n,) -> (xq int8 (256 n,), xd float32 (n,), bsums int32 (16 n,)) exactly as
+    ggml's quantize_row_q8_K_ref (np.rint on float32 = ggml's nearest_int, half to even)."""
+    n_blocks = x.size // QK_K
+    xq = np.zeros(x.size, np.int8)
+    xd = np.zeros(n_blocks, np.float32)
+    bsums = np.zeros(n_blocks * 16, np.int32)
+    for b in range(n_blocks):
+        amax = np.float32(0.0)
+        top = np.float32(0.0)
+        for k in range(QK_K):
+            v = x[QK_K * b + k]
+            if abs(v) > amax:
+                amax = abs(v)
+                top = v
+        if amax == 0:
+            continue  # d = 0, codes and sums 0
+        iscale = np.float32(-127.0) / top
+        for k in range(QK_K):
+            q = min(np.int32(127), np.int32(np.rint(iscale * x[QK_K * b + k])))
+            xq[QK_K * b + k] = q
+            bsums[16 * b + k // 16] += q
+        xd[b] = np.float32(1.0) / iscale
+    return xq, xd, bsums
+
+
+# ---------------------------------------------------------------------------------------------
+# The code both row intrinsics share: one LLVM loop over a row's super-blocks, one block per trip,
+# a prefetch PREFETCH_BYTES ahead, float accumulators carried in registers (phis), a tree sum at
+# the end.
+# ---------------------------------------------------------------------------------------------
+class _Emitter:
+    def __init__(self, context, builder, signature, args):
+        self.b = builder
+        tys = signature.args
+        i8 = ir.IntType(8)
+        self.i8, self.i16, self.i32, self.i64, self.f32 = i8, ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
+        self.row = builder.bitcast(_data_ptr(context, builder, tys[0], args[0]), i8.as_pointer())
+        self.xq = builder.bitcast(_data_ptr(context, builder, tys[1], args[1]), i8.as_pointer())
+        self.xd = _data_ptr(context, builder, tys[2], args[2])
+        self.bsums = _data_ptr(context, builder, tys[3], args[3])
+        self.n_blocks = context.cast(builder, args[4], tys[4], types.int64)
+
+    def c64(self, v):
+        return ir.Constant(self.i64, v)
+
+    def vec(self, elem, values):
+        return ir.Constant(ir.VectorType(elem, len(values)), list(values))
+
+    def load(self, ptr, offset, vty, align=1):
+        return self.b.load(self.b.bitcast(self.b.gep(ptr, [offset]), vty.as_pointer()), align=align)
+
+    def shuffle(self, a, c, indices):
+        return self.b.shuffle_vector(a, c, self.vec(self.i32, indices))
+
+    def splat(self, value, n):
+        undef = ir.Constant(ir.VectorType(value.type, n), ir.Undefined)
+        one = self.b.insert_element(undef, value, ir.Constant(self.i32, 0))
+        return self.b.shuffle_vector(one, undef, self.vec(self.i32, [0] * n))
+
+    def half(self, base, offset):
+        return self.b.fpext(self.load(base, self.c64(offset), ir.HalfType()), self.f32)
+
+    def prefetch(self, base, lines):
+        fn = cgutils.get_or_insert_function(
+            self.b.module, ir.FunctionType(ir.VoidType(), [self.i8.as_pointer()] + [self.i32] * 3),
+            "llvm.prefetch.p0i8")
+        for line in range(lines):
+            self.b.call(fn, [self.b.gep(base, [self.c64(PREFETCH_BYTES + 64 * line)]),
+                             ir.Constant(self.i32, 0), ir.Constant(self.i32, 3), ir.Constant(self.i32, 1)])
+
+    def fma(self, a, c, acc):
+        vty = acc.type
+        fn = cgutils.get_or_insert_function(self.b.module, ir.FunctionType(vty, [vty] * 3),
+                                            f"llvm.fma.v{vty.count}f32")
+        return self.b.call(fn, [a, c, acc])
+
+    def tree_sum(self, vec):
+        size = vec.type.count
+        while size > 1:
+            half = size // 2
+            undef = ir.Constant(ir.VectorType(self.f32, size), ir.Undefined)
+            vec = self.b.fadd(self.shuffle(vec, undef, range(half)), self.shuffle(vec, undef, range(half, size)))
+            size = half
+        return self.b.extract_element(vec, ir.Constant(self.i32, 0))
+
+    def block_loop(self, name, block_bytes, prefetch_lines, widths, body):
+        """Run `body(b, base, accs) -> accs` over every block b of the row (base: i8* to its
+        bytes); accs are float vectors of the given widths, zero at the start. Returns their
+        final values (zero for an empty row)."""
+        bld = self.b
+        zeros = [ir.Constant(ir.VectorType(self.f32, w), [0.0] * w) for w in widths]
+        pre = bld.block
+        loop = bld.append_basic_block(f"{name}.loop")
+        done = bld.append_basic_block(f"{name}.done")
+        bld.cbranch(bld.icmp_signed(">", self.n_blocks, self.c64(0)), loop, done)
+
+        bld.position_at_end(loop)
+        blk = bld.phi(self.i64)
+        blk.add_incoming(self.c64(0), pre)
+        acc_in = [bld.phi(z.type) for z in zeros]
+        for phi, z in zip(acc_in, zeros):
+            phi.add_incoming(z, pre)
+        base = bld.gep(self.row, [bld.mul(blk, self.c64(block_bytes))])
+        self.prefetch(base, prefetch_lines)
+        accs = body(blk, base, acc_in)
+        nxt = bld.add(blk, self.c64(1))
+        blk.add_incoming(nxt, loop)
+        for phi, v in zip(acc_in, accs):
+            phi.add_incoming(v, loop)
+        bld.cbranch(bld.icmp_signed("<", nxt, self.n_blocks), loop, done)
+
+        bld.position_at_end(done)
+        finals = []
+        for v, z in zip(accs, zeros):
+            phi = bld.phi(z.type)
+            phi.add_incoming(z, pre)
+            phi.add_incoming(v, loop)
+            finals.append(phi)
+        return finals
+
+    def shifted_pair(self, v32, shift_lo, shift_hi, left):
+        """<64 x i8>: the 32 bytes v32 shifted by shift_lo (first half) ++ by shift_hi (second
+        half). As 16-bit words (vpsllvw/vpsrlvw; AVX-512 has no byte shifts): bits cross into the
+        neighbour byte, so callers mask afterwards."""
+        bld = self.b
+        v16i16 = ir.VectorType(self.i16, 16)
+        w = bld.bitcast(v32, v16i16)
+        both = self.shuffle(w, w, list(range(16)) * 2)
+        amounts = self.vec(self.i16, [shift_lo] * 16 + [shift_hi] * 16)
+        shifted = bld.shl(both, amounts) if left else bld.lshr(both, amounts)
+        return bld.bitcast(shifted, ir.VectorType(self.i8, 64))
+
+    def block_scale(self, base, d_offset, blk):
+        """d (fp16 at base + d_offset) * xd[blk] as float."""
+        return self.b.fmul(self.half(base, d_offset), self.b.load(self.b.gep(self.xd, [blk])))
+
+
+def _signature_ok(row, xq, xd, bsums, n_blocks):
+    arrays = (row, xq, xd, bsums)
+    return all(isinstance(a, types.Array) for a in arrays) and isinstance(n_blocks, types.Integer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Q4_K: 144 bytes, 256 weights in 8 sub-blocks of 32
+#   byte 0    2      4            16                                 144
+#        | d  | dmin | scales[12] | qs[128]                          |
+#   group g < 4 = qs[32g .. 32g+31]: low nibbles = sub-block 2g, high nibbles = 2g+1, so
+#
+#       u (64 x u8) = qs[32g..+31] & 15  ++  qs[32g..+31] >> 4      . xq[256b + 64g .. +63]
+#       vpdpbusd -> 16 int32 lanes: 0-7 sub-block 2g, 8-15 sub-block 2g+1
+#       iacc += lanes * (sc[2g] x8 ++ sc[2g+1] x8)
+#
+#   6-bit scales/mins (common.scale_min_k4), unpacked as <8 x i32>:
+#       j < 4:  sc = s[j] & 63                         m = s[j+4] & 63
+#       j >= 4: sc = s[j+4] & 15 | s[j-4] >> 6 << 4    m = s[j+4] >> 4 | s[j] >> 6 << 4
+# ---------------------------------------------------------------------------------------------
+def _q4_k_scales_mins(em, base):
+    bld, i32 = em.b, em.i32
+    v8i32 = ir.VectorType(i32, 8)
+    packed = bld.zext(em.load(base, em.c64(4), ir.VectorType(em.i8, 12)), ir.VectorType(i32, 12))
+    undef = ir.Constant(packed.type, ir.Undefined)
+
+    def pick(indices):
+        return em.shuffle(packed, undef, indices)
+
+    def c(values):
+        return ir.Constant(v8i32, list(values))
+
+    low_mask, high_mask = c([63] * 4 + [15] * 4), c([0] * 4 + [48] * 4)
+    top2 = c([4] * 8)  # (byte >> 6) << 4
+    six = c([6] * 8)
+    scales = bld.or_(bld.and_(pick([0, 1, 2, 3, 8, 9, 10, 11]), low_mask),
+                     bld.and_(bld.shl(bld.lshr(pick([0, 1, 2, 3, 0, 1, 2, 3]), six), top2), high_mask))
+    mins = bld.or_(bld.and_(bld.lshr(pick([4, 5, 6, 7, 8, 9, 10, 11]), c([0] * 4 + [4] * 4)), low_mask),
+                   bld.and_(bld.shl(bld.lshr(pick([4, 5, 6, 7, 4, 5, 6, 7]), six), top2), high_mask))
+    return scales, mins
+
+
+@intrinsic
+def row_dot_q4_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
+    """One row of Q4_K super-blocks (uint8 (n_blocks * 144,)) dotted with Q8_K activation blocks
+    (xq int8, xd float32, bsums int32 from `quantize_q8_k`), as float32."""
+    if not _signature_ok(row, xq, xd, bsums, n_blocks):
+        return None
+
+    def codegen(context, builder, signature, args):
+        em = _Emitter(context, builder, signature, args)
+        i32, f32 = em.i32, em.f32
+        v16i32, v8i32 = ir.VectorType(i32, 16), ir.VectorType(i32, 8)
+        v32i8, v64i8 = ir.VectorType(em.i8, 32), ir.VectorType(em.i8, 64)
+        nibble = ir.Constant(v64i8, [15] * 64)
+
+        def body(blk, base, accs):
+            acc, acc_min = accs
+            scales, mins = _q4_k_scales_mins(em, base)
+            xs = builder.gep(em.xq, [builder.mul(blk, em.c64(QK_K))])
+            iacc = ir.Constant(v16i32, [0] * 16)
+            for g in range(4):
+                qs = em.load(base, em.c64(16 + 32 * g), v32i8)
+                u = builder.and_(em.shifted_pair(qs, 0, 4, left=False), nibble)
+                s = em.load(xs, em.c64(64 * g), v64i8)
+                dots = dot_u8_s8(builder, ir.Constant(v16i32, [0] * 16), u, s)
+                sc = em.shuffle(scales, ir.Constant(v8i32, ir.Undefined), [2 * g] * 8 + [2 * g + 1] * 8)
+                iacc = builder.add(iacc, builder.mul(dots, sc))
+            # sum_s m_s * (bsums[2s] + bsums[2s+1])
+            bs = em.load(em.bsums, builder.mul(blk, em.c64(16)), v16i32, align=4)
+            undef16 = ir.Constant(v16i32, ir.Undefined)
+            pairs = builder.add(em.shuffle(bs, undef16, range(0, 16, 2)), em.shuffle(bs, undef16, range(1, 16, 2)))
+            min_dots = builder.mul(mins, pairs)
+            d = em.block_scale(base, 0, blk)
+            dmin = em.block_scale(base, 2, blk)
+            acc = em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc)
+            acc_min = em.fma(builder.sitofp(min_dots, ir.VectorType(f32, 8)), em.splat(dmin, 8), acc_min)
+            return [acc, acc_min]
+
+        acc, acc_min = em.block_loop("q4k_int8", 144, 3, (16, 8), body)
+        return builder.fsub(em.tree_sum(acc), em.tree_sum(acc_min))
+
+    return types.float32(row, xq, xd, bsums, n_blocks), codegen
+
+
+# ---------------------------------------------------------------------------------------------
+# Q6_K: 210 bytes, 256 weights in 16 sub-blocks of 16
+#   byte 0                  128             192               208  210
+#        | ql[128]          | qh[64]        | scales[16] int8 | d  |
+#   half n < 2: QL = ql[64n .. 64n+63], H = qh[32n .. 32n+31] hold weights 128n .. 128n+127:
+#
+#       u_a (64 x u8) = QL & 15  | (H & 3 ++ H >> 2 & 3) << 4          weights 128n      .. +63
+#       u_b (64 x u8) = QL >> 4  | (H >> 4 & 3 ++ H >> 6) << 4          weights 128n + 64 .. +63
+#       vpdpbusd with xq[256b + 128n (+64) .. +63] -> 16 int32 lanes, 4 per sub-block:
+#       lanes 4i..4i+3 = sub-block 8n + i (u_a) or 8n + 4 + i (u_b)
+#       iacc += lanes * (sc[s] x4 for its 4 sub-blocks)         sc sign-extended int8
+#   weight = u - 32:  iacc starts at -32 * sc[s] * bsums[s] (lane s).
+# ---------------------------------------------------------------------------------------------
+@intrinsic
+def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
+    """One row of Q6_K super-blocks (uint8 (n_blocks * 210,)) dotted with Q8_K activation blocks
+    (xq int8, xd float32, bsums int32 from `quantize_q8_k`), as float32."""
+    if not _signature_ok(row, xq, xd, bsums, n_blocks):
+        return None
+
+    def codegen(context, builder, signature, args):
+        em = _Emitter(context, builder, signature, args)
+        i32, f32 = em.i32, em.f32
+        v16i32 = ir.VectorType(i32, 16)
+        v16i8, v32i8, v64i8 = ir.VectorType(em.i8, 16), ir.VectorType(em.i8, 32), ir.VectorType(em.i8, 64)
+        low4, two_bits = ir.Constant(v64i8, [15] * 64), ir.Constant(v64i8, [0x30] * 64)
+
+        def body(blk, base, accs):
+            (acc,) = accs
+            sc = builder.sext(em.load(base, em.c64(192), v16i8), v16i32)
+            bs = em.load(em.bsums, builder.mul(blk, em.c64(16)), v16i32, align=4)
+            iacc = builder.sub(ir.Constant(v16i32, [0] * 16),
+                               builder.shl(builder.mul(sc, bs), ir.Constant(v16i32, [5] * 16)))
+            xs = builder.gep(em.xq, [builder.mul(blk, em.c64(QK_K))])
+            undef16 = ir.Constant(v16i32, ir.Undefined)
+            for n in range(2):
+                ql = em.load(base, em.c64(64 * n), v64i8)
+                h = em.load(base, em.c64(128 + 32 * n), v32i8)
+                # bits 2j, 2j+1 of H moved to bits 4, 5: j=0 << 4, j=1 << 2, j=2 as is, j=3 >> 2
+                high_a = builder.and_(em.shifted_pair(h, 4, 2, left=True), two_bits)
+                high_b = builder.and_(em.shifted_pair(h, 0, 2, left=False), two_bits)
+                u_a = builder.or_(builder.and_(ql, low4), high_a)
+                u_b = builder.or_(builder.and_(builder.lshr(ql, ir.Constant(v64i8, [4] * 64)), low4), high_b)
+                for half, u in enumerate((u_a, u_b)):
+                    s = em.load(xs, em.c64(128 * n + 64 * half), v64i8)
+                    dots = dot_u8_s8(builder, ir.Constant(v16i32, [0] * 16), u, s)
+                    lane_sc = em.shuffle(sc, undef16, [8 * n + 4 * half + i // 4 for i in range(16)])
+                    iacc = builder.add(iacc, builder.mul(dots, lane_sc))
+            d = em.block_scale(base, 208, blk)
+            return [em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc)]
+
+        (acc,) = em.block_loop("q6k_int8", 210, 4, (16,), body)
+        return em.tree_sum(acc)
+
+    return types.float32(row, xq, xd, bsums, n_blocks), codegen
+
+
+# Same signature as kquants.matvec_q4_k / matvec_q6_k: blocks uint8 (rows, n_blocks, 144 | 210),
+# x float32 (n_blocks, 8, 32) | (n_blocks, 16, 16), out float32 (rows,).
+@njit(parallel=True, cache=True)
+def matvec_q4_k_int8(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 144)
+    xq, xd, bsums = quantize_q8_k(x.reshape(-1))
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            out[r] = row_dot_q4_k_int8(flat[r], xq, xd, bsums, n_blocks)
+
+
+@njit(parallel=True, cache=True)
+def matvec_q6_k_int8(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 210)
+    xq, xd, bsums = quantize_q8_k(x.reshape(-1))
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            out[r] = row_dot_q6_k_int8(flat[r], xq, xd, bsums, n_blocks)
+
+
+INT8_KQUANT_MATVECS = {
+    GGMLType.Q4_K: matvec_q4_k_int8,
+    GGMLType.Q6_K: matvec_q6_k_int8,
+}
