@@ -12,7 +12,7 @@ float32 activations everywhere (a dequantize-then-float32 reference to rounding 
 (prompt processing) stay float32: they are compute-bound in GEMM form, where decoding a weight tile
 once per batch already amortises, and float32 is the more exact of the two.
 
-Mat-vec streams every weight byte once (memory-bound). Mat-mul with 4+ tokens decodes a tile of
+Mat-vec streams every weight byte once (memory-bound). Mat-mul with 10+ tokens decodes a tile of
 rows to float32 once per call (in a reused scratch buffer, ~1 MB so it stays in L2), packs it
 into 32-row panels and runs a register-blocked float32 GEMM over it (compute-bound); fewer tokens run one mat-vec
 per token.
@@ -35,8 +35,10 @@ __all__ = ["QuantizedMatrix", "matvec", "matmul", "dequantize_rows", "set_thread
 # Mat-vecs over fewer weight bytes run on the calling thread: entering numba's thread pool costs
 # ~25 us at 2 threads, what ~100 KB of weights take to stream on one core.
 SERIAL_MATVEC_BYTES = 128 * 1024
-# Below this many tokens a batch runs as separate mat-vecs (decoding the tile costs more).
-GEMM_MIN_TOKENS = 4
+# Below this many tokens a batch runs as separate mat-vecs: decoding and packing every weight tile
+# costs a fixed ~100 ms per forward on the demo model, one more mat-vec per token ~10 ms (1 thread;
+# crossover measured at 8-12 tokens with 1 and 2 threads).
+GEMM_MIN_TOKENS = 10
 # float32 bytes of one decoded weight tile: fits the per-core L2 next to the activation rows.
 GEMM_TILE_BYTES = 1 << 20
 # The GEMM micro-kernel covers 32 weight rows at a time (kernels/gemm.py).

@@ -629,3 +629,44 @@ def row_dot_q6_k(typingctx, row, x, n_blocks):
         return builder.extract_element(vec, ir.Constant(i32, 0))
 
     return sig, codegen
+
+
+@intrinsic
+def transpose_32x8(typingctx, src, src_off, ld, dst, dst_off):
+    """dst[dst_off + 32 k + j] = src[src_off + ld * j + k] for j < 32, k < 8 (flat float32 arrays):
+    a 32-row x 8-column block of a row-major matrix becomes 8 runs of 32 floats.
+
+    32 <8 x float> row loads are concatenated into one <256 x float> value and 8 stride-8 shuffles
+    pull the columns out; LLVM lowers that to register permutes (vpermt2ps), ~2.2x the scalar
+    element-by-element copy in `gemm.pack_panels`."""
+    if not all(isinstance(a, types.Array) for a in (src, dst)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        src_v, src_off_v, ld_v, dst_v, dst_off_v = args
+        tys = signature.args
+        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+        src_p = _data_ptr(context, builder, tys[0], src_v)
+        dst_p = _data_ptr(context, builder, tys[3], dst_v)
+        src_off = context.cast(builder, src_off_v, tys[1], types.int64)
+        ld = context.cast(builder, ld_v, tys[2], types.int64)
+        dst_off = context.cast(builder, dst_off_v, tys[4], types.int64)
+        v8f = ir.VectorType(f32, 8)
+        pieces = []
+        for j in range(32):
+            p = builder.gep(src_p, [builder.add(src_off, builder.mul(ld, ir.Constant(i64, j)))])
+            pieces.append(builder.load(builder.bitcast(p, v8f.as_pointer()), align=4))
+        while len(pieces) > 1:  # concatenate pairwise: 32 x <8> -> <256 x float>
+            n = pieces[0].type.count
+            both = ir.Constant(ir.VectorType(i32, 2 * n), list(range(2 * n)))
+            pieces = [builder.shuffle_vector(pieces[i], pieces[i + 1], both) for i in range(0, len(pieces), 2)]
+        block = pieces[0]
+        undef = ir.Constant(block.type, ir.Undefined)
+        v32f = ir.VectorType(f32, 32)
+        for k in range(8):
+            column = builder.shuffle_vector(block, undef, ir.Constant(ir.VectorType(i32, 32), [8 * j + k for j in range(32)]))
+            p = builder.gep(dst_p, [builder.add(dst_off, ir.Constant(i64, 32 * k))])
+            builder.store(column, builder.bitcast(p, v32f.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(src, src_off, ld, dst, dst_off), codegen
