@@ -78,28 +78,40 @@ def dot_u8_s8(builder, acc, u, s):
     return acc
 
 
-def _codes(builder, kind, base):
-    """The 32 unsigned codes of the block at `base` (i8*) as <32 x i8>."""
-    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-    v32i8, v16i8 = ir.VectorType(i8, 32), ir.VectorType(i8, 16)
+def _pair_codes(builder, kind, base0, base1):
+    """The 64 unsigned codes of the blocks at base0 and base1 (i8*) as <64 x i8>: 32 per block.
 
-    def load(offset, vty):
+    Nibbles are split with shifts that are the same for every lane (a per-lane shift amount on
+    bytes has no x86 instruction: LLVM widened it to words, ~3x the instructions)."""
+    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+    v32i8, v16i8, v64i8 = ir.VectorType(i8, 32), ir.VectorType(i8, 16), ir.VectorType(i8, 64)
+
+    def load(base, offset, vty):
         return builder.load(builder.bitcast(builder.gep(base, [ir.Constant(i64, offset)]), vty.as_pointer()), align=1)
 
+    def concat(a, b):
+        n = a.type.count
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, 2 * n), list(range(2 * n))))
+
     if kind == "q8_0":
-        return builder.xor(load(2, v32i8), ir.Constant(v32i8, [0x80] * 32))
-    qs = load(2 if kind == "q4_0" else 6, v16i8)
-    both = builder.shuffle_vector(qs, qs, ir.Constant(ir.VectorType(i32, 32), list(range(16)) * 2))
-    shifts = ir.Constant(v32i8, [0] * 16 + [4] * 16)
-    u = builder.and_(builder.lshr(both, shifts), ir.Constant(v32i8, [15] * 32))
+        return builder.xor(concat(load(base0, 2, v32i8), load(base1, 2, v32i8)), ir.Constant(v64i8, [0x80] * 64))
+    qs_offset = 2 if kind == "q4_0" else 6
+    qs = concat(load(base0, qs_offset, v16i8), load(base1, qs_offset, v16i8))  # <32 x i8>
+    lo = builder.and_(qs, ir.Constant(v32i8, [15] * 32))
+    hi = builder.and_(builder.lshr(qs, ir.Constant(v32i8, [4] * 32)), ir.Constant(v32i8, [15] * 32))
+    # block k: weights j < 16 = lo[16k + j], weights 16 + j = hi[16k + j]
+    order = [i for k in range(2) for i in list(range(16 * k, 16 * k + 16)) + list(range(32 + 16 * k, 32 + 16 * k + 16))]
+    u = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, 64), order))
     if kind == "q4_0":
         return u
-    # 5th bit: byte j takes bit j of the little-endian u32 qh = bit (j % 8) of qh byte j // 8
-    qh = load(2, ir.VectorType(i8, 4))
-    spread = builder.shuffle_vector(qh, qh, ir.Constant(ir.VectorType(i32, 32), [j // 8 for j in range(32)]))
-    bit = builder.and_(spread, ir.Constant(v32i8, [1 << (j % 8) for j in range(32)]))
-    is_set = builder.icmp_unsigned("!=", bit, ir.Constant(v32i8, [0] * 32))
-    return builder.or_(u, builder.select(is_set, ir.Constant(v32i8, [16] * 32), ir.Constant(v32i8, [0] * 32)))
+    # 5th bit: weight j of block k is bit j of that block's little-endian u32 qh,
+    # i.e. bit (j % 8) of qh byte 4k + j // 8
+    qh = concat(load(base0, 2, ir.VectorType(i8, 4)), load(base1, 2, ir.VectorType(i8, 4)))  # <8 x i8>
+    spread = builder.shuffle_vector(qh, qh, ir.Constant(ir.VectorType(i32, 64),
+                                                        [4 * (i // 32) + (i % 32) // 8 for i in range(64)]))
+    bit = builder.and_(spread, ir.Constant(v64i8, [1 << (i % 8) for i in range(64)]))
+    is_set = builder.icmp_unsigned("!=", bit, ir.Constant(v64i8, [0] * 64))
+    return builder.or_(u, builder.select(is_set, ir.Constant(v64i8, [16] * 64), ir.Constant(v64i8, [0] * 64)))
 
 
 @intrinsic
@@ -132,34 +144,32 @@ def row_dot_int8(typingctx, row, xq, xd, xbias, n_blocks, kind):
         c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
 
         def blocks_step(b, count, acc):
-            """acc + the `count` (1 or 2) blocks starting at block b."""
-            bases = [builder.gep(row_p, [builder.mul(builder.add(b, c64(k)), c64(block_bytes))]) for k in range(count)]
-            codes = [_codes(builder, fmt, base) for base in bases]
+            """acc + the `count` (1 or 2) blocks starting at block b. A lone last block is read
+            as a pair with itself, its second half's activations, bias and scale set to 0."""
+            base0 = builder.gep(row_p, [builder.mul(b, c64(block_bytes))])
+            base1 = builder.gep(base0, [c64(block_bytes)]) if count == 2 else base0
+            u = _pair_codes(builder, fmt, base0, base1)
             xs = builder.gep(xq_p, [builder.shl(b, c64(5))])
+            bias_p = builder.gep(xb_p, [builder.shl(b, c64(3))])
             if count == 2:
-                u = builder.shuffle_vector(codes[0], codes[1], ir.Constant(ir.VectorType(i32, 64), list(range(64))))
                 s = builder.load(builder.bitcast(xs, v64i8.as_pointer()), align=1)
+                bias = builder.load(builder.bitcast(bias_p, v16i32.as_pointer()), align=4)
             else:
-                zeros = ir.Constant(v32i8, [0] * 32)
                 widen = ir.Constant(ir.VectorType(i32, 64), list(range(64)))
-                u = builder.shuffle_vector(codes[0], zeros, widen)
-                s = builder.shuffle_vector(builder.load(builder.bitcast(xs, v32i8.as_pointer()), align=1), zeros, widen)
-            bias_p = builder.bitcast(builder.gep(xb_p, [builder.shl(b, c64(3))]), v16i32.as_pointer())
-            if count == 2:
-                bias = builder.load(bias_p, align=4)
-            else:  # only the first 8 lanes exist for a last odd block
+                s = builder.shuffle_vector(builder.load(builder.bitcast(xs, v32i8.as_pointer()), align=1),
+                                           ir.Constant(v32i8, [0] * 32), widen)
                 v8i32 = ir.VectorType(i32, 8)
-                half = builder.load(builder.bitcast(bias_p, v8i32.as_pointer()), align=4)
-                bias = builder.shuffle_vector(half, ir.Constant(v8i32, [0] * 8),
-                                              ir.Constant(v16i32, list(range(16))))
+                bias = builder.shuffle_vector(builder.load(builder.bitcast(bias_p, v8i32.as_pointer()), align=4),
+                                              ir.Constant(v8i32, [0] * 8), ir.Constant(v16i32, list(range(16))))
             dots = dot_u8_s8(builder, bias, u, s)
             scales = undef_f
-            for k in range(count):
-                d_w = builder.fpext(builder.load(builder.bitcast(bases[k], f16.as_pointer()), align=1), f32)
-                d_x = builder.load(builder.gep(xd_p, [builder.add(b, c64(k))]))
-                scales = builder.insert_element(scales, builder.fmul(d_w, d_x), ir.Constant(i32, k))
-            if count == 1:
-                scales = builder.insert_element(scales, ir.Constant(f32, 0.0), ir.Constant(i32, 1))
+            for k, base in enumerate((base0, base1)):
+                if k < count:
+                    d_w = builder.fpext(builder.load(builder.bitcast(base, f16.as_pointer()), align=1), f32)
+                    scale = builder.fmul(d_w, builder.load(builder.gep(xd_p, [builder.add(b, c64(k))])))
+                else:
+                    scale = ir.Constant(f32, 0.0)
+                scales = builder.insert_element(scales, scale, ir.Constant(i32, k))
             scales = builder.shuffle_vector(scales, undef_f, ir.Constant(v16i32, [0] * 8 + [1] * 8))
             return builder.call(fma, [builder.sitofp(dots, v16f), scales, acc])
 
