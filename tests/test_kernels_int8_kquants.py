@@ -30,7 +30,7 @@ X_GROUP = {"Q4_K": (8, 32), "Q6_K": (16, 16)}  # the activation view the engine 
 N_ROWS = 37  # not a multiple of the 16-row tiles
 
 
-@njit(cache=True)
+@njit  # not cached: numba's cache would not notice a change in the inlined quantize_q8_k
 def _quantize(x):
     return quantize_q8_k(x)
 
@@ -52,12 +52,16 @@ def split_q8k(blocks: np.ndarray):
 def numpy_q8k(x: np.ndarray):
     """ggml's quantize_row_q8_K_ref in numpy."""
     blocks = x.reshape(-1, 256)
-    top = blocks[np.arange(len(blocks)), np.abs(blocks).argmax(1)]  # first largest |x|
-    zero = top == 0
-    iscale = np.float32(-127.0) / np.where(zero, np.float32(1), top)
-    q = np.minimum(127, np.rint(iscale[:, None] * blocks)).astype(np.int8)
+    magnitude = np.where(np.isnan(blocks), -1, np.abs(blocks))  # `ax > amax` never picks a NaN
+    top = blocks[np.arange(len(blocks)), magnitude.argmax(1)]  # the first largest |x|
+    zero = ~(np.abs(top) > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = np.float32(-127.0) / np.where(zero, np.float32(1), top)
+        shifted = (iscale[:, None] * blocks + np.float32(12582912.0)).view(np.int32)  # ggml's nearest_int
+    q = np.minimum(127, (shifted & 0x7FFFFF) - 0x400000).astype(np.int8)
     q[zero] = 0
-    xd = np.where(zero, np.float32(0), np.float32(1.0) / iscale).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        xd = np.where(zero, np.float32(0), np.float32(1.0) / iscale).astype(np.float32)
     return q.reshape(-1), xd, q.reshape(-1, 16).astype(np.int32).sum(1)
 
 
@@ -128,14 +132,19 @@ def test_activation_blocks_are_ggmls():
         if name == "x2560":  # its all-zero block 3 and its block with +9 and -9: -9 came second
             assert xd[3] == 0 and np.all(xq[768:1024] == 0) and np.all(bsums[48:64] == 0)
             assert xd[5] == np.float32(1) / (np.float32(-127) / np.float32(9)) and xq[1280 + 7] == -127
-    # more data against the numpy transcription: signed zeros, ties of |x| in both orders, tiny values
+    # more data against the numpy transcription: signed zeros, ties of |x| in both orders, tiny
+    # values, a NaN (skipped by the max, code 0), an infinity (iscale 0: codes 0, d inf), all NaN
     rng = np.random.default_rng(5)
-    x = rng.standard_normal(256 * 6).astype(np.float32) * np.repeat(np.float32([1, 1e-30, 1e3, 1, 1, 1]), 256)
+    x = rng.standard_normal(256 * 9).astype(np.float32) * np.repeat(np.float32([1, 1e-30, 1e3, 1, 1, 1, 1, 1, 1]), 256)
     x[768:1024] = -0.0
     x[1024 + 3], x[1024 + 9] = -4.0, 4.0
     x[1280 + 3], x[1280 + 9] = 4.0, -4.0
+    x[1536 + 5] = np.nan
+    x[1792 + 200] = -np.inf
+    x[2048:2304] = np.nan
     for got, want in zip(_quantize(x), numpy_q8k(x)):
         np.testing.assert_array_equal(got, want)
+    assert _quantize(x)[1][7] == np.inf and _quantize(x)[0][1536 + 5] == 0
 
 
 @pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K"])
