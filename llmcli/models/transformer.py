@@ -364,7 +364,8 @@ class Transformer:
         work = n * hp.n_head * n_keys * (hp.head_dim + hp.head_dim_v)
         if work < ops.PARALLEL_MIN_WORK:
             attention = ops.attention_serial
-        elif ops.attention_blocked_fits(n, pos0, window, k_cache.shape[2], hp.head_dim_v):
+        elif n >= ops.BLOCKED_ATTENTION_MIN_QUERIES and \
+                ops.attention_blocked_fits(n, pos0, window, k_cache.shape[2], hp.head_dim_v):
             attention = ops.attention_blocked  # register-blocked products: ~3x faster on a prompt
         else:
             attention = ops.attention
