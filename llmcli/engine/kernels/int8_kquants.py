@@ -32,7 +32,7 @@ from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from .common import ROW_TILE
-from .int8 import dot_u8_s8
+from .int8 import HAS_VNNI, dot_u8_s8
 from .simd import PREFETCH_BYTES, _data_ptr
 
 QK_K = 256
@@ -274,6 +274,43 @@ class _Emitter:
         return self.b.fmul(self.half(base, d_offset), self.b.load(self.b.gep(self.xd, [blk])))
 
 
+def dot_scaled(builder, acc, u, s, scale_src, lane_scale, fused):
+    """acc <16 x i32> + per lane k: scale_src[lane_scale[k]] * (sum of 4 adjacent u8 * s8
+    products), for u, s <64 x i8> and scale_src an i32 vector.
+
+    fused=False: vpdpbusd, vpermd the scales, vpmulld, vpaddd.
+    fused=True (VNNI CPUs): vpmaddubsw (u8 * s8 pairs -> 32 x i16), vpermw the scales as i16, then
+    vpdpwssd (pairs * scales summed into acc). Valid while a pair of products fits int16 (no
+    saturation): u <= 63, |s| <= 127 gives <= 16002. Measured on the demo's 640 x 2048 matrices,
+    one thread, same process: Q6_K ~10 % faster fused, Q4_K the same or ~3 % slower (its vpermw of
+    the unpacked scales costs what the fused multiply saves), so Q4_K does not fuse."""
+    i16, i32 = ir.IntType(16), ir.IntType(32)
+    v16i32, v32i16 = ir.VectorType(i32, 16), ir.VectorType(i16, 32)
+    if not fused:
+        dots = dot_u8_s8(builder, ir.Constant(v16i32, [0] * 16), u, s)
+        scales = builder.shuffle_vector(scale_src, scale_src, ir.Constant(v16i32, list(lane_scale)))
+        return builder.add(acc, builder.mul(dots, scales))
+    src16 = builder.trunc(scale_src, ir.VectorType(i16, scale_src.type.count))
+    sc16 = builder.shuffle_vector(src16, src16, ir.Constant(ir.VectorType(i32, 32),
+                                                            [lane_scale[k // 2] for k in range(32)]))
+    if HAS_VNNI:
+        madd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v32i16, [ir.VectorType(ir.IntType(8), 64)] * 2),
+                                              "llvm.x86.avx512.pmaddubs.w.512")
+        pairs = builder.call(madd, [u, s])
+        dpwssd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32] * 3),
+                                                "llvm.x86.avx512.vpdpwssd.512")
+        return builder.call(dpwssd, [acc, builder.bitcast(pairs, v16i32), builder.bitcast(sc16, v16i32)])
+    v64i32 = ir.VectorType(i32, 64)
+    prod = builder.mul(builder.zext(u, v64i32), builder.sext(s, v64i32))
+    undef = ir.Constant(v64i32, ir.Undefined)
+    dots = None
+    for k in range(4):
+        part = builder.shuffle_vector(prod, undef, ir.Constant(v16i32, list(range(k, 64, 4))))
+        dots = part if dots is None else builder.add(dots, part)
+    scales = builder.shuffle_vector(scale_src, scale_src, ir.Constant(v16i32, list(lane_scale)))
+    return builder.add(acc, builder.mul(dots, scales))
+
+
 def _signature_ok(row, xq, xd, bsums, n_blocks):
     arrays = (row, xq, xd, bsums)
     return all(isinstance(a, types.Array) for a in arrays) and isinstance(n_blocks, types.Integer)
@@ -325,7 +362,7 @@ def row_dot_q4_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
     def codegen(context, builder, signature, args):
         em = _Emitter(context, builder, signature, args)
         i32, f32 = em.i32, em.f32
-        v16i32, v8i32 = ir.VectorType(i32, 16), ir.VectorType(i32, 8)
+        v16i32 = ir.VectorType(i32, 16)
         v32i8, v64i8 = ir.VectorType(em.i8, 32), ir.VectorType(em.i8, 64)
         nibble = ir.Constant(v64i8, [15] * 64)
 
@@ -338,9 +375,7 @@ def row_dot_q4_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
                 qs = em.load(base, em.c64(16 + 32 * g), v32i8)
                 u = builder.and_(em.shifted_pair(qs, 0, 4, left=False), nibble)
                 s = em.load(xs, em.c64(64 * g), v64i8)
-                dots = dot_u8_s8(builder, ir.Constant(v16i32, [0] * 16), u, s)
-                sc = em.shuffle(scales, ir.Constant(v8i32, ir.Undefined), [2 * g] * 8 + [2 * g + 1] * 8)
-                iacc = builder.add(iacc, builder.mul(dots, sc))
+                iacc = dot_scaled(builder, iacc, u, s, scales, [2 * g] * 8 + [2 * g + 1] * 8, fused=False)
             # sum_s m_s * (bsums[2s] + bsums[2s+1])
             bs = em.load(em.bsums, builder.mul(blk, em.c64(16)), v16i32, align=4)
             undef16 = ir.Constant(v16i32, ir.Undefined)
@@ -366,9 +401,10 @@ def row_dot_q4_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
 #
 #       u_a (64 x u8) = QL & 15  | (H & 3 ++ H >> 2 & 3) << 4          weights 128n      .. +63
 #       u_b (64 x u8) = QL >> 4  | (H >> 4 & 3 ++ H >> 6) << 4          weights 128n + 64 .. +63
-#       vpdpbusd with xq[256b + 128n (+64) .. +63] -> 16 int32 lanes, 4 per sub-block:
+#       . xq[256b + 128n (+64) .. +63], as 16 int32 lanes of 4 products, 4 lanes per sub-block:
 #       lanes 4i..4i+3 = sub-block 8n + i (u_a) or 8n + 4 + i (u_b)
 #       iacc += lanes * (sc[s] x4 for its 4 sub-blocks)         sc sign-extended int8
+#       (vpmaddubsw then vpdpwssd with the scales as int16: `dot_scaled`, fused)
 #   weight = u - 32:  iacc starts at -32 * sc[s] * bsums[s] (lane s).
 # ---------------------------------------------------------------------------------------------
 @intrinsic
@@ -392,7 +428,6 @@ def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
             iacc = builder.sub(ir.Constant(v16i32, [0] * 16),
                                builder.shl(builder.mul(sc, bs), ir.Constant(v16i32, [5] * 16)))
             xs = builder.gep(em.xq, [builder.mul(blk, em.c64(QK_K))])
-            undef16 = ir.Constant(v16i32, ir.Undefined)
             for n in range(2):
                 ql = em.load(base, em.c64(64 * n), v64i8)
                 h = em.load(base, em.c64(128 + 32 * n), v32i8)
@@ -403,9 +438,8 @@ def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
                 u_b = builder.or_(builder.and_(builder.lshr(ql, ir.Constant(v64i8, [4] * 64)), low4), high_b)
                 for half, u in enumerate((u_a, u_b)):
                     s = em.load(xs, em.c64(128 * n + 64 * half), v64i8)
-                    dots = dot_u8_s8(builder, ir.Constant(v16i32, [0] * 16), u, s)
-                    lane_sc = em.shuffle(sc, undef16, [8 * n + 4 * half + i // 4 for i in range(16)])
-                    iacc = builder.add(iacc, builder.mul(dots, lane_sc))
+                    iacc = dot_scaled(builder, iacc, u, s, sc, [8 * n + 4 * half + i // 4 for i in range(16)],
+                                      fused=True)
             d = em.block_scale(base, 208, blk)
             return [em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc)]
 
