@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 
 import numpy as np
@@ -191,11 +192,12 @@ def test_truncated_real_file(data_dir, tmp_path):
             GGUFReader(path)
 
 
+@pytest.mark.parametrize("count", [5000, 20000])  # below and above GGUFReader.COMPILED_SCAN_MIN
 @pytest.mark.parametrize("with_nul", [False, True])
-def test_long_string_arrays_decode_like_one_by_one(tmp_path, with_nul):
+def test_long_string_arrays_decode_like_one_by_one(tmp_path, with_nul, count):
     """Vocabularies are decoded in bulk; it must equal decoding each string, invalid UTF-8 included."""
     rng = np.random.default_rng(0)
-    raw = [bytes(rng.integers(1, 256, rng.integers(0, 12)).astype(np.uint8)) for _ in range(5000)]
+    raw = [bytes(rng.integers(1, 256, rng.integers(0, 12)).astype(np.uint8)) for _ in range(count)]
     raw[7] = "é".encode()[:1]  # a truncated sequence right before the next length field
     raw[8] = "é".encode()[1:]  # a string starting with a continuation byte
     raw[9] = b""
@@ -211,3 +213,27 @@ def test_long_string_arrays_decode_like_one_by_one(tmp_path, with_nul):
         assert r.get_array("tokens") == strings
         rewrite(r, tmp_path / "again.gguf")
     assert (tmp_path / "again.gguf").read_bytes() == path.read_bytes()
+
+
+def _long_vocab_blob(count: int = 20000) -> tuple[bytes, int]:
+    """A GGUF header whose one key is a `count`-string array, and the offset of string 15000."""
+    items = [struct.pack("<Q", 3) + b"abc"] * count
+    head = _header(n_kv=1) + struct.pack("<Q", 6) + b"tokens" + struct.pack("<IIQ", 9, 8, count)
+    return head + b"".join(items), len(head) + 11 * 15000
+
+
+def test_long_string_array_errors(tmp_path):
+    """The compiled scan of long arrays checks every length as the Python one does."""
+    blob, at = _long_vocab_blob()
+    path = tmp_path / "absurd.gguf"
+    path.write_bytes(blob[:at] + struct.pack("<Q", 2**62) + blob[at + 8:])
+    with pytest.raises(FormatError, match=f"^{re.escape(str(path))}: .*string length 4611686018427387904 exceeds"):
+        GGUFReader(path)
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(blob[:at + 4])
+    with pytest.raises(FormatError, match="truncated header"):
+        GGUFReader(path)
+    path = tmp_path / "fine.gguf"
+    path.write_bytes(blob + b"\0" * 64)
+    with GGUFReader(path) as r:
+        assert r.get_array("tokens") == ["abc"] * 20000
