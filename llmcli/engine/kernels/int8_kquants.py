@@ -361,8 +361,8 @@ def _q4_k_scales_mins(em, base):
 @intrinsic
 def row_dot_q4_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
     """One row of Q4_K super-blocks (uint8 (n_blocks * 144,)) dotted with Q8_K activation blocks
-    (xq int8, xd float32, bsums int32 from `quantize_q8_k`, xq then `interleave_for_q4_k`), as
-    float32."""
+    (xq int8, xd float32 from `quantize_q8_k`, xq then `interleave_for_q4_k`; `bsums` here int32
+    (n_blocks * 8,): the sums of xq per 32-value sub-block, `sub_block_sums`), as float32."""
     if not _signature_ok(row, xq, xd, bsums, n_blocks):
         return None
 
@@ -386,11 +386,8 @@ def row_dot_q4_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
                 u = builder.and_(builder.bitcast(builder.lshr(builder.bitcast(picked, v32i16), shifts), v64i8), nibble)
                 iacc = dot_u8_s8(builder, iacc, u, em.load(xs, em.c64(64 * k), v64i8))
             iacc = builder.mul(iacc, em.shuffle(scales, ir.Constant(scales.type, ir.Undefined), [j // 2 for j in range(16)]))
-            # sum_s m_s * (bsums[2s] + bsums[2s+1])
-            bs = em.load(em.bsums, builder.mul(blk, em.c64(16)), v16i32, align=4)
-            undef16 = ir.Constant(v16i32, ir.Undefined)
-            pairs = builder.add(em.shuffle(bs, undef16, range(0, 16, 2)), em.shuffle(bs, undef16, range(1, 16, 2)))
-            min_dots = builder.mul(mins, pairs)
+            # sum_s m_s * (sum of xq over sub-block s)
+            min_dots = builder.mul(mins, em.load(em.bsums, builder.mul(blk, em.c64(8)), ir.VectorType(i32, 8), align=4))
             d = em.block_scale(base, 0, blk)
             dmin = em.block_scale(base, 2, blk)
             acc = em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc)
@@ -474,15 +471,25 @@ def interleave_for_q4_k(xq):
     return out.view(np.int8)
 
 
+@njit(inline="always")
+def sub_block_sums(bsums):
+    """Q8_K's sums per 16 -> sums per 32 (Q4_K's sub-blocks), once per call rather than per row."""
+    out = np.empty(bsums.size // 2, np.int32)
+    for j in range(out.size):
+        out[j] = bsums[2 * j] + bsums[2 * j + 1]
+    return out
+
+
 @njit(parallel=True, cache=True)
 def matvec_q4_k_int8(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 144)
     xq, xd, bsums = quantize_q8_k(x.reshape(-1))
     xq = interleave_for_q4_k(xq)
+    sums32 = sub_block_sums(bsums)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            out[r] = row_dot_q4_k_int8(flat[r], xq, xd, bsums, n_blocks)
+            out[r] = row_dot_q4_k_int8(flat[r], xq, xd, sums32, n_blocks)
 
 
 @njit(parallel=True, cache=True)
