@@ -6,12 +6,12 @@ activation view shape they index, and for some types an 8-bit-activation mat-vec
 
 from __future__ import annotations
 
-from . import floats, int8, kquants, legacy
+from . import floats, int8, int8_kquants, kquants, legacy
 from .common import Format
 from .gemm import gemm_nt, gemm_panels, pack_panels
 
 FORMATS: dict = {**floats.FORMATS, **legacy.FORMATS, **kquants.FORMATS}
-for _type, _kernel in int8.INT8_MATVECS.items():
+for _type, _kernel in {**int8.INT8_MATVECS, **int8_kquants.INT8_KQUANT_MATVECS}.items():
     FORMATS[_type].with_int8(_kernel)
 
 __all__ = ["FORMATS", "Format", "gemm_nt", "gemm_panels", "pack_panels"]
