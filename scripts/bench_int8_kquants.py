@@ -10,7 +10,8 @@ the Gemma 3 270M Q4_K_M GGUF. Two regimes per kind:
 1 thread runs the kernels' serial twins (no thread pool, as the engine does), 2 threads the
 parallel kernels. GB/s = GGUF bytes read per second; median of --repeat runs of --calls calls
 (the machine is shared: compare within one run). Also counts the VNNI instructions in the
-kernels' asm (Q4_K: vpdpbusd; Q6_K: vpmaddubsw + vpdpwssd, see int8_kquants.dot_scaled).
+kernels' asm (Q4_K: vpdpbusd; Q6_K: vpmaddubsw + vpdpwssd, which LLVM turns into vpmaddwd +
+vpaddd; see int8_kquants.dot_scaled).
 
     python scripts/bench_int8_kquants.py [--gguf /work/demo/gemma-3-270m-q4_k_m.gguf] [--repeat 9]
 """
@@ -89,7 +90,7 @@ def main() -> None:
         fresh = numba.njit(parallel=True)(kernel.py_func)
         fresh.compile(kernel.signatures[0])
         asm = fresh.inspect_asm(kernel.signatures[0])
-        found = {op: asm.count(op) for op in ("vpdpbusd", "vpmaddubsw", "vpdpwssd", "vpmulld")}
+        found = {op: asm.count(op) for op in ("vpdpbusd", "vpmaddubsw", "vpdpwssd", "vpmaddwd", "vpmulld")}
         print(f"{kernel.__name__}: VNNI instructions in asm: {found}")
 
 if __name__ == "__main__":
