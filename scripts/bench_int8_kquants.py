@@ -81,7 +81,8 @@ def main() -> None:
                 numba.set_num_threads(threads)
                 speed = {}
                 for name, kernel in kernels.items():
-                    speed[name] = gbps(SERIAL[kernel] if threads == 1 else kernel, pool, x, out, args.calls, args.repeat)
+                    run = SERIAL[kernel] if threads == 1 else kernel
+                    speed[name] = gbps(run, pool, x, out, args.calls, args.repeat)
                 print(f"{label:34} {regime:7} {threads:>3} {speed['float']:7.1f} {speed['int8']:7.1f} "
                       f"{speed['int8'] / speed['float']:6.2f}", flush=True)
     for _, kernels in KERNELS.values():

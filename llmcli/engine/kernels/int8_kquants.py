@@ -172,7 +172,8 @@ class _Emitter:
         self.b = builder
         tys = signature.args
         i8 = ir.IntType(8)
-        self.i8, self.i16, self.i32, self.i64, self.f32 = i8, ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
+        self.i8, self.i16, self.i32, self.i64 = i8, ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        self.f32 = ir.FloatType()
         self.row = builder.bitcast(_data_ptr(context, builder, tys[0], args[0]), i8.as_pointer())
         self.xq = builder.bitcast(_data_ptr(context, builder, tys[1], args[1]), i8.as_pointer())
         self.xd = _data_ptr(context, builder, tys[2], args[2])
@@ -274,28 +275,24 @@ class _Emitter:
         return self.b.fmul(self.half(base, d_offset), self.b.load(self.b.gep(self.xd, [blk])))
 
 
-def dot_scaled(builder, acc, u, s, scale_src, lane_scale, fused):
+def dot_scaled(builder, acc, u, s, scale_src, lane_scale):
     """acc <16 x i32> + per lane k: scale_src[lane_scale[k]] * (sum of 4 adjacent u8 * s8
     products), for u, s <64 x i8> and scale_src an i32 vector.
 
-    fused=False: vpdpbusd, vpermd the scales, vpmulld, vpaddd.
-    fused=True (VNNI CPUs): vpmaddubsw (u8 * s8 pairs -> 32 x i16), the scales as i16, then
-    vpdpwssd (pairs * scales summed into acc; llvmlite's LLVM 22 emits it as vpmaddwd + vpaddd here). Valid while a pair of products fits int16 (no
-    saturation): u <= 63, |s| <= 127 gives <= 16002. Measured on the demo's 640 x 2048 matrices,
-    one thread, same process: Q6_K ~10 % faster fused, Q4_K the same or ~3 % slower (its vpermw of
-    the unpacked scales costs what the fused multiply saves), so Q4_K does not fuse."""
+    VNNI CPUs: vpmaddubsw (u8 * s8 pairs -> 32 x i16), the scales as i16, then vpdpwssd (pairs *
+    scales summed into acc; llvmlite's LLVM 22 emits vpmaddwd + vpaddd for it here). Valid while
+    a pair of products fits int16 (no saturation): u <= 63, |s| <= 127 gives <= 16002. Against
+    vpdpbusd + a vpermd of the scales + vpmulld (2 uops) + vpaddd: Q6_K ~10 % faster on the
+    demo's 640 x 2048 matrices (one thread, one process)."""
     i16, i32 = ir.IntType(16), ir.IntType(32)
     v16i32, v32i16 = ir.VectorType(i32, 16), ir.VectorType(i16, 32)
-    if not fused:
-        dots = dot_u8_s8(builder, ir.Constant(v16i32, [0] * 16), u, s)
-        scales = builder.shuffle_vector(scale_src, scale_src, ir.Constant(v16i32, list(lane_scale)))
-        return builder.add(acc, builder.mul(dots, scales))
-    src16 = builder.trunc(scale_src, ir.VectorType(i16, scale_src.type.count))
-    sc16 = builder.shuffle_vector(src16, src16, ir.Constant(ir.VectorType(i32, 32),
-                                                            [lane_scale[k // 2] for k in range(32)]))
     if HAS_VNNI:
-        madd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v32i16, [ir.VectorType(ir.IntType(8), 64)] * 2),
-                                              "llvm.x86.avx512.pmaddubs.w.512")
+        src16 = builder.trunc(scale_src, ir.VectorType(i16, scale_src.type.count))
+        sc16 = builder.shuffle_vector(src16, src16, ir.Constant(ir.VectorType(i32, 32),
+                                                                [lane_scale[k // 2] for k in range(32)]))
+        madd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v32i16, [ir.VectorType(ir.IntType(8), 64)] * 2),
+            "llvm.x86.avx512.pmaddubs.w.512")
         pairs = builder.call(madd, [u, s])
         dpwssd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32] * 3),
                                                 "llvm.x86.avx512.vpdpwssd.512")
@@ -385,7 +382,8 @@ def row_dot_q4_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
                 picked = em.shuffle(qs_words[0], qs_words[1], [4 * g + k for g in range(4) for _ in range(2)])
                 u = builder.and_(builder.bitcast(builder.lshr(builder.bitcast(picked, v32i16), shifts), v64i8), nibble)
                 iacc = dot_u8_s8(builder, iacc, u, em.load(xs, em.c64(64 * k), v64i8))
-            iacc = builder.mul(iacc, em.shuffle(scales, ir.Constant(scales.type, ir.Undefined), [j // 2 for j in range(16)]))
+            lane_scales = em.shuffle(scales, ir.Constant(scales.type, ir.Undefined), [j // 2 for j in range(16)])
+            iacc = builder.mul(iacc, lane_scales)
             # sum_s m_s * (sum of xq over sub-block s)
             min_dots = builder.mul(mins, em.load(em.bsums, builder.mul(blk, em.c64(8)), ir.VectorType(i32, 8), align=4))
             d = em.block_scale(base, 0, blk)
@@ -445,8 +443,7 @@ def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
                 u_b = builder.or_(builder.and_(builder.lshr(ql, ir.Constant(v64i8, [4] * 64)), low4), high_b)
                 for half, u in enumerate((u_a, u_b)):
                     s = em.load(xs, em.c64(128 * n + 64 * half), v64i8)
-                    iacc = dot_scaled(builder, iacc, u, s, sc, [8 * n + 4 * half + i // 4 for i in range(16)],
-                                      fused=True)
+                    iacc = dot_scaled(builder, iacc, u, s, sc, [8 * n + 4 * half + i // 4 for i in range(16)])
             d = em.block_scale(base, 208, blk)
             return [em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc)]
 
