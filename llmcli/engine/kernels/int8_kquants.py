@@ -1,12 +1,13 @@
 """Mat-vec with 8-bit activations for Q4_K and Q6_K weights, llama.cpp's Q8_K path: x is quantized
 once per call to ggml's Q8_K activation blocks and every weight super-block is dotted with them in
 integers (`vpdpbusd`, see int8.py), as ggml's `ggml_vec_dot_q4_K_q8_K` / `ggml_vec_dot_q6_K_q8_K`.
+Same signature as kquants.matvec_q4_k / matvec_q6_k; `INT8_KQUANT_MATVECS` maps type -> kernel.
 
 Activation blocks (ggml's `quantize_row_q8_K_ref`, which its x86 backend calls, bit for bit):
 
     per 256 values of x:  max = the value of largest |x| (the first one on a tie),
-                          iscale = -127 / max,   q = min(127, rint(iscale * x)),   d = 1 / iscale
-                          (all zero: d = 0, q = 0)
+                          iscale = -127 / max,   q = min(127, nearest_int(iscale * x)),
+                          d = 1 / iscale      (all zero: d = 0, q = 0)
     xq int8 (n,)   xd float32 (n/256,) = d (float32, not fp16)   bsums int32 (n/16,) = sum of q per 16
 
 Per super-block b, with the integer sums exactly as ggml's generic C code defines them:
@@ -18,8 +19,10 @@ Per super-block b, with the integer sums exactly as ggml's generic C code define
            u = the 6-bit code 0..63, sc int8, s < 16 sub-blocks of 16
 
 Each block's integer sum lives in one <16 x i32> (its 16 lanes summed at the end of the row
-with everything else, so which lane holds what does not matter); it becomes float once per block
-and is FMA'd with d * d_x into a float32 accumulator that stays in a register for the whole row.
+with everything else); it becomes float once per block and is FMA'd with d * d_x into a float32
+accumulator that stays in a register for the whole row (Q4_K: a second <8 x float> for the mins).
+Results equal ggml's to float32 rounding of the scaling and the sums (~5e-8 relative to the sum
+of magnitudes; the integer parts are exact).
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ def quantize_q8_k_into(typingctx, x, xq, xd, bsums, n_blocks):
         v = [builder.load(builder.bitcast(builder.gep(xb, [c64(16 * j)]), v16f.as_pointer()), align=4)
              for j in range(16)]
         mags = [builder.call(fabs, [vj]) for vj in v]
+
         def vmax(a, c):
             return builder.call(intrinsic_fn(f"llvm.maxnum.v{a.type.count}f32", a.type, 2), [a, c])
 
