@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from llmcli.engine.sampling import Sampler, SamplingParams
+from llmcli.engine.sampling import Sampler, SamplingParams, top_k_ids
 from llmcli.errors import BadInputError
 
 
@@ -25,6 +25,20 @@ def test_top_k_keeps_the_k_best():
     s = Sampler(SamplingParams(top_k=3, top_p=1.0, min_p=0.0))
     ids, _ = s.candidates(np.array([5, 1, 4, 3, 2, 0], np.float32))
     assert ids.tolist() == [0, 2, 3]
+
+
+@pytest.mark.parametrize("n", [262144, 262144 + 777, 150000, 5000])  # 5000: below 2k chunks, plain partition
+def test_top_k_over_a_large_vocabulary_is_the_exact_top_k(n):
+    """The chunk-maxima threshold path (vocabularies >= 2k chunks) returns exactly the k best."""
+    rng = np.random.default_rng(n)
+    logits = (rng.standard_normal(n) * 3).astype(np.float32)
+    logits[rng.integers(0, n, 30)] = 25.0  # many of the best in a few chunks
+    logits[n - 1] = 30.0  # the very best in the partial last chunk
+    for k in (1, 40, 64):
+        got = np.sort(top_k_ids(logits, k))
+        want = np.sort(np.argsort(-logits, kind="stable")[:k])
+        assert np.array_equal(np.sort(logits[got]), np.sort(logits[want])), (n, k)
+        assert len(set(got.tolist())) == k
 
 
 def test_top_p_keeps_the_smallest_prefix_reaching_p():
