@@ -237,3 +237,19 @@ def test_long_string_array_errors(tmp_path):
     path.write_bytes(blob + b"\0" * 64)
     with GGUFReader(path) as r:
         assert r.get_array("tokens") == ["abc"] * 20000
+
+
+def test_tensor_copy_equals_the_mapped_bytes(data_dir, monkeypatch):
+    """Copies in small chunks, releasing the mapped pages behind it; the map still reads the same
+    bytes afterwards (released pages come back from the file), neighbours included."""
+    monkeypatch.setattr(GGUFReader, "COPY_CHUNK_BYTES", 4096 + 7)
+    path = data_dir / "gguf_ref" / "qwen2-f16.gguf"
+    with GGUFReader(path) as r:
+        before = {t.name: r.tensor_bytes(t).copy() for t in r.tensors}
+        for t in r.tensors:
+            copy = r.tensor_copy(t)
+            assert copy.shape == before[t.name].shape and copy.flags.c_contiguous and copy.flags.writeable
+            np.testing.assert_array_equal(copy, before[t.name])
+            assert not np.shares_memory(copy, r.tensor_bytes(t))
+        for t in r.tensors:
+            np.testing.assert_array_equal(r.tensor_bytes(t), before[t.name])

@@ -38,16 +38,18 @@ def vector(reader: GGUFReader, info: TensorInfo) -> np.ndarray:
 class Linear:
     """y = x @ W.T (+ bias) with W (n_out, n_in) kept as raw ggml blocks in the mmap.
 
-    `rows` selects a row range of the stored matrix (one expert of a 3-D MoE tensor).
+    `rows` selects a row range of the stored matrix (one expert of a 3-D MoE tensor); `raw` gives
+    the tensor's bytes when they are not to be read from the map (e.g. `GGUFReader.tensor_copy`).
     """
 
     def __init__(self, reader: GGUFReader, info: TensorInfo, bias: np.ndarray | None = None,
-                 rows: tuple[int, int] | None = None):
+                 rows: tuple[int, int] | None = None, raw: np.ndarray | None = None):
         if info.type not in COMPUTABLE_TYPES:
             raise UnsupportedError(
                 f"{reader.path}: tensor '{info.name}' has type {info.type.name}, which the engine "
                 f"cannot compute (supported: {', '.join(t.name for t in COMPUTABLE_TYPES)})")
-        raw = reader.tensor_bytes(info)
+        if raw is None:  # default: the bytes in place in the map
+            raw = reader.tensor_bytes(info)
         if rows is not None:
             raw = raw[rows[0]:rows[1]]
         self.name = info.name

@@ -414,6 +414,31 @@ class GGUFReader:
         arr = np.frombuffer(self._mmap, dtype=np.uint8, count=t.n_bytes, offset=start)
         return arr.reshape(t.n_rows, t.row_bytes)
 
+    # Bytes copied between releases of the mapped pages in `tensor_copy`.
+    COPY_CHUNK_BYTES = 16 << 20
+
+    def tensor_copy(self, name_or_info: str | TensorInfo) -> np.ndarray:
+        """A tensor's data copied into process memory, shaped as `tensor_bytes`, and its file pages
+        released from this mapping (where the OS allows) as the copy goes, so resident memory
+        does not hold both. numpy backs large arrays with transparent huge pages on Linux: a
+        matrix streamed once per token is then read with ~1/500 of the TLB misses of the 4 KiB
+        page-cache pages of the map (~15 % faster for the demo model's 178 MB output matrix)."""
+        t = self.tensor(name_or_info) if isinstance(name_or_info, str) else name_or_info
+        src = self.tensor_bytes(t).reshape(-1)
+        out = np.empty(t.n_bytes, np.uint8)
+        start = self.data_offset + t.offset
+        release = getattr(self._mmap, "madvise", None) if hasattr(mmap, "MADV_DONTNEED") else None
+        released = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # first whole page of the tensor
+        for lo in range(0, t.n_bytes, self.COPY_CHUNK_BYTES):
+            hi = min(t.n_bytes, lo + self.COPY_CHUNK_BYTES)
+            out[lo:hi] = src[lo:hi]
+            if release is not None:
+                done = (start + hi) // mmap.PAGESIZE * mmap.PAGESIZE  # whole pages copied so far
+                if done > released:
+                    release(mmap.MADV_DONTNEED, released, done - released)
+                    released = done
+        return out.reshape(t.n_rows, t.row_bytes)
+
     def tensor_array(self, name_or_info: str | TensorInfo) -> np.ndarray:
         """Zero-copy typed view for plain-element types (F32, F16, BF16 as uint16, I8..F64),
         in numpy order (the reverse of the GGUF shape)."""

@@ -109,16 +109,20 @@ class Transformer:
                     raise FormatError(f"{self.path}: missing tensor 'blk.{il}.{name}.weight'")
 
         embd = r.tensor("token_embd.weight")
-        self.token_embd_raw = r.tensor_bytes(embd)
         self.token_embd_type = embd.type
-        self._check_embedding_type(embd)
         self.output_norm = vector(r, r.tensor("output_norm.weight"))
         if r.has_tensor("output.weight"):
-            self.output = Linear(r, r.tensor("output.weight"))
+            out = r.tensor("output.weight")
         elif self.spec.tied_output:
-            self.output = Linear(r, embd)
+            out = embd
         else:
             raise FormatError(f"{self.path}: missing tensor 'output.weight'")
+        # The output matrix is read whole for every token and is usually the largest tensor (70 %
+        # of the demo model's bytes): a copy in huge-page memory streams ~15 % faster than the map.
+        out_raw = r.tensor_copy(out) if out.n_bytes >= OUTPUT_COPY_MIN_BYTES else r.tensor_bytes(out)
+        self.output = Linear(r, out, raw=out_raw)
+        self.token_embd_raw = out_raw if out is embd else r.tensor_bytes(embd)
+        self._check_embedding_type(embd)
         hp.n_vocab = self.output.n_out
 
     def _weight(self, info, bias):
@@ -428,6 +432,10 @@ class Transformer:
                     else (h @ gate_inp)[:, None]
                 shared *= (1.0 / (1.0 + np.exp(-g))).astype(np.float32)
             out += shared
+
+
+# From this size on the output matrix is copied out of the map (see `_load_weights`).
+OUTPUT_COPY_MIN_BYTES = 32 << 20
 
 
 def load_model(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
