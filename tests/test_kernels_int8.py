@@ -83,7 +83,7 @@ def test_activation_blocks_are_ggmls():
 
 
 @pytest.mark.parametrize("type_name", INT8_TYPES)
-@pytest.mark.parametrize("n_cols", [32, 96, 640])  # one block, odd and even block counts
+@pytest.mark.parametrize("n_cols", [32, 64, 96, 160, 224, 640])  # 1, 2, 3, 5, 7, 20 blocks: every tail
 def test_matvec_equals_integer_reference(type_name, n_cols, activations):
     rng = np.random.default_rng(n_cols + len(type_name))
     raw = random_rows(type_name, N_ROWS, n_cols, rng)
