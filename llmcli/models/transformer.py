@@ -385,7 +385,9 @@ class Transformer:
 
     def _dense_ffn(self, gate_w, up_w, down_w, h, out) -> None:
         n = h.shape[0]
-        act = (ops.ACTIVATIONS_SERIAL if n == 1 else ops.ACTIVATIONS)[self.spec.activation]
+        # the parallel kernels even for one token: only prange bodies vectorise here (a plain loop
+        # over one 2048-wide row took 34 us against 3-7 us)
+        act = ops.ACTIVATIONS[self.spec.activation]
         if gate_w is not None:
             width = gate_w.n_out
             gate, up = self._buf("gate", n, width), self._buf("up", n, width)
