@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .simd import gemm_micro, transpose_32x8
+from .simd import gemm_micro, gemm_micro_add, transpose_32x8
 
 TOKENS_PER_MICRO = 6
 COLUMNS_PER_MICRO = 32
@@ -52,18 +52,39 @@ def pack_panels(src, dst):
                 dst[p, k, j] = src[32 * p + j, k]
 
 
+# k is walked in chunks of K_CHUNK: a panel's chunk (K_CHUNK x 32 floats, 32 KB) stays in L1
+# while every token group of a thread's block passes over it; the whole panel (80 KB for K=640)
+# came from L2 once per token group, which left the FMA units waiting.
+K_CHUNK = 256
+# Token groups (of TOKENS_PER_MICRO) per parallel work item: their x rows (~24 KB per k chunk)
+# stay in L1/L2 across the panels.
+GROUPS_PER_BLOCK = 4
+
+
 @njit(parallel=True, cache=True)
 def gemm_panels(x, panels, out, col0):
     """out[t, col0 + 32 p + j] = X[t] . (row 32 p + j of the tile packed in `panels`)."""
     n_tokens, n_k = x.shape
     n_panels = panels.shape[0]
     n_groups = n_tokens // TOKENS_PER_MICRO
-    for g in prange(n_groups + n_tokens % TOKENS_PER_MICRO):
-        if g < n_groups:
+    n_blocks = (n_groups + GROUPS_PER_BLOCK - 1) // GROUPS_PER_BLOCK
+    for item in prange(n_blocks + n_tokens % TOKENS_PER_MICRO):
+        if item < n_blocks:
+            g_lo = item * GROUPS_PER_BLOCK
+            g_hi = min(n_groups, g_lo + GROUPS_PER_BLOCK)
             for p in range(n_panels):
-                gemm_micro(x, TOKENS_PER_MICRO * g, 6, panels[p], 0, out, col0 + COLUMNS_PER_MICRO * p, n_k)
-        else:
-            t = TOKENS_PER_MICRO * n_groups + (g - n_groups)
+                col = col0 + COLUMNS_PER_MICRO * p
+                for k0 in range(0, n_k, K_CHUNK):
+                    k1 = min(n_k, k0 + K_CHUNK)
+                    xk = x[:, k0:k1]
+                    wk = panels[p, k0:k1]
+                    for g in range(g_lo, g_hi):
+                        if k0 == 0:
+                            gemm_micro(xk, TOKENS_PER_MICRO * g, 6, wk, 0, out, col, k1 - k0)
+                        else:
+                            gemm_micro_add(xk, TOKENS_PER_MICRO * g, 6, wk, 0, out, col, k1 - k0)
+        else:  # one of the last n_tokens % 6 tokens
+            t = TOKENS_PER_MICRO * n_groups + (item - n_blocks)
             for p in range(n_panels):
                 gemm_micro(x, t, 1, panels[p], 0, out, col0 + COLUMNS_PER_MICRO * p, n_k)
 

@@ -140,94 +140,116 @@ def lanes_sum(typingctx, acc, n):
     return types.float32(acc, n), codegen
 
 
-@intrinsic
-def gemm_micro(typingctx, x, t0, n_t, wt, c0, out, col0, n_k):
-    """out[t0 + i, col0 + c0 + j] = sum_k x[t0 + i, k] * wt[k, c0 + j]   for i < n_t, j < 32.
+def _gemm_micro_typer(accumulate: bool):
+    """The typing function of `gemm_micro` (accumulate False) or `gemm_micro_add` (True)."""
 
-    n_t is a literal (1..6). wt is the decoded weight tile transposed (k-major), so one k step is
-    2 zmm loads of wt, n_t broadcasts of x and 2*n_t FMAs into accumulators that live in
-    registers for the whole k loop (an explicit LLVM loop: no horizontal sums, unlike a dot-product
-    GEMM). x (T, K), wt (K, R), out (T, N) are C-contiguous float32.
-    """
-    if not isinstance(n_t, types.IntegerLiteral):
-        return None
-    rows = n_t.literal_value
-    sig = types.void(x, t0, n_t, wt, c0, out, col0, n_k)
+    def typer(typingctx, x, t0, n_t, wt, c0, out, col0, n_k):
+        """out[t0 + i, col0 + c0 + j] = sum_k x[t0 + i, k] * wt[k, c0 + j]   for i < n_t, j < 32.
 
-    def codegen(context, builder, signature, args):
-        x_v, t0_v, _, wt_v, c0_v, out_v, col0_v, n_k_v = args
-        tys = signature.args
-        f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
-        v16 = ir.VectorType(f32, 16)
+        n_t is a literal (1..6). wt is the decoded weight tile transposed (k-major), so one k step is
+        2 zmm loads of wt, n_t broadcasts of x and 2*n_t FMAs into accumulators that live in
+        registers for the whole k loop (an explicit LLVM loop: no horizontal sums, unlike a dot-product
+        GEMM). x (T, K), wt (K, R), out (T, N) are C-contiguous float32.
+        """
+        if not isinstance(n_t, types.IntegerLiteral):
+            return None
+        rows = n_t.literal_value
+        sig = types.void(x, t0, n_t, wt, c0, out, col0, n_k)
 
-        def cast64(v, ty):
-            return context.cast(builder, v, ty, types.int64)
+        def codegen(context, builder, signature, args):
+            x_v, t0_v, _, wt_v, c0_v, out_v, col0_v, n_k_v = args
+            tys = signature.args
+            f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+            v16 = ir.VectorType(f32, 16)
 
-        xa = context.make_array(tys[0])(context, builder, x_v)
-        wa = context.make_array(tys[3])(context, builder, wt_v)
-        oa = context.make_array(tys[5])(context, builder, out_v)
-        x_stride = builder.extract_value(xa.strides, 0)     # bytes per x row
-        w_stride = builder.extract_value(wa.strides, 0)     # bytes per wt row
-        o_stride = builder.extract_value(oa.strides, 0)
-        i8p = ir.IntType(8).as_pointer()
-        t0_64, c0_64, col0_64, n_k64 = (cast64(args[1], tys[1]), cast64(args[4], tys[4]),
-                                       cast64(args[6], tys[6]), cast64(args[7], tys[7]))
-        x_base = builder.bitcast(xa.data, i8p)
-        x_rows = [builder.bitcast(builder.gep(x_base, [builder.mul(builder.add(t0_64, ir.Constant(i64, i)), x_stride)]),
-                                  f32.as_pointer()) for i in range(rows)]
-        w_col = builder.gep(wa.data, [c0_64])  # &wt[0, c0]
-        zero = ir.Constant(v16, [0.0] * 16)
+            def cast64(v, ty):
+                return context.cast(builder, v, ty, types.int64)
 
-        pre = builder.block
-        loop = builder.append_basic_block("gemm_micro.loop")
-        done = builder.append_basic_block("gemm_micro.done")
-        has_work = builder.icmp_signed(">", n_k64, ir.Constant(i64, 0))
-        builder.cbranch(has_work, loop, done)
+            xa = context.make_array(tys[0])(context, builder, x_v)
+            wa = context.make_array(tys[3])(context, builder, wt_v)
+            oa = context.make_array(tys[5])(context, builder, out_v)
+            x_stride = builder.extract_value(xa.strides, 0)     # bytes per x row
+            w_stride = builder.extract_value(wa.strides, 0)     # bytes per wt row
+            o_stride = builder.extract_value(oa.strides, 0)
+            i8p = ir.IntType(8).as_pointer()
+            t0_64, c0_64, col0_64, n_k64 = (cast64(args[1], tys[1]), cast64(args[4], tys[4]),
+                                           cast64(args[6], tys[6]), cast64(args[7], tys[7]))
+            x_base = builder.bitcast(xa.data, i8p)
+            x_rows = [builder.bitcast(builder.gep(x_base, [builder.mul(builder.add(t0_64, ir.Constant(i64, i)), x_stride)]),
+                                      f32.as_pointer()) for i in range(rows)]
+            w_col = builder.gep(wa.data, [c0_64])  # &wt[0, c0]
+            zero = ir.Constant(v16, [0.0] * 16)
+            o_base = builder.bitcast(oa.data, i8p)
 
-        builder.position_at_end(loop)
-        k = builder.phi(i64)
-        k.add_incoming(ir.Constant(i64, 0), pre)
-        accs = []
-        for _ in range(2 * rows):
-            p = builder.phi(v16)
-            p.add_incoming(zero, pre)
-            accs.append(p)
-        w_row = builder.bitcast(builder.gep(builder.bitcast(w_col, i8p), [builder.mul(k, w_stride)]), f32.as_pointer())
-        w_lo = builder.load(builder.bitcast(w_row, v16.as_pointer()), align=4)
-        w_hi = builder.load(builder.bitcast(builder.gep(w_row, [ir.Constant(i64, 16)]), v16.as_pointer()), align=4)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * 3), "llvm.fma.v16f32")
-        new_accs = []
-        undef = ir.Constant(v16, ir.Undefined)
-        for i in range(rows):
-            xs = builder.load(builder.gep(x_rows[i], [k]), align=4)
-            xb = builder.shuffle_vector(builder.insert_element(undef, xs, ir.Constant(i32, 0)), undef,
-                                        ir.Constant(ir.VectorType(i32, 16), [0] * 16))
-            new_accs.append(builder.call(fma, [xb, w_lo, accs[2 * i]]))
-            new_accs.append(builder.call(fma, [xb, w_hi, accs[2 * i + 1]]))
-        k_next = builder.add(k, ir.Constant(i64, 1))
-        k.add_incoming(k_next, loop)
-        for p, v in zip(accs, new_accs):
-            p.add_incoming(v, loop)
-        builder.cbranch(builder.icmp_signed("<", k_next, n_k64), loop, done)
+            def out_ptr(i):
+                row_offset = builder.mul(builder.add(t0_64, ir.Constant(i64, i)), o_stride)
+                row_ptr = builder.bitcast(builder.gep(o_base, [row_offset]), f32.as_pointer())
+                return builder.gep(row_ptr, [builder.add(col0_64, c0_64)])
 
-        builder.position_at_end(done)
-        results = []
-        for v in new_accs:  # all phis first: LLVM wants them at the top of the block
-            phi = builder.phi(v16)
-            phi.add_incoming(zero, pre)
-            phi.add_incoming(v, loop)
-            results.append(phi)
-        o_base = builder.bitcast(oa.data, i8p)
-        for i in range(rows):
-            res = results[2 * i: 2 * i + 2]
-            row_offset = builder.mul(builder.add(t0_64, ir.Constant(i64, i)), o_stride)
-            row_ptr = builder.bitcast(builder.gep(o_base, [row_offset]), f32.as_pointer())
-            dst = builder.gep(row_ptr, [builder.add(col0_64, c0_64)])
-            builder.store(res[0], builder.bitcast(dst, v16.as_pointer()), align=4)
-            builder.store(res[1], builder.bitcast(builder.gep(dst, [ir.Constant(i64, 16)]), v16.as_pointer()), align=4)
-        return context.get_dummy_value()
+            if accumulate:  # start from what out holds (a previous chunk of k)
+                starts = []
+                for i in range(rows):
+                    dst = out_ptr(i)
+                    starts.append(builder.load(builder.bitcast(dst, v16.as_pointer()), align=4))
+                    starts.append(builder.load(builder.bitcast(builder.gep(dst, [ir.Constant(i64, 16)]),
+                                                               v16.as_pointer()), align=4))
+            else:
+                starts = [zero] * (2 * rows)
 
-    return sig, codegen
+            pre = builder.block
+            loop = builder.append_basic_block("gemm_micro.loop")
+            done = builder.append_basic_block("gemm_micro.done")
+            has_work = builder.icmp_signed(">", n_k64, ir.Constant(i64, 0))
+            builder.cbranch(has_work, loop, done)
+
+            builder.position_at_end(loop)
+            k = builder.phi(i64)
+            k.add_incoming(ir.Constant(i64, 0), pre)
+            accs = []
+            for start in starts:
+                p = builder.phi(v16)
+                p.add_incoming(start, pre)
+                accs.append(p)
+            w_row = builder.bitcast(builder.gep(builder.bitcast(w_col, i8p), [builder.mul(k, w_stride)]), f32.as_pointer())
+            w_lo = builder.load(builder.bitcast(w_row, v16.as_pointer()), align=4)
+            w_hi = builder.load(builder.bitcast(builder.gep(w_row, [ir.Constant(i64, 16)]), v16.as_pointer()), align=4)
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * 3), "llvm.fma.v16f32")
+            new_accs = []
+            undef = ir.Constant(v16, ir.Undefined)
+            for i in range(rows):
+                xs = builder.load(builder.gep(x_rows[i], [k]), align=4)
+                xb = builder.shuffle_vector(builder.insert_element(undef, xs, ir.Constant(i32, 0)), undef,
+                                            ir.Constant(ir.VectorType(i32, 16), [0] * 16))
+                new_accs.append(builder.call(fma, [xb, w_lo, accs[2 * i]]))
+                new_accs.append(builder.call(fma, [xb, w_hi, accs[2 * i + 1]]))
+            k_next = builder.add(k, ir.Constant(i64, 1))
+            k.add_incoming(k_next, loop)
+            for p, v in zip(accs, new_accs):
+                p.add_incoming(v, loop)
+            builder.cbranch(builder.icmp_signed("<", k_next, n_k64), loop, done)
+
+            builder.position_at_end(done)
+            results = []
+            for v, start in zip(new_accs, starts):  # all phis first: LLVM wants them at the top of the block
+                phi = builder.phi(v16)
+                phi.add_incoming(start, pre)
+                phi.add_incoming(v, loop)
+                results.append(phi)
+            for i in range(rows):
+                res = results[2 * i: 2 * i + 2]
+                dst = out_ptr(i)
+                builder.store(res[0], builder.bitcast(dst, v16.as_pointer()), align=4)
+                builder.store(res[1], builder.bitcast(builder.gep(dst, [ir.Constant(i64, 16)]), v16.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return typer
+
+
+gemm_micro = intrinsic(_gemm_micro_typer(False))
+# the same, adding to what out holds: out[...] += sum_k ...  (k split in chunks that stay in L1)
+gemm_micro_add = intrinsic(_gemm_micro_typer(True))
 
 
 # Legacy formats whose whole row runs as one LLVM loop: block bytes, and how block b's two
