@@ -14,7 +14,8 @@ plain transposed tile (K, R) read 32 columns at a stride of R floats and ran at 
 the whole k loop, one broadcast of x and two loads of the panel per 12 FMAs, no horizontal sums:
 
     X (T, K) row-major     panels (R/32, K, 32) (L2-resident)      out (T, n_rows_total)
-    prange over groups of 6 tokens -> for each panel -> gemm_micro
+    prange over blocks of 4 groups of 6 tokens -> each panel -> each 256-wide chunk of k (in L1)
+        -> each group of the block: gemm_micro (first chunk) / gemm_micro_add (the others)
 
 On this machine (Xeon, AVX-512, 1 thread) the micro-kernel reaches ~133 GFLOP/s with its operands
 in L1, which is the FMA units' peak (2 x 16-lane FMA per cycle); over an L2-resident panel ~110-120.
