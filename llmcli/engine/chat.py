@@ -14,9 +14,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from ..errors import BadInputError
 
 CHATML_TEMPLATE = (
@@ -91,6 +88,10 @@ class ChatTemplate:
     _compiled: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        # jinja2 is imported here, not at module level: plain completions never need it (~50 ms)
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                             extensions=["jinja2.ext.loopcontrols"])
         env.filters["tojson"] = _tojson
