@@ -47,3 +47,21 @@ def test_longrope_factor_choice_follows_llamacpp_context_padding():
     long = load_model(ROPE / "longrope_short" / "model-f16.gguf", threads=1, ctx_size=257)
     assert np.abs(short.logits(ref["prompt_ids"])[ref["logit_rows"]] - expected).max() < 1e-2
     assert np.abs(long.logits(ref["prompt_ids"])[ref["logit_rows"]] - expected).max() > 0.05
+
+
+@pytest.mark.parametrize("variant", ["yarn", "llama3"])
+def test_rope_tables_grow_with_the_positions(variant, monkeypatch):
+    """RoPE tables start short and double as positions grow: the same logits as tables built for
+    the whole context at once, through a prompt and token-by-token steps past several doublings."""
+    ref = json.loads((ROPE / variant / "reference.json").read_text())
+    ids = ref["prompt_ids"]
+    model = load_model(ROPE / variant / "model-f16.gguf", threads=1, ctx_size=ref["n_ctx"])
+    whole = model.logits(ids)
+    assert len(model._rope_tables[False][0]) >= len(ids)
+    monkeypatch.setattr(type(model), "ROPE_TABLE_START", 2)
+    model = load_model(ROPE / variant / "model-f16.gguf", threads=1, ctx_size=ref["n_ctx"])
+    half = len(ids) // 2
+    model.forward(ids[:half])
+    stepped = [np.asarray(model.forward([t])).reshape(-1) for t in ids[half:]]
+    assert len(ids) <= len(model._rope_tables[False][0]) < ref["n_ctx"]  # grown from 2, not built whole
+    np.testing.assert_allclose(np.stack(stepped), whole[half:], rtol=0, atol=1e-4)

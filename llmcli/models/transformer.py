@@ -154,14 +154,26 @@ class Transformer:
         name = f"rope_factors_{which}.weight"
         return vector(r, r.tensor(name)) if r.has_tensor(name) else None
 
+    # Positions the RoPE tables cover at first; they double as positions grow (up to n_ctx), so
+    # a start-up does not compute cos/sin for a 4k-32k context it may never reach (~50 ms).
+    ROPE_TABLE_START = 512
+
     def _build_rope(self) -> None:
+        self._rope_factor_vector = self._rope_factors() if self.hp.rope_style != "none" else None
+        self._rope_tables: dict[bool, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _rope_table(self, swa: bool, n_positions: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(cos, sin) for positions 0..n_positions-1 at least, of the sliding-window layers' RoPE
+        or the global one; None when the model has no RoPE."""
         hp = self.hp
         if hp.rope_style == "none":
-            self.rope_global = self.rope_swa = None
-            return
-        factors = self._rope_factors()
-        self.rope_global = rope_tables(hp.rope, self.n_ctx, factors)
-        self.rope_swa = rope_tables(hp.rope_swa, self.n_ctx, factors) if any(hp.is_swa) else None
+            return None
+        table = self._rope_tables.get(swa)
+        if table is None or len(table[0]) < n_positions:
+            length = max(self.ROPE_TABLE_START, 2 * (len(table[0]) if table else 0), n_positions)
+            table = rope_tables(hp.rope_swa if swa else hp.rope, min(self.n_ctx, length), self._rope_factor_vector)
+            self._rope_tables[swa] = table
+        return table
 
     def _alloc_buffers(self, n: int) -> None:
         """Flat float32 work buffers for a batch of n tokens; `_buf(name, rows, cols)` hands out
@@ -344,7 +356,7 @@ class Transformer:
             flat = k.reshape(n_all * hp.n_head_kv, hp.head_dim)
             (ops.rms_norm_serial if n_all == 1 else ops.rms_norm)(flat, blk.attn_k_norm, hp.rms_eps, flat)
         swa = hp.is_swa[il]
-        table = self.rope_swa if swa else self.rope_global
+        table = self._rope_table(swa, pos0 + n_all)
         neox = hp.rope_style == "neox"
         if table is not None:
             (ops.rope_serial if n_all == 1 else ops.rope)(k3, table[0], table[1], pos0, neox)
