@@ -33,7 +33,7 @@ import numpy as np
 
 from ..engine import ops
 from ..engine.kv_cache import KVCache
-from ..engine.linear import Linear, float_rows, vector
+from ..engine.linear import COMPUTABLE_TYPES, Linear, float_rows, vector
 from ..engine.rope import rope_tables
 from ..errors import BadInputError, FormatError, LlmcliError, UnsupportedError
 from ..gguf.reader import GGUFReader
@@ -119,7 +119,8 @@ class Transformer:
             raise FormatError(f"{self.path}: missing tensor 'output.weight'")
         # The output matrix is read whole for every token and is usually the largest tensor (70 %
         # of the demo model's bytes): a copy in huge-page memory streams ~15 % faster than the map.
-        out_raw = r.tensor_copy(out) if out.n_bytes >= OUTPUT_COPY_MIN_BYTES else r.tensor_bytes(out)
+        copy = out.n_bytes >= OUTPUT_COPY_MIN_BYTES and out.type in COMPUTABLE_TYPES
+        out_raw = r.tensor_copy(out) if copy else r.tensor_bytes(out)
         self.output = Linear(r, out, raw=out_raw)
         self.token_embd_raw = out_raw if out is embd else r.tensor_bytes(embd)
         self._check_embedding_type(embd)
