@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Make ggml's own answers for Q4_K/Q6_K rows dotted with 8-bit (Q8_K) activations.
+"""Make ggml's own answers for Q4_K/Q5_K/Q6_K rows dotted with 8-bit (Q8_K) activations.
 
 Calls the real ggml (libggml-base.so / libggml-cpu.so from the llama.cpp reference commit, as built
 by llama-cpp-python 0.3.36) through ctypes:
-  * `quantize_row_q4_K_ref` / `quantize_row_q6_K_ref` for the weight rows,
+  * `quantize_row_q4_K_ref` / `quantize_row_q5_K_ref` / `quantize_row_q6_K_ref` for the weight rows,
   * `quantize_row_q8_K` (the CPU backend's activation quantizer) for the activation blocks,
-  * `ggml_vec_dot_q4_K_q8_K` / `ggml_vec_dot_q6_K_q8_K` (the CPU backend's SIMD dot products, what
+  * `ggml_vec_dot_q4_K_q8_K` / `_q5_K_q8_K` / `_q6_K_q8_K` (the CPU backend's SIMD dot products, what
     llama.cpp runs for a token) and their `_generic` C versions, one row at a time.
 
 Activations: a 2560-vector with an all-zero super-block, a block 40x larger than the others, a block
@@ -30,7 +30,7 @@ OUT = ROOT / "tests" / "data" / "kernels" / "int8_kquant_refs.npz"
 SEED = 20261122
 QK_K = 256
 Q8_K_BYTES = 4 + QK_K + 2 * 16  # float d, int8 qs[256], int16 bsums[16]
-WEIGHT_BYTES = {"Q4_K": 144, "Q6_K": 210}
+WEIGHT_BYTES = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
 N_ROWS = 9
 
 
@@ -53,7 +53,8 @@ def main() -> None:
     cpu = ctypes.CDLL(str(libdir / "libggml-cpu.so"))
     cpu.ggml_cpu_init()
     row_fn = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    for lib, name in ((base, "quantize_row_q4_K_ref"), (base, "quantize_row_q6_K_ref"), (cpu, "quantize_row_q8_K")):
+    for lib, name in ((base, "quantize_row_q4_K_ref"), (base, "quantize_row_q5_K_ref"), (base, "quantize_row_q6_K_ref"),
+                      (cpu, "quantize_row_q8_K")):
         getattr(lib, name).argtypes = row_fn
         getattr(lib, name).restype = None
     dot_args = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
@@ -73,7 +74,7 @@ def main() -> None:
             w[1] = 0                                     # an all-zero row
             w[2, :256] *= 100                            # a row with one loud block
             raw = np.zeros((N_ROWS, x.size // QK_K * block_bytes), np.uint8)
-            ggml_name = tname.lower().replace("_k", "_K")  # q4_K, q6_K
+            ggml_name = tname.lower().replace("_k", "_K")  # q4_K, q5_K, q6_K
             quant = getattr(base, f"quantize_row_{ggml_name}_ref")
             for r in range(N_ROWS):
                 quant(w[r].ctypes.data, raw[r].ctypes.data, x.size)

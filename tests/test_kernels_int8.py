@@ -148,7 +148,7 @@ def test_generic_code_without_vnni(tmp_path):
     np.testing.assert_allclose(generic, expected, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("tag", ["Q4_0", "Q8_0", "Q4_K_M", "Q6_K"])
+@pytest.mark.parametrize("tag", ["Q4_0", "Q8_0", "Q4_K_M", "Q6_K", "Q5_K-pure"])
 def test_decode_logits_follow_llamacpp(tag, tmp_path, activations):
     """Token by token (mat-vecs) on the K-quant test model quantized as `tag` (Q4_0 and Q8_0 files
     hold a Q6_K output matrix, Q4_K_M Q4_K and Q6_K ones): llama.cpp's native logits (8-bit

@@ -1,8 +1,8 @@
-"""Mat-vecs with 8-bit activations for Q4_K and Q6_K weights (kernels/int8_kquants.py).
+"""Mat-vecs with 8-bit activations for Q4_K, Q5_K and Q6_K weights (kernels/int8_kquants.py).
 
 Oracles: ggml itself (tests/data/kernels/int8_kquant_refs.npz, made by
 scripts/make_int8_kquant_refs.py through ctypes on the reference commit's libggml: its Q8_K
-activation blocks and its ggml_vec_dot_q4_K_q8_K / q6_K_q8_K results, SIMD and generic C); a numpy
+activation blocks and its ggml_vec_dot_q4_K_q8_K / q5_K_q8_K / q6_K_q8_K results, SIMD and generic C); a numpy
 transcription of ggml's integer formula (exact int64 sums, float64 scaling); and the dequantized
 weights (llmcli's dequantize, byte-exact to ggml's) in float64 for the size of the activation rounding.
 """
@@ -25,8 +25,8 @@ from llmcli.gguf.constants import GGMLType
 from llmcli.quants import dequantize, quantize
 
 REFS = Path(__file__).parent / "data" / "kernels" / "int8_kquant_refs.npz"
-BLOCK_BYTES = {"Q4_K": 144, "Q6_K": 210}
-X_GROUP = {"Q4_K": (8, 32), "Q6_K": (16, 16)}  # the activation view the engine passes
+BLOCK_BYTES = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
+X_GROUP = {"Q4_K": (8, 32), "Q5_K": (8, 32), "Q6_K": (16, 16)}  # the activation view the engine passes
 N_ROWS = 37  # not a multiple of the 16-row tiles
 
 
@@ -67,7 +67,7 @@ def numpy_q8k(x: np.ndarray):
 
 def block_terms(type_name: str, raw: np.ndarray, xq, xd, bsums, magnitude=False) -> np.ndarray:
     """float64 (rows, n_blocks): each super-block's term of ggml's dot, its integer sums as
-    ggml_vec_dot_q4_K_q8_K_generic / ggml_vec_dot_q6_K_q8_K_generic form them. magnitude=True:
+    ggml_vec_dot_q4_K_q8_K_generic / _q5_K_ / _q6_K_q8_K_generic form them. magnitude=True:
     the same with every product and scale taken absolute (the size of what float32 adds up)."""
     nb = xd.size
     blocks = raw.reshape(len(raw), nb, BLOCK_BYTES[type_name]).astype(np.int64)
@@ -79,12 +79,15 @@ def block_terms(type_name: str, raw: np.ndarray, xq, xd, bsums, magnitude=False)
     def f16(lo):
         return fix((blocks[..., lo] | blocks[..., lo + 1] << 8).astype(np.uint16).view(np.float16).astype(np.float64))
 
-    if type_name == "Q4_K":
+    if type_name in ("Q4_K", "Q5_K"):
         s = blocks[..., 4:16]
         sc = np.concatenate([s[..., 0:4] & 63, (s[..., 8:12] & 15) | (s[..., 0:4] >> 6) << 4], -1)
         mn = np.concatenate([s[..., 4:8] & 63, (s[..., 8:12] >> 4) | (s[..., 4:8] >> 6) << 4], -1)
-        qs = blocks[..., 16:].reshape(len(raw), nb, 4, 32)
+        qs = blocks[..., -128:].reshape(len(raw), nb, 4, 32)
         u = np.stack([qs & 15, qs >> 4], 3).reshape(len(raw), nb, 8, 32)  # sub-block 2g, 2g+1
+        if type_name == "Q5_K":  # the 5th bit of weight l in sub-block j: bit j of qh[l]
+            qh = blocks[..., 16:48]
+            u = u | np.stack([(qh >> j) & 1 for j in range(8)], 2) << 4
         isum = (sc * np.einsum("rbsl,bsl->rbs", u, xq.reshape(nb, 8, 32))).sum(-1)
         imin = (mn * bsums.reshape(nb, 8, 2).sum(-1)).sum(-1)
         return f16(0) * xd * isum - (-1 if magnitude else 1) * f16(2) * xd * imin
@@ -147,7 +150,7 @@ def test_activation_blocks_are_ggmls():
     assert _quantize(x)[1][7] == np.inf and _quantize(x)[0][1536 + 5] == 0
 
 
-@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K"])
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K"])
 def test_matches_ggml_vec_dot(type_name):
     """ggml's own dot products (its SIMD code and its generic C code) on ggml-quantized rows."""
     refs = np.load(REFS)
@@ -161,7 +164,7 @@ def test_matches_ggml_vec_dot(type_name):
         assert got[1] == 0  # the all-zero row
 
 
-@pytest.mark.parametrize("type_name", ["Q4_K", "Q6_K"])
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K"])
 @pytest.mark.parametrize("n_cols", [256, 768, 2560])  # one super-block, an odd count, the demo's 2560
 def test_matvec_equals_integer_reference(type_name, n_cols):
     rng = np.random.default_rng(n_cols + len(type_name))
@@ -209,7 +212,7 @@ def test_generic_code_without_vnni(tmp_path):
         refs = np.load({str(REFS)!r})
         x = refs["x512"]
         out = {{}}
-        for name, bb, group in (("Q4_K", 144, (8, 32)), ("Q6_K", 210, (16, 16))):
+        for name, bb, group in (("Q4_K", 144, (8, 32)), ("Q5_K", 176, (8, 32)), ("Q6_K", 210, (16, 16))):
             raw = refs[name + "_x512_weights"]
             out[name] = np.empty(len(raw), np.float32)
             int8_kquants.INT8_KQUANT_MATVECS[GGMLType[name]](raw.reshape(len(raw), 2, bb), x.reshape(2, *group),
@@ -219,7 +222,7 @@ def test_generic_code_without_vnni(tmp_path):
     env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
     generic = np.load(tmp_path / "out.npz")
-    for type_name in ("Q4_K", "Q6_K"):
+    for type_name in ("Q4_K", "Q5_K", "Q6_K"):
         raw = refs[f"{type_name}_x512_weights"]
         ref = integer_reference(type_name, raw, split_q8k(refs["x512_q8k"]))
         assert_close_to_terms(generic[type_name], ref, type_name)

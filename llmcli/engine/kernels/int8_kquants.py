@@ -1,7 +1,7 @@
-"""Mat-vec with 8-bit activations for Q4_K and Q6_K weights, llama.cpp's Q8_K path: x is quantized
+"""Mat-vec with 8-bit activations for Q4_K, Q5_K and Q6_K weights, llama.cpp's Q8_K path: x is quantized
 once per call to ggml's Q8_K activation blocks and every weight super-block is dotted with them in
-integers (`vpdpbusd`, see int8.py), as ggml's `ggml_vec_dot_q4_K_q8_K` / `ggml_vec_dot_q6_K_q8_K`.
-Same signature as kquants.matvec_q4_k / matvec_q6_k; `INT8_KQUANT_MATVECS` maps type -> kernel.
+integers (`vpdpbusd`, see int8.py), as ggml's `ggml_vec_dot_q4_K_q8_K` / `_q5_K_q8_K` / `_q6_K_q8_K`.
+Same signature as kquants.matvec_q4_k / matvec_q5_k / matvec_q6_k; `INT8_KQUANT_MATVECS` maps type -> kernel.
 
 Activation blocks (ggml's `quantize_row_q8_K_ref`, which its x86 backend calls, bit for bit):
 
@@ -14,6 +14,7 @@ Per super-block b, with the integer sums exactly as ggml's generic C code define
 
     Q4_K:  d_x * d * sum_s sc_s * (u_s . xq_s)  -  d_x * dmin * sum_s m_s * (bsums over sub-block s)
            u = the nibble 0..15 (unsigned, as vpdpbusd wants), s < 8 sub-blocks of 32
+    Q5_K:  the same, u = nibble | 5th bit << 4, 0..31
     Q6_K:  d_x * d * sum_s sc_s * ((u_s - 32) . xq_s)
          = d_x * d * (sum_s sc_s * (u_s . xq_s)  -  32 * sum_s sc_s * bsums_s)
            u = the 6-bit code 0..63, sc int8, s < 16 sub-blocks of 16
@@ -403,6 +404,65 @@ def row_dot_q4_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
 
 
 # ---------------------------------------------------------------------------------------------
+# Q5_K: 176 bytes, 256 weights in 8 sub-blocks of 32; Q4_K plus a 5th bit per weight
+#   byte 0    2      4            16        48                       176
+#        | d  | dmin | scales[12] | qh[32]  | qs[128]                |
+#   code u = nibble (as Q4_K, qs at 48) | bit s of qh[l] << 4 for weight l of sub-block s: 0..31
+#   zmm k < 4 holds bytes l = 8k .. 8k+7 of every sub-block s (Q4_K's order, same interleaved xq):
+#
+#       qh word k (qh[8k .. 8k+7]) x8:  | qhk | qhk | ... | qhk |      8-byte word s of the zmm
+#       & (1 << s) in word s, != 0 -> 16 (vptestmb + masked move), | the nibbles
+#
+#   u <= 31 stays unsigned, so vpdpbusd needs nothing more; mins and bsums exactly as Q4_K.
+# ---------------------------------------------------------------------------------------------
+@intrinsic
+def row_dot_q5_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
+    """One row of Q5_K super-blocks (uint8 (n_blocks * 176,)) dotted with Q8_K activation blocks
+    (xq int8, xd float32 from `quantize_q8_k`, xq then `interleave_for_q4_k`; `bsums` int32
+    (n_blocks * 8,): the sums of xq per 32-value sub-block, `sub_block_sums`), as float32."""
+    if not _signature_ok(row, xq, xd, bsums, n_blocks):
+        return None
+
+    def codegen(context, builder, signature, args):
+        em = _Emitter(context, builder, signature, args)
+        i32, f32 = em.i32, em.f32
+        v16i32, v8i64, v32i16 = ir.VectorType(i32, 16), ir.VectorType(em.i64, 8), ir.VectorType(em.i16, 32)
+        v4i64, v64i8 = ir.VectorType(em.i64, 4), ir.VectorType(em.i8, 64)
+        nibble = ir.Constant(v64i8, [15] * 64)
+        shifts = ir.Constant(v32i16, ([0] * 4 + [4] * 4) * 4)  # 16-bit words: qword 2s by 0, 2s+1 by 4
+        sub_block_bit = ir.Constant(v64i8, [1 << s for s in range(8) for _ in range(8)])
+        zero, fifth = ir.Constant(v64i8, [0] * 64), ir.Constant(v64i8, [16] * 64)
+
+        def body(blk, base, accs):
+            acc, acc_min = accs
+            scales, mins = _q4_k_scales_mins(em, base)
+            xs = builder.gep(em.xq, [builder.mul(blk, em.c64(QK_K))])
+            iacc = ir.Constant(v16i32, [0] * 16)
+            qh = em.load(base, em.c64(16), v4i64)
+            qs_words = [em.load(base, em.c64(48 + 64 * h), v8i64) for h in range(2)]
+            for k in range(4):
+                picked = em.shuffle(qs_words[0], qs_words[1], [4 * g + k for g in range(4) for _ in range(2)])
+                u = builder.and_(builder.bitcast(builder.lshr(builder.bitcast(picked, v32i16), shifts), v64i8), nibble)
+                qh_k = builder.bitcast(em.shuffle(qh, qh, [k] * 8), v64i8)
+                has_bit = builder.icmp_unsigned("!=", builder.and_(qh_k, sub_block_bit), zero)
+                u = builder.or_(u, builder.select(has_bit, fifth, zero))
+                iacc = dot_u8_s8(builder, iacc, u, em.load(xs, em.c64(64 * k), v64i8))
+            lane_scales = em.shuffle(scales, ir.Constant(scales.type, ir.Undefined), [j // 2 for j in range(16)])
+            iacc = builder.mul(iacc, lane_scales)
+            min_dots = builder.mul(mins, em.load(em.bsums, builder.mul(blk, em.c64(8)), ir.VectorType(i32, 8), align=4))
+            d = em.block_scale(base, 0, blk)
+            dmin = em.block_scale(base, 2, blk)
+            acc = em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc)
+            acc_min = em.fma(builder.sitofp(min_dots, ir.VectorType(f32, 8)), em.splat(dmin, 8), acc_min)
+            return [acc, acc_min]
+
+        acc, acc_min = em.block_loop("q5k_int8", 176, 3, (16, 8), body)
+        return builder.fsub(em.tree_sum(acc), em.tree_sum(acc_min))
+
+    return types.float32(row, xq, xd, bsums, n_blocks), codegen
+
+
+# ---------------------------------------------------------------------------------------------
 # Q6_K: 210 bytes, 256 weights in 16 sub-blocks of 16
 #   byte 0                  128             192               208  210
 #        | ql[128]          | qh[64]        | scales[16] int8 | d  |
@@ -457,8 +517,8 @@ def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
     return types.float32(row, xq, xd, bsums, n_blocks), codegen
 
 
-# Same signature as kquants.matvec_q4_k / matvec_q6_k: blocks uint8 (rows, n_blocks, 144 | 210),
-# x float32 (n_blocks, 8, 32) | (n_blocks, 16, 16), out float32 (rows,).
+# Same signature as kquants.matvec_q4_k / matvec_q5_k / matvec_q6_k: blocks uint8 (rows, n_blocks, 144 |
+# 176 | 210), x float32 (n_blocks, 8, 32) | (n_blocks, 8, 32) | (n_blocks, 16, 16), out float32 (rows,).
 @njit(inline="always")
 def interleave_for_q4_k(xq):
     """xq in the order row_dot_q4_k_int8 reads it: per block, zmm k < 4 = for each sub-block
@@ -494,6 +554,18 @@ def matvec_q4_k_int8(blocks, x, out):
 
 
 @njit(parallel=True, cache=True)
+def matvec_q5_k_int8(blocks, x, out):
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * 176)
+    xq, xd, bsums = quantize_q8_k(x.reshape(-1))
+    xq = interleave_for_q4_k(xq)
+    sums32 = sub_block_sums(bsums)
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            out[r] = row_dot_q5_k_int8(flat[r], xq, xd, sums32, n_blocks)
+
+
+@njit(parallel=True, cache=True)
 def matvec_q6_k_int8(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 210)
@@ -505,5 +577,6 @@ def matvec_q6_k_int8(blocks, x, out):
 
 INT8_KQUANT_MATVECS = {
     GGMLType.Q4_K: matvec_q4_k_int8,
+    GGMLType.Q5_K: matvec_q5_k_int8,
     GGMLType.Q6_K: matvec_q6_k_int8,
 }
