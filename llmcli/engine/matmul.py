@@ -6,7 +6,7 @@
     dequantize_rows(W, a, b)   # float32 rows a..b-1 (embedding lookup)
 
 Activations: a mat-vec (token generation) rounds x to 8 bits where the weight type has an
-integer kernel (Q8_0, Q4_0, Q5_0 and, as they land, the K-quants: kernels/int8*.py), exactly as
+integer kernel (Q8_0, Q4_0, Q5_0: kernels/int8.py; Q4_K, Q5_K, Q6_K: kernels/int8_kquants.py), as
 llama.cpp's CPU backend quantizes activations to Q8_0/Q8_K blocks; `set_activations("float")` keeps
 float32 activations everywhere (a dequantize-then-float32 reference to rounding error). Mat-muls
 (prompt processing) stay float32: they are compute-bound in GEMM form, where decoding a weight tile
