@@ -360,47 +360,64 @@ def _q4_k_scales_mins(em, base):
     return scales, mins
 
 
-@intrinsic
-def row_dot_q4_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
-    """One row of Q4_K super-blocks (uint8 (n_blocks * 144,)) dotted with Q8_K activation blocks
-    (xq int8, xd float32 from `quantize_q8_k`, xq then `interleave_for_q4_k`; `bsums` here int32
-    (n_blocks * 8,): the sums of xq per 32-value sub-block, `sub_block_sums`), as float32."""
-    if not _signature_ok(row, xq, xd, bsums, n_blocks):
-        return None
+def _q4_k_like_row_dot(block_bytes: int, qs_offset: int, qh_offset: int | None, name: str):
+    """The typing function of a Q4_K-shaped row dot: Q4_K (no qh) or Q5_K (a 5th bit per weight
+    from the 32 qh bytes at qh_offset, see the Q5_K diagram). One row of super-blocks (uint8
+    (n_blocks * block_bytes,)) dotted with Q8_K activation blocks (xq int8, xd float32 from
+    `quantize_q8_k`, xq then `interleave_for_q4_k`; `bsums` here int32 (n_blocks * 8,): the sums of
+    xq per 32-value sub-block, `sub_block_sums`), as float32."""
 
-    def codegen(context, builder, signature, args):
-        em = _Emitter(context, builder, signature, args)
-        i32, f32 = em.i32, em.f32
-        v16i32, v8i64, v32i16 = ir.VectorType(i32, 16), ir.VectorType(em.i64, 8), ir.VectorType(em.i16, 32)
-        v64i8 = ir.VectorType(em.i8, 64)
-        nibble = ir.Constant(v64i8, [15] * 64)
-        shifts = ir.Constant(v32i16, ([0] * 4 + [4] * 4) * 4)  # 16-bit words: qword 2s by 0, 2s+1 by 4
+    def typer(typingctx, row, xq, xd, bsums, n_blocks):
+        if not _signature_ok(row, xq, xd, bsums, n_blocks):
+            return None
 
-        def body(blk, base, accs):
-            acc, acc_min = accs
-            scales, mins = _q4_k_scales_mins(em, base)
-            xs = builder.gep(em.xq, [builder.mul(blk, em.c64(QK_K))])
-            iacc = ir.Constant(v16i32, [0] * 16)
-            qs_words = [em.load(base, em.c64(16 + 64 * h), v8i64) for h in range(2)]
-            for k in range(4):
-                # qwords 4g + k (g < 4) of qs, each twice: low nibbles of the first copy, high of the second
-                picked = em.shuffle(qs_words[0], qs_words[1], [4 * g + k for g in range(4) for _ in range(2)])
-                u = builder.and_(builder.bitcast(builder.lshr(builder.bitcast(picked, v32i16), shifts), v64i8), nibble)
-                iacc = dot_u8_s8(builder, iacc, u, em.load(xs, em.c64(64 * k), v64i8))
-            lane_scales = em.shuffle(scales, ir.Constant(scales.type, ir.Undefined), [j // 2 for j in range(16)])
-            iacc = builder.mul(iacc, lane_scales)
-            # sum_s m_s * (sum of xq over sub-block s)
-            min_dots = builder.mul(mins, em.load(em.bsums, builder.mul(blk, em.c64(8)), ir.VectorType(i32, 8), align=4))
-            d = em.block_scale(base, 0, blk)
-            dmin = em.block_scale(base, 2, blk)
-            acc = em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc)
-            acc_min = em.fma(builder.sitofp(min_dots, ir.VectorType(f32, 8)), em.splat(dmin, 8), acc_min)
-            return [acc, acc_min]
+        def codegen(context, builder, signature, args):
+            em = _Emitter(context, builder, signature, args)
+            i32, f32 = em.i32, em.f32
+            v16i32, v8i64, v32i16 = ir.VectorType(i32, 16), ir.VectorType(em.i64, 8), ir.VectorType(em.i16, 32)
+            v4i64, v64i8 = ir.VectorType(em.i64, 4), ir.VectorType(em.i8, 64)
+            nibble = ir.Constant(v64i8, [15] * 64)
+            shifts = ir.Constant(v32i16, ([0] * 4 + [4] * 4) * 4)  # 16-bit words: qword 2s by 0, 2s+1 by 4
+            sub_block_bit = ir.Constant(v64i8, [1 << s for s in range(8) for _ in range(8)])
+            zero, fifth = ir.Constant(v64i8, [0] * 64), ir.Constant(v64i8, [16] * 64)
 
-        acc, acc_min = em.block_loop("q4k_int8", 144, 3, (16, 8), body)
-        return builder.fsub(em.tree_sum(acc), em.tree_sum(acc_min))
+            def body(blk, base, accs):
+                acc, acc_min = accs
+                scales, mins = _q4_k_scales_mins(em, base)
+                xs = builder.gep(em.xq, [builder.mul(blk, em.c64(QK_K))])
+                iacc = ir.Constant(v16i32, [0] * 16)
+                qs_words = [em.load(base, em.c64(qs_offset + 64 * h), v8i64) for h in range(2)]
+                qh = em.load(base, em.c64(qh_offset), v4i64) if qh_offset is not None else None
+                for k in range(4):
+                    # qwords 4g + k (g < 4) of qs, each twice: low nibbles of the first copy, high of the second
+                    picked = em.shuffle(qs_words[0], qs_words[1], [4 * g + k for g in range(4) for _ in range(2)])
+                    u = builder.and_(builder.bitcast(builder.lshr(builder.bitcast(picked, v32i16), shifts), v64i8),
+                                     nibble)
+                    if qh is not None:  # + 16 where bit s of the weight's qh byte is set
+                        qh_k = builder.bitcast(em.shuffle(qh, qh, [k] * 8), v64i8)
+                        has_bit = builder.icmp_unsigned("!=", builder.and_(qh_k, sub_block_bit), zero)
+                        u = builder.or_(u, builder.select(has_bit, fifth, zero))
+                    iacc = dot_u8_s8(builder, iacc, u, em.load(xs, em.c64(64 * k), v64i8))
+                lane_scales = em.shuffle(scales, ir.Constant(scales.type, ir.Undefined), [j // 2 for j in range(16)])
+                iacc = builder.mul(iacc, lane_scales)
+                # sum_s m_s * (sum of xq over sub-block s)
+                min_dots = builder.mul(mins, em.load(em.bsums, builder.mul(blk, em.c64(8)), ir.VectorType(i32, 8),
+                                                     align=4))
+                d = em.block_scale(base, 0, blk)
+                dmin = em.block_scale(base, 2, blk)
+                acc = em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc)
+                acc_min = em.fma(builder.sitofp(min_dots, ir.VectorType(f32, 8)), em.splat(dmin, 8), acc_min)
+                return [acc, acc_min]
 
-    return types.float32(row, xq, xd, bsums, n_blocks), codegen
+            acc, acc_min = em.block_loop(name, block_bytes, 3, (16, 8), body)
+            return builder.fsub(em.tree_sum(acc), em.tree_sum(acc_min))
+
+        return types.float32(row, xq, xd, bsums, n_blocks), codegen
+
+    return typer
+
+
+row_dot_q4_k_int8 = intrinsic(_q4_k_like_row_dot(144, 16, None, "q4k_int8"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,51 +432,7 @@ def row_dot_q4_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
 #
 #   u <= 31 stays unsigned, so vpdpbusd needs nothing more; mins and bsums exactly as Q4_K.
 # ---------------------------------------------------------------------------------------------
-@intrinsic
-def row_dot_q5_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
-    """One row of Q5_K super-blocks (uint8 (n_blocks * 176,)) dotted with Q8_K activation blocks
-    (xq int8, xd float32 from `quantize_q8_k`, xq then `interleave_for_q4_k`; `bsums` int32
-    (n_blocks * 8,): the sums of xq per 32-value sub-block, `sub_block_sums`), as float32."""
-    if not _signature_ok(row, xq, xd, bsums, n_blocks):
-        return None
-
-    def codegen(context, builder, signature, args):
-        em = _Emitter(context, builder, signature, args)
-        i32, f32 = em.i32, em.f32
-        v16i32, v8i64, v32i16 = ir.VectorType(i32, 16), ir.VectorType(em.i64, 8), ir.VectorType(em.i16, 32)
-        v4i64, v64i8 = ir.VectorType(em.i64, 4), ir.VectorType(em.i8, 64)
-        nibble = ir.Constant(v64i8, [15] * 64)
-        shifts = ir.Constant(v32i16, ([0] * 4 + [4] * 4) * 4)  # 16-bit words: qword 2s by 0, 2s+1 by 4
-        sub_block_bit = ir.Constant(v64i8, [1 << s for s in range(8) for _ in range(8)])
-        zero, fifth = ir.Constant(v64i8, [0] * 64), ir.Constant(v64i8, [16] * 64)
-
-        def body(blk, base, accs):
-            acc, acc_min = accs
-            scales, mins = _q4_k_scales_mins(em, base)
-            xs = builder.gep(em.xq, [builder.mul(blk, em.c64(QK_K))])
-            iacc = ir.Constant(v16i32, [0] * 16)
-            qh = em.load(base, em.c64(16), v4i64)
-            qs_words = [em.load(base, em.c64(48 + 64 * h), v8i64) for h in range(2)]
-            for k in range(4):
-                picked = em.shuffle(qs_words[0], qs_words[1], [4 * g + k for g in range(4) for _ in range(2)])
-                u = builder.and_(builder.bitcast(builder.lshr(builder.bitcast(picked, v32i16), shifts), v64i8), nibble)
-                qh_k = builder.bitcast(em.shuffle(qh, qh, [k] * 8), v64i8)
-                has_bit = builder.icmp_unsigned("!=", builder.and_(qh_k, sub_block_bit), zero)
-                u = builder.or_(u, builder.select(has_bit, fifth, zero))
-                iacc = dot_u8_s8(builder, iacc, u, em.load(xs, em.c64(64 * k), v64i8))
-            lane_scales = em.shuffle(scales, ir.Constant(scales.type, ir.Undefined), [j // 2 for j in range(16)])
-            iacc = builder.mul(iacc, lane_scales)
-            min_dots = builder.mul(mins, em.load(em.bsums, builder.mul(blk, em.c64(8)), ir.VectorType(i32, 8), align=4))
-            d = em.block_scale(base, 0, blk)
-            dmin = em.block_scale(base, 2, blk)
-            acc = em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc)
-            acc_min = em.fma(builder.sitofp(min_dots, ir.VectorType(f32, 8)), em.splat(dmin, 8), acc_min)
-            return [acc, acc_min]
-
-        acc, acc_min = em.block_loop("q5k_int8", 176, 3, (16, 8), body)
-        return builder.fsub(em.tree_sum(acc), em.tree_sum(acc_min))
-
-    return types.float32(row, xq, xd, bsums, n_blocks), codegen
+row_dot_q5_k_int8 = intrinsic(_q4_k_like_row_dot(176, 48, 16, "q5k_int8"))
 
 
 # ---------------------------------------------------------------------------------------------
