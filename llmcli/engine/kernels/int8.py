@@ -38,7 +38,7 @@ from numba.extending import intrinsic
 from ...gguf.constants import GGMLType
 from ...quants.half import fp32_round_fp16
 from .common import ROW_TILE
-from .simd import PREFETCH_BYTES, _data_ptr
+from .simd import PREFETCH_BYTES, _data_ptr, float_tree_sum
 
 
 def _host_has_vnni() -> bool:
@@ -205,15 +205,7 @@ def row_dot_int8(typingctx, row, xq, xd, xbias, n_blocks, kind):
         vec = builder.phi(v16f)
         vec.add_incoming(with_last, odd_block)
         vec.add_incoming(total, tail)
-        size = 16
-        while size > 1:  # tree sum of the 16 lanes
-            half = size // 2
-            u = ir.Constant(ir.VectorType(f32, size), ir.Undefined)
-            lo = builder.shuffle_vector(vec, u, ir.Constant(ir.VectorType(i32, half), list(range(half))))
-            hi = builder.shuffle_vector(vec, u, ir.Constant(ir.VectorType(i32, half), list(range(half, size))))
-            vec = builder.fadd(lo, hi)
-            size = half
-        return builder.extract_element(vec, ir.Constant(i32, 0))
+        return float_tree_sum(builder, vec)
 
     return types.float32(row, xq, xd, xbias, n_blocks, kind), codegen
 

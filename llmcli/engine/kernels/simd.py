@@ -31,6 +31,21 @@ def _data_ptr(context, builder, aryty, ary):
     return context.make_array(aryty)(context, builder, ary).data
 
 
+def float_tree_sum(builder, vec):
+    """The sum of a <n x float> value's lanes (n a power of two) as a tree of vector adds: halves
+    added log2(n) times, not n dependent scalar adds."""
+    f32, i32 = ir.FloatType(), ir.IntType(32)
+    size = vec.type.count
+    while size > 1:
+        half = size // 2
+        undef = ir.Constant(ir.VectorType(f32, size), ir.Undefined)
+        lo = builder.shuffle_vector(vec, undef, ir.Constant(ir.VectorType(i32, half), list(range(half))))
+        hi = builder.shuffle_vector(vec, undef, ir.Constant(ir.VectorType(i32, half), list(range(half, size))))
+        vec = builder.fadd(lo, hi)
+        size = half
+    return builder.extract_element(vec, ir.Constant(i32, 0))
+
+
 @intrinsic
 def fma_lanes(typingctx, acc, acc_off, scale, scale2, x, x_off, src, src_off, shift, mask,
               src2, src2_off, shift2, mask2, mul2, bias, n, signed, src2_bits, nibbles):
@@ -123,19 +138,10 @@ def lanes_sum(typingctx, acc, n):
 
     def codegen(context, builder, signature, args):
         acc_v = args[0]
-        f32, i32 = ir.FloatType(), ir.IntType(32)
+        f32 = ir.FloatType()
         ptr = builder.bitcast(_data_ptr(context, builder, signature.args[0], acc_v),
                               ir.VectorType(f32, width).as_pointer())
-        vec = builder.load(ptr, align=4)
-        size = width
-        while size > 1:
-            half = size // 2
-            undef = ir.Constant(ir.VectorType(f32, size), ir.Undefined)
-            lo = builder.shuffle_vector(vec, undef, ir.Constant(ir.VectorType(i32, half), list(range(half))))
-            hi = builder.shuffle_vector(vec, undef, ir.Constant(ir.VectorType(i32, half), list(range(half, size))))
-            vec = builder.fadd(lo, hi)
-            size = half
-        return builder.extract_element(vec, ir.Constant(i32, 0))
+        return float_tree_sum(builder, builder.load(ptr, align=4))
 
     return types.float32(acc, n), codegen
 
@@ -375,15 +381,7 @@ def row_dot(typingctx, row, x, n_blocks, kind):
         vec = builder.phi(v16f)
         vec.add_incoming(with_last, odd_block)
         vec.add_incoming(both, tail)
-        size = 16
-        while size > 1:  # tree sum of the 16 lanes
-            half = size // 2
-            u = ir.Constant(ir.VectorType(f32, size), ir.Undefined)
-            a = builder.shuffle_vector(vec, u, ir.Constant(ir.VectorType(i32, half), list(range(half))))
-            c = builder.shuffle_vector(vec, u, ir.Constant(ir.VectorType(i32, half), list(range(half, size))))
-            vec = builder.fadd(a, c)
-            size = half
-        return builder.extract_element(vec, ir.Constant(i32, 0))
+        return float_tree_sum(builder, vec)
 
     return types.float32(row, x, n_blocks, kind), codegen
 
@@ -535,18 +533,8 @@ def row_dot_q4_k(typingctx, row, x, x_sums, n_blocks):
             phi.add_incoming(v, loop)
             finals.append(phi)
 
-        def tree_sum(vec, size):
-            while size > 1:
-                half = size // 2
-                u = ir.Constant(ir.VectorType(f32, size), ir.Undefined)
-                lo = builder.shuffle_vector(vec, u, vconst(ir.VectorType(i32, half), range(half)))
-                hi = builder.shuffle_vector(vec, u, vconst(ir.VectorType(i32, half), range(half, size)))
-                vec = builder.fadd(lo, hi)
-                size = half
-            return builder.extract_element(vec, ir.Constant(i32, 0))
-
-        total = tree_sum(builder.fadd(finals[0], finals[1]), 16)
-        return builder.fsub(total, tree_sum(finals[2], 8))
+        total = float_tree_sum(builder, builder.fadd(finals[0], finals[1]))
+        return builder.fsub(total, float_tree_sum(builder, finals[2]))
 
     return sig, codegen
 
@@ -640,15 +628,7 @@ def row_dot_q6_k(typingctx, row, x, n_blocks):
             phi.add_incoming(v, loop)
             finals.append(phi)
         vec = builder.fadd(finals[0], finals[1])
-        size = 16
-        while size > 1:  # tree sum of the 16 lanes
-            half = size // 2
-            u = ir.Constant(ir.VectorType(f32, size), ir.Undefined)
-            lo = builder.shuffle_vector(vec, u, ir.Constant(ir.VectorType(i32, half), list(range(half))))
-            hi = builder.shuffle_vector(vec, u, ir.Constant(ir.VectorType(i32, half), list(range(half, size))))
-            vec = builder.fadd(lo, hi)
-            size = half
-        return builder.extract_element(vec, ir.Constant(i32, 0))
+        return float_tree_sum(builder, vec)
 
     return sig, codegen
 
