@@ -63,7 +63,7 @@ INT8_BLOCKS = {"q8_0": (34, 128), "q4_0": (18, 8), "q5_0": (22, 16)}
 
 def dot_u8_s8(builder, acc, u, s):
     """acc <16 x i32> + (sum of 4 adjacent u8*s8 products per lane) for u, s <64 x i8>."""
-    i8, i32 = ir.IntType(8), ir.IntType(32)
+    i32 = ir.IntType(32)
     v16i32 = ir.VectorType(i32, 16)
     if HAS_VNNI:
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32] * 3),
@@ -74,7 +74,6 @@ def dot_u8_s8(builder, acc, u, s):
     undef = ir.Constant(v64i32, ir.Undefined)
     for k in range(4):
         acc = builder.add(acc, builder.shuffle_vector(prod, undef, ir.Constant(v16i32, list(range(k, 64, 4)))))
-    del i8
     return acc
 
 

@@ -302,13 +302,7 @@ def dot_scaled(builder, acc, u, s, scale_src, lane_scale):
         dpwssd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32] * 3),
                                                 "llvm.x86.avx512.vpdpwssd.512")
         return builder.call(dpwssd, [acc, builder.bitcast(pairs, v16i32), builder.bitcast(sc16, v16i32)])
-    v64i32 = ir.VectorType(i32, 64)
-    prod = builder.mul(builder.zext(u, v64i32), builder.sext(s, v64i32))
-    undef = ir.Constant(v64i32, ir.Undefined)
-    dots = None
-    for k in range(4):
-        part = builder.shuffle_vector(prod, undef, ir.Constant(v16i32, list(range(k, 64, 4))))
-        dots = part if dots is None else builder.add(dots, part)
+    dots = dot_u8_s8(builder, ir.Constant(v16i32, [0] * 16), u, s)  # its generic form here
     scales = builder.shuffle_vector(scale_src, scale_src, ir.Constant(v16i32, list(lane_scale)))
     return builder.add(acc, builder.mul(dots, scales))
 
