@@ -1,4 +1,4 @@
-"""The Python API, and the generation core `llmcli run` uses too.
+"""The Python API.
 
     import llmcli
     llm = llmcli.load()                      # the demo model; or llmcli.load("model.gguf")
@@ -6,175 +6,65 @@
         print(piece, end="", flush=True)
     for piece in llm.chat([{"role": "user", "content": "Hi!"}]):
         print(piece, end="")
+    done = llm.complete_many(["Once upon a time", "The sky is"], max_tokens=32)   # decoded together
+    engine = llm.engine()                    # submit from any thread (servers)
 
 A `Completion` is one generation: iterate it for text pieces, then read `tokens`, `text`,
-`stop_reason` ("eos", "length", "stop", "context", "interrupted") and `timings`. The model keeps
-its KV cache between calls and reuses the longest common prefix of the new prompt, so a chat turn
-only evaluates what the conversation added.
+`stop_reason` (see `llmcli.generation.STOP_REASONS`) and `timings`. Generation runs on the
+continuous-batching scheduler of `llmcli.generation` with `parallel` sequence slots; a new prompt
+starts from the slot that has the longest cached prefix of it, so a chat turn only evaluates
+what the conversation added.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .engine.chat import ChatTemplate
-from .engine.sampling import Sampler, SamplingParams
 from .engine.tokenizer import Tokenizer
 from .errors import BadInputError
-
-DEFAULT_CTX_SIZE = 4096
-STOP_REASONS = ("eos", "length", "stop", "context", "interrupted")
+from .generation import Completion, Engine, Request, SamplingParams, Scheduler
 
 
-@dataclass
-class Timings:
-    prompt_n: int = 0  # prompt tokens evaluated (after reusing the cached prefix)
-    prompt_ms: float = 0.0
-    predicted_n: int = 0
-    predicted_ms: float = 0.0
-
-    @property
-    def prompt_per_second(self) -> float:
-        return self.prompt_n * 1000.0 / self.prompt_ms if self.prompt_ms > 0 else 0.0
-
-    @property
-    def predicted_per_second(self) -> float:
-        return self.predicted_n * 1000.0 / self.predicted_ms if self.predicted_ms > 0 else 0.0
-
-    def to_dict(self) -> dict:
-        return {"prompt_n": self.prompt_n, "prompt_ms": round(self.prompt_ms, 3),
-                "prompt_per_second": round(self.prompt_per_second, 3),
-                "predicted_n": self.predicted_n, "predicted_ms": round(self.predicted_ms, 3),
-                "predicted_per_second": round(self.predicted_per_second, 3)}
-
-
-class _StopMatcher:
-    """Holds back generated text that could still turn into a stop string."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-
-    def push(self, text: str) -> tuple[str, bool]:
-        """Add text; return (text safe to emit, whether a stop string was hit)."""
-        self.pending += text
-        for s in self.stops:
-            at = self.pending.find(s)
-            if at >= 0:
-                out, self.pending = self.pending[:at], ""
-                return out, True
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.pending)), 0, -1):
-                if self.pending.endswith(s[:k]):
-                    hold = max(hold, k)
-                    break
-        cut = len(self.pending) - hold
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
-
-
-@dataclass
-class Completion:
-    """One generation. Iterate for text pieces; afterwards the fields below are final."""
-
-    llm: "LLM"
-    prompt_tokens: list[int]
-    max_tokens: int
-    sampler: Sampler
-    stop: Sequence[str] = ()
-    ignore_eos: bool = False  # never end on an end-of-generation token (llama.cpp's --ignore-eos)
-    tokens: list[int] = field(default_factory=list)
-    text: str = ""
-    stop_reason: str | None = None
-    timings: Timings = field(default_factory=Timings)
-
-    def __iter__(self) -> Iterator[str]:
-        llm, model = self.llm, self.llm.model
-        detok = llm.tokenizer.stream(special=False)
-        matcher = _StopMatcher(self.stop)
-        started = time.perf_counter()
-        generating_since = None
-        banned = np.array(sorted(llm.tokenizer.eog_ids), dtype=np.int64) if self.ignore_eos else None
-        try:
-            logits = llm._evaluate_prompt(self.prompt_tokens, self.timings)
-            for tok in self.prompt_tokens:
-                self.sampler.accept(tok)
-            generating_since = time.perf_counter()
-            self.timings.prompt_ms = (generating_since - started) * 1000.0
-            while True:
-                if 0 <= self.max_tokens <= len(self.tokens):
-                    self.stop_reason = "length"
-                    break
-                if banned is not None and len(banned):
-                    logits = logits.copy()
-                    logits[banned] = -np.inf
-                token = self.sampler.sample(logits)
-                self.sampler.accept(token)
-                if llm.tokenizer.is_eog(token):
-                    self.stop_reason = "eos"
-                    break
-                self.tokens.append(token)
-                self.timings.predicted_n = len(self.tokens)
-                out, hit = matcher.push(detok.feed(token))
-                if out:
-                    self.text += out
-                    yield out
-                if hit:
-                    self.stop_reason = "stop"
-                    break
-                if 0 <= self.max_tokens <= len(self.tokens):
-                    self.stop_reason = "length"
-                    break
-                if model.n_past >= model.n_ctx:
-                    self.stop_reason = "context"
-                    break
-                logits = llm._evaluate([token])
-        except KeyboardInterrupt:
-            self.stop_reason = "interrupted"
-        if generating_since is not None:
-            self.timings.predicted_ms = (time.perf_counter() - generating_since) * 1000.0
-        if self.stop_reason != "stop":
-            tail = matcher.push(detok.flush())[0] + matcher.flush()
-            if tail:
-                self.text += tail
-                yield tail
-
-    def run(self) -> "Completion":
-        """Generate to the end without streaming."""
-        for _ in self:
-            pass
-        return self
+def sampling_params(params: SamplingParams | None = None, **fields) -> SamplingParams:
+    """`params`, or SamplingParams(**fields) (llama.cpp's defaults for the fields not given)."""
+    if params is not None:
+        if fields:
+            raise BadInputError(f"give sampling options as params= or as keywords, not both: {sorted(fields)}")
+        return params.validate()
+    known = SamplingParams.__dataclass_fields__
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise BadInputError(f"unknown sampling option {unknown[0]!r} (options: {', '.join(known)})")
+    return SamplingParams(**fields).validate()
 
 
 class LLM:
-    """A loaded model with its tokenizer, chat template and a context that persists between calls."""
+    """A loaded model with its tokenizer, chat template and `parallel` sequence slots whose cached
+    contexts persist between calls."""
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
-                 ctx_size: int | None = None, batch_size: int = 512):
+                 ctx_size: int | None = None, batch_size: int = 512, parallel: int = 1):
         from .models import load_model
 
+        if ctx_size is not None and ctx_size <= 0:
+            raise BadInputError(f"--ctx-size must be positive, got {ctx_size}")
         self.path = Path(path)
-        self.model = load_model(self.path, threads=threads, ctx_size=_ctx_for(self.path, ctx_size),
-                                batch_size=batch_size)
+        self.model = load_model(self.path, threads=threads, ctx_size=ctx_size, batch_size=batch_size)
         self.tokenizer = Tokenizer.from_gguf(self.model.reader)
-        self._evaluated: list[int] = []  # ids whose keys/values are in the cache, in order
+        self.scheduler = Scheduler(self.model, self.tokenizer, n_parallel=parallel)
+        self._engine: Engine | None = None
         self._template: ChatTemplate | None = None
 
     # -- tokens --------------------------------------------------------------------------------
 
     @property
     def n_ctx(self) -> int:
+        """Context of each sequence, in tokens."""
         return self.model.n_ctx
 
     @property
@@ -189,58 +79,74 @@ class LLM:
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Float32 logits of every position, (len(ids), n_vocab), from an empty context."""
-        self._evaluated = []
-        out = self.model.logits(list(ids))
-        self._evaluated = list(ids)
-        return out
+        return self.model.logits(list(ids))
 
     def reset(self) -> None:
-        self.model.reset()
-        self._evaluated = []
-
-    # -- evaluation with prefix reuse ------------------------------------------------------------
-
-    def _evaluate(self, ids: list[int]) -> np.ndarray:
-        logits = self.model.forward(ids)
-        self._evaluated.extend(ids)
-        return logits
-
-    def _evaluate_prompt(self, prompt: list[int], timings: Timings) -> np.ndarray:
-        if not prompt:
-            raise BadInputError("the prompt is empty (no tokens to start from)")
-        if len(prompt) >= self.n_ctx:
-            raise BadInputError(f"the prompt has {len(prompt)} tokens but the context holds "
-                                f"{self.n_ctx}: raise --ctx-size or shorten the prompt")
-        common = 0
-        for a, b in zip(self._evaluated, prompt):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(prompt) - 1)  # evaluate at least one token to get logits
-        del self._evaluated[common:]
-        timings.prompt_n = len(prompt) - common
-        logits = self.model.forward(prompt[common:], pos=common)
-        self._evaluated.extend(prompt[common:])
-        return logits
+        """Forget the cached contexts."""
+        self._scheduler().reset()
 
     # -- generation ----------------------------------------------------------------------------
 
-    def complete(self, prompt: str | Sequence[int], *, max_tokens: int = -1, params: SamplingParams | None = None,
-                 stop: Sequence[str] = (), parse_special: bool = True, ignore_eos: bool = False) -> Completion:
-        """A Completion for a text prompt (tokenized with BOS per the model) or a list of ids."""
+    def _scheduler(self) -> Scheduler:
+        if self._engine is not None:
+            raise BadInputError("this model is served by its engine(): submit requests to it instead")
+        return self.scheduler
+
+    def _request(self, prompt: str | Sequence[int], max_tokens: int, params: SamplingParams | None,
+                 stop: Sequence[str], parse_special: bool, ignore_eos: bool, cache_prompt: bool) -> Request:
         ids = (self.tokenize(prompt, add_special=True, parse_special=parse_special)
                if isinstance(prompt, str) else [int(t) for t in prompt])
-        params = params or SamplingParams()
-        return Completion(self, ids, max_tokens, Sampler(params, self.n_ctx), list(stop), ignore_eos)
+        return Request(ids, max_tokens=max_tokens, params=params or SamplingParams(), stop=list(stop),
+                       ignore_eos=ignore_eos, cache_prompt=cache_prompt)
 
-    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temp: float = 0.8,
-                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-                 repeat_last_n: int = 64, seed: int | None = None, stop: Sequence[str] = (),
-                 parse_special: bool = True) -> Iterator[str]:
-        """Stream the continuation of `prompt` as text pieces (llama.cpp's sampling defaults)."""
-        params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
-        return iter(self.complete(prompt, max_tokens=max_tokens, params=params, stop=stop,
+    def complete(self, prompt: str | Sequence[int], *, max_tokens: int = -1, params: SamplingParams | None = None,
+                 stop: Sequence[str] = (), parse_special: bool = True, ignore_eos: bool = False,
+                 cache_prompt: bool = True) -> Completion:
+        """A Completion for a text prompt (tokenized with BOS per the model) or a list of ids."""
+        sched = self._scheduler()
+        request = self._request(prompt, max_tokens, params, stop, parse_special, ignore_eos, cache_prompt)
+        return Completion(sched, sched.new_sequence(request))
+
+    def complete_many(self, prompts: Sequence[str | Sequence[int]], *, max_tokens: int = -1,
+                      params: SamplingParams | Sequence[SamplingParams] | None = None,
+                      stop: Sequence[str] = (), parse_special: bool = True, ignore_eos: bool = False,
+                      cache_prompt: bool = True) -> list[Completion]:
+        """Generate for every prompt, `parallel` at a time in one batch, and return the finished
+        Completions in prompt order. `params` may give each prompt its own sampling."""
+        sched = self._scheduler()
+        per_prompt = params if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        if len(per_prompt) != len(prompts):
+            raise BadInputError(f"{len(per_prompt)} sampling parameter sets for {len(prompts)} prompts")
+        seqs = [sched.new_sequence(self._request(p, max_tokens, sp, stop, parse_special, ignore_eos, cache_prompt))
+                for p, sp in zip(prompts, per_prompt)]
+        for seq in seqs:
+            sched.submit(seq)
+        try:
+            sched.run_all()
+        except BaseException:
+            for seq in seqs:
+                sched.cancel(seq, "interrupted")
+            raise
+        return [Completion(sched, seq) for seq in seqs]
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, stop: Sequence[str] = (),
+                 parse_special: bool = True, **sampling) -> Iterator[str]:
+        """Stream the continuation of `prompt` as text pieces. `sampling`: SamplingParams fields
+        (temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed), llama.cpp's defaults."""
+        return iter(self.complete(prompt, max_tokens=max_tokens, params=sampling_params(**sampling), stop=stop,
                                   parse_special=parse_special))
+
+    def engine(self) -> Engine:
+        """The scheduler on a thread of its own, for submitting from any thread (see
+        `llmcli.generation.Engine`); the synchronous methods are off while it runs."""
+        if self._engine is None:
+            self._engine = Engine(self.scheduler)
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     @property
     def chat_template(self) -> ChatTemplate:
@@ -265,12 +171,12 @@ class LLM:
                         params: SamplingParams | None = None, stop: Sequence[str] = ()) -> Completion:
         return self.complete(self.chat_prompt_ids(messages), max_tokens=max_tokens, params=params, stop=stop)
 
-    def chat(self, messages: list[dict[str, str]], max_tokens: int = 256, temp: float = 0.8, top_k: int = 40,
-             top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
-             seed: int | None = None, stop: Sequence[str] = ()) -> Iterator[str]:
-        """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}, ...])."""
-        params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
-        return iter(self.chat_completion(messages, max_tokens=max_tokens, params=params, stop=stop))
+    def chat(self, messages: list[dict[str, str]], max_tokens: int = 256, stop: Sequence[str] = (),
+             **sampling) -> Iterator[str]:
+        """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}, ...]);
+        `sampling` as for `generate`."""
+        return iter(self.chat_completion(messages, max_tokens=max_tokens, params=sampling_params(**sampling),
+                                         stop=stop))
 
 
 def _marker_texts(tok: Tokenizer) -> frozenset[str]:
@@ -281,20 +187,14 @@ def _marker_texts(tok: Tokenizer) -> frozenset[str]:
     return frozenset(tok.token_text(int(i)) for i in tok.ids_with_attr(int(markers)))
 
 
-def _ctx_for(path: Path, ctx_size: int | None) -> int | None:
-    """None -> 4096, or the model's training context when that is smaller (llama.cpp's default)."""
-    if ctx_size is not None:
-        if ctx_size <= 0:
-            raise BadInputError(f"--ctx-size must be positive, got {ctx_size}")
-        return ctx_size
-    return None
-
-
 def load(path: str | os.PathLike | None = None, *, threads: int | None = None, ctx_size: int | None = None,
-         batch_size: int = 512) -> LLM:
-    """Load a GGUF model (None: the demo model, Gemma 3 270M, assembled once into the cache)."""
+         batch_size: int = 512, parallel: int = 1) -> LLM:
+    """Load a GGUF model (None: the demo model, Gemma 3 270M, assembled once into the cache).
+
+    ctx_size: tokens of context per sequence (default 4096, or the model's if smaller);
+    parallel: sequences decoded together (KV cache: parallel x ctx_size positions)."""
     if path is None:
         from .demo import demo_model_path
 
         path = demo_model_path()
-    return LLM(path, threads=threads, ctx_size=ctx_size, batch_size=batch_size)
+    return LLM(path, threads=threads, ctx_size=ctx_size, batch_size=batch_size, parallel=parallel)

@@ -35,10 +35,11 @@ def run(path: str, args, n_prompt: int, n_gen: int) -> int:
 
     model = load_model(path, threads=args.threads, ctx_size=args.ctx)
     ids = np.random.default_rng(0).integers(10, model.hp.n_vocab - 10, n_prompt).tolist()
-    token = int(np.argmax(model.forward(ids)))
+    seq = model.new_sequence()
+    token = int(np.argmax(model.forward(seq, ids)))
     for _ in range(n_gen):
-        token = int(np.argmax(model.forward([token])))
-    kv = model.cache.n_bytes
+        token = int(np.argmax(model.forward(seq, [token])))
+    kv = seq.cache.n_bytes
     reader = model.reader
     del model
     gc.collect()

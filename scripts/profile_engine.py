@@ -50,17 +50,18 @@ def main() -> None:
     model = load_model(path, threads=args.threads, ctx_size=args.prompt + args.gen + 8,
                        batch_size=args.batch_size)
     ids = np.random.default_rng(0).integers(10, model.hp.n_vocab - 10, args.prompt).tolist()
-    model.forward(ids[:8])  # compile / load every kernel once
-    model.forward([ids[0]])
-    model.reset()
+    seq = model.new_sequence()
+    model.forward(seq, ids[:8])  # compile / load every kernel once
+    model.forward(seq, [ids[0]])
+    seq = model.new_sequence()
 
     prof = cProfile.Profile()
     start = time.perf_counter()
     prof.enable()
-    model.forward(ids)
+    model.forward(seq, ids)
     prof.disable()
     pp = time.perf_counter() - start
-    print(f"{path}: {model.threads} thread(s), KV cache {model.cache.n_bytes / 2**20:.1f} MiB")
+    print(f"{path}: {model.threads} thread(s), KV cache {seq.cache.n_bytes / 2**20:.1f} MiB")
     print(f"prompt {args.prompt} tokens: {pp:.2f} s, {args.prompt / pp:.1f} tokens/s")
     print(top_functions(prof))
 
@@ -69,7 +70,7 @@ def main() -> None:
     start = time.perf_counter()
     prof.enable()
     for _ in range(args.gen):
-        token = int(np.argmax(model.forward([token])))
+        token = int(np.argmax(model.forward(seq, [token])))
     prof.disable()
     tg = time.perf_counter() - start
     print(f"\ngeneration {args.gen} tokens: {tg:.2f} s, {args.gen / tg:.1f} tokens/s")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import llmcli
-from llmcli.engine.sampling import SamplingParams
+from llmcli.generation.sampling import SamplingParams
 
 TINY = "gguf_ref/llama-f16.gguf"
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from llmcli.demo import demo_model_path
+from llmcli.generation import generate_ids
 from llmcli.models import load_model
 
 REF = json.loads((Path(__file__).parent / "data" / "demo" / "llamacpp.json").read_text())
@@ -39,7 +40,7 @@ def _first_near_tie(steps) -> int:
 def test_greedy_until_the_first_near_tie(model, case):
     n = _first_near_tie(case["greedy_steps"])
     assert n >= 1
-    got = list(model.generate(case["prompt_ids"], n))
+    got = generate_ids(model, case["prompt_ids"], n)
     assert got == case["greedy_new_ids"][:n]
 
 

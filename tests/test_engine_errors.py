@@ -97,17 +97,18 @@ def test_prompt_longer_than_the_context(cli):
     _one_line_error(cli, TINY, "--ctx-size",
                     args=("-p", "The quick brown fox jumps over the lazy dog", "--ctx-size", "8", "--temp", "0"))
     model = load_model(TINY, ctx_size=8)
+    seq = model.new_sequence()
     with pytest.raises(BadInputError, match="do not fit the context of 8 tokens"):
-        model.forward(list(range(1, 10)))
-    model.forward(list(range(1, 6)))
+        model.forward(seq, list(range(1, 10)))
+    model.forward(seq, list(range(1, 6)))
     with pytest.raises(BadInputError, match="at position 5"):
-        model.forward([1, 2, 3, 4])
+        model.forward(seq, [1, 2, 3, 4])
 
 
 def test_token_id_outside_the_vocabulary():
     model = load_model(TINY)
     with pytest.raises(BadInputError, match="token id 1000 is outside the vocabulary of 1000"):
-        model.forward([1, 1000])
+        model.forward(model.new_sequence(), [1, 1000])
 
 
 def test_moe_layer_without_expert_tensors(tmp_path):

@@ -164,8 +164,8 @@ def test_decode_logits_follow_llamacpp(tag, tmp_path, activations):
     per_mode = {}
     for mode in ("int8", "float"):
         activations(mode)
-        model.reset()
-        per_mode[mode] = np.stack([np.asarray(model.forward([t])).reshape(-1) for t in ids])
+        seq = model.new_sequence()
+        per_mode[mode] = np.stack([np.asarray(model.forward(seq, [t])).reshape(-1) for t in ids])
     llamacpp_spread = np.abs(native - dequantized).max()  # 0.75 (Q4_0), 0.60 (Q8_0), 1.35, 1.55
     int8_diff = np.abs(per_mode["int8"] - native).max()
     assert int8_diff <= 2 * llamacpp_spread, (tag, int8_diff, llamacpp_spread)

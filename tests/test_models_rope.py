@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llmcli.generation import generate_ids
 from llmcli.models import load_model
 
 ROPE = Path(__file__).parent / "data" / "rope"
@@ -35,7 +36,7 @@ def test_rope_scaling_matches_transformers_and_llamacpp(variant):
         expected = np.load(ROPE / variant / f"{source}_logits.npy")
         diff = np.abs(logits - expected).max()
         assert diff < 1e-2, f"{variant}: max |logit - {source}| = {diff:.4g}"
-    assert list(model.generate(ref["prompt_ids"], 16)) == ref["llamacpp_greedy_new_ids"] == ref["hf_greedy_new_ids"]
+    assert generate_ids(model, ref["prompt_ids"], 16) == ref["llamacpp_greedy_new_ids"] == ref["hf_greedy_new_ids"]
 
 
 def test_longrope_factor_choice_follows_llamacpp_context_padding():
@@ -61,7 +62,8 @@ def test_rope_tables_grow_with_the_positions(variant, monkeypatch):
     monkeypatch.setattr(type(model), "ROPE_TABLE_START", 2)
     model = load_model(ROPE / variant / "model-f16.gguf", threads=1, ctx_size=ref["n_ctx"])
     half = len(ids) // 2
-    model.forward(ids[:half])
-    stepped = [np.asarray(model.forward([t])).reshape(-1) for t in ids[half:]]
+    seq = model.new_sequence()
+    model.forward(seq, ids[:half])
+    stepped = [np.asarray(model.forward(seq, [t])).reshape(-1) for t in ids[half:]]
     assert len(ids) <= len(model._rope_tables[False][0]) < ref["n_ctx"]  # grown from 2, not built whole
     np.testing.assert_allclose(np.stack(stepped), whole[half:], rtol=0, atol=1e-4)

@@ -19,6 +19,7 @@ import pytest
 
 from llmcli.convert.pipeline import convert
 from llmcli.errors import BadInputError
+from llmcli.generation import generate_ids
 from llmcli.models import load_model
 
 DATA = Path(__file__).parent / "data"
@@ -76,7 +77,7 @@ def _check(path: Path, name: str, kind: str, arch: str):
     if llamacpp.exists():  # llama.cpp's own outputs for the same file (pack models)
         diff_lc = np.abs(logits - np.load(llamacpp)).max()
         assert diff_lc < TOL, f"{name}-{kind}: max |logit - llama.cpp| = {diff_lc:.4g}"
-    assert list(model.generate(ids, 16)) == ref_greedy
+    assert generate_ids(model, ids, 16) == ref_greedy
     return model
 
 
@@ -104,21 +105,21 @@ def test_batches_and_single_token_steps_agree_with_the_reference(converted, name
     ids, ref_logits, _ = _reference(name)
     model = load_model(converted(name, "f32"), threads=1, batch_size=5)
     by_batches = model.logits(ids)
-    model.reset()
-    one_by_one = np.stack([model.forward([t]) for t in ids])
+    seq = model.new_sequence()
+    one_by_one = np.stack([model.forward(seq, [t]) for t in ids])
     for got in (by_batches, one_by_one):
         assert np.abs(got - ref_logits).max() < TOL
-    assert model.n_past == len(ids)
+    assert seq.n_past == len(ids)
 
 
-def test_forward_continues_the_cache_and_reset_forgets_it(converted):
+def test_forward_continues_the_cache_and_rewinding_forgets_it(converted):
     ids, ref_logits, _ = _reference("llama")
     model = load_model(converted("llama", "f32"), threads=1)
-    model.forward(ids[:10])
-    last = model.forward(ids[10:])
+    seq = model.new_sequence()
+    model.forward(seq, ids[:10])
+    last = model.forward(seq, ids[10:])
     assert np.abs(last - ref_logits[-1]).max() < TOL
-    model.reset()
-    first = model.forward(ids[:1])
+    first = model.forward(seq, ids[:1], pos=0)
     assert np.abs(first - ref_logits[0]).max() < TOL
 
 
@@ -127,14 +128,14 @@ def test_generate_stops_after_a_stop_id_and_takes_a_sampler(converted):
     model = load_model(converted("qwen2", "f32"), threads=1)
     stop = ref_greedy[5]
     first = ref_greedy.index(stop)
-    assert list(model.generate(ids, 16, stop_ids=[stop])) == ref_greedy[:first + 1]
+    assert generate_ids(model, ids, 16, stop_ids=[stop]) == ref_greedy[:first]  # the stop id ends it
     seen = []
 
     def sampler(logits):  # greedy, recording what it was given
         seen.append(logits.shape)
         return int(np.argmax(logits))
 
-    assert list(model.generate(ids, 4, sampler=sampler)) == ref_greedy[:4]
+    assert generate_ids(model, ids, 4, sampler=sampler) == ref_greedy[:4]
     assert seen == [(model.hp.n_vocab,)] * 4
 
 
@@ -144,11 +145,12 @@ def test_sliding_window_ring_cache_and_rewinding(converted):
     (the prefix is evaluated again) all give the reference logits."""
     ids, ref_logits, ref_greedy = _reference("gemma2")
     model = load_model(converted("gemma2", "f32"), threads=1, batch_size=5, ctx_size=128)
-    assert model.hp.is_swa == [True, False] and model.cache.slots == [16 + 5, 128]
-    model.forward(ids)
+    seq = model.new_sequence()
+    assert model.hp.is_swa == [True, False] and seq.cache.slots == [16 + 5, 128]
+    model.forward(seq, ids)
     for pos in (len(ids) - 3, 10, 0):
-        last = model.forward(ids[pos:], pos=pos)
+        last = model.forward(seq, ids[pos:], pos=pos)
         assert np.abs(last - ref_logits[-1]).max() < TOL, pos
-    assert list(model.generate(ids, 16)) == ref_greedy
+    assert generate_ids(model, ids, 16) == ref_greedy
     with pytest.raises(BadInputError, match="leaves a gap"):
-        model.forward([5], pos=model.n_past + 1)
+        model.forward(seq, [5], pos=seq.n_past + 1)

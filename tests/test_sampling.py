@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from llmcli.engine.sampling import Sampler, SamplingParams, top_k_ids
+from llmcli.generation.sampling import Sampler, SamplingParams, top_k_ids
 from llmcli.errors import BadInputError
 
 

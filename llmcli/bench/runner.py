@@ -1,16 +1,17 @@
 """Time prompt processing and generation on the engine, as llama-bench does.
 
 Per test: load the model (once per model/threads/batch/context), optionally warm up, then `repetitions`
-times: clear the KV cache, process `n_prompt` synthetic token ids in batches (logits of the last
-position only), then generate `n_gen` tokens one at a time feeding back the argmax. Tokenization and
-sampling are not timed: ids are random, like llama-bench's. The first-ever call of each kernel pays
-numba's compilation; it is measured apart (`compile_s`) and excluded from the samples.
+times on a fresh sequence: process `n_prompt` synthetic token ids in batches (logits of the last
+position only), then generate `n_gen` tokens one at a time, greedily - through the generation
+layer's scheduler, the loop `run` and the server use. Tokenization is not timed: ids are random, like
+llama-bench's. The first-ever call of each kernel pays numba's compilation; it is measured apart
+(`compile_s`) and excluded from the samples.
 """
 
 from __future__ import annotations
 
 import datetime
-import resource
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..generation import Request, SamplingParams, Scheduler
 from ..gguf.constants import FILE_TYPE_DESCRIPTIONS, FileType
 from ..models import load_model
 from .results import BenchResult, ModelInfo
@@ -73,25 +75,25 @@ class BenchRunner:
 
     @staticmethod
     def peak_rss() -> int:
-        """The process's peak resident set so far, in bytes (Linux reports KiB)."""
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return peak_rss()
 
     def _random_ids(self, model, n: int) -> np.ndarray:
         return self.rng.integers(0, model.hp.n_vocab, size=n, dtype=np.int64)
 
     def _run_once(self, model, test: BenchTest) -> int:
-        """One timed repetition; returns nanoseconds."""
-        model.reset()
-        prompt = self._random_ids(model, test.n_prompt)
-        first = int(self._random_ids(model, 1)[0])
-        start = time.perf_counter_ns()
+        """One timed repetition; returns nanoseconds. Forwards: the prompt's batches, then n_gen
+        single tokens (a tg test starts from one random token, as llama-bench's)."""
         if test.n_prompt:
-            logits = model.forward(prompt)
-            first = int(np.argmax(logits))
-        token = first
-        for _ in range(test.n_gen):
-            logits = model.forward([token])
-            token = int(np.argmax(logits))
+            prompt = self._random_ids(model, test.n_prompt).tolist()
+            max_tokens = test.n_gen + 1 if test.n_gen else 0  # the first comes from the prompt's logits
+        else:
+            prompt, max_tokens = self._random_ids(model, 1).tolist(), test.n_gen
+        sched = Scheduler(model)
+        seq = sched.new_sequence(Request(prompt, max_tokens=max_tokens, params=SamplingParams(temp=0.0),
+                                         stop_ids=frozenset(), cache_prompt=False))
+        start = time.perf_counter_ns()
+        sched.submit(seq)
+        sched.run_until(seq)
         return time.perf_counter_ns() - start
 
     def _compile(self, model, test: BenchTest) -> float:
@@ -101,11 +103,11 @@ class BenchRunner:
         if key in self._compiled:
             return 0.0
         start = time.perf_counter()
-        model.reset()
+        seq = model.new_sequence()
         if test.n_prompt:
-            model.forward(self._random_ids(model, min(test.n_prompt, 8)))
+            model.forward(seq, self._random_ids(model, min(test.n_prompt, 8)))
         if test.n_gen:
-            model.forward(self._random_ids(model, 1))
+            model.forward(seq, self._random_ids(model, 1))
         self._compiled.add(key)
         return time.perf_counter() - start
 
@@ -125,8 +127,29 @@ class BenchRunner:
                 samples_ns=samples,
                 test_time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 peak_rss_bytes=self.peak_rss(),
-                kv_cache_bytes=int(model.cache.n_bytes),
+                kv_cache_bytes=model.kv_bytes_per_sequence(),
                 compile_s=compile_s,
                 warmup=self.warmup,
                 environment=env,
             )
+
+
+def peak_rss() -> int:
+    """The process's peak resident set so far, in bytes (Linux: VmHWM; Windows: psutil's peak
+    working set; macOS: ru_maxrss, which it reports in bytes)."""
+    import psutil
+
+    info = psutil.Process().memory_info()
+    if hasattr(info, "peak_wset"):
+        return int(info.peak_wset)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource  # POSIX only, hence imported here
+
+    scale = 1 if sys.platform == "darwin" else 1024
+    return max(int(info.rss), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)

@@ -10,9 +10,29 @@ from pathlib import Path
 import typer
 
 from ..errors import BadInputError
+from ..generation.sampling import SamplingParams
 from .app import app, err_console
 
 SAMPLING_HELP = "Sampling (llama.cpp's defaults; --temp 0 is greedy)"
+_DEFAULTS = SamplingParams()
+
+# Options `run` and `chat` share, declared once (defaults: SamplingParams, the only copy).
+MODEL = typer.Option(None, "-m", "--model", help="GGUF model file (default: the demo model).")
+STOP = typer.Option([], "--stop", help="Stop when the text contains this (repeatable).")
+CTX_SIZE = typer.Option(None, "-c", "--ctx-size", help="Context size (default 4096, or the model's if smaller).")
+THREADS = typer.Option(None, "-t", "--threads", help="CPU threads (default: physical cores).")
+BATCH_SIZE = typer.Option(512, "-b", "--batch-size", help="Prompt tokens evaluated per batch.")
+SYSTEM = typer.Option(None, "--system", help="System message for the chat.")
+TEMP = typer.Option(_DEFAULTS.temp, "--temp", help="Temperature; 0 = greedy.", rich_help_panel=SAMPLING_HELP)
+TOP_K = typer.Option(_DEFAULTS.top_k, "--top-k", help="Keep the k best tokens (0 = off).", rich_help_panel=SAMPLING_HELP)
+TOP_P = typer.Option(_DEFAULTS.top_p, "--top-p", help="Nucleus mass (1 = off).", rich_help_panel=SAMPLING_HELP)
+MIN_P = typer.Option(_DEFAULTS.min_p, "--min-p", help="Minimum probability relative to the best (0 = off).",
+                     rich_help_panel=SAMPLING_HELP)
+REPEAT_PENALTY = typer.Option(_DEFAULTS.repeat_penalty, "--repeat-penalty",
+                              help="Penalty for repeated tokens (1 = off).", rich_help_panel=SAMPLING_HELP)
+REPEAT_LAST_N = typer.Option(_DEFAULTS.repeat_last_n, "--repeat-last-n",
+                             help="Tokens the penalty looks back (-1 = context).", rich_help_panel=SAMPLING_HELP)
+SEED = typer.Option(_DEFAULTS.seed, "--seed", help="Random seed (default: random).", rich_help_panel=SAMPLING_HELP)
 
 
 def _read_prompt(prompt: str | None, file: Path | None) -> str | None:
@@ -115,38 +135,32 @@ def _chat_loop(llm, params, n_predict: int, stop: list[str], system: str | None,
 
 @app.command()
 def run(
-    model: Path = typer.Option(None, "-m", "--model", help="GGUF model file (default: the demo model)."),
+    model: Path = MODEL,
     prompt: str = typer.Option(None, "-p", "--prompt", help="Text to continue."),
     file: Path = typer.Option(None, "-f", "--file", help="Read the prompt from a file."),
     n_predict: int = typer.Option(-1, "-n", "--n-predict",
                                   help="Tokens to generate (-1: until end of generation or a full context)."),
-    stop: list[str] = typer.Option([], "--stop", help="Stop when the text contains this (repeatable)."),
-    ctx_size: int = typer.Option(None, "-c", "--ctx-size", help="Context size (default 4096, or the model's if smaller)."),
-    threads: int = typer.Option(None, "-t", "--threads", help="CPU threads (default: physical cores)."),
-    batch_size: int = typer.Option(512, "-b", "--batch-size", help="Prompt tokens evaluated per batch."),
-    temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 = greedy.", rich_help_panel=SAMPLING_HELP),
-    top_k: int = typer.Option(40, "--top-k", help="Keep the k best tokens (0 = off).", rich_help_panel=SAMPLING_HELP),
-    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus mass (1 = off).", rich_help_panel=SAMPLING_HELP),
-    min_p: float = typer.Option(0.05, "--min-p", help="Minimum probability relative to the best (0 = off).",
-                                rich_help_panel=SAMPLING_HELP),
-    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", help="Penalty for repeated tokens (1 = off).",
-                                         rich_help_panel=SAMPLING_HELP),
-    repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="Tokens the penalty looks back (-1 = context).",
-                                      rich_help_panel=SAMPLING_HELP),
-    seed: int = typer.Option(None, "--seed", help="Random seed (default: random).", rich_help_panel=SAMPLING_HELP),
+    stop: list[str] = STOP,
+    ctx_size: int = CTX_SIZE,
+    threads: int = THREADS,
+    batch_size: int = BATCH_SIZE,
+    temp: float = TEMP,
+    top_k: int = TOP_K,
+    top_p: float = TOP_P,
+    min_p: float = MIN_P,
+    repeat_penalty: float = REPEAT_PENALTY,
+    repeat_last_n: int = REPEAT_LAST_N,
+    seed: int = SEED,
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past end-of-generation tokens."),
     no_parse_special: bool = typer.Option(False, "--no-parse-special",
                                           help="Treat special-token text in the prompt as plain text."),
     chat: bool = typer.Option(False, "--chat", help="Interactive chat with the model's chat template."),
-    system: str = typer.Option(None, "--system", help="System message for --chat."),
+    system: str = SYSTEM,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with ids, text, stop reason, timings."),
 ) -> None:
     """Generate text from a prompt, streaming it as it comes; timings go to stderr."""
-    from ..engine.sampling import SamplingParams
-
     params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed).validate()
-    if n_predict < -1:
-        raise BadInputError(f"--n-predict must be -1 (no limit) or more, got {n_predict}")
+    _check_n_predict(n_predict)
     text = _read_prompt(prompt, file)
     if chat:
         if as_json:
@@ -179,23 +193,30 @@ def run(
         _print_timings(completion)
 
 
+def _check_n_predict(n_predict: int) -> None:
+    if n_predict < -1:
+        raise BadInputError(f"--n-predict must be -1 (no limit) or more, got {n_predict}")
+
+
 @app.command("chat")
 def chat_command(
-    model: Path = typer.Option(None, "-m", "--model", help="GGUF model file (default: the demo model)."),
-    system: str = typer.Option(None, "--system", help="System message."),
+    model: Path = MODEL,
+    system: str = SYSTEM,
     n_predict: int = typer.Option(-1, "-n", "--n-predict", help="Tokens per reply (-1: until end of turn)."),
-    ctx_size: int = typer.Option(None, "-c", "--ctx-size", help="Context size (default 4096, or the model's if smaller)."),
-    threads: int = typer.Option(None, "-t", "--threads", help="CPU threads (default: physical cores)."),
-    temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 = greedy."),
-    top_k: int = typer.Option(40, "--top-k"),
-    top_p: float = typer.Option(0.95, "--top-p"),
-    min_p: float = typer.Option(0.05, "--min-p"),
-    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty"),
-    seed: int = typer.Option(None, "--seed"),
+    stop: list[str] = STOP,
+    ctx_size: int = CTX_SIZE,
+    threads: int = THREADS,
+    batch_size: int = BATCH_SIZE,
+    temp: float = TEMP,
+    top_k: int = TOP_K,
+    top_p: float = TOP_P,
+    min_p: float = MIN_P,
+    repeat_penalty: float = REPEAT_PENALTY,
+    repeat_last_n: int = REPEAT_LAST_N,
+    seed: int = SEED,
 ) -> None:
     """Chat with a model (same as `llmcli run --chat`)."""
-    from ..engine.sampling import SamplingParams
-
-    params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, 64, seed).validate()
-    llm = _load(model, threads, ctx_size, 512)
-    _chat_loop(llm, params, n_predict, [], system, None)
+    params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed).validate()
+    _check_n_predict(n_predict)
+    llm = _load(model, threads, ctx_size, batch_size)
+    _chat_loop(llm, params, n_predict, stop, system, None)

@@ -68,3 +68,11 @@ class Linear:
         if self.bias is not None:
             out += self.bias
         return out
+
+    def decode(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """x: float32 (B, n_in) -> out (B, n_out) with mat-vec arithmetic for every row, whatever B
+        (batched decode: row b equals what one row alone gives)."""
+        mm.matvecs(self.matrix, x, out)
+        if self.bias is not None:
+            out += self.bias
+        return out

@@ -29,7 +29,7 @@ from ..errors import BadInputError, UnsupportedError
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .kernels import FORMATS, gemm_nt, gemm_panels, pack_panels
 
-__all__ = ["QuantizedMatrix", "matvec", "matmul", "dequantize_rows", "set_threads", "get_threads",
+__all__ = ["QuantizedMatrix", "matvec", "matvecs", "matmul", "dequantize_rows", "set_threads", "get_threads",
            "default_threads", "supported_types", "set_activations", "get_activations"]
 
 # Mat-vecs over fewer weight bytes run on the calling thread: entering numba's thread pool costs
@@ -148,6 +148,17 @@ def _matvec_kernel(W: QuantizedMatrix):
     if _activations_mode == "int8" and fmt.matvec_int8 is not None:
         return fmt.matvec_int8_serial if serial else fmt.matvec_int8
     return fmt.matvec_serial if serial else fmt.matvec
+
+
+def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """out[t] = matvec(W, X[t]) for every row of X float32 (B, n_cols), bit for bit."""
+    X = _activations(W, X, 2, "X")
+    out = _output(out, (X.shape[0], W.n_rows))
+    if W.n_rows:
+        kernel = _matvec_kernel(W)
+        for t in range(X.shape[0]):
+            kernel(W.weights, W._x_view(X[t]), out[t])
+    return out
 
 
 _scratch: dict[str, np.ndarray] = {}

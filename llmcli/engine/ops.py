@@ -251,6 +251,33 @@ def attention_serial(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, 
         _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out, task)
 
 
+@njit(inline="always")
+def _attention_row_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task):
+    """Head h of row t: that row's one query against its own sequence's cache (`seq[t]`, a slot of
+    the shared cache) at its own position - the same arithmetic as `attention` on that sequence
+    alone, so a sequence's tokens do not depend on the others in the batch."""
+    n_heads = q.shape[1]
+    t = task // n_heads
+    s = seq[t]
+    _attention_task(q[t:t + 1], k_cache[s], v_cache[s], positions[t], scale, softcap, window, slopes,
+                    out[t:t + 1], task % n_heads)
+
+
+@njit(parallel=True, cache=True, fastmath=_REASSOCIATE)
+def attention_rows(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
+    """Batched decode: row t of q (T, H, Dh) is one token of sequence seq[t] at positions[t];
+    k_cache (S, Hkv, Dh, n_slots) and v_cache (S, Hkv, n_slots, Dv) hold every sequence's cache
+    (see KVCache). One task per (row, head)."""
+    for task in prange(q.shape[0] * q.shape[1]):
+        _attention_row_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task)
+
+
+@njit(cache=True, fastmath=_REASSOCIATE)
+def attention_rows_serial(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
+    for task in range(q.shape[0] * q.shape[1]):
+        _attention_row_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task)
+
+
 # Query rows per block of the GEMM-shaped attention: gemm_micro's 6-row register block.
 ATTN_ROWS = 6
 ATTN_STRIP = 32
@@ -441,6 +468,25 @@ def store_kv(k, v, k_cache, v_cache, pos0):
         for t in range(n_tok):
             for d in range(head_dim_v):
                 v_cache[h, (pos0 + t) % ring, d] = v[t, h, d]
+
+
+@njit(cache=True)
+def store_kv_rows(k, v, k_cache, v_cache, seq, positions):
+    """Batched decode: row t's key (Hkv, Dh) and value (Hkv, Dv) into sequence seq[t]'s cache
+    (a slot of k_cache (S, Hkv, Dh, n_slots) / v_cache (S, Hkv, n_slots, Dv)) at positions[t]."""
+    for t in range(k.shape[0]):
+        s = seq[t]
+        store_kv(k[t:t + 1], v[t:t + 1], k_cache[s], v_cache[s], positions[t])
+
+
+@njit(cache=True)
+def rope_rows(x, cos, sin, positions, neox):
+    """Batched decode: rotate row t of x (T, heads, Dh) in place for position positions[t]
+    (the arithmetic of `rope` / `rope_serial`)."""
+    n_heads = x.shape[1]
+    for t in range(x.shape[0]):
+        for h in range(n_heads):
+            _rope_task(x[t:t + 1], cos, sin, positions[t], neox, h)
 
 
 ACTIVATIONS = {"silu": silu_mul, "gelu": gelu_mul}

@@ -27,12 +27,11 @@ import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import numpy as np
 
 from ..engine import ops
-from ..engine.kv_cache import KVCache
+from ..engine.kv_cache import CacheSlot, KVCache
 from ..engine.linear import COMPUTABLE_TYPES, Linear, float_rows, vector
 from ..engine.rope import rope_tables
 from ..errors import BadInputError, FormatError, LlmcliError, UnsupportedError
@@ -67,16 +66,7 @@ class Transformer:
         self._load_weights()
         self._build_rope()
         self.slopes = hp.alibi_slopes()
-        # Sliding-window layers keep a ring of window + batch positions: enough for any batch's queries.
-        self.cache = KVCache([min(self.n_ctx, hp.n_swa + self.batch_size) if swa else self.n_ctx
-                              for swa in hp.is_swa], hp.n_head_kv, hp.head_dim, hp.head_dim_v)
-        self._history = np.zeros(self.n_ctx, np.int64)  # the ids at positions 0 .. n_past - 1
         self._alloc_buffers(self.batch_size)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
-             batch_size: int = 512) -> "Transformer":
-        return load_model(path, threads=threads, ctx_size=ctx_size, batch_size=batch_size)
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -190,6 +180,7 @@ class Transformer:
             "gate": n_ff, "up": n_ff, "fused": 2 * n_ff,
         }
         self._flat = {name: np.zeros(n * width, np.float32) for name, width in sizes.items()}
+        self._buffer_rows = n
 
     def _buf(self, name: str, rows: int, cols: int) -> np.ndarray:
         return self._flat[name][:rows * cols].reshape(rows, cols)
@@ -218,84 +209,144 @@ class Transformer:
         matmul.set_threads(n)
         self.threads = matmul.get_threads()
 
-    @property
-    def n_past(self) -> int:
-        return self.cache.n_past
+    def _kv_slots(self) -> list[int]:
+        # Sliding-window layers keep a ring of window + batch positions: enough for any batch's queries.
+        return [min(self.n_ctx, self.hp.n_swa + self.batch_size) if swa else self.n_ctx for swa in self.hp.is_swa]
 
-    def reset(self) -> None:
-        """Forget the context (the KV cache) so the next forward starts at position 0."""
-        self.cache.n_past = 0
+    def new_cache(self, n_seq: int = 1) -> KVCache:
+        """A KV cache for n_seq sequences of n_ctx positions each (see engine.kv_cache)."""
+        hp = self.hp
+        if n_seq < 1:
+            raise BadInputError(f"the number of sequences must be at least 1, got {n_seq}")
+        return KVCache(n_seq, self._kv_slots(), hp.n_head_kv, hp.head_dim, hp.head_dim_v)
 
-    def forward(self, ids, pos: int | None = None, all_logits: bool = False) -> np.ndarray:
-        """Run `ids` at positions pos, pos + 1, ... (default: right after what is cached).
+    def kv_bytes_per_sequence(self) -> int:
+        """Bytes of one sequence's KV cache (float32 keys and values of every layer)."""
+        hp = self.hp
+        return 4 * sum(slots * hp.n_head_kv * (hp.head_dim + hp.head_dim_v) for slots in self._kv_slots())
+
+    def new_sequence(self) -> CacheSlot:
+        """A sequence with a cache of its own (one slot): for one-off evaluations and tests."""
+        return self.new_cache(1).slot(0, self.n_ctx)
+
+    def forward(self, seq: CacheSlot, ids, pos: int | None = None, all_logits: bool = False) -> np.ndarray:
+        """Run `ids` of one sequence at positions pos, pos + 1, ... (default: right after what
+        its cache holds).
 
         Returns float32 logits of the last position (n_vocab,), or of every position
         (len(ids), n_vocab) with all_logits. The prompt goes through in batches of batch_size,
-        so each weight block is decoded once per batch.
+        so each weight block is decoded once per batch; one token runs as `decode` does.
         """
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        pos = self.cache.n_past if pos is None else int(pos)
-        if len(ids) == 0:
-            raise BadInputError("nothing to evaluate: the token list is empty")
+        ids = self._check_ids(ids)
+        pos = seq.n_past if pos is None else int(pos)
         if pos + len(ids) > self.n_ctx:
             raise BadInputError(f"{len(ids)} tokens at position {pos} do not fit the context of "
                                 f"{self.n_ctx} tokens (raise --ctx-size)")
-        bad = ids[(ids < 0) | (ids >= self.token_embd_raw.shape[0])]
-        if len(bad):
-            raise BadInputError(f"token id {int(bad[0])} is outside the vocabulary of "
-                                f"{self.token_embd_raw.shape[0]} tokens")
-        if pos > self.cache.n_past:
-            raise BadInputError(f"position {pos} leaves a gap: only {self.cache.n_past} positions are "
-                                f"evaluated")
-        if pos < self.cache.n_past and not self._ring_holds_window_before(pos):
-            # Rewound past what the sliding-window rings still hold: evaluate the kept prefix again.
-            prefix = self._history[:pos].copy()
-            self.cache.n_past = 0
-            if pos:
-                self.forward(prefix, 0)
+        self._rewind(seq, pos)
         outs = []
         for start in range(0, len(ids), self.batch_size):
             chunk = ids[start:start + self.batch_size]
             last = start + len(chunk) >= len(ids)
             # Logits of every row (all_logits), of the prompt's last row, or none (earlier batches).
             n_rows = len(chunk) if all_logits else (1 if last else 0)
-            logits = self._forward_batch(chunk, pos + start, n_rows)
+            if len(chunk) == 1:
+                logits = self._decode_rows(seq.cache, chunk, np.array([seq.index]), np.array([pos + start]))
+            else:
+                logits = self._forward_batch(seq, chunk, pos + start, n_rows)
+            seq.history[pos + start:pos + start + len(chunk)] = chunk
+            seq.n_past = pos + start + len(chunk)
             if all_logits:
                 outs.append(logits)
             elif last:
                 outs.append(logits[-1])
-        self._history[pos:pos + len(ids)] = ids
-        self.cache.n_past = pos + len(ids)
         return np.concatenate(outs) if all_logits else outs[-1]
 
-    def _ring_holds_window_before(self, pos: int) -> bool:
+    def decode(self, seqs: list[CacheSlot], ids) -> np.ndarray:
+        """One token for each of B sequences (all slots of one KVCache), each at its own next
+        position, in one pass over the weights; returns logits (B, n_vocab). Row b equals what
+        `forward(seqs[b], [ids[b]])` gives alone."""
+        ids = self._check_ids(ids)
+        if len(ids) != len(seqs):
+            raise BadInputError(f"{len(ids)} tokens for {len(seqs)} sequences")
+        cache = seqs[0].cache
+        index = np.array([s.index for s in seqs], np.int64)
+        if any(s.cache is not cache for s in seqs) or len(set(index.tolist())) != len(seqs):
+            raise BadInputError("a decode batch needs distinct sequences of one KV cache")
+        positions = np.array([s.n_past for s in seqs], np.int64)
+        full = [s for s in seqs if s.n_past >= self.n_ctx]
+        if full:
+            raise BadInputError(f"the context of {self.n_ctx} tokens is full (raise --ctx-size)")
+        logits = self._decode_rows(cache, ids, index, positions)
+        for s, token in zip(seqs, ids):
+            s.history[s.n_past] = token
+            s.n_past += 1
+        return logits
+
+    def _check_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) == 0:
+            raise BadInputError("nothing to evaluate: the token list is empty")
+        bad = ids[(ids < 0) | (ids >= self.token_embd_raw.shape[0])]
+        if len(bad):
+            raise BadInputError(f"token id {int(bad[0])} is outside the vocabulary of "
+                                f"{self.token_embd_raw.shape[0]} tokens")
+        return ids
+
+    def _rewind(self, seq: CacheSlot, pos: int) -> None:
+        """Make positions < pos the cached context of seq before evaluating from pos."""
+        if pos > seq.n_past:
+            raise BadInputError(f"position {pos} leaves a gap: only {seq.n_past} positions are evaluated")
+        if pos < seq.n_past and not self._ring_holds_window_before(seq, pos):
+            # Rewound past what the sliding-window rings still hold: evaluate the kept prefix again.
+            prefix = seq.history[:pos].copy()
+            seq.n_past = 0
+            if pos:
+                self.forward(seq, prefix, 0)
+        seq.n_past = pos
+
+    def _ring_holds_window_before(self, seq: CacheSlot, pos: int) -> bool:
         """Whether every sliding-window ring still holds the window of positions before `pos`
         (positions up to n_past - 1 have been written over older ones)."""
-        for swa, slots in zip(self.hp.is_swa, self.cache.slots):
+        for swa, slots in zip(self.hp.is_swa, seq.cache.slots):
             if swa and slots < self.n_ctx:
                 oldest_needed = max(0, pos - self.hp.n_swa + 1)
-                if self.cache.n_past - 1 >= oldest_needed + slots:
+                if seq.n_past - 1 >= oldest_needed + slots:
                     return False
         return True
 
     def logits(self, ids) -> np.ndarray:
-        """Full-sequence logits (len(ids), n_vocab) from an empty context."""
-        self.reset()
-        return self.forward(ids, 0, all_logits=True)
-
-    def generate(self, prompt_ids, max_tokens: int, sampler=None, stop_ids=()) -> Iterator[int]:
-        """Greedy (or `sampler(logits) -> id`) continuation from an empty context; see engine.generate."""
-        from ..engine.generate import generate
-
-        return generate(self, prompt_ids, max_tokens, sampler, stop_ids=stop_ids)
+        """Full-sequence logits (len(ids), n_vocab) from an empty context (a fresh sequence)."""
+        return self.forward(self.new_sequence(), ids, 0, all_logits=True)
 
     # -- the graph -----------------------------------------------------------------------------
 
-    def _forward_batch(self, ids: np.ndarray, pos0: int, n_logit_rows: int) -> np.ndarray | None:
-        """Run one batch through every layer; logits of its last n_logit_rows rows (None for 0)."""
+    def _forward_batch(self, seq: CacheSlot, ids: np.ndarray, pos0: int, n_logit_rows: int) -> np.ndarray | None:
+        """Consecutive tokens of one sequence (a prompt chunk) at pos0, pos0 + 1, ...: logits of
+        its last n_logit_rows rows (None for 0). Projections as GEMMs from GEMM_MIN_TOKENS rows on."""
+        def attend(il, blk, h, out, keep):
+            self._attention(il, blk, h, out, seq, pos0, keep)
+        return self._run_layers(ids, n_logit_rows, attend, decode=False)
+
+    def _decode_rows(self, cache: KVCache, ids: np.ndarray, index: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Row b is one token of sequence index[b] (a slot of cache) at positions[b]: logits of every
+        row. Every row runs the same kernels whatever the batch holds (mat-vec arithmetic, serial
+        norms), so a sequence's logits do not depend on its neighbours."""
+        if len(ids) > self._buffer_rows:
+            self._alloc_buffers(len(ids))
+
+        def attend(il, blk, h, out, keep):
+            self._attention_rows(il, blk, h, out, cache, index, positions)
+        return self._run_layers(ids, len(ids), attend, decode=True)
+
+    @staticmethod
+    def _project(w: Linear, x: np.ndarray, out: np.ndarray, decode: bool) -> np.ndarray:
+        return w.decode(x, out) if decode else w(x, out)
+
+    def _run_layers(self, ids: np.ndarray, n_logit_rows: int, attend, decode: bool) -> np.ndarray | None:
+        """Every layer over the batch's rows; `attend(il, blk, h, out, keep)` does attention."""
         hp = self.hp
         n = len(ids)
-        norm = ops.rms_norm_serial if n == 1 else ops.rms_norm
+        norm = ops.rms_norm_serial if decode else ops.rms_norm
         x, h, o = (self._buf(name, n, hp.n_embd) for name in ("x", "h", "o"))
         x[:] = float_rows(self.token_embd_raw[ids], self.token_embd_type)
         if hp.embed_scale != 1.0:
@@ -307,7 +358,7 @@ class Transformer:
             # key and value to the cache, but queries, attention and the FFN run on the kept rows
             # only (as llama.cpp's output-row selection; a prompt's batch keeps 1 row, or none).
             keep = n_logit_rows if il == last_layer else n
-            self._attention(il, blk, h, o[:keep], pos0, keep)
+            attend(il, blk, h, o[:keep], keep)
             if keep == 0:
                 break
             if keep < n:
@@ -316,7 +367,7 @@ class Transformer:
                 norm(o, blk.post_attention_norm, hp.rms_eps, o)
             x += o
             norm(x, blk.ffn_norm, hp.rms_eps, h)
-            self._ffn(blk, h, o)
+            self._ffn(blk, h, o, decode)
             if hasattr(blk, "post_ffw_norm"):
                 norm(o, blk.post_ffw_norm, hp.rms_eps, o)
             x += o
@@ -326,54 +377,61 @@ class Transformer:
         normed = h[:len(rows)]
         norm(rows, self.output_norm, hp.rms_eps, normed)
         logits = np.empty((len(rows), hp.n_vocab), np.float32)
-        self.output(normed, logits)
+        self._project(self.output, normed, logits, decode)
         if hp.final_softcap:
             ops.softcap_(logits, hp.final_softcap)
         return logits
 
-    def _attention(self, il: int, blk, h: np.ndarray, out: np.ndarray, pos0: int, keep: int | None = None) -> None:
-        """Keys and values of every row of h into the cache; attention output of the last `keep`
-        rows (default all) into out (keep, n_embd)."""
+    def _qkv(self, blk, h: np.ndarray, n: int, decode: bool):
+        """Queries of the last n rows of h, keys and values of every row: (q, k, v) 2-D buffers."""
         hp = self.hp
         n_all = h.shape[0]
-        n = n_all if keep is None else keep
         nq, nk = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
         q = self._buf("q", n, nq)
         k = self._buf("k", n_all, nk)
         v = self._buf("v", n_all, hp.n_head_kv * hp.head_dim_v)
         if hasattr(blk, "attn_qkv"):
-            qkv = blk.attn_qkv(h, self._buf("qkv", n_all, blk.attn_qkv.n_out))
+            qkv = self._project(blk.attn_qkv, h, self._buf("qkv", n_all, blk.attn_qkv.n_out), decode)
             q[:] = qkv[n_all - n:, :nq]
             k[:] = qkv[:, nq:nq + nk]
             v[:] = qkv[:, nq + nk:]
         else:
             if n:
-                blk.attn_q(h[n_all - n:], q)
-            blk.attn_k(h, k)
-            blk.attn_v(h, v)
+                self._project(blk.attn_q, h[n_all - n:], q, decode)
+            self._project(blk.attn_k, h, k, decode)
+            self._project(blk.attn_v, h, v, decode)
+        return q, k, v
+
+    def _attention(self, il: int, blk, h: np.ndarray, out: np.ndarray, seq: CacheSlot, pos0: int,
+                   keep: int) -> None:
+        """Keys and values of every row of h (one sequence's tokens at pos0 ...) into its cache;
+        attention output of the last `keep` rows into out (keep, n_embd)."""
+        hp = self.hp
+        n_all = h.shape[0]
+        n = keep
+        q, k, v = self._qkv(blk, h, n, decode=False)
         k3 = k.reshape(n_all, hp.n_head_kv, hp.head_dim)
         v3 = v.reshape(n_all, hp.n_head_kv, hp.head_dim_v)
         if hasattr(blk, "attn_k_norm"):
             flat = k.reshape(n_all * hp.n_head_kv, hp.head_dim)
-            (ops.rms_norm_serial if n_all == 1 else ops.rms_norm)(flat, blk.attn_k_norm, hp.rms_eps, flat)
+            ops.rms_norm(flat, blk.attn_k_norm, hp.rms_eps, flat)
         swa = hp.is_swa[il]
         table = self._rope_table(swa, pos0 + n_all)
         neox = hp.rope_style == "neox"
         if table is not None:
-            (ops.rope_serial if n_all == 1 else ops.rope)(k3, table[0], table[1], pos0, neox)
-        k_cache, v_cache = self.cache.layer(il)
+            ops.rope(k3, table[0], table[1], pos0, neox)
+        k_cache, v_cache = seq.layer(il)
         ops.store_kv(k3, v3, k_cache, v_cache, pos0)
         if n == 0:
             return
         pos0 += n_all - n  # the kept queries are the batch's last rows
-        single = n == 1
-        norm = ops.rms_norm_serial if single else ops.rms_norm
+        norm = ops.rms_norm_serial if n == 1 else ops.rms_norm
         q3 = q.reshape(n, hp.n_head, hp.head_dim)
         if hasattr(blk, "attn_q_norm"):
             flat = q.reshape(n * hp.n_head, hp.head_dim)
             norm(flat, blk.attn_q_norm, hp.rms_eps, flat)
         if table is not None:
-            (ops.rope_serial if single else ops.rope)(q3, table[0], table[1], pos0, neox)
+            (ops.rope_serial if n == 1 else ops.rope)(q3, table[0], table[1], pos0, neox)
         attn = self._buf("attn", n, hp.n_head * hp.head_dim_v)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
         window = hp.n_swa if swa else 0
@@ -389,14 +447,48 @@ class Transformer:
         attention(q3, k_cache, v_cache, pos0, hp.attn_scale, hp.attn_softcap, window, self.slopes, a3)
         blk.attn_output(attn, out)
 
-    def _ffn(self, blk, h: np.ndarray, out: np.ndarray) -> None:
+    def _attention_rows(self, il: int, blk, h: np.ndarray, out: np.ndarray, cache: KVCache,
+                        index: np.ndarray, positions: np.ndarray) -> None:
+        """Decode: row b of h is one token of sequence index[b] at positions[b]; its key and value
+        go to that sequence's cache and its query attends to that sequence alone."""
+        hp = self.hp
+        n = h.shape[0]
+        q, k, v = self._qkv(blk, h, n, decode=True)
+        k3 = k.reshape(n, hp.n_head_kv, hp.head_dim)
+        v3 = v.reshape(n, hp.n_head_kv, hp.head_dim_v)
+        q3 = q.reshape(n, hp.n_head, hp.head_dim)
+        if hasattr(blk, "attn_k_norm"):
+            flat = k.reshape(n * hp.n_head_kv, hp.head_dim)
+            ops.rms_norm_serial(flat, blk.attn_k_norm, hp.rms_eps, flat)
+        if hasattr(blk, "attn_q_norm"):
+            flat = q.reshape(n * hp.n_head, hp.head_dim)
+            ops.rms_norm_serial(flat, blk.attn_q_norm, hp.rms_eps, flat)
+        swa = hp.is_swa[il]
+        table = self._rope_table(swa, int(positions.max()) + 1)
+        if table is not None:
+            neox = hp.rope_style == "neox"
+            ops.rope_rows(k3, table[0], table[1], positions, neox)
+            ops.rope_rows(q3, table[0], table[1], positions, neox)
+        k_cache, v_cache = cache.layer(il)
+        ops.store_kv_rows(k3, v3, k_cache, v_cache, index, positions)
+        attn = self._buf("attn", n, hp.n_head * hp.head_dim_v)
+        a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
+        window = hp.n_swa if swa else 0
+        n_keys = int((positions + 1).sum()) if window <= 0 else int(np.minimum(positions + 1, window).sum())
+        work = hp.n_head * n_keys * (hp.head_dim + hp.head_dim_v)
+        attention = ops.attention_rows_serial if work < ops.PARALLEL_MIN_WORK else ops.attention_rows
+        attention(q3, k_cache, v_cache, index, positions, hp.attn_scale, hp.attn_softcap, window,
+                  self.slopes, a3)
+        self._project(blk.attn_output, attn, out, decode=True)
+
+    def _ffn(self, blk, h: np.ndarray, out: np.ndarray, decode: bool) -> None:
         if hasattr(blk, "ffn_gate_inp"):
-            self._moe(blk, h, out)
+            self._moe(blk, h, out, decode)
             return
         self._dense_ffn(blk.ffn_gate if hasattr(blk, "ffn_gate") else None, blk.ffn_up,
-                        blk.ffn_down, h, out)
+                        blk.ffn_down, h, out, decode)
 
-    def _dense_ffn(self, gate_w, up_w, down_w, h, out) -> None:
+    def _dense_ffn(self, gate_w, up_w, down_w, h, out, decode: bool) -> None:
         n = h.shape[0]
         # the parallel kernels even for one token: only prange bodies vectorise here (a plain loop
         # over one 2048-wide row took 34 us against 3-7 us)
@@ -404,23 +496,23 @@ class Transformer:
         if gate_w is not None:
             width = gate_w.n_out
             gate, up = self._buf("gate", n, width), self._buf("up", n, width)
-            gate_w(h, gate)
-            up_w(h, up)
+            self._project(gate_w, h, gate, decode)
+            self._project(up_w, h, up, decode)
         else:  # fused gate|up (Phi-3): the first half of ffn_up's rows is the gate
             width = up_w.n_out // 2
-            fused = up_w(h, self._buf("fused", n, 2 * width))
+            fused = self._project(up_w, h, self._buf("fused", n, 2 * width), decode)
             gate, up = self._buf("gate", n, width), self._buf("up", n, width)
             gate[:] = fused[:, :width]
             up[:] = fused[:, width:]
         act(gate, up, gate)
-        down_w(gate, out)
+        self._project(down_w, gate, out, decode)
 
-    def _moe(self, blk, h: np.ndarray, out: np.ndarray) -> None:
+    def _moe(self, blk, h: np.ndarray, out: np.ndarray, decode: bool) -> None:
         """Route each token to its top-k experts (softmax over all experts first)."""
         hp, n = self.hp, h.shape[0]
         n_expert = blk.ffn_gate_inp.n_out
         router = np.empty((n, n_expert), np.float32)
-        blk.ffn_gate_inp(h, router)
+        self._project(blk.ffn_gate_inp, h, router, decode)
         probs = np.exp(router - router.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
         k = hp.n_expert_used or n_expert
@@ -436,14 +528,15 @@ class Transformer:
             rows, slot = np.nonzero(top == e)
             xe = np.ascontiguousarray(h[rows])
             ye = np.empty((len(rows), hp.n_embd), np.float32)
-            self._dense_ffn(gates[e] if gates else None, blk.ffn_up_exps[e], blk.ffn_down_exps[e], xe, ye)
+            self._dense_ffn(gates[e] if gates else None, blk.ffn_up_exps[e], blk.ffn_down_exps[e], xe, ye, decode)
             out[rows] += weights[rows, slot][:, None] * ye
         if hasattr(blk, "ffn_up_shexp"):
             shared = np.empty_like(out)
-            self._dense_ffn(getattr(blk, "ffn_gate_shexp", None), blk.ffn_up_shexp, blk.ffn_down_shexp, h, shared)
+            self._dense_ffn(getattr(blk, "ffn_gate_shexp", None), blk.ffn_up_shexp, blk.ffn_down_shexp, h, shared,
+                            decode)
             gate_inp = getattr(blk, "ffn_gate_inp_shexp", None)
             if gate_inp is not None:  # stored as a (1, n_embd) matrix, or as a vector
-                g = gate_inp(h, np.empty((len(h), 1), np.float32)) if isinstance(gate_inp, Linear) \
+                g = self._project(gate_inp, h, np.empty((len(h), 1), np.float32), decode) if isinstance(gate_inp, Linear) \
                     else (h @ gate_inp)[:, None]
                 shared *= (1.0 / (1.0 + np.exp(-g))).astype(np.float32)
             out += shared

@@ -1,0 +1,74 @@
+"""`Completion`: one sequence driven from the calling thread.
+
+Iterating a Completion steps its scheduler until the sequence ends, yielding text pieces as they
+are decoded; sequences sharing the scheduler advance in the same steps. Afterwards `tokens`, `text`,
+`stop_reason` (see sequence.STOP_REASONS) and `timings` are final. Ctrl-C while iterating ends it
+with stop reason "interrupted"; leaving the loop early cancels it (its slot is freed).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from .scheduler import Scheduler
+from .sequence import Sequence, State
+
+
+class Completion:
+    def __init__(self, scheduler: Scheduler, seq: Sequence):
+        self.scheduler = scheduler
+        self.seq = seq
+
+    @property
+    def prompt_tokens(self) -> list[int]:
+        return self.seq.prompt
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.seq.tokens
+
+    @property
+    def text(self) -> str:
+        return self.seq.text
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.seq.stop_reason
+
+    @stop_reason.setter
+    def stop_reason(self, reason: str) -> None:
+        self.seq.stop_reason = reason
+
+    @property
+    def timings(self):
+        return self.seq.timings
+
+    @property
+    def sampler(self):
+        return self.seq.sampler
+
+    def __iter__(self) -> Iterator[str]:
+        seq, sched = self.seq, self.scheduler
+        if seq.state is State.WAITING and seq not in sched.waiting:
+            sched.submit(seq)
+        try:
+            while True:
+                for text, _ in seq.take_pieces():
+                    if text:
+                        yield text
+                if seq.done or not sched.step():
+                    break
+        except KeyboardInterrupt:
+            sched.cancel(seq, "interrupted")
+        except GeneratorExit:  # the caller stopped reading: free the slot
+            sched.cancel(seq)
+            raise
+        for text, _ in seq.take_pieces():
+            if text:
+                yield text
+
+    def run(self) -> "Completion":
+        """Generate to the end without streaming."""
+        for _ in self:
+            pass
+        return self

@@ -1,0 +1,185 @@
+"""Continuous batching: the one generation loop, advancing many sequences on one model.
+
+    sched = Scheduler(model, tokenizer, n_parallel=4)
+    seq = sched.submit(Request(prompt_ids, max_tokens=64))
+    while sched.step(): ...          # or: sched.run_until(seq)
+
+Each `step()`:
+
+    retire cancelled sequences (their slot is free at once)
+    admit waiting requests into free slots: the slot whose cached tokens share the longest prefix
+        with the prompt (its cached positions are reused; cache_prompt=False: none are); when a
+        running sequence's cache holds a longer prefix, it is copied into a free slot instead
+    decode: one forward over the next token of every decoding sequence - each weight block read
+        once for all of them, attention per sequence over its own cache - then sample each row
+        with that sequence's own sampler
+    prompt: one chunk (at most batch_size tokens) of the oldest admitted prompt, so a long prompt
+        delays the running sequences by one chunk per step, never by the whole prompt
+    retire finished sequences
+
+A sequence's tokens do not depend on what else is in the batch: decode rows run the same kernels
+whatever the batch holds, and a prompt chunk is evaluated on its own exactly as it would be alone.
+
+`n_parallel` sequences run at once (llama-server's `-np`); each has the full context `n_ctx`
+(the KV cache holds n_parallel x n_ctx positions). Requests beyond that wait in a queue of at most
+`max_queue` (None: unbounded). Single-threaded: one thread steps a scheduler (see `Engine` for
+submitting from other threads).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from ..errors import BadInputError, LlmcliError
+from .sequence import Request, Sequence, State
+
+
+class QueueFullError(LlmcliError):
+    """The scheduler's waiting queue is full (a server answers 503)."""
+
+
+class Scheduler:
+    def __init__(self, model, tokenizer=None, n_parallel: int = 1, max_queue: int | None = None,
+                 prompt_first: bool = False):
+        if n_parallel < 1:
+            raise BadInputError(f"--parallel must be at least 1, got {n_parallel}")
+        if max_queue is not None and max_queue < 0:
+            raise BadInputError(f"--max-queue must be >= 0, got {max_queue}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.n_parallel = int(n_parallel)
+        self.max_queue = max_queue
+        # prompt_first: no decode step while a prompt is pending (llama-batched-bench's phases).
+        self.prompt_first = prompt_first
+        self.cache = model.new_cache(self.n_parallel)
+        self.free = [self.cache.slot(i, model.n_ctx) for i in range(self.n_parallel)]
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def new_sequence(self, request: Request) -> Sequence:
+        """Check a request and wrap it in a Sequence (not yet queued)."""
+        prompt = request.prompt
+        if not prompt:
+            raise BadInputError("the prompt is empty (no tokens to start from)")
+        n_ctx = self.model.n_ctx
+        if len(prompt) > n_ctx:  # a prompt that fills the context still gives one token
+            raise BadInputError(f"the prompt has {len(prompt)} tokens but the context holds "
+                                f"{n_ctx}: raise --ctx-size or shorten the prompt")
+        n_vocab = self.model.token_embd_raw.shape[0]
+        bad = [t for t in prompt if not 0 <= int(t) < n_vocab]
+        if bad:
+            raise BadInputError(f"token id {bad[0]} is outside the vocabulary of {n_vocab} tokens")
+        tok = self.tokenizer
+        eog = tok.eog_ids if tok is not None else frozenset()
+        detok = tok.stream(special=False) if tok is not None else None
+        return Sequence(request, n_ctx, eog, detok)
+
+    def submit(self, request: Request | Sequence) -> Sequence:
+        seq = request if isinstance(request, Sequence) else self.new_sequence(request)
+        self.check_queue()
+        self.waiting.append(seq)
+        return seq
+
+    def check_queue(self, also_waiting: int = 0) -> None:
+        """Raise QueueFullError when one more request would wait beyond max_queue (requests that
+        the free slots will take at the next step do not count as waiting)."""
+        queued = len(self.waiting) + also_waiting - len(self.free)
+        if self.max_queue is not None and queued >= self.max_queue:
+            raise QueueFullError(f"the queue is full ({self.max_queue} requests waiting)")
+
+    def cancel(self, seq: Sequence, reason: str = "cancelled") -> None:
+        """End a sequence now (at a token boundary: only call between steps); its slot is free."""
+        if seq.done:
+            return
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        seq.finish(reason)
+        self._release(seq)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def reset(self) -> None:
+        """Forget every cached prefix (nothing may be running)."""
+        for slot in self.free:
+            slot.n_past = 0
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """Advance every running sequence by one token and one prompt chunk; False when idle."""
+        for seq in [s for s in self.running if s.cancel_requested]:
+            self.cancel(seq)
+        self._admit()
+        if not self.running:
+            return False
+        n_ctx = self.model.n_ctx
+        prompting = [s for s in self.running if s.state is State.PROMPT]
+        decoding = [s for s in self.running if s.state is State.DECODING and s.pending_input is not None]
+        if decoding and not (self.prompt_first and prompting):
+            logits = self.model.decode([s.slot for s in decoding], [s.pending_input for s in decoding])
+            for seq, row in zip(decoding, logits):
+                seq.pending_input = None
+                seq.choose(row, n_ctx)
+        if prompting:
+            self._prompt_chunk(prompting[0])
+        for seq in [s for s in self.running if s.done]:
+            self._release(seq)
+        return True
+
+    def run_until(self, seq: Sequence) -> None:
+        while not seq.done and self.step():
+            pass
+
+    def run_all(self) -> None:
+        while self.step():
+            pass
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        while self.waiting and self.free:
+            seq = self.waiting.popleft()
+            prompt = seq.prompt
+            if seq.request.cache_prompt:
+                best = max(self.free, key=lambda slot: slot.common_prefix(prompt))
+                reuse = best.common_prefix(prompt)
+                # a running sequence may hold more of the prompt (a shared system prompt): copy it
+                donor = max((s.slot for s in self.running), key=lambda slot: slot.common_prefix(prompt),
+                            default=None)
+                if donor is not None and donor.common_prefix(prompt) > reuse:
+                    best = min(self.free, key=lambda slot: slot.n_past)
+                    best.copy_from(donor)
+                    reuse = best.common_prefix(prompt)
+            else:  # the slot with the least cached, none reused
+                best, reuse = min(self.free, key=lambda slot: slot.n_past), 0
+            self.free.remove(best)
+            seq.slot = best
+            # evaluate at least the last prompt token: its logits give the first new token
+            seq.n_evaluated = min(reuse, len(prompt) - 1)
+            seq.state = State.PROMPT
+            self.running.append(seq)
+
+    def _prompt_chunk(self, seq: Sequence) -> None:
+        start = seq.n_evaluated
+        chunk = seq.prompt[start:start + self.model.batch_size]
+        began = time.perf_counter()
+        logits = self.model.forward(seq.slot, chunk, pos=start)
+        seq.timings.prompt_ms += (time.perf_counter() - began) * 1000.0
+        seq.timings.prompt_n += len(chunk)
+        seq.n_evaluated = start + len(chunk)
+        if seq.n_evaluated == len(seq.prompt):
+            seq.prompt_done()
+            if not seq.done:
+                seq.choose(logits, self.model.n_ctx)
+
+    def _release(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq.slot is not None:  # its cached tokens stay for a later prompt to reuse
+            self.free.append(seq.slot)
+            seq.slot = None

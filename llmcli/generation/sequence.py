@@ -1,0 +1,187 @@
+"""One generation request and its live state while the scheduler advances it.
+
+A `Request` says what to generate (prompt ids, limits, sampling, stops); a `Sequence` is that
+request in flight: its slot of the KV cache (a `CacheSlot`: cached positions and their token ids),
+its sampler (own parameters and seed), the tokens and text generated so far, and why it ended.
+The scheduler moves it through
+
+    waiting --admit--> prompt (chunks of the prompt evaluated) --> decoding (a token per step) --> done
+
+and text pieces come out of `take_pieces()` as they are decoded (a stop string's prefix is held
+back until it can no longer become the stop string).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence as Seq
+
+import numpy as np
+
+from .sampling import Sampler, SamplingParams
+from .stops import StopMatcher
+
+# Why a sequence ended: an end-of-generation token, max_tokens, a stop string, a full context,
+# Ctrl-C in the caller, a cancel (a client that went away), or a failed step.
+STOP_REASONS = ("eos", "length", "stop", "context", "interrupted", "cancelled", "error")
+
+_request_ids = itertools.count(1)
+
+
+@dataclass
+class Request:
+    """What to generate. `stop_ids` (default: the tokenizer's end-of-generation tokens) end the
+    sequence without being part of its output; `ignore_eos` forbids them instead (llama.cpp's
+    --ignore-eos). `cache_prompt`: start from the free slot that has the longest cached prefix of
+    the prompt (llama-server's `cache_prompt`); off: evaluate the whole prompt again.
+    `sampler`: a custom `sample(logits) -> id` callable replacing the sampling chain."""
+
+    prompt: list[int]
+    max_tokens: int = -1
+    params: SamplingParams = field(default_factory=SamplingParams)
+    stop: Seq[str] = ()
+    stop_ids: frozenset[int] | None = None
+    ignore_eos: bool = False
+    cache_prompt: bool = True
+    sampler: Callable[[np.ndarray], int] | None = None
+    id: int = field(default_factory=lambda: next(_request_ids))
+
+
+@dataclass
+class Timings:
+    prompt_n: int = 0  # prompt tokens evaluated (after reusing the cached prefix)
+    prompt_ms: float = 0.0  # time spent evaluating them
+    predicted_n: int = 0
+    predicted_ms: float = 0.0  # from the end of the prompt to the last token
+
+    @property
+    def prompt_per_second(self) -> float:
+        return self.prompt_n * 1000.0 / self.prompt_ms if self.prompt_ms > 0 else 0.0
+
+    @property
+    def predicted_per_second(self) -> float:
+        return self.predicted_n * 1000.0 / self.predicted_ms if self.predicted_ms > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"prompt_n": self.prompt_n, "prompt_ms": round(self.prompt_ms, 3),
+                "prompt_per_second": round(self.prompt_per_second, 3),
+                "predicted_n": self.predicted_n, "predicted_ms": round(self.predicted_ms, 3),
+                "predicted_per_second": round(self.predicted_per_second, 3)}
+
+
+class State(enum.Enum):
+    WAITING = "waiting"
+    PROMPT = "prompt"
+    DECODING = "decoding"
+    DONE = "done"
+
+
+class _CustomSampler:
+    """A bare `sample(logits) -> id` callable behind the Sampler interface."""
+
+    def __init__(self, pick: Callable[[np.ndarray], int], seed: int):
+        self.pick, self.seed = pick, seed
+
+    def accept(self, token: int) -> None:
+        pass
+
+    def sample(self, logits: np.ndarray) -> int:
+        return int(self.pick(logits))
+
+
+class Sequence:
+    """A request in flight (see the module docstring). Only the scheduler's thread changes it."""
+
+    def __init__(self, request: Request, n_ctx: int, eog_ids: frozenset[int], detokenizer=None):
+        if not request.prompt:
+            raise ValueError("empty prompt")  # callers check first and say it in their words
+        self.request = request
+        self.state = State.WAITING
+        self.slot = None  # CacheSlot while admitted
+        self.n_evaluated = 0  # prompt positions whose keys/values are in the slot
+        params = request.params.validate()
+        if request.sampler is not None:
+            self.sampler = _CustomSampler(request.sampler, params.seed or 0)
+        else:
+            self.sampler = Sampler(params, n_ctx)
+        self.stop_ids = eog_ids if request.stop_ids is None else frozenset(int(t) for t in request.stop_ids)
+        self.banned = np.array(sorted(self.stop_ids), np.int64) if request.ignore_eos and self.stop_ids else None
+        self._detok = detokenizer
+        self._matcher = StopMatcher(request.stop)
+        self.tokens: list[int] = []
+        self.text = ""
+        self.stop_reason: str | None = None
+        self.timings = Timings()
+        self.pending_input: int | None = None  # the last sampled token, to evaluate next step
+        self._pieces: list[tuple[str, int | None]] = []
+        self._decode_started: float | None = None
+        self.cancel_requested = False
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.request.prompt
+
+    @property
+    def done(self) -> bool:
+        return self.state is State.DONE
+
+    def take_pieces(self) -> list[tuple[str, int | None]]:
+        """(text, token id) pairs decoded since the last call; a final flush of held-back text
+        comes with token None."""
+        out, self._pieces = self._pieces, []
+        return out
+
+    # -- driven by the scheduler ---------------------------------------------------------------
+
+    def prompt_done(self) -> None:
+        for tok in self.prompt:
+            self.sampler.accept(tok)
+        self.state = State.DECODING
+        self._decode_started = time.perf_counter()
+        if 0 <= self.request.max_tokens <= 0:
+            self.finish("length")
+
+    def choose(self, logits: np.ndarray, n_ctx: int) -> None:
+        """Sample the next token from this sequence's logits and take it (or end)."""
+        if self.banned is not None:
+            logits = logits.copy()
+            logits[self.banned] = -np.inf
+        token = self.sampler.sample(logits)
+        self.sampler.accept(token)
+        if token in self.stop_ids:
+            self.finish("eos")
+            return
+        self.tokens.append(token)
+        self.timings.predicted_n = len(self.tokens)
+        out, hit = ("", False)
+        if self._detok is not None:
+            out, hit = self._matcher.push(self._detok.feed(token))
+        self._emit(out, token)
+        if hit:
+            self.finish("stop")
+        elif 0 <= self.request.max_tokens <= len(self.tokens):
+            self.finish("length")
+        elif self.slot.n_past >= n_ctx:
+            self.finish("context")
+        else:
+            self.pending_input = token
+
+    def finish(self, reason: str) -> None:
+        if self.done:
+            return
+        self.stop_reason = reason
+        self.state = State.DONE
+        self.pending_input = None
+        if self._decode_started is not None:
+            self.timings.predicted_ms = (time.perf_counter() - self._decode_started) * 1000.0
+        if reason != "stop" and self._detok is not None:
+            tail = self._matcher.push(self._detok.flush())[0] + self._matcher.flush()
+            if tail:
+                self._emit(tail, None)
+
+    def _emit(self, text: str, token: int | None) -> None:
+        self.text += text
+        self._pieces.append((text, token))
