@@ -25,7 +25,6 @@ from __future__ import annotations
 import codecs
 import heapq
 import re
-from enum import IntFlag
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
@@ -33,52 +32,11 @@ import numpy as np
 
 from ..errors import BadInputError, FormatError, UnsupportedError
 from ..vocab.pretokenizers import PreTokenizer, pre_tokenizer, splitter
+from ..vocab.tokens import (ADD_TOKEN_KEYS, BPE, BYTE, CONTROL, DEPRECATED_ID_KEYS, HIDDEN_ATTRS, KEY,
+                            LSTRIP, NORMAL, RSTRIP, SPACE_MARK, SPECIAL_ATTRS, SPECIAL_ID_KEYS, SPM,
+                            TOKEN_TYPE_ATTR, UNUSED, USER_DEFINED, TokenAttr)
 
-
-class TokenAttr(IntFlag):
-    """llama.cpp's token attributes (llama_token_attr)."""
-
-    UNDEFINED = 0
-    UNKNOWN = 1 << 0
-    UNUSED = 1 << 1
-    NORMAL = 1 << 2
-    CONTROL = 1 << 3
-    USER_DEFINED = 1 << 4
-    BYTE = 1 << 5
-    NORMALIZED = 1 << 6
-    LSTRIP = 1 << 7
-    RSTRIP = 1 << 8
-    SINGLE_WORD = 1 << 9
-
-
-# Plain ints for the hot paths (IntFlag arithmetic is slow over 262k tokens).
-UNKNOWN, UNUSED, NORMAL, CONTROL, USER_DEFINED, BYTE, LSTRIP, RSTRIP = (
-    int(TokenAttr.UNKNOWN), int(TokenAttr.UNUSED), int(TokenAttr.NORMAL), int(TokenAttr.CONTROL),
-    int(TokenAttr.USER_DEFINED), int(TokenAttr.BYTE), int(TokenAttr.LSTRIP), int(TokenAttr.RSTRIP))
-
-# tokenizer.ggml.token_type value (index) -> attribute; other values are UNDEFINED (0).
-TOKEN_TYPE_ATTR = np.array([0, NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE], dtype=np.int64)
-
-SPECIAL_ATTRS = CONTROL | USER_DEFINED | UNKNOWN  # cut out of text before tokenizing
-HIDDEN_ATTRS = CONTROL | UNKNOWN  # no text unless asked to render specials
-
-SPM, BPE = "llama", "gpt2"
-SPACE_MARK = "\u2581"  # SentencePiece's visible space "▁"
 C_SPACE = frozenset(" \t\n\v\f\r")  # what C's isspace() strips around lstrip/rstrip tokens
-
-# -- metadata keys --------------------------------------------------------------------------------
-
-KEY = "tokenizer.ggml."
-# Special-token role -> metadata key, in llama.cpp's reading order (the deprecated fim keys last).
-SPECIAL_ID_KEYS = [
-    ("bos", "bos_token_id"), ("eos", "eos_token_id"), ("eot", "eot_token_id"),
-    ("eom", "eom_token_id"), ("unk", "unknown_token_id"), ("sep", "seperator_token_id"),
-    ("pad", "padding_token_id"), ("mask", "mask_token_id"),
-    ("fim_pre", "fim_pre_token_id"), ("fim_suf", "fim_suf_token_id"),
-    ("fim_mid", "fim_mid_token_id"), ("fim_pad", "fim_pad_token_id"),
-    ("fim_rep", "fim_rep_token_id"), ("fim_sep", "fim_sep_token_id"),
-    ("fim_pre", "prefix_token_id"), ("fim_suf", "suffix_token_id"), ("fim_mid", "middle_token_id"),
-]
 
 # Defaults before metadata, per vocabulary kind.
 KIND_DEFAULTS = {
@@ -318,7 +276,8 @@ class Tokenizer:
         else:
             t = np.asarray(types, dtype=np.int64)[:n]
             known = (t >= 0) & (t < len(TOKEN_TYPE_ATTR))
-            self.attrs = np.where(known, TOKEN_TYPE_ATTR[np.where(known, t, 0)], 0).tolist()
+            type_attr = np.array(TOKEN_TYPE_ATTR, dtype=np.int64)
+            self.attrs = np.where(known, type_attr[np.where(known, t, 0)], 0).tolist()
 
         self.bpe_ranks: dict[tuple[str, str], int] = {}
         if model == BPE:
@@ -331,15 +290,15 @@ class Tokenizer:
                 self.bpe_ranks.setdefault(pair, rank)
 
         # ---- special ids: defaults (dropped when out of range), then metadata
-        self.special: dict[str, int | None] = {role: None for role, _ in SPECIAL_ID_KEYS}
+        self.special: dict[str, int | None] = {role: None for role in SPECIAL_ID_KEYS}
         for role, tid in ids.items():
             self.special[role] = tid if 0 <= tid < n else None
-        for role, key in SPECIAL_ID_KEYS:
-            value = md.get(KEY + key)
+        for role, key in (*SPECIAL_ID_KEYS.items(), *DEPRECATED_ID_KEYS):
+            value = md.get(key)
             if value is not None and 0 <= int(value) < n:
                 self.special[role] = int(value)
-        self.add_bos = bool(md.get(KEY + "add_bos_token", add_bos))
-        self.add_eos = bool(md.get(KEY + "add_eos_token", False))
+        self.add_bos = bool(md.get(ADD_TOKEN_KEYS["bos"], add_bos))
+        self.add_eos = bool(md.get(ADD_TOKEN_KEYS["eos"], False))
 
         self._derive_roles_and_attrs(md)
         self._cache: _WordCache = _WordCache()
