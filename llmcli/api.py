@@ -25,7 +25,7 @@ import numpy as np
 
 from .engine.chat import ChatTemplate
 from .engine.sampling import Sampler, SamplingParams
-from .engine.tokenizer import Tokenizer
+from .vocab import Tokenizer
 from .errors import BadInputError
 
 DEFAULT_CTX_SIZE = 4096
@@ -275,7 +275,7 @@ class LLM:
 
 def _marker_texts(tok: Tokenizer) -> frozenset[str]:
     """Texts of the control and user-defined tokens: what a built-in chat template looks for."""
-    from .engine.tokenizer import TokenAttr
+    from .vocab.tokens import TokenAttr
 
     markers = TokenAttr.CONTROL | TokenAttr.USER_DEFINED
     return frozenset(tok.token_text(int(i)) for i in tok.ids_with_attr(int(markers)))
