@@ -25,9 +25,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .engine.chat import ChatTemplate
-from .engine.tokenizer import Tokenizer
 from .errors import BadInputError
 from .generation import Completion, Engine, Request, SamplingParams, Scheduler
+from .vocab import Tokenizer
 
 
 def sampling_params(params: SamplingParams | None = None, **fields) -> SamplingParams:
@@ -181,7 +181,7 @@ class LLM:
 
 def _marker_texts(tok: Tokenizer) -> frozenset[str]:
     """Texts of the control and user-defined tokens: what a built-in chat template looks for."""
-    from .engine.tokenizer import TokenAttr
+    from .vocab.tokens import TokenAttr
 
     markers = TokenAttr.CONTROL | TokenAttr.USER_DEFINED
     return frozenset(tok.token_text(int(i)) for i in tok.ids_with_attr(int(markers)))

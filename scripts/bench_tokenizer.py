@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from llmcli.demo import demo_model_path
-from llmcli.engine.tokenizer import Tokenizer
 from llmcli.gguf import GGUFReader
+from llmcli.vocab import Tokenizer
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 
@@ -51,7 +51,7 @@ def main() -> None:
         for parse_special in (False, True):
             cold, warm = [], []
             for _ in range(args.repeat):
-                tok._cache.clear()
+                tok._encoder.cache.clear()
                 ids, w, c = timed(lambda: tok.tokenize(text, parse_special=parse_special))
                 cold.append((w, c))
                 _, w, c = timed(lambda: tok.tokenize(text, parse_special=parse_special))

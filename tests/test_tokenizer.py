@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 from llmcli import demo
-from llmcli.engine.tokenizer import Tokenizer, clean_up_spaces
 from llmcli.errors import BadInputError, FormatError, LlmcliError, UnsupportedError
 from llmcli.gguf import GGUFReader
+from llmcli.vocab import Tokenizer
+from llmcli.vocab.decode import clean_up_spaces
 from llmcli.vocab.pretokenizers import PRE_TOKENIZERS, RegexSplitter, pre_tokenizer
 
 DATA = Path(__file__).parent / "data"
@@ -152,7 +153,7 @@ def test_demo_end_of_turn_ends_generation(demo_tokenizer):
 
 
 def test_ids_with_attr(demo_tokenizer):
-    from llmcli.engine.tokenizer import TokenAttr
+    from llmcli.vocab.tokens import TokenAttr
 
     ids = demo_tokenizer.ids_with_attr(TokenAttr.CONTROL | TokenAttr.USER_DEFINED)
     assert {demo_tokenizer.bos_id, demo_tokenizer.eos_id, demo_tokenizer.eot_id} <= set(ids)

@@ -1,1 +1,1 @@
-"""The inference engine: kernels, KV cache, runtime tokenizer, sampling, generation."""
+"""The inference engine: kernels, KV cache, sampling, generation (the tokenizer is in `llmcli.vocab`)."""

@@ -16,7 +16,6 @@ byte-identical files.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import re
@@ -30,37 +29,9 @@ from ..errors import BadInputError, FormatError, UnsupportedError
 from ..gguf.constants import ValueType
 from ..gguf.reader import MetadataValue
 from .bpe_hashes import CHECK_TEXT, PRE_TOKENIZER_BY_HASH
+from .tokens import ADD_TOKEN_KEYS, BPE, SPACE_MARK, SPECIAL_ID_KEYS, TokenType
 
 
-class TokenType(enum.IntEnum):
-    """`tokenizer.ggml.token_type` values (llama.cpp's llama_token_type)."""
-
-    NORMAL = 1
-    UNKNOWN = 2
-    CONTROL = 3
-    USER_DEFINED = 4
-    UNUSED = 5
-    BYTE = 6
-
-
-SPIECE_UNDERLINE = "\u2581"
-
-# GGUF key of each special token kind gguf-py knows how to write (`cls` has no key and is skipped).
-SPECIAL_ID_KEYS = {
-    "bos": "tokenizer.ggml.bos_token_id",
-    "eos": "tokenizer.ggml.eos_token_id",
-    "unk": "tokenizer.ggml.unknown_token_id",
-    "sep": "tokenizer.ggml.seperator_token_id",  # sic: llama.cpp's spelling
-    "pad": "tokenizer.ggml.padding_token_id",
-    "mask": "tokenizer.ggml.mask_token_id",
-    "eot": "tokenizer.ggml.eot_token_id",
-    "eom": "tokenizer.ggml.eom_token_id",
-}
-ADD_TOKEN_KEYS = {
-    "bos": "tokenizer.ggml.add_bos_token",
-    "eos": "tokenizer.ggml.add_eos_token",
-    "sep": "tokenizer.ggml.add_sep_token",
-}
 DEFAULT_SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 
 
@@ -177,7 +148,7 @@ def sentencepiece_vocab(model_dir: Path, vocab_size: int | None, *, added_tokens
             if data.get("special") or looks_special(text):
                 types[tid] = TokenType.CONTROL
             else:
-                text = text.replace(SPIECE_UNDERLINE, " ")
+                text = text.replace(SPACE_MARK, " ")
                 types[tid] = TokenType.USER_DEFINED
             tokens[tid], scores[tid] = text, -1000.0
     return _token_list(tokens, [int(t) for t in types], scores)
@@ -294,11 +265,11 @@ def bpe_vocab(model_dir: Path, vocab_size: int | None, pre: str | None = None) -
         elif t.get("special") or looks_special(text):
             types.append(TokenType.CONTROL)
         else:
-            text = text.replace(SPIECE_UNDERLINE, " ")
+            text = text.replace(SPACE_MARK, " ")
             types.append(TokenType.USER_DEFINED)
         tokens.append(text)
     out = VocabMetadata()
-    out.string("tokenizer.ggml.model", "gpt2")
+    out.string("tokenizer.ggml.model", BPE)
     out.string("tokenizer.ggml.pre", pre_name)
     out.extend(_token_list(tokens, types, None))
     out.n_tokens = n
