@@ -70,3 +70,32 @@ def test_missing_model_and_unmatched_base(cli, data_dir, tmp_path):
                                   "n_batch": 512, "avg_ts": 1.0}]))
     res = cli("bench", "-m", data_dir / TINY, "-p", "8", "-n", "0", "-r", "1", "-t", "1", "--compare", other)
     assert res.exit_code == 1 and "no test matches" in res.stderr
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_batched_mode_prints_llama_batched_bench_records(cli, data_dir, shared):
+    args = ["bench", "-m", data_dir / TINY, "-npp", "8", "-ntg", "4,6", "-npl", "1,3", "-t", "1", "-o", "jsonl"]
+    res = cli(*args, *(["-pps"] if shared else []))
+    assert res.exit_code == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(r["pp"], r["tg"], r["pl"]) for r in rows] == [(8, 4, 1), (8, 4, 3), (8, 6, 1), (8, 6, 3)]
+    for r in rows:
+        assert r["n_kv"] == (r["pp"] + r["pl"] * r["tg"] if shared else r["pl"] * (r["pp"] + r["tg"]))
+        assert r["is_pp_shared"] == int(shared) and r["n_threads"] == 1
+        assert r["speed_tg"] == pytest.approx(r["pl"] * r["tg"] / r["t_tg"], rel=1e-3)
+        assert r["speed_pp"] == pytest.approx((1 if shared else r["pl"]) * r["pp"] / r["t_pp"], rel=1e-3)
+        assert r["t"] == pytest.approx(r["t_pp"] + r["t_tg"], abs=2e-6)
+        assert r["speed"] == pytest.approx(r["n_kv"] / r["t"], rel=1e-3)
+    table = cli("bench", "-m", data_dir / TINY, "-npp", "8", "-ntg", "4", "-npl", "2", "-t", "1")
+    assert table.exit_code == 0 and "S_TG t/s" in table.stdout and "llama-f16.gguf" in table.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-npp", "8"], "give -npl too"),
+    (["-npl", "2", "-o", "csv"], "batched mode prints table, json or jsonl"),
+    (["-npl", "0"], "-npl: 0 is below the minimum 1"),
+    (["-npl", "2", "-npp", "64", "-c", "32"], "--ctx-size 32 is per sequence"),
+])
+def test_batched_mode_bad_input(cli, data_dir, args, message):
+    res = cli("bench", "-m", data_dir / TINY, *args)
+    assert res.exit_code == 1 and message in res.stderr

@@ -15,6 +15,64 @@ from ..bench.spec import expand, parse_int_list, parse_pg
 from ..errors import BadInputError
 from .app import app, err_console, out_console
 
+BATCHED_HELP = "Batched decoding (llama-batched-bench)"
+BATCHED_COLUMNS = (("PP", "pp", "d"), ("TG", "tg", "d"), ("B", "pl", "d"), ("N_KV", "n_kv", "d"),
+                   ("T_PP s", "t_pp", ".3f"), ("S_PP t/s", "speed_pp", ".2f"), ("T_TG s", "t_tg", ".3f"),
+                   ("S_TG t/s", "speed_tg", ".2f"), ("T s", "t", ".3f"), ("S t/s", "speed", ".2f"))
+
+
+def _batched(models, n_pp: str, n_tg: str, n_pl: str, shared_prompt: bool, threads: str, batch_size: str,
+             ctx_size: int | None, warmup: bool, fmt: str) -> None:
+    """llama-batched-bench's measurement: every (PP, TG, B) once per model, threads and batch size."""
+    import json
+
+    import numpy as np
+
+    from ..bench.batched import run_batched
+    from ..models import load_model
+
+    if fmt not in ("table", "json", "jsonl"):
+        raise BadInputError(f"-o: batched mode prints table, json or jsonl, not '{fmt}'")
+    pps, tgs = parse_int_list(n_pp, "-npp", minimum=1), parse_int_list(n_tg, "-ntg", minimum=1)
+    pls = parse_int_list(n_pl, "-npl", minimum=1)
+    from ..engine.matmul import get_threads
+
+    thread_list = parse_int_list(threads, "-t", minimum=1) if threads else [get_threads()]
+    need = max(pps) + max(tgs) + 1
+    if ctx_size is not None and ctx_size < need:
+        raise BadInputError(f"--ctx-size {ctx_size} is per sequence and must hold PP + TG + 1 = {need} tokens")
+    rng = np.random.default_rng(1234)
+    rows = []
+    for path in models:
+        for n_threads in thread_list:
+            for n_batch in parse_int_list(batch_size, "-b", minimum=1):
+                model = load_model(path, threads=n_threads, ctx_size=ctx_size or need, batch_size=n_batch)
+                if warmup:  # compile or load every kernel outside the timings
+                    run_batched(model, min(pps[0], 16), 2, min(max(pls), 2), shared_prompt, rng)
+                for pp in pps:
+                    for tg in tgs:
+                        for pl in pls:
+                            row = run_batched(model, pp, tg, pl, shared_prompt, rng).to_dict()
+                            row["model"] = Path(path).name
+                            rows.append(row)
+                            if fmt == "table":
+                                err_console.print(f"[dim]  pp {pp} tg {tg} B {pl}: S_TG {row['speed_tg']:.2f} t/s[/]",
+                                                  highlight=False)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    elif fmt == "jsonl":
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows))
+    else:  # a table per model, threads and batch size, titled with them
+        prompt = "one shared prompt" if shared_prompt else "a prompt per sequence"
+        for config in dict.fromkeys((r["model"], r["n_threads"], r["n_batch"]) for r in rows):
+            table = Table(title=f"{config[0]}: {config[1]} thread(s), n_batch {config[2]}, {prompt}")
+            for label, _, _ in BATCHED_COLUMNS:
+                table.add_column(label, justify="right")
+            for r in rows:
+                if (r["model"], r["n_threads"], r["n_batch"]) == config:
+                    table.add_row(*(format(r[key], spec) for _, key, spec in BATCHED_COLUMNS))
+            out_console.print(table)
+
 
 @app.command()
 def bench(
@@ -31,8 +89,17 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Same as -o json."),
     base: Path = typer.Option(None, "--compare", help="Base results (json/jsonl) to compare against."),
     threshold: float = typer.Option(5.0, "--threshold", help="Percent slowdown --compare tolerates."),
+    n_pp: str = typer.Option(None, "-npp", help="Batched mode (llama-batched-bench): prompt tokens per sequence "
+                                                "(comma list; default 128).", rich_help_panel=BATCHED_HELP),
+    n_tg: str = typer.Option(None, "-ntg", help="Batched mode: tokens generated per sequence (comma list; "
+                                                "default 128).", rich_help_panel=BATCHED_HELP),
+    n_pl: str = typer.Option(None, "-npl", help="Batched mode: sequences decoded together (comma list, "
+                                                "e.g. 1,2,4,8,16).", rich_help_panel=BATCHED_HELP),
+    shared_prompt: bool = typer.Option(False, "-pps", help="Batched mode: one prompt shared by every sequence.",
+                                       rich_help_panel=BATCHED_HELP),
 ) -> None:
-    """Measure prompt processing (pp) and generation (tg) tokens/s, peak memory and compile time."""
+    """Measure prompt processing (pp) and generation (tg) tokens/s, peak memory and compile time;
+    with -npl, batched decoding of many sequences as llama-batched-bench measures it."""
     fmt = "json" if as_json else output
     if fmt not in ("table",) + FORMATS:
         raise BadInputError(f"-o: unknown format '{fmt}' (choose table, {', '.join(FORMATS)})")
@@ -41,6 +108,12 @@ def bench(
     for m in model:
         if not m.is_file():
             raise BadInputError(f"{m}: no such model file")
+    if n_pl is None and (n_pp is not None or n_tg is not None or shared_prompt):
+        raise BadInputError("-npp, -ntg and -pps measure batched decoding: give -npl too (e.g. -npl 1,2,4,8)")
+    if n_pl is not None:
+        _batched(model, n_pp or "128", n_tg or "128", n_pl, shared_prompt, threads, batch_size, ctx_size,
+                 not no_warmup, fmt)
+        return
     base_rows = None
     if base is not None:
         try:
