@@ -61,7 +61,7 @@ def _rms_row(x, weight, eps, out, r):
         out[r, i] = x[r, i] * scale * weight[i]
 
 
-@njit(parallel=True, cache=True, fastmath=_REASSOCIATE)
+@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
 def rms_norm(x, weight, eps, out):
     """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, for every row r of x (R, N).
 
@@ -74,7 +74,7 @@ def rms_norm(x, weight, eps, out):
         _rms_row(x, weight, eps, out, r)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rms_norm_serial(x, weight, eps, out):
     for r in range(x.shape[0]):
         _rms_row(x, weight, eps, out, r)
@@ -102,7 +102,7 @@ def _rope_task(x, cos, sin, pos0, neox, task):
             x[t, h, 2 * i + 1] = a * s + b * c
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def rope(x, cos, sin, pos0, neox):
     """Rotate the first n_rot = 2 * cos.shape[1] channels of every head in place.
 
@@ -117,7 +117,7 @@ def rope(x, cos, sin, pos0, neox):
         _rope_task(x, cos, sin, pos0, neox, task)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rope_serial(x, cos, sin, pos0, neox):
     for task in range(x.shape[0] * x.shape[1]):
         _rope_task(x, cos, sin, pos0, neox, task)
@@ -217,7 +217,7 @@ def _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, o
         out[t, h, d] = acc[d]
 
 
-@njit(parallel=True, cache=True, fastmath=_REASSOCIATE)
+@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
 def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
     """Causal multi-head attention of T new queries against the cache, written to out.
 
@@ -245,7 +245,7 @@ def attention(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
                         t * n_heads + i % n_heads)
 
 
-@njit(cache=True, fastmath=_REASSOCIATE)
+@njit(cache=True, nogil=True, fastmath=_REASSOCIATE)
 def attention_serial(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
     for task in range(q.shape[0] * q.shape[1]):
         _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out, task)
@@ -263,7 +263,7 @@ def _attention_row_task(q, k_cache, v_cache, seq, positions, scale, softcap, win
                     out[t:t + 1], task % n_heads)
 
 
-@njit(parallel=True, cache=True, fastmath=_REASSOCIATE)
+@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
 def attention_rows(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
     """Batched decode: row t of q (T, H, Dh) is one token of sequence seq[t] at positions[t];
     k_cache (S, Hkv, Dh, n_slots) and v_cache (S, Hkv, n_slots, Dv) hold every sequence's cache
@@ -272,7 +272,7 @@ def attention_rows(q, k_cache, v_cache, seq, positions, scale, softcap, window, 
         _attention_row_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task)
 
 
-@njit(cache=True, fastmath=_REASSOCIATE)
+@njit(cache=True, nogil=True, fastmath=_REASSOCIATE)
 def attention_rows_serial(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
     for task in range(q.shape[0] * q.shape[1]):
         _attention_row_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task)
@@ -283,7 +283,7 @@ ATTN_ROWS = 6
 ATTN_STRIP = 32
 
 
-@njit(parallel=True, cache=True, fastmath=_REASSOCIATE)
+@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
 def attention_blocked(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
     """`attention` for a batch, as two small GEMMs per block of 6 query rows (same arguments).
 
@@ -431,21 +431,21 @@ def _gelu_row(gate, up, out, r):
         out[r, i] = np.float32(0.5) * g * (np.float32(1.0) + _tanh(inner)) * up[r, i]
 
 
-@njit(parallel=True, cache=True, fastmath=_REASSOCIATE)
+@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
 def silu_mul(gate, up, out):
     """out = silu(gate) * up, rows of (T, F). out may alias gate or up."""
     for r in prange(gate.shape[0]):
         _silu_row(gate, up, out, r)
 
 
-@njit(parallel=True, cache=True, fastmath=_REASSOCIATE)
+@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
 def gelu_mul(gate, up, out):
     """out = gelu(gate) * up with the tanh approximation ggml and Gemma use, rows of (T, F)."""
     for r in prange(gate.shape[0]):
         _gelu_row(gate, up, out, r)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def softcap_(x, cap):
     """x = cap * tanh(x / cap) in place over a 2-D array (Gemma 2/3 final logits)."""
     n_rows, n = x.shape
@@ -454,7 +454,7 @@ def softcap_(x, cap):
             x[r, i] = np.float32(cap) * _tanh(x[r, i] / np.float32(cap))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def store_kv(k, v, k_cache, v_cache, pos0):
     """Copy this batch's keys (T, Hkv, Dh) into the transposed key cache (Hkv, Dh, n_slots) and its
     values (T, Hkv, Dv) into the value cache (Hkv, n_slots, Dv): position p goes to slot p % n_slots."""
@@ -470,7 +470,7 @@ def store_kv(k, v, k_cache, v_cache, pos0):
                 v_cache[h, (pos0 + t) % ring, d] = v[t, h, d]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def store_kv_rows(k, v, k_cache, v_cache, seq, positions):
     """Batched decode: row t's key (Hkv, Dh) and value (Hkv, Dv) into sequence seq[t]'s cache
     (a slot of k_cache (S, Hkv, Dh, n_slots) / v_cache (S, Hkv, n_slots, Dv)) at positions[t]."""
@@ -479,7 +479,7 @@ def store_kv_rows(k, v, k_cache, v_cache, seq, positions):
         store_kv(k[t:t + 1], v[t:t + 1], k_cache[s], v_cache[s], positions[t])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rope_rows(x, cos, sin, positions, neox):
     """Batched decode: rotate row t of x (T, heads, Dh) in place for position positions[t]
     (the arithmetic of `rope` / `rope_serial`)."""
