@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from llmcli.demo import demo_model_path
-from llmcli.generation import generate_ids
+from llmcli.generation import Request, SamplingParams, Scheduler, generate_ids
 from llmcli.models import load_model
 
 REF = json.loads((Path(__file__).parent / "data" / "demo" / "llamacpp.json").read_text())
@@ -42,6 +42,18 @@ def test_greedy_until_the_first_near_tie(model, case):
     assert n >= 1
     got = generate_ids(model, case["prompt_ids"], n)
     assert got == case["greedy_new_ids"][:n]
+
+
+def test_batched_greedy_until_the_first_near_tie(model):
+    """Every prompt at once, decoded together (continuous batching, prompts of different lengths):
+    each one's greedy path is llama.cpp's up to its first near-tie, as alone."""
+    sched = Scheduler(model, n_parallel=len(PROMPTS))
+    seqs = [sched.submit(Request(case["prompt_ids"], max_tokens=_first_near_tie(case["greedy_steps"]),
+                                 params=SamplingParams(temp=0.0), stop_ids=frozenset())) for case in PROMPTS]
+    sched.run_all()
+    for seq, case in zip(seqs, PROMPTS):
+        n = _first_near_tie(case["greedy_steps"])
+        assert seq.tokens == case["greedy_new_ids"][:n], case["prompt"]
 
 
 @pytest.mark.parametrize("case", PROMPTS, ids=[p["prompt"] for p in PROMPTS])
