@@ -7,9 +7,12 @@ with prompts first (no decode step while a prompt is pending) so the two phases 
 
     T_PP  time until every sequence has its first token        S_PP = B*PP / T_PP  (shared: PP / T_PP)
     T_TG  time for the TG decode steps                         S_TG = B*TG / T_TG
-    N_KV  cache positions used: B*(PP+TG)  (shared: PP + B*TG)  S    = N_KV / (T_PP + T_TG)
+    N_KV  cache positions used: B*(PP+TG) (every sequence keeps its own copy, shared prompt or not,
+          as llama.cpp's default non-unified cache)            S    = (B*PP or PP, + B*TG) / (T_PP + T_TG)
 
-Greedy sampling of every row is included in the timings (it is part of serving a batch).
+Differences from llama-batched-bench: greedy sampling of every row is in the timings (it is part
+of serving a batch), and with a shared prompt the other sequences' copies of it (and their first
+tokens) are in T_PP, where llama.cpp copies the cache untimed.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ class BatchedResult:
 
     @property
     def speed(self) -> float:
-        return self.n_kv / self.t if self.t > 0 else 0.0
+        tokens = (self.pp if self.is_pp_shared else self.pl * self.pp) + self.pl * self.tg
+        return tokens / self.t if self.t > 0 else 0.0
 
     def to_dict(self) -> dict:
         """llama-batched-bench's jsonl fields."""
@@ -91,6 +95,6 @@ def run_batched(model, pp: int, tg: int, pl: int, shared_prompt: bool, rng: np.r
     start = time.perf_counter()
     sched.run_all()
     t_tg = time.perf_counter() - start
-    n_kv = pp + pl * tg if shared_prompt else pl * (pp + tg)
+    n_kv = pl * (pp + tg)
     return BatchedResult(pp, tg, pl, n_kv, t_pp, t_tg, shared_prompt, model.threads, model.batch_size,
                          model.n_ctx * pl)
