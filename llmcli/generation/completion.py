@@ -53,9 +53,9 @@ class Completion:
             sched.submit(seq)
         try:
             while True:
-                for text, _ in seq.take_pieces():
-                    if text:
-                        yield text
+                for piece in seq.take_pieces():
+                    if piece.text:
+                        yield piece.text
                 if seq.done or not sched.step():
                     break
         except KeyboardInterrupt:
@@ -63,9 +63,9 @@ class Completion:
         except GeneratorExit:  # the caller stopped reading: free the slot
             sched.cancel(seq)
             raise
-        for text, _ in seq.take_pieces():
-            if text:
-                yield text
+        for piece in seq.take_pieces():
+            if piece.text:
+                yield piece.text
 
     def run(self) -> "Completion":
         """Generate to the end without streaming."""
