@@ -217,3 +217,11 @@ def test_one_log_line_per_request(server, client):
     client.completions.create(model="tiny", prompt="Log me", max_tokens=2, temperature=0)
     lines = [line for line in server.lines if "POST /v1/completions 200" in line]
     assert lines and " tokens " in lines[-1] and lines[-1].endswith(" ms")
+
+
+def test_chat_page(server):
+    status, headers, body = request("GET", server.url + "/")
+    page = body.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "/v1/chat/completions" in page and "getReader" in page  # it streams the reply
+    assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere (no CDN)

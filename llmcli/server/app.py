@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from pydantic import ValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -30,6 +31,7 @@ from .stream import SSE_DONE, SSE_PING, EngineStream, error_of, sse
 
 log = logging.getLogger("llmcli.server")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no buffering in proxies
+CHAT_PAGE = Path(__file__).with_name("chat.html")  # a person's way to try the model in a browser
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -146,6 +148,10 @@ def create_app(state: ServerState) -> FastAPI:
         return shapes.completion(text, finish, None if logprobs is None else texts.completion_logprobs(logprobs),
                                  _usage(stream, request))
 
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page():
+        return HTMLResponse(CHAT_PAGE.read_text(encoding="utf-8"))
+
     return app
 
 
@@ -237,6 +243,8 @@ async def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompl
             elif event.text:
                 yield sse(shapes.chunk({"content": event.text}, None, pending or None, with_usage_field=with_usage))
                 pending = []
+    except Exception as error:  # the headers are out: the failure can only be told as an event
+        yield _stream_failure(error)
     finally:
         stream.close()
 
@@ -278,8 +286,15 @@ async def _text_events(stream: EngineStream, shapes: TextShapes, body: Completio
             elif event.text:
                 yield sse(shapes.chunk(event.text, None, logprobs_of(pending), with_usage_field=with_usage))
                 pending = []
+    except Exception as error:  # the headers are out: the failure can only be told as an event
+        yield _stream_failure(error)
     finally:
         stream.close()
+
+
+def _stream_failure(error: Exception) -> bytes:
+    log.exception("a stream failed")
+    return sse(ApiError(500, f"internal error: {type(error).__name__}: {error}").body())
 
 
 # -- errors ------------------------------------------------------------------------------------
