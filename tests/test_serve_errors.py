@@ -27,7 +27,8 @@ LONG = {"prompt": "Once", "max_tokens": 3000, "ignore_eos": True, "temperature":
 def server(tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(f"other-key\n{KEY}\n")
-    with ServerProcess("-np", "1", "-c", "4096", "-t", "1", "--max-queue", "0", "--api-key-file", str(keys)) as proc:
+    with ServerProcess("-np", "1", "-c", "4096", "-t", "1", "--max-queue", "0", "--api-key-file", str(keys),
+                       "--cors-origins", "http://app.test") as proc:
         yield proc
 
 
@@ -55,6 +56,19 @@ def test_api_key(server):
             model="m", prompt="x", max_tokens=1)
     assert openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0).completions.create(
         model="m", prompt="x", max_tokens=1).usage.completion_tokens == 1
+
+
+def test_cors_origins(server):
+    preflight = {"Origin": "http://app.test", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    status, headers, _ = request("OPTIONS", server.url + "/v1/chat/completions", headers=preflight)
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "http://app.test"
+    status, headers, _ = request("POST", server.url + "/v1/completions", {"prompt": "x"},
+                                 {"Origin": "http://app.test"})  # no key: a 401 the page can read
+    assert status == 401 and headers["Access-Control-Allow-Origin"] == "http://app.test"
+    status, headers, _ = request("OPTIONS", server.url + "/v1/chat/completions",
+                                 headers={**preflight, "Origin": "http://elsewhere.test"})
+    assert status == 400 and "Access-Control-Allow-Origin" not in headers
 
 
 @pytest.mark.parametrize("path,body,needle", [
