@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import openai
 import pytest
 
-from tests.serve_process import ServerProcess, post, request
+from tests.serve_process import ROOT, TINY, ServerProcess, post, request
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -221,3 +224,24 @@ def test_timeout_and_a_clean_stop_on_sigint():
         with socket.socket() as sock:  # the port is free again
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, int(port)))
+
+
+def _serve_fails(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "llmcli", "serve", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_startup_failures_are_one_red_line(tmp_path):
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"not a gguf file at all" * 10)
+    failed = _serve_fails("-m", str(bogus), "--port", "0")
+    assert failed.returncode == 1 and "error:" in failed.stderr and "bogus.gguf" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        failed = _serve_fails("-m", str(TINY), "--port", str(taken.getsockname()[1]))
+    assert failed.returncode == 1 and "cannot listen on 127.0.0.1" in failed.stderr
+    failed = _serve_fails("-m", str(TINY), "--api-key", "k", "--api-key-file", str(bogus))
+    assert failed.returncode == 1 and "not both" in failed.stderr
