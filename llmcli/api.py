@@ -48,7 +48,8 @@ class LLM:
     contexts persist between calls."""
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
-                 ctx_size: int | None = None, batch_size: int = 512, parallel: int = 1):
+                 ctx_size: int | None = None, batch_size: int = 512, parallel: int = 1,
+                 max_queue: int | None = None):
         from .models import load_model
 
         if ctx_size is not None and ctx_size <= 0:
@@ -56,7 +57,7 @@ class LLM:
         self.path = Path(path)
         self.model = load_model(self.path, threads=threads, ctx_size=ctx_size, batch_size=batch_size)
         self.tokenizer = Tokenizer.from_gguf(self.model.reader)
-        self.scheduler = Scheduler(self.model, self.tokenizer, n_parallel=parallel)
+        self.scheduler = Scheduler(self.model, self.tokenizer, n_parallel=parallel, max_queue=max_queue)
         self._engine: Engine | None = None
         self._template: ChatTemplate | None = None
 
@@ -188,13 +189,15 @@ def _marker_texts(tok: Tokenizer) -> frozenset[str]:
 
 
 def load(path: str | os.PathLike | None = None, *, threads: int | None = None, ctx_size: int | None = None,
-         batch_size: int = 512, parallel: int = 1) -> LLM:
+         batch_size: int = 512, parallel: int = 1, max_queue: int | None = None) -> LLM:
     """Load a GGUF model (None: the demo model, Gemma 3 270M, assembled once into the cache).
 
     ctx_size: tokens of context per sequence (default 4096, or the model's if smaller);
-    parallel: sequences decoded together (KV cache: parallel x ctx_size positions)."""
+    parallel: sequences decoded together (KV cache: parallel x ctx_size positions);
+    max_queue: requests that may wait for a slot before a submit raises QueueFullError (None: any)."""
     if path is None:
         from .demo import demo_model_path
 
         path = demo_model_path()
-    return LLM(path, threads=threads, ctx_size=ctx_size, batch_size=batch_size, parallel=parallel)
+    return LLM(path, threads=threads, ctx_size=ctx_size, batch_size=batch_size, parallel=parallel,
+               max_queue=max_queue)

@@ -48,6 +48,7 @@ COMMAND_MODULES = [
     "quantize_cmd",
     "run_cmd",
     "bench_cmd",
+    "serve_cmd",
 ]
 
 
@@ -61,6 +62,7 @@ COMMAND_OWNERS = {
     "run": "run_cmd",
     "chat": "run_cmd",
     "bench": "bench_cmd",
+    "serve": "serve_cmd",
 }
 
 

@@ -9,10 +9,10 @@ generation loop), sampling, stop strings, and the threads that feed it.
 """
 
 from .completion import Completion
-from .engine import Engine, Event, Handle
+from .engine import Engine, EngineClosedError, Event, Handle
 from .sampling import Sampler, SamplingParams
-from .scheduler import QueueFullError, Scheduler
-from .sequence import STOP_REASONS, Request, Sequence, Timings
+from .scheduler import ContextSizeError, QueueFullError, Scheduler
+from .sequence import STOP_REASONS, Piece, Request, Sequence, Timings, TokenLogprob
 from .stops import StopMatcher
 
 
@@ -27,5 +27,6 @@ def generate_ids(model, prompt_ids, max_tokens: int, sampler=None, stop_ids=()) 
     return seq.tokens
 
 
-__all__ = ["Completion", "Engine", "Event", "Handle", "QueueFullError", "Request", "STOP_REASONS", "Sampler",
-           "SamplingParams", "Scheduler", "Sequence", "StopMatcher", "Timings", "generate_ids"]
+__all__ = ["Completion", "ContextSizeError", "Engine", "EngineClosedError", "Event", "Handle", "Piece",
+           "QueueFullError", "Request", "STOP_REASONS", "Sampler", "SamplingParams", "Scheduler", "Sequence",
+           "StopMatcher", "Timings", "TokenLogprob", "generate_ids"]

@@ -54,9 +54,9 @@ class Completion:
             sched.submit(seq)
         try:
             while True:
-                for text, _ in seq.take_pieces():
-                    if text:
-                        yield text
+                for piece in seq.take_pieces():
+                    if piece.text:
+                        yield piece.text
                 if seq.done or not sched.step():
                     break
         except KeyboardInterrupt:
@@ -64,9 +64,9 @@ class Completion:
         except BaseException:  # the caller stopped reading (GeneratorExit) or a step failed: free the slot
             sched.cancel(seq, "error")
             raise
-        for text, _ in seq.take_pieces():
-            if text:
-                yield text
+        for piece in seq.take_pieces():
+            if piece.text:
+                yield piece.text
 
     def run(self) -> "Completion":
         """Generate to the end without streaming."""

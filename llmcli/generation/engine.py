@@ -24,7 +24,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from .scheduler import Scheduler
-from .sequence import Request, Sequence
+from .sequence import Request, Sequence, TokenLogprob
+
+
+class EngineClosedError(RuntimeError):
+    """The engine was closed: a submit after close, or the end of a request still running then."""
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Event:
     done: bool = False
     stop_reason: str | None = None
     error: BaseException | None = None
+    logprob: TokenLogprob | None = None  # when the request asked for logprobs
 
 
 class Handle:
@@ -80,7 +85,7 @@ class Engine:
         sched = self.scheduler
         with self._cond:
             if self._closing:
-                raise RuntimeError("the engine is closed")
+                raise EngineClosedError("the engine is closed")
             # read from outside the engine thread: at worst one step stale
             sched.check_queue(also_waiting=len(self._inbox))
             self._inbox.append(handle)
@@ -93,7 +98,8 @@ class Engine:
             self._cond.notify()
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop the thread; requests still running end with a RuntimeError event."""
+        """Stop the thread (after the step it is in); requests still running end with an
+        EngineClosedError event. timeout=0: ask it to stop and return at once."""
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -131,7 +137,7 @@ class Engine:
                         self._send(handle, Event(done=True, stop_reason="error", error=error))
                 self._handles = [h for h in self._handles if not h.seq.done]
             self._deliver()
-        stopped = RuntimeError("the engine stopped before this request finished")
+        stopped = EngineClosedError("the engine stopped before this request finished")
         for handle in self._handles + self._inbox:
             self._send(handle, Event(done=True, stop_reason="error", error=stopped))
 
@@ -139,8 +145,8 @@ class Engine:
         still = []
         for handle in self._handles:
             seq = handle.seq
-            for text, token in seq.take_pieces():
-                self._send(handle, Event(text, token))
+            for piece in seq.take_pieces():
+                self._send(handle, Event(piece.text, piece.token, logprob=piece.logprob))
             if seq.done:
                 self._send(handle, Event(done=True, stop_reason=seq.stop_reason))
             else:

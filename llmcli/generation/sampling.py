@@ -4,7 +4,7 @@ llama.cpp's common sampler applies, in this order (common/common.h `samplers`):
 penalties -> top-k -> top-p -> min-p -> temperature -> draw. (DRY, top-n-sigma, typical-p and XTC sit
 in between but are disabled by default, so they are left out.) With `temp <= 0` the chain is greedy:
 the highest logit wins. Defaults are llama.cpp's: temp 0.8, top-k 40, top-p 0.95, min-p 0.05,
-repeat-penalty 1.0 over the last 64 tokens, random seed.
+repeat-penalty 1.0 over the last 64 tokens, presence and frequency penalties 0, random seed.
 
 The random draw uses numpy's PCG64, so a seed reproduces our own output, not llama.cpp's (which
 draws with std::mt19937 and std::discrete_distribution).
@@ -31,6 +31,10 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64  # -1: the whole context
     seed: int | None = None  # None: a fresh random seed
+    # OpenAI's penalties, over the same window as repeat_penalty: a token seen c times in it loses
+    # c * frequency_penalty + presence_penalty from its logit
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def validate(self) -> "SamplingParams":
         checks = [
@@ -42,6 +46,9 @@ class SamplingParams:
              f"--repeat-penalty must be > 0, got {self.repeat_penalty}"),
             (self.repeat_last_n >= -1, f"--repeat-last-n must be >= -1, got {self.repeat_last_n}"),
             (self.seed is None or 0 <= self.seed < 2**64, f"--seed must be in [0, 2^64), got {self.seed}"),
+            (math.isfinite(self.presence_penalty), f"presence_penalty must be finite, got {self.presence_penalty}"),
+            (math.isfinite(self.frequency_penalty),
+             f"frequency_penalty must be finite, got {self.frequency_penalty}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -89,14 +96,23 @@ class Sampler:
     # -- the chain's filters, public so they can be tested one by one ---------------------------------
 
     def apply_penalties(self, logits: np.ndarray) -> np.ndarray:
-        """Repeat penalty on every token in the window: positive logits divided, others multiplied."""
-        penalty = self.params.repeat_penalty
-        if penalty == 1.0 or not self._history:
+        """llama.cpp's penalties sampler over the tokens in the window, each seen `count` times:
+        the repeat penalty divides a positive logit (multiplies a negative one), then
+        count * frequency_penalty + presence_penalty is subtracted (float32, as llama.cpp)."""
+        p = self.params
+        if not self._history or (p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0
+                                 and p.presence_penalty == 0.0):
             return logits
         logits = np.array(logits, dtype=np.float32, copy=True)
-        ids = np.fromiter(Counter(self._history).keys(), dtype=np.int64)
+        counts = Counter(self._history)
+        ids = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        seen = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
         values = logits[ids]
-        logits[ids] = np.where(values <= 0, values * np.float32(penalty), values / np.float32(penalty))
+        if p.repeat_penalty != 1.0:
+            penalty = np.float32(p.repeat_penalty)
+            values = np.where(values <= 0, values * penalty, values / penalty)
+        values = values - (seen * np.float32(p.frequency_penalty) + np.float32(p.presence_penalty))
+        logits[ids] = values
         return logits
 
     def candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -39,6 +39,15 @@ class QueueFullError(LlmcliError):
     """The scheduler's waiting queue is full (a server answers 503)."""
 
 
+class ContextSizeError(BadInputError):
+    """A prompt longer than a sequence's context (a server answers 400 exceed_context_size_error)."""
+
+    def __init__(self, n_prompt_tokens: int, n_ctx: int):
+        super().__init__(f"the prompt has {n_prompt_tokens} tokens but the context holds "
+                         f"{n_ctx}: raise --ctx-size or shorten the prompt")
+        self.n_prompt_tokens, self.n_ctx = n_prompt_tokens, n_ctx
+
+
 class Scheduler:
     def __init__(self, model, tokenizer=None, n_parallel: int = 1, max_queue: int | None = None,
                  prompt_first: bool = False):
@@ -66,8 +75,9 @@ class Scheduler:
             raise BadInputError("the prompt is empty (no tokens to start from)")
         n_ctx = self.model.n_ctx
         if len(prompt) > n_ctx:  # a prompt that fills the context still gives one token
-            raise BadInputError(f"the prompt has {len(prompt)} tokens but the context holds "
-                                f"{n_ctx}: raise --ctx-size or shorten the prompt")
+            raise ContextSizeError(len(prompt), n_ctx)
+        if request.logprobs is not None and request.logprobs < 0:
+            raise BadInputError(f"logprobs must be >= 0 (alternatives per token), got {request.logprobs}")
         n_vocab = self.model.token_embd_raw.shape[0]
         bad = [t for t in prompt if not 0 <= int(t) < n_vocab]
         if bad:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence as Seq
+from typing import Callable, NamedTuple, Sequence as Seq
 
 import numpy as np
 
@@ -37,7 +38,9 @@ class Request:
     sequence without being part of its output; `ignore_eos` forbids them instead (llama.cpp's
     --ignore-eos). `cache_prompt`: start from the free slot that has the longest cached prefix of
     the prompt (llama-server's `cache_prompt`); off: evaluate the whole prompt again.
-    `sampler`: a custom `sample(logits) -> id` callable replacing the sampling chain."""
+    `sampler`: a custom `sample(logits) -> id` callable replacing the sampling chain.
+    `logprobs`: None, or record each generated token's log-probability and the `logprobs` most
+    likely alternatives (see `TokenLogprob`)."""
 
     prompt: list[int]
     max_tokens: int = -1
@@ -47,6 +50,7 @@ class Request:
     ignore_eos: bool = False
     cache_prompt: bool = True
     sampler: Callable[[np.ndarray], int] | None = None
+    logprobs: int | None = None
     id: int = field(default_factory=lambda: next(_request_ids))
 
 
@@ -70,6 +74,39 @@ class Timings:
                 "prompt_per_second": round(self.prompt_per_second, 3),
                 "predicted_n": self.predicted_n, "predicted_ms": round(self.predicted_ms, 3),
                 "predicted_per_second": round(self.predicted_per_second, 3)}
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the `n` most likely tokens at its position, best
+    first, as (id, logprob). Taken from the model's logits before any sampler changes them
+    (llama.cpp's n_probs without post_sampling_probs): a softmax over the whole vocabulary."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray, token: int, n: int) -> "TokenLogprob":
+        row = np.asarray(logits, dtype=np.float64)
+        peak = row.max()
+        log_total = peak + math.log(np.exp(row - peak).sum())
+        top = ()
+        if n > 0:
+            n = min(n, row.shape[0])
+            best = np.argpartition(-row, n - 1)[:n]
+            best = best[np.argsort(-row[best], kind="stable")]
+            top = tuple((int(i), float(row[i] - log_total)) for i in best)
+        return cls(int(token), float(row[token] - log_total), top)
+
+
+class Piece(NamedTuple):
+    """Text decoded since the last piece, the token that produced it (None: a final flush of
+    held-back text) and that token's TokenLogprob when the request asked for them."""
+
+    text: str
+    token: int | None
+    logprob: TokenLogprob | None = None
 
 
 class State(enum.Enum):
@@ -116,7 +153,7 @@ class Sequence:
         self.stop_reason: str | None = None
         self.timings = Timings()
         self.pending_input: int | None = None  # the last sampled token, to evaluate next step
-        self._pieces: list[tuple[str, int | None]] = []
+        self._pieces: list[Piece] = []
         self._decode_started: float | None = None
         self.cancel_requested = False
 
@@ -128,9 +165,8 @@ class Sequence:
     def done(self) -> bool:
         return self.state is State.DONE
 
-    def take_pieces(self) -> list[tuple[str, int | None]]:
-        """(text, token id) pairs decoded since the last call; a final flush of held-back text
-        comes with token None."""
+    def take_pieces(self) -> list[Piece]:
+        """Pieces decoded since the last call; a final flush of held-back text comes with token None."""
         out, self._pieces = self._pieces, []
         return out
 
@@ -146,10 +182,11 @@ class Sequence:
 
     def choose(self, logits: np.ndarray, n_ctx: int) -> None:
         """Sample the next token from this sequence's logits and take it (or end)."""
+        masked = logits
         if self.banned is not None:
-            logits = logits.copy()
-            logits[self.banned] = -np.inf
-        token = self.sampler.sample(logits)
+            masked = logits.copy()
+            masked[self.banned] = -np.inf
+        token = self.sampler.sample(masked)
         self.sampler.accept(token)
         if token in self.stop_ids:
             self.finish("eos")
@@ -159,7 +196,8 @@ class Sequence:
         out, hit = ("", False)
         if self._detok is not None:
             out, hit = self._matcher.push(self._detok.feed(token))
-        self._emit(out, token)
+        n_top = self.request.logprobs
+        self._emit(out, token, None if n_top is None else TokenLogprob.from_logits(logits, token, n_top))
         if hit:
             self.finish("stop")
         elif 0 <= self.request.max_tokens <= len(self.tokens):
@@ -182,6 +220,6 @@ class Sequence:
             if tail:
                 self._emit(tail, None)
 
-    def _emit(self, text: str, token: int | None) -> None:
+    def _emit(self, text: str, token: int | None, logprob: TokenLogprob | None = None) -> None:
         self.text += text
-        self._pieces.append((text, token))
+        self._pieces.append(Piece(text, token, logprob))

@@ -1,0 +1,337 @@
+"""The ASGI app: OpenAI's endpoints and llama-server's, thin over the generation layer.
+
+The event loop parses and checks requests, submits them to the engine thread and moves the bytes of
+its answers; tokenizing and rendering chat templates run on worker threads; the engine thread does
+the model's work. Every error is an OpenAI error object (see errors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from pydantic import ValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import LlmcliError
+from ..generation import Request as GenerationRequest
+from ..generation import SamplingParams
+from .errors import ApiError
+from .gateway import Gateway
+from .responses import FINISH_REASONS, ChatShapes, TextShapes, TokenTexts, usage
+from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from .state import ServerState
+from .stream import SSE_DONE, SSE_PING, EngineStream, error_of, sse
+
+log = logging.getLogger("llmcli.server")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no buffering in proxies
+CHAT_PAGE = Path(__file__).with_name("chat.html")  # a person's way to try the model in a browser
+
+
+def create_app(state: ServerState) -> FastAPI:
+    config = state.config
+    # no /docs or /openapi.json: the API is OpenAI's, documented there; unknown paths are plain 404s
+    app = FastAPI(title="llmcli", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = state
+    app.add_middleware(Gateway, api_keys=config.api_keys, max_body_bytes=config.max_body_bytes)
+    if config.cors_origins:  # added last: outermost, so preflights and 401s carry CORS headers too
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+    _add_error_handlers(app)
+
+    @app.get("/health")
+    @app.get("/v1/health")
+    async def health():
+        state.ready()
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    @app.get("/models")
+    async def models():
+        llm = state.ready()
+        hp = llm.model.hp
+        return {"object": "list", "data": [{
+            "id": state.model_id, "object": "model", "created": int(state.model_path.stat().st_mtime),
+            "owned_by": "llmcli",
+            "meta": {"n_vocab": llm.n_vocab, "n_ctx_train": hp.n_ctx_train, "n_embd": hp.n_embd,
+                     "n_params": sum(t.n_elements for t in llm.model.reader.tensors),
+                     "size": state.model_path.stat().st_size},
+        }]}
+
+    @app.get("/props")
+    async def props():
+        llm = state.ready()
+        defaults = SamplingParams()
+        template = llm.chat_template
+        return {
+            "default_generation_settings": {"n_ctx": llm.n_ctx, "params": {
+                "n_predict": -1, "temperature": defaults.temp, "top_k": defaults.top_k, "top_p": defaults.top_p,
+                "min_p": defaults.min_p, "repeat_penalty": defaults.repeat_penalty,
+                "repeat_last_n": defaults.repeat_last_n, "presence_penalty": defaults.presence_penalty,
+                "frequency_penalty": defaults.frequency_penalty, "seed": -1, "stop": [], "max_tokens": -1,
+                "ignore_eos": False, "n_probs": 0,
+                "samplers": ["penalties", "top_k", "top_p", "min_p", "temperature"]}},
+            "total_slots": llm.scheduler.n_parallel,
+            "model_path": str(state.model_path),
+            "model_alias": state.model_id,
+            "chat_template": template.source,
+            "chat_template_origin": template.origin,
+            "modalities": {"vision": False, "audio": False},
+            "build_info": f"llmcli {__version__}",
+        }
+
+    @app.get("/metrics")
+    async def metrics():
+        state.ready()
+        return PlainTextResponse(state.metrics.render(state.engine), media_type="text/plain; version=0.0.4")
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest = Depends(json_body(TokenizeRequest))):
+        llm = state.ready()
+        ids = await run_in_threadpool(llm.tokenize, body.content, body.add_special, body.parse_special)
+        if not body.with_pieces:
+            return {"tokens": ids}
+        tokens = []
+        for token in ids:
+            piece = llm.tokenizer.token_to_piece(token)
+            try:
+                tokens.append({"id": token, "piece": piece.decode("utf-8")})
+            except UnicodeDecodeError:  # part of a character: its bytes, as llama-server gives them
+                tokens.append({"id": token, "piece": list(piece)})
+        return {"tokens": tokens}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest = Depends(json_body(DetokenizeRequest))):
+        llm = state.ready()
+        bad = [t for t in body.tokens if not 0 <= t < llm.n_vocab]
+        if bad:
+            raise ApiError(400, f"token id {bad[0]} is outside the vocabulary of {llm.n_vocab} tokens")
+        return {"content": await run_in_threadpool(llm.detokenize, body.tokens)}
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
+    async def chat_completions(request: Request,
+                               body: ChatCompletionRequest = Depends(json_body(ChatCompletionRequest))):
+        llm = state.ready()
+        messages = [m.template_message() for m in body.messages]
+        prompt = await run_in_threadpool(llm.chat_prompt_ids, messages)
+        stream = _submit(state, body, prompt, body.logprobs_count())
+        shapes = ChatShapes(state.model_id)
+        if body.stream:
+            return StreamingResponse(_chat_events(stream, shapes, body, TokenTexts(llm.tokenizer), request,
+                                                  config.sse_ping_interval),
+                                     media_type="text/event-stream", headers=SSE_HEADERS)
+        text, logprobs, finish = await _collect(stream, request)
+        texts = TokenTexts(llm.tokenizer)
+        entries = None if logprobs is None else [texts.chat_entry(lp) for lp in logprobs]
+        return shapes.completion(text, finish, entries, _usage(stream, request))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, body: CompletionRequest = Depends(json_body(CompletionRequest))):
+        llm = state.ready()
+        prompt = body.prompt
+        if isinstance(prompt, str):  # text gets BOS as the model asks; token ids are taken as they are
+            prompt = await run_in_threadpool(llm.tokenize, prompt, True, True)
+        stream = _submit(state, body, prompt, body.logprobs_count())
+        shapes = TextShapes(state.model_id)
+        texts = TokenTexts(llm.tokenizer)
+        if body.stream:
+            return StreamingResponse(_text_events(stream, shapes, body, texts, request, config.sse_ping_interval),
+                                     media_type="text/event-stream", headers=SSE_HEADERS)
+        text, logprobs, finish = await _collect(stream, request)
+        return shapes.completion(text, finish, None if logprobs is None else texts.completion_logprobs(logprobs),
+                                 _usage(stream, request))
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page():
+        return HTMLResponse(CHAT_PAGE.read_text(encoding="utf-8"))
+
+    return app
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+def json_body(schema):
+    """A dependency parsing the body as JSON into `schema`, whatever the Content-Type says (as
+    llama-server does: `curl -d` sends form encoding), strictly; failures are 400s."""
+    async def parse(request: Request):
+        try:
+            return schema.model_validate_json(await request.body())
+        except ValidationError as error:
+            raise ApiError(400, _validation_message(error)) from None
+
+    return parse
+
+
+# -- generation --------------------------------------------------------------------------------
+
+
+def _submit(state: ServerState, body, prompt: list[int], logprobs: int | None) -> EngineStream:
+    request = GenerationRequest(prompt, max_tokens=body.token_limit(), params=body.sampling_params(),
+                                stop=body.stop_strings, ignore_eos=body.ignore_eos,
+                                cache_prompt=body.cache_prompt, logprobs=logprobs)
+    return EngineStream(state.engine, request, state.config.timeout,
+                        on_done=lambda seq: state.metrics.add(seq.timings))
+
+
+def _usage(stream: EngineStream, request: Request) -> dict:
+    completion = stream.completion_tokens()
+    request.state.tokens = (stream.prompt_tokens, completion)  # for the access log line
+    return usage(stream.prompt_tokens, completion, stream.cached_tokens())
+
+
+async def _collect(stream: EngineStream, request: Request):
+    """Run a generation to its end: (text, logprobs or None, finish_reason). A client that goes
+    away meanwhile cancels it."""
+    async def cancel_on_disconnect():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        stream.close()
+
+    watcher = asyncio.create_task(cancel_on_disconnect())
+    pieces, logprobs = [], []
+    try:
+        async for event in stream.events():
+            if event.done and event.error is not None:
+                raise error_of(event)
+            pieces.append(event.text)
+            if event.logprob is not None:
+                logprobs.append(event.logprob)
+            if event.done:
+                finish = FINISH_REASONS.get(event.stop_reason, "stop")
+    finally:
+        watcher.cancel()
+        stream.close()
+    asked = stream.handle.seq.request.logprobs is not None
+    return "".join(pieces), logprobs if asked else None, finish
+
+
+async def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompletionRequest, texts: TokenTexts,
+                       request: Request, ping_interval: float):
+    """SSE for a chat completion: the role first, then content deltas (each with the logprobs of
+    the tokens it completes), the finish reason, the usage chunk if asked, [DONE]."""
+    with_usage = body.include_usage
+    try:
+        yield sse(shapes.chunk({"role": "assistant", "content": ""}, with_usage_field=with_usage))
+        pending = []
+        async for event in stream.events(ping_interval):
+            if event is None:
+                yield SSE_PING
+                continue
+            if event.logprob is not None:
+                pending.append(texts.chat_entry(event.logprob))
+            if event.done:
+                if event.error is not None:
+                    yield sse(error_of(event).body())
+                    return
+                finish = FINISH_REASONS.get(event.stop_reason, "stop")
+                if event.text:
+                    yield sse(shapes.chunk({"content": event.text}, with_usage_field=with_usage))
+                yield sse(shapes.chunk({}, finish, pending or None, with_usage_field=with_usage))
+                if with_usage:
+                    yield sse(shapes.usage_chunk(_usage(stream, request)))
+                else:
+                    _usage(stream, request)
+                yield SSE_DONE
+            elif event.text:
+                yield sse(shapes.chunk({"content": event.text}, None, pending or None, with_usage_field=with_usage))
+                pending = []
+    except Exception as error:  # the headers are out: the failure can only be told as an event
+        yield _stream_failure(error)
+    finally:
+        stream.close()
+
+
+async def _text_events(stream: EngineStream, shapes: TextShapes, body: CompletionRequest, texts: TokenTexts,
+                       request: Request, ping_interval: float):
+    """SSE for a text completion: text deltas (with their tokens' logprobs), the finish reason,
+    the usage chunk if asked, [DONE]."""
+    with_usage = body.include_usage
+    offset = 0  # characters of completion text sent, for logprobs' text_offset
+
+    def logprobs_of(lps):
+        nonlocal offset
+        if not lps:
+            return None
+        out = texts.completion_logprobs(lps, offset)
+        offset += sum(len(t) for t in out["tokens"])
+        return out
+
+    try:
+        pending = []
+        async for event in stream.events(ping_interval):
+            if event is None:
+                yield SSE_PING
+                continue
+            if event.logprob is not None:
+                pending.append(event.logprob)
+            if event.done:
+                if event.error is not None:
+                    yield sse(error_of(event).body())
+                    return
+                finish = FINISH_REASONS.get(event.stop_reason, "stop")
+                yield sse(shapes.chunk(event.text, finish, logprobs_of(pending), with_usage_field=with_usage))
+                if with_usage:
+                    yield sse(shapes.usage_chunk(_usage(stream, request)))
+                else:
+                    _usage(stream, request)
+                yield SSE_DONE
+            elif event.text:
+                yield sse(shapes.chunk(event.text, None, logprobs_of(pending), with_usage_field=with_usage))
+                pending = []
+    except Exception as error:  # the headers are out: the failure can only be told as an event
+        yield _stream_failure(error)
+    finally:
+        stream.close()
+
+
+def _stream_failure(error: Exception) -> bytes:
+    log.exception("a stream failed")
+    return sse(ApiError(500, f"internal error: {type(error).__name__}: {error}").body())
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def _validation_message(error: ValidationError) -> str:
+    first = error.errors()[0]
+    if first.get("type") == "json_invalid":
+        return f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}"
+    if not first.get("loc") and first.get("type") == "model_type":
+        return "the request body must be a JSON object"
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{'.'.join(loc)}: {message}" if loc else message
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError):
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(LlmcliError)
+    async def bad_input(request: Request, error: LlmcliError):
+        return JSONResponse(ApiError(400, str(error)).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        if error.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif error.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(error.detail)
+        return JSONResponse(ApiError(error.status_code, message).body(), status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse(ApiError(500, f"internal error: {type(error).__name__}: {error}").body(), status_code=500)

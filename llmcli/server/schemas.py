@@ -1,0 +1,216 @@
+"""Request bodies: OpenAI's fields plus llama.cpp's extras, checked strictly (a string where a
+number belongs is a 400, not a guess).
+
+Fields the server cannot act on (`n` > 1, `tools`, `response_format`, `logit_bias`, ...) are refused
+with a 400 naming the field; leaving them at their no-op value (`n: 1`, `tools: []`,
+`response_format: {"type": "text"}`) is fine. Fields that only label a request (`user`, `metadata`,
+`store`) are accepted and not used. A sampling field left out takes llama-server's default
+(`SamplingParams`), as llama-server does, not OpenAI's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..generation import SamplingParams
+
+_DEFAULTS = SamplingParams()
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound for top_logprobs
+
+
+def _absent(value: Any) -> bool:
+    return value is None or value is False or value == [] or value == {} or value == ""
+
+
+# field -> (is its value a no-op?, why it is refused otherwise)
+UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n": (lambda v: v is None or v == 1, "one choice per request (n = 1); send several requests instead"),
+    "best_of": (lambda v: v is None or v == 1, "one candidate per request (best_of = 1)"),
+    "tools": (_absent, "tool calling is not available yet"),
+    "tool_choice": (lambda v: v is None or v == "none", "tool calling is not available yet"),
+    "functions": (_absent, "function calling is not available yet"),
+    "function_call": (lambda v: v is None or v == "none", "function calling is not available yet"),
+    "response_format": (lambda v: v is None or v == {"type": "text"},
+                        "structured output (JSON mode, JSON schema) is not available yet"),
+    "grammar": (_absent, "grammars are not available yet"),
+    "json_schema": (_absent, "structured output is not available yet"),
+    "logit_bias": (_absent, "logit biases are not applied by this server"),
+    "echo": (_absent, "the prompt is not echoed back"),
+    "suffix": (_absent, "insertion (suffix) is not available"),
+    "audio": (_absent, "this server reads and writes text only"),
+    "modalities": (lambda v: v is None or v == ["text"], "this server writes text only"),
+    "prediction": (_absent, "predicted outputs are not available"),
+    "web_search_options": (_absent, "web search is not available"),
+}
+
+
+class StrictModel(BaseModel):
+    # strict: no "1" -> 1 coercion; unknown fields are ignored like llama-server does, except
+    # the UNSUPPORTED ones, refused by GenerationRequest
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(StrictModel):
+    include_usage: bool = False
+
+
+class GenerationRequest(StrictModel):
+    """What /v1/chat/completions and /v1/completions share."""
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=0)
+    temperature: float = Field(_DEFAULTS.temp, ge=0, allow_inf_nan=False)
+    top_p: float = Field(_DEFAULTS.top_p, gt=0, le=1)
+    top_k: int = Field(_DEFAULTS.top_k, ge=0)
+    min_p: float = Field(_DEFAULTS.min_p, ge=0, le=1)
+    repeat_penalty: float = Field(_DEFAULTS.repeat_penalty, gt=0, allow_inf_nan=False)
+    repeat_last_n: int = Field(_DEFAULTS.repeat_last_n, ge=-1)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    seed: int | None = Field(None, ge=-1, lt=2**64)  # None or -1: a random seed
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    cache_prompt: bool = True
+    ignore_eos: bool = False
+    user: str | None = None  # a label for the caller's own bookkeeping
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, (is_noop, why) in UNSUPPORTED.items():
+                if name in data and not is_noop(data[name]):
+                    raise ValueError(f"'{name}' is not supported by this server: {why}")
+        return data
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "GenerationRequest":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("'stream_options' is only allowed when 'stream' is true")
+        return self
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(
+            temp=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty, repeat_last_n=self.repeat_last_n,
+            seed=None if self.seed in (None, -1) else self.seed,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+        ).validate()
+
+    @property
+    def stop_strings(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def token_limit(self) -> int:
+        """max tokens for the Request: -1 is until end of generation or a full context."""
+        return -1 if self.max_tokens is None else self.max_tokens
+
+
+class TextPart(StrictModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(StrictModel):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[Any] | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _known_role(cls, role: str) -> str:
+        if role == "tool" or role == "function":
+            raise ValueError(f"role '{role}' needs tool calling, which is not available yet")
+        if role not in ("system", "developer", "user", "assistant"):
+            raise ValueError(f"role must be one of system, developer, user, assistant; got {role!r}")
+        return role
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_only(cls, content: Any) -> Any:
+        if isinstance(content, list):
+            for part in content:
+                if part.get("type") != "text":
+                    raise ValueError(f"content parts of type {part.get('type')!r} are not supported: "
+                                     f"this server reads text only")
+                TextPart.model_validate(part)
+        return content
+
+    @model_validator(mode="after")
+    def _has_content(self) -> "ChatMessage":
+        if self.tool_calls:
+            raise ValueError("'tool_calls' is not supported by this server: tool calling is not available yet")
+        if self.content is None:
+            raise ValueError("'content' is required")
+        return self
+
+    def template_message(self) -> dict[str, str]:
+        """The message as the chat template takes it: role and plain text (text parts joined by
+        newlines, as llama-server joins them; `developer` is OpenAI's new name for `system`)."""
+        text = self.content if isinstance(self.content, str) else "\n".join(p["text"] for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("'top_logprobs' needs 'logprobs': true")
+        return self
+
+    def token_limit(self) -> int:
+        limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return -1 if limit is None else limit
+
+    def logprobs_count(self) -> int | None:
+        """Alternatives per token for the generation layer (None: no logprobs)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: Any = Field(...)
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: Any) -> str | list[int]:
+        """A string or a list of token ids; a list holding exactly one of those is that one."""
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
+                                                       for t in prompt):
+            return prompt
+        if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, (str, list)) for p in prompt):
+            raise ValueError("several prompts in one request are not supported: send one request per prompt")
+        raise ValueError("must be a string or a non-empty list of token ids")
+
+    def logprobs_count(self) -> int | None:
+        return self.logprobs
+
+
+class TokenizeRequest(StrictModel):
+    content: str
+    add_special: bool = False
+    parse_special: bool = True
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(StrictModel):
+    tokens: list[int]
