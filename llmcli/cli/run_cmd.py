@@ -50,17 +50,23 @@ def _read_prompt(prompt: str | None, file: Path | None) -> str | None:
 
 @contextlib.contextmanager
 def _loading_status(message: str):
-    """A spinner on stderr while the model loads and, the first time ever, numba compiles kernels."""
-    from ..jitcache import kernels_compiled
+    """A spinner on stderr while the model loads; from then on, a notice whenever numba compiles
+    kernels (their first use on this machine: seconds each, cached on disk afterwards)."""
+    from ..engine.jit import on_compile_start
 
-    if not kernels_compiled():
-        message += " — compiling kernels (first run only, this takes a while)"
+    said = []
+
+    def notice() -> None:
+        if not said:
+            said.append(True)
+            err_console.print("[dim]compiling kernels (their first use on this machine; cached for later runs)…[/]",
+                              highlight=False)
+
+    on_compile_start(notice)
     if err_console.is_terminal:
         with err_console.status(message, spinner="dots"):
             yield
     else:
-        if "compiling" in message:
-            err_console.print(f"[dim]{message}[/]")
         yield
 
 
@@ -69,7 +75,9 @@ def _print_timings(completion) -> None:
     err_console.print(
         f"[dim]prompt: {t.prompt_n} tokens, {t.prompt_per_second:.2f} t/s | "
         f"generated: {t.predicted_n} tokens, {t.predicted_per_second:.2f} t/s | "
-        f"stop: {completion.stop_reason}[/]", highlight=False, soft_wrap=True)
+        f"stop: {completion.stop_reason}"
+        + (f" | compiling kernels: {t.compile_ms / 1000:.1f} s (not in the rates)" if t.compile_ms else "")
+        + "[/]", highlight=False, soft_wrap=True)
 
 
 def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_size: int):
@@ -175,7 +183,6 @@ def run(
                               parse_special=not no_parse_special, ignore_eos=ignore_eos)
     _stream(completion, as_json)
     if as_json:
-        t = completion.timings
         print(json.dumps({
             "prompt": text,
             "prompt_tokens": completion.prompt_tokens,
@@ -183,9 +190,7 @@ def run(
             "text": completion.text,
             "stop_reason": completion.stop_reason,
             "seed": completion.sampler.seed,
-            "timings": {"prompt_n": t.prompt_n, "prompt_per_second": t.prompt_per_second,
-                        "predicted_n": t.predicted_n, "predicted_per_second": t.predicted_per_second,
-                        "prompt_ms": t.prompt_ms, "predicted_ms": t.predicted_ms},
+            "timings": completion.timings.to_dict(),
         }, ensure_ascii=False))
     else:
         sys.stdout.write("\n")

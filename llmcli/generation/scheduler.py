@@ -31,6 +31,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from ..engine.jit import compile_seconds
 from ..errors import BadInputError, LlmcliError
 from .sequence import Request, Sequence, State
 
@@ -177,9 +178,11 @@ class Scheduler:
     def _prompt_chunk(self, seq: Sequence) -> None:
         start = seq.n_evaluated
         chunk = seq.prompt[start:start + self.model.batch_size]
-        began = time.perf_counter()
+        began, compiled = time.perf_counter(), compile_seconds()
         logits = self.model.forward(seq.slot, chunk, pos=start)
-        seq.timings.prompt_ms += (time.perf_counter() - began) * 1000.0
+        compiling = compile_seconds() - compiled
+        seq.timings.compile_ms += compiling * 1000.0
+        seq.timings.prompt_ms += (time.perf_counter() - began - compiling) * 1000.0
         seq.timings.prompt_n += len(chunk)
         seq.n_evaluated = start + len(chunk)
         if seq.n_evaluated == len(seq.prompt):

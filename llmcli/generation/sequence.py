@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple, Sequence as Seq
 
 import numpy as np
 
+from ..engine.jit import compile_seconds
 from .sampling import Sampler, SamplingParams
 from .stops import StopMatcher
 
@@ -60,6 +61,9 @@ class Timings:
     prompt_ms: float = 0.0  # time spent evaluating them
     predicted_n: int = 0
     predicted_ms: float = 0.0  # from the end of the prompt to the last token
+    # Kernel compilation (first use of a kernel on this machine) while this sequence ran; left out
+    # of prompt_ms and predicted_ms so tokens/s never counts it.
+    compile_ms: float = 0.0
 
     @property
     def prompt_per_second(self) -> float:
@@ -73,7 +77,7 @@ class Timings:
         return {"prompt_n": self.prompt_n, "prompt_ms": round(self.prompt_ms, 3),
                 "prompt_per_second": round(self.prompt_per_second, 3),
                 "predicted_n": self.predicted_n, "predicted_ms": round(self.predicted_ms, 3),
-                "predicted_per_second": round(self.predicted_per_second, 3)}
+                "predicted_per_second": round(self.predicted_per_second, 3), "compile_ms": round(self.compile_ms, 3)}
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ class Sequence:
         self.pending_input: int | None = None  # the last sampled token, to evaluate next step
         self._pieces: list[Piece] = []
         self._decode_started: float | None = None
+        self._decode_compile_s = 0.0
         self.cancel_requested = False
 
     @property
@@ -177,6 +182,7 @@ class Sequence:
             self.sampler.accept(tok)
         self.state = State.DECODING
         self._decode_started = time.perf_counter()
+        self._decode_compile_s = compile_seconds()
         if 0 <= self.request.max_tokens <= 0:
             self.finish("length")
 
@@ -214,7 +220,9 @@ class Sequence:
         self.state = State.DONE
         self.pending_input = None
         if self._decode_started is not None:
-            self.timings.predicted_ms = (time.perf_counter() - self._decode_started) * 1000.0
+            compiling = compile_seconds() - self._decode_compile_s
+            self.timings.compile_ms += compiling * 1000.0
+            self.timings.predicted_ms = (time.perf_counter() - self._decode_started - compiling) * 1000.0
         if reason != "stop" and self._detok is not None:
             tail = self._matcher.push(self._detok.flush())[0] + self._matcher.flush()
             if tail:

@@ -81,9 +81,17 @@ def _setup_logging() -> None:
 
 def serve(config: ServerConfig) -> None:
     """Serve until stopped; a model that fails to load stops the server and its error is raised here."""
-    from ..jitcache import kernels_compiled
+    from ..engine.jit import on_compile_start
 
     _setup_logging()
+    compiling = []
+
+    def compile_notice() -> None:  # whenever a kernel's first use on this machine compiles it
+        if not compiling:
+            compiling.append(True)
+            log.info("compiling kernels (their first use on this machine; cached for later runs)")
+
+    on_compile_start(compile_notice)
     sock = _listen(config.host, config.port)
     host, port = sock.getsockname()[:2]
     state = ServerState(config)
@@ -100,8 +108,7 @@ def serve(config: ServerConfig) -> None:
                      config.parallel, state.llm.n_ctx)
 
     shown_host = f"[{host}]" if ":" in host else host
-    log.info("listening on http://%s:%d (model loading%s)", shown_host, port,
-             "" if kernels_compiled() else "; compiling kernels, first run only: this takes a while")
+    log.info("listening on http://%s:%d (model loading)", shown_host, port)
     threading.Thread(target=load_then_report, name="llmcli-load", daemon=True).start()
     try:
         server.run(sockets=[sock])
