@@ -42,17 +42,20 @@ from .simd import (PREFETCH_BYTES, _data_ptr, call_fma, carried_loop, column_cou
                    float_tree_sum, row_ptr, store_columns)
 
 
-def _host_has_vnni() -> bool:
+def _host_features() -> dict:
     # numba compiles for the host CPU unless NUMBA_CPU_NAME asks for a portable target
     if config.CPU_NAME not in (None, "host"):
-        return False
+        return {}
     try:
-        return bool(llvm.get_host_cpu_features().get("avx512vnni", False))
+        return dict(llvm.get_host_cpu_features())
     except Exception:  # an llvmlite without feature detection: the generic code is always correct
-        return False
+        return {}
 
 
-HAS_VNNI = _host_has_vnni()
+HAS_VNNI = bool(_host_features().get("avx512vnni", False))
+# Without VNNI, AVX2's vpmaddubsw (u8 * s8 pairs -> i16) + vpmaddwd (pairs -> i32) where the pair
+# sums cannot saturate int16; the portable vector IR (bytes widened to 64 int32 lanes) otherwise.
+HAS_AVX2 = not HAS_VNNI and bool(_host_features().get("avx2", False))
 
 # Per weight type: block bytes, byte offset of the fp16 scale, how the unsigned codes are read,
 # and the offset subtracted from them.
@@ -60,22 +63,73 @@ HAS_VNNI = _host_has_vnni()
 #   q4_0  | d | qs[16] |                        u[j] = qs[j] & 15, u[j+16] = qs[j] >> 4
 #   q5_0  | d | qh u32 | qs[16] |               as q4_0, | (bit j of qh) << 4
 INT8_BLOCKS = {"q8_0": (34, 128), "q4_0": (18, 8), "q5_0": (22, 16)}
+U_MAX = {"q8_0": 255, "q4_0": 15, "q5_0": 31}
+# Q8_0's codes reach 255, too big for vpmaddubsw: on AVX2 it multiplies the signed weights instead.
+SIGNED_Q8_0 = HAS_AVX2
 
 
-def dot_u8_s8(builder, acc, u, s):
-    """acc <16 x i32> + (sum of 4 adjacent u8*s8 products per lane) for u, s <64 x i8>."""
+def dot_u8_s8(builder, acc, u, s, u_max=255):
+    """acc <16 x i32> + (sum of 4 adjacent u8*s8 products per lane) for u, s <64 x i8>, |s| <= 127,
+    u <= u_max (the AVX2 form needs u_max <= 127: two products then fit int16)."""
     i32 = ir.IntType(32)
     v16i32 = ir.VectorType(i32, 16)
     if HAS_VNNI:
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32] * 3),
                                             "llvm.x86.avx512.vpdpbusd.512")
         return builder.call(fn, [acc, builder.bitcast(u, v16i32), builder.bitcast(s, v16i32)])
+    if HAS_AVX2 and u_max <= 127:
+        return builder.add(acc, madd_pairs(builder, maddubs(builder, u, s), None))
     v64i32 = ir.VectorType(i32, 64)
     prod = builder.mul(builder.zext(u, v64i32), builder.sext(s, v64i32))
     undef = ir.Constant(v64i32, ir.Undefined)
     for k in range(4):
         acc = builder.add(acc, builder.shuffle_vector(prod, undef, ir.Constant(v16i32, list(range(k, 64, 4)))))
     return acc
+
+
+def dot_s8_s8(builder, acc, w, s):
+    """acc <16 x i32> + (sum of 4 adjacent w*s products per lane) for signed w, s <64 x i8> with
+    |s| <= 127: AVX2's |w| * (s with w's sign) (llama.cpp's trick), |w| <= 128 so two products fit
+    int16. Only where HAS_AVX2."""
+    i8 = ir.IntType(8)
+    v64i8 = ir.VectorType(i8, 64)
+    zero = ir.Constant(v64i8, [0] * 64)
+    negative = builder.icmp_signed("<", w, zero)
+    magnitude = builder.select(negative, builder.sub(zero, w), w)  # -(-128) wraps to 128 as u8: right
+    signed_s = builder.select(negative, builder.sub(zero, s), s)
+    return builder.add(acc, madd_pairs(builder, maddubs(builder, magnitude, signed_s), None))
+
+
+def _split(builder, v):
+    n = v.type.count // 2
+    undef = ir.Constant(v.type, ir.Undefined)
+    return [builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(h * n, h * n + n))))
+            for h in range(2)]
+
+
+def _join(builder, a, b):
+    n = a.type.count
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 2 * n), list(range(2 * n))))
+
+
+def maddubs(builder, u, s):
+    """AVX2 vpmaddubsw on <64 x i8> u (unsigned), s (signed) as two ymm halves: <32 x i16>, lane j =
+    u[2j] s[2j] + u[2j+1] s[2j+1] (saturated: callers keep it in range)."""
+    v32i8, v16i16 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i16, [v32i8, v32i8]),
+                                        "llvm.x86.avx2.pmadd.ub.sw")
+    return _join(builder, *(builder.call(fn, [a, b]) for a, b in zip(_split(builder, u), _split(builder, s))))
+
+
+def madd_pairs(builder, pairs, weights):
+    """AVX2 vpmaddwd on <32 x i16>: <16 x i32>, lane k = pairs[2k] w[2k] + pairs[2k+1] w[2k+1]
+    (weights None: all ones, i.e. the sum of two pairs)."""
+    v16i16, v8i32 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8i32, [v16i16, v16i16]),
+                                        "llvm.x86.avx2.pmadd.wd")
+    ones = ir.Constant(v16i16, [1] * 16)
+    w_halves = _split(builder, weights) if weights is not None else [ones, ones]
+    return _join(builder, *(builder.call(fn, [p, w]) for p, w in zip(_split(builder, pairs), w_halves)))
 
 
 def _pair_codes(builder, kind, base0, base1):
@@ -157,6 +211,7 @@ def row_dot_int8(typingctx, row, xq, xd, xbias, n_blocks, kind, out, r):
                 base0 = builder.gep(row_p, [builder.mul(b, c64(block_bytes))])
                 base1 = builder.gep(base0, [c64(block_bytes)]) if count == 2 else base0
                 u = _pair_codes(builder, fmt, base0, base1)
+                signed_w = builder.xor(u, ir.Constant(v64i8, [0x80] * 64)) if fmt == "q8_0" else None
                 d_w = [builder.fpext(builder.load(builder.bitcast(base, f16.as_pointer()), align=1), f32)
                        for base in (base0, base1)[:count]]
                 new = []
@@ -173,7 +228,10 @@ def row_dot_int8(typingctx, row, xq, xd, xbias, n_blocks, kind, out, r):
                         v8i32 = ir.VectorType(i32, 8)
                         bias = builder.shuffle_vector(builder.load(builder.bitcast(bias_p, v8i32.as_pointer()), align=4),
                                                       ir.Constant(v8i32, [0] * 8), ir.Constant(v16i32, list(range(16))))
-                    dots = dot_u8_s8(builder, bias, u, s)
+                    if SIGNED_Q8_0 and fmt == "q8_0":  # u up to 255: the signed form (xbias has the rest)
+                        dots = dot_s8_s8(builder, bias, signed_w, s)
+                    else:
+                        dots = dot_u8_s8(builder, bias, u, s, U_MAX[fmt])
                     scales = undef_f
                     for k in range(2):
                         if k < count:
@@ -212,10 +270,14 @@ def row_dot_int8(typingctx, row, xq, xd, xbias, n_blocks, kind, out, r):
 
 
 @njit(inline="always")
-def quantize_activations_into(x, xq, xd, xbias, offset):
+def quantize_activations_into(x, xq, xd, xbias, offset, signed_form):
     """x float32 (32 n,) -> xq int8 (32 n,), xd float32 (n,), xbias int32 (8 n,) as ggml's x86
     quantize_row_q8_0 (d rounded to fp16, multiplier 127/amax, round half to even), with
-    xbias[8b] = -offset * sum(xq of block b) and the other 7 lanes of each block 0."""
+    xbias[8b] = -offset * sum(xq of block b) and the other 7 lanes of each block 0.
+
+    signed_form (Q8_0 on AVX2, `dot_s8_s8`: lanes of w . xq = u . xq - 128 * (lane's xq sum)):
+    each lane l also gets + offset * sum(xq[32b + 4l .. 32b + 4l + 3]), so every int32 lane ends
+    where vpdpbusd's ends, and the float sums are the same bits."""
     n_blocks = x.size // 32
     for k in range(xbias.size):  # a loop: `xbias[:] = 0` would be a parallel region of its own
         xbias[k] = 0
@@ -230,7 +292,9 @@ def quantize_activations_into(x, xq, xd, xbias, offset):
             q = np.int32(np.rint(x[32 * b + k] * inv))
             xq[32 * b + k] = q
             total += q
-        xbias[8 * b] = -offset * total
+            if signed_form:
+                xbias[8 * b + k // 4] += offset * q
+        xbias[8 * b] -= offset * total
 
 
 @njit(inline="always")
@@ -239,7 +303,7 @@ def quantize_activations(x, offset):
     xq = np.empty(x.size, np.int8)
     xd = np.empty(x.size // 32, np.float32)
     xbias = np.empty(x.size // 4, np.int32)
-    quantize_activations_into(x, xq, xd, xbias, offset)
+    quantize_activations_into(x, xq, xd, xbias, offset, False)
     return xq, xd, xbias
 
 
@@ -255,7 +319,7 @@ def _int8_rows(blocks, x, out, block_bytes, offset, kind):
     xd = np.empty((n_t, n // 32), np.float32)
     xbias = np.empty((n_t, n // 4), np.int32)
     for t in range(n_t):
-        quantize_activations_into(X[t], xq[t], xd[t], xbias[t], np.int32(offset))
+        quantize_activations_into(X[t], xq[t], xd[t], xbias[t], np.int32(offset), SIGNED_Q8_0 and kind == "q8_0")
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             row_dot_int8(flat[r], xq, xd, xbias, n_blocks, kind, Y, r)

@@ -36,7 +36,7 @@ from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from .common import ROW_TILE, columns
-from .int8 import HAS_VNNI, dot_u8_s8
+from .int8 import HAS_AVX2, HAS_VNNI, dot_u8_s8, madd_pairs, maddubs
 from .simd import (PREFETCH_BYTES, _data_ptr, call_fma, carried_loop, column_count, column_groups, emit_prefetch,
                    float_tree_sum, row_ptr, splat_vector, store_columns)
 
@@ -273,10 +273,12 @@ def dot_scaled(builder, acc, u, s, scale_src, lane_scale):
     demo's 640 x 2048 matrices (one thread, one process)."""
     i16, i32 = ir.IntType(16), ir.IntType(32)
     v16i32, v32i16 = ir.VectorType(i32, 16), ir.VectorType(i16, 32)
-    if HAS_VNNI:
+    if HAS_VNNI or HAS_AVX2:
         src16 = builder.trunc(scale_src, ir.VectorType(i16, scale_src.type.count))
         sc16 = builder.shuffle_vector(src16, src16, ir.Constant(ir.VectorType(i32, 32),
                                                                 [lane_scale[k // 2] for k in range(32)]))
+        if HAS_AVX2:  # vpmaddubsw, then vpmaddwd with the scales and an add
+            return builder.add(acc, madd_pairs(builder, maddubs(builder, u, s), sc16))
         madd = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(v32i16, [ir.VectorType(ir.IntType(8), 64)] * 2),
             "llvm.x86.avx512.pmaddubs.w.512")
@@ -380,7 +382,7 @@ def _q4_k_like_row_dot(block_bytes: int, qs_offset: int, qh_offset: int | None, 
                     xs = builder.gep(col.xq, [builder.mul(blk, em.c64(QK_K))])
                     iacc = ir.Constant(v16i32, [0] * 16)
                     for k, u in enumerate(codes):
-                        iacc = dot_u8_s8(builder, iacc, u, em.load(xs, em.c64(64 * k), v64i8))
+                        iacc = dot_u8_s8(builder, iacc, u, em.load(xs, em.c64(64 * k), v64i8), 31)
                     iacc = builder.mul(iacc, lane_scales)
                     # sum_s m_s * (sum of xq over sub-block s)
                     min_dots = builder.mul(mins, em.load(col.bsums, builder.mul(blk, em.c64(8)), ir.VectorType(i32, 8),
