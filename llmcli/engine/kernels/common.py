@@ -34,6 +34,10 @@ from ...quants.half import fp16_to_fp32
 # Rows per prange work item in mat-vec kernels: big enough to amortise the accumulator set-up,
 # small enough that 2 threads share a 256-row matrix evenly.
 ROW_TILE = 16
+# Columns (activation rows) per pass over a tile's rows in the B-column kernels: their activations
+# stay in L1 while the tile's weight rows (from L2 after the first pass) go by. Row by row with all
+# columns read ~B x 2 KB of activations from L2 per weight row.
+COLUMN_BLOCK = 8
 
 
 @njit(inline="always")

@@ -12,7 +12,7 @@ from numba import njit, prange
 
 from ...gguf.constants import GGMLType
 from ...quants.half import f32_from_bits, fp16_to_fp32
-from .common import ROW_TILE, Format, columns
+from .common import COLUMN_BLOCK, ROW_TILE, Format, columns
 from .simd import row_dot_float
 
 
@@ -26,8 +26,9 @@ def _float_rows(w, x, out, kind):
     X, Y = columns(x, out)
     n_rows = w.shape[0]
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            row_dot_float(w[r], X, kind, Y, r)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_float(w[r], X, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)

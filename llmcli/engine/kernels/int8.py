@@ -37,8 +37,8 @@ from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from ...quants.half import fp32_round_fp16
-from .common import ROW_TILE, columns
-from .simd import (PREFETCH_BYTES, _data_ptr, call_fma, carried_loop, column_count, column_groups, emit_prefetch,
+from .common import COLUMN_BLOCK, ROW_TILE, columns
+from .simd import (PREFETCH_BYTES, _data_ptr, call_fma, carried_loop, column_groups, emit_prefetch,
                    float_tree_sum, row_ptr, store_columns)
 
 
@@ -173,7 +173,7 @@ INT8_GROUP = 4
 
 
 @intrinsic
-def row_dot_int8(typingctx, row, xq, xd, xbias, n_blocks, kind, out, r):
+def row_dot_int8(typingctx, row, xq, xd, xbias, n_blocks, kind, out, r, t0, n_t):
     """out[t, r] = sum over blocks b of d_w(b) * xd[t, b] * (w_b . xq[t]_b) for one row of
     Q8_0/Q4_0/Q5_0 blocks and every column t (`kind` a literal string; row uint8
     (n_blocks * block_bytes,), xq int8 (B, n), xd float32 (B, n/32), xbias int32 (B, n/4) as
@@ -186,7 +186,7 @@ def row_dot_int8(typingctx, row, xq, xd, xbias, n_blocks, kind, out, r):
     block_bytes = INT8_BLOCKS[fmt][0]
 
     def codegen(context, builder, signature, args):
-        row_v, xq_v, xd_v, xb_v, nb_v, _, out_v, r_v = args
+        row_v, xq_v, xd_v, xb_v, nb_v, _, out_v, r_v = args[:8]
         tys = signature.args
         f32, i32, i64, i8, f16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(8), ir.HalfType()
         v16f, v16i32, v32i8, v64i8 = (ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 32),
@@ -263,10 +263,10 @@ def row_dot_int8(typingctx, row, xq, xd, xbias, n_blocks, kind, out, r):
                 vecs.append(vec)
             store_columns(context, builder, tys[6], out_v, r, t0, [float_tree_sum(builder, v) for v in vecs])
 
-        column_groups(builder, column_count(context, builder, tys[6], out_v), INT8_GROUP, group)
+        column_groups(context, builder, (tys[8], args[8]), (tys[9], args[9]), INT8_GROUP, group)
         return context.get_dummy_value()
 
-    return types.void(row, xq, xd, xbias, n_blocks, kind, out, r), codegen
+    return types.void(row, xq, xd, xbias, n_blocks, kind, out, r, t0, n_t), codegen
 
 
 @njit(inline="always")
@@ -321,8 +321,9 @@ def _int8_rows(blocks, x, out, block_bytes, offset, kind):
     for t in range(n_t):
         quantize_activations_into(X[t], xq[t], xd[t], xbias[t], np.int32(offset), SIGNED_Q8_0 and kind == "q8_0")
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            row_dot_int8(flat[r], xq, xd, xbias, n_blocks, kind, Y, r)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_int8(flat[r], xq, xd, xbias, n_blocks, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 # One kernel per weight type: `kind` must be a literal for the intrinsic, and numba caches by function.

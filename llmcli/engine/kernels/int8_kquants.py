@@ -35,9 +35,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
-from .common import ROW_TILE, columns
+from .common import COLUMN_BLOCK, ROW_TILE, columns
 from .int8 import HAS_AVX2, HAS_VNNI, dot_u8_s8, madd_pairs, maddubs
-from .simd import (PREFETCH_BYTES, _data_ptr, call_fma, carried_loop, column_count, column_groups, emit_prefetch,
+from .simd import (PREFETCH_BYTES, _data_ptr, call_fma, carried_loop, column_groups, emit_prefetch,
                    float_tree_sum, row_ptr, splat_vector, store_columns)
 
 # Columns per group (simd.py, "Columns"): Q4_K/Q5_K 1 zmm + 1 ymm accumulator per column, Q6_K 1 zmm.
@@ -186,7 +186,7 @@ class _Column:
 
 class _Emitter:
     def __init__(self, context, builder, signature, args):
-        """args: row, xq (B, n), xd (B, n/256), bsums (B, ...), n_blocks, out (B, n_rows), r."""
+        """args: row, xq (B, n), xd (B, n/256), bsums (B, ...), n_blocks, out (B, n_rows), r, t0, n_t."""
         self.b, self.context, self.args, self.tys = builder, context, args, signature.args
         i8 = ir.IntType(8)
         self.i8, self.i16, self.i32, self.i64 = i8, ir.IntType(16), ir.IntType(32), ir.IntType(64)
@@ -247,7 +247,7 @@ class _Emitter:
             store_columns(self.context, bld, out_ty, out_v, r, t0,
                           [finish(finals[n * i: n * i + n]) for i in range(count)])
 
-        column_groups(bld, column_count(self.context, bld, out_ty, out_v), INT8_K_GROUP, group)
+        column_groups(self.context, bld, (self.tys[7], self.args[7]), (self.tys[8], self.args[8]), INT8_K_GROUP, group)
 
     def shifted_pair(self, v32, shift_lo, shift_hi, left):
         """<64 x i8>: the 32 bytes v32 shifted by shift_lo (first half) ++ by shift_hi (second
@@ -346,7 +346,7 @@ def _q4_k_like_row_dot(block_bytes: int, qs_offset: int, qh_offset: int | None, 
     int32 (B, n/32): the sums of xq per 32-value sub-block, `sub_block_sums`), stored as float32
     to out[t, r] (out (B, n_rows))."""
 
-    def typer(typingctx, row, xq, xd, bsums, n_blocks, out, r):
+    def typer(typingctx, row, xq, xd, bsums, n_blocks, out, r, t0, n_t):
         if not _signature_ok(row, xq, xd, bsums, n_blocks):
             return None
 
@@ -397,7 +397,7 @@ def _q4_k_like_row_dot(block_bytes: int, qs_offset: int, qh_offset: int | None, 
                     lambda accs: builder.fsub(em.tree_sum(accs[0]), em.tree_sum(accs[1])))
             return context.get_dummy_value()
 
-        return types.void(row, xq, xd, bsums, n_blocks, out, r), codegen
+        return types.void(row, xq, xd, bsums, n_blocks, out, r, t0, n_t), codegen
 
     return typer
 
@@ -435,7 +435,7 @@ row_dot_q5_k_int8 = intrinsic(_q4_k_like_row_dot(176, 48, 16, "q5k_int8"))
 #   weight = u - 32:  iacc starts at -32 * sc[s] * bsums[s] (lane s).
 # ---------------------------------------------------------------------------------------------
 @intrinsic
-def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks, out, r):
+def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks, out, r, t0, n_t):
     """One row of Q6_K super-blocks (uint8 (n_blocks * 210,)) dotted with every column's Q8_K
     activation blocks (xq int8 (B, n), xd float32 (B, n/256), bsums int32 (B, n/16) from
     `quantize_q8_k_into`), stored as float32 to out[t, r]."""
@@ -478,7 +478,7 @@ def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks, out, r):
         em.rows("q6k_int8", 210, 4, (16,), body, lambda accs: em.tree_sum(accs[0]))
         return context.get_dummy_value()
 
-    return types.void(row, xq, xd, bsums, n_blocks, out, r), codegen
+    return types.void(row, xq, xd, bsums, n_blocks, out, r, t0, n_t), codegen
 
 
 # Same signature as kquants.matvec_q4_k / matvec_q5_k / matvec_q6_k: blocks uint8 (rows, n_blocks, 144 |
@@ -532,8 +532,9 @@ def matvec_q4_k_int8(blocks, x, out):
     flat = blocks.reshape(n_rows, n_blocks * 144)
     xq, xd, sums32 = _q8_k_columns(X, True, True)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            row_dot_q4_k_int8(flat[r], xq, xd, sums32, n_blocks, Y, r)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_q4_k_int8(flat[r], xq, xd, sums32, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)
@@ -543,8 +544,9 @@ def matvec_q5_k_int8(blocks, x, out):
     flat = blocks.reshape(n_rows, n_blocks * 176)
     xq, xd, sums32 = _q8_k_columns(X, True, True)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            row_dot_q5_k_int8(flat[r], xq, xd, sums32, n_blocks, Y, r)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_q5_k_int8(flat[r], xq, xd, sums32, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)
@@ -554,8 +556,9 @@ def matvec_q6_k_int8(blocks, x, out):
     flat = blocks.reshape(n_rows, n_blocks * 210)
     xq, xd, bsums = _q8_k_columns(X, False, False)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            row_dot_q6_k_int8(flat[r], xq, xd, bsums, n_blocks, Y, r)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_q6_k_int8(flat[r], xq, xd, bsums, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 INT8_KQUANT_MATVECS = {

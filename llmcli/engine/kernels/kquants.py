@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from ...gguf.constants import GGMLType
 from .simd import PREFETCH_BYTES, fma_lanes, lanes_sum, prefetch, row_dot_q4_k, row_dot_q6_k
-from .common import ROW_TILE, Format, block_sums, columns, half_at, scale_min_k4, signed8
+from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns, half_at, scale_min_k4, signed8
 from .legacy import IQ4NL_VALUES
 
 
@@ -166,8 +166,9 @@ def matvec_q4_k(blocks, x, out):
     flat = blocks.reshape(n_rows, n_blocks * 144)
     x_sum = block_sums(X, 32)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            row_dot_q4_k(flat[r], X, x_sum, n_blocks, Y, r)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_q4_k(flat[r], X, x_sum, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)
@@ -275,8 +276,9 @@ def matvec_q6_k(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 210)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            row_dot_q6_k(flat[r], X, n_blocks, Y, r)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_q6_k(flat[r], X, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)

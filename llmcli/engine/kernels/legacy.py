@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from ...gguf.constants import GGMLType
 from .simd import fma_lanes, lanes_sum, row_dot
-from .common import ROW_TILE, Format, block_sums, columns, half_at, signed8
+from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns, half_at, signed8
 
 # 1 << k as int32 (bit 31 wraps to the sign bit, which is what a bit test wants).
 _BIT = np.array([1 << k for k in range(32)], dtype=np.uint32).view(np.int32)
@@ -41,8 +41,9 @@ def matvec_q8_0(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 34)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            row_dot(flat[r], X, n_blocks, "q8_0", Y, r)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot(flat[r], X, n_blocks, "q8_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)
@@ -66,8 +67,9 @@ def matvec_q4_0(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 18)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            row_dot(flat[r], X, n_blocks, "q4_0", Y, r)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot(flat[r], X, n_blocks, "q4_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)
@@ -145,8 +147,9 @@ def matvec_q5_0(blocks, x, out):
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 22)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            row_dot(flat[r], X, n_blocks, "q5_0", Y, r)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot(flat[r], X, n_blocks, "q5_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)

@@ -47,9 +47,9 @@ def float_tree_sum(builder, vec):
 
 
 # ---------------------------------------------------------------------------------------------
-# Columns. Every row-dot intrinsic dots one weight row with B activation rows ("columns" of the
-# product) at once: X (B, n) and out (B, n_rows) are 2-D, and the intrinsic writes out[t, r] for
-# every t. A row's weights are read and decoded once per group of columns and feed one FMA chain
+# Columns. Every row-dot intrinsic dots one weight row with activation rows ("columns" of the
+# product) t0 .. t0 + n_t - 1 at once: X (B, n) and out (B, n_rows) are 2-D, and the intrinsic
+# writes out[t, r] for those t (its last two arguments are t0, n_t). A row's weights are read and decoded once per group of columns and feed one FMA chain
 # per column, each with its own accumulators: column t's arithmetic is exactly the single
 # mat-vec's (B = 1 is the same code), whatever B is and whichever group t falls in. Columns go in
 # groups of `group` (a power of two), the remainder in groups of group/2, ..., 1.
@@ -62,11 +62,6 @@ def row_ptr(context, builder, aryty, ary, t):
     return builder.bitcast(p, a.data.type)
 
 
-def column_count(context, builder, aryty, ary):
-    """ary.shape[0] as i64."""
-    return builder.extract_value(context.make_array(aryty)(context, builder, ary).shape, 0)
-
-
 def store_columns(context, builder, out_ty, out_v, r, t0, values):
     """out[t0 + i, r] = values[i] (out a 2-D float32 array, r and t0 i64)."""
     i64 = ir.IntType(64)
@@ -75,10 +70,13 @@ def store_columns(context, builder, out_ty, out_v, r, t0, values):
         builder.store(v, builder.gep(p, [r]))
 
 
-def column_groups(builder, n_columns, group, emit):
-    """emit(t0, count) for columns 0..n_columns-1 (i64): a loop over whole groups of `group`, then
-    what is left as at most one group each of group/2, group/4, ..., 1."""
+def column_groups(context, builder, first, n_columns, group, emit):
+    """emit(t0, count) for columns first..first+n_columns-1 (`first`, `n_columns`: the intrinsic's
+    t0 and n_t arguments as (type, value) pairs): a loop over whole groups of `group`, then what is
+    left as at most one group each of group/2, group/4, ..., 1."""
     i64 = ir.IntType(64)
+    start = context.cast(builder, first[1], first[0], types.int64)
+    end = builder.add(start, context.cast(builder, n_columns[1], n_columns[0], types.int64))
     pre = builder.block
     head = builder.append_basic_block("columns.head")
     body = builder.append_basic_block("columns.body")
@@ -86,15 +84,15 @@ def column_groups(builder, n_columns, group, emit):
     builder.branch(head)
     builder.position_at_end(head)
     t = builder.phi(i64)
-    t.add_incoming(ir.Constant(i64, 0), pre)
+    t.add_incoming(start, pre)
     t_next = builder.add(t, ir.Constant(i64, group))
-    builder.cbranch(builder.icmp_signed("<=", t_next, n_columns), body, rest)
+    builder.cbranch(builder.icmp_signed("<=", t_next, end), body, rest)
     builder.position_at_end(body)
     emit(t, group)
     t.add_incoming(t_next, builder.block)
     builder.branch(head)
     builder.position_at_end(rest)
-    left = builder.sub(n_columns, t)  # < group
+    left = builder.sub(end, t)  # < group
     size = group // 2
     while size >= 1:
         with builder.if_then(builder.icmp_signed("!=", builder.and_(left, ir.Constant(i64, size)), ir.Constant(i64, 0))):
@@ -428,7 +426,7 @@ ROW_DOT_GROUP = 4
 
 
 @intrinsic
-def row_dot(typingctx, row, x, n_blocks, kind, out, r):
+def row_dot(typingctx, row, x, n_blocks, kind, out, r, t0, n_t):
     """out[t, r] = sum over blocks b of d_b * sum_k q_bk * x[t, 32b + k] for one row of Q8_0, Q4_0
     or Q5_0 blocks and every column t (`kind` a literal string, `row` uint8 (n_blocks * block_bytes,),
     x float32 (B, n_blocks * 32), out float32 (B, n_rows)).
@@ -444,7 +442,7 @@ def row_dot(typingctx, row, x, n_blocks, kind, out, r):
     block_bytes = ROW_DOT_BLOCK_BYTES[fmt]
 
     def codegen(context, builder, signature, args):
-        row_v, x_v, nb_v, _, out_v, r_v = args
+        row_v, x_v, nb_v, _, out_v, r_v = args[:6]
         tys = signature.args
         f32, i32, i64, f16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.HalfType()
         v16f = ir.VectorType(f32, 16)
@@ -495,10 +493,10 @@ def row_dot(typingctx, row, x, n_blocks, kind, out, r):
                 vecs.append(phi)
             store_columns(context, builder, tys[4], out_v, r, t0, [float_tree_sum(builder, v) for v in vecs])
 
-        column_groups(builder, column_count(context, builder, tys[4], out_v), ROW_DOT_GROUP, group)
+        column_groups(context, builder, (tys[6], args[6]), (tys[7], args[7]), ROW_DOT_GROUP, group)
         return context.get_dummy_value()
 
-    return types.void(row, x, n_blocks, kind, out, r), codegen
+    return types.void(row, x, n_blocks, kind, out, r, t0, n_t), codegen
 
 
 @intrinsic
@@ -528,7 +526,7 @@ ROW_DOT_K_GROUP = 4
 
 
 @intrinsic
-def row_dot_q4_k(typingctx, row, x, x_sums, n_blocks, out, r):
+def row_dot_q4_k(typingctx, row, x, x_sums, n_blocks, out, r, t0, n_t):
     """One row of Q4_K super-blocks dotted with every column t of float32 x, as one LLVM loop over
     the blocks per group of columns (module docstring, "Columns"):
 
@@ -546,10 +544,10 @@ def row_dot_q4_k(typingctx, row, x, x_sums, n_blocks, out, r):
     Two zmm accumulators (even and odd sub-blocks) and an <8 x float> one for the mins per column
     stay in registers for the whole row (the fma_lanes version kept its lanes in memory: ~2 GB/s).
     """
-    sig = types.void(row, x, x_sums, n_blocks, out, r)
+    sig = types.void(row, x, x_sums, n_blocks, out, r, t0, n_t)
 
     def codegen(context, builder, signature, args):
-        row_v, x_v, xs_v, nb_v, out_v, r_v = args
+        row_v, x_v, xs_v, nb_v, out_v, r_v = args[:6]
         tys = signature.args
         f32, i32, i64, i8, f16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(8), ir.HalfType()
         v16f, v16i32, v16i8 = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
@@ -640,14 +638,14 @@ def row_dot_q4_k(typingctx, row, x, x_sums, n_blocks, out, r):
                 results.append(builder.fsub(total, float_tree_sum(builder, acc_min)))
             store_columns(context, builder, tys[4], out_v, r, t0, results)
 
-        column_groups(builder, column_count(context, builder, tys[4], out_v), ROW_DOT_K_GROUP, group)
+        column_groups(context, builder, (tys[6], args[6]), (tys[7], args[7]), ROW_DOT_K_GROUP, group)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @intrinsic
-def row_dot_q6_k(typingctx, row, x, n_blocks, out, r):
+def row_dot_q6_k(typingctx, row, x, n_blocks, out, r, t0, n_t):
     """One row of Q6_K super-blocks dotted with every column of float32 x, as one LLVM loop over the
     blocks per group of columns (module docstring, "Columns").
 
@@ -663,10 +661,10 @@ def row_dot_q6_k(typingctx, row, x, n_blocks, out, r):
     acc += d * scales[s] * (w . x) with the 16 scales unpacked once per block into one zmm.
     `row` uint8 (n_blocks * 210,), x float32 (B, n_blocks * 256), out float32 (B, n_rows).
     """
-    sig = types.void(row, x, n_blocks, out, r)
+    sig = types.void(row, x, n_blocks, out, r, t0, n_t)
 
     def codegen(context, builder, signature, args):
-        row_v, x_v, nb_v, out_v, r_v = args
+        row_v, x_v, nb_v, out_v, r_v = args[:5]
         tys = signature.args
         f32, i32, i64, i8, f16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(8), ir.HalfType()
         v16f, v16i32, v16i8 = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
@@ -723,7 +721,7 @@ def row_dot_q6_k(typingctx, row, x, n_blocks, out, r):
                           [float_tree_sum(builder, builder.fadd(finals[2 * i], finals[2 * i + 1]))
                            for i in range(count)])
 
-        column_groups(builder, column_count(context, builder, tys[3], out_v), ROW_DOT_K_GROUP, group)
+        column_groups(context, builder, (tys[5], args[5]), (tys[6], args[6]), ROW_DOT_K_GROUP, group)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -733,7 +731,7 @@ FLOAT_KINDS = ("f32", "f16", "bf16")
 
 
 @intrinsic
-def row_dot_float(typingctx, row, x, kind, out, r):
+def row_dot_float(typingctx, row, x, kind, out, r, t0, n_t):
     """out[t, r] = row . x[t] for an unquantized row (`kind` "f32": float32 (n,), "f16"/"bf16":
     uint16 (n,)) and every column t of x float32 (B, n), n any length.
 
@@ -746,7 +744,7 @@ def row_dot_float(typingctx, row, x, kind, out, r):
     fmt = kind.literal_value
 
     def codegen(context, builder, signature, args):
-        row_v, x_v, _, out_v, r_v = args
+        row_v, x_v, _, out_v, r_v = args[:5]
         tys = signature.args
         f32, i32, i64, i16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(16)
         v16f = ir.VectorType(f32, 16)
@@ -806,10 +804,10 @@ def row_dot_float(typingctx, row, x, kind, out, r):
             sums = carried_loop(builder, "row_dot_float.tail", builder.sub(n, done), sums, one)
             store_columns(context, builder, tys[3], out_v, r, t0, sums)
 
-        column_groups(builder, column_count(context, builder, tys[3], out_v), ROW_DOT_GROUP, group)
+        column_groups(context, builder, (tys[5], args[5]), (tys[6], args[6]), ROW_DOT_GROUP, group)
         return context.get_dummy_value()
 
-    return types.void(row, x, kind, out, r), codegen
+    return types.void(row, x, kind, out, r, t0, n_t), codegen
 
 
 @intrinsic
