@@ -10,7 +10,7 @@ order, output matrix included: ~250 MB, more than the L3 cache) for B sequences 
 
 Part 2, crossover: per weight type, `matmul`'s two paths on n tokens, B-row mat-vec (`matvecs`)
 against the float32 GEMM (decode + pack + micro-kernel), over every matrix of that type in the
-demo model; prints the first n at which the GEMM is faster: what `GEMM_MIN_TOKENS_BY_TYPE` in
+demo model; prints the first n at which the GEMM is faster: what `GEMM_MIN_TOKENS` in
 llmcli/engine/matmul.py is set from. Types the demo lacks (Q4_0, F16) are quantized from random
 data with llmcli.quants at the demo's ffn shapes (18 x 2048x640 and 18 x 640x2048).
 

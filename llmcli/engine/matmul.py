@@ -6,12 +6,12 @@
     matmul(W, X, out, ws)      # out (n_tokens, n_rows)  = X @ W.T          prompt processing
     dequantize_rows(W, a, b)   # float32 rows a..b-1 (embedding lookup)
 
-Activations: a mat-vec (token generation) rounds x to 8 bits where the weight type has an
-integer kernel (Q8_0, Q4_0, Q5_0: kernels/int8.py; Q4_K, Q5_K, Q6_K: kernels/int8_kquants.py), as
-llama.cpp's CPU backend quantizes activations to Q8_0/Q8_K blocks; `set_activations("float")` keeps
-float32 activations everywhere (a dequantize-then-float32 reference to rounding error). Mat-muls
-(prompt processing) stay float32: they are compute-bound in GEMM form, where decoding a weight tile
-once per batch already amortises, and float32 is the more exact of the two.
+Activations: a mat-vec (token generation, and `matvecs`) rounds x to 8 bits where the weight type
+has an integer kernel (Q8_0, Q4_0, Q5_0: kernels/int8.py; Q4_K, Q5_K, Q6_K: kernels/int8_kquants.py),
+as llama.cpp's CPU backend quantizes activations to Q8_0/Q8_K blocks; `set_activations("float")`
+keeps float32 activations everywhere (a dequantize-then-float32 reference to rounding error).
+Mat-muls of GEMM_MIN_TOKENS+ tokens (prompt processing) stay float32: they are compute-bound in GEMM
+form, where decoding a weight tile once per batch already amortises, and float32 is the more exact.
 
 Mat-vec streams every weight byte once (memory-bound). `matvecs` multiplies B activation rows in one
 pass over the weights: each block is read and decoded once and dotted with every row, and row t of
@@ -40,9 +40,24 @@ __all__ = ["QuantizedMatrix", "Workspace", "matvec", "matvecs", "matmul", "gemm_
 # ~25 us at 2 threads, what ~100 KB of weights take to stream on one core.
 SERIAL_MATVEC_BYTES = 128 * 1024
 # Below this many tokens `matmul` runs the B-row mat-vec (`matvecs`), from it on the GEMM (decode
-# and pack every weight tile, then a compute-bound float32 GEMM). Placeholder; see GEMM_MIN_TOKENS_BY_TYPE.
-GEMM_MIN_TOKENS = 10
-GEMM_MIN_TOKENS_BY_TYPE: dict[GGMLType, int] = {}
+# and pack every weight tile, then a float32 GEMM). scripts/bench_matvecs.py, demo model matrices
+# (all of a type summed), 1 thread, AMD EPYC (Zen 3, AVX2, no AVX-512), ms matvecs / GEMM:
+#          n=8        16         32         48         64         128        256
+#   Q4_K   7.5/46     16/66      31/81      43/101     59/137     146/260    447/920
+#   Q6_K   4.3/29     6.6/31     13/44      24/57      63/159     130/257    230/286
+#   Q5_0   31/119     50/115     88/192     166/262    321/594    695/837    1437/1672
+#   Q8_0   73/293     154/536    307/546    466/776    (with the 178 MB output matrix)
+#   Q4_0   15/103     37/152     99/311     138/347    145/469    358/680    887/1380
+#   F16    64/213     179/141    151/362    391/522    448/598    1143/1072  1561/1640
+#   float activations (n = 8, 16, 32, 48): Q4_K 13/50, 35/68, 51/81, 87/113; Q6_K 8/26, 16/35,
+#   41/44, 62/56; Q5_0 33/98, 67/129, 184/341, 354/384; Q4_0 38/182, 45/131, 104/181, 181/195;
+#   F16 33/87, 66/117, 127/152, 176/180.
+# The B-row mat-vec wins up to ~48 tokens (float activations) and far beyond (8-bit) for every type
+# (at 2 threads the shared machine's timings were noise). The threshold is 32 for all types: there
+# the float32 mat-vec and the GEMM are level, and from there on prompts are computed in float32 (in
+# int8 mode the 8-bit activations add llama.cpp's rounding noise, ~0.5 on the logits); on an AVX512
+# CPU the GEMM's micro-kernel is several times faster (kernels/gemm.py), so it wins there earlier.
+GEMM_MIN_TOKENS = 32
 # float32 bytes of one decoded weight tile: fits the per-core L2 next to the activation rows.
 GEMM_TILE_BYTES = 1 << 20
 # The GEMM micro-kernel covers 32 weight rows at a time (kernels/gemm.py).
@@ -170,8 +185,9 @@ def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) ->
 
 
 def gemm_min_tokens(ggml_type: GGMLType) -> int:
-    """Tokens from which `matmul` runs the GEMM rather than the B-row mat-vec, for a weight type."""
-    return GEMM_MIN_TOKENS_BY_TYPE.get(GGMLType(ggml_type), GEMM_MIN_TOKENS)
+    """Tokens from which `matmul` runs the GEMM rather than the B-row mat-vec, for a weight type
+    (the same for every type as measured so far, see GEMM_MIN_TOKENS)."""
+    return GEMM_MIN_TOKENS
 
 
 class Workspace:

@@ -24,6 +24,15 @@ One block = 8 int32 lanes; a zmm holds two consecutive blocks:
     lanes  0..7  block b   (bytes u[0..31] . xq[32b .. 32b+31], 4 products per lane)
     lanes  8..15 block b+1
     acc(float32 x16) += float(lanes) * [d_w(b) xd(b)] x8 ++ [d_w(b+1) xd(b+1)] x8
+
+Without VNNI (`dot_u8_s8`): AVX2's vpmaddubsw (u8 * s8 pairs -> int16) + vpmaddwd (pairs -> int32),
+exact while two products fit int16 (codes u <= 127: every format but Q8_0, whose weights go in
+signed, |w| * sign(xq, w), with 128 * (each lane's xq sum) added to its xbias lanes), else plain
+vector IR. Every path leaves the same int32 in every lane, so the results are the same bits on
+every CPU. On this AMD Zen 3 (AVX2) the AVX2 form made the demo's mat-vecs 3-5x faster.
+
+Columns (simd.py): each row dot takes B activation rows, each quantized once per call; a pair of
+weight blocks is decoded once and dotted with every row.
 """
 
 from __future__ import annotations
@@ -103,8 +112,8 @@ def dot_s8_s8(builder, acc, w, s):
 def _split(builder, v):
     n = v.type.count // 2
     undef = ir.Constant(v.type, ir.Undefined)
-    return [builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(h * n, h * n + n))))
-            for h in range(2)]
+    halves = (ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(h * n, (h + 1) * n))) for h in range(2))
+    return [builder.shuffle_vector(v, undef, half) for half in halves]
 
 
 def _join(builder, a, b):
@@ -226,8 +235,9 @@ def row_dot_int8(typingctx, row, xq, xd, xbias, n_blocks, kind, out, r, t0, n_t)
                         s = builder.shuffle_vector(builder.load(builder.bitcast(xs, v32i8.as_pointer()), align=1),
                                                    ir.Constant(v32i8, [0] * 32), widen)
                         v8i32 = ir.VectorType(i32, 8)
-                        bias = builder.shuffle_vector(builder.load(builder.bitcast(bias_p, v8i32.as_pointer()), align=4),
-                                                      ir.Constant(v8i32, [0] * 8), ir.Constant(v16i32, list(range(16))))
+                        bias8 = builder.load(builder.bitcast(bias_p, v8i32.as_pointer()), align=4)
+                        bias = builder.shuffle_vector(bias8, ir.Constant(v8i32, [0] * 8),
+                                                      ir.Constant(v16i32, list(range(16))))
                     if SIGNED_Q8_0 and fmt == "q8_0":  # u up to 255: the signed form (xbias has the rest)
                         dots = dot_s8_s8(builder, bias, signed_w, s)
                     else:

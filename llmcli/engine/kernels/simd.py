@@ -16,7 +16,13 @@ step is a handful of zmm/ymm instructions whatever LLVM's loop heuristics decide
 Two scales let one call cover two 16-weight sub-blocks that sit next to each other (Q2_K, Q3_K,
 Q6_K), and the nibble mode lets one call cover a whole 32-weight Q4_0/Q5_0 block.
 
-`src`, `src2` are flat uint8 arrays (e.g. a row of blocks), `x`, `acc` flat float32 arrays.
+`src`, `src2` are flat uint8 arrays (e.g. a row of blocks), `x`, `acc` flat float32 arrays; the
+weights are decoded once and the last step runs for each of `n_columns` activation rows (x and acc
+advanced by x_stride / acc_stride per row: B-column mat-vecs, see "Columns" below).
+
+The row-dot intrinsics (`row_dot`, `row_dot_q4_k`, `row_dot_q6_k`, `row_dot_float`; the int8 ones
+in int8.py / int8_kquants.py) run a whole weight row as one LLVM loop with the accumulators in
+registers, for a range of activation rows at once (the shared helpers under "Columns").
 """
 
 from __future__ import annotations
@@ -49,10 +55,11 @@ def float_tree_sum(builder, vec):
 # ---------------------------------------------------------------------------------------------
 # Columns. Every row-dot intrinsic dots one weight row with activation rows ("columns" of the
 # product) t0 .. t0 + n_t - 1 at once: X (B, n) and out (B, n_rows) are 2-D, and the intrinsic
-# writes out[t, r] for those t (its last two arguments are t0, n_t). A row's weights are read and decoded once per group of columns and feed one FMA chain
-# per column, each with its own accumulators: column t's arithmetic is exactly the single
-# mat-vec's (B = 1 is the same code), whatever B is and whichever group t falls in. Columns go in
-# groups of `group` (a power of two), the remainder in groups of group/2, ..., 1.
+# writes out[t, r] for those t (its last two arguments are t0, n_t). A row's weights are read and
+# decoded once per group of columns and feed one FMA chain per column, each with its own
+# accumulators: column t's arithmetic is exactly the single mat-vec's (B = 1 is the same code),
+# whatever B is and whichever group t falls in. Columns go in groups of `group` (a power of two),
+# the remainder in groups of group/2, ..., 1.
 # ---------------------------------------------------------------------------------------------
 def row_ptr(context, builder, aryty, ary, t):
     """Pointer to ary[t, 0] (element-typed) of a 2-D array, t an i64."""
@@ -95,7 +102,8 @@ def column_groups(context, builder, first, n_columns, group, emit):
     left = builder.sub(end, t)  # < group
     size = group // 2
     while size >= 1:
-        with builder.if_then(builder.icmp_signed("!=", builder.and_(left, ir.Constant(i64, size)), ir.Constant(i64, 0))):
+        has_group = builder.icmp_signed("!=", builder.and_(left, ir.Constant(i64, size)), ir.Constant(i64, 0))
+        with builder.if_then(has_group):
             emit(builder.add(t, builder.and_(left, ir.Constant(i64, -2 * size))), size)
         size //= 2
 
@@ -609,8 +617,9 @@ def row_dot_q4_k(typingctx, row, x, x_sums, n_blocks, out, r, t0, n_t):
                     q.append([])
                     for c in range(2):
                         qb = builder.zext(load(base, c64(16 + 32 * g + 16 * c), v16i8, 1), v16i32)
-                        q[g].append([builder.sitofp(nib, v16f) for nib in
-                                     (builder.and_(qb, vconst(v16i32, [15] * 16)), builder.lshr(qb, vconst(v16i32, [4] * 16)))])
+                        nibbles = (builder.and_(qb, vconst(v16i32, [15] * 16)),
+                                   builder.lshr(qb, vconst(v16i32, [4] * 16)))
+                        q[g].append([builder.sitofp(nib, v16f) for nib in nibbles])
                 new = []
                 for k in range(count):
                     acc0, acc1, min_in = values[3 * k: 3 * k + 3]
@@ -759,16 +768,18 @@ def row_dot_float(typingctx, row, x, kind, out, r, t0, n_t):
             return ir.Constant(i64, v)
 
         def widen(w):
-            """Loaded weights (float, or <k x i16> / i16 codes) as float."""
+            """Loaded weights (float32, or fp16 / bf16 bits as i16, scalar or <16 x >) as float32."""
             if fmt == "f32":
                 return w
+            vector = isinstance(w.type, ir.VectorType)
+
+            def of(elem):
+                return ir.VectorType(elem, 16) if vector else elem
+
             if fmt == "f16":
-                half = ir.VectorType(ir.HalfType(), w.type.count) if isinstance(w.type, ir.VectorType) else ir.HalfType()
-                return builder.fpext(builder.bitcast(w, half), v16f if isinstance(w.type, ir.VectorType) else f32)
-            wide = ir.VectorType(i32, w.type.count) if isinstance(w.type, ir.VectorType) else i32
-            shifted = builder.shl(builder.zext(w, wide), ir.Constant(wide, [16] * w.type.count)
-                                  if isinstance(w.type, ir.VectorType) else ir.Constant(i32, 16))
-            return builder.bitcast(shifted, v16f if isinstance(w.type, ir.VectorType) else f32)
+                return builder.fpext(builder.bitcast(w, of(ir.HalfType())), of(f32))
+            sixteen = ir.Constant(of(i32), [16] * 16 if vector else 16)
+            return builder.bitcast(builder.shl(builder.zext(w, of(i32)), sixteen), of(f32))
 
         def load_weights(k):
             vty = ir.VectorType(elem, 16)
