@@ -52,11 +52,14 @@ SERIAL_MATVEC_BYTES = 128 * 1024
 #   float activations (n = 8, 16, 32, 48): Q4_K 13/50, 35/68, 51/81, 87/113; Q6_K 8/26, 16/35,
 #   41/44, 62/56; Q5_0 33/98, 67/129, 184/341, 354/384; Q4_0 38/182, 45/131, 104/181, 181/195;
 #   F16 33/87, 66/117, 127/152, 176/180.
+#   2 threads, int8 (n = 8, 16, 32, 48): Q6_K 2.9/18, 5.6/23, 11/35, 17/35; Q5_0 16/137, 42/165,
+#   60/178, 87/200; Q4_0 9.7/69, 19/96, 39/179, 54/156; F16 18/109, 34/127, 76/138, 108/114;
+#   Q4_K 25/82, 28/83 at 32, 48 (its 8 and 16 were other processes' noise on the shared machine).
 # The B-row mat-vec wins up to ~48 tokens (float activations) and far beyond (8-bit) for every type
-# (at 2 threads the shared machine's timings were noise). The threshold is 32 for all types: there
-# the float32 mat-vec and the GEMM are level, and from there on prompts are computed in float32 (in
-# int8 mode the 8-bit activations add llama.cpp's rounding noise, ~0.5 on the logits); on an AVX512
-# CPU the GEMM's micro-kernel is several times faster (kernels/gemm.py), so it wins there earlier.
+# at 1 and 2 threads. One threshold for all types, 32: there the float32 B-row mat-vec and the GEMM
+# begin to meet (Q6_K 41/44), and from there on prompts are computed in float32 (in int8 mode the
+# 8-bit activations add llama.cpp's rounding noise, ~0.5 on the logits); on an AVX512 CPU the GEMM's
+# micro-kernel is several times faster (kernels/gemm.py), so it only gains there.
 GEMM_MIN_TOKENS = 32
 # float32 bytes of one decoded weight tile: fits the per-core L2 next to the activation rows.
 GEMM_TILE_BYTES = 1 << 20
