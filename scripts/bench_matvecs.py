@@ -97,7 +97,7 @@ def columns_table(matrices, counts, rounds, rng) -> None:
 
 
 def crossover(by_type, token_counts, rounds, rng) -> None:
-    print(f"{'type':6} {'n':>3} {'matvecs ms':>11} {'gemm ms':>9}  (sum over {'the type’s matrices'})")
+    print(f"{'type':6} {'n':>3} {'matvecs ms':>11} {'gemm ms':>9}  (summed over the type's matrices)")
     for ggml_type, Ws in by_type.items():
         workspace = Workspace()
         first = None
