@@ -39,11 +39,13 @@ class Linear:
     """y = x @ W.T (+ bias) with W (n_out, n_in) kept as raw ggml blocks in the mmap.
 
     `rows` selects a row range of the stored matrix (one expert of a 3-D MoE tensor); `raw` gives
-    the tensor's bytes when they are not to be read from the map (e.g. `GGUFReader.tensor_copy`).
+    the tensor's bytes when they are not to be read from the map (e.g. `GGUFReader.tensor_copy`);
+    `workspace` is the `matmul.Workspace` whose buffers multi-row calls use (None: temporaries).
     """
 
     def __init__(self, reader: GGUFReader, info: TensorInfo, bias: np.ndarray | None = None,
-                 rows: tuple[int, int] | None = None, raw: np.ndarray | None = None):
+                 rows: tuple[int, int] | None = None, raw: np.ndarray | None = None,
+                 workspace: mm.Workspace | None = None):
         if info.type not in COMPUTABLE_TYPES:
             raise UnsupportedError(
                 f"{reader.path}: tensor '{info.name}' has type {info.type.name}, which the engine "
@@ -58,13 +60,14 @@ class Linear:
         self.n_out = raw.shape[0]
         self.matrix = mm.QuantizedMatrix(raw, info.type, self.n_in)
         self.bias = bias
+        self.workspace = workspace
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """x: float32 (T, n_in) -> out (T, n_out)."""
         if x.shape[0] == 1:
             mm.matvec(self.matrix, x[0], out[0])
         else:
-            mm.matmul(self.matrix, x, out)
+            mm.matmul(self.matrix, x, out, workspace=self.workspace)
         if self.bias is not None:
             out += self.bias
         return out

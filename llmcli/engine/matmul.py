@@ -2,20 +2,24 @@
 
     W = QuantizedMatrix(reader.tensor_bytes(name), GGMLType.Q4_K, n_cols)
     matvec(W, x, out)          # out (n_rows,)           = W @ x            token generation
-    matmul(W, X, out)          # out (n_tokens, n_rows)  = X @ W.T          prompt processing
+    matvecs(W, X, out)         # out (B, n_rows)         = X @ W.T          B sequences, a token each
+    matmul(W, X, out, ws)      # out (n_tokens, n_rows)  = X @ W.T          prompt processing
     dequantize_rows(W, a, b)   # float32 rows a..b-1 (embedding lookup)
 
-Activations: a mat-vec (token generation) rounds x to 8 bits where the weight type has an
-integer kernel (Q8_0, Q4_0, Q5_0: kernels/int8.py; Q4_K, Q5_K, Q6_K: kernels/int8_kquants.py), as
-llama.cpp's CPU backend quantizes activations to Q8_0/Q8_K blocks; `set_activations("float")` keeps
-float32 activations everywhere (a dequantize-then-float32 reference to rounding error). Mat-muls
-(prompt processing) stay float32: they are compute-bound in GEMM form, where decoding a weight tile
-once per batch already amortises, and float32 is the more exact of the two.
+Activations: a mat-vec (token generation, and `matvecs`) rounds x to 8 bits where the weight type
+has an integer kernel (Q8_0, Q4_0, Q5_0: kernels/int8.py; Q4_K, Q5_K, Q6_K: kernels/int8_kquants.py),
+as llama.cpp's CPU backend quantizes activations to Q8_0/Q8_K blocks; `set_activations("float")`
+keeps float32 activations everywhere (a dequantize-then-float32 reference to rounding error).
+Mat-muls of GEMM_MIN_TOKENS+ tokens (prompt processing) stay float32: they are compute-bound in GEMM
+form, where decoding a weight tile once per batch already amortises, and float32 is the more exact.
 
-Mat-vec streams every weight byte once (memory-bound). Mat-mul with 10+ tokens decodes a tile of
-rows to float32 once per call (in a reused scratch buffer, ~1 MB so it stays in L2), packs it
-into 32-row panels and runs a register-blocked float32 GEMM over it (compute-bound); fewer tokens run one mat-vec
-per token.
+Mat-vec streams every weight byte once (memory-bound). `matvecs` multiplies B activation rows in one
+pass over the weights: each block is read and decoded once and dotted with every row, and row t of
+the result is bit for bit `matvec(W, X[t])` (same activation rounding, same order of additions), so
+a sequence decoded in a batch gets exactly the tokens it gets alone. Mat-mul below
+`gemm_min_tokens(type)` tokens is that same B-row mat-vec; from there on it decodes a tile of rows
+to float32 once per call (into a `Workspace`'s buffers, ~1 MB so they stay in L2), packs it into
+32-row panels and runs a register-blocked float32 GEMM over it (compute-bound).
 """
 
 from __future__ import annotations
@@ -29,16 +33,34 @@ from ..errors import BadInputError, UnsupportedError
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .kernels import FORMATS, gemm_nt, gemm_panels, pack_panels
 
-__all__ = ["QuantizedMatrix", "matvec", "matvecs", "matmul", "dequantize_rows", "set_threads", "get_threads",
-           "default_threads", "supported_types", "set_activations", "get_activations"]
+__all__ = ["QuantizedMatrix", "Workspace", "matvec", "matvecs", "matmul", "gemm_min_tokens", "dequantize_rows",
+           "set_threads", "get_threads", "default_threads", "supported_types", "set_activations", "get_activations"]
 
 # Mat-vecs over fewer weight bytes run on the calling thread: entering numba's thread pool costs
 # ~25 us at 2 threads, what ~100 KB of weights take to stream on one core.
 SERIAL_MATVEC_BYTES = 128 * 1024
-# Below this many tokens a batch runs as separate mat-vecs: decoding and packing every weight tile
-# costs a fixed ~100 ms per forward on the demo model, one more mat-vec per token ~10 ms (1 thread;
-# crossover measured at 8-12 tokens with 1 and 2 threads).
-GEMM_MIN_TOKENS = 10
+# Below this many tokens `matmul` runs the B-row mat-vec (`matvecs`), from it on the GEMM (decode
+# and pack every weight tile, then a float32 GEMM). scripts/bench_matvecs.py, demo model matrices
+# (all of a type summed), 1 thread, AMD EPYC (Zen 3, AVX2, no AVX-512), ms matvecs / GEMM:
+#          n=8        16         32         48         64         128        256
+#   Q4_K   7.5/46     16/66      31/81      43/101     59/137     146/260    447/920
+#   Q6_K   4.3/29     6.6/31     13/44      24/57      63/159     130/257    230/286
+#   Q5_0   31/119     50/115     88/192     166/262    321/594    695/837    1437/1672
+#   Q8_0   73/293     154/536    307/546    466/776    (with the 178 MB output matrix)
+#   Q4_0   15/103     37/152     99/311     138/347    145/469    358/680    887/1380
+#   F16    64/213     179/141    151/362    391/522    448/598    1143/1072  1561/1640
+#   float activations (n = 8, 16, 32, 48): Q4_K 13/50, 35/68, 51/81, 87/113; Q6_K 8/26, 16/35,
+#   41/44, 62/56; Q5_0 33/98, 67/129, 184/341, 354/384; Q4_0 38/182, 45/131, 104/181, 181/195;
+#   F16 33/87, 66/117, 127/152, 176/180.
+#   2 threads, int8 (n = 8, 16, 32, 48): Q6_K 2.9/18, 5.6/23, 11/35, 17/35; Q5_0 16/137, 42/165,
+#   60/178, 87/200; Q4_0 9.7/69, 19/96, 39/179, 54/156; F16 18/109, 34/127, 76/138, 108/114;
+#   Q4_K 25/82, 28/83 at 32, 48 (its 8 and 16 were other processes' noise on the shared machine).
+# The B-row mat-vec wins up to ~48 tokens (float activations) and far beyond (8-bit) for every type
+# at 1 and 2 threads. One threshold for all types, 32: there the float32 B-row mat-vec and the GEMM
+# begin to meet (Q6_K 41/44), and from there on prompts are computed in float32 (in int8 mode the
+# 8-bit activations add llama.cpp's rounding noise, ~0.5 on the logits); on an AVX512 CPU the GEMM's
+# micro-kernel is several times faster (kernels/gemm.py), so it only gains there.
+GEMM_MIN_TOKENS = 32
 # float32 bytes of one decoded weight tile: fits the per-core L2 next to the activation rows.
 GEMM_TILE_BYTES = 1 << 20
 # The GEMM micro-kernel covers 32 weight rows at a time (kernels/gemm.py).
@@ -137,64 +159,87 @@ def matvec(W: QuantizedMatrix, x: np.ndarray, out: np.ndarray | None = None) -> 
     x = _activations(W, x, 1, "x")
     out = _output(out, (W.n_rows,))
     if W.n_rows:
-        _matvec_kernel(W)(W.weights, W._x_view(x), out)
+        _matvec_kernel(W, 1)(W.weights, W._x_view(x), out)
     return out
 
 
-def _matvec_kernel(W: QuantizedMatrix):
+def _matvec_kernel(W: QuantizedMatrix, n_columns: int):
+    """The mat-vec kernel for W's type and the activation mode; it takes one x or B rows. Its serial
+    and parallel versions give the same bits."""
     fmt = W.format
-    # A parallel region costs more than it saves on one thread or on a small matrix.
-    serial = W.raw.nbytes < SERIAL_MATVEC_BYTES or numba.get_num_threads() == 1
+    # A parallel region costs more than it saves on one thread or on a small matrix (B rows of
+    # activations: about B times the work of one).
+    serial = W.raw.nbytes * n_columns < SERIAL_MATVEC_BYTES or numba.get_num_threads() == 1
     if _activations_mode == "int8" and fmt.matvec_int8 is not None:
         return fmt.matvec_int8_serial if serial else fmt.matvec_int8
     return fmt.matvec_serial if serial else fmt.matvec
 
 
 def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """out[t] = matvec(W, X[t]) for every row of X float32 (B, n_cols), bit for bit."""
+    """out[t, r] = W[r] . X[t] for X float32 (B, n_cols), any B; returns out (B, n_rows).
+
+    One pass over the weights for all B rows (batched decoding: B sequences, one new token each).
+    Row t of the result equals `matvec(W, X[t])` bit for bit, in either activation mode."""
     X = _activations(W, X, 2, "X")
     out = _output(out, (X.shape[0], W.n_rows))
-    if W.n_rows:
-        kernel = _matvec_kernel(W)
-        for t in range(X.shape[0]):
-            kernel(W.weights, W._x_view(X[t]), out[t])
+    if W.n_rows and X.shape[0]:
+        _matvec_kernel(W, X.shape[0])(W.weights, X, out)
     return out
 
 
-_scratch: dict[str, np.ndarray] = {}
+def gemm_min_tokens(ggml_type: GGMLType) -> int:
+    """Tokens from which `matmul` runs the GEMM rather than the B-row mat-vec, for a weight type
+    (the same for every type as measured so far, see GEMM_MIN_TOKENS)."""
+    return GEMM_MIN_TOKENS
 
 
-def _scratch_2d(name: str, n_rows: int, n_cols: int) -> np.ndarray:
-    """A reused float32 (n_rows, n_cols) buffer (not thread-safe: one engine thread calls us)."""
-    buf = _scratch.get(name)
-    if buf is None or buf.size < n_rows * n_cols:
-        buf = _scratch[name] = np.empty(n_rows * n_cols, np.float32)
-    return buf[: n_rows * n_cols].reshape(n_rows, n_cols)
+class Workspace:
+    """Reusable float32 buffers for `matmul`'s GEMM path (a decoded weight tile and its packed
+    panels, ~1 MB each). Keep one per engine thread and pass it to every `matmul` call: not
+    thread-safe, and the buffers only grow."""
+
+    __slots__ = ("_buffers",)
+
+    def __init__(self):
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def buffer(self, name: str, n_rows: int, n_cols: int) -> np.ndarray:
+        """A float32 (n_rows, n_cols) view of the buffer `name` (contents undefined)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < n_rows * n_cols:
+            buf = self._buffers[name] = np.empty(n_rows * n_cols, np.float32)
+        return buf[: n_rows * n_cols].reshape(n_rows, n_cols)
 
 
-def matmul(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """out[t, r] = W[r] . X[t] for X float32 (n_tokens, n_cols); returns out (n_tokens, n_rows)."""
+def matmul(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None,
+           workspace: Workspace | None = None) -> np.ndarray:
+    """out[t, r] = W[r] . X[t] for X float32 (n_tokens, n_cols); returns out (n_tokens, n_rows).
+
+    Fewer than `gemm_min_tokens(W.ggml_type)` tokens: `matvecs`. More: the float32 GEMM, with its
+    tile buffers from `workspace` (None: temporaries for this call)."""
     X = _activations(W, X, 2, "X")
     n_tokens = X.shape[0]
     out = _output(out, (n_tokens, W.n_rows))
-    if n_tokens < GEMM_MIN_TOKENS:
-        kernel = _matvec_kernel(W)
-        for t in range(n_tokens):
-            kernel(W.weights, W._x_view(X[t]), out[t])
-        return out
+    if n_tokens < gemm_min_tokens(W.ggml_type):
+        return matvecs(W, X, out)
+    return _gemm(W, X, out, workspace if workspace is not None else Workspace())
+
+
+def _gemm(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray, ws: Workspace) -> np.ndarray:
+    """matmul's float32 GEMM path (X, out checked by the caller)."""
     # Rows in tiles of a multiple of 32: decode, pack into 32-row k-major panels, micro-kernel GEMM.
     strip = COLUMNS_PER_TILE_STEP
     tile = max(strip, GEMM_TILE_BYTES // (4 * W.n_cols) // strip * strip)
     full = W.n_rows - W.n_rows % strip
     for start in range(0, full, tile):
         stop = min(full, start + tile)
-        decoded = _scratch_2d("rows", stop - start, W.n_cols)
+        decoded = ws.buffer("rows", stop - start, W.n_cols)
         W.format.dequant(W.weights[start:stop], _row_view(W, decoded))
-        panels = _scratch_2d("panels", stop - start, W.n_cols).reshape((stop - start) // strip, W.n_cols, strip)
+        panels = ws.buffer("panels", stop - start, W.n_cols).reshape((stop - start) // strip, W.n_cols, strip)
         pack_panels(decoded, panels)
         gemm_panels(X, panels, out, start)
     if full < W.n_rows:  # the last n_rows % 32 rows: dot-product GEMM on untransposed rows
-        decoded = _scratch_2d("rows", W.n_rows - full, W.n_cols)
+        decoded = ws.buffer("rows", W.n_rows - full, W.n_cols)
         W.format.dequant(W.weights[full:], _row_view(W, decoded))
         gemm_nt(X, decoded, out, full)
     return out

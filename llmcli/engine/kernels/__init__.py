@@ -1,7 +1,9 @@
 """numba kernels that multiply by ggml's quantized blocks in place, one module per block family.
 
 `FORMATS` maps each supported GGMLType to its `Format` (mat-vec kernel, dequantize kernel, the
-activation view shape they index, and for some types an 8-bit-activation mat-vec, int8.py). `llmcli.engine.matmul` is the public API over them.
+activation view shape they index, and for some types an 8-bit-activation mat-vec, int8.py). Every
+mat-vec kernel also takes B activation rows at once (common.py, "Columns"). `llmcli.engine.matmul`
+is the public API over them.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Mat-vec and dequantize kernels for the unquantized weight types F32, F16 and BF16.
 
 The rows are viewed as float32 / uint16 arrays `(rows, n_cols)`; n_cols needs no particular
-multiple, so these use a plain per-row dot product that LLVM vectorises as a reduction
-(fastmath lets it reassociate the sum into vector lanes).
+multiple. Each row is one `simd.row_dot_float` (explicit vector lanes in a fixed order, so a column
+of a B-column product equals its lone mat-vec bit for bit).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from numba import njit, prange
 
 from ...gguf.constants import GGMLType
 from ...quants.half import f32_from_bits, fp16_to_fp32
-from .common import ROW_TILE, Format
+from .common import COLUMN_BLOCK, ROW_TILE, Format, columns
+from .simd import row_dot_float
 
 
 @njit(inline="always")
@@ -20,37 +21,29 @@ def _bf16(v):
     return f32_from_bits(np.uint32(v) << np.uint32(16))
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(inline="always")
+def _float_rows(w, x, out, kind):
+    X, Y = columns(x, out)
+    n_rows = w.shape[0]
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_float(w[r], X, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+
+
+@njit(parallel=True, cache=True)
 def matvec_f32(w, x, out):
-    n_rows, n_cols = w.shape
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            s = np.float32(0.0)
-            for k in range(n_cols):
-                s += w[r, k] * x[k]
-            out[r] = s
+    _float_rows(w, x, out, "f32")
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True)
 def matvec_f16(w, x, out):
-    n_rows, n_cols = w.shape
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            s = np.float32(0.0)
-            for k in range(n_cols):
-                s += fp16_to_fp32(w[r, k]) * x[k]
-            out[r] = s
+    _float_rows(w, x, out, "f16")
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True)
 def matvec_bf16(w, x, out):
-    n_rows, n_cols = w.shape
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            s = np.float32(0.0)
-            for k in range(n_cols):
-                s += _bf16(w[r, k]) * x[k]
-            out[r] = s
+    _float_rows(w, x, out, "bf16")
 
 
 @njit(parallel=True, cache=True)

@@ -35,9 +35,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
-from .common import ROW_TILE
-from .int8 import HAS_VNNI, dot_u8_s8
-from .simd import PREFETCH_BYTES, _data_ptr
+from .common import COLUMN_BLOCK, ROW_TILE, columns
+from .int8 import HAS_AVX2, HAS_VNNI, dot_u8_s8, madd_pairs, maddubs
+from .simd import (PREFETCH_BYTES, _data_ptr, call_fma, carried_loop, column_groups, emit_prefetch,
+                   float_tree_sum, row_ptr, splat_vector, store_columns)
+
+# Columns per group (simd.py, "Columns"): Q4_K/Q5_K 1 zmm + 1 ymm accumulator per column, Q6_K 1 zmm.
+INT8_K_GROUP = 4
 
 QK_K = 256
 
@@ -168,22 +172,32 @@ def _tree(values, op):
 
 
 # ---------------------------------------------------------------------------------------------
-# The code both row intrinsics share: one LLVM loop over a row's super-blocks, one block per trip,
-# a prefetch PREFETCH_BYTES ahead, float accumulators carried in registers (phis), a tree sum at
-# the end.
+# The code the row intrinsics share: per group of columns (simd.py, "Columns") one LLVM loop over
+# a row's super-blocks, one block per trip, a prefetch PREFETCH_BYTES ahead, each block decoded
+# once and dotted with every column of the group, whose float accumulators are carried in
+# registers (phis); a tree sum per column at the end, stored to out[t, r].
 # ---------------------------------------------------------------------------------------------
+class _Column:
+    """Pointers to one activation row's xq (i8*), xd (float*) and bsums (i32*)."""
+
+    def __init__(self, xq, xd, bsums):
+        self.xq, self.xd, self.bsums = xq, xd, bsums
+
+
 class _Emitter:
     def __init__(self, context, builder, signature, args):
-        self.b = builder
-        tys = signature.args
+        """args: row, xq (B, n), xd (B, n/256), bsums (B, ...), n_blocks, out (B, n_rows), r, t0, n_t."""
+        self.b, self.context, self.args, self.tys = builder, context, args, signature.args
         i8 = ir.IntType(8)
         self.i8, self.i16, self.i32, self.i64 = i8, ir.IntType(16), ir.IntType(32), ir.IntType(64)
         self.f32 = ir.FloatType()
-        self.row = builder.bitcast(_data_ptr(context, builder, tys[0], args[0]), i8.as_pointer())
-        self.xq = builder.bitcast(_data_ptr(context, builder, tys[1], args[1]), i8.as_pointer())
-        self.xd = _data_ptr(context, builder, tys[2], args[2])
-        self.bsums = _data_ptr(context, builder, tys[3], args[3])
-        self.n_blocks = context.cast(builder, args[4], tys[4], types.int64)
+        self.row = builder.bitcast(_data_ptr(context, builder, self.tys[0], args[0]), i8.as_pointer())
+        self.n_blocks = context.cast(builder, args[4], self.tys[4], types.int64)
+
+    def column(self, t):
+        ctx, bld, args, tys = self.context, self.b, self.args, self.tys
+        return _Column(bld.bitcast(row_ptr(ctx, bld, tys[1], args[1], t), self.i8.as_pointer()),
+                       row_ptr(ctx, bld, tys[2], args[2], t), row_ptr(ctx, bld, tys[3], args[3], t))
 
     def c64(self, v):
         return ir.Constant(self.i64, v)
@@ -198,70 +212,42 @@ class _Emitter:
         return self.b.shuffle_vector(a, c, self.vec(self.i32, indices))
 
     def splat(self, value, n):
-        undef = ir.Constant(ir.VectorType(value.type, n), ir.Undefined)
-        one = self.b.insert_element(undef, value, ir.Constant(self.i32, 0))
-        return self.b.shuffle_vector(one, undef, self.vec(self.i32, [0] * n))
+        return splat_vector(self.b, value, n)
 
     def half(self, base, offset):
         return self.b.fpext(self.load(base, self.c64(offset), ir.HalfType()), self.f32)
 
-    def prefetch(self, base, lines):
-        fn = cgutils.get_or_insert_function(
-            self.b.module, ir.FunctionType(ir.VoidType(), [self.i8.as_pointer()] + [self.i32] * 3),
-            "llvm.prefetch.p0i8")
-        for line in range(lines):
-            self.b.call(fn, [self.b.gep(base, [self.c64(PREFETCH_BYTES + 64 * line)]),
-                             ir.Constant(self.i32, 0), ir.Constant(self.i32, 3), ir.Constant(self.i32, 1)])
-
     def fma(self, a, c, acc):
-        vty = acc.type
-        fn = cgutils.get_or_insert_function(self.b.module, ir.FunctionType(vty, [vty] * 3),
-                                            f"llvm.fma.v{vty.count}f32")
-        return self.b.call(fn, [a, c, acc])
+        return call_fma(self.b, a, c, acc)
 
     def tree_sum(self, vec):
-        size = vec.type.count
-        while size > 1:
-            half = size // 2
-            undef = ir.Constant(ir.VectorType(self.f32, size), ir.Undefined)
-            vec = self.b.fadd(self.shuffle(vec, undef, range(half)), self.shuffle(vec, undef, range(half, size)))
-            size = half
-        return self.b.extract_element(vec, ir.Constant(self.i32, 0))
+        return float_tree_sum(self.b, vec)
 
-    def block_loop(self, name, block_bytes, prefetch_lines, widths, body):
-        """Run `body(b, base, accs) -> accs` over every block b of the row (base: i8* to its
-        bytes); accs are float vectors of the given widths, zero at the start. Returns their
-        final values (zero for an empty row)."""
+    def rows(self, name, block_bytes, prefetch_lines, widths, body, finish):
+        """For every group of columns: `body(b, base, columns, accs) -> accs` over every block b
+        of the row (base: i8* to its bytes; columns: the group's `_Column`s; accs: per column,
+        float vectors of the given widths, zero at the start, flattened column by column), then
+        out[t, r] = finish(that column's final accs)."""
         bld = self.b
         zeros = [ir.Constant(ir.VectorType(self.f32, w), [0.0] * w) for w in widths]
-        pre = bld.block
-        loop = bld.append_basic_block(f"{name}.loop")
-        done = bld.append_basic_block(f"{name}.done")
-        bld.cbranch(bld.icmp_signed(">", self.n_blocks, self.c64(0)), loop, done)
+        out_ty, out_v = self.tys[5], self.args[5]
+        r = self.context.cast(bld, self.args[6], self.tys[6], types.int64)
 
-        bld.position_at_end(loop)
-        blk = bld.phi(self.i64)
-        blk.add_incoming(self.c64(0), pre)
-        acc_in = [bld.phi(z.type) for z in zeros]
-        for phi, z in zip(acc_in, zeros):
-            phi.add_incoming(z, pre)
-        base = bld.gep(self.row, [bld.mul(blk, self.c64(block_bytes))])
-        self.prefetch(base, prefetch_lines)
-        accs = body(blk, base, acc_in)
-        nxt = bld.add(blk, self.c64(1))
-        blk.add_incoming(nxt, loop)
-        for phi, v in zip(acc_in, accs):
-            phi.add_incoming(v, loop)
-        bld.cbranch(bld.icmp_signed("<", nxt, self.n_blocks), loop, done)
+        def group(t0, count):
+            cols = [self.column(bld.add(t0, self.c64(i))) for i in range(count)]
 
-        bld.position_at_end(done)
-        finals = []
-        for v, z in zip(accs, zeros):
-            phi = bld.phi(z.type)
-            phi.add_incoming(z, pre)
-            phi.add_incoming(v, loop)
-            finals.append(phi)
-        return finals
+            def step(blk, accs):
+                base = bld.gep(self.row, [bld.mul(blk, self.c64(block_bytes))])
+                for line in range(prefetch_lines):
+                    emit_prefetch(bld, base, PREFETCH_BYTES + 64 * line)
+                return body(blk, base, cols, accs)
+
+            finals = carried_loop(bld, name, self.n_blocks, zeros * count, step)
+            n = len(widths)
+            store_columns(self.context, bld, out_ty, out_v, r, t0,
+                          [finish(finals[n * i: n * i + n]) for i in range(count)])
+
+        column_groups(self.context, bld, (self.tys[7], self.args[7]), (self.tys[8], self.args[8]), INT8_K_GROUP, group)
 
     def shifted_pair(self, v32, shift_lo, shift_hi, left):
         """<64 x i8>: the 32 bytes v32 shifted by shift_lo (first half) ++ by shift_hi (second
@@ -275,10 +261,6 @@ class _Emitter:
         shifted = bld.shl(both, amounts) if left else bld.lshr(both, amounts)
         return bld.bitcast(shifted, ir.VectorType(self.i8, 64))
 
-    def block_scale(self, base, d_offset, blk):
-        """d (fp16 at base + d_offset) * xd[blk] as float."""
-        return self.b.fmul(self.half(base, d_offset), self.b.load(self.b.gep(self.xd, [blk])))
-
 
 def dot_scaled(builder, acc, u, s, scale_src, lane_scale):
     """acc <16 x i32> + per lane k: scale_src[lane_scale[k]] * (sum of 4 adjacent u8 * s8
@@ -291,10 +273,12 @@ def dot_scaled(builder, acc, u, s, scale_src, lane_scale):
     demo's 640 x 2048 matrices (one thread, one process)."""
     i16, i32 = ir.IntType(16), ir.IntType(32)
     v16i32, v32i16 = ir.VectorType(i32, 16), ir.VectorType(i16, 32)
-    if HAS_VNNI:
+    if HAS_VNNI or HAS_AVX2:
         src16 = builder.trunc(scale_src, ir.VectorType(i16, scale_src.type.count))
         sc16 = builder.shuffle_vector(src16, src16, ir.Constant(ir.VectorType(i32, 32),
                                                                 [lane_scale[k // 2] for k in range(32)]))
+        if HAS_AVX2:  # vpmaddubsw, then vpmaddwd with the scales and an add
+            return builder.add(acc, madd_pairs(builder, maddubs(builder, u, s), sc16))
         madd = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(v32i16, [ir.VectorType(ir.IntType(8), 64)] * 2),
             "llvm.x86.avx512.pmaddubs.w.512")
@@ -357,11 +341,12 @@ def _q4_k_scales_mins(em, base):
 def _q4_k_like_row_dot(block_bytes: int, qs_offset: int, qh_offset: int | None, name: str):
     """The typing function of a Q4_K-shaped row dot: Q4_K (no qh) or Q5_K (a 5th bit per weight
     from the 32 qh bytes at qh_offset, see the Q5_K diagram). One row of super-blocks (uint8
-    (n_blocks * block_bytes,)) dotted with Q8_K activation blocks (xq int8, xd float32 from
-    `quantize_q8_k`, xq then `interleave_for_q4_k`; `bsums` here int32 (n_blocks * 8,): the sums of
-    xq per 32-value sub-block, `sub_block_sums`), as float32."""
+    (n_blocks * block_bytes,)) dotted with every column's Q8_K activation blocks (xq int8 (B, n),
+    xd float32 (B, n/256) from `quantize_q8_k_into`, xq then `interleave_for_q4_k`; `bsums` here
+    int32 (B, n/32): the sums of xq per 32-value sub-block, `sub_block_sums`), stored as float32
+    to out[t, r] (out (B, n_rows))."""
 
-    def typer(typingctx, row, xq, xd, bsums, n_blocks):
+    def typer(typingctx, row, xq, xd, bsums, n_blocks, out, r, t0, n_t):
         if not _signature_ok(row, xq, xd, bsums, n_blocks):
             return None
 
@@ -375,13 +360,11 @@ def _q4_k_like_row_dot(block_bytes: int, qs_offset: int, qh_offset: int | None, 
             sub_block_bit = ir.Constant(v64i8, [1 << s for s in range(8) for _ in range(8)])
             zero, fifth = ir.Constant(v64i8, [0] * 64), ir.Constant(v64i8, [16] * 64)
 
-            def body(blk, base, accs):
-                acc, acc_min = accs
+            def body(blk, base, cols, accs):
                 scales, mins = _q4_k_scales_mins(em, base)
-                xs = builder.gep(em.xq, [builder.mul(blk, em.c64(QK_K))])
-                iacc = ir.Constant(v16i32, [0] * 16)
                 qs_words = [em.load(base, em.c64(qs_offset + 64 * h), v8i64) for h in range(2)]
                 qh = em.load(base, em.c64(qh_offset), v4i64) if qh_offset is not None else None
+                codes = []
                 for k in range(4):
                     # qwords 4g + k (g < 4) of qs, each twice: low nibbles of the first copy, high of the second
                     picked = em.shuffle(qs_words[0], qs_words[1], [4 * g + k for g in range(4) for _ in range(2)])
@@ -391,22 +374,30 @@ def _q4_k_like_row_dot(block_bytes: int, qs_offset: int, qh_offset: int | None, 
                         qh_k = builder.bitcast(em.shuffle(qh, qh, [k] * 8), v64i8)
                         has_bit = builder.icmp_unsigned("!=", builder.and_(qh_k, sub_block_bit), zero)
                         u = builder.or_(u, builder.select(has_bit, fifth, zero))
-                    iacc = dot_u8_s8(builder, iacc, u, em.load(xs, em.c64(64 * k), v64i8))
+                    codes.append(u)
                 lane_scales = em.shuffle(scales, ir.Constant(scales.type, ir.Undefined), [j // 2 for j in range(16)])
-                iacc = builder.mul(iacc, lane_scales)
-                # sum_s m_s * (sum of xq over sub-block s)
-                min_dots = builder.mul(mins, em.load(em.bsums, builder.mul(blk, em.c64(8)), ir.VectorType(i32, 8),
-                                                     align=4))
-                d = em.block_scale(base, 0, blk)
-                dmin = em.block_scale(base, 2, blk)
-                acc = em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc)
-                acc_min = em.fma(builder.sitofp(min_dots, ir.VectorType(f32, 8)), em.splat(dmin, 8), acc_min)
-                return [acc, acc_min]
+                d_w, dmin_w = em.half(base, 0), em.half(base, 2)
+                new = []
+                for col, acc, acc_min in zip(cols, accs[0::2], accs[1::2]):
+                    xs = builder.gep(col.xq, [builder.mul(blk, em.c64(QK_K))])
+                    iacc = ir.Constant(v16i32, [0] * 16)
+                    for k, u in enumerate(codes):
+                        iacc = dot_u8_s8(builder, iacc, u, em.load(xs, em.c64(64 * k), v64i8), 31)
+                    iacc = builder.mul(iacc, lane_scales)
+                    # sum_s m_s * (sum of xq over sub-block s)
+                    min_dots = builder.mul(mins, em.load(col.bsums, builder.mul(blk, em.c64(8)), ir.VectorType(i32, 8),
+                                                         align=4))
+                    xd = builder.load(builder.gep(col.xd, [blk]))
+                    d, dmin = builder.fmul(d_w, xd), builder.fmul(dmin_w, xd)
+                    new.append(em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc))
+                    new.append(em.fma(builder.sitofp(min_dots, ir.VectorType(f32, 8)), em.splat(dmin, 8), acc_min))
+                return new
 
-            acc, acc_min = em.block_loop(name, block_bytes, 3, (16, 8), body)
-            return builder.fsub(em.tree_sum(acc), em.tree_sum(acc_min))
+            em.rows(name, block_bytes, 3, (16, 8), body,
+                    lambda accs: builder.fsub(em.tree_sum(accs[0]), em.tree_sum(accs[1])))
+            return context.get_dummy_value()
 
-        return types.float32(row, xq, xd, bsums, n_blocks), codegen
+        return types.void(row, xq, xd, bsums, n_blocks, out, r, t0, n_t), codegen
 
     return typer
 
@@ -444,9 +435,10 @@ row_dot_q5_k_int8 = intrinsic(_q4_k_like_row_dot(176, 48, 16, "q5k_int8"))
 #   weight = u - 32:  iacc starts at -32 * sc[s] * bsums[s] (lane s).
 # ---------------------------------------------------------------------------------------------
 @intrinsic
-def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
-    """One row of Q6_K super-blocks (uint8 (n_blocks * 210,)) dotted with Q8_K activation blocks
-    (xq int8, xd float32, bsums int32 from `quantize_q8_k`), as float32."""
+def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks, out, r, t0, n_t):
+    """One row of Q6_K super-blocks (uint8 (n_blocks * 210,)) dotted with every column's Q8_K
+    activation blocks (xq int8 (B, n), xd float32 (B, n/256), bsums int32 (B, n/16) from
+    `quantize_q8_k_into`), stored as float32 to out[t, r]."""
     if not _signature_ok(row, xq, xd, bsums, n_blocks):
         return None
 
@@ -457,13 +449,9 @@ def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
         v16i8, v32i8, v64i8 = ir.VectorType(em.i8, 16), ir.VectorType(em.i8, 32), ir.VectorType(em.i8, 64)
         low4, two_bits = ir.Constant(v64i8, [15] * 64), ir.Constant(v64i8, [0x30] * 64)
 
-        def body(blk, base, accs):
-            (acc,) = accs
+        def body(blk, base, cols, accs):
             sc = builder.sext(em.load(base, em.c64(192), v16i8), v16i32)
-            bs = em.load(em.bsums, builder.mul(blk, em.c64(16)), v16i32, align=4)
-            iacc = builder.sub(ir.Constant(v16i32, [0] * 16),
-                               builder.shl(builder.mul(sc, bs), ir.Constant(v16i32, [5] * 16)))
-            xs = builder.gep(em.xq, [builder.mul(blk, em.c64(QK_K))])
+            codes = []  # (u, offset of its 64 activations in the block, lane -> sub-block)
             for n in range(2):
                 ql = em.load(base, em.c64(64 * n), v64i8)
                 h = em.load(base, em.c64(128 + 32 * n), v32i8)
@@ -473,15 +461,24 @@ def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks):
                 u_a = builder.or_(builder.and_(ql, low4), high_a)
                 u_b = builder.or_(builder.and_(builder.lshr(ql, ir.Constant(v64i8, [4] * 64)), low4), high_b)
                 for half, u in enumerate((u_a, u_b)):
-                    s = em.load(xs, em.c64(128 * n + 64 * half), v64i8)
-                    iacc = dot_scaled(builder, iacc, u, s, sc, [8 * n + 4 * half + i // 4 for i in range(16)])
-            d = em.block_scale(base, 208, blk)
-            return [em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc)]
+                    codes.append((u, 128 * n + 64 * half, [8 * n + 4 * half + i // 4 for i in range(16)]))
+            d_w = em.half(base, 208)
+            new = []
+            for col, acc in zip(cols, accs):
+                bs = em.load(col.bsums, builder.mul(blk, em.c64(16)), v16i32, align=4)
+                iacc = builder.sub(ir.Constant(v16i32, [0] * 16),
+                                   builder.shl(builder.mul(sc, bs), ir.Constant(v16i32, [5] * 16)))
+                xs = builder.gep(col.xq, [builder.mul(blk, em.c64(QK_K))])
+                for u, offset, lane_scale in codes:
+                    iacc = dot_scaled(builder, iacc, u, em.load(xs, em.c64(offset), v64i8), sc, lane_scale)
+                d = builder.fmul(d_w, builder.load(builder.gep(col.xd, [blk])))
+                new.append(em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc))
+            return new
 
-        (acc,) = em.block_loop("q6k_int8", 210, 4, (16,), body)
-        return em.tree_sum(acc)
+        em.rows("q6k_int8", 210, 4, (16,), body, lambda accs: em.tree_sum(accs[0]))
+        return context.get_dummy_value()
 
-    return types.float32(row, xq, xd, bsums, n_blocks), codegen
+    return types.void(row, xq, xd, bsums, n_blocks, out, r, t0, n_t), codegen
 
 
 # Same signature as kquants.matvec_q4_k / matvec_q5_k / matvec_q6_k: blocks uint8 (rows, n_blocks, 144 |
@@ -508,38 +505,60 @@ def sub_block_sums(bsums):
     return out
 
 
+@njit(inline="always")
+def _q8_k_columns(X, interleave, per_32):
+    """Each activation row of X (B, n) as Q8_K blocks: (xq int8 (B, n), xd float32 (B, n/256),
+    sums int32 (B, n/16), or (B, n/32) with per_32); xq in `interleave_for_q4_k`'s order if asked."""
+    n_t, n = X.shape
+    xq = np.empty((n_t, n), np.int8)
+    xd = np.empty((n_t, n // QK_K), np.float32)
+    bsums = np.empty((n_t, n // 16), np.int32)
+    for t in range(n_t):
+        quantize_q8_k_into(X[t], xq[t], xd[t], bsums[t], n // QK_K)
+    if interleave:
+        for t in range(n_t):
+            row = interleave_for_q4_k(xq[t])
+            for k in range(n):  # a loop: `xq[t] = row` would be a parallel region of its own
+                xq[t, k] = row[k]
+    if per_32:
+        return xq, xd, sub_block_sums(bsums.reshape(-1)).reshape(n_t, n // 32)
+    return xq, xd, bsums
+
+
 @njit(parallel=True, cache=True)
 def matvec_q4_k_int8(blocks, x, out):
+    X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 144)
-    xq, xd, bsums = quantize_q8_k(x.reshape(-1))
-    xq = interleave_for_q4_k(xq)
-    sums32 = sub_block_sums(bsums)
+    xq, xd, sums32 = _q8_k_columns(X, True, True)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            out[r] = row_dot_q4_k_int8(flat[r], xq, xd, sums32, n_blocks)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_q4_k_int8(flat[r], xq, xd, sums32, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)
 def matvec_q5_k_int8(blocks, x, out):
+    X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 176)
-    xq, xd, bsums = quantize_q8_k(x.reshape(-1))
-    xq = interleave_for_q4_k(xq)
-    sums32 = sub_block_sums(bsums)
+    xq, xd, sums32 = _q8_k_columns(X, True, True)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            out[r] = row_dot_q5_k_int8(flat[r], xq, xd, sums32, n_blocks)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_q5_k_int8(flat[r], xq, xd, sums32, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)
 def matvec_q6_k_int8(blocks, x, out):
+    X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 210)
-    xq, xd, bsums = quantize_q8_k(x.reshape(-1))
+    xq, xd, bsums = _q8_k_columns(X, False, False)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            out[r] = row_dot_q6_k_int8(flat[r], xq, xd, bsums, n_blocks)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_q6_k_int8(flat[r], xq, xd, bsums, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 INT8_KQUANT_MATVECS = {

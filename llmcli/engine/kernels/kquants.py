@@ -16,18 +16,8 @@ from numba import njit, prange
 
 from ...gguf.constants import GGMLType
 from .simd import PREFETCH_BYTES, fma_lanes, lanes_sum, prefetch, row_dot_q4_k, row_dot_q6_k
-from .common import ROW_TILE, Format, half_at, scale_min_k4, signed8
+from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns, half_at, scale_min_k4, signed8
 from .legacy import IQ4NL_VALUES
-
-
-@njit(inline="always")
-def _group_sums(x):
-    """x[block, group, lane] -> sums[block, group]."""
-    sums = np.empty((x.shape[0], x.shape[1]), np.float32)
-    for b in range(x.shape[0]):
-        for g in range(x.shape[1]):
-            sums[b, g] = x[b, g].sum()
-    return sums
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,15 +30,18 @@ def _group_sums(x):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True)
 def matvec_q2_k(blocks, x, out):
+    X, Y = columns(x, out)
+    n_t, n_cols = X.shape
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 84)
-    xf = x.reshape(-1)
-    x_sum = _group_sums(x)
+    xf = X.reshape(-1)
+    x_sum = block_sums(X, 16).reshape(n_t, n_blocks, 16)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(64, np.float32)
+        acc = np.empty((n_t, 64), np.float32)
+        offset = np.empty(n_t, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
-            offset = np.float32(0.0)
+            offset[:] = 0.0
             row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 80)
@@ -59,11 +52,15 @@ def matvec_q2_k(blocks, x, out):
                         s = 8 * n + 2 * j  # sub-blocks s and s+1: 32 consecutive weights
                         sc0 = np.int32(blocks[r, b, s])
                         sc1 = np.int32(blocks[r, b, s + 1])
-                        offset += dmin * (np.float32(sc0 >> 4) * x_sum[b, s] + np.float32(sc1 >> 4) * x_sum[b, s + 1])
-                        fma_lanes(acc, 32 * (j & 1), d * np.float32(sc0 & 15), d * np.float32(sc1 & 15),
+                        m0 = np.float32(sc0 >> 4)
+                        m1 = np.float32(sc1 >> 4)
+                        for t in range(n_t):
+                            offset[t] += dmin * (m0 * x_sum[t, b, s] + m1 * x_sum[t, b, s + 1])
+                        fma_lanes(acc.reshape(-1), 32 * (j & 1), d * np.float32(sc0 & 15), d * np.float32(sc1 & 15),
                                   xf, 256 * b + 16 * s, row, base + 16 + 32 * n, 2 * j, 3,
-                                  row, 0, 0, 0, 0, 0, 32, False, False, False)
-            out[r] = lanes_sum(acc, 64) - offset
+                                  row, 0, 0, 0, 0, 0, 32, False, False, False, n_t, 64, n_cols)
+            for t in range(n_t):
+                Y[t, r] = lanes_sum(acc[t], 64) - offset[t]
 
 
 @njit(parallel=True, cache=True)
@@ -109,11 +106,13 @@ def _q3_k_scales(blocks, r, b, sc):
 
 @njit(parallel=True, cache=True)
 def matvec_q3_k(blocks, x, out):
+    X, Y = columns(x, out)
+    n_t, n_cols = X.shape
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 110)
-    xf = x.reshape(-1)
+    xf = X.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(64, np.float32)
+        acc = np.empty((n_t, 64), np.float32)
         sc = np.empty(16, np.int32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
@@ -126,10 +125,11 @@ def matvec_q3_k(blocks, x, out):
                     for j in range(4):
                         s = 8 * n + 2 * j  # sub-blocks s and s+1: 32 consecutive weights
                         # q = 2 low bits + 4 * hmask bit - 4
-                        fma_lanes(acc, 32 * (j & 1), d * np.float32(sc[s]), d * np.float32(sc[s + 1]),
+                        fma_lanes(acc.reshape(-1), 32 * (j & 1), d * np.float32(sc[s]), d * np.float32(sc[s + 1]),
                                   xf, 256 * b + 16 * s, row, base + 32 + 32 * n, 2 * j, 3,
-                                  row, base, 4 * n + j, 1, 4, -4, 32, False, False, False)
-            out[r] = lanes_sum(acc, 64)
+                                  row, base, 4 * n + j, 1, 4, -4, 32, False, False, False, n_t, 64, n_cols)
+            for t in range(n_t):
+                Y[t, r] = lanes_sum(acc[t], 64)
 
 
 @njit(parallel=True, cache=True)
@@ -161,13 +161,14 @@ def dequant_q3_k(blocks, out):
 @njit(parallel=True, cache=True)
 def matvec_q4_k(blocks, x, out):
     # one LLVM loop per row (simd.row_dot_q4_k: accumulators in registers, scales unpacked as vectors)
+    X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 144)
-    xf = x.reshape(-1)
-    x_sum = _group_sums(x).reshape(-1)
+    x_sum = block_sums(X, 32)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            out[r] = row_dot_q4_k(flat[r], xf, x_sum, n_blocks)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_q4_k(flat[r], X, x_sum, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)
@@ -197,15 +198,18 @@ def dequant_q4_k(blocks, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True)
 def matvec_q5_k(blocks, x, out):
+    X, Y = columns(x, out)
+    n_t, n_cols = X.shape
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 176)
-    xf = x.reshape(-1)
-    x_sum = _group_sums(x)
+    xf = X.reshape(-1)
+    x_sum = block_sums(X, 32).reshape(n_t, n_blocks, 8)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(64, np.float32)
+        acc = np.empty((n_t, 64), np.float32)
+        offset = np.empty(n_t, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
-            offset = np.float32(0.0)
+            offset[:] = 0.0
             row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
@@ -217,14 +221,18 @@ def matvec_q5_k(blocks, x, out):
                 for g in range(4):
                     sc1, m1 = scale_min_k4(blocks, r, b, 2 * g, 4)
                     sc2, m2 = scale_min_k4(blocks, r, b, 2 * g + 1, 4)
-                    offset += dmin * (np.float32(m1) * x_sum[b, 2 * g] + np.float32(m2) * x_sum[b, 2 * g + 1])
+                    mf1 = np.float32(m1)
+                    mf2 = np.float32(m2)
+                    for t in range(n_t):
+                        offset[t] += dmin * (mf1 * x_sum[t, b, 2 * g] + mf2 * x_sum[t, b, 2 * g + 1])
                     d1 = d * np.float32(sc1)
                     d2 = d * np.float32(sc2)
-                    fma_lanes(acc, 0, d1, d1, xf, 256 * b + 64 * g, row, base + 48 + 32 * g, 0, 15,
-                              row, base + 16, 2 * g, 1, 16, 0, 32, False, False, False)
-                    fma_lanes(acc, 32, d2, d2, xf, 256 * b + 64 * g + 32, row, base + 48 + 32 * g, 4, 15,
-                              row, base + 16, 2 * g + 1, 1, 16, 0, 32, False, False, False)
-            out[r] = lanes_sum(acc, 64) - offset
+                    fma_lanes(acc.reshape(-1), 0, d1, d1, xf, 256 * b + 64 * g, row, base + 48 + 32 * g, 0, 15,
+                              row, base + 16, 2 * g, 1, 16, 0, 32, False, False, False, n_t, 64, n_cols)
+                    fma_lanes(acc.reshape(-1), 32, d2, d2, xf, 256 * b + 64 * g + 32, row, base + 48 + 32 * g, 4, 15,
+                              row, base + 16, 2 * g + 1, 1, 16, 0, 32, False, False, False, n_t, 64, n_cols)
+            for t in range(n_t):
+                Y[t, r] = lanes_sum(acc[t], 64) - offset[t]
 
 
 @njit(parallel=True, cache=True)
@@ -264,12 +272,13 @@ def dequant_q5_k(blocks, out):
 @njit(parallel=True, cache=True)
 def matvec_q6_k(blocks, x, out):
     # one LLVM loop per row (simd.row_dot_q6_k: accumulators in registers, a zmm per sub-block)
+    X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 210)
-    xf = x.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            out[r] = row_dot_q6_k(flat[r], xf, n_blocks)
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot_q6_k(flat[r], X, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)
@@ -311,21 +320,28 @@ def _iq4_xs_scale(blocks, r, b, ib):
 
 @njit(parallel=True, cache=True)
 def matvec_iq4_xs(blocks, x, out):
+    X, Y = columns(x, out)
+    n_t = X.shape[0]
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     values = IQ4NL_VALUES
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(32, np.float32)
+        acc = np.empty((n_t, 32), np.float32)
+        w = np.empty(32, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
                 for ib in range(8):
                     dl = d * np.float32(_iq4_xs_scale(blocks, r, b, ib))
-                    for j in range(16):
+                    for j in range(16):  # decoded once, then acc[t, k] += w[k] * x[t, ...] per column
                         q = np.int32(blocks[r, b, 8 + 16 * ib + j])
-                        acc[j] += dl * values[q & 15] * x[b, 2 * ib, j]
-                        acc[16 + j] += dl * values[q >> 4] * x[b, 2 * ib + 1, j]
-            out[r] = lanes_sum(acc, 32)
+                        w[j] = dl * values[q & 15]
+                        w[16 + j] = dl * values[q >> 4]
+                    for t in range(n_t):
+                        for k in range(32):
+                            acc[t, k] += w[k] * X[t, 256 * b + 32 * ib + k]
+            for t in range(n_t):
+                Y[t, r] = lanes_sum(acc[t], 32)
 
 
 @njit(parallel=True, cache=True)

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from ...gguf.constants import GGMLType
 from .simd import fma_lanes, lanes_sum, row_dot
-from .common import ROW_TILE, Format, half_at, signed8
+from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns, half_at, signed8
 
 # 1 << k as int32 (bit 31 wraps to the sign bit, which is what a bit test wants).
 _BIT = np.array([1 << k for k in range(32)], dtype=np.uint32).view(np.int32)
@@ -37,12 +37,13 @@ IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38
 @njit(parallel=True, cache=True)
 def matvec_q8_0(blocks, x, out):
     # the demo's output matrix: a whole-row vector loop (simd.row_dot), ~15 % over fma_lanes
+    X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 34)
-    xf = x.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            out[r] = row_dot(flat[r], xf, n_blocks, "q8_0")
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot(flat[r], X, n_blocks, "q8_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)
@@ -62,12 +63,13 @@ def dequant_q8_0(blocks, out):
 @njit(parallel=True, cache=True)
 def matvec_q4_0(blocks, x, out):
     # one vector loop per row (simd.row_dot); in cache ~30 % over fma_lanes steps
+    X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 18)
-    xf = x.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            out[r] = row_dot(flat[r], xf, n_blocks, "q4_0")
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot(flat[r], X, n_blocks, "q4_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)
@@ -89,24 +91,28 @@ def dequant_q4_0(blocks, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True)
 def matvec_q4_1(blocks, x, out):
+    X, Y = columns(x, out)
+    n_t, n_cols = X.shape
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 20)
-    xf = x.reshape(-1)
-    x_sum = np.empty(n_blocks, np.float32)
-    for b in range(n_blocks):
-        x_sum[b] = x[b].sum()
+    xf = X.reshape(-1)
+    x_sum = block_sums(X, 32)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(64, np.float32)
+        acc = np.empty((n_t, 64), np.float32)
+        offset = np.empty(n_t, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
-            offset = np.float32(0.0)
+            offset[:] = 0.0
             row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
-                offset += half_at(blocks, r, b, 2) * x_sum[b]
-                fma_lanes(acc, 32 * (b & 1), d, d, xf, 32 * b, row, 20 * b + 4, 0, 0,
-                          row, 0, 0, 0, 0, 0, 32, False, False, True)
-            out[r] = lanes_sum(acc, 64) + offset
+                m = half_at(blocks, r, b, 2)
+                for t in range(n_t):
+                    offset[t] += m * x_sum[t, b]
+                fma_lanes(acc.reshape(-1), 32 * (b & 1), d, d, xf, 32 * b, row, 20 * b + 4, 0, 0,
+                          row, 0, 0, 0, 0, 0, 32, False, False, True, n_t, 64, n_cols)
+            for t in range(n_t):
+                Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
 
 
 @njit(parallel=True, cache=True)
@@ -137,12 +143,13 @@ def _qh32(blocks, r, b, off):
 @njit(parallel=True, cache=True)
 def matvec_q5_0(blocks, x, out):
     # one vector loop per row (simd.row_dot); in cache ~15 % over fma_lanes steps
+    X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 22)
-    xf = x.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            out[r] = row_dot(flat[r], xf, n_blocks, "q5_0")
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot(flat[r], X, n_blocks, "q5_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
 @njit(parallel=True, cache=True)
@@ -166,24 +173,28 @@ def dequant_q5_0(blocks, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True)
 def matvec_q5_1(blocks, x, out):
+    X, Y = columns(x, out)
+    n_t, n_cols = X.shape
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * 24)
-    xf = x.reshape(-1)
-    x_sum = np.empty(n_blocks, np.float32)
-    for b in range(n_blocks):
-        x_sum[b] = x[b].sum()
+    xf = X.reshape(-1)
+    x_sum = block_sums(X, 32)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(64, np.float32)
+        acc = np.empty((n_t, 64), np.float32)
+        offset = np.empty(n_t, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
-            offset = np.float32(0.0)
+            offset[:] = 0.0
             row = flat[r]
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
-                offset += half_at(blocks, r, b, 2) * x_sum[b]
-                fma_lanes(acc, 32 * (b & 1), d, d, xf, 32 * b, row, 24 * b + 8, 0, 0,
-                          row, 24 * b + 4, 0, 1, 16, 0, 32, False, True, True)
-            out[r] = lanes_sum(acc, 64) + offset
+                m = half_at(blocks, r, b, 2)
+                for t in range(n_t):
+                    offset[t] += m * x_sum[t, b]
+                fma_lanes(acc.reshape(-1), 32 * (b & 1), d, d, xf, 32 * b, row, 24 * b + 8, 0, 0,
+                          row, 24 * b + 4, 0, 1, 16, 0, 32, False, True, True, n_t, 64, n_cols)
+            for t in range(n_t):
+                Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
 
 
 @njit(parallel=True, cache=True)
@@ -208,19 +219,26 @@ def dequant_q5_1(blocks, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True)
 def matvec_iq4_nl(blocks, x, out):
+    X, Y = columns(x, out)
+    n_t = X.shape[0]
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     values = IQ4NL_VALUES
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(32, np.float32)
+        acc = np.empty((n_t, 32), np.float32)
+        w = np.empty(32, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
             for b in range(n_blocks):
                 d = half_at(blocks, r, b, 0)
-                for j in range(16):
+                for j in range(16):  # decoded once, then acc[t, k] += w[k] * x[t, 32b + k] per column
                     q = np.int32(blocks[r, b, 2 + j])
-                    acc[j] += d * values[q & 15] * x[b, 0, j]
-                    acc[16 + j] += d * values[q >> 4] * x[b, 1, j]
-            out[r] = lanes_sum(acc, 32)
+                    w[j] = d * values[q & 15]
+                    w[16 + j] = d * values[q >> 4]
+                for t in range(n_t):
+                    for k in range(32):
+                        acc[t, k] += w[k] * X[t, 32 * b + k]
+            for t in range(n_t):
+                Y[t, r] = lanes_sum(acc[t], 32)
 
 
 @njit(parallel=True, cache=True)

@@ -16,7 +16,13 @@ step is a handful of zmm/ymm instructions whatever LLVM's loop heuristics decide
 Two scales let one call cover two 16-weight sub-blocks that sit next to each other (Q2_K, Q3_K,
 Q6_K), and the nibble mode lets one call cover a whole 32-weight Q4_0/Q5_0 block.
 
-`src`, `src2` are flat uint8 arrays (e.g. a row of blocks), `x`, `acc` flat float32 arrays.
+`src`, `src2` are flat uint8 arrays (e.g. a row of blocks), `x`, `acc` flat float32 arrays; the
+weights are decoded once and the last step runs for each of `n_columns` activation rows (x and acc
+advanced by x_stride / acc_stride per row: B-column mat-vecs, see "Columns" below).
+
+The row-dot intrinsics (`row_dot`, `row_dot_q4_k`, `row_dot_q6_k`, `row_dot_float`; the int8 ones
+in int8.py / int8_kquants.py) run a whole weight row as one LLVM loop with the accumulators in
+registers, for a range of activation rows at once (the shared helpers under "Columns").
 """
 
 from __future__ import annotations
@@ -46,16 +52,134 @@ def float_tree_sum(builder, vec):
     return builder.extract_element(vec, ir.Constant(i32, 0))
 
 
+# ---------------------------------------------------------------------------------------------
+# Columns. Every row-dot intrinsic dots one weight row with activation rows ("columns" of the
+# product) t0 .. t0 + n_t - 1 at once: X (B, n) and out (B, n_rows) are 2-D, and the intrinsic
+# writes out[t, r] for those t (its last two arguments are t0, n_t). A row's weights are read and
+# decoded once per group of columns and feed one FMA chain per column, each with its own
+# accumulators: column t's arithmetic is exactly the single mat-vec's (B = 1 is the same code),
+# whatever B is and whichever group t falls in. Columns go in groups of `group` (a power of two),
+# the remainder in groups of group/2, ..., 1.
+# ---------------------------------------------------------------------------------------------
+def row_ptr(context, builder, aryty, ary, t):
+    """Pointer to ary[t, 0] (element-typed) of a 2-D array, t an i64."""
+    a = context.make_array(aryty)(context, builder, ary)
+    i8p = ir.IntType(8).as_pointer()
+    p = builder.gep(builder.bitcast(a.data, i8p), [builder.mul(t, builder.extract_value(a.strides, 0))])
+    return builder.bitcast(p, a.data.type)
+
+
+def store_columns(context, builder, out_ty, out_v, r, t0, values):
+    """out[t0 + i, r] = values[i] (out a 2-D float32 array, r and t0 i64)."""
+    i64 = ir.IntType(64)
+    for i, v in enumerate(values):
+        p = row_ptr(context, builder, out_ty, out_v, builder.add(t0, ir.Constant(i64, i)))
+        builder.store(v, builder.gep(p, [r]))
+
+
+def column_groups(context, builder, first, n_columns, group, emit):
+    """emit(t0, count) for columns first..first+n_columns-1 (`first`, `n_columns`: the intrinsic's
+    t0 and n_t arguments as (type, value) pairs): a loop over whole groups of `group`, then what is
+    left as at most one group each of group/2, group/4, ..., 1."""
+    i64 = ir.IntType(64)
+    start = context.cast(builder, first[1], first[0], types.int64)
+    end = builder.add(start, context.cast(builder, n_columns[1], n_columns[0], types.int64))
+    pre = builder.block
+    head = builder.append_basic_block("columns.head")
+    body = builder.append_basic_block("columns.body")
+    rest = builder.append_basic_block("columns.rest")
+    builder.branch(head)
+    builder.position_at_end(head)
+    t = builder.phi(i64)
+    t.add_incoming(start, pre)
+    t_next = builder.add(t, ir.Constant(i64, group))
+    builder.cbranch(builder.icmp_signed("<=", t_next, end), body, rest)
+    builder.position_at_end(body)
+    emit(t, group)
+    t.add_incoming(t_next, builder.block)
+    builder.branch(head)
+    builder.position_at_end(rest)
+    left = builder.sub(end, t)  # < group
+    size = group // 2
+    while size >= 1:
+        has_group = builder.icmp_signed("!=", builder.and_(left, ir.Constant(i64, size)), ir.Constant(i64, 0))
+        with builder.if_then(has_group):
+            emit(builder.add(t, builder.and_(left, ir.Constant(i64, -2 * size))), size)
+        size //= 2
+
+
+def carried_loop(builder, name, n_trips, inits, body):
+    """for i in 0..n_trips-1: values = body(i, values), as one LLVM loop with `values` (a list of
+    LLVM values) carried in registers (phis). Returns the final values (`inits` if n_trips <= 0)."""
+    i64 = ir.IntType(64)
+    pre = builder.block
+    loop = builder.append_basic_block(f"{name}.loop")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.cbranch(builder.icmp_signed(">", n_trips, ir.Constant(i64, 0)), loop, done)
+    builder.position_at_end(loop)
+    i = builder.phi(i64)
+    i.add_incoming(ir.Constant(i64, 0), pre)
+    phis = [builder.phi(v.type) for v in inits]
+    for phi, v in zip(phis, inits):
+        phi.add_incoming(v, pre)
+    values = body(i, phis)
+    i_next = builder.add(i, ir.Constant(i64, 1))
+    end = builder.block
+    i.add_incoming(i_next, end)
+    for phi, v in zip(phis, values):
+        phi.add_incoming(v, end)
+    builder.cbranch(builder.icmp_signed("<", i_next, n_trips), loop, done)
+    builder.position_at_end(done)
+    finals = []
+    for v, init in zip(values, inits):
+        phi = builder.phi(v.type)
+        phi.add_incoming(init, pre)
+        phi.add_incoming(v, end)
+        finals.append(phi)
+    return finals
+
+
+def call_fma(builder, a, b, c):
+    """llvm.fma on float vectors: a * b + c rounded once."""
+    vty = c.type
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), f"llvm.fma.v{vty.count}f32")
+    return builder.call(fn, [a, b, c])
+
+
+def emit_prefetch(builder, base, offset):
+    """Prefetch the cache line at i8* base + offset (bytes) for reading, into all cache levels."""
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    i8p = ir.IntType(8).as_pointer()
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                        "llvm.prefetch.p0i8")
+    p = builder.gep(builder.bitcast(base, i8p), [ir.Constant(i64, offset) if isinstance(offset, int) else offset])
+    builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
+
+def splat_vector(builder, value, n):
+    """<n x T> with every lane = value."""
+    i32 = ir.IntType(32)
+    undef = ir.Constant(ir.VectorType(value.type, n), ir.Undefined)
+    one = builder.insert_element(undef, value, ir.Constant(i32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(i32, n), [0] * n))
+
+
 @intrinsic
 def fma_lanes(typingctx, acc, acc_off, scale, scale2, x, x_off, src, src_off, shift, mask,
-              src2, src2_off, shift2, mask2, mul2, bias, n, signed, src2_bits, nibbles):
+              src2, src2_off, shift2, mask2, mul2, bias, n, signed, src2_bits, nibbles,
+              n_columns, acc_stride, x_stride):
+    """The step above for `n_columns` activation rows at once (module docstring, "Columns"): the
+    weights are decoded and scaled once, then column t does its own
+    acc[t * acc_stride + acc_off + i] += w_i * x[t * x_stride + x_off + i], the same arithmetic
+    as a lone column."""
     flags = (signed, src2_bits, nibbles)
     if not (isinstance(n, types.IntegerLiteral) and all(isinstance(f, types.BooleanLiteral) for f in flags)):
         return None
     width = n.literal_value
     is_signed, bits_mode, nibble_mode = (f.literal_value for f in flags)
     sig = types.void(acc, acc_off, scale, scale2, x, x_off, src, src_off, shift, mask,
-                     src2, src2_off, shift2, mask2, mul2, bias, n, signed, src2_bits, nibbles)
+                     src2, src2_off, shift2, mask2, mul2, bias, n, signed, src2_bits, nibbles,
+                     n_columns, acc_stride, x_stride)
 
     def codegen(context, builder, signature, args):
         (acc_v, acc_off_v, scale_v, scale2_v, x_v, x_off_v, src_v, src_off_v, shift_v, mask_v,
@@ -116,12 +240,18 @@ def fma_lanes(typingctx, acc, acc_off, scale, scale2, x, x_off, src, src_off, sh
         s2 = splat(context.cast(builder, scale2_v, tys[3], types.float32), v_f32)
         first_half_of_each = list(range(half)) + list(range(width, width + half))
         scales = builder.shuffle_vector(s1, s2, ir.Constant(v_i32, first_half_of_each))
-        xv = builder.load(vec_ptr(tys[4], x_v, x_off_v, tys[5], v_f32), align=4)
-        ap = vec_ptr(tys[0], acc_v, acc_off_v, tys[1], v_f32)
-        av = builder.load(ap, align=4)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v_f32, [v_f32] * 3),
-                                             f"llvm.fma.v{width}f32")
-        builder.store(builder.call(fma, [builder.fmul(wf, scales), xv, av]), ap, align=4)
+        weights = builder.fmul(wf, scales)
+        n_cols_v, acc_stride_v, x_stride_v = (as_i64(args[k], tys[k]) for k in (20, 21, 22))
+        acc_off64, x_off64 = as_i64(acc_off_v, tys[1]), as_i64(x_off_v, tys[5])
+
+        def column(t, _):
+            xv = builder.load(vec_ptr(tys[4], x_v, builder.add(x_off64, builder.mul(t, x_stride_v)), types.int64,
+                                      v_f32), align=4)
+            ap = vec_ptr(tys[0], acc_v, builder.add(acc_off64, builder.mul(t, acc_stride_v)), types.int64, v_f32)
+            builder.store(call_fma(builder, weights, xv, builder.load(ap, align=4)), ap, align=4)
+            return []
+
+        carried_loop(builder, "fma_lanes.columns", n_cols_v, [], column)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -299,91 +429,82 @@ def _decode_halves(builder, kind, base):
     return tuple(halves)
 
 
+# Columns per group in the float row dots: 2 accumulators of 16 floats per column stay in registers.
+ROW_DOT_GROUP = 4
+
+
 @intrinsic
-def row_dot(typingctx, row, x, n_blocks, kind):
-    """sum over blocks b of d_b * sum_k q_bk * x[32b + k] for one row of Q8_0, Q4_0 or Q5_0 blocks
-    (`kind` a literal string, `row` uint8 (n_blocks * block_bytes,), x float32 (n_blocks * 32,)).
+def row_dot(typingctx, row, x, n_blocks, kind, out, r, t0, n_t):
+    """out[t, r] = sum over blocks b of d_b * sum_k q_bk * x[t, 32b + k] for one row of Q8_0, Q4_0
+    or Q5_0 blocks and every column t (`kind` a literal string, `row` uint8 (n_blocks * block_bytes,),
+    x float32 (B, n_blocks * 32), out float32 (B, n_rows)).
 
     The whole block loop is emitted as one LLVM loop, two blocks per trip, with two zmm
-    accumulators carried in registers: no per-block store of the lanes, no per-block reduction.
-    Each trip prefetches the line PREFETCH_BYTES ahead.
+    accumulators per column carried in registers: no per-block store of the lanes, no per-block
+    reduction. Each trip prefetches the line PREFETCH_BYTES ahead; each block is decoded once for
+    a group of ROW_DOT_GROUP columns.
     """
     if not isinstance(kind, types.StringLiteral) or kind.literal_value not in ROW_DOT_BLOCK_BYTES:
         return None
-    distance = PREFETCH_BYTES
     fmt = kind.literal_value
     block_bytes = ROW_DOT_BLOCK_BYTES[fmt]
 
     def codegen(context, builder, signature, args):
-        row_v, x_v, nb_v = args[:3]
+        row_v, x_v, nb_v, _, out_v, r_v = args[:6]
         tys = signature.args
         f32, i32, i64, f16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.HalfType()
-        v16f, v16i32 = ir.VectorType(f32, 16), ir.VectorType(i32, 16)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f] * 3), "llvm.fma.v16f32")
+        v16f = ir.VectorType(f32, 16)
         row_p = _data_ptr(context, builder, tys[0], row_v)
-        x_p = _data_ptr(context, builder, tys[1], x_v)
         nb = context.cast(builder, nb_v, tys[2], types.int64)
+        r = context.cast(builder, r_v, tys[5], types.int64)
         zero = ir.Constant(v16f, [0.0] * 16)
-        undef = ir.Constant(v16f, ir.Undefined)
-        splat_mask = ir.Constant(v16i32, [0] * 16)
 
-        def block(b, acc):
-            # acc += d * (q[0:16] * x[0:16] + q[16:32] * x[16:32]): 3 float ops per block, not 4
-            base = builder.gep(row_p, [builder.mul(b, ir.Constant(i64, block_bytes))])
-            d = builder.fpext(builder.load(builder.bitcast(base, f16.as_pointer()), align=1), f32)
-            ds = builder.shuffle_vector(builder.insert_element(undef, d, ir.Constant(i32, 0)), undef, splat_mask)
-            xb = builder.gep(x_p, [builder.mul(b, ir.Constant(i64, 32))])
-            q_lo, q_hi = (builder.sitofp(q, v16f) for q in _decode_halves(builder, fmt, base))
-            x_lo, x_hi = (builder.load(builder.bitcast(builder.gep(xb, [ir.Constant(i64, 16 * h)]), v16f.as_pointer()),
-                                       align=4) for h in range(2))
-            block_sum = builder.call(fma, [q_hi, x_hi, builder.fmul(q_lo, x_lo)])
-            return builder.call(fma, [block_sum, ds, acc])
+        def c64(v):
+            return ir.Constant(i64, v)
 
-        pre = builder.block
-        loop = builder.append_basic_block("row_dot.loop")
-        tail = builder.append_basic_block("row_dot.tail")
-        n_pairs = builder.ashr(nb, ir.Constant(i64, 1))
-        builder.cbranch(builder.icmp_signed(">", n_pairs, ir.Constant(i64, 0)), loop, tail)
+        def group(t0, count):
+            x_rows = [row_ptr(context, builder, tys[1], x_v, builder.add(t0, c64(i))) for i in range(count)]
 
-        builder.position_at_end(loop)
-        i = builder.phi(i64)
-        accs = [builder.phi(v16f) for _ in range(2)]  # even blocks, odd blocks
-        i.add_incoming(ir.Constant(i64, 0), pre)
-        for a in accs:
-            a.add_incoming(zero, pre)
-        b0 = builder.shl(i, ir.Constant(i64, 1))
-        if distance:
-            pf = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]),
-                "llvm.prefetch.p0i8")
-            ahead = builder.gep(row_p, [builder.add(builder.mul(b0, ir.Constant(i64, block_bytes)),
-                                                    ir.Constant(i64, distance))])
-            builder.call(pf, [ahead, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        new = [block(b0, accs[0]), block(builder.add(b0, ir.Constant(i64, 1)), accs[1])]
-        i_next = builder.add(i, ir.Constant(i64, 1))
-        i.add_incoming(i_next, loop)
-        for a, v in zip(accs, new):
-            a.add_incoming(v, loop)
-        builder.cbranch(builder.icmp_signed("<", i_next, n_pairs), loop, tail)
+            def block(b, accs):
+                # acc += d * (q[0:16] * x[0:16] + q[16:32] * x[16:32]): 3 float ops per block, not 4
+                base = builder.gep(row_p, [builder.mul(b, c64(block_bytes))])
+                d = builder.fpext(builder.load(builder.bitcast(base, f16.as_pointer()), align=1), f32)
+                ds = splat_vector(builder, d, 16)
+                q_lo, q_hi = (builder.sitofp(q, v16f) for q in _decode_halves(builder, fmt, base))
+                new = []
+                for x_p, acc in zip(x_rows, accs):
+                    xb = builder.gep(x_p, [builder.mul(b, c64(32))])
+                    x_lo, x_hi = (builder.load(builder.bitcast(builder.gep(xb, [c64(16 * h)]), v16f.as_pointer()),
+                                               align=4) for h in range(2))
+                    block_sum = call_fma(builder, q_hi, x_hi, builder.fmul(q_lo, x_lo))
+                    new.append(call_fma(builder, block_sum, ds, acc))
+                return new
 
-        builder.position_at_end(tail)
-        finals = []
-        for v in new:
-            phi = builder.phi(v16f)
-            phi.add_incoming(zero, pre)
-            phi.add_incoming(v, loop)
-            finals.append(phi)
-        both = builder.fadd(finals[0], finals[1])
-        odd = builder.icmp_signed("!=", builder.and_(nb, ir.Constant(i64, 1)), ir.Constant(i64, 0))
-        with builder.if_then(odd):  # odd block count: the last block
-            with_last = block(builder.sub(nb, ir.Constant(i64, 1)), both)
-            odd_block = builder.block
-        vec = builder.phi(v16f)
-        vec.add_incoming(with_last, odd_block)
-        vec.add_incoming(both, tail)
-        return float_tree_sum(builder, vec)
+            def pair(i, accs):  # accs: even-block accumulators of every column, then odd-block ones
+                b0 = builder.shl(i, c64(1))
+                if PREFETCH_BYTES:
+                    emit_prefetch(builder, builder.gep(row_p, [builder.mul(b0, c64(block_bytes))]), PREFETCH_BYTES)
+                return block(b0, accs[:count]) + block(builder.add(b0, c64(1)), accs[count:])
 
-    return types.float32(row, x, n_blocks, kind), codegen
+            finals = carried_loop(builder, "row_dot", builder.ashr(nb, c64(1)), [zero] * (2 * count), pair)
+            both = [builder.fadd(even, odd) for even, odd in zip(finals[:count], finals[count:])]
+            odd = builder.icmp_signed("!=", builder.and_(nb, c64(1)), c64(0))
+            before = builder.block
+            with builder.if_then(odd):  # odd block count: the last block
+                with_last = block(builder.sub(nb, c64(1)), both)
+                odd_block = builder.block
+            vecs = []
+            for v, w in zip(both, with_last):
+                phi = builder.phi(v16f)
+                phi.add_incoming(w, odd_block)
+                phi.add_incoming(v, before)
+                vecs.append(phi)
+            store_columns(context, builder, tys[4], out_v, r, t0, [float_tree_sum(builder, v) for v in vecs])
+
+        column_groups(context, builder, (tys[6], args[6]), (tys[7], args[7]), ROW_DOT_GROUP, group)
+        return context.get_dummy_value()
+
+    return types.void(row, x, n_blocks, kind, out, r, t0, n_t), codegen
 
 
 @intrinsic
@@ -407,40 +528,41 @@ def prefetch(typingctx, ary, offset):
     return types.void(ary, offset), codegen
 
 
+# Columns per group in the K-quant float row dots (Q4_K: 2 zmm + 1 ymm accumulators per column;
+# Q6_K: 2 zmm).
+ROW_DOT_K_GROUP = 4
+
+
 @intrinsic
-def row_dot_q4_k(typingctx, row, x, x_sums, n_blocks):
-    """One row of Q4_K super-blocks dotted with float32 x, as one LLVM loop over the blocks:
+def row_dot_q4_k(typingctx, row, x, x_sums, n_blocks, out, r, t0, n_t):
+    """One row of Q4_K super-blocks dotted with every column t of float32 x, as one LLVM loop over
+    the blocks per group of columns (module docstring, "Columns"):
 
-        sum over blocks b, sub-blocks s < 8 of
-            d * scale[s] * (q[s] . x[256b + 32s : +32])  -  dmin * min[s] * x_sums[8b + s]
+        out[t, r] = sum over blocks b, sub-blocks s < 8 of
+            d * scale[s] * (q[s] . x[t, 256b + 32s : +32])  -  dmin * min[s] * x_sums[t, 8b + s]
 
-    `row` uint8 (n_blocks * 144,), x float32 (n_blocks * 256,), x_sums float32 (n_blocks * 8,) the
-    sums of x over each 32-value sub-block. Block layout (kquants.py): d fp16 @0, dmin fp16 @2,
+    `row` uint8 (n_blocks * 144,), x float32 (B, n_blocks * 256), x_sums float32 (B, n_blocks * 8)
+    the sums of x over each 32-value sub-block. Block layout (kquants.py): d fp16 @0, dmin fp16 @2,
     12 bytes of 6-bit scales/mins @4, qs[128] @16; group g < 4 = qs[32g..32g+31], low nibbles
     sub-block 2g, high nibbles 2g+1. The 8 scales and mins are unpacked as <8 x i32> vectors:
 
         j < 4:  scale = s[j] & 63                     min = s[j+4] & 63
         j >= 4: scale = s[j+4] & 15 | s[j-4] >> 6 << 4  min = s[j+4] >> 4 | s[j] >> 6 << 4
 
-    Two zmm accumulators (even and odd sub-blocks) and an <8 x float> one for the mins stay in
-    registers for the whole row (the fma_lanes version kept its lanes in memory: ~2 GB/s).
+    Two zmm accumulators (even and odd sub-blocks) and an <8 x float> one for the mins per column
+    stay in registers for the whole row (the fma_lanes version kept its lanes in memory: ~2 GB/s).
     """
-    sig = types.float32(row, x, x_sums, n_blocks)
+    sig = types.void(row, x, x_sums, n_blocks, out, r, t0, n_t)
 
     def codegen(context, builder, signature, args):
-        row_v, x_v, xs_v, nb_v = args
+        row_v, x_v, xs_v, nb_v, out_v, r_v = args[:6]
         tys = signature.args
         f32, i32, i64, i8, f16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(8), ir.HalfType()
         v16f, v16i32, v16i8 = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
         v8f, v8i32, v12i8 = ir.VectorType(f32, 8), ir.VectorType(i32, 8), ir.VectorType(i8, 12)
-        fma16 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f] * 3), "llvm.fma.v16f32")
-        fma8 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8f, [v8f] * 3), "llvm.fma.v8f32")
-        pf = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0i8")
         row_p = _data_ptr(context, builder, tys[0], row_v)
-        x_p = _data_ptr(context, builder, tys[1], x_v)
-        xs_p = _data_ptr(context, builder, tys[2], xs_v)
         nb = context.cast(builder, nb_v, tys[3], types.int64)
+        r = context.cast(builder, r_v, tys[5], types.int64)
 
         def c64(v):
             return ir.Constant(i64, v)
@@ -448,100 +570,93 @@ def row_dot_q4_k(typingctx, row, x, x_sums, n_blocks):
         def vconst(vty, values):
             return ir.Constant(vty, list(values))
 
-        def splat(value, vty, n):
-            undef = ir.Constant(vty, ir.Undefined)
-            one = builder.insert_element(undef, value, ir.Constant(i32, 0))
-            return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(i32, n), [0] * n))
-
         def load(ptr, offset, vty, align):
             return builder.load(builder.bitcast(builder.gep(ptr, [offset]), vty.as_pointer()), align=align)
 
         def half_at(base, offset):
             return builder.fpext(load(base, c64(offset), f16, 1), f32)
 
-        pre = builder.block
-        loop = builder.append_basic_block("q4k.loop")
-        done = builder.append_basic_block("q4k.done")
         zero16 = ir.Constant(v16f, [0.0] * 16)
         zero8 = ir.Constant(v8f, [0.0] * 8)
-        builder.cbranch(builder.icmp_signed(">", nb, c64(0)), loop, done)
 
-        builder.position_at_end(loop)
-        b = builder.phi(i64)
-        b.add_incoming(c64(0), pre)
-        acc_in = [builder.phi(v16f) for _ in range(2)]
-        min_in = builder.phi(v8f)
-        for a in acc_in:
-            a.add_incoming(zero16, pre)
-        min_in.add_incoming(zero8, pre)
+        def group(t0, count):
+            cols = [builder.add(t0, c64(i)) for i in range(count)]
+            x_rows = [row_ptr(context, builder, tys[1], x_v, t) for t in cols]
+            xs_rows = [row_ptr(context, builder, tys[2], xs_v, t) for t in cols]
 
-        base = builder.gep(row_p, [builder.mul(b, c64(144))])
-        for line in range(3):
-            builder.call(pf, [builder.gep(base, [c64(PREFETCH_BYTES + 64 * line)]),
-                              ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        d = half_at(base, 0)
-        dmin = half_at(base, 2)
-        packed = builder.zext(load(base, c64(4), v12i8, 1), ir.VectorType(i32, 12))
-        undef12 = ir.Constant(ir.VectorType(i32, 12), ir.Undefined)
+            def body(b, values):  # per column: even acc, odd acc, min acc
+                base = builder.gep(row_p, [builder.mul(b, c64(144))])
+                for line in range(3):
+                    emit_prefetch(builder, base, PREFETCH_BYTES + 64 * line)
+                d = half_at(base, 0)
+                dmin = half_at(base, 2)
+                packed = builder.zext(load(base, c64(4), v12i8, 1), ir.VectorType(i32, 12))
+                undef12 = ir.Constant(ir.VectorType(i32, 12), ir.Undefined)
 
-        def pick(indices):
-            return builder.shuffle_vector(packed, undef12, vconst(v8i32, indices))
+                def pick(indices):
+                    return builder.shuffle_vector(packed, undef12, vconst(v8i32, indices))
 
-        low4, high4 = [63] * 4 + [15] * 4, [0] * 4 + [48] * 4
-        top_bits = [4] * 8  # (byte >> 6) << 4
-        scale_i = builder.or_(builder.and_(pick([0, 1, 2, 3, 8, 9, 10, 11]), vconst(v8i32, low4)),
-                              builder.and_(builder.shl(builder.lshr(pick([0, 1, 2, 3, 0, 1, 2, 3]),
-                                                                    vconst(v8i32, [6] * 8)),
-                                                       vconst(v8i32, top_bits)), vconst(v8i32, high4)))
-        min_i = builder.or_(builder.and_(builder.lshr(pick([4, 5, 6, 7, 8, 9, 10, 11]),
-                                                      vconst(v8i32, [0] * 4 + [4] * 4)), vconst(v8i32, low4)),
-                            builder.and_(builder.shl(builder.lshr(pick([4, 5, 6, 7, 4, 5, 6, 7]),
-                                                                  vconst(v8i32, [6] * 8)),
-                                                     vconst(v8i32, top_bits)), vconst(v8i32, high4)))
-        scales = builder.fmul(builder.sitofp(scale_i, v8f), splat(d, v8f, 8))
-        mins = builder.fmul(builder.sitofp(min_i, v8f), splat(dmin, v8f, 8))
-        x_sums_b = load(xs_p, builder.mul(b, c64(8)), v8f, 4)
-        min_out = builder.call(fma8, [mins, x_sums_b, min_in])
+                low4, high4 = [63] * 4 + [15] * 4, [0] * 4 + [48] * 4
+                top_bits = [4] * 8  # (byte >> 6) << 4
+                scale_i = builder.or_(builder.and_(pick([0, 1, 2, 3, 8, 9, 10, 11]), vconst(v8i32, low4)),
+                                      builder.and_(builder.shl(builder.lshr(pick([0, 1, 2, 3, 0, 1, 2, 3]),
+                                                                            vconst(v8i32, [6] * 8)),
+                                                               vconst(v8i32, top_bits)), vconst(v8i32, high4)))
+                min_i = builder.or_(builder.and_(builder.lshr(pick([4, 5, 6, 7, 8, 9, 10, 11]),
+                                                              vconst(v8i32, [0] * 4 + [4] * 4)), vconst(v8i32, low4)),
+                                    builder.and_(builder.shl(builder.lshr(pick([4, 5, 6, 7, 4, 5, 6, 7]),
+                                                                          vconst(v8i32, [6] * 8)),
+                                                             vconst(v8i32, top_bits)), vconst(v8i32, high4)))
+                scales = builder.fmul(builder.sitofp(scale_i, v8f), splat_vector(builder, d, 8))
+                mins = builder.fmul(builder.sitofp(min_i, v8f), splat_vector(builder, dmin, 8))
+                undef8 = ir.Constant(v8f, ir.Undefined)
+                lane_scales = [builder.shuffle_vector(scales, undef8, vconst(v16i32, [s] * 16)) for s in range(8)]
+                # q[g][c][h]: the 16 weights c of sub-block 2g + h, as float
+                q = []
+                for g in range(4):
+                    q.append([])
+                    for c in range(2):
+                        qb = builder.zext(load(base, c64(16 + 32 * g + 16 * c), v16i8, 1), v16i32)
+                        nibbles = (builder.and_(qb, vconst(v16i32, [15] * 16)),
+                                   builder.lshr(qb, vconst(v16i32, [4] * 16)))
+                        q[g].append([builder.sitofp(nib, v16f) for nib in nibbles])
+                new = []
+                for k in range(count):
+                    acc0, acc1, min_in = values[3 * k: 3 * k + 3]
+                    x_sums_b = load(xs_rows[k], builder.mul(b, c64(8)), v8f, 4)
+                    min_out = call_fma(builder, mins, x_sums_b, min_in)
+                    xb = builder.gep(x_rows[k], [builder.mul(b, c64(256))])
+                    accs = [acc0, acc1]
+                    for g in range(4):
+                        sums = [None, None]  # sub-block 2g (low nibbles), 2g+1 (high nibbles)
+                        for c in range(2):
+                            for h in range(2):
+                                xv = load(xb, c64(64 * g + 32 * h + 16 * c), v16f, 4)
+                                qf = q[g][c][h]
+                                sums[h] = builder.fmul(qf, xv) if c == 0 else call_fma(builder, qf, xv, sums[h])
+                        for h in range(2):
+                            accs[h] = call_fma(builder, sums[h], lane_scales[2 * g + h], accs[h])
+                    new += [accs[0], accs[1], min_out]
+                return new
 
-        xb = builder.gep(x_p, [builder.mul(b, c64(256))])
-        accs = list(acc_in)
-        undef8 = ir.Constant(v8f, ir.Undefined)
-        for g in range(4):
-            sums = [None, None]  # sub-block 2g (low nibbles), 2g+1 (high nibbles)
-            for c in range(2):
-                q = builder.zext(load(base, c64(16 + 32 * g + 16 * c), v16i8, 1), v16i32)
-                for h, nibble in enumerate((builder.and_(q, vconst(v16i32, [15] * 16)),
-                                            builder.lshr(q, vconst(v16i32, [4] * 16)))):
-                    xv = load(xb, c64(64 * g + 32 * h + 16 * c), v16f, 4)
-                    qf = builder.sitofp(nibble, v16f)
-                    sums[h] = builder.fmul(qf, xv) if c == 0 else builder.call(fma16, [qf, xv, sums[h]])
-            for h in range(2):
-                s = builder.shuffle_vector(scales, undef8, vconst(v16i32, [2 * g + h] * 16))
-                accs[h] = builder.call(fma16, [sums[h], s, accs[h]])
-        b_next = builder.add(b, c64(1))
-        b.add_incoming(b_next, loop)
-        for p, v in zip(acc_in, accs):
-            p.add_incoming(v, loop)
-        min_in.add_incoming(min_out, loop)
-        builder.cbranch(builder.icmp_signed("<", b_next, nb), loop, done)
+            finals = carried_loop(builder, "q4k", nb, [zero16, zero16, zero8] * count, body)
+            results = []
+            for k in range(count):
+                acc0, acc1, acc_min = finals[3 * k: 3 * k + 3]
+                total = float_tree_sum(builder, builder.fadd(acc0, acc1))
+                results.append(builder.fsub(total, float_tree_sum(builder, acc_min)))
+            store_columns(context, builder, tys[4], out_v, r, t0, results)
 
-        builder.position_at_end(done)
-        finals = []
-        for v, z in zip(accs + [min_out], [zero16, zero16, zero8]):
-            phi = builder.phi(v.type)
-            phi.add_incoming(z, pre)
-            phi.add_incoming(v, loop)
-            finals.append(phi)
-
-        total = float_tree_sum(builder, builder.fadd(finals[0], finals[1]))
-        return builder.fsub(total, float_tree_sum(builder, finals[2]))
+        column_groups(context, builder, (tys[6], args[6]), (tys[7], args[7]), ROW_DOT_K_GROUP, group)
+        return context.get_dummy_value()
 
     return sig, codegen
 
 
 @intrinsic
-def row_dot_q6_k(typingctx, row, x, n_blocks):
-    """One row of Q6_K super-blocks dotted with float32 x, as one LLVM loop over the blocks.
+def row_dot_q6_k(typingctx, row, x, n_blocks, out, r, t0, n_t):
+    """One row of Q6_K super-blocks dotted with every column of float32 x, as one LLVM loop over the
+    blocks per group of columns (module docstring, "Columns").
 
     Block layout (kquants.py): ql[128] @0, qh[64] @128, scales[16] int8 @192, d fp16 @208. For
     half n < 2 and k < 2 the 16-byte slices A = ql[64n+16k:], C = ql[64n+32+16k:], H = qh[32n+16k:]
@@ -553,21 +668,18 @@ def row_dot_q6_k(typingctx, row, x, n_blocks):
         s = 8n + 6 + k  : C >> 4 | (H >> 6) << 4          x[128n + 96 + 16k : +16]     (each minus 32)
 
     acc += d * scales[s] * (w . x) with the 16 scales unpacked once per block into one zmm.
-    `row` uint8 (n_blocks * 210,), x float32 (n_blocks * 256,).
+    `row` uint8 (n_blocks * 210,), x float32 (B, n_blocks * 256), out float32 (B, n_rows).
     """
-    sig = types.float32(row, x, n_blocks)
+    sig = types.void(row, x, n_blocks, out, r, t0, n_t)
 
     def codegen(context, builder, signature, args):
-        row_v, x_v, nb_v = args
+        row_v, x_v, nb_v, out_v, r_v = args[:5]
         tys = signature.args
         f32, i32, i64, i8, f16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(8), ir.HalfType()
         v16f, v16i32, v16i8 = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
-        fma16 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f, [v16f] * 3), "llvm.fma.v16f32")
-        pf = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]), "llvm.prefetch.p0i8")
         row_p = _data_ptr(context, builder, tys[0], row_v)
-        x_p = _data_ptr(context, builder, tys[1], x_v)
         nb = context.cast(builder, nb_v, tys[2], types.int64)
+        r = context.cast(builder, r_v, tys[4], types.int64)
 
         def c64(v):
             return ir.Constant(i64, v)
@@ -578,59 +690,135 @@ def row_dot_q6_k(typingctx, row, x, n_blocks):
         def load(ptr, offset, vty, align):
             return builder.load(builder.bitcast(builder.gep(ptr, [offset]), vty.as_pointer()), align=align)
 
-        pre = builder.block
-        loop = builder.append_basic_block("q6k.loop")
-        done = builder.append_basic_block("q6k.done")
         zero16 = ir.Constant(v16f, [0.0] * 16)
         undef16 = ir.Constant(v16f, ir.Undefined)
-        builder.cbranch(builder.icmp_signed(">", nb, c64(0)), loop, done)
 
-        builder.position_at_end(loop)
-        b = builder.phi(i64)
-        b.add_incoming(c64(0), pre)
-        acc_in = [builder.phi(v16f) for _ in range(2)]
-        for a in acc_in:
-            a.add_incoming(zero16, pre)
-        base = builder.gep(row_p, [builder.mul(b, c64(210))])
-        for line in range(4):
-            builder.call(pf, [builder.gep(base, [c64(PREFETCH_BYTES + 64 * line)]),
-                              ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        d = builder.fpext(load(base, c64(208), f16, 1), f32)
-        d16 = builder.shuffle_vector(builder.insert_element(undef16, d, ir.Constant(i32, 0)), undef16, vsplat(0))
-        scales = builder.fmul(builder.sitofp(builder.sext(load(base, c64(192), v16i8, 1), v16i32), v16f), d16)
-        xb = builder.gep(x_p, [builder.mul(b, c64(256))])
-        accs = list(acc_in)
-        turn = 0
-        for n in range(2):
-            for k in range(2):
-                a = builder.zext(load(base, c64(64 * n + 16 * k), v16i8, 1), v16i32)
-                c = builder.zext(load(base, c64(64 * n + 32 + 16 * k), v16i8, 1), v16i32)
-                h = builder.zext(load(base, c64(128 + 32 * n + 16 * k), v16i8, 1), v16i32)
-                for j, (src, nibble_shift) in enumerate(((a, 0), (c, 0), (a, 4), (c, 4))):
-                    low = builder.and_(builder.lshr(src, vsplat(nibble_shift)), vsplat(15))
-                    high = builder.shl(builder.and_(builder.lshr(h, vsplat(2 * j)), vsplat(3)), vsplat(4))
-                    w = builder.sub(builder.or_(low, high), vsplat(32))
-                    xv = load(xb, c64(128 * n + 32 * j + 16 * k), v16f, 4)
-                    s = builder.shuffle_vector(scales, undef16, vsplat(8 * n + 2 * j + k))
-                    accs[turn] = builder.call(fma16, [builder.fmul(builder.sitofp(w, v16f), xv), s, accs[turn]])
-                    turn ^= 1
-        b_next = builder.add(b, c64(1))
-        b.add_incoming(b_next, loop)
-        for p, v in zip(acc_in, accs):
-            p.add_incoming(v, loop)
-        builder.cbranch(builder.icmp_signed("<", b_next, nb), loop, done)
+        def group(t0, count):
+            x_rows = [row_ptr(context, builder, tys[1], x_v, builder.add(t0, c64(i))) for i in range(count)]
 
-        builder.position_at_end(done)
-        finals = []
-        for v in accs:
-            phi = builder.phi(v16f)
-            phi.add_incoming(zero16, pre)
-            phi.add_incoming(v, loop)
-            finals.append(phi)
-        vec = builder.fadd(finals[0], finals[1])
-        return float_tree_sum(builder, vec)
+            def body(b, values):  # per column: two accumulators, used in turn
+                base = builder.gep(row_p, [builder.mul(b, c64(210))])
+                for line in range(4):
+                    emit_prefetch(builder, base, PREFETCH_BYTES + 64 * line)
+                d = builder.fpext(load(base, c64(208), f16, 1), f32)
+                scales = builder.fmul(builder.sitofp(builder.sext(load(base, c64(192), v16i8, 1), v16i32), v16f),
+                                      splat_vector(builder, d, 16))
+                steps = []  # (weights as float, x offset, scale vector) in accumulation order
+                for n in range(2):
+                    for k in range(2):
+                        a = builder.zext(load(base, c64(64 * n + 16 * k), v16i8, 1), v16i32)
+                        c = builder.zext(load(base, c64(64 * n + 32 + 16 * k), v16i8, 1), v16i32)
+                        h = builder.zext(load(base, c64(128 + 32 * n + 16 * k), v16i8, 1), v16i32)
+                        for j, (src, nibble_shift) in enumerate(((a, 0), (c, 0), (a, 4), (c, 4))):
+                            low = builder.and_(builder.lshr(src, vsplat(nibble_shift)), vsplat(15))
+                            high = builder.shl(builder.and_(builder.lshr(h, vsplat(2 * j)), vsplat(3)), vsplat(4))
+                            w = builder.sitofp(builder.sub(builder.or_(low, high), vsplat(32)), v16f)
+                            s = builder.shuffle_vector(scales, undef16, vsplat(8 * n + 2 * j + k))
+                            steps.append((w, 128 * n + 32 * j + 16 * k, s))
+                new = []
+                for i in range(count):
+                    xb = builder.gep(x_rows[i], [builder.mul(b, c64(256))])
+                    accs = list(values[2 * i: 2 * i + 2])
+                    for turn, (w, x_off, s) in enumerate(steps):
+                        xv = load(xb, c64(x_off), v16f, 4)
+                        accs[turn & 1] = call_fma(builder, builder.fmul(w, xv), s, accs[turn & 1])
+                    new += accs
+                return new
+
+            finals = carried_loop(builder, "q6k", nb, [zero16] * (2 * count), body)
+            store_columns(context, builder, tys[3], out_v, builder.add(r, c64(0)), t0,
+                          [float_tree_sum(builder, builder.fadd(finals[2 * i], finals[2 * i + 1]))
+                           for i in range(count)])
+
+        column_groups(context, builder, (tys[5], args[5]), (tys[6], args[6]), ROW_DOT_K_GROUP, group)
+        return context.get_dummy_value()
 
     return sig, codegen
+
+
+FLOAT_KINDS = ("f32", "f16", "bf16")
+
+
+@intrinsic
+def row_dot_float(typingctx, row, x, kind, out, r, t0, n_t):
+    """out[t, r] = row . x[t] for an unquantized row (`kind` "f32": float32 (n,), "f16"/"bf16":
+    uint16 (n,)) and every column t of x float32 (B, n), n any length.
+
+    Per column two <16 x float> accumulators over 32 values per loop trip, a tree sum, then the
+    n % 32 last products added one by one in order: a fixed order of additions, so a column's
+    result never depends on how many columns ran with it (a fastmath loop leaves the order to
+    LLVM's vectoriser)."""
+    if not isinstance(kind, types.StringLiteral) or kind.literal_value not in FLOAT_KINDS:
+        return None
+    fmt = kind.literal_value
+
+    def codegen(context, builder, signature, args):
+        row_v, x_v, _, out_v, r_v = args[:5]
+        tys = signature.args
+        f32, i32, i64, i16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(16)
+        v16f = ir.VectorType(f32, 16)
+        elem = f32 if fmt == "f32" else i16
+        row_arr = context.make_array(tys[0])(context, builder, row_v)
+        row_p = builder.bitcast(row_arr.data, elem.as_pointer())
+        n = builder.extract_value(row_arr.shape, 0)
+        r = context.cast(builder, r_v, tys[4], types.int64)
+        zero = ir.Constant(v16f, [0.0] * 16)
+
+        def c64(v):
+            return ir.Constant(i64, v)
+
+        def widen(w):
+            """Loaded weights (float32, or fp16 / bf16 bits as i16, scalar or <16 x >) as float32."""
+            if fmt == "f32":
+                return w
+            vector = isinstance(w.type, ir.VectorType)
+
+            def of(elem):
+                return ir.VectorType(elem, 16) if vector else elem
+
+            if fmt == "f16":
+                return builder.fpext(builder.bitcast(w, of(ir.HalfType())), of(f32))
+            sixteen = ir.Constant(of(i32), [16] * 16 if vector else 16)
+            return builder.bitcast(builder.shl(builder.zext(w, of(i32)), sixteen), of(f32))
+
+        def load_weights(k):
+            vty = ir.VectorType(elem, 16)
+            return widen(builder.load(builder.bitcast(builder.gep(row_p, [k]), vty.as_pointer()), align=2))
+
+        def group(t0, count):
+            x_rows = [row_ptr(context, builder, tys[1], x_v, builder.add(t0, c64(i))) for i in range(count)]
+
+            def chunk(i, accs):
+                k = builder.shl(i, c64(5))
+                emit_prefetch(builder, builder.gep(row_p, [k]), PREFETCH_BYTES)
+                w = [load_weights(builder.add(k, c64(16 * h))) for h in range(2)]
+                new = []
+                for j, x_p in enumerate(x_rows):
+                    for h in range(2):
+                        xv = builder.load(builder.bitcast(builder.gep(x_p, [builder.add(k, c64(16 * h))]),
+                                                          v16f.as_pointer()), align=4)
+                        new.append(call_fma(builder, w[h], xv, accs[2 * j + h]))
+                return new
+
+            n_chunks = builder.ashr(n, c64(5))
+            finals = carried_loop(builder, "row_dot_float", n_chunks, [zero] * (2 * count), chunk)
+            sums = [float_tree_sum(builder, builder.fadd(finals[2 * j], finals[2 * j + 1])) for j in range(count)]
+            done = builder.shl(n_chunks, c64(5))
+
+            def one(i, totals):
+                k = builder.add(done, i)
+                w = widen(builder.load(builder.gep(row_p, [k])))
+                fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [f32] * 3), "llvm.fma.f32")
+                return [builder.call(fma, [w, builder.load(builder.gep(x_p, [k])), total])
+                        for x_p, total in zip(x_rows, totals)]
+
+            sums = carried_loop(builder, "row_dot_float.tail", builder.sub(n, done), sums, one)
+            store_columns(context, builder, tys[3], out_v, r, t0, sums)
+
+        column_groups(context, builder, (tys[5], args[5]), (tys[6], args[6]), ROW_DOT_GROUP, group)
+        return context.get_dummy_value()
+
+    return types.void(row, x, kind, out, r, t0, n_t), codegen
 
 
 @intrinsic

@@ -1,0 +1,149 @@
+"""Benchmark B-column mat-vecs (`matvecs`, batched decoding) on the demo model's matrices.
+
+    python scripts/bench_matvecs.py [--model PATH] [--threads 1,2] [--mode int8|float]
+                                    [--columns 1,2,4,8,16] [--tokens 2,4,...] [--rounds N]
+                                    [--no-columns] [--no-crossover]
+
+Part 1, columns: per (tensor kind, type) group of the demo model, the time of one `matvecs` call
+with B rows against B `matvec` calls, and a whole "decode step" (every 2-D matrix of the model in
+order, output matrix included: ~250 MB, more than the L3 cache) for B sequences against one.
+
+Part 2, crossover: per weight type, `matmul`'s two paths on n tokens, B-row mat-vec (`matvecs`)
+against the float32 GEMM (decode + pack + micro-kernel), over every matrix of that type in the
+demo model; prints the first n at which the GEMM is faster: what `GEMM_MIN_TOKENS` in
+llmcli/engine/matmul.py is set from. Types the demo lacks (Q4_0, F16) are quantized from random
+data with llmcli.quants at the demo's ffn shapes (18 x 2048x640 and 18 x 640x2048).
+
+Times are the minimum over --rounds (the machine may be shared); every round cycles through the
+whole group, so the weights come from memory or L3 as they do in a real token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from llmcli.demo import demo_model_path
+from llmcli.engine import matmul as mm
+from llmcli.engine.matmul import QuantizedMatrix, Workspace, matvec, matvecs, set_activations, set_threads
+from llmcli.gguf import GGUFReader
+from llmcli.gguf.constants import GGMLType
+from llmcli.quants import quantize
+
+
+def demo_matrices(path) -> list[tuple[str, QuantizedMatrix]]:
+    reader = GGUFReader(path)
+    found = []
+    for t in reader.tensors:
+        if len(t.shape) != 2:
+            continue
+        kind = t.name.split(".", 2)[-1] if t.name.startswith("blk.") else t.name
+        found.append((kind.removesuffix(".weight"), QuantizedMatrix(reader.tensor_bytes(t.name), t.type, t.shape[0])))
+    return found
+
+
+def synthetic(ggml_type: GGMLType, rng) -> list[QuantizedMatrix]:
+    """18 ffn_up-shaped and 18 ffn_down-shaped matrices of `ggml_type` from random data."""
+    out = []
+    for n_rows, n_cols in ((2048, 640), (640, 2048)):
+        rows = rng.standard_normal((n_rows, n_cols)).astype(np.float32)
+        raw = quantize(rows, ggml_type)
+        out += [QuantizedMatrix(raw.copy(), ggml_type, n_cols) for _ in range(18)]
+    return out
+
+
+def best_time(fn, rounds: int) -> float:
+    fn()  # warm up (and compile)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def columns_table(matrices, counts, rounds, rng) -> None:
+    groups = defaultdict(list)
+    for kind, W in matrices:
+        groups[(kind, W.ggml_type.name, W.n_rows, W.n_cols)].append(W)
+    print(f"{'group':34} {'B':>3} {'matvecs ms':>11} {'x B=1':>6} {'B matvec ms':>12} {'gain':>5}")
+    for key, Ws in sorted(groups.items(), key=lambda kv: -kv[1][0].raw.nbytes):
+        base = None
+        for n in counts:
+            X = rng.standard_normal((n, Ws[0].n_cols)).astype(np.float32)
+            out = np.empty((n, Ws[0].n_rows), np.float32)
+            r = rounds if Ws[0].raw.nbytes < 10 << 20 else max(1, rounds // 3)
+            together = best_time(lambda: [matvecs(W, X, out) for W in Ws], r) / len(Ws)
+            apart = best_time(lambda: [matvec(W, X[t], out[t]) for W in Ws for t in range(n)], r) / len(Ws)
+            base = base or together
+            name = f"{key[0]} {key[1]} {key[2]}x{key[3]}"
+            print(f"{name:34} {n:3d} {together * 1e3:11.3f} {together / base:6.2f} {apart * 1e3:12.3f} "
+                  f"{apart / together:5.2f}")
+    # a whole decode step: every matrix once, in model order
+    base = None
+    for n in counts:
+        xs = {}
+        for _, W in matrices:
+            xs.setdefault(W.n_cols, rng.standard_normal((n, W.n_cols)).astype(np.float32))
+        outs = [np.empty((n, W.n_rows), np.float32) for _, W in matrices]
+        step = best_time(lambda: [matvecs(W, xs[W.n_cols], o) for (_, W), o in zip(matrices, outs)],
+                         max(1, rounds // 3))
+        base = base or step
+        print(f"{'decode step (all matrices)':34} {n:3d} {step * 1e3:11.3f} {step / base:6.2f}   "
+              f"tokens/s x{n * base / step:.2f} of B=1")
+
+
+def crossover(by_type, token_counts, rounds, rng) -> None:
+    print(f"{'type':6} {'n':>3} {'matvecs ms':>11} {'gemm ms':>9}  (summed over the type's matrices)")
+    for ggml_type, Ws in by_type.items():
+        workspace = Workspace()
+        first = None
+        for n in token_counts:
+            xs = {W.n_cols: rng.standard_normal((n, W.n_cols)).astype(np.float32) for W in Ws}
+            outs = [np.empty((n, W.n_rows), np.float32) for W in Ws]
+            r = rounds if sum(W.raw.nbytes for W in Ws) < 50 << 20 else max(1, rounds // 3)
+            cols = best_time(lambda: [matvecs(W, xs[W.n_cols], o) for W, o in zip(Ws, outs)], r)
+            gemm = best_time(lambda: [mm._gemm(W, xs[W.n_cols], o, workspace) for W, o in zip(Ws, outs)], r)
+            mark = ""
+            if first is None and gemm < cols:
+                first, mark = n, "  <- GEMM faster"
+            print(f"{ggml_type.name:6} {n:3d} {cols * 1e3:11.2f} {gemm * 1e3:9.2f}{mark}")
+        print(f"{ggml_type.name}: GEMM from {first if first is not None else '>' + str(token_counts[-1])} tokens")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="GGUF (default: the demo model)")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--mode", default="int8", choices=["int8", "float"])
+    ap.add_argument("--columns", default="1,2,4,8,16")
+    ap.add_argument("--tokens", default="2,4,6,8,10,12,16,20,24,32,48")
+    ap.add_argument("--types", default="Q4_K,Q6_K,Q5_0,Q8_0,Q4_0,F16")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--no-columns", action="store_true")
+    ap.add_argument("--no-crossover", action="store_true")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    set_activations(args.mode)
+    matrices = demo_matrices(args.model or demo_model_path())
+    by_type = defaultdict(list)
+    for _, W in matrices:
+        by_type[W.ggml_type].append(W)
+    for name in args.types.split(","):
+        if GGMLType[name] not in by_type:
+            by_type[GGMLType[name]] = synthetic(GGMLType[name], rng)
+    by_type = {GGMLType[name]: by_type[GGMLType[name]] for name in args.types.split(",")}
+    for threads in map(int, args.threads.split(",")):
+        set_threads(threads)
+        print(f"\n== {threads} thread(s), {args.mode} activations ==")
+        if not args.no_columns:
+            columns_table(matrices, [int(c) for c in args.columns.split(",")], args.rounds, rng)
+        if not args.no_crossover:
+            crossover(by_type, [int(c) for c in args.tokens.split(",")], args.rounds, rng)
+
+
+if __name__ == "__main__":
+    main()
