@@ -195,3 +195,22 @@ def test_matmul_over_several_tiles():
     expected = X.astype(np.float64) @ weights.astype(np.float64).T
     bound = 2e-5 * np.outer(np.linalg.norm(X, axis=1), np.linalg.norm(weights, axis=1))
     assert np.all(np.abs(matmul(W, X) - expected) <= bound)
+
+
+def test_every_engine_kernel_releases_the_gil():
+    """The engine thread computes while an HTTP server's event loop (or any caller) keeps running:
+    every compiled kernel the engine calls must release the GIL."""
+    from numba.core.registry import CPUDispatcher
+
+    from llmcli.engine import ops
+    from llmcli.engine.kernels import FORMATS, gemm
+
+    kernels = [getattr(fmt, slot) for fmt in FORMATS.values()
+               for slot in ("matvec", "matvec_serial", "matvec_int8", "matvec_int8_serial", "dequant")
+               if getattr(fmt, slot) is not None]
+    for module in (ops, gemm):
+        kernels += [f for f in vars(module).values() if isinstance(f, CPUDispatcher)
+                    and not f.targetoptions.get("inline") == "always"]
+    assert len(kernels) > 40
+    held = [k.py_func.__qualname__ for k in kernels if not k.targetoptions.get("nogil")]
+    assert not held, held

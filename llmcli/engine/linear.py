@@ -1,7 +1,7 @@
 """Weights as the engine sees them: views into the GGUF mmap, never dequantized whole.
 
 `Linear` is one projection y = W x (+ b) over a matrix stored in any ggml type the matmul kernels
-handle; `embedding_rows` dequantizes only the rows of the token embedding a batch looks up.
+handle; `float_rows` decodes only the rows of the token embedding a batch looks up.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def serial_twin(kernel):
     twin.__qualname__ = f.__qualname__ + "_serial"
     twin.__module__ = f.__module__
     twin.__doc__ = f.__doc__
-    return njit(cache=True)(twin)
+    return njit(cache=True, nogil=True)(twin)
 
 
 class Format:

@@ -31,36 +31,36 @@ def _float_rows(w, x, out, kind):
                 row_dot_float(w[r], X, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_f32(w, x, out):
     _float_rows(w, x, out, "f32")
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_f16(w, x, out):
     _float_rows(w, x, out, "f16")
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_bf16(w, x, out):
     _float_rows(w, x, out, "bf16")
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_f32(w, out):
     for r in prange(w.shape[0]):
         for k in range(w.shape[1]):
             out[r, k] = w[r, k]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_f16(w, out):
     for r in prange(w.shape[0]):
         for k in range(w.shape[1]):
             out[r, k] = fp16_to_fp32(w[r, k])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_bf16(w, out):
     for r in prange(w.shape[0]):
         for k in range(w.shape[1]):

@@ -35,7 +35,7 @@ TOKENS_PER_MICRO = 6
 COLUMNS_PER_MICRO = 32
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def pack_panels(src, dst):
     """dst[p, k, j] = src[32 p + j, k]: src (R, K) with R a multiple of 32, dst (R/32, K, 32).
     Blocks of 32 rows x 8 columns go through registers (`simd.transpose_32x8`): each write is a
@@ -62,7 +62,7 @@ K_CHUNK = 256
 GROUPS_PER_BLOCK = 4
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def gemm_panels(x, panels, out, col0):
     """out[t, col0 + 32 p + j] = X[t] . (row 32 p + j of the tile packed in `panels`)."""
     n_tokens, n_k = x.shape
@@ -98,7 +98,7 @@ def _dot(x, t, w, r):
     return s
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, nogil=True, fastmath=True)
 def gemm_nt(x, w, out, col0):
     n_tokens, n_rows = x.shape[0], w.shape[0]
     n_cols = x.shape[1]

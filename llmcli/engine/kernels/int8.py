@@ -340,17 +340,17 @@ def _int8_rows(blocks, x, out, block_bytes, offset, kind):
 
 
 # One kernel per weight type: `kind` must be a literal for the intrinsic, and numba caches by function.
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q8_0_int8(blocks, x, out):
     _int8_rows(blocks, x, out, 34, 128, "q8_0")
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q4_0_int8(blocks, x, out):
     _int8_rows(blocks, x, out, 18, 8, "q4_0")
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_0_int8(blocks, x, out):
     _int8_rows(blocks, x, out, 22, 16, "q5_0")
 

@@ -525,7 +525,7 @@ def _q8_k_columns(X, interleave, per_32):
     return xq, xd, bsums
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q4_k_int8(blocks, x, out):
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
@@ -537,7 +537,7 @@ def matvec_q4_k_int8(blocks, x, out):
                 row_dot_q4_k_int8(flat[r], xq, xd, sums32, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_k_int8(blocks, x, out):
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
@@ -549,7 +549,7 @@ def matvec_q5_k_int8(blocks, x, out):
                 row_dot_q5_k_int8(flat[r], xq, xd, sums32, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q6_k_int8(blocks, x, out):
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]

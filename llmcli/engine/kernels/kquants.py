@@ -28,7 +28,7 @@ from .legacy import IQ4NL_VALUES
 #   sub-block s = 8n + 2j + h (n: 128-half, j: 2-bit plane, h: 16-byte half), weight l of it:
 #        q = (qs[32n + 16h + l] >> 2j) & 3       value = d*scale*q - dmin*min
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q2_k(blocks, x, out):
     X, Y = columns(x, out)
     n_t, n_cols = X.shape
@@ -63,7 +63,7 @@ def matvec_q2_k(blocks, x, out):
                 Y[t, r] = lanes_sum(acc[t], 64) - offset[t]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_q2_k(blocks, out):
     for r in prange(blocks.shape[0]):
         for b in range(blocks.shape[1]):
@@ -104,7 +104,7 @@ def _q3_k_scales(blocks, r, b, sc):
         sc[i + 12] = ((mid >> 4) | (((hi >> 6) & 3) << 4)) - 32
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q3_k(blocks, x, out):
     X, Y = columns(x, out)
     n_t, n_cols = X.shape
@@ -132,7 +132,7 @@ def matvec_q3_k(blocks, x, out):
                 Y[t, r] = lanes_sum(acc[t], 64)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_q3_k(blocks, out):
     for r in prange(blocks.shape[0]):
         sc = np.empty(16, np.int32)
@@ -158,7 +158,7 @@ def dequant_q3_k(blocks, out):
 #   group g (0..3) = 32 bytes qs[32g .. 32g+31]: low nibbles are sub-block 2g, high nibbles 2g+1
 #   value = d*scale[s]*q - dmin*min[s]   (6-bit scale/min pairs, see common.scale_min_k4)
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q4_k(blocks, x, out):
     # one LLVM loop per row (simd.row_dot_q4_k: accumulators in registers, scales unpacked as vectors)
     X, Y = columns(x, out)
@@ -171,7 +171,7 @@ def matvec_q4_k(blocks, x, out):
                 row_dot_q4_k(flat[r], X, x_sum, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_q4_k(blocks, out):
     for r in prange(blocks.shape[0]):
         for b in range(blocks.shape[1]):
@@ -196,7 +196,7 @@ def dequant_q4_k(blocks, out):
 #        | d  | dmin | scales[12] | qh[32]  | qs[128]                |
 #   as Q4_K, plus a 5th bit: sub-block s takes bit s of qh[l] (l = position in the sub-block)
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_k(blocks, x, out):
     X, Y = columns(x, out)
     n_t, n_cols = X.shape
@@ -235,7 +235,7 @@ def matvec_q5_k(blocks, x, out):
                 Y[t, r] = lanes_sum(acc[t], 64) - offset[t]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_q5_k(blocks, out):
     for r in prange(blocks.shape[0]):
         for b in range(blocks.shape[1]):
@@ -269,7 +269,7 @@ def dequant_q5_k(blocks, out):
 #        c=2: a >> 4 | (h >> 4 & 3) << 4  c=3: c >> 4 | (h >> 6 & 3) << 4      (each minus 32)
 #   weight 128n + 32c + l sits in sub-block 8n + 2c + l//16, whose scale is scales[8n + 2c + l//16]
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q6_k(blocks, x, out):
     # one LLVM loop per row (simd.row_dot_q6_k: accumulators in registers, a zmm per sub-block)
     X, Y = columns(x, out)
@@ -281,7 +281,7 @@ def matvec_q6_k(blocks, x, out):
                 row_dot_q6_k(flat[r], X, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_q6_k(blocks, out):
     for r in prange(blocks.shape[0]):
         for b in range(blocks.shape[1]):
@@ -318,7 +318,7 @@ def _iq4_xs_scale(blocks, r, b, ib):
     return (sl | (((sh >> (2 * ib)) & 3) << 4)) - 32
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_iq4_xs(blocks, x, out):
     X, Y = columns(x, out)
     n_t = X.shape[0]
@@ -344,7 +344,7 @@ def matvec_iq4_xs(blocks, x, out):
                 Y[t, r] = lanes_sum(acc[t], 32)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_iq4_xs(blocks, out):
     values = IQ4NL_VALUES
     for r in prange(blocks.shape[0]):

@@ -34,7 +34,7 @@ IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38
 #         | d  | qs[0..31] int8                   |
 #         fp16
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q8_0(blocks, x, out):
     # the demo's output matrix: a whole-row vector loop (simd.row_dot), ~15 % over fma_lanes
     X, Y = columns(x, out)
@@ -46,7 +46,7 @@ def matvec_q8_0(blocks, x, out):
                 row_dot(flat[r], X, n_blocks, "q8_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_q8_0(blocks, out):
     for r in prange(blocks.shape[0]):
         for b in range(blocks.shape[1]):
@@ -60,7 +60,7 @@ def dequant_q8_0(blocks, out):
 #   byte  0    2                  18    weight j+16 = d * ((qs[j] >> 4) - 8)
 #         | d  | qs[0..15]        |
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q4_0(blocks, x, out):
     # one vector loop per row (simd.row_dot); in cache ~30 % over fma_lanes steps
     X, Y = columns(x, out)
@@ -72,7 +72,7 @@ def matvec_q4_0(blocks, x, out):
                 row_dot(flat[r], X, n_blocks, "q4_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_q4_0(blocks, out):
     for r in prange(blocks.shape[0]):
         for b in range(blocks.shape[1]):
@@ -89,7 +89,7 @@ def dequant_q4_0(blocks, out):
 #         | d  | m  | qs[0..15]        |
 # The "+ m" part is m * sum(x over the block), added once per block instead of per lane.
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q4_1(blocks, x, out):
     X, Y = columns(x, out)
     n_t, n_cols = X.shape
@@ -115,7 +115,7 @@ def matvec_q4_1(blocks, x, out):
                 Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_q4_1(blocks, out):
     for r in prange(blocks.shape[0]):
         for b in range(blocks.shape[1]):
@@ -140,7 +140,7 @@ def _qh32(blocks, r, b, off):
             | (np.int32(blocks[r, b, off + 2]) << 16) | np.int32(np.int32(blocks[r, b, off + 3]) << 24))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_0(blocks, x, out):
     # one vector loop per row (simd.row_dot); in cache ~15 % over fma_lanes steps
     X, Y = columns(x, out)
@@ -152,7 +152,7 @@ def matvec_q5_0(blocks, x, out):
                 row_dot(flat[r], X, n_blocks, "q5_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_q5_0(blocks, out):
     for r in prange(blocks.shape[0]):
         for b in range(blocks.shape[1]):
@@ -171,7 +171,7 @@ def dequant_q5_0(blocks, out):
 #   byte  0    2    4        8                  24  weight j+16 = d * (qs[j] >> 4 | bit j+16 << 4) + m
 #         | d  | m  | qh u32 | qs[0..15]        |
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_1(blocks, x, out):
     X, Y = columns(x, out)
     n_t, n_cols = X.shape
@@ -197,7 +197,7 @@ def matvec_q5_1(blocks, x, out):
                 Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_q5_1(blocks, out):
     for r in prange(blocks.shape[0]):
         for b in range(blocks.shape[1]):
@@ -217,7 +217,7 @@ def dequant_q5_1(blocks, out):
 #   byte  0    2                  18    weight j+16 = d * VALUES[qs[j] >> 4]
 #         | d  | qs[0..15]        |
 # ---------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def matvec_iq4_nl(blocks, x, out):
     X, Y = columns(x, out)
     n_t = X.shape[0]
@@ -241,7 +241,7 @@ def matvec_iq4_nl(blocks, x, out):
                 Y[t, r] = lanes_sum(acc[t], 32)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def dequant_iq4_nl(blocks, out):
     values = IQ4NL_VALUES
     for r in prange(blocks.shape[0]):
