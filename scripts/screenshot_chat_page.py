@@ -4,8 +4,9 @@ streamed reply, save a screenshot.
 
     python scripts/screenshot_chat_page.py [-m MODEL.gguf] [--message TEXT] [-o /work/scratch/chat-page.png]
 
-Starts `llmcli serve` on the model (default: the tiny test llama, whose replies are noise; the demo
-model's are words) on a free port, drives http://.../ with Debian's `chromium` over the DevTools
+Starts `llmcli serve` on the model (default: the tiny test llama, whose random weights reply with
+noise, ~7 s in all; the page asks for no max_tokens, so a model that rambles runs to its context) on a
+free port, drives http://.../ with Debian's `chromium` over the DevTools
 protocol (tests/browser.py) and prints what the page showed. Needs `apt-get install -y chromium`.
 """
 
