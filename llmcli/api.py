@@ -8,6 +8,7 @@
         print(piece, end="")
     done = llm.complete_many(["Once upon a time", "The sky is"], max_tokens=32)   # decoded together
     engine = llm.engine()                    # submit from any thread (servers)
+    vectors = llm.embed(["a text", "another"], pooling="mean")   # (2, n_embd), L2-normalised
 
 A `Completion` is one generation: iterate it for text pieces, then read `tokens`, `text`,
 `stop_reason` (see `llmcli.generation.STOP_REASONS`) and `timings`. Generation runs on the
@@ -27,6 +28,7 @@ import numpy as np
 from .engine.chat import ChatTemplate
 from .errors import BadInputError
 from .generation import Completion, Engine, Request, SamplingParams, Scheduler
+from .generation.pooling import l2_normalize, pooling_kind
 from .vocab import Tokenizer
 
 
@@ -137,6 +139,37 @@ class LLM:
         return iter(self.complete(prompt, max_tokens=max_tokens, params=sampling_params(**sampling), stop=stop,
                                   parse_special=parse_special))
 
+    # -- embeddings ----------------------------------------------------------------------------
+
+    def pooling(self, requested: str | None = None) -> str:
+        """The pooling embeddings use: `requested` ("mean", "cls", "last"), else the one the GGUF
+        declares (`{arch}.pooling_type`); an error saying how to ask for one when it declares none."""
+        return pooling_kind(requested, self.model.hp.pooling_type)
+
+    def embed(self, texts: str | Sequence[str | Sequence[int]], pooling: str | None = None,
+              normalize: bool = True) -> np.ndarray:
+        """Embeddings as llama.cpp's llama-embedding computes them: each text's final-norm hidden
+        states (tokenized with BOS/EOS as the model asks) pooled by `self.pooling(pooling)`, then
+        L2-normalised unless normalize=False. One text: a float32 vector (n_embd,); a list of texts
+        or of token-id lists (a flat list of ids is one input): an array (len(texts), n_embd).
+        The texts are evaluated in the `parallel` slots, each from an empty context."""
+        kind = self.pooling(pooling)
+        inputs = embedding_inputs(texts)
+        sched = self._scheduler()
+        seqs = [sched.new_sequence(Request(self.tokenize(item, add_special=True, parse_special=True)
+                                           if isinstance(item, str) else item, pooling=kind))
+                for item in inputs]
+        for seq in seqs:
+            sched.submit(seq)
+        try:
+            sched.run_all()
+        except BaseException:
+            for seq in seqs:
+                sched.cancel(seq, "interrupted")
+            raise
+        vectors = np.stack([l2_normalize(seq.embedding) if normalize else seq.embedding for seq in seqs])
+        return vectors[0] if isinstance(texts, str) else vectors
+
     def engine(self) -> Engine:
         """The scheduler on a thread of its own, for submitting from any thread (see
         `llmcli.generation.Engine`); the synchronous methods are off while it runs."""
@@ -178,6 +211,32 @@ class LLM:
         `sampling` as for `generate`."""
         return iter(self.chat_completion(messages, max_tokens=max_tokens, params=sampling_params(**sampling),
                                          stop=stop))
+
+
+def embedding_inputs(value) -> list[str | list[int]]:
+    """OpenAI's `input` of an embeddings request as a list of inputs: a string, a list of
+    strings, a list of token ids (one input) or a list of token-id lists."""
+    def is_id(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise BadInputError(f"the input to embed must be a string, a list of strings or token ids, "
+                            f"got {type(value).__name__}")
+    if not value:
+        raise BadInputError("nothing to embed: the input list is empty")
+    if all(is_id(v) for v in value):
+        return [[int(v) for v in value]]
+    out: list[str | list[int]] = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, (list, tuple)) and item and all(is_id(v) for v in item):
+            out.append([int(v) for v in item])
+        else:
+            raise BadInputError(f"input item {i} must be a string or a non-empty list of token ids")
+    return out
 
 
 def _marker_texts(tok: Tokenizer) -> frozenset[str]:

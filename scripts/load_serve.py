@@ -6,7 +6,9 @@ inter-token latency (p50/p95), and errors.
 
 Each request streams POST /v1/completions (its own prompt, `ignore_eos` so every request makes
 max-tokens tokens, usage asked for in the stream). Bounded: loopback addresses only, at most
-10,000 requests, and no request starts after --time-limit seconds. Standard library only.
+10,000 requests, and no request starts after --time-limit seconds. Standard library only, but for
+`--server-pid PID`: the server process's resident memory (psutil) after the first --rss-after
+requests have ended and after all of them, to see whether a long run grows it.
 """
 
 from __future__ import annotations
@@ -83,6 +85,30 @@ def one_request(host: str, port: int, body: dict, api_key: str | None, timeout: 
             "tokens": tokens if tokens is not None else len(arrivals), "seconds": time.perf_counter() - began}
 
 
+class ServerMemory:
+    """Resident set size of the server process at named moments."""
+
+    def __init__(self, pid: int):
+        import psutil  # only for --server-pid
+
+        try:
+            self.process = psutil.Process(pid)
+            self.process.memory_info()
+        except psutil.Error as e:
+            raise SystemExit(f"--server-pid {pid}: {e}") from None
+        self.samples = {"start": self.process.memory_info().rss}
+
+    def sample(self, name: str) -> None:
+        self.samples[name] = self.process.memory_info().rss
+
+    def report(self, first_n: int) -> dict:
+        mb = {name: round(value / 2**20, 1) for name, value in self.samples.items()}
+        out = {"rss_mb_start": mb["start"], f"rss_mb_after_{first_n}": mb.get("first"), "rss_mb_end": mb["end"]}
+        if "first" in self.samples:
+            out[f"rss_growth_pct_since_{first_n}"] = round(100.0 * (self.samples["end"] / self.samples["first"] - 1), 2)
+        return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8080")
@@ -93,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--time-limit", type=float, default=600.0, help="no request starts after this many seconds")
+    ap.add_argument("--server-pid", type=int, default=None,
+                    help="sample this process's RSS (psutil) after the first --rss-after requests and at the end")
+    ap.add_argument("--rss-after", type=int, default=100)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     if not 1 <= args.requests <= MAX_REQUESTS:
@@ -102,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.max_tokens <= 4096:
         ap.error("--max-tokens must be in 1..4096")
     host, port = check_loopback(args.url)
+    rss = ServerMemory(args.server_pid) if args.server_pid is not None else None
 
     results: list[dict] = []
     lock = threading.Lock()
@@ -120,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             result = one_request(host, port, body, args.api_key, timeout=args.time_limit)
             with lock:
                 results.append(result)
+                if rss is not None and len(results) == args.rss_after:
+                    rss.sample("first")
 
     threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
     for t in threads:
@@ -127,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
+    if rss is not None:
+        rss.sample("end")
 
     ok = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
@@ -141,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         "itl_ms_p50": round(percentile(gaps, 50) * 1000, 2), "itl_ms_p95": round(percentile(gaps, 95) * 1000, 2),
         "itl_ms_mean": round(statistics.fmean(gaps) * 1000, 2) if gaps else float("nan"),
     }
+    if rss is not None:
+        report.update(rss.report(args.rss_after))
     if args.json:
         print(json.dumps(report))
     else:

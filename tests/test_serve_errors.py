@@ -102,6 +102,7 @@ def test_cors_origins(server):
     ("/v1/completions", {"prompt": [1, 99999]}, "outside the vocabulary"),
     ("/v1/completions", {"prompt": "x", "logprobs": 99}, "logprobs"),
     ("/v1/completions", {"max_tokens": 3}, "prompt: Field required"),
+    ("/v1/embeddings", {"input": "x"}, "`llmcli serve --pooling mean`"),  # the model declares no pooling
     ("/tokenize", {"text": "x"}, "content"),
     ("/detokenize", {"tokens": [5, -1]}, "outside the vocabulary"),
 ])
@@ -245,3 +246,5 @@ def test_startup_failures_are_one_red_line(tmp_path):
     assert failed.returncode == 1 and "cannot listen on 127.0.0.1" in failed.stderr
     failed = _serve_fails("-m", str(TINY), "--api-key", "k", "--api-key-file", str(bogus))
     assert failed.returncode == 1 and "not both" in failed.stderr
+    failed = _serve_fails("-m", str(TINY), "--pooling", "max")
+    assert failed.returncode == 1 and "--pooling: pooling must be one of mean, cls, last" in failed.stderr

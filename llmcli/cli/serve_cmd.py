@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import BadInputError
+from ..errors import BadInputError, LlmcliError
 from .app import app
 from .run_cmd import BATCH_SIZE, CTX_SIZE, MODEL, THREADS
 
@@ -50,8 +50,12 @@ def serve(
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds a generation may run before it is ended."),
     max_queue: int = typer.Option(None, "--max-queue",
                                   help="Requests that may wait for a slot; more get 503 (default: no limit)."),
+    pooling: str = typer.Option(None, "--pooling",
+                                help="Pooling for /v1/embeddings: mean, cls or last (default: the one the GGUF "
+                                     "declares; a decoder model declares none: use mean)."),
 ) -> None:
     """Serve the model over HTTP with OpenAI's API (chat, completions) and llama-server's endpoints."""
+    from ..generation.pooling import check_pooling
     from ..server import ServerConfig, serve as run_server
 
     if not 0 <= port <= 65535:
@@ -68,10 +72,15 @@ def serve(
         raise BadInputError(f"--timeout must be positive, got {timeout}")
     if max_queue is not None and max_queue < 0:
         raise BadInputError(f"--max-queue must be >= 0, got {max_queue}")
+    if pooling is not None:
+        try:
+            check_pooling(pooling)
+        except LlmcliError as e:
+            raise type(e)(f"--pooling: {e}") from None
     if model is not None and not model.is_file():
         raise BadInputError(f"{model}: no such model file")
     origins = tuple(o.strip() for item in cors_origins for o in item.split(",") if o.strip())
     run_server(ServerConfig(model=model, host=host, port=port, parallel=parallel, ctx_size=ctx_size,
                             threads=threads, batch_size=batch_size, alias=alias,
                             api_keys=_api_keys(api_key, api_key_file), cors_origins=origins, timeout=timeout,
-                            max_queue=max_queue))
+                            max_queue=max_queue, pooling=pooling))

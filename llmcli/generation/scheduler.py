@@ -14,7 +14,8 @@ Each `step()`:
         once for all of them, attention per sequence over its own cache - then sample each row
         with that sequence's own sampler
     prompt: one chunk (at most batch_size tokens) of the oldest admitted prompt, so a long prompt
-        delays the running sequences by one chunk per step, never by the whole prompt
+        delays the running sequences by one chunk per step, never by the whole prompt; an
+        embedding request's chunks give final-norm hidden states to pool, and it ends with its prompt
     retire finished sequences
 
 A sequence's tokens do not depend on what else is in the batch: decode rows run the same kernels
@@ -156,7 +157,9 @@ class Scheduler:
         while self.waiting and self.free:
             seq = self.waiting.popleft()
             prompt = seq.prompt
-            if seq.request.cache_prompt:
+            if seq.pooler is not None:  # an embedding pools every position: evaluate them all
+                best, reuse = min(self.free, key=lambda slot: slot.n_past), 0
+            elif seq.request.cache_prompt:
                 best = max(self.free, key=lambda slot: slot.common_prefix(prompt))
                 reuse = best.common_prefix(prompt)
                 # a running sequence may hold more of the prompt (a shared system prompt): copy it
@@ -179,13 +182,20 @@ class Scheduler:
         start = seq.n_evaluated
         chunk = seq.prompt[start:start + self.model.batch_size]
         began, compiled = time.perf_counter(), compile_seconds()
-        logits = self.model.forward(seq.slot, chunk, pos=start)
+        pooler = seq.pooler
+        if pooler is None:
+            logits = self.model.forward(seq.slot, chunk, pos=start)
+        else:  # final-norm hidden states instead of logits: of every row, or the last one
+            rows = self.model.forward(seq.slot, chunk, pos=start, all_logits=pooler.all_rows, hidden=True)
+            pooler.add(rows.reshape(-1, rows.shape[-1]), start, len(chunk))
         compiling = compile_seconds() - compiled
         seq.timings.compile_ms += compiling * 1000.0
         seq.timings.prompt_ms += (time.perf_counter() - began - compiling) * 1000.0
         seq.timings.prompt_n += len(chunk)
         seq.n_evaluated = start + len(chunk)
-        if seq.n_evaluated == len(seq.prompt):
+        if seq.n_evaluated == len(seq.prompt) and pooler is not None:
+            seq.embedded()
+        elif seq.n_evaluated == len(seq.prompt):
             seq.prompt_done()
             if not seq.done:
                 seq.choose(logits, self.model.n_ctx)

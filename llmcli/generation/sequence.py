@@ -23,12 +23,14 @@ from typing import Callable, NamedTuple, Sequence as Seq
 import numpy as np
 
 from ..engine.jit import compile_seconds
+from .pooling import Pooler
 from .sampling import Sampler, SamplingParams
 from .stops import StopMatcher
 
 # Why a sequence ended: an end-of-generation token, max_tokens, a stop string, a full context,
-# Ctrl-C in the caller, a cancel (a client that went away), or a failed step.
-STOP_REASONS = ("eos", "length", "stop", "context", "interrupted", "cancelled", "error")
+# Ctrl-C in the caller, a cancel (a client that went away), a failed step, or (an embedding
+# request) its prompt pooled.
+STOP_REASONS = ("eos", "length", "stop", "context", "interrupted", "cancelled", "error", "embedded")
 
 _request_ids = itertools.count(1)
 
@@ -41,7 +43,9 @@ class Request:
     the prompt (llama-server's `cache_prompt`); off: evaluate the whole prompt again.
     `sampler`: a custom `sample(logits) -> id` callable replacing the sampling chain.
     `logprobs`: None, or record each generated token's log-probability and the `logprobs` most
-    likely alternatives (see `TokenLogprob`)."""
+    likely alternatives (see `TokenLogprob`). `pooling` ("mean", "cls", "last"): embed the prompt
+    instead of generating - its final-norm hidden states pooled into `Sequence.embedding` (not
+    normalised), evaluated from position 0 - and end with stop reason "embedded"."""
 
     prompt: list[int]
     max_tokens: int = -1
@@ -52,6 +56,7 @@ class Request:
     cache_prompt: bool = True
     sampler: Callable[[np.ndarray], int] | None = None
     logprobs: int | None = None
+    pooling: str | None = None
     id: int = field(default_factory=lambda: next(_request_ids))
 
 
@@ -161,6 +166,8 @@ class Sequence:
         self._decode_started: float | None = None
         self._decode_compile_s = 0.0
         self.cancel_requested = False
+        self.pooler = Pooler(request.pooling) if request.pooling is not None else None
+        self.embedding: np.ndarray | None = None  # the pooled hidden states, once embedded
 
     @property
     def prompt(self) -> list[int]:
@@ -185,6 +192,11 @@ class Sequence:
         self._decode_compile_s = compile_seconds()
         if 0 <= self.request.max_tokens <= 0:
             self.finish("length")
+
+    def embedded(self) -> None:
+        """The whole prompt is pooled: the embedding is ready."""
+        self.embedding = self.pooler.result()
+        self.finish("embedded")
 
     def choose(self, logits: np.ndarray, n_ctx: int) -> None:
         """Sample the next token from this sequence's logits and take it (or end)."""

@@ -68,6 +68,8 @@ class HParams:
     expert_weights_norm: bool = False
     expert_weights_scale: float = 0.0
     embed_scale: float = 1.0
+    # `{arch}.pooling_type`, llama.cpp's enum (0 none, 1 mean, 2 cls, 3 last, 4 rank); None: not given
+    pooling_type: int | None = None
 
     @property
     def n_rot(self) -> int:
@@ -112,6 +114,7 @@ def read_hparams(reader: GGUFReader, arch: str, rope_style: str) -> tuple[HParam
         is_swa=[False] * n_layer,
         n_expert=int(meta.get("expert_count", 0)),
         n_expert_used=int(meta.get("expert_used_count", 0)),
+        pooling_type=None if meta.get("pooling_type") is None else int(meta.get("pooling_type")),
     )
     if n_head % n_head_kv:
         raise FormatError(f"{reader.path}: {n_head} attention heads are not a multiple of "

@@ -232,13 +232,16 @@ class Transformer:
         """A sequence with a cache of its own (one slot): for one-off evaluations and tests."""
         return self.new_cache(1).slot(0, self.n_ctx)
 
-    def forward(self, seq: CacheSlot, ids, pos: int | None = None, all_logits: bool = False) -> np.ndarray:
+    def forward(self, seq: CacheSlot, ids, pos: int | None = None, all_logits: bool = False,
+                hidden: bool = False) -> np.ndarray:
         """Run `ids` of one sequence at positions pos, pos + 1, ... (default: right after what
         its cache holds).
 
         Returns float32 logits of the last position (n_vocab,), or of every position
-        (len(ids), n_vocab) with all_logits. The prompt goes through in batches of batch_size,
-        so each weight block is decoded once per batch; one token runs as `decode` does.
+        (len(ids), n_vocab) with all_logits. hidden: the last layer's hidden states after the
+        final norm instead of logits (n_embd wide: what the output matrix would read; llama.cpp's
+        `result_norm`, the embeddings it pools). The prompt goes through in batches of
+        batch_size, so each weight block is decoded once per batch; one token runs as `decode` does.
         """
         ids = self._check_ids(ids)
         pos = seq.n_past if pos is None else int(pos)
@@ -253,9 +256,10 @@ class Transformer:
             # Logits of every row (all_logits), of the prompt's last row, or none (earlier batches).
             n_rows = len(chunk) if all_logits else (1 if last else 0)
             if len(chunk) == 1:
-                logits = self._decode_rows(seq.cache, chunk, np.array([seq.index]), np.array([pos + start]))
+                logits = self._decode_rows(seq.cache, chunk, np.array([seq.index]), np.array([pos + start]),
+                                           hidden)
             else:
-                logits = self._forward_batch(seq, chunk, pos + start, n_rows)
+                logits = self._forward_batch(seq, chunk, pos + start, n_rows, hidden)
             seq.history[pos + start:pos + start + len(chunk)] = chunk
             seq.n_past = pos + start + len(chunk)
             if all_logits:
@@ -321,32 +325,42 @@ class Transformer:
         """Full-sequence logits (len(ids), n_vocab) from an empty context (a fresh sequence)."""
         return self.forward(self.new_sequence(), ids, 0, all_logits=True)
 
+    def hidden_states(self, ids) -> np.ndarray:
+        """Final-norm hidden states of every position (len(ids), n_embd) from an empty context."""
+        return self.forward(self.new_sequence(), ids, 0, all_logits=True, hidden=True)
+
     # -- the graph -----------------------------------------------------------------------------
 
-    def _forward_batch(self, seq: CacheSlot, ids: np.ndarray, pos0: int, n_logit_rows: int) -> np.ndarray | None:
-        """Consecutive tokens of one sequence (a prompt chunk) at pos0, pos0 + 1, ...: logits of
-        its last n_logit_rows rows (None for 0). Projections as GEMMs from GEMM_MIN_TOKENS rows on."""
+    def _forward_batch(self, seq: CacheSlot, ids: np.ndarray, pos0: int, n_logit_rows: int,
+                       hidden: bool = False) -> np.ndarray | None:
+        """Consecutive tokens of one sequence (a prompt chunk) at pos0, pos0 + 1, ...: logits (or
+        final-norm hidden states) of its last n_logit_rows rows (None for 0). Projections as GEMMs
+        from GEMM_MIN_TOKENS rows on."""
         def attend(il, blk, h, out, keep):
             self._attention(il, blk, h, out, seq, pos0, keep)
-        return self._run_layers(ids, n_logit_rows, attend, decode=False)
+        return self._run_layers(ids, n_logit_rows, attend, decode=False, hidden=hidden)
 
-    def _decode_rows(self, cache: KVCache, ids: np.ndarray, index: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Row b is one token of sequence index[b] (a slot of cache) at positions[b]: logits of every
-        row. Every row runs the same kernels whatever the batch holds (mat-vec arithmetic, serial
-        norms), so a sequence's logits do not depend on its neighbours."""
+    def _decode_rows(self, cache: KVCache, ids: np.ndarray, index: np.ndarray, positions: np.ndarray,
+                     hidden: bool = False) -> np.ndarray:
+        """Row b is one token of sequence index[b] (a slot of cache) at positions[b]: logits (or
+        final-norm hidden states) of every row. Every row runs the same kernels whatever the batch
+        holds (mat-vec arithmetic, serial norms), so a sequence's logits do not depend on its neighbours."""
         if len(ids) > self._buffer_rows:
             self._alloc_buffers(len(ids))
 
         def attend(il, blk, h, out, keep):
             self._attention_rows(il, blk, h, out, cache, index, positions)
-        return self._run_layers(ids, len(ids), attend, decode=True)
+        return self._run_layers(ids, len(ids), attend, decode=True, hidden=hidden)
 
     @staticmethod
     def _project(w: Linear, x: np.ndarray, out: np.ndarray, decode: bool) -> np.ndarray:
         return w.decode(x, out) if decode else w(x, out)
 
-    def _run_layers(self, ids: np.ndarray, n_logit_rows: int, attend, decode: bool) -> np.ndarray | None:
-        """Every layer over the batch's rows; `attend(il, blk, h, out, keep)` does attention."""
+    def _run_layers(self, ids: np.ndarray, n_logit_rows: int, attend, decode: bool,
+                    hidden: bool = False) -> np.ndarray | None:
+        """Every layer over the batch's rows; `attend(il, blk, h, out, keep)` does attention.
+        Returns the logits of the last n_logit_rows rows, or with `hidden` their final-norm hidden
+        states (a copy: the work buffers are reused by the next call)."""
         hp = self.hp
         n = len(ids)
         norm = ops.rms_norm_serial if decode else ops.rms_norm
@@ -379,6 +393,8 @@ class Transformer:
         rows = x[len(x) - n_logit_rows:]
         normed = h[:len(rows)]
         norm(rows, self.output_norm, hp.rms_eps, normed)
+        if hidden:
+            return normed.copy()
         logits = np.empty((len(rows), hp.n_vocab), np.float32)
         self._project(self.output, normed, logits, decode)
         if hp.final_softcap:

@@ -22,10 +22,12 @@ from .. import __version__
 from ..errors import LlmcliError
 from ..generation import Request as GenerationRequest
 from ..generation import SamplingParams
+from ..generation.pooling import l2_normalize
 from .errors import ApiError
 from .gateway import Gateway
-from .responses import FINISH_REASONS, ChatShapes, TextShapes, TokenTexts, usage
-from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from .responses import FINISH_REASONS, ChatShapes, TextShapes, TokenTexts, embedding_list, usage
+from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
+                      TokenizeRequest)
 from .state import ServerState
 from .stream import SSE_DONE, SSE_PING, EngineStream, error_of, sse
 
@@ -148,6 +150,21 @@ def create_app(state: ServerState) -> FastAPI:
         return shapes.completion(text, finish, None if logprobs is None else texts.completion_logprobs(logprobs),
                                  _usage(stream, request))
 
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request, body: EmbeddingRequest = Depends(json_body(EmbeddingRequest))):
+        llm = state.ready()
+        pooling = llm.pooling(config.pooling)  # no pooling declared nor --pooling: a 400 saying how
+        n_embd = llm.model.hp.n_embd
+        if body.dimensions is not None and body.dimensions != n_embd:
+            raise ApiError(400, f"'dimensions' must be the model's embedding size ({n_embd}) if given: "
+                                f"this server does not shorten embeddings")
+        prompts = await run_in_threadpool(lambda: [llm.tokenize(x, True, True) if isinstance(x, str) else x
+                                                   for x in body.input])
+        vectors = await _embed_all(state, prompts, pooling, request)
+        n_tokens = sum(len(p) for p in prompts)
+        request.state.tokens = (n_tokens, 0)  # for the access log line
+        return embedding_list([l2_normalize(v) for v in vectors], state.model_id, n_tokens, body.encoding_format)
+
     @app.get("/", response_class=HTMLResponse)
     async def chat_page():
         return HTMLResponse(CHAT_PAGE.read_text(encoding="utf-8"))
@@ -181,6 +198,46 @@ def _submit(state: ServerState, body, prompt: list[int], logprobs: int | None) -
                         on_done=lambda seq: state.metrics.add(seq.timings))
 
 
+async def _embed_all(state: ServerState, prompts: list[list[int]], pooling: str, request: Request) -> list:
+    """Each prompt's pooled embedding, at most `parallel` of them submitted at a time (the queue
+    stays fair to other requests); a client that goes away cancels what is left."""
+    slots = asyncio.Semaphore(state.llm.scheduler.n_parallel)
+    streams: list[EngineStream] = []
+    gone = False
+
+    def stop_all() -> None:
+        nonlocal gone
+        gone = True
+        for stream in streams:
+            stream.close()
+
+    async def one(prompt: list[int]):
+        async with slots:
+            if gone:
+                return None
+            stream = EngineStream(state.engine, GenerationRequest(prompt, pooling=pooling), state.config.timeout,
+                                  on_done=lambda seq: state.metrics.add(seq.timings))
+            streams.append(stream)
+            reason = None
+            async for event in stream.events():
+                if event.done and event.error is not None:
+                    raise error_of(event)
+                reason = event.stop_reason
+            if reason == "timeout":
+                raise ApiError(503, f"the embedding took longer than --timeout ({state.config.timeout:g} s)")
+            return stream.seq.embedding if reason == "embedded" else None
+
+    watcher = _watch_disconnect(request, stop_all)
+    try:
+        vectors = await asyncio.gather(*(one(p) for p in prompts))
+    finally:
+        watcher.cancel()
+        stop_all()
+    if any(v is None for v in vectors):
+        raise ApiError(499, "the client went away", type="cancelled")
+    return vectors
+
+
 def _usage(stream: EngineStream, request: Request) -> dict:
     completion = stream.completion_tokens()
     request.state.tokens = (stream.prompt_tokens, completion)  # for the access log line
@@ -190,12 +247,7 @@ def _usage(stream: EngineStream, request: Request) -> dict:
 async def _collect(stream: EngineStream, request: Request):
     """Run a generation to its end: (text, logprobs or None, finish_reason). A client that goes
     away meanwhile cancels it."""
-    async def cancel_on_disconnect():
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        stream.close()
-
-    watcher = asyncio.create_task(cancel_on_disconnect())
+    watcher = _watch_disconnect(request, stream.close)
     pieces, logprobs = [], []
     try:
         async for event in stream.events():
@@ -211,6 +263,16 @@ async def _collect(stream: EngineStream, request: Request):
         stream.close()
     asked = stream.handle.seq.request.logprobs is not None
     return "".join(pieces), logprobs if asked else None, finish
+
+
+def _watch_disconnect(request: Request, on_gone) -> asyncio.Task:
+    """A task that calls on_gone() if the client disconnects (cancel it once the answer is ready)."""
+    async def watch():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        on_gone()
+
+    return asyncio.create_task(watch())
 
 
 async def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompletionRequest, texts: TokenTexts,

@@ -1,5 +1,5 @@
 """Response bodies in OpenAI's shapes, field for field: chat completions and their stream chunks,
-text completions and theirs, usage, and both logprobs formats.
+text completions and theirs, usage, both logprobs formats, and embedding lists.
 
 Our stop reasons map onto OpenAI's two: an end-of-generation token or a stop string is `stop`;
 max_tokens, a full context or the server's --timeout is `length`.
@@ -7,8 +7,11 @@ max_tokens, a full context or the server's --timeout is `length`.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
+
+import numpy as np
 
 from .. import __version__
 from ..generation import TokenLogprob
@@ -25,6 +28,18 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+def embedding_list(vectors: list[np.ndarray], model: str, prompt_tokens: int, encoding_format: str) -> dict:
+    """An embeddings response: each vector as floats, or base64 of its little-endian float32 bytes."""
+    def encode(vector: np.ndarray):
+        if encoding_format == "base64":
+            return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode("ascii")
+        return vector.tolist()
+
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
 
 
 class TokenTexts:

@@ -14,10 +14,13 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..api import embedding_inputs
+from ..errors import BadInputError
 from ..generation import SamplingParams
 
 _DEFAULTS = SamplingParams()
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound for top_logprobs
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's bound for the inputs of one embeddings request
 
 
 def _absent(value: Any) -> bool:
@@ -203,6 +206,28 @@ class CompletionRequest(GenerationRequest):
 
     def logprobs_count(self) -> int | None:
         return self.logprobs
+
+
+class EmbeddingRequest(StrictModel):
+    """POST /v1/embeddings: `input` a string, a list of strings, a list of token ids (one input)
+    or a list of token-id lists; `dimensions`, when given, must be the model's width."""
+
+    input: Any = Field(...)
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, gt=0)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, value: Any) -> list[str | list[int]]:
+        try:
+            inputs = embedding_inputs(value)
+        except BadInputError as e:
+            raise ValueError(str(e)) from None
+        if len(inputs) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request, got {len(inputs)}")
+        return inputs
 
 
 class TokenizeRequest(StrictModel):

@@ -25,6 +25,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     timeout: float = 600.0  # seconds a generation may run (llama-server's --timeout default)
     max_queue: int | None = None
+    pooling: str | None = None  # embeddings' pooling (mean, cls, last); None: the model's own
     max_body_bytes: int = 8 * 1024 * 1024
     sse_ping_interval: float = 10.0  # seconds of silence before a keep-alive comment
 
