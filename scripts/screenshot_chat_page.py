@@ -7,7 +7,8 @@ streamed reply, save a screenshot.
 Starts `llmcli serve` on the model (default: the tiny test llama, whose random weights reply with
 noise, ~7 s in all; the page asks for no max_tokens, so a model that rambles runs to its context) on a
 free port, drives http://.../ with Debian's `chromium` over the DevTools
-protocol (tests/browser.py) and prints what the page showed. Needs `apt-get install -y chromium`.
+protocol (scripts/chat_browser.py) and prints what the page showed. Needs `apt-get install -y chromium`
+(a script, not a test: the README's test command must pass on a machine without a browser).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.browser import chat_in_browser  # noqa: E402
+from scripts.chat_browser import chat_in_browser  # noqa: E402
 from tests.serve_process import TINY, ServerProcess  # noqa: E402
 
 

@@ -2,8 +2,7 @@
 
 The browser is spoken to over the Chrome DevTools Protocol on a pipe (`--remote-debugging-pipe`:
 it reads NUL-terminated JSON commands on its fd 3 and writes responses and events on fd 4), so no
-port, websocket library or playwright is needed. Used by tests/test_serve_chat_page.py and
-scripts/screenshot_chat_page.py.
+port, websocket library or playwright is needed. Used by scripts/screenshot_chat_page.py.
 
     with Chromium() as browser:
         page = browser.new_page()
