@@ -182,7 +182,7 @@ class Page:
 # What the chat page shows: the model name, its bubbles (class, text), whether a reply is streaming.
 PAGE_STATE = """(() => {
   const bubbles = [...document.querySelectorAll('#log .msg')].map(d => [d.className, d.textContent]);
-  return {model: document.getElementById('model').textContent, sending: document.getElementById('send').disabled,
+  return {model: document.getElementById('model').textContent, sending: document.getElementById('send').textContent === 'Stop',
           bubbles: bubbles, last: bubbles.length ? bubbles[bubbles.length - 1][1] : ''};
 })()"""
 
