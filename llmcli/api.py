@@ -122,14 +122,7 @@ class LLM:
             raise BadInputError(f"{len(per_prompt)} sampling parameter sets for {len(prompts)} prompts")
         seqs = [sched.new_sequence(self._request(p, max_tokens, sp, stop, parse_special, ignore_eos, cache_prompt))
                 for p, sp in zip(prompts, per_prompt)]
-        for seq in seqs:
-            sched.submit(seq)
-        try:
-            sched.run_all()
-        except BaseException:
-            for seq in seqs:
-                sched.cancel(seq, "interrupted")
-            raise
+        _run_together(sched, seqs)
         return [Completion(sched, seq) for seq in seqs]
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, stop: Sequence[str] = (),
@@ -159,14 +152,7 @@ class LLM:
         seqs = [sched.new_sequence(Request(self.tokenize(item, add_special=True, parse_special=True)
                                            if isinstance(item, str) else item, pooling=kind))
                 for item in inputs]
-        for seq in seqs:
-            sched.submit(seq)
-        try:
-            sched.run_all()
-        except BaseException:
-            for seq in seqs:
-                sched.cancel(seq, "interrupted")
-            raise
+        _run_together(sched, seqs)
         vectors = np.stack([l2_normalize(seq.embedding) if normalize else seq.embedding for seq in seqs])
         return vectors[0] if isinstance(texts, str) else vectors
 
@@ -237,6 +223,18 @@ def embedding_inputs(value) -> list[str | list[int]]:
         else:
             raise BadInputError(f"input item {i} must be a string or a non-empty list of token ids")
     return out
+
+
+def _run_together(sched: Scheduler, seqs) -> None:
+    """Queue every sequence and step until all are done (Ctrl-C or a failure ends them all)."""
+    for seq in seqs:
+        sched.submit(seq)
+    try:
+        sched.run_all()
+    except BaseException:
+        for seq in seqs:
+            sched.cancel(seq, "interrupted")
+        raise
 
 
 def _marker_texts(tok: Tokenizer) -> frozenset[str]:
