@@ -12,6 +12,7 @@ markers its vocabulary has, ChatML when none matches (llama.cpp's own fallback).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,22 +109,14 @@ class ChatTemplate:
         return f"chat template ({self.origin})"
 
     def __post_init__(self) -> None:
-        # jinja2 is imported here, not at module level: plain completions never need it (~50 ms)
-        from .sandbox import LimitedEnvironment
-
         if not isinstance(self.source, str):
             raise BadInputError(f"{self.label} is not a string")
         if len(self.source) > MAX_TEMPLATE_CHARS:
             raise BadInputError(f"{self.label} is {len(self.source):,} characters long; "
                                 f"refusing more than {MAX_TEMPLATE_CHARS:,}")
-        env = LimitedEnvironment(self.max_chars, trim_blocks=True, lstrip_blocks=True,
-                                 extensions=["jinja2.ext.loopcontrols"])
-        env.filters["tojson"] = _tojson
-        env.guard_filters()
-        env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
-        self._env = env
+        self._env = _environment(self.max_chars)
         try:
-            self._compiled = env.from_string(self.source)
+            self._compiled = self._env.from_string(self.source)
         except Exception as e:  # TemplateSyntaxError, or a RecursionError on absurd nesting
             raise BadInputError(f"{self.label} does not parse: {_one_line(e)}") from None
 
@@ -165,6 +158,20 @@ class ChatTemplate:
         except Exception as e:  # a template is foreign code: any failure is the template's
             raise BadInputError(f"{self.label} failed to render: "
                                 f"{type(e).__name__}: {_one_line(e)}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(max_chars: int):
+    """The sandbox templates compile in, shared by templates with the same size limit (renders in
+    one environment take turns)."""
+    # jinja2 is imported here, not at module level: plain completions never need it (~50 ms)
+    from .sandbox import LimitedEnvironment
+
+    env = LimitedEnvironment(max_chars, trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = _tojson
+    env.guard_filters()
+    env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+    return env
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
