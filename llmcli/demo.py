@@ -6,7 +6,8 @@ in four chunks. `demo_model_path()` concatenates them into the cache directory t
 sha256 while writing, and leaves a marker file beside the GGUF recording the verified hash, size and
 modification time. Later calls see the marker and return at once, without re-reading 253 MB.
 
-Cache directory: `$LLMCLI_CACHE`, else `~/.cache/llmcli/`.
+Cache directory: `$LLMCLI_CACHE`, else `~/.cache/llmcli/`. The test suite sets `LLMCLI_CACHE` to
+`<checkout>/.cache/llmcli/` (tests/conftest.py, git-ignored), so tests and CI never write to `~/.cache`.
 """
 
 from __future__ import annotations

@@ -33,7 +33,6 @@ from .quants import registry
 from .quants.mixes import (
     Mix,
     ModelFacts,
-    SUPPORTED_MIXES,
     QuantizeOptions,
     TypeChoice,
     TypePlanner,
@@ -66,7 +65,9 @@ def output_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 @dataclass
-class PlannedTensor:
+class TensorPlan:
+    """One tensor of a quantize plan: the input tensor, the type chosen for it, the shape written."""
+
     info: TensorInfo
     choice: TypeChoice
     shape: tuple[int, ...]          # as written (GGUF order)
@@ -102,7 +103,7 @@ class QuantizePlan:
     input: Path
     mix: Mix
     model: ModelFacts
-    tensors: list[PlannedTensor]
+    tensors: list[TensorPlan]
     metadata: dict[str, MetadataValue]
     n_fallback: int
     input_file_bytes: int
@@ -127,7 +128,7 @@ class QuantizePlan:
 def plan_quantize(reader, mix: Mix, options: QuantizeOptions,
                   allow_requantize: bool = False) -> QuantizePlan:
     """Choose every tensor's type and check, before any work, that the job can be done.
-    `reader`: a GGUFReader, or a source with the same interface (see ConvertedSource)."""
+    `reader`: a GGUFReader, or a source with the same interface (see convert/quantized.py)."""
     where = str(reader.path)
     model = ModelFacts.from_metadata(reader.get, where)
     by_name = {t.name: t for t in reader.tensors}
@@ -136,7 +137,7 @@ def plan_quantize(reader, mix: Mix, options: QuantizeOptions,
     for name in llama_tensor_order(by_name):
         info = by_name[name]
         choice = planner.choose(name, info.shape, info.type)
-        tensors.append(PlannedTensor(info, choice, output_shape(info.shape)))
+        tensors.append(TensorPlan(info, choice, output_shape(info.shape)))
     plan = QuantizePlan(reader.path, mix, model, tensors, quantized_metadata(reader.metadata, mix),
                         planner.n_fallback, reader.file_size)
     check_plan(plan, allow_requantize)
@@ -276,7 +277,7 @@ def relative_rmse(err2: float, ref2: float) -> float:
     return 0.0 if err2 == 0 else math.inf
 
 
-def _result(t: PlannedTensor, rmse: float | None = None) -> TensorResult:
+def _result(t: TensorPlan, rmse: float | None = None) -> TensorResult:
     return TensorResult(t.name, t.shape, t.source.name, t.target.name, t.bytes_out, t.bytes_in,
                         t.choice.how, rmse)
 
@@ -358,7 +359,7 @@ def run_quantize(source, output_path: str | os.PathLike | None, mix: Mix, option
     return report
 
 
-def write_tensor(reader, writer: GGUFWriter, t: PlannedTensor, measure: bool = True,
+def write_tensor(reader, writer: GGUFWriter, t: TensorPlan, measure: bool = True,
                  on_slab: Callable[[int], None] | None = None) -> TensorResult:
     raw = reader.tensor_bytes(t.info)
     if not t.converts:
@@ -368,76 +369,3 @@ def write_tensor(reader, writer: GGUFWriter, t: PlannedTensor, measure: bool = T
                                     on_slab)
     writer.write_tensor_data(t.name, data)
     return _result(t, relative_rmse(err2, ref2) if measure else None)
-
-
-# --------------------------------------------------------------------------------------------------
-# convert --outtype Q4_K_M: Hugging Face checkpoint -> quantized GGUF, no f16 file in between
-# --------------------------------------------------------------------------------------------------
-
-
-class ConvertedSource:
-    """The f16 GGUF `llmcli convert --outtype f16` would write, never written: the header is built
-    up front and each tensor's bytes are made (loaded, transformed, encoded) when asked for. Being
-    exactly those bytes, quantizing from it gives the same file as convert + quantize."""
-
-    def __init__(self, model_dir: str | os.PathLike, pre: str | None = None):
-        from .convert.checkpoint import Checkpoint
-        from .convert.pipeline import prepare
-
-        self.path = Path(model_dir)
-        ckpt = Checkpoint(self.path)
-        self.hf_architecture = ckpt.architecture
-        _conv, planned, kv, counts, _file_type = prepare(ckpt, self.path, "f16", pre)
-        self.n_parameters = counts[0]
-        self.metadata: dict[str, MetadataValue] = dict(kv.entries)
-        self._planned = {p.tensor.name: p for p in planned}
-        self.tensors = [TensorInfo(p.tensor.name, p.tensor.gguf_shape, p.type, 0, TYPE_INFO[p.type])
-                        for p in planned]
-        header = GGUFWriter(os.devnull, force=True)
-        for key, mv in self.metadata.items():
-            header.add(key, mv)
-        header.add_tensor_infos_from(self.tensors)
-        self.file_size = header.total_bytes
-
-    def get(self, key: str, default=None):
-        mv = self.metadata.get(key)
-        return default if mv is None else mv.to_python()
-
-    def tensor_bytes(self, info: TensorInfo) -> np.ndarray:
-        from .convert.pipeline import encode
-
-        p = self._planned[info.name]
-        data = p.tensor.load()
-        if tuple(data.shape) != p.tensor.shape:
-            raise BadInputError(f"{self.path}: tensor '{info.name}' has shape {list(data.shape)}, "
-                                f"expected {list(p.tensor.shape)}")
-        return np.ascontiguousarray(encode(data, p.type)).view(np.uint8).reshape(info.n_rows, info.row_bytes)
-
-
-def convert_quantized(model_dir: str | os.PathLike, output_path: str | os.PathLike | None, type_name: str,
-                      options: QuantizeOptions | None = None, *, pre: str | None = None, force: bool = False,
-                      threads: int | None = None, progress: bool = False, measure: bool = False):
-    """`llmcli convert DIR --outtype Q4_K_M`: one streaming pass, byte-equal to `convert --outtype f16`
-    followed by `quantize --type Q4_K_M`. Returns convert's ConvertSummary."""
-    from .convert.pipeline import ConvertSummary, default_output
-
-    started = time.perf_counter()
-    try:
-        mix = find_mix(type_name)
-    except BadInputError:
-        raise BadInputError(f"unknown --outtype '{type_name}': f32, f16, bf16, q8_0, auto, or a quantization "
-                            f"type ({', '.join(SUPPORTED_MIXES)})") from None
-    out = Path(output_path) if output_path is not None else default_output(Path(model_dir), mix.name.lower())
-    check_output_path(out, force)
-    threads = set_threads(threads)
-    source = ConvertedSource(model_dir, pre)
-    report = run_quantize(source, out, mix, options or QuantizeOptions(), threads=threads, force=force,
-                          progress=progress, measure=measure)
-    counts: dict[str, int] = {}
-    for t in report.tensors:
-        counts[t.to_type] = counts.get(t.to_type, 0) + 1
-    return ConvertSummary(output=str(out), architecture=str(source.get("general.architecture")),
-                          hf_architecture=source.hf_architecture, outtype=mix.name, file_type=int(mix.file_type),
-                          tensors=len(report.tensors), parameters=source.n_parameters,
-                          bytes=out.stat().st_size, seconds=round(time.perf_counter() - started, 3),
-                          type_counts=counts)

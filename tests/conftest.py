@@ -1,16 +1,39 @@
-"""Shared fixtures: where the test data lives, and running the CLI in-process."""
+"""Shared fixtures: where the test data lives, and running the CLI in-process.
+
+Set up here for every test (and the subprocesses tests start, which inherit the environment):
+
+* The demo model is assembled into `<checkout>/.cache/llmcli/` (git-ignored), never the user's
+  `~/.cache`: `LLMCLI_CACHE` is set to it, overriding any value it had.
+* Hypothesis profiles: `ci` (the default, what `python -m pytest` and CI run) generates 10,000 cases
+  per fuzz target, derandomized so every run tries the same cases, without a deadline and without
+  an example database (nothing written outside the temp dirs); `dev` (`--hypothesis-profile=dev`)
+  200 cases for a quick look.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import io
+import os
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
+ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
+TEST_CACHE = ROOT / ".cache" / "llmcli"
+os.environ["LLMCLI_CACHE"] = str(TEST_CACHE)
+
+FUZZ_EXAMPLES = 10_000
+_FUZZ_SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
+                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                             HealthCheck.filter_too_much])
+settings.register_profile("ci", max_examples=FUZZ_EXAMPLES, **_FUZZ_SETTINGS)
+settings.register_profile("dev", max_examples=200, **_FUZZ_SETTINGS)
+settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

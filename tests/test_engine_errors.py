@@ -129,3 +129,9 @@ def test_moe_layer_without_expert_tensors(tmp_path):
                 w.write_tensor_data(t.name, reader.tensor_bytes(t))
     with pytest.raises(FormatError, match=r"missing tensor 'blk\.0\.ffn_up_exps\.weight'"):
         load_model(tmp_path / "no_experts.gguf")
+
+
+def test_a_name_with_a_line_break_still_gives_one_error_line(cli, tmp_path):
+    """Names come from the file: a newline in one is shown escaped, the error stays one line."""
+    path = rewrite(tmp_path / "newline.gguf", arch="bad\narch")
+    _one_line_error(cli, path, "newline.gguf", "architecture 'bad\\narch' is not supported")

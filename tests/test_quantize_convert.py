@@ -60,3 +60,20 @@ def test_convert_outtype_errors(cli, tmp_path):
     res = cli("convert", DATA / "hf" / "mixtral", "-o", out, "--outtype", "Q4_K_M")
     assert res.exit_code == 1 and "already exists" in res.stderr and out.read_bytes() == b"keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]
+
+
+def test_quantize_does_not_import_convert():
+    """Imports point down: convert/quantized.py builds on quantize, quantize never reaches up into convert."""
+    import ast
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    tree = ast.parse((root / "llmcli" / "quantize.py").read_text())
+    modules = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    modules += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [m for m in modules if m.startswith(("convert", "llmcli.convert"))], modules
+    code = "import sys, llmcli.quantize; print(sorted(m for m in sys.modules if m.startswith('llmcli.convert')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

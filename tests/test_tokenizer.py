@@ -440,6 +440,14 @@ def _fail(*args):
     raise AssertionError("should not be called")
 
 
+def test_tests_keep_the_demo_model_inside_the_checkout():
+    """tests/conftest.py points LLMCLI_CACHE into the checkout: the suite never fills ~/.cache."""
+    root = Path(__file__).resolve().parents[1]
+    assert demo.cache_dir().resolve() == (root / ".cache" / "llmcli").resolve()
+    assert demo.demo_model_path().resolve().is_relative_to(root)
+    assert ".cache/" in (root / ".gitignore").read_text().splitlines()
+
+
 def test_demo_model_missing_package_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setenv("LLMCLI_CACHE", str(tmp_path))
     monkeypatch.setattr(demo, "DEMO_PACKAGE", "no_such_package_for_llmcli_tests")

@@ -75,8 +75,10 @@ def _register_commands(argv: list[str] | None = None) -> None:
 
 
 def _report(error: LlmcliError) -> int:
-    """One red line on stderr; the exit code for an expected failure."""
-    err_console.print("[bold red]error:[/] " + escape(str(error)), soft_wrap=True)
+    """One red line on stderr; the exit code for an expected failure. Line breaks a message quotes
+    from a file (a tensor name, a template) are shown escaped, so it stays one line."""
+    message = str(error).replace("\r", "\\r").replace("\n", "\\n")
+    err_console.print("[bold red]error:[/] " + escape(message), soft_wrap=True)
     return 1
 
 

@@ -35,7 +35,7 @@ def convert(
         summary = run_convert(model_dir, output, outtype=outtype.lower(), pre=pre, force=force,
                               progress=sys.stderr.isatty() and not as_json)
     else:  # a llama-quantize TYPE (Q4_K_M, ...): convert to f16 and quantize in one streaming pass
-        from ..quantize import convert_quantized
+        from ..convert.quantized import convert_quantized
 
         summary = convert_quantized(model_dir, output, outtype, pre=pre, force=force,
                                     progress=sys.stderr.isatty() and not as_json)

@@ -6,7 +6,9 @@
 Modules: checkpoint (config.json + lazy safetensors), base (what all architectures share),
 one module per architecture family (llama, qwen2, gemma3, phi3, ...) registered in registry,
 metadata (general.* keys, key order) with model_card (README.md front matter), pipeline (type
-choice, encoders, streaming write), kernels (numba float32 -> float16).
+choice, encoders, streaming write), kernels (numba float32 -> float16), quantized (`--outtype
+Q4_K_M` etc.: the f16 conversion fed to llmcli.quantize in one pass; convert uses quantize, never
+the other way round).
 
 Adding an architecture: a module with an `ArchConverter` subclass decorated with
 `@register("HFArchitectureName")` (TENSOR_NAMES table, CONFIG_DEFAULTS, and overrides of

@@ -15,6 +15,7 @@ names sorted within each shard.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -76,6 +77,13 @@ class SourceTensor:
 
 
 def read_safetensors_header(path: Path) -> list[SourceTensor]:
+    """The tensors a safetensors file lists, each checked to lie inside the file.
+
+    Every field of the header is checked for type and range before use (a hostile header is a
+    one-line FormatError, never a TypeError or an allocation of what it claims): dtype a known
+    name, shape a list of non-negative integers, data_offsets two integers 0 <= begin <= end whose
+    difference is exactly what the dtype and shape need, and the data inside the file.
+    """
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -88,6 +96,8 @@ def read_safetensors_header(path: Path) -> list[SourceTensor]:
             header = json.loads(f.read(n).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise FormatError(f"{path}: corrupt safetensors header ({e})") from None
+        except RecursionError:
+            raise FormatError(f"{path}: corrupt safetensors header (JSON nested too deeply)") from None
     if not isinstance(header, dict):
         raise FormatError(f"{path}: corrupt safetensors header (not a JSON object)")
     data_start = 8 + n
@@ -95,20 +105,49 @@ def read_safetensors_header(path: Path) -> list[SourceTensor]:
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype, shape, (begin, end) = meta["dtype"], tuple(int(d) for d in meta["shape"]), meta["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{path}: corrupt safetensors entry for '{name}'") from None
+        dtype, shape, offsets = _entry_fields(path, name, meta)
         if dtype not in _STORED_DTYPE:
-            raise UnsupportedError(f"{path}: tensor '{name}' has dtype {dtype}, which convert cannot read")
-        expected = (int(np.prod(shape, dtype=np.int64)) if shape else 1) * np.dtype(_STORED_DTYPE[dtype]).itemsize
+            raise UnsupportedError(f"{path}: tensor {name!r} has dtype {dtype[:40]!r}, which convert cannot read")
+        begin, end = offsets
+        expected = math.prod(shape) * np.dtype(_STORED_DTYPE[dtype]).itemsize
         if end - begin != expected:
-            raise FormatError(f"{path}: tensor '{name}' has {end - begin} bytes, its {dtype} shape {list(shape)} needs {expected}")
+            raise FormatError(f"{path}: tensor {name!r} has {end - begin} bytes, its {dtype} shape "
+                              f"{_short(list(shape))} needs {expected}")
         if data_start + end > size:
-            raise FormatError(f"{path}: truncated: tensor '{name}' ends at byte {data_start + end}, file has {size}")
+            raise FormatError(f"{path}: truncated: tensor {name!r} ends at byte {data_start + end}, file has {size}")
         out.append(SourceTensor(name, dtype, shape, path, data_start + begin, end - begin))
     out.sort(key=lambda t: t.name)
     return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _entry_fields(path: Path, name: str, meta: Any) -> tuple[str, tuple[int, ...], tuple[int, int]]:
+    """(dtype, shape, (begin, end)) of one header entry, or a FormatError saying what is wrong."""
+    def bad(what: str) -> FormatError:
+        return FormatError(f"{path}: corrupt safetensors entry for tensor {_short(name)}: {what}")
+
+    if not isinstance(meta, dict):
+        raise bad(f"expected an object, got {type(meta).__name__}")
+    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in meta]
+    if missing:
+        raise bad(f"no {', '.join(repr(k) for k in missing)}")
+    dtype, shape, offsets = meta["dtype"], meta["shape"], meta["data_offsets"]
+    if not isinstance(dtype, str):
+        raise bad(f"'dtype' is {_short(dtype)}, not a string")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise bad(f"'shape' is {_short(shape)}, not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise bad(f"'data_offsets' is {_short(offsets)}, not [begin, end] with 0 <= begin <= end")
+    return dtype, tuple(shape), (offsets[0], offsets[1])
 
 
 class Checkpoint:

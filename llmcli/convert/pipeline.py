@@ -178,7 +178,9 @@ class TensorQuantizer(Protocol):
 
 
 @dataclass
-class PlannedTensor:
+class TypedTensor:
+    """A tensor the converter will write, with the GGML type chosen for it."""
+
     tensor: OutputTensor
     type: GGMLType
 
@@ -259,7 +261,7 @@ def convert(model_dir: str | os.PathLike, output: str | os.PathLike | None = Non
 
 
 def prepare(ckpt: Checkpoint, model_dir: Path, outtype: str, pre: str | None = None,
-            quantizer: TensorQuantizer | None = None) -> tuple[ArchConverter, list[PlannedTensor], KV, tuple, int]:
+            quantizer: TensorQuantizer | None = None) -> tuple[ArchConverter, list[TypedTensor], KV, tuple, int]:
     """Everything before the data: the converter, each tensor's type, the metadata (in llama.cpp's
     order), the parameter counts and the file type. `llmcli convert --outtype Q4_K_M` streams from this too."""
     conv_cls = converter_for(ckpt.architecture, ckpt.config_path)
@@ -268,7 +270,7 @@ def prepare(ckpt: Checkpoint, model_dir: Path, outtype: str, pre: str | None = N
 
     main_type, file_type = OUTTYPES[outtype]
     file_type = int(quantizer.file_type) if quantizer is not None else int(file_type)
-    planned = [PlannedTensor(t, _choose_type(t, main_type, quantizer)) for t in conv.plan()]
+    planned = [TypedTensor(t, _choose_type(t, main_type, quantizer)) for t in conv.plan()]
     if not planned:
         raise BadInputError(f"{model_dir}: no tensors to convert")
 
@@ -293,7 +295,7 @@ def _choose_type(t: OutputTensor, main_type: GGMLType, quantizer: TensorQuantize
     return chosen
 
 
-def _write(writer: GGUFWriter, planned: list[PlannedTensor], quantizer: TensorQuantizer | None,
+def _write(writer: GGUFWriter, planned: list[TypedTensor], quantizer: TensorQuantizer | None,
            progress: bool) -> None:
     from tqdm import tqdm
 

@@ -334,11 +334,13 @@ class GGUFReader:
             if shape and shape[0] % info.type_info.block_size:
                 raise cur.fail(f"tensor '{name}' row length {shape[0]} is not a multiple of "
                                f"{ggml_type.name}'s block size {info.type_info.block_size}")
+            # every dimension, the element count and a row's bytes must fit ggml's int64 sizes (a
+            # zero dimension does not excuse a huge one: numpy cannot even shape an empty view so)
             n = 1
             for d in shape:
                 n *= d
-                if n > 2**62:
-                    raise cur.fail(f"tensor '{name}' shape {shape} is absurdly large")
+            if any(d > 2**62 for d in shape) or n > 2**62 or info.row_bytes > 2**62:
+                raise cur.fail(f"tensor '{name}' shape {shape} is absurdly large")
             self.tensors.append(info)
             self._by_name[name] = info
 

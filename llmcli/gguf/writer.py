@@ -57,7 +57,9 @@ def pack_value(mv: MetadataValue) -> bytes:
 
 
 @dataclass
-class _PlannedTensor:
+class _TensorSlot:
+    """A declared tensor's place in the data section: its size and offset (relative to the data start)."""
+
     name: str
     shape: tuple[int, ...]
     type: GGMLType
@@ -81,7 +83,7 @@ class GGUFWriter:
         self.path = check_output_path(path, force)
         self.force = force
         self.metadata: dict[str, MetadataValue] = {}
-        self._tensors: list[_PlannedTensor] = []
+        self._tensors: list[_TensorSlot] = []
         self._names: set[str] = set()
         self._file: BinaryIO | None = None
         self._next_write = 0
@@ -145,7 +147,7 @@ class GGUFWriter:
         if self._tensors:
             last = self._tensors[-1]
             offset = last.offset + _pad(last.n_bytes, self.alignment)
-        self._tensors.append(_PlannedTensor(name, shape, ggml_type, n_bytes, offset))
+        self._tensors.append(_TensorSlot(name, shape, ggml_type, n_bytes, offset))
         self._names.add(name)
 
     def add_tensor_infos_from(self, tensors: Iterable[TensorInfo]) -> None:

@@ -7,6 +7,7 @@ their own RoPE base (`rope.freq_base_swa`, unscaled), optional final soft-cappin
 The 27B models scale queries by 1/sqrt(n_embd / n_head) instead of 1/sqrt(head_dim).
 """
 
+import dataclasses
 import math
 
 from .hparams import HParams, Meta, swa_pattern
@@ -22,23 +23,22 @@ def _query_scale(hp: HParams) -> None:
 
 
 def _configure_gemma2(hp: HParams, meta: Meta) -> None:
-    hp.n_swa = int(meta.get("attention.sliding_window", 4096))
+    hp.n_swa = meta.integer("attention.sliding_window", 4096, minimum=0)
     swa_pattern(hp, meta, 2)
-    hp.rope_swa = hp.rope.__class__(**{**hp.rope.__dict__,
-                                       "freq_base": float(meta.get("rope.freq_base_swa", hp.rope.freq_base))})
-    hp.attn_softcap = float(meta.get("attn_logit_softcapping", 0.0))
-    hp.final_softcap = float(meta.get("final_logit_softcapping", 0.0))
+    hp.rope_swa = dataclasses.replace(hp.rope, freq_base=meta.number("rope.freq_base_swa", hp.rope.freq_base))
+    hp.attn_softcap = meta.number("attn_logit_softcapping", 0.0)
+    hp.final_softcap = meta.number("final_logit_softcapping", 0.0)
     _query_scale(hp)
 
 
 def _configure_gemma3(hp: HParams, meta: Meta) -> None:
-    n_swa = int(meta.get("attention.sliding_window", 0))
+    n_swa = meta.integer("attention.sliding_window", 0, minimum=0)
     if n_swa > 0:
         hp.n_swa = n_swa
         swa_pattern(hp, meta, 6)
-        hp.rope_swa = hp.rope.__class__(**{**hp.rope.__dict__, "freq_scale": 1.0,
-                                           "freq_base": float(meta.get("rope.freq_base_swa", 10000.0))})
-    hp.final_softcap = float(meta.get("final_logit_softcapping", 0.0))
+        hp.rope_swa = dataclasses.replace(hp.rope, freq_scale=1.0,
+                                          freq_base=meta.number("rope.freq_base_swa", 10000.0))
+    hp.final_softcap = meta.number("final_logit_softcapping", 0.0)
     _query_scale(hp)
 
 

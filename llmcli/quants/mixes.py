@@ -26,9 +26,6 @@ from typing import Callable, Iterable, Sequence
 from ..errors import BadInputError, UnsupportedError
 from ..gguf.constants import TYPE_BY_NAME, TYPE_INFO, FileType, GGMLType
 
-T = GGMLType
-F = FileType
-
 # --------------------------------------------------------------------------------------------------
 # The TYPE argument: llama-quantize's QUANT_OPTIONS (name -> file type), and each file type's base type
 # --------------------------------------------------------------------------------------------------
@@ -46,44 +43,44 @@ class Mix:
 
 # (name, file type, base tensor type, note); the order is llama-quantize's, aliases included.
 _MIX_ROWS: list[tuple[str, FileType, GGMLType, str]] = [
-    ("Q1_0", F.MOSTLY_Q1_0, T.Q1_0, ""),
-    ("Q2_0", F.MOSTLY_Q2_0, T.Q2_0, ""),
-    ("Q4_0", F.MOSTLY_Q4_0, T.Q4_0, ""),
-    ("Q4_1", F.MOSTLY_Q4_1, T.Q4_1, ""),
-    ("MXFP4_MOE", F.MOSTLY_MXFP4_MOE, T.MXFP4, ""),
-    ("Q5_0", F.MOSTLY_Q5_0, T.Q5_0, ""),
-    ("Q5_1", F.MOSTLY_Q5_1, T.Q5_1, ""),
-    ("IQ2_XXS", F.MOSTLY_IQ2_XXS, T.IQ2_XXS, ""),
-    ("IQ2_XS", F.MOSTLY_IQ2_XS, T.IQ2_XS, ""),
-    ("IQ2_S", F.MOSTLY_IQ2_S, T.IQ2_XS, ""),
-    ("IQ2_M", F.MOSTLY_IQ2_M, T.IQ2_S, ""),
-    ("IQ1_S", F.MOSTLY_IQ1_S, T.IQ1_S, ""),
-    ("IQ1_M", F.MOSTLY_IQ1_M, T.IQ1_M, ""),
-    ("TQ1_0", F.MOSTLY_TQ1_0, T.TQ1_0, ""),
-    ("TQ2_0", F.MOSTLY_TQ2_0, T.TQ2_0, ""),
-    ("Q2_K", F.MOSTLY_Q2_K, T.Q2_K, ""),
-    ("Q2_K_S", F.MOSTLY_Q2_K_S, T.Q2_K, ""),
-    ("IQ3_XXS", F.MOSTLY_IQ3_XXS, T.IQ3_XXS, ""),
-    ("IQ3_S", F.MOSTLY_IQ3_S, T.IQ3_S, ""),
-    ("IQ3_M", F.MOSTLY_IQ3_M, T.IQ3_S, ""),
-    ("Q3_K", F.MOSTLY_Q3_K_M, T.Q3_K, "alias for Q3_K_M"),
-    ("IQ3_XS", F.MOSTLY_IQ3_XS, T.IQ3_S, ""),
-    ("Q3_K_S", F.MOSTLY_Q3_K_S, T.Q3_K, ""),
-    ("Q3_K_M", F.MOSTLY_Q3_K_M, T.Q3_K, ""),
-    ("Q3_K_L", F.MOSTLY_Q3_K_L, T.Q3_K, ""),
-    ("IQ4_NL", F.MOSTLY_IQ4_NL, T.IQ4_NL, ""),
-    ("IQ4_XS", F.MOSTLY_IQ4_XS, T.IQ4_XS, ""),
-    ("Q4_K", F.MOSTLY_Q4_K_M, T.Q4_K, "alias for Q4_K_M"),
-    ("Q4_K_S", F.MOSTLY_Q4_K_S, T.Q4_K, ""),
-    ("Q4_K_M", F.MOSTLY_Q4_K_M, T.Q4_K, ""),
-    ("Q5_K", F.MOSTLY_Q5_K_M, T.Q5_K, "alias for Q5_K_M"),
-    ("Q5_K_S", F.MOSTLY_Q5_K_S, T.Q5_K, ""),
-    ("Q5_K_M", F.MOSTLY_Q5_K_M, T.Q5_K, ""),
-    ("Q6_K", F.MOSTLY_Q6_K, T.Q6_K, ""),
-    ("Q8_0", F.MOSTLY_Q8_0, T.Q8_0, ""),
-    ("F16", F.MOSTLY_F16, T.F16, ""),
-    ("BF16", F.MOSTLY_BF16, T.BF16, ""),
-    ("F32", F.ALL_F32, T.F32, ""),
+    ("Q1_0", FileType.MOSTLY_Q1_0, GGMLType.Q1_0, ""),
+    ("Q2_0", FileType.MOSTLY_Q2_0, GGMLType.Q2_0, ""),
+    ("Q4_0", FileType.MOSTLY_Q4_0, GGMLType.Q4_0, ""),
+    ("Q4_1", FileType.MOSTLY_Q4_1, GGMLType.Q4_1, ""),
+    ("MXFP4_MOE", FileType.MOSTLY_MXFP4_MOE, GGMLType.MXFP4, ""),
+    ("Q5_0", FileType.MOSTLY_Q5_0, GGMLType.Q5_0, ""),
+    ("Q5_1", FileType.MOSTLY_Q5_1, GGMLType.Q5_1, ""),
+    ("IQ2_XXS", FileType.MOSTLY_IQ2_XXS, GGMLType.IQ2_XXS, ""),
+    ("IQ2_XS", FileType.MOSTLY_IQ2_XS, GGMLType.IQ2_XS, ""),
+    ("IQ2_S", FileType.MOSTLY_IQ2_S, GGMLType.IQ2_XS, ""),
+    ("IQ2_M", FileType.MOSTLY_IQ2_M, GGMLType.IQ2_S, ""),
+    ("IQ1_S", FileType.MOSTLY_IQ1_S, GGMLType.IQ1_S, ""),
+    ("IQ1_M", FileType.MOSTLY_IQ1_M, GGMLType.IQ1_M, ""),
+    ("TQ1_0", FileType.MOSTLY_TQ1_0, GGMLType.TQ1_0, ""),
+    ("TQ2_0", FileType.MOSTLY_TQ2_0, GGMLType.TQ2_0, ""),
+    ("Q2_K", FileType.MOSTLY_Q2_K, GGMLType.Q2_K, ""),
+    ("Q2_K_S", FileType.MOSTLY_Q2_K_S, GGMLType.Q2_K, ""),
+    ("IQ3_XXS", FileType.MOSTLY_IQ3_XXS, GGMLType.IQ3_XXS, ""),
+    ("IQ3_S", FileType.MOSTLY_IQ3_S, GGMLType.IQ3_S, ""),
+    ("IQ3_M", FileType.MOSTLY_IQ3_M, GGMLType.IQ3_S, ""),
+    ("Q3_K", FileType.MOSTLY_Q3_K_M, GGMLType.Q3_K, "alias for Q3_K_M"),
+    ("IQ3_XS", FileType.MOSTLY_IQ3_XS, GGMLType.IQ3_S, ""),
+    ("Q3_K_S", FileType.MOSTLY_Q3_K_S, GGMLType.Q3_K, ""),
+    ("Q3_K_M", FileType.MOSTLY_Q3_K_M, GGMLType.Q3_K, ""),
+    ("Q3_K_L", FileType.MOSTLY_Q3_K_L, GGMLType.Q3_K, ""),
+    ("IQ4_NL", FileType.MOSTLY_IQ4_NL, GGMLType.IQ4_NL, ""),
+    ("IQ4_XS", FileType.MOSTLY_IQ4_XS, GGMLType.IQ4_XS, ""),
+    ("Q4_K", FileType.MOSTLY_Q4_K_M, GGMLType.Q4_K, "alias for Q4_K_M"),
+    ("Q4_K_S", FileType.MOSTLY_Q4_K_S, GGMLType.Q4_K, ""),
+    ("Q4_K_M", FileType.MOSTLY_Q4_K_M, GGMLType.Q4_K, ""),
+    ("Q5_K", FileType.MOSTLY_Q5_K_M, GGMLType.Q5_K, "alias for Q5_K_M"),
+    ("Q5_K_S", FileType.MOSTLY_Q5_K_S, GGMLType.Q5_K, ""),
+    ("Q5_K_M", FileType.MOSTLY_Q5_K_M, GGMLType.Q5_K, ""),
+    ("Q6_K", FileType.MOSTLY_Q6_K, GGMLType.Q6_K, ""),
+    ("Q8_0", FileType.MOSTLY_Q8_0, GGMLType.Q8_0, ""),
+    ("F16", FileType.MOSTLY_F16, GGMLType.F16, ""),
+    ("BF16", FileType.MOSTLY_BF16, GGMLType.BF16, ""),
+    ("F32", FileType.ALL_F32, GGMLType.F32, ""),
 ]
 MIXES: dict[str, Mix] = {name: Mix(name, ft, base, note) for name, ft, base, note in _MIX_ROWS}
 
@@ -95,7 +92,8 @@ SUPPORTED_MIXES: tuple[str, ...] = (
 )
 
 # Types that llama.cpp refuses to produce without an importance matrix (`tensor_requires_imatrix`).
-_IMATRIX_TYPES = frozenset({T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S})
+_IMATRIX_TYPES = frozenset({GGMLType.IQ3_XXS, GGMLType.IQ2_XXS, GGMLType.IQ2_XS, GGMLType.IQ2_S,
+                            GGMLType.IQ1_M, GGMLType.IQ1_S})
 
 
 def find_mix(name: str) -> Mix:
@@ -106,7 +104,7 @@ def find_mix(name: str) -> Mix:
         mix = next((m for m in MIXES.values() if m.file_type == int(key)), None)
     if mix is None:
         raise BadInputError(f"unknown quantization type '{name}' (valid: {', '.join(SUPPORTED_MIXES)})")
-    if mix.file_type == F.MOSTLY_Q2_K_S:
+    if mix.file_type == FileType.MOSTLY_Q2_K_S:
         raise UnsupportedError(
             "Q2_K_S needs an importance matrix: llama.cpp refuses to quantize to it without --imatrix "
             "(its Q2_K tensors are only usable with importance weights), and llmcli has no importance "
@@ -185,23 +183,23 @@ class Category(enum.Enum):
     OTHER = "other"
 
 
-C = Category
-_CATEGORY_BY_NAME = {"output.weight": C.OUTPUT, "token_embd.weight": C.TOKEN_EMBD,
-                     "per_layer_token_embd.weight": C.TOKEN_EMBD}
+_CATEGORY_BY_NAME = {"output.weight": Category.OUTPUT, "token_embd.weight": Category.TOKEN_EMBD,
+                     "per_layer_token_embd.weight": Category.TOKEN_EMBD}
 # First match wins; order as in llama.cpp (attn_qkv / attn_kv_b before attn_v / attn_k).
 _CATEGORY_BY_SUBSTRING = [
-    ("attn_qkv.weight", C.ATTN_QKV), ("attn_kv_b.weight", C.ATTN_KV_B), ("attn_v.weight", C.ATTN_V),
-    ("attn_k.weight", C.ATTN_K), ("attn_q.weight", C.ATTN_Q), ("attn_output.weight", C.ATTN_OUTPUT),
-    ("ffn_up", C.FFN_UP), ("ffn_gate", C.FFN_GATE), ("ffn_down", C.FFN_DOWN),
+    ("attn_qkv.weight", Category.ATTN_QKV), ("attn_kv_b.weight", Category.ATTN_KV_B),
+    ("attn_v.weight", Category.ATTN_V), ("attn_k.weight", Category.ATTN_K), ("attn_q.weight", Category.ATTN_Q),
+    ("attn_output.weight", Category.ATTN_OUTPUT),
+    ("ffn_up", Category.FFN_UP), ("ffn_gate", Category.FFN_GATE), ("ffn_down", Category.FFN_DOWN),
 ]
 # Tensors that share attn_v's treatment and its counter.
-_ATTN_V_LIKE = frozenset({C.ATTN_V, C.ATTN_QKV, C.ATTN_KV_B})
+_ATTN_V_LIKE = frozenset({Category.ATTN_V, Category.ATTN_QKV, Category.ATTN_KV_B})
 
 
 def category_of(name: str) -> Category:
     if name in _CATEGORY_BY_NAME:
         return _CATEGORY_BY_NAME[name]
-    return next((cat for part, cat in _CATEGORY_BY_SUBSTRING if part in name), C.OTHER)
+    return next((cat for part, cat in _CATEGORY_BY_SUBSTRING if part in name), Category.OTHER)
 
 
 # Name fragments of 2-D+ weights that are never quantized (small, or precision-critical).
@@ -360,88 +358,96 @@ def first_rule(rules: Sequence[Rule], x: RuleInput) -> GGMLType:
     return x.current
 
 
-IQ2_LIKE = _f(F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ1_M)
-_IQ2_S_M = _f(F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M)
+IQ2_LIKE = _f(FileType.MOSTLY_IQ2_XXS, FileType.MOSTLY_IQ2_XS, FileType.MOSTLY_IQ1_S, FileType.MOSTLY_IQ2_S,
+              FileType.MOSTLY_IQ2_M, FileType.MOSTLY_IQ1_M)
+_IQ2_S_M = _f(FileType.MOSTLY_IQ2_S, FileType.MOSTLY_IQ2_M)
 
 
 def _iq3s_or_q2k(x: RuleInput) -> GGMLType:
-    return T.IQ3_S if x.ftype in _IQ2_S_M else T.Q2_K
+    return GGMLType.IQ3_S if x.ftype in _IQ2_S_M else GGMLType.Q2_K
 
 
 # output.weight, and token_embd.weight when the model ties it to the output (no output.weight).
 OUTPUT_RULES = [
-    Rule(_f(F.MOSTLY_MXFP4_MOE), T.Q8_0),
-    Rule(None, T.Q8_0, lambda x: x.falcon or x.shape[0] % TYPE_INFO[x.current].block_size != 0),
-    Rule(_f(F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ3_XXS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ2_S,
-            F.MOSTLY_IQ2_M, F.MOSTLY_IQ1_M), T.Q5_K),
-    Rule(None, T.Q6_K, lambda x: x.current != T.Q8_0),
+    Rule(_f(FileType.MOSTLY_MXFP4_MOE), GGMLType.Q8_0),
+    Rule(None, GGMLType.Q8_0, lambda x: x.falcon or x.shape[0] % TYPE_INFO[x.current].block_size != 0),
+    Rule(_f(FileType.MOSTLY_IQ2_XXS, FileType.MOSTLY_IQ2_XS, FileType.MOSTLY_IQ3_XXS, FileType.MOSTLY_IQ1_S,
+            FileType.MOSTLY_IQ2_S, FileType.MOSTLY_IQ2_M, FileType.MOSTLY_IQ1_M), GGMLType.Q5_K),
+    Rule(None, GGMLType.Q6_K, lambda x: x.current != GGMLType.Q8_0),
 ]
 
 # Every other tensor of an MXFP4_MOE file: experts MXFP4, the rest Q8_0.
 MXFP4_MOE_RULES = [
-    Rule(None, T.MXFP4, lambda x: len(x.shape) > 2 and x.shape[2] > 1 and (
-        x.model.arch != "bailingmoe3" or x.category in (C.FFN_UP, C.FFN_GATE, C.FFN_DOWN))),
-    Rule(None, T.Q8_0),
+    Rule(None, GGMLType.MXFP4, lambda x: len(x.shape) > 2 and x.shape[2] > 1 and (
+        x.model.arch != "bailingmoe3"
+        or x.category in (Category.FFN_UP, Category.FFN_GATE, Category.FFN_DOWN))),
+    Rule(None, GGMLType.Q8_0),
 ]
 
 TOKEN_EMBD_RULES = [
-    Rule(_f(F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M), T.Q2_K),
-    Rule(_f(F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M), T.IQ3_S),
-    Rule(_f(F.MOSTLY_IQ3_XXS), T.IQ3_S),
-    Rule(_f(F.MOSTLY_TQ1_0, F.MOSTLY_TQ2_0, F.MOSTLY_Q2_0), T.Q4_K),
+    Rule(_f(FileType.MOSTLY_IQ2_XXS, FileType.MOSTLY_IQ2_XS, FileType.MOSTLY_IQ1_S, FileType.MOSTLY_IQ1_M),
+         GGMLType.Q2_K),
+    Rule(_f(FileType.MOSTLY_IQ2_S, FileType.MOSTLY_IQ2_M), GGMLType.IQ3_S),
+    Rule(_f(FileType.MOSTLY_IQ3_XXS), GGMLType.IQ3_S),
+    Rule(_f(FileType.MOSTLY_TQ1_0, FileType.MOSTLY_TQ2_0, FileType.MOSTLY_Q2_0), GGMLType.Q4_K),
 ]
 
 # The very low-bit i-quant files have their own small table (ffn_down counts by position, not layer).
 IQ2_LIKE_RULES: dict[Category, list[Rule]] = {
-    C.ATTN_V: [Rule(None, T.Q4_K, lambda x: x.gqa >= 4 or x.n_expert >= 4), Rule(None, _iq3s_or_q2k)],
-    C.ATTN_K: [Rule(None, T.Q4_K, lambda x: x.n_expert == 8)],
-    C.FFN_DOWN: [Rule(None, _iq3s_or_q2k, lambda x: x.first_eighth)],
-    C.ATTN_OUTPUT: [
-        Rule(None, T.Q5_K, lambda x: x.n_expert == 8),
-        Rule(_f(F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M), T.IQ2_XXS),
-        Rule(_IQ2_S_M, T.IQ3_S),
+    Category.ATTN_V: [Rule(None, GGMLType.Q4_K, lambda x: x.gqa >= 4 or x.n_expert >= 4),
+                      Rule(None, _iq3s_or_q2k)],
+    Category.ATTN_K: [Rule(None, GGMLType.Q4_K, lambda x: x.n_expert == 8)],
+    Category.FFN_DOWN: [Rule(None, _iq3s_or_q2k, lambda x: x.first_eighth)],
+    Category.ATTN_OUTPUT: [
+        Rule(None, GGMLType.Q5_K, lambda x: x.n_expert == 8),
+        Rule(_f(FileType.MOSTLY_IQ1_S, FileType.MOSTLY_IQ1_M), GGMLType.IQ2_XXS),
+        Rule(_IQ2_S_M, GGMLType.IQ3_S),
     ],
 }
 
 ATTN_V_RULES = [
-    Rule(_f(F.MOSTLY_Q2_K), lambda x: T.Q4_K if x.gqa >= 4 else T.Q3_K),
-    Rule(_f(F.MOSTLY_Q2_K_S), T.Q4_K, lambda x: x.gqa >= 4),
-    Rule(_f(F.MOSTLY_IQ3_XXS), lambda x: T.Q4_K if x.gqa >= 4 else T.IQ3_S if not x.has_imatrix else T.IQ3_XXS),
-    Rule(_f(F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_S), T.Q4_K, lambda x: x.gqa >= 4),
-    Rule(_f(F.MOSTLY_IQ3_M), T.Q4_K),
-    Rule(_f(F.MOSTLY_Q3_K_M), lambda x: T.Q5_K if x.i_layer < 2 else T.Q4_K),
-    Rule(_f(F.MOSTLY_Q3_K_L), T.Q5_K),
-    Rule(_f(F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS), T.Q5_K, lambda x: x.gqa >= 4),
-    Rule(_f(F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M), T.Q6_K, lambda x: x.more_bits),
-    Rule(_f(F.MOSTLY_Q4_K_S), T.Q5_K, lambda x: x.i_layer < 4),
+    Rule(_f(FileType.MOSTLY_Q2_K), lambda x: GGMLType.Q4_K if x.gqa >= 4 else GGMLType.Q3_K),
+    Rule(_f(FileType.MOSTLY_Q2_K_S), GGMLType.Q4_K, lambda x: x.gqa >= 4),
+    Rule(_f(FileType.MOSTLY_IQ3_XXS), lambda x: GGMLType.Q4_K if x.gqa >= 4
+         else GGMLType.IQ3_S if not x.has_imatrix else GGMLType.IQ3_XXS),
+    Rule(_f(FileType.MOSTLY_IQ3_XS, FileType.MOSTLY_IQ3_S), GGMLType.Q4_K, lambda x: x.gqa >= 4),
+    Rule(_f(FileType.MOSTLY_IQ3_M), GGMLType.Q4_K),
+    Rule(_f(FileType.MOSTLY_Q3_K_M), lambda x: GGMLType.Q5_K if x.i_layer < 2 else GGMLType.Q4_K),
+    Rule(_f(FileType.MOSTLY_Q3_K_L), GGMLType.Q5_K),
+    Rule(_f(FileType.MOSTLY_IQ4_NL, FileType.MOSTLY_IQ4_XS), GGMLType.Q5_K, lambda x: x.gqa >= 4),
+    Rule(_f(FileType.MOSTLY_Q4_K_M, FileType.MOSTLY_Q5_K_M), GGMLType.Q6_K, lambda x: x.more_bits),
+    Rule(_f(FileType.MOSTLY_Q4_K_S), GGMLType.Q5_K, lambda x: x.i_layer < 4),
 ]
 
 
 def _attn_v_adjust(x: RuleInput, chosen: GGMLType) -> GGMLType:
     # A 70B model's attn_v is 8x smaller than attn_q (8 heads share it): more bits cost little.
-    if x.model.is_70b and chosen in (T.Q3_K, T.Q4_K):
-        chosen = T.Q5_K
+    if x.model.is_70b and chosen in (GGMLType.Q3_K, GGMLType.Q4_K):
+        chosen = GGMLType.Q5_K
     # For 8-expert models Q8_0 attention costs ~128 MB and helps.
     if x.n_expert == 8:
-        chosen = T.Q8_0
+        chosen = GGMLType.Q8_0
     return chosen
 
 
 def _q3_k_m_ffn_down(x: RuleInput) -> GGMLType:
     if x.i_layer < x.n_layer // 16:
-        return T.Q5_K
-    return T.Q4_K if not x.falcon or x.more_bits else T.Q3_K
+        return GGMLType.Q5_K
+    return GGMLType.Q4_K if not x.falcon or x.more_bits else GGMLType.Q3_K
 
 
 def _q4_k_m_ffn_down(x: RuleInput) -> GGMLType:
     if x.falcon:
-        return T.Q6_K if x.i_layer < x.n_layer // 16 else T.Q5_K if x.more_bits else T.Q4_K
-    return T.Q6_K if x.more_bits else x.current
+        if x.i_layer < x.n_layer // 16:
+            return GGMLType.Q6_K
+        return GGMLType.Q5_K if x.more_bits else GGMLType.Q4_K
+    return GGMLType.Q6_K if x.more_bits else x.current
 
 
 _N_EXPERT_8_ATTN_OUTPUT_Q5_K = _f(
-    F.MOSTLY_Q2_K, F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_XXS, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M, F.MOSTLY_IQ4_NL,
-    F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M, F.MOSTLY_IQ3_S, F.MOSTLY_IQ3_M, F.MOSTLY_IQ4_XS)
+    FileType.MOSTLY_Q2_K, FileType.MOSTLY_IQ3_XS, FileType.MOSTLY_IQ3_XXS, FileType.MOSTLY_Q3_K_S,
+    FileType.MOSTLY_Q3_K_M, FileType.MOSTLY_IQ4_NL, FileType.MOSTLY_Q4_K_S, FileType.MOSTLY_Q4_K_M,
+    FileType.MOSTLY_IQ3_S, FileType.MOSTLY_IQ3_M, FileType.MOSTLY_IQ4_XS)
 
 
 def _not_falcon(x: RuleInput) -> bool:
@@ -453,58 +459,64 @@ def _iq3_xs_middle(x: RuleInput) -> bool:
 
 
 CATEGORY_RULES: dict[Category, list[Rule]] = {
-    C.ATTN_K: [
-        Rule(None, T.Q8_0, lambda x: x.n_expert == 8),
-        Rule(_f(F.MOSTLY_IQ3_XS), T.IQ3_XXS),
-        Rule(_f(F.MOSTLY_IQ3_XXS), T.IQ2_S),
+    Category.ATTN_K: [
+        Rule(None, GGMLType.Q8_0, lambda x: x.n_expert == 8),
+        Rule(_f(FileType.MOSTLY_IQ3_XS), GGMLType.IQ3_XXS),
+        Rule(_f(FileType.MOSTLY_IQ3_XXS), GGMLType.IQ2_S),
     ],
-    C.ATTN_Q: [
-        Rule(_f(F.MOSTLY_IQ3_XS), T.IQ3_XXS),
-        Rule(_f(F.MOSTLY_IQ3_XXS), T.IQ2_S),
+    Category.ATTN_Q: [
+        Rule(_f(FileType.MOSTLY_IQ3_XS), GGMLType.IQ3_XXS),
+        Rule(_f(FileType.MOSTLY_IQ3_XXS), GGMLType.IQ2_S),
     ],
-    C.FFN_DOWN: [
-        Rule(_f(F.MOSTLY_Q2_K), T.Q3_K),
-        Rule(_f(F.MOSTLY_Q2_K_S), lambda x: T.Q4_K if x.first_eighth else x.current),
-        Rule(_f(F.MOSTLY_IQ3_XXS), lambda x: T.Q4_K if x.first_eighth else T.Q3_K, lambda x: not x.has_imatrix),
-        Rule(_f(F.MOSTLY_Q3_K_M), _q3_k_m_ffn_down),
-        Rule(_f(F.MOSTLY_IQ3_M), T.Q4_K, lambda x: x.first_eighth or (x.n_expert == 8 and x.more_bits)),
-        Rule(_f(F.MOSTLY_Q3_K_L), lambda x: T.Q4_K if x.falcon else T.Q5_K),
-        Rule(_f(F.MOSTLY_Q4_K_M), _q4_k_m_ffn_down),
-        Rule(_f(F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS), T.Q5_K, lambda x: x.first_eighth and not x.has_imatrix),
-        Rule(_f(F.MOSTLY_Q5_K_M), T.Q6_K, lambda x: x.more_bits),
-        Rule(_f(F.MOSTLY_Q4_K_S), T.Q5_K, lambda x: not x.falcon and x.first_eighth),
+    Category.FFN_DOWN: [
+        Rule(_f(FileType.MOSTLY_Q2_K), GGMLType.Q3_K),
+        Rule(_f(FileType.MOSTLY_Q2_K_S), lambda x: GGMLType.Q4_K if x.first_eighth else x.current),
+        Rule(_f(FileType.MOSTLY_IQ3_XXS), lambda x: GGMLType.Q4_K if x.first_eighth else GGMLType.Q3_K,
+             lambda x: not x.has_imatrix),
+        Rule(_f(FileType.MOSTLY_Q3_K_M), _q3_k_m_ffn_down),
+        Rule(_f(FileType.MOSTLY_IQ3_M), GGMLType.Q4_K,
+             lambda x: x.first_eighth or (x.n_expert == 8 and x.more_bits)),
+        Rule(_f(FileType.MOSTLY_Q3_K_L), lambda x: GGMLType.Q4_K if x.falcon else GGMLType.Q5_K),
+        Rule(_f(FileType.MOSTLY_Q4_K_M), _q4_k_m_ffn_down),
+        Rule(_f(FileType.MOSTLY_IQ4_NL, FileType.MOSTLY_IQ4_XS), GGMLType.Q5_K,
+             lambda x: x.first_eighth and not x.has_imatrix),
+        Rule(_f(FileType.MOSTLY_Q5_K_M), GGMLType.Q6_K, lambda x: x.more_bits),
+        Rule(_f(FileType.MOSTLY_Q4_K_S), GGMLType.Q5_K, lambda x: not x.falcon and x.first_eighth),
         # With an imatrix only (so results without one never change): guard the first ffn_down layers.
-        Rule(_f(F.MOSTLY_Q4_0, F.MOSTLY_Q5_0), lambda x: T.Q4_1 if x.ftype == F.MOSTLY_Q4_0 else T.Q5_1,
+        Rule(_f(FileType.MOSTLY_Q4_0, FileType.MOSTLY_Q5_0),
+             lambda x: GGMLType.Q4_1 if x.ftype == FileType.MOSTLY_Q4_0 else GGMLType.Q5_1,
              lambda x: x.has_imatrix and x.first_eighth),
     ],
-    C.ATTN_OUTPUT: [
-        Rule(_N_EXPERT_8_ATTN_OUTPUT_Q5_K, T.Q5_K, lambda x: not x.falcon and x.n_expert == 8),
+    Category.ATTN_OUTPUT: [
+        Rule(_N_EXPERT_8_ATTN_OUTPUT_Q5_K, GGMLType.Q5_K, lambda x: not x.falcon and x.n_expert == 8),
         Rule(None, lambda x: x.current, lambda x: not x.falcon and x.n_expert == 8),
-        Rule(_f(F.MOSTLY_Q2_K), T.Q3_K, _not_falcon),
-        Rule(_f(F.MOSTLY_IQ3_XXS), T.IQ3_S, _not_falcon),
-        Rule(_f(F.MOSTLY_Q3_K_M), T.Q4_K, _not_falcon),
-        Rule(_f(F.MOSTLY_Q3_K_L), T.Q5_K, _not_falcon),
-        Rule(_f(F.MOSTLY_IQ3_M), T.Q4_K, _not_falcon),
-        Rule(_f(F.MOSTLY_Q3_K_L), T.Q4_K),  # falcon
+        Rule(_f(FileType.MOSTLY_Q2_K), GGMLType.Q3_K, _not_falcon),
+        Rule(_f(FileType.MOSTLY_IQ3_XXS), GGMLType.IQ3_S, _not_falcon),
+        Rule(_f(FileType.MOSTLY_Q3_K_M), GGMLType.Q4_K, _not_falcon),
+        Rule(_f(FileType.MOSTLY_Q3_K_L), GGMLType.Q5_K, _not_falcon),
+        Rule(_f(FileType.MOSTLY_IQ3_M), GGMLType.Q4_K, _not_falcon),
+        Rule(_f(FileType.MOSTLY_Q3_K_L), GGMLType.Q4_K),  # falcon
     ],
     # ATTN_QKV has rules of its own in llama.cpp, but they sit after the attn_v branch that already
     # takes every attn_v-like tensor, so they never apply; attn_qkv is treated as attn_v.
-    C.FFN_GATE: [Rule(_f(F.MOSTLY_IQ3_XS), T.IQ3_XXS, _iq3_xs_middle)],
-    C.FFN_UP: [Rule(_f(F.MOSTLY_IQ3_XS), T.IQ3_XXS, _iq3_xs_middle)],
+    Category.FFN_GATE: [Rule(_f(FileType.MOSTLY_IQ3_XS), GGMLType.IQ3_XXS, _iq3_xs_middle)],
+    Category.FFN_UP: [Rule(_f(FileType.MOSTLY_IQ3_XS), GGMLType.IQ3_XXS, _iq3_xs_middle)],
 }
 
 # Which tensors llama.cpp counts, and whether it takes the layer number from that running count or
 # (for MoE models, whose expert tensors are not in layer order in old files) from the name.
-_COUNTED = {C.FFN_DOWN: "ffn_down", C.FFN_GATE: "ffn_gate", C.FFN_UP: "ffn_up"}
+_COUNTED = {Category.FFN_DOWN: "ffn_down", Category.FFN_GATE: "ffn_gate", Category.FFN_UP: "ffn_up"}
 _COUNTED.update({c: "attn_v" for c in _ATTN_V_LIKE})
 
 # Where a block size does not divide the row length: the 32-block type to use instead.
 FALLBACK = {
-    **{t: T.IQ4_NL for t in (T.IQ1_S, T.IQ1_M, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ4_XS)},
-    **{t: T.Q4_0 for t in (T.Q2_0, T.Q2_K, T.Q3_K, T.TQ1_0, T.TQ2_0)},
-    T.Q4_K: T.Q5_0,
-    T.Q5_K: T.Q5_1,
-    T.Q6_K: T.Q8_0,
+    **{t: GGMLType.IQ4_NL for t in (GGMLType.IQ1_S, GGMLType.IQ1_M, GGMLType.IQ2_XXS, GGMLType.IQ2_XS,
+                                    GGMLType.IQ2_S, GGMLType.IQ3_XXS, GGMLType.IQ3_S, GGMLType.IQ4_XS)},
+    **{t: GGMLType.Q4_0 for t in (GGMLType.Q2_0, GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.TQ1_0,
+                                  GGMLType.TQ2_0)},
+    GGMLType.Q4_K: GGMLType.Q5_0,
+    GGMLType.Q5_K: GGMLType.Q5_1,
+    GGMLType.Q6_K: GGMLType.Q8_0,
 }
 
 
@@ -569,17 +581,18 @@ class TypePlanner:
             return TypeChoice(name, source, source, False, "kept")
         category = category_of(name)
         target, how = self._choose(name, shape, category)
-        needs_imatrix = category not in (C.TOKEN_EMBD, C.OUTPUT) and (
-            target in _IMATRIX_TYPES or (target == T.Q2_K and self.mix.file_type == F.MOSTLY_Q2_K_S))
+        needs_imatrix = category not in (Category.TOKEN_EMBD, Category.OUTPUT) and (
+            target in _IMATRIX_TYPES
+            or (target == GGMLType.Q2_K and self.mix.file_type == FileType.MOSTLY_Q2_K_S))
         return TypeChoice(name, source, target, True, how, needs_imatrix)
 
     def _choose(self, name: str, shape: tuple[int, ...], category: Category) -> tuple[GGMLType, str]:
         opts = self.options
-        if opts.token_embedding_type is not None and category == C.TOKEN_EMBD:
+        if opts.token_embedding_type is not None and category == Category.TOKEN_EMBD:
             # per_layer_token_embd may still be named by a --tensor-type pattern
             if not (name == "per_layer_token_embd.weight" and self._override(name) is not None):
                 return opts.token_embedding_type, "--token-embedding-type"
-        if opts.output_tensor_type is not None and category == C.OUTPUT:
+        if opts.output_tensor_type is not None and category == Category.OUTPUT:
             return opts.output_tensor_type, "--output-tensor-type"
         chosen, how = self.mix.base, "base"
         if not is_quantized(self.mix.base):
@@ -610,14 +623,14 @@ class TypePlanner:
         ftype, base = self.mix.file_type, self.mix.base
         x = RuleInput(ftype, self.model, name, category, shape, base)
         if self.model.arch == "glm5-next" and any(p in name for p in ("attn_q_a", "attn_q_b", "nextn.eh_proj")):
-            return T.Q8_0  # never below Q8_0 (the base is quantized here, so never above either)
-        if category == C.OUTPUT or (self.tied_embeddings and category == C.TOKEN_EMBD):
+            return GGMLType.Q8_0  # never below Q8_0 (the base is quantized here, so never above either)
+        if category == Category.OUTPUT or (self.tied_embeddings and category == Category.TOKEN_EMBD):
             if self.options.output_tensor_type is not None:
                 return self.options.output_tensor_type
             return first_rule(OUTPUT_RULES, x)
-        if ftype == F.MOSTLY_MXFP4_MOE:
+        if ftype == FileType.MOSTLY_MXFP4_MOE:
             return first_rule(MXFP4_MOE_RULES, x)
-        if category == C.TOKEN_EMBD:
+        if category == Category.TOKEN_EMBD:
             if self.options.token_embedding_type is not None:
                 return self.options.token_embedding_type
             return first_rule(TOKEN_EMBD_RULES, x)
@@ -626,7 +639,7 @@ class TypePlanner:
         if ftype in IQ2_LIKE:
             # This branch takes every remaining tensor of these files and counts only attn_v and
             # ffn_down, by position (no layer_info here).
-            table_category = C.ATTN_V if category in _ATTN_V_LIKE else category
+            table_category = Category.ATTN_V if category in _ATTN_V_LIKE else category
             counted = counter if counter in ("attn_v", "ffn_down") else None
             if counted is not None:
                 x.i_layer, x.n_layer = self.i_counted[counted], self.n_counted[counted]
@@ -661,7 +674,7 @@ class TypePlanner:
         else:
             raise UnsupportedError(f"no fallback type is defined for {chosen.name} "
                                    f"(row length {row_length})")
-        return fallback if row_length % TYPE_INFO[fallback].block_size == 0 else T.F16
+        return fallback if row_length % TYPE_INFO[fallback].block_size == 0 else GGMLType.F16
 
 
 def plan_types(model: ModelFacts, mix: Mix, options: QuantizeOptions,
