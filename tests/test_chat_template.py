@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmcli.engine.chat import ChatTemplate
+from llmcli.generation.chat import ChatTemplate
 from llmcli.errors import BadInputError
 
 
@@ -78,7 +78,7 @@ FOREVER = [
 
 
 def test_a_template_that_loops_forever_is_stopped_by_the_default_time_limit():
-    from llmcli.engine.chat import MAX_RENDER_SECONDS
+    from llmcli.generation.chat import MAX_RENDER_SECONDS
 
     template = ChatTemplate.for_model(FOREVER[0])
     started = time.monotonic()
@@ -152,7 +152,7 @@ def test_a_template_that_builds_a_huge_value_is_stopped_before_it_allocates(sour
 
 def test_long_conversations_are_not_mistaken_for_attacks():
     """The size budget grows with the conversation: 3 MB of messages (past MAX_RENDER_CHARS) render."""
-    from llmcli.engine.chat import MAX_RENDER_CHARS
+    from llmcli.generation.chat import MAX_RENDER_CHARS
 
     big = [{"role": "user", "content": "word " * 200_000}, {"role": "assistant", "content": "ok " * 200_000},
            {"role": "user", "content": "é" * 1_500_000}]

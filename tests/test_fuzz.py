@@ -511,8 +511,8 @@ CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "co
 
 
 def _render_hostile(source: str) -> None:
-    from llmcli.engine.chat import ChatTemplate
-    from llmcli.engine.sandbox import measure
+    from llmcli.generation.chat import ChatTemplate
+    from llmcli.generation.template_sandbox import measure
 
     note(source)
     started = time.thread_time()  # CPU time: a busy machine must not fail the case
@@ -532,7 +532,7 @@ def _render_hostile(source: str) -> None:
 @pytest.fixture(scope="module")
 def canary():
     """A secret in the chat module's globals: a template that reaches them could print it."""
-    import llmcli.engine.chat as chat
+    import llmcli.generation.chat as chat
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(chat, "_CANARY", CANARY, raising=False)

@@ -1,1 +1,3 @@
-"""The inference engine: kernels, KV cache, sampling, generation (the tokenizer is in `llmcli.vocab`)."""
+"""Compute: matrix kernels on quantized blocks, the transformer ops, the KV cache, compile watching.
+
+Sampling, chat templates and the generation loop are `llmcli.generation`; the tokenizer is `llmcli.vocab`."""

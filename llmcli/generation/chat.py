@@ -1,7 +1,7 @@
 """Chat prompts from the model's own template (`tokenizer.chat_template`), rendered with Jinja2.
 
 Templates come from model files, i.e. from strangers, and are code: they are rendered in Jinja2's
-immutable sandbox with a time and size budget (engine/sandbox.py: `MAX_RENDER_SECONDS`, and
+immutable sandbox with a time and size budget (generation/template_sandbox.py: `MAX_RENDER_SECONDS`, and
 `MAX_RENDER_CHARS` plus twice the conversation's own size), with the few helpers Hugging Face
 templates expect (`raise_exception`, `strftime_now`, a `tojson` that keeps non-ASCII). A template
 that loops too long or builds too much is stopped with a one-line `BadInputError`. A GGUF without
@@ -139,7 +139,7 @@ class ChatTemplate:
             if m["role"] not in VALID_ROLES:
                 raise BadInputError(f"chat message #{i} has role {m['role']!r}; "
                                     f"expected one of {', '.join(VALID_ROLES)}")
-        from .sandbox import TemplateLimitError, measure
+        from .template_sandbox import TemplateLimitError, measure
 
         # the budget grows with the conversation: a long chat is not an attack
         max_chars = self.max_chars + 2 * measure((messages, self.bos_token, self.eos_token), 1 << 26)[0]
@@ -165,7 +165,7 @@ def _environment(max_chars: int):
     """The sandbox templates compile in, shared by templates with the same size limit (renders in
     one environment take turns)."""
     # jinja2 is imported here, not at module level: plain completions never need it (~50 ms)
-    from .sandbox import LimitedEnvironment
+    from .template_sandbox import LimitedEnvironment
 
     env = LimitedEnvironment(max_chars, trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = _tojson
