@@ -334,7 +334,7 @@ def _parse_safetensors(path: Path) -> None:
 @pytest.fixture(scope="module")
 def tokenizers() -> dict:
     from llmcli import demo
-    from llmcli.engine.tokenizer import Tokenizer
+    from llmcli.vocab import Tokenizer
     from llmcli.gguf import GGUFReader
 
     out = {}
