@@ -120,9 +120,7 @@ def bench(
             base_rows = load_results(base.read_text(), str(base))
         except OSError as e:
             raise BadInputError(f"{base}: cannot read: {e.strerror}") from None
-    from ..engine.matmul import get_threads
-
-    thread_list = parse_int_list(threads, "-t", minimum=1) if threads else [get_threads()]
+    thread_list = parse_int_list(threads, "-t", minimum=1) if threads else None  # None: the default
     tests = expand([str(m) for m in model], parse_int_list(n_prompt, "-p"), parse_int_list(n_gen, "-n"),
                    [parse_pg(x) for x in pg], thread_list, parse_int_list(batch_size, "-b", minimum=1), ctx_size)
 
