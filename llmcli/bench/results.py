@@ -18,7 +18,7 @@ LLAMA_BENCH_FIELDS = [
 LLMCLI_FIELDS = [
     "test", "n_ctx", "model_arch", "model_file_type", "model_type_mix", "peak_rss_bytes",
     "kv_cache_bytes", "compile_s", "warmup", "llmcli_version", "python_version", "numpy_version",
-    "numba_version", "cpu_flags",
+    "numba_version", "cpu_flags", "threads_auto", "threading_layer",
 ]
 ARRAY_FIELDS = ["samples_ns", "samples_ts"]
 ALL_FIELDS = LLAMA_BENCH_FIELDS + LLMCLI_FIELDS + ARRAY_FIELDS
@@ -46,6 +46,7 @@ class BenchResult:
     compile_s: float
     warmup: bool
     environment: dict[str, Any] = field(default_factory=dict)
+    threading_layer: str = ""  # numba's, after the test ran (engine.threads.threading_layer)
 
     @property
     def n_tokens(self) -> int:
@@ -108,6 +109,8 @@ class BenchResult:
             "numpy_version": env.get("numpy_version", ""),
             "numba_version": env.get("numba_version", ""),
             "cpu_flags": env.get("cpu_flags", ""),
+            "threads_auto": t.auto_threads,
+            "threading_layer": self.threading_layer,
             "samples_ns": list(ns),
             "samples_ts": self.samples_ts,
         }

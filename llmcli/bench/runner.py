@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..engine.threads import threading_layer
 from ..generation import Request, SamplingParams, Scheduler
 from ..gguf.constants import FILE_TYPE_DESCRIPTIONS, FileType
 from ..models import load_model
@@ -65,10 +66,11 @@ class BenchRunner:
         self._compiled: set[tuple] = set()
 
     def _model(self, test: BenchTest):
-        key = (test.model, test.n_threads, test.n_batch, test.n_ctx)
+        key = (test.model, test.n_threads, test.auto_threads, test.n_batch, test.n_ctx)
         if self._loaded is None or self._loaded.key != key:
             self._loaded = None  # release the previous model's buffers first
-            model = load_model(test.model, threads=test.n_threads, ctx_size=test.n_ctx,
+            model = load_model(test.model, threads=None if test.auto_threads else test.n_threads,
+                               ctx_size=test.n_ctx,
                                batch_size=test.n_batch)
             self._loaded = _Loaded(key, model)
         return self._loaded.model
@@ -99,7 +101,7 @@ class BenchRunner:
     def _compile(self, model, test: BenchTest) -> float:
         """Run each code path once so numba compiles (or loads its cache) outside the timings."""
         kinds = ("prompt" if test.n_prompt else None, "gen" if test.n_gen else None)
-        key = (test.model, test.n_threads) + kinds
+        key = (test.model, test.n_threads, test.auto_threads) + kinds
         if key in self._compiled:
             return 0.0
         start = time.perf_counter()
@@ -115,7 +117,7 @@ class BenchRunner:
         env = environment()
         for i, test in enumerate(tests, 1):
             self.progress(f"[{i}/{len(tests)}] {Path(test.model).name} {test.name} "
-                          f"threads={test.n_threads} batch={test.n_batch}")
+                          f"threads={test.n_threads}{' (auto)' if test.auto_threads else ''} batch={test.n_batch}")
             model = self._model(test)
             compile_s = self._compile(model, test)
             if self.warmup:
@@ -131,6 +133,7 @@ class BenchRunner:
                 compile_s=compile_s,
                 warmup=self.warmup,
                 environment=env,
+                threading_layer=threading_layer(),
             )
 
 

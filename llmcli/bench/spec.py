@@ -18,6 +18,9 @@ class BenchTest:
     n_threads: int
     n_batch: int
     n_ctx: int
+    # No -t: the engine's default, up to n_threads threads chosen from measured speed (a --compare
+    # key like a fixed n_threads: default runs compare with default runs of older results).
+    auto_threads: bool = False
 
     @property
     def name(self) -> str:
@@ -67,8 +70,14 @@ def parse_pg(text: str) -> tuple[int, int]:
 
 
 def expand(models: list[str], prompts: list[int], gens: list[int], pgs: list[tuple[int, int]],
-           threads: list[int], batches: list[int], n_ctx: int | None) -> list[BenchTest]:
-    """Every combination, in llama-bench's order: per model and configuration, pp tests, tg tests, pg tests."""
+           threads: list[int] | None, batches: list[int], n_ctx: int | None) -> list[BenchTest]:
+    """Every combination, in llama-bench's order: per model and configuration, pp tests, tg tests, pg
+    tests. threads None: the engine's default (`auto_threads`, up to `default_threads()`)."""
+    auto = threads is None
+    if auto:
+        from ..engine.matmul import default_threads
+
+        threads = [default_threads()]
     tests = []
     for model, n_threads, n_batch in itertools.product(models, threads, batches):
         shapes = [(p, 0) for p in prompts if p > 0] + [(0, g) for g in gens if g > 0] + list(pgs)
@@ -77,7 +86,7 @@ def expand(models: list[str], prompts: list[int], gens: list[int], pgs: list[tup
             if n_prompt + n_gen > ctx:
                 raise BadInputError(f"test pp{n_prompt}+tg{n_gen} needs a context of {n_prompt + n_gen} "
                                     f"tokens; --ctx-size is {ctx}")
-            tests.append(BenchTest(model, n_prompt, n_gen, n_threads, n_batch, ctx))
+            tests.append(BenchTest(model, n_prompt, n_gen, n_threads, n_batch, ctx, auto))
     if not tests:
         raise BadInputError("nothing to measure: every -p and -n is 0 and no -pg was given")
     return tests

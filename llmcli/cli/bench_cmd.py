@@ -81,7 +81,7 @@ def bench(
     n_gen: str = typer.Option("128", "-n", "--n-gen", help="Token counts to generate (comma list; 0 = none)."),
     pg: list[str] = typer.Option([], "-pg", help="PROMPT,GEN: a prompt then generation, timed together (repeatable)."),
     repetitions: int = typer.Option(5, "-r", "--repetitions", help="Timed repetitions per test."),
-    threads: str = typer.Option("", "-t", "--threads", help="Thread counts (comma list; default: physical cores)."),
+    threads: str = typer.Option("", "-t", "--threads", help="Thread counts (comma list; default: the engine's default, adaptive up to the physical cores)."),
     batch_size: str = typer.Option("512", "-b", "--batch-size", help="Prompt batch sizes (comma list)."),
     ctx_size: int = typer.Option(None, "-c", "--ctx-size", help="KV cache size (default: what each test needs)."),
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip the untimed warm-up run."),
@@ -120,9 +120,7 @@ def bench(
             base_rows = load_results(base.read_text(), str(base))
         except OSError as e:
             raise BadInputError(f"{base}: cannot read: {e.strerror}") from None
-    from ..engine.matmul import get_threads
-
-    thread_list = parse_int_list(threads, "-t", minimum=1) if threads else [get_threads()]
+    thread_list = parse_int_list(threads, "-t", minimum=1) if threads else None  # None: the default
     tests = expand([str(m) for m in model], parse_int_list(n_prompt, "-p"), parse_int_list(n_gen, "-n"),
                    [parse_pg(x) for x in pg], thread_list, parse_int_list(batch_size, "-b", minimum=1), ctx_size)
 

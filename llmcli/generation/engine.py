@@ -114,7 +114,7 @@ class Engine:
     def _run(self) -> None:
         sched = self.scheduler
         # numba's thread count is per calling thread: give this one the model's
-        sched.model.set_threads(sched.model.threads)
+        sched.model.set_threads(getattr(sched.model, "thread_setting", sched.model.threads))
         while True:
             with self._cond:
                 while not (self._inbox or self._cancels or self._closing or sched.busy):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,8 +34,9 @@ import numpy as np
 from ..engine import ops
 from ..engine.kv_cache import CacheSlot, KVCache
 from ..engine.linear import COMPUTABLE_TYPES, Linear, float_rows, vector
-from ..engine.matmul import Workspace
+from ..engine.matmul import GEMM_MIN_TOKENS, Workspace
 from ..engine.rope import rope_tables
+from ..engine.threads import AutoThreads
 from ..errors import BadInputError, FormatError, LlmcliError, UnsupportedError
 from ..gguf.reader import GGUFReader
 from .hparams import HParams, read_hparams
@@ -205,12 +207,16 @@ class Transformer:
     # -- running -------------------------------------------------------------------------------
 
     def set_threads(self, threads: int | None) -> None:
-        """Threads for every kernel (numba's pool); None: one per physical core."""
+        """Threads for every kernel (numba's pool, for the calling thread). None: up to one per
+        physical core, chosen layer by layer from measured speed (engine/threads.py), so a busy
+        machine falls back to 1 thread where that is faster; `self.threads` is the most it uses."""
         from ..engine import matmul
 
         n = matmul.default_threads() if threads is None else int(threads)
         matmul.set_threads(n)
         self.threads = matmul.get_threads()
+        self.thread_setting = None if threads is None else self.threads
+        self._auto = AutoThreads(self.threads) if threads is None and self.threads > 1 else None
 
     def _kv_slots(self) -> list[int]:
         # Sliding-window layers keep a ring of window + batch positions: enough for any batch's queries.
@@ -369,7 +375,14 @@ class Transformer:
         if hp.embed_scale != 1.0:
             x *= np.float32(hp.embed_scale)
         last_layer = len(self.blocks) - 1
+        auto = self._auto
+        # Layers are the unit the thread count is measured and chosen by (engine/threads.py),
+        # separately for one token per sequence, small batches and GEMM batches.
+        kind = (decode, 0 if n == 1 else 1 if n < GEMM_MIN_TOKENS else 2)
         for il, blk in enumerate(self.blocks):
+            if auto is not None:
+                n_threads = auto.begin(kind)
+                started = time.perf_counter()
             norm(x, blk.attn_norm, hp.rms_eps, h)
             # The last layer's output is only read for the logit rows: every row still writes its
             # key and value to the cache, but queries, attention and the FFN run on the kept rows
@@ -388,6 +401,10 @@ class Transformer:
             if hasattr(blk, "post_ffw_norm"):
                 norm(o, blk.post_ffw_norm, hp.rms_eps, o)
             x += o
+            if auto is not None and keep == n:
+                auto.end(kind, n_threads, time.perf_counter() - started, n)
+        if auto is not None:
+            auto.steady(kind)  # the output projection: at the chosen count
         if n_logit_rows == 0:
             return None
         rows = x[len(x) - n_logit_rows:]
