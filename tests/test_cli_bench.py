@@ -82,11 +82,12 @@ def test_batched_mode_prints_llama_batched_bench_records(cli, data_dir, shared):
     for r in rows:
         assert r["n_kv"] == r["pl"] * (r["pp"] + r["tg"])
         assert r["is_pp_shared"] == int(shared) and r["n_threads"] == 1
-        assert r["speed_tg"] == pytest.approx(r["pl"] * r["tg"] / r["t_tg"], rel=1e-3)
-        assert r["speed_pp"] == pytest.approx((1 if shared else r["pl"]) * r["pp"] / r["t_pp"], rel=1e-3)
+        # times are printed to 6 decimals (as llama-batched-bench does): a 0.4 ms t_pp is 0.1 % off
+        assert r["speed_tg"] == pytest.approx(r["pl"] * r["tg"] / r["t_tg"], rel=1e-2)
+        assert r["speed_pp"] == pytest.approx((1 if shared else r["pl"]) * r["pp"] / r["t_pp"], rel=1e-2)
         assert r["t"] == pytest.approx(r["t_pp"] + r["t_tg"], abs=2e-6)
         tokens = (1 if shared else r["pl"]) * r["pp"] + r["pl"] * r["tg"]
-        assert r["speed"] == pytest.approx(tokens / r["t"], rel=1e-3)
+        assert r["speed"] == pytest.approx(tokens / r["t"], rel=1e-2)
     table = cli("bench", "-m", data_dir / TINY, "-npp", "8", "-ntg", "4", "-npl", "2", "-t", "1")
     assert table.exit_code == 0 and "S_TG t/s" in table.stdout and "llama-f16.gguf" in table.stdout
 
