@@ -13,8 +13,10 @@ Each `step()`:
     decode: one forward over the next token of every decoding sequence - each weight block read
         once for all of them, attention per sequence over its own cache - then sample each row
         with that sequence's own sampler
-    prompt: one chunk (at most batch_size tokens) of the oldest admitted prompt, so a long prompt
-        delays the running sequences by one chunk per step, never by the whole prompt; an
+    prompt: the next chunk (at most batch_size tokens) of the oldest admitted prompt, and of the
+        following ones while their chunks fit in batch_size tokens in all: a long prompt delays
+        the running sequences by one chunk per step, never by the whole prompt, and a burst of
+        short prompts starts together; an
         embedding request's chunks give final-norm hidden states to pool, and it ends with its prompt
     retire finished sequences
 
@@ -137,8 +139,15 @@ class Scheduler:
             for seq, row in zip(decoding, logits):
                 seq.pending_input = None
                 seq.choose(row, n_ctx)
-        if prompting:
-            self._prompt_chunk(prompting[0])
+        # Prompt chunks, oldest first, up to batch_size tokens in all: several short prompts start in
+        # one step (each sequence's next chunk is always its own whole chunk, cut as it is alone).
+        budget = self.model.batch_size
+        for i, seq in enumerate(prompting):
+            size = min(len(seq.prompt) - seq.n_evaluated, self.model.batch_size)  # its next chunk
+            if i and size > budget:
+                break
+            self._prompt_chunk(seq)
+            budget -= size
         for seq in [s for s in self.running if s.done]:
             self._release(seq)
         return True
