@@ -93,3 +93,13 @@ def test_ctrl_c_stops_generation_and_still_prints_timings(data_dir):
         proc.kill()
     assert proc.returncode == 0, err
     assert "stop: interrupted" in err
+
+
+def test_leaving_a_completion_early_frees_its_slot(llm):
+    completion = llm.complete("Once upon a time", max_tokens=40, params=SamplingParams(temp=0))
+    pieces = iter(completion)
+    next(pieces)
+    pieces.close()  # what leaving a for loop early does to the generator
+    assert completion.stop_reason == "cancelled" and len(completion.tokens) < 40
+    assert len(llm.scheduler.free) == llm.scheduler.n_parallel and not llm.scheduler.busy
+    assert llm.complete("Once upon a time", max_tokens=3, params=SamplingParams(temp=0)).run().stop_reason == "length"

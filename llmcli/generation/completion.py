@@ -3,8 +3,8 @@
 Iterating a Completion steps its scheduler until the sequence ends, yielding text pieces as they
 are decoded; sequences sharing the scheduler advance in the same steps. Afterwards `tokens`, `text`,
 `stop_reason` (see sequence.STOP_REASONS) and `timings` are final. Ctrl-C while iterating ends it
-with stop reason "interrupted"; leaving the loop early or a failed step ends it with "error"
-(its slot is freed either way).
+with stop reason "interrupted", leaving the loop early with "cancelled", a failed step with
+"error" (its slot is freed in every case).
 """
 
 from __future__ import annotations
@@ -61,7 +61,10 @@ class Completion:
                     break
         except KeyboardInterrupt:
             sched.cancel(seq, "interrupted")
-        except BaseException:  # the caller stopped reading (GeneratorExit) or a step failed: free the slot
+        except GeneratorExit:  # the caller stopped reading: free the slot
+            sched.cancel(seq, "cancelled")
+            raise
+        except BaseException:  # a step failed: free the slot
             sched.cancel(seq, "error")
             raise
         for piece in seq.take_pieces():
