@@ -203,3 +203,94 @@ def test_engine_serves_threads_and_cancels(models):
     again = [e.token for e in engine.submit(_request(prompts[1], max_tokens=8)) if e.token is not None]
     assert again == alone[1]
     engine.close(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def wide_models(tmp_path_factory):
+    """The models with batch_size 64: chunks of 32+ tokens run as GEMMs (in float32, where
+    shorter ones run 8-bit mat-vecs on the Q4_K_M model: the arithmetic differs visibly)."""
+    loaded = {}
+
+    def get(name: str):
+        if name not in loaded:
+            if name == "kq-Q4_K_M":
+                path = tmp_path_factory.mktemp("kq") / "kq-Q4_K_M.gguf"
+                quantize_file(KQ / "kq-f16.gguf", path, "Q4_K_M", QuantizeOptions(), measure=False)
+            else:
+                path = REFERENCE / f"{name}.gguf"
+            loaded[name] = load_model(path, threads=2, ctx_size=160, batch_size=64)
+        return loaded[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_one_step_joins_decode_rows_and_chunks_each_as_alone(wide_models, name):
+    """model.step: decode rows + prompt chunks of 1, 5, 33 and 40 tokens (mat-vec and GEMM
+    arithmetic, some continuing a cached prefix) in one pass give every sequence the logits it
+    gets alone, bit for bit."""
+    model = wide_models(name)
+    rng = np.random.default_rng(7)
+    ids = lambda n: rng.integers(3, model.hp.n_vocab, n).tolist()  # noqa: E731
+    prefixes = [ids(9), ids(3), ids(20), [], ids(12), ids(1)]
+    chunks = [ids(1), ids(5), ids(40), ids(33), ids(1), ids(2)]
+    wants = [True, True, False, True, True, True]
+    decode_tokens = [int(t) for t in ids(2)]
+
+    def fresh(cache):
+        slots = [cache.slot(i, model.n_ctx) for i in range(8)]
+        for slot, prefix in zip(slots[:6], prefixes):
+            if prefix:
+                model.forward(slot, prefix)
+        for slot in slots[6:]:
+            model.forward(slot, ids(4) if slot.index == 6 else ids(17))
+        return slots
+
+    state = rng.bit_generator.state
+    joined_slots = fresh(model.new_cache(8))
+    rng.bit_generator.state = state
+    alone_slots = fresh(model.new_cache(8))
+    decode_logits, chunk_logits = model.step(
+        joined_slots[6:], decode_tokens,
+        [(slot, chunk, slot.n_past, want) for slot, chunk, want in zip(joined_slots, chunks, wants)])
+    for slot, chunk, want, got in zip(alone_slots, chunks, wants, chunk_logits):
+        expected = model.forward(slot, chunk)
+        if want:
+            np.testing.assert_array_equal(got, expected)
+        else:
+            assert got is None
+    for b, slot in enumerate(alone_slots[6:]):
+        np.testing.assert_array_equal(decode_logits[b], model.decode([slot], [decode_tokens[b]])[0])
+    for a, b in zip(joined_slots, alone_slots):
+        assert a.n_past == b.n_past and np.array_equal(a.tokens, b.tokens)
+
+
+@pytest.mark.parametrize("name", ["gemma3-f32", "kq-Q4_K_M"])
+def test_batched_tokens_equal_alone_with_gemm_chunks(wide_models, name):
+    """Prompts of 1-80 tokens arriving together (chunks of up to 64 joined in steps, GEMM and
+    mat-vec ones) get exactly their tokens alone."""
+    model = wide_models(name)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(3, model.hp.n_vocab, n).tolist() for n in (80, 3, 45, 1, 33, 17)]
+    alone = []
+    for prompt in prompts:
+        sched = Scheduler(model, n_parallel=1)
+        seq = sched.submit(_request(prompt, max_tokens=8))
+        sched.run_until(seq)
+        alone.append(seq.tokens)
+    sched = Scheduler(model, n_parallel=len(prompts))
+    seqs = [sched.submit(_request(p, max_tokens=8)) for p in prompts]
+    sched.run_all()
+    assert [s.tokens for s in seqs] == alone
+
+
+def test_step_checks_its_chunks(wide_models):
+    model = wide_models("llama-f32")
+    cache = model.new_cache(2)
+    a, b = cache.slot(0, model.n_ctx), cache.slot(1, model.n_ctx)
+    with pytest.raises(BadInputError, match="distinct"):
+        model.step([a], [1], [(a, [1, 2], 0, True)])
+    with pytest.raises(BadInputError, match="batch size"):
+        model.step([], [], [(b, list(range(3, 70)), 0, True)])
+    with pytest.raises(BadInputError, match="do not fit"):
+        model.step([], [], [(b, [5] * 10, model.n_ctx - 5, True)])

@@ -72,6 +72,18 @@ class Linear:
             out += self.bias
         return out
 
+    def segments(self, x: np.ndarray, out: np.ndarray, bounds) -> np.ndarray:
+        """`self(x[a:b], out[a:b])` for each row range a:b of bounds, in one pass over the weights
+        (each range gets the bits it gets alone)."""
+        mm.matmul_segments(self.matrix, x, out, bounds, workspace=self.workspace)
+        if self.bias is not None:
+            out += self.bias
+        return out
+
+    def uses_gemm(self, n_rows: int) -> bool:
+        """Whether `self(x)` of n_rows rows runs the GEMM (else mat-vec arithmetic, row-exact)."""
+        return n_rows >= mm.gemm_min_tokens(self.type)
+
     def decode(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """x: float32 (B, n_in) -> out (B, n_out) with mat-vec arithmetic for every row, whatever B
         (batched decode: row b equals what one row alone gives)."""

@@ -4,6 +4,7 @@
     matvec(W, x, out)          # out (n_rows,)           = W @ x            token generation
     matvecs(W, X, out)         # out (B, n_rows)         = X @ W.T          B sequences, a token each
     matmul(W, X, out, ws)      # out (n_tokens, n_rows)  = X @ W.T          prompt processing
+    matmul_segments(W, X, out, bounds, ws)   # matmul per row range, weight tiles decoded once
     dequantize_rows(W, a, b)   # float32 rows a..b-1 (embedding lookup)
 
 Activations: a mat-vec (token generation, and `matvecs`) rounds x to 8 bits where the weight type
@@ -33,7 +34,7 @@ from ..errors import BadInputError, UnsupportedError
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .kernels import FORMATS, gemm_nt, gemm_panels, pack_panels
 
-__all__ = ["QuantizedMatrix", "Workspace", "matvec", "matvecs", "matmul", "gemm_min_tokens", "dequantize_rows",
+__all__ = ["QuantizedMatrix", "Workspace", "matvec", "matvecs", "matmul", "matmul_segments", "gemm_min_tokens", "dequantize_rows",
            "set_threads", "get_threads", "default_threads", "supported_types", "set_activations", "get_activations"]
 
 # Mat-vecs over fewer weight bytes run on the calling thread: entering numba's thread pool costs
@@ -217,16 +218,34 @@ def matmul(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None,
 
     Fewer than `gemm_min_tokens(W.ggml_type)` tokens: `matvecs`. More: the float32 GEMM, with its
     tile buffers from `workspace` (None: temporaries for this call)."""
+    return matmul_segments(W, X, out, [0, len(X)], workspace)
+
+
+def matmul_segments(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None, bounds=None,
+                    workspace: Workspace | None = None) -> np.ndarray:
+    """`matmul` of each row range bounds[i]:bounds[i+1] of X on its own (several sequences' prompt
+    chunks): the same bits as one `matmul` call per range, but each weight tile of the GEMM is
+    decoded and packed once for all the ranges that run it."""
     X = _activations(W, X, 2, "X")
     n_tokens = X.shape[0]
     out = _output(out, (n_tokens, W.n_rows))
-    if n_tokens < gemm_min_tokens(W.ggml_type):
-        return matvecs(W, X, out)
-    return _gemm(W, X, out, workspace if workspace is not None else Workspace())
+    bounds = [0, n_tokens] if bounds is None else [int(b) for b in bounds]
+    if bounds[0] != 0 or bounds[-1] != n_tokens or any(a > b for a, b in zip(bounds, bounds[1:])):
+        raise BadInputError(f"segment bounds {bounds} do not split {n_tokens} rows")
+    gemm = []
+    for a, b in zip(bounds, bounds[1:]):
+        if b - a >= gemm_min_tokens(W.ggml_type):
+            gemm.append((a, b))
+        elif b > a:
+            matvecs(W, X[a:b], out[a:b])
+    if gemm:
+        _gemm(W, X, out, workspace if workspace is not None else Workspace(), gemm)
+    return out
 
 
-def _gemm(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray, ws: Workspace) -> np.ndarray:
-    """matmul's float32 GEMM path (X, out checked by the caller)."""
+def _gemm(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray, ws: Workspace,
+          segments: list[tuple[int, int]]) -> np.ndarray:
+    """matmul's float32 GEMM path over row ranges of X (X, out checked by the caller)."""
     # Rows in tiles of a multiple of 32: decode, pack into 32-row k-major panels, micro-kernel GEMM.
     strip = COLUMNS_PER_TILE_STEP
     tile = max(strip, GEMM_TILE_BYTES // (4 * W.n_cols) // strip * strip)
@@ -237,11 +256,13 @@ def _gemm(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray, ws: Workspace) -> 
         W.format.dequant(W.weights[start:stop], _row_view(W, decoded))
         panels = ws.buffer("panels", stop - start, W.n_cols).reshape((stop - start) // strip, W.n_cols, strip)
         pack_panels(decoded, panels)
-        gemm_panels(X, panels, out, start)
+        for a, b in segments:
+            gemm_panels(X[a:b], panels, out[a:b], start)
     if full < W.n_rows:  # the last n_rows % 32 rows: dot-product GEMM on untransposed rows
         decoded = ws.buffer("rows", W.n_rows - full, W.n_cols)
         W.format.dequant(W.weights[full:], _row_view(W, decoded))
-        gemm_nt(X, decoded, out, full)
+        for a, b in segments:
+            gemm_nt(X[a:b], decoded, out[a:b], full)
     return out
 
 

@@ -10,18 +10,19 @@ Each `step()`:
     admit waiting requests into free slots: the slot whose cached tokens share the longest prefix
         with the prompt (its cached positions are reused; cache_prompt=False: none are); when a
         running sequence's cache holds a longer prefix, it is copied into a free slot instead
-    decode: one forward over the next token of every decoding sequence - each weight block read
-        once for all of them, attention per sequence over its own cache - then sample each row
-        with that sequence's own sampler
-    prompt: the next chunk (at most batch_size tokens) of the oldest admitted prompt, and of the
+    one forward over the weights (`model.step`) for the next token of every decoding sequence and
+        the next chunk (at most batch_size tokens) of the oldest admitted prompt, and of the
         following ones while their chunks fit in batch_size tokens in all: a long prompt delays
         the running sequences by one chunk per step, never by the whole prompt, and a burst of
-        short prompts starts together; an
-        embedding request's chunks give final-norm hidden states to pool, and it ends with its prompt
+        short prompts starts together. Each weight block is read once for all of them; attention
+        runs per sequence over its own cache. Then each decode row (and each finished prompt's
+        last row) is sampled with that sequence's own sampler. An embedding request's chunks give
+        final-norm hidden states to pool (evaluated on their own), and it ends with its prompt
     retire finished sequences
 
-A sequence's tokens do not depend on what else is in the batch: decode rows run the same kernels
-whatever the batch holds, and a prompt chunk is evaluated on its own exactly as it would be alone.
+A sequence's tokens do not depend on what else is in the batch: every row gets the arithmetic it
+gets alone (decode rows and short chunks share one row-exact B-row mat-vec per projection, a
+chunk of GEMM_MIN_TOKENS+ tokens is a GEMM of its own; norms and attention per sequence).
 
 `n_parallel` sequences run at once (llama-server's `-np`); each has the full context `n_ctx`
 (the KV cache holds n_parallel x n_ctx positions). Requests beyond that wait in a queue of at most
@@ -134,20 +135,24 @@ class Scheduler:
         n_ctx = self.model.n_ctx
         prompting = [s for s in self.running if s.state is State.PROMPT]
         decoding = [s for s in self.running if s.state is State.DECODING and s.pending_input is not None]
-        if decoding and not (self.prompt_first and prompting):
-            logits = self.model.decode([s.slot for s in decoding], [s.pending_input for s in decoding])
-            for seq, row in zip(decoding, logits):
-                seq.pending_input = None
-                seq.choose(row, n_ctx)
+        if self.prompt_first and prompting:
+            decoding = []
         # Prompt chunks, oldest first, up to batch_size tokens in all: several short prompts start in
         # one step (each sequence's next chunk is always its own whole chunk, cut as it is alone).
-        budget = self.model.batch_size
+        chunks, budget = [], self.model.batch_size
         for i, seq in enumerate(prompting):
             size = min(len(seq.prompt) - seq.n_evaluated, self.model.batch_size)  # its next chunk
             if i and size > budget:
                 break
-            self._prompt_chunk(seq)
+            chunks.append(seq)
             budget -= size
+        # An embedding's chunks give hidden states, not logits: they run on their own.
+        pooled = [s for s in chunks if s.pooler is not None]
+        joined = [s for s in chunks if s.pooler is None]
+        if decoding or joined:
+            self._joined_step(decoding, joined, n_ctx)
+        for seq in pooled:
+            self._pooled_chunk(seq)
         for seq in [s for s in self.running if s.done]:
             self._release(seq)
         return True
@@ -187,27 +192,48 @@ class Scheduler:
             seq.state = State.PROMPT
             self.running.append(seq)
 
-    def _prompt_chunk(self, seq: Sequence) -> None:
+    def _joined_step(self, decoding: list[Sequence], prompting: list[Sequence], n_ctx: int) -> None:
+        """One pass over the weights: the next token of every decoding sequence and the next chunk
+        of every prompting one (model.step keeps each sequence's arithmetic what it is alone)."""
+        chunks = []
+        for seq in prompting:
+            start = seq.n_evaluated
+            chunk = seq.prompt[start:start + self.model.batch_size]
+            chunks.append((seq.slot, chunk, start, start + len(chunk) == len(seq.prompt)))
+        began, compiled = time.perf_counter(), compile_seconds()
+        logits, chunk_logits = self.model.step([s.slot for s in decoding], [s.pending_input for s in decoding],
+                                               chunks)
+        compiling = compile_seconds() - compiled
+        spent_ms = (time.perf_counter() - began - compiling) * 1000.0
+        for seq, row in zip(decoding, logits if logits is not None else ()):
+            seq.pending_input = None
+            seq.choose(row, n_ctx)
+        for seq, (_, chunk, start, last), row in zip(prompting, chunks, chunk_logits):
+            # a chunk evaluated with others took the step's time, as the user waiting for it sees
+            seq.timings.compile_ms += compiling * 1000.0
+            seq.timings.prompt_ms += spent_ms
+            seq.timings.prompt_n += len(chunk)
+            seq.n_evaluated = start + len(chunk)
+            if last:
+                seq.prompt_done()
+                if not seq.done:
+                    seq.choose(row, n_ctx)
+
+    def _pooled_chunk(self, seq: Sequence) -> None:
+        """An embedding request's next chunk: final-norm hidden states of every row, or the last one."""
         start = seq.n_evaluated
         chunk = seq.prompt[start:start + self.model.batch_size]
         began, compiled = time.perf_counter(), compile_seconds()
         pooler = seq.pooler
-        if pooler is None:
-            logits = self.model.forward(seq.slot, chunk, pos=start)
-        else:  # final-norm hidden states instead of logits: of every row, or the last one
-            rows = self.model.forward(seq.slot, chunk, pos=start, all_logits=pooler.all_rows, hidden=True)
-            pooler.add(rows.reshape(-1, rows.shape[-1]), start, len(chunk))
+        rows = self.model.forward(seq.slot, chunk, pos=start, all_logits=pooler.all_rows, hidden=True)
+        pooler.add(rows.reshape(-1, rows.shape[-1]), start, len(chunk))
         compiling = compile_seconds() - compiled
         seq.timings.compile_ms += compiling * 1000.0
         seq.timings.prompt_ms += (time.perf_counter() - began - compiling) * 1000.0
         seq.timings.prompt_n += len(chunk)
         seq.n_evaluated = start + len(chunk)
-        if seq.n_evaluated == len(seq.prompt) and pooler is not None:
+        if seq.n_evaluated == len(seq.prompt):
             seq.embedded()
-        elif seq.n_evaluated == len(seq.prompt):
-            seq.prompt_done()
-            if not seq.done:
-                seq.choose(logits, self.model.n_ctx)
 
     def _release(self, seq: Sequence) -> None:
         if seq in self.running:

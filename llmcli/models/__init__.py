@@ -6,6 +6,7 @@
     model.forward(seq, ids)            # last-position logits, continuing seq's cached context
     cache = model.new_cache(4)         # one KV cache for 4 sequences: cache.slot(i, model.n_ctx)
     model.decode([s0, s1], [t0, t1])   # one token for each sequence in one pass over the weights
+    model.step([s0, s1], [t0, t1], [(s2, chunk, pos, True)])   # ... and prompt chunks of others
 
 Generating text (sampling, stop strings, many sequences at once) is `llmcli.generation`'s job.
 """

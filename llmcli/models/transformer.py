@@ -251,23 +251,17 @@ class Transformer:
         """
         ids = self._check_ids(ids)
         pos = seq.n_past if pos is None else int(pos)
-        if pos + len(ids) > self.n_ctx:
-            raise BadInputError(f"{len(ids)} tokens at position {pos} do not fit the context of "
-                                f"{self.n_ctx} tokens (raise --ctx-size)")
+        self._check_fits(len(ids), pos)
         self._rewind(seq, pos)
         outs = []
         for start in range(0, len(ids), self.batch_size):
             chunk = ids[start:start + self.batch_size]
             last = start + len(chunk) >= len(ids)
             # Logits of every row (all_logits), of the prompt's last row, or none (earlier batches).
-            n_rows = len(chunk) if all_logits else (1 if last else 0)
-            if len(chunk) == 1:
-                logits = self._decode_rows(seq.cache, chunk, np.array([seq.index]), np.array([pos + start]),
-                                           hidden)
-            else:
-                logits = self._forward_batch(seq, chunk, pos + start, n_rows, hidden)
-            seq.history[pos + start:pos + start + len(chunk)] = chunk
-            seq.n_past = pos + start + len(chunk)
+            n_out = len(chunk) if all_logits else (1 if last else 0)
+            part = _Part.chunk(seq, pos + start, len(chunk), n_out)
+            logits = self._run_parts(chunk, [part], hidden)
+            _Part.advance(seq, pos + start, chunk)
             if all_logits:
                 outs.append(logits)
             elif last:
@@ -278,22 +272,78 @@ class Transformer:
         """One token for each of B sequences (all slots of one KVCache), each at its own next
         position, in one pass over the weights; returns logits (B, n_vocab). Row b equals what
         `forward(seqs[b], [ids[b]])` gives alone."""
-        ids = self._check_ids(ids)
-        if len(ids) != len(seqs):
-            raise BadInputError(f"{len(ids)} tokens for {len(seqs)} sequences")
-        cache = seqs[0].cache
-        index = np.array([s.index for s in seqs], np.int64)
-        if any(s.cache is not cache for s in seqs) or len(set(index.tolist())) != len(seqs):
-            raise BadInputError("a decode batch needs distinct sequences of one KV cache")
-        positions = np.array([s.n_past for s in seqs], np.int64)
-        full = [s for s in seqs if s.n_past >= self.n_ctx]
-        if full:
-            raise BadInputError(f"the context of {self.n_ctx} tokens is full (raise --ctx-size)")
-        logits = self._decode_rows(cache, ids, index, positions)
-        for s, token in zip(seqs, ids):
-            s.history[s.n_past] = token
-            s.n_past += 1
+        logits, _ = self.step(seqs, ids, [])
         return logits
+
+    def step(self, seqs: list[CacheSlot], ids, chunks: list[tuple[CacheSlot, object, int, bool]]
+             ) -> tuple[np.ndarray | None, list[np.ndarray | None]]:
+        """Everything one scheduler step evaluates, in one pass over the weights: one token
+        `ids[b]` for each sequence `seqs[b]` at its next position, and prompt chunks
+        (slot, ids, pos, want_logits) of other sequences (each at most batch_size tokens).
+
+        Returns the decode rows' logits (B, n_vocab) (None without decode rows) and per chunk
+        the logits of its last row (None unless want_logits). Every sequence's results equal what
+        it gets alone (`decode` of its token, `forward` of its chunk): projections of the rows
+        that mat-vec arithmetic computes alone (decode rows, chunks under the GEMM threshold) run
+        as one row-exact B-row mat-vec, every longer chunk is a GEMM of its own, and norms and
+        attention run per sequence as they do alone.
+        """
+        decode_ids = self._check_ids(ids) if len(seqs) else np.zeros(0, np.int64)
+        if len(decode_ids) != len(seqs):
+            raise BadInputError(f"{len(decode_ids)} tokens for {len(seqs)} sequences")
+        chunk_ids = [self._check_ids(c[1]) for c in chunks]
+        for (slot, _, pos, _), cids in zip(chunks, chunk_ids):
+            self._check_fits(len(cids), pos)
+            if len(cids) > self.batch_size:
+                raise BadInputError(f"a chunk of {len(cids)} tokens is longer than the batch size {self.batch_size}")
+        every = list(seqs) + [c[0] for c in chunks]
+        if len({id(s) for s in every}) != len(every):
+            raise BadInputError("a step needs distinct sequences")
+        for slot, _, pos, _ in chunks:
+            self._rewind(slot, pos)
+        # One-token chunks are decode rows (as `forward` runs one token); then the shorter chunks
+        # first, so every mat-vec row of the step is in one run.
+        one = [i for i, c in enumerate(chunk_ids) if len(c) == 1]
+        longer = sorted((i for i, c in enumerate(chunk_ids) if len(c) > 1),
+                        key=lambda i: len(chunk_ids[i]) >= GEMM_MIN_TOKENS)
+        row_slots = list(seqs) + [chunks[i][0] for i in one]
+        parts, pieces = [], []
+        if row_slots:
+            if any(s.n_past >= self.n_ctx for s in seqs):
+                raise BadInputError(f"the context of {self.n_ctx} tokens is full (raise --ctx-size)")
+            cache = row_slots[0].cache
+            index = np.array([s.index for s in row_slots], np.int64)
+            if any(s.cache is not cache for s in row_slots) or len(set(index.tolist())) != len(row_slots):
+                raise BadInputError("a decode batch needs distinct sequences of one KV cache")
+            positions = np.array([s.n_past for s in row_slots], np.int64)
+            parts.append(_Part.rows(cache, index, positions))
+            pieces += [decode_ids] + [chunk_ids[i] for i in one]
+        for i in longer:
+            slot, _, pos, want = chunks[i]
+            parts.append(_Part.chunk(slot, pos, len(chunk_ids[i]), 1 if want else 0))
+            pieces.append(chunk_ids[i])
+        out = self._run_parts(np.concatenate(pieces), parts) if parts else None
+        # Results back in the caller's order, then the caches' bookkeeping.
+        results: list[np.ndarray | None] = [None] * len(chunks)
+        n_rows = len(row_slots)
+        decode_logits = out[:len(seqs)] if len(seqs) else None
+        for k, i in enumerate(one):
+            results[i] = out[len(seqs) + k] if chunks[i][3] else None
+        row = n_rows
+        for i in longer:
+            if chunks[i][3]:
+                results[i] = out[row]
+                row += 1
+        for slot, token in zip(seqs, decode_ids):
+            _Part.advance(slot, slot.n_past, token[None])
+        for (slot, _, pos, _), cids in zip(chunks, chunk_ids):
+            _Part.advance(slot, pos, cids)
+        return decode_logits, results
+
+    def _check_fits(self, n: int, pos: int) -> None:
+        if pos + n > self.n_ctx:
+            raise BadInputError(f"{n} tokens at position {pos} do not fit the context of "
+                                f"{self.n_ctx} tokens (raise --ctx-size)")
 
     def _check_ids(self, ids) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -337,40 +387,17 @@ class Transformer:
 
     # -- the graph -----------------------------------------------------------------------------
 
-    def _forward_batch(self, seq: CacheSlot, ids: np.ndarray, pos0: int, n_logit_rows: int,
-                       hidden: bool = False) -> np.ndarray | None:
-        """Consecutive tokens of one sequence (a prompt chunk) at pos0, pos0 + 1, ...: logits (or
-        final-norm hidden states) of its last n_logit_rows rows (None for 0). Projections as GEMMs
-        from GEMM_MIN_TOKENS rows on."""
-        def attend(il, blk, h, out, keep):
-            self._attention(il, blk, h, out, seq, pos0, keep)
-        return self._run_layers(ids, n_logit_rows, attend, decode=False, hidden=hidden)
-
-    def _decode_rows(self, cache: KVCache, ids: np.ndarray, index: np.ndarray, positions: np.ndarray,
-                     hidden: bool = False) -> np.ndarray:
-        """Row b is one token of sequence index[b] (a slot of cache) at positions[b]: logits (or
-        final-norm hidden states) of every row. Every row runs the same kernels whatever the batch
-        holds (mat-vec arithmetic, serial norms), so a sequence's logits do not depend on its neighbours."""
-        if len(ids) > self._buffer_rows:
-            self._alloc_buffers(len(ids))
-
-        def attend(il, blk, h, out, keep):
-            self._attention_rows(il, blk, h, out, cache, index, positions)
-        return self._run_layers(ids, len(ids), attend, decode=True, hidden=hidden)
-
-    @staticmethod
-    def _project(w: Linear, x: np.ndarray, out: np.ndarray, decode: bool) -> np.ndarray:
-        return w.decode(x, out) if decode else w(x, out)
-
-    def _run_layers(self, ids: np.ndarray, n_logit_rows: int, attend, decode: bool,
-                    hidden: bool = False) -> np.ndarray | None:
-        """Every layer over the batch's rows; `attend(il, blk, h, out, keep)` does attention.
-        Returns the logits of the last n_logit_rows rows, or with `hidden` their final-norm hidden
-        states (a copy: the work buffers are reused by the next call)."""
+    def _run_parts(self, ids: np.ndarray, parts: list["_Part"], hidden: bool = False) -> np.ndarray | None:
+        """Every layer over a step's rows: `parts` in order, each `part.n` consecutive rows of
+        `ids`. At the last layer every row still writes its key and value to the cache, but
+        queries, attention and the FFN run on each part's last `n_out` rows only (as llama.cpp's
+        output-row selection: a prompt's chunk keeps 1 row, or none). Returns the logits of
+        those rows, or with `hidden` their final-norm hidden states (a copy), or None if none."""
         hp = self.hp
         n = len(ids)
-        norm = ops.rms_norm_serial if decode else ops.rms_norm
-        x, h, o = (self._buf(name, n, hp.n_embd) for name in ("x", "h", "o"))
+        if n > self._buffer_rows:
+            self._alloc_buffers(n)
+        x, h = self._buf("x", n, hp.n_embd), self._buf("h", n, hp.n_embd)
         x[:] = float_rows(self.token_embd_raw[ids], self.token_embd_type)
         if hp.embed_scale != 1.0:
             x *= np.float32(hp.embed_scale)
@@ -378,74 +405,118 @@ class Transformer:
         auto = self._auto
         # Layers are the unit the thread count is measured and chosen by (engine/threads.py),
         # separately for one token per sequence, small batches and GEMM batches.
-        kind = (decode, 0 if n == 1 else 1 if n < GEMM_MIN_TOKENS else 2)
+        kind = (all(p.decode for p in parts), 0 if n == 1 else 1 if n < GEMM_MIN_TOKENS else 2)
         for il, blk in enumerate(self.blocks):
             if auto is not None:
                 n_threads = auto.begin(kind)
                 started = time.perf_counter()
-            norm(x, blk.attn_norm, hp.rms_eps, h)
-            # The last layer's output is only read for the logit rows: every row still writes its
-            # key and value to the cache, but queries, attention and the FFN run on the kept rows
-            # only (as llama.cpp's output-row selection; a prompt's batch keeps 1 row, or none).
-            keep = n_logit_rows if il == last_layer else n
-            attend(il, blk, h, o[:keep], keep)
-            if keep == 0:
+            self._norm(parts, x, blk.attn_norm, h)
+            keeps = [p.n_out if il == last_layer else p.n for p in parts]
+            n_keep = sum(keeps)
+            o = self._buf("o", n_keep, hp.n_embd)
+            self._attention(il, blk, h, o, parts, keeps)
+            if n_keep == 0:
                 break
-            if keep < n:
-                x, h, o = x[n - keep:], h[:keep], o[:keep]
+            if n_keep < n:
+                x, h = x[_Part.last_rows(parts, keeps)], h[:n_keep]
+                parts = [p.kept(keep) for p, keep in zip(parts, keeps) if keep]
             if hasattr(blk, "post_attention_norm"):
-                norm(o, blk.post_attention_norm, hp.rms_eps, o)
+                self._norm(parts, o, blk.post_attention_norm, o)
             x += o
-            norm(x, blk.ffn_norm, hp.rms_eps, h)
-            self._ffn(blk, h, o, decode)
+            self._norm(parts, x, blk.ffn_norm, h)
+            self._ffn(blk, h, o, parts)
             if hasattr(blk, "post_ffw_norm"):
-                norm(o, blk.post_ffw_norm, hp.rms_eps, o)
+                self._norm(parts, o, blk.post_ffw_norm, o)
             x += o
-            if auto is not None and keep == n:
+            if auto is not None and n_keep == n:
                 auto.end(kind, n_threads, time.perf_counter() - started, n)
         if auto is not None:
             auto.steady(kind)  # the output projection: at the chosen count
-        if n_logit_rows == 0:
+        if n_keep == 0:
             return None
-        rows = x[len(x) - n_logit_rows:]
-        normed = h[:len(rows)]
-        norm(rows, self.output_norm, hp.rms_eps, normed)
+        normed = h[:len(x)]
+        self._norm(parts, x, self.output_norm, normed)
         if hidden:
             return normed.copy()
-        logits = np.empty((len(rows), hp.n_vocab), np.float32)
-        self._project(self.output, normed, logits, decode)
+        logits = np.empty((len(x), hp.n_vocab), np.float32)
+        self._project(self.output, normed, logits, parts)
         if hp.final_softcap:
             ops.softcap_(logits, hp.final_softcap)
         return logits
 
-    def _qkv(self, blk, h: np.ndarray, n: int, decode: bool):
-        """Queries of the last n rows of h, keys and values of every row: (q, k, v) 2-D buffers."""
+    def _norm(self, parts: list["_Part"], x: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
+        """RMS norm of every row: decode rows in the serial order one token gets alone, a prompt
+        chunk's rows with the batched kernel (both row by row, so runs of parts share a call)."""
+        for start, stop, decode in _Part.runs(parts, lambda p: p.decode):
+            norm = ops.rms_norm_serial if decode else ops.rms_norm
+            norm(x[start:stop], weight, self.hp.rms_eps, out[start:stop])
+
+    @staticmethod
+    def _project(w: Linear, x: np.ndarray, out: np.ndarray, parts: list["_Part"],
+                 sizes: list[int] | None = None) -> np.ndarray:
+        """out = x @ w.T for rows in consecutive runs of `sizes` (default: each part's n), each with
+        the arithmetic it gets alone: decode rows and prompt runs under the GEMM threshold as one
+        B-row mat-vec (row-exact: a row's result does not depend on the others), every longer
+        prompt run as a GEMM of its own (sharing the decoded weight tiles)."""
+        sizes = [p.n for p in parts] if sizes is None else sizes
+        groups: list[list] = []  # [mat-vec?, first row, row bounds of its runs]
+        row = 0
+        for part, size in zip(parts, sizes):
+            matvec = part.decode or not w.uses_gemm(size)
+            if groups and groups[-1][0] == matvec:
+                groups[-1][2].append(row + size)
+            else:
+                groups.append([matvec, row, [row, row + size]])
+            row += size
+        for matvec, start, bounds in groups:
+            stop = bounds[-1]
+            if stop == start:
+                continue
+            if matvec:
+                w.decode(x[start:stop], out[start:stop])
+            else:  # each run its own GEMM, every weight tile decoded once for all of them
+                w.segments(x[start:stop], out[start:stop], [b - start for b in bounds])
+        return out
+
+    def _attention(self, il: int, blk, h: np.ndarray, out: np.ndarray, parts: list["_Part"],
+                   keeps: list[int]) -> None:
+        """Keys and values of every row of h into its sequence's cache; attention output of each
+        part's last `keep` rows into out (sum(keeps), n_embd)."""
         hp = self.hp
         n_all = h.shape[0]
+        n_q = sum(keeps)
         nq, nk = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
-        q = self._buf("q", n, nq)
+        q = self._buf("q", n_q, nq)
         k = self._buf("k", n_all, nk)
         v = self._buf("v", n_all, hp.n_head_kv * hp.head_dim_v)
+        kept = None if n_q == n_all else _Part.last_rows(parts, keeps)
         if hasattr(blk, "attn_qkv"):
-            qkv = self._project(blk.attn_qkv, h, self._buf("qkv", n_all, blk.attn_qkv.n_out), decode)
-            q[:] = qkv[n_all - n:, :nq]
+            qkv = self._project(blk.attn_qkv, h, self._buf("qkv", n_all, blk.attn_qkv.n_out), parts)
+            q[:] = qkv[:, :nq] if kept is None else qkv[kept, :nq]
             k[:] = qkv[:, nq:nq + nk]
             v[:] = qkv[:, nq + nk:]
         else:
-            if n:
-                self._project(blk.attn_q, h[n_all - n:], q, decode)
-            self._project(blk.attn_k, h, k, decode)
-            self._project(blk.attn_v, h, v, decode)
-        return q, k, v
+            if n_q:
+                self._project(blk.attn_q, h if kept is None else h[kept], q, parts, keeps)
+            self._project(blk.attn_k, h, k, parts)
+            self._project(blk.attn_v, h, v, parts)
+        attn = self._buf("attn", n_q, hp.n_head * hp.head_dim_v)
+        row = q_row = 0
+        for part, keep in zip(parts, keeps):
+            attend = self._attend_rows if part.decode else self._attend_chunk
+            attend(il, blk, q[q_row:q_row + keep], k[row:row + part.n], v[row:row + part.n],
+                   attn[q_row:q_row + keep], part)
+            row, q_row = row + part.n, q_row + keep
+        if n_q:
+            self._project(blk.attn_output, attn, out, parts, keeps)
 
-    def _attention(self, il: int, blk, h: np.ndarray, out: np.ndarray, seq: CacheSlot, pos0: int,
-                   keep: int) -> None:
-        """Keys and values of every row of h (one sequence's tokens at pos0 ...) into its cache;
-        attention output of the last `keep` rows into out (keep, n_embd)."""
+    def _attend_chunk(self, il: int, blk, q: np.ndarray, k: np.ndarray, v: np.ndarray, attn: np.ndarray,
+                      part: "_Part") -> None:
+        """A prompt chunk: its keys and values (every row, positions part.pos ...) into its
+        sequence's cache; the queries of its last len(q) rows attend into attn."""
         hp = self.hp
-        n_all = h.shape[0]
-        n = keep
-        q, k, v = self._qkv(blk, h, n, decode=False)
+        n_all, n = k.shape[0], q.shape[0]
+        pos0 = part.pos
         k3 = k.reshape(n_all, hp.n_head_kv, hp.head_dim)
         v3 = v.reshape(n_all, hp.n_head_kv, hp.head_dim_v)
         if hasattr(blk, "attn_k_norm"):
@@ -456,11 +527,11 @@ class Transformer:
         neox = hp.rope_style == "neox"
         if table is not None:
             ops.rope(k3, table[0], table[1], pos0, neox)
-        k_cache, v_cache = seq.layer(il)
+        k_cache, v_cache = part.slot.layer(il)
         ops.store_kv(k3, v3, k_cache, v_cache, pos0)
         if n == 0:
             return
-        pos0 += n_all - n  # the kept queries are the batch's last rows
+        pos0 += n_all - n  # the kept queries are the chunk's last rows
         norm = ops.rms_norm_serial if n == 1 else ops.rms_norm
         q3 = q.reshape(n, hp.n_head, hp.head_dim)
         if hasattr(blk, "attn_q_norm"):
@@ -468,7 +539,6 @@ class Transformer:
             norm(flat, blk.attn_q_norm, hp.rms_eps, flat)
         if table is not None:
             (ops.rope_serial if n == 1 else ops.rope)(q3, table[0], table[1], pos0, neox)
-        attn = self._buf("attn", n, hp.n_head * hp.head_dim_v)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
         window = hp.n_swa if swa else 0
         n_keys = pos0 + n if window <= 0 else min(pos0 + n, window)
@@ -481,15 +551,14 @@ class Transformer:
         else:
             attention = ops.attention
         attention(q3, k_cache, v_cache, pos0, hp.attn_scale, hp.attn_softcap, window, self.slopes, a3)
-        blk.attn_output(attn, out)
 
-    def _attention_rows(self, il: int, blk, h: np.ndarray, out: np.ndarray, cache: KVCache,
-                        index: np.ndarray, positions: np.ndarray) -> None:
-        """Decode: row b of h is one token of sequence index[b] at positions[b]; its key and value
-        go to that sequence's cache and its query attends to that sequence alone."""
+    def _attend_rows(self, il: int, blk, q: np.ndarray, k: np.ndarray, v: np.ndarray, attn: np.ndarray,
+                     part: "_Part") -> None:
+        """Decode rows: row b is one token of sequence part.index[b] at part.positions[b]; its key
+        and value go to that sequence's cache and its query attends to that sequence alone."""
         hp = self.hp
-        n = h.shape[0]
-        q, k, v = self._qkv(blk, h, n, decode=True)
+        n = q.shape[0]
+        index, positions = part.index, part.positions
         k3 = k.reshape(n, hp.n_head_kv, hp.head_dim)
         v3 = v.reshape(n, hp.n_head_kv, hp.head_dim_v)
         q3 = q.reshape(n, hp.n_head, hp.head_dim)
@@ -505,9 +574,8 @@ class Transformer:
             neox = hp.rope_style == "neox"
             ops.rope_rows(k3, table[0], table[1], positions, neox)
             ops.rope_rows(q3, table[0], table[1], positions, neox)
-        k_cache, v_cache = cache.layer(il)
+        k_cache, v_cache = part.cache.layer(il)
         ops.store_kv_rows(k3, v3, k_cache, v_cache, index, positions)
-        attn = self._buf("attn", n, hp.n_head * hp.head_dim_v)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
         window = hp.n_swa if swa else 0
         n_keys = int((positions + 1).sum()) if window <= 0 else int(np.minimum(positions + 1, window).sum())
@@ -515,16 +583,18 @@ class Transformer:
         attention = ops.attention_rows_serial if work < ops.PARALLEL_MIN_WORK else ops.attention_rows
         attention(q3, k_cache, v_cache, index, positions, hp.attn_scale, hp.attn_softcap, window,
                   self.slopes, a3)
-        self._project(blk.attn_output, attn, out, decode=True)
 
-    def _ffn(self, blk, h: np.ndarray, out: np.ndarray, decode: bool) -> None:
-        if hasattr(blk, "ffn_gate_inp"):
-            self._moe(blk, h, out, decode)
+    def _ffn(self, blk, h: np.ndarray, out: np.ndarray, parts: list["_Part"]) -> None:
+        if hasattr(blk, "ffn_gate_inp"):  # routing is per token: each part as it runs alone
+            row = 0
+            for part in parts:
+                self._moe(blk, h[row:row + part.n], out[row:row + part.n], part)
+                row += part.n
             return
         self._dense_ffn(blk.ffn_gate if hasattr(blk, "ffn_gate") else None, blk.ffn_up,
-                        blk.ffn_down, h, out, decode)
+                        blk.ffn_down, h, out, parts)
 
-    def _dense_ffn(self, gate_w, up_w, down_w, h, out, decode: bool) -> None:
+    def _dense_ffn(self, gate_w, up_w, down_w, h, out, parts: list["_Part"]) -> None:
         n = h.shape[0]
         # the parallel kernels even for one token: only prange bodies vectorise here (a plain loop
         # over one 2048-wide row took 34 us against 3-7 us)
@@ -532,23 +602,23 @@ class Transformer:
         if gate_w is not None:
             width = gate_w.n_out
             gate, up = self._buf("gate", n, width), self._buf("up", n, width)
-            self._project(gate_w, h, gate, decode)
-            self._project(up_w, h, up, decode)
+            self._project(gate_w, h, gate, parts)
+            self._project(up_w, h, up, parts)
         else:  # fused gate|up (Phi-3): the first half of ffn_up's rows is the gate
             width = up_w.n_out // 2
-            fused = self._project(up_w, h, self._buf("fused", n, 2 * width), decode)
+            fused = self._project(up_w, h, self._buf("fused", n, 2 * width), parts)
             gate, up = self._buf("gate", n, width), self._buf("up", n, width)
             gate[:] = fused[:, :width]
             up[:] = fused[:, width:]
         act(gate, up, gate)
-        self._project(down_w, gate, out, decode)
+        self._project(down_w, gate, out, parts)
 
-    def _moe(self, blk, h: np.ndarray, out: np.ndarray, decode: bool) -> None:
-        """Route each token to its top-k experts (softmax over all experts first)."""
+    def _moe(self, blk, h: np.ndarray, out: np.ndarray, part: "_Part") -> None:
+        """Route each token of one part to its top-k experts (softmax over all experts first)."""
         hp, n = self.hp, h.shape[0]
         n_expert = blk.ffn_gate_inp.n_out
         router = np.empty((n, n_expert), np.float32)
-        self._project(blk.ffn_gate_inp, h, router, decode)
+        self._project(blk.ffn_gate_inp, h, router, [part])
         probs = np.exp(router - router.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
         k = hp.n_expert_used or n_expert
@@ -564,18 +634,74 @@ class Transformer:
             rows, slot = np.nonzero(top == e)
             xe = np.ascontiguousarray(h[rows])
             ye = np.empty((len(rows), hp.n_embd), np.float32)
-            self._dense_ffn(gates[e] if gates else None, blk.ffn_up_exps[e], blk.ffn_down_exps[e], xe, ye, decode)
+            self._dense_ffn(gates[e] if gates else None, blk.ffn_up_exps[e], blk.ffn_down_exps[e], xe, ye,
+                            [part.kept(len(rows))])
             out[rows] += weights[rows, slot][:, None] * ye
         if hasattr(blk, "ffn_up_shexp"):
             shared = np.empty_like(out)
             self._dense_ffn(getattr(blk, "ffn_gate_shexp", None), blk.ffn_up_shexp, blk.ffn_down_shexp, h, shared,
-                            decode)
+                            [part])
             gate_inp = getattr(blk, "ffn_gate_inp_shexp", None)
             if gate_inp is not None:  # stored as a (1, n_embd) matrix, or as a vector
-                g = self._project(gate_inp, h, np.empty((len(h), 1), np.float32), decode) if isinstance(gate_inp, Linear) \
-                    else (h @ gate_inp)[:, None]
+                g = self._project(gate_inp, h, np.empty((len(h), 1), np.float32), [part]) \
+                    if isinstance(gate_inp, Linear) else (h @ gate_inp)[:, None]
                 shared *= (1.0 / (1.0 + np.exp(-g))).astype(np.float32)
             out += shared
+
+
+class _Part:
+    """Consecutive rows of one pass over the layers: a prompt chunk of one sequence (`slot`) at
+    positions pos, pos + 1, ..., or decode rows - one token of each of several sequences of one
+    cache (`index` its slot rows), each at its own position. `n` rows now; at the last layer
+    only the last `n_out` rows go on (a decode row always does)."""
+
+    __slots__ = ("decode", "n", "n_out", "slot", "pos", "cache", "index", "positions")
+
+    def __init__(self, decode: bool, n: int, n_out: int, slot=None, pos: int = 0, cache=None,
+                 index=None, positions=None):
+        self.decode, self.n, self.n_out = decode, n, n_out
+        self.slot, self.pos, self.cache, self.index, self.positions = slot, pos, cache, index, positions
+
+    @classmethod
+    def chunk(cls, slot: CacheSlot, pos: int, n: int, n_out: int) -> "_Part":
+        if n == 1:  # one token runs as a decode row
+            return cls.rows(slot.cache, np.array([slot.index]), np.array([pos]))
+        return cls(False, n, n_out, slot=slot, pos=pos)
+
+    @classmethod
+    def rows(cls, cache: KVCache, index: np.ndarray, positions: np.ndarray) -> "_Part":
+        return cls(True, len(index), len(index), cache=cache, index=index, positions=positions)
+
+    def kept(self, n: int) -> "_Part":
+        """This part's last n rows (the same kind of rows: the same arithmetic)."""
+        if self.decode:
+            return _Part.rows(self.cache, self.index[len(self.index) - n:], self.positions[len(self.index) - n:])
+        return _Part(False, n, min(n, self.n_out), slot=self.slot, pos=self.pos + self.n - n)
+
+    @staticmethod
+    def last_rows(parts: list["_Part"], keeps: list[int]) -> np.ndarray:
+        """Row indices of each part's last keeps[i] rows."""
+        ends = np.cumsum([p.n for p in parts])
+        return np.concatenate([np.arange(end - keep, end) for end, keep in zip(ends, keeps)]).astype(np.int64)
+
+    @staticmethod
+    def runs(items, key) -> list[tuple[int, int, object]]:
+        """(start, stop, key) for runs of consecutive items (of item.n rows) with the same key."""
+        out, start = [], 0
+        for item in items:
+            k = key(item)
+            if out and out[-1][2] == k:
+                out[-1][1] += item.n
+            else:
+                out.append([start, start + item.n, k])
+            start += item.n
+        return [tuple(run) for run in out]
+
+    @staticmethod
+    def advance(slot: CacheSlot, pos: int, ids: np.ndarray) -> None:
+        """The slot now holds ids at pos ...: record them (for prefix reuse)."""
+        slot.history[pos:pos + len(ids)] = ids
+        slot.n_past = pos + len(ids)
 
 
 # From this size on the output matrix is copied out of the map (see `_load_weights`).
