@@ -252,30 +252,110 @@ def attention_serial(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, 
 
 
 @njit(inline="always")
-def _attention_row_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task):
-    """Head h of row t: that row's one query against its own sequence's cache (`seq[t]`, a slot of
-    the shared cache) at its own position - the same arithmetic as `attention` on that sequence
-    alone, so a sequence's tokens do not depend on the others in the batch."""
-    n_heads = q.shape[1]
-    t = task // n_heads
-    s = seq[t]
-    _attention_task(q[t:t + 1], k_cache[s], v_cache[s], positions[t], scale, softcap, window, slopes,
-                    out[t:t + 1], task % n_heads)
+def _add_group_scores(q, keys, t, h0, n_group, slot, m, j0, scores):
+    """scores[i, j0 + j] += q[t, h0 + i] . key in slot + j, for the n_group query heads sharing
+    `keys` (Hkv's (Dh, n_slots) of one head) and j < m: each run of four channels of the keys is
+    loaded once for all the heads."""
+    head_dim = q.shape[2]
+    d4 = head_dim - head_dim % 4
+    for d in range(0, d4, 4):
+        k0 = keys[d, slot:slot + m]
+        k1 = keys[d + 1, slot:slot + m]
+        k2 = keys[d + 2, slot:slot + m]
+        k3 = keys[d + 3, slot:slot + m]
+        for i in range(n_group):
+            q0, q1, q2, q3 = q[t, h0 + i, d], q[t, h0 + i, d + 1], q[t, h0 + i, d + 2], q[t, h0 + i, d + 3]
+            dst = scores[i, j0:j0 + m]
+            for j in range(m):
+                dst[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j]
+    for d in range(d4, head_dim):
+        kd = keys[d, slot:slot + m]
+        for i in range(n_group):
+            qd = q[t, h0 + i, d]
+            dst = scores[i, j0:j0 + m]
+            for j in range(m):
+                dst[j] += qd * kd[j]
+
+
+@njit(inline="always")
+def _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task):
+    """Row t's query heads that share key/value head g (task = t * Hkv + g) against sequence
+    seq[t]'s cache at positions[t]: the scores of `_attention_task`, with each key and value
+    read once for the whole group (grouped-query attention)."""
+    n_heads, head_dim_v = q.shape[1], v_cache.shape[3]
+    n_kv = k_cache.shape[1]
+    n_group = n_heads // n_kv
+    ring = k_cache.shape[3]
+    t, g = task // n_kv, task % n_kv
+    keys, values = k_cache[seq[t], g], v_cache[seq[t], g]
+    p = positions[t]
+    start = 0
+    if window > 0 and p - window + 1 > 0:
+        start = p - window + 1
+    n = p + 1 - start
+    h0 = g * n_group
+    scores = np.zeros((n_group, n), dtype=np.float32)
+    j0 = 0
+    while j0 < n:  # one run of slots, or two where a sliding-window ring wraps
+        slot = (start + j0) % ring
+        m = min(n - j0, ring - slot)
+        _add_group_scores(q, keys, t, h0, n_group, slot, m, j0, scores)
+        j0 += m
+    inv = np.empty(n_group, dtype=np.float32)
+    for i in range(n_group):
+        slope = slopes[h0 + i]
+        best = -np.inf
+        for j in range(n):
+            s = scores[i, j] * np.float32(scale)
+            if softcap > 0.0:
+                s = np.float32(softcap) * _tanh(s / np.float32(softcap))
+            s -= np.float32(slope * (p - (start + j)))
+            scores[i, j] = s
+            if s > best:
+                best = s
+        total = 0.0
+        for j in range(n):
+            e = _exp(scores[i, j] - best)
+            scores[i, j] = e
+            total += e
+        inv[i] = np.float32(1.0 / total)
+    acc = np.zeros((n_group, head_dim_v), dtype=np.float32)
+    n4 = n - n % 4
+    for j in range(0, n4, 4):  # four keys per pass: each value row loaded once for the group
+        v0, v1 = values[(start + j) % ring], values[(start + j + 1) % ring]
+        v2, v3 = values[(start + j + 2) % ring], values[(start + j + 3) % ring]
+        for i in range(n_group):
+            w0, w1 = scores[i, j] * inv[i], scores[i, j + 1] * inv[i]
+            w2, w3 = scores[i, j + 2] * inv[i], scores[i, j + 3] * inv[i]
+            row = acc[i]
+            for d in range(head_dim_v):
+                row[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d]
+    for j in range(n4, n):
+        vals = values[(start + j) % ring]
+        for i in range(n_group):
+            w = scores[i, j] * inv[i]
+            row = acc[i]
+            for d in range(head_dim_v):
+                row[d] += w * vals[d]
+    for i in range(n_group):
+        for d in range(head_dim_v):
+            out[t, h0 + i, d] = acc[i, d]
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
 def attention_rows(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
     """Batched decode: row t of q (T, H, Dh) is one token of sequence seq[t] at positions[t];
     k_cache (S, Hkv, Dh, n_slots) and v_cache (S, Hkv, n_slots, Dv) hold every sequence's cache
-    (see KVCache). One task per (row, head)."""
-    for task in prange(q.shape[0] * q.shape[1]):
-        _attention_row_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task)
+    (see KVCache). One task per (row, key/value head): its query heads together, so a sequence's
+    result does not depend on the others in the batch (one token evaluated alone runs this too)."""
+    for task in prange(q.shape[0] * k_cache.shape[1]):
+        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task)
 
 
 @njit(cache=True, nogil=True, fastmath=_REASSOCIATE)
 def attention_rows_serial(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
-    for task in range(q.shape[0] * q.shape[1]):
-        _attention_row_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task)
+    for task in range(q.shape[0] * k_cache.shape[1]):
+        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task)
 
 
 # Query rows per block of the GEMM-shaped attention: gemm_micro's 6-row register block.

@@ -34,7 +34,7 @@ import numpy as np
 from ..engine import ops
 from ..engine.kv_cache import CacheSlot, KVCache
 from ..engine.linear import COMPUTABLE_TYPES, Linear, float_rows, vector
-from ..engine.matmul import GEMM_MIN_TOKENS, Workspace
+from ..engine.matmul import GEMM_MIN_TOKENS, Workspace, get_threads
 from ..engine.rope import rope_tables
 from ..engine.threads import AutoThreads
 from ..errors import BadInputError, FormatError, LlmcliError, UnsupportedError
@@ -580,7 +580,8 @@ class Transformer:
         window = hp.n_swa if swa else 0
         n_keys = int((positions + 1).sum()) if window <= 0 else int(np.minimum(positions + 1, window).sum())
         work = hp.n_head * n_keys * (hp.head_dim + hp.head_dim_v)
-        attention = ops.attention_rows_serial if work < ops.PARALLEL_MIN_WORK else ops.attention_rows
+        serial = work < ops.PARALLEL_MIN_WORK or get_threads() == 1  # a 1-thread parallel region still costs
+        attention = ops.attention_rows_serial if serial else ops.attention_rows
         attention(q3, k_cache, v_cache, index, positions, hp.attn_scale, hp.attn_softcap, window,
                   self.slopes, a3)
 
