@@ -22,6 +22,7 @@ from .. import __version__
 from ..errors import LlmcliError
 from ..generation import Request as GenerationRequest
 from ..generation import SamplingParams
+from ..generation.grammar.tokens import TokenIndex
 from ..generation.pooling import l2_normalize
 from .errors import ApiError
 from .gateway import Gateway
@@ -123,7 +124,7 @@ def create_app(state: ServerState) -> FastAPI:
         llm = state.ready()
         messages = [m.template_message() for m in body.messages]
         prompt = await run_in_threadpool(llm.chat_prompt_ids, messages)
-        stream = _submit(state, body, prompt, body.logprobs_count())
+        stream = await _submit(state, body, prompt, body.logprobs_count())
         shapes = ChatShapes(state.model_id)
         if body.stream:
             return StreamingResponse(_chat_events(stream, shapes, body, TokenTexts(llm.tokenizer), request,
@@ -140,7 +141,7 @@ def create_app(state: ServerState) -> FastAPI:
         prompt = body.prompt
         if isinstance(prompt, str):  # text gets BOS as the model asks; token ids are taken as they are
             prompt = await run_in_threadpool(llm.tokenize, prompt, True, True)
-        stream = _submit(state, body, prompt, body.logprobs_count())
+        stream = await _submit(state, body, prompt, body.logprobs_count())
         shapes = TextShapes(state.model_id)
         texts = TokenTexts(llm.tokenizer)
         if body.stream:
@@ -190,10 +191,13 @@ def json_body(schema):
 # -- generation --------------------------------------------------------------------------------
 
 
-def _submit(state: ServerState, body, prompt: list[int], logprobs: int | None) -> EngineStream:
+async def _submit(state: ServerState, body, prompt: list[int], logprobs: int | None) -> EngineStream:
+    grammar = body.output_grammar()
+    if grammar is not None:  # the vocabulary's sorted pieces: built once (a second), off the event loop
+        await run_in_threadpool(TokenIndex.of, state.llm.tokenizer)
     request = GenerationRequest(prompt, max_tokens=body.token_limit(), params=body.sampling_params(),
                                 stop=body.stop_strings, ignore_eos=body.ignore_eos,
-                                cache_prompt=body.cache_prompt, logprobs=logprobs)
+                                cache_prompt=body.cache_prompt, logprobs=logprobs, grammar=grammar)
     return EngineStream(state.engine, request, state.config.timeout,
                         on_done=lambda seq: state.metrics.add(seq.timings))
 

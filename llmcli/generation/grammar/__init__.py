@@ -18,5 +18,20 @@ from .matcher import GrammarMatcher
 from .parse import GrammarError
 from .schema import JSON_OBJECT_GBNF, schema_to_grammar
 
+
+def to_grammar(grammar: "str | Grammar | None" = None, json_schema: dict | None = None) -> Grammar | None:
+    """The Grammar a caller asks for: GBNF text (or a compiled Grammar), or a JSON schema (a dict),
+    or neither (None). Both at once is a GrammarError."""
+    if grammar is not None and json_schema is not None:
+        raise GrammarError("give a grammar or a JSON schema, not both", "schema")
+    if json_schema is not None:
+        if not isinstance(json_schema, dict):
+            raise GrammarError(f"a JSON schema must be a JSON object, got {type(json_schema).__name__}", "schema")
+        return compile_grammar(schema_to_grammar(json_schema))
+    if grammar is None or isinstance(grammar, Grammar):
+        return grammar
+    return compile_grammar(grammar)
+
+
 __all__ = ["Grammar", "GrammarError", "GrammarMatcher", "JSON_OBJECT_GBNF", "MatchState", "compile_grammar",
-           "schema_to_grammar"]
+           "schema_to_grammar", "to_grammar"]

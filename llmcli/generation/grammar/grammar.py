@@ -398,14 +398,32 @@ class Grammar:
         return allowed
 
 
+COMPILED_CACHE_SIZE = 16  # grammars kept compiled: a server's requests often repeat one schema
+
+_compiled: OrderedDict[tuple[str, str], Grammar] = OrderedDict()
+_compiled_lock = threading.Lock()
+
+
 def compile_grammar(text: str, root: str = "root") -> Grammar:
     """Parse and check GBNF text; the Grammar matches from rule `root`. GrammarError (a
-    BadInputError) names what is wrong and where."""
+    BadInputError) names what is wrong and where. The same text gives the same Grammar object
+    while it is among the last few compiled, so sequences share what it has worked out."""
     if not isinstance(text, str):
         raise GrammarError(f"a grammar must be text, got {type(text).__name__}", "empty-grammar")
+    key = (text, root)
+    with _compiled_lock:
+        grammar = _compiled.get(key)
+        if grammar is not None:
+            _compiled.move_to_end(key)
+            return grammar
     parsed = parse_gbnf(text)
     if root not in parsed.symbol_ids:
         raise GrammarError(f"grammar: it has no rule '{root}' to start from (rules: "
                            f"{', '.join(n for n in parsed.names if '_' not in n)[:200]})", "missing-root")
     check_left_recursion(parsed)
-    return Grammar(parsed, root, text)
+    grammar = Grammar(parsed, root, text)
+    with _compiled_lock:
+        _compiled[key] = grammar
+        while len(_compiled) > COMPILED_CACHE_SIZE:
+            _compiled.popitem(last=False)
+    return grammar

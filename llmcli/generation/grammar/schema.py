@@ -321,7 +321,8 @@ class _Reader:
         missing = sorted(required - {name for name, _, _ in properties})
         if missing:
             self.fail(path, f"required property '{missing[0]}' is not among the properties")
-        return Node("object", properties=properties, additional=additional)
+        return Node("object", properties=properties, additional=additional,
+                    closed=schema.get("additionalProperties") is False)
 
     def array(self, schema: dict, path: str) -> Node:
         handled = {"type", "items", "prefixItems", "minItems", "maxItems"}
@@ -699,7 +700,7 @@ class _Converter:
                 if target is not None:
                     add(target, is_required, path)
             elif component.kind == "object":
-                if component.additional is None:
+                if component.closed:
                     closed.append({p[0] for p in component.properties})
                 for prop_name, prop, _ in component.properties:
                     if any(p[0] == prop_name for p in properties):
