@@ -240,15 +240,17 @@ class _Parser:
         while True:
             c = src[pos]
             if c == '"':
+                open_pos = pos
                 pos += 1
                 last_start, n_prev_rules = len(rule), 1
                 while src[pos] != '"':
                     if src[pos] == "\0":
-                        self.fail(pos, "unterminated", "the grammar ends inside a literal (a '\"' is missing)")
+                        self.fail(open_pos, "unterminated", "this literal is not closed (a '\"' is missing)")
                     cp, pos = self.char(pos)
                     rule.append((CHAR, cp))
                 pos = self.space(pos + 1, nested)
             elif c == "[":
+                open_pos = pos
                 pos += 1
                 first_kind = CHAR
                 if src[pos] == "^":
@@ -257,12 +259,12 @@ class _Parser:
                 last_start, n_prev_rules = len(rule), 1
                 while src[pos] != "]":
                     if src[pos] == "\0":
-                        self.fail(pos, "unterminated", "the grammar ends inside a character class (a ']' is missing)")
+                        self.fail(open_pos, "unterminated", "this character class is not closed (a ']' is missing)")
                     cp, pos = self.char(pos)
                     rule.append((CHAR_ALT if last_start < len(rule) else first_kind, cp))
                     if src[pos] == "-" and src[pos + 1] != "]":
                         if src[pos + 1] == "\0":
-                            self.fail(pos + 1, "unterminated", "the grammar ends inside a character range")
+                            self.fail(open_pos, "unterminated", "this character class ends inside a range")
                         upper, pos = self.char(pos + 1)
                         rule.append((CHAR_RNG_UPPER, upper))
                 pos = self.space(pos + 1, nested)
