@@ -89,3 +89,23 @@ def test_text_response_format_is_free_text(server):
                                                          "response_format": {"type": "text"}})
     status2, plain = post(server.url + "/v1/completions", {"prompt": "Hi", "max_tokens": 3, "temperature": 0})
     assert status == status2 == 200 and reply["choices"][0]["text"] == plain["choices"][0]["text"]
+
+
+@pytest.mark.parametrize("field", ["grammar", "json_schema"])
+def test_llama_servers_own_completion_endpoint(server, field):
+    value = 'root ::= "[" [a-z]{2,5} "]"' if field == "grammar" else SCHEMA
+    body = {"prompt": "Hello", "n_predict": 300, "temperature": 0.7, "seed": 9, field: value}
+    status, whole = post(server.url + "/completion", body)
+    assert status == 200, whole
+    assert whole["stop"] is True and whole["stop_type"] == "eos" and whole["tokens_predicted"] > 0
+    if field == "grammar":
+        assert whole["content"][0] == "[" and whole["content"][-1] == "]"
+    else:
+        jsonschema.validate(json.loads(whole["content"]), SCHEMA)
+    events, _ = sse_events(server.url + "/completion", {**body, "stream": True})
+    assert all(e["stop"] is False for e in events[:-1]) and events[-1]["stop"] is True
+    assert "".join(e["content"] for e in events) == whole["content"]
+    status, limited = post(server.url + "/completion", {"prompt": "Hello", "n_predict": 2, "temperature": 0})
+    assert status == 200 and limited["tokens_predicted"] == 2 and limited["stop_type"] == "limit"
+    status, error = post(server.url + "/completion", {"prompt": "Hello", "grammar": "root ::= ("})
+    assert status == 400 and "grammar" in error["error"]["message"]

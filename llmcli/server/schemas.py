@@ -240,6 +240,16 @@ class CompletionRequest(GenerationRequest):
         return self.logprobs
 
 
+class NativeCompletionRequest(CompletionRequest):
+    """llama-server's own POST /completion: `n_predict` (-1: no limit) as well as `max_tokens`."""
+
+    n_predict: int | None = Field(None, ge=-1)
+
+    def token_limit(self) -> int:
+        limit = self.n_predict if self.n_predict is not None else self.max_tokens
+        return -1 if limit is None else limit
+
+
 class EmbeddingRequest(StrictModel):
     """POST /v1/embeddings: `input` a string, a list of strings, a list of token ids (one input)
     or a list of token-id lists; `dimensions`, when given, must be the model's width."""
