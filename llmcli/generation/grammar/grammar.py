@@ -33,7 +33,7 @@ from .walk import NEED_ROW, UTF8_FOLLOWING, filter_tokens, match_partial
 
 EMPTY_STACK = 0  # the stack id of the empty stack: the grammar is complete along it
 DEAD = -1  # the set id of "no stack left": the input does not fit the grammar
-MASK_CACHE_SIZE = 256  # token masks kept per (grammar, vocabulary), 32 KiB each for 262k tokens
+MASK_CACHE_SIZE = 128  # token masks kept per (grammar, vocabulary), 32 KiB each for 262k tokens
 
 
 class MatchState(NamedTuple):
