@@ -155,7 +155,7 @@ class _Reader:
                 relevant |= keywords
         for key in schema:
             if key in relevant and key not in handled:
-                self.fail(path, f"'{key}' is not supported here{why} (the grammar could not enforce it)")
+                self.fail(path, f"'{key}' is not supported{why}: a grammar could not enforce it")
 
     # -- helpers as llama.cpp reads fields ---------------------------------------------------
 
