@@ -28,6 +28,7 @@ import numpy as np
 from .generation.chat import ChatTemplate
 from .errors import BadInputError
 from .generation import Completion, Engine, Request, SamplingParams, Scheduler
+from .generation.grammar import Grammar, to_grammar
 from .generation.pooling import l2_normalize, pooling_kind
 from .vocab import Tokenizer
 
@@ -96,41 +97,52 @@ class LLM:
         return self.scheduler
 
     def _request(self, prompt: str | Sequence[int], max_tokens: int, params: SamplingParams | None,
-                 stop: Sequence[str], parse_special: bool, ignore_eos: bool, cache_prompt: bool) -> Request:
+                 stop: Sequence[str], parse_special: bool, ignore_eos: bool, cache_prompt: bool,
+                 grammar: Grammar | None = None) -> Request:
         ids = (self.tokenize(prompt, add_special=True, parse_special=parse_special)
                if isinstance(prompt, str) else [int(t) for t in prompt])
         return Request(ids, max_tokens=max_tokens, params=params or SamplingParams(), stop=list(stop),
-                       ignore_eos=ignore_eos, cache_prompt=cache_prompt)
+                       ignore_eos=ignore_eos, cache_prompt=cache_prompt, grammar=grammar)
 
     def complete(self, prompt: str | Sequence[int], *, max_tokens: int = -1, params: SamplingParams | None = None,
                  stop: Sequence[str] = (), parse_special: bool = True, ignore_eos: bool = False,
-                 cache_prompt: bool = True) -> Completion:
-        """A Completion for a text prompt (tokenized with BOS per the model) or a list of ids."""
+                 cache_prompt: bool = True, grammar: str | Grammar | None = None,
+                 json_schema: dict | None = None) -> Completion:
+        """A Completion for a text prompt (tokenized with BOS per the model) or a list of ids.
+        `grammar` (GBNF text) or `json_schema` (a dict) constrains the output (see
+        llmcli.generation.grammar); a bad one raises GrammarError, a BadInputError."""
         sched = self._scheduler()
-        request = self._request(prompt, max_tokens, params, stop, parse_special, ignore_eos, cache_prompt)
+        request = self._request(prompt, max_tokens, params, stop, parse_special, ignore_eos, cache_prompt,
+                                to_grammar(grammar, json_schema))
         return Completion(sched, sched.new_sequence(request))
 
     def complete_many(self, prompts: Sequence[str | Sequence[int]], *, max_tokens: int = -1,
                       params: SamplingParams | Sequence[SamplingParams] | None = None,
                       stop: Sequence[str] = (), parse_special: bool = True, ignore_eos: bool = False,
-                      cache_prompt: bool = True) -> list[Completion]:
+                      cache_prompt: bool = True, grammar: str | Grammar | None = None,
+                      json_schema: dict | None = None) -> list[Completion]:
         """Generate for every prompt, `parallel` at a time in one batch, and return the finished
-        Completions in prompt order. `params` may give each prompt its own sampling."""
+        Completions in prompt order. `params` may give each prompt its own sampling; `grammar` or
+        `json_schema` constrains every output (each follows it on its own)."""
         sched = self._scheduler()
         per_prompt = params if isinstance(params, (list, tuple)) else [params] * len(prompts)
         if len(per_prompt) != len(prompts):
             raise BadInputError(f"{len(per_prompt)} sampling parameter sets for {len(prompts)} prompts")
-        seqs = [sched.new_sequence(self._request(p, max_tokens, sp, stop, parse_special, ignore_eos, cache_prompt))
+        constraint = to_grammar(grammar, json_schema)
+        seqs = [sched.new_sequence(self._request(p, max_tokens, sp, stop, parse_special, ignore_eos, cache_prompt,
+                                                 constraint))
                 for p, sp in zip(prompts, per_prompt)]
         _run_together(sched, seqs)
         return [Completion(sched, seq) for seq in seqs]
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, stop: Sequence[str] = (),
-                 parse_special: bool = True, **sampling) -> Iterator[str]:
+                 parse_special: bool = True, grammar: str | Grammar | None = None, json_schema: dict | None = None,
+                 **sampling) -> Iterator[str]:
         """Stream the continuation of `prompt` as text pieces. `sampling`: SamplingParams fields
-        (temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed), llama.cpp's defaults."""
+        (temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed), llama.cpp's defaults;
+        `grammar` (GBNF text) or `json_schema` (a dict) constrains the output."""
         return iter(self.complete(prompt, max_tokens=max_tokens, params=sampling_params(**sampling), stop=stop,
-                                  parse_special=parse_special))
+                                  parse_special=parse_special, grammar=grammar, json_schema=json_schema))
 
     # -- embeddings ----------------------------------------------------------------------------
 
@@ -188,15 +200,17 @@ class LLM:
         return ids
 
     def chat_completion(self, messages: list[dict[str, str]], *, max_tokens: int = -1,
-                        params: SamplingParams | None = None, stop: Sequence[str] = ()) -> Completion:
-        return self.complete(self.chat_prompt_ids(messages), max_tokens=max_tokens, params=params, stop=stop)
+                        params: SamplingParams | None = None, stop: Sequence[str] = (),
+                        grammar: str | Grammar | None = None, json_schema: dict | None = None) -> Completion:
+        return self.complete(self.chat_prompt_ids(messages), max_tokens=max_tokens, params=params, stop=stop,
+                             grammar=grammar, json_schema=json_schema)
 
     def chat(self, messages: list[dict[str, str]], max_tokens: int = 256, stop: Sequence[str] = (),
-             **sampling) -> Iterator[str]:
+             grammar: str | Grammar | None = None, json_schema: dict | None = None, **sampling) -> Iterator[str]:
         """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}, ...]);
-        `sampling` as for `generate`."""
+        `sampling`, `grammar` and `json_schema` as for `generate`."""
         return iter(self.chat_completion(messages, max_tokens=max_tokens, params=sampling_params(**sampling),
-                                         stop=stop))
+                                         stop=stop, grammar=grammar, json_schema=json_schema))
 
 
 def embedding_inputs(value) -> list[str | list[int]]:

@@ -22,12 +22,13 @@ from .. import __version__
 from ..errors import LlmcliError
 from ..generation import Request as GenerationRequest
 from ..generation import SamplingParams
+from ..generation.grammar.tokens import TokenIndex
 from ..generation.pooling import l2_normalize
 from .errors import ApiError
 from .gateway import Gateway
 from .responses import FINISH_REASONS, ChatShapes, TextShapes, TokenTexts, embedding_list, usage
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
-                      TokenizeRequest)
+                      NativeCompletionRequest, TokenizeRequest)
 from .state import ServerState
 from .stream import SSE_DONE, SSE_PING, EngineStream, error_of, sse
 
@@ -123,16 +124,16 @@ def create_app(state: ServerState) -> FastAPI:
         llm = state.ready()
         messages = [m.template_message() for m in body.messages]
         prompt = await run_in_threadpool(llm.chat_prompt_ids, messages)
-        stream = _submit(state, body, prompt, body.logprobs_count())
+        stream = await _submit(state, body, prompt, body.logprobs_count())
         shapes = ChatShapes(state.model_id)
         if body.stream:
             return StreamingResponse(_chat_events(stream, shapes, body, TokenTexts(llm.tokenizer), request,
                                                   config.sse_ping_interval),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        text, logprobs, finish = await _collect(stream, request)
+        text, logprobs, reason = await _collect(stream, request)
         texts = TokenTexts(llm.tokenizer)
         entries = None if logprobs is None else [texts.chat_entry(lp) for lp in logprobs]
-        return shapes.completion(text, finish, entries, _usage(stream, request))
+        return shapes.completion(text, FINISH_REASONS.get(reason, "stop"), entries, _usage(stream, request))
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest = Depends(json_body(CompletionRequest))):
@@ -140,15 +141,32 @@ def create_app(state: ServerState) -> FastAPI:
         prompt = body.prompt
         if isinstance(prompt, str):  # text gets BOS as the model asks; token ids are taken as they are
             prompt = await run_in_threadpool(llm.tokenize, prompt, True, True)
-        stream = _submit(state, body, prompt, body.logprobs_count())
+        stream = await _submit(state, body, prompt, body.logprobs_count())
         shapes = TextShapes(state.model_id)
         texts = TokenTexts(llm.tokenizer)
         if body.stream:
             return StreamingResponse(_text_events(stream, shapes, body, texts, request, config.sse_ping_interval),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        text, logprobs, finish = await _collect(stream, request)
-        return shapes.completion(text, finish, None if logprobs is None else texts.completion_logprobs(logprobs),
+        text, logprobs, reason = await _collect(stream, request)
+        return shapes.completion(text, FINISH_REASONS.get(reason, "stop"),
+                                 None if logprobs is None else texts.completion_logprobs(logprobs),
                                  _usage(stream, request))
+
+    @app.post("/completion")
+    async def native_completion(request: Request,
+                                body: NativeCompletionRequest = Depends(json_body(NativeCompletionRequest))):
+        """llama-server's own completion endpoint: `content` out (streamed: one object per piece,
+        the last with `stop: true`), `n_predict`, `grammar`, `json_schema`."""
+        llm = state.ready()
+        prompt = body.prompt
+        if isinstance(prompt, str):
+            prompt = await run_in_threadpool(llm.tokenize, prompt, True, True)
+        stream = await _submit(state, body, prompt, None)
+        if body.stream:
+            return StreamingResponse(_native_events(stream, request, config.sse_ping_interval),
+                                     media_type="text/event-stream", headers=SSE_HEADERS)
+        text, _, reason = await _collect(stream, request)
+        return _native_final(stream, request, text, reason)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request, body: EmbeddingRequest = Depends(json_body(EmbeddingRequest))):
@@ -190,10 +208,13 @@ def json_body(schema):
 # -- generation --------------------------------------------------------------------------------
 
 
-def _submit(state: ServerState, body, prompt: list[int], logprobs: int | None) -> EngineStream:
+async def _submit(state: ServerState, body, prompt: list[int], logprobs: int | None) -> EngineStream:
+    grammar = body.output_grammar()
+    if grammar is not None:  # the vocabulary's sorted pieces: built once (a second), off the event loop
+        await run_in_threadpool(TokenIndex.of, state.llm.tokenizer)
     request = GenerationRequest(prompt, max_tokens=body.token_limit(), params=body.sampling_params(),
                                 stop=body.stop_strings, ignore_eos=body.ignore_eos,
-                                cache_prompt=body.cache_prompt, logprobs=logprobs)
+                                cache_prompt=body.cache_prompt, logprobs=logprobs, grammar=grammar)
     return EngineStream(state.engine, request, state.config.timeout,
                         on_done=lambda seq: state.metrics.add(seq.timings))
 
@@ -245,7 +266,7 @@ def _usage(stream: EngineStream, request: Request) -> dict:
 
 
 async def _collect(stream: EngineStream, request: Request):
-    """Run a generation to its end: (text, logprobs or None, finish_reason). A client that goes
+    """Run a generation to its end: (text, logprobs or None, stop reason). A client that goes
     away meanwhile cancels it."""
     watcher = _watch_disconnect(request, stream.close)
     pieces, logprobs = [], []
@@ -257,12 +278,47 @@ async def _collect(stream: EngineStream, request: Request):
             if event.logprob is not None:
                 logprobs.append(event.logprob)
             if event.done:
-                finish = FINISH_REASONS.get(event.stop_reason, "stop")
+                reason = event.stop_reason
     finally:
         watcher.cancel()
         stream.close()
     asked = stream.handle.seq.request.logprobs is not None
-    return "".join(pieces), logprobs if asked else None, finish
+    return "".join(pieces), logprobs if asked else None, reason
+
+
+# llama-server's stop_type for our stop reasons
+NATIVE_STOP_TYPES = {"eos": "eos", "stop": "word", "length": "limit", "context": "limit", "timeout": "limit"}
+
+
+def _native_final(stream: EngineStream, request: Request, text: str, reason: str) -> dict:
+    """llama-server's last /completion object: the text and how the generation went."""
+    seq = stream.seq
+    _usage(stream, request)
+    return {"content": text, "tokens": [], "stop": True, "stop_type": NATIVE_STOP_TYPES.get(reason, "none"),
+            "tokens_predicted": len(seq.tokens), "tokens_evaluated": stream.prompt_tokens,
+            "tokens_cached": stream.cached_tokens(), "truncated": False, "timings": seq.timings.to_dict()}
+
+
+async def _native_events(stream: EngineStream, request: Request, ping_interval: float):
+    """SSE for /completion: {"content": piece, "stop": false} per piece, then the final object."""
+    pieces = []
+    try:
+        async for event in stream.events(ping_interval):
+            if event is None:
+                yield SSE_PING
+                continue
+            if event.done and event.error is not None:
+                yield sse(error_of(event).body())
+                return
+            if event.text:
+                pieces.append(event.text)
+                yield sse({"content": event.text, "tokens": [], "stop": False})
+            if event.done:
+                yield sse(_native_final(stream, request, "".join(pieces), event.stop_reason) | {"content": ""})
+    except Exception as error:  # the headers are out: the failure can only be told as an event
+        yield _stream_failure(error)
+    finally:
+        stream.close()
 
 
 def _watch_disconnect(request: Request, on_gone) -> asyncio.Task:

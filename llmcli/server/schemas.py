@@ -1,9 +1,10 @@
 """Request bodies: OpenAI's fields plus llama.cpp's extras, checked strictly (a string where a
 number belongs is a 400, not a guess).
 
-Fields the server cannot act on (`n` > 1, `tools`, `response_format`, `logit_bias`, ...) are refused
-with a 400 naming the field; leaving them at their no-op value (`n: 1`, `tools: []`,
-`response_format: {"type": "text"}`) is fine. Fields that only label a request (`user`, `metadata`,
+Fields the server cannot act on (`n` > 1, `tools`, `logit_bias`, ...) are refused with a 400 naming
+the field; leaving them at their no-op value (`n: 1`, `tools: []`) is fine. Structured output:
+OpenAI's `response_format` ({"type": "json_object"} or {"type": "json_schema", "json_schema":
+{"schema": ...}}) and llama.cpp's `grammar` (GBNF) and `json_schema`, one of them per request. Fields that only label a request (`user`, `metadata`,
 `store`) are accepted and not used. A sampling field left out takes llama-server's default
 (`SamplingParams`), as llama-server does, not OpenAI's.
 """
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..api import embedding_inputs
 from ..errors import BadInputError
 from ..generation import SamplingParams
+from ..generation.grammar import Grammar, GrammarError, to_grammar
 
 _DEFAULTS = SamplingParams()
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound for top_logprobs
@@ -35,10 +37,6 @@ UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tool_choice": (lambda v: v is None or v == "none", "tool calling is not available yet"),
     "functions": (_absent, "function calling is not available yet"),
     "function_call": (lambda v: v is None or v == "none", "function calling is not available yet"),
-    "response_format": (lambda v: v is None or v == {"type": "text"},
-                        "structured output (JSON mode, JSON schema) is not available yet"),
-    "grammar": (_absent, "grammars are not available yet"),
-    "json_schema": (_absent, "structured output is not available yet"),
     "logit_bias": (_absent, "logit biases are not applied by this server"),
     "echo": (_absent, "the prompt is not echoed back"),
     "suffix": (_absent, "insertion (suffix) is not available"),
@@ -79,6 +77,9 @@ class GenerationRequest(StrictModel):
     cache_prompt: bool = True
     ignore_eos: bool = False
     user: str | None = None  # a label for the caller's own bookkeeping
+    response_format: dict[str, Any] | None = None
+    grammar: str | None = None  # llama.cpp's: GBNF text
+    json_schema: dict[str, Any] | None = None  # llama.cpp's: a JSON schema
 
     @model_validator(mode="before")
     @classmethod
@@ -94,6 +95,37 @@ class GenerationRequest(StrictModel):
         if self.stream_options is not None and not self.stream:
             raise ValueError("'stream_options' is only allowed when 'stream' is true")
         return self
+
+    def output_grammar(self) -> Grammar | None:
+        """The grammar `response_format`, `grammar` or `json_schema` asks for (None: free text);
+        BadInputError naming the field when it cannot be used."""
+        asked = {}
+        if self.response_format is not None:
+            kind = self.response_format.get("type", "text")
+            if kind == "json_object":  # llama-server: a "schema" beside it is taken too
+                asked["response_format"] = ("json_schema", self.response_format.get("schema") or {})
+            elif kind == "json_schema":
+                wrapper = self.response_format.get("json_schema")
+                if not isinstance(wrapper, dict):
+                    raise BadInputError("response_format.json_schema must be an object holding the 'schema'")
+                asked["response_format.json_schema.schema"] = ("json_schema", wrapper.get("schema") or {})
+            elif kind != "text":
+                raise BadInputError(f"response_format.type must be text, json_object or json_schema, got {kind!r}")
+        if self.grammar:
+            asked["grammar"] = ("grammar", self.grammar)
+        if self.json_schema is not None:
+            asked["json_schema"] = ("json_schema", self.json_schema)
+        if len(asked) > 1:
+            raise BadInputError(f"give one of response_format, grammar, json_schema, not {' and '.join(asked)}")
+        if not asked:
+            return None
+        (field, (kind, value)), = asked.items()
+        if kind == "json_schema" and value == {}:
+            value = {"type": "object"}  # as llama-server: an empty schema is any JSON object
+        try:
+            return to_grammar(**{kind: value})
+        except GrammarError as e:
+            raise BadInputError(f"{field}: {e}") from None
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(
@@ -206,6 +238,16 @@ class CompletionRequest(GenerationRequest):
 
     def logprobs_count(self) -> int | None:
         return self.logprobs
+
+
+class NativeCompletionRequest(CompletionRequest):
+    """llama-server's own POST /completion: `n_predict` (-1: no limit) as well as `max_tokens`."""
+
+    n_predict: int | None = Field(None, ge=-1)
+
+    def token_limit(self) -> int:
+        limit = self.n_predict if self.n_predict is not None else self.max_tokens
+        return -1 if limit is None else limit
 
 
 class EmbeddingRequest(StrictModel):
