@@ -6,6 +6,8 @@
         print(piece, end="", flush=True)
     for piece in llm.chat([{"role": "user", "content": "Hi!"}]):
         print(piece, end="")
+    reply = llm.chat(messages, tools=[...], tool_choice="auto").run()   # OpenAI's function tools
+    reply.tool_calls, reply.content, reply.message                      # parsed calls; the message
     done = llm.complete_many(["Once upon a time", "The sky is"], max_tokens=32)   # decoded together
     engine = llm.engine()                    # submit from any thread (servers)
     vectors = llm.embed(["a text", "another"], pooling="mean")   # (2, n_embd), L2-normalised
@@ -25,9 +27,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from .generation.chat import ChatTemplate
 from .errors import BadInputError
 from .generation import Completion, Engine, Request, SamplingParams, Scheduler
+from .generation.completion import ChatCompletion
+from .generation.tools import ReplyReader, ToolChat
 from .generation.pooling import l2_normalize, pooling_kind
 from .vocab import Tokenizer
 
@@ -178,25 +184,65 @@ class LLM:
                                                     _marker_texts(tok))
         return self._template
 
-    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """The conversation rendered with the chat template and tokenized (one BOS at most)."""
-        text = self.chat_template.render(messages, add_generation_prompt=True)
-        ids = self.tokenize(text, add_special=True, parse_special=True)
+    def prepare_chat(self, messages: list[dict], tools: list[dict] | None = None, tool_choice=None,
+                     parallel_tool_calls: bool = True) -> "PreparedChat":
+        """A chat request made ready: the conversation (OpenAI's messages, with tool calls and tool
+        results) rendered with the chat template and tokenized (one BOS at most), and, with `tools`
+        (OpenAI's function tools) and `tool_choice` ("auto", "none", "required" or
+        {"type": "function", "function": {"name": ...}}), how the reply is constrained and read."""
+        chat = ToolChat.prepare(self.chat_template, messages, tools, tool_choice, parallel_tool_calls,
+                                enforce=False)
+        ids = self.tokenize(chat.prompt, add_special=True, parse_special=True)
         bos = self.tokenizer.bos_id
         if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
             ids = ids[1:]  # the template wrote BOS itself
-        return ids
+        return PreparedChat(ids, chat, self._single_tokens(chat.format.preserved) if chat.reads_calls else frozenset())
 
-    def chat_completion(self, messages: list[dict[str, str]], *, max_tokens: int = -1,
-                        params: SamplingParams | None = None, stop: Sequence[str] = ()) -> Completion:
-        return self.complete(self.chat_prompt_ids(messages), max_tokens=max_tokens, params=params, stop=stop)
+    def _single_tokens(self, texts: Iterable[str]) -> frozenset[int]:
+        """The ids of those texts that are one token of the vocabulary."""
+        ids = [self.tokenize(t, add_special=False, parse_special=True) for t in texts]
+        return frozenset(i[0] for i in ids if len(i) == 1)
 
-    def chat(self, messages: list[dict[str, str]], max_tokens: int = 256, stop: Sequence[str] = (),
-             **sampling) -> Iterator[str]:
-        """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}, ...]);
-        `sampling` as for `generate`."""
-        return iter(self.chat_completion(messages, max_tokens=max_tokens, params=sampling_params(**sampling),
-                                         stop=stop))
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The conversation rendered with the chat template and tokenized (one BOS at most)."""
+        return self.prepare_chat(messages).prompt_ids
+
+    def chat_completion(self, messages: list[dict], *, max_tokens: int = -1, params: SamplingParams | None = None,
+                        stop: Sequence[str] = (), tools: list[dict] | None = None, tool_choice=None,
+                        parallel_tool_calls: bool = True) -> ChatCompletion:
+        """The assistant's reply to `messages` as a ChatCompletion: iterate it for the content,
+        then read `tool_calls`, `content` and `message` (see `prepare_chat` for the tools)."""
+        chat = self.prepare_chat(messages, tools, tool_choice, parallel_tool_calls)
+        sched = self._scheduler()
+        request = chat.request(max_tokens=max_tokens, params=params or SamplingParams(), stop=list(stop))
+        return ChatCompletion(sched, sched.new_sequence(request), chat.reader())
+
+    def chat(self, messages: list[dict], max_tokens: int = 256, stop: Sequence[str] = (),
+             tools: list[dict] | None = None, tool_choice=None, parallel_tool_calls: bool = True,
+             **sampling) -> ChatCompletion:
+        """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}, ...]) as text
+        pieces; `sampling` as for `generate`. With `tools`, the calls the reply makes are in the
+        returned ChatCompletion's `tool_calls` once it is read (`.run()`)."""
+        return self.chat_completion(messages, max_tokens=max_tokens, params=sampling_params(**sampling), stop=stop,
+                                    tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls)
+
+
+@dataclass
+class PreparedChat:
+    """A chat request ready to submit: `prompt_ids`, the `tool_chat` (format, tools, choice,
+    grammar text) and the control tokens the reply must show (`preserved_tokens`, e.g. Mistral's
+    [TOOL_CALLS])."""
+
+    prompt_ids: list[int]
+    tool_chat: ToolChat
+    preserved_tokens: frozenset[int] = frozenset()
+
+    def request(self, **fields) -> Request:
+        """A generation Request for the prompt (`fields`: Request's other fields)."""
+        return Request(self.prompt_ids, preserved_tokens=self.preserved_tokens, **fields)
+
+    def reader(self) -> ReplyReader:
+        return self.tool_chat.reader()
 
 
 def embedding_inputs(value) -> list[str | list[int]]:

@@ -45,7 +45,9 @@ class Request:
     `logprobs`: None, or record each generated token's log-probability and the `logprobs` most
     likely alternatives (see `TokenLogprob`). `pooling` ("mean", "cls", "last"): embed the prompt
     instead of generating - its final-norm hidden states pooled into `Sequence.embedding` (not
-    normalised), evaluated from position 0 - and end with stop reason "embedded"."""
+    normalised), evaluated from position 0 - and end with stop reason "embedded".
+    `preserved_tokens`: control tokens whose text shows in the output (llama.cpp's preserved
+    tokens: a tool-call marker such as Mistral's `[TOOL_CALLS]` must be read back)."""
 
     prompt: list[int]
     max_tokens: int = -1
@@ -57,6 +59,7 @@ class Request:
     sampler: Callable[[np.ndarray], int] | None = None
     logprobs: int | None = None
     pooling: str | None = None
+    preserved_tokens: frozenset[int] = frozenset()
     id: int = field(default_factory=lambda: next(_request_ids))
 
 

@@ -25,7 +25,8 @@ from ..generation import SamplingParams
 from ..generation.pooling import l2_normalize
 from .errors import ApiError
 from .gateway import Gateway
-from .responses import FINISH_REASONS, ChatShapes, TextShapes, TokenTexts, embedding_list, usage
+from ..generation.tools import ReplyReader
+from .responses import ChatShapes, TextShapes, TokenTexts, embedding_list, finish_reason, tool_call_deltas, usage
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
                       TokenizeRequest)
 from .state import ServerState
@@ -122,17 +123,20 @@ def create_app(state: ServerState) -> FastAPI:
                                body: ChatCompletionRequest = Depends(json_body(ChatCompletionRequest))):
         llm = state.ready()
         messages = [m.template_message() for m in body.messages]
-        prompt = await run_in_threadpool(llm.chat_prompt_ids, messages)
-        stream = _submit(state, body, prompt, body.logprobs_count())
+        chat = await run_in_threadpool(llm.prepare_chat, messages, body.tools, body.tool_choice,
+                                       body.parallel_tool_calls)
+        stream = _submit(state, chat.request(**_request_fields(body, body.logprobs_count())))
         shapes = ChatShapes(state.model_id)
         if body.stream:
-            return StreamingResponse(_chat_events(stream, shapes, body, TokenTexts(llm.tokenizer), request,
-                                                  config.sse_ping_interval),
+            return StreamingResponse(_chat_events(stream, shapes, body, chat.reader(), TokenTexts(llm.tokenizer),
+                                                  request, config.sse_ping_interval),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        text, logprobs, finish = await _collect(stream, request)
+        text, logprobs, stop_reason = await _collect(stream, request)
+        reply = chat.tool_chat.read(text)
         texts = TokenTexts(llm.tokenizer)
         entries = None if logprobs is None else [texts.chat_entry(lp) for lp in logprobs]
-        return shapes.completion(text, finish, entries, _usage(stream, request))
+        return shapes.completion(reply.content, finish_reason(stop_reason, bool(reply.tool_calls)), entries,
+                                 _usage(stream, request), reply.tool_calls)
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest = Depends(json_body(CompletionRequest))):
@@ -140,14 +144,15 @@ def create_app(state: ServerState) -> FastAPI:
         prompt = body.prompt
         if isinstance(prompt, str):  # text gets BOS as the model asks; token ids are taken as they are
             prompt = await run_in_threadpool(llm.tokenize, prompt, True, True)
-        stream = _submit(state, body, prompt, body.logprobs_count())
+        stream = _submit(state, GenerationRequest(prompt, **_request_fields(body, body.logprobs_count())))
         shapes = TextShapes(state.model_id)
         texts = TokenTexts(llm.tokenizer)
         if body.stream:
             return StreamingResponse(_text_events(stream, shapes, body, texts, request, config.sse_ping_interval),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        text, logprobs, finish = await _collect(stream, request)
-        return shapes.completion(text, finish, None if logprobs is None else texts.completion_logprobs(logprobs),
+        text, logprobs, stop_reason = await _collect(stream, request)
+        return shapes.completion(text, finish_reason(stop_reason),
+                                 None if logprobs is None else texts.completion_logprobs(logprobs),
                                  _usage(stream, request))
 
     @app.post("/v1/embeddings")
@@ -190,10 +195,13 @@ def json_body(schema):
 # -- generation --------------------------------------------------------------------------------
 
 
-def _submit(state: ServerState, body, prompt: list[int], logprobs: int | None) -> EngineStream:
-    request = GenerationRequest(prompt, max_tokens=body.token_limit(), params=body.sampling_params(),
-                                stop=body.stop_strings, ignore_eos=body.ignore_eos,
-                                cache_prompt=body.cache_prompt, logprobs=logprobs)
+def _request_fields(body, logprobs: int | None) -> dict:
+    """The generation Request's fields a request body gives (all but the prompt)."""
+    return dict(max_tokens=body.token_limit(), params=body.sampling_params(), stop=body.stop_strings,
+                ignore_eos=body.ignore_eos, cache_prompt=body.cache_prompt, logprobs=logprobs)
+
+
+def _submit(state: ServerState, request: GenerationRequest) -> EngineStream:
     return EngineStream(state.engine, request, state.config.timeout,
                         on_done=lambda seq: state.metrics.add(seq.timings))
 
@@ -245,7 +253,7 @@ def _usage(stream: EngineStream, request: Request) -> dict:
 
 
 async def _collect(stream: EngineStream, request: Request):
-    """Run a generation to its end: (text, logprobs or None, finish_reason). A client that goes
+    """Run a generation to its end: (text, logprobs or None, stop reason). A client that goes
     away meanwhile cancels it."""
     watcher = _watch_disconnect(request, stream.close)
     pieces, logprobs = [], []
@@ -257,12 +265,12 @@ async def _collect(stream: EngineStream, request: Request):
             if event.logprob is not None:
                 logprobs.append(event.logprob)
             if event.done:
-                finish = FINISH_REASONS.get(event.stop_reason, "stop")
+                stop_reason = event.stop_reason
     finally:
         watcher.cancel()
         stream.close()
     asked = stream.handle.seq.request.logprobs is not None
-    return "".join(pieces), logprobs if asked else None, finish
+    return "".join(pieces), logprobs if asked else None, stop_reason
 
 
 def _watch_disconnect(request: Request, on_gone) -> asyncio.Task:
@@ -275,36 +283,52 @@ def _watch_disconnect(request: Request, on_gone) -> asyncio.Task:
     return asyncio.create_task(watch())
 
 
-async def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompletionRequest, texts: TokenTexts,
-                       request: Request, ping_interval: float):
-    """SSE for a chat completion: the role first, then content deltas (each with the logprobs of
-    the tokens it completes), the finish reason, the usage chunk if asked, [DONE]."""
+async def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompletionRequest, reader: ReplyReader,
+                       texts: TokenTexts, request: Request, ping_interval: float):
+    """SSE for a chat completion: the role first, then content and tool call deltas as the reader
+    hands them over (each chunk with the logprobs of the tokens since the last one), the finish
+    reason, the usage chunk if asked, [DONE]."""
     with_usage = body.include_usage
+    pending: list[dict] = []
+    n_calls = 0
+
+    def chunks(items) -> list[bytes]:
+        nonlocal pending, n_calls
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                deltas = [{"content": item}]
+            else:
+                deltas = tool_call_deltas(n_calls, item)
+                n_calls += 1
+            for delta in deltas:
+                out.append(sse(shapes.chunk(delta, None, pending or None, with_usage_field=with_usage)))
+                pending = []
+        return out
+
     try:
         yield sse(shapes.chunk({"role": "assistant", "content": ""}, with_usage_field=with_usage))
-        pending = []
         async for event in stream.events(ping_interval):
             if event is None:
                 yield SSE_PING
                 continue
             if event.logprob is not None:
                 pending.append(texts.chat_entry(event.logprob))
+            if event.done and event.error is not None:
+                yield sse(error_of(event).body())
+                return
+            for chunk in chunks(reader.feed(event.text) if event.text else []):
+                yield chunk
             if event.done:
-                if event.error is not None:
-                    yield sse(error_of(event).body())
-                    return
-                finish = FINISH_REASONS.get(event.stop_reason, "stop")
-                if event.text:
-                    yield sse(shapes.chunk({"content": event.text}, with_usage_field=with_usage))
+                for chunk in chunks(reader.finish()):
+                    yield chunk
+                finish = finish_reason(event.stop_reason, bool(reader.tool_calls))
                 yield sse(shapes.chunk({}, finish, pending or None, with_usage_field=with_usage))
                 if with_usage:
                     yield sse(shapes.usage_chunk(_usage(stream, request)))
                 else:
                     _usage(stream, request)
                 yield SSE_DONE
-            elif event.text:
-                yield sse(shapes.chunk({"content": event.text}, None, pending or None, with_usage_field=with_usage))
-                pending = []
     except Exception as error:  # the headers are out: the failure can only be told as an event
         yield _stream_failure(error)
     finally:
@@ -338,7 +362,7 @@ async def _text_events(stream: EngineStream, shapes: TextShapes, body: Completio
                 if event.error is not None:
                     yield sse(error_of(event).body())
                     return
-                finish = FINISH_REASONS.get(event.stop_reason, "stop")
+                finish = finish_reason(event.stop_reason)
                 yield sse(shapes.chunk(event.text, finish, logprobs_of(pending), with_usage_field=with_usage))
                 if with_usage:
                     yield sse(shapes.usage_chunk(_usage(stream, request)))
