@@ -72,7 +72,10 @@ def _caps(source: str, bos: str, eos: str) -> TemplateCaps:
                 {"role": "user", "content": "another question"}]
 
     tools = shows(_PROBE_TOOL, [{"role": "user", "content": "a question"}])
-    object_arguments = shows(_PROBE_VALUE, with_call({"arg": _PROBE_VALUE}))
+    # arguments given as an object must show as the template's own writing of them, not as the
+    # Python dict a template that expects JSON text prints ({'arg': '...'})
+    object_arguments = shows(_PROBE_VALUE, with_call({"arg": _PROBE_VALUE})) and \
+        not shows(repr({"arg": _PROBE_VALUE}), with_call({"arg": _PROBE_VALUE}))
     tool_calls = object_arguments or shows(_PROBE_CALL, with_call(json.dumps({"arg": _PROBE_VALUE})))
     system = shows(_PROBE_VALUE, [{"role": "system", "content": _PROBE_VALUE},
                                   {"role": "user", "content": "a question"}])
