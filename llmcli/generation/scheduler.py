@@ -89,7 +89,7 @@ class Scheduler:
         tok = self.tokenizer
         eog = tok.eog_ids if tok is not None else frozenset()
         detok = tok.stream(special=False, preserved=request.preserved_tokens) if tok is not None else None
-        return Sequence(request, n_ctx, eog, detok)
+        return Sequence(request, n_ctx, eog, detok, tok)
 
     def submit(self, request: Request | Sequence) -> Sequence:
         seq = request if isinstance(request, Sequence) else self.new_sequence(request)
