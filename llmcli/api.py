@@ -21,18 +21,19 @@ what the conversation added.
 
 from __future__ import annotations
 
+import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from dataclasses import dataclass
-
 from .generation.chat import ChatTemplate
 from .errors import BadInputError
 from .generation import Completion, Engine, Request, SamplingParams, Scheduler
 from .generation.completion import ChatCompletion
+from .generation.grammar import Grammar, compile_grammar
 from .generation.tools import ReplyReader, ToolChat
 from .generation.pooling import l2_normalize, pooling_kind
 from .vocab import Tokenizer
@@ -190,13 +191,13 @@ class LLM:
         results) rendered with the chat template and tokenized (one BOS at most), and, with `tools`
         (OpenAI's function tools) and `tool_choice` ("auto", "none", "required" or
         {"type": "function", "function": {"name": ...}}), how the reply is constrained and read."""
-        chat = ToolChat.prepare(self.chat_template, messages, tools, tool_choice, parallel_tool_calls,
-                                enforce=False)
+        chat = ToolChat.prepare(self.chat_template, messages, tools, tool_choice, parallel_tool_calls)
         ids = self.tokenize(chat.prompt, add_special=True, parse_special=True)
         bos = self.tokenizer.bos_id
         if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
             ids = ids[1:]  # the template wrote BOS itself
-        return PreparedChat(ids, chat, self._single_tokens(chat.format.preserved) if chat.reads_calls else frozenset())
+        return PreparedChat(ids, chat, self._single_tokens(chat.format.preserved) if chat.reads_calls else frozenset(),
+                            None if chat.grammar_text is None else _compiled_grammar(chat.grammar_text))
 
     def _single_tokens(self, texts: Iterable[str]) -> frozenset[int]:
         """The ids of those texts that are one token of the vocabulary."""
@@ -230,19 +231,27 @@ class LLM:
 @dataclass
 class PreparedChat:
     """A chat request ready to submit: `prompt_ids`, the `tool_chat` (format, tools, choice,
-    grammar text) and the control tokens the reply must show (`preserved_tokens`, e.g. Mistral's
-    [TOOL_CALLS])."""
+    grammar text), the control tokens the reply must show (`preserved_tokens`, e.g. Mistral's
+    [TOOL_CALLS]) and the compiled `grammar` the reply must follow (tool_choice "required" or a
+    named function)."""
 
     prompt_ids: list[int]
     tool_chat: ToolChat
     preserved_tokens: frozenset[int] = frozenset()
+    grammar: Grammar | None = None  # the call syntax, when calls are required
 
     def request(self, **fields) -> Request:
         """A generation Request for the prompt (`fields`: Request's other fields)."""
-        return Request(self.prompt_ids, preserved_tokens=self.preserved_tokens, **fields)
+        return Request(self.prompt_ids, preserved_tokens=self.preserved_tokens, grammar=self.grammar, **fields)
 
     def reader(self) -> ReplyReader:
         return self.tool_chat.reader()
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_grammar(text: str) -> Grammar:
+    """Grammars are immutable: a conversation's turns with the same tools share one."""
+    return compile_grammar(text)
 
 
 def embedding_inputs(value) -> list[str | list[int]]:

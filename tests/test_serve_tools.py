@@ -69,14 +69,16 @@ def test_required_calls_are_valid(client, tool_choice, names):
         _check_calls(choice.message.tool_calls, names)
 
 
-def test_parallel_calls_may_be_several(client):
-    reply = client.chat.completions.create(model="tiny", messages=QUESTION, tools=TOOLS, tool_choice="required",
-                                           temperature=1.0, seed=7, max_tokens=400)
-    calls = reply.choices[0].message.tool_calls
-    assert reply.choices[0].finish_reason in ("tool_calls", "length")
-    if reply.choices[0].finish_reason == "tool_calls":
+def test_parallel_calls(client):
+    counts = []
+    for seed in (5, 6, 7):
+        reply = client.chat.completions.create(model="tiny", messages=QUESTION, tools=TOOLS, tool_choice="required",
+                                               temperature=1.0, seed=seed, max_tokens=400)
+        calls = reply.choices[0].message.tool_calls
+        assert reply.choices[0].finish_reason == "tool_calls" and len({c.id for c in calls}) == len(calls) >= 1
         _check_calls(calls)
-        assert len({c.id for c in calls}) == len(calls)
+        counts.append(len(calls))
+    assert max(counts) >= 2  # the parallel form ({"tool_calls": [...]}) is read as several calls
 
 
 def test_streamed_calls_reassemble(client):
@@ -121,7 +123,7 @@ def test_a_two_step_conversation(client, stream):
         chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
         for chunk in chunks:
             state.handle_chunk(chunk)
-        answer = state.get_final_completion()
+        answer = state.current_completion_snapshot  # (get_final_completion refuses a reply cut by max_tokens)
         usage = chunks[-1].usage
     else:
         answer = client.chat.completions.create(**kwargs)

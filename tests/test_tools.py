@@ -10,6 +10,7 @@ import json
 import random
 import re
 
+import jsonschema
 import pytest
 
 from llmcli.errors import BadInputError
@@ -435,3 +436,63 @@ def test_preserved_tokens_show_in_the_text(llm):
         llm.scheduler.submit(texts[-1])
     llm.scheduler.run_all()
     assert [seq.text for seq in texts] == [" Hi Hi", " Hi<s> Hi"]  # a control token: nothing, unless preserved
+
+
+# ---- enforced: each family's call syntax, by grammar, from a model with random weights -------------
+
+CITY = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Lima"]},
+                                         "days": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["city", "days"], "additionalProperties": False}
+ZONE = {"type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}, "required": ["zone"],
+        "additionalProperties": False}
+STRICT_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": CITY}},
+                {"type": "function", "function": {"name": "get_time", "parameters": ZONE}}]
+STRICT_SCHEMAS = {"get_weather": CITY, "get_time": ZONE}
+
+# the template, and how the raw reply of a required call starts
+FAMILIES = {
+    "hermes": (HERMES_TEMPLATE, "<tool_call>\n{"),
+    "llama3": (LLAMA3_TEMPLATE, '{"name": "'),
+    "mistral": (MISTRAL_TEMPLATE, '[TOOL_CALLS][{"name": "'),
+    "generic": (PLAIN_TEMPLATE, '{"tool_call": {"name": "'),
+}
+
+
+@pytest.fixture(scope="module")
+def family_models(tmp_path_factory):
+    import llmcli
+    from tests.conftest import gguf_with_template
+    from tests.serve_process import TINY
+
+    folder = tmp_path_factory.mktemp("families")
+    return {name: llmcli.load(gguf_with_template(TINY, folder / f"{name}.gguf", template), threads=1, ctx_size=2048)
+            for name, (template, _) in FAMILIES.items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_required_calls_follow_the_family_syntax_and_the_schema(family_models, family):
+    llm, start = family_models[family], FAMILIES[family][1]
+    assert llm.prepare_chat([{"role": "user", "content": "Hi"}], STRICT_TOOLS).tool_chat.format.name == family
+    question = [{"role": "user", "content": "Weather in Paris?"}]
+    named = {"type": "function", "function": {"name": "get_time"}}
+    for seed, choice in [(1, "required"), (2, "required"), (3, named)]:
+        reply = llm.chat(question, tools=STRICT_TOOLS, tool_choice=choice, parallel_tool_calls=False,
+                         max_tokens=200, temp=1.0, seed=seed)
+        pieces = list(reply)
+        assert reply.stop_reason == "eos" and reply.text.lstrip().startswith(start), reply.text
+        assert pieces == [] and reply.content is None and len(reply.tool_calls) == 1
+        call = reply.tool_calls[0]
+        assert call.name == "get_time" if choice is named else call.name in STRICT_SCHEMAS
+        jsonschema.validate(json.loads(call.arguments), STRICT_SCHEMAS[call.name])
+        # the next turn: the call and its result go back through the template (Mistral's checks the ids)
+        following = question + [reply.message, {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+        answer = llm.chat(following, tools=STRICT_TOOLS, max_tokens=3, temp=0).run()
+        assert answer.stop_reason in ("eos", "length") and answer.message["role"] == "assistant"
+
+
+def test_a_schema_that_cannot_be_enforced_names_the_tool(llm):
+    tools = [WEATHER, {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"not": {"type": "string"}}}}}}]
+    with pytest.raises(BadInputError, match=r"tools\[1\]\.function\.parameters: cannot be enforced"):
+        llm.prepare_chat([{"role": "user", "content": "Hi"}], tools, "required")
+    assert llm.prepare_chat([{"role": "user", "content": "Hi"}], tools, "auto").grammar is None  # not enforced

@@ -18,6 +18,7 @@ import json
 import re
 from typing import Callable
 
+from ...errors import BadInputError
 from .formats import ToolFormat
 from .spec import Tool, ToolChoice
 
@@ -48,6 +49,8 @@ def tool_call_grammar(fmt: ToolFormat, tools: list[Tool], choice: ToolChoice, pa
                       schema_to_grammar: Callable[[dict], str] | None = None) -> str:
     """GBNF of a reply that is only calls in `fmt`'s syntax: of the tool `choice` names, else of
     any of `tools`; several when `parallel` and the format can write several."""
+    from ..grammar import GrammarError
+
     if schema_to_grammar is None:
         from ..grammar import schema_to_grammar
     allowed = [t for t in tools if choice.mode != "function" or t.name == choice.name]
@@ -61,7 +64,13 @@ def tool_call_grammar(fmt: ToolFormat, tools: list[Tool], choice: ToolChoice, pa
             parts += [gbnf_literal(', "id": "'), "call-id", gbnf_literal('"')]
         parts.append(gbnf_literal("}"))
         rules.append(f"call-{i} ::= " + " ".join(parts))
-        rules.append(rename_rules(schema_to_grammar(tool.parameters).strip(), prefix))
+        try:
+            schema_rules = schema_to_grammar(tool.parameters)
+        except GrammarError as e:
+            index = tools.index(tool)
+            raise BadInputError(f"tools[{index}].function.parameters: cannot be enforced ({choice.mode} call): "
+                                f"{e}") from None
+        rules.append(rename_rules(schema_rules.strip(), prefix))
     if fmt.with_id:
         rules.append("call-id ::= " + " ".join(["[a-zA-Z0-9]"] * CALL_ID_LENGTH))
     return "\n".join(rules) + "\n"
