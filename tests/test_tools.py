@@ -370,7 +370,7 @@ def _stub_schema_grammar(schema: dict) -> str:
     (LLAMA3, True, "root ::= call"),
     (MISTRAL, True, 'root ::= "[TOOL_CALLS][" call ( ", " call )* "]"'),
     (GENERIC, False, 'root ::= "{\\"tool_call\\": " call "}"'),
-    (GENERIC, True, 'root ::= "{\\"tool_calls\\": [" call ( ", " call )* "]}"'),
+    (GENERIC, True, 'root ::= "{\\"tool_call\\": " call "}" | "{\\"tool_calls\\": [" call ( ", " call )* "]}"'),
 ])
 def test_call_grammar_text(fmt, parallel, root):
     text = tool_call_grammar(fmt, parse_tools(TOOLS), ToolChoice("required"), parallel, _stub_schema_grammar)

@@ -300,9 +300,13 @@ MISTRAL = ToolFormat(
 )
 
 def _generic_root(parallel: bool) -> str:
-    if parallel:
-        return " ".join([_lit('{"tool_calls": ['), _repeated("call", _lit(", "), True), _lit("]}")])
-    return " ".join([_lit('{"tool_call": '), "call", _lit("}")])
+    """One call; with parallel calls, also the list form. Both stay open: a model given only the
+    list form (llama.cpp's choice) may repeat its call until max_tokens (the Gemma 3 270M demo
+    model does), while with both it writes one call as the instruction shows."""
+    one = " ".join([_lit('{"tool_call": '), "call", _lit("}")])
+    if not parallel:
+        return one
+    return one + " | " + " ".join([_lit('{"tool_calls": ['), _repeated("call", _lit(", "), True), _lit("]}")])
 
 
 GENERIC = ToolFormat(
