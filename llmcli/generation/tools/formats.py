@@ -17,8 +17,8 @@ a call, how that text is read back, and the grammar that makes it write one.
 
 The detection strings and shapes follow llama.cpp's `common/chat.cpp`; the first of FORMATS that
 matches wins.
-A reader gets the whole reply so far and where a call seems to start; it answers with the `Block`
-read there, `NEED_MORE` (the text so far could still become one), or None (this is not a call: the
+A reader gets the whole reply so far (a `ReplyText`) and where a call seems to start; it answers
+with the `Block` read there, `NEED_MORE` (the text so far could still become one), or None (this is not a call: the
 text stays content). Readers accept "arguments" and "parameters" alike, arguments given as an object
 or as the JSON text of one, and a missing closing tag at the end of a reply.
 """
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -52,7 +53,7 @@ class Block:
 
 
 NEED_MORE = "need more"  # a reader's answer: the text so far is an unfinished call
-Reader = Callable[[str, int, bool], "Block | str | None"]  # (text, start, final) -> Block | NEED_MORE | None
+Reader = Callable[["ReplyText", int, bool], "Block | str | None"]  # (reply, start, final) -> Block | NEED_MORE | None
 
 
 @dataclass(frozen=True)
@@ -92,37 +93,71 @@ def skip_blank(text: str, i: int) -> int:
     return i
 
 
-def json_end(text: str, start: int) -> int | None:
-    """Where the JSON object or array opening at `start` ends (after its closing bracket), or None
-    if the text ends first. Only brackets and strings are followed: json.loads judges the rest."""
-    depth, in_string, escaped = 0, False, False
-    for i in range(start, len(text)):
-        c = text[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
+_OUTSIDE_STRING = re.compile(r'["{}\[\]]')  # what changes the scan outside a string
+_INSIDE_STRING = re.compile(r'["\\]')  # ... and inside one
+
+
+class JsonScan:
+    """Where the JSON object or array opening at `start` ends, found by following brackets and
+    strings only (json.loads judges the rest); resumable, as a streamed reply grows piece by piece
+    (scanning a long call again from its start at every piece would take quadratic time)."""
+
+    __slots__ = ("pos", "depth", "in_string", "end")
+
+    def __init__(self, start: int):
+        self.pos, self.depth, self.in_string, self.end = start, 0, False, None
+
+    def advance(self, text: str) -> int | None:
+        """The end (after the closing bracket), or None if `text` (the same text, grown) ends first."""
+        pos = self.pos
+        while self.end is None:
+            m = (_INSIDE_STRING if self.in_string else _OUTSIDE_STRING).search(text, pos)
+            if m is None:
+                pos = len(text)
+                break
+            c, pos = m.group(), m.end()
+            if c == "\\":  # an escape: skip the escaped character (if it has come)
+                if pos >= len(text):
+                    pos -= 1
+                    break
+                pos += 1
             elif c == '"':
-                in_string = False
-        elif c == '"':
-            in_string = True
-        elif c in "{[":
-            depth += 1
-        elif c in "}]":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-    return None
+                self.in_string = not self.in_string
+            elif c in "{[":
+                self.depth += 1
+            else:
+                self.depth -= 1
+                if self.depth == 0:
+                    self.end = pos
+        self.pos = pos
+        return self.end
 
 
-def read_json(text: str, start: int, final: bool):
+class ReplyText:
+    """A reply read so far, with the JSON scans begun in it (kept while it grows)."""
+
+    def __init__(self, text: str = ""):
+        self.text = text
+        self._scans: dict[int, JsonScan] = {}
+
+    def grow(self, piece: str) -> None:
+        self.text += piece
+
+    def json_end(self, start: int) -> int | None:
+        scan = self._scans.get(start)
+        if scan is None:
+            scan = self._scans[start] = JsonScan(start)
+        return scan.advance(self.text)
+
+
+def read_json(reply: ReplyText, start: int, final: bool):
     """(value, end) of the JSON object or array at `start`, NEED_MORE, or None."""
+    text = reply.text
     if start >= len(text):
         return None if final else NEED_MORE
     if text[start] not in "{[":
         return None
-    end = json_end(text, start)
+    end = reply.json_end(start)
     if end is None:
         return None if final else NEED_MORE
     try:
@@ -151,9 +186,9 @@ def raw_call(obj, arg_keys: tuple[str, ...] = ("arguments", "parameters")) -> Ra
     return RawCall(obj["name"], text, call_id if isinstance(call_id, str) and call_id else None)
 
 
-def read_call_object(text: str, start: int, final: bool):
+def read_call_object(reply: ReplyText, start: int, final: bool):
     """A Block of the one call object at `start`."""
-    found = read_json(text, start, final)
+    found = read_json(reply, start, final)
     if found is None or found == NEED_MORE:
         return found
     call = raw_call(found[0])
@@ -162,8 +197,9 @@ def read_call_object(text: str, start: int, final: bool):
 
 def read_tagged(open_tag: str, close_tag: str) -> Reader:
     """`open_tag` {call object} `close_tag` (the close tag may be missing)."""
-    def read(text: str, start: int, final: bool):
-        found = read_call_object(text, skip_blank(text, start + len(open_tag)), final)
+    def read(reply: ReplyText, start: int, final: bool):
+        text = reply.text
+        found = read_call_object(reply, skip_blank(text, start + len(open_tag)), final)
         if not isinstance(found, Block):
             return found
         j = skip_blank(text, found.end)
@@ -178,8 +214,8 @@ def read_tagged(open_tag: str, close_tag: str) -> Reader:
 
 def read_call_list(marker: str) -> Reader:
     """`marker` then a JSON array of call objects (or one call object)."""
-    def read(text: str, start: int, final: bool):
-        found = read_json(text, skip_blank(text, start + len(marker)), final)
+    def read(reply: ReplyText, start: int, final: bool):
+        found = read_json(reply, skip_blank(reply.text, start + len(marker)), final)
         if found is None or found == NEED_MORE:
             return found
         value, end = found
@@ -191,11 +227,12 @@ def read_call_list(marker: str) -> Reader:
     return read
 
 
-def read_python_tag(text: str, start: int, final: bool):
+def read_python_tag(reply: ReplyText, start: int, final: bool):
     """Llama 3.x after `<|python_tag|>`: a JSON call object, or a built-in tool's `name.call(k=v, ...)`."""
+    text = reply.text
     i = skip_blank(text, start + len(PYTHON_TAG))
     if i < len(text) and text[i] == "{":
-        return read_call_object(text, i, final)
+        return read_call_object(reply, i, final)
     if not final:  # a built-in call runs to the end of the reply
         return NEED_MORE
     call = python_call(text[i:].strip())
@@ -216,9 +253,9 @@ def python_call(source: str) -> RawCall | None:
         return None
 
 
-def read_generic(text: str, start: int, final: bool):
+def read_generic(reply: ReplyText, start: int, final: bool):
     """The generic format's whole reply: {"tool_call": {...}}, {"tool_calls": [...]} or {"response": "..."}."""
-    found = read_json(text, start, final)
+    found = read_json(reply, start, final)
     if found is None or found == NEED_MORE:
         return found
     value, end = found

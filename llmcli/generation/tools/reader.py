@@ -17,7 +17,7 @@ content after all.
 
 from __future__ import annotations
 
-from .formats import NEED_MORE, Block, ToolFormat, skip_blank
+from .formats import NEED_MORE, Block, ReplyText, ToolFormat, skip_blank
 from .spec import ToolCall
 
 
@@ -25,7 +25,7 @@ class ReplyReader:
     def __init__(self, fmt: ToolFormat | None):
         """`fmt`: the format to read calls in; None: every piece is content as it is."""
         self.fmt = fmt
-        self.text = ""
+        self._reply = ReplyText()
         self.content_parts: list[str] = []
         self.tool_calls: list[ToolCall] = []
         self._pos = 0  # text before this is handed over (or dropped)
@@ -35,16 +35,20 @@ class ReplyReader:
         self._finished = False
 
     @property
+    def text(self) -> str:
+        """The whole reply fed so far."""
+        return self._reply.text
+
+    @property
     def content(self) -> str | None:
         """The reply's text outside its calls; None when the reply is only calls."""
         text = "".join(self.content_parts)
         return None if not text and self.tool_calls else text
 
     def feed(self, piece: str) -> list[str | ToolCall]:
+        self._reply.grow(piece)
         if self.fmt is None:
-            self.text += piece
             return self._say_as_is(piece)
-        self.text += piece
         return self._advance(final=False)
 
     def finish(self) -> list[str | ToolCall]:
@@ -74,7 +78,7 @@ class ReplyReader:
                 return out
             self._say(text[self._pos:start], out)
             self._pos = start
-            found = reader(text, start, final)
+            found = reader(self._reply, start, final)
             if found == NEED_MORE:
                 return out
             if found is None:  # not a call after all: the marker is text
