@@ -496,3 +496,17 @@ def test_a_schema_that_cannot_be_enforced_names_the_tool(llm):
     with pytest.raises(BadInputError, match=r"tools\[1\]\.function\.parameters: cannot be enforced"):
         llm.prepare_chat([{"role": "user", "content": "Hi"}], tools, "required")
     assert llm.prepare_chat([{"role": "user", "content": "Hi"}], tools, "auto").grammar is None  # not enforced
+
+
+@pytest.mark.parametrize("fmt", [HERMES, LLAMA3, MISTRAL, GENERIC])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_call_grammars_compile_with_real_schemas(fmt, parallel):
+    from llmcli.generation.grammar import compile_grammar
+
+    search = {"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {
+        "query": {"type": "string"}, "limit": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}}}}}
+    for choice in (ToolChoice("required"), ToolChoice("function", "get_time")):
+        text = tool_call_grammar(fmt, parse_tools(STRICT_TOOLS + [search]), choice, parallel)
+        compile_grammar(text)  # every rule it uses is defined (GrammarError otherwise)
+        defined = re.findall(r"^([A-Za-z0-9-]+) ::=", text, re.M)
+        assert len(defined) == len(set(defined))  # and once: the tools' schemas do not clash

@@ -29,6 +29,7 @@ from typing import Any
 from ...errors import BadInputError
 from ..chat import ChatTemplate
 from .formats import GENERIC, ToolFormat, detect_format
+from .grammar import tool_call_grammar
 from .reader import ReplyReader
 from .spec import Tool, ToolCall, ToolChoice, arguments_text, parse_tool_choice, parse_tools
 
@@ -84,6 +85,9 @@ def _caps(source: str, bos: str, eos: str) -> TemplateCaps:
 
 @dataclass
 class ToolChat:
+    """One chat request made ready: its prompt text, the format the template speaks, the tools and
+    choice, and the grammar text when calls are required."""
+
     prompt: str
     format: ToolFormat
     tools: list[Tool] = field(default_factory=list)
@@ -128,8 +132,6 @@ class ToolChat:
         prompt = template.render(conversation, add_generation_prompt=True, tools=offered)
         chat = cls(prompt, fmt, tool_list, choice, parallel_tool_calls)
         if enforce and tool_list and choice.calls_required:
-            from .grammar import tool_call_grammar
-
             chat.grammar_text = tool_call_grammar(fmt, tool_list, choice, parallel_tool_calls)
         return chat
 

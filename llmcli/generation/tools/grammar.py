@@ -19,6 +19,8 @@ import re
 from typing import Callable
 
 from ...errors import BadInputError
+from ..grammar import GrammarError
+from ..grammar import schema_to_grammar as default_schema_to_grammar
 from .formats import ToolFormat
 from .spec import Tool, ToolChoice
 
@@ -49,10 +51,7 @@ def tool_call_grammar(fmt: ToolFormat, tools: list[Tool], choice: ToolChoice, pa
                       schema_to_grammar: Callable[[dict], str] | None = None) -> str:
     """GBNF of a reply that is only calls in `fmt`'s syntax: of the tool `choice` names, else of
     any of `tools`; several when `parallel` and the format can write several."""
-    from ..grammar import GrammarError
-
-    if schema_to_grammar is None:
-        from ..grammar import schema_to_grammar
+    schema_to_grammar = schema_to_grammar or default_schema_to_grammar
     allowed = [t for t in tools if choice.mode != "function" or t.name == choice.name]
     rules = [f"root ::= {fmt.grammar_root(parallel)}",
              "call ::= " + " | ".join(f"call-{i}" for i in range(len(allowed)))]
