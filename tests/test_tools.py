@@ -154,7 +154,8 @@ HERMES_TEMPLATE = (
     "Call a function with <tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>"
     "<|im_end|>\n{% endif %}"
     "{% for message in messages %}"
-    "{% if message.role == 'system' %}{% if not tools %}<|im_start|>system\n{{ message.content }}<|im_end|>\n{% endif %}"
+    "{% if message.role == 'system' %}"
+    "{% if not tools %}<|im_start|>system\n{{ message.content }}<|im_end|>\n{% endif %}"
     "{% elif message.role == 'assistant' and message.tool_calls %}<|im_start|>assistant\n{{ message.content }}"
     "{% for call in message.tool_calls %}<tool_call>\n{\"name\": \"{{ call.function.name }}\", \"arguments\": "
     "{{ call.function.arguments | tojson }}}\n</tool_call>{% endfor %}<|im_end|>\n"
@@ -210,7 +211,8 @@ CONVERSATION = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Weather in Paris?"},
     {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "abcDEF123", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"id": "abcDEF123", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
     {"role": "tool", "tool_call_id": "abcDEF123", "content": "22 C, sunny"},
 ]
 WEATHER_JSON = json.dumps(WEATHER)
@@ -265,8 +267,8 @@ def test_a_template_without_tools_gets_the_generic_format_written_in():
     assert rest == ('[INST] Weather in Paris? [/INST] {"tool_call": {"name": "get_weather", "arguments": '
                     '{"city": "Paris"}}}</s>[INST] {"tool_response": {"name": "get_weather", "tool_call_id": '
                     '"abcDEF123", "content": "22 C, sunny"}} [/INST]')
-    required = ToolChat.prepare(template, CONVERSATION[1:], TOOLS, {"type": "function", "function": {"name": "get_time"}},
-                                enforce=False)
+    named = {"type": "function", "function": {"name": "get_time"}}
+    required = ToolChat.prepare(template, CONVERSATION[1:], TOOLS, named, enforce=False)
     assert required.prompt.startswith("<s><<SYS>>\nYou can use these tools")  # a system message of its own
     assert "Reply by calling the tool get_time" in required.prompt and '{"tool_calls": [' in required.prompt
     assert "plain text" not in required.prompt
@@ -504,7 +506,8 @@ def test_call_grammars_compile_with_real_schemas(fmt, parallel):
     from llmcli.generation.grammar import compile_grammar
 
     search = {"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {
-        "query": {"type": "string"}, "limit": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}}}}}
+        "query": {"type": "string"}, "limit": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}}}}}}
     for choice in (ToolChoice("required"), ToolChoice("function", "get_time")):
         text = tool_call_grammar(fmt, parse_tools(STRICT_TOOLS + [search]), choice, parallel)
         compile_grammar(text)  # every rule it uses is defined (GrammarError otherwise)

@@ -23,9 +23,9 @@ from ..errors import LlmcliError
 from ..generation import Request as GenerationRequest
 from ..generation import SamplingParams
 from ..generation.pooling import l2_normalize
+from ..generation.tools import ReplyReader
 from .errors import ApiError
 from .gateway import Gateway
-from ..generation.tools import ReplyReader
 from .responses import ChatShapes, TextShapes, TokenTexts, embedding_list, finish_reason, tool_call_deltas, usage
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
                       TokenizeRequest)
