@@ -513,3 +513,26 @@ def test_call_grammars_compile_with_real_schemas(fmt, parallel):
         compile_grammar(text)  # every rule it uses is defined (GrammarError otherwise)
         defined = re.findall(r"^([A-Za-z0-9-]+) ::=", text, re.M)
         assert len(defined) == len(set(defined))  # and once: the tools' schemas do not clash
+
+
+@pytest.mark.parametrize("family,reply", [
+    ("hermes", 'Let me look that up.\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n'
+               '</tool_call>'),
+    ("mistral", 'Let me look that up. [TOOL_CALLS][{"name": "get_time", "arguments": {"zone": "UTC"}, '
+                '"id": "a1b2c3d4e"}]'),
+    ("llama3", 'Let me look that up.<|python_tag|>{"name": "get_time", "parameters": {"zone": "UTC"}}'),
+])
+def test_text_then_a_call_streams_the_text_only(family_models, family, reply):
+    """Through the engine and the detokenizer: the text before the call comes out as content,
+    the call does not (a scripted sampler writes the reply token by token)."""
+    from llmcli.generation.completion import ChatCompletion
+
+    llm = family_models[family]
+    chat = llm.prepare_chat([{"role": "user", "content": "Time?"}], STRICT_TOOLS)
+    ids = llm.tokenize(reply, add_special=False) + [llm.tokenizer.eos_id]
+    completion = ChatCompletion(llm.scheduler, llm.scheduler.new_sequence(chat.request(sampler=_scripted(ids))),
+                                chat.reader())
+    pieces = list(completion)
+    assert len(pieces) > 1 and "".join(pieces) == completion.content == " Let me look that up."
+    assert calls_of(completion) == [("get_time", {"zone": "UTC"})]
+    assert completion.message["content"] == completion.content
