@@ -34,6 +34,7 @@ from .errors import BadInputError
 from .generation import Completion, Engine, Request, SamplingParams, Scheduler
 from .generation.completion import ChatCompletion
 from .generation.grammar import Grammar, compile_grammar
+from .generation.grammar.tokens import TokenIndex
 from .generation.tools import ReplyReader, ToolChat
 from .generation.pooling import l2_normalize, pooling_kind
 from .vocab import Tokenizer
@@ -196,8 +197,14 @@ class LLM:
         bos = self.tokenizer.bos_id
         if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
             ids = ids[1:]  # the template wrote BOS itself
+        grammar = None
+        if chat.grammar_text is not None:
+            grammar = _compiled_grammar(chat.grammar_text)
+            # the vocabulary's pieces for the grammar filter: built once (a second for 262k tokens)
+            # here, where a server prepares chats off its event loop, not at submit, which runs on it
+            TokenIndex.of(self.tokenizer)
         return PreparedChat(ids, chat, self._single_tokens(chat.format.preserved) if chat.reads_calls else frozenset(),
-                            None if chat.grammar_text is None else _compiled_grammar(chat.grammar_text))
+                            grammar)
 
     def _single_tokens(self, texts: Iterable[str]) -> frozenset[int]:
         """The ids of those texts that are one token of the vocabulary."""
