@@ -48,6 +48,8 @@ class Request:
     likely alternatives (see `TokenLogprob`). `pooling` ("mean", "cls", "last"): embed the prompt
     instead of generating - its final-norm hidden states pooled into `Sequence.embedding` (not
     normalised), evaluated from position 0 - and end with stop reason "embedded".
+    `preserved_tokens`: control tokens whose text shows in the output (llama.cpp's preserved
+    tokens: a tool-call marker such as Mistral's `[TOOL_CALLS]` must be read back).
     `grammar`: a compiled Grammar (`llmcli.generation.grammar.compile_grammar`) the output must
     follow: each sequence keeps its own place in it; end-of-generation tokens are allowed only where
     the grammar is complete, and the sequence ends (stop reason "eos") once nothing can follow."""
@@ -62,6 +64,7 @@ class Request:
     sampler: Callable[[np.ndarray], int] | None = None
     logprobs: int | None = None
     pooling: str | None = None
+    preserved_tokens: frozenset[int] = frozenset()
     grammar: Grammar | None = None
     id: int = field(default_factory=lambda: next(_request_ids))
 

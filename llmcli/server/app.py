@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -19,14 +20,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import LlmcliError
+from ..errors import BadInputError, LlmcliError
 from ..generation import Request as GenerationRequest
 from ..generation import SamplingParams
 from ..generation.grammar.tokens import TokenIndex
 from ..generation.pooling import l2_normalize
+from ..generation.tools import ReplyReader
 from .errors import ApiError
 from .gateway import Gateway
-from .responses import FINISH_REASONS, ChatShapes, TextShapes, TokenTexts, embedding_list, usage
+from .responses import ChatShapes, TextShapes, TokenTexts, embedding_list, finish_reason, tool_call_deltas, usage
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
                       NativeCompletionRequest, TokenizeRequest)
 from .state import ServerState
@@ -123,17 +125,26 @@ def create_app(state: ServerState) -> FastAPI:
                                body: ChatCompletionRequest = Depends(json_body(ChatCompletionRequest))):
         llm = state.ready()
         messages = [m.template_message() for m in body.messages]
-        prompt = await run_in_threadpool(llm.chat_prompt_ids, messages)
-        stream = await _submit(state, body, prompt, body.logprobs_count())
+        chat = await run_in_threadpool(llm.prepare_chat, messages, body.tools, body.tool_choice,
+                                       body.parallel_tool_calls)
+        fields = _request_fields(body, body.logprobs_count())
+        grammar = fields.pop("grammar")
+        if grammar is not None:
+            if body.tools:  # the tools' call syntax is a grammar of its own (llama-server refuses this too)
+                raise BadInputError("tools cannot be combined with response_format, grammar or json_schema")
+            chat = replace(chat, grammar=grammar)
+        stream = await _submit(state, chat.request(**fields))
         shapes = ChatShapes(state.model_id)
         if body.stream:
-            return StreamingResponse(_chat_events(stream, shapes, body, TokenTexts(llm.tokenizer), request,
-                                                  config.sse_ping_interval),
+            return StreamingResponse(_chat_events(stream, shapes, body, chat.reader(), TokenTexts(llm.tokenizer),
+                                                  request, config.sse_ping_interval),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        text, logprobs, reason = await _collect(stream, request)
+        text, logprobs, stop_reason = await _collect(stream, request)
+        reply = chat.tool_chat.read(text)
         texts = TokenTexts(llm.tokenizer)
         entries = None if logprobs is None else [texts.chat_entry(lp) for lp in logprobs]
-        return shapes.completion(text, FINISH_REASONS.get(reason, "stop"), entries, _usage(stream, request))
+        return shapes.completion(reply.content, finish_reason(stop_reason, bool(reply.tool_calls)), entries,
+                                 _usage(stream, request), reply.tool_calls)
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest = Depends(json_body(CompletionRequest))):
@@ -141,14 +152,14 @@ def create_app(state: ServerState) -> FastAPI:
         prompt = body.prompt
         if isinstance(prompt, str):  # text gets BOS as the model asks; token ids are taken as they are
             prompt = await run_in_threadpool(llm.tokenize, prompt, True, True)
-        stream = await _submit(state, body, prompt, body.logprobs_count())
+        stream = await _submit(state, GenerationRequest(prompt, **_request_fields(body, body.logprobs_count())))
         shapes = TextShapes(state.model_id)
         texts = TokenTexts(llm.tokenizer)
         if body.stream:
             return StreamingResponse(_text_events(stream, shapes, body, texts, request, config.sse_ping_interval),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        text, logprobs, reason = await _collect(stream, request)
-        return shapes.completion(text, FINISH_REASONS.get(reason, "stop"),
+        text, logprobs, stop_reason = await _collect(stream, request)
+        return shapes.completion(text, finish_reason(stop_reason),
                                  None if logprobs is None else texts.completion_logprobs(logprobs),
                                  _usage(stream, request))
 
@@ -161,7 +172,7 @@ def create_app(state: ServerState) -> FastAPI:
         prompt = body.prompt
         if isinstance(prompt, str):
             prompt = await run_in_threadpool(llm.tokenize, prompt, True, True)
-        stream = await _submit(state, body, prompt, None)
+        stream = await _submit(state, GenerationRequest(prompt, **_request_fields(body, None)))
         if body.stream:
             return StreamingResponse(_native_events(stream, request, config.sse_ping_interval),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
@@ -208,13 +219,16 @@ def json_body(schema):
 # -- generation --------------------------------------------------------------------------------
 
 
-async def _submit(state: ServerState, body, prompt: list[int], logprobs: int | None) -> EngineStream:
-    grammar = body.output_grammar()
-    if grammar is not None:  # the vocabulary's sorted pieces: built once (a second), off the event loop
+def _request_fields(body, logprobs: int | None) -> dict:
+    """The generation Request's fields a request body gives (all but the prompt)."""
+    return dict(max_tokens=body.token_limit(), params=body.sampling_params(), stop=body.stop_strings,
+                ignore_eos=body.ignore_eos, cache_prompt=body.cache_prompt, logprobs=logprobs,
+                grammar=body.output_grammar())
+
+
+async def _submit(state: ServerState, request: GenerationRequest) -> EngineStream:
+    if request.grammar is not None:  # the vocabulary's sorted pieces: built once (a second), off the event loop
         await run_in_threadpool(TokenIndex.of, state.llm.tokenizer)
-    request = GenerationRequest(prompt, max_tokens=body.token_limit(), params=body.sampling_params(),
-                                stop=body.stop_strings, ignore_eos=body.ignore_eos,
-                                cache_prompt=body.cache_prompt, logprobs=logprobs, grammar=grammar)
     return EngineStream(state.engine, request, state.config.timeout,
                         on_done=lambda seq: state.metrics.add(seq.timings))
 
@@ -278,12 +292,12 @@ async def _collect(stream: EngineStream, request: Request):
             if event.logprob is not None:
                 logprobs.append(event.logprob)
             if event.done:
-                reason = event.stop_reason
+                stop_reason = event.stop_reason
     finally:
         watcher.cancel()
         stream.close()
     asked = stream.handle.seq.request.logprobs is not None
-    return "".join(pieces), logprobs if asked else None, reason
+    return "".join(pieces), logprobs if asked else None, stop_reason
 
 
 # llama-server's stop_type for our stop reasons
@@ -331,36 +345,52 @@ def _watch_disconnect(request: Request, on_gone) -> asyncio.Task:
     return asyncio.create_task(watch())
 
 
-async def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompletionRequest, texts: TokenTexts,
-                       request: Request, ping_interval: float):
-    """SSE for a chat completion: the role first, then content deltas (each with the logprobs of
-    the tokens it completes), the finish reason, the usage chunk if asked, [DONE]."""
+async def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompletionRequest, reader: ReplyReader,
+                       texts: TokenTexts, request: Request, ping_interval: float):
+    """SSE for a chat completion: the role first, then content and tool call deltas as the reader
+    hands them over (each chunk with the logprobs of the tokens since the last one), the finish
+    reason, the usage chunk if asked, [DONE]."""
     with_usage = body.include_usage
+    pending: list[dict] = []
+    n_calls = 0
+
+    def chunks(items) -> list[bytes]:
+        nonlocal pending, n_calls
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                deltas = [{"content": item}]
+            else:
+                deltas = tool_call_deltas(n_calls, item)
+                n_calls += 1
+            for delta in deltas:
+                out.append(sse(shapes.chunk(delta, None, pending or None, with_usage_field=with_usage)))
+                pending = []
+        return out
+
     try:
         yield sse(shapes.chunk({"role": "assistant", "content": ""}, with_usage_field=with_usage))
-        pending = []
         async for event in stream.events(ping_interval):
             if event is None:
                 yield SSE_PING
                 continue
             if event.logprob is not None:
                 pending.append(texts.chat_entry(event.logprob))
+            if event.done and event.error is not None:
+                yield sse(error_of(event).body())
+                return
+            for chunk in chunks(reader.feed(event.text) if event.text else []):
+                yield chunk
             if event.done:
-                if event.error is not None:
-                    yield sse(error_of(event).body())
-                    return
-                finish = FINISH_REASONS.get(event.stop_reason, "stop")
-                if event.text:
-                    yield sse(shapes.chunk({"content": event.text}, with_usage_field=with_usage))
+                for chunk in chunks(reader.finish()):
+                    yield chunk
+                finish = finish_reason(event.stop_reason, bool(reader.tool_calls))
                 yield sse(shapes.chunk({}, finish, pending or None, with_usage_field=with_usage))
                 if with_usage:
                     yield sse(shapes.usage_chunk(_usage(stream, request)))
                 else:
                     _usage(stream, request)
                 yield SSE_DONE
-            elif event.text:
-                yield sse(shapes.chunk({"content": event.text}, None, pending or None, with_usage_field=with_usage))
-                pending = []
     except Exception as error:  # the headers are out: the failure can only be told as an event
         yield _stream_failure(error)
     finally:
@@ -394,7 +424,7 @@ async def _text_events(stream: EngineStream, shapes: TextShapes, body: Completio
                 if event.error is not None:
                     yield sse(error_of(event).body())
                     return
-                finish = FINISH_REASONS.get(event.stop_reason, "stop")
+                finish = finish_reason(event.stop_reason)
                 yield sse(shapes.chunk(event.text, finish, logprobs_of(pending), with_usage_field=with_usage))
                 if with_usage:
                     yield sse(shapes.usage_chunk(_usage(stream, request)))

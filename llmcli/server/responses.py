@@ -1,8 +1,10 @@
 """Response bodies in OpenAI's shapes, field for field: chat completions and their stream chunks,
 text completions and theirs, usage, both logprobs formats, and embedding lists.
 
-Our stop reasons map onto OpenAI's two: an end-of-generation token or a stop string is `stop`;
-max_tokens, a full context or the server's --timeout is `length`.
+Our stop reasons map onto OpenAI's: an end-of-generation token or a stop string is `stop`, or
+`tool_calls` when the reply made calls; max_tokens, a full context or the server's --timeout is
+`length`. A streamed call is two deltas, as OpenAI sends them: its index, id, type and name with
+empty arguments, then the arguments.
 """
 
 from __future__ import annotations
@@ -15,9 +17,22 @@ import numpy as np
 
 from .. import __version__
 from ..generation import TokenLogprob
+from ..generation.tools import ToolCall
 
 SYSTEM_FINGERPRINT = f"llmcli-{__version__}"
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "timeout": "length"}
+
+
+def finish_reason(stop_reason: str | None, made_calls: bool = False) -> str:
+    reason = FINISH_REASONS.get(stop_reason, "stop")
+    return "tool_calls" if made_calls and reason == "stop" else reason
+
+
+def tool_call_deltas(index: int, call: ToolCall) -> list[dict]:
+    """The stream deltas of one call: the call's head, then its arguments."""
+    return [{"tool_calls": [{"index": index, "id": call.id, "type": "function",
+                             "function": {"name": call.name, "arguments": ""}}]},
+            {"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]}]
 
 
 def new_id(prefix: str) -> str:
@@ -100,8 +115,12 @@ class ChatShapes(_Shapes):
     id_prefix = "chatcmpl"
     chunk_object = "chat.completion.chunk"
 
-    def completion(self, text: str, finish_reason: str, logprobs: list[dict] | None, usage_: dict) -> dict:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text},
+    def completion(self, content: str | None, finish_reason: str, logprobs: list[dict] | None, usage_: dict,
+                   tool_calls: list[ToolCall] = ()) -> dict:
+        message = {"role": "assistant", "content": content}
+        if tool_calls:
+            message["tool_calls"] = [call.to_openai() for call in tool_calls]
+        choice = {"index": 0, "message": message,
                   "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
                   "finish_reason": finish_reason}
         return {**self._head("chat.completion"), "choices": [choice], "usage": usage_}
