@@ -536,3 +536,10 @@ def test_text_then_a_call_streams_the_text_only(family_models, family, reply):
     assert len(pieces) > 1 and "".join(pieces) == completion.content == " Let me look that up."
     assert calls_of(completion) == [("get_time", {"zone": "UTC"})]
     assert completion.message["content"] == completion.content
+
+
+def test_tools_and_a_reply_grammar_do_not_combine(llm):
+    with pytest.raises(BadInputError, match="tools cannot be combined"):
+        llm.chat([{"role": "user", "content": "Hi"}], tools=[WEATHER], json_schema={"type": "object"})
+    reply = llm.chat([{"role": "user", "content": "Hi"}], max_tokens=8, temp=0, json_schema={"type": "object"})
+    assert "".join(reply).lstrip().startswith("{")  # the schema alone constrains the chat reply
