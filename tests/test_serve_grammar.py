@@ -38,6 +38,19 @@ def test_response_format_json_schema_with_the_openai_client(client):
         jsonschema.validate(json.loads(reply.choices[0].message.content), SCHEMA)
 
 
+def test_response_format_json_schema_streamed_with_the_openai_client(client):
+    whole = client.chat.completions.create(
+        model="m", messages=CHAT, seed=5, temperature=1.0, max_tokens=300,
+        response_format={"type": "json_schema", "json_schema": {"name": "pair", "schema": SCHEMA}})
+    chunks = list(client.chat.completions.create(
+        model="m", messages=CHAT, seed=5, temperature=1.0, max_tokens=300, stream=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "pair", "schema": SCHEMA}}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # it did stream
+    assert text == whole.choices[0].message.content  # same seed, same text
+    jsonschema.validate(json.loads(text), SCHEMA)
+
+
 def test_response_format_json_object(client):
     reply = client.chat.completions.create(model="m", messages=CHAT, seed=1, temperature=1.0, max_tokens=400,
                                            response_format={"type": "json_object"})
