@@ -109,6 +109,25 @@ def test_replies_read_whole_and_streamed_alike(fmt, text, content, calls):
         assert "".join(i for i in pieces if isinstance(i, str)) == (content or "")
 
 
+@pytest.mark.parametrize("fmt,text,arguments", [
+    (HERMES, '<tool_call>\n{"name": "f", "arguments": {"a":1,\n  "b": ["}", "\\u00e9"]}}\n</tool_call>',
+     ['{"a":1,\n  "b": ["}", "\\u00e9"]}']),
+    (HERMES, '<tool_call>{"name": "f", "arguments": {"a": 1}, "arguments": {"b" : 2}}</tool_call>',
+     ['{"b" : 2}']),  # a repeated key: the last, as json.loads reads it
+    (LLAMA3, '{"name": "f", "parameters": {"q":  "x"}}', ['{"q":  "x"}']),
+    (LLAMA3, '<|python_tag|>brave_search.call(query="x")', ['{"query": "x"}']),  # not JSON: written anew
+    (MISTRAL, '[TOOL_CALLS] [ {"name": "f", "arguments": {"a":1}} , {"arguments": {"b":2}, "name": "g"}]',
+     ['{"a":1}', '{"b":2}']),
+    (GENERIC, '{"tool_calls": [ {"name": "f", "arguments": {"a":1}}, {"name": "g", "parameters": {"b" : 2}} ] }',
+     ['{"a":1}', '{"b" : 2}']),
+    (GENERIC, '{ "tool_call" : {"name": "f", "arguments": "{\\"a\\": 1}"}}', ['{"a": 1}']),  # JSON text in a string
+    (GENERIC, '{"tool_call": {"name": "f"}}', ['{}']),
+])
+def test_arguments_are_the_text_the_model_wrote(fmt, text, arguments):
+    reader, _ = read_whole(fmt, text)
+    assert [c.arguments for c in reader.tool_calls] == arguments
+
+
 def test_call_ids():
     hermes, _ = read_whole(HERMES, '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>' * 2)
     ids = [c.id for c in hermes.tool_calls]
