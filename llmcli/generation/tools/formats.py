@@ -54,6 +54,27 @@ class Block:
     content: str = ""
 
 
+@dataclass(frozen=True)
+class CallLayout:
+    """How a reply the grammar enforces writes its calls, to the letter: `before` the first call,
+    `between` two calls (None: one call only), `after` the last, and each call
+    `{"name": "<name>", "<args_key>": <arguments object>}` (CALL_NAME_OPEN, the name,
+    `call_args_open(args_key)`, the object, "}"). A reader that knows where the arguments begin can
+    hand their text over as it comes."""
+
+    before: str
+    between: str | None
+    after: str
+
+
+CALL_NAME_OPEN = '{"name": "'
+
+
+def call_args_open(args_key: str) -> str:
+    """What follows a called function's name, up to its arguments object."""
+    return f'", "{args_key}": '
+
+
 NEED_MORE = "need more"  # a reader's answer: the text so far is an unfinished call
 Reader = Callable[["ReplyText", int, bool], "Block | str | None"]  # (reply, start, final) -> Block | NEED_MORE | None
 
@@ -70,6 +91,9 @@ class ToolFormat:
     grammar_root: Callable[[bool], str]  # GBNF body of `root`, over a rule `call` (parallel or one call)
     new_id: Callable[[], str]
     preserved: tuple[str, ...] = ()  # special tokens the reply must show as text to be read
+    # the grammar's layouts of a reply, when calls are required; () when calls are not streamed
+    # (each is handed over whole once read)
+    layouts: tuple[CallLayout, ...] = ()
 
     def call_object(self, call: ToolCall) -> dict:
         obj = {"name": call.name, self.args_key: call.arguments_object()}
@@ -354,6 +378,7 @@ HERMES = ToolFormat(
         f"{_lit(TOOL_CALL_OPEN + chr(10))} call {_lit(chr(10) + TOOL_CALL_CLOSE)}", _lit("\n"), parallel),
     new_id=openai_call_id,
     preserved=(TOOL_CALL_OPEN, TOOL_CALL_CLOSE),
+    layouts=(CallLayout(TOOL_CALL_OPEN + "\n", f"\n{TOOL_CALL_CLOSE}\n{TOOL_CALL_OPEN}\n", "\n" + TOOL_CALL_CLOSE),),
 )
 
 LLAMA3 = ToolFormat(
@@ -368,6 +393,7 @@ LLAMA3 = ToolFormat(
     grammar_root=lambda parallel: "call",
     new_id=openai_call_id,
     preserved=(PYTHON_TAG,),
+    layouts=(CallLayout("", None, ""),),  # the JSON call is the reply (a built-in's call is never enforced)
 )
 
 MISTRAL = ToolFormat(
@@ -383,6 +409,8 @@ MISTRAL = ToolFormat(
     # Mistral's templates refuse call ids that are not 9 letters or digits
     new_id=lambda: random_alnum(9),
     preserved=(TOOL_CALLS_MARKER,),
+    # no layouts: a call's id, which the first delta of a streamed call carries, is written after
+    # its arguments, so each call is handed over whole
 )
 
 def _generic_root(parallel: bool) -> str:
@@ -405,6 +433,7 @@ GENERIC = ToolFormat(
     write_calls=lambda objs: _dumps({"tool_call": objs[0]} if len(objs) == 1 else {"tool_calls": objs}),
     grammar_root=_generic_root,
     new_id=openai_call_id,
+    layouts=(CallLayout('{"tool_call": ', None, "}"), CallLayout('{"tool_calls": [', ", ", "]}")),
 )
 
 # Detection order matters: llama.cpp's (a Hermes template may also hold Llama 3 headers).
