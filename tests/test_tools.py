@@ -161,7 +161,8 @@ ENFORCED = [  # (format, its enforced reply)
     (HERMES, HERMES.write([ToolCall("a", "get_weather", LONG_ARGUMENTS), ToolCall("b", "get_time", "{}")])),
     (LLAMA3, LLAMA3.write([ToolCall("a", "get_weather", LONG_ARGUMENTS)])),
     (GENERIC, GENERIC.write([ToolCall("a", "get_weather", LONG_ARGUMENTS)])),
-    (GENERIC, GENERIC.write([ToolCall("a", "get_weather", LONG_ARGUMENTS), ToolCall("b", "get_time", '{"zone": "UTC"}')])),
+    (GENERIC, GENERIC.write([ToolCall("a", "get_weather", LONG_ARGUMENTS),
+                             ToolCall("b", "get_time", '{"zone": "UTC"}')])),
     (HERMES, '<tool_call>\n{"name": "get_weather", "arguments": {"city" :\n\t\t"Lima", "days" :5\n   }}\n</tool_call>'),
 ]
 
