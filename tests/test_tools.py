@@ -15,9 +15,9 @@ import pytest
 
 from llmcli.errors import BadInputError
 from llmcli.generation.chat import ChatTemplate
-from llmcli.generation.tools import (GENERIC, HERMES, LLAMA3, MISTRAL, ReplyReader, TemplateCaps, ToolCall, ToolChat,
-                                     ToolChoice, detect_format, parse_tool_choice, parse_tools, rename_rules,
-                                     template_caps, tool_call_grammar)
+from llmcli.generation.tools import (GENERIC, HERMES, LLAMA3, MISTRAL, ArgumentsPart, CallHead, ReplyReader,
+                                     TemplateCaps, ToolCall, ToolChat, ToolChoice, detect_format, parse_tool_choice,
+                                     parse_tools, rename_rules, template_caps, tool_call_grammar)
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
@@ -107,6 +107,119 @@ def test_replies_read_whole_and_streamed_alike(fmt, text, content, calls):
         streamed, pieces = read_in_pieces(fmt, text, cuts)
         assert streamed.content == content and calls_of(streamed) == calls
         assert "".join(i for i in pieces if isinstance(i, str)) == (content or "")
+
+
+@pytest.mark.parametrize("fmt,text,arguments", [
+    (HERMES, '<tool_call>\n{"name": "f", "arguments": {"a":1,\n  "b": ["}", "\\u00e9"]}}\n</tool_call>',
+     ['{"a":1,\n  "b": ["}", "\\u00e9"]}']),
+    (HERMES, '<tool_call>{"name": "f", "arguments": {"a": 1}, "arguments": {"b" : 2}}</tool_call>',
+     ['{"b" : 2}']),  # a repeated key: the last, as json.loads reads it
+    (LLAMA3, '{"name": "f", "parameters": {"q":  "x"}}', ['{"q":  "x"}']),
+    (LLAMA3, '<|python_tag|>brave_search.call(query="x")', ['{"query": "x"}']),  # not JSON: written anew
+    (MISTRAL, '[TOOL_CALLS] [ {"name": "f", "arguments": {"a":1}} , {"arguments": {"b":2}, "name": "g"}]',
+     ['{"a":1}', '{"b":2}']),
+    (GENERIC, '{"tool_calls": [ {"name": "f", "arguments": {"a":1}}, {"name": "g", "parameters": {"b" : 2}} ] }',
+     ['{"a":1}', '{"b" : 2}']),
+    (GENERIC, '{ "tool_call" : {"name": "f", "arguments": "{\\"a\\": 1}"}}', ['{"a": 1}']),  # JSON text in a string
+    (GENERIC, '{"tool_call": {"name": "f"}}', ['{}']),
+])
+def test_arguments_are_the_text_the_model_wrote(fmt, text, arguments):
+    reader, _ = read_whole(fmt, text)
+    assert [c.arguments for c in reader.tool_calls] == arguments
+
+
+# ---- enforced replies: calls announced, arguments streamed as they come ---------------------------
+
+def read_enforced(fmt, text, cuts):
+    """(reader, items) of `text` fed to an enforced reader in the pieces `cuts` makes."""
+    reader = ReplyReader(fmt, enforced=True)
+    items = []
+    for a, b in zip([0, *cuts], [*cuts, len(text)]):
+        items += reader.feed(text[a:b])
+    return reader, items + reader.finish()
+
+
+def streamed_calls(items) -> list[tuple[CallHead | None, list[str] | None, ToolCall]]:
+    """Each call's head, argument fragments and finished call, checked to come in that order
+    (None, None, call: a call handed over whole, not announced)."""
+    calls, heads, parts = [], {}, {}
+    for item in items:
+        if isinstance(item, CallHead):
+            assert item.index == len(calls) and item.index not in heads
+            heads[item.index], parts[item.index] = item, []
+        elif isinstance(item, ArgumentsPart):
+            assert item.index == len(calls) and item.index in heads and item.text
+            parts[item.index].append(item.text)
+        elif isinstance(item, ToolCall):
+            calls.append((heads.get(len(calls)), parts.get(len(calls)), item))
+    return calls
+
+
+LONG_ARGUMENTS = json.dumps({"city": "Paris", "note": "a } and a \" and ] in a string", "days": [1, 2, {"x": None}],
+                             "unit": "celsius"})
+ENFORCED = [  # (format, its enforced reply)
+    (HERMES, HERMES.write([ToolCall("a", "get_weather", LONG_ARGUMENTS), ToolCall("b", "get_time", "{}")])),
+    (LLAMA3, LLAMA3.write([ToolCall("a", "get_weather", LONG_ARGUMENTS)])),
+    (GENERIC, GENERIC.write([ToolCall("a", "get_weather", LONG_ARGUMENTS)])),
+    (GENERIC, GENERIC.write([ToolCall("a", "get_weather", LONG_ARGUMENTS),
+                             ToolCall("b", "get_time", '{"zone": "UTC"}')])),
+    (HERMES, '<tool_call>\n{"name": "get_weather", "arguments": {"city" :\n\t\t"Lima", "days" :5\n   }}\n</tool_call>'),
+]
+
+
+@pytest.mark.parametrize("fmt,text", ENFORCED, ids=[f"{f.name}-{i}" for i, (f, _) in enumerate(ENFORCED)])
+def test_enforced_calls_stream_their_arguments(fmt, text):
+    whole, items = read_enforced(fmt, text, [])
+    expected = [(c.name, c.arguments) for c in whole.tool_calls]
+    assert whole.content is None and expected and [n for n, _ in expected] == [n for n, _ in calls_of(whole)]
+    assert all(len(parts) == 1 for _, parts, _ in streamed_calls(items))  # whole: one fragment a call
+    assert [(c.name, c.arguments) for c in read_whole(fmt, text)[0].tool_calls] == expected  # as read unenforced
+    rng = random.Random(len(text))
+    for cuts in [list(range(1, len(text))), sorted(rng.sample(range(1, len(text)), 12))]:
+        reader, items = read_enforced(fmt, text, cuts)
+        assert not [i for i in items if isinstance(i, str)] and reader.content is None
+        calls = streamed_calls(items)
+        assert [(c.name, c.arguments) for _, _, c in calls] == expected == [(c.name, c.arguments)
+                                                                             for c in reader.tool_calls]
+        for head, parts, call in calls:
+            assert (head.id, head.name) == (call.id, call.name) and "".join(parts) == call.arguments
+        if len(cuts) == len(text) - 1:  # fed one character at a time: each one of the arguments, as it comes
+            assert [len(parts) for _, parts, _ in calls] == [len(a) for _, a in expected]
+    assert len(calls[0][1]) > 1  # in a dozen pieces, the long arguments still come in several
+
+
+def test_unenforced_and_mistral_calls_are_handed_over_whole():
+    """tool_choice "auto": a call is handed over once it reads as one (it could still turn out
+    malformed); Mistral writes a call's id after its arguments: whole too, even enforced."""
+    for fmt, enforced in [(HERMES, False), (MISTRAL, True)]:
+        text = fmt.write([ToolCall("a1b2c3d4e", "get_weather", LONG_ARGUMENTS)])
+        reader = ReplyReader(fmt, enforced=enforced)
+        items = [item for ch in text for item in reader.feed(ch)] + reader.finish()
+        assert [type(i) for i in items] == [ToolCall] and items[0].arguments == LONG_ARGUMENTS
+
+
+@pytest.mark.parametrize("text,content,calls", [
+    # cut inside the arguments (max_tokens): the announced call stands with what was written
+    ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa', None, [("get_weather", '{"city": "Pa')]),
+    ('<tool_call>\n{"name": "get_weather", "arguments": {', None, [("get_weather", "{")]),
+    # cut after a call: the unfinished syntax is dropped
+    ('<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>\n<tool_call>\n{"na', None,
+     [("get_time", "{}")]),
+    ('<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool', None, [("get_time", "{}")]),
+    # cut before any call was announced: read as usual (content, as unenforced)
+    ('<tool_call>\n{"name": "get_wea', '<tool_call>\n{"name": "get_wea', []),
+    # departing from the layout (the grammar rules it out): read as usual from there
+    ('Hi <tool_call>{"name": "get_time", "arguments": {}}</tool_call>', "Hi", [("get_time", "{}")]),
+    ('<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call> and text', "and text", [("get_time", "{}")]),
+    ('<tool_call>\n{"name": "get time", "arguments": {}}\n</tool_call>', None, [("get time", "{}")]),  # not a tool name
+])
+def test_enforced_replies_cut_short_or_departing_read_alike_whole_and_streamed(text, content, calls):
+    for cuts in [[], list(range(1, len(text)))]:
+        reader, items = read_enforced(HERMES, text, cuts)
+        assert reader.content == content and [(c.name, c.arguments) for c in reader.tool_calls] == calls
+        assert "".join(i for i in items if isinstance(i, str)) == (content or "")
+        for head, parts, call in streamed_calls(items):
+            assert head is None or "".join(parts) == call.arguments
 
 
 def test_call_ids():
@@ -486,6 +599,15 @@ def test_required_calls_follow_the_family_syntax_and_the_schema(family_models, f
         call = reply.tool_calls[0]
         assert call.name == "get_time" if choice is named else call.name in STRICT_SCHEMAS
         jsonschema.validate(json.loads(call.arguments), STRICT_SCHEMAS[call.name])
+        # what the grammar made fits the format's layout: read a character at a time, the call is
+        # announced and its arguments come in fragments (Mistral: whole, its id comes last)
+        _, items = read_enforced(reply.reader.fmt, reply.text, list(range(1, len(reply.text))))
+        (head, parts, streamed), = streamed_calls(items)
+        assert (streamed.name, streamed.arguments) == (call.name, call.arguments)
+        if family == "mistral":
+            assert head is None
+        else:
+            assert head.name == call.name and "".join(parts) == call.arguments and len(parts) == len(call.arguments)
         # the next turn: the call and its result go back through the template (Mistral's checks the ids)
         following = question + [reply.message, {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
         answer = llm.chat(following, tools=STRICT_TOOLS, max_tokens=3, temp=0).run()

@@ -25,10 +25,11 @@ from ..generation import Request as GenerationRequest
 from ..generation import SamplingParams
 from ..generation.grammar.tokens import TokenIndex
 from ..generation.pooling import l2_normalize
-from ..generation.tools import ReplyReader
+from ..generation.tools import ArgumentsPart, CallHead, ReplyReader
 from .errors import ApiError
 from .gateway import Gateway
-from .responses import ChatShapes, TextShapes, TokenTexts, embedding_list, finish_reason, tool_call_deltas, usage
+from .responses import (ChatShapes, TextShapes, TokenTexts, arguments_delta, call_head_delta, embedding_list,
+                        finish_reason, tool_call_deltas, usage)
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
                       NativeCompletionRequest, TokenizeRequest)
 from .state import ServerState
@@ -349,20 +350,27 @@ async def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompl
                        texts: TokenTexts, request: Request, ping_interval: float):
     """SSE for a chat completion: the role first, then content and tool call deltas as the reader
     hands them over (each chunk with the logprobs of the tokens since the last one), the finish
-    reason, the usage chunk if asked, [DONE]."""
+    reason, the usage chunk if asked, [DONE]. A call the reader announces (an enforced reply) goes
+    out as its head, then its arguments fragment by fragment as they come; a call handed over whole
+    as its head and all its arguments at once."""
     with_usage = body.include_usage
     pending: list[dict] = []
-    n_calls = 0
+    n_heads = n_calls = 0  # calls whose head went out; calls finished
 
     def chunks(items) -> list[bytes]:
-        nonlocal pending, n_calls
+        nonlocal pending, n_heads, n_calls
         out = []
         for item in items:
             if isinstance(item, str):
                 deltas = [{"content": item}]
-            else:
-                deltas = tool_call_deltas(n_calls, item)
-                n_calls += 1
+            elif isinstance(item, CallHead):
+                deltas = [call_head_delta(item.index, item.id, item.name)]
+                n_heads += 1
+            elif isinstance(item, ArgumentsPart):
+                deltas = [arguments_delta(item.index, item.text)]
+            else:  # a finished call: whole now if it was not announced (else it has all gone out)
+                deltas = tool_call_deltas(n_calls, item) if n_heads == n_calls else []
+                n_heads = n_calls = n_calls + 1
             for delta in deltas:
                 out.append(sse(shapes.chunk(delta, None, pending or None, with_usage_field=with_usage)))
                 pending = []

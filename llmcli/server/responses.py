@@ -3,8 +3,9 @@ text completions and theirs, usage, both logprobs formats, and embedding lists.
 
 Our stop reasons map onto OpenAI's: an end-of-generation token or a stop string is `stop`, or
 `tool_calls` when the reply made calls; max_tokens, a full context or the server's --timeout is
-`length`. A streamed call is two deltas, as OpenAI sends them: its index, id, type and name with
-empty arguments, then the arguments.
+`length`. A streamed call is deltas as OpenAI sends them: its index, id, type and name with empty
+arguments, then the arguments' text in fragments (one, for calls the reader hands over whole), each
+with only the index besides.
 """
 
 from __future__ import annotations
@@ -28,11 +29,20 @@ def finish_reason(stop_reason: str | None, made_calls: bool = False) -> str:
     return "tool_calls" if made_calls and reason == "stop" else reason
 
 
+def call_head_delta(index: int, call_id: str, name: str) -> dict:
+    """The first delta of a streamed call: what it is, its arguments still empty."""
+    return {"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                            "function": {"name": name, "arguments": ""}}]}
+
+
+def arguments_delta(index: int, text: str) -> dict:
+    """More of call `index`'s arguments."""
+    return {"tool_calls": [{"index": index, "function": {"arguments": text}}]}
+
+
 def tool_call_deltas(index: int, call: ToolCall) -> list[dict]:
-    """The stream deltas of one call: the call's head, then its arguments."""
-    return [{"tool_calls": [{"index": index, "id": call.id, "type": "function",
-                             "function": {"name": call.name, "arguments": ""}}]},
-            {"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]}]
+    """The stream deltas of a call handed over whole: its head, then all its arguments."""
+    return [call_head_delta(index, call.id, call.name), arguments_delta(index, call.arguments)]
 
 
 def new_id(prefix: str) -> str:

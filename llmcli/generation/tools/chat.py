@@ -4,7 +4,8 @@ required, read back into content and calls.
     chat = ToolChat.prepare(template, messages, tools=[...], tool_choice="auto")
     chat.prompt          # the text to tokenize
     chat.grammar_text    # GBNF the reply must follow (tool_choice "required" or a named function), or None
-    reader = chat.reader()   # a ReplyReader in the template's format (plain text when no tool is callable)
+    reader = chat.reader()   # a ReplyReader in the template's format (plain text when no tool is callable;
+                             # enforced when the grammar is: calls stream their arguments)
 
 The template gets what transformers' `apply_chat_template` gives it: `tools` as OpenAI's tool dicts,
 assistant messages with `tool_calls` (arguments as an object when the template shows them that way,
@@ -100,7 +101,9 @@ class ToolChat:
         return bool(self.tools) and self.choice.mode != "none"
 
     def reader(self) -> ReplyReader:
-        return ReplyReader(self.format if self.reads_calls else None)
+        """The reply's reader; a reply the grammar holds to the call syntax streams each call's
+        arguments as they come (formats with layouts)."""
+        return ReplyReader(self.format if self.reads_calls else None, enforced=self.grammar_text is not None)
 
     def read(self, text: str) -> ReplyReader:
         """A whole reply, read."""

@@ -20,7 +20,9 @@ matches wins.
 A reader gets the whole reply so far (a `ReplyText`) and where a call seems to start; it answers
 with the `Block` read there, `NEED_MORE` (the text so far could still become one), or None (this is not a call: the
 text stays content). Readers accept "arguments" and "parameters" alike, arguments given as an object
-or as the JSON text of one, and a missing closing tag at the end of a reply.
+or as the JSON text of one, and a missing closing tag at the end of a reply. A call's arguments are
+the object's text as the model wrote it (OpenAI's `arguments` are the model's own text too, and a
+streamed call's fragments are cut from it); only a built-in `name.call(k=v)` is written anew as JSON.
 """
 
 from __future__ import annotations
@@ -52,6 +54,27 @@ class Block:
     content: str = ""
 
 
+@dataclass(frozen=True)
+class CallLayout:
+    """How a reply the grammar enforces writes its calls, to the letter: `before` the first call,
+    `between` two calls (None: one call only), `after` the last, and each call
+    `{"name": "<name>", "<args_key>": <arguments object>}` (CALL_NAME_OPEN, the name,
+    `call_args_open(args_key)`, the object, "}"). A reader that knows where the arguments begin can
+    hand their text over as it comes."""
+
+    before: str
+    between: str | None
+    after: str
+
+
+CALL_NAME_OPEN = '{"name": "'
+
+
+def call_args_open(args_key: str) -> str:
+    """What follows a called function's name, up to its arguments object."""
+    return f'", "{args_key}": '
+
+
 NEED_MORE = "need more"  # a reader's answer: the text so far is an unfinished call
 Reader = Callable[["ReplyText", int, bool], "Block | str | None"]  # (reply, start, final) -> Block | NEED_MORE | None
 
@@ -68,6 +91,9 @@ class ToolFormat:
     grammar_root: Callable[[bool], str]  # GBNF body of `root`, over a rule `call` (parallel or one call)
     new_id: Callable[[], str]
     preserved: tuple[str, ...] = ()  # special tokens the reply must show as text to be read
+    # the grammar's layouts of a reply, when calls are required; () when calls are not streamed
+    # (each is handed over whole once read)
+    layouts: tuple[CallLayout, ...] = ()
 
     def call_object(self, call: ToolCall) -> dict:
         obj = {"name": call.name, self.args_key: call.arguments_object()}
@@ -166,24 +192,65 @@ def read_json(reply: ReplyText, start: int, final: bool):
         return None
 
 
-def raw_call(obj, arg_keys: tuple[str, ...] = ("arguments", "parameters")) -> RawCall | None:
-    """A call object {"name": ..., "arguments": {...}} (or "parameters"; "id" kept if a string)."""
+_JSON_BLANK = re.compile(r"[ \t\n\r]*")  # what JSON (and json.loads) takes as blanks
+_DECODER = json.JSONDecoder()
+
+
+def member_spans(text: str, start: int) -> dict[str, tuple[int, int]]:
+    """Where each member's value of the valid JSON object at `start` is written: key -> (start,
+    end); a repeated key: its last (json.loads keeps the last value too)."""
+    spans: dict[str, tuple[int, int]] = {}
+    i = _JSON_BLANK.match(text, start + 1).end()
+    while text[i] != "}":
+        key, i = _DECODER.raw_decode(text, i)
+        i = _JSON_BLANK.match(text, _JSON_BLANK.match(text, i).end() + 1).end()  # past the colon
+        _, end = _DECODER.raw_decode(text, i)
+        spans[key] = (i, end)
+        i = _JSON_BLANK.match(text, end).end()
+        if text[i] == ",":
+            i = _JSON_BLANK.match(text, i + 1).end()
+    return spans
+
+
+def element_starts(text: str, start: int) -> list[int]:
+    """Where each element of the valid JSON array at `start` begins."""
+    starts: list[int] = []
+    i = _JSON_BLANK.match(text, start + 1).end()
+    while text[i] != "]":
+        starts.append(i)
+        _, i = _DECODER.raw_decode(text, i)
+        i = _JSON_BLANK.match(text, i).end()
+        if text[i] == ",":
+            i = _JSON_BLANK.match(text, i + 1).end()
+    return starts
+
+
+def raw_call(obj, text: str, start: int, arg_keys: tuple[str, ...] = ("arguments", "parameters")) -> RawCall | None:
+    """A call object {"name": ..., "arguments": {...}} (or "parameters"; "id" kept if a string),
+    parsed from the valid JSON `text[start:]`. The arguments are the object's text as the model
+    wrote it (as OpenAI hands them over; a streamed call's fragments are cut from the same text),
+    or the text inside a JSON string that holds an object's JSON."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
         return None
-    args = next((obj[k] for k in arg_keys if k in obj), {})
+    key = next((k for k in arg_keys if k in obj), None)
+    args = {} if key is None else obj[key]
     if isinstance(args, str):  # the arguments' JSON text, as OpenAI's own messages carry it
         try:
             if not isinstance(json.loads(args), dict):
                 return None
         except ValueError:
             return None
-        text = args
+        arguments = args
     elif isinstance(args, dict):
-        text = json.dumps(args, ensure_ascii=False)
+        if key is None:
+            arguments = "{}"
+        else:
+            a, b = member_spans(text, start)[key]
+            arguments = text[a:b]
     else:
         return None
     call_id = obj.get("id")
-    return RawCall(obj["name"], text, call_id if isinstance(call_id, str) and call_id else None)
+    return RawCall(obj["name"], arguments, call_id if isinstance(call_id, str) and call_id else None)
 
 
 def read_call_object(reply: ReplyText, start: int, final: bool):
@@ -191,7 +258,7 @@ def read_call_object(reply: ReplyText, start: int, final: bool):
     found = read_json(reply, start, final)
     if found is None or found == NEED_MORE:
         return found
-    call = raw_call(found[0])
+    call = raw_call(found[0], reply.text, start)
     return Block(found[1], (call,)) if call else None
 
 
@@ -215,11 +282,15 @@ def read_tagged(open_tag: str, close_tag: str) -> Reader:
 def read_call_list(marker: str) -> Reader:
     """`marker` then a JSON array of call objects (or one call object)."""
     def read(reply: ReplyText, start: int, final: bool):
-        found = read_json(reply, skip_blank(reply.text, start + len(marker)), final)
+        at = skip_blank(reply.text, start + len(marker))
+        found = read_json(reply, at, final)
         if found is None or found == NEED_MORE:
             return found
         value, end = found
-        calls = [raw_call(v) for v in (value if isinstance(value, list) else [value])]
+        if isinstance(value, list):
+            calls = [raw_call(v, reply.text, i) for v, i in zip(value, element_starts(reply.text, at))]
+        else:
+            calls = [raw_call(value, reply.text, at)]
         if not calls or not all(calls):
             return None
         return Block(end, tuple(calls))
@@ -261,11 +332,13 @@ def read_generic(reply: ReplyText, start: int, final: bool):
     value, end = found
     if not isinstance(value, dict):
         return None
+    text = reply.text
     if isinstance(value.get("tool_calls"), list) and value["tool_calls"]:
-        calls = [raw_call(v) for v in value["tool_calls"]]
+        at = member_spans(text, start)["tool_calls"][0]
+        calls = [raw_call(v, text, i) for v, i in zip(value["tool_calls"], element_starts(text, at))]
         return Block(end, tuple(calls)) if all(calls) else None
     if "tool_call" in value:
-        call = raw_call(value["tool_call"])
+        call = raw_call(value["tool_call"], text, member_spans(text, start)["tool_call"][0])
         return Block(end, (call,)) if call else None
     if isinstance(value.get("response"), str):
         return Block(end, content=value["response"])
@@ -305,6 +378,7 @@ HERMES = ToolFormat(
         f"{_lit(TOOL_CALL_OPEN + chr(10))} call {_lit(chr(10) + TOOL_CALL_CLOSE)}", _lit("\n"), parallel),
     new_id=openai_call_id,
     preserved=(TOOL_CALL_OPEN, TOOL_CALL_CLOSE),
+    layouts=(CallLayout(TOOL_CALL_OPEN + "\n", f"\n{TOOL_CALL_CLOSE}\n{TOOL_CALL_OPEN}\n", "\n" + TOOL_CALL_CLOSE),),
 )
 
 LLAMA3 = ToolFormat(
@@ -319,6 +393,7 @@ LLAMA3 = ToolFormat(
     grammar_root=lambda parallel: "call",
     new_id=openai_call_id,
     preserved=(PYTHON_TAG,),
+    layouts=(CallLayout("", None, ""),),  # the JSON call is the reply (a built-in's call is never enforced)
 )
 
 MISTRAL = ToolFormat(
@@ -334,6 +409,8 @@ MISTRAL = ToolFormat(
     # Mistral's templates refuse call ids that are not 9 letters or digits
     new_id=lambda: random_alnum(9),
     preserved=(TOOL_CALLS_MARKER,),
+    # no layouts: a call's id, which the first delta of a streamed call carries, is written after
+    # its arguments, so each call is handed over whole
 )
 
 def _generic_root(parallel: bool) -> str:
@@ -356,6 +433,7 @@ GENERIC = ToolFormat(
     write_calls=lambda objs: _dumps({"tool_call": objs[0]} if len(objs) == 1 else {"tool_calls": objs}),
     grammar_root=_generic_root,
     new_id=openai_call_id,
+    layouts=(CallLayout('{"tool_call": ', None, "}"), CallLayout('{"tool_calls": [', ", ", "]}")),
 )
 
 # Detection order matters: llama.cpp's (a Hermes template may also hold Llama 3 headers).

@@ -21,7 +21,7 @@ from typing import Callable
 from ...errors import BadInputError
 from ..grammar import GrammarError
 from ..grammar import schema_to_grammar as default_schema_to_grammar
-from .formats import ToolFormat
+from .formats import CALL_NAME_OPEN, ToolFormat, call_args_open
 from .spec import Tool, ToolChoice
 
 # GBNF's lexical pieces, in the order they are tried: a comment, a string literal, a character
@@ -57,7 +57,7 @@ def tool_call_grammar(fmt: ToolFormat, tools: list[Tool], choice: ToolChoice, pa
              "call ::= " + " | ".join(f"call-{i}" for i in range(len(allowed)))]
     for i, tool in enumerate(allowed):
         prefix = f"tool{i}-"
-        head = gbnf_literal(json.dumps({"name": tool.name}, ensure_ascii=False)[:-1] + f', "{fmt.args_key}": ')
+        head = gbnf_literal(CALL_NAME_OPEN + tool.name + call_args_open(fmt.args_key))  # names need no escapes
         parts = [head, prefix + "root"]
         if fmt.with_id:
             parts += [gbnf_literal(', "id": "'), "call-id", gbnf_literal('"')]
