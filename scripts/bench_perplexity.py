@@ -37,7 +37,7 @@ def _stamp_seconds(line: str) -> float:
     return 60 * m + s + ms / 1e3 + us / 1e6
 
 
-def llama_cpp(binary: Path, args: list[str], attempts: int = 5) -> dict:
+def llama_cpp(binary: Path, args: list[str], attempts: int = 30) -> dict:
     for _ in range(attempts):
         began = time.perf_counter()
         out = subprocess.run([str(binary)] + args, capture_output=True, text=True)

@@ -88,7 +88,7 @@ def make_text() -> None:
     print(f"wrote {TEXT} ({len(text.encode())} bytes)")
 
 
-def run(binary: Path, args: list[str], attempts: int = 5) -> dict:
+def run(binary: Path, args: list[str], attempts: int = 30) -> dict:
     command = [str(binary)] + args
     for _ in range(attempts):
         out = subprocess.run(command, capture_output=True, text=True)
@@ -136,6 +136,16 @@ def parse_kld(record: dict) -> dict:
     return {"command": record["command"], "chunks": rows, "blocks": blocks, "stdout": record["stdout"]}
 
 
+def _portable_commands(node) -> None:
+    """Every recorded command line with file names in place of this machine's paths."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "command":
+                node[key] = [Path(a).name if a.endswith((".gguf", ".kld", ".txt")) else a for a in value]
+            else:
+                _portable_commands(value)
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -168,8 +178,6 @@ def main() -> None:
     for config, extra in DEMO_CONFIGS.items():
         refs["demo"][config] = parse_ppl(run(exe, ["-m", str(model_path("demo")), "-f", text, "-c", "512"]
                                              + extra + threads))
-        refs["demo"][config]["command"] = [a if not a.endswith(".gguf") else "gemma-3-270m-q4_k_m.gguf"
-                                           for a in refs["demo"][config]["command"]]
         print("demo", config, refs["demo"][config]["ppl"], flush=True)
 
     refs["kld_base"], refs["kld"] = {}, {}
@@ -199,12 +207,7 @@ def main() -> None:
         for q in pairs["llama-f32"]:
             refs["kld_llmcli_base"]["kld"][q] = parse_kld(run(exe, ["-m", str(model_path(q)), "--kl-divergence-base",
                                                                     str(ours), "--kl-divergence", "-c", "64"] + threads))
-        for record in refs["kld_llmcli_base"]["kld"].values():
-            record["command"] = [a.replace(str(ours), ours.name) for a in record["command"]]
-    for group in (refs["ppl"], refs["kld_base"], refs["kld"], refs["kld_llmcli_base"]["kld"]):
-        for record in group.values():
-            record["command"] = [re.sub(r"^/.*/", "", a) if a.endswith((".gguf", ".kld", ".txt")) else a
-                                 for a in record["command"]]
+    _portable_commands(refs)
     (OUT / "llamacpp.json").write_text(json.dumps(refs, indent=1, ensure_ascii=False) + "\n")
     print("wrote", OUT / "llamacpp.json")
 

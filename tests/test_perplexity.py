@@ -28,7 +28,7 @@ from llmcli.errors import BadInputError, FormatError, OutputExistsError
 from llmcli.evaluation import KLDBaseFile, kl_divergence, perplexity, read_text_file, text_chunks
 from llmcli.evaluation.kld_file import KLDBaseHeader, split_records, write_base_file
 from llmcli.evaluation.logprobs import kl_divergence_rows, quantize_log_probs, record_width, token_nll
-from llmcli.evaluation.perplexity import KLDStats, median, percentile
+from llmcli.evaluation.measure import KLDStats, median, percentile
 from llmcli.models import load_model
 from llmcli.vocab import Tokenizer
 

@@ -130,7 +130,8 @@ def perplexity(
     ctx_size: int = typer.Option(None, "-c", "--ctx-size",
                                  help="Tokens per chunk; the second half of each is scored (default 512; "
                                       "with --kl-divergence, the base file's)."),
-    chunks: int = typer.Option(-1, "--chunks", help="Chunks to evaluate at most (-1: all the text has)."),
+    chunks: int = typer.Option(-1, "--chunks", help="Chunks to evaluate at most (-1: all the text has; with "
+                                                      "--kl-divergence, all the base file has)."),
     batch_size: int = typer.Option(2048, "-b", "--batch-size",
                                    help="Tokens per pass: n_batch / n_ctx chunks are evaluated together."),
     threads: int = typer.Option(None, "-t", "--threads", help="CPU threads (default: up to the physical cores)."),
@@ -205,7 +206,7 @@ def _perplexity(model, file, ctx_size, max_chunks, batch_size, threads, activati
 
 def _kl_divergence(model, file, ctx_size, max_chunks, batch_size, threads, activations, kld_base, as_json) -> None:
     from ..evaluation import KLDBaseFile, kl_divergence
-    from ..evaluation.perplexity import MIN_COUNT_FOR_STATISTICS
+    from ..evaluation.measure import MIN_COUNT_FOR_STATISTICS
 
     base = KLDBaseFile(kld_base)
     n_ctx = base.header.n_ctx
