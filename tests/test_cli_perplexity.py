@@ -118,3 +118,15 @@ def test_bad_files_are_one_red_line(cli, tmp_path):
 def test_usage_errors_exit_2(cli):
     assert cli("perplexity", *SMALL, "--bogus").exit_code == 2
     assert cli("perplexity", "-m", TINY, "-f", TEXT, "-c", "many").exit_code == 2
+
+
+def test_undefined_figures_print_as_c_does_and_are_null_in_json():
+    from llmcli.cli.perplexity_cmd import _c_floats, _json_figures, _kld_chunk_line
+
+    nan = float("nan")
+    row = {"ppl": 1453.9336, "ppl_unc": 250.7422, "ln_ppl_ratio": 1e-5, "ln_ppl_ratio_unc": nan, "kld": -1e-7,
+           "kld_unc": 0.0, "p_diff_rms": 0.0, "p_diff_rms_unc": nan, "same_top": 1.0, "same_top_unc": 0.0}
+    assert _kld_chunk_line(1, row) == ("   1    1453.9336 ±  250.7422       0.00001 ±       -nan      -0.00000 ±"
+                                       "    0.00000     0.000 ±   -nan %    100.000 ±  0.000 %")
+    assert f"{_c_floats({'x': 2.5})['x']:6.3f}" == " 2.500"
+    assert _json_figures({"a": [nan, 1.0], "b": {"c": float("inf")}}) == {"a": [None, 1.0], "b": {"c": None}}

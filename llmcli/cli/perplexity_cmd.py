@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -19,7 +20,40 @@ KLD_HEADER = ("chunk             PPL               ln(PPL(Q)/PPL(base))         
               "              Δp RMS            Same top p")
 
 
+class _CFloat(float):
+    """A figure formatted as C's printf does: an undefined one (the square root of a negative
+    variance, 0/0) prints as "-nan", as glibc prints the NaN such an operation gives."""
+
+    def __format__(self, spec: str) -> str:
+        if math.isnan(self):
+            width = spec.split(".")[0].lstrip("<>^=+- ")
+            return "-nan".rjust(int(width) if width.isdigit() else 0)
+        return float.__format__(self, spec)
+
+    def __mul__(self, other) -> "_CFloat":  # percentages (100 * x) keep the formatting
+        return _CFloat(float(self) * other)
+
+    __rmul__ = __mul__
+
+
+def _c_floats(figures: dict) -> dict:
+    return {k: _c_floats(v) if isinstance(v, dict) else _CFloat(v) if isinstance(v, float) else v
+            for k, v in figures.items()}
+
+
+def _json_figures(value):
+    """JSON has no NaN or infinity: undefined figures become null."""
+    if isinstance(value, dict):
+        return {k: _json_figures(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_figures(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _kld_chunk_line(n: int, f: dict) -> str:
+    f = _c_floats(f)
     return (f"{n:4d}    {f['ppl']:9.4f} ± {f['ppl_unc']:9.4f}    {f['ln_ppl_ratio']:10.5f} ± "
             f"{f['ln_ppl_ratio_unc']:10.5f}    {f['kld']:10.5f} ± {f['kld_unc']:10.5f}    "
             f"{100 * f['p_diff_rms']:6.3f} ± {100 * f['p_diff_rms_unc']:6.3f} %    "
@@ -39,6 +73,7 @@ def _quantile_lines(figures: dict, what: str, unit: str = "", scale: float = 1.0
 
 def kld_statistics_lines(s: dict) -> list[str]:
     """llama.cpp's three final blocks."""
+    s = _c_floats(s)
     p, k, t = s["perplexity"], s["kl_divergence"], s["token_probability"]
     return ["====== Perplexity statistics ======",
             f"Mean PPL(Q)                   : {p['ppl']:10.6f} ± {p['ppl_unc']:10.6f}",
@@ -194,8 +229,8 @@ def _perplexity(model, file, ctx_size, max_chunks, batch_size, threads, activati
         if result.ppl_error is not None:
             report.emit(f"Final estimate: PPL = {result.ppl:.4f} +/- {result.ppl_error:.5f}")
     if as_json:
-        print(json.dumps({"model": str(llm.path), "text_file": str(file), "activations": activations,
-                          **result.to_dict()}, ensure_ascii=False))
+        print(json.dumps(_json_figures({"model": str(llm.path), "text_file": str(file), "activations": activations,
+                                        **result.to_dict()}), ensure_ascii=False))
         return
     if result.ppl_error is None:
         err_console.print("[yellow]the tokens' log-likelihoods have no spread: no uncertainty to estimate[/]")
@@ -229,7 +264,8 @@ def _kl_divergence(model, file, ctx_size, max_chunks, batch_size, threads, activ
         for line in kld_statistics_lines(result.statistics) if result.statistics is not None else ():
             report.emit(line)
     if as_json:
-        print(json.dumps({"model": str(llm.path), "activations": activations, **result.to_dict()}, ensure_ascii=False))
+        print(json.dumps(_json_figures({"model": str(llm.path), "activations": activations, **result.to_dict()}),
+                         ensure_ascii=False))
         return
     if result.statistics is None:
         err_console.print(f"[yellow]{result.n_scored} tokens scored: the final statistics need at least "
