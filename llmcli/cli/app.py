@@ -48,6 +48,7 @@ COMMAND_MODULES = [
     "quantize_cmd",
     "run_cmd",
     "bench_cmd",
+    "perplexity_cmd",
     "serve_cmd",
 ]
 
@@ -62,6 +63,7 @@ COMMAND_OWNERS = {
     "run": "run_cmd",
     "chat": "run_cmd",
     "bench": "bench_cmd",
+    "perplexity": "perplexity_cmd",
     "serve": "serve_cmd",
 }
 

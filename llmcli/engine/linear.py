@@ -61,6 +61,8 @@ class Linear:
         self.matrix = mm.QuantizedMatrix(raw, info.type, self.n_in)
         self.bias = bias
         self.workspace = workspace
+        # True: prompt rows too get mat-vec arithmetic (8-bit activations), never the GEMM
+        self.row_exact = False
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """x: float32 (T, n_in) -> out (T, n_out)."""
@@ -81,8 +83,9 @@ class Linear:
         return out
 
     def uses_gemm(self, n_rows: int) -> bool:
-        """Whether `self(x)` of n_rows rows runs the GEMM (else mat-vec arithmetic, row-exact)."""
-        return n_rows >= mm.gemm_min_tokens(self.type)
+        """Whether `self(x)` of n_rows rows runs the GEMM (else mat-vec arithmetic, row-exact; always
+        for a matrix marked `row_exact`)."""
+        return not self.row_exact and n_rows >= mm.gemm_min_tokens(self.type)
 
     def decode(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """x: float32 (B, n_in) -> out (B, n_out) with mat-vec arithmetic for every row, whatever B
