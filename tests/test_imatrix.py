@@ -2,7 +2,8 @@
 
 References: tests/data/imatrix/, made by scripts/make_imatrix_refs.py with llama.cpp 0c1e570 on
 genesis-1-3.txt (KJV, public domain): llama-imatrix's own files, their merges, and llmcli's files
-that llama.cpp was shown to read (imatrix.json). Our sums are compared per tensor by
+that llama.cpp was shown to read (imatrix.json). The tiny llama/mixtral inputs are made here by
+`llmcli convert` from tests/data/hf (checked against the sha256 of the files llama-imatrix read). Our sums are compared per tensor by
 ||ours - llama.cpp's|| / ||llama.cpp's||: the activations differ in float rounding (llama.cpp rounds
 activations to f16 for f16 weights and keeps an f16 KV cache), so sums agree to ~1e-4..1e-3, while
 counts - which rows were summed - must be equal.
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llmcli.convert.pipeline import convert
 from llmcli.errors import BadInputError, FormatError
 from llmcli.imatrix import read_imatrix, write_gguf
 from llmcli.imatrix.collect import observed_positions, run_imatrix
@@ -25,17 +27,31 @@ from llmcli.imatrix.collect import observed_positions, run_imatrix
 DATA = Path(__file__).parent / "data"
 IMX = DATA / "imatrix"
 RECORD = json.loads((IMX / "imatrix.json").read_text())
-REFERENCE = Path("/work/shared/reference/gguf")
-MODELS = {"llama-f32.gguf": REFERENCE / "llama-f32.gguf", "mixtral-f16.gguf": REFERENCE / "mixtral-f16.gguf",
-          "mixtral-f32.gguf": REFERENCE / "mixtral-f32.gguf", "kq-f16.gguf": DATA / "kq" / "kq-f16.gguf"}
+KQ = DATA / "kq" / "kq-f16.gguf"
 TOLERANCE = 1e-3
+# file name in the recorded commands -> (tests/data/hf model, outtype, key in imatrix.json "models")
+CONVERTED = {"llama-f32.gguf": ("llama", "f32", "llama"), "mixtral-f16.gguf": ("mixtral", "f16", "mixtral"),
+             "mixtral-f32.gguf": ("mixtral", "f32", "mixtral_f32")}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """The GGUFs llama-imatrix read: convert's output is byte-identical to llama.cpp's."""
+    root = tmp_path_factory.mktemp("imatrix_models")
+    paths = {"kq-f16.gguf": KQ}
+    for name, (model, outtype, key) in CONVERTED.items():
+        paths[name] = root / name
+        convert(DATA / "hf" / model, paths[name], outtype=outtype)
+        assert _sha256(paths[name]) == RECORD["models"][key]["sha256"], f"{name}: not the file llama-imatrix read"
+    assert _sha256(KQ) == RECORD["models"]["kq"]["sha256"]
+    return paths
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _parse(command: str) -> dict:
+def _parse(command: str, models: dict[str, Path]) -> dict:
     """llama-imatrix's arguments as run_imatrix keywords."""
     args = shlex.split(command)[1:]
     out = {"n_ctx": 512, "n_chunks": -1, "from_chunk": 0, "process_output": False}
@@ -48,7 +64,7 @@ def _parse(command: str) -> dict:
             continue
         value = args[i + 1]
         if a == "-m":
-            out["model"] = MODELS[value]
+            out["model"] = models[value]
         elif a == "-c":
             out["n_ctx"] = int(value)
         elif a == "--chunks":
@@ -67,17 +83,15 @@ def test_reference_files_are_what_the_record_says():
     assert RECORD["text_sha256"] == _sha256(IMX / RECORD["text"])
     for name, run in {**RECORD["llama_imatrix"], **RECORD["llmcli_imatrix"]}.items():
         assert _sha256(IMX / name) == run["sha256"], name
-    for key in ("kq-f16.gguf", "llama-f32.gguf", "mixtral-f16.gguf", "mixtral-f32.gguf"):
-        assert MODELS[key].exists(), key
 
 
 COLLECTED = ["llama.imatrix.gguf", "llama-c103.imatrix.gguf", "mixtral-f32.imatrix.gguf", "kq.imatrix.gguf"]
 
 
 @pytest.mark.parametrize("name", COLLECTED)
-def test_statistics_match_llama_imatrix(name, tmp_path, monkeypatch):
+def test_statistics_match_llama_imatrix(name, models, tmp_path, monkeypatch):
     run = RECORD["llama_imatrix"][name]
-    kw = _parse(run["command"])
+    kw = _parse(run["command"], models)
     monkeypatch.chdir(IMX)   # the text's name as given goes into imatrix.datasets
     out = tmp_path / "ours.gguf"
     report = run_imatrix(kw.pop("model"), RECORD["text"], out, **kw)
@@ -109,13 +123,13 @@ def test_llama_c103_skips_ubatches_under_16_rows():
     assert observed_positions(8, 2).all()
 
 
-def test_moe_per_expert_statistics_with_f16_activations(tmp_path, monkeypatch):
+def test_moe_per_expert_statistics_with_f16_activations(models, tmp_path, monkeypatch):
     # mixtral-f16: llama.cpp rounds activations to f16 before f16 products, and one routing choice
     # in layer 0 and one in layer 1 are near-ties that float32 decides the other way: those
     # experts' counts move by one (every total and every other count agrees), and the different
     # expert outputs move later sums by ~1e-3 (mixtral-f32 above agrees to 1e-3 everywhere)
     run = RECORD["llama_imatrix"]["mixtral.imatrix.gguf"]
-    kw = _parse(run["command"])
+    kw = _parse(run["command"], models)
     monkeypatch.chdir(IMX)
     out = tmp_path / "ours.gguf"
     run_imatrix(kw.pop("model"), RECORD["text"], out, **kw)
@@ -195,7 +209,7 @@ def test_accumulating_on_top_of_a_file(tmp_path, monkeypatch):
     # --in-file with a text: the loaded sums and counts plus the new chunks (llama-imatrix's order)
     monkeypatch.chdir(IMX)
     out = tmp_path / "more.gguf"
-    report = run_imatrix(MODELS["kq-f16.gguf"], RECORD["text"], out, n_ctx=128, n_chunks=3, from_chunk=6,
+    report = run_imatrix(KQ, RECORD["text"], out, n_ctx=128, n_chunks=3, from_chunk=6,
                          process_output=True, in_files=["kq.imatrix.gguf"], compute_ppl=False)
     assert report.ppl is None and report.n_chunks == 3 and report.chunk_count == 9
     ours, theirs = read_imatrix(out), read_imatrix(IMX / "kq-merged.imatrix.gguf")
@@ -222,7 +236,7 @@ def test_bad_inputs(tmp_path):
 def test_cli_writes_and_reports(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(IMX)
     out = tmp_path / "kq.dat"
-    res = cli("imatrix", "-m", MODELS["kq-f16.gguf"], "-f", RECORD["text"], "-o", out, "-c", "64", "--chunks", "2",
+    res = cli("imatrix", "-m", KQ, "-f", RECORD["text"], "-o", out, "-c", "64", "--chunks", "2",
               "--output-format", "dat", "--no-ppl")
     assert res.exit_code == 0, res.stderr
     assert "56 entries (dat), 2 chunks of 64 tokens" in " ".join(res.stdout.split())
@@ -243,20 +257,20 @@ def test_cli_errors_are_one_line_and_leave_nothing(cli, tmp_path, monkeypatch):
         assert fragment in " ".join(res.stderr.split()), res.stderr
 
     fails(cli("imatrix", "-o", out), "nothing to do")
-    fails(cli("imatrix", "-m", MODELS["kq-f16.gguf"], "-f", RECORD["text"], "-o", out, "-c", "4096"),
+    fails(cli("imatrix", "-m", KQ, "-f", RECORD["text"], "-o", out, "-c", "4096"),
           "needs at least 8192")
     fails(cli("imatrix", "--in-file", RECORD["text"], "-o", out), "not an importance matrix")
-    fails(cli("imatrix", "-m", MODELS["kq-f16.gguf"], "-f", "missing.txt", "-o", out), "cannot read the text")
+    fails(cli("imatrix", "-m", KQ, "-f", "missing.txt", "-o", out), "cannot read the text")
     fails(cli("imatrix", "--in-file", "kq.imatrix.gguf", "-o", out, "--output-format", "json"), "use gguf or dat")
     out.write_bytes(b"keep")
     fails(cli("imatrix", "--in-file", "kq.imatrix.gguf", "-o", out), "already exists")
     assert out.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]
 
 
-def test_observer_is_off_by_default():
+def test_observer_is_off_by_default(models):
     from llmcli.models import load_model
 
-    model = load_model(MODELS["llama-f32.gguf"], threads=1)
+    model = load_model(models["llama-f32.gguf"], threads=1)
     try:
         assert model.observer is None
         seen = []
