@@ -150,7 +150,7 @@ def _quantize_block_q2_k(x, qw, out, L, lanes, sw, Ls, Lm):
     xT, wT, levels, laux, st, scales, mins = lanes
     weighted = qw.shape[0] != 0
     if weighted:
-        sigma2 = _sum_squares(x) / F256
+        sigma2 = _sum_squares(x) / F256       # the mean square (Q3_K..Q5_K weigh with twice it)
         for i in range(16):
             for j in range(16):
                 xT[i, j] = x[16 * j + i]
