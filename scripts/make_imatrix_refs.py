@@ -175,7 +175,8 @@ def quantize_runs(bin_dir: Path, models: dict[str, Path]) -> list[dict]:
                      "command": " ".join(["llama-quantize", *options, "kq-f16.gguf", "out.gguf", type_name, "2"])}
             if res.returncode:
                 entry["failed"] = True
-                entry["error"] = [line.strip() for line in (res.stdout + res.stderr).splitlines()
+                entry["error"] = [line.strip().replace(kq, "kq-f16.gguf")
+                                  for line in (res.stdout + res.stderr).splitlines()
                                   if re.search(r"error|ERROR|failed|Missing|different", line)][-6:]
             else:
                 entry.update(describe_quantized(out))
@@ -198,7 +199,7 @@ def main() -> None:
         raise SystemExit(f"{OUT / TEXT} is missing")
     record = {"llama_cpp": "0c1e570 (llama-cpp-python 0.3.36)", "text": TEXT,
               "text_sha256": sha256_file(OUT / TEXT),
-              "models": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in models.items()}}
+              "models": {k: {"file": p.name, "sha256": sha256_file(p)} for k, p in models.items()}}
     record["llama_imatrix"] = imatrix_runs(args.bin, models)
     record["llmcli_imatrix"] = llmcli_imatrix(models)
     record["llama_imatrix_reads_llmcli"] = llama_reads_llmcli(args.bin, models)
