@@ -38,14 +38,15 @@ def vector(reader: GGUFReader, info: TensorInfo) -> np.ndarray:
 class Linear:
     """y = x @ W.T (+ bias) with W (n_out, n_in) kept as raw ggml blocks in the mmap.
 
-    `rows` selects a row range of the stored matrix (one expert of a 3-D MoE tensor); `raw` gives
-    the tensor's bytes when they are not to be read from the map (e.g. `GGUFReader.tensor_copy`);
-    `workspace` is the `matmul.Workspace` whose buffers multi-row calls use (None: temporaries).
+    `rows` selects a row range of the stored matrix (one expert of a 3-D MoE tensor, `expert` its
+    index); `raw` gives the tensor's bytes when they are not to be read from the map (e.g.
+    `GGUFReader.tensor_copy`); `workspace` is the `matmul.Workspace` whose buffers multi-row calls
+    use (None: temporaries). `name` is the GGUF tensor's name; `expert` is None for a 2-D one.
     """
 
     def __init__(self, reader: GGUFReader, info: TensorInfo, bias: np.ndarray | None = None,
                  rows: tuple[int, int] | None = None, raw: np.ndarray | None = None,
-                 workspace: mm.Workspace | None = None):
+                 workspace: mm.Workspace | None = None, expert: int | None = None):
         if info.type not in COMPUTABLE_TYPES:
             raise UnsupportedError(
                 f"{reader.path}: tensor '{info.name}' has type {info.type.name}, which the engine "
@@ -55,6 +56,8 @@ class Linear:
         if rows is not None:
             raw = raw[rows[0]:rows[1]]
         self.name = info.name
+        self.expert = expert
+        self.n_expert = info.shape[2] if len(info.shape) > 2 else 1
         self.type = info.type
         self.n_in = info.shape[0]
         self.n_out = raw.shape[0]

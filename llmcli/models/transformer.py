@@ -63,6 +63,10 @@ class Transformer:
         if self.n_ctx <= 0:
             raise BadInputError(f"context size must be positive, got {self.n_ctx}")
         self.batch_size = max(1, int(batch_size))
+        # Called as observer(w, x) with every projection's weight (a Linear) and input rows before
+        # the product is computed (`llmcli imatrix` collects activation statistics this way);
+        # None, the default, costs one attribute test per projection.
+        self.observer = None
         if spec.embed_scale:
             hp.embed_scale = math.sqrt(hp.n_embd)
         self.set_threads(threads)
@@ -130,7 +134,7 @@ class Transformer:
             return Linear(self.reader, info, bias, workspace=self.workspace)
         n_rows_per_expert, n_expert = info.shape[1], info.shape[2]
         return [Linear(self.reader, info, rows=(e * n_rows_per_expert, (e + 1) * n_rows_per_expert),
-                       workspace=self.workspace)
+                       workspace=self.workspace, expert=e)
                 for e in range(n_expert)]
 
     def _check_embedding_type(self, embd) -> None:
@@ -482,13 +486,14 @@ class Transformer:
             norm = ops.rms_norm_serial if decode else ops.rms_norm
             norm(x[start:stop], weight, self.hp.rms_eps, out[start:stop])
 
-    @staticmethod
-    def _project(w: Linear, x: np.ndarray, out: np.ndarray, parts: list["_Part"],
+    def _project(self, w: Linear, x: np.ndarray, out: np.ndarray, parts: list["_Part"],
                  sizes: list[int] | None = None) -> np.ndarray:
         """out = x @ w.T for rows in consecutive runs of `sizes` (default: each part's n), each with
         the arithmetic it gets alone: decode rows and prompt runs under the GEMM threshold as one
         B-row mat-vec (row-exact: a row's result does not depend on the others), every longer
         prompt run as a GEMM of its own (sharing the decoded weight tiles)."""
+        if self.observer is not None:
+            self.observer(w, x)
         sizes = [p.n for p in parts] if sizes is None else sizes
         groups: list[list] = []  # [mat-vec?, first row, row bounds of its runs]
         row = 0
