@@ -24,32 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from make_synthetic_checkpoint import write_bf16_safetensors  # scripts/, beside this one
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json"]
-
-
-def write_bf16_safetensors(path: Path, tensors: dict[str, tuple[int, ...]], rng: np.random.Generator) -> int:
-    """A safetensors file of random bfloat16 tensors, written piece by piece (numpy has no bf16)."""
-    header, offset = {}, 0
-    for name, shape in tensors.items():
-        n = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
-        for name, shape in tensors.items():
-            rows = shape[0]
-            step = max(1, (16 << 20) // (4 * int(np.prod(shape[1:]) or 1)))
-            for i in range(0, rows, step):
-                chunk = rng.standard_normal((min(step, rows - i), *shape[1:]), dtype=np.float32) * 0.02
-                if name.endswith("norm.weight"):
-                    chunk += 1
-                f.write((chunk.view(np.uint32) >> 16).astype(np.uint16).tobytes())
-    return offset
 
 
 def build_checkpoint(d: Path, layers: int, hidden: int, ffn: int, heads: int, kv_heads: int, vocab: int) -> dict:
