@@ -64,7 +64,8 @@ class LLM:
         if ctx_size is not None and ctx_size <= 0:
             raise BadInputError(f"--ctx-size must be positive, got {ctx_size}")
         self.path = Path(path)
-        self.model = load_model(self.path, threads=threads, ctx_size=ctx_size, batch_size=batch_size)
+        self.model = load_model(self.path, threads=threads, ctx_size=ctx_size, batch_size=batch_size,
+                                n_seq=parallel)
         self.tokenizer = Tokenizer.from_gguf(self.model.reader)
         self.scheduler = Scheduler(self.model, self.tokenizer, n_parallel=parallel, max_queue=max_queue)
         self._engine: Engine | None = None

@@ -46,7 +46,8 @@ def _batched(models, n_pp: str, n_tg: str, n_pl: str, shared_prompt: bool, threa
     for path in models:
         for n_threads in thread_list:
             for n_batch in parse_int_list(batch_size, "-b", minimum=1):
-                model = load_model(path, threads=n_threads, ctx_size=ctx_size or need, batch_size=n_batch)
+                model = load_model(path, threads=n_threads, ctx_size=ctx_size or need, batch_size=n_batch,
+                                   n_seq=max(pls))
                 if warmup:  # compile or load every kernel outside the timings
                     run_batched(model, min(pps[0], 16), 2, min(max(pls), 2), shared_prompt, rng)
                 for pp in pps:

@@ -19,11 +19,15 @@ from .format import human_bytes, human_count
 def inspect(
     file: Path = typer.Argument(..., help="GGUF file to describe."),
     tensors: bool = typer.Option(False, "--tensors", help="Also list every tensor."),
+    ctx_size: int = typer.Option(None, "--ctx-size", "-c", min=1,
+                                 help="Context per sequence for the memory estimate (default: as run chooses)."),
+    parallel: int = typer.Option(1, "--parallel", "-np", min=1, help="Sequences for the memory estimate."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
-    """Show a GGUF file's metadata, tensor types and totals."""
+    """Show a GGUF file's metadata, tensor types and totals, and the memory it needs to run."""
     with GGUFReader(file) as reader:
         info = describe(reader, with_tensors=tensors or as_json)
+        info["memory"] = _memory_estimate(reader, ctx_size, parallel)
     if as_json:
         print(json.dumps(info, indent=2, ensure_ascii=False, default=str))
         return
@@ -62,3 +66,25 @@ def inspect(
         f"{info['n_tensors']} tensors ({types}), {human_count(info['n_parameters'])} parameters, "
         f"{human_bytes(info['file_size'])}, {info['bits_per_weight']:.2f} bits per weight"
     )
+    mem = info["memory"]
+    if "total" in mem:
+        out_console.print(
+            f"memory to run {mem['n_seq']} x {mem['n_ctx']} positions: [bold]{human_bytes(mem['total'])}[/] "
+            f"(weights {human_bytes(mem['weights'])} mapped + {human_bytes(mem['output_copy'])} output copy, "
+            f"KV cache {human_bytes(mem['kv'])}, buffers {human_bytes(mem['buffers'])}, tokenizer "
+            f"{human_bytes(mem['tokenizer'])}, kernels {human_bytes(mem['runtime'])}); "
+            f"{human_bytes(mem['available'])} available now")
+    else:
+        out_console.print(f"[dim]memory estimate: {mem['error']}[/]")
+
+
+def _memory_estimate(reader: GGUFReader, ctx_size: int | None, parallel: int) -> dict:
+    """The memory plan `run` checks before loading (models.memory), or why there is none."""
+    from ..errors import LlmcliError
+    from ..models.memory import available_bytes
+    from ..models.transformer import plan_memory
+
+    try:
+        return {**plan_memory(reader, ctx_size, parallel).as_dict(), "available": available_bytes()}
+    except LlmcliError as e:  # e.g. an architecture the engine does not run: the file is still described
+        return {"error": str(e)}

@@ -136,6 +136,7 @@ class _Report:
 
 
 def _load(model_path: Path | None, threads: int | None, n_ctx: int, n_batch: int, activations: str):
+    from ..evaluation.measure import chunks_per_pass
     from ..models import load_model
     from ..vocab import Tokenizer
     from .run_cmd import _loading_status  # the loading spinner and "compiling kernels" notice `run` shows
@@ -147,7 +148,8 @@ def _load(model_path: Path | None, threads: int | None, n_ctx: int, n_batch: int
 
         model_path = demo_model_path()
     with _loading_status(f"loading {model_path.name}"):
-        model = load_model(model_path, threads=threads, ctx_size=n_ctx, batch_size=min(n_batch, n_ctx))
+        model = load_model(model_path, threads=threads, ctx_size=n_ctx, batch_size=min(n_batch, n_ctx),
+                           n_seq=chunks_per_pass(n_ctx, n_batch))
     model.set_prompt_activations(activations)
     return model, Tokenizer.from_gguf(model.reader)
 

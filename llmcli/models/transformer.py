@@ -40,6 +40,10 @@ from ..engine.threads import AutoThreads
 from ..errors import BadInputError, FormatError, LlmcliError, UnsupportedError
 from ..gguf.reader import GGUFReader
 from .hparams import HParams, read_hparams
+from .memory import (FFN_WIDTH_TENSORS, MemoryPlan, buffer_widths, copies_output, default_ctx, ffn_width,
+                     kv_bytes_per_sequence, kv_slots)
+from .memory import check as check_memory
+from .memory import plan as memory_plan
 from .registry import ArchSpec, get_spec
 
 _BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)\.(weight|bias)$")
@@ -55,11 +59,9 @@ class Transformer:
                  batch_size: int = 512, threads: int | None = None):
         self.reader, self.spec = reader, spec
         self.path = reader.path
-        hp, meta = read_hparams(reader, spec.name, spec.rope_style)
-        if spec.configure is not None:
-            spec.configure(hp, meta)
+        hp, _ = _hparams(reader, spec)
         self.hp: HParams = hp
-        self.n_ctx = int(ctx_size or min(hp.n_ctx_train, 4096))
+        self.n_ctx = default_ctx(hp, ctx_size)
         if self.n_ctx <= 0:
             raise BadInputError(f"context size must be positive, got {self.n_ctx}")
         self.batch_size = max(1, int(batch_size))
@@ -118,7 +120,7 @@ class Transformer:
             raise FormatError(f"{self.path}: missing tensor 'output.weight'")
         # The output matrix is read whole for every token and is usually the largest tensor (70 %
         # of the demo model's bytes): a copy in huge-page memory streams ~15 % faster than the map.
-        copy = out.n_bytes >= OUTPUT_COPY_MIN_BYTES and out.type in COMPUTABLE_TYPES
+        copy = copies_output(out.n_bytes, out.type in COMPUTABLE_TYPES)
         out_raw = r.tensor_copy(out) if copy else r.tensor_bytes(out)
         self.output = Linear(r, out, raw=out_raw, workspace=self.workspace)
         self.token_embd_raw = out_raw if out is embd else r.tensor_bytes(embd)
@@ -181,14 +183,7 @@ class Transformer:
         C-contiguous (rows, cols) views of them, so kernels always see one memory layout."""
         hp = self.hp
         n_ff = max([hp.n_ff] + [self._ffn_width(b) for b in self.blocks])
-        sizes = {
-            "x": hp.n_embd, "h": hp.n_embd, "o": hp.n_embd,       # residual, normed input, output
-            "q": hp.n_head * hp.head_dim, "k": hp.n_head_kv * hp.head_dim,
-            "v": hp.n_head_kv * hp.head_dim_v,
-            "qkv": (hp.n_head + 2 * hp.n_head_kv) * max(hp.head_dim, hp.head_dim_v),
-            "attn": hp.n_head * hp.head_dim_v,
-            "gate": n_ff, "up": n_ff, "fused": 2 * n_ff,
-        }
+        sizes = buffer_widths(hp, n_ff)
         self._flat = {name: np.zeros(n * width, np.float32) for name, width in sizes.items()}
         self._buffer_rows = n
 
@@ -197,17 +192,12 @@ class Transformer:
 
     @staticmethod
     def _ffn_width(blk) -> int:
-        widths = [0]
-        for name in ("ffn_gate", "ffn_gate_shexp", "ffn_up_shexp", "ffn_gate_exps", "ffn_up_exps"):
+        rows = {}
+        for name in (*FFN_WIDTH_TENSORS, "ffn_up"):
             w = getattr(blk, name, None)
-            if isinstance(w, list):
-                widths.append(w[0].n_out)
-            elif w is not None:
-                widths.append(w.n_out)
-        up = getattr(blk, "ffn_up", None)
-        if up is not None:
-            widths.append(up.n_out if hasattr(blk, "ffn_gate") else up.n_out // 2)
-        return max(widths)
+            if w is not None:
+                rows[name] = (w[0] if isinstance(w, list) else w).n_out
+        return ffn_width(rows)
 
     # -- running -------------------------------------------------------------------------------
 
@@ -245,8 +235,7 @@ class Transformer:
         self.prompt_activations = mode
 
     def _kv_slots(self) -> list[int]:
-        # Sliding-window layers keep a ring of window + batch positions: enough for any batch's queries.
-        return [min(self.n_ctx, self.hp.n_swa + self.batch_size) if swa else self.n_ctx for swa in self.hp.is_swa]
+        return kv_slots(self.hp, self.n_ctx, self.batch_size)
 
     def new_cache(self, n_seq: int = 1) -> KVCache:
         """A KV cache for n_seq sequences of n_ctx positions each (see engine.kv_cache)."""
@@ -257,8 +246,7 @@ class Transformer:
 
     def kv_bytes_per_sequence(self) -> int:
         """Bytes of one sequence's KV cache (float32 keys and values of every layer)."""
-        hp = self.hp
-        return 4 * sum(slots * hp.n_head_kv * (hp.head_dim + hp.head_dim_v) for slots in self._kv_slots())
+        return kv_bytes_per_sequence(self.hp, self.n_ctx, self.batch_size)
 
     def new_sequence(self) -> CacheSlot:
         """A sequence with a cache of its own (one slot): for one-off evaluations and tests."""
@@ -741,17 +729,39 @@ class _Part:
         slot.n_past = pos + len(ids)
 
 
-# From this size on the output matrix is copied out of the map (see `_load_weights`).
-OUTPUT_COPY_MIN_BYTES = 32 << 20
-
-
 def load_model(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
-               batch_size: int = 512) -> Transformer:
-    """Open a GGUF file and build the model its `general.architecture` names."""
+               batch_size: int = 512, n_seq: int = 1) -> Transformer:
+    """Open a GGUF file and build the model its `general.architecture` names, after checking
+    that it fits in the available memory with `n_seq` sequences (`models.memory`)."""
     reader = GGUFReader(Path(path))
     try:
         spec = get_spec(reader.architecture, reader.path)
+        check_memory(plan_memory(reader, ctx_size, n_seq, batch_size), reader.path)
         return Transformer(reader, spec, ctx_size=ctx_size, batch_size=batch_size, threads=threads)
     except BaseException:
         reader.close()
         raise
+
+
+def _hparams(reader: GGUFReader, spec: ArchSpec):
+    hp, meta = read_hparams(reader, spec.name, spec.rope_style)
+    if spec.configure is not None:
+        spec.configure(hp, meta)
+    return hp, meta
+
+
+def plan_memory(reader: GGUFReader, ctx_size: int | None = None, n_seq: int = 1,
+                batch_size: int = 512) -> MemoryPlan:
+    """What the model in `reader` needs to run `n_seq` sequences of `ctx_size` positions
+    (default: as `Transformer` chooses), computed from its header alone."""
+    hp, _ = _hparams(reader, get_spec(reader.architecture, reader.path))
+    layers: dict[int, dict[str, int]] = {}
+    for info in reader.tensors:
+        m = _BLOCK_TENSOR.match(info.name)
+        if m and m.group(3) == "weight" and len(info.shape) >= 2:
+            layers.setdefault(int(m.group(1)), {})[m.group(2)] = int(info.shape[1])
+    n_ff = max([hp.n_ff] + [ffn_width(rows) for rows in layers.values()])
+    out = reader.tensor("output.weight" if reader.has_tensor("output.weight") else "token_embd.weight")
+    output_bytes = out.n_bytes if out.type in COMPUTABLE_TYPES else 0
+    return memory_plan(hp, sum(t.n_bytes for t in reader.tensors), output_bytes, n_ff,
+                       default_ctx(hp, ctx_size), n_seq, max(1, int(batch_size)))
