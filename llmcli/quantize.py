@@ -38,6 +38,8 @@ from .gguf.reader import MetadataValue, TensorInfo
 from .imatrix.file import read_imatrix
 from .quants import registry
 from .quants.mixes import (
+    IMATRIX_ONLY_MIXES,
+    MIXES_BY_PRECISION,
     Mix,
     ModelFacts,
     QuantizeOptions,
@@ -305,6 +307,7 @@ class QuantizeReport:
     threads: int | None = None
     warnings: list[str] = field(default_factory=list)
     imatrix: dict | None = None     # the importance matrix used: file, entries, chunks, dataset
+    size_choice: dict | None = None  # --max-size: the limit and every candidate's planned file size
 
     @property
     def bytes_in(self) -> int:
@@ -319,7 +322,7 @@ class QuantizeReport:
         return {
             "input": self.input, "output": self.output, "type": self.type, "file_type": self.file_type,
             "dry_run": self.dry_run, "threads": self.threads, "warnings": self.warnings,
-            "imatrix": self.imatrix,
+            "imatrix": self.imatrix, "size_choice": self.size_choice,
             "tensors": [t.to_json() for t in self.tensors],
             "totals": {
                 "n_tensors": len(self.tensors),
@@ -415,20 +418,23 @@ def _progress_bar(total: int, enabled: bool):
                 disable=None if enabled else True, leave=False, dynamic_ncols=True)
 
 
-def quantize_file(input_path: str | os.PathLike, output_path: str | os.PathLike | None, type_name: str,
+def quantize_file(input_path: str | os.PathLike, output_path: str | os.PathLike | None, type_name: str | None,
                   options: QuantizeOptions | None = None, *, allow_requantize: bool = False,
                   dry_run: bool = False, threads: int | None = None, force: bool = False,
                   progress: bool = False, measure: bool = True,
                   on_tensor: Callable[[TensorResult], None] | None = None,
                   imatrix: str | os.PathLike | None = None, include_weights: Sequence[str] = (),
-                  exclude_weights: Sequence[str] = ()) -> QuantizeReport:
+                  exclude_weights: Sequence[str] = (), max_size: int | None = None) -> QuantizeReport:
     """Quantize a GGUF file as `llama-quantize [options] IN OUT TYPE` would, byte for byte;
-    `imatrix` (with --include-weights / --exclude-weights) as `llama-quantize --imatrix FILE`."""
+    `imatrix` (with --include-weights / --exclude-weights) as `llama-quantize --imatrix FILE`.
+    With `max_size` (bytes) instead of a type: the most precise mix whose file fits."""
     if (include_weights or exclude_weights) and imatrix is None:
         raise BadInputError("--include-weights / --exclude-weights select entries of an importance "
                             "matrix: give one with --imatrix")
     importance = load_importance(imatrix, include_weights, exclude_weights) if imatrix is not None else None
-    mix = find_mix(type_name, has_imatrix=importance is not None)
+    if (type_name is None) == (max_size is None):
+        raise BadInputError("quantize: give a quantization type or a maximum file size (not both)")
+    mix = find_mix(type_name, has_imatrix=importance is not None) if type_name is not None else None
     if not dry_run:
         if output_path is None:
             raise BadInputError("an output file is needed (or pass --dry-run)")
@@ -437,10 +443,33 @@ def quantize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
                 os.path.samefile(input_path, output_path):
             raise BadInputError(f"{output_path}: is the input file; write the quantized model elsewhere")
     threads = set_threads(threads)
+    options = options or QuantizeOptions()
     with GGUFReader(input_path) as reader:
-        return run_quantize(reader, None if dry_run else output_path, mix, options or QuantizeOptions(),
-                            allow_requantize=allow_requantize, threads=threads, force=force,
-                            progress=progress, measure=measure, on_tensor=on_tensor, importance=importance)
+        size_choice = None
+        if mix is None:
+            mix, size_choice = mix_for_size(reader, max_size, options, importance)
+        report = run_quantize(reader, None if dry_run else output_path, mix, options,
+                              allow_requantize=allow_requantize, threads=threads, force=force,
+                              progress=progress, measure=measure, on_tensor=on_tensor, importance=importance)
+        report.size_choice = size_choice
+        return report
+
+
+def mix_for_size(source, max_size: int, options: QuantizeOptions,
+                 importance: ImportanceWeights | None = None) -> tuple[Mix, dict]:
+    """The most precise quantized mix (MIXES_BY_PRECISION) whose planned file is at most
+    `max_size` bytes, and {"max_size", "sizes": {mix: planned file bytes}} of those tried."""
+    sizes: dict[str, int] = {}
+    for name in MIXES_BY_PRECISION:
+        if name in IMATRIX_ONLY_MIXES and importance is None:
+            continue
+        mix = find_mix(name, has_imatrix=importance is not None)
+        sizes[name] = plan_quantize(source, mix, options, True, importance).output_file_bytes
+        if sizes[name] <= max_size:
+            return mix, {"max_size": max_size, "sizes": sizes}
+    smallest = min(sizes, key=sizes.get)
+    raise BadInputError(f"{source.path}: no quantization fits in {max_size:,} bytes (the smallest, "
+                        f"{smallest}, needs {sizes[smallest]:,})")
 
 
 def run_quantize(source, output_path: str | os.PathLike | None, mix: Mix, options: QuantizeOptions, *,

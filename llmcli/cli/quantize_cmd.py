@@ -16,15 +16,18 @@ from ..quantize import quantize_file
 from ..quants.mixes import (IMATRIX_ONLY_MIXES, SUPPORTED_MIXES, QuantizeOptions, parse_ggml_type,
                             parse_tensor_type_override)
 from .app import app, err_console, out_console
-from .format import human_bytes, human_count
+from .format import human_bytes, human_count, parse_size
 
 
 @app.command()
 def quantize(
     input: Path = typer.Argument(..., help="GGUF model to quantize (F32/F16/BF16, or quantized with --allow-requantize)."),
     output: Optional[Path] = typer.Argument(None, help="Output GGUF file (not needed with --dry-run)."),
-    type: str = typer.Option(..., "--type", "-t", help=f"Quantization type: {', '.join(SUPPORTED_MIXES)}; "
-                             f"with --imatrix also {', '.join(IMATRIX_ONLY_MIXES)}."),
+    type: Optional[str] = typer.Option(None, "--type", "-t", help=f"Quantization type: {', '.join(SUPPORTED_MIXES)}; "
+                                       f"with --imatrix also {', '.join(IMATRIX_ONLY_MIXES)}."),
+    max_size: Optional[str] = typer.Option(None, "--max-size", help="Instead of --type: the most precise quantized "
+                                           "mix whose file fits in this size (4.5GB, 4200MB, 3.9GiB), chosen "
+                                           "from the dry-run plans."),
     imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance matrix (GGUF or .dat, see `llmcli imatrix`): weighted quantizers, as llama-quantize --imatrix."),
     include_weights: List[str] = typer.Option([], "--include-weights", help="Use the importance matrix only for tensors whose name contains S (repeatable)."),
     exclude_weights: List[str] = typer.Option([], "--exclude-weights", help="Do not use it for tensors whose name contains S (repeatable)."),
@@ -47,12 +50,19 @@ def quantize(
         leave_output_tensor=leave_output_tensor,
         tensor_types=[parse_tensor_type_override(spec) for spec in tensor_type],
     )
+    if (type is None) == (max_size is None):
+        raise typer.BadParameter("give either --type or --max-size", param_hint="--type / --max-size")
+    try:
+        max_bytes = parse_size(max_size, "--max-size") if max_size is not None else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--max-size") from None
     if output is None and not dry_run:
         raise BadInputError("quantize: give an OUTPUT file (or --dry-run to only see the plan)")
     report = quantize_file(input, None if dry_run else output, type, options,
                            allow_requantize=allow_requantize, dry_run=dry_run, threads=threads,
                            force=force, progress=not as_json, imatrix=imatrix,
-                           include_weights=include_weights, exclude_weights=exclude_weights)
+                           include_weights=include_weights, exclude_weights=exclude_weights,
+                           max_size=max_bytes)
     info = report.to_json()
     if as_json:
         print(json.dumps(info, indent=2))
@@ -96,6 +106,11 @@ def _render(info: dict) -> None:
         im = info["imatrix"]
         out_console.print(f"importance matrix {im['file']}: {im['entries']} entries, {im['chunks']} chunks; "
                           f"{im['tensors_weighted']} tensors quantized with it")
+    if info.get("size_choice"):
+        choice = info["size_choice"]
+        tried = ", ".join(f"{name} {human_bytes(size)}" for name, size in choice["sizes"].items())
+        out_console.print(f"--max-size {human_bytes(choice['max_size'])}: {info['type']} is the most precise "
+                          f"mix that fits (tried {tried})")
     for warning in info["warnings"]:
         err_console.print(f"[yellow]note:[/] {warning}")
     if tot["n_fallback"]:

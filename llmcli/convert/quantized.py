@@ -20,7 +20,7 @@ from ..errors import BadInputError
 from ..gguf import GGUFWriter
 from ..gguf.constants import TYPE_INFO
 from ..gguf.reader import MetadataValue, TensorInfo
-from ..quantize import run_quantize, set_threads
+from ..quantize import mix_for_size, run_quantize, set_threads
 from ..quants.mixes import SUPPORTED_MIXES, QuantizeOptions, find_mix
 from .checkpoint import Checkpoint
 from .pipeline import ConvertSummary, default_output, encode, prepare
@@ -60,22 +60,34 @@ class ConvertedSource:
         return np.ascontiguousarray(encode(data, p.type)).view(np.uint8).reshape(info.n_rows, info.row_bytes)
 
 
-def convert_quantized(model_dir: str | os.PathLike, output_path: str | os.PathLike | None, type_name: str,
+def convert_quantized(model_dir: str | os.PathLike, output_path: str | os.PathLike | None, type_name: str | None,
                       options: QuantizeOptions | None = None, *, pre: str | None = None, force: bool = False,
-                      threads: int | None = None, progress: bool = False, measure: bool = False):
+                      threads: int | None = None, progress: bool = False, measure: bool = False,
+                      max_size: int | None = None):
     """`llmcli convert DIR --outtype Q4_K_M`: one streaming pass, byte-equal to `convert --outtype f16`
-    followed by `quantize --type Q4_K_M`. Returns convert's ConvertSummary."""
+    followed by `quantize --type Q4_K_M`; with `max_size` (bytes) instead of a type, the most precise
+    mix whose file fits (as `quantize --max-size`). Returns convert's ConvertSummary."""
     started = time.perf_counter()
-    try:
-        mix = find_mix(type_name)
-    except BadInputError:
-        raise BadInputError(f"unknown --outtype '{type_name}': f32, f16, bf16, q8_0, auto, or a quantization "
-                            f"type ({', '.join(SUPPORTED_MIXES)})") from None
-    out = Path(output_path) if output_path is not None else default_output(Path(model_dir), mix.name.lower())
-    check_output_path(out, force)
-    threads = set_threads(threads)
+    options = options or QuantizeOptions()
+    mix = None
+    if type_name is not None:
+        try:
+            mix = find_mix(type_name)
+        except BadInputError:
+            raise BadInputError(f"unknown --outtype '{type_name}': f32, f16, bf16, q8_0, auto, or a quantization "
+                                f"type ({', '.join(SUPPORTED_MIXES)})") from None
+    elif max_size is None:
+        raise BadInputError("convert: give a quantization type or a maximum file size")
+    if output_path is not None:
+        check_output_path(output_path, force)  # before the checkpoint is read
     source = ConvertedSource(model_dir, pre)
-    report = run_quantize(source, out, mix, options or QuantizeOptions(), threads=threads, force=force,
+    if mix is None:
+        mix, _ = mix_for_size(source, max_size, options)
+    out = Path(output_path) if output_path is not None else default_output(Path(model_dir), mix.name.lower())
+    if output_path is None:
+        check_output_path(out, force)
+    threads = set_threads(threads)
+    report = run_quantize(source, out, mix, options, threads=threads, force=force,
                           progress=progress, measure=measure)
     counts: dict[str, int] = {}
     for t in report.tensors:

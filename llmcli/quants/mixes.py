@@ -94,6 +94,16 @@ SUPPORTED_MIXES: tuple[str, ...] = (
 # TYPEs llmcli produces only with an importance matrix (--imatrix), as llama-quantize.
 IMATRIX_ONLY_MIXES: tuple[str, ...] = ("Q2_K_S",)
 
+# The quantized mixes from most to least precise, for `quantize --max-size`: ordered by the
+# perplexity increase llama-quantize's type list states for each (Llama-3-8B): Q8_0 +0.0026,
+# Q6_K +0.0217, Q5_K_M +0.0569, Q5_K_S +0.1049, Q5_1 +0.1062, Q5_0 +0.1316, Q4_K_M +0.1754,
+# Q4_K_S +0.2689, Q4_1 +0.4511, Q4_0 +0.4685, Q3_K_L +0.5562, Q3_K_M +0.6569, Q3_K_S +1.6321,
+# Q2_K_S +3.1836, Q2_K +3.5199.
+MIXES_BY_PRECISION: tuple[str, ...] = (
+    "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0",
+    "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K_S", "Q2_K",
+)
+
 # Types that llama.cpp refuses to produce without an importance matrix (`tensor_requires_imatrix`).
 _IMATRIX_TYPES = frozenset({GGMLType.IQ3_XXS, GGMLType.IQ2_XXS, GGMLType.IQ2_XS, GGMLType.IQ2_S,
                             GGMLType.IQ1_M, GGMLType.IQ1_S})
@@ -692,7 +702,7 @@ def plan_types(model: ModelFacts, mix: Mix, options: QuantizeOptions,
 
 
 __all__ = [
-    "Category", "IMATRIX_ONLY_MIXES", "MIXES", "Mix", "ModelFacts", "QuantizeOptions", "SUPPORTED_MIXES", "TypeChoice",
+    "Category", "IMATRIX_ONLY_MIXES", "MIXES", "MIXES_BY_PRECISION", "Mix", "ModelFacts", "QuantizeOptions", "SUPPORTED_MIXES", "TypeChoice",
     "TypePlanner", "category_of", "find_mix", "is_quantized", "layer_of", "llama_tensor_order", "n_dims",
     "parse_ggml_type", "parse_tensor_type_override", "plan_types",
 ]
