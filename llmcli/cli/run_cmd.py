@@ -22,6 +22,8 @@ STOP = typer.Option([], "--stop", help="Stop when the text contains this (repeat
 CTX_SIZE = typer.Option(None, "-c", "--ctx-size", help="Context size (default 4096, or the model's if smaller).")
 THREADS = typer.Option(None, "-t", "--threads", help="CPU threads (default: up to the physical cores, 1 while that measures faster on a busy machine).")
 BATCH_SIZE = typer.Option(512, "-b", "--batch-size", help="Prompt tokens evaluated per batch.")
+NO_MMAP = typer.Option(False, "--no-mmap", help="Read the model into memory instead of mapping it (llama.cpp's --no-mmap).")
+MLOCK = typer.Option(False, "--mlock", help="Lock the model in RAM so it is never paged out (llama.cpp's --mlock).")
 SYSTEM = typer.Option(None, "--system", help="System message for the chat.")
 TEMP = typer.Option(_DEFAULTS.temp, "--temp", help="Temperature; 0 = greedy.", rich_help_panel=SAMPLING_HELP)
 TOP_K = typer.Option(_DEFAULTS.top_k, "--top-k", help="Keep the k best tokens (0 = off).", rich_help_panel=SAMPLING_HELP)
@@ -134,7 +136,8 @@ def _print_timings(completion) -> None:
         + "[/]", highlight=False, soft_wrap=True)
 
 
-def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_size: int):
+def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_size: int, no_mmap: bool = False,
+          mlock: bool = False):
     from ..api import load
 
     if batch_size <= 0:
@@ -143,7 +146,8 @@ def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_s
         raise BadInputError(f"--threads must be positive, got {threads}")
     name = model.name if model else "the demo model (Gemma 3 270M)"
     with _loading_status(f"loading {name}"):
-        return load(model, threads=threads, ctx_size=ctx_size, batch_size=batch_size)
+        return load(model, threads=threads, ctx_size=ctx_size, batch_size=batch_size, use_mmap=not no_mmap,
+                    mlock=mlock)
 
 
 def _stream(completion, as_json: bool) -> None:
@@ -207,6 +211,8 @@ def run(
     ctx_size: int = CTX_SIZE,
     threads: int = THREADS,
     batch_size: int = BATCH_SIZE,
+    no_mmap: bool = NO_MMAP,
+    mlock: bool = MLOCK,
     temp: float = TEMP,
     top_k: int = TOP_K,
     top_p: float = TOP_P,
@@ -232,12 +238,12 @@ def run(
     if chat:
         if as_json:
             raise BadInputError("--json does not apply to --chat")
-        llm = _load(model, threads, ctx_size, batch_size)
+        llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock)
         _chat_loop(llm, params, n_predict, stop, system, text, constraint)
         return
     if text is None:
         raise BadInputError("no prompt: give one with -p TEXT or -f FILE (or use --chat)")
-    llm = _load(model, threads, ctx_size, batch_size)
+    llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock)
     completion = llm.complete(text, max_tokens=n_predict, params=params, stop=stop,
                               parse_special=not no_parse_special, ignore_eos=ignore_eos, grammar=constraint)
     _stream(completion, as_json)
@@ -271,6 +277,8 @@ def chat_command(
     ctx_size: int = CTX_SIZE,
     threads: int = THREADS,
     batch_size: int = BATCH_SIZE,
+    no_mmap: bool = NO_MMAP,
+    mlock: bool = MLOCK,
     temp: float = TEMP,
     top_k: int = TOP_K,
     top_p: float = TOP_P,
@@ -282,5 +290,5 @@ def chat_command(
     """Chat with a model (same as `llmcli run --chat`)."""
     params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed).validate()
     _check_n_predict(n_predict)
-    llm = _load(model, threads, ctx_size, batch_size)
+    llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock)
     _chat_loop(llm, params, n_predict, stop, system, None)

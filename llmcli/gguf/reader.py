@@ -258,9 +258,14 @@ class GGUFReader:
 
     `metadata` maps key -> MetadataValue in file order; `tensors` lists TensorInfo in file order.
     `tensor_bytes(name)` is a zero-copy uint8 view shaped (rows, bytes per row).
+
+    As llama.cpp's --no-mmap and --mlock: `use_mmap=False` reads the whole file into process memory
+    instead (no page-cache dependence, e.g. on a network file system; a slower start), and
+    `mlock=True` locks the data in RAM so the OS never pages it out (a warning, not an error, when
+    the memlock limit forbids it).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, use_mmap: bool = True, mlock: bool = False):
         self.path = Path(path)
         try:
             self._file = open(self.path, "rb")
@@ -270,12 +275,43 @@ class GGUFReader:
             size = os.fstat(self._file.fileno()).st_size
             if size < 24:
                 raise FormatError(f"{self.path}: not a GGUF file (only {size} bytes)")
-            self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._mmap = (mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if use_mmap
+                          else self._read_whole(size))
             self.file_size = size
             self._parse()
+            if mlock:
+                self._lock_in_memory()
         except BaseException:
             self.close()
             raise
+
+    # Bytes read per call when the file is read into memory (--no-mmap).
+    READ_CHUNK_BYTES = 64 << 20
+
+    def _read_whole(self, size: int) -> np.ndarray:
+        data = np.empty(size, np.uint8)
+        view = memoryview(data)
+        done = 0
+        while done < size:
+            n = self._file.readinto(view[done:done + self.READ_CHUNK_BYTES])
+            if not n:
+                raise FormatError(f"{self.path}: the file ended after {done} of {size} bytes while reading it")
+            done += n
+        return data
+
+    def _lock_in_memory(self) -> None:
+        """mlock(2) the file's bytes (faulting them all in now). A refusal (RLIMIT_MEMLOCK) is a
+        warning on stderr, as llama.cpp gives: the model still runs, only unlocked."""
+        import ctypes
+        import ctypes.util
+        import sys
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        address = np.frombuffer(self._mmap, np.uint8).ctypes.data
+        if getattr(libc, "mlock", None) is None or libc.mlock(ctypes.c_void_p(address), ctypes.c_size_t(self.file_size)):
+            reason = os.strerror(ctypes.get_errno()) if hasattr(libc, "mlock") else "mlock is not available"
+            print(f"warning: {self.path}: could not lock {self.file_size} bytes in memory ({reason}); "
+                  f"raise the memlock limit (ulimit -l) to use --mlock", file=sys.stderr)
 
     # -- parsing -------------------------------------------------------------------------------
 
@@ -366,13 +402,13 @@ class GGUFReader:
 
     def close(self) -> None:
         mm = getattr(self, "_mmap", None)
-        if mm is not None:
+        if isinstance(mm, mmap.mmap):
             try:
                 mm.close()
             except BufferError:
                 # numpy views still point into the map; it is released when they are.
                 pass
-            self._mmap = None
+        self._mmap = None  # (read into memory: freed with the last view)
         f = getattr(self, "_file", None)
         if f is not None:
             f.close()

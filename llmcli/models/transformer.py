@@ -730,10 +730,11 @@ class _Part:
 
 
 def load_model(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
-               batch_size: int = 512, n_seq: int = 1) -> Transformer:
+               batch_size: int = 512, n_seq: int = 1, use_mmap: bool = True, mlock: bool = False) -> Transformer:
     """Open a GGUF file and build the model its `general.architecture` names, after checking
-    that it fits in the available memory with `n_seq` sequences (`models.memory`)."""
-    reader = GGUFReader(Path(path))
+    that it fits in the available memory with `n_seq` sequences (`models.memory`).
+    `use_mmap=False` / `mlock=True`: llama.cpp's --no-mmap / --mlock (see GGUFReader)."""
+    reader = GGUFReader(Path(path), use_mmap=use_mmap, mlock=mlock)
     try:
         spec = get_spec(reader.architecture, reader.path)
         check_memory(plan_memory(reader, ctx_size, n_seq, batch_size), reader.path)

@@ -20,6 +20,8 @@ class ServerConfig:
     ctx_size: int | None = None
     threads: int | None = None
     batch_size: int = 512
+    use_mmap: bool = True  # False: --no-mmap
+    mlock: bool = False
     alias: str | None = None
     api_keys: frozenset[str] = frozenset()  # empty: no key needed
     cors_origins: tuple[str, ...] = ()
@@ -53,7 +55,7 @@ class ServerState:
             else:
                 self.model_path = c.model
             llm = load(self.model_path, threads=c.threads, ctx_size=c.ctx_size, batch_size=c.batch_size,
-                       parallel=c.parallel, max_queue=c.max_queue)
+                       parallel=c.parallel, max_queue=c.max_queue, use_mmap=c.use_mmap, mlock=c.mlock)
             self.engine = llm.engine()
             self.llm = llm  # last: from here on the server is ready
         except BaseException as error:  # reported by the serve command, which then stops the server
