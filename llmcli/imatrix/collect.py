@@ -25,7 +25,7 @@ the weight type has an integer kernel, as llama.cpp's CPU backend does for quant
 (`Transformer.set_prompt_activations`): the sums are of the float activations either way, but with
 quantized weights llama.cpp's rounded products move every later layer's activations, so rounding
 as it does brings the sums closer to llama-imatrix's (demo Q4_K_M model: median per-tensor
-difference 1.1e-3 instead of 3.5e-3; the rest is float noise that each layer's 8-bit rounding
+difference 1.1e-3 instead of 3.6e-3; the rest is float noise that each layer's 8-bit rounding
 amplifies, see the README). "float" keeps float32 products (the more exact statistics); float
 weights have no integer kernel, so both are the same there.
 """
