@@ -34,8 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L",
-         "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]
+from llmcli.quants.mixes import IMATRIX_ONLY_MIXES, MIXES, SUPPORTED_MIXES, is_quantized  # noqa: E402
+
+# Every quantized TYPE llmcli produces (aliases such as Q4_K left out), and those that need an imatrix.
+TYPES = [m for m in SUPPORTED_MIXES if is_quantized(MIXES[m].base) and not MIXES[m].note] + list(IMATRIX_ONLY_MIXES)
 
 
 def differing_tensors(a: Path, b: Path) -> list[str]:

@@ -49,12 +49,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llmcli.evaluation.quality import QualityRow, markdown_table, pareto_front, sort_rows, table_json  # noqa: E402
+from llmcli.evaluation.quality import QualityRow, markdown_table, pareto_front, table_json  # noqa: E402
+from llmcli.quants.mixes import IMATRIX_ONLY_MIXES, MIXES, SUPPORTED_MIXES, is_quantized  # noqa: E402
 
-# Every TYPE llmcli quantizes to (legacy, then K-quant mixes), smallest first within each family.
-DEFAULT_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L",
-                 "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"]
-IMATRIX_ONLY_TYPES = ["Q2_K_S"]
+# Every quantized TYPE llmcli produces (legacy, then K-quant mixes; aliases such as Q4_K left out).
+DEFAULT_TYPES = [m for m in SUPPORTED_MIXES if is_quantized(MIXES[m].base) and not MIXES[m].note]
 
 
 def llmcli(*args: str, log: Path) -> dict | list:
@@ -244,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             print(f"{path}: no such file", file=sys.stderr)
             return 1
-    types = a.types.split(",") if a.types else DEFAULT_TYPES + (IMATRIX_ONLY_TYPES if a.imatrix else [])
+    types = a.types.split(",") if a.types else DEFAULT_TYPES + (list(IMATRIX_ONLY_MIXES) if a.imatrix else [])
     runs = a.out_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     settings = {"model": str(a.model.resolve()), "model_bytes": a.model.stat().st_size,
@@ -257,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     base_ppl = json.loads((runs / "base.json").read_text())["ppl"]
     table = markdown_table(rows, settings_line(a, base_ppl))
     write_atomic(a.out_dir / "quant_quality.md", table)
-    write_atomic(a.out_dir / "quant_quality.json", json.dumps(table_json(sort_rows(rows), settings), indent=1))
+    write_atomic(a.out_dir / "quant_quality.json", json.dumps(table_json(rows, settings), indent=1))
     print(table)
     if a.export_test_data:
         export_test_data(runs, a.export_types.split(","), a.export_test_data)

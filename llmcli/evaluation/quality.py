@@ -96,11 +96,11 @@ def sort_rows(rows: list[QualityRow]) -> list[QualityRow]:
     return sorted(rows, key=lambda r: (not r.is_base, r.bits_per_weight, r.type))
 
 
-# (header, how a row renders it): the table's columns, in order
 def _opt(fmt: str, value) -> str:
     return "—" if value is None else format(value, fmt)
 
 
+# (header, how a row renders it given the Pareto front): the table's columns, in order
 COLUMNS: list[tuple[str, object]] = [
     ("type", lambda r, front: f"**{r.type}**" if r in front else r.type),
     ("size MiB", lambda r, front: f"{r.file_bytes / 2**20:.1f}"),
