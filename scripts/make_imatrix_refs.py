@@ -19,6 +19,10 @@ Every command runs inside tests/data/imatrix with the text given as `-f genesis-
   (tests/data/kq, 6 chunks with --process-output, as .gguf and as the legacy .dat), `kq-b`
   (--chunk 6, 3 more chunks), and merges made by `--in-file` without a text (`kq-merged`,
   `kq-merged-dat` from the .dat and a .gguf, and `kq-merged` written as .dat);
+* `kq-Q4_K_M.imatrix.gguf` (--quantized-only adds just this to imatrix.json): llama-imatrix on a
+  quantized model, kq-Q4_K_M.gguf made by `llama-quantize kq-f16.gguf kq-Q4_K_M.gguf Q4_K_M 2`
+  (llmcli quantize writes the same bytes), -c 128, 4 chunks. llama.cpp rounds the activations of
+  quantized products to 8 bits, which moves every later layer's sums;
 * `<name>.llmcli.imatrix.gguf` / `.dat`: `llmcli imatrix` on the kq model with the same settings,
   so that llama.cpp can be shown to read what llmcli writes;
 * `imatrix.json`: per run the command, llama-imatrix's perplexity lines, the file's sha256; the
@@ -101,6 +105,26 @@ def imatrix_runs(bin_dir: Path, models: dict[str, Path]) -> dict:
         record[out_name] = {"command": " ".join(["llama-imatrix", "-m", "kq-f16.gguf"] + cmd[3:]),
                             "sha256": sha256_file(OUT / out_name)}
     return record
+
+
+def quantized_model_run(bin_dir: Path, models: dict[str, Path]) -> tuple[dict, dict]:
+    """llama-imatrix on kq quantized to Q4_K_M: (the model's record, the run's record)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "kq-Q4_K_M.gguf"
+        res = run([str(bin_dir / "llama-quantize"), str(models["kq"]), str(model), "Q4_K_M", "2"])
+        if res.returncode:
+            raise SystemExit(f"llama-quantize failed:\n{res.stderr[-3000:]}")
+        out_name = "kq-Q4_K_M.imatrix.gguf"
+        cmd = [str(bin_dir / "llama-imatrix"), "-m", str(model), "-c", "128", "--chunks", "4", "-f", TEXT,
+               "-o", out_name, "-t", "2"]
+        res = run(cmd)
+        if res.returncode:
+            raise SystemExit(f"{cmd} failed:\n{res.stderr[-3000:]}")
+        model_record = {"file": model.name, "sha256": sha256_file(model),
+                        "command": "llama-quantize kq-f16.gguf kq-Q4_K_M.gguf Q4_K_M 2"}
+        shown = ["llama-imatrix", "-m", model.name, *cmd[3:]]
+        return model_record, {out_name: {"command": " ".join(shown), "ppl": ppl_lines(res.stdout + res.stderr),
+                                         "sha256": sha256_file(OUT / out_name)}}
 
 
 def llmcli_imatrix(models: dict[str, Path]) -> dict:
@@ -190,6 +214,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", type=Path, default=Path("/work/scratch/llama/build/bin"))
     ap.add_argument("--reference", type=Path, default=Path("/work/shared/reference"))
+    ap.add_argument("--quantized-only", action="store_true",
+                    help="only (re)make the quantized-model run, keeping the rest of imatrix.json")
     args = ap.parse_args()
     models = {"llama": args.reference / "gguf" / "llama-f32.gguf",
               "mixtral": args.reference / "gguf" / "mixtral-f16.gguf",
@@ -197,10 +223,18 @@ def main() -> None:
               "kq": ROOT / "tests" / "data" / "kq" / "kq-f16.gguf"}
     if not (OUT / TEXT).exists():
         raise SystemExit(f"{OUT / TEXT} is missing")
+    if args.quantized_only:
+        record = json.loads((OUT / "imatrix.json").read_text())
+        record["models"]["kq_q4_k_m"], run_record = quantized_model_run(args.bin, models)
+        record["llama_imatrix"].update(run_record)
+        (OUT / "imatrix.json").write_text(json.dumps(record, indent=1) + "\n")
+        return
     record = {"llama_cpp": "0c1e570 (llama-cpp-python 0.3.36)", "text": TEXT,
               "text_sha256": sha256_file(OUT / TEXT),
               "models": {k: {"file": p.name, "sha256": sha256_file(p)} for k, p in models.items()}}
     record["llama_imatrix"] = imatrix_runs(args.bin, models)
+    record["models"]["kq_q4_k_m"], run_record = quantized_model_run(args.bin, models)
+    record["llama_imatrix"].update(run_record)
     record["llmcli_imatrix"] = llmcli_imatrix(models)
     record["llama_imatrix_reads_llmcli"] = llama_reads_llmcli(args.bin, models)
     (OUT / "imatrix.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -23,6 +23,7 @@ from llmcli.convert.pipeline import convert
 from llmcli.errors import BadInputError, FormatError
 from llmcli.imatrix import read_imatrix, write_gguf
 from llmcli.imatrix.collect import observed_positions, run_imatrix
+from llmcli.quantize import quantize_file
 
 DATA = Path(__file__).parent / "data"
 IMX = DATA / "imatrix"
@@ -109,6 +110,31 @@ def test_statistics_match_llama_imatrix(name, models, tmp_path, monkeypatch):
     printed = [float(p.split("]")[1]) for p in run["ppl"][0].rstrip(",").split(",")]
     assert len(report.ppl_chunks) == len(printed)
     assert np.allclose(report.ppl_chunks, printed, rtol=2e-3), (report.ppl_chunks, printed)
+
+
+def test_quantized_model_rounds_activations_as_llama_cpp(tmp_path, monkeypatch):
+    # llama-imatrix on kq quantized to Q4_K_M: llama.cpp rounds the inputs of quantized products to
+    # 8 bits, which moves every later layer's activations. Collecting with the same rounding (the
+    # default) halves the difference; what remains is float noise that this random 8-layer model
+    # amplifies at every 8-bit rounding (int8: max 2.2e-2, median 6.3e-3; float: 4.7e-2, 1.4e-2).
+    run = RECORD["llama_imatrix"]["kq-Q4_K_M.imatrix.gguf"]
+    model = tmp_path / "kq-Q4_K_M.gguf"
+    quantize_file(KQ, model, "Q4_K_M", measure=False)
+    assert _sha256(model) == RECORD["models"]["kq_q4_k_m"]["sha256"], "not the file llama-imatrix read"
+    kw = _parse(run["command"], {"kq-Q4_K_M.gguf": model})
+    monkeypatch.chdir(IMX)
+    theirs = read_imatrix(IMX / "kq-Q4_K_M.imatrix.gguf")
+    errors = {}
+    for activations in ("int8", "float"):
+        out = tmp_path / f"{activations}.gguf"
+        run_imatrix(kw["model"], RECORD["text"], out, n_ctx=kw["n_ctx"], n_chunks=kw["n_chunks"],
+                    activations=activations, compute_ppl=False)
+        ours = read_imatrix(out)
+        assert all(ours.entries[n].counts.tolist() == t.counts.tolist() for n, t in theirs.entries.items())
+        errors[activations] = np.array([_relative_error(ours.entries[n].sums, t.sums)
+                                        for n, t in theirs.entries.items()])
+    assert errors["int8"].max() < 3e-2 and np.median(errors["int8"]) < 1e-2, errors["int8"]
+    assert np.median(errors["int8"]) < 0.6 * np.median(errors["float"])
 
 
 def test_llama_c103_skips_ubatches_under_16_rows():
@@ -262,6 +288,7 @@ def test_cli_errors_are_one_line_and_leave_nothing(cli, tmp_path, monkeypatch):
     fails(cli("imatrix", "--in-file", RECORD["text"], "-o", out), "not an importance matrix")
     fails(cli("imatrix", "-m", KQ, "-f", "missing.txt", "-o", out), "cannot read the text")
     fails(cli("imatrix", "--in-file", "kq.imatrix.gguf", "-o", out, "--output-format", "json"), "use gguf or dat")
+    fails(cli("imatrix", "-m", KQ, "-f", RECORD["text"], "-o", out, "--activations", "int4"), "use int8 or float")
     out.write_bytes(b"keep")
     fails(cli("imatrix", "--in-file", "kq.imatrix.gguf", "-o", out), "already exists")
     assert out.read_bytes() == b"keep" and sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]

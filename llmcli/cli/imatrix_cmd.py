@@ -24,6 +24,9 @@ def imatrix(
     output_format: str = typer.Option("gguf", "--output-format", help="gguf, or dat (llama.cpp's legacy format)."),
     no_ppl: bool = typer.Option(False, "--no-ppl", help="Skip the running perplexity (no logits needed, faster)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads (default: one per physical core)."),
+    activations: str = typer.Option("int8", "--activations",
+                                    help="int8: products with quantized weights round their inputs to 8 bits, as "
+                                         "llama.cpp does (its figures); float: float32 (the more exact)."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
 ) -> None:
@@ -32,7 +35,7 @@ def imatrix(
 
     report = run_imatrix(model, text, output, n_ctx=ctx_size, n_chunks=chunks, from_chunk=from_chunk,
                          process_output=process_output, compute_ppl=not no_ppl, in_files=in_file,
-                         output_format=output_format.lower(), threads=threads, force=force,
+                         output_format=output_format.lower(), threads=threads, activations=activations, force=force,
                          progress=not as_json)
     info = report.to_json()
     if as_json:

@@ -52,6 +52,10 @@ class TextChunks:
         """The first n chunks."""
         return TextChunks(self.tokens[:n], self.n_text_tokens, self.bos_id)
 
+    def after(self, n: int) -> "TextChunks":
+        """The chunks after the first n (the importance matrix's --from-chunk)."""
+        return TextChunks(self.tokens[n:], self.n_text_tokens, self.bos_id)
+
 
 def read_text_file(path: str | os.PathLike) -> str:
     """A text file's content as llama.cpp's `-f` reads it: UTF-8, one final newline dropped."""

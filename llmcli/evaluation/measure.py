@@ -98,6 +98,39 @@ class PerplexityResult:
         return {**asdict(self), "tokens_per_second": self.tokens_per_second}
 
 
+class RunningPerplexity:
+    """exp(mean NLL) over every token scored so far, as llama.cpp's tools print it after each chunk
+    (`[1]x,[2]y,...`), and at the end its uncertainty ppl * sqrt((mean(NLL^2) - mean(NLL)^2) / (count - 1)).
+    Shared by `perplexity` and the importance-matrix collector, which prints the same running figure."""
+
+    def __init__(self):
+        self.sum_nll = self.sum_nll2 = 0.0
+        self.count = 0
+        self.chunk_ppl: list[float] = []
+
+    def add(self, nll: np.ndarray) -> float:
+        """One chunk's NLLs (float64); returns the running perplexity."""
+        self.sum_nll += float(nll.sum())
+        self.sum_nll2 += float((nll * nll).sum())
+        self.count += len(nll)
+        self.chunk_ppl.append(math.exp(self.sum_nll / self.count))
+        return self.chunk_ppl[-1]
+
+    def final(self) -> tuple[float, float | None]:
+        """(perplexity, its uncertainty); the uncertainty is None when the NLLs have no spread."""
+        mean, mean2 = self.sum_nll / self.count, self.sum_nll2 / self.count
+        ppl = math.exp(mean)
+        variance = mean2 - mean * mean
+        return ppl, ppl * math.sqrt(variance / (self.count - 1)) if variance > 0 and self.count > 1 else None
+
+
+def chunk_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """-log softmax(logits[k])[targets[k]] per row (float64), for float32 logits (R, V)."""
+    nll = np.empty(len(targets), np.float64)
+    token_nll(np.ascontiguousarray(logits, np.float32), np.ascontiguousarray(targets), nll)
+    return nll
+
+
 def perplexity(model, chunks: TextChunks, n_batch: int = DEFAULT_BATCH, base_out: str | None = None,
                force: bool = False, on_chunk: ChunkCallback | None = None) -> PerplexityResult:
     """Perplexity of `model` over `chunks`; with base_out, also write the KL-divergence base file
@@ -105,27 +138,22 @@ def perplexity(model, chunks: TextChunks, n_batch: int = DEFAULT_BATCH, base_out
     n_ctx, n_chunk = chunks.n_ctx, chunks.n_chunk
     first, n_scored = n_ctx // 2, scored_positions(n_ctx)
     n_vocab = model.hp.n_vocab
-    nll = np.empty(n_scored, np.float64)
-    sums = np.zeros(2)  # NLL, NLL^2
-    chunk_ppl: list[float] = []
+    running = RunningPerplexity()
     compiled, began = compile_seconds(), time.perf_counter()
 
     def score(i: int, logits: np.ndarray, writer) -> None:
         targets = chunks.tokens[i, first + 1:]
         if writer is None:
-            token_nll(logits, targets, nll)
+            nll = chunk_nll(logits, targets)
         else:  # the NLL as the base file's writer computes it (float32), and the records
             bodies = np.zeros((n_scored, record_width(n_vocab) - RECORD_HEADER), np.uint16)
             scales, mins, nll32 = (np.empty(n_scored, np.float32) for _ in range(3))
             quantize_log_probs(logits, targets, bodies, scales, mins, nll32)
             writer.write_chunk(join_records(scales, mins, bodies))
-            nll[:] = nll32
-        sums[0] += nll.sum()
-        sums[1] += (nll * nll).sum()
-        count = n_scored * (i + 1)
-        chunk_ppl.append(math.exp(sums[0] / count))
+            nll = nll32.astype(np.float64)
+        running.add(nll)
         if on_chunk is not None:
-            on_chunk(i + 1, n_chunk, chunk_ppl[-1])
+            on_chunk(i + 1, n_chunk, running.chunk_ppl[-1])
 
     if base_out is None:
         for i, logits in evaluate_chunks(model, chunks, n_batch):
@@ -136,13 +164,9 @@ def perplexity(model, chunks: TextChunks, n_batch: int = DEFAULT_BATCH, base_out
             for i, logits in evaluate_chunks(model, chunks, n_batch):
                 score(i, logits, writer)
     compiling = compile_seconds() - compiled
-    count = n_scored * n_chunk
-    mean, mean2 = sums / count
-    ppl = math.exp(mean)
-    variance = mean2 - mean * mean
-    error = ppl * math.sqrt(variance / (count - 1)) if variance > 0 else None
+    ppl, error = running.final()
     return PerplexityResult(n_ctx, n_batch, min(chunks_per_pass(n_ctx, n_batch), n_chunk), n_chunk,
-                            chunks.n_text_tokens, count, chunk_ppl, ppl, error,
+                            chunks.n_text_tokens, running.count, running.chunk_ppl, ppl, error,
                             time.perf_counter() - began - compiling, compiling,
                             None if base_out is None else str(base_out))
 

@@ -16,25 +16,34 @@ What llama-imatrix collects, and so what this collects (its `collect_imatrix` ca
   can land in a ubatch of fewer than 16 rows, which it skips (`observed_positions`);
 * the first token of every chunk is replaced by BOS when the model adds one.
 
-The perplexity is llama-imatrix's running estimate (negative log-likelihood of each chunk's second
-half, positions n_ctx/2 .. n_ctx-2 predicting the next token). It is kept minimal here: the same
-arithmetic as `llmcli perplexity` (a separate command), in float64.
+The text is read and cut into chunks by `evaluation.chunks` (what `llmcli perplexity` evaluates),
+and the running perplexity llama-imatrix prints (each chunk's second half, positions n_ctx/2 ..
+n_ctx-2 predicting the next token) is `evaluation.measure`'s.
+
+Arithmetic. By default (`activations="int8"`) the projections round their input rows to 8 bits where
+the weight type has an integer kernel, as llama.cpp's CPU backend does for quantized weights
+(`Transformer.set_prompt_activations`): the sums are of the float activations either way, but with
+quantized weights llama.cpp's rounded products move every later layer's activations, so rounding
+as it does brings the sums closer to llama-imatrix's (demo Q4_K_M model: median per-tensor
+difference 1.1e-3 instead of 3.6e-3; the rest is float noise that each layer's 8-bit rounding
+amplifies, see the README). "float" keeps float32 products (the more exact statistics); float
+weights have no integer kernel, so both are the same there.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ..atomic import check_output_path
 from ..errors import BadInputError
+from ..evaluation.chunks import read_text_file, text_chunks
+from ..evaluation.measure import RunningPerplexity, chunk_nll
 from .file import read_imatrix, write_dat, write_gguf
 from .stats import ImportanceStats
 
@@ -42,6 +51,7 @@ N_BATCH = 2048    # llama-imatrix's default logical batch (-b): how many chunks 
 N_UBATCH = 512    # its default physical batch (-ub): rows per graph evaluation
 MIN_ROWS = 16     # it ignores plain products of fewer rows ("small batches")
 FORMATS = ("gguf", "dat")
+ACTIVATIONS = ("int8", "float")   # see "Arithmetic" above
 
 
 def chunks_per_batch(n_ctx: int) -> int:
@@ -117,28 +127,17 @@ class ImatrixReport:
         }
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """The text file as llama-imatrix reads -f: all of it, less one trailing newline."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise BadInputError(f"{path}: cannot read the text ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise BadInputError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    return text[:-1] if text.endswith("\n") else text
-
-
 def run_imatrix(model_path: str | os.PathLike | None, text_path: str | os.PathLike | None,
                 output: str | os.PathLike, *, n_ctx: int = 512, n_chunks: int = -1, from_chunk: int = 0,
                 process_output: bool = False, compute_ppl: bool = True,
                 in_files: Sequence[str | os.PathLike] = (), output_format: str = "gguf",
-                threads: int | None = None, force: bool = False, progress: bool = False,
-                on_chunk: Callable[[int, int, float | None], None] | None = None) -> ImatrixReport:
+                threads: int | None = None, activations: str = "int8", force: bool = False,
+                progress: bool = False, on_chunk: Callable[[int, int, float | None], None] | None = None) -> ImatrixReport:
     """Compute (and/or merge) an importance matrix and write it as llama-imatrix would."""
     if output_format not in FORMATS:
         raise BadInputError(f"--output-format {output_format!r}: use gguf or dat")
+    if activations not in ACTIVATIONS:
+        raise BadInputError(f"--activations {activations!r}: use {' or '.join(ACTIVATIONS)}")
     if n_ctx < 4:
         raise BadInputError(f"-c {n_ctx}: the chunk size must be at least 4 tokens")
     if from_chunk < 0:
@@ -158,7 +157,7 @@ def run_imatrix(model_path: str | os.PathLike | None, text_path: str | os.PathLi
     if text_path is not None:
         _collect(model_path, text_path, stats, report, n_ctx=n_ctx, n_chunks=n_chunks, from_chunk=from_chunk,
                  process_output=process_output, compute_ppl=compute_ppl, threads=threads,
-                 progress=progress, on_chunk=on_chunk)
+                 activations=activations, progress=progress, on_chunk=on_chunk)
     prompt_file = "" if text_path is None else str(text_path)
     report.chunk_count = stats.chunk_count
     report.partial = stats.partial_entries()
@@ -177,35 +176,30 @@ def run_imatrix(model_path: str | os.PathLike | None, text_path: str | os.PathLi
 
 def _collect(model_path, text_path, stats: ImportanceStats, report: ImatrixReport, *, n_ctx: int,
              n_chunks: int, from_chunk: int, process_output: bool, compute_ppl: bool,
-             threads: int | None, progress: bool, on_chunk) -> None:
+             threads: int | None, activations: str, progress: bool, on_chunk) -> None:
     from ..models import load_model
     from ..vocab import Tokenizer
 
-    text = read_text(text_path)
+    text = read_text_file(text_path)
     model = load_model(model_path, threads=threads, ctx_size=n_ctx, batch_size=n_ctx)
     try:
+        model.set_prompt_activations(activations)
         report.threads = model.threads
-        tokenizer = Tokenizer.from_gguf(model.reader)
-        tokens = np.asarray(tokenizer.tokenize(text, add_special=True, parse_special=False), np.int64)
-        report.n_tokens = len(tokens)
-        if from_chunk > 0:
-            if (from_chunk + 2) * n_ctx >= len(tokens):
-                raise BadInputError(f"{text_path}: {len(tokens)} tokens leave too few after skipping "
+        chunks = text_chunks(Tokenizer.from_gguf(model.reader), text, n_ctx)
+        report.n_tokens = chunks.n_text_tokens
+        if from_chunk > 0:   # llama-imatrix's rule: at least two whole chunks must be left
+            if (from_chunk + 2) * n_ctx >= chunks.n_text_tokens:
+                raise BadInputError(f"{text_path}: {chunks.n_text_tokens} tokens leave too few after skipping "
                                     f"{from_chunk} chunks of {n_ctx}")
-            tokens = tokens[from_chunk * n_ctx:]
-        if len(tokens) < 2 * n_ctx:
-            raise BadInputError(f"{text_path}: {len(tokens)} tokens; a context of {n_ctx} tokens needs at "
-                                f"least {2 * n_ctx} (a longer text, or a smaller -c)")
-        n_total = len(tokens) // n_ctx
-        n_chunk = n_total if n_chunks < 0 else min(n_chunks, n_total)
-        report.n_chunks = n_chunk
+            chunks = chunks.after(from_chunk)
+        if n_chunks >= 0:
+            chunks = chunks.first(n_chunks)
+        n_chunk = report.n_chunks = chunks.n_chunk
         n_seq = chunks_per_batch(n_ctx)
-        bos = tokenizer.bos_id if tokenizer.add_bos else None
         observer = _Observer(stats, process_output)
         want_logits = compute_ppl or process_output
         seq = model.new_sequence()
-        nll = nll2 = 0.0
-        count = 0
+        running = RunningPerplexity()
         first = n_ctx // 2
         bar = _progress_bar(n_chunk, progress)
         model.observer = observer
@@ -213,39 +207,21 @@ def _collect(model_path, text_path, stats: ImportanceStats, report: ImatrixRepor
             for i in range(n_chunk):
                 together = min(n_seq, n_chunk - (i - i % n_seq))   # chunks in this one's batch
                 observer.seen = observed_positions(n_ctx, together)
-                ids = tokens[i * n_ctx:(i + 1) * n_ctx].copy()
-                if bos is not None:
-                    ids[0] = bos
-                out = model.forward(seq, ids, 0, all_logits=True, hidden=not want_logits)
+                out = model.forward(seq, chunks.model_input(i), 0, all_logits=True, hidden=not want_logits)
                 if compute_ppl:
-                    targets = tokens[i * n_ctx + first + 1:(i + 1) * n_ctx]
-                    chunk_nll = _token_nll(out[first:n_ctx - 1], targets)
-                    nll += float(chunk_nll.sum())
-                    nll2 += float((chunk_nll * chunk_nll).sum())
-                    count += len(chunk_nll)
-                    report.ppl_chunks.append(math.exp(nll / count))
-                    bar.set_postfix_str(f"ppl {report.ppl_chunks[-1]:.4f}", refresh=False)
+                    ppl = running.add(chunk_nll(out[first:n_ctx - 1], chunks.tokens[i, first + 1:]))
+                    bar.set_postfix_str(f"ppl {ppl:.4f}", refresh=False)
                 bar.update(1)
                 if on_chunk is not None:
-                    on_chunk(i + 1, n_chunk, report.ppl_chunks[-1] if compute_ppl else None)
+                    on_chunk(i + 1, n_chunk, running.chunk_ppl[-1] if compute_ppl else None)
         finally:
             model.observer = None
             bar.close()
-        if compute_ppl and count > 1:
-            mean = nll / count
-            report.ppl = math.exp(mean)
-            var = nll2 / count - mean * mean
-            report.ppl_error = math.sqrt(var / (count - 1)) * report.ppl if var > 0 else None
+        if compute_ppl:
+            report.ppl_chunks = running.chunk_ppl
+            report.ppl, report.ppl_error = running.final()
     finally:
         model.reader.close()
-
-
-def _token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """-log softmax(logits[k])[targets[k]] for each row, in float64."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=1))
-    return log_norm - z[np.arange(len(targets)), targets]
 
 
 def _progress_bar(total: int, enabled: bool):
