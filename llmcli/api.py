@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .engine.kv_cache import DEFAULT_KV_TYPE
 from .generation.chat import ChatTemplate
 from .errors import BadInputError
 from .generation import Completion, Engine, Request, SamplingParams, Scheduler
@@ -58,14 +59,16 @@ class LLM:
 
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
                  ctx_size: int | None = None, batch_size: int = 512, parallel: int = 1,
-                 max_queue: int | None = None, use_mmap: bool = True, mlock: bool = False):
+                 max_queue: int | None = None, use_mmap: bool = True, mlock: bool = False,
+                 cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE):
         from .models import load_model
 
         if ctx_size is not None and ctx_size <= 0:
             raise BadInputError(f"--ctx-size must be positive, got {ctx_size}")
         self.path = Path(path)
         self.model = load_model(self.path, threads=threads, ctx_size=ctx_size, batch_size=batch_size,
-                                n_seq=parallel, use_mmap=use_mmap, mlock=mlock)
+                                n_seq=parallel, use_mmap=use_mmap, mlock=mlock, cache_type_k=cache_type_k,
+                                cache_type_v=cache_type_v)
         self.tokenizer = Tokenizer.from_gguf(self.model.reader)
         self.scheduler = Scheduler(self.model, self.tokenizer, n_parallel=parallel, max_queue=max_queue)
         self._engine: Engine | None = None
@@ -325,17 +328,19 @@ def _marker_texts(tok: Tokenizer) -> frozenset[str]:
 
 def load(path: str | os.PathLike | None = None, *, threads: int | None = None, ctx_size: int | None = None,
          batch_size: int = 512, parallel: int = 1, max_queue: int | None = None, use_mmap: bool = True,
-         mlock: bool = False) -> LLM:
+         mlock: bool = False, cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE) -> LLM:
     """Load a GGUF model (None: the demo model, Gemma 3 270M, assembled once into the cache).
 
     ctx_size: tokens of context per sequence (default 4096, or the model's if smaller);
     parallel: sequences decoded together (KV cache: parallel x ctx_size positions);
     max_queue: requests that may wait for a slot before a submit raises QueueFullError (None: any);
     use_mmap=False: read the file into memory rather than map it (llama.cpp's --no-mmap);
-    mlock: lock the model's bytes in RAM (llama.cpp's --mlock)."""
+    mlock: lock the model's bytes in RAM (llama.cpp's --mlock);
+    cache_type_k, cache_type_v: the KV cache's element types, "f16" (default) or "f32"."""
     if path is None:
         from .demo import demo_model_path
 
         path = demo_model_path()
     return LLM(path, threads=threads, ctx_size=ctx_size, batch_size=batch_size, parallel=parallel,
-               max_queue=max_queue, use_mmap=use_mmap, mlock=mlock)
+               max_queue=max_queue, use_mmap=use_mmap, mlock=mlock, cache_type_k=cache_type_k,
+               cache_type_v=cache_type_v)

@@ -174,5 +174,10 @@ def test_decode_logits_follow_llamacpp(tag, tmp_path, activations):
     assert np.abs(per_mode["int8"] - native).mean() < np.abs(per_mode["float"] - native).mean()
     # llama.cpp's own native-vs-dequantized argmax agreement on this sensitive model: 87-100 %
     assert (per_mode["int8"].argmax(1) == native.argmax(1)).mean() >= 0.9
-    # float activations still reproduce the dequantized-f32 run
-    assert np.abs(per_mode["float"] - dequantized).max() < 1e-2
+    # float activations still reproduce the dequantized-f32 run (made with an F32 KV cache, as here;
+    # the native run, like ours above, used llama.cpp's default f16 cache)
+    activations("float")
+    f32_kv = load_model(path, threads=1, cache_type_k="f32", cache_type_v="f32")
+    seq = f32_kv.new_sequence()
+    float_f32_kv = np.stack([np.asarray(f32_kv.forward(seq, [t])).reshape(-1) for t in ids])
+    assert np.abs(float_f32_kv - dequantized).max() < 1e-2

@@ -97,6 +97,8 @@ class BenchResult:
             "stddev_ts": self.stddev_ts,
             "test": t.name,
             "n_ctx": t.n_ctx,
+            "type_k": t.type_k,
+            "type_v": t.type_v,
             "model_arch": self.model.arch,
             "model_file_type": self.model.file_type,
             "model_type_mix": dict(self.model.type_mix),

@@ -66,11 +66,11 @@ class BenchRunner:
         self._compiled: set[tuple] = set()
 
     def _model(self, test: BenchTest):
-        key = (test.model, test.n_threads, test.auto_threads, test.n_batch, test.n_ctx)
+        key = (test.model, test.n_threads, test.auto_threads, test.n_batch, test.n_ctx, test.type_k, test.type_v)
         if self._loaded is None or self._loaded.key != key:
             self._loaded = None  # release the previous model's buffers first
             model = load_model(test.model, threads=None if test.auto_threads else test.n_threads,
-                               ctx_size=test.n_ctx,
+                               ctx_size=test.n_ctx, cache_type_k=test.type_k, cache_type_v=test.type_v,
                                batch_size=test.n_batch)
             self._loaded = _Loaded(key, model)
         return self._loaded.model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from ..engine.kv_cache import DEFAULT_KV_TYPE
 from ..errors import BadInputError
 
 
@@ -21,6 +22,8 @@ class BenchTest:
     # No -t: the engine's default, up to n_threads threads chosen from measured speed (a --compare
     # key like a fixed n_threads: default runs compare with default runs of older results).
     auto_threads: bool = False
+    type_k: str = DEFAULT_KV_TYPE  # KV cache element types (llama-bench's -ctk / -ctv)
+    type_v: str = DEFAULT_KV_TYPE
 
     @property
     def name(self) -> str:
@@ -70,7 +73,8 @@ def parse_pg(text: str) -> tuple[int, int]:
 
 
 def expand(models: list[str], prompts: list[int], gens: list[int], pgs: list[tuple[int, int]],
-           threads: list[int] | None, batches: list[int], n_ctx: int | None) -> list[BenchTest]:
+           threads: list[int] | None, batches: list[int], n_ctx: int | None, type_k: str = DEFAULT_KV_TYPE,
+           type_v: str = DEFAULT_KV_TYPE) -> list[BenchTest]:
     """Every combination, in llama-bench's order: per model and configuration, pp tests, tg tests, pg
     tests. threads None: the engine's default (`auto_threads`, up to `default_threads()`)."""
     auto = threads is None
@@ -86,7 +90,7 @@ def expand(models: list[str], prompts: list[int], gens: list[int], pgs: list[tup
             if n_prompt + n_gen > ctx:
                 raise BadInputError(f"test pp{n_prompt}+tg{n_gen} needs a context of {n_prompt + n_gen} "
                                     f"tokens; --ctx-size is {ctx}")
-            tests.append(BenchTest(model, n_prompt, n_gen, n_threads, n_batch, ctx, auto))
+            tests.append(BenchTest(model, n_prompt, n_gen, n_threads, n_batch, ctx, auto, type_k, type_v))
     if not tests:
         raise BadInputError("nothing to measure: every -p and -n is 0 and no -pg was given")
     return tests

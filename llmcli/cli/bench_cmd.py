@@ -14,6 +14,7 @@ from ..bench.runner import BenchRunner
 from ..bench.spec import expand, parse_int_list, parse_pg
 from ..errors import BadInputError
 from .app import app, err_console, out_console
+from .run_cmd import CACHE_TYPE_K, CACHE_TYPE_V
 
 BATCHED_HELP = "Batched decoding (llama-batched-bench)"
 BATCHED_COLUMNS = (("PP", "pp", "d"), ("TG", "tg", "d"), ("B", "pl", "d"), ("N_KV", "n_kv", "d"),
@@ -22,7 +23,7 @@ BATCHED_COLUMNS = (("PP", "pp", "d"), ("TG", "tg", "d"), ("B", "pl", "d"), ("N_K
 
 
 def _batched(models, n_pp: str, n_tg: str, n_pl: str, shared_prompt: bool, threads: str, batch_size: str,
-             ctx_size: int | None, warmup: bool, fmt: str) -> None:
+             ctx_size: int | None, warmup: bool, fmt: str, cache_type_k: str, cache_type_v: str) -> None:
     """llama-batched-bench's measurement: every (PP, TG, B) once per model, threads and batch size."""
     import json
 
@@ -47,7 +48,7 @@ def _batched(models, n_pp: str, n_tg: str, n_pl: str, shared_prompt: bool, threa
         for n_threads in thread_list:
             for n_batch in parse_int_list(batch_size, "-b", minimum=1):
                 model = load_model(path, threads=n_threads, ctx_size=ctx_size or need, batch_size=n_batch,
-                                   n_seq=max(pls))
+                                   n_seq=max(pls), cache_type_k=cache_type_k, cache_type_v=cache_type_v)
                 if warmup:  # compile or load every kernel outside the timings
                     run_batched(model, min(pps[0], 16), 2, min(max(pls), 2), shared_prompt, rng)
                 for pp in pps:
@@ -85,6 +86,8 @@ def bench(
     threads: str = typer.Option("", "-t", "--threads", help="Thread counts (comma list; default: the engine's default, adaptive up to the physical cores)."),
     batch_size: str = typer.Option("512", "-b", "--batch-size", help="Prompt batch sizes (comma list)."),
     ctx_size: int = typer.Option(None, "-c", "--ctx-size", help="KV cache size (default: what each test needs)."),
+    cache_type_k: str = CACHE_TYPE_K,
+    cache_type_v: str = CACHE_TYPE_V,
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip the untimed warm-up run."),
     output: str = typer.Option("table", "-o", "--output", help="table, json, jsonl, csv or md."),
     as_json: bool = typer.Option(False, "--json", help="Same as -o json."),
@@ -113,7 +116,7 @@ def bench(
         raise BadInputError("-npp, -ntg and -pps measure batched decoding: give -npl too (e.g. -npl 1,2,4,8)")
     if n_pl is not None:
         _batched(model, n_pp or "128", n_tg or "128", n_pl, shared_prompt, threads, batch_size, ctx_size,
-                 not no_warmup, fmt)
+                 not no_warmup, fmt, cache_type_k, cache_type_v)
         return
     base_rows = None
     if base is not None:
@@ -123,7 +126,8 @@ def bench(
             raise BadInputError(f"{base}: cannot read: {e.strerror}") from None
     thread_list = parse_int_list(threads, "-t", minimum=1) if threads else None  # None: the default
     tests = expand([str(m) for m in model], parse_int_list(n_prompt, "-p"), parse_int_list(n_gen, "-n"),
-                   [parse_pg(x) for x in pg], thread_list, parse_int_list(batch_size, "-b", minimum=1), ctx_size)
+                   [parse_pg(x) for x in pg], thread_list, parse_int_list(batch_size, "-b", minimum=1), ctx_size,
+                   cache_type_k.lower(), cache_type_v.lower())
 
     runner = BenchRunner(repetitions, warmup=not no_warmup,
                          progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False))

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import BadInputError
 from .app import app, err_console
+from .run_cmd import CACHE_TYPE_K, CACHE_TYPE_V
 
 QUALITY_HELP = "KL divergence against a base model"
 KLD_HEADER = ("chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence"
@@ -135,7 +136,8 @@ class _Report:
         self.held.clear()
 
 
-def _load(model_path: Path | None, threads: int | None, n_ctx: int, n_batch: int, activations: str):
+def _load(model_path: Path | None, threads: int | None, n_ctx: int, n_batch: int, activations: str,
+          cache_types: tuple[str, str]):
     from ..evaluation.measure import chunks_per_pass
     from ..models import load_model
     from ..vocab import Tokenizer
@@ -149,7 +151,8 @@ def _load(model_path: Path | None, threads: int | None, n_ctx: int, n_batch: int
         model_path = demo_model_path()
     with _loading_status(f"loading {model_path.name}"):
         model = load_model(model_path, threads=threads, ctx_size=n_ctx, batch_size=min(n_batch, n_ctx),
-                           n_seq=chunks_per_pass(n_ctx, n_batch))
+                           n_seq=chunks_per_pass(n_ctx, n_batch), cache_type_k=cache_types[0],
+                           cache_type_v=cache_types[1])
     model.set_prompt_activations(activations)
     return model, Tokenizer.from_gguf(model.reader)
 
@@ -179,6 +182,8 @@ def perplexity(
     activations: str = typer.Option("int8", "--activations",
                                     help="int8: round activations to 8 bits for quantized weights, as llama.cpp "
                                          "does (its figures); float: float32 (faster, the more exact)."),
+    cache_type_k: str = CACHE_TYPE_K,
+    cache_type_v: str = CACHE_TYPE_V,
     force: bool = typer.Option(False, "--force", help="Replace an existing --kl-divergence-base file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every figure."),
 ) -> None:
@@ -197,15 +202,17 @@ def perplexity(
     if kld:
         if kld_base is None:
             raise BadInputError("--kl-divergence needs --kl-divergence-base FILE (the base model's log-probabilities)")
-        _kl_divergence(model, file, ctx_size, max_chunks, batch_size, threads, activations, kld_base, as_json)
+        _kl_divergence(model, file, ctx_size, max_chunks, batch_size, threads, activations, kld_base, as_json,
+                       (cache_type_k, cache_type_v))
     else:
         if file is None:
             raise BadInputError("no text: give the file to measure with -f FILE")
-        _perplexity(model, file, ctx_size, max_chunks, batch_size, threads, activations, kld_base, force, as_json)
+        _perplexity(model, file, ctx_size, max_chunks, batch_size, threads, activations, kld_base, force, as_json,
+                    (cache_type_k, cache_type_v))
 
 
 def _perplexity(model, file, ctx_size, max_chunks, batch_size, threads, activations, kld_base, force,
-                as_json) -> None:
+                as_json, cache_types) -> None:
     from ..atomic import check_output_path
     from ..evaluation import perplexity, read_text_file, text_chunks
     from ..evaluation.chunks import check_ctx
@@ -214,7 +221,7 @@ def _perplexity(model, file, ctx_size, max_chunks, batch_size, threads, activati
     if kld_base is not None:
         check_output_path(kld_base, force)  # before any work
     text = read_text_file(file)
-    llm, tokenizer = _load(model, threads, n_ctx, batch_size, activations)
+    llm, tokenizer = _load(model, threads, n_ctx, batch_size, activations, cache_types)
     chunks = text_chunks(tokenizer, text, n_ctx, max_chunks)
     if not as_json:
         err_console.print(f"[dim]perplexity: the text has {chunks.n_text_tokens} tokens; {chunks.n_chunk} chunks of "
@@ -241,7 +248,8 @@ def _perplexity(model, file, ctx_size, max_chunks, batch_size, threads, activati
         err_console.print(f"[dim]saved the log-probabilities to {kld_base}[/]", highlight=False)
 
 
-def _kl_divergence(model, file, ctx_size, max_chunks, batch_size, threads, activations, kld_base, as_json) -> None:
+def _kl_divergence(model, file, ctx_size, max_chunks, batch_size, threads, activations, kld_base, as_json,
+                   cache_types) -> None:
     from ..evaluation import KLDBaseFile, kl_divergence
     from ..evaluation.measure import MIN_COUNT_FOR_STATISTICS
 
@@ -252,7 +260,7 @@ def _kl_divergence(model, file, ctx_size, max_chunks, batch_size, threads, activ
                             f"(leave -c out to use the file's)")
     if file is not None:
         err_console.print(f"[dim]{file}: not read: the base file holds the tokens to evaluate[/]", highlight=False)
-    llm, tokenizer = _load(model, threads, n_ctx, batch_size, activations)
+    llm, tokenizer = _load(model, threads, n_ctx, batch_size, activations, cache_types)
     report = _Report(as_json, "kl-divergence")
     report.emit(KLD_HEADER)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from ..engine.kv_cache import DEFAULT_KV_TYPE, KV_TYPES
 from ..errors import BadInputError
 from ..generation.sampling import SamplingParams
 from .app import app, err_console
@@ -24,6 +25,8 @@ THREADS = typer.Option(None, "-t", "--threads", help="CPU threads (default: up t
 BATCH_SIZE = typer.Option(512, "-b", "--batch-size", help="Prompt tokens evaluated per batch.")
 NO_MMAP = typer.Option(False, "--no-mmap", help="Read the model into memory instead of mapping it (llama.cpp's --no-mmap).")
 MLOCK = typer.Option(False, "--mlock", help="Lock the model in RAM so it is never paged out (llama.cpp's --mlock).")
+CACHE_TYPE_K = typer.Option(DEFAULT_KV_TYPE, "-ctk", "--cache-type-k", help=f"KV cache type for keys: {', '.join(KV_TYPES)}.")
+CACHE_TYPE_V = typer.Option(DEFAULT_KV_TYPE, "-ctv", "--cache-type-v", help=f"KV cache type for values: {', '.join(KV_TYPES)}.")
 SYSTEM = typer.Option(None, "--system", help="System message for the chat.")
 TEMP = typer.Option(_DEFAULTS.temp, "--temp", help="Temperature; 0 = greedy.", rich_help_panel=SAMPLING_HELP)
 TOP_K = typer.Option(_DEFAULTS.top_k, "--top-k", help="Keep the k best tokens (0 = off).", rich_help_panel=SAMPLING_HELP)
@@ -137,7 +140,7 @@ def _print_timings(completion) -> None:
 
 
 def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_size: int, no_mmap: bool = False,
-          mlock: bool = False):
+          mlock: bool = False, cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE):
     from ..api import load
 
     if batch_size <= 0:
@@ -147,7 +150,7 @@ def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_s
     name = model.name if model else "the demo model (Gemma 3 270M)"
     with _loading_status(f"loading {name}"):
         return load(model, threads=threads, ctx_size=ctx_size, batch_size=batch_size, use_mmap=not no_mmap,
-                    mlock=mlock)
+                    mlock=mlock, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
 
 
 def _stream(completion, as_json: bool) -> None:
@@ -213,6 +216,8 @@ def run(
     batch_size: int = BATCH_SIZE,
     no_mmap: bool = NO_MMAP,
     mlock: bool = MLOCK,
+    cache_type_k: str = CACHE_TYPE_K,
+    cache_type_v: str = CACHE_TYPE_V,
     temp: float = TEMP,
     top_k: int = TOP_K,
     top_p: float = TOP_P,
@@ -238,12 +243,12 @@ def run(
     if chat:
         if as_json:
             raise BadInputError("--json does not apply to --chat")
-        llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock)
+        llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v)
         _chat_loop(llm, params, n_predict, stop, system, text, constraint)
         return
     if text is None:
         raise BadInputError("no prompt: give one with -p TEXT or -f FILE (or use --chat)")
-    llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock)
+    llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v)
     completion = llm.complete(text, max_tokens=n_predict, params=params, stop=stop,
                               parse_special=not no_parse_special, ignore_eos=ignore_eos, grammar=constraint)
     _stream(completion, as_json)
@@ -279,6 +284,8 @@ def chat_command(
     batch_size: int = BATCH_SIZE,
     no_mmap: bool = NO_MMAP,
     mlock: bool = MLOCK,
+    cache_type_k: str = CACHE_TYPE_K,
+    cache_type_v: str = CACHE_TYPE_V,
     temp: float = TEMP,
     top_k: int = TOP_K,
     top_p: float = TOP_P,
@@ -290,5 +297,5 @@ def chat_command(
     """Chat with a model (same as `llmcli run --chat`)."""
     params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed).validate()
     _check_n_predict(n_predict)
-    llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock)
+    llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v)
     _chat_loop(llm, params, n_predict, stop, system, None)

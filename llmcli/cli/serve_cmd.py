@@ -8,7 +8,7 @@ import typer
 
 from ..errors import BadInputError, LlmcliError
 from .app import app
-from .run_cmd import BATCH_SIZE, CTX_SIZE, MLOCK, MODEL, NO_MMAP, THREADS
+from .run_cmd import BATCH_SIZE, CACHE_TYPE_K, CACHE_TYPE_V, CTX_SIZE, MLOCK, MODEL, NO_MMAP, THREADS
 
 
 def _api_keys(key: str | None, key_file: Path | None) -> frozenset[str]:
@@ -43,6 +43,8 @@ def serve(
     batch_size: int = BATCH_SIZE,
     no_mmap: bool = NO_MMAP,
     mlock: bool = MLOCK,
+    cache_type_k: str = CACHE_TYPE_K,
+    cache_type_v: str = CACHE_TYPE_V,
     alias: str = typer.Option(None, "--alias", help="Model name clients see (default: the file name)."),
     api_key: str = typer.Option(None, "--api-key", help="Require this key (Authorization: Bearer KEY)."),
     api_key_file: Path = typer.Option(None, "--api-key-file",
@@ -83,6 +85,7 @@ def serve(
         raise BadInputError(f"{model}: no such model file")
     origins = tuple(o.strip() for item in cors_origins for o in item.split(",") if o.strip())
     run_server(ServerConfig(model=model, host=host, port=port, parallel=parallel, ctx_size=ctx_size,
-                            threads=threads, batch_size=batch_size, use_mmap=not no_mmap, mlock=mlock, alias=alias,
+                            threads=threads, batch_size=batch_size, use_mmap=not no_mmap, mlock=mlock,
+                            cache_type_k=cache_type_k, cache_type_v=cache_type_v, alias=alias,
                             api_keys=_api_keys(api_key, api_key_file), cors_origins=origins, timeout=timeout,
                             max_queue=max_queue, pooling=pooling))

@@ -1,4 +1,8 @@
-"""The key/value cache: float32, shared by up to `n_seq` sequences, one (keys, values) pair per layer.
+"""The key/value cache, shared by up to `n_seq` sequences, one (keys, values) pair per layer.
+
+Element types (`KV_TYPES`, llama.cpp's `--cache-type-k/-v` names): f32, or f16 (half the memory,
+the default as in llama.cpp), stored as uint16 half bits that the attention kernels read through
+`engine.half`.
 
 Layout per layer, with a leading sequence-slot axis so one allocation serves every sequence and a
 kernel can reach any sequence's keys from one array:
@@ -25,14 +29,30 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import BadInputError
+
+# --cache-type-k/-v name -> the array dtype that holds it (f16: IEEE half bits, see engine.half)
+KV_TYPES: dict[str, np.dtype] = {"f32": np.dtype(np.float32), "f16": np.dtype(np.uint16)}
+DEFAULT_KV_TYPE = "f16"
+
+
+def kv_dtype(name: str, what: str = "--cache-type") -> np.dtype:
+    """The array dtype of a KV cache type name; a BadInputError naming the choices otherwise."""
+    dtype = KV_TYPES.get(str(name).lower())
+    if dtype is None:
+        raise BadInputError(f"{what}: unknown KV cache type '{name}' (choose one of {', '.join(KV_TYPES)})")
+    return dtype
+
 
 class KVCache:
     def __init__(self, n_seq: int, slots_per_layer: list[int], n_kv_heads: int, head_dim_k: int,
-                 head_dim_v: int):
+                 head_dim_v: int, type_k: str = DEFAULT_KV_TYPE, type_v: str = DEFAULT_KV_TYPE):
         self.n_seq = int(n_seq)
         self.slots = list(slots_per_layer)
-        self.keys = [np.zeros((self.n_seq, n_kv_heads, head_dim_k, n), np.float32) for n in self.slots]
-        self.values = [np.zeros((self.n_seq, n_kv_heads, n, head_dim_v), np.float32) for n in self.slots]
+        self.type_k, self.type_v = type_k, type_v
+        dtype_k, dtype_v = kv_dtype(type_k, "--cache-type-k"), kv_dtype(type_v, "--cache-type-v")
+        self.keys = [np.zeros((self.n_seq, n_kv_heads, head_dim_k, n), dtype_k) for n in self.slots]
+        self.values = [np.zeros((self.n_seq, n_kv_heads, n, head_dim_v), dtype_v) for n in self.slots]
 
     def layer(self, il: int) -> tuple[np.ndarray, np.ndarray]:
         """All sequences' (keys, values) of layer il."""

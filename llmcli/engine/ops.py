@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..quants.half import f32_from_bits
+from .half import as_float, to_storage
 from .kernels.simd import gemm_micro
 
 # Let LLVM reassociate and fuse float sums (vectorised partial sums, FMA) but keep IEEE inf/NaN
@@ -135,12 +136,12 @@ def _add_scores(q, k_cache, t, h, kvh, slot, m, dst):
         k2 = k_cache[kvh, d + 2, slot:slot + m]
         k3 = k_cache[kvh, d + 3, slot:slot + m]
         for j in range(m):
-            dst[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j]
+            dst[j] += q0 * as_float(k0[j]) + q1 * as_float(k1[j]) + q2 * as_float(k2[j]) + q3 * as_float(k3[j])
     for d in range(d4, head_dim):
         qd = q[t, h, d]
         keys = k_cache[kvh, d, slot:slot + m]
         for j in range(m):
-            dst[j] += qd * keys[j]
+            dst[j] += qd * as_float(keys[j])
 
 
 @njit(inline="always")
@@ -153,12 +154,12 @@ def _add_values(v_cache, kvh, slot, m, weights, inv, acc):
         v0, v1 = v_cache[kvh, slot + j], v_cache[kvh, slot + j + 1]
         v2, v3 = v_cache[kvh, slot + j + 2], v_cache[kvh, slot + j + 3]
         for d in range(head_dim_v):
-            acc[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d]
+            acc[d] += w0 * as_float(v0[d]) + w1 * as_float(v1[d]) + w2 * as_float(v2[d]) + w3 * as_float(v3[d])
     for j in range(m4, m):
         w = weights[j] * inv
         values = v_cache[kvh, slot + j]
         for d in range(head_dim_v):
-            acc[d] += w * values[d]
+            acc[d] += w * as_float(values[d])
 
 
 @njit(inline="always")
@@ -267,14 +268,14 @@ def _add_group_scores(q, keys, t, h0, n_group, slot, m, j0, scores):
             q0, q1, q2, q3 = q[t, h0 + i, d], q[t, h0 + i, d + 1], q[t, h0 + i, d + 2], q[t, h0 + i, d + 3]
             dst = scores[i, j0:j0 + m]
             for j in range(m):
-                dst[j] += q0 * k0[j] + q1 * k1[j] + q2 * k2[j] + q3 * k3[j]
+                dst[j] += q0 * as_float(k0[j]) + q1 * as_float(k1[j]) + q2 * as_float(k2[j]) + q3 * as_float(k3[j])
     for d in range(d4, head_dim):
         kd = keys[d, slot:slot + m]
         for i in range(n_group):
             qd = q[t, h0 + i, d]
             dst = scores[i, j0:j0 + m]
             for j in range(m):
-                dst[j] += qd * kd[j]
+                dst[j] += qd * as_float(kd[j])
 
 
 @njit(inline="always")
@@ -329,14 +330,14 @@ def _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, w
             w2, w3 = scores[i, j + 2] * inv[i], scores[i, j + 3] * inv[i]
             row = acc[i]
             for d in range(head_dim_v):
-                row[d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d]
+                row[d] += w0 * as_float(v0[d]) + w1 * as_float(v1[d]) + w2 * as_float(v2[d]) + w3 * as_float(v3[d])
     for j in range(n4, n):
         vals = values[(start + j) % ring]
         for i in range(n_group):
             w = scores[i, j] * inv[i]
             row = acc[i]
             for d in range(head_dim_v):
-                row[d] += w * vals[d]
+                row[d] += w * as_float(vals[d])
     for i in range(n_group):
         for d in range(head_dim_v):
             out[t, h0 + i, d] = acc[i, d]
@@ -403,10 +404,10 @@ def attention_blocked(q, k_cache, v_cache, pos0, scale, softcap, window, slopes,
             if n0 + j < n_keys:
                 slot = (key_first + n0 + j) % ring
                 for d in range(head_dim):
-                    kp[g, n0 // ATTN_STRIP, d, j] = k_cache[g, d, slot]
+                    kp[g, n0 // ATTN_STRIP, d, j] = as_float(k_cache[g, d, slot])
                 for c in range(n_strips_v):
                     for jj in range(ATTN_STRIP):
-                        vp[g, c, n0 + j, jj] = v_cache[g, slot, ATTN_STRIP * c + jj]
+                        vp[g, c, n0 + j, jj] = as_float(v_cache[g, slot, ATTN_STRIP * c + jj])
             else:
                 for d in range(head_dim):
                     kp[g, n0 // ATTN_STRIP, d, j] = 0.0
@@ -544,10 +545,10 @@ def store_kv(k, v, k_cache, v_cache, pos0):
     for h in range(n_kv_heads):
         for d in range(head_dim):
             for t in range(n_tok):
-                k_cache[h, d, (pos0 + t) % ring] = k[t, h, d]
+                k_cache[h, d, (pos0 + t) % ring] = to_storage(k[t, h, d], k_cache)
         for t in range(n_tok):
             for d in range(head_dim_v):
-                v_cache[h, (pos0 + t) % ring, d] = v[t, h, d]
+                v_cache[h, (pos0 + t) % ring, d] = to_storage(v[t, h, d], v_cache)
 
 
 @njit(cache=True, nogil=True)

@@ -9,7 +9,7 @@ end in swapping or the kernel's OOM killer halfway through a prompt. The plan co
     output copy   the output matrix copied out of the map (see `copies_output`): its mapped pages
                   are then only read for token embeddings (a few rows), so it is counted here
                   and not among the mapped weights.
-    KV cache      float32 keys and values: n_seq sequences x every layer's slots (n_ctx
+    KV cache      keys and values (f16 or f32): n_seq sequences x every layer's slots (n_ctx
                   positions, or window + batch for sliding-window layers) x KV heads x head dims.
                   Committed as positions are written, so a short conversation uses less.
     buffers       per-token float32 activations for a batch, the logits of every sequence, the
@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from ..engine.kv_cache import DEFAULT_KV_TYPE, kv_dtype
 from ..errors import LlmcliError
 from .hparams import HParams
 
@@ -71,9 +72,12 @@ def kv_slots(hp: HParams, n_ctx: int, batch_size: int) -> list[int]:
     return [min(n_ctx, hp.n_swa + batch_size) if swa else n_ctx for swa in hp.is_swa]
 
 
-def kv_bytes_per_sequence(hp: HParams, n_ctx: int, batch_size: int) -> int:
-    """Bytes of one sequence's KV cache (float32 keys and values of every layer)."""
-    return 4 * sum(n * hp.n_head_kv * (hp.head_dim + hp.head_dim_v) for n in kv_slots(hp, n_ctx, batch_size))
+def kv_bytes_per_sequence(hp: HParams, n_ctx: int, batch_size: int, type_k: str = DEFAULT_KV_TYPE,
+                          type_v: str = DEFAULT_KV_TYPE) -> int:
+    """Bytes of one sequence's KV cache (keys and values of every layer, of the given types)."""
+    bytes_k, bytes_v = kv_dtype(type_k, "--cache-type-k").itemsize, kv_dtype(type_v, "--cache-type-v").itemsize
+    per_slot = hp.n_head_kv * (bytes_k * hp.head_dim + bytes_v * hp.head_dim_v)
+    return per_slot * sum(kv_slots(hp, n_ctx, batch_size))
 
 
 def buffer_widths(hp: HParams, n_ff: int) -> dict[str, int]:
@@ -115,6 +119,8 @@ class MemoryPlan:
     n_seq: int
     batch_size: int
     kv_per_sequence: int
+    type_k: str
+    type_v: str
     hp: HParams = field(repr=False, compare=False)  # for what-would-fit suggestions
 
     @property
@@ -126,16 +132,16 @@ class MemoryPlan:
 
 
 def plan(hp: HParams, tensor_bytes: int, output_bytes: int, n_ff: int, n_ctx: int, n_seq: int = 1,
-         batch_size: int = 512) -> MemoryPlan:
+         batch_size: int = 512, type_k: str = DEFAULT_KV_TYPE, type_v: str = DEFAULT_KV_TYPE) -> MemoryPlan:
     """The plan for a model whose hyperparameters are `hp`, tensors take `tensor_bytes` in its
     file, output matrix `output_bytes` (0: not copied) and widest FFN `n_ff`."""
-    per_seq = kv_bytes_per_sequence(hp, n_ctx, batch_size)
+    per_seq = kv_bytes_per_sequence(hp, n_ctx, batch_size, type_k, type_v)
     per_token = sum(buffer_widths(hp, n_ff).values())
     buffers = 4 * (batch_size * per_token + max(n_seq, 1) * hp.n_vocab) + GEMM_WORKSPACE_BYTES
     copy = output_bytes if copies_output(output_bytes, True) else 0
     return MemoryPlan(weights=tensor_bytes - copy, output_copy=copy, kv=n_seq * per_seq, buffers=buffers,
                       tokenizer=TOKENIZER_BYTES_PER_TOKEN * hp.n_vocab, runtime=RUNTIME_BYTES, n_ctx=n_ctx, n_seq=n_seq, batch_size=batch_size,
-                      kv_per_sequence=per_seq, hp=hp)
+                      kv_per_sequence=per_seq, type_k=type_k, type_v=type_v, hp=hp)
 
 
 def available_bytes() -> int:
@@ -160,6 +166,9 @@ def check(p: MemoryPlan, path, available: int | None = None) -> None:
         hints.append(f"--ctx-size {best_ctx}")
     if p.n_seq > 1 and p.kv_per_sequence and available > fixed + p.kv_per_sequence:
         hints.append(f"--parallel {min(p.n_seq - 1, (available - fixed) // p.kv_per_sequence)}")
+    half_kv = p.n_seq * kv_bytes_per_sequence(p.hp, p.n_ctx, p.batch_size, "f16", "f16")
+    if half_kv < p.kv and fixed + half_kv <= available:
+        hints.append("--cache-type-k f16 --cache-type-v f16")
     weight_room = available - p.kv - p.buffers - p.tokenizer - p.runtime  # at the asked context
     if 0 < weight_room < p.weights + p.output_copy:
         # the output copy grows with the file: keep its share
@@ -175,7 +184,7 @@ def check(p: MemoryPlan, path, available: int | None = None) -> None:
 def _largest_fitting_ctx(p: MemoryPlan, kv_room: int) -> int:
     """The largest context (a multiple of 256, below the planned one) whose KV cache fits."""
     best, ctx = 0, MIN_SUGGESTED_CTX
-    while ctx < p.n_ctx and p.n_seq * kv_bytes_per_sequence(p.hp, ctx, p.batch_size) <= kv_room:
+    while ctx < p.n_ctx and p.n_seq * kv_bytes_per_sequence(p.hp, ctx, p.batch_size, p.type_k, p.type_v) <= kv_room:
         best, ctx = ctx, ctx + MIN_SUGGESTED_CTX
     return best
 

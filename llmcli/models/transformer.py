@@ -32,7 +32,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..engine import ops
-from ..engine.kv_cache import CacheSlot, KVCache
+from ..engine.kv_cache import DEFAULT_KV_TYPE, KV_TYPES, CacheSlot, KVCache, kv_dtype
 from ..engine.linear import COMPUTABLE_TYPES, Linear, float_rows, vector
 from ..engine.matmul import GEMM_MIN_TOKENS, Workspace, get_threads
 from ..engine.rope import rope_tables
@@ -56,8 +56,11 @@ class Transformer:
     """A GGUF model ready to run: hyperparameters, weight views, KV cache and work buffers."""
 
     def __init__(self, reader: GGUFReader, spec: ArchSpec, ctx_size: int | None = None,
-                 batch_size: int = 512, threads: int | None = None):
+                 batch_size: int = 512, threads: int | None = None, cache_type_k: str = DEFAULT_KV_TYPE,
+                 cache_type_v: str = DEFAULT_KV_TYPE):
         self.reader, self.spec = reader, spec
+        kv_dtype(cache_type_k, "--cache-type-k"), kv_dtype(cache_type_v, "--cache-type-v")  # checked first
+        self.cache_type_k, self.cache_type_v = cache_type_k.lower(), cache_type_v.lower()
         self.path = reader.path
         hp, _ = _hparams(reader, spec)
         self.hp: HParams = hp
@@ -242,11 +245,12 @@ class Transformer:
         hp = self.hp
         if n_seq < 1:
             raise BadInputError(f"the number of sequences must be at least 1, got {n_seq}")
-        return KVCache(n_seq, self._kv_slots(), hp.n_head_kv, hp.head_dim, hp.head_dim_v)
+        return KVCache(n_seq, self._kv_slots(), hp.n_head_kv, hp.head_dim, hp.head_dim_v, self.cache_type_k,
+                       self.cache_type_v)
 
     def kv_bytes_per_sequence(self) -> int:
-        """Bytes of one sequence's KV cache (float32 keys and values of every layer)."""
-        return kv_bytes_per_sequence(self.hp, self.n_ctx, self.batch_size)
+        """Bytes of one sequence's KV cache (keys and values of every layer, of the cache types)."""
+        return kv_bytes_per_sequence(self.hp, self.n_ctx, self.batch_size, self.cache_type_k, self.cache_type_v)
 
     def new_sequence(self) -> CacheSlot:
         """A sequence with a cache of its own (one slot): for one-off evaluations and tests."""
@@ -563,6 +567,7 @@ class Transformer:
             norm(flat, blk.attn_q_norm, hp.rms_eps, flat)
         if table is not None:
             (ops.rope_serial if n == 1 else ops.rope)(q3, table[0], table[1], pos0, neox)
+        _round_like_keys(q3, k_cache)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
         window = hp.n_swa if swa else 0
         n_keys = pos0 + n if window <= 0 else min(pos0 + n, window)
@@ -600,6 +605,7 @@ class Transformer:
             ops.rope_rows(q3, table[0], table[1], positions, neox)
         k_cache, v_cache = part.cache.layer(il)
         ops.store_kv_rows(k3, v3, k_cache, v_cache, index, positions)
+        _round_like_keys(q3, k_cache)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
         window = hp.n_swa if swa else 0
         n_keys = int((positions + 1).sum()) if window <= 0 else int(np.minimum(positions + 1, window).sum())
@@ -729,16 +735,25 @@ class _Part:
         slot.n_past = pos + len(ids)
 
 
+def _round_like_keys(q: np.ndarray, k_cache: np.ndarray) -> None:
+    """With an f16 key cache, round the queries to f16 too, in place: llama.cpp converts Q to
+    the keys' type before the KQ product, so the scores are products of two f16 values."""
+    if k_cache.dtype == KV_TYPES["f16"]:
+        np.copyto(q, q.astype(np.float16))
+
+
 def load_model(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
-               batch_size: int = 512, n_seq: int = 1, use_mmap: bool = True, mlock: bool = False) -> Transformer:
+               batch_size: int = 512, n_seq: int = 1, use_mmap: bool = True, mlock: bool = False,
+               cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE) -> Transformer:
     """Open a GGUF file and build the model its `general.architecture` names, after checking
     that it fits in the available memory with `n_seq` sequences (`models.memory`).
     `use_mmap=False` / `mlock=True`: llama.cpp's --no-mmap / --mlock (see GGUFReader)."""
     reader = GGUFReader(Path(path), use_mmap=use_mmap, mlock=mlock)
     try:
         spec = get_spec(reader.architecture, reader.path)
-        check_memory(plan_memory(reader, ctx_size, n_seq, batch_size), reader.path)
-        return Transformer(reader, spec, ctx_size=ctx_size, batch_size=batch_size, threads=threads)
+        check_memory(plan_memory(reader, ctx_size, n_seq, batch_size, cache_type_k, cache_type_v), reader.path)
+        return Transformer(reader, spec, ctx_size=ctx_size, batch_size=batch_size, threads=threads,
+                           cache_type_k=cache_type_k, cache_type_v=cache_type_v)
     except BaseException:
         reader.close()
         raise
@@ -752,7 +767,8 @@ def _hparams(reader: GGUFReader, spec: ArchSpec):
 
 
 def plan_memory(reader: GGUFReader, ctx_size: int | None = None, n_seq: int = 1,
-                batch_size: int = 512) -> MemoryPlan:
+                batch_size: int = 512, cache_type_k: str = DEFAULT_KV_TYPE,
+                cache_type_v: str = DEFAULT_KV_TYPE) -> MemoryPlan:
     """What the model in `reader` needs to run `n_seq` sequences of `ctx_size` positions
     (default: as `Transformer` chooses), computed from its header alone."""
     hp, _ = _hparams(reader, get_spec(reader.architecture, reader.path))
@@ -765,4 +781,5 @@ def plan_memory(reader: GGUFReader, ctx_size: int | None = None, n_seq: int = 1,
     out = reader.tensor("output.weight" if reader.has_tensor("output.weight") else "token_embd.weight")
     output_bytes = out.n_bytes if out.type in COMPUTABLE_TYPES else 0
     return memory_plan(hp, sum(t.n_bytes for t in reader.tensors), output_bytes, n_ff,
-                       default_ctx(hp, ctx_size), n_seq, max(1, int(batch_size)))
+                       default_ctx(hp, ctx_size), n_seq, max(1, int(batch_size)), cache_type_k.lower(),
+                       cache_type_v.lower())

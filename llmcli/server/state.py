@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engine.kv_cache import DEFAULT_KV_TYPE
 from .errors import ApiError
 from .metrics import Metrics
 
@@ -22,6 +23,8 @@ class ServerConfig:
     batch_size: int = 512
     use_mmap: bool = True  # False: --no-mmap
     mlock: bool = False
+    cache_type_k: str = DEFAULT_KV_TYPE
+    cache_type_v: str = DEFAULT_KV_TYPE
     alias: str | None = None
     api_keys: frozenset[str] = frozenset()  # empty: no key needed
     cors_origins: tuple[str, ...] = ()
@@ -55,7 +58,8 @@ class ServerState:
             else:
                 self.model_path = c.model
             llm = load(self.model_path, threads=c.threads, ctx_size=c.ctx_size, batch_size=c.batch_size,
-                       parallel=c.parallel, max_queue=c.max_queue, use_mmap=c.use_mmap, mlock=c.mlock)
+                       parallel=c.parallel, max_queue=c.max_queue, use_mmap=c.use_mmap, mlock=c.mlock,
+                       cache_type_k=c.cache_type_k, cache_type_v=c.cache_type_v)
             self.engine = llm.engine()
             self.llm = llm  # last: from here on the server is ready
         except BaseException as error:  # reported by the serve command, which then stops the server
