@@ -17,7 +17,7 @@ Columns: every mat-vec kernel also multiplies B activation rows at once, `out[t,
 with X (B, ...) and out (B, n_rows), reading each weight row once for all B (batched decoding). A
 single mat-vec (x and out 1-D) is the B = 1 case of the same kernel (`columns`), and each column's
 arithmetic is exactly that of a lone mat-vec: per row and block the weights are decoded once and
-feed one accumulator set per column, in the same order (see simd.py, "Columns"). So column t of a
+feed one accumulator set per column, in the same order (see llvm_ir.py, "Columns"). So column t of a
 B-column product equals `matvec(W, X[t])` bit for bit, whatever B is.
 """
 

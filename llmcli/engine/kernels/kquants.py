@@ -15,7 +15,8 @@ import numpy as np
 from numba import njit, prange
 
 from ...gguf.constants import GGMLType
-from .simd import PREFETCH_BYTES, fma_lanes, lanes_sum, prefetch, row_dot_q4_k, row_dot_q6_k
+from .llvm_ir import PREFETCH_BYTES
+from .simd import fma_lanes, lanes_sum, prefetch, row_dot_q4_k, row_dot_q6_k
 from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns, half_at, scale_min_k4, signed8
 from .legacy import IQ4NL_VALUES
 
@@ -56,9 +57,12 @@ def matvec_q2_k(blocks, x, out):
                         m1 = np.float32(sc1 >> 4)
                         for t in range(n_t):
                             offset[t] += dmin * (m0 * x_sum[t, b, s] + m1 * x_sum[t, b, s + 1])
-                        fma_lanes(acc.reshape(-1), 32 * (j & 1), d * np.float32(sc0 & 15), d * np.float32(sc1 & 15),
-                                  xf, 256 * b + 16 * s, row, base + 16 + 32 * n, 2 * j, 3,
-                                  row, 0, 0, 0, 0, 0, 32, False, False, False, n_t, 64, n_cols)
+                        fma_lanes(acc=acc.reshape(-1), acc_off=32 * (j & 1), scale=d * np.float32(sc0 & 15),
+                                  scale2=d * np.float32(sc1 & 15), x=xf, x_off=256 * b + 16 * s,
+                                  src=row, src_off=base + 16 + 32 * n, shift=2 * j, mask=3,
+                                  src2=row, src2_off=0, shift2=0, mask2=0, mul2=0, bias=0,  # no second source
+                                  n=32, signed=False, src2_bits=False, nibbles=False,
+                                  n_columns=n_t, acc_stride=64, x_stride=n_cols)
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 64) - offset[t]
 
@@ -125,9 +129,12 @@ def matvec_q3_k(blocks, x, out):
                     for j in range(4):
                         s = 8 * n + 2 * j  # sub-blocks s and s+1: 32 consecutive weights
                         # q = 2 low bits + 4 * hmask bit - 4
-                        fma_lanes(acc.reshape(-1), 32 * (j & 1), d * np.float32(sc[s]), d * np.float32(sc[s + 1]),
-                                  xf, 256 * b + 16 * s, row, base + 32 + 32 * n, 2 * j, 3,
-                                  row, base, 4 * n + j, 1, 4, -4, 32, False, False, False, n_t, 64, n_cols)
+                        fma_lanes(acc=acc.reshape(-1), acc_off=32 * (j & 1), scale=d * np.float32(sc[s]),
+                                  scale2=d * np.float32(sc[s + 1]), x=xf, x_off=256 * b + 16 * s,
+                                  src=row, src_off=base + 32 + 32 * n, shift=2 * j, mask=3,
+                                  src2=row, src2_off=base, shift2=4 * n + j, mask2=1, mul2=4, bias=-4,
+                                  n=32, signed=False, src2_bits=False, nibbles=False,
+                                  n_columns=n_t, acc_stride=64, x_stride=n_cols)
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 64)
 
@@ -227,10 +234,16 @@ def matvec_q5_k(blocks, x, out):
                         offset[t] += dmin * (mf1 * x_sum[t, b, 2 * g] + mf2 * x_sum[t, b, 2 * g + 1])
                     d1 = d * np.float32(sc1)
                     d2 = d * np.float32(sc2)
-                    fma_lanes(acc.reshape(-1), 0, d1, d1, xf, 256 * b + 64 * g, row, base + 48 + 32 * g, 0, 15,
-                              row, base + 16, 2 * g, 1, 16, 0, 32, False, False, False, n_t, 64, n_cols)
-                    fma_lanes(acc.reshape(-1), 32, d2, d2, xf, 256 * b + 64 * g + 32, row, base + 48 + 32 * g, 4, 15,
-                              row, base + 16, 2 * g + 1, 1, 16, 0, 32, False, False, False, n_t, 64, n_cols)
+                    fma_lanes(acc=acc.reshape(-1), acc_off=0, scale=d1, scale2=d1, x=xf, x_off=256 * b + 64 * g,
+                              src=row, src_off=base + 48 + 32 * g, shift=0, mask=15,
+                              src2=row, src2_off=base + 16, shift2=2 * g, mask2=1, mul2=16, bias=0,
+                              n=32, signed=False, src2_bits=False, nibbles=False,
+                              n_columns=n_t, acc_stride=64, x_stride=n_cols)
+                    fma_lanes(acc=acc.reshape(-1), acc_off=32, scale=d2, scale2=d2, x=xf, x_off=256 * b + 64 * g + 32,
+                              src=row, src_off=base + 48 + 32 * g, shift=4, mask=15,
+                              src2=row, src2_off=base + 16, shift2=2 * g + 1, mask2=1, mul2=16, bias=0,
+                              n=32, signed=False, src2_bits=False, nibbles=False,
+                              n_columns=n_t, acc_stride=64, x_stride=n_cols)
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 64) - offset[t]
 

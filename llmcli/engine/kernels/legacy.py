@@ -109,8 +109,11 @@ def matvec_q4_1(blocks, x, out):
                 m = half_at(blocks, r, b, 2)
                 for t in range(n_t):
                     offset[t] += m * x_sum[t, b]
-                fma_lanes(acc.reshape(-1), 32 * (b & 1), d, d, xf, 32 * b, row, 20 * b + 4, 0, 0,
-                          row, 0, 0, 0, 0, 0, 32, False, False, True, n_t, 64, n_cols)
+                fma_lanes(acc=acc.reshape(-1), acc_off=32 * (b & 1), scale=d, scale2=d, x=xf, x_off=32 * b,
+                          src=row, src_off=20 * b + 4, shift=0, mask=0,  # nibbles: shift and mask unused
+                          src2=row, src2_off=0, shift2=0, mask2=0, mul2=0, bias=0,  # no second source
+                          n=32, signed=False, src2_bits=False, nibbles=True,
+                          n_columns=n_t, acc_stride=64, x_stride=n_cols)
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
 
@@ -191,8 +194,11 @@ def matvec_q5_1(blocks, x, out):
                 m = half_at(blocks, r, b, 2)
                 for t in range(n_t):
                     offset[t] += m * x_sum[t, b]
-                fma_lanes(acc.reshape(-1), 32 * (b & 1), d, d, xf, 32 * b, row, 24 * b + 8, 0, 0,
-                          row, 24 * b + 4, 0, 1, 16, 0, 32, False, True, True, n_t, 64, n_cols)
+                fma_lanes(acc=acc.reshape(-1), acc_off=32 * (b & 1), scale=d, scale2=d, x=xf, x_off=32 * b,
+                          src=row, src_off=24 * b + 8, shift=0, mask=0,  # nibbles: shift and mask unused
+                          src2=row, src2_off=24 * b + 4, shift2=0, mask2=1, mul2=16, bias=0,  # bit j of qh
+                          n=32, signed=False, src2_bits=True, nibbles=True,
+                          n_columns=n_t, acc_stride=64, x_stride=n_cols)
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
 
