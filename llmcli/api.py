@@ -6,6 +6,8 @@
         print(piece, end="", flush=True)
     for piece in llm.chat([{"role": "user", "content": "Hi!"}]):
         print(piece, end="")
+    reply = llm.chat(messages, tools=[...], tool_choice="auto").run()   # OpenAI's function tools
+    reply.tool_calls, reply.content, reply.message                      # parsed calls; the message
     done = llm.complete_many(["Once upon a time", "The sky is"], max_tokens=32)   # decoded together
     engine = llm.engine()                    # submit from any thread (servers)
     vectors = llm.embed(["a text", "another"], pooling="mean")   # (2, n_embd), L2-normalised
@@ -20,6 +22,7 @@ what the conversation added.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -28,6 +31,10 @@ import numpy as np
 from .generation.chat import ChatTemplate
 from .errors import BadInputError
 from .generation import Completion, Engine, Request, SamplingParams, Scheduler
+from .generation.completion import ChatCompletion
+from .generation.grammar import Grammar, compile_grammar, to_grammar
+from .generation.grammar.tokens import TokenIndex
+from .generation.tools import ReplyReader, ToolChat
 from .generation.pooling import l2_normalize, pooling_kind
 from .vocab import Tokenizer
 
@@ -96,41 +103,52 @@ class LLM:
         return self.scheduler
 
     def _request(self, prompt: str | Sequence[int], max_tokens: int, params: SamplingParams | None,
-                 stop: Sequence[str], parse_special: bool, ignore_eos: bool, cache_prompt: bool) -> Request:
+                 stop: Sequence[str], parse_special: bool, ignore_eos: bool, cache_prompt: bool,
+                 grammar: Grammar | None = None) -> Request:
         ids = (self.tokenize(prompt, add_special=True, parse_special=parse_special)
                if isinstance(prompt, str) else [int(t) for t in prompt])
         return Request(ids, max_tokens=max_tokens, params=params or SamplingParams(), stop=list(stop),
-                       ignore_eos=ignore_eos, cache_prompt=cache_prompt)
+                       ignore_eos=ignore_eos, cache_prompt=cache_prompt, grammar=grammar)
 
     def complete(self, prompt: str | Sequence[int], *, max_tokens: int = -1, params: SamplingParams | None = None,
                  stop: Sequence[str] = (), parse_special: bool = True, ignore_eos: bool = False,
-                 cache_prompt: bool = True) -> Completion:
-        """A Completion for a text prompt (tokenized with BOS per the model) or a list of ids."""
+                 cache_prompt: bool = True, grammar: str | Grammar | None = None,
+                 json_schema: dict | None = None) -> Completion:
+        """A Completion for a text prompt (tokenized with BOS per the model) or a list of ids.
+        `grammar` (GBNF text) or `json_schema` (a dict) constrains the output (see
+        llmcli.generation.grammar); a bad one raises GrammarError, a BadInputError."""
         sched = self._scheduler()
-        request = self._request(prompt, max_tokens, params, stop, parse_special, ignore_eos, cache_prompt)
+        request = self._request(prompt, max_tokens, params, stop, parse_special, ignore_eos, cache_prompt,
+                                to_grammar(grammar, json_schema))
         return Completion(sched, sched.new_sequence(request))
 
     def complete_many(self, prompts: Sequence[str | Sequence[int]], *, max_tokens: int = -1,
                       params: SamplingParams | Sequence[SamplingParams] | None = None,
                       stop: Sequence[str] = (), parse_special: bool = True, ignore_eos: bool = False,
-                      cache_prompt: bool = True) -> list[Completion]:
+                      cache_prompt: bool = True, grammar: str | Grammar | None = None,
+                      json_schema: dict | None = None) -> list[Completion]:
         """Generate for every prompt, `parallel` at a time in one batch, and return the finished
-        Completions in prompt order. `params` may give each prompt its own sampling."""
+        Completions in prompt order. `params` may give each prompt its own sampling; `grammar` or
+        `json_schema` constrains every output (each follows it on its own)."""
         sched = self._scheduler()
         per_prompt = params if isinstance(params, (list, tuple)) else [params] * len(prompts)
         if len(per_prompt) != len(prompts):
             raise BadInputError(f"{len(per_prompt)} sampling parameter sets for {len(prompts)} prompts")
-        seqs = [sched.new_sequence(self._request(p, max_tokens, sp, stop, parse_special, ignore_eos, cache_prompt))
+        constraint = to_grammar(grammar, json_schema)
+        seqs = [sched.new_sequence(self._request(p, max_tokens, sp, stop, parse_special, ignore_eos, cache_prompt,
+                                                 constraint))
                 for p, sp in zip(prompts, per_prompt)]
         _run_together(sched, seqs)
         return [Completion(sched, seq) for seq in seqs]
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, stop: Sequence[str] = (),
-                 parse_special: bool = True, **sampling) -> Iterator[str]:
+                 parse_special: bool = True, grammar: str | Grammar | None = None, json_schema: dict | None = None,
+                 **sampling) -> Iterator[str]:
         """Stream the continuation of `prompt` as text pieces. `sampling`: SamplingParams fields
-        (temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed), llama.cpp's defaults."""
+        (temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed), llama.cpp's defaults;
+        `grammar` (GBNF text) or `json_schema` (a dict) constrains the output."""
         return iter(self.complete(prompt, max_tokens=max_tokens, params=sampling_params(**sampling), stop=stop,
-                                  parse_special=parse_special))
+                                  parse_special=parse_special, grammar=grammar, json_schema=json_schema))
 
     # -- embeddings ----------------------------------------------------------------------------
 
@@ -178,25 +196,84 @@ class LLM:
                                                     _marker_texts(tok))
         return self._template
 
-    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """The conversation rendered with the chat template and tokenized (one BOS at most)."""
-        text = self.chat_template.render(messages, add_generation_prompt=True)
-        ids = self.tokenize(text, add_special=True, parse_special=True)
+    def prepare_chat(self, messages: list[dict], tools: list[dict] | None = None, tool_choice=None,
+                     parallel_tool_calls: bool = True) -> "PreparedChat":
+        """A chat request made ready: the conversation (OpenAI's messages, with tool calls and tool
+        results) rendered with the chat template and tokenized (one BOS at most), and, with `tools`
+        (OpenAI's function tools) and `tool_choice` ("auto", "none", "required" or
+        {"type": "function", "function": {"name": ...}}), how the reply is constrained and read."""
+        chat = ToolChat.prepare(self.chat_template, messages, tools, tool_choice, parallel_tool_calls)
+        ids = self.tokenize(chat.prompt, add_special=True, parse_special=True)
         bos = self.tokenizer.bos_id
         if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
             ids = ids[1:]  # the template wrote BOS itself
-        return ids
+        grammar = None
+        if chat.grammar_text is not None:
+            grammar = compile_grammar(chat.grammar_text)  # cached: a conversation's turns share it
+            # the vocabulary's pieces for the grammar filter: built once (a second for 262k tokens)
+            # here, where a server prepares chats off its event loop, not at submit, which runs on it
+            TokenIndex.of(self.tokenizer)
+        return PreparedChat(ids, chat, self._single_tokens(chat.format.preserved) if chat.reads_calls else frozenset(),
+                            grammar)
 
-    def chat_completion(self, messages: list[dict[str, str]], *, max_tokens: int = -1,
-                        params: SamplingParams | None = None, stop: Sequence[str] = ()) -> Completion:
-        return self.complete(self.chat_prompt_ids(messages), max_tokens=max_tokens, params=params, stop=stop)
+    def _single_tokens(self, texts: Iterable[str]) -> frozenset[int]:
+        """The ids of those texts that are one token of the vocabulary."""
+        ids = [self.tokenize(t, add_special=False, parse_special=True) for t in texts]
+        return frozenset(i[0] for i in ids if len(i) == 1)
 
-    def chat(self, messages: list[dict[str, str]], max_tokens: int = 256, stop: Sequence[str] = (),
-             **sampling) -> Iterator[str]:
-        """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}, ...]);
-        `sampling` as for `generate`."""
-        return iter(self.chat_completion(messages, max_tokens=max_tokens, params=sampling_params(**sampling),
-                                         stop=stop))
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The conversation rendered with the chat template and tokenized (one BOS at most)."""
+        return self.prepare_chat(messages).prompt_ids
+
+    def chat_completion(self, messages: list[dict], *, max_tokens: int = -1, params: SamplingParams | None = None,
+                        stop: Sequence[str] = (), tools: list[dict] | None = None, tool_choice=None,
+                        parallel_tool_calls: bool = True, grammar: str | Grammar | None = None,
+                        json_schema: dict | None = None) -> ChatCompletion:
+        """The assistant's reply to `messages` as a ChatCompletion: iterate it for the content,
+        then read `tool_calls`, `content` and `message` (see `prepare_chat` for the tools).
+        `grammar` / `json_schema` constrain the reply as for `generate` (not together with tools:
+        the tools' call syntax is a grammar of its own)."""
+        constraint = to_grammar(grammar, json_schema)
+        if constraint is not None and tools:
+            raise BadInputError("tools cannot be combined with a grammar or JSON schema for the reply")
+        chat = self.prepare_chat(messages, tools, tool_choice, parallel_tool_calls)
+        if constraint is not None:
+            chat = replace(chat, grammar=constraint)
+        sched = self._scheduler()
+        request = chat.request(max_tokens=max_tokens, params=params or SamplingParams(), stop=list(stop))
+        return ChatCompletion(sched, sched.new_sequence(request), chat.reader())
+
+    def chat(self, messages: list[dict], max_tokens: int = 256, stop: Sequence[str] = (),
+             tools: list[dict] | None = None, tool_choice=None, parallel_tool_calls: bool = True,
+             grammar: str | Grammar | None = None, json_schema: dict | None = None,
+             **sampling) -> ChatCompletion:
+        """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}, ...]) as text
+        pieces; `sampling`, `grammar` and `json_schema` as for `generate`. With `tools`, the calls
+        the reply makes are in the returned ChatCompletion's `tool_calls` once it is read (`.run()`)."""
+        return self.chat_completion(messages, max_tokens=max_tokens, params=sampling_params(**sampling), stop=stop,
+                                    tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
+                                    grammar=grammar, json_schema=json_schema)
+
+
+@dataclass
+class PreparedChat:
+    """A chat request ready to submit: `prompt_ids`, the `tool_chat` (format, tools, choice,
+    grammar text), the control tokens the reply must show (`preserved_tokens`, e.g. Mistral's
+    [TOOL_CALLS]) and the compiled `grammar` the reply must follow (tool_choice "required" or a
+    named function)."""
+
+    prompt_ids: list[int]
+    tool_chat: ToolChat
+    preserved_tokens: frozenset[int] = frozenset()
+    grammar: Grammar | None = None  # the call syntax, when calls are required
+
+    def request(self, **fields) -> Request:
+        """A generation Request for the prompt (`fields`: Request's other fields)."""
+        return Request(self.prompt_ids, preserved_tokens=self.preserved_tokens, grammar=self.grammar, **fields)
+
+    def reader(self) -> ReplyReader:
+        return self.tool_chat.reader()
+
 
 
 def embedding_inputs(value) -> list[str | list[int]]:

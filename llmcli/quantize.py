@@ -10,6 +10,12 @@ keys, with `general.quantization_version` (2) and `general.file_type` removed an
 tensors sorted by layer then name; each tensor's dimensions trimmed of trailing 1s (ggml_n_dims);
 data padded to 32 bytes. Quantization works row by row, so slabs of rows give the same bytes as the
 whole tensor at once; only one tensor's output is held in memory.
+
+With an importance matrix (--imatrix, as `llama-quantize --imatrix`): each tensor it has an entry
+for is quantized by ggml's weighted quantizers, the column weights being the entry's mean squared
+activations (sums / count, per expert for a 3-D tensor); a few mix rules change; Q2_K_S becomes
+possible; and `quantize.imatrix.{file,dataset,entries_count,chunks_count}` are appended to the
+metadata. --include-weights / --exclude-weights keep or drop entries whose name contains a string.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -29,6 +35,7 @@ from .errors import BadInputError, UnsupportedError
 from .gguf import GGUFReader, GGUFWriter
 from .gguf.constants import QUANTIZATION_VERSION, TYPE_INFO, GGMLType, ValueType
 from .gguf.reader import MetadataValue, TensorInfo
+from .imatrix.file import read_imatrix
 from .quants import registry
 from .quants.mixes import (
     Mix,
@@ -45,17 +52,88 @@ from .quants.mixes import (
 KEY_FILE_TYPE = "general.file_type"
 KEY_QUANTIZATION_VERSION = "general.quantization_version"
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
+KEY_IMATRIX_FILE = "quantize.imatrix.file"
+KEY_IMATRIX_DATASET = "quantize.imatrix.dataset"
+KEY_IMATRIX_N_ENTRIES = "quantize.imatrix.entries_count"
+KEY_IMATRIX_N_CHUNKS = "quantize.imatrix.chunks_count"
+IMATRIX_TEXT_BYTES = 127  # llama-quantize keeps this much of the file and dataset names
 
 # Rows converted to float32 at once: bounds memory for huge tensors (e.g. a 256k-token embedding).
 SLAB_ELEMENTS = 1 << 24
 
 
-def quantized_metadata(metadata: dict[str, MetadataValue], mix: Mix) -> dict[str, MetadataValue]:
+@dataclass
+class ImportanceWeights:
+    """An importance matrix as llama-quantize uses it: per tensor name, the mean squared activation
+    of each input column (sums / count; n_mat * n_cols values for a stack of n_mat matrices)."""
+
+    path: str                        # as given: it goes into the metadata
+    weights: dict[str, np.ndarray]
+    datasets: list[str]
+    chunk_count: int
+
+    def metadata(self) -> dict[str, MetadataValue]:
+        """The quantize.imatrix.* keys llama-quantize appends."""
+        out = {KEY_IMATRIX_FILE: MetadataValue(ValueType.STRING, _clip(self.path))}
+        if self.datasets:
+            out[KEY_IMATRIX_DATASET] = MetadataValue(ValueType.STRING, _clip(self.datasets[0]))
+        out[KEY_IMATRIX_N_ENTRIES] = MetadataValue(ValueType.UINT32, len(self.weights))
+        if self.chunk_count > 0:
+            out[KEY_IMATRIX_N_CHUNKS] = MetadataValue(ValueType.UINT32, self.chunk_count)
+        return out
+
+
+def _clip(text: str) -> str:
+    raw = text.encode("utf-8", "surrogateescape")[:IMATRIX_TEXT_BYTES]
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def load_importance(path: str | os.PathLike, include: Sequence[str] = (),
+                    exclude: Sequence[str] = ()) -> ImportanceWeights | None:
+    """Read an importance matrix (GGUF or legacy .dat) into quantization weights, keeping the
+    entries whose name contains an `include` string (if any are given) and dropping those that
+    contain an `exclude` string. None when no entry is left: quantizing then runs as without."""
+    if include and exclude:
+        raise BadInputError("--include-weights and --exclude-weights cannot be used together")
+    loaded = read_imatrix(path)
+    if not loaded.is_legacy and not loaded.has_metadata:
+        raise BadInputError(f"{path}: the importance matrix lacks its imatrix.datasets/chunk_count/"
+                            f"chunk_size metadata")
+    weights: dict[str, np.ndarray] = {}
+    for name, entry in loaded.entries.items():
+        if loaded.is_legacy:   # values are sum / count * ncall
+            ncall = int(entry.counts[0]) if len(entry.counts) else 0
+            weights[name] = entry.sums / np.float32(ncall) if ncall > 0 else entry.sums.copy()
+            continue
+        n_mat = len(entry.counts)
+        per_mat = len(entry.sums) // n_mat
+        w = np.ones(len(entry.sums), np.float32)
+        for m in range(n_mat):   # a matrix that got no rows (an unused expert) weighs 1 everywhere
+            if entry.counts[m] > 0:
+                w[m * per_mat:(m + 1) * per_mat] = entry.sums[m * per_mat:(m + 1) * per_mat] / \
+                    np.float32(entry.counts[m])
+        weights[name] = w
+    for pattern in exclude:
+        weights = {n: w for n, w in weights.items() if pattern not in n}
+    if include:
+        weights = {n: w for n, w in weights.items() if any(p in n for p in include)}
+    for name, w in weights.items():
+        if not np.isfinite(w).all():
+            raise BadInputError(f"{path}: the importance matrix holds non-finite values ('{name}')")
+    if not weights:
+        return None
+    return ImportanceWeights(str(path), weights, loaded.datasets, loaded.chunk_count)
+
+
+def quantized_metadata(metadata: dict[str, MetadataValue], mix: Mix,
+                       importance: ImportanceWeights | None = None) -> dict[str, MetadataValue]:
     """The output's metadata, in llama-quantize's order (see the module docstring)."""
+    appended = importance.metadata() if importance is not None else {}
     out = {k: v for k, v in metadata.items()
-           if k not in SPLIT_KEYS and k not in (KEY_FILE_TYPE, KEY_QUANTIZATION_VERSION)}
+           if k not in SPLIT_KEYS and k not in (KEY_FILE_TYPE, KEY_QUANTIZATION_VERSION) and k not in appended}
     out[KEY_QUANTIZATION_VERSION] = MetadataValue(ValueType.UINT32, QUANTIZATION_VERSION)
     out[KEY_FILE_TYPE] = MetadataValue(ValueType.UINT32, int(mix.file_type))
+    out.update(appended)
     return out
 
 
@@ -71,6 +149,7 @@ class TensorPlan:
     info: TensorInfo
     choice: TypeChoice
     shape: tuple[int, ...]          # as written (GGUF order)
+    importance: np.ndarray | None = None   # column weights (per matrix of a 3-D tensor), if converted with them
 
     @property
     def name(self) -> str:
@@ -107,6 +186,7 @@ class QuantizePlan:
     metadata: dict[str, MetadataValue]
     n_fallback: int
     input_file_bytes: int
+    importance: ImportanceWeights | None = None
 
     def writer(self, path: str | os.PathLike, force: bool = False) -> GGUFWriter:
         w = GGUFWriter(path, force=force)
@@ -126,30 +206,49 @@ class QuantizePlan:
 
 
 def plan_quantize(reader, mix: Mix, options: QuantizeOptions,
-                  allow_requantize: bool = False) -> QuantizePlan:
+                  allow_requantize: bool = False, importance: ImportanceWeights | None = None) -> QuantizePlan:
     """Choose every tensor's type and check, before any work, that the job can be done.
     `reader`: a GGUFReader, or a source with the same interface (see convert/quantized.py)."""
     where = str(reader.path)
     model = ModelFacts.from_metadata(reader.get, where)
     by_name = {t.name: t for t in reader.tensors}
-    planner = TypePlanner(model, mix, options, by_name)
+    planner = TypePlanner(model, mix, options, by_name, has_imatrix=importance is not None)
     tensors = []
     for name in llama_tensor_order(by_name):
         info = by_name[name]
         choice = planner.choose(name, info.shape, info.type)
         tensors.append(TensorPlan(info, choice, output_shape(info.shape)))
-    plan = QuantizePlan(reader.path, mix, model, tensors, quantized_metadata(reader.metadata, mix),
-                        planner.n_fallback, reader.file_size)
+    plan = QuantizePlan(reader.path, mix, model, tensors, quantized_metadata(reader.metadata, mix, importance),
+                        planner.n_fallback, reader.file_size, importance)
     check_plan(plan, allow_requantize)
     return plan
 
 
+def _is_token_embedding(name: str) -> bool:
+    return name in ("token_embd.weight", "per_layer_token_embd.weight")
+
+
 def check_plan(plan: QuantizePlan, allow_requantize: bool) -> None:
+    importance = plan.importance
     for t in plan.tensors:
-        if t.choice.needs_imatrix:
+        weights = importance.weights.get(t.name) if importance is not None and t.converts else None
+        if weights is not None:
+            n_cols = t.info.shape[0]
+            n_mat = t.info.shape[2] if len(t.info.shape) > 2 else 1
+            if len(weights) == n_cols * n_mat:
+                t.importance = weights
+            elif not _is_token_embedding(t.name):  # llama-quantize lets the embedding go without
+                raise BadInputError(
+                    f"{importance.path}: the importance matrix has {len(weights)} values for tensor "
+                    f"'{t.name}', which needs {n_cols * n_mat} (an importance matrix of another model?)")
+        if t.choice.needs_imatrix and importance is None:
             raise UnsupportedError(
                 f"{plan.input}: tensor '{t.name}' would become {t.target.name}, which llama.cpp only "
-                f"produces with an importance matrix (--imatrix), and llmcli has none")
+                f"produces with an importance matrix: pass --imatrix FILE (see `llmcli imatrix`)")
+        if t.choice.needs_imatrix and t.converts and t.importance is None:
+            raise BadInputError(
+                f"{importance.path}: no importance data for tensor '{t.name}', which becomes "
+                f"{t.target.name} in {plan.mix.name}: a very low-bit type that needs it")
     for t in plan.tensors:
         if t.converts and is_quantized(t.source) and not allow_requantize:
             raise BadInputError(
@@ -179,10 +278,12 @@ class TensorResult:
     bytes_in: int
     how: str
     rmse: float | None = None       # RMS error of the dequantized result / RMS of the input
+    imatrix: bool = False           # quantized with importance weights
 
     def to_json(self) -> dict:
         d = {"name": self.name, "shape": list(self.shape), "from_type": self.from_type,
-             "to_type": self.to_type, "bytes": self.bytes, "bytes_in": self.bytes_in, "how": self.how}
+             "to_type": self.to_type, "bytes": self.bytes, "bytes_in": self.bytes_in, "how": self.how,
+             "imatrix": self.imatrix}
         if self.rmse is not None:
             d["rmse"] = self.rmse
         return d
@@ -203,6 +304,7 @@ class QuantizeReport:
     seconds: float = 0.0
     threads: int | None = None
     warnings: list[str] = field(default_factory=list)
+    imatrix: dict | None = None     # the importance matrix used: file, entries, chunks, dataset
 
     @property
     def bytes_in(self) -> int:
@@ -217,6 +319,7 @@ class QuantizeReport:
         return {
             "input": self.input, "output": self.output, "type": self.type, "file_type": self.file_type,
             "dry_run": self.dry_run, "threads": self.threads, "warnings": self.warnings,
+            "imatrix": self.imatrix,
             "tensors": [t.to_json() for t in self.tensors],
             "totals": {
                 "n_tensors": len(self.tensors),
@@ -241,11 +344,14 @@ def to_float32(raw: np.ndarray, source: GGMLType) -> np.ndarray:
 
 
 def convert_rows(raw: np.ndarray, source: GGMLType, target: GGMLType, where: str, measure: bool = True,
-                 on_slab: Callable[[int], None] | None = None) -> tuple[np.ndarray, float, float]:
+                 on_slab: Callable[[int], None] | None = None, importance: np.ndarray | None = None,
+                 rows_per_matrix: int = 0) -> tuple[np.ndarray, float, float]:
     """Rows of `source` bytes -> rows of `target` bytes, slab by slab.
 
     Returns (bytes, sum of squared error, sum of squared input); the sums are zero when `measure`
-    is false. `on_slab(n_input_bytes)` is called after each slab (progress)."""
+    is false. `on_slab(n_input_bytes)` is called after each slab (progress). `importance`: column
+    weights, one vector per `rows_per_matrix` rows (per expert of a 3-D tensor); slabs stop at
+    those boundaries so each is quantized with its matrix's weights."""
     n_rows = raw.shape[0]
     if n_rows == 0:
         return np.empty((0, 0), np.uint8), 0.0, 0.0
@@ -253,13 +359,20 @@ def convert_rows(raw: np.ndarray, source: GGMLType, target: GGMLType, where: str
     out = np.empty((n_rows, TYPE_INFO[target].row_bytes(row_length)), dtype=np.uint8)
     slab = max(1, SLAB_ELEMENTS // max(row_length, 1))
     err2 = ref2 = 0.0
-    for start in range(0, n_rows, slab):
-        x = to_float32(raw[start:start + slab], source)
+    starts = list(range(0, n_rows, slab))
+    if importance is not None:  # cut at every matrix boundary too
+        starts = sorted(set(starts) | set(range(0, n_rows, rows_per_matrix)))
+    for start, stop in zip(starts, starts[1:] + [n_rows]):
+        weights = None
+        if importance is not None:
+            m = start // rows_per_matrix
+            weights = importance[m * row_length:(m + 1) * row_length]
+        x = to_float32(raw[start:stop], source)
         if not np.isfinite(x).all():
             bad = start + int(np.argwhere(~np.isfinite(x))[0][0])
             raise BadInputError(f"{where}: row {bad} holds NaN or infinite values; "
                                 f"ggml cannot quantize it to a valid {target.name} block")
-        q = registry.quantize(x, target)
+        q = registry.quantize(x, target, weights)
         out[start:start + len(q)] = q
         if measure:
             d = (registry.dequantize(q, target) - x).ravel()
@@ -279,7 +392,7 @@ def relative_rmse(err2: float, ref2: float) -> float:
 
 def _result(t: TensorPlan, rmse: float | None = None) -> TensorResult:
     return TensorResult(t.name, t.shape, t.source.name, t.target.name, t.bytes_out, t.bytes_in,
-                        t.choice.how, rmse)
+                        t.choice.how, rmse, t.importance is not None)
 
 
 def set_threads(threads: int | None) -> int | None:
@@ -306,9 +419,16 @@ def quantize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
                   options: QuantizeOptions | None = None, *, allow_requantize: bool = False,
                   dry_run: bool = False, threads: int | None = None, force: bool = False,
                   progress: bool = False, measure: bool = True,
-                  on_tensor: Callable[[TensorResult], None] | None = None) -> QuantizeReport:
-    """Quantize a GGUF file as `llama-quantize [options] IN OUT TYPE` would, byte for byte."""
-    mix = find_mix(type_name)
+                  on_tensor: Callable[[TensorResult], None] | None = None,
+                  imatrix: str | os.PathLike | None = None, include_weights: Sequence[str] = (),
+                  exclude_weights: Sequence[str] = ()) -> QuantizeReport:
+    """Quantize a GGUF file as `llama-quantize [options] IN OUT TYPE` would, byte for byte;
+    `imatrix` (with --include-weights / --exclude-weights) as `llama-quantize --imatrix FILE`."""
+    if (include_weights or exclude_weights) and imatrix is None:
+        raise BadInputError("--include-weights / --exclude-weights select entries of an importance "
+                            "matrix: give one with --imatrix")
+    importance = load_importance(imatrix, include_weights, exclude_weights) if imatrix is not None else None
+    mix = find_mix(type_name, has_imatrix=importance is not None)
     if not dry_run:
         if output_path is None:
             raise BadInputError("an output file is needed (or pass --dry-run)")
@@ -320,21 +440,26 @@ def quantize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
     with GGUFReader(input_path) as reader:
         return run_quantize(reader, None if dry_run else output_path, mix, options or QuantizeOptions(),
                             allow_requantize=allow_requantize, threads=threads, force=force,
-                            progress=progress, measure=measure, on_tensor=on_tensor)
+                            progress=progress, measure=measure, on_tensor=on_tensor, importance=importance)
 
 
 def run_quantize(source, output_path: str | os.PathLike | None, mix: Mix, options: QuantizeOptions, *,
                  allow_requantize: bool = False, threads: int | None = None, force: bool = False,
                  progress: bool = False, measure: bool = True,
-                 on_tensor: Callable[[TensorResult], None] | None = None) -> QuantizeReport:
+                 on_tensor: Callable[[TensorResult], None] | None = None,
+                 importance: ImportanceWeights | None = None) -> QuantizeReport:
     """Plan and (unless `output_path` is None: a dry run) write. `source` is a GGUFReader or
     anything with the same `path`, `metadata`, `get`, `tensors`, `tensor_bytes` and `file_size`."""
     dry_run = output_path is None
     # like llama-quantize, a dry run shows the plan of a quantized input without --allow-requantize
-    plan = plan_quantize(source, mix, options, allow_requantize or dry_run)
+    plan = plan_quantize(source, mix, options, allow_requantize or dry_run, importance)
     report = QuantizeReport(str(source.path), None if dry_run else str(output_path), mix.name,
                             int(mix.file_type), dry_run, [], plan.n_parameters, plan.n_fallback,
                             source.file_size, plan.output_file_bytes, threads=threads)
+    if importance is not None:
+        report.imatrix = {"file": importance.path, "entries": len(importance.weights),
+                          "chunks": importance.chunk_count, "datasets": importance.datasets,
+                          "tensors_weighted": sum(t.importance is not None for t in plan.tensors)}
     if dry_run:
         report.tensors = [_result(t) for t in plan.tensors]
         if not allow_requantize and any(t.converts and is_quantized(t.source) for t in plan.tensors):
@@ -366,6 +491,6 @@ def write_tensor(reader, writer: GGUFWriter, t: TensorPlan, measure: bool = True
         writer.write_tensor_data(t.name, raw)
         return _result(t)
     data, err2, ref2 = convert_rows(raw, t.source, t.target, f"{reader.path}: tensor '{t.name}'", measure,
-                                    on_slab)
+                                    on_slab, t.importance, t.info.shape[1] if len(t.info.shape) > 1 else 1)
     writer.write_tensor_data(t.name, data)
     return _result(t, relative_rmse(err2, ref2) if measure else None)

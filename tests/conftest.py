@@ -80,6 +80,21 @@ def gguf_record(path: Path) -> dict:
             "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
+def gguf_with_template(src: Path, dst: Path, template: str) -> Path:
+    """A copy of the GGUF `src` at `dst` whose tokenizer.chat_template is `template`."""
+    from llmcli.gguf import GGUFReader, GGUFWriter, MetadataValue, ValueType
+
+    with GGUFReader(src) as reader:
+        w = GGUFWriter(dst)
+        for key, mv in reader.metadata.items():
+            w.add(key, MetadataValue(ValueType.STRING, template) if key == "tokenizer.chat_template" else mv)
+        w.add_tensor_infos_from(reader.tensors)
+        with w.open():
+            for t, data in reader.iter_tensors():
+                w.write_tensor_data(t.name, data)
+    return dst
+
+
 @pytest.fixture
 def cli():
     """`res = cli("inspect", path, "--json")` -> res.exit_code, res.stdout, res.stderr."""

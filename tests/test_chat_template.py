@@ -170,19 +170,10 @@ def test_oversized_and_absurdly_nested_templates_are_refused():
 
 
 def test_a_model_whose_template_loops_forever_is_a_one_line_error(cli, tmp_path):
-    from llmcli.gguf import GGUFReader, GGUFWriter
-    from llmcli.gguf.constants import ValueType
-    from llmcli.gguf.reader import MetadataValue
+    from tests.conftest import gguf_with_template
 
-    path = tmp_path / "looping.gguf"
-    with GGUFReader(Path(__file__).parent / "data" / "gguf_ref" / "llama-f16.gguf") as reader:
-        w = GGUFWriter(path)
-        for key, mv in reader.metadata.items():
-            w.add(key, MetadataValue(ValueType.STRING, FOREVER[1]) if key == "tokenizer.chat_template" else mv)
-        w.add_tensor_infos_from(reader.tensors)
-        with w.open():
-            for t, data in reader.iter_tensors():
-                w.write_tensor_data(t.name, data)
+    path = gguf_with_template(Path(__file__).parent / "data" / "gguf_ref" / "llama-f16.gguf",
+                              tmp_path / "looping.gguf", FOREVER[1])
     res = cli("run", "-m", path, "--chat", "--temp", "0", "-n", "2", input="Hi\n")
     assert res.exit_code == 1 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1] == (

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from llmcli.gguf import GGUFReader, GGUFWriter, MetadataValue, ValueType
+from tests.conftest import gguf_with_template
 
 TINY = "gguf_ref/llama-f16.gguf"
 
@@ -72,18 +72,6 @@ def test_demo_model_is_the_default(cli, data_dir):
     assert out["tokens"] == ref["greedy_new_ids"][:4]
 
 
-def _with_template(src, dst, template):
-    reader = GGUFReader(src)
-    w = GGUFWriter(dst)
-    for key, mv in reader.metadata.items():
-        w.add(key, MetadataValue(ValueType.STRING, template) if key == "tokenizer.chat_template" else mv)
-    w.add_tensor_infos_from(reader.tensors)
-    with w.open():
-        for t, data in reader.iter_tensors():
-            w.write_tensor_data(t.name, data)
-    return dst
-
-
 @pytest.mark.parametrize("args, message", [
     (["-p", "x", "--temp", "-1"], "--temp"),
     (["-p", "x", "--top-p", "2"], "--top-p"),
@@ -103,6 +91,6 @@ def test_unknown_option_is_a_usage_error(cli, data_dir):
 
 
 def test_broken_chat_template(cli, data_dir, tmp_path):
-    model = _with_template(data_dir / TINY, tmp_path / "broken.gguf", "{{ messages[3].content.nope() }}")
+    model = gguf_with_template(data_dir / TINY, tmp_path / "broken.gguf", "{{ messages[3].content.nope() }}")
     res = cli("run", "-m", model, "--chat", input="hi\n")
     assert res.exit_code == 1 and "chat template" in res.stderr

@@ -1,4 +1,4 @@
-"""The README stays true: its two set-up commands, its CLI example and its Python example run."""
+"""The README stays true: its two set-up commands, its CLI example and its Python examples run."""
 
 from __future__ import annotations
 
@@ -51,3 +51,12 @@ def test_readme_python_example_runs():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "(6, 262144)" and len(lines) >= 3
+
+
+def test_readme_tool_call_example_runs():
+    example = next(block for block in re.findall(r"```python\n(.*?)\n```", README, re.S) if "tool_choice=" in block
+                   and "llmcli.load()" in block)
+    out = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    name, arguments = out.stdout.splitlines()[0].split(" ", 1)
+    assert name == "get_weather" and arguments.startswith("{'city': '")  # the grammar's doing, not the model's

@@ -46,8 +46,10 @@ COMMAND_MODULES = [
     "convert_cmd",
     "inspect_cmd",
     "quantize_cmd",
+    "imatrix_cmd",
     "run_cmd",
     "bench_cmd",
+    "perplexity_cmd",
     "serve_cmd",
 ]
 
@@ -59,9 +61,11 @@ COMMAND_OWNERS = {
     "convert": "convert_cmd",
     "inspect": "inspect_cmd",
     "quantize": "quantize_cmd",
+    "imatrix": "imatrix_cmd",
     "run": "run_cmd",
     "chat": "run_cmd",
     "bench": "bench_cmd",
+    "perplexity": "perplexity_cmd",
     "serve": "serve_cmd",
 }
 

@@ -13,7 +13,8 @@ from rich.text import Text
 
 from ..errors import BadInputError
 from ..quantize import quantize_file
-from ..quants.mixes import SUPPORTED_MIXES, QuantizeOptions, parse_ggml_type, parse_tensor_type_override
+from ..quants.mixes import (IMATRIX_ONLY_MIXES, SUPPORTED_MIXES, QuantizeOptions, parse_ggml_type,
+                            parse_tensor_type_override)
 from .app import app, err_console, out_console
 from .format import human_bytes, human_count
 
@@ -22,7 +23,11 @@ from .format import human_bytes, human_count
 def quantize(
     input: Path = typer.Argument(..., help="GGUF model to quantize (F32/F16/BF16, or quantized with --allow-requantize)."),
     output: Optional[Path] = typer.Argument(None, help="Output GGUF file (not needed with --dry-run)."),
-    type: str = typer.Option(..., "--type", "-t", help=f"Quantization type: {', '.join(SUPPORTED_MIXES)}."),
+    type: str = typer.Option(..., "--type", "-t", help=f"Quantization type: {', '.join(SUPPORTED_MIXES)}; "
+                             f"with --imatrix also {', '.join(IMATRIX_ONLY_MIXES)}."),
+    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance matrix (GGUF or .dat, see `llmcli imatrix`): weighted quantizers, as llama-quantize --imatrix."),
+    include_weights: List[str] = typer.Option([], "--include-weights", help="Use the importance matrix only for tensors whose name contains S (repeatable)."),
+    exclude_weights: List[str] = typer.Option([], "--exclude-weights", help="Do not use it for tensors whose name contains S (repeatable)."),
     pure: bool = typer.Option(False, "--pure", help="Every quantizable tensor gets the base type: no mix rules."),
     output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", help="ggml type for output.weight."),
     token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type", help="ggml type for token_embd.weight."),
@@ -46,7 +51,8 @@ def quantize(
         raise BadInputError("quantize: give an OUTPUT file (or --dry-run to only see the plan)")
     report = quantize_file(input, None if dry_run else output, type, options,
                            allow_requantize=allow_requantize, dry_run=dry_run, threads=threads,
-                           force=force, progress=not as_json)
+                           force=force, progress=not as_json, imatrix=imatrix,
+                           include_weights=include_weights, exclude_weights=exclude_weights)
     info = report.to_json()
     if as_json:
         print(json.dumps(info, indent=2))
@@ -69,6 +75,8 @@ def _render(info: dict) -> None:
             types += " [dim](fallback)[/]"
         elif t["how"].startswith("--"):
             types += " [dim](option)[/]"
+        if t.get("imatrix"):
+            types += " [dim](imatrix)[/]"
         rmse = f"{t['rmse']:.4f}" if t.get("rmse") is not None else ""
         table.add_row(Text(t["name"]), "x".join(map(str, t["shape"])), types, human_bytes(t["bytes"]), rmse)
     out_console.print(table)
@@ -84,6 +92,10 @@ def _render(info: dict) -> None:
         if tot["input_mb_per_s"]:
             line += f" ({tot['input_mb_per_s']:.1f} MB/s of input)"
     out_console.print(line)
+    if info.get("imatrix"):
+        im = info["imatrix"]
+        out_console.print(f"importance matrix {im['file']}: {im['entries']} entries, {im['chunks']} chunks; "
+                          f"{im['tensors_weighted']} tensors quantized with it")
     for warning in info["warnings"]:
         err_console.print(f"[yellow]note:[/] {warning}")
     if tot["n_fallback"]:

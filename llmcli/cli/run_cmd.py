@@ -33,6 +33,60 @@ REPEAT_PENALTY = typer.Option(_DEFAULTS.repeat_penalty, "--repeat-penalty",
 REPEAT_LAST_N = typer.Option(_DEFAULTS.repeat_last_n, "--repeat-last-n",
                              help="Tokens the penalty looks back (-1 = context).", rich_help_panel=SAMPLING_HELP)
 SEED = typer.Option(_DEFAULTS.seed, "--seed", help="Random seed (default: random).", rich_help_panel=SAMPLING_HELP)
+CONSTRAINTS_HELP = "Structured output (one of these)"
+GRAMMAR = typer.Option(None, "--grammar", help="GBNF grammar the output must follow (llama.cpp's syntax).",
+                       rich_help_panel=CONSTRAINTS_HELP)
+GRAMMAR_FILE = typer.Option(None, "--grammar-file", help="Read the GBNF grammar from a file.",
+                            rich_help_panel=CONSTRAINTS_HELP)
+JSON_SCHEMA = typer.Option(None, "-j", "--json-schema",
+                           help="JSON schema the output must validate against: a file, or the schema itself.",
+                           rich_help_panel=CONSTRAINTS_HELP)
+
+
+def _read_grammar(grammar: str | None, grammar_file: Path | None, json_schema: str | None):
+    """The compiled grammar --grammar, --grammar-file or --json-schema asks for (None: none)."""
+    from ..generation.grammar import GrammarError, to_grammar
+
+    given = [name for name, value in (("--grammar", grammar), ("--grammar-file", grammar_file),
+                                      ("--json-schema", json_schema)) if value is not None]
+    if len(given) > 1:
+        raise BadInputError(f"give one of --grammar, --grammar-file, --json-schema, not {' and '.join(given)}")
+    if grammar_file is not None:
+        try:
+            text = grammar_file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise BadInputError(f"{grammar_file}: cannot read the grammar file: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise BadInputError(f"{grammar_file}: the grammar file is not UTF-8 ({e.reason} at byte {e.start})") from None
+        try:
+            return to_grammar(text)
+        except GrammarError as e:
+            raise GrammarError(f"{grammar_file}: {e}", e.kind) from None
+    if json_schema is not None:
+        return to_grammar(json_schema=_read_schema(json_schema))
+    return to_grammar(grammar)
+
+
+def _read_schema(value: str) -> dict:
+    """--json-schema: a file holding the schema, or the schema's JSON itself."""
+    source, text = "--json-schema", value
+    path = Path(value)
+    if not value.lstrip().startswith("{"):
+        try:
+            source, text = str(path), path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise BadInputError(f"--json-schema: {value} is neither a readable file ({e.strerror}) "
+                                f"nor a JSON object") from None
+        except UnicodeDecodeError as e:
+            raise BadInputError(f"{path}: the schema file is not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"{source}: the schema is not valid JSON ({e.msg} at line {e.lineno}, "
+                            f"column {e.colno})") from None
+    if not isinstance(schema, dict):
+        raise BadInputError(f"{source}: a JSON schema must be a JSON object")
+    return schema
 
 
 def _read_prompt(prompt: str | None, file: Path | None) -> str | None:
@@ -103,7 +157,8 @@ def _stream(completion, as_json: bool) -> None:
         completion.stop_reason = "interrupted"
 
 
-def _chat_loop(llm, params, n_predict: int, stop: list[str], system: str | None, first: str | None) -> None:
+def _chat_loop(llm, params, n_predict: int, stop: list[str], system: str | None, first: str | None,
+               grammar=None) -> None:
     """Interactive turns: a line of input per user message; /exit ends, /reset forgets the conversation."""
     messages = [{"role": "system", "content": system}] if system else []
     interactive = sys.stdin.isatty()
@@ -129,7 +184,7 @@ def _chat_loop(llm, params, n_predict: int, stop: list[str], system: str | None,
             err_console.print("[dim]conversation reset[/]")
             continue
         messages.append({"role": "user", "content": text})
-        completion = llm.chat_completion(messages, max_tokens=n_predict, params=params, stop=stop)
+        completion = llm.chat_completion(messages, max_tokens=n_predict, params=params, stop=stop, grammar=grammar)
         _stream(completion, as_json=False)
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -164,23 +219,27 @@ def run(
                                           help="Treat special-token text in the prompt as plain text."),
     chat: bool = typer.Option(False, "--chat", help="Interactive chat with the model's chat template."),
     system: str = SYSTEM,
+    grammar: str = GRAMMAR,
+    grammar_file: Path = GRAMMAR_FILE,
+    json_schema: str = JSON_SCHEMA,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with ids, text, stop reason, timings."),
 ) -> None:
     """Generate text from a prompt, streaming it as it comes; timings go to stderr."""
     params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed).validate()
     _check_n_predict(n_predict)
     text = _read_prompt(prompt, file)
+    constraint = _read_grammar(grammar, grammar_file, json_schema)
     if chat:
         if as_json:
             raise BadInputError("--json does not apply to --chat")
         llm = _load(model, threads, ctx_size, batch_size)
-        _chat_loop(llm, params, n_predict, stop, system, text)
+        _chat_loop(llm, params, n_predict, stop, system, text, constraint)
         return
     if text is None:
         raise BadInputError("no prompt: give one with -p TEXT or -f FILE (or use --chat)")
     llm = _load(model, threads, ctx_size, batch_size)
     completion = llm.complete(text, max_tokens=n_predict, params=params, stop=stop,
-                              parse_special=not no_parse_special, ignore_eos=ignore_eos)
+                              parse_special=not no_parse_special, ignore_eos=ignore_eos, grammar=constraint)
     _stream(completion, as_json)
     if as_json:
         print(json.dumps({

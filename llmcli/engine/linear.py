@@ -38,14 +38,15 @@ def vector(reader: GGUFReader, info: TensorInfo) -> np.ndarray:
 class Linear:
     """y = x @ W.T (+ bias) with W (n_out, n_in) kept as raw ggml blocks in the mmap.
 
-    `rows` selects a row range of the stored matrix (one expert of a 3-D MoE tensor); `raw` gives
-    the tensor's bytes when they are not to be read from the map (e.g. `GGUFReader.tensor_copy`);
-    `workspace` is the `matmul.Workspace` whose buffers multi-row calls use (None: temporaries).
+    `rows` selects a row range of the stored matrix (one expert of a 3-D MoE tensor, `expert` its
+    index); `raw` gives the tensor's bytes when they are not to be read from the map (e.g.
+    `GGUFReader.tensor_copy`); `workspace` is the `matmul.Workspace` whose buffers multi-row calls
+    use (None: temporaries). `name` is the GGUF tensor's name; `expert` is None for a 2-D one.
     """
 
     def __init__(self, reader: GGUFReader, info: TensorInfo, bias: np.ndarray | None = None,
                  rows: tuple[int, int] | None = None, raw: np.ndarray | None = None,
-                 workspace: mm.Workspace | None = None):
+                 workspace: mm.Workspace | None = None, expert: int | None = None):
         if info.type not in COMPUTABLE_TYPES:
             raise UnsupportedError(
                 f"{reader.path}: tensor '{info.name}' has type {info.type.name}, which the engine "
@@ -55,12 +56,16 @@ class Linear:
         if rows is not None:
             raw = raw[rows[0]:rows[1]]
         self.name = info.name
+        self.expert = expert
+        self.n_expert = info.shape[2] if len(info.shape) > 2 else 1
         self.type = info.type
         self.n_in = info.shape[0]
         self.n_out = raw.shape[0]
         self.matrix = mm.QuantizedMatrix(raw, info.type, self.n_in)
         self.bias = bias
         self.workspace = workspace
+        # True: prompt rows too get mat-vec arithmetic (8-bit activations), never the GEMM
+        self.row_exact = False
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """x: float32 (T, n_in) -> out (T, n_out)."""
@@ -81,8 +86,9 @@ class Linear:
         return out
 
     def uses_gemm(self, n_rows: int) -> bool:
-        """Whether `self(x)` of n_rows rows runs the GEMM (else mat-vec arithmetic, row-exact)."""
-        return n_rows >= mm.gemm_min_tokens(self.type)
+        """Whether `self(x)` of n_rows rows runs the GEMM (else mat-vec arithmetic, row-exact; always
+        for a matrix marked `row_exact`)."""
+        return not self.row_exact and n_rows >= mm.gemm_min_tokens(self.type)
 
     def decode(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """x: float32 (B, n_in) -> out (B, n_out) with mat-vec arithmetic for every row, whatever B

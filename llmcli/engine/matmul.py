@@ -34,7 +34,8 @@ from ..errors import BadInputError, UnsupportedError
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .kernels import FORMATS, gemm_nt, gemm_panels, pack_panels
 
-__all__ = ["QuantizedMatrix", "Workspace", "matvec", "matvecs", "matmul", "matmul_segments", "gemm_min_tokens", "dequantize_rows",
+__all__ = ["QuantizedMatrix", "Workspace", "matvec", "matvecs", "matmul", "matmul_segments", "gemm_min_tokens",
+           "has_int8_kernel", "dequantize_rows",
            "set_threads", "get_threads", "default_threads", "supported_types", "set_activations", "get_activations"]
 
 # Mat-vecs over fewer weight bytes run on the calling thread: entering numba's thread pool costs
@@ -186,6 +187,12 @@ def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) ->
     if W.n_rows and X.shape[0]:
         _matvec_kernel(W, X.shape[0])(W.weights, X, out)
     return out
+
+
+def has_int8_kernel(ggml_type: GGMLType) -> bool:
+    """Whether mat-vecs with this weight type round activations to 8 bits (in "int8" mode)."""
+    fmt = FORMATS.get(GGMLType(ggml_type))
+    return fmt is not None and fmt.matvec_int8 is not None
 
 
 def gemm_min_tokens(ggml_type: GGMLType) -> int:

@@ -132,7 +132,10 @@ class ChatTemplate:
                 return cls(source, bos_token, eos_token, f"built-in {name}")
         return cls(CHATML_TEMPLATE, bos_token, eos_token, "built-in chatml")
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = True,
+               tools: list[dict] | None = None) -> str:
+        """The conversation as the template writes it. `tools`: OpenAI tool dicts, given to the
+        template as `tools` (see generation/tools/chat.py for messages with tool calls)."""
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise BadInputError(f"chat message #{i} needs 'role' and 'content'")
@@ -142,7 +145,9 @@ class ChatTemplate:
         from .template_sandbox import TemplateLimitError, measure
 
         # the budget grows with the conversation: a long chat is not an attack
-        max_chars = self.max_chars + 2 * measure((messages, self.bos_token, self.eos_token), 1 << 26)[0]
+        max_chars = self.max_chars + 2 * measure((messages, tools, self.bos_token, self.eos_token), 1 << 26)[0]
+        # no tools: `tools` stays undefined, as the renders checked against transformers had it
+        extra = {} if tools is None else {"tools": tools}
         try:
             return self._env.render_limited(
                 self._compiled, self.max_seconds, max_chars,
@@ -150,6 +155,7 @@ class ChatTemplate:
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **extra,
             )
         except TemplateLimitError as e:
             raise BadInputError(f"{self.label} stopped: {e}") from None

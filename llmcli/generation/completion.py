@@ -76,3 +76,43 @@ class Completion:
         for _ in self:
             pass
         return self
+
+
+class ChatCompletion(Completion):
+    """A Completion read as a chat reply by a `ReplyReader` (generation/tools): iterating yields
+    the reply's content as it comes (text that may be a tool call is held back until decided);
+    afterwards `content` (None when the reply is only calls), `tool_calls` and `message` (the
+    assistant message, OpenAI's shape, to append to the conversation). `text` stays the raw reply."""
+
+    def __init__(self, scheduler: Scheduler, seq: Sequence, reader):
+        super().__init__(scheduler, seq)
+        self.reader = reader
+        self._stream: Iterator[str] | None = None
+
+    def _read(self) -> Iterator[str]:
+        for piece in super().__iter__():
+            yield from (item for item in self.reader.feed(piece) if isinstance(item, str))
+        yield from (item for item in self.reader.finish() if isinstance(item, str))
+
+    def __iter__(self) -> Iterator[str]:
+        if self._stream is None:
+            self._stream = self._read()
+        return self._stream
+
+    def __next__(self) -> str:
+        return next(iter(self))
+
+    @property
+    def content(self) -> str | None:
+        return self.reader.content
+
+    @property
+    def tool_calls(self) -> list:
+        return self.reader.tool_calls
+
+    @property
+    def message(self) -> dict:
+        message = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [call.to_openai() for call in self.tool_calls]
+        return message

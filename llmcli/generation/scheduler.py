@@ -89,8 +89,8 @@ class Scheduler:
             raise BadInputError(f"token id {bad[0]} is outside the vocabulary of {n_vocab} tokens")
         tok = self.tokenizer
         eog = tok.eog_ids if tok is not None else frozenset()
-        detok = tok.stream(special=False) if tok is not None else None
-        return Sequence(request, n_ctx, eog, detok)
+        detok = tok.stream(special=False, preserved=request.preserved_tokens) if tok is not None else None
+        return Sequence(request, n_ctx, eog, detok, tok)
 
     def submit(self, request: Request | Sequence) -> Sequence:
         seq = request if isinstance(request, Sequence) else self.new_sequence(request)

@@ -23,6 +23,8 @@ from typing import Callable, NamedTuple, Sequence as Seq
 import numpy as np
 
 from ..engine.jit import compile_seconds
+from ..errors import BadInputError
+from .grammar import Grammar, GrammarMatcher
 from .pooling import Pooler
 from .sampling import Sampler, SamplingParams
 from .stops import StopMatcher
@@ -45,7 +47,12 @@ class Request:
     `logprobs`: None, or record each generated token's log-probability and the `logprobs` most
     likely alternatives (see `TokenLogprob`). `pooling` ("mean", "cls", "last"): embed the prompt
     instead of generating - its final-norm hidden states pooled into `Sequence.embedding` (not
-    normalised), evaluated from position 0 - and end with stop reason "embedded"."""
+    normalised), evaluated from position 0 - and end with stop reason "embedded".
+    `preserved_tokens`: control tokens whose text shows in the output (llama.cpp's preserved
+    tokens: a tool-call marker such as Mistral's `[TOOL_CALLS]` must be read back).
+    `grammar`: a compiled Grammar (`llmcli.generation.grammar.compile_grammar`) the output must
+    follow: each sequence keeps its own place in it; end-of-generation tokens are allowed only where
+    the grammar is complete, and the sequence ends (stop reason "eos") once nothing can follow."""
 
     prompt: list[int]
     max_tokens: int = -1
@@ -57,6 +64,8 @@ class Request:
     sampler: Callable[[np.ndarray], int] | None = None
     logprobs: int | None = None
     pooling: str | None = None
+    preserved_tokens: frozenset[int] = frozenset()
+    grammar: Grammar | None = None
     id: int = field(default_factory=lambda: next(_request_ids))
 
 
@@ -141,7 +150,7 @@ class _CustomSampler:
 class Sequence:
     """A request in flight (see the module docstring). Only the scheduler's thread changes it."""
 
-    def __init__(self, request: Request, n_ctx: int, eog_ids: frozenset[int], detokenizer=None):
+    def __init__(self, request: Request, n_ctx: int, eog_ids: frozenset[int], detokenizer=None, tokenizer=None):
         if not request.prompt:
             raise ValueError("empty prompt")  # callers check first and say it in their words
         self.request = request
@@ -155,6 +164,14 @@ class Sequence:
             self.sampler = Sampler(params, n_ctx)
         self.stop_ids = eog_ids if request.stop_ids is None else frozenset(int(t) for t in request.stop_ids)
         self.banned = np.array(sorted(self.stop_ids), np.int64) if request.ignore_eos and self.stop_ids else None
+        self.grammar: GrammarMatcher | None = None
+        if request.grammar is not None:
+            if not isinstance(request.grammar, Grammar):
+                raise BadInputError(f"a request's grammar must be a Grammar (from compile_grammar), "
+                                    f"got {type(request.grammar).__name__}")
+            if tokenizer is None:
+                raise BadInputError("a grammar needs the model's tokenizer (to know each token's text)")
+            self.grammar = GrammarMatcher(request.grammar, tokenizer, self.stop_ids)
         self._detok = detokenizer
         self._matcher = StopMatcher(request.stop)
         self.tokens: list[int] = []
@@ -204,11 +221,15 @@ class Sequence:
         if self.banned is not None:
             masked = logits.copy()
             masked[self.banned] = -np.inf
-        token = self.sampler.sample(masked)
+        token = self.sampler.sample(masked) if self.grammar is None else self._sample_in_grammar(masked)
+        if token is None:
+            return
         self.sampler.accept(token)
         if token in self.stop_ids:
             self.finish("eos")
             return
+        if self.grammar is not None:
+            self.grammar.accept(token)
         self.tokens.append(token)
         self.timings.predicted_n = len(self.tokens)
         out, hit = ("", False)
@@ -222,8 +243,26 @@ class Sequence:
             self.finish("length")
         elif self.slot.n_past >= n_ctx:
             self.finish("context")
+        elif self.grammar is not None and self.grammar.must_end:
+            self.finish("eos")  # only end-of-generation could follow: as if it was sampled
         else:
             self.pending_input = token
+
+    def _sample_in_grammar(self, logits: np.ndarray) -> int | None:
+        """llama.cpp's grammar sampling (common_sampler_sample): the chain picks from the logits
+        as they are; a token the grammar refuses sends the chain back to pick from the logits with
+        every refused token at -inf. None (and the sequence ended) when no token is allowed."""
+        token = self.sampler.sample(logits)
+        if self.grammar.allows(token):
+            return token
+        masked = self.grammar.masked(logits)
+        best = int(np.argmax(masked))
+        if masked[best] == -np.inf:
+            self.finish("eos" if self.grammar.can_end else "error")  # nothing in the vocabulary fits
+            return None
+        token = self.sampler.sample(masked)
+        # a draw at the very end of the cumulative sum may land on a -inf candidate: take the best
+        return token if masked[token] != -np.inf else best
 
     def finish(self, reason: str) -> None:
         if self.done:

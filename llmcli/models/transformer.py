@@ -63,6 +63,10 @@ class Transformer:
         if self.n_ctx <= 0:
             raise BadInputError(f"context size must be positive, got {self.n_ctx}")
         self.batch_size = max(1, int(batch_size))
+        # Called as observer(w, x) with every projection's weight (a Linear) and input rows before
+        # the product is computed (`llmcli imatrix` collects activation statistics this way);
+        # None, the default, costs one attribute test per projection.
+        self.observer = None
         if spec.embed_scale:
             hp.embed_scale = math.sqrt(hp.n_embd)
         self.set_threads(threads)
@@ -71,6 +75,7 @@ class Transformer:
         self._build_rope()
         self.slopes = hp.alibi_slopes()
         self._alloc_buffers(self.batch_size)
+        self.prompt_activations = "float"
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -129,7 +134,7 @@ class Transformer:
             return Linear(self.reader, info, bias, workspace=self.workspace)
         n_rows_per_expert, n_expert = info.shape[1], info.shape[2]
         return [Linear(self.reader, info, rows=(e * n_rows_per_expert, (e + 1) * n_rows_per_expert),
-                       workspace=self.workspace)
+                       workspace=self.workspace, expert=e)
                 for e in range(n_expert)]
 
     def _check_embedding_type(self, embd) -> None:
@@ -218,6 +223,27 @@ class Transformer:
         self.thread_setting = None if threads is None else self.threads
         self._auto = AutoThreads(self.threads) if threads is None and self.threads > 1 else None
 
+    # How prompt chunks' layer projections treat activations (see set_prompt_activations).
+    PROMPT_ACTIVATIONS = ("float", "int8")
+
+    def set_prompt_activations(self, mode: str) -> None:
+        """"float" (the default): a prompt chunk's projections are float32 GEMMs (fast, and the more
+        exact). "int8": they round each activation row to 8 bits and use mat-vec arithmetic wherever
+        the weight type has an integer kernel, as llama.cpp's CPU backend computes a prompt, so
+        figures that average the model's errors (perplexity) agree with llama.cpp's; about half the
+        GEMM's speed. The output projection stays a GEMM in both modes (its activation rounding
+        moves the demo model's perplexity by < 0.1 %, and it is the largest matrix)."""
+        from ..engine.matmul import has_int8_kernel
+
+        if mode not in self.PROMPT_ACTIVATIONS:
+            raise BadInputError(f"prompt activations must be one of {', '.join(self.PROMPT_ACTIVATIONS)}, got {mode!r}")
+        for blk in self.blocks:
+            for w in vars(blk).values():
+                for linear in w if isinstance(w, list) else [w]:
+                    if isinstance(linear, Linear):
+                        linear.row_exact = mode == "int8" and has_int8_kernel(linear.type)
+        self.prompt_activations = mode
+
     def _kv_slots(self) -> list[int]:
         # Sliding-window layers keep a ring of window + batch positions: enough for any batch's queries.
         return [min(self.n_ctx, self.hp.n_swa + self.batch_size) if swa else self.n_ctx for swa in self.hp.is_swa]
@@ -282,7 +308,9 @@ class Transformer:
         (slot, ids, pos, want_logits) of other sequences (each at most batch_size tokens).
 
         Returns the decode rows' logits (B, n_vocab) (None without decode rows) and per chunk
-        the logits of its last row (None unless want_logits). Every sequence's results equal what
+        the logits of its last row (None unless want_logits). want_logits may also be a count n
+        (an int, not a bool): the logits of the chunk's last n rows, (n, n_vocab) (scoring a text,
+        as perplexity does, needs many rows of each chunk). Every sequence's results equal what
         it gets alone (`decode` of its token, `forward` of its chunk): projections of the rows
         that mat-vec arithmetic computes alone (decode rows, chunks under the GEMM threshold) run
         as one row-exact B-row mat-vec, every longer chunk is a GEMM of its own, and norms and
@@ -292,10 +320,13 @@ class Transformer:
         if len(decode_ids) != len(seqs):
             raise BadInputError(f"{len(decode_ids)} tokens for {len(seqs)} sequences")
         chunk_ids = [self._check_ids(c[1]) for c in chunks]
-        for (slot, _, pos, _), cids in zip(chunks, chunk_ids):
+        n_outs = [int(c[3]) for c in chunks]  # rows whose logits come back (True: 1)
+        for (slot, _, pos, _), cids, n_out in zip(chunks, chunk_ids, n_outs):
             self._check_fits(len(cids), pos)
             if len(cids) > self.batch_size:
                 raise BadInputError(f"a chunk of {len(cids)} tokens is longer than the batch size {self.batch_size}")
+            if not 0 <= n_out <= len(cids):
+                raise BadInputError(f"logits of {n_out} rows asked of a chunk of {len(cids)} tokens")
         every = list(seqs) + [c[0] for c in chunks]
         if len({id(s) for s in every}) != len(every):
             raise BadInputError("a step needs distinct sequences")
@@ -319,8 +350,8 @@ class Transformer:
             parts.append(_Part.rows(cache, index, positions))
             pieces += [decode_ids] + [chunk_ids[i] for i in one]
         for i in longer:
-            slot, _, pos, want = chunks[i]
-            parts.append(_Part.chunk(slot, pos, len(chunk_ids[i]), 1 if want else 0))
+            slot, _, pos, _ = chunks[i]
+            parts.append(_Part.chunk(slot, pos, len(chunk_ids[i]), n_outs[i]))
             pieces.append(chunk_ids[i])
         out = self._run_parts(np.concatenate(pieces), parts) if parts else None
         # Results back in the caller's order, then the caches' bookkeeping.
@@ -328,12 +359,16 @@ class Transformer:
         n_rows = len(row_slots)
         decode_logits = out[:len(seqs)] if len(seqs) else None
         for k, i in enumerate(one):
-            results[i] = out[len(seqs) + k] if chunks[i][3] else None
+            if n_outs[i]:
+                results[i] = out[len(seqs) + k:len(seqs) + k + 1]
         row = n_rows
         for i in longer:
-            if chunks[i][3]:
-                results[i] = out[row]
-                row += 1
+            if n_outs[i]:
+                results[i] = out[row:row + n_outs[i]]
+                row += n_outs[i]
+        for i, (_, _, _, want) in enumerate(chunks):  # want_logits True: the last row alone
+            if isinstance(want, (bool, np.bool_)) and want:
+                results[i] = results[i][-1]
         for slot, token in zip(seqs, decode_ids):
             _Part.advance(slot, slot.n_past, token[None])
         for (slot, _, pos, _), cids in zip(chunks, chunk_ids):
@@ -451,13 +486,14 @@ class Transformer:
             norm = ops.rms_norm_serial if decode else ops.rms_norm
             norm(x[start:stop], weight, self.hp.rms_eps, out[start:stop])
 
-    @staticmethod
-    def _project(w: Linear, x: np.ndarray, out: np.ndarray, parts: list["_Part"],
+    def _project(self, w: Linear, x: np.ndarray, out: np.ndarray, parts: list["_Part"],
                  sizes: list[int] | None = None) -> np.ndarray:
         """out = x @ w.T for rows in consecutive runs of `sizes` (default: each part's n), each with
         the arithmetic it gets alone: decode rows and prompt runs under the GEMM threshold as one
         B-row mat-vec (row-exact: a row's result does not depend on the others), every longer
         prompt run as a GEMM of its own (sharing the decoded weight tiles)."""
+        if self.observer is not None:
+            self.observer(w, x)
         sizes = [p.n for p in parts] if sizes is None else sizes
         groups: list[list] = []  # [mat-vec?, first row, row bounds of its runs]
         row = 0

@@ -12,9 +12,12 @@ same branches, so these functions follow ggml's arithmetic exactly:
 * comparisons keep ggml's NaN behaviour (`a > b` is false when either is NaN);
 * `error_model="numpy"`: x/0 gives inf/NaN as in C instead of raising.
 
-Only the variants that llama-quantize runs without an importance matrix are here, each as a
-"lane" search over 16 sub-blocks at once (see below): make_q3_quants with rmse (Q3_K),
-make_qx_quants with rmse_type 1 and x*x weights (Q6_K), make_qkx2_quants (Q2_K, Q4_K, Q5_K).
+The variants llama-quantize runs, each as a "lane" search over many sub-blocks at once (see
+below): make_q3_quants with rmse (Q3_K), make_qx_quants with rmse_type 1 (Q6_K with x*x weights;
+with importance weights also Q3_K, Q4_0 and Q5_0), make_qkx2_quants (Q2_K, Q4_K, Q5_K; and, with
+importance weights, make_qkx3_quants - the same search once weights are given - for Q2_K, Q4_K,
+Q5_K, Q4_1 and Q5_1). make_qp_quants, which only importance-weighted quantizing uses (the 6-bit
+and 4-bit scales of Q4_K/Q5_K/Q2_K super-blocks), is a plain scalar search over 8 or 16 values.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ def nearest_int(fval):
 
 
 @njit(**JIT)
-def make_qx_quants_rmse1_lanes(xT, nmax, levels, scales, laux, st):
-    """ggml's make_qx_quants (rmse_type 1, weights x*x) on every column of xT.
+def make_qx_quants_lanes(xT, wT, nmax, levels, scales, laux, st):
+    """ggml's make_qx_quants (rmse_type 1) on every column of xT with weights wT: x*x when no
+    weights are given (ggml's default for rmse_type 1), else the importance weights.
 
     Symmetric fit x ~ scale * (level - nmax), levels 0..2*nmax-1 (0 for an all-zero group),
     the best of 19 trial scales. Writes levels (n, S) int8 and scales (S,); laux is scratch."""
@@ -92,7 +96,7 @@ def make_qx_quants_rmse1_lanes(xT, nmax, levels, scales, laux, st):
             xi = xT[i, s]
             l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
             levels[i, s] = l + off
-            w = xi * xi
+            w = wT[i, s]
             fl = F32(l)
             sumlx[s] += w * xi * fl
             suml2[s] += w * fl * fl
@@ -112,7 +116,7 @@ def make_qx_quants_rmse1_lanes(xT, nmax, levels, scales, laux, st):
                 xi = xT[i, s]
                 l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
                 laux[i, s] = l + off
-                w = xi * xi
+                w = wT[i, s]
                 fl = F32(l)
                 sumlx[s] += w * xi * fl
                 suml2[s] += w * fl * fl
@@ -138,7 +142,8 @@ def make_qx_quants_rmse1_lanes(xT, nmax, levels, scales, laux, st):
 @njit(**JIT)
 def make_qkx2_quants_lanes(xT, wT, nmax, rmin, rdelta, nstep, use_mad, levels, scales, the_mins,
                            laux, st):
-    """ggml's make_qkx2_quants on every column of xT (weights wT), nstep >= 1.
+    """ggml's make_qkx2_quants on every column of xT (weights wT), nstep >= 1. With weights given,
+    ggml's make_qkx3_quants is this same search (operation for operation) with use_mad false.
 
     Affine fit x ~ scale * level - the_min with levels 0..nmax: tries nstep+1 trial scales around
     nmax/(max-min) and keeps the one with the least weighted error (absolute if use_mad, else
@@ -318,3 +323,73 @@ def make_q3_quants_rmse_lanes(xT, nmax, levels, scales, st):
             scales[s] = sumlx[s] / suml2[s] if suml2[s] > ZERO else ZERO
             for i in range(n):
                 levels[i, s] += nmax
+
+
+@njit(**JIT)
+def make_qp_quants(nmax, x, levels, w):
+    """ggml's make_qp_quants: x >= 0 ~ scale * level, levels 0..nmax, weights w; returns the scale.
+
+    The super-block scales of importance-weighted Q2_K/Q4_K/Q5_K: nine trial scales around
+    nmax/max by weighted squared error, then up to five passes moving single levels while the
+    weighted fit improves. `levels` is uint8 as in ggml, which matters when a level is negative (a
+    negative sub-block scale): the stored byte wraps, and the error sums read the wrapped value
+    back where ggml does."""
+    n = x.shape[0]
+    vmax = ZERO
+    for i in range(n):
+        vmax = vmax if vmax > x[i] else x[i]      # ggml's MAX(max, x[i])
+    if vmax < GROUP_MAX_EPS:                       # all zero
+        for i in range(n):
+            levels[i] = 0
+        return ZERO
+    fnmax = F32(nmax)
+    iscale = fnmax / vmax
+    for i in range(n):
+        levels[i] = nearest_int(iscale * x[i]) & 0xFF
+    scale = ONE / iscale
+    best_mse = ZERO
+    for i in range(n):
+        diff = x[i] - scale * F32(levels[i])
+        best_mse += w[i] * diff * diff
+    for step in range(-4, 5):
+        if step == 0:
+            continue
+        iscale_is = (TENTH * F32(step) + fnmax) / vmax
+        scale_is = ONE / iscale_is
+        mse = ZERO
+        for i in range(n):
+            l = min(np.int32(nmax), nearest_int(iscale_is * x[i]))
+            diff = x[i] - scale_is * F32(l)
+            mse += w[i] * diff * diff
+        if mse < best_mse:
+            best_mse = mse
+            iscale = iscale_is
+    sumlx = ZERO
+    suml2 = ZERO
+    for i in range(n):
+        l = min(np.int32(nmax), nearest_int(iscale * x[i]))
+        levels[i] = l & 0xFF
+        fl = F32(l)
+        sumlx += w[i] * x[i] * fl
+        suml2 += w[i] * fl * fl
+    for _ in range(5):
+        n_changed = 0
+        for i in range(n):
+            wi = w[i]
+            li = F32(levels[i])
+            slx = sumlx - wi * x[i] * li
+            sl2 = suml2 - wi * li * li
+            if slx > ZERO and sl2 > ZERO:
+                new_l = min(np.int32(nmax), nearest_int(x[i] * sl2 / slx))
+                if new_l != np.int32(levels[i]):
+                    fnl = F32(new_l)
+                    slx += wi * x[i] * fnl
+                    sl2 += wi * fnl * fnl
+                    if slx * slx * suml2 > sumlx * sumlx * sl2:
+                        levels[i] = new_l & 0xFF
+                        sumlx = slx
+                        suml2 = sl2
+                        n_changed += 1
+        if n_changed == 0:
+            break
+    return sumlx / suml2 if suml2 > ZERO else ZERO

@@ -1,9 +1,13 @@
 """k-quants: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (weights) and Q8_K (activations), byte-exact with ggml.
 
-A super-block holds 256 weights. Quantizing equals ggml's `quantize_row_q*_K_ref`, which is what
-llama-quantize runs for these types when no importance matrix is given (`quantize_q*_K` falls back
-to the _ref function when quant_weights is NULL); dequantizing equals `dequantize_row_q*_K`.
-The per-sub-block scale searches live in kquant_search.py; this module holds the block layouts.
+A super-block holds 256 weights. Quantizing equals ggml's `quantize_q*_K(..., quant_weights)`:
+without importance weights (None here, NULL there) its `quantize_row_q*_K_ref` path, with them
+(one float per column of the row, from an importance matrix) its `quantize_row_q*_K_impl` path,
+whose searches weigh each value by w[col] * sqrt(sigma2 + x*x) (Q6_K: by w[col] alone). The two
+paths share the block layouts, the final requantization and the packing; they differ in the
+searches and in how the sub-block scales are coded (the weighted path fits them with
+make_qp_quants / make_qx_quants). Dequantizing equals `dequantize_row_q*_K`. The scale searches
+live in kquant_search.py; this module holds the block layouts.
 
 Kernels run `prange` over rows (Q4_K/Q5_K over pairs of blocks, whose searches share 16 SIMD
 lanes); blocks are independent, so the thread count never changes the bytes. Every float op is
@@ -23,7 +27,7 @@ from numba import njit, prange
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .half import f32_bits, f32_from_bits, fp16_to_fp32, fp32_to_fp16
 from .kquant_search import (F32, GROUP_MAX_EPS, ONE, ZERO, make_q3_quants_rmse_lanes,
-                            make_qkx2_quants_lanes, make_qx_quants_rmse1_lanes, nearest_int)
+                            make_qkx2_quants_lanes, make_qp_quants, make_qx_quants_lanes, nearest_int)
 from .registry import Codec, register
 
 QK_K = 256
@@ -34,6 +38,10 @@ HELPER = dict(cache=True, error_model="numpy")
 Q2_SEARCH = (3, F32(-0.5), F32(0.1), 15)
 Q4_SEARCH = (15, F32(-1.0), F32(0.1), 20)
 Q5_SEARCH = (31, F32(-0.5), F32(0.1), 15)
+# the importance-weighted path's make_qkx3_quants, every type: rmin, rdelta, nstep
+WEIGHTED_RMIN, WEIGHTED_RDELTA, WEIGHTED_NSTEP = F32(-0.9), F32(0.05), 36
+F256 = F32(256.0)
+F2 = F32(2.0)
 F15 = F32(15.0)
 F63 = F32(63.0)
 F32_M32 = F32(-32.0)
@@ -94,6 +102,31 @@ def _q3_scale(j, sc):
 
 
 @njit(**HELPER)
+def _sum_squares(x):
+    """sum of x*x as ggml adds it: one float32 chain in order (the order decides the last bit)."""
+    total = ZERO
+    for i in range(x.shape[0]):
+        total += x[i] * x[i]
+    return total
+
+
+@njit(**HELPER)
+def _importance(qw, sigma2, x):
+    """The weighted path's weight of one value: importance * sqrt(sigma2 + x*x)."""
+    return qw * np.sqrt(sigma2 + x * x)
+
+
+@njit(**HELPER)
+def _column_sums(wT, first, n_cols, sw):
+    """sw[j] = sum over i of wT[i, first + j], in order (ggml's per-sub-block weight sums)."""
+    for j in range(n_cols):
+        total = ZERO
+        for i in range(wT.shape[0]):
+            total += wT[i, first + j]
+        sw[j] = total
+
+
+@njit(**HELPER)
 def _lane_scratch(n, S):
     """Buffers for make_qkx2_quants_lanes over S sub-blocks of n: xT, wT, levels, laux, st,
     scales, mins."""
@@ -112,40 +145,59 @@ def _lane_scratch(n, S):
 
 
 @njit(**HELPER)
-def _quantize_block_q2_k(x, out, L, lanes):
+def _quantize_block_q2_k(x, qw, out, L, lanes, sw, Ls, Lm):
+    """One block; qw: the block's 256 importance weights, or empty for the reference path."""
     xT, wT, levels, laux, st, scales, mins = lanes
-    nmax, rmin, rdelta, nstep = Q2_SEARCH
-    for i in range(16):
-        for j in range(16):
-            xT[i, j] = x[16 * j + i]
-            wT[i, j] = abs(x[16 * j + i])
-    make_qkx2_quants_lanes(xT, wT, nmax, rmin, rdelta, nstep, True, levels, scales, mins, laux, st)
-    max_scale = ZERO
-    max_min = ZERO
+    weighted = qw.shape[0] != 0
+    if weighted:
+        sigma2 = _sum_squares(x) / F256       # the mean square (Q3_K..Q5_K weigh with twice it)
+        for i in range(16):
+            for j in range(16):
+                xT[i, j] = x[16 * j + i]
+                wT[i, j] = _importance(qw[16 * j + i], sigma2, x[16 * j + i])
+        make_qkx2_quants_lanes(xT, wT, 3, WEIGHTED_RMIN, WEIGHTED_RDELTA, WEIGHTED_NSTEP, False,
+                               levels, scales, mins, laux, st)
+    else:
+        nmax, rmin, rdelta, nstep = Q2_SEARCH
+        for i in range(16):
+            for j in range(16):
+                xT[i, j] = x[16 * j + i]
+                wT[i, j] = abs(x[16 * j + i])
+        make_qkx2_quants_lanes(xT, wT, nmax, rmin, rdelta, nstep, True, levels, scales, mins, laux, st)
     for j in range(16):
         for i in range(16):
             L[16 * j + i] = levels[i, j]
-        if scales[j] > max_scale:
-            max_scale = scales[j]
-        if mins[j] > max_min:
-            max_min = mins[j]
     packed = out[0:16]
-    if max_scale > ZERO:
-        iscale = F15 / max_scale
+    if weighted:  # 4-bit scales and mins fitted by make_qp_quants, weighted by each sub-block's weight
+        _column_sums(wT, 0, 16, sw)
+        _put_f16(out, 80, make_qp_quants(15, scales, Ls, sw))
+        _put_f16(out, 82, make_qp_quants(15, mins, Lm, sw))
         for j in range(16):
-            packed[j] = nearest_int(iscale * scales[j]) & 0xFF
-        _put_f16(out, 80, max_scale / F15)
-    else:
+            packed[j] = (np.int32(Ls[j]) | (np.int32(Lm[j]) << 4)) & 0xFF
+    else:         # 4-bit scales and mins relative to the largest
+        max_scale = ZERO
+        max_min = ZERO
         for j in range(16):
-            packed[j] = 0
-        _put_f16(out, 80, ZERO)
-    if max_min > ZERO:
-        iscale = F15 / max_min
-        for j in range(16):
-            packed[j] |= (nearest_int(iscale * mins[j]) << 4) & 0xFF
-        _put_f16(out, 82, max_min / F15)
-    else:
-        _put_f16(out, 82, ZERO)
+            if scales[j] > max_scale:
+                max_scale = scales[j]
+            if mins[j] > max_min:
+                max_min = mins[j]
+        if max_scale > ZERO:
+            iscale = F15 / max_scale
+            for j in range(16):
+                packed[j] = nearest_int(iscale * scales[j]) & 0xFF
+            _put_f16(out, 80, max_scale / F15)
+        else:
+            for j in range(16):
+                packed[j] = 0
+            _put_f16(out, 80, ZERO)
+        if max_min > ZERO:
+            iscale = F15 / max_min
+            for j in range(16):
+                packed[j] |= (nearest_int(iscale * mins[j]) << 4) & 0xFF
+            _put_f16(out, 82, max_min / F15)
+        else:
+            _put_f16(out, 82, ZERO)
     d_all = _get_f16(out, 80)
     m_all = _get_f16(out, 82)
     for j in range(16):
@@ -159,14 +211,18 @@ def _quantize_block_q2_k(x, out, L, lanes):
 
 
 @njit(**KERNEL)
-def _quantize_q2_k(x, out):
+def _quantize_q2_k(x, qw, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
         L = np.empty(QK_K, np.uint8)
         lanes = _lane_scratch(16, 16)
+        sw = np.empty(16, np.float32)
+        Ls = np.empty(16, np.uint8)
+        Lm = np.empty(16, np.uint8)
         for b in range(nb):
-            _quantize_block_q2_k(x[r, b * QK_K:(b + 1) * QK_K], out[r, b * 84:(b + 1) * 84],
-                                 L, lanes)
+            qb = qw[b * QK_K:(b + 1) * QK_K]      # empty when qw is
+            _quantize_block_q2_k(x[r, b * QK_K:(b + 1) * QK_K], qb, out[r, b * 84:(b + 1) * 84],
+                                 L, lanes, sw, Ls, Lm)
 
 
 @njit(**KERNEL)
@@ -199,37 +255,72 @@ def _dequantize_q2_k(raw, y):
 
 
 @njit(**HELPER)
-def _quantize_block_q3_k(x, out, L, xT, levels, st, scales):
+def _q3_scratch():
+    """Buffers of one Q3_K block: the lane search over 16 sub-blocks (xT, wT, levels, laux, st,
+    scales), the stored 6-bit scales Ls, and the weighted path's second search - one lane fitting
+    the 16 sub-block scales (xs, ws, ls, lsaux, st1, d1)."""
+    return (np.empty((16, 16), np.float32), np.empty((16, 16), np.float32), np.empty((16, 16), np.int8),
+            np.empty((16, 16), np.int8), np.empty((16, 16), np.float32), np.empty(16, np.float32),
+            np.empty(16, np.int32),
+            np.empty((16, 1), np.float32), np.empty((16, 1), np.float32), np.empty((16, 1), np.int8),
+            np.empty((16, 1), np.int8), np.empty((16, 1), np.float32), np.empty(1, np.float32))
+
+
+@njit(**HELPER)
+def _quantize_block_q3_k(x, qw, out, L, scratch):
+    """One block; qw: the block's 256 importance weights, or empty for the reference path."""
+    xT, wT, levels, laux, st, scales, Ls, xs, ws, ls, lsaux, st1, d1 = scratch
     for i in range(16):
         for j in range(16):
             xT[i, j] = x[16 * j + i]
-    make_q3_quants_rmse_lanes(xT, 4, levels, scales, st)     # 16 sub-blocks side by side
-    max_scale = ZERO
-    amax = ZERO
+    if qw.shape[0] != 0:
+        # levels by make_qx_quants under the importance weights, then the 16 sub-block scales
+        # themselves fitted as 6-bit levels by make_qx_quants, weighted by each sub-block's weight
+        sigma2 = F2 * _sum_squares(x) / F256
+        for i in range(16):
+            for j in range(16):
+                wT[i, j] = _importance(qw[16 * j + i], sigma2, x[16 * j + i])
+        make_qx_quants_lanes(xT, wT, 4, levels, scales, laux, st)
+        for j in range(16):
+            xs[j, 0] = scales[j]
+        _column_sums(wT, 0, 16, ws[:, 0])
+        make_qx_quants_lanes(xs, ws, 32, ls, d1, lsaux, st1)
+        d_block = d1[0]
+        for j in range(16):
+            Ls[j] = ls[j, 0]
+    else:
+        # levels by make_q3_quants; 6-bit scales relative to the largest (sign kept) as -32
+        make_q3_quants_rmse_lanes(xT, 4, levels, scales, st)
+        max_scale = ZERO
+        amax = ZERO
+        for j in range(16):
+            a = abs(scales[j])
+            if a > amax:
+                amax = a
+                max_scale = scales[j]
+        d_block = ZERO
+        for j in range(16):
+            Ls[j] = 0
+        if max_scale != ZERO:
+            iscale = F32_M32 / max_scale
+            for j in range(16):
+                l = np.int8(nearest_int(iscale * scales[j]))      # ggml keeps it in an int8_t
+                Ls[j] = max(-32, min(31, np.int32(l))) + 32
+            d_block = ONE / iscale
     for j in range(16):
         for i in range(16):
             L[16 * j + i] = levels[i, j]
-        s = scales[j]
-        a = abs(s)
-        if a > amax:
-            amax = a
-            max_scale = s
     sc = out[96:108]
     for j in range(12):
         sc[j] = 0
-    if max_scale != ZERO:
-        iscale = F32_M32 / max_scale
-        for j in range(16):
-            l = np.int8(nearest_int(iscale * scales[j]))      # ggml keeps it in an int8_t
-            l = max(-32, min(31, np.int32(l))) + 32
-            if j < 8:
-                sc[j] = l & 0xF
-            else:
-                sc[j - 8] |= (l & 0xF) << 4
-            sc[j % 4 + 8] |= (l >> 4) << (2 * (j // 4))
-        _put_f16(out, 108, ONE / iscale)
-    else:
-        _put_f16(out, 108, ZERO)
+    for j in range(16):
+        l = Ls[j]
+        if j < 8:
+            sc[j] = l & 0xF
+        else:
+            sc[j - 8] |= (l & 0xF) << 4
+        sc[j % 4 + 8] |= (l >> 4) << (2 * (j // 4))
+    _put_f16(out, 108, d_block)
     d_all = _get_f16(out, 108)
     for j in range(16):
         d = d_all * F32(_q3_scale(j, sc))
@@ -248,17 +339,14 @@ def _quantize_block_q3_k(x, out, L, xT, levels, st, scales):
 
 
 @njit(**KERNEL)
-def _quantize_q3_k(x, out):
+def _quantize_q3_k(x, qw, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
         L = np.empty(QK_K, np.int8)
-        xT = np.empty((16, 16), np.float32)
-        levels = np.empty((16, 16), np.int8)
-        st = np.empty((16, 16), np.float32)
-        scales = np.empty(16, np.float32)
+        scratch = _q3_scratch()
         for b in range(nb):
-            _quantize_block_q3_k(x[r, b * QK_K:(b + 1) * QK_K], out[r, b * 110:(b + 1) * 110],
-                                 L, xT, levels, st, scales)
+            _quantize_block_q3_k(x[r, b * QK_K:(b + 1) * QK_K], qw[b * QK_K:(b + 1) * QK_K],
+                                 out[r, b * 110:(b + 1) * 110], L, scratch)
 
 
 @njit(**KERNEL)
@@ -299,14 +387,25 @@ def _dequantize_q3_k(raw, y):
 
 
 @njit(**HELPER)
-def _search_pair_k4(xa, xb, lanes, nmax, rmin, rdelta, nstep):
+def _search_pair_k4(xa, xb, qa, qb, lanes, nmax, rmin, rdelta, nstep):
     """Scale/min search for the 8 sub-blocks of 32 of two blocks at once: lanes 0-7 are block a,
-    lanes 8-15 block b (16 lanes is what LLVM vectorises)."""
+    lanes 8-15 block b (16 lanes is what LLVM vectorises). qa, qb: the blocks' importance weights
+    (the weighted path), or empty (the reference path, with its own search parameters)."""
     xT, wT, levels, laux, st, scales, mins = lanes
     for i in range(32):
         for j in range(8):
             xT[i, j] = xa[32 * j + i]
             xT[i, 8 + j] = xb[32 * j + i]
+    if qa.shape[0] != 0:
+        sigma_a = F2 * _sum_squares(xa) / F256
+        sigma_b = F2 * _sum_squares(xb) / F256
+        for i in range(32):
+            for j in range(8):
+                wT[i, j] = _importance(qa[32 * j + i], sigma_a, xa[32 * j + i])
+                wT[i, 8 + j] = _importance(qb[32 * j + i], sigma_b, xb[32 * j + i])
+        make_qkx2_quants_lanes(xT, wT, nmax, WEIGHTED_RMIN, WEIGHTED_RDELTA, WEIGHTED_NSTEP, False,
+                               levels, scales, mins, laux, st)
+        return
     av_x = st[15]
     for j in range(16):
         av_x[j] = ZERO
@@ -322,34 +421,49 @@ def _search_pair_k4(xa, xb, lanes, nmax, rmin, rdelta, nstep):
 
 
 @njit(**HELPER)
-def _finish_block_k4(x, out, L, lanes, first, nmax):
-    """From the search results in lanes first..first+7: d, dmin, the 12 scale bytes of out and the
-    final levels L (0..nmax) of one block."""
+def _finish_block_k4(x, out, L, lanes, first, nmax, weighted, sw, Ls, Lm):
+    """From the search results in lanes first..first+7: the 6-bit scales and mins, d, dmin, the
+    12 scale bytes of out and the final levels L (0..nmax) of one block."""
     levels, scales, mins = lanes[2], lanes[5], lanes[6]
-    max_scale = ZERO
-    max_min = ZERO
     for j in range(8):
         for i in range(32):
             L[32 * j + i] = levels[i, first + j]
-        if scales[first + j] > max_scale:
-            max_scale = scales[first + j]
-        if mins[first + j] > max_min:
-            max_min = mins[first + j]
-    inv_scale = F63 / max_scale if max_scale > ZERO else ZERO
-    inv_min = F63 / max_min if max_min > ZERO else ZERO
+    if weighted:  # scales and mins fitted by make_qp_quants, weighted by each sub-block's weight
+        _column_sums(lanes[1], first, 8, sw)
+        d_block = make_qp_quants(63, scales[first:first + 8], Ls, sw)
+        m_block = make_qp_quants(63, mins[first:first + 8], Lm, sw)
+        if nmax == 31:  # ggml clamps Q5_K's to 63 here, not Q4_K's (a negative scale wraps there)
+            for j in range(8):
+                Ls[j] = min(63, Ls[j])
+                Lm[j] = min(63, Lm[j])
+    else:         # relative to the largest scale and the largest min
+        max_scale = ZERO
+        max_min = ZERO
+        for j in range(8):
+            if scales[first + j] > max_scale:
+                max_scale = scales[first + j]
+            if mins[first + j] > max_min:
+                max_min = mins[first + j]
+        inv_scale = F63 / max_scale if max_scale > ZERO else ZERO
+        inv_min = F63 / max_min if max_min > ZERO else ZERO
+        for j in range(8):
+            Ls[j] = min(63, nearest_int(inv_scale * scales[first + j]) & 0xFF)   # ggml: uint8_t
+            Lm[j] = min(63, nearest_int(inv_min * mins[first + j]) & 0xFF)
+        d_block = max_scale / F63
+        m_block = max_min / F63
     sc = out[4:16]
     for j in range(8):
-        ls = min(63, nearest_int(inv_scale * scales[first + j]) & 0xFF)   # ggml: uint8_t
-        lm = min(63, nearest_int(inv_min * mins[first + j]) & 0xFF)
+        ls = np.int32(Ls[j])
+        lm = np.int32(Lm[j])
         if j < 4:
             sc[j] = ls
             sc[j + 4] = lm
         else:
             sc[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4)
-            sc[j - 4] |= (ls >> 4) << 6
-            sc[j] |= (lm >> 4) << 6
-    _put_f16(out, 0, max_scale / F63)
-    _put_f16(out, 2, max_min / F63)
+            sc[j - 4] |= ((ls >> 4) << 6) & 0xFF
+            sc[j] |= ((lm >> 4) << 6) & 0xFF
+    _put_f16(out, 0, d_block)
+    _put_f16(out, 2, m_block)
     d_all = _get_f16(out, 0)
     m_all = _get_f16(out, 2)
     for j in range(8):
@@ -383,13 +497,18 @@ def _pack_q5_k(L, blk):
 
 
 @njit(**HELPER)
-def _quantize_pair_k4(xs, blocks, p, L, lanes, nmax, rmin, rdelta, nstep, five_bits):
-    """Blocks 2p and 2p+1 of the flattened tensor (2p twice when it is the last, odd one)."""
+def _quantize_pair_k4(xs, qw, blocks, p, L, lanes, nmax, rmin, rdelta, nstep, five_bits, sw, Ls, Lm):
+    """Blocks 2p and 2p+1 of the flattened tensor (2p twice when it is the last, odd one). qw: the
+    row's importance weights (block k uses the slice of its column range), or empty."""
     a = 2 * p
     b = min(a + 1, xs.shape[0] - 1)
-    _search_pair_k4(xs[a], xs[b], lanes, nmax, rmin, rdelta, nstep)
+    weighted = qw.shape[0] != 0
+    nb = qw.shape[0] // QK_K
+    qa = qw[(a % nb) * QK_K:(a % nb + 1) * QK_K] if weighted else qw
+    qb = qw[(b % nb) * QK_K:(b % nb + 1) * QK_K] if weighted else qw
+    _search_pair_k4(xs[a], xs[b], qa, qb, lanes, nmax, rmin, rdelta, nstep)
     for k in range(2 if b != a else 1):
-        _finish_block_k4(xs[a + k], blocks[a + k], L, lanes, 8 * k, nmax)
+        _finish_block_k4(xs[a + k], blocks[a + k], L, lanes, 8 * k, nmax, weighted, sw, Ls, Lm)
         if five_bits:
             _pack_q5_k(L, blocks[a + k])
         else:
@@ -397,25 +516,27 @@ def _quantize_pair_k4(xs, blocks, p, L, lanes, nmax, rmin, rdelta, nstep, five_b
 
 
 @njit(**KERNEL)
-def _quantize_q4_k(x, out):
+def _quantize_q4_k(x, qw, out):
     nmax, rmin, rdelta, nstep = Q4_SEARCH
     xs = x.reshape((-1, QK_K))                  # blocks are independent: pair them across rows
     blocks = out.reshape((-1, 144))
     for p in prange((xs.shape[0] + 1) // 2):
         L = np.empty(QK_K, np.uint8)
         lanes = _lane_scratch(32, 16)
-        _quantize_pair_k4(xs, blocks, p, L, lanes, nmax, rmin, rdelta, nstep, False)
+        sw, Ls, Lm = np.empty(8, np.float32), np.empty(8, np.uint8), np.empty(8, np.uint8)
+        _quantize_pair_k4(xs, qw, blocks, p, L, lanes, nmax, rmin, rdelta, nstep, False, sw, Ls, Lm)
 
 
 @njit(**KERNEL)
-def _quantize_q5_k(x, out):
+def _quantize_q5_k(x, qw, out):
     nmax, rmin, rdelta, nstep = Q5_SEARCH
     xs = x.reshape((-1, QK_K))
     blocks = out.reshape((-1, 176))
     for p in prange((xs.shape[0] + 1) // 2):
         L = np.empty(QK_K, np.uint8)
         lanes = _lane_scratch(32, 16)
-        _quantize_pair_k4(xs, blocks, p, L, lanes, nmax, rmin, rdelta, nstep, True)
+        sw, Ls, Lm = np.empty(8, np.float32), np.empty(8, np.uint8), np.empty(8, np.uint8)
+        _quantize_pair_k4(xs, qw, blocks, p, L, lanes, nmax, rmin, rdelta, nstep, True, sw, Ls, Lm)
 
 
 @njit(**KERNEL)
@@ -479,11 +600,16 @@ def _dequantize_q5_k(raw, y):
 
 
 @njit(**HELPER)
-def _quantize_block_q6_k(x, out, L, xT, levels, laux, st, scales):
+def _quantize_block_q6_k(x, qw, out, L, xT, wT, levels, laux, st, scales):
+    """One block; qw: the block's 256 importance weights, or empty for the reference path. The
+    paths differ only in the search's weights: x*x, or the importance weights as they are."""
+    weighted = qw.shape[0] != 0
     for i in range(16):
         for j in range(16):
-            xT[i, j] = x[16 * j + i]
-    make_qx_quants_rmse1_lanes(xT, 32, levels, scales, laux, st)   # 16 sub-blocks side by side
+            v = x[16 * j + i]
+            xT[i, j] = v
+            wT[i, j] = qw[16 * j + i] if weighted else v * v
+    make_qx_quants_lanes(xT, wT, 32, levels, scales, laux, st)   # 16 sub-blocks side by side
     max_scale = ZERO
     max_abs_scale = ZERO
     for j in range(16):
@@ -522,18 +648,19 @@ def _quantize_block_q6_k(x, out, L, xT, levels, laux, st, scales):
 
 
 @njit(**KERNEL)
-def _quantize_q6_k(x, out):
+def _quantize_q6_k(x, qw, out):
     nb = x.shape[1] // QK_K
     for r in prange(x.shape[0]):
         L = np.empty(QK_K, np.int8)
         xT = np.empty((16, 16), np.float32)
+        wT = np.empty((16, 16), np.float32)
         levels = np.empty((16, 16), np.int8)
         laux = np.empty((16, 16), np.int8)
         st = np.empty((16, 16), np.float32)
         scales = np.empty(16, np.float32)
         for b in range(nb):
-            _quantize_block_q6_k(x[r, b * QK_K:(b + 1) * QK_K], out[r, b * 210:(b + 1) * 210],
-                                 L, xT, levels, laux, st, scales)
+            _quantize_block_q6_k(x[r, b * QK_K:(b + 1) * QK_K], qw[b * QK_K:(b + 1) * QK_K],
+                                 out[r, b * 210:(b + 1) * 210], L, xT, wT, levels, laux, st, scales)
 
 
 @njit(**KERNEL)
@@ -627,13 +754,19 @@ def _dequantize_q8_k(raw, y):
 # registration
 
 
-def _codec(ggml_type: GGMLType, quantize_kernel, dequantize_kernel) -> Codec:
+def _codec(ggml_type: GGMLType, quantize_kernel, dequantize_kernel, weighted: bool) -> Codec:
+    """`weighted`: the quantize kernel takes (rows, importance weights or an empty array, out)."""
     info = TYPE_INFO[ggml_type]
+    no_weights = np.empty(0, np.float32)
 
-    def quantize(rows: np.ndarray) -> np.ndarray:
+    def quantize(rows: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         out = np.zeros((rows.shape[0], rows.shape[1] // QK_K * info.block_bytes), np.uint8)
-        quantize_kernel(rows, out)
+        if weighted:
+            qw = no_weights if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+            quantize_kernel(rows, qw, out)
+        else:
+            quantize_kernel(rows, out)
         return out
 
     def dequantize(raw: np.ndarray) -> np.ndarray:
@@ -644,17 +777,18 @@ def _codec(ggml_type: GGMLType, quantize_kernel, dequantize_kernel) -> Codec:
 
     quantize.__name__ = f"quantize_{ggml_type.name.lower()}"
     dequantize.__name__ = f"dequantize_{ggml_type.name.lower()}"
-    return register(Codec(ggml_type, dequantize, quantize))
+    return register(Codec(ggml_type, dequantize, quantize, uses_weights=weighted))
 
 
+# type -> (quantize kernel, dequantize kernel, whether quantizing takes importance weights)
 KERNELS = {
-    GGMLType.Q2_K: (_quantize_q2_k, _dequantize_q2_k),
-    GGMLType.Q3_K: (_quantize_q3_k, _dequantize_q3_k),
-    GGMLType.Q4_K: (_quantize_q4_k, _dequantize_q4_k),
-    GGMLType.Q5_K: (_quantize_q5_k, _dequantize_q5_k),
-    GGMLType.Q6_K: (_quantize_q6_k, _dequantize_q6_k),
-    GGMLType.Q8_K: (_quantize_q8_k, _dequantize_q8_k),
+    GGMLType.Q2_K: (_quantize_q2_k, _dequantize_q2_k, True),
+    GGMLType.Q3_K: (_quantize_q3_k, _dequantize_q3_k, True),
+    GGMLType.Q4_K: (_quantize_q4_k, _dequantize_q4_k, True),
+    GGMLType.Q5_K: (_quantize_q5_k, _dequantize_q5_k, True),
+    GGMLType.Q6_K: (_quantize_q6_k, _dequantize_q6_k, True),
+    GGMLType.Q8_K: (_quantize_q8_k, _dequantize_q8_k, False),
 }
 
-for _type, (_q, _dq) in KERNELS.items():
-    _codec(_type, _q, _dq)
+for _type, (_q, _dq, _weighted) in KERNELS.items():
+    _codec(_type, _q, _dq, _weighted)

@@ -2,7 +2,8 @@
 
 Quantizers reproduce ggml's `quantize_row_*_ref`, which is what llama-quantize runs for these types
 without an imatrix (`ggml_quantize_chunk` -> `quantize_q4_0` -> `quantize_row_q4_0_ref`, ...; Q8_0
-always takes the reference path). Dequantizers reproduce `dequantize_row_*`.
+always takes the reference path), and, given importance weights, its `quantize_row_*_impl` (see
+"Importance-weighted" below). Dequantizers reproduce `dequantize_row_*`.
 
 Exactness rules followed in every kernel:
 - float32 arithmetic only, in ggml's order (numba would widen `float32 op python-float` to float64,
@@ -26,6 +27,7 @@ from numba import njit, prange
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .floats import ggml_fp32_to_fp16
 from .half import fp16_to_fp32
+from .kquant_search import make_qkx2_quants_lanes, make_qx_quants_lanes
 from .registry import Codec, register
 
 QK = 32  # weights per block in every legacy format
@@ -327,6 +329,122 @@ def _dequantize_q8_1(raw, y):
             y[b, j] = np.float32((np.int32(raw[b, 4 + j]) ^ 0x80) - 0x80) * d
 
 
+# ---------------------------------------------------------------------------------------------
+# Importance-weighted Q4_0, Q4_1, Q5_0, Q5_1: ggml's quantize_row_q*_impl, which llama-quantize
+# runs when it has an importance matrix (without one it runs the reference quantizers above; Q8_0
+# ignores the weights). Same block layouts; a block's levels and scale come from the k-quant
+# searches under the weights w[j] = importance[j] * sqrt(sigma2 + x[j]^2), sigma2 being the mean
+# square of the whole row:
+#   Q4_0, Q5_0: make_qx_quants, symmetric, levels 0..2*nmax-1 around nmax, d = its scale
+#   Q4_1, Q5_1: make_qkx3_quants, scale and min, levels 0..nmax, d = scale, m = -min
+# The levels are stored as they come out of the search (no requantization against the fp16 d).
+# Searches run 16 blocks side by side, one per SIMD lane (see kquant_search.py); blocks are
+# independent, so a lane group may span rows.
+
+WEIGHTED_RMIN, WEIGHTED_RDELTA, WEIGHTED_NSTEP = np.float32(-0.9), np.float32(0.05), 36
+LANES = 16
+
+
+@njit(inline="always")
+def _mean_square(row):
+    """sum of row^2 (one float32 chain in order, as ggml adds it) / row length."""
+    total = np.float32(0.0)
+    for j in range(row.shape[0]):
+        total += row[j] * row[j]
+    return total / np.float32(row.shape[0])
+
+
+@njit(inline="always")
+def _gather_block_lanes(x, qw, sigma2, first, S, nb, xT, wT):
+    """Blocks first..first+S-1 of the flattened tensor into lanes: xT[i, s] = value i of block
+    first + s, wT[i, s] its weight."""
+    for s in range(S):
+        blk = first + s
+        r = blk // nb
+        c = (blk % nb) * QK
+        for i in range(QK):
+            v = x[r, c + i]
+            xT[i, s] = v
+            wT[i, s] = qw[c + i] * np.sqrt(sigma2[r] + v * v)
+
+
+@njit(inline="always")
+def _put_levels(out, b, qs_pos, qh_pos, levels, s):
+    """Pack the 32 levels of lane s into block b: low nibbles at qs_pos (level j in the low
+    nibble of byte j, level j + 16 in its high nibble); with qh_pos >= 0, bit 4 of level j is
+    bit j of the u32 at qh_pos (5-bit formats)."""
+    qh = 0
+    for j in range(QK // 2):
+        q0 = np.int64(levels[j, s])
+        q1 = np.int64(levels[j + QK // 2, s])
+        out[b, qs_pos + j] = (q0 & 0x0F) | ((q1 & 0x0F) << 4)
+        qh |= ((q0 & 0x10) >> 4) << j
+        qh |= ((q1 & 0x10) >> 4) << (j + QK // 2)
+    if qh_pos >= 0:
+        for i in range(4):
+            out[b, qh_pos + i] = (qh >> (8 * i)) & 0xFF
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _quantize_weighted_symmetric(x, qw, out, nmax, qs_pos, qh_pos):
+    """Q4_0 (nmax 8) and Q5_0 (nmax 16) with importance weights; out: (n_blocks, block_bytes)."""
+    nb = x.shape[1] // QK
+    n_blocks = x.shape[0] * nb
+    sigma2 = np.empty(x.shape[0], np.float32)
+    for r in prange(x.shape[0]):
+        sigma2[r] = _mean_square(x[r])
+    for g in prange((n_blocks + LANES - 1) // LANES):
+        first = g * LANES
+        S = min(LANES, n_blocks - first)
+        xT = np.empty((QK, S), np.float32)
+        wT = np.empty((QK, S), np.float32)
+        levels = np.empty((QK, S), np.int8)
+        laux = np.empty((QK, S), np.int8)
+        st = np.empty((16, S), np.float32)
+        scales = np.empty(S, np.float32)
+        _gather_block_lanes(x, qw, sigma2, first, S, nb, xT, wT)
+        make_qx_quants_lanes(xT, wT, nmax, levels, scales, laux, st)
+        for s in range(S):
+            write_u16(out, first + s, 0, ggml_fp32_to_fp16(scales[s]))
+            _put_levels(out, first + s, qs_pos, qh_pos, levels, s)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _quantize_weighted_affine(x, qw, out, nmax, qs_pos, qh_pos):
+    """Q4_1 (nmax 15) and Q5_1 (nmax 31) with importance weights; out: (n_blocks, block_bytes)."""
+    nb = x.shape[1] // QK
+    n_blocks = x.shape[0] * nb
+    sigma2 = np.empty(x.shape[0], np.float32)
+    for r in prange(x.shape[0]):
+        sigma2[r] = _mean_square(x[r])
+    for g in prange((n_blocks + LANES - 1) // LANES):
+        first = g * LANES
+        S = min(LANES, n_blocks - first)
+        xT = np.empty((QK, S), np.float32)
+        wT = np.empty((QK, S), np.float32)
+        levels = np.empty((QK, S), np.uint8)
+        laux = np.empty((QK, S), np.float32)
+        st = np.empty((16, S), np.float32)
+        scales = np.empty(S, np.float32)
+        the_mins = np.empty(S, np.float32)
+        _gather_block_lanes(x, qw, sigma2, first, S, nb, xT, wT)
+        make_qkx2_quants_lanes(xT, wT, nmax, WEIGHTED_RMIN, WEIGHTED_RDELTA, WEIGHTED_NSTEP, False,
+                               levels, scales, the_mins, laux, st)
+        for s in range(S):
+            write_u16(out, first + s, 0, ggml_fp32_to_fp16(scales[s]))
+            write_u16(out, first + s, 2, ggml_fp32_to_fp16(-the_mins[s]))
+            _put_levels(out, first + s, qs_pos, qh_pos, levels, s)
+
+
+# type -> (weighted kernel, nmax, offset of qs, offset of qh or -1)
+WEIGHTED_KERNELS = {
+    GGMLType.Q4_0: (_quantize_weighted_symmetric, 8, 2, -1),
+    GGMLType.Q5_0: (_quantize_weighted_symmetric, 16, 6, 2),
+    GGMLType.Q4_1: (_quantize_weighted_affine, 15, 4, -1),
+    GGMLType.Q5_1: (_quantize_weighted_affine, 31, 8, 4),
+}
+
+
 # type -> (quantize kernel, dequantize kernel); kernels take (n_blocks, 32) f32 and
 # (n_blocks, block_bytes) u8 views.
 KERNELS = {
@@ -339,16 +457,22 @@ KERNELS = {
 }
 
 
-def blockwise_quantizer(kernel, ggml_type: GGMLType):
-    """Wrap a per-block kernel as a codec quantize: float32 (n, k) -> uint8 (n, row_bytes)."""
+def blockwise_quantizer(kernel, ggml_type: GGMLType, weighted=None):
+    """Wrap a per-block kernel as a codec quantize: float32 (n, k) -> uint8 (n, row_bytes);
+    `weighted`: the type's WEIGHTED_KERNELS entry, run when importance weights are given."""
     info = TYPE_INFO[ggml_type]
 
-    def quantize_rows(rows: np.ndarray) -> np.ndarray:
+    def quantize_rows(rows: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         n_rows, row_len = rows.shape
         n_blocks = n_rows * (row_len // info.block_size)
         out = np.empty((n_rows, info.row_bytes(row_len)), dtype=np.uint8)
-        kernel(rows.reshape(n_blocks, info.block_size), out.reshape(n_blocks, info.block_bytes))
+        if weights is None or weighted is None:
+            kernel(rows.reshape(n_blocks, info.block_size), out.reshape(n_blocks, info.block_bytes))
+        else:
+            weighted_kernel, nmax, qs_pos, qh_pos = weighted
+            weighted_kernel(rows, np.ascontiguousarray(weights, dtype=np.float32),
+                            out.reshape(n_blocks, info.block_bytes), nmax, qs_pos, qh_pos)
         return out
 
     quantize_rows.__name__ = f"quantize_{ggml_type.name.lower()}"
@@ -372,4 +496,6 @@ def blockwise_dequantizer(kernel, ggml_type: GGMLType):
 
 
 for _type, (_quantize, _dequantize) in KERNELS.items():
-    register(Codec(_type, blockwise_dequantizer(_dequantize, _type), blockwise_quantizer(_quantize, _type)))
+    _weighted = WEIGHTED_KERNELS.get(_type)
+    register(Codec(_type, blockwise_dequantizer(_dequantize, _type),
+                   blockwise_quantizer(_quantize, _type, _weighted), uses_weights=_weighted is not None))

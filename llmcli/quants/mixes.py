@@ -91,25 +91,29 @@ SUPPORTED_MIXES: tuple[str, ...] = (
     "Q5_K_S", "Q5_K_M", "Q6_K", "F16", "BF16", "F32", "Q3_K", "Q4_K", "Q5_K",
 )
 
+# TYPEs llmcli produces only with an importance matrix (--imatrix), as llama-quantize.
+IMATRIX_ONLY_MIXES: tuple[str, ...] = ("Q2_K_S",)
+
 # Types that llama.cpp refuses to produce without an importance matrix (`tensor_requires_imatrix`).
 _IMATRIX_TYPES = frozenset({GGMLType.IQ3_XXS, GGMLType.IQ2_XXS, GGMLType.IQ2_XS, GGMLType.IQ2_S,
                             GGMLType.IQ1_M, GGMLType.IQ1_S})
 
 
-def find_mix(name: str) -> Mix:
-    """The Mix for a TYPE argument (case-insensitive, or llama-quantize's numeric file type)."""
+def find_mix(name: str, has_imatrix: bool = False) -> Mix:
+    """The Mix for a TYPE argument (case-insensitive, or llama-quantize's numeric file type);
+    `has_imatrix`: an importance matrix will be given (Q2_K_S needs one)."""
     key = name.strip().upper()
     mix = MIXES.get(key)
     if mix is None and key.isdigit():
         mix = next((m for m in MIXES.values() if m.file_type == int(key)), None)
     if mix is None:
         raise BadInputError(f"unknown quantization type '{name}' (valid: {', '.join(SUPPORTED_MIXES)})")
-    if mix.file_type == FileType.MOSTLY_Q2_K_S:
+    if mix.file_type == FileType.MOSTLY_Q2_K_S and not has_imatrix:
         raise UnsupportedError(
-            "Q2_K_S needs an importance matrix: llama.cpp refuses to quantize to it without --imatrix "
-            "(its Q2_K tensors are only usable with importance weights), and llmcli has no importance "
-            "matrix support; use Q2_K or Q3_K_S")
-    if mix.name not in SUPPORTED_MIXES:
+            "Q2_K_S needs an importance matrix: llama.cpp refuses to quantize to it without one (its "
+            "Q2_K tensors are only usable with importance weights); make one with `llmcli imatrix` "
+            "and pass --imatrix FILE, or use Q2_K or Q3_K_S")
+    if mix.name not in SUPPORTED_MIXES + IMATRIX_ONLY_MIXES:
         raise UnsupportedError(f"quantization type {mix.name} is a llama-quantize type llmcli cannot "
                                f"produce yet (supported: {', '.join(SUPPORTED_MIXES)})")
     return mix
@@ -552,8 +556,9 @@ class TypePlanner:
     `llama_tensor_order`, through `choose`; `all_tensor_names` must list the whole model."""
 
     def __init__(self, model: ModelFacts, mix: Mix, options: QuantizeOptions,
-                 all_tensor_names: Iterable[str]):
+                 all_tensor_names: Iterable[str], has_imatrix: bool = False):
         self.model, self.mix, self.options = model, mix, options
+        self.has_imatrix = has_imatrix   # a few rules differ when an importance matrix is given
         names = list(all_tensor_names)
         self.tied_embeddings = "output.weight" not in names
         self.n_counted = {"attn_v": sum(category_of(n) in _ATTN_V_LIKE for n in names),
@@ -621,7 +626,7 @@ class TypePlanner:
 
     def _mix_rules(self, name: str, shape: tuple[int, ...], category: Category) -> GGMLType:
         ftype, base = self.mix.file_type, self.mix.base
-        x = RuleInput(ftype, self.model, name, category, shape, base)
+        x = RuleInput(ftype, self.model, name, category, shape, base, has_imatrix=self.has_imatrix)
         if self.model.arch == "glm5-next" and any(p in name for p in ("attn_q_a", "attn_q_b", "nextn.eh_proj")):
             return GGMLType.Q8_0  # never below Q8_0 (the base is quantized here, so never above either)
         if category == Category.OUTPUT or (self.tied_embeddings and category == Category.TOKEN_EMBD):
@@ -678,15 +683,16 @@ class TypePlanner:
 
 
 def plan_types(model: ModelFacts, mix: Mix, options: QuantizeOptions,
-               tensors: Iterable[tuple[str, Sequence[int], GGMLType]]) -> list[TypeChoice]:
+               tensors: Iterable[tuple[str, Sequence[int], GGMLType]],
+               has_imatrix: bool = False) -> list[TypeChoice]:
     """Type choices for (name, shape, type) tensors, returned in llama-quantize's output order."""
     by_name = {name: (tuple(shape), t) for name, shape, t in tensors}
-    planner = TypePlanner(model, mix, options, by_name)
+    planner = TypePlanner(model, mix, options, by_name, has_imatrix)
     return [planner.choose(name, *by_name[name]) for name in llama_tensor_order(by_name)]
 
 
 __all__ = [
-    "Category", "MIXES", "Mix", "ModelFacts", "QuantizeOptions", "SUPPORTED_MIXES", "TypeChoice",
+    "Category", "IMATRIX_ONLY_MIXES", "MIXES", "Mix", "ModelFacts", "QuantizeOptions", "SUPPORTED_MIXES", "TypeChoice",
     "TypePlanner", "category_of", "find_mix", "is_quantized", "layer_of", "llama_tensor_order", "n_dims",
     "parse_ggml_type", "parse_tensor_type_override", "plan_types",
 ]

@@ -2,8 +2,12 @@
 
 A codec works on whole rows:
     quantize(rows: float32 (n_rows, row_length)) -> uint8 (n_rows, row_bytes)
+    quantize(rows, weights: float32 (row_length,))   (codecs with uses_weights only)
     dequantize(raw: uint8 (n_rows, row_bytes))    -> float32 (n_rows, row_length)
-Both must equal ggml's reference functions bit for bit (`quantize_row_*_ref`, `dequantize_row_*`).
+Both must equal ggml bit for bit: `quantize_*(..., quant_weights)` - its reference functions
+(`quantize_row_*_ref`) without importance weights, its weighted `quantize_row_*_impl` with them -
+and `dequantize_row_*`. Types whose ggml quantizer ignores importance weights (Q8_0, F16, ...) are
+quantized the same with or without them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from ..gguf.constants import TYPE_INFO, GGMLType
 class Codec:
     type: GGMLType
     dequantize: Callable[[np.ndarray], np.ndarray]
-    quantize: Callable[[np.ndarray], np.ndarray] | None = None  # None: read-only format
+    quantize: Callable[..., np.ndarray] | None = None  # None: read-only format
+    uses_weights: bool = False   # quantize takes importance weights (ggml's quant_weights)
 
 
 CODECS: dict[GGMLType, Codec] = {}
@@ -44,8 +49,9 @@ def quantizable_types() -> list[GGMLType]:
     return [t for t, c in CODECS.items() if c.quantize is not None]
 
 
-def quantize(rows: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
-    """float32 rows -> uint8 blocks (n_rows, row_bytes)."""
+def quantize(rows: np.ndarray, ggml_type: GGMLType, weights: np.ndarray | None = None) -> np.ndarray:
+    """float32 rows -> uint8 blocks (n_rows, row_bytes). `weights`: one importance weight per
+    column (from an importance matrix), shared by every row; None quantizes without."""
     codec = get_codec(ggml_type)
     if codec.quantize is None:
         raise UnsupportedError(f"quantizing to {ggml_type.name} is not supported (read only)")
@@ -56,7 +62,12 @@ def quantize(rows: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
     if rows.shape[1] % block:
         raise UnsupportedError(f"{ggml_type.name} needs rows of a multiple of {block} values, "
                                f"got {rows.shape[1]}")
-    return codec.quantize(rows)
+    if weights is None or not codec.uses_weights:
+        return codec.quantize(rows)
+    weights = np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
+    if weights.shape[0] != rows.shape[1]:
+        raise UnsupportedError(f"{weights.shape[0]} importance weights for rows of {rows.shape[1]} values")
+    return codec.quantize(rows, weights)
 
 
 def dequantize(raw: np.ndarray, ggml_type: GGMLType) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -19,15 +20,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import LlmcliError
+from ..errors import BadInputError, LlmcliError
 from ..generation import Request as GenerationRequest
 from ..generation import SamplingParams
+from ..generation.grammar.tokens import TokenIndex
 from ..generation.pooling import l2_normalize
+from ..generation.tools import ArgumentsPart, CallHead, ReplyReader
 from .errors import ApiError
 from .gateway import Gateway
-from .responses import FINISH_REASONS, ChatShapes, TextShapes, TokenTexts, embedding_list, usage
+from .responses import (ChatShapes, TextShapes, TokenTexts, arguments_delta, call_head_delta, embedding_list,
+                        finish_reason, tool_call_deltas, usage)
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
-                      TokenizeRequest)
+                      NativeCompletionRequest, TokenizeRequest)
 from .state import ServerState
 from .stream import SSE_DONE, SSE_PING, EngineStream, error_of, sse
 
@@ -122,17 +126,26 @@ def create_app(state: ServerState) -> FastAPI:
                                body: ChatCompletionRequest = Depends(json_body(ChatCompletionRequest))):
         llm = state.ready()
         messages = [m.template_message() for m in body.messages]
-        prompt = await run_in_threadpool(llm.chat_prompt_ids, messages)
-        stream = _submit(state, body, prompt, body.logprobs_count())
+        chat = await run_in_threadpool(llm.prepare_chat, messages, body.tools, body.tool_choice,
+                                       body.parallel_tool_calls)
+        fields = _request_fields(body, body.logprobs_count())
+        grammar = fields.pop("grammar")
+        if grammar is not None:
+            if body.tools:  # the tools' call syntax is a grammar of its own (llama-server refuses this too)
+                raise BadInputError("tools cannot be combined with response_format, grammar or json_schema")
+            chat = replace(chat, grammar=grammar)
+        stream = await _submit(state, chat.request(**fields))
         shapes = ChatShapes(state.model_id)
         if body.stream:
-            return StreamingResponse(_chat_events(stream, shapes, body, TokenTexts(llm.tokenizer), request,
-                                                  config.sse_ping_interval),
+            return StreamingResponse(_chat_events(stream, shapes, body, chat.reader(), TokenTexts(llm.tokenizer),
+                                                  request, config.sse_ping_interval),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        text, logprobs, finish = await _collect(stream, request)
+        text, logprobs, stop_reason = await _collect(stream, request)
+        reply = chat.tool_chat.read(text)
         texts = TokenTexts(llm.tokenizer)
         entries = None if logprobs is None else [texts.chat_entry(lp) for lp in logprobs]
-        return shapes.completion(text, finish, entries, _usage(stream, request))
+        return shapes.completion(reply.content, finish_reason(stop_reason, bool(reply.tool_calls)), entries,
+                                 _usage(stream, request), reply.tool_calls)
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest = Depends(json_body(CompletionRequest))):
@@ -140,15 +153,32 @@ def create_app(state: ServerState) -> FastAPI:
         prompt = body.prompt
         if isinstance(prompt, str):  # text gets BOS as the model asks; token ids are taken as they are
             prompt = await run_in_threadpool(llm.tokenize, prompt, True, True)
-        stream = _submit(state, body, prompt, body.logprobs_count())
+        stream = await _submit(state, GenerationRequest(prompt, **_request_fields(body, body.logprobs_count())))
         shapes = TextShapes(state.model_id)
         texts = TokenTexts(llm.tokenizer)
         if body.stream:
             return StreamingResponse(_text_events(stream, shapes, body, texts, request, config.sse_ping_interval),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        text, logprobs, finish = await _collect(stream, request)
-        return shapes.completion(text, finish, None if logprobs is None else texts.completion_logprobs(logprobs),
+        text, logprobs, stop_reason = await _collect(stream, request)
+        return shapes.completion(text, finish_reason(stop_reason),
+                                 None if logprobs is None else texts.completion_logprobs(logprobs),
                                  _usage(stream, request))
+
+    @app.post("/completion")
+    async def native_completion(request: Request,
+                                body: NativeCompletionRequest = Depends(json_body(NativeCompletionRequest))):
+        """llama-server's own completion endpoint: `content` out (streamed: one object per piece,
+        the last with `stop: true`), `n_predict`, `grammar`, `json_schema`."""
+        llm = state.ready()
+        prompt = body.prompt
+        if isinstance(prompt, str):
+            prompt = await run_in_threadpool(llm.tokenize, prompt, True, True)
+        stream = await _submit(state, GenerationRequest(prompt, **_request_fields(body, None)))
+        if body.stream:
+            return StreamingResponse(_native_events(stream, request, config.sse_ping_interval),
+                                     media_type="text/event-stream", headers=SSE_HEADERS)
+        text, _, reason = await _collect(stream, request)
+        return _native_final(stream, request, text, reason)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request, body: EmbeddingRequest = Depends(json_body(EmbeddingRequest))):
@@ -190,10 +220,16 @@ def json_body(schema):
 # -- generation --------------------------------------------------------------------------------
 
 
-def _submit(state: ServerState, body, prompt: list[int], logprobs: int | None) -> EngineStream:
-    request = GenerationRequest(prompt, max_tokens=body.token_limit(), params=body.sampling_params(),
-                                stop=body.stop_strings, ignore_eos=body.ignore_eos,
-                                cache_prompt=body.cache_prompt, logprobs=logprobs)
+def _request_fields(body, logprobs: int | None) -> dict:
+    """The generation Request's fields a request body gives (all but the prompt)."""
+    return dict(max_tokens=body.token_limit(), params=body.sampling_params(), stop=body.stop_strings,
+                ignore_eos=body.ignore_eos, cache_prompt=body.cache_prompt, logprobs=logprobs,
+                grammar=body.output_grammar())
+
+
+async def _submit(state: ServerState, request: GenerationRequest) -> EngineStream:
+    if request.grammar is not None:  # the vocabulary's sorted pieces: built once (a second), off the event loop
+        await run_in_threadpool(TokenIndex.of, state.llm.tokenizer)
     return EngineStream(state.engine, request, state.config.timeout,
                         on_done=lambda seq: state.metrics.add(seq.timings))
 
@@ -245,7 +281,7 @@ def _usage(stream: EngineStream, request: Request) -> dict:
 
 
 async def _collect(stream: EngineStream, request: Request):
-    """Run a generation to its end: (text, logprobs or None, finish_reason). A client that goes
+    """Run a generation to its end: (text, logprobs or None, stop reason). A client that goes
     away meanwhile cancels it."""
     watcher = _watch_disconnect(request, stream.close)
     pieces, logprobs = [], []
@@ -257,12 +293,47 @@ async def _collect(stream: EngineStream, request: Request):
             if event.logprob is not None:
                 logprobs.append(event.logprob)
             if event.done:
-                finish = FINISH_REASONS.get(event.stop_reason, "stop")
+                stop_reason = event.stop_reason
     finally:
         watcher.cancel()
         stream.close()
     asked = stream.handle.seq.request.logprobs is not None
-    return "".join(pieces), logprobs if asked else None, finish
+    return "".join(pieces), logprobs if asked else None, stop_reason
+
+
+# llama-server's stop_type for our stop reasons
+NATIVE_STOP_TYPES = {"eos": "eos", "stop": "word", "length": "limit", "context": "limit", "timeout": "limit"}
+
+
+def _native_final(stream: EngineStream, request: Request, text: str, reason: str) -> dict:
+    """llama-server's last /completion object: the text and how the generation went."""
+    seq = stream.seq
+    _usage(stream, request)
+    return {"content": text, "tokens": [], "stop": True, "stop_type": NATIVE_STOP_TYPES.get(reason, "none"),
+            "tokens_predicted": len(seq.tokens), "tokens_evaluated": stream.prompt_tokens,
+            "tokens_cached": stream.cached_tokens(), "truncated": False, "timings": seq.timings.to_dict()}
+
+
+async def _native_events(stream: EngineStream, request: Request, ping_interval: float):
+    """SSE for /completion: {"content": piece, "stop": false} per piece, then the final object."""
+    pieces = []
+    try:
+        async for event in stream.events(ping_interval):
+            if event is None:
+                yield SSE_PING
+                continue
+            if event.done and event.error is not None:
+                yield sse(error_of(event).body())
+                return
+            if event.text:
+                pieces.append(event.text)
+                yield sse({"content": event.text, "tokens": [], "stop": False})
+            if event.done:
+                yield sse(_native_final(stream, request, "".join(pieces), event.stop_reason) | {"content": ""})
+    except Exception as error:  # the headers are out: the failure can only be told as an event
+        yield _stream_failure(error)
+    finally:
+        stream.close()
 
 
 def _watch_disconnect(request: Request, on_gone) -> asyncio.Task:
@@ -275,36 +346,59 @@ def _watch_disconnect(request: Request, on_gone) -> asyncio.Task:
     return asyncio.create_task(watch())
 
 
-async def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompletionRequest, texts: TokenTexts,
-                       request: Request, ping_interval: float):
-    """SSE for a chat completion: the role first, then content deltas (each with the logprobs of
-    the tokens it completes), the finish reason, the usage chunk if asked, [DONE]."""
+async def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompletionRequest, reader: ReplyReader,
+                       texts: TokenTexts, request: Request, ping_interval: float):
+    """SSE for a chat completion: the role first, then content and tool call deltas as the reader
+    hands them over (each chunk with the logprobs of the tokens since the last one), the finish
+    reason, the usage chunk if asked, [DONE]. A call the reader announces (an enforced reply) goes
+    out as its head, then its arguments fragment by fragment as they come; a call handed over whole
+    as its head and all its arguments at once."""
     with_usage = body.include_usage
+    pending: list[dict] = []
+    n_heads = n_calls = 0  # calls whose head went out; calls finished
+
+    def chunks(items) -> list[bytes]:
+        nonlocal pending, n_heads, n_calls
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                deltas = [{"content": item}]
+            elif isinstance(item, CallHead):
+                deltas = [call_head_delta(item.index, item.id, item.name)]
+                n_heads += 1
+            elif isinstance(item, ArgumentsPart):
+                deltas = [arguments_delta(item.index, item.text)]
+            else:  # a finished call: whole now if it was not announced (else it has all gone out)
+                deltas = tool_call_deltas(n_calls, item) if n_heads == n_calls else []
+                n_heads = n_calls = n_calls + 1
+            for delta in deltas:
+                out.append(sse(shapes.chunk(delta, None, pending or None, with_usage_field=with_usage)))
+                pending = []
+        return out
+
     try:
         yield sse(shapes.chunk({"role": "assistant", "content": ""}, with_usage_field=with_usage))
-        pending = []
         async for event in stream.events(ping_interval):
             if event is None:
                 yield SSE_PING
                 continue
             if event.logprob is not None:
                 pending.append(texts.chat_entry(event.logprob))
+            if event.done and event.error is not None:
+                yield sse(error_of(event).body())
+                return
+            for chunk in chunks(reader.feed(event.text) if event.text else []):
+                yield chunk
             if event.done:
-                if event.error is not None:
-                    yield sse(error_of(event).body())
-                    return
-                finish = FINISH_REASONS.get(event.stop_reason, "stop")
-                if event.text:
-                    yield sse(shapes.chunk({"content": event.text}, with_usage_field=with_usage))
+                for chunk in chunks(reader.finish()):
+                    yield chunk
+                finish = finish_reason(event.stop_reason, bool(reader.tool_calls))
                 yield sse(shapes.chunk({}, finish, pending or None, with_usage_field=with_usage))
                 if with_usage:
                     yield sse(shapes.usage_chunk(_usage(stream, request)))
                 else:
                     _usage(stream, request)
                 yield SSE_DONE
-            elif event.text:
-                yield sse(shapes.chunk({"content": event.text}, None, pending or None, with_usage_field=with_usage))
-                pending = []
     except Exception as error:  # the headers are out: the failure can only be told as an event
         yield _stream_failure(error)
     finally:
@@ -338,7 +432,7 @@ async def _text_events(stream: EngineStream, shapes: TextShapes, body: Completio
                 if event.error is not None:
                     yield sse(error_of(event).body())
                     return
-                finish = FINISH_REASONS.get(event.stop_reason, "stop")
+                finish = finish_reason(event.stop_reason)
                 yield sse(shapes.chunk(event.text, finish, logprobs_of(pending), with_usage_field=with_usage))
                 if with_usage:
                     yield sse(shapes.usage_chunk(_usage(stream, request)))

@@ -1,8 +1,11 @@
 """Response bodies in OpenAI's shapes, field for field: chat completions and their stream chunks,
 text completions and theirs, usage, both logprobs formats, and embedding lists.
 
-Our stop reasons map onto OpenAI's two: an end-of-generation token or a stop string is `stop`;
-max_tokens, a full context or the server's --timeout is `length`.
+Our stop reasons map onto OpenAI's: an end-of-generation token or a stop string is `stop`, or
+`tool_calls` when the reply made calls; max_tokens, a full context or the server's --timeout is
+`length`. A streamed call is deltas as OpenAI sends them: its index, id, type and name with empty
+arguments, then the arguments' text in fragments (one, for calls the reader hands over whole), each
+with only the index besides.
 """
 
 from __future__ import annotations
@@ -15,9 +18,31 @@ import numpy as np
 
 from .. import __version__
 from ..generation import TokenLogprob
+from ..generation.tools import ToolCall
 
 SYSTEM_FINGERPRINT = f"llmcli-{__version__}"
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "timeout": "length"}
+
+
+def finish_reason(stop_reason: str | None, made_calls: bool = False) -> str:
+    reason = FINISH_REASONS.get(stop_reason, "stop")
+    return "tool_calls" if made_calls and reason == "stop" else reason
+
+
+def call_head_delta(index: int, call_id: str, name: str) -> dict:
+    """The first delta of a streamed call: what it is, its arguments still empty."""
+    return {"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                            "function": {"name": name, "arguments": ""}}]}
+
+
+def arguments_delta(index: int, text: str) -> dict:
+    """More of call `index`'s arguments."""
+    return {"tool_calls": [{"index": index, "function": {"arguments": text}}]}
+
+
+def tool_call_deltas(index: int, call: ToolCall) -> list[dict]:
+    """The stream deltas of a call handed over whole: its head, then all its arguments."""
+    return [call_head_delta(index, call.id, call.name), arguments_delta(index, call.arguments)]
 
 
 def new_id(prefix: str) -> str:
@@ -100,8 +125,12 @@ class ChatShapes(_Shapes):
     id_prefix = "chatcmpl"
     chunk_object = "chat.completion.chunk"
 
-    def completion(self, text: str, finish_reason: str, logprobs: list[dict] | None, usage_: dict) -> dict:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text},
+    def completion(self, content: str | None, finish_reason: str, logprobs: list[dict] | None, usage_: dict,
+                   tool_calls: list[ToolCall] = ()) -> dict:
+        message = {"role": "assistant", "content": content}
+        if tool_calls:
+            message["tool_calls"] = [call.to_openai() for call in tool_calls]
+        choice = {"index": 0, "message": message,
                   "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
                   "finish_reason": finish_reason}
         return {**self._head("chat.completion"), "choices": [choice], "usage": usage_}

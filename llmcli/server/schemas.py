@@ -1,22 +1,32 @@
 """Request bodies: OpenAI's fields plus llama.cpp's extras, checked strictly (a string where a
 number belongs is a 400, not a guess).
 
-Fields the server cannot act on (`n` > 1, `tools`, `response_format`, `logit_bias`, ...) are refused
-with a 400 naming the field; leaving them at their no-op value (`n: 1`, `tools: []`,
-`response_format: {"type": "text"}`) is fine. Fields that only label a request (`user`, `metadata`,
-`store`) are accepted and not used. A sampling field left out takes llama-server's default
-(`SamplingParams`), as llama-server does, not OpenAI's.
+Fields the server cannot act on (`n` > 1, `logit_bias`, `tools` on /v1/completions, ...) are
+refused with a 400 naming the field; leaving them at their no-op value (`n: 1`, `tools: []`) is
+fine. Fields that only label a request (`user`, `metadata`, `store`) are accepted and not used. A
+sampling field left out takes llama-server's default (`SamplingParams`), as llama-server does, not
+OpenAI's.
+
+Structured output: OpenAI's `response_format` ({"type": "json_object"} or {"type": "json_schema",
+"json_schema": {"schema": ...}}) and llama.cpp's `grammar` (GBNF) and `json_schema`, one of them
+per request.
+
+Chat requests take OpenAI's `tools`, `tool_choice` and `parallel_tool_calls`, assistant messages
+with `tool_calls` and `tool` messages; their types are checked here, their meaning (names, schemas,
+which function `tool_choice` names, arguments as JSON) by generation/tools, whose errors name the
+field too. Tools and structured output do not combine (llama-server refuses that too).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..api import embedding_inputs
 from ..errors import BadInputError
 from ..generation import SamplingParams
+from ..generation.grammar import Grammar, GrammarError, to_grammar
 
 _DEFAULTS = SamplingParams()
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound for top_logprobs
@@ -31,14 +41,8 @@ def _absent(value: Any) -> bool:
 UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n": (lambda v: v is None or v == 1, "one choice per request (n = 1); send several requests instead"),
     "best_of": (lambda v: v is None or v == 1, "one candidate per request (best_of = 1)"),
-    "tools": (_absent, "tool calling is not available yet"),
-    "tool_choice": (lambda v: v is None or v == "none", "tool calling is not available yet"),
-    "functions": (_absent, "function calling is not available yet"),
-    "function_call": (lambda v: v is None or v == "none", "function calling is not available yet"),
-    "response_format": (lambda v: v is None or v == {"type": "text"},
-                        "structured output (JSON mode, JSON schema) is not available yet"),
-    "grammar": (_absent, "grammars are not available yet"),
-    "json_schema": (_absent, "structured output is not available yet"),
+    "functions": (_absent, "the deprecated function calling: use 'tools'"),
+    "function_call": (lambda v: v is None or v == "none", "the deprecated function calling: use 'tool_choice'"),
     "logit_bias": (_absent, "logit biases are not applied by this server"),
     "echo": (_absent, "the prompt is not echoed back"),
     "suffix": (_absent, "insertion (suffix) is not available"),
@@ -79,12 +83,17 @@ class GenerationRequest(StrictModel):
     cache_prompt: bool = True
     ignore_eos: bool = False
     user: str | None = None  # a label for the caller's own bookkeeping
+    response_format: dict[str, Any] | None = None
+    grammar: str | None = None  # llama.cpp's: GBNF text
+    json_schema: dict[str, Any] | None = None  # llama.cpp's: a JSON schema
+
+    unsupported: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = UNSUPPORTED  # what this endpoint refuses
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for name, (is_noop, why) in UNSUPPORTED.items():
+            for name, (is_noop, why) in cls.unsupported.items():
                 if name in data and not is_noop(data[name]):
                     raise ValueError(f"'{name}' is not supported by this server: {why}")
         return data
@@ -94,6 +103,37 @@ class GenerationRequest(StrictModel):
         if self.stream_options is not None and not self.stream:
             raise ValueError("'stream_options' is only allowed when 'stream' is true")
         return self
+
+    def output_grammar(self) -> Grammar | None:
+        """The grammar `response_format`, `grammar` or `json_schema` asks for (None: free text);
+        BadInputError naming the field when it cannot be used."""
+        asked = {}
+        if self.response_format is not None:
+            kind = self.response_format.get("type", "text")
+            if kind == "json_object":  # llama-server: a "schema" beside it is taken too
+                asked["response_format"] = ("json_schema", self.response_format.get("schema") or {})
+            elif kind == "json_schema":
+                wrapper = self.response_format.get("json_schema")
+                if not isinstance(wrapper, dict):
+                    raise BadInputError("response_format.json_schema must be an object holding the 'schema'")
+                asked["response_format.json_schema.schema"] = ("json_schema", wrapper.get("schema") or {})
+            elif kind != "text":
+                raise BadInputError(f"response_format.type must be text, json_object or json_schema, got {kind!r}")
+        if self.grammar:
+            asked["grammar"] = ("grammar", self.grammar)
+        if self.json_schema is not None:
+            asked["json_schema"] = ("json_schema", self.json_schema)
+        if len(asked) > 1:
+            raise BadInputError(f"give one of response_format, grammar, json_schema, not {' and '.join(asked)}")
+        if not asked:
+            return None
+        (field, (kind, value)), = asked.items()
+        if kind == "json_schema" and value == {}:
+            value = {"type": "object"}  # as llama-server: an empty schema is any JSON object
+        try:
+            return to_grammar(**{kind: value})
+        except GrammarError as e:
+            raise BadInputError(f"{field}: {e}") from None
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(
@@ -123,19 +163,34 @@ class TextPart(StrictModel):
     text: str
 
 
+class FunctionCall(StrictModel):
+    name: str
+    arguments: str | dict[str, Any]  # JSON text, as OpenAI sends it; an object is taken too (llama.cpp)
+
+
+class MessageToolCall(StrictModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
 class ChatMessage(StrictModel):
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
 
     @field_validator("role")
     @classmethod
     def _known_role(cls, role: str) -> str:
-        if role == "tool" or role == "function":
-            raise ValueError(f"role '{role}' needs tool calling, which is not available yet")
-        if role not in ("system", "developer", "user", "assistant"):
-            raise ValueError(f"role must be one of system, developer, user, assistant; got {role!r}")
+        if role == "function":
+            raise ValueError("role 'function' is the deprecated function calling: use 'tool' messages")
+        if role not in CHAT_ROLES:
+            raise ValueError(f"role must be one of {', '.join(CHAT_ROLES)}; got {role!r}")
         return role
 
     @field_validator("content")
@@ -151,17 +206,28 @@ class ChatMessage(StrictModel):
 
     @model_validator(mode="after")
     def _has_content(self) -> "ChatMessage":
-        if self.tool_calls:
-            raise ValueError("'tool_calls' is not supported by this server: tool calling is not available yet")
-        if self.content is None:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("'tool_calls' belong to assistant messages")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("'tool_call_id' is required in a tool message (the id of the call it answers)")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
             raise ValueError("'content' is required")
         return self
 
-    def template_message(self) -> dict[str, str]:
-        """The message as the chat template takes it: role and plain text (text parts joined by
-        newlines, as llama-server joins them; `developer` is OpenAI's new name for `system`)."""
-        text = self.content if isinstance(self.content, str) else "\n".join(p["text"] for p in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+    def template_message(self) -> dict[str, Any]:
+        """The message as generation/tools takes it: role and plain text (text parts joined by
+        newlines, as llama-server joins them; `developer` is OpenAI's new name for `system`), and
+        the tool calls, call id and name when given."""
+        text = self.content if isinstance(self.content, str) or self.content is None else \
+            "\n".join(p["text"] for p in self.content)
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text}
+        if self.tool_calls is not None:
+            message["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            message["name"] = self.name
+        return message
 
 
 class ChatCompletionRequest(GenerationRequest):
@@ -169,6 +235,9 @@ class ChatCompletionRequest(GenerationRequest):
     max_completion_tokens: int | None = Field(None, ge=0)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> "ChatCompletionRequest":
@@ -186,6 +255,9 @@ class ChatCompletionRequest(GenerationRequest):
 
 
 class CompletionRequest(GenerationRequest):
+    unsupported: ClassVar[dict[str, tuple[Callable[[Any], bool], str]]] = {**UNSUPPORTED,
+                   "tools": (_absent, "tools are for /v1/chat/completions"),
+                   "tool_choice": (lambda v: v is None or v == "none", "tools are for /v1/chat/completions")}
     prompt: Any = Field(...)
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
@@ -206,6 +278,16 @@ class CompletionRequest(GenerationRequest):
 
     def logprobs_count(self) -> int | None:
         return self.logprobs
+
+
+class NativeCompletionRequest(CompletionRequest):
+    """llama-server's own POST /completion: `n_predict` (-1: no limit) as well as `max_tokens`."""
+
+    n_predict: int | None = Field(None, ge=-1)
+
+    def token_limit(self) -> int:
+        limit = self.n_predict if self.n_predict is not None else self.max_tokens
+        return -1 if limit is None else limit
 
 
 class EmbeddingRequest(StrictModel):

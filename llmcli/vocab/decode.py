@@ -127,16 +127,18 @@ class StreamingDetokenizer:
 
     A character split over several tokens (byte tokens, or byte-level BPE pieces) comes out whole,
     once, when its last byte arrives; invalid byte sequences come out as U+FFFD. Call `flush()` at
-    the end for anything still pending.
+    the end for anything still pending. `special`: control tokens show as their text (else as
+    nothing, except those in `preserved`).
     """
 
-    def __init__(self, decoder: Decoder, special: bool = False):
+    def __init__(self, decoder: Decoder, special: bool = False, preserved: frozenset[int] = frozenset()):
         self.decoder = decoder
         self.special = special
+        self.preserved = preserved
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def feed(self, tid: int) -> str:
-        return self._utf8.decode(self.decoder.token_to_piece(tid, special=self.special))
+        return self._utf8.decode(self.decoder.token_to_piece(tid, special=self.special or tid in self.preserved))
 
     def flush(self) -> str:
         text = self._utf8.decode(b"", final=True)

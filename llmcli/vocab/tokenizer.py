@@ -66,6 +66,7 @@ class Tokenizer(Vocab):
         """As detokenize_bytes, decoded as UTF-8 (invalid bytes become U+FFFD)."""
         return self.detokenize_bytes(ids, remove_special, unparse_special).decode("utf-8", "replace")
 
-    def stream(self, special: bool = False) -> StreamingDetokenizer:
-        """A detokenizer fed one id at a time (for generated text)."""
-        return StreamingDetokenizer(self._decoder, special)
+    def stream(self, special: bool = False, preserved: frozenset[int] = frozenset()) -> StreamingDetokenizer:
+        """A detokenizer fed one id at a time (for generated text); `preserved`: control tokens
+        shown as their text even when `special` is off."""
+        return StreamingDetokenizer(self._decoder, special, preserved)
