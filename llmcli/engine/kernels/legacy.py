@@ -1,8 +1,8 @@
-"""Mat-vec and dequantize kernels for the 32-weight block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+"""Mat-vec kernels for the 32-weight block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 IQ4_NL (ggml-common.h block structs, dequantize_row_* in ggml-quants.c).
 
-Float32 activations here (prompt GEMM tiles are decoded with these dequant kernels; the mat-vecs
-serve types without an int8 kernel and `set_activations("float")`); token generation multiplies
+Float32 activations here (prompt GEMM tiles are decoded by the codecs' dequantizers, quants/; the
+mat-vecs serve types without an int8 kernel and `set_activations("float")`); token generation multiplies
 Q8_0/Q4_0/Q5_0 with 8-bit activations in int8.py. Q8_0, Q4_0 and Q5_0 (the demo model's output
 and most of its layers) run each row as one explicit vector loop (`simd.row_dot`); Q4_1 and Q5_1
 use the "lanes" shape of common.py with `simd.fma_lanes` as the step; IQ4_NL keeps a plain loop
@@ -17,15 +17,10 @@ import numpy as np
 from numba import njit, prange
 
 from ...gguf.constants import GGMLType
+from ...quants.half import read_fp16
+from ...quants.iquants import IQ4_GRID
 from .simd import fma_lanes, lanes_sum, row_dot
-from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns, half_at, signed8
-
-# 1 << k as int32 (bit 31 wraps to the sign bit, which is what a bit test wants).
-_BIT = np.array([1 << k for k in range(32)], dtype=np.uint32).view(np.int32)
-
-# IQ4_NL's non-linear 4-bit code book (ggml-common.h kvalues_iq4nl).
-IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
-                        dtype=np.float32)
+from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,15 +41,6 @@ def matvec_q8_0(blocks, x, out):
                 row_dot(flat[r], X, n_blocks, "q8_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q8_0(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            for k in range(32):
-                out[r, b, k] = d * np.float32(signed8(blocks[r, b, 2 + k]))
-
-
 # ---------------------------------------------------------------------------------------------
 # Q4_0: 18 bytes, 32 weights            weight j    = d * ((qs[j] & 15) - 8)
 #   byte  0    2                  18    weight j+16 = d * ((qs[j] >> 4) - 8)
@@ -70,17 +56,6 @@ def matvec_q4_0(blocks, x, out):
         for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
             for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
                 row_dot(flat[r], X, n_blocks, "q4_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q4_0(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            for j in range(16):
-                q = np.int32(blocks[r, b, 2 + j])
-                out[r, b, 0, j] = d * np.float32((q & 15) - 8)
-                out[r, b, 1, j] = d * np.float32((q >> 4) - 8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,8 +80,8 @@ def matvec_q4_1(blocks, x, out):
             offset[:] = 0.0
             row = flat[r]
             for b in range(n_blocks):
-                d = half_at(blocks, r, b, 0)
-                m = half_at(blocks, r, b, 2)
+                d = read_fp16(blocks[r, b], 0)
+                m = read_fp16(blocks[r, b], 2)
                 for t in range(n_t):
                     offset[t] += m * x_sum[t, b]
                 fma_lanes(acc=acc.reshape(-1), acc_off=32 * (b & 1), scale=d, scale2=d, x=xf, x_off=32 * b,
@@ -118,18 +93,6 @@ def matvec_q4_1(blocks, x, out):
                 Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q4_1(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            m = half_at(blocks, r, b, 2)
-            for j in range(16):
-                q = np.int32(blocks[r, b, 4 + j])
-                out[r, b, 0, j] = d * np.float32(q & 15) + m
-                out[r, b, 1, j] = d * np.float32(q >> 4) + m
-
-
 # ---------------------------------------------------------------------------------------------
 # Q5_0: 22 bytes, 32 weights            weight j    = d * ((qs[j] & 15 | bit j of qh << 4) - 16)
 #   byte  0    2        6                  22  weight j+16 = d * ((qs[j] >> 4 | bit j+16 of qh << 4) - 16)
@@ -137,12 +100,6 @@ def dequant_q4_1(blocks, out):
 # The high bit is tested against a constant table (`vptestmd` + blend); `(qh >> j) & 1` gets
 # widened to 64 bits and was ~35 % slower.
 # ---------------------------------------------------------------------------------------------
-@njit(inline="always")
-def _qh32(blocks, r, b, off):
-    return (np.int32(blocks[r, b, off]) | (np.int32(blocks[r, b, off + 1]) << 8)
-            | (np.int32(blocks[r, b, off + 2]) << 16) | np.int32(np.int32(blocks[r, b, off + 3]) << 24))
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_0(blocks, x, out):
     # one vector loop per row (simd.row_dot); in cache ~15 % over fma_lanes steps
@@ -153,20 +110,6 @@ def matvec_q5_0(blocks, x, out):
         for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
             for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
                 row_dot(flat[r], X, n_blocks, "q5_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q5_0(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            qh = _qh32(blocks, r, b, 2)
-            for j in range(16):
-                q = np.int32(blocks[r, b, 6 + j])
-                lo = (q & 15) - np.int32(0 if (qh & _BIT[j]) != 0 else 16)
-                hi = (q >> 4) - np.int32(0 if (qh & _BIT[j + 16]) != 0 else 16)
-                out[r, b, 0, j] = d * np.float32(lo)
-                out[r, b, 1, j] = d * np.float32(hi)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,8 +133,8 @@ def matvec_q5_1(blocks, x, out):
             offset[:] = 0.0
             row = flat[r]
             for b in range(n_blocks):
-                d = half_at(blocks, r, b, 0)
-                m = half_at(blocks, r, b, 2)
+                d = read_fp16(blocks[r, b], 0)
+                m = read_fp16(blocks[r, b], 2)
                 for t in range(n_t):
                     offset[t] += m * x_sum[t, b]
                 fma_lanes(acc=acc.reshape(-1), acc_off=32 * (b & 1), scale=d, scale2=d, x=xf, x_off=32 * b,
@@ -201,21 +144,6 @@ def matvec_q5_1(blocks, x, out):
                           n_columns=n_t, acc_stride=64, x_stride=n_cols)
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q5_1(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            m = half_at(blocks, r, b, 2)
-            qh = _qh32(blocks, r, b, 4)
-            for j in range(16):
-                q = np.int32(blocks[r, b, 8 + j])
-                lo = (q & 15) + np.int32(16 if (qh & _BIT[j]) != 0 else 0)
-                hi = (q >> 4) + np.int32(16 if (qh & _BIT[j + 16]) != 0 else 0)
-                out[r, b, 0, j] = d * np.float32(lo) + m
-                out[r, b, 1, j] = d * np.float32(hi) + m
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,14 +156,14 @@ def matvec_iq4_nl(blocks, x, out):
     X, Y = columns(x, out)
     n_t = X.shape[0]
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    values = IQ4NL_VALUES
+    values = IQ4_GRID
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         acc = np.empty((n_t, 32), np.float32)
         w = np.empty(32, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
             for b in range(n_blocks):
-                d = half_at(blocks, r, b, 0)
+                d = read_fp16(blocks[r, b], 0)
                 for j in range(16):  # decoded once, then acc[t, k] += w[k] * x[t, 32b + k] per column
                     q = np.int32(blocks[r, b, 2 + j])
                     w[j] = d * values[q & 15]
@@ -247,23 +175,11 @@ def matvec_iq4_nl(blocks, x, out):
                 Y[t, r] = lanes_sum(acc[t], 32)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_iq4_nl(blocks, out):
-    values = IQ4NL_VALUES
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            for j in range(16):
-                q = np.int32(blocks[r, b, 2 + j])
-                out[r, b, 0, j] = d * values[q & 15]
-                out[r, b, 1, j] = d * values[q >> 4]
-
-
 FORMATS = {
-    GGMLType.Q8_0: Format((32,), matvec_q8_0, dequant_q8_0),
-    GGMLType.Q4_0: Format((2, 16), matvec_q4_0, dequant_q4_0),
-    GGMLType.Q4_1: Format((2, 16), matvec_q4_1, dequant_q4_1),
-    GGMLType.Q5_0: Format((2, 16), matvec_q5_0, dequant_q5_0),
-    GGMLType.Q5_1: Format((2, 16), matvec_q5_1, dequant_q5_1),
-    GGMLType.IQ4_NL: Format((2, 16), matvec_iq4_nl, dequant_iq4_nl),
+    GGMLType.Q8_0: Format((32,), matvec_q8_0),
+    GGMLType.Q4_0: Format((2, 16), matvec_q4_0),
+    GGMLType.Q4_1: Format((2, 16), matvec_q4_1),
+    GGMLType.Q5_0: Format((2, 16), matvec_q5_0),
+    GGMLType.Q5_1: Format((2, 16), matvec_q5_1),
+    GGMLType.IQ4_NL: Format((2, 16), matvec_iq4_nl),
 }
