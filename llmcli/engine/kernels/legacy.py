@@ -66,12 +66,21 @@ def matvec_q4_0(blocks, x, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q4_1(blocks, x, out):
+    _affine_rows(blocks, x, out, 20, False)
+
+
+@njit(inline="always")
+def _affine_rows(blocks, x, out, block_bytes, five_bits):
+    """Q4_1 rows, or Q5_1 (five_bits: qh at byte 4, the nibbles at 8 instead of 4): the "lanes"
+    shape, one fma_lanes step a block (a nibble lane each, and Q5_1's bit j of qh as bit 4)."""
     X, Y = columns(x, out)
     n_t, n_cols = X.shape
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 20)
+    flat = blocks.reshape(n_rows, n_blocks * block_bytes)
     xf = X.reshape(-1)
     x_sum = block_sums(X, 32)
+    qs = 8 if five_bits else 4
+    qh_mask, qh_weight = (1, 16) if five_bits else (0, 0)  # Q4_1: no second source
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         acc = np.empty((n_t, 64), np.float32)
         offset = np.empty(n_t, np.float32)
@@ -85,9 +94,9 @@ def matvec_q4_1(blocks, x, out):
                 for t in range(n_t):
                     offset[t] += m * x_sum[t, b]
                 fma_lanes(acc=acc.reshape(-1), acc_off=32 * (b & 1), scale=d, scale2=d, x=xf, x_off=32 * b,
-                          src=row, src_off=20 * b + 4, shift=0, mask=0,  # nibbles: shift and mask unused
-                          src2=row, src2_off=0, shift2=0, mask2=0, mul2=0, bias=0,  # no second source
-                          n=32, signed=False, src2_bits=False, nibbles=True,
+                          src=row, src_off=block_bytes * b + qs, shift=0, mask=0,  # nibbles: shift and mask unused
+                          src2=row, src2_off=block_bytes * b + 4, shift2=0, mask2=qh_mask, mul2=qh_weight, bias=0,
+                          n=32, signed=False, src2_bits=five_bits, nibbles=True,
                           n_columns=n_t, acc_stride=64, x_stride=n_cols)
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
@@ -119,31 +128,7 @@ def matvec_q5_0(blocks, x, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_1(blocks, x, out):
-    X, Y = columns(x, out)
-    n_t, n_cols = X.shape
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 24)
-    xf = X.reshape(-1)
-    x_sum = block_sums(X, 32)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 64), np.float32)
-        offset = np.empty(n_t, np.float32)
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            offset[:] = 0.0
-            row = flat[r]
-            for b in range(n_blocks):
-                d = read_fp16(blocks[r, b], 0)
-                m = read_fp16(blocks[r, b], 2)
-                for t in range(n_t):
-                    offset[t] += m * x_sum[t, b]
-                fma_lanes(acc=acc.reshape(-1), acc_off=32 * (b & 1), scale=d, scale2=d, x=xf, x_off=32 * b,
-                          src=row, src_off=24 * b + 8, shift=0, mask=0,  # nibbles: shift and mask unused
-                          src2=row, src2_off=24 * b + 4, shift2=0, mask2=1, mul2=16, bias=0,  # bit j of qh
-                          n=32, signed=False, src2_bits=True, nibbles=True,
-                          n_columns=n_t, acc_stride=64, x_stride=n_cols)
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
+    _affine_rows(blocks, x, out, 24, True)
 
 
 # ---------------------------------------------------------------------------------------------
