@@ -16,11 +16,11 @@ from numba import njit, prange
 
 from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
-from ...quants.iquants import IQ4_GRID, iq4_xs_scale
 from ...quants.kquants import q3_k_scale, scale_min_k4
 from .llvm_ir import PREFETCH_BYTES
 from .simd import fma_lanes, lanes_sum, prefetch, row_dot_q4_k, row_dot_q6_k
 from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns
+from .legacy import iq4_rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,28 +214,7 @@ def matvec_q6_k(blocks, x, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq4_xs(blocks, x, out):
-    X, Y = columns(x, out)
-    n_t = X.shape[0]
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    values = IQ4_GRID
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 32), np.float32)
-        w = np.empty(32, np.float32)
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            for b in range(n_blocks):
-                d = read_fp16(blocks[r, b], 0)
-                for ib in range(8):
-                    dl = d * np.float32(iq4_xs_scale(blocks[r, b], ib))
-                    for j in range(16):  # decoded once, then acc[t, k] += w[k] * x[t, ...] per column
-                        q = np.int32(blocks[r, b, 8 + 16 * ib + j])
-                        w[j] = dl * values[q & 15]
-                        w[16 + j] = dl * values[q >> 4]
-                    for t in range(n_t):
-                        for k in range(32):
-                            acc[t, k] += w[k] * X[t, 256 * b + 32 * ib + k]
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 32)
+    iq4_rows(blocks, x, out, 8)  # IQ4_NL's loop (legacy.py), a scale per sub-block
 
 
 FORMATS = {
