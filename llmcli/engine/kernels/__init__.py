@@ -2,8 +2,8 @@
 
 `FORMATS` maps each supported GGMLType to its `Format` (mat-vec kernel, dequantize kernel - the
 type's codec decoder from quants/ - the activation view shape they index, and for some types an
-8-bit-activation mat-vec, int8.py). Every mat-vec kernel also takes B activation rows at once (common.py, "Columns"). `llmcli.engine.matmul`
-is the public API over them.
+8-bit-activation mat-vec, int8.py). Every mat-vec kernel also takes B activation rows at once
+(common.py, "Columns"). `llmcli.engine.matmul` is the public API over them.
 """
 
 from __future__ import annotations

@@ -38,12 +38,6 @@ ROW_TILE = 16
 COLUMN_BLOCK = 8
 
 
-@njit(inline="always")
-def signed8(v):
-    """A uint8 byte read as int8, widened to int32."""
-    return np.int32(v) - ((np.int32(v) & 128) << 1)
-
-
 def columns(x, out):
     """(X float32 (B, n_cols), out (B, n_rows)) from a kernel's arguments: a mat-vec's x (any shape)
     and 1-D out are B = 1; a B-column call passes X (B, ...) and out (B, n_rows), B >= 1."""
