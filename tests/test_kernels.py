@@ -208,6 +208,7 @@ def test_every_engine_kernel_releases_the_gil():
     kernels = [getattr(fmt, slot) for fmt in FORMATS.values()
                for slot in ("matvec", "matvec_serial", "matvec_int8", "matvec_int8_serial", "dequant")
                if getattr(fmt, slot) is not None]
+    kernels = [getattr(k, "kernel", k) for k in kernels]  # a codec's dequantize kernel behind its Decoder
     for module in (ops, gemm):
         kernels += [f for f in vars(module).values() if isinstance(f, CPUDispatcher)
                     and not f.targetoptions.get("inline") == "always"]

@@ -1,4 +1,5 @@
-"""IEEE half-precision conversions usable inside numba kernels.
+"""IEEE half-precision conversions usable inside numba kernels, and the one reader of a block's
+stored fp16 scale (`read_fp16`) that the codecs and the engine's kernels share.
 
 Numba has no float16 type on the CPU, and ggml stores every block scale as fp16. These two
 intrinsics emit LLVM's `fptrunc float -> half` (round to nearest even, what ggml's
@@ -84,6 +85,18 @@ def fp32_to_fp16(x):
 def fp16_to_fp32(h):
     """fp16 bit pattern -> float32 (exact)."""
     return _f16_bits_to_f32(h)
+
+
+@njit(inline="always")
+def read_fp16(block, pos):
+    """The fp16 stored little-endian at block[pos], block[pos + 1] (a uint8 array), as float32."""
+    return _f16_bits_to_f32(np.int32(block[pos]) | (np.int32(block[pos + 1]) << 8))
+
+
+@njit(inline="always")
+def bf16_to_fp32(h):
+    """bf16 bit pattern -> float32 (exact: the top half of the float's bits)."""
+    return f32_from_bits(np.uint32(h) << np.uint32(16))
 
 
 @njit(inline="always")

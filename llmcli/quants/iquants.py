@@ -12,8 +12,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..gguf.constants import GGMLType
-from .legacy import blockwise_dequantizer, read_fp16
-from .registry import Codec, register
+from .half import read_fp16
+from .registry import Codec, Decoder, register
 
 # ggml's IQ4 grid: the value each 4-bit index stands for, before scaling.
 IQ4_GRID = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
@@ -29,10 +29,10 @@ IQ4_GRID = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53
 #         | fp16 |         hi nibble = i[j + 16]     |
 #         +------+----------------------------------+
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _dequantize_iq4_nl(raw, y):
     for b in prange(raw.shape[0]):
-        d = read_fp16(raw, b, 0)
+        d = read_fp16(raw[b], 0)
         for j in range(16):
             q = raw[b, 2 + j]
             y[b, j] = d * IQ4_GRID[q & 0x0F]
@@ -51,20 +51,26 @@ def _dequantize_iq4_nl(raw, y):
 # 6-bit sub-block scale ls(s) = low 4 bits: nibble (s % 2) of scales_l[s // 2]
 #                               high 2 bits: bits 2s..2s+1 of scales_h
 
-@njit(parallel=True, cache=True)
+@njit(inline="always")
+def iq4_xs_scale(block, s):
+    """ls(s) - 32: the signed 6-bit scale of sub-block s of one IQ4_XS block (a uint8 array)."""
+    scales_h = np.int32(block[2]) | (np.int32(block[3]) << 8)
+    low = (np.int32(block[4 + s // 2]) >> (4 * (s % 2))) & 0x0F
+    return (low | (((scales_h >> (2 * s)) & 3) << 4)) - 32
+
+
+@njit(parallel=True, cache=True, nogil=True)
 def _dequantize_iq4_xs(raw, y):
     for b in prange(raw.shape[0]):
-        d = read_fp16(raw, b, 0)
-        scales_h = np.int32(raw[b, 2]) | (np.int32(raw[b, 3]) << 8)
+        d = read_fp16(raw[b], 0)
         for s in range(8):
-            low = (np.int32(raw[b, 4 + s // 2]) >> (4 * (s % 2))) & 0x0F
-            high = (scales_h >> (2 * s)) & 3
-            dl = d * np.float32((low | (high << 4)) - 32)
+            dl = d * np.float32(iq4_xs_scale(raw[b], s))
             for j in range(16):
                 q = raw[b, 8 + 16 * s + j]
                 y[b, 32 * s + j] = dl * IQ4_GRID[q & 0x0F]
                 y[b, 32 * s + j + 16] = dl * IQ4_GRID[q >> 4]
 
 
-register(Codec(GGMLType.IQ4_NL, blockwise_dequantizer(_dequantize_iq4_nl, GGMLType.IQ4_NL)))
-register(Codec(GGMLType.IQ4_XS, blockwise_dequantizer(_dequantize_iq4_xs, GGMLType.IQ4_XS)))
+for _type, _kernel in ((GGMLType.IQ4_NL, _dequantize_iq4_nl), (GGMLType.IQ4_XS, _dequantize_iq4_xs)):
+    _decoder = Decoder(_kernel, _type)
+    register(Codec(_type, _decoder.dequantize, decoder=_decoder))

@@ -25,14 +25,17 @@ import numpy as np
 from numba import njit, prange
 
 from ..gguf.constants import TYPE_INFO, GGMLType
-from .half import f32_bits, f32_from_bits, fp16_to_fp32, fp32_to_fp16
+from .half import f32_bits, f32_from_bits, fp32_to_fp16, read_fp16
 from .kquant_search import (F32, GROUP_MAX_EPS, ONE, ZERO, make_q3_quants_rmse_lanes,
                             make_qkx2_quants_lanes, make_qp_quants, make_qx_quants_lanes, nearest_int)
-from .registry import Codec, register
+from .legacy import read_u32
+from .registry import Codec, Decoder, register
 
 QK_K = 256
 KERNEL = dict(parallel=True, cache=True, error_model="numpy")
 HELPER = dict(cache=True, error_model="numpy")
+# Dequantizers also decode the engine's prompt-GEMM tiles on its own thread (registry.Decoder).
+DEQUANT = dict(KERNEL, nogil=True)
 
 # make_qkx2_quants search parameters per type: (nmax, rmin, rdelta, nstep)
 Q2_SEARCH = (3, F32(-0.5), F32(0.1), 15)
@@ -62,11 +65,6 @@ def _put_f16(out, pos, value):
 
 
 @njit(**HELPER)
-def _get_f16(raw, pos):
-    return fp16_to_fp32(np.uint16(raw[pos]) | (np.uint16(raw[pos + 1]) << np.uint16(8)))
-
-
-@njit(**HELPER)
 def _pack_2bit(L, qs):
     """64 bytes: byte 32*h + l holds L[128h + l + 32s] in bits 2s..2s+1 (s = 0..3)."""
     for h in range(2):
@@ -75,23 +73,27 @@ def _pack_2bit(L, qs):
             qs[32 * h + l] = L[j] | (L[j + 32] << 2) | (L[j + 64] << 4) | (L[j + 96] << 6)
 
 
-@njit(**HELPER)
-def _scale_min_k4(j, sc):
-    """6-bit (scale, min) of sub-block j from the 12 packed bytes (ggml get_scale_min_k4).
+@njit(inline="always")
+def scale_min_k4(j, sc):
+    """Q4_K / Q5_K: the 6-bit (scale, min) of sub-block j from the block's 12 packed scale bytes
+    `sc` (bytes 4..15 of the block; ggml's get_scale_min_k4). The one scalar reader: the quantizer,
+    the dequantizer and the engine's Q5_K mat-vec use it (simd.py and int8_kquants.py unpack all
+    eight at once as vectors, the same rule).
 
     bytes 0-3 : scale j (j<4) in bits 0-5, high bits of scale j+4 in bits 6-7
     bytes 4-7 : min j   (j<4) in bits 0-5, high bits of min j+4   in bits 6-7
     bytes 8-11: low 4 bits of scale j+4 (bits 0-3) and of min j+4 (bits 4-7)
     """
     if j < 4:
-        return sc[j] & 63, sc[j + 4] & 63
-    return ((sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4),
-            (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4))
+        return np.int32(sc[j]) & 63, np.int32(sc[j + 4]) & 63
+    return ((np.int32(sc[j + 4]) & 0xF) | ((np.int32(sc[j - 4]) >> 6) << 4),
+            (np.int32(sc[j + 4]) >> 4) | ((np.int32(sc[j]) >> 6) << 4))
 
 
-@njit(**HELPER)
-def _q3_scale(j, sc):
-    """Signed 6-bit scale of sub-block j from Q3_K's 12 scale bytes.
+@njit(inline="always")
+def q3_k_scale(j, sc):
+    """Q3_K: the signed 6-bit scale of sub-block j from the block's 12 scale bytes `sc` (bytes
+    96..107 of the block); the quantizer, the dequantizer and the engine's Q3_K mat-vec use it.
 
     bytes 0-7 : low 4 bits of scale j (j<8, bits 0-3) and of scale j+8 (bits 4-7)
     bytes 8-11: byte 8+(j%4) bits 2*(j//4)..+1 hold the top 2 bits; stored value is scale + 32
@@ -198,8 +200,8 @@ def _quantize_block_q2_k(x, qw, out, L, lanes, sw, Ls, Lm):
             _put_f16(out, 82, max_min / F15)
         else:
             _put_f16(out, 82, ZERO)
-    d_all = _get_f16(out, 80)
-    m_all = _get_f16(out, 82)
+    d_all = read_fp16(out, 80)
+    m_all = read_fp16(out, 82)
     for j in range(16):
         d = d_all * F32(packed[j] & 0xF)
         if d == ZERO:
@@ -225,14 +227,14 @@ def _quantize_q2_k(x, qw, out):
                                  L, lanes, sw, Ls, Lm)
 
 
-@njit(**KERNEL)
+@njit(**DEQUANT)
 def _dequantize_q2_k(raw, y):
     nb = y.shape[1] // QK_K
     for r in prange(y.shape[0]):
         for b in range(nb):
             blk = raw[r, b * 84:(b + 1) * 84]
-            d = _get_f16(blk, 80)
-            dmin = _get_f16(blk, 82)
+            d = read_fp16(blk, 80)
+            dmin = read_fp16(blk, 82)
             o = b * QK_K
             for h in range(2):
                 for s in range(4):
@@ -251,7 +253,7 @@ def _dequantize_q2_k(raw, y):
 #   0        32                 96        108     110
 #   | hmask  | qs: 2-bit low    | scales  | d f16 |
 #   level (0..7) = low 2 bits (qs, as _pack_2bit) + 4 * high bit; high bit of weight j is
-#   bit j//32 of hmask[j%32]; weight = d * scale_j * (level - 4), scale_j 6-bit signed (_q3_scale)
+#   bit j//32 of hmask[j%32]; weight = d * scale_j * (level - 4), scale_j 6-bit signed (q3_k_scale)
 
 
 @njit(**HELPER)
@@ -321,9 +323,9 @@ def _quantize_block_q3_k(x, qw, out, L, scratch):
             sc[j - 8] |= (l & 0xF) << 4
         sc[j % 4 + 8] |= (l >> 4) << (2 * (j // 4))
     _put_f16(out, 108, d_block)
-    d_all = _get_f16(out, 108)
+    d_all = read_fp16(out, 108)
     for j in range(16):
-        d = d_all * F32(_q3_scale(j, sc))
+        d = d_all * F32(q3_k_scale(j, sc))
         if d == ZERO:
             continue
         for i in range(16):
@@ -349,20 +351,20 @@ def _quantize_q3_k(x, qw, out):
                                  out[r, b * 110:(b + 1) * 110], L, scratch)
 
 
-@njit(**KERNEL)
+@njit(**DEQUANT)
 def _dequantize_q3_k(raw, y):
     nb = y.shape[1] // QK_K
     for r in prange(y.shape[0]):
         for b in range(nb):
             blk = raw[r, b * 110:(b + 1) * 110]
-            d_all = _get_f16(blk, 108)
+            d_all = read_fp16(blk, 108)
             sc = blk[96:108]
             o = b * QK_K
             for h in range(2):
                 for s in range(4):
                     bit = 1 << (4 * h + s)
                     for half in range(2):
-                        dl = d_all * F32(_q3_scale(8 * h + 2 * s + half, sc))
+                        dl = d_all * F32(q3_k_scale(8 * h + 2 * s + half, sc))
                         for l in range(16):
                             k = 16 * half + l
                             low = np.int32((blk[32 + 32 * h + k] >> (2 * s)) & 3)
@@ -375,7 +377,7 @@ def _dequantize_q3_k(raw, y):
 #
 # Q4_K                                                                         144 bytes / 256
 #   0       2          4                16                          144
-#   | d f16 | dmin f16 | scales (12, _scale_min_k4) | qs: 4-bit levels |
+#   | d f16 | dmin f16 | scales (12, scale_min_k4) | qs: 4-bit levels |
 #   qs[32c + l]: low nibble = weight 64c + l, high nibble = weight 64c + 32 + l
 #
 # Q5_K                                                                         176 bytes / 256
@@ -464,10 +466,10 @@ def _finish_block_k4(x, out, L, lanes, first, nmax, weighted, sw, Ls, Lm):
             sc[j] |= ((lm >> 4) << 6) & 0xFF
     _put_f16(out, 0, d_block)
     _put_f16(out, 2, m_block)
-    d_all = _get_f16(out, 0)
-    m_all = _get_f16(out, 2)
+    d_all = read_fp16(out, 0)
+    m_all = read_fp16(out, 2)
     for j in range(8):
-        s6, m6 = _scale_min_k4(j, sc)
+        s6, m6 = scale_min_k4(j, sc)
         d = d_all * F32(s6)
         if d == ZERO:
             continue
@@ -539,53 +541,45 @@ def _quantize_q5_k(x, qw, out):
         _quantize_pair_k4(xs, qw, blocks, p, L, lanes, nmax, rmin, rdelta, nstep, True, sw, Ls, Lm)
 
 
-@njit(**KERNEL)
-def _dequantize_q4_k(raw, y):
+@njit(inline="always")
+def _dequantize_k4(raw, y, five_bits):
+    """Q4_K rows, or Q5_K (five_bits: qs at byte 48 and bit 5 of each level from qh at 16) -> y."""
+    nbytes, qs = (176, 48) if five_bits else (144, 16)
     nb = y.shape[1] // QK_K
     for r in prange(y.shape[0]):
         for b in range(nb):
-            blk = raw[r, b * 144:(b + 1) * 144]
-            d = _get_f16(blk, 0)
-            dmin = _get_f16(blk, 2)
+            blk = raw[r, b * nbytes:(b + 1) * nbytes]
+            d = read_fp16(blk, 0)
+            dmin = read_fp16(blk, 2)
             sc = blk[4:16]
             o = b * QK_K
             for c in range(4):
-                s1, m1 = _scale_min_k4(2 * c, sc)
-                s2, m2 = _scale_min_k4(2 * c + 1, sc)
+                s1, m1 = scale_min_k4(2 * c, sc)
+                s2, m2 = scale_min_k4(2 * c + 1, sc)
                 d1 = d * F32(s1)
                 dm1 = dmin * F32(m1)
                 d2 = d * F32(s2)
                 dm2 = dmin * F32(m2)
                 for l in range(32):
-                    q = blk[16 + 32 * c + l]
-                    y[r, o + 64 * c + l] = d1 * F32(q & 0xF) - dm1
-                    y[r, o + 64 * c + 32 + l] = d2 * F32(q >> 4) - dm2
-
-
-@njit(**KERNEL)
-def _dequantize_q5_k(raw, y):
-    nb = y.shape[1] // QK_K
-    for r in prange(y.shape[0]):
-        for b in range(nb):
-            blk = raw[r, b * 176:(b + 1) * 176]
-            d = _get_f16(blk, 0)
-            dmin = _get_f16(blk, 2)
-            sc = blk[4:16]
-            o = b * QK_K
-            for c in range(4):
-                s1, m1 = _scale_min_k4(2 * c, sc)
-                s2, m2 = _scale_min_k4(2 * c + 1, sc)
-                d1 = d * F32(s1)
-                dm1 = dmin * F32(m1)
-                d2 = d * F32(s2)
-                dm2 = dmin * F32(m2)
-                for l in range(32):
-                    q = blk[48 + 32 * c + l]
-                    qh = blk[16 + l]
-                    lo = np.int32(q & 0xF) + (16 if (qh & (1 << (2 * c))) != 0 else 0)
-                    hi = np.int32(q >> 4) + (16 if (qh & (2 << (2 * c))) != 0 else 0)
+                    q = blk[qs + 32 * c + l]
+                    lo = np.int32(q & 0xF)
+                    hi = np.int32(q >> 4)
+                    if five_bits:
+                        qh = blk[16 + l]
+                        lo += 16 if (qh & (1 << (2 * c))) != 0 else 0
+                        hi += 16 if (qh & (2 << (2 * c))) != 0 else 0
                     y[r, o + 64 * c + l] = d1 * F32(lo) - dm1
                     y[r, o + 64 * c + 32 + l] = d2 * F32(hi) - dm2
+
+
+@njit(**DEQUANT)
+def _dequantize_q4_k(raw, y):
+    _dequantize_k4(raw, y, False)
+
+
+@njit(**DEQUANT)
+def _dequantize_q5_k(raw, y):
+    _dequantize_k4(raw, y, True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,7 +622,7 @@ def _quantize_block_q6_k(x, qw, out, L, xT, wT, levels, laux, st, scales):
     _put_f16(out, 208, ONE / iscale)
     for j in range(16):
         out[192 + j] = min(127, nearest_int(iscale * scales[j])) & 0xFF
-    d_all = _get_f16(out, 208)
+    d_all = read_fp16(out, 208)
     for j in range(16):
         d = d_all * F32(np.int8(out[192 + j]))
         if d == ZERO:
@@ -663,13 +657,13 @@ def _quantize_q6_k(x, qw, out):
                                  out[r, b * 210:(b + 1) * 210], L, xT, wT, levels, laux, st, scales)
 
 
-@njit(**KERNEL)
+@njit(**DEQUANT)
 def _dequantize_q6_k(raw, y):
     nb = y.shape[1] // QK_K
     for r in prange(y.shape[0]):
         for b in range(nb):
             blk = raw[r, b * 210:(b + 1) * 210]
-            d = _get_f16(blk, 208)
+            d = read_fp16(blk, 208)
             for h in range(2):
                 for s in range(4):
                     ql = blk[64 * h + 32 * (s % 2):64 * h + 32 * (s % 2) + 32]
@@ -737,15 +731,13 @@ def _quantize_q8_k(x, out):
                 blk[i] = (bits >> (8 * i)) & 0xFF
 
 
-@njit(**KERNEL)
+@njit(**DEQUANT)
 def _dequantize_q8_k(raw, y):
     nb = y.shape[1] // QK_K
     for r in prange(y.shape[0]):
         for b in range(nb):
             blk = raw[r, b * 292:(b + 1) * 292]
-            bits = (np.uint32(blk[0]) | (np.uint32(blk[1]) << np.uint32(8))
-                    | (np.uint32(blk[2]) << np.uint32(16)) | (np.uint32(blk[3]) << np.uint32(24)))
-            d = f32_from_bits(bits)
+            d = f32_from_bits(read_u32(blk, 0))
             for j in range(QK_K):
                 y[r, b * QK_K + j] = d * F32(np.int8(blk[4 + j]))
 
@@ -769,15 +761,10 @@ def _codec(ggml_type: GGMLType, quantize_kernel, dequantize_kernel, weighted: bo
             quantize_kernel(rows, out)
         return out
 
-    def dequantize(raw: np.ndarray) -> np.ndarray:
-        raw = np.ascontiguousarray(raw, dtype=np.uint8)
-        out = np.empty((raw.shape[0], raw.shape[1] // info.block_bytes * QK_K), np.float32)
-        dequantize_kernel(raw, out)
-        return out
-
     quantize.__name__ = f"quantize_{ggml_type.name.lower()}"
-    dequantize.__name__ = f"dequantize_{ggml_type.name.lower()}"
-    return register(Codec(ggml_type, dequantize, quantize, uses_weights=weighted))
+    # the dequantize kernels take rows of blocks, so also (n_blocks, block_bytes): a row a block
+    decoder = Decoder(dequantize_kernel, ggml_type)
+    return register(Codec(ggml_type, decoder.dequantize, quantize, uses_weights=weighted, decoder=decoder))
 
 
 # type -> (quantize kernel, dequantize kernel, whether quantizing takes importance weights)

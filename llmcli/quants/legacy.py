@@ -26,9 +26,9 @@ from numba import njit, prange
 
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .floats import ggml_fp32_to_fp16
-from .half import fp16_to_fp32
+from .half import read_fp16
 from .kquant_search import make_qkx2_quants_lanes, make_qx_quants_lanes
-from .registry import Codec, register
+from .registry import Codec, Decoder, register
 
 QK = 32  # weights per block in every legacy format
 FLT_MAX = np.float32(3.4028234663852886e38)
@@ -71,16 +71,10 @@ def write_u16(out, b, pos, h):
 
 
 @njit(inline="always")
-def read_fp16(raw, b, pos):
-    """The fp16 stored little-endian at raw[b, pos:pos+2], as float32."""
-    return fp16_to_fp32(np.uint16(raw[b, pos]) | (np.uint16(raw[b, pos + 1]) << np.uint16(8)))
-
-
-@njit(inline="always")
-def read_u32(raw, b, pos):
-    """The uint32 stored little-endian at raw[b, pos:pos+4]."""
-    return (np.uint32(raw[b, pos]) | (np.uint32(raw[b, pos + 1]) << np.uint32(8))
-            | (np.uint32(raw[b, pos + 2]) << np.uint32(16)) | (np.uint32(raw[b, pos + 3]) << np.uint32(24)))
+def read_u32(block, pos):
+    """The uint32 stored little-endian at block[pos:pos+4] (a uint8 array)."""
+    return (np.uint32(block[pos]) | (np.uint32(block[pos + 1]) << np.uint32(8))
+            | (np.uint32(block[pos + 2]) << np.uint32(16)) | (np.uint32(block[pos + 3]) << np.uint32(24)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,10 +106,10 @@ def _quantize_q4_0(x, out):
             out[b, 2 + j] = (q0 & 0xFF) | ((q1 << 4) & 0xFF)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _dequantize_q4_0(raw, y):
     for b in prange(raw.shape[0]):
-        d = read_fp16(raw, b, 0)
+        d = read_fp16(raw[b], 0)
         for j in range(QK // 2):
             q = np.int32(raw[b, 2 + j])
             y[b, j] = np.float32((q & 0x0F) - 8) * d
@@ -153,11 +147,11 @@ def _quantize_q4_1(x, out):
             out[b, 4 + j] = (q0 & 0xFF) | ((q1 << 4) & 0xFF)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _dequantize_q4_1(raw, y):
     for b in prange(raw.shape[0]):
-        d = read_fp16(raw, b, 0)
-        m = read_fp16(raw, b, 2)
+        d = read_fp16(raw[b], 0)
+        m = read_fp16(raw[b], 2)
         for j in range(QK // 2):
             q = np.int32(raw[b, 4 + j])
             y[b, j] = np.float32(q & 0x0F) * d + m
@@ -198,11 +192,11 @@ def _quantize_q5_0(x, out):
             out[b, 2 + i] = (qh >> (8 * i)) & 0xFF
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _dequantize_q5_0(raw, y):
     for b in prange(raw.shape[0]):
-        d = read_fp16(raw, b, 0)
-        qh = np.int64(read_u32(raw, b, 2))
+        d = read_fp16(raw[b], 0)
+        qh = np.int64(read_u32(raw[b], 2))
         for j in range(QK // 2):
             q = np.int32(raw[b, 6 + j])
             hi0 = np.int32((qh >> j) << 4) & 0x10
@@ -247,12 +241,12 @@ def _quantize_q5_1(x, out):
             out[b, 4 + i] = (qh >> (8 * i)) & 0xFF
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _dequantize_q5_1(raw, y):
     for b in prange(raw.shape[0]):
-        d = read_fp16(raw, b, 0)
-        m = read_fp16(raw, b, 2)
-        qh = np.int64(read_u32(raw, b, 4))
+        d = read_fp16(raw[b], 0)
+        m = read_fp16(raw[b], 2)
+        qh = np.int64(read_u32(raw[b], 4))
         for j in range(QK // 2):
             q = np.int32(raw[b, 8 + j])
             hi0 = np.int32((qh >> j) << 4) & 0x10
@@ -285,10 +279,10 @@ def _quantize_q8_0(x, out):
             out[b, 2 + j] = _c_float_to_int(_roundf(x[b, j] * inv)) & 0xFF
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _dequantize_q8_0(raw, y):
     for b in prange(raw.shape[0]):
-        d = read_fp16(raw, b, 0)
+        d = read_fp16(raw[b], 0)
         for j in range(QK):
             y[b, j] = np.float32((np.int32(raw[b, 2 + j]) ^ 0x80) - 0x80) * d
 
@@ -321,10 +315,10 @@ def _quantize_q8_1(x, out):
         write_u16(out, b, 2, ggml_fp32_to_fp16(np.float32(total) * d))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _dequantize_q8_1(raw, y):
     for b in prange(raw.shape[0]):
-        d = read_fp16(raw, b, 0)
+        d = read_fp16(raw[b], 0)
         for j in range(QK):
             y[b, j] = np.float32((np.int32(raw[b, 4 + j]) ^ 0x80) - 0x80) * d
 
@@ -479,23 +473,8 @@ def blockwise_quantizer(kernel, ggml_type: GGMLType, weighted=None):
     return quantize_rows
 
 
-def blockwise_dequantizer(kernel, ggml_type: GGMLType):
-    """Wrap a per-block kernel as a codec dequantize: uint8 (n, row_bytes) -> float32 (n, k)."""
-    info = TYPE_INFO[ggml_type]
-
-    def dequantize_rows(raw: np.ndarray) -> np.ndarray:
-        raw = np.ascontiguousarray(raw).view(np.uint8)
-        n_rows, row_bytes = raw.shape
-        n_blocks = n_rows * (row_bytes // info.block_bytes)
-        out = np.empty((n_rows, row_bytes // info.block_bytes * info.block_size), dtype=np.float32)
-        kernel(raw.reshape(n_blocks, info.block_bytes), out.reshape(n_blocks, info.block_size))
-        return out
-
-    dequantize_rows.__name__ = f"dequantize_{ggml_type.name.lower()}"
-    return dequantize_rows
-
-
 for _type, (_quantize, _dequantize) in KERNELS.items():
     _weighted = WEIGHTED_KERNELS.get(_type)
-    register(Codec(_type, blockwise_dequantizer(_dequantize, _type),
-                   blockwise_quantizer(_quantize, _type, _weighted), uses_weights=_weighted is not None))
+    _decoder = Decoder(_dequantize, _type)
+    register(Codec(_type, _decoder.dequantize, blockwise_quantizer(_quantize, _type, _weighted),
+                   uses_weights=_weighted is not None, decoder=_decoder))

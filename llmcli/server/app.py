@@ -314,26 +314,49 @@ def _native_final(stream: EngineStream, request: Request, text: str, reason: str
             "tokens_cached": stream.cached_tokens(), "truncated": False, "timings": seq.timings.to_dict()}
 
 
-async def _native_events(stream: EngineStream, request: Request, ping_interval: float):
+def _native_events(stream: EngineStream, request: Request, ping_interval: float):
     """SSE for /completion: {"content": piece, "stop": false} per piece, then the final object."""
     pieces = []
+
+    def on_event(event) -> list[bytes]:
+        out = []
+        if event.text:
+            pieces.append(event.text)
+            out.append(sse({"content": event.text, "tokens": [], "stop": False}))
+        if event.done:
+            out.append(sse(_native_final(stream, request, "".join(pieces), event.stop_reason) | {"content": ""}))
+        return out
+
+    return _sse_events(stream, ping_interval, on_event)
+
+
+async def _sse_events(stream: EngineStream, ping_interval: float, on_event, first=()):
+    """The one SSE loop of every streaming endpoint: `first`, then per engine event the bytes
+    on_event(event) gives, a ping when the engine is quiet for ping_interval, a failed generation
+    as its error object (the last event); the stream is closed however it ends (a client that goes
+    away ends the generation)."""
     try:
+        for chunk in first:
+            yield chunk
         async for event in stream.events(ping_interval):
             if event is None:
                 yield SSE_PING
-                continue
-            if event.done and event.error is not None:
+            elif event.done and event.error is not None:
                 yield sse(error_of(event).body())
                 return
-            if event.text:
-                pieces.append(event.text)
-                yield sse({"content": event.text, "tokens": [], "stop": False})
-            if event.done:
-                yield sse(_native_final(stream, request, "".join(pieces), event.stop_reason) | {"content": ""})
+            else:
+                for chunk in on_event(event):
+                    yield chunk
     except Exception as error:  # the headers are out: the failure can only be told as an event
         yield _stream_failure(error)
     finally:
         stream.close()
+
+
+def _openai_end(stream: EngineStream, shapes, request: Request, with_usage: bool) -> list[bytes]:
+    """What ends an OpenAI stream after the finish-reason chunk: the usage chunk if asked, [DONE]."""
+    counts = _usage(stream, request)  # also the access log's token counts, asked or not
+    return ([sse(shapes.usage_chunk(counts))] if with_usage else []) + [SSE_DONE]
 
 
 def _watch_disconnect(request: Request, on_gone) -> asyncio.Task:
@@ -346,8 +369,8 @@ def _watch_disconnect(request: Request, on_gone) -> asyncio.Task:
     return asyncio.create_task(watch())
 
 
-async def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompletionRequest, reader: ReplyReader,
-                       texts: TokenTexts, request: Request, ping_interval: float):
+def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompletionRequest, reader: ReplyReader,
+                 texts: TokenTexts, request: Request, ping_interval: float):
     """SSE for a chat completion: the role first, then content and tool call deltas as the reader
     hands them over (each chunk with the logprobs of the tokens since the last one), the finish
     reason, the usage chunk if asked, [DONE]. A call the reader announces (an enforced reply) goes
@@ -376,41 +399,28 @@ async def _chat_events(stream: EngineStream, shapes: ChatShapes, body: ChatCompl
                 pending = []
         return out
 
-    try:
-        yield sse(shapes.chunk({"role": "assistant", "content": ""}, with_usage_field=with_usage))
-        async for event in stream.events(ping_interval):
-            if event is None:
-                yield SSE_PING
-                continue
-            if event.logprob is not None:
-                pending.append(texts.chat_entry(event.logprob))
-            if event.done and event.error is not None:
-                yield sse(error_of(event).body())
-                return
-            for chunk in chunks(reader.feed(event.text) if event.text else []):
-                yield chunk
-            if event.done:
-                for chunk in chunks(reader.finish()):
-                    yield chunk
-                finish = finish_reason(event.stop_reason, bool(reader.tool_calls))
-                yield sse(shapes.chunk({}, finish, pending or None, with_usage_field=with_usage))
-                if with_usage:
-                    yield sse(shapes.usage_chunk(_usage(stream, request)))
-                else:
-                    _usage(stream, request)
-                yield SSE_DONE
-    except Exception as error:  # the headers are out: the failure can only be told as an event
-        yield _stream_failure(error)
-    finally:
-        stream.close()
+    def on_event(event) -> list[bytes]:
+        if event.logprob is not None:
+            pending.append(texts.chat_entry(event.logprob))
+        out = chunks(reader.feed(event.text) if event.text else [])
+        if event.done:
+            out += chunks(reader.finish())
+            finish = finish_reason(event.stop_reason, bool(reader.tool_calls))
+            out.append(sse(shapes.chunk({}, finish, pending or None, with_usage_field=with_usage)))
+            out += _openai_end(stream, shapes, request, with_usage)
+        return out
+
+    role = sse(shapes.chunk({"role": "assistant", "content": ""}, with_usage_field=with_usage))
+    return _sse_events(stream, ping_interval, on_event, first=[role])
 
 
-async def _text_events(stream: EngineStream, shapes: TextShapes, body: CompletionRequest, texts: TokenTexts,
-                       request: Request, ping_interval: float):
+def _text_events(stream: EngineStream, shapes: TextShapes, body: CompletionRequest, texts: TokenTexts,
+                 request: Request, ping_interval: float):
     """SSE for a text completion: text deltas (with their tokens' logprobs), the finish reason,
     the usage chunk if asked, [DONE]."""
     with_usage = body.include_usage
     offset = 0  # characters of completion text sent, for logprobs' text_offset
+    pending = []
 
     def logprobs_of(lps):
         nonlocal offset
@@ -420,32 +430,21 @@ async def _text_events(stream: EngineStream, shapes: TextShapes, body: Completio
         offset += sum(len(t) for t in out["tokens"])
         return out
 
-    try:
+    def on_event(event) -> list[bytes]:
+        nonlocal pending
+        if event.logprob is not None:
+            pending.append(event.logprob)
+        if event.done:
+            finish = finish_reason(event.stop_reason)
+            return ([sse(shapes.chunk(event.text, finish, logprobs_of(pending), with_usage_field=with_usage))]
+                    + _openai_end(stream, shapes, request, with_usage))
+        if not event.text:
+            return []
+        chunk = sse(shapes.chunk(event.text, None, logprobs_of(pending), with_usage_field=with_usage))
         pending = []
-        async for event in stream.events(ping_interval):
-            if event is None:
-                yield SSE_PING
-                continue
-            if event.logprob is not None:
-                pending.append(event.logprob)
-            if event.done:
-                if event.error is not None:
-                    yield sse(error_of(event).body())
-                    return
-                finish = finish_reason(event.stop_reason)
-                yield sse(shapes.chunk(event.text, finish, logprobs_of(pending), with_usage_field=with_usage))
-                if with_usage:
-                    yield sse(shapes.usage_chunk(_usage(stream, request)))
-                else:
-                    _usage(stream, request)
-                yield SSE_DONE
-            elif event.text:
-                yield sse(shapes.chunk(event.text, None, logprobs_of(pending), with_usage_field=with_usage))
-                pending = []
-    except Exception as error:  # the headers are out: the failure can only be told as an event
-        yield _stream_failure(error)
-    finally:
-        stream.close()
+        return [chunk]
+
+    return _sse_events(stream, ping_interval, on_event)
 
 
 def _stream_failure(error: Exception) -> bytes:

@@ -1,18 +1,22 @@
 """numba kernels that multiply by ggml's quantized blocks in place, one module per block family.
 
-`FORMATS` maps each supported GGMLType to its `Format` (mat-vec kernel, dequantize kernel, the
-activation view shape they index, and for some types an 8-bit-activation mat-vec, int8.py). Every
-mat-vec kernel also takes B activation rows at once (common.py, "Columns"). `llmcli.engine.matmul`
-is the public API over them.
+`FORMATS` maps each supported GGMLType to its `Format` (mat-vec kernel, dequantize kernel - the
+type's codec decoder from quants/ - the activation view shape they index, and for some types an
+8-bit-activation mat-vec, int8.py). Every mat-vec kernel also takes B activation rows at once
+(common.py, "Columns"). `llmcli.engine.matmul` is the public API over them.
 """
 
 from __future__ import annotations
 
+from ...quants import get_codec
 from . import floats, int8, int8_kquants, kquants, legacy
 from .common import Format
 from .gemm import gemm_nt, gemm_panels, pack_panels
 
 FORMATS: dict = {**floats.FORMATS, **legacy.FORMATS, **kquants.FORMATS}
+for _type, _format in FORMATS.items():
+    if _format.dequant is None:  # the codec's decoder (quants/): each block layout decoded in one place
+        _format.dequant = get_codec(_type).decoder
 for _type, _kernel in {**int8.INT8_MATVECS, **int8_kquants.INT8_KQUANT_MATVECS}.items():
     FORMATS[_type].with_int8(_kernel)
 

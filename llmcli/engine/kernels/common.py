@@ -17,7 +17,7 @@ Columns: every mat-vec kernel also multiplies B activation rows at once, `out[t,
 with X (B, ...) and out (B, n_rows), reading each weight row once for all B (batched decoding). A
 single mat-vec (x and out 1-D) is the B = 1 case of the same kernel (`columns`), and each column's
 arithmetic is exactly that of a lone mat-vec: per row and block the weights are decoded once and
-feed one accumulator set per column, in the same order (see simd.py, "Columns"). So column t of a
+feed one accumulator set per column, in the same order (see llvm_ir.py, "Columns"). So column t of a
 B-column product equals `matvec(W, X[t])` bit for bit, whatever B is.
 """
 
@@ -29,8 +29,6 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
-from ...quants.half import fp16_to_fp32
-
 # Rows per prange work item in mat-vec kernels: big enough to amortise the accumulator set-up,
 # small enough that 2 threads share a 256-row matrix evenly.
 ROW_TILE = 16
@@ -38,36 +36,6 @@ ROW_TILE = 16
 # stay in L1 while the tile's weight rows (from L2 after the first pass) go by. Row by row with all
 # columns read ~B x 2 KB of activations from L2 per weight row.
 COLUMN_BLOCK = 8
-
-
-@njit(inline="always")
-def half_at(blocks, r, b, off):
-    """The fp16 stored little-endian at byte `off` of block (r, b), as float32."""
-    return fp16_to_fp32(np.int32(blocks[r, b, off]) | (np.int32(blocks[r, b, off + 1]) << 8))
-
-
-@njit(inline="always")
-def signed8(v):
-    """A uint8 byte read as int8, widened to int32."""
-    return np.int32(v) - ((np.int32(v) & 128) << 1)
-
-
-@njit(inline="always")
-def scale_min_k4(blocks, r, b, j, base):
-    """Q4_K/Q5_K 6-bit (scale, min) of sub-block j from the 12 packed bytes at `base`:
-
-    bytes 0-3 : low 6 bits = scale j (j<4), top 2 bits = high bits of scale j+4
-    bytes 4-7 : low 6 bits = min j   (j<4), top 2 bits = high bits of min j+4
-    bytes 8-11: low nibble = low 4 bits of scale j+4, high nibble = low 4 bits of min j+4
-    """
-    if j < 4:
-        sc = np.int32(blocks[r, b, base + j]) & 63
-        m = np.int32(blocks[r, b, base + j + 4]) & 63
-    else:
-        q = np.int32(blocks[r, b, base + j + 4])
-        sc = (q & 15) | ((np.int32(blocks[r, b, base + j - 4]) >> 6) << 4)
-        m = (q >> 4) | ((np.int32(blocks[r, b, base + j]) >> 6) << 4)
-    return sc, m
 
 
 def columns(x, out):
@@ -127,12 +95,14 @@ class Format:
     matvec_serial:                 the same on the calling thread only (see `serial_twin`)
     matvec_int8, matvec_int8_serial: the same with activations rounded to 8 bits as llama.cpp does
                                    (int8.py), or None where the type has no such kernel
-    dequant(weights, out_view):    out_view[r, ...] = row r's values, out_view shaped like x_view
+    dequant(weights, out_view):    out_view[r, ...] = row r's values, out_view shaped like x_view;
+                                   None here: the type's codec decoder (quants.registry.Decoder,
+                                   attached in kernels/__init__.py: a layout is decoded in one place)
     """
 
     __slots__ = ("x_group", "matvec", "matvec_serial", "dequant", "element", "matvec_int8", "matvec_int8_serial")
 
-    def __init__(self, x_group, matvec, dequant, element=np.uint8):
+    def __init__(self, x_group, matvec, dequant=None, element=np.uint8):
         self.x_group, self.matvec, self.dequant = tuple(x_group), matvec, dequant
         self.matvec_serial = serial_twin(matvec)
         self.element = np.dtype(element)

@@ -1,4 +1,5 @@
-"""Mat-vec and dequantize kernels for the unquantized weight types F32, F16 and BF16.
+"""Mat-vec kernels for the unquantized weight types F32, F16 and BF16 (the prompt GEMM widens
+F16 and BF16 rows with their codecs' kernels, quants/floats.py; F32 rows are copied).
 
 The rows are viewed as float32 / uint16 arrays `(rows, n_cols)`; n_cols needs no particular
 multiple. Each row is one `simd.row_dot_float` (explicit vector lanes in a fixed order, so a column
@@ -11,14 +12,8 @@ import numpy as np
 from numba import njit, prange
 
 from ...gguf.constants import GGMLType
-from ...quants.half import f32_from_bits, fp16_to_fp32
 from .common import COLUMN_BLOCK, ROW_TILE, Format, columns
 from .simd import row_dot_float
-
-
-@njit(inline="always")
-def _bf16(v):
-    return f32_from_bits(np.uint32(v) << np.uint32(16))
 
 
 @njit(inline="always")
@@ -47,28 +42,14 @@ def matvec_bf16(w, x, out):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def dequant_f32(w, out):
+def dequant_f32(w, out):  # F32 rows need no decoding: a copy into the GEMM's tile
     for r in prange(w.shape[0]):
         for k in range(w.shape[1]):
             out[r, k] = w[r, k]
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_f16(w, out):
-    for r in prange(w.shape[0]):
-        for k in range(w.shape[1]):
-            out[r, k] = fp16_to_fp32(w[r, k])
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_bf16(w, out):
-    for r in prange(w.shape[0]):
-        for k in range(w.shape[1]):
-            out[r, k] = _bf16(w[r, k])
-
-
 FORMATS = {
     GGMLType.F32: Format((), matvec_f32, dequant_f32, np.float32),
-    GGMLType.F16: Format((), matvec_f16, dequant_f16, np.uint16),
-    GGMLType.BF16: Format((), matvec_bf16, dequant_bf16, np.uint16),
+    GGMLType.F16: Format((), matvec_f16, element=np.uint16),
+    GGMLType.BF16: Format((), matvec_bf16, element=np.uint16),
 }

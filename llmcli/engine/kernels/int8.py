@@ -31,7 +31,7 @@ signed, |w| * sign(xq, w), with 128 * (each lane's xq sum) added to its xbias la
 vector IR. Every path leaves the same int32 in every lane, so the results are the same bits on
 every CPU. On this AMD Zen 3 (AVX2) the AVX2 form made the demo's mat-vecs 3-5x faster.
 
-Columns (simd.py): each row dot takes B activation rows, each quantized once per call; a pair of
+Columns (llvm_ir.py): each row dot takes B activation rows, each quantized once per call; a pair of
 weight blocks is decoded once and dotted with every row.
 """
 
@@ -41,14 +41,15 @@ import numpy as np
 from llvmlite import ir
 from llvmlite import binding as llvm
 from numba import config, njit, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from ...quants.half import fp32_round_fp16
 from .common import COLUMN_BLOCK, ROW_TILE, columns
-from .simd import (PREFETCH_BYTES, _data_ptr, call_fma, carried_loop, column_groups, emit_prefetch,
-                   float_tree_sum, row_ptr, store_columns)
+from .llvm_ir import (F32, I8, I16, I32, PREFETCH_BYTES, as_i64, call_fma, carried_loop, column_groups, concat,
+                      const_vector, data_ptr, declare, emit_prefetch, float_tree_sum, halves, i64, if_odd, indices,
+                      load_at, load_half, row_ptr, store_columns, vector)
+from .simd import BLOCK_BYTES
 
 
 def _host_features() -> dict:
@@ -67,12 +68,12 @@ HAS_AVX512 = bool(_host_features().get("avx512f", False))
 # sums cannot saturate int16; the portable vector IR (bytes widened to 64 int32 lanes) otherwise.
 HAS_AVX2 = not HAS_VNNI and bool(_host_features().get("avx2", False))
 
-# Per weight type: block bytes, byte offset of the fp16 scale, how the unsigned codes are read,
-# and the offset subtracted from them.
-#   q8_0  | d | qs[32] int8 |                   u = qs ^ 0x80
-#   q4_0  | d | qs[16] |                        u[j] = qs[j] & 15, u[j+16] = qs[j] >> 4
-#   q5_0  | d | qh u32 | qs[16] |               as q4_0, | (bit j of qh) << 4
-INT8_BLOCKS = {"q8_0": (34, 128), "q4_0": (18, 8), "q5_0": (22, 16)}
+# Per weight type (simd.py has the block diagrams): how the unsigned codes u are read, the offset
+# subtracted from them (the matvec_*_int8 kernels pass it, with the block bytes as literals: the
+# reshape then multiplies by a constant) and their largest value (U_MAX).
+#   q8_0  | d | qs[32] int8 |                   u = qs ^ 0x80                              offset 128
+#   q4_0  | d | qs[16] |                        u[j] = qs[j] & 15, u[j+16] = qs[j] >> 4    offset 8
+#   q5_0  | d | qh u32 | qs[16] |               as q4_0, | (bit j of qh) << 4              offset 16
 U_MAX = {"q8_0": 255, "q4_0": 15, "q5_0": 31}
 # Q8_0's codes reach 255, too big for vpmaddubsw: on AVX2 it multiplies the signed weights instead.
 SIGNED_Q8_0 = HAS_AVX2
@@ -81,19 +82,17 @@ SIGNED_Q8_0 = HAS_AVX2
 def dot_u8_s8(builder, acc, u, s, u_max=255):
     """acc <16 x i32> + (sum of 4 adjacent u8*s8 products per lane) for u, s <64 x i8>, |s| <= 127,
     u <= u_max (the AVX2 form needs u_max <= 127: two products then fit int16)."""
-    i32 = ir.IntType(32)
-    v16i32 = ir.VectorType(i32, 16)
+    v16i32 = vector(I32, 16)
     if HAS_VNNI:
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32] * 3),
-                                            "llvm.x86.avx512.vpdpbusd.512")
+        fn = declare(builder, "llvm.x86.avx512.vpdpbusd.512", v16i32, [v16i32] * 3)
         return builder.call(fn, [acc, builder.bitcast(u, v16i32), builder.bitcast(s, v16i32)])
     if HAS_AVX2 and u_max <= 127:
         return builder.add(acc, madd_pairs(builder, maddubs(builder, u, s), None))
-    v64i32 = ir.VectorType(i32, 64)
+    v64i32 = vector(I32, 64)
     prod = builder.mul(builder.zext(u, v64i32), builder.sext(s, v64i32))
     undef = ir.Constant(v64i32, ir.Undefined)
     for k in range(4):
-        acc = builder.add(acc, builder.shuffle_vector(prod, undef, ir.Constant(v16i32, list(range(k, 64, 4)))))
+        acc = builder.add(acc, builder.shuffle_vector(prod, undef, indices(range(k, 64, 4))))
     return acc
 
 
@@ -101,48 +100,32 @@ def dot_s8_s8(builder, acc, w, s):
     """acc <16 x i32> + (sum of 4 adjacent w*s products per lane) for signed w, s <64 x i8> with
     |s| <= 127: AVX2's |w| * (s with w's sign) (llama.cpp's trick), |w| <= 128 so two products fit
     int16. Only where HAS_AVX2."""
-    i8 = ir.IntType(8)
-    v64i8, v32i8 = ir.VectorType(i8, 64), ir.VectorType(i8, 32)
+    v64i8, v32i8 = vector(I8, 64), vector(I8, 32)
     zero = ir.Constant(v64i8, [0] * 64)
     negative = builder.icmp_signed("<", w, zero)
     magnitude = builder.select(negative, builder.sub(zero, w), w)  # -(-128) wraps to 128 as u8: right
     # vpsignb: s negated where w < 0, zeroed where w == 0 (one instruction; LLVM made two of the select)
-    psign = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v32i8, [v32i8, v32i8]),
-                                           "llvm.x86.avx2.psign.b")
-    signed_s = _join(builder, *(builder.call(psign, [a, b]) for a, b in zip(_split(builder, s), _split(builder, w))))
+    psign = declare(builder, "llvm.x86.avx2.psign.b", v32i8, [v32i8, v32i8])
+    signed_s = concat(builder, *(builder.call(psign, [a, b]) for a, b in zip(halves(builder, s), halves(builder, w))))
     return builder.add(acc, madd_pairs(builder, maddubs(builder, magnitude, signed_s), None))
-
-
-def _split(builder, v):
-    n = v.type.count // 2
-    undef = ir.Constant(v.type, ir.Undefined)
-    halves = (ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(h * n, (h + 1) * n))) for h in range(2))
-    return [builder.shuffle_vector(v, undef, half) for half in halves]
-
-
-def _join(builder, a, b):
-    n = a.type.count
-    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 2 * n), list(range(2 * n))))
 
 
 def maddubs(builder, u, s):
     """AVX2 vpmaddubsw on <64 x i8> u (unsigned), s (signed) as two ymm halves: <32 x i16>, lane j =
     u[2j] s[2j] + u[2j+1] s[2j+1] (saturated: callers keep it in range)."""
-    v32i8, v16i16 = ir.VectorType(ir.IntType(8), 32), ir.VectorType(ir.IntType(16), 16)
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i16, [v32i8, v32i8]),
-                                        "llvm.x86.avx2.pmadd.ub.sw")
-    return _join(builder, *(builder.call(fn, [a, b]) for a, b in zip(_split(builder, u), _split(builder, s))))
+    v32i8, v16i16 = vector(I8, 32), vector(I16, 16)
+    fn = declare(builder, "llvm.x86.avx2.pmadd.ub.sw", v16i16, [v32i8, v32i8])
+    return concat(builder, *(builder.call(fn, [a, b]) for a, b in zip(halves(builder, u), halves(builder, s))))
 
 
 def madd_pairs(builder, pairs, weights):
     """AVX2 vpmaddwd on <32 x i16>: <16 x i32>, lane k = pairs[2k] w[2k] + pairs[2k+1] w[2k+1]
     (weights None: all ones, i.e. the sum of two pairs)."""
-    v16i16, v8i32 = ir.VectorType(ir.IntType(16), 16), ir.VectorType(ir.IntType(32), 8)
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8i32, [v16i16, v16i16]),
-                                        "llvm.x86.avx2.pmadd.wd")
+    v16i16 = vector(I16, 16)
+    fn = declare(builder, "llvm.x86.avx2.pmadd.wd", vector(I32, 8), [v16i16, v16i16])
     ones = ir.Constant(v16i16, [1] * 16)
-    w_halves = _split(builder, weights) if weights is not None else [ones, ones]
-    return _join(builder, *(builder.call(fn, [p, w]) for p, w in zip(_split(builder, pairs), w_halves)))
+    w_halves = halves(builder, weights) if weights is not None else [ones, ones]
+    return concat(builder, *(builder.call(fn, [p, w]) for p, w in zip(halves(builder, pairs), w_halves)))
 
 
 def _pair_codes(builder, kind, base0, base1):
@@ -150,38 +133,31 @@ def _pair_codes(builder, kind, base0, base1):
 
     Nibbles are split with shifts that are the same for every lane (a per-lane shift amount on
     bytes has no x86 instruction: LLVM widened it to words, ~3x the instructions)."""
-    i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
-    v32i8, v16i8, v64i8 = ir.VectorType(i8, 32), ir.VectorType(i8, 16), ir.VectorType(i8, 64)
+    v32i8, v16i8, v64i8 = vector(I8, 32), vector(I8, 16), vector(I8, 64)
 
-    def load(base, offset, vty):
-        return builder.load(builder.bitcast(builder.gep(base, [ir.Constant(i64, offset)]), vty.as_pointer()), align=1)
-
-    def concat(a, b):
-        n = a.type.count
-        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, 2 * n), list(range(2 * n))))
+    def both(offset, vty):
+        return concat(builder, load_at(builder, base0, i64(offset), vty), load_at(builder, base1, i64(offset), vty))
 
     if kind == "q8_0":
-        return builder.xor(concat(load(base0, 2, v32i8), load(base1, 2, v32i8)), ir.Constant(v64i8, [0x80] * 64))
-    qs_offset = 2 if kind == "q4_0" else 6
-    qs = concat(load(base0, qs_offset, v16i8), load(base1, qs_offset, v16i8))  # <32 x i8>
-    lo = builder.and_(qs, ir.Constant(v32i8, [15] * 32))
-    hi = builder.and_(builder.lshr(qs, ir.Constant(v32i8, [4] * 32)), ir.Constant(v32i8, [15] * 32))
+        return builder.xor(both(2, v32i8), const_vector(I8, [0x80] * 64))
+    qs = both(2 if kind == "q4_0" else 6, v16i8)  # <32 x i8>
+    lo = builder.and_(qs, const_vector(I8, [15] * 32))
+    hi = builder.and_(builder.lshr(qs, const_vector(I8, [4] * 32)), const_vector(I8, [15] * 32))
     # block k: weights j < 16 = lo[16k + j], weights 16 + j = hi[16k + j]
     order = [i for k in range(2) for i in list(range(16 * k, 16 * k + 16)) + list(range(32 + 16 * k, 32 + 16 * k + 16))]
-    u = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(i32, 64), order))
+    u = builder.shuffle_vector(lo, hi, indices(order))
     if kind == "q4_0":
         return u
     # 5th bit: weight j of block k is bit j of that block's little-endian u32 qh,
     # i.e. bit (j % 8) of qh byte 4k + j // 8
-    qh = concat(load(base0, 2, ir.VectorType(i8, 4)), load(base1, 2, ir.VectorType(i8, 4)))  # <8 x i8>
-    spread = builder.shuffle_vector(qh, qh, ir.Constant(ir.VectorType(i32, 64),
-                                                        [4 * (i // 32) + (i % 32) // 8 for i in range(64)]))
-    bit = builder.and_(spread, ir.Constant(v64i8, [1 << (i % 8) for i in range(64)]))
+    qh = both(2, vector(I8, 4))  # <8 x i8>
+    spread = builder.shuffle_vector(qh, qh, indices([4 * (i // 32) + (i % 32) // 8 for i in range(64)]))
+    bit = builder.and_(spread, const_vector(I8, [1 << (i % 8) for i in range(64)]))
     is_set = builder.icmp_unsigned("!=", bit, ir.Constant(v64i8, [0] * 64))
     return builder.or_(u, builder.select(is_set, ir.Constant(v64i8, [16] * 64), ir.Constant(v64i8, [0] * 64)))
 
 
-# Columns per group (simd.py, "Columns"): one <16 x float> accumulator per column, so a weight
+# Columns per group (llvm_ir.py, "Columns"): one <16 x float> accumulator per column, so a weight
 # block pair is decoded once per group. 8 with AVX-512's 32 zmm registers (demo output matrix,
 # 8 columns, 1 thread: 38.9 -> 33.2 ms); 4 where a <16 x float> takes two of 16 ymm registers.
 INT8_GROUP = 8 if HAS_AVX512 else 4
@@ -190,33 +166,31 @@ INT8_GROUP = 8 if HAS_AVX512 else 4
 @intrinsic
 def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t):
     """out[t, r] = sum over blocks b of d_w(b) * xd[t, b] * (w_b . xq[t]_b) for one row of
-    Q8_0/Q4_0/Q5_0 blocks and every column t (`kind` a literal string; row uint8
-    (n_blocks * block_bytes,), xq int8 (B, n), xd8 float32 (B, n/4): each activation block's
-    scale repeated 8 times, one per int32 lane of its block, xbias int32 (B, n/4), as made by
-    `quantize_activations_into` / `_int8_rows`, out float32 (B, n_rows)). Two blocks per loop trip,
-    decoded once per group of INT8_GROUP columns, each column's float accumulator in a register
-    for the whole row, a prefetch PREFETCH_BYTES ahead."""
-    if not isinstance(kind, types.StringLiteral) or kind.literal_value not in INT8_BLOCKS:
+    Q8_0/Q4_0/Q5_0 blocks (diagrams in simd.py and above) and every column t (`kind` a literal
+    string; row uint8 (n_blocks * block_bytes,), xq int8 (B, n), xd8 float32 (B, n/4): each
+    activation block's scale repeated 8 times, one per int32 lane of its block, xbias int32
+    (B, n/4), as made by `quantize_activations_into` / `_int8_rows`, out float32 (B, n_rows)).
+    Two blocks per loop trip, decoded once per group of INT8_GROUP columns, each column's float
+    accumulator in a register for the whole row, a prefetch PREFETCH_BYTES ahead."""
+    if not isinstance(kind, types.StringLiteral) or kind.literal_value not in U_MAX:
         return None
     fmt = kind.literal_value
-    block_bytes = INT8_BLOCKS[fmt][0]
+    block_bytes = BLOCK_BYTES[fmt]
 
     def codegen(context, builder, signature, args):
         row_v, xq_v, xd_v, xb_v, nb_v, _, out_v, r_v = args[:8]
         tys = signature.args
-        f32, i32, i64, i8, f16 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(8), ir.HalfType()
-        v16f, v16i32, v32i8, v64i8 = (ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 32),
-                                      ir.VectorType(i8, 64))
-        row_p = builder.bitcast(_data_ptr(context, builder, tys[0], row_v), i8.as_pointer())
-        nb = context.cast(builder, nb_v, tys[4], types.int64)
-        r = context.cast(builder, r_v, tys[7], types.int64)
+        v16f, v16i32, v32i8, v64i8 = vector(F32, 16), vector(I32, 16), vector(I8, 32), vector(I8, 64)
+        v8i32, v8f = vector(I32, 8), vector(F32, 8)
+        row_p = builder.bitcast(data_ptr(context, builder, tys[0], row_v), I8.as_pointer())
+        nb = as_i64(context, builder, nb_v, tys[4])
+        r = as_i64(context, builder, r_v, tys[7])
         zero_f = ir.Constant(v16f, [0.0] * 16)
         undef_f = ir.Constant(v16f, ir.Undefined)
-        c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
 
         def group(t0, n_cols):
-            cols = [builder.add(t0, c64(i)) for i in range(n_cols)]
-            xq_rows = [builder.bitcast(row_ptr(context, builder, tys[1], xq_v, t), i8.as_pointer()) for t in cols]
+            cols = [builder.add(t0, i64(i)) for i in range(n_cols)]
+            xq_rows = [builder.bitcast(row_ptr(context, builder, tys[1], xq_v, t), I8.as_pointer()) for t in cols]
             xd_rows = [row_ptr(context, builder, tys[2], xd_v, t) for t in cols]
             xb_rows = [row_ptr(context, builder, tys[3], xb_v, t) for t in cols]
 
@@ -224,38 +198,33 @@ def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t
                 """accs + the `count` (1 or 2) blocks starting at block b, per column. A lone last
                 block is read as a pair with itself, its second half's activations, bias and
                 scale set to 0."""
-                base0 = builder.gep(row_p, [builder.mul(b, c64(block_bytes))])
-                base1 = builder.gep(base0, [c64(block_bytes)]) if count == 2 else base0
+                base0 = builder.gep(row_p, [builder.mul(b, i64(block_bytes))])
+                base1 = builder.gep(base0, [i64(block_bytes)]) if count == 2 else base0
                 u = _pair_codes(builder, fmt, base0, base1)
-                signed_w = builder.xor(u, ir.Constant(v64i8, [0x80] * 64)) if fmt == "q8_0" else None
-                d_w = [builder.fpext(builder.load(builder.bitcast(base, f16.as_pointer()), align=1), f32)
-                       for base in (base0, base1)[:count]]
+                signed_w = builder.xor(u, const_vector(I8, [0x80] * 64)) if fmt == "q8_0" else None
+                d_w = [load_half(builder, base, 0) for base in (base0, base1)[:count]]
                 # [d_w(b)] x 8 ++ [d_w(b+1)] x 8, once for the group's columns
                 d_pair = undef_f
                 for k in range(2):
-                    d_pair = builder.insert_element(d_pair, d_w[k] if k < count else ir.Constant(f32, 0.0),
-                                                    ir.Constant(i32, k))
-                d_w16 = builder.shuffle_vector(d_pair, undef_f, ir.Constant(v16i32, [0] * 8 + [1] * 8))
+                    d_pair = builder.insert_element(d_pair, d_w[k] if k < count else ir.Constant(F32, 0.0),
+                                                    ir.Constant(I32, k))
+                d_w16 = builder.shuffle_vector(d_pair, undef_f, indices([0] * 8 + [1] * 8))
                 new = []
                 for xq_p, xd_p, xb_p, acc in zip(xq_rows, xd_rows, xb_rows, accs):
-                    xs = builder.gep(xq_p, [builder.shl(b, c64(5))])
-                    bias_p = builder.gep(xb_p, [builder.shl(b, c64(3))])
-                    xd8_p = builder.gep(xd_p, [builder.shl(b, c64(3))])
+                    xs = builder.gep(xq_p, [builder.shl(b, i64(5))])
+                    bias_p = builder.gep(xb_p, [builder.shl(b, i64(3))])
+                    xd8_p = builder.gep(xd_p, [builder.shl(b, i64(3))])
                     if count == 2:
-                        s = builder.load(builder.bitcast(xs, v64i8.as_pointer()), align=1)
-                        bias = builder.load(builder.bitcast(bias_p, v16i32.as_pointer()), align=4)
-                        x_d = builder.load(builder.bitcast(xd8_p, v16f.as_pointer()), align=4)
-                    else:
-                        widen = ir.Constant(ir.VectorType(i32, 64), list(range(64)))
-                        s = builder.shuffle_vector(builder.load(builder.bitcast(xs, v32i8.as_pointer()), align=1),
-                                                   ir.Constant(v32i8, [0] * 32), widen)
-                        v8i32, v8f = ir.VectorType(i32, 8), ir.VectorType(f32, 8)
-                        bias8 = builder.load(builder.bitcast(bias_p, v8i32.as_pointer()), align=4)
-                        bias = builder.shuffle_vector(bias8, ir.Constant(v8i32, [0] * 8),
-                                                      ir.Constant(v16i32, list(range(16))))
-                        x_d8 = builder.load(builder.bitcast(xd8_p, v8f.as_pointer()), align=4)
-                        x_d = builder.shuffle_vector(x_d8, ir.Constant(v8f, [0.0] * 8),
-                                                     ir.Constant(v16i32, list(range(16))))
+                        s = load_at(builder, xs, i64(0), v64i8)
+                        bias = load_at(builder, bias_p, i64(0), v16i32, align=4)
+                        x_d = load_at(builder, xd8_p, i64(0), v16f, align=4)
+                    else:  # one block: the upper half of each vector zero
+                        s = builder.shuffle_vector(load_at(builder, xs, i64(0), v32i8), ir.Constant(v32i8, [0] * 32),
+                                                   indices(range(64)))
+                        bias = builder.shuffle_vector(load_at(builder, bias_p, i64(0), v8i32, align=4),
+                                                      ir.Constant(v8i32, [0] * 8), indices(range(16)))
+                        x_d = builder.shuffle_vector(load_at(builder, xd8_p, i64(0), v8f, align=4),
+                                                     ir.Constant(v8f, [0.0] * 8), indices(range(16)))
                     if SIGNED_Q8_0 and fmt == "q8_0":  # u up to 255: the signed form (xbias has the rest)
                         dots = dot_s8_s8(builder, bias, signed_w, s)
                     else:
@@ -265,24 +234,14 @@ def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t
                 return new
 
             def pair(i, accs):
-                b0 = builder.shl(i, c64(1))
+                b0 = builder.shl(i, i64(1))
                 if PREFETCH_BYTES:
-                    emit_prefetch(builder, builder.gep(row_p, [builder.mul(b0, c64(block_bytes))]), PREFETCH_BYTES)
+                    emit_prefetch(builder, builder.gep(row_p, [builder.mul(b0, i64(block_bytes))]), PREFETCH_BYTES)
                 return blocks_step(b0, 2, accs)
 
-            totals = carried_loop(builder, "row_dot_int8", builder.ashr(nb, c64(1)), [zero_f] * n_cols, pair)
-            odd = builder.icmp_signed("!=", builder.and_(nb, c64(1)), c64(0))
-            before = builder.block
-            with builder.if_then(odd):
-                with_last = blocks_step(builder.sub(nb, c64(1)), 1, totals)
-                odd_block = builder.block
-            vecs = []
-            for total, last in zip(totals, with_last):  # all phis first: LLVM wants them at the top
-                vec = builder.phi(v16f)
-                vec.add_incoming(last, odd_block)
-                vec.add_incoming(total, before)
-                vecs.append(vec)
-            store_columns(context, builder, tys[6], out_v, r, t0, [float_tree_sum(builder, v) for v in vecs])
+            totals = carried_loop(builder, "row_dot_int8", builder.ashr(nb, i64(1)), [zero_f] * n_cols, pair)
+            totals = if_odd(builder, nb, totals, lambda accs: blocks_step(builder.sub(nb, i64(1)), 1, accs))
+            store_columns(context, builder, tys[6], out_v, r, t0, [float_tree_sum(builder, v) for v in totals])
 
         column_groups(context, builder, (tys[8], args[8]), (tys[9], args[9]), INT8_GROUP, group)
         return context.get_dummy_value()

@@ -28,19 +28,22 @@ of magnitudes; the integer parts are exact).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from .common import COLUMN_BLOCK, ROW_TILE, columns
 from .int8 import HAS_AVX2, HAS_VNNI, INT8_GROUP, dot_u8_s8, madd_pairs, maddubs
-from .simd import (PREFETCH_BYTES, _data_ptr, call_fma, carried_loop, column_groups, emit_prefetch,
-                   float_tree_sum, row_ptr, splat_vector, store_columns)
+from .llvm_ir import (F32, I8, I8_PTR, I16, I32, I64, as_i64, block_loop, call_fma, carried_loop, const_vector,
+                      data_ptr, declare, float_tree_sum, i64, indices, load_at, load_half, row_ptr, splat, tree_reduce,
+                      vector)
+from .simd import q4_k_scales_mins
 
-# Columns per group (simd.py, "Columns"): Q4_K/Q5_K 1 zmm + 1 ymm accumulator per column, Q6_K 1 zmm;
+# Columns per group (llvm_ir.py, "Columns"): Q4_K/Q5_K 1 zmm + 1 ymm accumulator per column, Q6_K 1 zmm;
 # as int8.py's (demo attn_output Q4_K, 8 columns, 1 thread: 0.141 -> 0.100 ms with 8 on AVX-512).
 INT8_K_GROUP = INT8_GROUP
 
@@ -77,95 +80,61 @@ def quantize_q8_k_into(typingctx, x, xq, xd, bsums, n_blocks):
 
     def codegen(context, builder, signature, args):
         tys = signature.args
-        f32, i32, i64, i8 = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(8)
-        v16f, v16i32, v16i8 = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(i8, 16)
-        x_p, xq_p, xd_p, bs_p = (_data_ptr(context, builder, tys[k], args[k]) for k in range(4))
-        nb = context.cast(builder, args[4], tys[4], types.int64)
-
-        def c64(v):
-            return ir.Constant(i64, v)
-
-        def idx(values):
-            return ir.Constant(ir.VectorType(i32, len(values)), list(values))
-
-        def intrinsic_fn(name, vty, n_args):
-            return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * n_args), name)
-
-        fabs = intrinsic_fn("llvm.fabs.v16f32", v16f, 1)
-
-        def reduce(vec, op):
-            size = vec.type.count
-            while size > 1:
-                half = size // 2
-                undef = ir.Constant(vec.type, ir.Undefined)
-                vec = op(builder.shuffle_vector(vec, undef, idx(range(half))),
-                         builder.shuffle_vector(vec, undef, idx(range(half, size))))
-                size = half
-            return builder.extract_element(vec, ir.Constant(i32, 0))
-
-        def splat(value, vty):
-            undef = ir.Constant(vty, ir.Undefined)
-            return builder.shuffle_vector(builder.insert_element(undef, value, ir.Constant(i32, 0)), undef,
-                                          idx([0] * vty.count))
-
-        pre = builder.block
-        loop = builder.append_basic_block("q8k.loop")
-        done = builder.append_basic_block("q8k.done")
-        builder.cbranch(builder.icmp_signed(">", nb, c64(0)), loop, done)
-        builder.position_at_end(loop)
-        b = builder.phi(i64)
-        b.add_incoming(c64(0), pre)
-        xb = builder.gep(x_p, [builder.mul(b, c64(QK_K))])
-        v = [builder.load(builder.bitcast(builder.gep(xb, [c64(16 * j)]), v16f.as_pointer()), align=4)
-             for j in range(16)]
-        mags = [builder.call(fabs, [vj]) for vj in v]
+        v16f, v16i32, v16i8 = vector(F32, 16), vector(I32, 16), vector(I8, 16)
+        x_p, xq_p, xd_p, bs_p = (data_ptr(context, builder, tys[k], args[k]) for k in range(4))
+        nb = as_i64(context, builder, args[4], tys[4])
+        fabs = declare(builder, "llvm.fabs.v16f32", v16f, [v16f])
 
         def vmax(a, c):
-            return builder.call(intrinsic_fn(f"llvm.maxnum.v{a.type.count}f32", a.type, 2), [a, c])
+            return builder.call(declare(builder, f"llvm.maxnum.v{a.type.count}f32", a.type, [a.type] * 2), [a, c])
 
-        amax = reduce(_tree(mags, vmax), vmax)
-        amax_v = splat(amax, v16f)
-        first = None
-        for j in range(16):  # lowest index where |x| == amax (256: none)
-            hit = builder.fcmp_ordered("==", mags[j], amax_v)
-            cand = builder.select(hit, idx(range(16 * j, 16 * j + 16)), idx([QK_K] * 16))
-            first = cand if first is None else builder.select(builder.icmp_signed("<", cand, first), cand, first)
-        first_i = reduce(first, lambda a, c: builder.select(builder.icmp_signed("<", a, c), a, c))
-        # as ggml's `if (!amax)`; also all-NaN (amax NaN, no index found): not > 0
-        is_zero = builder.not_(builder.fcmp_ordered(">", amax, ir.Constant(f32, 0.0)))
-        top = builder.load(builder.gep(xb, [builder.zext(builder.select(is_zero, ir.Constant(i32, 0), first_i), i64)]))
-        iscale = builder.select(is_zero, ir.Constant(f32, 0.0), builder.fdiv(ir.Constant(f32, -127.0), top))
-        d = builder.select(is_zero, ir.Constant(f32, 0.0), builder.fdiv(ir.Constant(f32, 1.0), iscale))
-        builder.store(d, builder.gep(xd_p, [b]))
-        iscale_v = splat(iscale, v16f)
-        qb = builder.gep(xq_p, [builder.mul(b, c64(QK_K))])
-        cap = ir.Constant(v16i32, [127] * 16)
-        groups = []
-        for j in range(16):
-            # ggml's nearest_int: the float's mantissa after adding 1.5 * 2^23 (NaN -> 0, as ggml)
-            shifted = builder.fadd(builder.fmul(iscale_v, v[j]), ir.Constant(v16f, [12582912.0] * 16))
-            q = builder.sub(builder.and_(builder.bitcast(shifted, v16i32), ir.Constant(v16i32, [0x007FFFFF] * 16)),
-                            ir.Constant(v16i32, [0x00400000] * 16))
-            q = builder.select(builder.icmp_signed(">", q, cap), cap, q)
-            builder.store(builder.trunc(q, v16i8),
-                          builder.bitcast(builder.gep(qb, [c64(16 * j)]), v16i8.as_pointer()), align=1)
-            groups.append(q)
-        while len(groups) > 1:  # lane j of the result = sum of groups[j]
-            groups = [builder.add(builder.shuffle_vector(a, c, idx(range(0, 32, 2))),
-                                  builder.shuffle_vector(a, c, idx(range(1, 32, 2))))
-                      for a, c in zip(groups[0::2], groups[1::2])]
-        builder.store(groups[0], builder.bitcast(builder.gep(bs_p, [builder.mul(b, c64(16))]), v16i32.as_pointer()),
-                      align=4)
-        nxt = builder.add(b, c64(1))
-        b.add_incoming(nxt, loop)
-        builder.cbranch(builder.icmp_signed("<", nxt, nb), loop, done)
-        builder.position_at_end(done)
+        def block(b, _):
+            xb = builder.gep(x_p, [builder.mul(b, i64(QK_K))])
+            v = [load_at(builder, xb, i64(16 * j), v16f, align=4) for j in range(16)]
+            mags = [builder.call(fabs, [vj]) for vj in v]
+            amax = tree_reduce(builder, _pairwise(mags, vmax), vmax)
+            amax_v = splat(builder, amax, 16)
+            first = None
+            for j in range(16):  # lowest index where |x| == amax (256: none)
+                hit = builder.fcmp_ordered("==", mags[j], amax_v)
+                cand = builder.select(hit, indices(range(16 * j, 16 * j + 16)), indices([QK_K] * 16))
+                first = cand if first is None else builder.select(builder.icmp_signed("<", cand, first), cand, first)
+            first_i = tree_reduce(builder, first, lambda a, c: builder.select(builder.icmp_signed("<", a, c), a, c))
+            # as ggml's `if (!amax)`; also all-NaN (amax NaN, no index found): not > 0
+            is_zero = builder.not_(builder.fcmp_ordered(">", amax, ir.Constant(F32, 0.0)))
+            top_i = builder.zext(builder.select(is_zero, ir.Constant(I32, 0), first_i), I64)
+            top = builder.load(builder.gep(xb, [top_i]))
+            iscale = builder.select(is_zero, ir.Constant(F32, 0.0), builder.fdiv(ir.Constant(F32, -127.0), top))
+            d = builder.select(is_zero, ir.Constant(F32, 0.0), builder.fdiv(ir.Constant(F32, 1.0), iscale))
+            builder.store(d, builder.gep(xd_p, [b]))
+            iscale_v = splat(builder, iscale, 16)
+            qb = builder.gep(xq_p, [builder.mul(b, i64(QK_K))])
+            cap = const_vector(I32, [127] * 16)
+            groups = []
+            for j in range(16):
+                # ggml's nearest_int: the float's mantissa after adding 1.5 * 2^23 (NaN -> 0, as ggml)
+                shifted = builder.fadd(builder.fmul(iscale_v, v[j]), ir.Constant(v16f, [12582912.0] * 16))
+                q = builder.sub(builder.and_(builder.bitcast(shifted, v16i32), const_vector(I32, [0x007FFFFF] * 16)),
+                                const_vector(I32, [0x00400000] * 16))
+                q = builder.select(builder.icmp_signed(">", q, cap), cap, q)
+                builder.store(builder.trunc(q, v16i8),
+                              builder.bitcast(builder.gep(qb, [i64(16 * j)]), v16i8.as_pointer()), align=1)
+                groups.append(q)
+            while len(groups) > 1:  # lane j of the result = sum of groups[j]
+                groups = [builder.add(builder.shuffle_vector(a, c, indices(range(0, 32, 2))),
+                                      builder.shuffle_vector(a, c, indices(range(1, 32, 2))))
+                          for a, c in zip(groups[0::2], groups[1::2])]
+            builder.store(groups[0], builder.bitcast(builder.gep(bs_p, [builder.mul(b, i64(16))]), v16i32.as_pointer()),
+                          align=4)
+            return []
+
+        carried_loop(builder, "q8k", nb, [], block)
         return context.get_dummy_value()
 
     return types.void(x, xq, xd, bsums, n_blocks), codegen
 
 
-def _tree(values, op):
+def _pairwise(values, op):
     """op-combine a list of values pairwise (a balanced tree)."""
     while len(values) > 1:
         values = [op(a, c) for a, c in zip(values[0::2], values[1::2])] + ([values[-1]] if len(values) % 2 else [])
@@ -173,94 +142,47 @@ def _tree(values, op):
 
 
 # ---------------------------------------------------------------------------------------------
-# The code the row intrinsics share: per group of columns (simd.py, "Columns") one LLVM loop over
-# a row's super-blocks, one block per trip, a prefetch PREFETCH_BYTES ahead, each block decoded
-# once and dotted with every column of the group, whose float accumulators are carried in
-# registers (phis); a tree sum per column at the end, stored to out[t, r].
+# The rows below share the signature of `row_dot_k_int8` (row, xq, xd, bsums, n_blocks, kind, out,
+# r, t0, n_t) and their loop (llvm_ir.block_loop): per group of columns one LLVM loop over a row's
+# super-blocks, one block per trip, each block decoded once and dotted with every column of the
+# group, whose float accumulators are carried in registers; a tree sum per column at the end.
 # ---------------------------------------------------------------------------------------------
-class _Column:
-    """Pointers to one activation row's xq (i8*), xd (float*) and bsums (i32*)."""
+class _Activations(NamedTuple):
+    """Pointers to one column's Q8_K activations: xq (i8*), xd (float*), bsums (i32*)."""
+    xq: ir.Value
+    xd: ir.Value
+    bsums: ir.Value
 
-    def __init__(self, xq, xd, bsums):
-        self.xq, self.xd, self.bsums = xq, xd, bsums
+
+def _row_of_blocks(context, builder, signature, args, *, name, block_bytes, prefetch_lines, inits, body, finish):
+    """llvm_ir.block_loop over the row intrinsic's arguments; body(b, base, columns, accs) gets
+    each column's `_Activations`."""
+    tys = signature.args
+
+    def activations(t):
+        xq = builder.bitcast(row_ptr(context, builder, tys[1], args[1], t), I8_PTR)
+        return _Activations(xq, row_ptr(context, builder, tys[2], args[2], t),
+                            row_ptr(context, builder, tys[3], args[3], t))
+
+    def pointers(t0, count):
+        return [activations(builder.add(t0, i64(i))) for i in range(count)]
+
+    block_loop(context, builder, name=name, row=builder.bitcast(data_ptr(context, builder, tys[0], args[0]), I8_PTR),
+               n_blocks=as_i64(context, builder, args[4], tys[4]), block_bytes=block_bytes,
+               prefetch_lines=prefetch_lines, columns=((tys[8], args[8]), (tys[9], args[9])), group=INT8_K_GROUP,
+               pointers=pointers, inits=inits, body=body, finish=finish,
+               out=(tys[6], args[6], as_i64(context, builder, args[7], tys[7])))
 
 
-class _Emitter:
-    def __init__(self, context, builder, signature, args):
-        """args: row, xq (B, n), xd (B, n/256), bsums (B, ...), n_blocks, out (B, n_rows), r, t0, n_t."""
-        self.b, self.context, self.args, self.tys = builder, context, args, signature.args
-        i8 = ir.IntType(8)
-        self.i8, self.i16, self.i32, self.i64 = i8, ir.IntType(16), ir.IntType(32), ir.IntType(64)
-        self.f32 = ir.FloatType()
-        self.row = builder.bitcast(_data_ptr(context, builder, self.tys[0], args[0]), i8.as_pointer())
-        self.n_blocks = context.cast(builder, args[4], self.tys[4], types.int64)
-
-    def column(self, t):
-        ctx, bld, args, tys = self.context, self.b, self.args, self.tys
-        return _Column(bld.bitcast(row_ptr(ctx, bld, tys[1], args[1], t), self.i8.as_pointer()),
-                       row_ptr(ctx, bld, tys[2], args[2], t), row_ptr(ctx, bld, tys[3], args[3], t))
-
-    def c64(self, v):
-        return ir.Constant(self.i64, v)
-
-    def vec(self, elem, values):
-        return ir.Constant(ir.VectorType(elem, len(values)), list(values))
-
-    def load(self, ptr, offset, vty, align=1):
-        return self.b.load(self.b.bitcast(self.b.gep(ptr, [offset]), vty.as_pointer()), align=align)
-
-    def shuffle(self, a, c, indices):
-        return self.b.shuffle_vector(a, c, self.vec(self.i32, indices))
-
-    def splat(self, value, n):
-        return splat_vector(self.b, value, n)
-
-    def half(self, base, offset):
-        return self.b.fpext(self.load(base, self.c64(offset), ir.HalfType()), self.f32)
-
-    def fma(self, a, c, acc):
-        return call_fma(self.b, a, c, acc)
-
-    def tree_sum(self, vec):
-        return float_tree_sum(self.b, vec)
-
-    def rows(self, name, block_bytes, prefetch_lines, widths, body, finish):
-        """For every group of columns: `body(b, base, columns, accs) -> accs` over every block b
-        of the row (base: i8* to its bytes; columns: the group's `_Column`s; accs: per column,
-        float vectors of the given widths, zero at the start, flattened column by column), then
-        out[t, r] = finish(that column's final accs)."""
-        bld = self.b
-        zeros = [ir.Constant(ir.VectorType(self.f32, w), [0.0] * w) for w in widths]
-        out_ty, out_v = self.tys[5], self.args[5]
-        r = self.context.cast(bld, self.args[6], self.tys[6], types.int64)
-
-        def group(t0, count):
-            cols = [self.column(bld.add(t0, self.c64(i))) for i in range(count)]
-
-            def step(blk, accs):
-                base = bld.gep(self.row, [bld.mul(blk, self.c64(block_bytes))])
-                for line in range(prefetch_lines):
-                    emit_prefetch(bld, base, PREFETCH_BYTES + 64 * line)
-                return body(blk, base, cols, accs)
-
-            finals = carried_loop(bld, name, self.n_blocks, zeros * count, step)
-            n = len(widths)
-            store_columns(self.context, bld, out_ty, out_v, r, t0,
-                          [finish(finals[n * i: n * i + n]) for i in range(count)])
-
-        column_groups(self.context, bld, (self.tys[7], self.args[7]), (self.tys[8], self.args[8]), INT8_K_GROUP, group)
-
-    def shifted_pair(self, v32, shift_lo, shift_hi, left):
-        """<64 x i8>: the 32 bytes v32 shifted by shift_lo (first half) ++ by shift_hi (second
-        half). As 16-bit words (vpsllvw/vpsrlvw; AVX-512 has no byte shifts): bits cross into the
-        neighbour byte, so callers mask afterwards."""
-        bld = self.b
-        v16i16 = ir.VectorType(self.i16, 16)
-        w = bld.bitcast(v32, v16i16)
-        both = self.shuffle(w, w, list(range(16)) * 2)
-        amounts = self.vec(self.i16, [shift_lo] * 16 + [shift_hi] * 16)
-        shifted = bld.shl(both, amounts) if left else bld.lshr(both, amounts)
-        return bld.bitcast(shifted, ir.VectorType(self.i8, 64))
+def shifted_pair(builder, v32, shift_lo, shift_hi, left):
+    """<64 x i8>: the 32 bytes v32 shifted by shift_lo (first half) ++ by shift_hi (second
+    half). As 16-bit words (vpsllvw/vpsrlvw; AVX-512 has no byte shifts): bits cross into the
+    neighbour byte, so callers mask afterwards."""
+    words = builder.bitcast(v32, vector(I16, 16))
+    both = builder.shuffle_vector(words, words, indices(list(range(16)) * 2))
+    amounts = const_vector(I16, [shift_lo] * 16 + [shift_hi] * 16)
+    shifted = builder.shl(both, amounts) if left else builder.lshr(both, amounts)
+    return builder.bitcast(shifted, vector(I8, 64))
 
 
 def dot_scaled(builder, acc, u, s, scale_src, lane_scale):
@@ -272,29 +194,19 @@ def dot_scaled(builder, acc, u, s, scale_src, lane_scale):
     a pair of products fits int16 (no saturation): u <= 63, |s| <= 127 gives <= 16002. Against
     vpdpbusd + a vpermd of the scales + vpmulld (2 uops) + vpaddd: Q6_K ~10 % faster on the
     demo's 640 x 2048 matrices (one thread, one process)."""
-    i16, i32 = ir.IntType(16), ir.IntType(32)
-    v16i32, v32i16 = ir.VectorType(i32, 16), ir.VectorType(i16, 32)
+    v16i32 = vector(I32, 16)
     if HAS_VNNI or HAS_AVX2:
-        src16 = builder.trunc(scale_src, ir.VectorType(i16, scale_src.type.count))
-        sc16 = builder.shuffle_vector(src16, src16, ir.Constant(ir.VectorType(i32, 32),
-                                                                [lane_scale[k // 2] for k in range(32)]))
+        src16 = builder.trunc(scale_src, vector(I16, scale_src.type.count))
+        sc16 = builder.shuffle_vector(src16, src16, indices([lane_scale[k // 2] for k in range(32)]))
         if HAS_AVX2:  # vpmaddubsw, then vpmaddwd with the scales and an add
             return builder.add(acc, madd_pairs(builder, maddubs(builder, u, s), sc16))
-        madd = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(v32i16, [ir.VectorType(ir.IntType(8), 64)] * 2),
-            "llvm.x86.avx512.pmaddubs.w.512")
+        madd = declare(builder, "llvm.x86.avx512.pmaddubs.w.512", vector(I16, 32), [vector(I8, 64)] * 2)
         pairs = builder.call(madd, [u, s])
-        dpwssd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i32, [v16i32] * 3),
-                                                "llvm.x86.avx512.vpdpwssd.512")
+        dpwssd = declare(builder, "llvm.x86.avx512.vpdpwssd.512", v16i32, [v16i32] * 3)
         return builder.call(dpwssd, [acc, builder.bitcast(pairs, v16i32), builder.bitcast(sc16, v16i32)])
     dots = dot_u8_s8(builder, ir.Constant(v16i32, [0] * 16), u, s)  # its generic form here
-    scales = builder.shuffle_vector(scale_src, scale_src, ir.Constant(v16i32, list(lane_scale)))
+    scales = builder.shuffle_vector(scale_src, scale_src, indices(lane_scale))
     return builder.add(acc, builder.mul(dots, scales))
-
-
-def _signature_ok(row, xq, xd, bsums, n_blocks):
-    arrays = (row, xq, xd, bsums)
-    return all(isinstance(a, types.Array) for a in arrays) and isinstance(n_blocks, types.Integer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,100 +225,8 @@ def _signature_ok(row, xq, xd, bsums, n_blocks):
 #   (the natural order, a zmm per group g = sub-blocks 2g and 2g+1, needs a scale multiply per
 #   zmm: ~10 % slower on the demo's ffn_down in a noisy A/B)
 #
-#   6-bit scales/mins (common.scale_min_k4), unpacked as <8 x i32>:
-#       j < 4:  sc = s[j] & 63                         m = s[j+4] & 63
-#       j >= 4: sc = s[j+4] & 15 | s[j-4] >> 6 << 4    m = s[j+4] >> 4 | s[j] >> 6 << 4
-# ---------------------------------------------------------------------------------------------
-def _q4_k_scales_mins(em, base):
-    bld, i32 = em.b, em.i32
-    v8i32 = ir.VectorType(i32, 8)
-    packed = bld.zext(em.load(base, em.c64(4), ir.VectorType(em.i8, 12)), ir.VectorType(i32, 12))
-    undef = ir.Constant(packed.type, ir.Undefined)
-
-    def pick(indices):
-        return em.shuffle(packed, undef, indices)
-
-    def c(values):
-        return ir.Constant(v8i32, list(values))
-
-    low_mask, high_mask = c([63] * 4 + [15] * 4), c([0] * 4 + [48] * 4)
-    top2 = c([4] * 8)  # (byte >> 6) << 4
-    six = c([6] * 8)
-    scales = bld.or_(bld.and_(pick([0, 1, 2, 3, 8, 9, 10, 11]), low_mask),
-                     bld.and_(bld.shl(bld.lshr(pick([0, 1, 2, 3, 0, 1, 2, 3]), six), top2), high_mask))
-    mins = bld.or_(bld.and_(bld.lshr(pick([4, 5, 6, 7, 8, 9, 10, 11]), c([0] * 4 + [4] * 4)), low_mask),
-                   bld.and_(bld.shl(bld.lshr(pick([4, 5, 6, 7, 4, 5, 6, 7]), six), top2), high_mask))
-    return scales, mins
-
-
-def _q4_k_like_row_dot(block_bytes: int, qs_offset: int, qh_offset: int | None, name: str):
-    """The typing function of a Q4_K-shaped row dot: Q4_K (no qh) or Q5_K (a 5th bit per weight
-    from the 32 qh bytes at qh_offset, see the Q5_K diagram). One row of super-blocks (uint8
-    (n_blocks * block_bytes,)) dotted with every column's Q8_K activation blocks (xq int8 (B, n),
-    xd float32 (B, n/256) from `quantize_q8_k_into`, xq then `interleave_for_q4_k`; `bsums` here
-    int32 (B, n/32): the sums of xq per 32-value sub-block, `sub_block_sums`), stored as float32
-    to out[t, r] (out (B, n_rows))."""
-
-    def typer(typingctx, row, xq, xd, bsums, n_blocks, out, r, t0, n_t):
-        if not _signature_ok(row, xq, xd, bsums, n_blocks):
-            return None
-
-        def codegen(context, builder, signature, args):
-            em = _Emitter(context, builder, signature, args)
-            i32, f32 = em.i32, em.f32
-            v16i32, v8i64, v32i16 = ir.VectorType(i32, 16), ir.VectorType(em.i64, 8), ir.VectorType(em.i16, 32)
-            v4i64, v64i8 = ir.VectorType(em.i64, 4), ir.VectorType(em.i8, 64)
-            nibble = ir.Constant(v64i8, [15] * 64)
-            shifts = ir.Constant(v32i16, ([0] * 4 + [4] * 4) * 4)  # 16-bit words: qword 2s by 0, 2s+1 by 4
-            sub_block_bit = ir.Constant(v64i8, [1 << s for s in range(8) for _ in range(8)])
-            zero, fifth = ir.Constant(v64i8, [0] * 64), ir.Constant(v64i8, [16] * 64)
-
-            def body(blk, base, cols, accs):
-                scales, mins = _q4_k_scales_mins(em, base)
-                qs_words = [em.load(base, em.c64(qs_offset + 64 * h), v8i64) for h in range(2)]
-                qh = em.load(base, em.c64(qh_offset), v4i64) if qh_offset is not None else None
-                codes = []
-                for k in range(4):
-                    # qwords 4g + k (g < 4) of qs, each twice: low nibbles of the first copy, high of the second
-                    picked = em.shuffle(qs_words[0], qs_words[1], [4 * g + k for g in range(4) for _ in range(2)])
-                    u = builder.and_(builder.bitcast(builder.lshr(builder.bitcast(picked, v32i16), shifts), v64i8),
-                                     nibble)
-                    if qh is not None:  # + 16 where bit s of the weight's qh byte is set
-                        qh_k = builder.bitcast(em.shuffle(qh, qh, [k] * 8), v64i8)
-                        has_bit = builder.icmp_unsigned("!=", builder.and_(qh_k, sub_block_bit), zero)
-                        u = builder.or_(u, builder.select(has_bit, fifth, zero))
-                    codes.append(u)
-                lane_scales = em.shuffle(scales, ir.Constant(scales.type, ir.Undefined), [j // 2 for j in range(16)])
-                d_w, dmin_w = em.half(base, 0), em.half(base, 2)
-                new = []
-                for col, acc, acc_min in zip(cols, accs[0::2], accs[1::2]):
-                    xs = builder.gep(col.xq, [builder.mul(blk, em.c64(QK_K))])
-                    iacc = ir.Constant(v16i32, [0] * 16)
-                    for k, u in enumerate(codes):
-                        iacc = dot_u8_s8(builder, iacc, u, em.load(xs, em.c64(64 * k), v64i8), 31)
-                    iacc = builder.mul(iacc, lane_scales)
-                    # sum_s m_s * (sum of xq over sub-block s)
-                    min_dots = builder.mul(mins, em.load(col.bsums, builder.mul(blk, em.c64(8)), ir.VectorType(i32, 8),
-                                                         align=4))
-                    xd = builder.load(builder.gep(col.xd, [blk]))
-                    d, dmin = builder.fmul(d_w, xd), builder.fmul(dmin_w, xd)
-                    new.append(em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc))
-                    new.append(em.fma(builder.sitofp(min_dots, ir.VectorType(f32, 8)), em.splat(dmin, 8), acc_min))
-                return new
-
-            em.rows(name, block_bytes, 3, (16, 8), body,
-                    lambda accs: builder.fsub(em.tree_sum(accs[0]), em.tree_sum(accs[1])))
-            return context.get_dummy_value()
-
-        return types.void(row, xq, xd, bsums, n_blocks, out, r, t0, n_t), codegen
-
-    return typer
-
-
-row_dot_q4_k_int8 = intrinsic(_q4_k_like_row_dot(144, 16, None, "q4k_int8"))
-
-
-# ---------------------------------------------------------------------------------------------
+#   6-bit scales/mins in 12 bytes, unpacked as two <8 x i32> (simd.q4_k_scales_mins).
+#
 # Q5_K: 176 bytes, 256 weights in 8 sub-blocks of 32; Q4_K plus a 5th bit per weight
 #   byte 0    2      4            16        48                       176
 #        | d  | dmin | scales[12] | qh[32]  | qs[128]                |
@@ -418,7 +238,60 @@ row_dot_q4_k_int8 = intrinsic(_q4_k_like_row_dot(144, 16, None, "q4k_int8"))
 #
 #   u <= 31 stays unsigned, so vpdpbusd needs nothing more; mins and bsums exactly as Q4_K.
 # ---------------------------------------------------------------------------------------------
-row_dot_q5_k_int8 = intrinsic(_q4_k_like_row_dot(176, 48, 16, "q5k_int8"))
+def _q4_k_like_codegen(block_bytes: int, qs_offset: int, qh_offset: int | None, name: str):
+    """Code for a Q4_K-shaped row: Q4_K (no qh) or Q5_K (a 5th bit per weight from the 32 qh bytes
+    at qh_offset). xq comes in `interleave_for_q4_k`'s order and `bsums` are the sums of xq per
+    32-value sub-block (int32 (B, n/32), `sub_block_sums`)."""
+
+    def codegen(context, builder, signature, args):
+        v16i32, v8i32, v8i64, v32i16 = vector(I32, 16), vector(I32, 8), vector(I64, 8), vector(I16, 32)
+        v64i8 = vector(I8, 64)
+        nibble = const_vector(I8, [15] * 64)
+        shifts = const_vector(I16, ([0] * 4 + [4] * 4) * 4)  # 16-bit words: qword 2s by 0, 2s+1 by 4
+        sub_block_bit = const_vector(I8, [1 << s for s in range(8) for _ in range(8)])
+        zero, fifth = ir.Constant(v64i8, [0] * 64), ir.Constant(v64i8, [16] * 64)
+
+        def body(blk, base, cols, accs):
+            scales, mins = q4_k_scales_mins(builder, base)
+            qs_words = [load_at(builder, base, i64(qs_offset + 64 * h), v8i64) for h in range(2)]
+            qh = load_at(builder, base, i64(qh_offset), vector(I64, 4)) if qh_offset is not None else None
+            codes = []
+            for k in range(4):
+                # qwords 4g + k (g < 4) of qs, each twice: low nibbles of the first copy, high of the second
+                picked = builder.shuffle_vector(qs_words[0], qs_words[1],
+                                                indices([4 * g + k for g in range(4) for _ in range(2)]))
+                u = builder.and_(builder.bitcast(builder.lshr(builder.bitcast(picked, v32i16), shifts), v64i8), nibble)
+                if qh is not None:  # + 16 where bit s of the weight's qh byte is set
+                    qh_k = builder.bitcast(builder.shuffle_vector(qh, qh, indices([k] * 8)), v64i8)
+                    has_bit = builder.icmp_unsigned("!=", builder.and_(qh_k, sub_block_bit), zero)
+                    u = builder.or_(u, builder.select(has_bit, fifth, zero))
+                codes.append(u)
+            lane_scales = builder.shuffle_vector(scales, ir.Constant(scales.type, ir.Undefined),
+                                                 indices([j // 2 for j in range(16)]))
+            d_w, dmin_w = load_half(builder, base, 0), load_half(builder, base, 2)
+            new = []
+            for col, acc, acc_min in zip(cols, accs[0::2], accs[1::2]):
+                xs = builder.gep(col.xq, [builder.mul(blk, i64(QK_K))])
+                iacc = ir.Constant(v16i32, [0] * 16)
+                for k, u in enumerate(codes):
+                    iacc = dot_u8_s8(builder, iacc, u, load_at(builder, xs, i64(64 * k), v64i8), 31)
+                iacc = builder.mul(iacc, lane_scales)
+                # sum_s m_s * (sum of xq over sub-block s)
+                min_dots = builder.mul(mins, load_at(builder, col.bsums, builder.mul(blk, i64(8)), v8i32, align=4))
+                xd = builder.load(builder.gep(col.xd, [blk]))
+                d, dmin = builder.fmul(d_w, xd), builder.fmul(dmin_w, xd)
+                new.append(call_fma(builder, builder.sitofp(iacc, vector(F32, 16)), splat(builder, d, 16), acc))
+                new.append(call_fma(builder, builder.sitofp(min_dots, vector(F32, 8)), splat(builder, dmin, 8),
+                                    acc_min))
+            return new
+
+        _row_of_blocks(context, builder, signature, args, name=name, block_bytes=block_bytes, prefetch_lines=3,
+                       inits=[ir.Constant(vector(F32, 16), [0.0] * 16), ir.Constant(vector(F32, 8), [0.0] * 8)],
+                       body=body, finish=lambda accs: builder.fsub(float_tree_sum(builder, accs[0]),
+                                                                   float_tree_sum(builder, accs[1])))
+        return context.get_dummy_value()
+
+    return codegen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,58 +308,66 @@ row_dot_q5_k_int8 = intrinsic(_q4_k_like_row_dot(176, 48, 16, "q5k_int8"))
 #       (vpmaddubsw then vpdpwssd with the scales as int16: `dot_scaled`, fused)
 #   weight = u - 32:  iacc starts at -32 * sc[s] * bsums[s] (lane s).
 # ---------------------------------------------------------------------------------------------
+def _q6_k_codegen(context, builder, signature, args):
+    """Code for a Q6_K row (bsums int32 (B, n/16) as `quantize_q8_k_into` makes them)."""
+    v16i32 = vector(I32, 16)
+    v16i8, v32i8, v64i8 = vector(I8, 16), vector(I8, 32), vector(I8, 64)
+    low4, two_bits = const_vector(I8, [15] * 64), const_vector(I8, [0x30] * 64)
+
+    def body(blk, base, cols, accs):
+        sc = builder.sext(load_at(builder, base, i64(192), v16i8), v16i32)
+        codes = []  # (u, offset of its 64 activations in the block, lane -> sub-block)
+        for n in range(2):
+            ql = load_at(builder, base, i64(64 * n), v64i8)
+            h = load_at(builder, base, i64(128 + 32 * n), v32i8)
+            # bits 2j, 2j+1 of H moved to bits 4, 5: j=0 << 4, j=1 << 2, j=2 as is, j=3 >> 2
+            high_a = builder.and_(shifted_pair(builder, h, 4, 2, left=True), two_bits)
+            high_b = builder.and_(shifted_pair(builder, h, 0, 2, left=False), two_bits)
+            u_a = builder.or_(builder.and_(ql, low4), high_a)
+            u_b = builder.or_(builder.and_(builder.lshr(ql, const_vector(I8, [4] * 64)), low4), high_b)
+            for half, u in enumerate((u_a, u_b)):
+                codes.append((u, 128 * n + 64 * half, [8 * n + 4 * half + i // 4 for i in range(16)]))
+        d_w = load_half(builder, base, 208)
+        new = []
+        for col, acc in zip(cols, accs):
+            bs = load_at(builder, col.bsums, builder.mul(blk, i64(16)), v16i32, align=4)
+            iacc = builder.sub(ir.Constant(v16i32, [0] * 16),
+                               builder.shl(builder.mul(sc, bs), const_vector(I32, [5] * 16)))
+            xs = builder.gep(col.xq, [builder.mul(blk, i64(QK_K))])
+            for u, offset, lane_scale in codes:
+                iacc = dot_scaled(builder, iacc, u, load_at(builder, xs, i64(offset), v64i8), sc, lane_scale)
+            d = builder.fmul(d_w, builder.load(builder.gep(col.xd, [blk])))
+            new.append(call_fma(builder, builder.sitofp(iacc, vector(F32, 16)), splat(builder, d, 16), acc))
+        return new
+
+    _row_of_blocks(context, builder, signature, args, name="q6k_int8", block_bytes=210, prefetch_lines=4,
+                   inits=[ir.Constant(vector(F32, 16), [0.0] * 16)], body=body,
+                   finish=lambda accs: float_tree_sum(builder, accs[0]))
+    return context.get_dummy_value()
+
+
+ROW_CODEGEN = {
+    "q4_k": _q4_k_like_codegen(144, 16, None, "q4k_int8"),
+    "q5_k": _q4_k_like_codegen(176, 48, 16, "q5k_int8"),
+    "q6_k": _q6_k_codegen,
+}
+
+
 @intrinsic
-def row_dot_q6_k_int8(typingctx, row, xq, xd, bsums, n_blocks, out, r, t0, n_t):
-    """One row of Q6_K super-blocks (uint8 (n_blocks * 210,)) dotted with every column's Q8_K
-    activation blocks (xq int8 (B, n), xd float32 (B, n/256), bsums int32 (B, n/16) from
-    `quantize_q8_k_into`), stored as float32 to out[t, r]."""
-    if not _signature_ok(row, xq, xd, bsums, n_blocks):
+def row_dot_k_int8(typingctx, row, xq, xd, bsums, n_blocks, kind, out, r, t0, n_t):
+    """One row of Q4_K, Q5_K or Q6_K super-blocks (`kind` a literal "q4_k" | "q5_k" | "q6_k"; row
+    uint8 (n_blocks * block bytes,)) dotted with every column's Q8_K activation blocks (xq int8
+    (B, n), xd float32 (B, n/256), bsums int32 from `quantize_q8_k_into`, as each kind's diagram
+    above reads them), stored as float32 to out[t, r] (out (B, n_rows))."""
+    arrays_ok = all(isinstance(a, types.Array) for a in (row, xq, xd, bsums)) and isinstance(n_blocks, types.Integer)
+    if not (arrays_ok and isinstance(kind, types.StringLiteral) and kind.literal_value in ROW_CODEGEN):
         return None
-
-    def codegen(context, builder, signature, args):
-        em = _Emitter(context, builder, signature, args)
-        i32, f32 = em.i32, em.f32
-        v16i32 = ir.VectorType(i32, 16)
-        v16i8, v32i8, v64i8 = ir.VectorType(em.i8, 16), ir.VectorType(em.i8, 32), ir.VectorType(em.i8, 64)
-        low4, two_bits = ir.Constant(v64i8, [15] * 64), ir.Constant(v64i8, [0x30] * 64)
-
-        def body(blk, base, cols, accs):
-            sc = builder.sext(em.load(base, em.c64(192), v16i8), v16i32)
-            codes = []  # (u, offset of its 64 activations in the block, lane -> sub-block)
-            for n in range(2):
-                ql = em.load(base, em.c64(64 * n), v64i8)
-                h = em.load(base, em.c64(128 + 32 * n), v32i8)
-                # bits 2j, 2j+1 of H moved to bits 4, 5: j=0 << 4, j=1 << 2, j=2 as is, j=3 >> 2
-                high_a = builder.and_(em.shifted_pair(h, 4, 2, left=True), two_bits)
-                high_b = builder.and_(em.shifted_pair(h, 0, 2, left=False), two_bits)
-                u_a = builder.or_(builder.and_(ql, low4), high_a)
-                u_b = builder.or_(builder.and_(builder.lshr(ql, ir.Constant(v64i8, [4] * 64)), low4), high_b)
-                for half, u in enumerate((u_a, u_b)):
-                    codes.append((u, 128 * n + 64 * half, [8 * n + 4 * half + i // 4 for i in range(16)]))
-            d_w = em.half(base, 208)
-            new = []
-            for col, acc in zip(cols, accs):
-                bs = em.load(col.bsums, builder.mul(blk, em.c64(16)), v16i32, align=4)
-                iacc = builder.sub(ir.Constant(v16i32, [0] * 16),
-                                   builder.shl(builder.mul(sc, bs), ir.Constant(v16i32, [5] * 16)))
-                xs = builder.gep(col.xq, [builder.mul(blk, em.c64(QK_K))])
-                for u, offset, lane_scale in codes:
-                    iacc = dot_scaled(builder, iacc, u, em.load(xs, em.c64(offset), v64i8), sc, lane_scale)
-                d = builder.fmul(d_w, builder.load(builder.gep(col.xd, [blk])))
-                new.append(em.fma(builder.sitofp(iacc, ir.VectorType(f32, 16)), em.splat(d, 16), acc))
-            return new
-
-        em.rows("q6k_int8", 210, 4, (16,), body, lambda accs: em.tree_sum(accs[0]))
-        return context.get_dummy_value()
-
-    return types.void(row, xq, xd, bsums, n_blocks, out, r, t0, n_t), codegen
+    return types.void(row, xq, xd, bsums, n_blocks, kind, out, r, t0, n_t), ROW_CODEGEN[kind.literal_value]
 
 
-# Same signature as kquants.matvec_q4_k / matvec_q5_k / matvec_q6_k: blocks uint8 (rows, n_blocks, 144 |
-# 176 | 210), x float32 (n_blocks, 8, 32) | (n_blocks, 8, 32) | (n_blocks, 16, 16), out float32 (rows,).
 @njit(inline="always")
 def interleave_for_q4_k(xq):
-    """xq in the order row_dot_q4_k_int8 reads it: per block, zmm k < 4 = for each sub-block
+    """xq in the order the Q4_K/Q5_K rows read it: per block, zmm k < 4 = for each sub-block
     s < 8 its bytes 8k .. 8k+7, i.e. 8-byte word 8k + s <- word 4s + k."""
     words = xq.view(np.int64)
     out = np.empty_like(words)
@@ -526,40 +407,37 @@ def _q8_k_columns(X, interleave, per_32):
     return xq, xd, bsums
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def matvec_q4_k_int8(blocks, x, out):
+@njit(inline="always")
+def _k_int8_rows(blocks, x, out, block_bytes, kind, q4_k_like):
+    """The Q4_K/Q5_K/Q6_K kernels: each activation row quantized once to Q8_K blocks (for Q4_K and
+    Q5_K, `q4_k_like`, xq interleaved and sums per 32 values), then every weight row dotted with
+    all of them (`row_dot_k_int8`)."""
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 144)
-    xq, xd, sums32 = _q8_k_columns(X, True, True)
+    flat = blocks.reshape(n_rows, n_blocks * block_bytes)
+    xq, xd, sums = _q8_k_columns(X, q4_k_like, q4_k_like)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
             for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot_q4_k_int8(flat[r], xq, xd, sums32, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+                row_dot_k_int8(flat[r], xq, xd, sums, n_blocks, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+
+
+# Same signature as kquants.matvec_q4_k / matvec_q5_k / matvec_q6_k: blocks uint8 (rows, n_blocks, 144 |
+# 176 | 210), x float32 (n_blocks, 8, 32) | (n_blocks, 8, 32) | (n_blocks, 16, 16), out float32 (rows,).
+# One kernel per weight type: `kind` must be a literal for the intrinsic, and numba caches by function.
+@njit(parallel=True, cache=True, nogil=True)
+def matvec_q4_k_int8(blocks, x, out):
+    _k_int8_rows(blocks, x, out, 144, "q4_k", True)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_k_int8(blocks, x, out):
-    X, Y = columns(x, out)
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 176)
-    xq, xd, sums32 = _q8_k_columns(X, True, True)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot_q5_k_int8(flat[r], xq, xd, sums32, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+    _k_int8_rows(blocks, x, out, 176, "q5_k", True)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q6_k_int8(blocks, x, out):
-    X, Y = columns(x, out)
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 210)
-    xq, xd, bsums = _q8_k_columns(X, False, False)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot_q6_k_int8(flat[r], xq, xd, bsums, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+    _k_int8_rows(blocks, x, out, 210, "q6_k", False)
 
 
 INT8_KQUANT_MATVECS = {

@@ -1,4 +1,4 @@
-"""Mat-vec and dequantize kernels for the 256-weight super-block formats: Q2_K, Q3_K, Q4_K, Q5_K,
+"""Mat-vec kernels for the 256-weight super-block formats: Q2_K, Q3_K, Q4_K, Q5_K,
 Q6_K and IQ4_XS (ggml-common.h block structs, dequantize_row_* in ggml-quants.c), with float32 activations;
 token generation multiplies Q4_K, Q5_K and Q6_K with 8-bit activations in int8_kquants.py.
 
@@ -15,9 +15,12 @@ import numpy as np
 from numba import njit, prange
 
 from ...gguf.constants import GGMLType
-from .simd import PREFETCH_BYTES, fma_lanes, lanes_sum, prefetch, row_dot_q4_k, row_dot_q6_k
-from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns, half_at, scale_min_k4, signed8
-from .legacy import IQ4NL_VALUES
+from ...quants.half import read_fp16
+from ...quants.kquants import q3_k_scale, scale_min_k4
+from .llvm_ir import PREFETCH_BYTES
+from .simd import fma_lanes, lanes_sum, prefetch, row_dot_q4_k, row_dot_q6_k
+from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns
+from .legacy import iq4_rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,8 +47,8 @@ def matvec_q2_k(blocks, x, out):
             offset[:] = 0.0
             row = flat[r]
             for b in range(n_blocks):
-                d = half_at(blocks, r, b, 80)
-                dmin = half_at(blocks, r, b, 82)
+                d = read_fp16(blocks[r, b], 80)
+                dmin = read_fp16(blocks[r, b], 82)
                 base = 84 * b
                 for n in range(2):
                     for j in range(4):
@@ -56,29 +59,14 @@ def matvec_q2_k(blocks, x, out):
                         m1 = np.float32(sc1 >> 4)
                         for t in range(n_t):
                             offset[t] += dmin * (m0 * x_sum[t, b, s] + m1 * x_sum[t, b, s + 1])
-                        fma_lanes(acc.reshape(-1), 32 * (j & 1), d * np.float32(sc0 & 15), d * np.float32(sc1 & 15),
-                                  xf, 256 * b + 16 * s, row, base + 16 + 32 * n, 2 * j, 3,
-                                  row, 0, 0, 0, 0, 0, 32, False, False, False, n_t, 64, n_cols)
+                        fma_lanes(acc=acc.reshape(-1), acc_off=32 * (j & 1), scale=d * np.float32(sc0 & 15),
+                                  scale2=d * np.float32(sc1 & 15), x=xf, x_off=256 * b + 16 * s,
+                                  src=row, src_off=base + 16 + 32 * n, shift=2 * j, mask=3,
+                                  src2=row, src2_off=0, shift2=0, mask2=0, mul2=0, bias=0,  # no second source
+                                  n=32, signed=False, src2_bits=False, nibbles=False,
+                                  n_columns=n_t, acc_stride=64, x_stride=n_cols)
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 64) - offset[t]
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q2_k(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 80)
-            dmin = half_at(blocks, r, b, 82)
-            for n in range(2):
-                for j in range(4):
-                    for h in range(2):
-                        s = 8 * n + 2 * j + h
-                        sc = np.int32(blocks[r, b, s])
-                        dl = d * np.float32(sc & 15)
-                        ml = dmin * np.float32(sc >> 4)
-                        for l in range(16):
-                            q = (np.int32(blocks[r, b, 16 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
-                            out[r, b, s, l] = dl * np.float32(q) - ml
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,19 +79,8 @@ def dequant_q2_k(blocks, out):
 #   scales: 16 x 6 bits; byte i<4:  s[i] low4 = b[i]&15,  s[i+8] low4 = b[i]>>4,
 #           byte 4+i: s[i+4] low4 = b[4+i]&15, s[i+12] low4 = b[4+i]>>4,
 #           byte 8+i: bits 0-1 -> s[i], 2-3 -> s[i+4], 4-5 -> s[i+8], 6-7 -> s[i+12] (high 2 bits)
+#           (read by quants.kquants.q3_k_scale)
 # ---------------------------------------------------------------------------------------------
-@njit(inline="always")
-def _q3_k_scales(blocks, r, b, sc):
-    for i in range(4):
-        lo = np.int32(blocks[r, b, 96 + i])
-        mid = np.int32(blocks[r, b, 100 + i])
-        hi = np.int32(blocks[r, b, 104 + i])
-        sc[i] = ((lo & 15) | ((hi & 3) << 4)) - 32
-        sc[i + 4] = ((mid & 15) | (((hi >> 2) & 3) << 4)) - 32
-        sc[i + 8] = ((lo >> 4) | (((hi >> 4) & 3) << 4)) - 32
-        sc[i + 12] = ((mid >> 4) | (((hi >> 6) & 3) << 4)) - 32
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q3_k(blocks, x, out):
     X, Y = columns(x, out)
@@ -113,42 +90,25 @@ def matvec_q3_k(blocks, x, out):
     xf = X.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         acc = np.empty((n_t, 64), np.float32)
-        sc = np.empty(16, np.int32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
             row = flat[r]
             for b in range(n_blocks):
-                d = half_at(blocks, r, b, 108)
-                _q3_k_scales(blocks, r, b, sc)
+                d = read_fp16(blocks[r, b], 108)
+                sc = blocks[r, b, 96:108]
                 base = 110 * b
                 for n in range(2):
                     for j in range(4):
                         s = 8 * n + 2 * j  # sub-blocks s and s+1: 32 consecutive weights
                         # q = 2 low bits + 4 * hmask bit - 4
-                        fma_lanes(acc.reshape(-1), 32 * (j & 1), d * np.float32(sc[s]), d * np.float32(sc[s + 1]),
-                                  xf, 256 * b + 16 * s, row, base + 32 + 32 * n, 2 * j, 3,
-                                  row, base, 4 * n + j, 1, 4, -4, 32, False, False, False, n_t, 64, n_cols)
+                        fma_lanes(acc=acc.reshape(-1), acc_off=32 * (j & 1), scale=d * np.float32(q3_k_scale(s, sc)),
+                                  scale2=d * np.float32(q3_k_scale(s + 1, sc)), x=xf, x_off=256 * b + 16 * s,
+                                  src=row, src_off=base + 32 + 32 * n, shift=2 * j, mask=3,
+                                  src2=row, src2_off=base, shift2=4 * n + j, mask2=1, mul2=4, bias=-4,
+                                  n=32, signed=False, src2_bits=False, nibbles=False,
+                                  n_columns=n_t, acc_stride=64, x_stride=n_cols)
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 64)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q3_k(blocks, out):
-    for r in prange(blocks.shape[0]):
-        sc = np.empty(16, np.int32)
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 108)
-            _q3_k_scales(blocks, r, b, sc)
-            for n in range(2):
-                for j in range(4):
-                    mask = np.int32(1 << (4 * n + j))
-                    for h in range(2):
-                        s = 8 * n + 2 * j + h
-                        dl = d * np.float32(sc[s])
-                        for l in range(16):
-                            q = (np.int32(blocks[r, b, 32 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
-                            q -= np.int32(0 if (np.int32(blocks[r, b, 16 * h + l]) & mask) != 0 else 4)
-                            out[r, b, s, l] = dl * np.float32(q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +116,7 @@ def dequant_q3_k(blocks, out):
 #   byte 0    2      4            16                                 144
 #        | d  | dmin | scales[12] | qs[128]                          |
 #   group g (0..3) = 32 bytes qs[32g .. 32g+31]: low nibbles are sub-block 2g, high nibbles 2g+1
-#   value = d*scale[s]*q - dmin*min[s]   (6-bit scale/min pairs, see common.scale_min_k4)
+#   value = d*scale[s]*q - dmin*min[s]   (6-bit scale/min pairs, quants.kquants.scale_min_k4)
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q4_k(blocks, x, out):
@@ -169,25 +129,6 @@ def matvec_q4_k(blocks, x, out):
         for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
             for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
                 row_dot_q4_k(flat[r], X, x_sum, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q4_k(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            dmin = half_at(blocks, r, b, 2)
-            for g in range(4):
-                sc1, m1 = scale_min_k4(blocks, r, b, 2 * g, 4)
-                sc2, m2 = scale_min_k4(blocks, r, b, 2 * g + 1, 4)
-                d1 = d * np.float32(sc1)
-                d2 = d * np.float32(sc2)
-                min1 = dmin * np.float32(m1)
-                min2 = dmin * np.float32(m2)
-                for l in range(32):
-                    q = np.int32(blocks[r, b, 16 + 32 * g + l])
-                    out[r, b, 2 * g, l] = d1 * np.float32(q & 15) - min1
-                    out[r, b, 2 * g + 1, l] = d2 * np.float32(q >> 4) - min2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,51 +153,33 @@ def matvec_q5_k(blocks, x, out):
             offset[:] = 0.0
             row = flat[r]
             for b in range(n_blocks):
-                d = half_at(blocks, r, b, 0)
-                dmin = half_at(blocks, r, b, 2)
+                d = read_fp16(blocks[r, b], 0)
+                dmin = read_fp16(blocks[r, b], 2)
                 base = 176 * b
                 prefetch(row, base + PREFETCH_BYTES)
                 prefetch(row, base + PREFETCH_BYTES + 64)
                 prefetch(row, base + PREFETCH_BYTES + 128)
                 for g in range(4):
-                    sc1, m1 = scale_min_k4(blocks, r, b, 2 * g, 4)
-                    sc2, m2 = scale_min_k4(blocks, r, b, 2 * g + 1, 4)
+                    sc1, m1 = scale_min_k4(2 * g, blocks[r, b, 4:16])
+                    sc2, m2 = scale_min_k4(2 * g + 1, blocks[r, b, 4:16])
                     mf1 = np.float32(m1)
                     mf2 = np.float32(m2)
                     for t in range(n_t):
                         offset[t] += dmin * (mf1 * x_sum[t, b, 2 * g] + mf2 * x_sum[t, b, 2 * g + 1])
                     d1 = d * np.float32(sc1)
                     d2 = d * np.float32(sc2)
-                    fma_lanes(acc.reshape(-1), 0, d1, d1, xf, 256 * b + 64 * g, row, base + 48 + 32 * g, 0, 15,
-                              row, base + 16, 2 * g, 1, 16, 0, 32, False, False, False, n_t, 64, n_cols)
-                    fma_lanes(acc.reshape(-1), 32, d2, d2, xf, 256 * b + 64 * g + 32, row, base + 48 + 32 * g, 4, 15,
-                              row, base + 16, 2 * g + 1, 1, 16, 0, 32, False, False, False, n_t, 64, n_cols)
+                    fma_lanes(acc=acc.reshape(-1), acc_off=0, scale=d1, scale2=d1, x=xf, x_off=256 * b + 64 * g,
+                              src=row, src_off=base + 48 + 32 * g, shift=0, mask=15,
+                              src2=row, src2_off=base + 16, shift2=2 * g, mask2=1, mul2=16, bias=0,
+                              n=32, signed=False, src2_bits=False, nibbles=False,
+                              n_columns=n_t, acc_stride=64, x_stride=n_cols)
+                    fma_lanes(acc=acc.reshape(-1), acc_off=32, scale=d2, scale2=d2, x=xf, x_off=256 * b + 64 * g + 32,
+                              src=row, src_off=base + 48 + 32 * g, shift=4, mask=15,
+                              src2=row, src2_off=base + 16, shift2=2 * g + 1, mask2=1, mul2=16, bias=0,
+                              n=32, signed=False, src2_bits=False, nibbles=False,
+                              n_columns=n_t, acc_stride=64, x_stride=n_cols)
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 64) - offset[t]
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q5_k(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            dmin = half_at(blocks, r, b, 2)
-            for g in range(4):
-                sc1, m1 = scale_min_k4(blocks, r, b, 2 * g, 4)
-                sc2, m2 = scale_min_k4(blocks, r, b, 2 * g + 1, 4)
-                d1 = d * np.float32(sc1)
-                d2 = d * np.float32(sc2)
-                min1 = dmin * np.float32(m1)
-                min2 = dmin * np.float32(m2)
-                bit1 = np.int32(1 << (2 * g))
-                bit2 = np.int32(2 << (2 * g))
-                for l in range(32):
-                    q = np.int32(blocks[r, b, 48 + 32 * g + l])
-                    qh = np.int32(blocks[r, b, 16 + l])
-                    lo = (q & 15) + np.int32(16 if (qh & bit1) != 0 else 0)
-                    hi = (q >> 4) + np.int32(16 if (qh & bit2) != 0 else 0)
-                    out[r, b, 2 * g, l] = d1 * np.float32(lo) - min1
-                    out[r, b, 2 * g + 1, l] = d2 * np.float32(hi) - min2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,28 +204,6 @@ def matvec_q6_k(blocks, x, out):
                 row_dot_q6_k(flat[r], X, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q6_k(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 208)
-            for n in range(2):
-                for h in range(2):
-                    s = 8 * n + h
-                    d0 = d * np.float32(signed8(blocks[r, b, 192 + s]))
-                    d1 = d * np.float32(signed8(blocks[r, b, 194 + s]))
-                    d2 = d * np.float32(signed8(blocks[r, b, 196 + s]))
-                    d3 = d * np.float32(signed8(blocks[r, b, 198 + s]))
-                    for i in range(16):
-                        a = np.int32(blocks[r, b, 64 * n + 16 * h + i])
-                        c = np.int32(blocks[r, b, 64 * n + 32 + 16 * h + i])
-                        hb = np.int32(blocks[r, b, 128 + 32 * n + 16 * h + i])
-                        out[r, b, s, i] = d0 * np.float32(((a & 15) | ((hb & 3) << 4)) - 32)
-                        out[r, b, s + 2, i] = d1 * np.float32(((c & 15) | (((hb >> 2) & 3) << 4)) - 32)
-                        out[r, b, s + 4, i] = d2 * np.float32(((a >> 4) | (((hb >> 4) & 3) << 4)) - 32)
-                        out[r, b, s + 6, i] = d3 * np.float32(((c >> 4) | (((hb >> 6) & 3) << 4)) - 32)
-
-
 # ---------------------------------------------------------------------------------------------
 # IQ4_XS: 136 bytes, 256 weights in 8 sub-blocks of 32
 #   byte 0    2              4             8                         136
@@ -311,58 +212,16 @@ def dequant_q6_k(blocks, out):
 #   16 bytes qs[16ib..]: low nibble = weight j, high = weight j+16; value = d*(ls-32)*VALUES[q]
 #   (activation view x[block, 16, 16]: half 2ib + 0/1)
 # ---------------------------------------------------------------------------------------------
-@njit(inline="always")
-def _iq4_xs_scale(blocks, r, b, ib):
-    sh = np.int32(blocks[r, b, 2]) | (np.int32(blocks[r, b, 3]) << 8)
-    sl = (np.int32(blocks[r, b, 4 + ib // 2]) >> (4 * (ib % 2))) & 15
-    return (sl | (((sh >> (2 * ib)) & 3) << 4)) - 32
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq4_xs(blocks, x, out):
-    X, Y = columns(x, out)
-    n_t = X.shape[0]
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    values = IQ4NL_VALUES
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 32), np.float32)
-        w = np.empty(32, np.float32)
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            for b in range(n_blocks):
-                d = half_at(blocks, r, b, 0)
-                for ib in range(8):
-                    dl = d * np.float32(_iq4_xs_scale(blocks, r, b, ib))
-                    for j in range(16):  # decoded once, then acc[t, k] += w[k] * x[t, ...] per column
-                        q = np.int32(blocks[r, b, 8 + 16 * ib + j])
-                        w[j] = dl * values[q & 15]
-                        w[16 + j] = dl * values[q >> 4]
-                    for t in range(n_t):
-                        for k in range(32):
-                            acc[t, k] += w[k] * X[t, 256 * b + 32 * ib + k]
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 32)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_iq4_xs(blocks, out):
-    values = IQ4NL_VALUES
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            for ib in range(8):
-                dl = d * np.float32(_iq4_xs_scale(blocks, r, b, ib))
-                for j in range(16):
-                    q = np.int32(blocks[r, b, 8 + 16 * ib + j])
-                    out[r, b, 2 * ib, j] = dl * values[q & 15]
-                    out[r, b, 2 * ib + 1, j] = dl * values[q >> 4]
+    iq4_rows(blocks, x, out, 8)  # IQ4_NL's loop (legacy.py), a scale per sub-block
 
 
 FORMATS = {
-    GGMLType.Q2_K: Format((16, 16), matvec_q2_k, dequant_q2_k),
-    GGMLType.Q3_K: Format((16, 16), matvec_q3_k, dequant_q3_k),
-    GGMLType.Q4_K: Format((8, 32), matvec_q4_k, dequant_q4_k),
-    GGMLType.Q5_K: Format((8, 32), matvec_q5_k, dequant_q5_k),
-    GGMLType.Q6_K: Format((16, 16), matvec_q6_k, dequant_q6_k),
-    GGMLType.IQ4_XS: Format((16, 16), matvec_iq4_xs, dequant_iq4_xs),
+    GGMLType.Q2_K: Format((16, 16), matvec_q2_k),
+    GGMLType.Q3_K: Format((16, 16), matvec_q3_k),
+    GGMLType.Q4_K: Format((8, 32), matvec_q4_k),
+    GGMLType.Q5_K: Format((8, 32), matvec_q5_k),
+    GGMLType.Q6_K: Format((16, 16), matvec_q6_k),
+    GGMLType.IQ4_XS: Format((16, 16), matvec_iq4_xs),
 }

@@ -1,8 +1,8 @@
-"""Mat-vec and dequantize kernels for the 32-weight block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+"""Mat-vec kernels for the 32-weight block formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 IQ4_NL (ggml-common.h block structs, dequantize_row_* in ggml-quants.c).
 
-Float32 activations here (prompt GEMM tiles are decoded with these dequant kernels; the mat-vecs
-serve types without an int8 kernel and `set_activations("float")`); token generation multiplies
+Float32 activations here (prompt GEMM tiles are decoded by the codecs' dequantizers, quants/; the
+mat-vecs serve types without an int8 kernel and `set_activations("float")`); token generation multiplies
 Q8_0/Q4_0/Q5_0 with 8-bit activations in int8.py. Q8_0, Q4_0 and Q5_0 (the demo model's output
 and most of its layers) run each row as one explicit vector loop (`simd.row_dot`); Q4_1 and Q5_1
 use the "lanes" shape of common.py with `simd.fma_lanes` as the step; IQ4_NL keeps a plain loop
@@ -17,15 +17,10 @@ import numpy as np
 from numba import njit, prange
 
 from ...gguf.constants import GGMLType
+from ...quants.half import read_fp16
+from ...quants.iquants import IQ4_GRID, iq4_xs_scale
 from .simd import fma_lanes, lanes_sum, row_dot
-from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns, half_at, signed8
-
-# 1 << k as int32 (bit 31 wraps to the sign bit, which is what a bit test wants).
-_BIT = np.array([1 << k for k in range(32)], dtype=np.uint32).view(np.int32)
-
-# IQ4_NL's non-linear 4-bit code book (ggml-common.h kvalues_iq4nl).
-IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
-                        dtype=np.float32)
+from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,15 +41,6 @@ def matvec_q8_0(blocks, x, out):
                 row_dot(flat[r], X, n_blocks, "q8_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q8_0(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            for k in range(32):
-                out[r, b, k] = d * np.float32(signed8(blocks[r, b, 2 + k]))
-
-
 # ---------------------------------------------------------------------------------------------
 # Q4_0: 18 bytes, 32 weights            weight j    = d * ((qs[j] & 15) - 8)
 #   byte  0    2                  18    weight j+16 = d * ((qs[j] >> 4) - 8)
@@ -72,17 +58,6 @@ def matvec_q4_0(blocks, x, out):
                 row_dot(flat[r], X, n_blocks, "q4_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q4_0(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            for j in range(16):
-                q = np.int32(blocks[r, b, 2 + j])
-                out[r, b, 0, j] = d * np.float32((q & 15) - 8)
-                out[r, b, 1, j] = d * np.float32((q >> 4) - 8)
-
-
 # ---------------------------------------------------------------------------------------------
 # Q4_1: 20 bytes, 32 weights            weight j    = d * (qs[j] & 15) + m
 #   byte  0    2    4                  20  weight j+16 = d * (qs[j] >> 4) + m
@@ -91,12 +66,21 @@ def dequant_q4_0(blocks, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q4_1(blocks, x, out):
+    _affine_rows(blocks, x, out, 20, False)
+
+
+@njit(inline="always")
+def _affine_rows(blocks, x, out, block_bytes, five_bits):
+    """Q4_1 rows, or Q5_1 (five_bits: qh at byte 4, the nibbles at 8 instead of 4): the "lanes"
+    shape, one fma_lanes step a block (a nibble lane each, and Q5_1's bit j of qh as bit 4)."""
     X, Y = columns(x, out)
     n_t, n_cols = X.shape
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 20)
+    flat = blocks.reshape(n_rows, n_blocks * block_bytes)
     xf = X.reshape(-1)
     x_sum = block_sums(X, 32)
+    qs = 8 if five_bits else 4
+    qh_mask, qh_weight = (1, 16) if five_bits else (0, 0)  # Q4_1: no second source
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         acc = np.empty((n_t, 64), np.float32)
         offset = np.empty(n_t, np.float32)
@@ -105,26 +89,17 @@ def matvec_q4_1(blocks, x, out):
             offset[:] = 0.0
             row = flat[r]
             for b in range(n_blocks):
-                d = half_at(blocks, r, b, 0)
-                m = half_at(blocks, r, b, 2)
+                d = read_fp16(blocks[r, b], 0)
+                m = read_fp16(blocks[r, b], 2)
                 for t in range(n_t):
                     offset[t] += m * x_sum[t, b]
-                fma_lanes(acc.reshape(-1), 32 * (b & 1), d, d, xf, 32 * b, row, 20 * b + 4, 0, 0,
-                          row, 0, 0, 0, 0, 0, 32, False, False, True, n_t, 64, n_cols)
+                fma_lanes(acc=acc.reshape(-1), acc_off=32 * (b & 1), scale=d, scale2=d, x=xf, x_off=32 * b,
+                          src=row, src_off=block_bytes * b + qs, shift=0, mask=0,  # nibbles: shift and mask unused
+                          src2=row, src2_off=block_bytes * b + 4, shift2=0, mask2=qh_mask, mul2=qh_weight, bias=0,
+                          n=32, signed=False, src2_bits=five_bits, nibbles=True,
+                          n_columns=n_t, acc_stride=64, x_stride=n_cols)
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q4_1(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            m = half_at(blocks, r, b, 2)
-            for j in range(16):
-                q = np.int32(blocks[r, b, 4 + j])
-                out[r, b, 0, j] = d * np.float32(q & 15) + m
-                out[r, b, 1, j] = d * np.float32(q >> 4) + m
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,12 +109,6 @@ def dequant_q4_1(blocks, out):
 # The high bit is tested against a constant table (`vptestmd` + blend); `(qh >> j) & 1` gets
 # widened to 64 bits and was ~35 % slower.
 # ---------------------------------------------------------------------------------------------
-@njit(inline="always")
-def _qh32(blocks, r, b, off):
-    return (np.int32(blocks[r, b, off]) | (np.int32(blocks[r, b, off + 1]) << 8)
-            | (np.int32(blocks[r, b, off + 2]) << 16) | np.int32(np.int32(blocks[r, b, off + 3]) << 24))
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_0(blocks, x, out):
     # one vector loop per row (simd.row_dot); in cache ~15 % over fma_lanes steps
@@ -152,20 +121,6 @@ def matvec_q5_0(blocks, x, out):
                 row_dot(flat[r], X, n_blocks, "q5_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q5_0(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            qh = _qh32(blocks, r, b, 2)
-            for j in range(16):
-                q = np.int32(blocks[r, b, 6 + j])
-                lo = (q & 15) - np.int32(0 if (qh & _BIT[j]) != 0 else 16)
-                hi = (q >> 4) - np.int32(0 if (qh & _BIT[j + 16]) != 0 else 16)
-                out[r, b, 0, j] = d * np.float32(lo)
-                out[r, b, 1, j] = d * np.float32(hi)
-
-
 # ---------------------------------------------------------------------------------------------
 # Q5_1: 24 bytes, 32 weights            weight j    = d * (qs[j] & 15 | bit j of qh << 4) + m
 #   byte  0    2    4        8                  24  weight j+16 = d * (qs[j] >> 4 | bit j+16 << 4) + m
@@ -173,43 +128,7 @@ def dequant_q5_0(blocks, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_1(blocks, x, out):
-    X, Y = columns(x, out)
-    n_t, n_cols = X.shape
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 24)
-    xf = X.reshape(-1)
-    x_sum = block_sums(X, 32)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 64), np.float32)
-        offset = np.empty(n_t, np.float32)
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            offset[:] = 0.0
-            row = flat[r]
-            for b in range(n_blocks):
-                d = half_at(blocks, r, b, 0)
-                m = half_at(blocks, r, b, 2)
-                for t in range(n_t):
-                    offset[t] += m * x_sum[t, b]
-                fma_lanes(acc.reshape(-1), 32 * (b & 1), d, d, xf, 32 * b, row, 24 * b + 8, 0, 0,
-                          row, 24 * b + 4, 0, 1, 16, 0, 32, False, True, True, n_t, 64, n_cols)
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_q5_1(blocks, out):
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            m = half_at(blocks, r, b, 2)
-            qh = _qh32(blocks, r, b, 4)
-            for j in range(16):
-                q = np.int32(blocks[r, b, 8 + j])
-                lo = (q & 15) + np.int32(16 if (qh & _BIT[j]) != 0 else 0)
-                hi = (q >> 4) + np.int32(16 if (qh & _BIT[j + 16]) != 0 else 0)
-                out[r, b, 0, j] = d * np.float32(lo) + m
-                out[r, b, 1, j] = d * np.float32(hi) + m
+    _affine_rows(blocks, x, out, 24, True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,45 +138,43 @@ def dequant_q5_1(blocks, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq4_nl(blocks, x, out):
+    iq4_rows(blocks, x, out, 1)
+
+
+@njit(inline="always")
+def iq4_rows(blocks, x, out, sub_blocks):
+    """IQ4_NL rows (sub_blocks = 1: the nibbles at byte 2, scale d) or IQ4_XS rows (8 sub-blocks of
+    32 weights, the nibbles at byte 8, scale d * its 6-bit scale): a plain loop, a table lookup per
+    lane; a sub-block's 32 weights are decoded once, then acc[t, k] += w[k] * x[t, ...] per column."""
     X, Y = columns(x, out)
     n_t = X.shape[0]
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    values = IQ4NL_VALUES
+    qs = 2 if sub_blocks == 1 else 8
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         acc = np.empty((n_t, 32), np.float32)
         w = np.empty(32, np.float32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
             for b in range(n_blocks):
-                d = half_at(blocks, r, b, 0)
-                for j in range(16):  # decoded once, then acc[t, k] += w[k] * x[t, 32b + k] per column
-                    q = np.int32(blocks[r, b, 2 + j])
-                    w[j] = d * values[q & 15]
-                    w[16 + j] = d * values[q >> 4]
-                for t in range(n_t):
-                    for k in range(32):
-                        acc[t, k] += w[k] * X[t, 32 * b + k]
+                d = read_fp16(blocks[r, b], 0)
+                for ib in range(sub_blocks):
+                    dl = d if sub_blocks == 1 else d * np.float32(iq4_xs_scale(blocks[r, b], ib))
+                    for j in range(16):
+                        q = np.int32(blocks[r, b, qs + 16 * ib + j])
+                        w[j] = dl * IQ4_GRID[q & 15]
+                        w[16 + j] = dl * IQ4_GRID[q >> 4]
+                    for t in range(n_t):
+                        for k in range(32):
+                            acc[t, k] += w[k] * X[t, 32 * (sub_blocks * b + ib) + k]
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 32)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def dequant_iq4_nl(blocks, out):
-    values = IQ4NL_VALUES
-    for r in prange(blocks.shape[0]):
-        for b in range(blocks.shape[1]):
-            d = half_at(blocks, r, b, 0)
-            for j in range(16):
-                q = np.int32(blocks[r, b, 2 + j])
-                out[r, b, 0, j] = d * values[q & 15]
-                out[r, b, 1, j] = d * values[q >> 4]
-
-
 FORMATS = {
-    GGMLType.Q8_0: Format((32,), matvec_q8_0, dequant_q8_0),
-    GGMLType.Q4_0: Format((2, 16), matvec_q4_0, dequant_q4_0),
-    GGMLType.Q4_1: Format((2, 16), matvec_q4_1, dequant_q4_1),
-    GGMLType.Q5_0: Format((2, 16), matvec_q5_0, dequant_q5_0),
-    GGMLType.Q5_1: Format((2, 16), matvec_q5_1, dequant_q5_1),
-    GGMLType.IQ4_NL: Format((2, 16), matvec_iq4_nl, dequant_iq4_nl),
+    GGMLType.Q8_0: Format((32,), matvec_q8_0),
+    GGMLType.Q4_0: Format((2, 16), matvec_q4_0),
+    GGMLType.Q4_1: Format((2, 16), matvec_q4_1),
+    GGMLType.Q5_0: Format((2, 16), matvec_q5_0),
+    GGMLType.Q5_1: Format((2, 16), matvec_q5_1),
+    GGMLType.IQ4_NL: Format((2, 16), matvec_iq4_nl),
 }
