@@ -131,8 +131,9 @@ def test_estimate_is_within_ten_percent_of_the_measured_peak():
     """A fresh process loads the demo model and fills two sequences' contexts; its peak RSS is
     what it had before loading plus the plan's total, within 10 %."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(demo_model_path()), "1024", "2"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    for _ in range(2):  # the first run may compile kernels (LLVM's memory is not the model's): measure the second
+        out = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(demo_model_path()), "1024", "2"],
+                             capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(figures["estimate"] - figures["peak"]) <= 0.10 * figures["peak"], figures
