@@ -8,7 +8,7 @@ is the public API over them.
 
 from __future__ import annotations
 
-from . import floats, int8, int8_kquants, kquants, legacy
+from . import floats, gemm_int8, int8, int8_kquants, kquants, legacy
 from .common import Format
 from .gemm import gemm_nt, gemm_panels, pack_panels
 
@@ -16,4 +16,4 @@ FORMATS: dict = {**floats.FORMATS, **legacy.FORMATS, **kquants.FORMATS}
 for _type, _kernel in {**int8.INT8_MATVECS, **int8_kquants.INT8_KQUANT_MATVECS}.items():
     FORMATS[_type].with_int8(_kernel)
 
-__all__ = ["FORMATS", "Format", "gemm_nt", "gemm_panels", "pack_panels"]
+__all__ = ["FORMATS", "Format", "gemm_int8", "gemm_nt", "gemm_panels", "pack_panels"]
