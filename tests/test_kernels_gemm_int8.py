@@ -17,8 +17,8 @@ from llmcli.engine import matmul as mm
 from llmcli.engine.kernels import gemm_int8 as g
 from llmcli.engine.kernels.int8 import quantize_activations
 from llmcli.engine.kernels.int8_kquants import quantize_q8_k
-from llmcli.engine.matmul import (QuantizedMatrix, Workspace, get_activations, matmul, matmul_segments, matvecs,
-                                  set_activations)
+from llmcli.engine.matmul import (QuantizedMatrix, Workspace, gemm_min_tokens, get_activations, matmul, matmul_segments,
+                                  matvecs, set_activations)
 from llmcli.errors import BadInputError
 from llmcli.gguf.constants import GGMLType
 
@@ -166,6 +166,10 @@ def test_matmul_int8_gemm(type_name, monkeypatch):
     both = matmul_segments(W, X, bounds=[0, 33, 47], gemm="int8")
     np.testing.assert_array_equal(both[:33], matmul(W, X[:33], gemm="int8"))
     np.testing.assert_array_equal(both[33:], matvecs(W, X[33:]))  # a 14-token segment: mat-vec
+    threshold = gemm_min_tokens(W.ggml_type, "int8")  # measured: 24 for K-quants, 16 for 32-weight blocks
+    assert threshold == (24 if type_name.endswith("_K") else 16) and gemm_min_tokens(W.ggml_type) == 32
+    np.testing.assert_array_equal(matmul(W, X[:threshold - 1], gemm="int8"), ref[:threshold - 1])
+    np.testing.assert_array_equal(matmul(W, X[:threshold], gemm="int8"), got[:threshold])
     monkeypatch.setattr(mm, "GEMM_INT8_TILE_BYTES", 32 * n)  # tiles of 32 rows: 32 + 32 + 11
     np.testing.assert_array_equal(matmul(W, X, gemm="int8"), got)
     assert not np.array_equal(matmul(W, X, gemm="float"), got)

@@ -90,7 +90,7 @@ class Linear:
     def uses_gemm(self, n_rows: int) -> bool:
         """Whether `self(x)` of n_rows rows runs the GEMM (else mat-vec arithmetic, row-exact; always
         for a matrix marked `row_exact`)."""
-        return not self.row_exact and n_rows >= mm.gemm_min_tokens(self.type)
+        return not self.row_exact and n_rows >= mm.gemm_min_tokens(self.type, self.gemm)
 
     def decode(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """x: float32 (B, n_in) -> out (B, n_out) with mat-vec arithmetic for every row, whatever B

@@ -68,6 +68,18 @@ SERIAL_MATVEC_BYTES = 128 * 1024
 # 8-bit activations add llama.cpp's rounding noise, ~0.5 on the logits); on an AVX512 CPU the GEMM's
 # micro-kernel is several times faster (kernels/gemm.py), so it only gains there.
 GEMM_MIN_TOKENS = 32
+# The integer GEMM (gemm="int8") against the same 8-bit B-row mat-vec: `scripts/bench_matvecs.py
+# --mode int8 --no-columns --threads 1`, demo model matrices (a type's summed), Xeon (Sapphire
+# Rapids, AVX512-VNNI), 1 thread, ms mat-vec / integer GEMM:
+#          n=8        12         16         24         32         48         64
+#   Q4_K   3.7/6.9    5.7/6.7    7.0/9.1    11.7/8.3   13.9/10.0  21.4/11.7  27.6/15.1
+#   Q6_K   1.6/3.9    2.6/3.7    3.3/4.7    5.2/5.1    6.7/5.8    9.9/6.8    13.2/8.9
+#   Q5_0   12.9/18.3  24.0/21.4  35.9/22.3  47.4/26.5  56.7/25.8  83.0/29.6  101.7/37.4
+#   Q4_0   8.6/11.1   14.4/10.9  20.4/13.9  34.7/13.9  39.2/16.7  59.7/19.7  78.6/25.9
+#   Q8_0   28.3/46.8  45.8/45.8  78.4/55.7  119/57     118/66     (with the 168 MB output matrix)
+# so it takes over at 24 tokens for the K-quants (Q4_K, Q5_K, Q6_K) and 16 for the 32-weight blocks
+# (by weights per block):
+INT8_GEMM_MIN_TOKENS = {256: 24, 32: 16}
 # float32 bytes of one decoded weight tile: fits the per-core L2 next to the activation rows.
 GEMM_TILE_BYTES = 1 << 20
 # uint8 bytes of one decoded tile for the integer GEMM (kernels/gemm_int8.py): its codes (K bytes
@@ -206,9 +218,13 @@ def has_int8_kernel(ggml_type: GGMLType) -> bool:
     return fmt is not None and fmt.matvec_int8 is not None
 
 
-def gemm_min_tokens(ggml_type: GGMLType) -> int:
+def gemm_min_tokens(ggml_type: GGMLType, gemm: str = "float") -> int:
     """Tokens from which `matmul` runs the GEMM rather than the B-row mat-vec, for a weight type
-    (the same for every type as measured so far, see GEMM_MIN_TOKENS)."""
+    and GEMM kind (float32: the same for every type as measured so far, see GEMM_MIN_TOKENS;
+    integer: INT8_GEMM_MIN_TOKENS)."""
+    spec = gemm_int8.SPECS.get(ggml_type)
+    if gemm == "int8" and spec is not None:
+        return INT8_GEMM_MIN_TOKENS[spec.block_size]
     return GEMM_MIN_TOKENS
 
 
@@ -257,7 +273,7 @@ def matmul_segments(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = 
         raise BadInputError(f"segment bounds {bounds} do not split {n_tokens} rows")
     long_segments = []
     for a, b in zip(bounds, bounds[1:]):
-        if b - a >= gemm_min_tokens(W.ggml_type):
+        if b - a >= gemm_min_tokens(W.ggml_type, gemm):
             long_segments.append((a, b))
         elif b > a:
             matvecs(W, X[a:b], out[a:b])
