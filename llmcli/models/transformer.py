@@ -235,9 +235,9 @@ class Transformer:
         moves the demo model's perplexity by < 0.1 %, and it is the largest matrix).
         "int8-gemm": the same 8-bit activations and integer sums as "int8" (llama.cpp's arithmetic),
         computed by the integer GEMM (kernels/gemm_int8.py) for every projection whose type has one,
-        the output too: the fastest mode (~1.5-2.5x the float32 GEMM on an AVX512-VNNI CPU), its
-        rows equal to decoding's up to the order of float additions; logits differ from "float" by
-        llama.cpp's own 8-bit-vs-float32 distance."""
+        the output too: the fastest mode (the demo model's pp512 ~1.8x "float"'s on an AVX512-VNNI
+        CPU), its rows equal to decoding's up to the order of float additions; its logits differ
+        from "float"'s by about llama.cpp's own 8-bit-vs-float32 distance."""
         from ..engine.matmul import has_int8_kernel
 
         if mode not in self.PROMPT_ACTIVATIONS:

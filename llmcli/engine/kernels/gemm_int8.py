@@ -172,7 +172,7 @@ def store_block_codes(typingctx, row, b, kind, codes, p, lane):
 
 
 @njit(inline="always")
-def _decode_tile(blocks, r0, codes, scales, mins, kind, sub_len, subs_per_block):
+def _decode_tile(blocks, r0, codes, scales, mins, kind, subs_per_block):
     """Rows r0 .. of `blocks` (rows, n_blocks, block bytes) into the tile arrays (module
     docstring), one panel per parallel work item; rows past the matrix's end stay zero."""
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
@@ -214,32 +214,32 @@ def _block_scales(blocks, r, b, scales, mins, p, j, kind, subs_per_block):
 # One decoder per type: `kind` must be a literal for the intrinsic, and numba caches by function.
 @njit(parallel=True, cache=True, nogil=True)
 def decode_q4_k(blocks, r0, codes, scales, mins):
-    _decode_tile(blocks, r0, codes, scales, mins, "q4_k", 32, 8)
+    _decode_tile(blocks, r0, codes, scales, mins, "q4_k", 8)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def decode_q5_k(blocks, r0, codes, scales, mins):
-    _decode_tile(blocks, r0, codes, scales, mins, "q5_k", 32, 8)
+    _decode_tile(blocks, r0, codes, scales, mins, "q5_k", 8)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def decode_q6_k(blocks, r0, codes, scales, mins):
-    _decode_tile(blocks, r0, codes, scales, mins, "q6_k", 16, 16)
+    _decode_tile(blocks, r0, codes, scales, mins, "q6_k", 16)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def decode_q8_0(blocks, r0, codes, scales, mins):
-    _decode_tile(blocks, r0, codes, scales, mins, "q8_0", 32, 1)
+    _decode_tile(blocks, r0, codes, scales, mins, "q8_0", 1)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def decode_q4_0(blocks, r0, codes, scales, mins):
-    _decode_tile(blocks, r0, codes, scales, mins, "q4_0", 32, 1)
+    _decode_tile(blocks, r0, codes, scales, mins, "q4_0", 1)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def decode_q5_0(blocks, r0, codes, scales, mins):
-    _decode_tile(blocks, r0, codes, scales, mins, "q5_0", 32, 1)
+    _decode_tile(blocks, r0, codes, scales, mins, "q5_0", 1)
 
 
 DECODERS = {
