@@ -176,7 +176,8 @@ def perplexity(
                              rich_help_panel=QUALITY_HELP),
     activations: str = typer.Option("int8", "--activations",
                                     help="int8: round activations to 8 bits for quantized weights, as llama.cpp "
-                                         "does (its figures); float: float32 (faster, the more exact)."),
+                                         "does (its figures); int8-gemm: the same on integer GEMMs (~3x faster); "
+                                         "float: float32 (faster, the more exact)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --kl-divergence-base file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with every figure."),
 ) -> None:
