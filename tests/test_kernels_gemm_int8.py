@@ -175,3 +175,12 @@ def test_matmul_int8_gemm(type_name, monkeypatch):
     assert not np.array_equal(matmul(W, X, gemm="float"), got)
     with pytest.raises(BadInputError, match="gemm must be one of"):
         matmul(W, X, gemm="int4")
+
+
+def test_every_kernel_releases_the_gil():
+    """As every engine kernel (test_kernels.py): the engine thread computes while the caller runs."""
+    from numba.core.registry import CPUDispatcher
+
+    kernels = [f for f in vars(g).values() if isinstance(f, CPUDispatcher) and f.targetoptions.get("inline") != "always"]
+    assert len(kernels) >= 11
+    assert not [k.py_func.__qualname__ for k in kernels if not k.targetoptions.get("nogil")]
