@@ -9,8 +9,10 @@ with B rows against B `matvec` calls, and a whole "decode step" (every 2-D matri
 order, output matrix included: ~250 MB, more than the L3 cache) for B sequences against one.
 
 Part 2, crossover: per weight type, `matmul`'s two paths on n tokens, B-row mat-vec (`matvecs`)
-against the float32 GEMM (decode + pack + micro-kernel), over every matrix of that type in the
-demo model; prints the first n at which the GEMM is faster: what `GEMM_MIN_TOKENS` in
+against the GEMM (--mode float: the float32 GEMM, decode + pack + micro-kernel; int8: the integer
+GEMM where the type has one, kernels/gemm_int8.py, activations quantized + decode + micro-kernel),
+over every matrix of that type in the demo model; prints the first n at which the GEMM is faster:
+what `GEMM_MIN_TOKENS` in
 llmcli/engine/matmul.py is set from. Types the demo lacks (Q4_0, F16) are quantized from random
 data with llmcli.quants at the demo's ffn shapes (18 x 2048x640 and 18 x 640x2048).
 
@@ -28,6 +30,7 @@ import numpy as np
 
 from llmcli.demo import demo_model_path
 from llmcli.engine import matmul as mm
+from llmcli.engine.kernels import gemm_int8
 from llmcli.engine.matmul import QuantizedMatrix, Workspace, matvec, matvecs, set_activations, set_threads
 from llmcli.gguf import GGUFReader
 from llmcli.gguf.constants import GGMLType
@@ -96,17 +99,19 @@ def columns_table(matrices, counts, rounds, rng) -> None:
               f"tokens/s x{n * base / step:.2f} of B=1")
 
 
-def crossover(by_type, token_counts, rounds, rng) -> None:
+def crossover(by_type, token_counts, rounds, rng, mode) -> None:
     print(f"{'type':6} {'n':>3} {'matvecs ms':>11} {'gemm ms':>9}  (summed over the type's matrices)")
     for ggml_type, Ws in by_type.items():
         workspace = Workspace()
+        gemm_path = mm._gemm_int8 if mode == "int8" and ggml_type in gemm_int8.SPECS else mm._gemm
         first = None
         for n in token_counts:
             xs = {W.n_cols: rng.standard_normal((n, W.n_cols)).astype(np.float32) for W in Ws}
             outs = [np.empty((n, W.n_rows), np.float32) for W in Ws]
             r = rounds if sum(W.raw.nbytes for W in Ws) < 50 << 20 else max(1, rounds // 3)
             cols = best_time(lambda: [matvecs(W, xs[W.n_cols], o) for W, o in zip(Ws, outs)], r)
-            gemm = best_time(lambda: [mm._gemm(W, xs[W.n_cols], o, workspace) for W, o in zip(Ws, outs)], r)
+            gemm = best_time(lambda: [gemm_path(W, xs[W.n_cols], o, workspace, [(0, n)]) for W, o in zip(Ws, outs)],
+                             r)
             mark = ""
             if first is None and gemm < cols:
                 first, mark = n, "  <- GEMM faster"
@@ -142,7 +147,7 @@ def main() -> None:
         if not args.no_columns:
             columns_table(matrices, [int(c) for c in args.columns.split(",")], args.rounds, rng)
         if not args.no_crossover:
-            crossover(by_type, [int(c) for c in args.tokens.split(",")], args.rounds, rng)
+            crossover(by_type, [int(c) for c in args.tokens.split(",")], args.rounds, rng, args.mode)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,9 @@ class BenchRunner:
     """Runs tests, reusing a loaded model while model, threads, batch size and context stay the same."""
 
     def __init__(self, repetitions: int, warmup: bool, seed: int = 1234,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, prompt_activations: str = "float"):
         self.repetitions = repetitions
+        self.prompt_activations = prompt_activations  # Transformer.set_prompt_activations
         self.warmup = warmup
         self.rng = np.random.default_rng(seed)
         self.progress = progress or (lambda message: None)
@@ -72,6 +73,7 @@ class BenchRunner:
             model = load_model(test.model, threads=None if test.auto_threads else test.n_threads,
                                ctx_size=test.n_ctx, cache_type_k=test.type_k, cache_type_v=test.type_v,
                                batch_size=test.n_batch)
+            model.set_prompt_activations(self.prompt_activations)
             self._loaded = _Loaded(key, model)
         return self._loaded.model
 

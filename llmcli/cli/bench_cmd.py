@@ -89,6 +89,10 @@ def bench(
     cache_type_k: str = CACHE_TYPE_K,
     cache_type_v: str = CACHE_TYPE_V,
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip the untimed warm-up run."),
+    activations: str = typer.Option("float", "--activations",
+                                    help="How prompts treat activations: float (float32 GEMMs, the default), "
+                                         "int8 (8-bit, mat-vec arithmetic) or int8-gemm (8-bit, integer GEMMs: "
+                                         "llama.cpp's arithmetic, the fastest)."),
     output: str = typer.Option("table", "-o", "--output", help="table, json, jsonl, csv or md."),
     as_json: bool = typer.Option(False, "--json", help="Same as -o json."),
     base: Path = typer.Option(None, "--compare", help="Base results (json/jsonl) to compare against."),
@@ -109,6 +113,11 @@ def bench(
         raise BadInputError(f"-o: unknown format '{fmt}' (choose table, {', '.join(FORMATS)})")
     if repetitions < 1:
         raise BadInputError(f"-r: need at least 1 repetition, got {repetitions}")
+    from ..models.transformer import Transformer
+
+    if activations not in Transformer.PROMPT_ACTIVATIONS:
+        raise BadInputError(f"--activations must be one of {', '.join(Transformer.PROMPT_ACTIVATIONS)}, "
+                            f"got {activations!r}")
     for m in model:
         if not m.is_file():
             raise BadInputError(f"{m}: no such model file")
@@ -130,7 +139,8 @@ def bench(
                    cache_type_k.lower(), cache_type_v.lower())
 
     runner = BenchRunner(repetitions, warmup=not no_warmup,
-                         progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False))
+                         progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
+                         prompt_activations=activations)
     rows = []
     for result in runner.run(tests):
         row = result.to_dict()

@@ -181,7 +181,8 @@ def perplexity(
                              rich_help_panel=QUALITY_HELP),
     activations: str = typer.Option("int8", "--activations",
                                     help="int8: round activations to 8 bits for quantized weights, as llama.cpp "
-                                         "does (its figures); float: float32 (faster, the more exact)."),
+                                         "does (its figures); int8-gemm: the same on integer GEMMs (~3x faster); "
+                                         "float: float32 (faster, the more exact)."),
     cache_type_k: str = CACHE_TYPE_K,
     cache_type_v: str = CACHE_TYPE_V,
     force: bool = typer.Option(False, "--force", help="Replace an existing --kl-divergence-base file."),

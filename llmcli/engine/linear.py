@@ -66,13 +66,15 @@ class Linear:
         self.workspace = workspace
         # True: prompt rows too get mat-vec arithmetic (8-bit activations), never the GEMM
         self.row_exact = False
+        # The GEMM of multi-row calls: "float" or "int8" (matmul.matmul's `gemm`)
+        self.gemm = "float"
 
     def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """x: float32 (T, n_in) -> out (T, n_out)."""
         if x.shape[0] == 1:
             mm.matvec(self.matrix, x[0], out[0])
         else:
-            mm.matmul(self.matrix, x, out, workspace=self.workspace)
+            mm.matmul(self.matrix, x, out, workspace=self.workspace, gemm=self.gemm)
         if self.bias is not None:
             out += self.bias
         return out
@@ -80,7 +82,7 @@ class Linear:
     def segments(self, x: np.ndarray, out: np.ndarray, bounds) -> np.ndarray:
         """`self(x[a:b], out[a:b])` for each row range a:b of bounds, in one pass over the weights
         (each range gets the bits it gets alone)."""
-        mm.matmul_segments(self.matrix, x, out, bounds, workspace=self.workspace)
+        mm.matmul_segments(self.matrix, x, out, bounds, workspace=self.workspace, gemm=self.gemm)
         if self.bias is not None:
             out += self.bias
         return out
@@ -88,7 +90,7 @@ class Linear:
     def uses_gemm(self, n_rows: int) -> bool:
         """Whether `self(x)` of n_rows rows runs the GEMM (else mat-vec arithmetic, row-exact; always
         for a matrix marked `row_exact`)."""
-        return not self.row_exact and n_rows >= mm.gemm_min_tokens(self.type)
+        return not self.row_exact and n_rows >= mm.gemm_min_tokens(self.type, self.gemm)
 
     def decode(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """x: float32 (B, n_in) -> out (B, n_out) with mat-vec arithmetic for every row, whatever B

@@ -11,8 +11,12 @@ Activations: a mat-vec (token generation, and `matvecs`) rounds x to 8 bits wher
 has an integer kernel (Q8_0, Q4_0, Q5_0: kernels/int8.py; Q4_K, Q5_K, Q6_K: kernels/int8_kquants.py),
 as llama.cpp's CPU backend quantizes activations to Q8_0/Q8_K blocks; `set_activations("float")`
 keeps float32 activations everywhere (a dequantize-then-float32 reference to rounding error).
-Mat-muls of GEMM_MIN_TOKENS+ tokens (prompt processing) stay float32: they are compute-bound in GEMM
-form, where decoding a weight tile once per batch already amortises, and float32 is the more exact.
+Mat-muls of GEMM_MIN_TOKENS+ tokens (prompt processing) are GEMMs, float32 unless the call asks for
+`gemm="int8"`: then the integer GEMM where the weight type has one (Q4_K, Q5_K, Q6_K, Q8_0, Q4_0,
+Q5_0; kernels/gemm_int8.py: the mat-vecs' 8-bit activations and integer sums, `vpdpbusd` over weight
+tiles decoded once per call to 8-bit codes), llama.cpp's arithmetic at ~2x the float32 GEMM's speed
+here. Float32 is the default because it is the more exact (Transformer.set_prompt_activations
+chooses for a model's prompts).
 
 Mat-vec streams every weight byte once (memory-bound). `matvecs` multiplies B activation rows in one
 pass over the weights: each block is read and decoded once and dotted with every row, and row t of
@@ -20,7 +24,8 @@ the result is bit for bit `matvec(W, X[t])` (same activation rounding, same orde
 a sequence decoded in a batch gets exactly the tokens it gets alone. Mat-mul below
 `gemm_min_tokens(type)` tokens is that same B-row mat-vec; from there on it decodes a tile of rows
 to float32 once per call (into a `Workspace`'s buffers, ~1 MB so they stay in L2), packs it into
-32-row panels and runs a register-blocked float32 GEMM over it (compute-bound).
+32-row panels and runs a register-blocked float32 GEMM over it (compute-bound); or, integer GEMM,
+quantizes the activation rows once and decodes each tile to 16-row panels of 8-bit codes (~512 KB).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np
 
 from ..errors import BadInputError, UnsupportedError
 from ..gguf.constants import TYPE_INFO, GGMLType
-from .kernels import FORMATS, gemm_nt, gemm_panels, pack_panels
+from .kernels import FORMATS, gemm_int8, gemm_nt, gemm_panels, pack_panels
 
 __all__ = ["QuantizedMatrix", "Workspace", "matvec", "matvecs", "matmul", "matmul_segments", "gemm_min_tokens",
            "has_int8_kernel", "dequantize_rows",
@@ -63,12 +68,30 @@ SERIAL_MATVEC_BYTES = 128 * 1024
 # 8-bit activations add llama.cpp's rounding noise, ~0.5 on the logits); on an AVX512 CPU the GEMM's
 # micro-kernel is several times faster (kernels/gemm.py), so it only gains there.
 GEMM_MIN_TOKENS = 32
+# The integer GEMM (gemm="int8") against the same 8-bit B-row mat-vec: `scripts/bench_matvecs.py
+# --mode int8 --no-columns --threads 1`, demo model matrices (a type's summed), Xeon (Sapphire
+# Rapids, AVX512-VNNI), 1 thread, ms mat-vec / integer GEMM:
+#          n=8        12         16         24         32         48         64
+#   Q4_K   3.7/6.9    5.7/6.7    7.0/9.1    11.7/8.3   13.9/10.0  21.4/11.7  27.6/15.1
+#   Q6_K   1.6/3.9    2.6/3.7    3.3/4.7    5.2/5.1    6.7/5.8    9.9/6.8    13.2/8.9
+#   Q5_0   12.9/18.3  24.0/21.4  35.9/22.3  47.4/26.5  56.7/25.8  83.0/29.6  101.7/37.4
+#   Q4_0   8.6/11.1   14.4/10.9  20.4/13.9  34.7/13.9  39.2/16.7  59.7/19.7  78.6/25.9
+#   Q8_0   28.3/46.8  45.8/45.8  78.4/55.7  119/57     118/66     (with the 168 MB output matrix)
+# so it takes over at 24 tokens for the K-quants (Q4_K, Q5_K, Q6_K) and 16 for the 32-weight blocks
+# (by weights per block):
+INT8_GEMM_MIN_TOKENS = {256: 24, 32: 16}
 # float32 bytes of one decoded weight tile: fits the per-core L2 next to the activation rows.
 GEMM_TILE_BYTES = 1 << 20
+# uint8 bytes of one decoded tile for the integer GEMM (kernels/gemm_int8.py): its codes (K bytes
+# per row) stay in L2 next to the quantized activation rows.
+GEMM_INT8_TILE_BYTES = 1 << 19
 # The GEMM micro-kernel covers 32 weight rows at a time (kernels/gemm.py).
 COLUMNS_PER_TILE_STEP = 32
 # "int8": mat-vecs quantize activations to 8 bits where the weight type has an integer kernel.
 ACTIVATION_MODES = ("int8", "float")
+# How `matmul` computes from GEMM_MIN_TOKENS tokens on: "float" (float32 GEMM) or "int8" (integer
+# GEMM, kernels/gemm_int8.py, where the weight type has one).
+GEMM_KINDS = ("float", "int8")
 _activations_mode = "int8"
 
 
@@ -195,9 +218,13 @@ def has_int8_kernel(ggml_type: GGMLType) -> bool:
     return fmt is not None and fmt.matvec_int8 is not None
 
 
-def gemm_min_tokens(ggml_type: GGMLType) -> int:
+def gemm_min_tokens(ggml_type: GGMLType, gemm: str = "float") -> int:
     """Tokens from which `matmul` runs the GEMM rather than the B-row mat-vec, for a weight type
-    (the same for every type as measured so far, see GEMM_MIN_TOKENS)."""
+    and GEMM kind (float32: the same for every type as measured so far, see GEMM_MIN_TOKENS;
+    integer: INT8_GEMM_MIN_TOKENS)."""
+    spec = gemm_int8.SPECS.get(ggml_type)
+    if gemm == "int8" and spec is not None:
+        return INT8_GEMM_MIN_TOKENS[spec.block_size]
     return GEMM_MIN_TOKENS
 
 
@@ -211,42 +238,83 @@ class Workspace:
     def __init__(self):
         self._buffers: dict[str, np.ndarray] = {}
 
-    def buffer(self, name: str, n_rows: int, n_cols: int) -> np.ndarray:
-        """A float32 (n_rows, n_cols) view of the buffer `name` (contents undefined)."""
+    def buffer(self, name: str, n_rows: int, n_cols: int, dtype=np.float32) -> np.ndarray:
+        """A (n_rows, n_cols) view of the buffer `name` of dtype (float32 unless said; contents
+        undefined)."""
         buf = self._buffers.get(name)
-        if buf is None or buf.size < n_rows * n_cols:
-            buf = self._buffers[name] = np.empty(n_rows * n_cols, np.float32)
+        if buf is None or buf.size < n_rows * n_cols or buf.dtype != dtype:
+            buf = self._buffers[name] = np.empty(n_rows * n_cols, dtype)
         return buf[: n_rows * n_cols].reshape(n_rows, n_cols)
 
 
 def matmul(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None,
-           workspace: Workspace | None = None) -> np.ndarray:
+           workspace: Workspace | None = None, gemm: str = "float") -> np.ndarray:
     """out[t, r] = W[r] . X[t] for X float32 (n_tokens, n_cols); returns out (n_tokens, n_rows).
 
-    Fewer than `gemm_min_tokens(W.ggml_type)` tokens: `matvecs`. More: the float32 GEMM, with its
-    tile buffers from `workspace` (None: temporaries for this call)."""
-    return matmul_segments(W, X, out, [0, len(X)], workspace)
+    Fewer than `gemm_min_tokens(W.ggml_type)` tokens: `matvecs`. More: a GEMM, with its tile
+    buffers from `workspace` (None: temporaries for this call): `gemm` "float" the float32 GEMM,
+    "int8" the integer GEMM where the weight type has one (kernels/gemm_int8.py: activations
+    rounded to 8 bits as the int8 mat-vecs round them, whatever `get_activations()` says)."""
+    return matmul_segments(W, X, out, [0, len(X)], workspace, gemm)
 
 
 def matmul_segments(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None, bounds=None,
-                    workspace: Workspace | None = None) -> np.ndarray:
+                    workspace: Workspace | None = None, gemm: str = "float") -> np.ndarray:
     """`matmul` of each row range bounds[i]:bounds[i+1] of X on its own (several sequences' prompt
     chunks): the same bits as one `matmul` call per range, but each weight tile of the GEMM is
     decoded and packed once for all the ranges that run it."""
+    if gemm not in GEMM_KINDS:
+        raise BadInputError(f"gemm must be one of {', '.join(GEMM_KINDS)}, got {gemm!r}")
     X = _activations(W, X, 2, "X")
     n_tokens = X.shape[0]
     out = _output(out, (n_tokens, W.n_rows))
     bounds = [0, n_tokens] if bounds is None else [int(b) for b in bounds]
     if bounds[0] != 0 or bounds[-1] != n_tokens or any(a > b for a, b in zip(bounds, bounds[1:])):
         raise BadInputError(f"segment bounds {bounds} do not split {n_tokens} rows")
-    gemm = []
+    long_segments = []
     for a, b in zip(bounds, bounds[1:]):
-        if b - a >= gemm_min_tokens(W.ggml_type):
-            gemm.append((a, b))
+        if b - a >= gemm_min_tokens(W.ggml_type, gemm):
+            long_segments.append((a, b))
         elif b > a:
             matvecs(W, X[a:b], out[a:b])
-    if gemm:
-        _gemm(W, X, out, workspace if workspace is not None else Workspace(), gemm)
+    if long_segments:
+        ws = workspace if workspace is not None else Workspace()
+        if gemm == "int8" and W.ggml_type in gemm_int8.SPECS:
+            _gemm_int8(W, X, out, ws, long_segments)
+        else:
+            _gemm(W, X, out, ws, long_segments)
+    return out
+
+
+def _gemm_int8(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray, ws: Workspace,
+               segments: list[tuple[int, int]]) -> np.ndarray:
+    """matmul's integer GEMM path (kernels/gemm_int8.py) over row ranges of X: the rows of X the
+    segments cover quantized once, then per tile of weight rows: decode it into VNNI panels once
+    and multiply every segment by it."""
+    spec = gemm_int8.SPECS[W.ggml_type]
+    n_cols = W.n_cols
+    n_sub = n_cols // spec.sub_len
+    n_tokens = X.shape[0]
+    xq = ws.buffer("xq", n_tokens, n_cols, np.int8)
+    xscale = ws.buffer("xscale", n_tokens, n_sub)
+    xinit = ws.buffer("xinit", n_tokens, n_sub, np.int32)
+    xmin = ws.buffer("xmin", n_tokens, n_sub)
+    for a, b in segments:
+        gemm_int8.activations(spec, X[a:b], xq[a:b], xscale[a:b], xinit[a:b], xmin[a:b])
+    step = gemm_int8.ROWS_PER_MICRO
+    tile = max(step, GEMM_INT8_TILE_BYTES // n_cols // step * step)
+    decode, kernel = gemm_int8.DECODERS[W.ggml_type], gemm_int8.gemm_kernel(spec)
+    scratch = ws.buffer("scratch", n_tokens, step)
+    for start in range(0, W.n_rows, tile):
+        n_rows = min(tile, W.n_rows - start)
+        n_panels = -(-n_rows // step) * gemm_int8.PANELS_PER_MICRO
+        codes = ws.buffer("codes", n_panels, n_cols * gemm_int8.ROWS_PER_PANEL, np.uint8)
+        scales = ws.buffer("scales", n_panels, n_sub * gemm_int8.ROWS_PER_PANEL)
+        mins = ws.buffer("mins", n_panels, n_sub * gemm_int8.ROWS_PER_PANEL) if spec.has_min else scales
+        decode(W.weights, start, codes, scales, mins)
+        for a, b in segments:
+            kernel(xq[a:b], xscale[a:b], xinit[a:b], xmin[a:b], codes, scales, mins, out[a:b], start, n_rows,
+                   scratch[a:b])
     return out
 
 

@@ -9,7 +9,7 @@ type's codec decoder from quants/ - the activation view shape they index, and fo
 from __future__ import annotations
 
 from ...quants import get_codec
-from . import floats, int8, int8_kquants, kquants, legacy
+from . import floats, gemm_int8, int8, int8_kquants, kquants, legacy
 from .common import Format
 from .gemm import gemm_nt, gemm_panels, pack_panels
 
@@ -20,4 +20,4 @@ for _type, _format in FORMATS.items():
 for _type, _kernel in {**int8.INT8_MATVECS, **int8_kquants.INT8_KQUANT_MATVECS}.items():
     FORMATS[_type].with_int8(_kernel)
 
-__all__ = ["FORMATS", "Format", "gemm_nt", "gemm_panels", "pack_panels"]
+__all__ = ["FORMATS", "Format", "gemm_int8", "gemm_nt", "gemm_panels", "pack_panels"]
