@@ -134,7 +134,7 @@ def _print_timings(completion) -> None:
         + "[/]", highlight=False, soft_wrap=True)
 
 
-def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_size: int):
+def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_size: int, parallel: int = 1):
     from ..api import load
 
     if batch_size <= 0:
@@ -143,7 +143,7 @@ def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_s
         raise BadInputError(f"--threads must be positive, got {threads}")
     name = model.name if model else "the demo model (Gemma 3 270M)"
     with _loading_status(f"loading {name}"):
-        return load(model, threads=threads, ctx_size=ctx_size, batch_size=batch_size)
+        return load(model, threads=threads, ctx_size=ctx_size, batch_size=batch_size, parallel=parallel)
 
 
 def _stream(completion, as_json: bool) -> None:
