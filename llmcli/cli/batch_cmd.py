@@ -87,7 +87,7 @@ def batch(
     output: Path = typer.Argument(..., help="JSONL output, one record per input line; an existing one is "
                                             "resumed (ids already in it are skipped)."),
     model: Path = MODEL,
-    parallel: int = typer.Option(8, "-np", "--parallel", help="Sequences generated at once (slots)."),
+    parallel: int = typer.Option(16, "-np", "--parallel", help="Sequences generated at once (slots)."),
     max_tokens: int = typer.Option(-1, "-n", "--max-tokens",
                                    help="Tokens per line (-1: until end of generation or a full context)."),
     stop: list[str] = STOP,
