@@ -144,3 +144,13 @@ def test_resume_after_sigkill_has_no_duplicated_torn_or_missing_line(cli, tmp_pa
     assert cli("batch", src, fresh, *options).exit_code == 0
     assert [(r["id"], r["tokens"], r["text"]) for r in records] == \
         [(r["id"], r["tokens"], r["text"]) for r in _records(fresh)]
+
+
+def test_ray_options_without_ray_say_how_to_install_it(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as when it is not installed
+    src = _write_lines(tmp_path / "in.jsonl", ["a"])
+    for args in (["batch", src, tmp_path / "out.jsonl", "-m", TINY, "--ray"], ["serve", "-m", TINY, "--ray"]):
+        res = cli(*args)
+        assert res.exit_code == 1 and res.stderr.count("\n") == 1, res.stderr
+        assert 'Ray is not installed: pip install "llmcli[ray]"' in res.stderr
+    assert not (tmp_path / "out.jsonl").exists()
