@@ -146,3 +146,23 @@ def test_serve_two_replicas_answer_openai_and_survive_a_killed_replica(ray):
     again = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
     assert again.choices[0].message.content == alone.text
     serve.delete("llmcli")
+
+
+def test_serve_run_builder_reads_its_arguments():
+    from llmcli.errors import BadInputError
+    from llmcli.server.ray_serve import build_app
+
+    app = build_app({"model": str(TINY), "parallel": "3", "threads": "2", "autoscale": "1,4"})
+    deployment = app._bound_deployment  # what `serve run` deploys: nothing runs until then
+    assert deployment.name == "llmcli" and deployment.max_ongoing_requests == 6  # 3 slots + a queue of 3
+    assert deployment.ray_actor_options["num_cpus"] == 2
+    scaling = deployment._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas, scaling.target_ongoing_requests) == (1, 4, 3)
+    assert build_app({"model": str(TINY), "replicas": "3"})._bound_deployment.num_replicas == 3
+    for args, message in (({"model": str(TINY), "colour": "red"}, "unknown argument 'colour'"),
+                          ({"autoscale": "4"}, "--autoscale must be MIN,MAX"),
+                          ({"autoscale": "3,2"}, "0 <= MIN <= MAX"),
+                          ({"replicas": "2", "autoscale": "1,2"}, "not both"),
+                          ({"replicas": "0"}, "--replicas must be at least 1")):
+        with pytest.raises(BadInputError, match=message):
+            build_app(args)

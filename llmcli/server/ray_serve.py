@@ -70,6 +70,7 @@ def application(config: ServerConfig, replicas: int | None = None, autoscale: tu
     """The Ray Serve application: `Replica` as an ingress deployment with those scaling options.
     Each replica reserves `config.threads` CPUs (default 1), its numba threads."""
     serve = import_ray("serve").serve
+    options = scaling(replicas, autoscale, config.parallel)  # checked before finding the model
     threads = config.threads or 1
     if config.model is None:  # the demo model, resolved here so every replica loads the same file
         from ..demo import demo_model_path
@@ -81,7 +82,7 @@ def application(config: ServerConfig, replicas: int | None = None, autoscale: tu
     ongoing = config.parallel + (config.max_queue if config.max_queue is not None else config.parallel)
     deployment = serve.deployment(name="llmcli", max_ongoing_requests=ongoing,
                                   ray_actor_options={"num_cpus": threads},
-                                  **scaling(replicas, autoscale, config.parallel))(serve.ingress()(Replica))
+                                  **options)(serve.ingress()(Replica))
     return deployment.bind(config)
 
 
