@@ -73,15 +73,18 @@ def test_bad_lines_become_error_records_with_their_line_numbers(cli, tmp_path):
                    '{"prompt": "The sky is", "id": "sky"}\n'
                    '{"prompt": "again", "id": "sky"}\n'
                    '{"prompt": "' + "word " * 200 + '"}\n', encoding="utf-8")
+    with open(src, "ab") as f:
+        f.write(b'"caf\xe9"\n')  # Latin-1, not UTF-8
     out = tmp_path / "out.jsonl"
     res = cli("batch", src, out, "-m", TINY, "-t", "1", "-c", "128", "-n", "3", "--temp", "0", "--json")
     assert res.exit_code == 0, res.stderr
     records = {r["line"]: r for r in _records(out)}
-    assert sorted(records) == [1, 2, 4, 5, 6, 7, 8, 9, 10]  # the blank line 3 is no job
+    assert sorted(records) == [1, 2, 4, 5, 6, 7, 8, 9, 10, 11]  # the blank line 3 is no job
     assert "tokens" in records[1] and "tokens" in records[8]
     expected_errors = {2: (2, "not valid JSON"), 4: ("neg", "--temp must be >= 0"), 5: (5, "unknown key 'colour'"),
                        6: ("none", "give one of prompt or messages"), 7: (7, "expected a prompt string"),
-                       9: (None, 'id "sky" is already line 8\'s'), 10: (10, "the context holds 128")}
+                       9: (None, 'id "sky" is already line 8\'s'), 10: (10, "the context holds 128"),
+                       11: (11, "not UTF-8")}
     for line, (job_id, message) in expected_errors.items():
         assert records[line]["id"] == job_id and message in records[line]["error"], records[line]
         assert f"line {line}: " in res.stderr
@@ -89,9 +92,9 @@ def test_bad_lines_become_error_records_with_their_line_numbers(cli, tmp_path):
     # a rerun finds every line done, error records included: nothing is added
     again = cli("batch", src, out, "-m", TINY, "-t", "1", "-c", "128", "-n", "3", "--temp", "0", "--json")
     assert json.loads(again.stdout) | {"seconds": 0, "tokens_per_second": 0} == {
-        "output": str(out), "done": 0, "errors": 0, "skipped": 9, "prompt_tokens": 0, "generated_tokens": 0,
+        "output": str(out), "done": 0, "errors": 0, "skipped": 10, "prompt_tokens": 0, "generated_tokens": 0,
         "seconds": 0, "tokens_per_second": 0}
-    assert len(_records(out)) == 9
+    assert len(_records(out)) == 10
 
 
 def test_usage_errors(cli, tmp_path):

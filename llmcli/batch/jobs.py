@@ -159,23 +159,20 @@ def read_jobs(path: Path, settings: BatchSettings, done: set) -> Iterator[Job | 
     a BadLine."""
     seen: dict[str | int, int] = {}
     try:
-        handle = open(path, encoding="utf-8", newline="\n")
+        handle = open(path, "rb")
     except OSError as e:
         raise BadInputError(f"{path}: cannot read the input file: {e.strerror}") from None
     with handle:
-        line = 0
-        while True:
-            try:
-                text = handle.readline()
-            except UnicodeDecodeError as e:
-                raise BadInputError(f"{path}: line {line + 1} is not UTF-8 ({e.reason})") from None
-            if not text:
-                return
-            line += 1
-            if not text.strip():
+        for line, raw in enumerate(handle, 1):
+            if not raw.strip():
                 continue
             try:
+                text = raw.decode("utf-8")
                 job = parse_line(text, line, settings)
+            except UnicodeDecodeError as e:
+                if done_key(line, line) not in done:
+                    yield BadLine(line, line, f"not UTF-8 ({e.reason} at byte {e.start})")
+                continue
             except LlmcliError as e:
                 job_id = _given_id(text, line)
                 if job_id in seen:
