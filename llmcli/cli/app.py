@@ -50,6 +50,7 @@ COMMAND_MODULES = [
     "run_cmd",
     "bench_cmd",
     "perplexity_cmd",
+    "batch_cmd",
     "serve_cmd",
 ]
 
@@ -66,6 +67,7 @@ COMMAND_OWNERS = {
     "chat": "run_cmd",
     "bench": "bench_cmd",
     "perplexity": "perplexity_cmd",
+    "batch": "batch_cmd",
     "serve": "serve_cmd",
 }
 

@@ -140,7 +140,8 @@ def _print_timings(completion) -> None:
 
 
 def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_size: int, no_mmap: bool = False,
-          mlock: bool = False, cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE):
+          mlock: bool = False, cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE,
+          parallel: int = 1):
     from ..api import load
 
     if batch_size <= 0:
@@ -150,7 +151,7 @@ def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_s
     name = model.name if model else "the demo model (Gemma 3 270M)"
     with _loading_status(f"loading {name}"):
         return load(model, threads=threads, ctx_size=ctx_size, batch_size=batch_size, use_mmap=not no_mmap,
-                    mlock=mlock, cache_type_k=cache_type_k, cache_type_v=cache_type_v)
+                    mlock=mlock, cache_type_k=cache_type_k, cache_type_v=cache_type_v, parallel=parallel)
 
 
 def _stream(completion, as_json: bool) -> None:

@@ -8,6 +8,7 @@ import typer
 
 from ..errors import BadInputError, LlmcliError
 from .app import app
+from .batch_cmd import RAY, RAY_ADDRESS, RAY_HELP
 from .run_cmd import BATCH_SIZE, CACHE_TYPE_K, CACHE_TYPE_V, CTX_SIZE, MLOCK, MODEL, NO_MMAP, THREADS
 
 
@@ -57,6 +58,13 @@ def serve(
     pooling: str = typer.Option(None, "--pooling",
                                 help="Pooling for /v1/embeddings: mean, cls or last (default: the one the GGUF "
                                      "declares; a decoder model declares none: use mean)."),
+    ray: bool = RAY,
+    ray_address: str = RAY_ADDRESS,
+    replicas: int = typer.Option(None, "--replicas", help="Replicas, each a server with its own model and slots "
+                                                          "(default 1).", rich_help_panel=RAY_HELP),
+    autoscale: str = typer.Option(None, "--autoscale", metavar="MIN,MAX",
+                                  help="Scale between MIN and MAX replicas on ongoing requests (target: --parallel "
+                                       "per replica).", rich_help_panel=RAY_HELP),
 ) -> None:
     """Serve the model over HTTP with OpenAI's API (chat, completions) and llama-server's endpoints."""
     from ..generation.pooling import check_pooling
@@ -83,9 +91,17 @@ def serve(
             raise type(e)(f"--pooling: {e}") from None
     if model is not None and not model.is_file():
         raise BadInputError(f"{model}: no such model file")
+    if not ray and (ray_address is not None or replicas is not None or autoscale is not None):
+        raise BadInputError("--ray-address, --replicas and --autoscale apply to --ray")
     origins = tuple(o.strip() for item in cors_origins for o in item.split(",") if o.strip())
-    run_server(ServerConfig(model=model, host=host, port=port, parallel=parallel, ctx_size=ctx_size,
-                            threads=threads, batch_size=batch_size, use_mmap=not no_mmap, mlock=mlock,
-                            cache_type_k=cache_type_k, cache_type_v=cache_type_v, alias=alias,
-                            api_keys=_api_keys(api_key, api_key_file), cors_origins=origins, timeout=timeout,
-                            max_queue=max_queue, pooling=pooling))
+    config = ServerConfig(model=model, host=host, port=port, parallel=parallel, ctx_size=ctx_size,
+                          threads=threads, batch_size=batch_size, use_mmap=not no_mmap, mlock=mlock,
+                          cache_type_k=cache_type_k, cache_type_v=cache_type_v, alias=alias,
+                          api_keys=_api_keys(api_key, api_key_file), cors_origins=origins, timeout=timeout,
+                          max_queue=max_queue, pooling=pooling)
+    if ray:
+        from ..server.ray_serve import parse_autoscale, serve_on_ray
+
+        serve_on_ray(config, ray_address, replicas, parse_autoscale(autoscale))
+    else:
+        run_server(config)

@@ -12,7 +12,8 @@ from .completion import Completion
 from .engine import Engine, EngineClosedError, Event, Handle
 from .sampling import Sampler, SamplingParams
 from .scheduler import ContextSizeError, QueueFullError, Scheduler
-from .sequence import STOP_REASONS, Piece, Request, Sequence, Timings, TokenLogprob
+from .sequence import (FINISH_REASONS, STOP_REASONS, Piece, Request, Sequence, Timings, TokenLogprob,
+                       finish_reason)
 from .stops import StopMatcher
 
 
@@ -27,6 +28,6 @@ def generate_ids(model, prompt_ids, max_tokens: int, sampler=None, stop_ids=()) 
     return seq.tokens
 
 
-__all__ = ["Completion", "ContextSizeError", "Engine", "EngineClosedError", "Event", "Handle", "Piece",
-           "QueueFullError", "Request", "STOP_REASONS", "Sampler", "SamplingParams", "Scheduler", "Sequence",
-           "StopMatcher", "Timings", "TokenLogprob", "generate_ids"]
+__all__ = ["Completion", "ContextSizeError", "Engine", "EngineClosedError", "Event", "FINISH_REASONS", "Handle",
+           "Piece", "QueueFullError", "Request", "STOP_REASONS", "Sampler", "SamplingParams", "Scheduler", "Sequence",
+           "StopMatcher", "Timings", "TokenLogprob", "finish_reason", "generate_ids"]

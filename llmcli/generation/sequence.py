@@ -33,6 +33,14 @@ from .stops import StopMatcher
 # Ctrl-C in the caller, a cancel (a client that went away), a failed step, or (an embedding
 # request) its prompt pooled.
 STOP_REASONS = ("eos", "length", "stop", "context", "interrupted", "cancelled", "error", "embedded")
+# OpenAI's finish_reason for each (the server's replies, batch records); "timeout": a server's --timeout
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "timeout": "length"}
+
+
+def finish_reason(stop_reason: str | None, made_calls: bool = False) -> str:
+    """OpenAI's finish_reason for a stop reason ("tool_calls" when the reply made calls)."""
+    reason = FINISH_REASONS.get(stop_reason, "stop")
+    return "tool_calls" if made_calls and reason == "stop" else reason
 
 _request_ids = itertools.count(1)
 

@@ -17,18 +17,10 @@ import time
 import numpy as np
 
 from .. import __version__
-from ..generation import TokenLogprob
+from ..generation import TokenLogprob, finish_reason
 from ..generation.tools import ToolCall
 
 SYSTEM_FINGERPRINT = f"llmcli-{__version__}"
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length", "timeout": "length"}
-
-
-def finish_reason(stop_reason: str | None, made_calls: bool = False) -> str:
-    reason = FINISH_REASONS.get(stop_reason, "stop")
-    return "tool_calls" if made_calls and reason == "stop" else reason
-
-
 def call_head_delta(index: int, call_id: str, name: str) -> dict:
     """The first delta of a streamed call: what it is, its arguments still empty."""
     return {"tool_calls": [{"index": index, "id": call_id, "type": "function",
