@@ -45,6 +45,7 @@ from .quants.mixes import (
     QuantizeOptions,
     TypeChoice,
     TypePlanner,
+    WEIGHTS_ONLY_TYPES,
     find_mix,
     is_quantized,
     llama_tensor_order,
@@ -251,6 +252,12 @@ def check_plan(plan: QuantizePlan, allow_requantize: bool) -> None:
             raise BadInputError(
                 f"{importance.path}: no importance data for tensor '{t.name}', which becomes "
                 f"{t.target.name} in {plan.mix.name}: a very low-bit type that needs it")
+        if t.converts and t.target in WEIGHTS_ONLY_TYPES and t.importance is None:
+            why = "the importance matrix has none for it" if importance else "no --imatrix was given"
+            raise BadInputError(
+                f"{plan.input}: tensor '{t.name}' would become {t.target.name}, which ggml cannot quantize "
+                f"without importance data, and {why} (llama-quantize aborts): give it another type "
+                f"(--token-embedding-type, --tensor-type)")
     for t in plan.tensors:
         if t.converts and is_quantized(t.source) and not allow_requantize:
             raise BadInputError(
@@ -434,7 +441,9 @@ def quantize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
     importance = load_importance(imatrix, include_weights, exclude_weights) if imatrix is not None else None
     if (type_name is None) == (max_size is None):
         raise BadInputError("quantize: give a quantization type or a maximum file size (not both)")
-    mix = find_mix(type_name, has_imatrix=importance is not None) if type_name is not None else None
+    options = options or QuantizeOptions()
+    mix = find_mix(type_name, has_imatrix=importance is not None, pure=options.pure) \
+        if type_name is not None else None
     if not dry_run:
         if output_path is None:
             raise BadInputError("an output file is needed (or pass --dry-run)")
@@ -443,7 +452,6 @@ def quantize_file(input_path: str | os.PathLike, output_path: str | os.PathLike 
                 os.path.samefile(input_path, output_path):
             raise BadInputError(f"{output_path}: is the input file; write the quantized model elsewhere")
     threads = set_threads(threads)
-    options = options or QuantizeOptions()
     with GGUFReader(input_path) as reader:
         size_choice = None
         if mix is None:

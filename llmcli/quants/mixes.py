@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Sequence
 
 from ..errors import BadInputError, UnsupportedError
 from ..gguf.constants import TYPE_BY_NAME, TYPE_INFO, FileType, GGMLType
+from .registry import quantizable_types
 
 # --------------------------------------------------------------------------------------------------
 # The TYPE argument: llama-quantize's QUANT_OPTIONS (name -> file type), and each file type's base type
@@ -84,15 +85,38 @@ _MIX_ROWS: list[tuple[str, FileType, GGMLType, str]] = [
 ]
 MIXES: dict[str, Mix] = {name: Mix(name, ft, base, note) for name, ft, base, note in _MIX_ROWS}
 
-# The TYPEs llmcli produces (the block formats it has codecs for); the rest of llama-quantize's list
-# needs i-quant / ternary / MXFP4 codecs.
-SUPPORTED_MIXES: tuple[str, ...] = (
-    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M",
-    "Q5_K_S", "Q5_K_M", "Q6_K", "F16", "BF16", "F32", "Q3_K", "Q4_K", "Q5_K",
-)
+# Types that llama.cpp refuses to produce without an importance matrix (`tensor_requires_imatrix`:
+# for any tensor but token_embd / output; Q2_K only in Q2_K_S files, see find_mix).
+_IMATRIX_TYPES = frozenset({GGMLType.IQ3_XXS, GGMLType.IQ2_XXS, GGMLType.IQ2_XS, GGMLType.IQ2_S,
+                            GGMLType.IQ1_M, GGMLType.IQ1_S})
+
+# Types ggml itself cannot quantize without importance weights (`ggml_quantize_requires_imatrix`:
+# ggml_quantize_chunk asserts), even where llama.cpp does not ask for an imatrix: token_embd, which
+# no importance matrix covers, with --pure or --token-embedding-type (llama-quantize aborts there).
+WEIGHTS_ONLY_TYPES = frozenset({GGMLType.IQ2_XXS, GGMLType.IQ2_XS, GGMLType.IQ1_S})
+
+# TYPEs llama-quantize refuses without --imatrix: those based on an imatrix-only type, Q2_K_S (its
+# Q2_K tensors), and IQ3_XS (based on IQ3_S, but its rules always give attn_q / attn_k IQ3_XXS, so
+# only with --pure it goes without). Every one was refused on the kq model:
+# tests/data/iquants/quantize.json, tests/data/imatrix/quantize.json.
+_IMATRIX_BY_RULES = frozenset({"IQ3_XS"})
+_IMATRIX_MIXES = frozenset({name for name, mix in MIXES.items() if mix.base in _IMATRIX_TYPES}
+                           | {"Q2_K_S"} | _IMATRIX_BY_RULES)
+
+
+def _producible(mix: Mix) -> bool:
+    """llmcli has a quantizer for the mix's base type (the types its rules add are checked per
+    tensor when planning: check_plan)."""
+    return mix.base in quantizable_types()
+
+
+# The TYPEs llmcli produces, in llama-quantize's order: grows with the codecs (quantizable_types).
+SUPPORTED_MIXES: tuple[str, ...] = tuple(name for name, mix in MIXES.items()
+                                         if _producible(mix) and name not in _IMATRIX_MIXES)
 
 # TYPEs llmcli produces only with an importance matrix (--imatrix), as llama-quantize.
-IMATRIX_ONLY_MIXES: tuple[str, ...] = ("Q2_K_S",)
+IMATRIX_ONLY_MIXES: tuple[str, ...] = tuple(name for name, mix in MIXES.items()
+                                            if _producible(mix) and name in _IMATRIX_MIXES)
 
 # The quantized mixes from most to least precise, for `quantize --max-size`: ordered by the
 # perplexity increase llama-quantize's type list states for each (Llama-3-8B): Q8_0 +0.0026,
@@ -104,25 +128,21 @@ MIXES_BY_PRECISION: tuple[str, ...] = (
     "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K_S", "Q2_K",
 )
 
-# Types that llama.cpp refuses to produce without an importance matrix (`tensor_requires_imatrix`).
-_IMATRIX_TYPES = frozenset({GGMLType.IQ3_XXS, GGMLType.IQ2_XXS, GGMLType.IQ2_XS, GGMLType.IQ2_S,
-                            GGMLType.IQ1_M, GGMLType.IQ1_S})
-
-
-def find_mix(name: str, has_imatrix: bool = False) -> Mix:
+def find_mix(name: str, has_imatrix: bool = False, pure: bool = False) -> Mix:
     """The Mix for a TYPE argument (case-insensitive, or llama-quantize's numeric file type);
-    `has_imatrix`: an importance matrix will be given (Q2_K_S needs one)."""
+    `has_imatrix`: an importance matrix will be given (Q2_K_S and most i-quants need one);
+    `pure`: --pure (no mix rules)."""
     key = name.strip().upper()
     mix = MIXES.get(key)
     if mix is None and key.isdigit():
         mix = next((m for m in MIXES.values() if m.file_type == int(key)), None)
     if mix is None:
         raise BadInputError(f"unknown quantization type '{name}' (valid: {', '.join(SUPPORTED_MIXES)})")
-    if mix.file_type == FileType.MOSTLY_Q2_K_S and not has_imatrix:
+    if mix.name in _IMATRIX_MIXES and not has_imatrix and not (pure and mix.name in _IMATRIX_BY_RULES):
         raise UnsupportedError(
-            "Q2_K_S needs an importance matrix: llama.cpp refuses to quantize to it without one (its "
-            "Q2_K tensors are only usable with importance weights); make one with `llmcli imatrix` "
-            "and pass --imatrix FILE, or use Q2_K or Q3_K_S")
+            f"{mix.name} needs an importance matrix: llama.cpp refuses to quantize to it without one "
+            f"(its {'Q2_K' if mix.name == 'Q2_K_S' else 'low-bit'} tensors are only usable with importance "
+            f"weights); make one with `llmcli imatrix` and pass --imatrix FILE")
     if mix.name not in SUPPORTED_MIXES + IMATRIX_ONLY_MIXES:
         raise UnsupportedError(f"quantization type {mix.name} is a llama-quantize type llmcli cannot "
                                f"produce yet (supported: {', '.join(SUPPORTED_MIXES)})")
@@ -703,6 +723,7 @@ def plan_types(model: ModelFacts, mix: Mix, options: QuantizeOptions,
 
 __all__ = [
     "Category", "IMATRIX_ONLY_MIXES", "MIXES", "MIXES_BY_PRECISION", "Mix", "ModelFacts", "QuantizeOptions", "SUPPORTED_MIXES", "TypeChoice",
+    "WEIGHTS_ONLY_TYPES",
     "TypePlanner", "category_of", "find_mix", "is_quantized", "layer_of", "llama_tensor_order", "n_dims",
     "parse_ggml_type", "parse_tensor_type_override", "plan_types",
 ]
