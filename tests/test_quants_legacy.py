@@ -163,14 +163,6 @@ def test_rows_and_shapes():
         quantize(rows[:, :40], GGMLType.Q4_0)
 
 
-@pytest.mark.parametrize("type_name", ["IQ4_NL", "IQ4_XS"])
-def test_iq4_is_read_only(type_name):
-    codec = get_codec(GGMLType[type_name])
-    assert codec.quantize is None
-    with pytest.raises(UnsupportedError, match="read only"):
-        quantize(np.zeros((1, 256), dtype=np.float32), GGMLType[type_name])
-
-
 def test_dequantize_demo_model_blocks_matches_gguf_py():
     """Blocks written by llama.cpp for a real model (Gemma 3 270M Q4_K_M: Q5_0 and Q8_0 tensors)."""
     from llmcli.demo import demo_model_path

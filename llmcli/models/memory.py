@@ -6,11 +6,14 @@ end in swapping or the kernel's OOM killer halfway through a prompt. The plan co
     weights       the tensors read from the file, which is memory-mapped: these pages are the
                   page cache's (shared with other processes mapping the same file), and a token
                   reads all of them, so they must stay resident.
-    output copy   the output matrix copied out of the map (see `copies_output`): its mapped pages
-                  are then only read for token embeddings (a few rows), so it is counted here
+    output copy   the output matrix copied out of the map (see `copies_output`), or for a type
+                  with a panel kernel its rows repacked into panels (engine/panels.py, the same
+                  bytes reordered): its mapped pages are then only read for token embeddings (a
+                  few rows) and prompts that ask for every row's logits, so it is counted here
                   and not among the mapped weights.
-    KV cache      keys and values (f16 or f32): n_seq sequences x every layer's slots (n_ctx
-                  positions, or window + batch for sliding-window layers) x KV heads x head dims.
+    KV cache      keys and values (f32, f16, or q8_0/q4_0 blocks: `engine.kv_cache.KV_TYPES`):
+                  n_seq sequences x every layer's slots (n_ctx positions, or window + batch for
+                  sliding-window layers) x KV heads x the bytes of a head of that type.
                   Committed as positions are written, so a short conversation uses less.
     buffers       per-token float32 activations for a batch, the logits of every sequence, the
                   GEMM's weight tiles.
@@ -28,7 +31,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
-from ..engine.kv_cache import DEFAULT_KV_TYPE, kv_dtype
+from ..engine.kv_cache import DEFAULT_KV_TYPE, KV_TYPES, check_head_size, kv_type
 from ..errors import LlmcliError
 from .hparams import HParams
 
@@ -47,6 +50,8 @@ TOKENIZER_BYTES_PER_TOKEN = 350
 GEMM_WORKSPACE_BYTES = 2 << 20
 # Smallest context a suggestion offers.
 MIN_SUGGESTED_CTX = 256
+# KV cache types a plan suggests when the cache does not fit, most precise first.
+SMALLER_KV_TYPES = ("f16", "q8_0", "q4_0")
 # Set to 0 to load a model whatever the plan says (e.g. with swap the plan does not count).
 MEMORY_CHECK_ENV = "LLMCLI_MEMORY_CHECK"
 
@@ -72,12 +77,21 @@ def kv_slots(hp: HParams, n_ctx: int, batch_size: int) -> list[int]:
     return [min(n_ctx, hp.n_swa + batch_size) if swa else n_ctx for swa in hp.is_swa]
 
 
+def kv_bytes_split(hp: HParams, n_ctx: int, batch_size: int, type_k: str = DEFAULT_KV_TYPE,
+                   type_v: str = DEFAULT_KV_TYPE) -> tuple[int, int]:
+    """Bytes of one sequence's keys and of its values (every layer, of the given types)."""
+    kind_k, kind_v = kv_type(type_k, "--cache-type-k"), kv_type(type_v, "--cache-type-v")
+    check_head_size(kind_k, hp.head_dim, "--cache-type-k")
+    check_head_size(kind_v, hp.head_dim_v, "--cache-type-v")
+    slots = sum(kv_slots(hp, n_ctx, batch_size))
+    return (slots * hp.n_head_kv * kind_k.row_bytes(hp.head_dim),
+            slots * hp.n_head_kv * kind_v.row_bytes(hp.head_dim_v))
+
+
 def kv_bytes_per_sequence(hp: HParams, n_ctx: int, batch_size: int, type_k: str = DEFAULT_KV_TYPE,
                           type_v: str = DEFAULT_KV_TYPE) -> int:
     """Bytes of one sequence's KV cache (keys and values of every layer, of the given types)."""
-    bytes_k, bytes_v = kv_dtype(type_k, "--cache-type-k").itemsize, kv_dtype(type_v, "--cache-type-v").itemsize
-    per_slot = hp.n_head_kv * (bytes_k * hp.head_dim + bytes_v * hp.head_dim_v)
-    return per_slot * sum(kv_slots(hp, n_ctx, batch_size))
+    return sum(kv_bytes_split(hp, n_ctx, batch_size, type_k, type_v))
 
 
 def buffer_widths(hp: HParams, n_ff: int) -> dict[str, int]:
@@ -166,9 +180,14 @@ def check(p: MemoryPlan, path, available: int | None = None) -> None:
         hints.append(f"--ctx-size {best_ctx}")
     if p.n_seq > 1 and p.kv_per_sequence and available > fixed + p.kv_per_sequence:
         hints.append(f"--parallel {min(p.n_seq - 1, (available - fixed) // p.kv_per_sequence)}")
-    half_kv = p.n_seq * kv_bytes_per_sequence(p.hp, p.n_ctx, p.batch_size, "f16", "f16")
-    if half_kv < p.kv and fixed + half_kv <= available:
-        hints.append("--cache-type-k f16 --cache-type-v f16")
+    for name in SMALLER_KV_TYPES:  # the most precise KV type that fits
+        block = KV_TYPES[name].block_size
+        if p.hp.head_dim % block or p.hp.head_dim_v % block:
+            continue
+        small_kv = p.n_seq * kv_bytes_per_sequence(p.hp, p.n_ctx, p.batch_size, name, name)
+        if small_kv < p.kv and fixed + small_kv <= available:
+            hints.append(f"--cache-type-k {name} --cache-type-v {name}")
+            break
     weight_room = available - p.kv - p.buffers - p.tokenizer - p.runtime  # at the asked context
     if 0 < weight_room < p.weights + p.output_copy:
         # the output copy grows with the file: keep its share

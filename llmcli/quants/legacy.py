@@ -87,33 +87,45 @@ def read_u32(block, pos):
 #         +------+----------------------------------+
 # d = (the value of largest magnitude, sign kept) / -8, so that value maps to q = 0.
 
+@njit(inline="always")
+def quantize_block_q4_0(x, out, b):
+    """The 32 values x[b] (x (n_blocks, 32)) as Q4_0 block out[b] (out (n_blocks, 18) uint8)."""
+    amax = np.float32(0.0)
+    vmax = np.float32(0.0)
+    for j in range(QK):  # first value of largest magnitude wins
+        v = x[b, j]
+        if amax < abs(v):
+            amax = abs(v)
+            vmax = v
+    d = vmax / np.float32(-8.0)
+    inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+    write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+    for j in range(QK // 2):
+        q0 = min(15, _c_int8(x[b, j] * inv + np.float32(8.5)))
+        q1 = min(15, _c_int8(x[b, j + QK // 2] * inv + np.float32(8.5)))
+        out[b, 2 + j] = (q0 & 0xFF) | ((q1 << 4) & 0xFF)
+
+
+@njit(inline="always")
+def dequantize_block_q4_0(raw, y, b):
+    """Q4_0 block raw[b] (raw (n_blocks, 18) uint8) as 32 floats y[b]."""
+    d = read_fp16(raw[b], 0)
+    for j in range(QK // 2):
+        q = np.int32(raw[b, 2 + j])
+        y[b, j] = np.float32((q & 0x0F) - 8) * d
+        y[b, j + QK // 2] = np.float32((q >> 4) - 8) * d
+
+
 @njit(parallel=True, cache=True)
 def _quantize_q4_0(x, out):
     for b in prange(x.shape[0]):
-        amax = np.float32(0.0)
-        vmax = np.float32(0.0)
-        for j in range(QK):  # first value of largest magnitude wins
-            v = x[b, j]
-            if amax < abs(v):
-                amax = abs(v)
-                vmax = v
-        d = vmax / np.float32(-8.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
-        for j in range(QK // 2):
-            q0 = min(15, _c_int8(x[b, j] * inv + np.float32(8.5)))
-            q1 = min(15, _c_int8(x[b, j + QK // 2] * inv + np.float32(8.5)))
-            out[b, 2 + j] = (q0 & 0xFF) | ((q1 << 4) & 0xFF)
+        quantize_block_q4_0(x, out, b)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _dequantize_q4_0(raw, y):
     for b in prange(raw.shape[0]):
-        d = read_fp16(raw[b], 0)
-        for j in range(QK // 2):
-            q = np.int32(raw[b, 2 + j])
-            y[b, j] = np.float32((q & 0x0F) - 8) * d
-            y[b, j + QK // 2] = np.float32((q >> 4) - 8) * d
+        dequantize_block_q4_0(raw, y, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,12 +291,18 @@ def _quantize_q8_0(x, out):
             out[b, 2 + j] = _c_float_to_int(_roundf(x[b, j] * inv)) & 0xFF
 
 
+@njit(inline="always")
+def dequantize_block_q8_0(raw, y, b):
+    """Q8_0 block raw[b] (raw (n_blocks, 34) uint8) as 32 floats y[b]."""
+    d = read_fp16(raw[b], 0)
+    for j in range(QK):
+        y[b, j] = np.float32((np.int32(raw[b, 2 + j]) ^ 0x80) - 0x80) * d
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _dequantize_q8_0(raw, y):
     for b in prange(raw.shape[0]):
-        d = read_fp16(raw[b], 0)
-        for j in range(QK):
-            y[b, j] = np.float32((np.int32(raw[b, 2 + j]) ^ 0x80) - 0x80) * d
+        dequantize_block_q8_0(raw, y, b)
 
 
 # ---------------------------------------------------------------------------------------------
