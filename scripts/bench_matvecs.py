@@ -2,7 +2,7 @@
 
     python scripts/bench_matvecs.py [--model PATH] [--threads 1,2] [--mode int8|float]
                                     [--columns 1,2,4,8,16] [--tokens 2,4,...] [--rounds N]
-                                    [--no-columns] [--no-crossover]
+                                    [--no-columns] [--no-crossover] [--panels] [--gemm-kinds [--gemm-tokens 512]]
 
 Part 1, columns: per (tensor kind, type) group of the demo model, the time of one `matvecs` call
 with B rows against B `matvec` calls, and a whole "decode step" (every 2-D matrix of the model in
@@ -15,6 +15,14 @@ over every matrix of that type in the demo model; prints the first n at which th
 what `GEMM_MIN_TOKENS` in
 llmcli/engine/matmul.py is set from. Types the demo lacks (Q4_0, F16) are quantized from random
 data with llmcli.quants at the demo's ffn shapes (18 x 2048x640 and 18 x 640x2048).
+
+Part 3, --gemm-kinds: per weight type, the float32 GEMM against the integer GEMM on --gemm-tokens
+tokens (prompt processing's chunk, 512 by default), summed over the type's matrices: which the
+default prompt path (engine/prompt_activations.py) should use for that type.
+
+--panels: Q8_0 matrices the size of an output matrix (from models.memory.OUTPUT_COPY_MIN_BYTES:
+the demo's 262144 x 640 one) are packed into panels first, as the model packs its output
+(engine/panels.py), so `matvecs` on them is the panel kernel and the crossover is panels vs GEMM.
 
 Times are the minimum over --rounds (the machine may be shared); every round cycles through the
 whole group, so the weights come from memory or L3 as they do in a real token.
@@ -33,7 +41,9 @@ from llmcli.engine import matmul as mm
 from llmcli.engine.kernels import gemm_int8
 from llmcli.engine.matmul import QuantizedMatrix, Workspace, matvec, matvecs, set_activations, set_threads
 from llmcli.gguf import GGUFReader
+from llmcli.engine.panels import pack_panels, packs_panels
 from llmcli.gguf.constants import GGMLType
+from llmcli.models.memory import OUTPUT_COPY_MIN_BYTES
 from llmcli.quants import quantize
 
 
@@ -119,6 +129,23 @@ def crossover(by_type, token_counts, rounds, rng, mode) -> None:
         print(f"{ggml_type.name}: GEMM from {first if first is not None else '>' + str(token_counts[-1])} tokens")
 
 
+def gemm_kinds(by_type, n, rounds, rng) -> None:
+    print(f"{'type':6} {'n':>4} {'float32 GEMM ms':>16} {'integer GEMM ms':>16} {'speed-up':>9}")
+    for ggml_type, Ws in by_type.items():
+        if ggml_type not in gemm_int8.SPECS:
+            print(f"{ggml_type.name:6} {n:4d}  (no integer GEMM)")
+            continue
+        workspace = Workspace()
+        xs = {W.n_cols: rng.standard_normal((n, W.n_cols)).astype(np.float32) for W in Ws}
+        outs = [np.empty((n, W.n_rows), np.float32) for W in Ws]
+        r = rounds if sum(W.raw.nbytes for W in Ws) < 50 << 20 else max(1, rounds // 3)
+        runs = [lambda path=path: [path(W, xs[W.n_cols], o, workspace, [(0, n)]) for W, o in zip(Ws, outs)]
+                for path in (mm._gemm, mm._gemm_int8)]
+        # rounds alternate between the two kinds, so a busy spell of the machine hits both alike
+        times = [min(ts) for ts in zip(*[[best_time(run, 1) for run in runs] for _ in range(r)])]
+        print(f"{ggml_type.name:6} {n:4d} {times[0] * 1e3:16.1f} {times[1] * 1e3:16.1f} {times[0] / times[1]:8.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="GGUF (default: the demo model)")
@@ -130,10 +157,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-columns", action="store_true")
     ap.add_argument("--no-crossover", action="store_true")
+    ap.add_argument("--gemm-kinds", action="store_true", help="part 3: float32 vs integer GEMM per type")
+    ap.add_argument("--gemm-tokens", type=int, default=512)
+    ap.add_argument("--panels", action="store_true", help="pack output-sized Q8_0 matrices into panels")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     set_activations(args.mode)
     matrices = demo_matrices(args.model or demo_model_path())
+    if args.panels:
+        for _, W in matrices:
+            if packs_panels(W.ggml_type) and W.raw.nbytes >= OUTPUT_COPY_MIN_BYTES:
+                pack_panels(W)
     by_type = defaultdict(list)
     for _, W in matrices:
         by_type[W.ggml_type].append(W)
@@ -148,6 +182,8 @@ def main() -> None:
             columns_table(matrices, [int(c) for c in args.columns.split(",")], args.rounds, rng)
         if not args.no_crossover:
             crossover(by_type, [int(c) for c in args.tokens.split(",")], args.rounds, rng, args.mode)
+        if args.gemm_kinds:
+            gemm_kinds(by_type, args.gemm_tokens, args.rounds, rng)
 
 
 if __name__ == "__main__":

@@ -464,18 +464,23 @@ class GGUFReader:
         t = self.tensor(name_or_info) if isinstance(name_or_info, str) else name_or_info
         src = self.tensor_bytes(t).reshape(-1)
         out = np.empty(t.n_bytes, np.uint8)
-        start = self.data_offset + t.offset
-        release = getattr(self._mmap, "madvise", None) if hasattr(mmap, "MADV_DONTNEED") else None
-        released = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # first whole page of the tensor
         for lo in range(0, t.n_bytes, self.COPY_CHUNK_BYTES):
             hi = min(t.n_bytes, lo + self.COPY_CHUNK_BYTES)
             out[lo:hi] = src[lo:hi]
-            if release is not None:
-                done = (start + hi) // mmap.PAGESIZE * mmap.PAGESIZE  # whole pages copied so far
-                if done > released:
-                    release(mmap.MADV_DONTNEED, released, done - released)
-                    released = done
+            self.release_pages(t, 0, hi)
         return out.reshape(t.n_rows, t.row_bytes)
+
+    def release_pages(self, t: TensorInfo, lo: int, hi: int) -> None:
+        """Drop the mapped pages wholly inside bytes lo..hi-1 of tensor t from this process's
+        resident memory, once their contents have been copied elsewhere (they are read from the
+        file again if touched); nothing where the OS cannot."""
+        if not hasattr(mmap, "MADV_DONTNEED") or not hasattr(self._mmap, "madvise"):
+            return
+        start = self.data_offset + t.offset
+        first = -(-(start + lo) // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (start + hi) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > first:
+            self._mmap.madvise(mmap.MADV_DONTNEED, first, end - first)
 
     def tensor_array(self, name_or_info: str | TensorInfo) -> np.ndarray:
         """Zero-copy typed view for plain-element types (F32, F16, BF16 as uint16, I8..F64),

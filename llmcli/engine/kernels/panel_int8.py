@@ -1,0 +1,254 @@
+"""Q8_0 weights repacked once, at load, into VNNI row panels, and the one kernel that multiplies
+by them for any number of activation rows (B = 1 .. 16 decoded sequences, or a short prompt).
+
+Why: the B-column mat-vec (int8.py `row_dot_int8`) dots one weight row at a time, so per 32-weight
+block and column it pays a `vpdpbusd` plus the conversion, scale product and FMA of that block's 8
+int32 lanes, and a horizontal sum per row and column at the end. On the demo model's 262144 x 640
+Q8_0 output matrix that made 8 columns cost 33-39 ms at 1 thread (~40 GMAC/s) where the prompt
+GEMM (gemm_int8.py) reaches ~110 GMAC/s: at B = 8 the output projection was half of a step.
+In panel order one zmm holds 16 rows x 4 consecutive codes, so a `vpdpbusd` against 4 activation
+bytes broadcast serves 16 rows at once, the block's scale work is done once per 16 rows and no
+horizontal sum is needed: 19.7 ms at 8 columns, 12.0 ms at 1 (row mat-vec 15.7), 27.8 ms at 16
+(Xeon AVX512-VNNI, 1 thread, shared machine). llama.cpp repacks Q4_0/Q8_0/IQ4_NL the same way
+for its CPU backend.
+
+The packed matrix holds the same bytes as the GGUF rows, reordered (lossless, the same size):
+
+    Q8_0 row r, block b   | d fp16 | qs[32] int8 |            (34 bytes; simd.py's diagram)
+
+    codes  (P, K * 16) uint8, P = ceil(n_rows / 16) panels of 16 rows, u = qs ^ 0x80 (unsigned):
+
+        panel p:  k4 = 0                      k4 = 1                          k4 = K/4 - 1
+                 [r0 k0..3|r1 k0..3|..|r15 k0..3][r0 k4..7|r1 k4..7|..|r15 k4..7] .. [..]
+                  <------- 64 bytes = 1 zmm ---->
+        row 16p + j, code k at byte 64 (k // 4) + 4 j + k % 4   (gemm_int8.py's tile layout)
+
+    scales (P, n_blocks * 16) uint16: [p, 16 b + j] = d (fp16 bits) of row 16p + j, block b
+
+Rows past the matrix's last one (in the last panel) are zero. Packing reuses the integer GEMM's
+block decoder (`gemm_int8.store_block_codes`), so the code layout exists once.
+
+Activations are ggml's Q8_0 blocks (gemm_int8.activations_q8_0, bit for bit int8.py's and
+ggml's quantize_row_q8_0): xq int8 (B, K), xd float32 (B, K/32), xinit int32 (B, K/32) =
+-128 * (sum of the block's xq), the offset of the unsigned codes. Then, for each row r and column t,
+in block order:
+
+    acc += float(xinit[t, b] + sum_k u[r, 32b + k] xq[t, 32b + k]) * (d_w[r, b] * xd[t, b])
+
+(the block's integer sum times the product of the two scales, as ggml's vec_dot_q8_0_q8_0 rounds
+it) with the row's accumulator in one float lane of its own. A column's arithmetic does not depend
+on the other columns, on B, on how columns are grouped or on the thread count: a sequence
+decoded in a batch gets the bits it gets alone, and a mat-vec (B = 1) is the same code.
+
+`panel_micro` runs 2 panels (32 rows) x up to 6 columns: per block 12 int32 accumulators start at
+xinit and take 8 `vpdpbusd` each, then 12 float accumulators (in registers over the whole row)
+take one FMA each. A panel pair's codes (K * 32 bytes, 20 KB for K = 640) stay in L1 while the
+column groups after the first pass over them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from ...gguf.constants import GGMLType
+from ...quants.half import fp16_to_fp32
+from .common import serial_twin
+from .gemm_int8 import quantize_q8_0_into, store_block_codes
+from .int8 import HAS_VNNI, dot_u8_s8
+from .llvm_ir import (F16, F32, I8, I16, I32, as_i64, call_fma, carried_loop, i64, load_at, row_ptr, splat,
+                      vector)
+
+ROWS_PER_PANEL = 16
+Q8_0_BLOCK = 32
+Q8_0_BLOCK_BYTES = 34
+# The micro-kernel: 2 panels x 6 columns = 12 float accumulators + 12 int32 ones (+ 2 zmm of codes
+# and 2 of scales) of AVX-512's 32 registers.
+PANELS_PER_MICRO = 2
+COLUMNS_PER_MICRO = 6
+# Panel pairs per parallel work item (each item writes its own rows of out).
+PAIRS_PER_ITEM = 8
+# The types packed at load, where the CPU has VNNI (without it the B-column mat-vec stays).
+PANEL_TYPES = (GGMLType.Q8_0,) if HAS_VNNI else ()
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def pack_q8_0(blocks, r0, codes, scales):
+    """Rows r0 .. r0 + 16 * P - 1 of Q8_0 `blocks` (n_rows, n_blocks, 34) into panels 0 .. P - 1 of
+    codes (P, K * 16) uint8 and scales (P, n_blocks * 16) uint16 (module docstring); rows past
+    the matrix's end become zero. One panel per work item."""
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * Q8_0_BLOCK_BYTES)
+    for p in prange(codes.shape[0]):
+        for j in range(ROWS_PER_PANEL):
+            r = r0 + ROWS_PER_PANEL * p + j
+            if r >= n_rows:
+                for k4 in range(codes.shape[1] // 64):
+                    for i in range(4):
+                        codes[p, 64 * k4 + 4 * j + i] = 0
+                for b in range(n_blocks):
+                    scales[p, ROWS_PER_PANEL * b + j] = 0
+                continue
+            for b in range(n_blocks):
+                store_block_codes(flat[r], b, "q8_0", codes, p, j)
+                scales[p, ROWS_PER_PANEL * b + j] = np.uint16(blocks[r, b, 0]) | (np.uint16(blocks[r, b, 1]) << 8)
+
+
+@intrinsic
+def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks):
+    """out[t0 + i, col0 + 16 j + l] = row 16 (p0 + j) + l . column t0 + i (the module docstring's
+    sum over all n_blocks blocks) for i < n_t (1..6), j < n_p (1 or 2), l < 16; n_t, n_p literals."""
+    if not all(isinstance(a, types.IntegerLiteral) for a in (n_t, n_p)):
+        return None
+    n_col, n_pan = n_t.literal_value, n_p.literal_value
+    sig = types.void(xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks)
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        xq_v, xd_v, xi_v, _, _, codes_v, sc_v, _, _, out_v = args[:10]
+        v16f, v16i, v64i8, v16h = vector(F32, 16), vector(I32, 16), vector(I8, 64), vector(F16, 16)
+        t0_, p0_, col0_, nb = (as_i64(context, builder, args[k], tys[k]) for k in (3, 7, 10, 11))
+        ts = [builder.add(t0_, i64(i)) for i in range(n_col)]
+        ps = [builder.add(p0_, i64(j)) for j in range(n_pan)]
+        xq_rows = [builder.bitcast(row_ptr(context, builder, tys[0], xq_v, t), I8.as_pointer()) for t in ts]
+        xd_rows = [row_ptr(context, builder, tys[1], xd_v, t) for t in ts]
+        xi_rows = [row_ptr(context, builder, tys[2], xi_v, t) for t in ts]
+        code_rows = [builder.bitcast(row_ptr(context, builder, tys[5], codes_v, p), I8.as_pointer()) for p in ps]
+        sc_rows = [builder.bitcast(row_ptr(context, builder, tys[6], sc_v, p), I16.as_pointer()) for p in ps]
+
+        def block(b, accs):
+            k = builder.shl(b, i64(5))           # first weight of the block
+            w_at = builder.shl(b, i64(9))        # its byte in a panel: 64 * 32 / 4 per block
+            iaccs = [splat(builder, builder.load(builder.gep(xi_rows[i], [b])), 16) for i in range(n_col)]
+            iaccs = [[v] * n_pan for v in iaccs]
+            for g in range(Q8_0_BLOCK // 4):
+                w = [load_at(builder, code_rows[j], builder.add(w_at, i64(64 * g)), v64i8) for j in range(n_pan)]
+                for i in range(n_col):
+                    xb = builder.bitcast(splat(builder, load_at(builder, xq_rows[i], builder.add(k, i64(4 * g)), I32),
+                                               16), v64i8)
+                    iaccs[i] = [dot_u8_s8(builder, iaccs[i][j], w[j], xb) for j in range(n_pan)]
+            d_w = [builder.fpext(builder.bitcast(load_at(builder, sc_rows[j], builder.shl(b, i64(4)), vector(I16, 16)),
+                                                 v16h), v16f) for j in range(n_pan)]
+            new = []
+            for i in range(n_col):
+                d_x = splat(builder, builder.load(builder.gep(xd_rows[i], [b])), 16)
+                for j in range(n_pan):
+                    new.append(call_fma(builder, builder.sitofp(iaccs[i][j], v16f), builder.fmul(d_w[j], d_x),
+                                        accs[n_pan * i + j]))
+            return new
+
+        finals = carried_loop(builder, "panel_q8_0", nb, [ir.Constant(v16f, [0.0] * 16)] * (n_col * n_pan), block)
+        for i in range(n_col):
+            row = row_ptr(context, builder, tys[9], out_v, ts[i])
+            for j in range(n_pan):
+                p = builder.gep(row, [builder.add(col0_, i64(ROWS_PER_PANEL * j))])
+                builder.store(finals[n_pan * i + j], builder.bitcast(p, v16f.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p0, out, col0, n_blocks):
+    """`panel_micro` over panels p0, p0 + 1 for columns t0 .. t0 + n_t - 1 (n_t 1..6 at run time:
+    the literal the intrinsic wants chosen here)."""
+    if n_t == 6:
+        panel_micro(xq, xd, xinit, t0, 6, codes, scales, p0, 2, out, col0, n_blocks)
+    elif n_t == 5:
+        panel_micro(xq, xd, xinit, t0, 5, codes, scales, p0, 2, out, col0, n_blocks)
+    elif n_t == 4:
+        panel_micro(xq, xd, xinit, t0, 4, codes, scales, p0, 2, out, col0, n_blocks)
+    elif n_t == 3:
+        panel_micro(xq, xd, xinit, t0, 3, codes, scales, p0, 2, out, col0, n_blocks)
+    elif n_t == 2:
+        panel_micro(xq, xd, xinit, t0, 2, codes, scales, p0, 2, out, col0, n_blocks)
+    else:
+        panel_micro(xq, xd, xinit, t0, 1, codes, scales, p0, 2, out, col0, n_blocks)
+
+
+@njit(inline="always")
+def _one_panel(xq, xd, xinit, t0, n_t, codes, scales, p0, out, col0, n_blocks):
+    """`_columns_micro` for a lone last panel (an odd panel count)."""
+    if n_t == 6:
+        panel_micro(xq, xd, xinit, t0, 6, codes, scales, p0, 1, out, col0, n_blocks)
+    elif n_t == 5:
+        panel_micro(xq, xd, xinit, t0, 5, codes, scales, p0, 1, out, col0, n_blocks)
+    elif n_t == 4:
+        panel_micro(xq, xd, xinit, t0, 4, codes, scales, p0, 1, out, col0, n_blocks)
+    elif n_t == 3:
+        panel_micro(xq, xd, xinit, t0, 3, codes, scales, p0, 1, out, col0, n_blocks)
+    elif n_t == 2:
+        panel_micro(xq, xd, xinit, t0, 2, codes, scales, p0, 1, out, col0, n_blocks)
+    else:
+        panel_micro(xq, xd, xinit, t0, 1, codes, scales, p0, 1, out, col0, n_blocks)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def matvecs_q8_0_panels(codes, scales, X, out, tail):
+    """out[t, r] = row r . X[t] for X float32 (B, K), out float32 (B, n_rows), the rows in panels
+    (module docstring); `tail` float32 (B, 16): the last panel's results when n_rows is not a
+    multiple of 16. Columns in groups of 6 (the rest one smaller group), each group over a panel
+    pair's whole row before the next group."""
+    n_t, n = X.shape
+    n_rows = out.shape[1]
+    n_blocks = n // Q8_0_BLOCK
+    xq = np.empty((n_t, n), np.int8)
+    xd = np.empty((n_t, n_blocks), np.float32)
+    xinit = np.empty((n_t, n_blocks), np.int32)
+    for t in range(n_t):  # ggml's Q8_0 blocks; xinit: the offset of the unsigned codes
+        quantize_q8_0_into(X[t], xq[t], xd[t], xinit[t], n_blocks)
+        for b in range(n_blocks):
+            xinit[t, b] *= -128
+    n_panels = codes.shape[0]
+    full = n_rows // ROWS_PER_PANEL  # panels whose 16 rows are all real
+    n_pairs = n_panels // PANELS_PER_MICRO
+    n_items = (n_pairs + PAIRS_PER_ITEM - 1) // PAIRS_PER_ITEM
+    for item in prange(n_items + 1):
+        if item < n_items:
+            for pair in range(item * PAIRS_PER_ITEM, min(n_pairs, (item + 1) * PAIRS_PER_ITEM)):
+                p0 = PANELS_PER_MICRO * pair
+                for t0 in range(0, n_t, COLUMNS_PER_MICRO):
+                    if p0 + 1 < full:
+                        _columns_micro(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0, out,
+                                       ROWS_PER_PANEL * p0, n_blocks)
+                    else:  # the pair holds the partial last panel: one panel at a time
+                        _panel_or_tail(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0,
+                                       out, tail, full, n_blocks)
+                        _panel_or_tail(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0 + 1,
+                                       out, tail, full, n_blocks)
+        elif n_panels % PANELS_PER_MICRO:  # the lone last panel of an odd count
+            for t0 in range(0, n_t, COLUMNS_PER_MICRO):
+                _panel_or_tail(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, n_panels - 1,
+                               out, tail, full, n_blocks)
+    if full < n_panels:
+        for t in range(n_t):
+            for j in range(n_rows - ROWS_PER_PANEL * full):
+                out[t, ROWS_PER_PANEL * full + j] = tail[t, j]
+
+
+@njit(inline="always")
+def _panel_or_tail(xq, xd, xinit, t0, n_t, codes, scales, p, out, tail, full, n_blocks):
+    """Panel p alone: into out if its rows are all real, else (the partial last one) into tail."""
+    if p < full:
+        _one_panel(xq, xd, xinit, t0, n_t, codes, scales, p, out, ROWS_PER_PANEL * p, n_blocks)
+    else:
+        _one_panel(xq, xd, xinit, t0, n_t, codes, scales, p, tail, 0, n_blocks)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def rows_q8_0_panels(codes, scales, ids, out):
+    """out[i] = row ids[i] of the packed matrix as float32, d * q as the Q8_0 decoder gives it
+    (token embeddings looked up in a tied output matrix's panels, not in the map)."""
+    n_blocks = scales.shape[1] // ROWS_PER_PANEL
+    for i in prange(ids.shape[0]):
+        p, j = ids[i] // ROWS_PER_PANEL, ids[i] % ROWS_PER_PANEL
+        for b in range(n_blocks):
+            d = fp16_to_fp32(scales[p, ROWS_PER_PANEL * b + j])
+            for k in range(32 * b, 32 * b + 32):
+                out[i, k] = np.float32(np.int32(codes[p, 64 * (k // 4) + 4 * j + k % 4]) - 128) * d
+
+
+# Entering numba's thread pool costs more than a small matrix's product (common.serial_twin).
+matvecs_q8_0_panels_serial = serial_twin(matvecs_q8_0_panels)
