@@ -29,6 +29,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .engine.kv_cache import DEFAULT_KV_TYPE
+from .engine.prompt_activations import DEFAULT_PROMPT_ACTIVATIONS
 from .generation.chat import ChatTemplate
 from .errors import BadInputError
 from .generation import Completion, Engine, Request, SamplingParams, Scheduler
@@ -60,7 +61,8 @@ class LLM:
     def __init__(self, path: str | os.PathLike, *, threads: int | None = None,
                  ctx_size: int | None = None, batch_size: int = 512, parallel: int = 1,
                  max_queue: int | None = None, use_mmap: bool = True, mlock: bool = False,
-                 cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE):
+                 cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE,
+                 prompt_activations: str = DEFAULT_PROMPT_ACTIVATIONS):
         from .models import load_model
 
         if ctx_size is not None and ctx_size <= 0:
@@ -68,13 +70,18 @@ class LLM:
         self.path = Path(path)
         self.model = load_model(self.path, threads=threads, ctx_size=ctx_size, batch_size=batch_size,
                                 n_seq=parallel, use_mmap=use_mmap, mlock=mlock, cache_type_k=cache_type_k,
-                                cache_type_v=cache_type_v)
+                                cache_type_v=cache_type_v, prompt_activations=prompt_activations)
         self.tokenizer = Tokenizer.from_gguf(self.model.reader)
         self.scheduler = Scheduler(self.model, self.tokenizer, n_parallel=parallel, max_queue=max_queue)
         self._engine: Engine | None = None
         self._template: ChatTemplate | None = None
 
     # -- tokens --------------------------------------------------------------------------------
+
+    @property
+    def kv_memory(self) -> dict:
+        """The KV cache's types, positions per sequence, sequences and bytes (Transformer.kv_memory)."""
+        return self.model.kv_memory(self.scheduler.n_parallel)
 
     @property
     def n_ctx(self) -> int:
@@ -328,7 +335,8 @@ def _marker_texts(tok: Tokenizer) -> frozenset[str]:
 
 def load(path: str | os.PathLike | None = None, *, threads: int | None = None, ctx_size: int | None = None,
          batch_size: int = 512, parallel: int = 1, max_queue: int | None = None, use_mmap: bool = True,
-         mlock: bool = False, cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE) -> LLM:
+         mlock: bool = False, cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE,
+         prompt_activations: str = DEFAULT_PROMPT_ACTIVATIONS) -> LLM:
     """Load a GGUF model (None: the demo model, Gemma 3 270M, assembled once into the cache).
 
     ctx_size: tokens of context per sequence (default 4096, or the model's if smaller);
@@ -336,11 +344,15 @@ def load(path: str | os.PathLike | None = None, *, threads: int | None = None, c
     max_queue: requests that may wait for a slot before a submit raises QueueFullError (None: any);
     use_mmap=False: read the file into memory rather than map it (llama.cpp's --no-mmap);
     mlock: lock the model's bytes in RAM (llama.cpp's --mlock);
-    cache_type_k, cache_type_v: the KV cache's element types, "f16" (default) or "f32"."""
+    cache_type_k, cache_type_v: the KV cache's element types, "f16" (default), "f32", or llama.cpp's
+    block types "q8_0" (8.5 bits per value) and "q4_0" (4.5 bits; heads must split into blocks of 32);
+    prompt_activations: how prompts are computed, "int8-gemm" (default: llama.cpp's 8-bit
+    arithmetic on integer GEMMs, the fastest), "float" (float32, the more exact) or "int8"
+    (Transformer.set_prompt_activations)."""
     if path is None:
         from .demo import demo_model_path
 
         path = demo_model_path()
     return LLM(path, threads=threads, ctx_size=ctx_size, batch_size=batch_size, parallel=parallel,
                max_queue=max_queue, use_mmap=use_mmap, mlock=mlock, cache_type_k=cache_type_k,
-               cache_type_v=cache_type_v)
+               cache_type_v=cache_type_v, prompt_activations=prompt_activations)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_LLAMA_BENCH = "/work/scratch/llama/bin/llama-bench"
+DEFAULT_LLAMA_BENCH = "/work/scratch/llama/build/bin/llama-bench"
 CONFIGS = [("llmcli", "1"), ("llmcli", "2"), ("llmcli", None), ("llama", "1"), ("llama", "2"), ("llama", None)]
 
 
@@ -38,9 +38,22 @@ def default_model() -> str:
 
 
 def start_busy_core() -> subprocess.Popen:
-    """One process spinning on a core until stopped (its own process group)."""
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True,
+    """One process spinning on a core at our priority until stopped (its own process group): a
+    shell loop, so that scripts which renice other people's Python jobs while they measure (as
+    shared machines have) leave the load as it is; `check_priority` reports it if it was reniced anyway."""
+    return subprocess.Popen(["sh", "-c", "while :; do :; done"], start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def check_priority(proc: subprocess.Popen) -> None:
+    """Warn if the load no longer runs at our priority (the loaded figures would understate it)."""
+    try:
+        mine, its = os.getpriority(os.PRIO_PROCESS, 0), os.getpriority(os.PRIO_PROCESS, proc.pid)
+    except OSError:
+        return
+    if its != mine:
+        print(f"warning: the background load was reniced to {its} (we run at {mine}): "
+              f"the loaded phase had less load than one busy core", file=sys.stderr)
 
 
 def stop(proc: subprocess.Popen | None) -> None:
@@ -161,6 +174,8 @@ def main() -> int:
                 busy = start_busy_core()
                 time.sleep(1)
             measure(phase, args, deadline, figures)
+            if busy is not None:
+                check_priority(busy)
             stop(busy)
             busy = None
     except KeyboardInterrupt:

@@ -33,6 +33,16 @@ def test_logits_match_the_reference(llm, data_dir):
     assert np.abs(logits - reference).max() < 1e-2
 
 
+def test_prompt_activations_reach_the_model(llm):
+    # the default prompt path (integer GEMMs where the weight type has one), and the one asked for
+    assert llm.model.prompt_activations == llmcli.api.DEFAULT_PROMPT_ACTIVATIONS == "int8-gemm"
+    assert llm.model.output.gemm == "int8"
+    from tests.conftest import DATA
+
+    exact = llmcli.load(DATA / TINY, threads=1, ctx_size=128, prompt_activations="float")
+    assert exact.model.prompt_activations == "float" and exact.model.output.gemm == "float"
+
+
 def test_tokenize_and_detokenize(llm):
     ids = llm.tokenize("Once upon a time")
     assert ids[0] == 1 and llm.tokenize("Once upon a time", add_special=False) == ids[1:]

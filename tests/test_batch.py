@@ -157,3 +157,19 @@ def test_ray_options_without_ray_say_how_to_install_it(cli, tmp_path, monkeypatc
         assert res.exit_code == 1 and res.stderr.count("\n") == 1, res.stderr
         assert 'Ray is not installed: pip install "llmcli[ray]"' in res.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_cache_and_loading_options_as_run(cli, tmp_path):
+    """-ctk/-ctv, --no-mmap and --mlock are run's options (one definition): the records are what a
+    model loaded with them generates; a bad cache type is one line."""
+    src = _write_lines(tmp_path / "in.jsonl", [{"prompt": p, "max_tokens": 3} for p in PROMPTS[:2]])
+    out = tmp_path / "out.jsonl"
+    res = cli("batch", src, out, "-m", TINY, "-t", "1", "-c", "64", "--temp", "0", "-ctk", "f32", "-ctv", "f32",
+              "--no-mmap", "--mlock")
+    assert res.exit_code == 0, res.stderr
+    llm = llmcli.load(TINY, threads=1, ctx_size=64, cache_type_k="f32", cache_type_v="f32", use_mmap=False)
+    for record, prompt in zip(_records(out), PROMPTS):
+        assert record["tokens"] == llm.complete(prompt, max_tokens=3, params=SamplingParams(temp=0)).run().tokens
+    res = cli("batch", src, tmp_path / "other.jsonl", "-m", TINY, "-ctv", "q5_9")
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and "--cache-type-v" in lines[0], res.stderr

@@ -46,7 +46,9 @@ def _result(n_prompt=512, n_gen=0, threads=1, samples=(1_000_000_000, 1_100_000_
     test = BenchTest(model, n_prompt, n_gen, threads, 512, n_prompt + n_gen)
     info = ModelInfo(model, "gemma3", "gemma3 270M Q4_K - Medium", 253_000_000, 268_000_000, "MOSTLY_Q4_K_M",
                      {"Q4_K": 27, "F32": 109})
-    return BenchResult(test, info, list(samples), "2026-11-22T01:00:00Z", 400_000_000, 9_000_000, 1.5, True,
+    return BenchResult(test, info, list(samples), "2026-11-22T01:00:00Z", 400_000_000,
+                       {"type_k": "f16", "type_v": "f16", "n_ctx": 512, "n_seq": 1, "bytes_k": 4_500_000,
+                        "bytes_v": 4_500_000, "bytes_per_sequence": 9_000_000, "bytes": 9_000_000}, 1.5, True,
                        {"git_commit": "abc123", "cpu_info": "Test CPU"})
 
 

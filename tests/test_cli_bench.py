@@ -101,3 +101,29 @@ def test_batched_mode_prints_llama_batched_bench_records(cli, data_dir, shared):
 def test_batched_mode_bad_input(cli, data_dir, args, message):
     res = cli("bench", "-m", data_dir / TINY, *args)
     assert res.exit_code == 1 and message in res.stderr
+
+
+def test_depth_runs_each_test_after_that_many_cached_tokens(cli, data_dir):
+    """-d (llama-bench's --n-depth): each repetition continues a context of n_depth tokens, evaluated
+    once and copied in, untimed; the json says n_depth and the label "@ d<n>" as llama-bench's."""
+    res = cli("bench", "-m", data_dir / TINY, "-p", "4", "-n", "2", "-d", "0,8", "-r", "2", "-t", "1", "-o", "json")
+    assert res.exit_code == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [(r["test"], r["n_depth"], r["n_ctx"]) for r in rows] == [
+        ("pp4", 0, 4), ("tg2", 0, 2), ("pp4 @ d8", 8, 12), ("tg2 @ d8", 8, 10)]
+    assert all(r["kv_cache_bytes"] == r["kv_cache_bytes_k"] + r["kv_cache_bytes_v"] > 0 for r in rows)
+
+
+def test_depth_context_is_in_the_cache_the_test_continues():
+    from llmcli.bench.runner import BenchRunner
+    from llmcli.bench.spec import expand
+    from tests.conftest import DATA
+
+    runner = BenchRunner(1, warmup=False)
+    (test,) = expand([str(DATA / TINY)], [0], [3], [], [1], [512], None, depths=(6,))
+    model = runner._model(test)
+    runner._run_once(model, test)
+    _, sched, kept, ids = runner._context
+    (work,) = sched.free
+    assert kept.n_past == 6 and work.n_past == 6 + 1 + 3 - 1  # the last token generated is not evaluated
+    assert work.tokens[:6].tolist() == ids == kept.tokens.tolist()

@@ -35,7 +35,7 @@ def test_lines_are_llama_cpps_and_json_has_every_figure(cli):
             "chunk_ppl", "ppl", "ppl_error", "seconds", "compile_seconds", "tokens_per_second",
             "base_file"} <= set(out)
     assert out["n_ctx"] == 64 and out["n_chunk"] == 4 and out["n_seq"] == 4 and out["n_scored"] == 4 * 31
-    assert out["n_batch"] == 2048 and out["activations"] == "int8" and out["base_file"] is None
+    assert out["n_batch"] == 2048 and out["activations"] == "int8-gemm" and out["base_file"] is None
     assert chunk_line == "".join(f"[{i + 1}]{p:.4f}," for i, p in enumerate(out["chunk_ppl"]))
     assert final_line == f"Final estimate: PPL = {out['ppl']:.4f} +/- {out['ppl_error']:.5f}"
     assert out["tokens_per_second"] > 0
@@ -92,7 +92,7 @@ def _error(res, code: int = 1) -> str:
     (["-f", TEXT, "-c", "2"], "-c/--ctx-size must be at least 4"),
     (["-f", TEXT, "--chunks", "0"], "--chunks must be -1 (all) or at least 1"),
     (["-f", TEXT, "-b", "0"], "-b/--batch-size must be positive"),
-    (["-f", TEXT, "--activations", "half"], "--activations must be one of float, int8"),
+    (["-f", TEXT, "--activations", "half"], "--activations must be one of int8-gemm, float, int8"),
     ([], "no text: give the file to measure with -f FILE"),
     (["--kl-divergence"], "--kl-divergence needs --kl-divergence-base FILE"),
     (["--kl-divergence", "--kl-divergence-base", "missing.kld"], "missing.kld: cannot read the KL-divergence base"),

@@ -79,6 +79,7 @@ def test_demo_model_is_the_default(cli, data_dir):
     (["-f", "/nonexistent/prompt.txt"], "cannot read the prompt file"),
     (["-p", "x", "-f", "y"], "not both"),
     ([], "no prompt"),
+    (["-p", "x", "--activations", "half"], "--activations must be one of int8-gemm, float, int8"),
 ])
 def test_bad_input(cli, data_dir, args, message):
     res = cli("run", "-m", data_dir / TINY, *args)

@@ -56,9 +56,11 @@ _loaded: dict = {}
 
 
 def loaded(name: str, n_ctx: int, n_batch: int = 2048, kv: str = "f32"):
-    """A model ready for perplexity as the command line loads it (8-bit prompt activations). The KV
-    cache is f32 unless asked: the references the figures are held to within 0.2 % were made with
-    llama.cpp's float32 arithmetic (-ctk f32 -ctv f32 -fa off, or its f32-KV runs of tiny models)."""
+    """A model ready for perplexity with 8-bit prompt activations through the row-exact mat-vecs
+    (`--activations int8`: the tolerances below were measured with it; the command line's default,
+    int8-gemm, rounds the same way but sums in another order, another draw of the rounding noise).
+    The KV cache is f32 unless asked: the references the figures are held to within 0.2 % were made
+    with llama.cpp's float32 arithmetic (-ctk f32 -ctv f32 -fa off, or its f32-KV runs of tiny models)."""
     key = (name, n_ctx, min(n_batch, n_ctx), kv)
     if key not in _loaded:
         model = load_model(model_path(name), threads=2, ctx_size=n_ctx, batch_size=min(n_batch, n_ctx),
@@ -441,7 +443,9 @@ def test_int8_prompt_activations_round_like_decoding():
     Compared on the final hidden states (before the output projection): the prompt's are then
     near those of decoding token by token (measured 0.068: attention's summation order, amplified by
     this sensitive model) and away from float32 activations' (0.32)."""
-    model = load_model(REFERENCE / "kq" / "kq-Q4_K_M.gguf", threads=1, ctx_size=64, batch_size=64)
+    # float32 activations asked for (the default prompt path is the integer GEMM)
+    model = load_model(REFERENCE / "kq" / "kq-Q4_K_M.gguf", threads=1, ctx_size=64, batch_size=64,
+                       prompt_activations="float")
     ids = np.random.default_rng(6).integers(3, 1000, 48)
     float_hidden = model.hidden_states(ids)
     model.set_prompt_activations("int8")

@@ -276,3 +276,5 @@ def test_startup_failures_are_one_red_line(tmp_path):
     assert failed.returncode == 1 and "not both" in failed.stderr
     failed = _serve_fails("-m", str(TINY), "--pooling", "max")
     assert failed.returncode == 1 and "--pooling: pooling must be one of mean, cls, last" in failed.stderr
+    failed = _serve_fails("-m", str(TINY), "--activations", "half")
+    assert failed.returncode == 1 and "--activations must be one of int8-gemm, float, int8" in failed.stderr

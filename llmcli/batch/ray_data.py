@@ -28,10 +28,12 @@ from .runner import error_record, run_jobs
 class Generator:
     """A Ray Data worker: the model loaded once, then each batch of jobs run through its scheduler."""
 
-    def __init__(self, model: str, threads: int, parallel: int, ctx_size: int | None, batch_size: int):
+    def __init__(self, model: str, threads: int, parallel: int, ctx_size: int | None, batch_size: int,
+                 load_options: dict | None = None):
         from ..api import load
 
-        self.llm = load(model, threads=threads, parallel=parallel, ctx_size=ctx_size, batch_size=batch_size)
+        self.llm = load(model, threads=threads, parallel=parallel, ctx_size=ctx_size, batch_size=batch_size,
+                        **(load_options or {}))
 
     def __call__(self, batch: dict) -> dict:
         jobs = [Job.from_json(str(text)) for text in batch["job"]]
@@ -41,7 +43,8 @@ class Generator:
 
 class RayJob:
     def __init__(self, model: Path | None, *, address: str | None = None, concurrency: int | None = None,
-                 num_cpus: int = 1, parallel: int = 8, ctx_size: int | None = None, batch_size: int = 512):
+                 num_cpus: int = 1, parallel: int = 8, ctx_size: int | None = None, batch_size: int = 512,
+                 load_options: dict | None = None):
         if model is None:
             from ..demo import demo_model_path
 
@@ -49,6 +52,7 @@ class RayJob:
         self.model = str(Path(model).resolve())
         self.address, self.concurrency, self.num_cpus = address, concurrency, num_cpus
         self.parallel, self.ctx_size, self.batch_size = parallel, ctx_size, batch_size
+        self.load_options = dict(load_options or {})  # api.load's use_mmap, mlock, cache types
 
     def run(self, jobs: Iterable[Job | BadLine]) -> Iterator[dict]:
         ray = import_ray("data")
@@ -77,7 +81,8 @@ class RayJob:
         per_batch = max(1, min(8 * self.parallel, math.ceil(len(items) / workers)))
         records = ray.data.from_items(items).map_batches(
             Generator, fn_constructor_kwargs=dict(model=self.model, threads=self.num_cpus, parallel=self.parallel,
-                                                  ctx_size=self.ctx_size, batch_size=self.batch_size),
+                                                  ctx_size=self.ctx_size, batch_size=self.batch_size,
+                                                  load_options=self.load_options),
             batch_size=per_batch, batch_format="numpy", concurrency=workers, num_cpus=self.num_cpus)
         for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
             for text in batch["record"]:

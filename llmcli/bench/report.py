@@ -8,6 +8,7 @@ import io
 import json
 from typing import Any, Iterable
 
+from ..engine.kv_cache import DEFAULT_KV_TYPE
 from .results import ALL_FIELDS
 
 FORMATS = ("json", "jsonl", "csv", "md")
@@ -22,10 +23,13 @@ def human_params(n: int) -> str:
 
 
 def table_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """llama-bench's markdown columns: model, size, params, backend, threads, n_batch, test, t/s."""
-    header = ["model", "size", "params", "backend", "threads", "n_batch", "test", "t/s"]
+    """llama-bench's markdown columns: model, size, params, backend, threads, n_batch, (type_k,
+    type_v: as llama-bench, only when a KV cache type is not the default), test, t/s."""
+    kv = [k for k in ("type_k", "type_v") if any(r.get(k, DEFAULT_KV_TYPE) != DEFAULT_KV_TYPE for r in rows)]
+    header = ["model", "size", "params", "backend", "threads", "n_batch", *kv, "test", "t/s"]
     body = [[r["model_type"], human_size(r["model_size"]), human_params(r["model_n_params"]), r["backends"],
-             str(r["n_threads"]), str(r["n_batch"]), r["test"], f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"]
+             str(r["n_threads"]), str(r["n_batch"]), *(r[k] for k in kv), r["test"],
+             f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"]
             for r in rows]
     return header, body
 

@@ -17,7 +17,7 @@ LLAMA_BENCH_FIELDS = [
 ]
 LLMCLI_FIELDS = [
     "test", "n_ctx", "model_arch", "model_file_type", "model_type_mix", "peak_rss_bytes",
-    "kv_cache_bytes", "compile_s", "warmup", "llmcli_version", "python_version", "numpy_version",
+    "kv_cache_bytes", "kv_cache_bytes_k", "kv_cache_bytes_v", "compile_s", "warmup", "llmcli_version", "python_version", "numpy_version",
     "numba_version", "cpu_flags", "threads_auto", "threading_layer",
 ]
 ARRAY_FIELDS = ["samples_ns", "samples_ts"]
@@ -42,7 +42,7 @@ class BenchResult:
     samples_ns: list[int]
     test_time: str
     peak_rss_bytes: int
-    kv_cache_bytes: int
+    kv_cache: dict  # Transformer.kv_memory(): one sequence's keys and values, of the test's types
     compile_s: float
     warmup: bool
     environment: dict[str, Any] = field(default_factory=dict)
@@ -82,14 +82,14 @@ class BenchResult:
             "n_batch": t.n_batch,
             "n_ubatch": t.n_batch,
             "n_threads": t.n_threads,
-            "type_k": "f32",
-            "type_v": "f32",
+            "type_k": t.type_k,
+            "type_v": t.type_v,
             "n_gpu_layers": 0,
             "use_mmap": True,
             "embeddings": False,
             "n_prompt": t.n_prompt,
             "n_gen": t.n_gen,
-            "n_depth": 0,
+            "n_depth": t.n_depth,
             "test_time": self.test_time,
             "avg_ns": int(statistics.fmean(ns)),
             "stddev_ns": int(statistics.stdev(ns)) if len(ns) > 1 else 0,
@@ -97,13 +97,13 @@ class BenchResult:
             "stddev_ts": self.stddev_ts,
             "test": t.name,
             "n_ctx": t.n_ctx,
-            "type_k": t.type_k,
-            "type_v": t.type_v,
             "model_arch": self.model.arch,
             "model_file_type": self.model.file_type,
             "model_type_mix": dict(self.model.type_mix),
             "peak_rss_bytes": self.peak_rss_bytes,
-            "kv_cache_bytes": self.kv_cache_bytes,
+            "kv_cache_bytes": self.kv_cache["bytes_per_sequence"],
+            "kv_cache_bytes_k": self.kv_cache["bytes_k"],
+            "kv_cache_bytes_v": self.kv_cache["bytes_v"],
             "compile_s": round(self.compile_s, 3),
             "warmup": self.warmup,
             "llmcli_version": env.get("llmcli_version", ""),

@@ -1,7 +1,7 @@
 """Time prompt processing and generation on the engine, as llama-bench does.
 
 Per test: load the model (once per model/threads/batch/context), optionally warm up, then `repetitions`
-times on a fresh sequence: process `n_prompt` synthetic token ids in batches (logits of the last
+times on a fresh sequence (or, with a depth, one holding that many tokens already): process `n_prompt` synthetic token ids in batches (logits of the last
 position only), then generate `n_gen` tokens one at a time, greedily - through the generation
 layer's scheduler, the loop `run` and the server use. Tokenization is not timed: ids are random, like
 llama-bench's. The first-ever call of each kernel pays numba's compilation; it is measured apart
@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..engine.prompt_activations import DEFAULT_PROMPT_ACTIVATIONS
 from ..engine.threads import threading_layer
 from ..generation import Request, SamplingParams, Scheduler
 from ..gguf.constants import FILE_TYPE_DESCRIPTIONS, FileType
@@ -57,7 +58,8 @@ class BenchRunner:
     """Runs tests, reusing a loaded model while model, threads, batch size and context stay the same."""
 
     def __init__(self, repetitions: int, warmup: bool, seed: int = 1234,
-                 progress: Callable[[str], None] | None = None, prompt_activations: str = "float"):
+                 progress: Callable[[str], None] | None = None,
+                 prompt_activations: str = DEFAULT_PROMPT_ACTIVATIONS):
         self.repetitions = repetitions
         self.prompt_activations = prompt_activations  # Transformer.set_prompt_activations
         self.warmup = warmup
@@ -65,15 +67,15 @@ class BenchRunner:
         self.progress = progress or (lambda message: None)
         self._loaded: _Loaded | None = None
         self._compiled: set[tuple] = set()
+        self._context = None  # (key, scheduler, slot, ids) of the last depth evaluated (`_depth`)
 
     def _model(self, test: BenchTest):
         key = (test.model, test.n_threads, test.auto_threads, test.n_batch, test.n_ctx, test.type_k, test.type_v)
         if self._loaded is None or self._loaded.key != key:
-            self._loaded = None  # release the previous model's buffers first
+            self._loaded = self._context = None  # release the previous model's buffers first
             model = load_model(test.model, threads=None if test.auto_threads else test.n_threads,
                                ctx_size=test.n_ctx, cache_type_k=test.type_k, cache_type_v=test.type_v,
-                               batch_size=test.n_batch)
-            model.set_prompt_activations(self.prompt_activations)
+                               batch_size=test.n_batch, prompt_activations=self.prompt_activations)
             self._loaded = _Loaded(key, model)
         return self._loaded.model
 
@@ -84,17 +86,36 @@ class BenchRunner:
     def _random_ids(self, model, n: int) -> np.ndarray:
         return self.rng.integers(0, model.hp.n_vocab, size=n, dtype=np.int64)
 
+    def _depth(self, model, test: BenchTest) -> tuple[Scheduler, list[int]]:
+        """A scheduler whose one free slot holds a context of test.n_depth random tokens, and those
+        tokens. As llama-bench's -d: the context is evaluated once per test (in batches, untimed)
+        and each repetition starts from a copy of it, in a slot of the same cache kept out of the
+        scheduler's reach."""
+        if self._context is None or self._context[0] != (id(model), test.n_depth):
+            sched = Scheduler(model, n_parallel=2)
+            kept = sched.free.pop()
+            ids = self._random_ids(model, test.n_depth)
+            model.forward(kept, ids, 0)
+            self._context = ((id(model), test.n_depth), sched, kept, ids.tolist())
+        _, sched, kept, ids = self._context
+        sched.free[0].copy_from(kept)
+        return sched, ids
+
     def _run_once(self, model, test: BenchTest) -> int:
         """One timed repetition; returns nanoseconds. Forwards: the prompt's batches, then n_gen
-        single tokens (a tg test starts from one random token, as llama-bench's)."""
+        single tokens (a tg test starts from one random token, as llama-bench's), after a context
+        of n_depth tokens (`_depth`) that the prompt continues."""
         if test.n_prompt:
             prompt = self._random_ids(model, test.n_prompt).tolist()
             max_tokens = test.n_gen + 1 if test.n_gen else 0  # the first comes from the prompt's logits
         else:
             prompt, max_tokens = self._random_ids(model, 1).tolist(), test.n_gen
-        sched = Scheduler(model)
-        seq = sched.new_sequence(Request(prompt, max_tokens=max_tokens, params=SamplingParams(temp=0.0),
-                                         stop_ids=frozenset(), cache_prompt=False))
+        if test.n_depth:
+            sched, context = self._depth(model, test)
+        else:
+            sched, context = Scheduler(model), []
+        seq = sched.new_sequence(Request(context + prompt, max_tokens=max_tokens, params=SamplingParams(temp=0.0),
+                                         stop_ids=frozenset(), cache_prompt=bool(context)))
         start = time.perf_counter_ns()
         sched.submit(seq)
         sched.run_until(seq)
@@ -131,7 +152,7 @@ class BenchRunner:
                 samples_ns=samples,
                 test_time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 peak_rss_bytes=self.peak_rss(),
-                kv_cache_bytes=model.kv_bytes_per_sequence(),
+                kv_cache=model.kv_memory(),
                 compile_s=compile_s,
                 warmup=self.warmup,
                 environment=env,

@@ -11,7 +11,8 @@ from ..errors import BadInputError
 
 @dataclass(frozen=True)
 class BenchTest:
-    """One measured configuration. `n_prompt` tokens are processed, then `n_gen` generated."""
+    """One measured configuration. `n_prompt` tokens are processed, then `n_gen` generated, after
+    `n_depth` tokens already in the KV cache (llama-bench's -d: evaluated before, not timed)."""
 
     model: str
     n_prompt: int
@@ -24,15 +25,18 @@ class BenchTest:
     auto_threads: bool = False
     type_k: str = DEFAULT_KV_TYPE  # KV cache element types (llama-bench's -ctk / -ctv)
     type_v: str = DEFAULT_KV_TYPE
+    n_depth: int = 0
 
     @property
     def name(self) -> str:
-        """llama-bench's test label: pp512, tg128, pp512+tg128."""
+        """llama-bench's test label: pp512, tg128, pp512+tg128, and " @ d4096" at a depth."""
         if self.n_gen == 0:
-            return f"pp{self.n_prompt}"
-        if self.n_prompt == 0:
-            return f"tg{self.n_gen}"
-        return f"pp{self.n_prompt}+tg{self.n_gen}"
+            name = f"pp{self.n_prompt}"
+        elif self.n_prompt == 0:
+            name = f"tg{self.n_gen}"
+        else:
+            name = f"pp{self.n_prompt}+tg{self.n_gen}"
+        return name + (f" @ d{self.n_depth}" if self.n_depth else "")
 
     @property
     def key(self) -> tuple:
@@ -74,23 +78,25 @@ def parse_pg(text: str) -> tuple[int, int]:
 
 def expand(models: list[str], prompts: list[int], gens: list[int], pgs: list[tuple[int, int]],
            threads: list[int] | None, batches: list[int], n_ctx: int | None, type_k: str = DEFAULT_KV_TYPE,
-           type_v: str = DEFAULT_KV_TYPE) -> list[BenchTest]:
-    """Every combination, in llama-bench's order: per model and configuration, pp tests, tg tests, pg
-    tests. threads None: the engine's default (`auto_threads`, up to `default_threads()`)."""
+           type_v: str = DEFAULT_KV_TYPE, depths: tuple[int, ...] = (0,)) -> list[BenchTest]:
+    """Every combination, in llama-bench's order: per model and configuration (depth innermost),
+    pp tests, tg tests, pg tests. threads None: the engine's default (`auto_threads`, up to
+    `default_threads()`)."""
     auto = threads is None
     if auto:
         from ..engine.matmul import default_threads
 
         threads = [default_threads()]
     tests = []
-    for model, n_threads, n_batch in itertools.product(models, threads, batches):
+    for model, n_threads, n_batch, n_depth in itertools.product(models, threads, batches, depths):
         shapes = [(p, 0) for p in prompts if p > 0] + [(0, g) for g in gens if g > 0] + list(pgs)
         for n_prompt, n_gen in shapes:
-            ctx = n_ctx if n_ctx is not None else n_prompt + n_gen
-            if n_prompt + n_gen > ctx:
-                raise BadInputError(f"test pp{n_prompt}+tg{n_gen} needs a context of {n_prompt + n_gen} "
+            need = n_depth + n_prompt + n_gen
+            ctx = n_ctx if n_ctx is not None else need
+            if need > ctx:
+                raise BadInputError(f"test pp{n_prompt}+tg{n_gen} at depth {n_depth} needs a context of {need} "
                                     f"tokens; --ctx-size is {ctx}")
-            tests.append(BenchTest(model, n_prompt, n_gen, n_threads, n_batch, ctx, auto, type_k, type_v))
+            tests.append(BenchTest(model, n_prompt, n_gen, n_threads, n_batch, ctx, auto, type_k, type_v, n_depth))
     if not tests:
         raise BadInputError("nothing to measure: every -p and -n is 0 and no -pg was given")
     return tests

@@ -13,8 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import BadInputError
 from ..generation.sampling import SamplingParams
 from .app import app, err_console
-from .run_cmd import (BATCH_SIZE, CTX_SIZE, MODEL, MIN_P, REPEAT_LAST_N, REPEAT_PENALTY, SEED, STOP, TEMP, THREADS,
-                      TOP_K, TOP_P, _check_n_predict, _load)
+from .run_cmd import (BATCH_SIZE, CACHE_TYPE_K, CACHE_TYPE_V, CTX_SIZE, MLOCK, MODEL, MIN_P, NO_MMAP, REPEAT_LAST_N,
+                      REPEAT_PENALTY, SEED, STOP, TEMP, THREADS, TOP_K, TOP_P, _check_n_predict, _load)
 
 RAY_HELP = "On a Ray cluster (pip install \"llmcli[ray]\")"
 # `--ray` and `--ray-address`, shared with `llmcli serve`
@@ -94,6 +94,10 @@ def batch(
     ctx_size: int = CTX_SIZE,
     threads: int = THREADS,
     batch_size: int = BATCH_SIZE,
+    no_mmap: bool = NO_MMAP,
+    mlock: bool = MLOCK,
+    cache_type_k: str = CACHE_TYPE_K,
+    cache_type_v: str = CACHE_TYPE_V,
     temp: float = TEMP,
     top_k: int = TOP_K,
     top_p: float = TOP_P,
@@ -145,12 +149,15 @@ def batch(
     try:
         if ray:
             runner = RayJob(model, address=ray_address, concurrency=concurrency, num_cpus=num_cpus or threads or 1,
-                            parallel=parallel, ctx_size=ctx_size, batch_size=batch_size)
+                            parallel=parallel, ctx_size=ctx_size, batch_size=batch_size,
+                            load_options=dict(use_mmap=not no_mmap, mlock=mlock, cache_type_k=cache_type_k,
+                                              cache_type_v=cache_type_v))
             records = runner.run(jobs)
         else:
             from ..batch import run_jobs
 
-            llm = _load(model, threads, ctx_size, batch_size, parallel=parallel)
+            llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v,
+                        parallel=parallel)
             records = run_jobs(llm, jobs)
         tally = _Tally(total, skipped)
         with tally.running():

@@ -14,7 +14,7 @@ from ..bench.runner import BenchRunner
 from ..bench.spec import expand, parse_int_list, parse_pg
 from ..errors import BadInputError
 from .app import app, err_console, out_console
-from .run_cmd import CACHE_TYPE_K, CACHE_TYPE_V
+from .run_cmd import ACTIVATIONS, CACHE_TYPE_K, CACHE_TYPE_V, check_activations
 
 BATCHED_HELP = "Batched decoding (llama-batched-bench)"
 BATCHED_COLUMNS = (("PP", "pp", "d"), ("TG", "tg", "d"), ("B", "pl", "d"), ("N_KV", "n_kv", "d"),
@@ -82,6 +82,8 @@ def bench(
     n_prompt: str = typer.Option("512", "-p", "--n-prompt", help="Prompt lengths to process (comma list; 0 = none)."),
     n_gen: str = typer.Option("128", "-n", "--n-gen", help="Token counts to generate (comma list; 0 = none)."),
     pg: list[str] = typer.Option([], "-pg", help="PROMPT,GEN: a prompt then generation, timed together (repeatable)."),
+    n_depth: str = typer.Option("0", "-d", "--n-depth", help="Tokens already in the KV cache when each test starts "
+                                                       "(comma list; evaluated before, not timed: llama-bench's -d)."),
     repetitions: int = typer.Option(5, "-r", "--repetitions", help="Timed repetitions per test."),
     threads: str = typer.Option("", "-t", "--threads", help="Thread counts (comma list; default: the engine's default, adaptive up to the physical cores)."),
     batch_size: str = typer.Option("512", "-b", "--batch-size", help="Prompt batch sizes (comma list)."),
@@ -89,10 +91,7 @@ def bench(
     cache_type_k: str = CACHE_TYPE_K,
     cache_type_v: str = CACHE_TYPE_V,
     no_warmup: bool = typer.Option(False, "--no-warmup", help="Skip the untimed warm-up run."),
-    activations: str = typer.Option("float", "--activations",
-                                    help="How prompts treat activations: float (float32 GEMMs, the default), "
-                                         "int8 (8-bit, mat-vec arithmetic) or int8-gemm (8-bit, integer GEMMs: "
-                                         "llama.cpp's arithmetic, the fastest)."),
+    activations: str = ACTIVATIONS,
     output: str = typer.Option("table", "-o", "--output", help="table, json, jsonl, csv or md."),
     as_json: bool = typer.Option(False, "--json", help="Same as -o json."),
     base: Path = typer.Option(None, "--compare", help="Base results (json/jsonl) to compare against."),
@@ -113,11 +112,7 @@ def bench(
         raise BadInputError(f"-o: unknown format '{fmt}' (choose table, {', '.join(FORMATS)})")
     if repetitions < 1:
         raise BadInputError(f"-r: need at least 1 repetition, got {repetitions}")
-    from ..models.transformer import Transformer
-
-    if activations not in Transformer.PROMPT_ACTIVATIONS:
-        raise BadInputError(f"--activations must be one of {', '.join(Transformer.PROMPT_ACTIVATIONS)}, "
-                            f"got {activations!r}")
+    check_activations(activations)
     for m in model:
         if not m.is_file():
             raise BadInputError(f"{m}: no such model file")
@@ -136,7 +131,7 @@ def bench(
     thread_list = parse_int_list(threads, "-t", minimum=1) if threads else None  # None: the default
     tests = expand([str(m) for m in model], parse_int_list(n_prompt, "-p"), parse_int_list(n_gen, "-n"),
                    [parse_pg(x) for x in pg], thread_list, parse_int_list(batch_size, "-b", minimum=1), ctx_size,
-                   cache_type_k.lower(), cache_type_v.lower())
+                   cache_type_k.lower(), cache_type_v.lower(), tuple(parse_int_list(n_depth, "-d")))
 
     runner = BenchRunner(repetitions, warmup=not no_warmup,
                          progress=lambda msg: err_console.print(f"[dim]{msg}[/]", highlight=False),
@@ -159,7 +154,8 @@ def bench(
         out_console.print(table)
         last = rows[-1]
         out_console.print(f"peak RSS {last['peak_rss_bytes'] / 2**20:.1f} MiB, KV cache "
-                          f"{last['kv_cache_bytes'] / 2**20:.1f} MiB, first-run compile "
+                          f"{last['kv_cache_bytes'] / 2**20:.1f} MiB (K {last['type_k']}, V {last['type_v']}, "
+                          f"{last['n_ctx']} positions), first-run compile "
                           f"{sum(r['compile_s'] for r in rows):.2f} s, {last['cpu_info']}")
     else:
         sys.stdout.write(render(rows, fmt))

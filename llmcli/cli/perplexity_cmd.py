@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import BadInputError
 from .app import app, err_console
-from .run_cmd import CACHE_TYPE_K, CACHE_TYPE_V
+from .run_cmd import ACTIVATIONS, CACHE_TYPE_K, CACHE_TYPE_V, check_activations
 
 QUALITY_HELP = "KL divergence against a base model"
 KLD_HEADER = ("chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence"
@@ -152,8 +152,7 @@ def _load(model_path: Path | None, threads: int | None, n_ctx: int, n_batch: int
     with _loading_status(f"loading {model_path.name}"):
         model = load_model(model_path, threads=threads, ctx_size=n_ctx, batch_size=min(n_batch, n_ctx),
                            n_seq=chunks_per_pass(n_ctx, n_batch), cache_type_k=cache_types[0],
-                           cache_type_v=cache_types[1])
-    model.set_prompt_activations(activations)
+                           cache_type_v=cache_types[1], prompt_activations=activations)
     return model, Tokenizer.from_gguf(model.reader)
 
 
@@ -179,10 +178,7 @@ def perplexity(
                                   "log-probabilities), or read with --kl-divergence.", rich_help_panel=QUALITY_HELP),
     kld: bool = typer.Option(False, "--kl-divergence", help="Compare the model with the base file's log-probabilities.",
                              rich_help_panel=QUALITY_HELP),
-    activations: str = typer.Option("int8", "--activations",
-                                    help="int8: round activations to 8 bits for quantized weights, as llama.cpp "
-                                         "does (its figures); int8-gemm: the same on integer GEMMs (~3x faster); "
-                                         "float: float32 (faster, the more exact)."),
+    activations: str = ACTIVATIONS,
     cache_type_k: str = CACHE_TYPE_K,
     cache_type_v: str = CACHE_TYPE_V,
     force: bool = typer.Option(False, "--force", help="Replace an existing --kl-divergence-base file."),
@@ -190,11 +186,7 @@ def perplexity(
 ) -> None:
     """Perplexity of a model over a text, as llama.cpp's llama-perplexity computes it; with
     --kl-divergence-base, also save the log-probabilities a --kl-divergence run compares against."""
-    from ..models.transformer import Transformer
-
-    if activations not in Transformer.PROMPT_ACTIVATIONS:
-        raise BadInputError(f"--activations must be one of {', '.join(Transformer.PROMPT_ACTIVATIONS)}, "
-                            f"got {activations!r}")
+    check_activations(activations)
     if batch_size < 1:
         raise BadInputError(f"-b/--batch-size must be positive, got {batch_size}")
     if chunks == 0 or chunks < -1:

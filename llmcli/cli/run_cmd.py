@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from ..engine.kv_cache import DEFAULT_KV_TYPE, KV_TYPES
+from ..engine.prompt_activations import DEFAULT_PROMPT_ACTIVATIONS, check_prompt_activations
 from ..errors import BadInputError
 from ..generation.sampling import SamplingParams
 from .app import app, err_console
@@ -27,7 +28,14 @@ NO_MMAP = typer.Option(False, "--no-mmap", help="Read the model into memory inst
 MLOCK = typer.Option(False, "--mlock", help="Lock the model in RAM so it is never paged out (llama.cpp's --mlock).")
 CACHE_TYPE_K = typer.Option(DEFAULT_KV_TYPE, "-ctk", "--cache-type-k", help=f"KV cache type for keys: {', '.join(KV_TYPES)}.")
 CACHE_TYPE_V = typer.Option(DEFAULT_KV_TYPE, "-ctv", "--cache-type-v", help=f"KV cache type for values: {', '.join(KV_TYPES)}.")
+ACTIVATIONS = typer.Option(DEFAULT_PROMPT_ACTIVATIONS, "--activations",
+                          help="How prompts treat activations: int8-gemm (8-bit, integer GEMMs: llama.cpp's "
+                               "arithmetic, the fastest; float32 GEMMs for weight types without one), float "
+                               "(float32 GEMMs: the more exact) or int8 (8-bit, mat-vec arithmetic: row-exact, "
+                               "the slowest).")
 SYSTEM = typer.Option(None, "--system", help="System message for the chat.")
+VERBOSE = typer.Option(False, "-v", help="Print what the model holds in memory (the KV cache: types, bytes, "
+                                         "per sequence) after loading it.")
 TEMP = typer.Option(_DEFAULTS.temp, "--temp", help="Temperature; 0 = greedy.", rich_help_panel=SAMPLING_HELP)
 TOP_K = typer.Option(_DEFAULTS.top_k, "--top-k", help="Keep the k best tokens (0 = off).", rich_help_panel=SAMPLING_HELP)
 TOP_P = typer.Option(_DEFAULTS.top_p, "--top-p", help="Nucleus mass (1 = off).", rich_help_panel=SAMPLING_HELP)
@@ -139,11 +147,17 @@ def _print_timings(completion) -> None:
         + "[/]", highlight=False, soft_wrap=True)
 
 
+def check_activations(activations: str) -> None:
+    """--activations names one of the prompt-activation modes (engine/prompt_activations.py)."""
+    check_prompt_activations(activations, "--activations")
+
+
 def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_size: int, no_mmap: bool = False,
           mlock: bool = False, cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE,
-          parallel: int = 1):
+          parallel: int = 1, activations: str = DEFAULT_PROMPT_ACTIVATIONS):
     from ..api import load
 
+    check_activations(activations)
     if batch_size <= 0:
         raise BadInputError(f"--batch-size must be positive, got {batch_size}")
     if threads is not None and threads <= 0:
@@ -151,7 +165,17 @@ def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_s
     name = model.name if model else "the demo model (Gemma 3 270M)"
     with _loading_status(f"loading {name}"):
         return load(model, threads=threads, ctx_size=ctx_size, batch_size=batch_size, use_mmap=not no_mmap,
-                    mlock=mlock, cache_type_k=cache_type_k, cache_type_v=cache_type_v, parallel=parallel)
+                    mlock=mlock, cache_type_k=cache_type_k, cache_type_v=cache_type_v, parallel=parallel,
+                    prompt_activations=activations)
+
+
+def _print_memory(llm) -> None:
+    """`-v`: the KV cache's memory, as llama.cpp's llama_kv_cache line gives it."""
+    kv = llm.kv_memory
+    err_console.print(
+        f"[dim]KV cache: {kv['bytes'] / 2**20:.2f} MiB ({kv['n_seq']} sequence(s) x {kv['n_ctx']} positions, "
+        f"{kv['bytes_per_sequence'] / 2**20:.2f} MiB each), K ({kv['type_k']}): {kv['bytes_k'] / 2**20:.2f} MiB, "
+        f"V ({kv['type_v']}): {kv['bytes_v'] / 2**20:.2f} MiB per sequence[/]", highlight=False, soft_wrap=True)
 
 
 def _stream(completion, as_json: bool) -> None:
@@ -219,6 +243,8 @@ def run(
     mlock: bool = MLOCK,
     cache_type_k: str = CACHE_TYPE_K,
     cache_type_v: str = CACHE_TYPE_V,
+    activations: str = ACTIVATIONS,
+    verbose: bool = VERBOSE,
     temp: float = TEMP,
     top_k: int = TOP_K,
     top_p: float = TOP_P,
@@ -244,12 +270,18 @@ def run(
     if chat:
         if as_json:
             raise BadInputError("--json does not apply to --chat")
-        llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v)
+        llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v,
+                    activations=activations)
+        if verbose:
+            _print_memory(llm)
         _chat_loop(llm, params, n_predict, stop, system, text, constraint)
         return
     if text is None:
         raise BadInputError("no prompt: give one with -p TEXT or -f FILE (or use --chat)")
-    llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v)
+    llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v,
+                    activations=activations)
+    if verbose:
+        _print_memory(llm)
     completion = llm.complete(text, max_tokens=n_predict, params=params, stop=stop,
                               parse_special=not no_parse_special, ignore_eos=ignore_eos, grammar=constraint)
     _stream(completion, as_json)
@@ -287,6 +319,8 @@ def chat_command(
     mlock: bool = MLOCK,
     cache_type_k: str = CACHE_TYPE_K,
     cache_type_v: str = CACHE_TYPE_V,
+    activations: str = ACTIVATIONS,
+    verbose: bool = VERBOSE,
     temp: float = TEMP,
     top_k: int = TOP_K,
     top_p: float = TOP_P,
@@ -298,5 +332,8 @@ def chat_command(
     """Chat with a model (same as `llmcli run --chat`)."""
     params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed).validate()
     _check_n_predict(n_predict)
-    llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v)
+    llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v,
+                    activations=activations)
+    if verbose:
+        _print_memory(llm)
     _chat_loop(llm, params, n_predict, stop, system, None)

@@ -9,7 +9,8 @@ import typer
 from ..errors import BadInputError, LlmcliError
 from .app import app
 from .batch_cmd import RAY, RAY_ADDRESS, RAY_HELP
-from .run_cmd import BATCH_SIZE, CACHE_TYPE_K, CACHE_TYPE_V, CTX_SIZE, MLOCK, MODEL, NO_MMAP, THREADS
+from .run_cmd import (ACTIVATIONS, BATCH_SIZE, CACHE_TYPE_K, CACHE_TYPE_V, CTX_SIZE, MLOCK, MODEL, NO_MMAP, THREADS,
+                      check_activations)
 
 
 def _api_keys(key: str | None, key_file: Path | None) -> frozenset[str]:
@@ -46,6 +47,7 @@ def serve(
     mlock: bool = MLOCK,
     cache_type_k: str = CACHE_TYPE_K,
     cache_type_v: str = CACHE_TYPE_V,
+    activations: str = ACTIVATIONS,
     alias: str = typer.Option(None, "--alias", help="Model name clients see (default: the file name)."),
     api_key: str = typer.Option(None, "--api-key", help="Require this key (Authorization: Bearer KEY)."),
     api_key_file: Path = typer.Option(None, "--api-key-file",
@@ -80,6 +82,7 @@ def serve(
         raise BadInputError(f"--threads must be positive, got {threads}")
     if ctx_size is not None and ctx_size <= 0:
         raise BadInputError(f"--ctx-size must be positive, got {ctx_size}")
+    check_activations(activations)
     if not timeout > 0:
         raise BadInputError(f"--timeout must be positive, got {timeout}")
     if max_queue is not None and max_queue < 0:
@@ -96,7 +99,8 @@ def serve(
     origins = tuple(o.strip() for item in cors_origins for o in item.split(",") if o.strip())
     config = ServerConfig(model=model, host=host, port=port, parallel=parallel, ctx_size=ctx_size,
                           threads=threads, batch_size=batch_size, use_mmap=not no_mmap, mlock=mlock,
-                          cache_type_k=cache_type_k, cache_type_v=cache_type_v, alias=alias,
+                          cache_type_k=cache_type_k, cache_type_v=cache_type_v, prompt_activations=activations,
+                          alias=alias,
                           api_keys=_api_keys(api_key, api_key_file), cors_origins=origins, timeout=timeout,
                           max_queue=max_queue, pooling=pooling)
     if ray:

@@ -15,8 +15,10 @@ Mat-muls of GEMM_MIN_TOKENS+ tokens (prompt processing) are GEMMs, float32 unles
 `gemm="int8"`: then the integer GEMM where the weight type has one (Q4_K, Q5_K, Q6_K, Q8_0, Q4_0,
 Q5_0; kernels/gemm_int8.py: the mat-vecs' 8-bit activations and integer sums, `vpdpbusd` over weight
 tiles decoded once per call to 8-bit codes), llama.cpp's arithmetic at ~2x the float32 GEMM's speed
-here. Float32 is the default because it is the more exact (Transformer.set_prompt_activations
-chooses for a model's prompts).
+here. Models compute prompts with the integer GEMM by default and with the float32 one on request
+or where the weight type has no integer GEMM (engine/prompt_activations.py,
+Transformer.set_prompt_activations); `matmul`'s own `gemm` stays "float" unless asked, the exact
+kernel-level reference the tests compare against.
 
 Mat-vec streams every weight byte once (memory-bound). `matvecs` multiplies B activation rows in one
 pass over the weights: each block is read and decoded once and dotted with every row, and row t of
@@ -64,9 +66,9 @@ SERIAL_MATVEC_BYTES = 128 * 1024
 #   Q4_K 25/82, 28/83 at 32, 48 (its 8 and 16 were other processes' noise on the shared machine).
 # The B-row mat-vec wins up to ~48 tokens (float activations) and far beyond (8-bit) for every type
 # at 1 and 2 threads. One threshold for all types, 32: there the float32 B-row mat-vec and the GEMM
-# begin to meet (Q6_K 41/44), and from there on prompts are computed in float32 (in int8 mode the
-# 8-bit activations add llama.cpp's rounding noise, ~0.5 on the logits); on an AVX512 CPU the GEMM's
-# micro-kernel is several times faster (kernels/gemm.py), so it only gains there.
+# begin to meet (Q6_K 41/44), and from there on a "float" prompt is a float32 GEMM; on an AVX512
+# CPU the GEMM's micro-kernel is several times faster (kernels/gemm.py), so it only gains there.
+# (The default prompt path, the integer GEMM, has its own thresholds: INT8_GEMM_MIN_TOKENS.)
 GEMM_MIN_TOKENS = 32
 # The integer GEMM (gemm="int8") against the same 8-bit B-row mat-vec: `scripts/bench_matvecs.py
 # --mode int8 --no-columns --threads 1`, demo model matrices (a type's summed), Xeon (Sapphire
@@ -117,7 +119,7 @@ class QuantizedMatrix:
     `raw` is a uint8 (n_rows, row_bytes) view (e.g. `GGUFReader.tensor_bytes`); it is never copied.
     """
 
-    __slots__ = ("raw", "ggml_type", "n_rows", "n_cols", "format", "weights", "x_shape")
+    __slots__ = ("raw", "ggml_type", "n_rows", "n_cols", "format", "weights", "x_shape", "panels")
 
     def __init__(self, raw: np.ndarray, ggml_type: GGMLType, n_cols: int):
         ggml_type = GGMLType(ggml_type)
@@ -145,6 +147,8 @@ class QuantizedMatrix:
         # shape of one activation row as the kernels index it, e.g. (n_blocks, 8, 32) for Q4_K
         group = fmt.x_group
         self.x_shape = (n_cols // int(np.prod(group)),) + group if group else (n_cols,)
+        # The rows repacked for the panel kernel (engine/panels.py `pack_panels`), None: not packed.
+        self.panels = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -183,7 +187,9 @@ def matvec(W: QuantizedMatrix, x: np.ndarray, out: np.ndarray | None = None) -> 
     """out[r] = W[r] . x for x float32 (n_cols,); returns out (n_rows,)."""
     x = _activations(W, x, 1, "x")
     out = _output(out, (W.n_rows,))
-    if W.n_rows:
+    if _uses_panels(W):
+        W.panels.matvecs(x.reshape(1, -1), out.reshape(1, -1))
+    elif W.n_rows:
         _matvec_kernel(W, 1)(W.weights, W._x_view(x), out)
     return out
 
@@ -204,12 +210,21 @@ def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) ->
     """out[t, r] = W[r] . X[t] for X float32 (B, n_cols), any B; returns out (B, n_rows).
 
     One pass over the weights for all B rows (batched decoding: B sequences, one new token each).
-    Row t of the result equals `matvec(W, X[t])` bit for bit, in either activation mode."""
+    Row t of the result equals `matvec(W, X[t])` bit for bit, in either activation mode (a matrix
+    with panels: the panel kernel in "int8" mode, kernels/panel_int8.py)."""
     X = _activations(W, X, 2, "X")
     out = _output(out, (X.shape[0], W.n_rows))
-    if W.n_rows and X.shape[0]:
+    if _uses_panels(W):
+        if X.shape[0]:
+            W.panels.matvecs(X, out)
+    elif W.n_rows and X.shape[0]:
         _matvec_kernel(W, X.shape[0])(W.weights, X, out)
     return out
+
+
+def _uses_panels(W: QuantizedMatrix) -> bool:
+    """Whether W's mat-vecs run on its panels (8-bit activations; "float" mode reads its rows)."""
+    return W.panels is not None and _activations_mode == "int8"
 
 
 def has_int8_kernel(ggml_type: GGMLType) -> bool:

@@ -15,11 +15,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import literally, njit, prange, types
+from numba.extending import overload
 
-from ..quants.half import f32_from_bits
+from ..quants.half import f32_from_bits, fp32_to_fp16
+from ..quants.legacy import dequantize_block_q4_0, dequantize_block_q8_0, quantize_block_q4_0
 from .half import as_float, to_storage
-from .kernels.simd import gemm_micro
+from .kv_cache import KV_TYPES
+from .kernels.int8 import (SIGNED_Q8_0, activation_block_scale, activation_code, code_offset,
+                           quantize_activations_into, row_dot_int8)
+from .kernels.simd import BLOCK_BYTES, gemm_micro
 
 # Let LLVM reassociate and fuse float sums (vectorised partial sums, FMA) but keep IEEE inf/NaN
 # semantics: the attention maximum starts at -inf.
@@ -278,15 +283,119 @@ def _add_group_scores(q, keys, t, h0, n_group, slot, m, j0, scores):
                 dst[j] += qd * as_float(kd[j])
 
 
+# KV cache types stored as ggml blocks; the others are float arrays.
+QUANTIZED_KV = tuple(name for name, kind in KV_TYPES.items() if kind.quantized)
+
+
+def _group_scores(q, keys, t, h0, n_group, start, n, ring, scores, kind):
+    """scores[i, j] = q[t, h0 + i] . key of position start + j (slot (start + j) % ring), for the
+    n_group query heads sharing `keys` (one key/value head's) and j < n; `kind` the cache type."""
+    raise NotImplementedError("only available in numba-compiled code")
+
+
+@overload(_group_scores, inline="always")
+def _group_scores_kind(q, keys, t, h0, n_group, start, n, ring, scores, kind):
+    if not isinstance(kind, types.StringLiteral):
+        return None
+    if kind.literal_value not in QUANTIZED_KV:
+        def float_keys(q, keys, t, h0, n_group, start, n, ring, scores, kind):
+            j0 = 0
+            while j0 < n:  # one run of slots, or two where a sliding-window ring wraps
+                slot = (start + j0) % ring
+                m = min(n - j0, ring - slot)
+                _add_group_scores(q, keys, t, h0, n_group, slot, m, j0, scores)
+                j0 += m
+        return float_keys
+
+    def block_keys(q, keys, t, h0, n_group, start, n, ring, scores, kind):
+        """Keys of Q8_0 / Q4_0 blocks, one row of head_dim / 32 blocks per position:
+
+            keys[slot]  | d fp16 | qs[32] int8 | d | qs | ...      q8_0, 34 bytes per block
+                        | d fp16 | qs[16] nibbles (q[j], q[j + 16]) | ...   q4_0, 18 bytes
+
+        As llama.cpp's flash attention: each query head is quantized to Q8_0 activation blocks
+        (ggml's x86 quantize_row_q8_0) and dotted with each key in integers, block by block
+        (its vec_dot_q8_0_q8_0 / q4_0_q8_0): `row_dot_int8`, the weight mat-vecs' kernel, with
+        the keys as weight rows and the group's query heads as its columns."""
+        head_dim = q.shape[2]
+        xq = np.empty((n_group, head_dim), np.int8)
+        xd = np.empty((n_group, head_dim // 32), np.float32)
+        xbias = np.empty((n_group, head_dim // 4), np.int32)
+        xd8 = np.empty((n_group, head_dim // 4), np.float32)
+        for i in range(n_group):
+            quantize_activations_into(q[t, h0 + i], xq[i], xd[i], xbias[i], code_offset(kind),
+                                      SIGNED_Q8_0 and kind == "q8_0")
+            for k in range(head_dim // 4):
+                xd8[i, k] = xd[i, k // 8]
+        for j in range(n):
+            row_dot_int8(keys[(start + j) % ring], xq, xd8, xbias, head_dim // 32, kind, scores, j, 0, n_group)
+    return block_keys
+
+
+def _add_group_values(values, start, n, ring, scores, inv, acc, kind):
+    """acc[i] += sum_j scores[i, j] * inv[i] * value of position start + j, for j < n."""
+    raise NotImplementedError("only available in numba-compiled code")
+
+
+@overload(_add_group_values, inline="always")
+def _add_group_values_kind(values, start, n, ring, scores, inv, acc, kind):
+    if not isinstance(kind, types.StringLiteral):
+        return None
+    if kind.literal_value not in QUANTIZED_KV:
+        def float_values(values, start, n, ring, scores, inv, acc, kind):
+            n_group, head_dim_v = acc.shape
+            n4 = n - n % 4
+            for j in range(0, n4, 4):  # four keys per pass: each value row loaded once for the group
+                v0, v1 = values[(start + j) % ring], values[(start + j + 1) % ring]
+                v2, v3 = values[(start + j + 2) % ring], values[(start + j + 3) % ring]
+                for i in range(n_group):
+                    w0, w1 = scores[i, j] * inv[i], scores[i, j + 1] * inv[i]
+                    w2, w3 = scores[i, j + 2] * inv[i], scores[i, j + 3] * inv[i]
+                    row = acc[i]
+                    for d in range(head_dim_v):
+                        row[d] += w0 * as_float(v0[d]) + w1 * as_float(v1[d]) + w2 * as_float(v2[d]) + w3 * as_float(v3[d])
+            for j in range(n4, n):
+                vals = values[(start + j) % ring]
+                for i in range(n_group):
+                    w = scores[i, j] * inv[i]
+                    row = acc[i]
+                    for d in range(head_dim_v):
+                        row[d] += w * as_float(vals[d])
+        return float_values
+    dequantize_block = {"q8_0": dequantize_block_q8_0, "q4_0": dequantize_block_q4_0}[kind.literal_value]
+    block_bytes = BLOCK_BYTES[kind.literal_value]
+
+    def block_values(values, start, n, ring, scores, inv, acc, kind):
+        """Values of Q8_0 / Q4_0 blocks (the layout of `block_keys`): each position's row is
+        dequantized to float32 (llama.cpp's to_float) and added with its weight, never the whole
+        cache at once."""
+        n_group, head_dim_v = acc.shape
+        n_blocks = head_dim_v // 32
+        dense = np.empty((n_blocks, 32), np.float32)
+        flat = dense.reshape(head_dim_v)
+        for j in range(n):
+            raw = values[(start + j) % ring].reshape(n_blocks, block_bytes)
+            for b in range(n_blocks):
+                dequantize_block(raw, dense, b)
+            for i in range(n_group):
+                w = scores[i, j] * inv[i]
+                row = acc[i]
+                for d in range(head_dim_v):
+                    row[d] += w * flat[d]
+    return block_values
+
+
 @njit(inline="always")
-def _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task):
+def _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
+                          k_kind, v_kind):
     """Row t's query heads that share key/value head g (task = t * Hkv + g) against sequence
     seq[t]'s cache at positions[t]: the scores of `_attention_task`, with each key and value
-    read once for the whole group (grouped-query attention)."""
-    n_heads, head_dim_v = q.shape[1], v_cache.shape[3]
+    read once for the whole group (grouped-query attention). k_kind / v_kind: the cache types
+    (f32 / f16 arrays, or q8_0 / q4_0 blocks, see engine.kv_cache)."""
+    n_heads, head_dim_v = q.shape[1], out.shape[2]
     n_kv = k_cache.shape[1]
     n_group = n_heads // n_kv
-    ring = k_cache.shape[3]
+    ring = v_cache.shape[2]
     t, g = task // n_kv, task % n_kv
     keys, values = k_cache[seq[t], g], v_cache[seq[t], g]
     p = positions[t]
@@ -296,12 +405,7 @@ def _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, w
     n = p + 1 - start
     h0 = g * n_group
     scores = np.zeros((n_group, n), dtype=np.float32)
-    j0 = 0
-    while j0 < n:  # one run of slots, or two where a sliding-window ring wraps
-        slot = (start + j0) % ring
-        m = min(n - j0, ring - slot)
-        _add_group_scores(q, keys, t, h0, n_group, slot, m, j0, scores)
-        j0 += m
+    _group_scores(q, keys, t, h0, n_group, start, n, ring, scores, k_kind)
     inv = np.empty(n_group, dtype=np.float32)
     for i in range(n_group):
         slope = slopes[h0 + i]
@@ -321,23 +425,7 @@ def _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, w
             total += e
         inv[i] = np.float32(1.0 / total)
     acc = np.zeros((n_group, head_dim_v), dtype=np.float32)
-    n4 = n - n % 4
-    for j in range(0, n4, 4):  # four keys per pass: each value row loaded once for the group
-        v0, v1 = values[(start + j) % ring], values[(start + j + 1) % ring]
-        v2, v3 = values[(start + j + 2) % ring], values[(start + j + 3) % ring]
-        for i in range(n_group):
-            w0, w1 = scores[i, j] * inv[i], scores[i, j + 1] * inv[i]
-            w2, w3 = scores[i, j + 2] * inv[i], scores[i, j + 3] * inv[i]
-            row = acc[i]
-            for d in range(head_dim_v):
-                row[d] += w0 * as_float(v0[d]) + w1 * as_float(v1[d]) + w2 * as_float(v2[d]) + w3 * as_float(v3[d])
-    for j in range(n4, n):
-        vals = values[(start + j) % ring]
-        for i in range(n_group):
-            w = scores[i, j] * inv[i]
-            row = acc[i]
-            for d in range(head_dim_v):
-                row[d] += w * as_float(vals[d])
+    _add_group_values(values, start, n, ring, scores, inv, acc, v_kind)
     for i in range(n_group):
         for d in range(head_dim_v):
             out[t, h0 + i, d] = acc[i, d]
@@ -350,13 +438,37 @@ def attention_rows(q, k_cache, v_cache, seq, positions, scale, softcap, window, 
     (see KVCache). One task per (row, key/value head): its query heads together, so a sequence's
     result does not depend on the others in the batch (one token evaluated alone runs this too)."""
     for task in prange(q.shape[0] * k_cache.shape[1]):
-        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task)
+        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
+                              "float", "float")
 
 
 @njit(cache=True, nogil=True, fastmath=_REASSOCIATE)
 def attention_rows_serial(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
     for task in range(q.shape[0] * k_cache.shape[1]):
-        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task)
+        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
+                              "float", "float")
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
+def attention_rows_typed(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, k_kind, v_kind):
+    """`attention_rows` where the key or value cache is of a block type (k_kind / v_kind: the
+    KV cache type names, see engine.kv_cache): read in place, block by block. Prompts with such a
+    cache run this too (a row per token), as llama.cpp's flash attention does for them."""
+    literally(k_kind)
+    literally(v_kind)
+    for task in prange(q.shape[0] * k_cache.shape[1]):
+        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
+                              k_kind, v_kind)
+
+
+@njit(cache=True, nogil=True, fastmath=_REASSOCIATE)
+def attention_rows_typed_serial(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out,
+                                k_kind, v_kind):
+    literally(k_kind)
+    literally(v_kind)
+    for task in range(q.shape[0] * k_cache.shape[1]):
+        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
+                              k_kind, v_kind)
 
 
 # Query rows per block of the GEMM-shaped attention: gemm_micro's 6-row register block.
@@ -558,6 +670,67 @@ def store_kv_rows(k, v, k_cache, v_cache, seq, positions):
     for t in range(k.shape[0]):
         s = seq[t]
         store_kv(k[t:t + 1], v[t:t + 1], k_cache[s], v_cache[s], positions[t])
+
+
+def _store_row(x, cache, slot, kind, transposed):
+    """Store x (D,) as position `slot` of one key/value head's cache of type `kind`: a row of
+    blocks cache[slot] (q8_0 / q4_0), cache[slot, :] (float values) or, transposed, cache[:, slot]
+    (float keys)."""
+    raise NotImplementedError("only available in numba-compiled code")
+
+
+@overload(_store_row, inline="always")
+def _store_row_kind(x, cache, slot, kind, transposed):
+    if not isinstance(kind, types.StringLiteral):
+        return None
+    if kind.literal_value == "q8_0":
+        def q8_0_row(x, cache, slot, kind, transposed):
+            """Q8_0 as llama.cpp's CPU backend writes its cache (set_rows -> the type's
+            from_float, ggml's x86 quantize_row_q8_0: multiplier 127/amax, halves to even; not
+            quantize_row_q8_0_ref): | d fp16 | qs[32] int8 | per 32 values."""
+            row = cache[slot]
+            for b in range(x.size // 32):
+                d, inv = activation_block_scale(x, 32 * b)
+                bits = fp32_to_fp16(d)
+                row[34 * b] = bits & 0xFF
+                row[34 * b + 1] = (bits >> 8) & 0xFF
+                for k in range(32):
+                    row[34 * b + 2 + k] = activation_code(x[32 * b + k], inv) & 0xFF
+        return q8_0_row
+    if kind.literal_value == "q4_0":
+        block_bytes = BLOCK_BYTES["q4_0"]
+
+        def q4_0_row(x, cache, slot, kind, transposed):
+            """Q4_0 as llama.cpp writes it (its CPU from_float is quantize_row_q4_0_ref)."""
+            n_blocks = x.size // 32
+            blocks = cache[slot].reshape(n_blocks, block_bytes)
+            values = x.reshape(n_blocks, 32)
+            for b in range(n_blocks):
+                quantize_block_q4_0(values, blocks, b)
+        return q4_0_row
+
+    def float_row(x, cache, slot, kind, transposed):
+        for d in range(x.size):
+            if transposed:
+                cache[d, slot] = to_storage(x[d], cache)
+            else:
+                cache[slot, d] = to_storage(x[d], cache)
+    return float_row
+
+
+@njit(cache=True, nogil=True)
+def store_kv_rows_typed(k, v, k_cache, v_cache, seq, positions, k_kind, v_kind):
+    """`store_kv_rows` for caches of any type (k_kind / v_kind: the KV cache type names): row t's
+    key (Hkv, Dh) and value (Hkv, Dv) into sequence seq[t]'s cache at positions[t], a block type
+    quantized a head row at a time."""
+    literally(k_kind)
+    literally(v_kind)
+    ring = v_cache.shape[2]
+    for t in range(k.shape[0]):
+        slot = positions[t] % ring
+        for h in range(k.shape[1]):
+            _store_row(k[t, h], k_cache[seq[t], h], slot, k_kind, True)  # float keys: transposed
+            _store_row(v[t, h], v_cache[seq[t], h], slot, v_kind, False)
 
 
 @njit(cache=True, nogil=True)

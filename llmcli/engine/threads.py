@@ -23,9 +23,28 @@ against ~40-70. Two things made that collapse:
    faster. No fixed count is right on a machine whose load changes, so by default (no `-t`) the
    engine measures: `AutoThreads` times every transformer layer, keeps an estimate of the time per
    token at the full thread count and at 1 thread (per kind of step: one token, a small batch, a
-   GEMM batch), runs each layer at the faster count, and now and then runs one layer at the other
-   count to re-check (after 4 layers at first, backing off to every 256 while the choice holds).
+   GEMM batch), runs each layer at the faster count, and now and then runs the other
+   count to re-check (after 4 layers at first, backing off to every 512 while the choice holds;
+   a re-check runs 4 consecutive layers and is judged on their mean).
    Results do not depend on the count: every kernel gives the same bits at any thread count.
+
+3. **The cost of measuring.** Under one busy core the two counts are close (1 thread gets a core
+   of its own; 2 threads get 4/3 of a core between them but each region waits for the slower),
+   so the re-checks decided the figure, and they cost more than they seemed: after layers at 1
+   thread the worker sleeps, so a layer at 2 threads starts by waking it and often waits a time
+   slice for it (measured with the machine's other cores running niced jobs: 2.6-5 ms a layer at
+   2 threads against 0.8 ms at 1). A single such layer is noise at that scale: a lucky one won
+   the comparison, switched, and every switch restarted re-checks every 4 layers: ~1 layer in
+   25 ran at the losing count. The default measured 0.90x (generation) and 0.94x (prompts) of
+   `-t 1` under one busy core. Two changes:
+   - A re-check that cannot pay is not made: `FreeCores` reads the machine's CPU time counters
+     (every process's, less our own, ~15 us every 0.25 s) and `AutoThreads` uses at most the
+     cores the others leave free. With one core of two busy that is 1, and the default runs
+     `-t 1`'s kernels with no re-check. Niced processes are not load for a process at nice 0
+     (they yield at once): on a machine whose other jobs run niced, the default still measures.
+   - A re-check runs 4 consecutive layers and is judged on their mean, a switch halves the
+     interval to the next re-check instead of restarting it, and the interval grows 4x (to 512
+     layers) while the choice holds.
 """
 
 from __future__ import annotations
@@ -63,19 +82,74 @@ def threading_layer() -> str:
     return layer
 
 
-class _Kind:
-    __slots__ = ("choice", "cost", "seen", "countdown", "interval")
+class FreeCores:
+    """Cores the rest of the machine leaves us, from the system's CPU time counters.
 
-    def __init__(self, n_max: int):
-        self.choice = n_max
+    Over each `WINDOW`, the CPU time all processes spent (the OS's machine-wide counters: user,
+    system, interrupts, and time the hypervisor gave other guests), less this process's own, is
+    the others' load; `n_cpus` minus it is what is free. Time of niced processes is not load when
+    we run at nice 0: they give the CPU up as soon as we want it (when we run niced, it counts).
+    `cores` moves down as soon as the free cores round to fewer, and up only with a clear margin
+    (`RISE`), so a load near the middle does not flip it. Reading the counters costs ~15 us, once
+    per window at most.
+    """
+
+    WINDOW = 0.25  # seconds of counters behind each estimate
+    RISE = 0.75  # free cores above the current count needed to count one more
+    CONTENDING = ("user", "system", "irq", "softirq", "steal")
+
+    def __init__(self, read=None, clock=None, own_cpu=None, n_cpus: int | None = None):
+        import time
+
+        import psutil
+
+        fields = self.CONTENDING + (("nice",) if _niceness() > 0 else ())
+        self.n_cpus = n_cpus or psutil.cpu_count() or 1
+        self._read = read or (lambda: sum(getattr(psutil.cpu_times(), f, 0.0) for f in fields))
+        self._clock = clock or time.monotonic
+        self._own_cpu = own_cpu or time.process_time
+        self.free = float(self.n_cpus)
+        self.cores = self.n_cpus
+        self._since = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        return self._clock(), self._read(), self._own_cpu()
+
+    def cap(self, n_max: int) -> int:
+        """Threads worth using, at most n_max (at least 1), from the last full window."""
+        if self._clock() - self._since[0] >= self.WINDOW:
+            sample = self._sample()
+            wall, busy, own = (a - b for a, b in zip(sample, self._since))
+            self._since = sample
+            self.free = max(0.0, self.n_cpus - max(0.0, busy - own) / wall)
+            rounded = int(self.free + 0.5)
+            if rounded < self.cores or self.free >= self.cores + self.RISE:
+                self.cores = rounded
+        return max(1, min(n_max, self.cores))
+
+
+def _niceness() -> int:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    except (AttributeError, OSError):  # no getpriority (Windows)
+        return 0
+
+
+class _Kind:
+    __slots__ = ("choice", "cost", "seen", "countdown", "interval", "probe")
+
+    def __init__(self, n: int):
+        self.choice = n
         self.cost: dict[int, float] = {}  # thread count -> smoothed seconds per token and layer
         self.seen: dict[int, int] = {}  # thread count -> samples taken (the first is not used)
         self.countdown = AutoThreads.FIRST_PROBE
         self.interval = AutoThreads.FIRST_PROBE
+        self.probe: list[float] = []  # per-token times of the re-check under way (consecutive layers)
 
 
 class AutoThreads:
-    """Chooses, layer by layer, between `n_max` threads and 1 from measured time per token.
+    """Chooses, layer by layer, between the free cores (at most `n_max`) and 1 thread from measured
+    time per token.
 
         auto = AutoThreads(2)
         n = auto.begin(kind)            # thread count for this layer (set in numba's pool)
@@ -84,34 +158,45 @@ class AutoThreads:
     """
 
     FIRST_PROBE = 4  # layers before the first re-check, and after every switch
-    MAX_INTERVAL = 256  # layers between re-checks while the choice keeps winning
+    MAX_INTERVAL = 512  # layers between re-checks while the choice keeps winning
+    BACKOFF = 4  # the interval's growth after each re-check the choice wins
+    PROBE_LAYERS = 4  # consecutive layers a re-check runs: one layer is noise at a time slice's scale
     SMOOTHING = 0.3  # weight of a new layer's time in the chosen count's running estimate
     MARGIN = 0.05  # the other count must be this much faster to take over
 
-    def __init__(self, n_max: int):
+    def __init__(self, n_max: int, free_cores: FreeCores | None = None):
         self.n_max = max(1, int(n_max))
+        self.free_cores = free_cores if free_cores is not None or self.n_max == 1 else FreeCores()
+        self.top = self.n_max  # the most threads worth using now (the free cores, at most n_max)
         self.kinds: dict[object, _Kind] = {}
 
     def _state(self, kind) -> _Kind:
         st = self.kinds.get(kind)
         if st is None:
-            st = self.kinds[kind] = _Kind(self.n_max)
+            st = self.kinds[kind] = _Kind(self.top)
         return st
 
     def _other(self, n: int) -> int:
-        return 1 if n != 1 else self.n_max
+        return 1 if n != 1 else self.top
+
+    def _update_top(self) -> None:
+        top = self.free_cores.cap(self.n_max) if self.free_cores is not None else self.n_max
+        if top != self.top:  # the machine's load changed: measure afresh
+            self.top = top
+            self.kinds.clear()
 
     def steady(self, kind) -> int:
         """Set the count chosen for `kind` (no re-check) for work outside the layers."""
-        n = self._state(kind).choice
+        n = min(self._state(kind).choice, self.top)
         _set_numba_threads(n)
         return n
 
     def begin(self, kind) -> int:
         """Thread count for the next layer of `kind`, set in numba's pool for this thread."""
+        self._update_top()
         st = self._state(kind)
         n = st.choice
-        if self.n_max > 1:
+        if self.top > 1:
             st.countdown -= 1
             if st.countdown <= 0:
                 n = self._other(n)
@@ -120,7 +205,7 @@ class AutoThreads:
 
     def end(self, kind, n: int, seconds: float, n_tokens: int) -> None:
         """Record a layer of `kind` that ran `n_tokens` rows at `n` threads in `seconds`."""
-        if self.n_max == 1 or n_tokens <= 0:
+        if self.top == 1 or n_tokens <= 0 or n not in (1, self.top):
             return
         st = self._state(kind)
         seen = st.seen.get(n, 0)
@@ -133,16 +218,26 @@ class AutoThreads:
                 st.countdown = 1
             return
         cost = seconds / n_tokens
-        old = st.cost.get(n)
-        # The chosen count's layers come one after another: smooth them. A re-check stands alone
-        # and its count's estimate is old by then (the load may have changed): take it as it is.
-        st.cost[n] = cost if old is None or probe else old + self.SMOOTHING * (cost - old)
+        if probe:
+            st.probe.append(cost)
+            if len(st.probe) < self.PROBE_LAYERS:
+                st.countdown = 1  # the re-check goes on with the next layer
+                return
+            # The re-check's layers together, as they are: the count's estimate is old by then
+            # (the load may have changed).
+            st.cost[n] = sum(st.probe) / len(st.probe)
+            st.probe.clear()
+        else:  # the chosen count's layers come one after another: smooth them
+            old = st.cost.get(n)
+            st.cost[n] = cost if old is None else old + self.SMOOTHING * (cost - old)
         other = self._other(st.choice)
         if other in st.cost and st.cost[other] < st.cost[st.choice] * (1.0 - self.MARGIN):
-            st.choice = other  # switch, and re-check the loser soon
-            st.countdown = st.interval = self.FIRST_PROBE
+            # switch; re-check the loser sooner, but not so soon that noise flips it back
+            st.choice = other
+            st.interval = max(self.FIRST_PROBE, st.interval // 2)
+            st.countdown = st.interval
         elif probe:
-            st.interval = min(2 * st.interval, self.MAX_INTERVAL)
+            st.interval = min(self.BACKOFF * st.interval, self.MAX_INTERVAL)
             st.countdown = st.interval
 
 

@@ -27,7 +27,10 @@ quantized weights llama.cpp's rounded products move every later layer's activati
 as it does brings the sums closer to llama-imatrix's (demo Q4_K_M model: median per-tensor
 difference 1.1e-3 instead of 3.6e-3; the rest is float noise that each layer's 8-bit rounding
 amplifies, see the README). "float" keeps float32 products (the more exact statistics); float
-weights have no integer kernel, so both are the same there.
+weights have no integer kernel, so both are the same there. This is deliberately not the models'
+default prompt mode ("int8-gemm", engine/prompt_activations.py): that one rounds the same way but
+sums in another order on integer GEMM tiles, and the statistics above were measured, and are
+tested, with the row-exact mat-vec arithmetic of "int8".
 """
 
 from __future__ import annotations

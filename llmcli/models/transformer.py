@@ -32,16 +32,18 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..engine import ops
-from ..engine.kv_cache import DEFAULT_KV_TYPE, KV_TYPES, CacheSlot, KVCache, kv_dtype
+from ..engine.kv_cache import DEFAULT_KV_TYPE, KV_TYPES, CacheSlot, KVCache, check_head_size, kv_type
 from ..engine.linear import COMPUTABLE_TYPES, Linear, float_rows, vector
 from ..engine.matmul import GEMM_MIN_TOKENS, Workspace, get_threads
+from ..engine.prompt_activations import DEFAULT_PROMPT_ACTIVATIONS, PROMPT_ACTIVATIONS, check_prompt_activations
+from ..engine.panels import pack_panels, packs_panels
 from ..engine.rope import rope_tables
 from ..engine.threads import AutoThreads
 from ..errors import BadInputError, FormatError, LlmcliError, UnsupportedError
 from ..gguf.reader import GGUFReader
 from .hparams import HParams, read_hparams
 from .memory import (FFN_WIDTH_TENSORS, MemoryPlan, buffer_widths, copies_output, default_ctx, ffn_width,
-                     kv_bytes_per_sequence, kv_slots)
+                     kv_bytes_per_sequence, kv_bytes_split, kv_slots)
 from .memory import check as check_memory
 from .memory import plan as memory_plan
 from .registry import ArchSpec, get_spec
@@ -57,13 +59,18 @@ class Transformer:
 
     def __init__(self, reader: GGUFReader, spec: ArchSpec, ctx_size: int | None = None,
                  batch_size: int = 512, threads: int | None = None, cache_type_k: str = DEFAULT_KV_TYPE,
-                 cache_type_v: str = DEFAULT_KV_TYPE):
+                 cache_type_v: str = DEFAULT_KV_TYPE, prompt_activations: str = DEFAULT_PROMPT_ACTIVATIONS):
         self.reader, self.spec = reader, spec
-        kv_dtype(cache_type_k, "--cache-type-k"), kv_dtype(cache_type_v, "--cache-type-v")  # checked first
-        self.cache_type_k, self.cache_type_v = cache_type_k.lower(), cache_type_v.lower()
+        check_prompt_activations(prompt_activations)  # checked first, as the cache types
+        kind_k, kind_v = kv_type(cache_type_k, "--cache-type-k"), kv_type(cache_type_v, "--cache-type-v")  # checked first
+        self.cache_type_k, self.cache_type_v = kind_k.name, kind_v.name
+        # a block-type cache runs the attention kernels that read blocks (`ops.attention_rows_typed`)
+        self.kv_blocks = kind_k.quantized or kind_v.quantized
         self.path = reader.path
         hp, _ = _hparams(reader, spec)
         self.hp: HParams = hp
+        check_head_size(kind_k, hp.head_dim, "--cache-type-k")
+        check_head_size(kind_v, hp.head_dim_v, "--cache-type-v")
         self.n_ctx = default_ctx(hp, ctx_size)
         if self.n_ctx <= 0:
             raise BadInputError(f"context size must be positive, got {self.n_ctx}")
@@ -80,7 +87,7 @@ class Transformer:
         self._build_rope()
         self.slopes = hp.alibi_slopes()
         self._alloc_buffers(self.batch_size)
-        self.prompt_activations = "float"
+        self.set_prompt_activations(prompt_activations)
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -123,10 +130,19 @@ class Transformer:
             raise FormatError(f"{self.path}: missing tensor 'output.weight'")
         # The output matrix is read whole for every token and is usually the largest tensor (70 %
         # of the demo model's bytes): a copy in huge-page memory streams ~15 % faster than the map.
+        # Where the type has a panel kernel the copy is the rows repacked into panels instead
+        # (engine/panels.py: batched decoding's output projection ~2x faster at 8 sequences);
+        # the map then serves only prompt GEMMs that ask for every row's logits.
         copy = copies_output(out.n_bytes, out.type in COMPUTABLE_TYPES)
-        out_raw = r.tensor_copy(out) if copy else r.tensor_bytes(out)
+        panels = copy and packs_panels(out.type)
+        out_raw = r.tensor_copy(out) if copy and not panels else r.tensor_bytes(out)
         self.output = Linear(r, out, raw=out_raw, workspace=self.workspace)
+        if panels:
+            pack_panels(self.output.matrix, lambda a, b: r.release_pages(out, a * out.row_bytes, b * out.row_bytes))
         self.token_embd_raw = out_raw if out is embd else r.tensor_bytes(embd)
+        # A tied matrix in panels: embeddings are looked up there (the map's pages, read-ahead
+        # around each looked-up row, would come back into memory: ~120 MB over a few thousand tokens).
+        self.token_embd_panels = self.output.matrix.panels if panels and out is embd else None
         self._check_embedding_type(embd)
         hp.n_vocab = self.output.n_out
 
@@ -216,25 +232,29 @@ class Transformer:
         self.thread_setting = None if threads is None else self.threads
         self._auto = AutoThreads(self.threads) if threads is None and self.threads > 1 else None
 
-    # How prompt chunks' layer projections treat activations (see set_prompt_activations).
-    PROMPT_ACTIVATIONS = ("float", "int8", "int8-gemm")
+    # How prompt chunks' layer projections treat activations (engine/prompt_activations.py: the
+    # modes, the default first).
+    PROMPT_ACTIVATIONS = PROMPT_ACTIVATIONS
+    DEFAULT_PROMPT_ACTIVATIONS = DEFAULT_PROMPT_ACTIVATIONS
 
     def set_prompt_activations(self, mode: str) -> None:
-        """"float" (the default): a prompt chunk's projections are float32 GEMMs (fast, and the more
-        exact). "int8": they round each activation row to 8 bits and use mat-vec arithmetic wherever
-        the weight type has an integer kernel, as llama.cpp's CPU backend computes a prompt, so
-        figures that average the model's errors (perplexity) agree with llama.cpp's; about half the
-        GEMM's speed. The output projection stays a GEMM in both modes (its activation rounding
-        moves the demo model's perplexity by < 0.1 %, and it is the largest matrix).
-        "int8-gemm": the same 8-bit activations and integer sums as "int8" (llama.cpp's arithmetic),
-        computed by the integer GEMM (kernels/gemm_int8.py) for every projection whose type has one,
-        the output too: the fastest mode (the demo model's pp512 ~1.8x "float"'s on an AVX512-VNNI
-        CPU), its rows equal to decoding's up to the order of float additions; its logits differ
-        from "float"'s by about llama.cpp's own 8-bit-vs-float32 distance."""
+        """How a prompt chunk's projections (GEMM-sized: matmul.gemm_min_tokens) treat activations.
+        "int8-gemm" (the default): each activation row rounded to 8 bits once per chunk and integer
+        sums, llama.cpp's arithmetic, computed by the integer GEMM (kernels/gemm_int8.py) for every
+        projection whose type has one, the output too; float32 GEMMs for the other types. The
+        fastest mode (the demo model's pp512 ~2-3x "float"'s on an AVX512-VNNI CPU); its rows equal
+        decoding's up to the order of float additions; its logits differ from "float"'s by about
+        llama.cpp's own 8-bit-vs-float32 distance and sit within that distance of llama.cpp's
+        native logits (tests/test_models_kq.py).
+        "float": every projection a float32 GEMM (the more exact: a dequantize-then-float32
+        reference to rounding error, what llama.cpp's dequant-f32 logits computed), slower.
+        "int8": the 8-bit rounding of "int8-gemm" through the mat-vec kernels wherever the weight
+        type has an integer kernel (row-exact: each row the bits decoding gives it; `llmcli
+        imatrix`'s default, see imatrix/collect.py); the output projection stays a float32 GEMM
+        (its activation rounding moves the demo model's perplexity by < 0.1 %); the slowest."""
         from ..engine.matmul import has_int8_kernel
 
-        if mode not in self.PROMPT_ACTIVATIONS:
-            raise BadInputError(f"prompt activations must be one of {', '.join(self.PROMPT_ACTIVATIONS)}, got {mode!r}")
+        check_prompt_activations(mode)
         for blk in self.blocks:
             for w in vars(blk).values():
                 for linear in w if isinstance(w, list) else [w]:
@@ -258,6 +278,15 @@ class Transformer:
     def kv_bytes_per_sequence(self) -> int:
         """Bytes of one sequence's KV cache (keys and values of every layer, of the cache types)."""
         return kv_bytes_per_sequence(self.hp, self.n_ctx, self.batch_size, self.cache_type_k, self.cache_type_v)
+
+    def kv_memory(self, n_seq: int = 1) -> dict:
+        """What the KV cache of n_seq sequences takes: its types, positions and bytes (keys and
+        values of one sequence, and of all)."""
+        bytes_k, bytes_v = kv_bytes_split(self.hp, self.n_ctx, self.batch_size, self.cache_type_k,
+                                          self.cache_type_v)
+        return {"type_k": self.cache_type_k, "type_v": self.cache_type_v, "n_ctx": self.n_ctx, "n_seq": n_seq,
+                "bytes_k": bytes_k, "bytes_v": bytes_v, "bytes_per_sequence": bytes_k + bytes_v,
+                "bytes": n_seq * (bytes_k + bytes_v)}
 
     def new_sequence(self) -> CacheSlot:
         """A sequence with a cache of its own (one slot): for one-off evaluations and tests."""
@@ -432,7 +461,10 @@ class Transformer:
         if n > self._buffer_rows:
             self._alloc_buffers(n)
         x, h = self._buf("x", n, hp.n_embd), self._buf("h", n, hp.n_embd)
-        x[:] = float_rows(self.token_embd_raw[ids], self.token_embd_type)
+        if self.token_embd_panels is not None:
+            self.token_embd_panels.rows(ids, x)
+        else:
+            x[:] = float_rows(self.token_embd_raw[ids], self.token_embd_type)
         if hp.embed_scale != 1.0:
             x *= np.float32(hp.embed_scale)
         last_layer = len(self.blocks) - 1
@@ -563,7 +595,12 @@ class Transformer:
         if table is not None:
             ops.rope(k3, table[0], table[1], pos0, neox)
         k_cache, v_cache = part.slot.layer(il)
-        ops.store_kv(k3, v3, k_cache, v_cache, pos0)
+        if self.kv_blocks:  # every sequence's cache, a row per token (`_attend_blocks`)
+            k_cache, v_cache = part.slot.cache.layer(il)
+            index, positions = np.full(n_all, part.slot.index), np.arange(pos0, pos0 + n_all)
+            ops.store_kv_rows_typed(k3, v3, k_cache, v_cache, index, positions, self.cache_type_k, self.cache_type_v)
+        else:
+            ops.store_kv(k3, v3, k_cache, v_cache, pos0)
         if n == 0:
             return
         pos0 += n_all - n  # the kept queries are the chunk's last rows
@@ -577,6 +614,9 @@ class Transformer:
         _round_like_keys(q3, k_cache)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
         window = hp.n_swa if swa else 0
+        if self.kv_blocks:
+            self._attend_blocks(q3, k_cache, v_cache, index[n_all - n:], positions[n_all - n:], window, a3)
+            return
         n_keys = pos0 + n if window <= 0 else min(pos0 + n, window)
         work = n * hp.n_head * n_keys * (hp.head_dim + hp.head_dim_v)
         if work < ops.PARALLEL_MIN_WORK:
@@ -611,16 +651,34 @@ class Transformer:
             ops.rope_rows(k3, table[0], table[1], positions, neox)
             ops.rope_rows(q3, table[0], table[1], positions, neox)
         k_cache, v_cache = part.cache.layer(il)
-        ops.store_kv_rows(k3, v3, k_cache, v_cache, index, positions)
-        _round_like_keys(q3, k_cache)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
         window = hp.n_swa if swa else 0
-        n_keys = int((positions + 1).sum()) if window <= 0 else int(np.minimum(positions + 1, window).sum())
-        work = hp.n_head * n_keys * (hp.head_dim + hp.head_dim_v)
-        serial = work < ops.PARALLEL_MIN_WORK or get_threads() == 1  # a 1-thread parallel region still costs
-        attention = ops.attention_rows_serial if serial else ops.attention_rows
+        if self.kv_blocks:
+            ops.store_kv_rows_typed(k3, v3, k_cache, v_cache, index, positions, self.cache_type_k, self.cache_type_v)
+            _round_like_keys(q3, k_cache)
+            self._attend_blocks(q3, k_cache, v_cache, index, positions, window, a3)
+            return
+        ops.store_kv_rows(k3, v3, k_cache, v_cache, index, positions)
+        _round_like_keys(q3, k_cache)
+        attention = ops.attention_rows_serial if self._serial_rows(positions, window) else ops.attention_rows
         attention(q3, k_cache, v_cache, index, positions, hp.attn_scale, hp.attn_softcap, window,
                   self.slopes, a3)
+
+    def _serial_rows(self, positions: np.ndarray, window: int) -> bool:
+        """Whether rows at these positions are too little attention work for a parallel region."""
+        hp = self.hp
+        n_keys = int((positions + 1).sum()) if window <= 0 else int(np.minimum(positions + 1, window).sum())
+        work = hp.n_head * n_keys * (hp.head_dim + hp.head_dim_v)
+        return work < ops.PARALLEL_MIN_WORK or get_threads() == 1  # a 1-thread parallel region still costs
+
+    def _attend_blocks(self, q3, k_cache, v_cache, index, positions, window, a3) -> None:
+        """Attention of query rows (one token of sequence index[t] at positions[t] each) into a3,
+        with a q8_0 / q4_0 key or value cache read block by block (every sequence's arrays)."""
+        hp = self.hp
+        serial = self._serial_rows(positions, window)
+        attention = ops.attention_rows_typed_serial if serial else ops.attention_rows_typed
+        attention(q3, k_cache, v_cache, index, positions, hp.attn_scale, hp.attn_softcap, window, self.slopes, a3,
+                  self.cache_type_k, self.cache_type_v)
 
     def _ffn(self, blk, h: np.ndarray, out: np.ndarray, parts: list["_Part"]) -> None:
         if hasattr(blk, "ffn_gate_inp"):  # routing is per token: each part as it runs alone
@@ -745,22 +803,25 @@ class _Part:
 def _round_like_keys(q: np.ndarray, k_cache: np.ndarray) -> None:
     """With an f16 key cache, round the queries to f16 too, in place: llama.cpp converts Q to
     the keys' type before the KQ product, so the scores are products of two f16 values."""
-    if k_cache.dtype == KV_TYPES["f16"]:
+    if k_cache.dtype == KV_TYPES["f16"].dtype:
         np.copyto(q, q.astype(np.float16))
 
 
 def load_model(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
                batch_size: int = 512, n_seq: int = 1, use_mmap: bool = True, mlock: bool = False,
-               cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE) -> Transformer:
+               cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE,
+               prompt_activations: str = DEFAULT_PROMPT_ACTIVATIONS) -> Transformer:
     """Open a GGUF file and build the model its `general.architecture` names, after checking
     that it fits in the available memory with `n_seq` sequences (`models.memory`).
-    `use_mmap=False` / `mlock=True`: llama.cpp's --no-mmap / --mlock (see GGUFReader)."""
+    `use_mmap=False` / `mlock=True`: llama.cpp's --no-mmap / --mlock (see GGUFReader);
+    prompt_activations: see Transformer.set_prompt_activations."""
     reader = GGUFReader(Path(path), use_mmap=use_mmap, mlock=mlock)
     try:
         spec = get_spec(reader.architecture, reader.path)
         check_memory(plan_memory(reader, ctx_size, n_seq, batch_size, cache_type_k, cache_type_v), reader.path)
         return Transformer(reader, spec, ctx_size=ctx_size, batch_size=batch_size, threads=threads,
-                           cache_type_k=cache_type_k, cache_type_v=cache_type_v)
+                           cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                           prompt_activations=prompt_activations)
     except BaseException:
         reader.close()
         raise

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine.kv_cache import DEFAULT_KV_TYPE
+from ..engine.prompt_activations import DEFAULT_PROMPT_ACTIVATIONS
 from .errors import ApiError
 from .metrics import Metrics
 
@@ -25,6 +26,7 @@ class ServerConfig:
     mlock: bool = False
     cache_type_k: str = DEFAULT_KV_TYPE
     cache_type_v: str = DEFAULT_KV_TYPE
+    prompt_activations: str = DEFAULT_PROMPT_ACTIVATIONS  # Transformer.set_prompt_activations
     alias: str | None = None
     api_keys: frozenset[str] = frozenset()  # empty: no key needed
     cors_origins: tuple[str, ...] = ()
@@ -59,7 +61,8 @@ class ServerState:
                 self.model_path = c.model
             llm = load(self.model_path, threads=c.threads, ctx_size=c.ctx_size, batch_size=c.batch_size,
                        parallel=c.parallel, max_queue=c.max_queue, use_mmap=c.use_mmap, mlock=c.mlock,
-                       cache_type_k=c.cache_type_k, cache_type_v=c.cache_type_v)
+                       cache_type_k=c.cache_type_k, cache_type_v=c.cache_type_v,
+                       prompt_activations=c.prompt_activations)
             self.engine = llm.engine()
             self.llm = llm  # last: from here on the server is ready
         except BaseException as error:  # reported by the serve command, which then stops the server

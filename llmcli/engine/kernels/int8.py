@@ -41,7 +41,7 @@ import numpy as np
 from llvmlite import ir
 from llvmlite import binding as llvm
 from numba import config, njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ...gguf.constants import GGMLType
 from ...quants.half import fp32_round_fp16
@@ -75,6 +75,7 @@ HAS_AVX2 = not HAS_VNNI and bool(_host_features().get("avx2", False))
 #   q4_0  | d | qs[16] |                        u[j] = qs[j] & 15, u[j+16] = qs[j] >> 4    offset 8
 #   q5_0  | d | qh u32 | qs[16] |               as q4_0, | (bit j of qh) << 4              offset 16
 U_MAX = {"q8_0": 255, "q4_0": 15, "q5_0": 31}
+CODE_OFFSET = {"q8_0": 128, "q4_0": 8, "q5_0": 16}
 # Q8_0's codes reach 255, too big for vpmaddubsw: on AVX2 it multiplies the signed weights instead.
 SIGNED_Q8_0 = HAS_AVX2
 
@@ -249,6 +250,36 @@ def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t
     return types.void(row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t), codegen
 
 
+def code_offset(kind):
+    """CODE_OFFSET[kind] for a literal kind, inside njit."""
+    raise NotImplementedError("code_offset is only available in numba-compiled code")
+
+
+@overload(code_offset, inline="always")
+def _code_offset(kind):
+    if isinstance(kind, types.StringLiteral) and kind.literal_value in CODE_OFFSET:
+        offset = np.int32(CODE_OFFSET[kind.literal_value])
+        return lambda kind: offset
+    return None
+
+
+@njit(inline="always")
+def activation_block_scale(x, first):
+    """ggml's x86 quantize_row_q8_0 for the block x[first:first + 32]: (d, the scale rounded to
+    fp16 as float32, and the multiplier 127 / amax that makes the codes)."""
+    amax = np.float32(0.0)
+    for k in range(32):
+        amax = max(amax, abs(x[first + k]))
+    inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+    return fp32_round_fp16(amax / np.float32(127.0)), inv
+
+
+@njit(inline="always")
+def activation_code(v, inv):
+    """The int8 code of v in its block (`activation_block_scale`): v * 127/amax, halves to even."""
+    return np.int32(np.rint(v * inv))
+
+
 @njit(inline="always")
 def quantize_activations_into(x, xq, xd, xbias, offset, signed_form):
     """x float32 (32 n,) -> xq int8 (32 n,), xd float32 (n,), xbias int32 (8 n,) as ggml's x86
@@ -262,14 +293,10 @@ def quantize_activations_into(x, xq, xd, xbias, offset, signed_form):
     for k in range(xbias.size):  # a loop: `xbias[:] = 0` would be a parallel region of its own
         xbias[k] = 0
     for b in range(n_blocks):
-        amax = np.float32(0.0)
-        for k in range(32):
-            amax = max(amax, abs(x[32 * b + k]))
-        xd[b] = fp32_round_fp16(amax / np.float32(127.0))
-        inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+        xd[b], inv = activation_block_scale(x, 32 * b)
         total = np.int32(0)
         for k in range(32):
-            q = np.int32(np.rint(x[32 * b + k] * inv))
+            q = activation_code(x[32 * b + k], inv)
             xq[32 * b + k] = q
             total += q
             if signed_form:
@@ -288,7 +315,7 @@ def quantize_activations(x, offset):
 
 
 @njit(inline="always")
-def _int8_rows(blocks, x, out, block_bytes, offset, kind):
+def _int8_rows(blocks, x, out, block_bytes, kind):
     """The Q8_0/Q4_0/Q5_0 kernels: each activation row quantized once, then every weight row dotted
     with all of them (`row_dot_int8`)."""
     X, Y = columns(x, out)
@@ -300,7 +327,7 @@ def _int8_rows(blocks, x, out, block_bytes, offset, kind):
     xbias = np.empty((n_t, n // 4), np.int32)
     xd8 = np.empty((n_t, n // 4), np.float32)  # each block's scale once per int32 lane of it
     for t in range(n_t):
-        quantize_activations_into(X[t], xq[t], xd[t], xbias[t], np.int32(offset), SIGNED_Q8_0 and kind == "q8_0")
+        quantize_activations_into(X[t], xq[t], xd[t], xbias[t], code_offset(kind), SIGNED_Q8_0 and kind == "q8_0")
         for k in range(n // 4):
             xd8[t, k] = xd[t, k // 8]
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
@@ -312,17 +339,17 @@ def _int8_rows(blocks, x, out, block_bytes, offset, kind):
 # One kernel per weight type: `kind` must be a literal for the intrinsic, and numba caches by function.
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q8_0_int8(blocks, x, out):
-    _int8_rows(blocks, x, out, 34, 128, "q8_0")
+    _int8_rows(blocks, x, out, 34, "q8_0")
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q4_0_int8(blocks, x, out):
-    _int8_rows(blocks, x, out, 18, 8, "q4_0")
+    _int8_rows(blocks, x, out, 18, "q4_0")
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_0_int8(blocks, x, out):
-    _int8_rows(blocks, x, out, 22, 16, "q5_0")
+    _int8_rows(blocks, x, out, 22, "q5_0")
 
 
 INT8_MATVECS = {
