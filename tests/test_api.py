@@ -93,12 +93,18 @@ def test_ctrl_c_stops_generation_and_still_prints_timings(data_dir):
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmcli.cli", "run", "-m", str(data_dir / TINY), "-p", "Once", "-n", "100000",
          "-c", "100000", "--temp", "1", "--seed", "1", "--ignore-eos"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
     try:
         assert proc.stdout.read(1)  # generation has started
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:  # still running: SIGABRT makes faulthandler print where it is
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"Ctrl-C did not stop `run` within 120 s; its threads:\n{err[-6000:]}")
     finally:
         proc.kill()
     assert proc.returncode == 0, err
