@@ -173,6 +173,20 @@ def store_block_codes(typingctx, row, b, kind, codes, p, lane):
 
 
 @njit(inline="always")
+def store_row_codes(flat, r, n_blocks, kind, codes, p, j):
+    """Row r of `flat` (rows, n_blocks * block bytes) into row j of panel p of `codes` (module
+    docstring), every block; a row past the matrix's end as zeros, and False for it."""
+    if r >= flat.shape[0]:
+        for k4 in range(codes.shape[1] // 64):
+            for i in range(4):
+                codes[p, 64 * k4 + 4 * j + i] = 0
+        return False
+    for b in range(n_blocks):
+        store_block_codes(flat[r], b, kind, codes, p, j)
+    return True
+
+
+@njit(inline="always")
 def _decode_tile(blocks, r0, codes, scales, mins, kind, subs_per_block):
     """Rows r0 .. of `blocks` (rows, n_blocks, block bytes) into the tile arrays (module
     docstring), one panel per parallel work item; rows past the matrix's end stay zero."""
@@ -181,17 +195,13 @@ def _decode_tile(blocks, r0, codes, scales, mins, kind, subs_per_block):
     for p in prange(codes.shape[0]):
         for j in range(ROWS_PER_PANEL):
             r = r0 + ROWS_PER_PANEL * p + j
-            if r >= n_rows:
-                for k4 in range(codes.shape[1] // 64):
-                    for i in range(4):
-                        codes[p, 64 * k4 + 4 * j + i] = 0
+            if store_row_codes(flat, r, n_blocks, kind, codes, p, j):
+                for b in range(n_blocks):
+                    _block_scales(blocks, r, b, scales, mins, p, j, kind, subs_per_block)
+            else:
                 for s in range(scales.shape[1] // ROWS_PER_PANEL):
                     scales[p, ROWS_PER_PANEL * s + j] = 0.0
                     mins[p, ROWS_PER_PANEL * s + j] = 0.0
-                continue
-            for b in range(n_blocks):
-                store_block_codes(flat[r], b, kind, codes, p, j)
-                _block_scales(blocks, r, b, scales, mins, p, j, kind, subs_per_block)
 
 
 @njit(inline="always")

@@ -26,7 +26,7 @@ The packed matrix holds the same bytes as the GGUF rows, reordered (lossless, th
     scales (P, n_blocks * 16) uint16: [p, 16 b + j] = d (fp16 bits) of row 16p + j, block b
 
 Rows past the matrix's last one (in the last panel) are zero. Packing reuses the integer GEMM's
-block decoder (`gemm_int8.store_block_codes`), so the code layout exists once.
+row decoder (`gemm_int8.store_row_codes`), so the code layout exists once.
 
 Activations are ggml's Q8_0 blocks (gemm_int8.activations_q8_0, bit for bit int8.py's and
 ggml's quantize_row_q8_0): xq int8 (B, K), xd float32 (B, K/32), xinit int32 (B, K/32) =
@@ -56,7 +56,7 @@ from numba.extending import intrinsic
 from ...gguf.constants import GGMLType
 from ...quants.half import fp16_to_fp32
 from .common import serial_twin
-from .gemm_int8 import quantize_q8_0_into, store_block_codes
+from .gemm_int8 import quantize_q8_0_into, store_row_codes
 from .int8 import HAS_VNNI, dot_u8_s8
 from .llvm_ir import (F16, F32, I8, I16, I32, as_i64, call_fma, carried_loop, i64, load_at, row_ptr, splat,
                       vector)
@@ -84,16 +84,10 @@ def pack_q8_0(blocks, r0, codes, scales):
     for p in prange(codes.shape[0]):
         for j in range(ROWS_PER_PANEL):
             r = r0 + ROWS_PER_PANEL * p + j
-            if r >= n_rows:
-                for k4 in range(codes.shape[1] // 64):
-                    for i in range(4):
-                        codes[p, 64 * k4 + 4 * j + i] = 0
-                for b in range(n_blocks):
-                    scales[p, ROWS_PER_PANEL * b + j] = 0
-                continue
+            present = store_row_codes(flat, r, n_blocks, "q8_0", codes, p, j)
             for b in range(n_blocks):
-                store_block_codes(flat[r], b, "q8_0", codes, p, j)
-                scales[p, ROWS_PER_PANEL * b + j] = np.uint16(blocks[r, b, 0]) | (np.uint16(blocks[r, b, 1]) << 8)
+                scales[p, ROWS_PER_PANEL * b + j] = (
+                    np.uint16(blocks[r, b, 0]) | (np.uint16(blocks[r, b, 1]) << 8) if present else 0)
 
 
 @intrinsic
