@@ -611,7 +611,8 @@ class Transformer:
             norm(flat, blk.attn_q_norm, hp.rms_eps, flat)
         if table is not None:
             (ops.rope_serial if n == 1 else ops.rope)(q3, table[0], table[1], pos0, neox)
-        _round_like_keys(q3, k_cache)
+        if n_all < FLASH_ATTN_TILE_QUERIES:  # the chunk's rows, as llama.cpp's batch (not the kept ones)
+            _round_like_keys(q3, k_cache)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
         window = hp.n_swa if swa else 0
         if self.kv_blocks:
@@ -800,9 +801,15 @@ class _Part:
         slot.n_past = pos + len(ids)
 
 
+# llama.cpp's CPU flash attention (on by default) takes 64 or more query rows in float32 tiles
+# (keys widened to float32); fewer rows, as in decoding, go through its row kernel, which first
+# converts the queries to the keys' type.
+FLASH_ATTN_TILE_QUERIES = 64
+
+
 def _round_like_keys(q: np.ndarray, k_cache: np.ndarray) -> None:
-    """With an f16 key cache, round the queries to f16 too, in place: llama.cpp converts Q to
-    the keys' type before the KQ product, so the scores are products of two f16 values."""
+    """With an f16 key cache, round the queries to f16 too, in place, as llama.cpp's row kernel
+    does (under FLASH_ATTN_TILE_QUERIES query rows): the scores are products of two f16 values."""
     if k_cache.dtype == KV_TYPES["f16"].dtype:
         np.copyto(q, q.astype(np.float16))
 
