@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from llmcli.errors import BadInputError, UnsupportedError
-from llmcli.gguf import GGUFReader
 from llmcli.gguf.constants import GGMLType
 from llmcli.quantize import quantize_file
 from llmcli.quants import dequantize, quantize
 from llmcli.quants.mixes import IMATRIX_ONLY_MIXES, QuantizeOptions, find_mix
+from tests.kq_refs import DATA, KQ, quantize_as_run, tensor_hashes
+from tests.kq_refs import IMATRIX_DIR as IMX
 
-DATA = Path(__file__).parent / "data"
 REFS = DATA / "iquants"
-IMX = DATA / "imatrix"
-KQ = DATA / "kq" / "kq-f16.gguf"
 RECORD = json.loads((REFS / "quantize.json").read_text())
 RUNS = RECORD["runs"]
 with np.load(REFS / "quantize_rows.npz") as _npz:
@@ -63,11 +60,6 @@ def _recorded(names: list[str], pure: bool) -> list[tuple[str, bool]]:
             if any(r.get(key) == n and r["pure"] == pure and r["imatrix"] == i and not r.get("failed") for r in RUNS)]
 
 
-def _tensors(path: Path) -> list[list[str]]:
-    with GGUFReader(path) as r:
-        return [[t.name, t.type.name, hashlib.sha256(r.tensor_bytes(t).tobytes()).hexdigest()] for t in r.tensors]
-
-
 def test_references_cover_every_type_and_mix():
     assert hashlib.sha256(KQ.read_bytes()).hexdigest() == RECORD["input_sha256"]
     assert hashlib.sha256((IMX / "kq.imatrix.gguf").read_bytes()).hexdigest() == RECORD["imatrix_sha256"]
@@ -85,7 +77,7 @@ def test_mix_matches_llama_quantize(mix, imatrix, tmp_path, monkeypatch):
     run = _run(mix, False, imatrix)
     out = tmp_path / "out.gguf"
     quantize_file(KQ, out, mix, measure=False, imatrix="kq.imatrix.gguf" if imatrix else None)
-    got = _tensors(out)
+    got = tensor_hashes(out)
     assert [g[:2] for g in got] == [e[:2] for e in run["tensors"]]
     bad = [g[0] for g, e in zip(got, run["tensors"]) if g != e]
     assert not bad, f"{len(bad)} tensors differ from llama-quantize's, e.g. {bad[:3]}"
@@ -98,12 +90,8 @@ def test_pure_type_matches_llama_quantize(ggml_type, imatrix, tmp_path, monkeypa
     monkeypatch.chdir(IMX)
     run = _run(ggml_type, True, imatrix)
     out = tmp_path / "out.gguf"
-    embd = run["options"][run["options"].index("--token-embedding-type") + 1] \
-        if "--token-embedding-type" in run["options"] else None
-    options = QuantizeOptions(pure=True, token_embedding_type=GGMLType[embd] if embd else None)
-    quantize_file(KQ, out, run["type"], options=options, measure=False,
-                  imatrix="kq.imatrix.gguf" if imatrix else None)
-    assert _tensors(out) == run["tensors"]
+    quantize_as_run(run, out)
+    assert tensor_hashes(out) == run["tensors"]
     assert hashlib.sha256(out.read_bytes()).hexdigest() == run["file_sha256"]
 
 
