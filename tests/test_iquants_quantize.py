@@ -6,7 +6,10 @@ scripts/iquant_ref_harness.cpp linked against the reference ggml):
   every i-quant / ternary mix and ggml type: per tensor type and data sha256, the file's sha256,
   or llama-quantize's refusal;
 * dequantize.npz: ggml's to_float on random and real blocks of every type;
-* quantize_rows.npz: ggml_quantize_chunk on random rows, with and without importance weights.
+* quantize_rows.npz: ggml_quantize_chunk on random rows, with and without importance weights;
+* vec_dot.npz: ggml-cpu's mat-vec step (the activation through its vec_dot_type's from_float, then
+  vec_dot) on rows of every type; the engine's kernels are checked on it elsewhere, here the
+  activation blocks and the layout.
 
 The tables below list what this branch has codecs for; a new codec adds its entries (IQ2_XXS,
 IQ2_XS, IQ2_S; IQ3_XXS, IQ3_S; IQ1_S, IQ1_M) and each mix once all the types it uses exist.
@@ -167,3 +170,32 @@ def test_weights_only_type_on_token_embd_is_refused(tmp_path):
     with pytest.raises(BadInputError, match="the importance matrix has none for it"):
         quantize_file(KQ, out, "Q4_K_M", options=options, measure=False, imatrix=IMX / "kq.imatrix.gguf")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def vec_dots():
+    return dict(np.load(REFS / "vec_dot.npz"))
+
+
+@pytest.mark.parametrize("ggml_type", ALL_TYPES)
+def test_activation_blocks_are_ggml_cpus(ggml_type, vec_dots):
+    """ggml-cpu's from_float (the AVX-512 build's) for the activations vec_dot reads is our Q8_K / Q8_0
+    quantizer byte for byte."""
+    act_type = dict(zip(vec_dots["types"], vec_dots["vec_dot_type"]))[ggml_type]
+    assert act_type == ("Q8_0" if ggml_type == "IQ4_NL" else "Q8_K")
+    got = quantize(vec_dots[f"{ggml_type}.x"], GGMLType[str(act_type)])
+    assert np.array_equal(got, vec_dots[f"{ggml_type}.xq"])
+
+
+@pytest.mark.parametrize("ggml_type", ALL_TYPES)
+def test_vec_dot_is_the_dot_of_the_dequantized_blocks(ggml_type, vec_dots):
+    """vec_dot's integer sums are exact: its results are the float64 dot of the dequantized blocks up to
+    float32 rounding (ggml's ternary kernels keep 8 float lanes of block partial sums: 4e-5 relative)."""
+    act_type = GGMLType[str(dict(zip(vec_dots["types"], vec_dots["vec_dot_type"]))[ggml_type])]
+    x = dequantize(vec_dots[f"{ggml_type}.xq"], act_type).astype(np.float64)
+    w = dequantize(vec_dots[f"{ggml_type}.blocks"], GGMLType[ggml_type]).astype(np.float64)
+    dot = vec_dots[f"{ggml_type}.dot"]
+    assert dot.shape == (len(x), len(w)) and w.shape[1] == x.shape[1] == 512
+    scale = np.abs(x) @ np.abs(w).T
+    assert (np.abs(dot - x @ w.T) <= (1e-4 if ggml_type.startswith("TQ") else 1e-6) * scale).all()
+    assert (scale > 0).sum() >= 0.75 * scale.size   # zero rows and the zero vector only
