@@ -31,6 +31,17 @@ It writes:
   values (`rows`, a normal mix with a few outliers and some zero rows) with per-column importance
   weights (`weights`) and without: `<TYPE>.weighted` and `<TYPE>.plain` (uint8, rows x row
   bytes); no `.plain` for the types whose ggml quantizer asserts it has weights (NEEDS_WEIGHTS).
+* `vec_dot.npz` (alone with --vec-dot-only, from the two files above): ggml-cpu's mat-vec step for
+  every type in PURE_TYPES, as the CPU backend's mul_mat does it for one weight row and one
+  activation column: the activation through the `from_float` of the type's `vec_dot_type` (Q8_K,
+  or Q8_0 for IQ4_NL), then the type's `vec_dot` (`ggml_get_type_traits_cpu`, the static
+  libggml-cpu of the build: AVX-512 code). Keys per type: `<TYPE>.blocks` (uint8, rows x row bytes
+  of COLS values: the ROWS `.weighted` rows of quantize_rows.npz, then VEC_DOT_REAL_ROWS rows of
+  real kq blocks from dequantize.npz, then VEC_DOT_RANDOM_ROWS rows of random blocks with scales
+  of moderate size), `<TYPE>.x` (float32, vectors x COLS: normal, outliers, zero blocks, one sign,
+  large, all zero), `<TYPE>.dot` (float32, vectors x rows) and `<TYPE>.xq` (uint8, vectors x the
+  vec_dot_type's row bytes: the quantized activations vec_dot read); `vec_dot_type` (a string
+  array, the ggml name of each type's activation type, in the order of `types`) and `types`.
 """
 
 from __future__ import annotations
@@ -70,6 +81,8 @@ IQ1_M_SCALES_AT = 48
 RANDOM_BLOCKS = 256
 QUANTIZED_BLOCKS = 256
 ROWS, COLS = 16, 512
+VEC_DOT_REAL_ROWS = 8
+VEC_DOT_RANDOM_ROWS = 8
 THREADS = "2"
 
 
@@ -127,17 +140,23 @@ def quantize_runs(exe: Path, model: Path, imatrix: Path, with_plain: bool, keep:
 
 
 def compile_harness(src: Path, build: Path, out: Path) -> None:
+    libs = [str(build / "ggml" / "src" / lib) for lib in ("libggml-cpu.a", "libggml-base.a")]
     cmd = ["g++", "-std=c++17", "-O1", f"-I{src / 'ggml' / 'include'}", str(ROOT / "scripts" / "iquant_ref_harness.cpp"),
-           "-o", str(out), str(build / "ggml" / "src" / "libggml-base.a"), "-lpthread", "-lm", "-fopenmp"]
+           "-o", str(out), *libs, "-lpthread", "-lm", "-fopenmp"]
     print("$", " ".join(cmd), file=sys.stderr)
     subprocess.run(cmd, check=True)
 
 
-def finite_scales(type_name: str, blocks: np.ndarray, rng: np.random.Generator) -> None:
-    """Replace the fp16 scale(s) of random blocks by random finite fp16 values (no inf/nan)."""
+def finite_scales(type_name: str, blocks: np.ndarray, rng: np.random.Generator,
+                  scales: np.ndarray | None = None) -> None:
+    """Replace the fp16 scale(s) of random blocks by random finite fp16 values (no inf/nan), or
+    by the given `scales` (one float16 per block)."""
     n = blocks.shape[0]
-    scales = rng.integers(0, 1 << 16, n, dtype=np.uint16)
-    scales[(scales & 0x7C00) == 0x7C00] &= np.uint16(0xBFFF)   # exponent 31 (inf/nan) -> 15
+    if scales is None:
+        scales = rng.integers(0, 1 << 16, n, dtype=np.uint16)
+        scales[(scales & 0x7C00) == 0x7C00] &= np.uint16(0xBFFF)   # exponent 31 (inf/nan) -> 15
+    else:
+        scales = np.ascontiguousarray(scales, dtype=np.float16).view(np.uint16)
     for at in FP16_AT[type_name]:
         blocks[:, at:at + 2] = scales.view(np.uint8).reshape(n, 2)
     if type_name == "IQ1_M":
@@ -201,6 +220,52 @@ def quantize_row_refs(harness: Path, tmp: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def activation_vectors(rng: np.random.Generator) -> np.ndarray:
+    """The activation columns of vec_dot.npz, one per row."""
+    x = rng.standard_normal((6, COLS)).astype(np.float32)
+    x[1, ::37] *= np.float32(30.0)                                 # outliers
+    x[2, :256] = 0.0                                               # a zero super-block
+    x[2, 288:320] = 0.0                                            # a zero 32-block
+    x[3] = np.abs(x[3])                                            # one sign only
+    x[4] *= np.float32(100.0)                                      # large values
+    x[5] = 0.0                                                     # all zero
+    return x
+
+
+def vec_dot_refs(harness: Path, dequantized: dict[str, np.ndarray], quantized_rows: dict[str, np.ndarray],
+                 tmp: Path) -> dict[str, np.ndarray]:
+    from llmcli.gguf.constants import TYPE_BY_NAME, TYPE_INFO
+
+    rng = np.random.default_rng(1718)
+    x = activation_vectors(rng)
+    (tmp / "x.f32").write_bytes(x.tobytes())
+    arrays: dict[str, np.ndarray] = {}
+    act_types = []
+    for type_name in PURE_TYPES:
+        info = TYPE_INFO[TYPE_BY_NAME[type_name]]
+        row_bytes = info.row_bytes(COLS)
+        per_row = COLS // info.block_size
+        real = dequantized[f"{type_name}.blocks"][RANDOM_BLOCKS:]
+        real = real[rng.choice(len(real), VEC_DOT_REAL_ROWS * per_row, replace=False)]
+        random_blocks = rng.integers(0, 256, (VEC_DOT_RANDOM_ROWS * per_row, info.block_bytes), dtype=np.uint8)
+        magnitudes = np.exp(rng.uniform(np.log(1e-4), np.log(0.05), len(random_blocks)))
+        finite_scales(type_name, random_blocks, rng, magnitudes * rng.choice([-1.0, 1.0], len(random_blocks)))
+        rows = np.ascontiguousarray(np.concatenate([quantized_rows[f"{type_name}.weighted"],
+                                                    real.reshape(-1, row_bytes), random_blocks.reshape(-1, row_bytes)]))
+        (tmp / "rows.bin").write_bytes(rows.tobytes())
+        res = subprocess.run([str(harness), "vec_dot", type_name, str(len(rows)), str(COLS), str(tmp / "rows.bin"),
+                              str(len(x)), str(tmp / "x.f32"), str(tmp / "dot.f32"), str(tmp / "xq.bin")],
+                             check=True, capture_output=True, text=True)
+        act_types.append(res.stdout.strip().upper())
+        arrays[f"{type_name}.blocks"] = rows
+        arrays[f"{type_name}.x"] = x
+        arrays[f"{type_name}.dot"] = np.fromfile(tmp / "dot.f32", dtype=np.float32).reshape(len(x), len(rows))
+        arrays[f"{type_name}.xq"] = np.fromfile(tmp / "xq.bin", dtype=np.uint8).reshape(len(x), -1)
+    arrays["types"] = np.array(list(PURE_TYPES))
+    arrays["vec_dot_type"] = np.array(act_types)
+    return arrays
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", type=Path, default=Path("/work/scratch/llama/build/bin"))
@@ -210,13 +275,21 @@ def main() -> None:
     ap.add_argument("--demo", type=Path, help="an f16 GGUF of the demo model")
     ap.add_argument("--demo-imatrix", type=Path, help="llama-imatrix's file for it")
     ap.add_argument("--demo-only", action="store_true", help="only (re)make quantize-demo.json")
+    ap.add_argument("--vec-dot-only", action="store_true",
+                    help="only (re)make vec_dot.npz, from the recorded dequantize.npz and quantize_rows.npz")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     exe = args.bin / "llama-quantize"
     llama = "0c1e570 (llama-cpp-python 0.3.36)"
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        if not args.demo_only:
+        if args.vec_dot_only:
+            harness = tmp / "harness"
+            compile_harness(args.llama_src, args.llama_build, harness)
+            with np.load(OUT / "dequantize.npz") as dq, np.load(OUT / "quantize_rows.npz") as qr:
+                arrays = vec_dot_refs(harness, dict(dq), dict(qr), tmp)
+            np.savez_compressed(OUT / "vec_dot.npz", **arrays)
+        elif not args.demo_only:
             kept: dict[str, Path] = {}
             record = {"llama_cpp": llama, "input": "tests/data/kq/kq-f16.gguf", "input_sha256": sha256_file(KQ),
                       "imatrix": "tests/data/imatrix/kq.imatrix.gguf", "imatrix_sha256": sha256_file(KQ_IMATRIX),
@@ -224,8 +297,11 @@ def main() -> None:
             (OUT / "quantize.json").write_text(json.dumps(record, indent=1) + "\n")
             harness = tmp / "harness"
             compile_harness(args.llama_src, args.llama_build, harness)
-            np.savez_compressed(OUT / "dequantize.npz", **dequantize_refs(harness, kept, tmp))
-            np.savez_compressed(OUT / "quantize_rows.npz", **quantize_row_refs(harness, tmp))
+            dequantized = dequantize_refs(harness, kept, tmp)
+            quantized_rows = quantize_row_refs(harness, tmp)
+            np.savez_compressed(OUT / "dequantize.npz", **dequantized)
+            np.savez_compressed(OUT / "quantize_rows.npz", **quantized_rows)
+            np.savez_compressed(OUT / "vec_dot.npz", **vec_dot_refs(harness, dequantized, quantized_rows, tmp))
         if args.demo:
             record = {"llama_cpp": llama, "input": args.demo.name, "input_sha256": sha256_file(args.demo),
                       "imatrix": args.demo_imatrix.name, "imatrix_sha256": sha256_file(args.demo_imatrix),

@@ -6,7 +6,10 @@ scripts/iquant_ref_harness.cpp linked against the reference ggml):
   every i-quant / ternary mix and ggml type: per tensor type and data sha256, the file's sha256,
   or llama-quantize's refusal;
 * dequantize.npz: ggml's to_float on random and real blocks of every type;
-* quantize_rows.npz: ggml_quantize_chunk on random rows, with and without importance weights.
+* quantize_rows.npz: ggml_quantize_chunk on random rows, with and without importance weights;
+* vec_dot.npz: ggml-cpu's mat-vec step (the activation through its vec_dot_type's from_float, then
+  vec_dot) on rows of every type; the engine's kernels are checked on it elsewhere, here the
+  activation blocks and the layout.
 
 The tables below list what this branch has codecs for; a new codec adds its entries (IQ2_XXS,
 IQ2_XS, IQ2_S; IQ3_XXS, IQ3_S; IQ1_S, IQ1_M) and each mix once all the types it uses exist.
@@ -16,22 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from llmcli.errors import BadInputError, UnsupportedError
-from llmcli.gguf import GGUFReader
 from llmcli.gguf.constants import GGMLType
 from llmcli.quantize import quantize_file
 from llmcli.quants import dequantize, quantize
 from llmcli.quants.mixes import IMATRIX_ONLY_MIXES, QuantizeOptions, find_mix
+from tests.kq_refs import DATA, KQ, quantize_as_run, tensor_hashes
+from tests.kq_refs import IMATRIX_DIR as IMX
 
-DATA = Path(__file__).parent / "data"
 REFS = DATA / "iquants"
-IMX = DATA / "imatrix"
-KQ = DATA / "kq" / "kq-f16.gguf"
 RECORD = json.loads((REFS / "quantize.json").read_text())
 RUNS = RECORD["runs"]
 with np.load(REFS / "quantize_rows.npz") as _npz:
@@ -63,11 +63,6 @@ def _recorded(names: list[str], pure: bool) -> list[tuple[str, bool]]:
             if any(r.get(key) == n and r["pure"] == pure and r["imatrix"] == i and not r.get("failed") for r in RUNS)]
 
 
-def _tensors(path: Path) -> list[list[str]]:
-    with GGUFReader(path) as r:
-        return [[t.name, t.type.name, hashlib.sha256(r.tensor_bytes(t).tobytes()).hexdigest()] for t in r.tensors]
-
-
 def test_references_cover_every_type_and_mix():
     assert hashlib.sha256(KQ.read_bytes()).hexdigest() == RECORD["input_sha256"]
     assert hashlib.sha256((IMX / "kq.imatrix.gguf").read_bytes()).hexdigest() == RECORD["imatrix_sha256"]
@@ -85,7 +80,7 @@ def test_mix_matches_llama_quantize(mix, imatrix, tmp_path, monkeypatch):
     run = _run(mix, False, imatrix)
     out = tmp_path / "out.gguf"
     quantize_file(KQ, out, mix, measure=False, imatrix="kq.imatrix.gguf" if imatrix else None)
-    got = _tensors(out)
+    got = tensor_hashes(out)
     assert [g[:2] for g in got] == [e[:2] for e in run["tensors"]]
     bad = [g[0] for g, e in zip(got, run["tensors"]) if g != e]
     assert not bad, f"{len(bad)} tensors differ from llama-quantize's, e.g. {bad[:3]}"
@@ -98,12 +93,8 @@ def test_pure_type_matches_llama_quantize(ggml_type, imatrix, tmp_path, monkeypa
     monkeypatch.chdir(IMX)
     run = _run(ggml_type, True, imatrix)
     out = tmp_path / "out.gguf"
-    embd = run["options"][run["options"].index("--token-embedding-type") + 1] \
-        if "--token-embedding-type" in run["options"] else None
-    options = QuantizeOptions(pure=True, token_embedding_type=GGMLType[embd] if embd else None)
-    quantize_file(KQ, out, run["type"], options=options, measure=False,
-                  imatrix="kq.imatrix.gguf" if imatrix else None)
-    assert _tensors(out) == run["tensors"]
+    quantize_as_run(run, out)
+    assert tensor_hashes(out) == run["tensors"]
     assert hashlib.sha256(out.read_bytes()).hexdigest() == run["file_sha256"]
 
 
@@ -179,3 +170,32 @@ def test_weights_only_type_on_token_embd_is_refused(tmp_path):
     with pytest.raises(BadInputError, match="the importance matrix has none for it"):
         quantize_file(KQ, out, "Q4_K_M", options=options, measure=False, imatrix=IMX / "kq.imatrix.gguf")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def vec_dots():
+    return dict(np.load(REFS / "vec_dot.npz"))
+
+
+@pytest.mark.parametrize("ggml_type", ALL_TYPES)
+def test_activation_blocks_are_ggml_cpus(ggml_type, vec_dots):
+    """ggml-cpu's from_float (the AVX-512 build's) for the activations vec_dot reads is our Q8_K / Q8_0
+    quantizer byte for byte."""
+    act_type = dict(zip(vec_dots["types"], vec_dots["vec_dot_type"]))[ggml_type]
+    assert act_type == ("Q8_0" if ggml_type == "IQ4_NL" else "Q8_K")
+    got = quantize(vec_dots[f"{ggml_type}.x"], GGMLType[str(act_type)])
+    assert np.array_equal(got, vec_dots[f"{ggml_type}.xq"])
+
+
+@pytest.mark.parametrize("ggml_type", ALL_TYPES)
+def test_vec_dot_is_the_dot_of_the_dequantized_blocks(ggml_type, vec_dots):
+    """vec_dot's integer sums are exact: its results are the float64 dot of the dequantized blocks up to
+    float32 rounding (ggml's ternary kernels keep 8 float lanes of block partial sums: 4e-5 relative)."""
+    act_type = GGMLType[str(dict(zip(vec_dots["types"], vec_dots["vec_dot_type"]))[ggml_type])]
+    x = dequantize(vec_dots[f"{ggml_type}.xq"], act_type).astype(np.float64)
+    w = dequantize(vec_dots[f"{ggml_type}.blocks"], GGMLType[ggml_type]).astype(np.float64)
+    dot = vec_dots[f"{ggml_type}.dot"]
+    assert dot.shape == (len(x), len(w)) and w.shape[1] == x.shape[1] == 512
+    scale = np.abs(x) @ np.abs(w).T
+    assert (np.abs(dot - x @ w.T) <= (1e-4 if ggml_type.startswith("TQ") else 1e-6) * scale).all()
+    assert (scale > 0).sum() >= 0.75 * scale.size   # zero rows and the zero vector only
