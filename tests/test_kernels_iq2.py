@@ -195,3 +195,30 @@ def test_int8_matvec_equals_ggmls_vec_dot(type_name, activations):
         # measured <= 7.4e-8 of the magnitude apart (ggml's own from the exact sum: <= 5.2e-8)
         err = np.abs(got[t].astype(np.float64) - dots[t])
         assert np.all(err <= 3e-7 * reference[1] + 1e-30), (t, (err / np.maximum(reference[1], 1e-30)).max())
+
+
+def test_generic_code_without_vnni(tmp_path, activations):
+    """Compiled for a CPU without AVX512-VNNI (int8.HAS_VNNI False) the int8 kernels emit plain
+    vector IR for the byte products and the sign masks: the same numbers. Haswell, not "generic":
+    the fp16 scales load as `fpext half`, which needs F16C."""
+    activations("int8")
+    refs = np.load(REFS / "vec_dot.npz")
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from llmcli.engine.kernels import int8, iq2
+        from llmcli.gguf.constants import GGMLType
+        assert not int8.HAS_VNNI
+        refs = np.load({str(REFS / "vec_dot.npz")!r})
+        out = {{}}
+        for name, kernel in iq2.INT8_MATVECS.items():
+            raw, X = refs[name.name + ".blocks"], refs[name.name + ".x"]
+            out[name.name] = np.empty((len(X), len(raw)), np.float32)
+            kernel(raw.reshape(len(raw), 2, -1), X, out[name.name])
+        np.savez({str(tmp_path / 'out.npz')!r}, **out)
+    """)
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
+    generic = np.load(tmp_path / "out.npz")
+    for type_name in TYPES:
+        raw, X = refs[f"{type_name}.blocks"], refs[f"{type_name}.x"]
+        np.testing.assert_array_equal(generic[type_name], matvecs(matrix(type_name, raw), X))
