@@ -25,7 +25,8 @@ signs applied to the activations instead (8 sign bytes = a 64-bit mask, a masked
 `_mm256_sign_epi8` with its keven_signs table), the scales 2 ls + 1 per int32 lane with `vpdpwssd`
 (int8_kquants.dot_scaled: a pair of products <= 2 * 43 * 127 fits int16). Per block the 16
 int32 lanes become float once and are FMA'd with d_w * xd; the lanes stay exact in float32
-(<= 4 * 43 * 127 * 31 < 2^24). Results equal ggml's up to the order of the float additions.
+(4 zmm x 4 products x 43 x 127 x 31 < 2^24). Results equal ggml's up to the order of the float
+additions.
 """
 
 from __future__ import annotations
@@ -136,8 +137,7 @@ def _iq2_int8_codegen(kind: str):
         zero8 = ir.Constant(v64i8, [0] * 64)
 
         def byte(base, offset):  # a block byte as i64
-            return builder.zext(builder.load(builder.gep(base, [offset if isinstance(offset, ir.Value)
-                                                                else i64(offset)])), I64)
+            return builder.zext(builder.load(builder.gep(base, [i64(offset)])), I64)
 
         def word(base, offset, ty):  # a little-endian integer of type ty at byte `offset`, as i64
             return builder.zext(load_at(builder, base, i64(offset), ty), I64)
