@@ -195,8 +195,8 @@ def _iq2_int8_codegen(kind: str):
             for k, mask in enumerate(sign_masks(base)):
                 entries = ir.Constant(vector(I64, 8), ir.Undefined)
                 for m in range(8):
-                    entries = builder.insert_element(entries, builder.load(builder.gep(grid_p, [index(base, 8 * k + m)])),
-                                                     ir.Constant(I32, m))
+                    entry = builder.load(builder.gep(grid_p, [index(base, 8 * k + m)]))
+                    entries = builder.insert_element(entries, entry, ir.Constant(I32, m))
                 codes.append((builder.bitcast(entries, v64i8), mask))
             per_sub = 8 if kind == "iq2_xxs" else 4  # int32 lanes per sub-block
             lane_scales = [[(16 * k + i) // per_sub for i in range(16)] for k in range(4)]
