@@ -26,11 +26,11 @@ from llmcli.gguf import GGUFReader
 from llmcli.gguf.constants import TYPE_INFO, GGMLType
 
 ALL_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
-             "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+             "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S"]
 # byte offsets of each format's fp16 scales inside a block (random bytes there could be inf/NaN)
 FP16_SCALE_OFFSETS = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2],
                       "IQ4_NL": [0], "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2],
-                      "Q6_K": [208], "IQ4_XS": [0]}
+                      "Q6_K": [208], "IQ4_XS": [0], "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0]}
 N_ROWS = 37  # not a multiple of the 16-row mat-vec tiles nor of the 4-row GEMM blocks
 TOKEN_COUNTS = [1, 3, 17]
 
@@ -166,9 +166,9 @@ def test_output_buffers_and_threads():
 
 
 def test_unsupported_type_is_named():
-    raw = np.zeros((2, TYPE_INFO[GGMLType.IQ2_XXS].block_bytes), np.uint8)
-    with pytest.raises(UnsupportedError, match="IQ2_XXS"):
-        QuantizedMatrix(raw, GGMLType.IQ2_XXS, 256)
+    raw = np.zeros((2, TYPE_INFO[GGMLType.MXFP4].block_bytes), np.uint8)
+    with pytest.raises(UnsupportedError, match="MXFP4"):
+        QuantizedMatrix(raw, GGMLType.MXFP4, 32)
     assert set(supported_types()) == {GGMLType[name] for name in ALL_TYPES}
 
 

@@ -212,20 +212,33 @@ def _scale_code(inv_d, scale):
 #   weight 32s + 8l + j = d * (0.5 + ls) * 0.25 * grid[j] * (-1 if sign bit j)
 
 
+@njit(inline="always")
+def iq2_xxs_group(blk, g):
+    """(grid index, 8 sign bits, 4-bit scale ls) of group g < 32 (weights 8g .. 8g+7) of an
+    IQ2_XXS block (uint8 (66,))."""
+    s, l = g // 4, g % 4
+    aux = read_u32(blk, 2 + 8 * s + 4)
+    return (np.int32(blk[2 + 8 * s + l]), np.int32(KSIGNS[(aux >> np.uint32(7 * l)) & np.uint32(127)]),
+            np.int32(aux >> np.uint32(28)))
+
+
+@njit(inline="always")
+def iq2_group_values(d, ls, grid, index, signs, out, first):
+    """out[first + j] = weight j < 8 of a group: d * (0.5 + ls) * 0.25 * grid[index, j], negated
+    where bit j of signs is set (ggml's dequantize_row_iq2_* arithmetic, every IQ2 type)."""
+    db = d * (HALF + F32(ls)) * QUARTER
+    for j in range(8):
+        v = db * F32(grid[index, j])
+        out[first + j] = -v if (signs >> j) & 1 else v
+
+
 @njit(**KERNEL)
 def _dequantize_iq2_xxs(raw, y):
     for b in prange(raw.shape[0]):
-        blk = raw[b]
-        d = read_fp16(blk, 0)
-        for s in range(8):
-            aux = read_u32(blk, 2 + 8 * s + 4)
-            db = d * (HALF + F32(aux >> np.uint32(28))) * QUARTER
-            for g in range(4):
-                index = blk[2 + 8 * s + g]
-                signs = KSIGNS[(aux >> np.uint32(7 * g)) & np.uint32(127)]
-                for j in range(8):
-                    v = db * F32(GRID_XXS[index, j])
-                    y[b, 32 * s + 8 * g + j] = -v if (signs >> j) & 1 else v
+        d = read_fp16(raw[b], 0)
+        for g in range(32):
+            index, signs, ls = iq2_xxs_group(raw[b], g)
+            iq2_group_values(d, ls, GRID_XXS, index, signs, y[b], 8 * g)
 
 
 @njit(**HELPER)
@@ -344,20 +357,20 @@ def _search_16(xval, weight, waux, kmap, neighbours, qgrid, L, Laux, on_grid, on
 #         +------+------------------------------------------+----------------+
 #   weight 8g + j = d * (0.5 + ls) * 0.25 * grid[j] * (-1 if sign bit j), ls the nibble of 8g + j
 
+@njit(inline="always")
+def iq2_xs_group(blk, g):
+    """(grid index, 8 sign bits, 4-bit scale ls) of group g < 32 of an IQ2_XS block (uint8 (74,))."""
+    q = np.int32(blk[2 + 2 * g]) | (np.int32(blk[3 + 2 * g]) << 8)
+    return q & 511, np.int32(KSIGNS[q >> 9]), (np.int32(blk[66 + g // 4]) >> (4 * ((g // 2) % 2))) & 0xF
+
+
 @njit(**KERNEL)
 def _dequantize_iq2_xs(raw, y):
     for b in prange(raw.shape[0]):
-        blk = raw[b]
-        d = read_fp16(blk, 0)
-        for s in range(8):
-            sc = blk[66 + s]
-            for g in range(4):
-                db = d * (HALF + F32((sc >> (4 * (g // 2))) & 0xF)) * QUARTER
-                q = np.int32(blk[2 + 8 * s + 2 * g]) | (np.int32(blk[3 + 8 * s + 2 * g]) << 8)
-                signs = KSIGNS[q >> 9]
-                for j in range(8):
-                    v = db * F32(GRID_XS[q & 511, j])
-                    y[b, 32 * s + 8 * g + j] = -v if (signs >> j) & 1 else v
+        d = read_fp16(raw[b], 0)
+        for g in range(32):
+            index, signs, ls = iq2_xs_group(raw[b], g)
+            iq2_group_values(d, ls, GRID_XS, index, signs, y[b], 8 * g)
 
 
 @njit(**HELPER)
@@ -423,21 +436,21 @@ def _quantize_iq2_xs(x, qw, out, kmap, neighbours, qgrid):
 #         +------+-------------+----------------+-----------+-----------+
 #   grid iq2s_grid (1024 entries); weight 8g + j = d * (0.5 + ls) * 0.25 * grid[j] * (-1 if sign j)
 
+@njit(inline="always")
+def iq2_s_group(blk, g):
+    """(grid index, 8 sign bits, 4-bit scale ls) of group g < 32 of an IQ2_S block (uint8 (82,))."""
+    s, l = g // 4, g % 4
+    index = np.int32(blk[2 + g]) | ((np.int32(blk[66 + s]) << (8 - 2 * l)) & 0x300)
+    return index, np.int32(blk[34 + g]), (np.int32(blk[74 + s]) >> (4 * (l // 2))) & 0xF
+
+
 @njit(**KERNEL)
 def _dequantize_iq2_s(raw, y):
     for b in prange(raw.shape[0]):
-        blk = raw[b]
-        d = read_fp16(blk, 0)
-        for s in range(8):
-            sc = blk[74 + s]
-            qh = np.int32(blk[66 + s])
-            for g in range(4):
-                db = d * (HALF + F32((sc >> (4 * (g // 2))) & 0xF)) * QUARTER
-                index = np.int32(blk[2 + 4 * s + g]) | ((qh << (8 - 2 * g)) & 0x300)
-                signs = blk[34 + 4 * s + g]
-                for j in range(8):
-                    v = db * F32(GRID_S[index, j])
-                    y[b, 32 * s + 8 * g + j] = -v if (signs >> j) & 1 else v
+        d = read_fp16(raw[b], 0)
+        for g in range(32):
+            index, signs, ls = iq2_s_group(raw[b], g)
+            iq2_group_values(d, ls, GRID_S, index, signs, y[b], 8 * g)
 
 
 @njit(**HELPER)
