@@ -18,8 +18,8 @@ Runs, each recorded with its command line and the figures parsed from llama-perp
    batches per chunk) and -b 128 (one chunk per batch).
 2. `demo`: the demo model, -c 512, every chunk of the text (4), three ways: llama.cpp's defaults
    (f16 KV cache, flash attention), -fa off, and -fa off -ctk f32 -ctv f32 (a float32 KV cache
-   and plain attention: the arithmetic llmcli's engine has; llama.cpp's own spread across these
-   shows how much the figures move with float rounding alone).
+   and plain attention), and its defaults with -ub 128 (the same arithmetic in another order;
+   llama.cpp's own spread across these shows how much the figures move with float rounding alone).
 3. `kld_base`: base files written by llama.cpp, -c 64 --chunks 4 (4 x 31 = 124 scored tokens, enough
    for the final statistics): llama-f32 and kq-f16 -> tests/data/perplexity/<model>.c64.kld.
 4. `kld`: llama.cpp's KL divergence of llama-f16 and mistral-f32 against the llama-f32 base, and of
@@ -56,7 +56,11 @@ PPL_MODELS = ["llama-f16", "llama-f32", "gemma3-f16", "qwen2-f16", "llama_bf16-f
 PPL_ARGS = ["-c", "128", "--chunks", "8"]
 KLD_ARGS = ["-c", "64", "--chunks", "4"]
 # llama.cpp's defaults (f16 KV cache, flash attention), and the same with llmcli's arithmetic
-DEMO_CONFIGS = {"default": [], "fa_off": ["-fa", "off"], "fa_off_f32_kv": ["-fa", "off", "-ctk", "f32", "-ctv", "f32"]}
+# and llama.cpp's defaults with 128-token micro-batches: the same arithmetic summed in another order
+# (its attention over the cache in four steps), which shows how far float rounding alone moves the
+# figures of a trained model
+DEMO_CONFIGS = {"default": [], "fa_off": ["-fa", "off"], "fa_off_f32_kv": ["-fa", "off", "-ctk", "f32", "-ctv", "f32"],
+                "default_ub128": ["-ub", "128"]}
 
 CHUNK_VALUE = re.compile(r"\[(\d+)\](-?[\d.]+|nan|inf),")
 FINAL = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")

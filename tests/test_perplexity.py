@@ -10,9 +10,10 @@ Float noise, measured: the tiny f16/f32 models' perplexities agree with llama.cp
 cache, llmcli computes in float32). The demo model (Q4_K_M) is a trained model on a text it
 predicts well (PPL ~2.4), where float rounding moves the figures by percents: llama.cpp itself
 gives 2.3893 with its defaults (f16 KV cache, flash attention), 2.3901 with -fa off and 2.3733
-with -fa off -ctk f32 -ctv f32; chunk 1 spans 1.8356 - 1.8871 (2.8 %) across those. llmcli's
-engine has the last one's arithmetic (8-bit activations for quantized weights, float32 KV cache,
-plain attention), so that is the reference held to 0.2 %.
+with -fa off -ctk f32 -ctv f32, and 2.3645 with its defaults in 128-token micro-batches (chunk 1
+1.7986 against 1.8871: the same arithmetic in another order). With an f32 KV cache llmcli has the
+arithmetic of the -fa off -ctk f32 run, held to 0.2 % on the final figure; with an f16 one that
+of llama.cpp's defaults (its flash attention's rounding, test_demo_model_perplexity_equals_llama_cpp).
 """
 
 from __future__ import annotations
@@ -55,17 +56,17 @@ def text() -> str:
 _loaded: dict = {}
 
 
-def loaded(name: str, n_ctx: int, n_batch: int = 2048, kv: str = "f32"):
+def loaded(name: str, n_ctx: int, n_batch: int = 2048, kv: str = "f32", activations: str = "int8"):
     """A model ready for perplexity with 8-bit prompt activations through the row-exact mat-vecs
     (`--activations int8`: the tolerances below were measured with it; the command line's default,
     int8-gemm, rounds the same way but sums in another order, another draw of the rounding noise).
     The KV cache is f32 unless asked: the references the figures are held to within 0.2 % were made
     with llama.cpp's float32 arithmetic (-ctk f32 -ctv f32 -fa off, or its f32-KV runs of tiny models)."""
-    key = (name, n_ctx, min(n_batch, n_ctx), kv)
+    key = (name, n_ctx, min(n_batch, n_ctx), kv, activations)
     if key not in _loaded:
         model = load_model(model_path(name), threads=2, ctx_size=n_ctx, batch_size=min(n_batch, n_ctx),
                            cache_type_k=kv, cache_type_v=kv)
-        model.set_prompt_activations("int8")
+        model.set_prompt_activations(activations)
         _loaded[key] = (model, Tokenizer.from_gguf(model.reader))
     return _loaded[key]
 
@@ -228,24 +229,27 @@ def test_batch_size_does_not_change_the_figures(text):
 
 
 def test_demo_model_perplexity_equals_llama_cpp(text):
-    """-c 512, the whole text (4 chunks) against llama.cpp with llmcli's arithmetic (float32 KV
-    cache, plain attention): final within 0.2 %, each chunk within 0.5 % (measured 0.16 % and
-    0.35 %); against llama.cpp's defaults (f16 KV cache, flash attention) the final within 1 %
-    (measured 0.83 %; llama.cpp's own configurations differ by 0.7 %)."""
+    """-c 512, the whole text (4 chunks). On this trained model float rounding alone moves the
+    per-chunk figures by percents: llama.cpp itself, with its defaults but 128-token micro-batches
+    (the same arithmetic in another order), moves chunk 1 by 4.7 % and the final by 1.0 %. Held to:
+    with llama.cpp's float32 arithmetic (f32 KV cache, no flash attention) the final within 0.2 %
+    (measured 0.04 %); with the defaults of both (f16 KV cache, its flash attention, our integer
+    GEMMs) the final within 0.5 % (measured 0.22 %); every chunk within llama.cpp's own spread
+    (measured at most 2.4 %)."""
     ref = REFS["demo"]
+    own_spread = rel(ref["default_ub128"]["chunk_ppl"], ref["default"]["chunk_ppl"]).max()
     model, tok = loaded("demo", 512)
     result = perplexity(model, text_chunks(tok, text, 512), 2048)
     same_arithmetic = ref["fa_off_f32_kv"]
     assert rel(result.ppl, same_arithmetic["ppl"]) < PPL_TOLERANCE
-    assert rel(result.ppl_error, same_arithmetic["ppl_error"]) < 5e-3
-    assert rel(result.chunk_ppl, same_arithmetic["chunk_ppl"]).max() < 5e-3
-    assert rel(result.ppl, ref["default"]["ppl"]) < 1e-2
-    # with an f16 KV cache (our default, as llama.cpp's), against llama.cpp's f16 cache without flash
-    # attention: final 0.36 %, chunks up to 0.98 % (llama.cpp rounds the softmax weights to f16 too)
-    model16, tok16 = loaded("demo", 512, kv="f16")
+    assert rel(result.ppl_error, same_arithmetic["ppl_error"]) < 2e-2
+    assert rel(result.chunk_ppl, same_arithmetic["chunk_ppl"]).max() < own_spread
+    # the defaults: an f16 KV cache and the integer GEMMs, against llama.cpp's defaults
+    model16, tok16 = loaded("demo", 512, kv="f16", activations="int8-gemm")
     result16 = perplexity(model16, text_chunks(tok16, text, 512), 2048)
-    assert rel(result16.ppl, ref["fa_off"]["ppl"]) < 5e-3
-    assert rel(result16.chunk_ppl, ref["fa_off"]["chunk_ppl"]).max() < 1.5e-2
+    assert rel(result16.ppl, ref["default"]["ppl"]) < 5e-3
+    assert rel(result16.ppl_error, ref["default"]["ppl_error"]) < 2e-2
+    assert rel(result16.chunk_ppl, ref["default"]["chunk_ppl"]).max() < own_spread
 
 
 # -- the KL-divergence base file -----------------------------------------------------------------
