@@ -34,6 +34,7 @@ def test_json_carries_every_field(bench_json):
         assert r["model_type_mix"] == {"F16": 16, "F32": 5}
         assert r["peak_rss_bytes"] > 0 and r["kv_cache_bytes"] > 0 and r["numba_version"]
         assert r["model_file_type"] == "MOSTLY_F16" and r["model_type"].endswith("F16")
+        assert r["prompt_activations"] == "int8-gemm"  # the default prompt path
 
 
 def test_compare_against_itself_passes_and_a_faster_base_fails(cli, data_dir, bench_json, tmp_path):
@@ -106,9 +107,11 @@ def test_batched_mode_bad_input(cli, data_dir, args, message):
 def test_depth_runs_each_test_after_that_many_cached_tokens(cli, data_dir):
     """-d (llama-bench's --n-depth): each repetition continues a context of n_depth tokens, evaluated
     once and copied in, untimed; the json says n_depth and the label "@ d<n>" as llama-bench's."""
-    res = cli("bench", "-m", data_dir / TINY, "-p", "4", "-n", "2", "-d", "0,8", "-r", "2", "-t", "1", "-o", "json")
+    res = cli("bench", "-m", data_dir / TINY, "-p", "4", "-n", "2", "-d", "0,8", "-r", "2", "-t", "1", "-o", "json",
+              "--activations", "float")
     assert res.exit_code == 0, res.stderr
     rows = json.loads(res.stdout)
+    assert {r["prompt_activations"] for r in rows} == {"float"}
     assert [(r["test"], r["n_depth"], r["n_ctx"]) for r in rows] == [
         ("pp4", 0, 4), ("tg2", 0, 2), ("pp4 @ d8", 8, 12), ("tg2 @ d8", 8, 10)]
     assert all(r["kv_cache_bytes"] == r["kv_cache_bytes_k"] + r["kv_cache_bytes_v"] > 0 for r in rows)

@@ -18,7 +18,7 @@ LLAMA_BENCH_FIELDS = [
 LLMCLI_FIELDS = [
     "test", "n_ctx", "model_arch", "model_file_type", "model_type_mix", "peak_rss_bytes",
     "kv_cache_bytes", "kv_cache_bytes_k", "kv_cache_bytes_v", "compile_s", "warmup", "llmcli_version", "python_version", "numpy_version",
-    "numba_version", "cpu_flags", "threads_auto", "threading_layer",
+    "numba_version", "cpu_flags", "threads_auto", "threading_layer", "prompt_activations",
 ]
 ARRAY_FIELDS = ["samples_ns", "samples_ts"]
 ALL_FIELDS = LLAMA_BENCH_FIELDS + LLMCLI_FIELDS + ARRAY_FIELDS
@@ -47,6 +47,7 @@ class BenchResult:
     warmup: bool
     environment: dict[str, Any] = field(default_factory=dict)
     threading_layer: str = ""  # numba's, after the test ran (engine.threads.threading_layer)
+    prompt_activations: str = ""  # how prompts were computed (engine.prompt_activations: int8-gemm, float, int8)
 
     @property
     def n_tokens(self) -> int:
@@ -113,6 +114,7 @@ class BenchResult:
             "cpu_flags": env.get("cpu_flags", ""),
             "threads_auto": t.auto_threads,
             "threading_layer": self.threading_layer,
+            "prompt_activations": self.prompt_activations,
             "samples_ns": list(ns),
             "samples_ts": self.samples_ts,
         }

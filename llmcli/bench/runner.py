@@ -157,6 +157,7 @@ class BenchRunner:
                 warmup=self.warmup,
                 environment=env,
                 threading_layer=threading_layer(),
+                prompt_activations=self.prompt_activations,
             )
 
 
