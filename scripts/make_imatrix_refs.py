@@ -31,7 +31,10 @@ Every command runs inside tests/data/imatrix with the text given as `-f genesis-
 * `quantize.json`: `llama-quantize --imatrix kq.imatrix.gguf kq-f16.gguf OUT TYPE 2` for every
   type llmcli supports (and Q2_K_S, which needs an imatrix), plus runs with the legacy file,
   --include-weights / --exclude-weights, and llmcli's own imatrix file: the output's sha256 and
-  size, the quantize.imatrix.* metadata, and per tensor (in file order) type and data sha256.
+  size, the quantize.imatrix.* metadata, and per tensor (in file order) type and data sha256;
+* `demo.imatrix.gguf` and `imatrix.json`'s `demo_model` (--demo-only makes just these): llama-imatrix
+  on the demo model, -c 512, with its defaults (the file) and with -ub 128 (per weight matrix, its
+  sums' relative distance from the defaults' - llama.cpp's own float-rounding spread).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ import re
 import subprocess
 import sys
 import tempfile
+
+import numpy as np
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +130,38 @@ def quantized_model_run(bin_dir: Path, models: dict[str, Path]) -> tuple[dict, d
         shown = ["llama-imatrix", "-m", model.name, *cmd[3:]]
         return model_record, {out_name: {"command": " ".join(shown), "ppl": ppl_lines(res.stdout + res.stderr),
                                          "sha256": sha256_file(OUT / out_name)}}
+
+
+def demo_model_runs(bin_dir: Path) -> dict:
+    """llama-imatrix on the demo model (Gemma 3 270M Q4_K_M), -c 512 over the whole text, with its
+    defaults (kept: `demo.imatrix.gguf`) and with -ub 128 (the same arithmetic summed in another
+    order; not kept): per weight matrix how far the second run's sums are from the first's
+    (|a - b| / |b| over the column vector), i.e. how far float rounding alone moves a trained
+    model's statistics."""
+    from llmcli.demo import demo_model_path
+    from llmcli.imatrix import read_imatrix
+
+    model = demo_model_path()
+    record = {"model": model.name, "model_sha256": sha256_file(model), "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        for label, extra, out in (("default", [], OUT / "demo.imatrix.gguf"),
+                                  ("ub128", ["-ub", "128"], Path(tmp) / "demo-ub128.imatrix.gguf")):
+            cmd = [str(bin_dir / "llama-imatrix"), "-m", str(model), "-f", TEXT, "-c", "512", *extra, "-t", "2",
+                   "-o", out.name if out.parent == OUT else str(out)]
+            res = run(cmd)
+            if res.returncode:
+                raise SystemExit(f"{cmd} failed:\n{res.stderr[-3000:]}")
+            files[label] = read_imatrix(out).entries
+            record["runs"][label] = {"command": " ".join(["llama-imatrix", "-m", model.name, *cmd[3:-2]]),
+                                     "ppl": ppl_lines(res.stdout + res.stderr)}
+        record["runs"]["default"]["sha256"] = sha256_file(OUT / "demo.imatrix.gguf")
+        base = files["default"]
+        record["runs"]["ub128"]["relative_error_vs_default"] = {
+            name: float(np.linalg.norm(e.sums.astype(np.float64) - base[name].sums)
+                        / np.linalg.norm(base[name].sums.astype(np.float64)))
+            for name, e in files["ub128"].items()}
+    return record
 
 
 def llmcli_imatrix(models: dict[str, Path]) -> dict:
@@ -216,7 +253,14 @@ def main() -> None:
     ap.add_argument("--reference", type=Path, default=Path("/work/shared/reference"))
     ap.add_argument("--quantized-only", action="store_true",
                     help="only (re)make the quantized-model run, keeping the rest of imatrix.json")
+    ap.add_argument("--demo-only", action="store_true",
+                    help="only (re)make the demo model's runs, keeping the rest of imatrix.json")
     args = ap.parse_args()
+    if args.demo_only:
+        record = json.loads((OUT / "imatrix.json").read_text())
+        record["demo_model"] = demo_model_runs(args.bin)
+        (OUT / "imatrix.json").write_text(json.dumps(record, indent=1) + "\n")
+        return
     models = {"llama": args.reference / "gguf" / "llama-f32.gguf",
               "mixtral": args.reference / "gguf" / "mixtral-f16.gguf",
               "mixtral_f32": args.reference / "gguf" / "mixtral-f32.gguf",

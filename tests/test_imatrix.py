@@ -308,3 +308,26 @@ def test_observer_is_off_by_default(models):
         assert all(shape[0] == 3 for _, _, shape in seen)
     finally:
         model.reader.close()
+
+
+def test_demo_model_within_llama_cpps_own_rounding_spread(tmp_path, monkeypatch):
+    """A trained model (the demo, Q4_K_M), -c 512 over the whole text: every layer's 8-bit rounding
+    amplifies float noise, so llama-imatrix itself moves its sums by a median 1.1e-3 (max 1.0e-2)
+    with only its micro-batch changed (-ub 128). Ours are held to that spread (measured median
+    1.2e-3, max 9.5e-3; on the perplexity text 8e-4 against llama.cpp's own 2.0e-3): the median
+    within 1.5x llama.cpp's own, every matrix under its largest."""
+    from llmcli.demo import demo_model_path
+
+    record = RECORD["demo_model"]
+    model = demo_model_path()
+    assert _sha256(model) == record["model_sha256"]
+    monkeypatch.chdir(IMX)
+    out = tmp_path / "demo.gguf"
+    run_imatrix(model, RECORD["text"], out, n_ctx=512, compute_ppl=False)
+    ours, theirs = read_imatrix(out), read_imatrix(IMX / "demo.imatrix.gguf")
+    assert list(ours.entries) == list(theirs.entries)
+    assert all(ours.entries[n].counts.tolist() == t.counts.tolist() for n, t in theirs.entries.items())
+    errors = np.array([_relative_error(ours.entries[n].sums, t.sums) for n, t in theirs.entries.items()])
+    own = np.array(list(record["runs"]["ub128"]["relative_error_vs_default"].values()))
+    assert np.median(errors) < 1.5 * np.median(own), np.median(errors)
+    assert errors.max() < own.max(), errors.max()

@@ -25,8 +25,8 @@ the weight type has an integer kernel, as llama.cpp's CPU backend does for quant
 (`Transformer.set_prompt_activations`): the sums are of the float activations either way, but with
 quantized weights llama.cpp's rounded products move every later layer's activations, so rounding
 as it does brings the sums closer to llama-imatrix's (demo Q4_K_M model: median per-tensor
-difference 1.1e-3 instead of 3.6e-3; the rest is float noise that each layer's 8-bit rounding
-amplifies, see the README). "float" keeps float32 products (the more exact statistics); float
+difference 1.2e-3 instead of 3.6e-3, as far as llama-imatrix's own with another micro-batch size,
+1.1e-3; the rest is float noise that each layer's 8-bit rounding amplifies, see the README). "float" keeps float32 products (the more exact statistics); float
 weights have no integer kernel, so both are the same there. This is deliberately not the models'
 default prompt mode ("int8-gemm", engine/prompt_activations.py): that one rounds the same way but
 sums in another order on integer GEMM tiles, and the statistics above were measured, and are
