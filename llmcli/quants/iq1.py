@@ -66,19 +66,31 @@ IQ1M_SHIFT_MASKS = np.array([0x00, 0x80, 0x08, 0x88], np.uint8)
 # weight = d * (2 * ls + 1) * (grid[index][j] + delta)
 
 
+@njit(inline="always")
+def iq1_s_sub_block(blk, s, q):
+    """Sub-block s (32 weights) of one IQ1_S block (uint8 (50,)): its grid values (-1, 0, 1) into
+    q[0:32]; returns (ls, whether delta is negative). Weight k = d * (2 ls + 1) * (q[k] +- delta).
+    The one decoder of the layout (the dequantizer's and engine/kernels/iq1.py's)."""
+    qh = np.int32(blk[34 + 2 * s]) | (np.int32(blk[35 + 2 * s]) << 8)
+    for l in range(4):
+        index = np.int32(blk[2 + 4 * s + l]) | (((qh >> (3 * l)) & 7) << 8)
+        for j in range(8):
+            q[8 * l + j] = IQ1S_GRID[index, j]
+    return (qh >> 12) & 7, (qh & 0x8000) != 0
+
+
 @njit(**KERNEL)
 def _dequantize_iq1_s(raw, y):
     for b in prange(raw.shape[0]):
         blk = raw[b]
+        q = np.empty(32, np.int32)
         d = read_fp16(blk, 0)
         for s in range(8):
-            qh = np.int32(blk[34 + 2 * s]) | (np.int32(blk[35 + 2 * s]) << 8)
-            dl = d * F32(2 * ((qh >> 12) & 7) + 1)
-            delta = -DELTA if qh & 0x8000 else DELTA
-            for l in range(4):
-                index = np.int32(blk[2 + 4 * s + l]) | (((qh >> (3 * l)) & 7) << 8)
-                for j in range(8):
-                    y[b, 32 * s + 8 * l + j] = dl * (F32(IQ1S_GRID[index, j]) + delta)
+            ls, negative = iq1_s_sub_block(blk, s, q)
+            dl = d * F32(2 * ls + 1)
+            delta = -DELTA if negative else DELTA
+            for k in range(32):
+                y[b, 32 * s + k] = dl * (F32(q[k]) + delta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,27 +109,48 @@ def _dequantize_iq1_s(raw, y):
 # weight = d * (2 * ls + 1) * (grid[index][j] + delta)
 
 
-@njit(**HELPER)
+@njit(inline="always")
 def _read_u16(blk, pos):
     return np.int32(blk[pos]) | (np.int32(blk[pos + 1]) << 8)
+
+
+@njit(inline="always")
+def iq1_m_scale(blk):
+    """The super-block scale d of one IQ1_M block (uint8 (56,)): the fp16 spread over the top
+    nibbles of the 4 scale words."""
+    sc0, sc1, sc2, sc3 = _read_u16(blk, 48), _read_u16(blk, 50), _read_u16(blk, 52), _read_u16(blk, 54)
+    return fp16_to_fp32((sc0 >> 12) | ((sc1 >> 8) & 0x00F0) | ((sc2 >> 4) & 0x0F00) | (sc3 & 0xF000))
+
+
+@njit(inline="always")
+def iq1_m_sub_block(blk, t, q):
+    """Sub-block t (16 weights = groups 2t, 2t+1 of 8) of one IQ1_M block: its grid values
+    (-1, 0, 1) into q[0:16]; returns (ls, whether group 2t's delta is negative, the same for 2t+1).
+    Weight k = d * (2 ls + 1) * (q[k] +- delta). The one decoder of the layout (the dequantizer's
+    and engine/kernels/iq1.py's)."""
+    qh = np.int32(blk[32 + t])
+    for k in range(2):
+        index = np.int32(blk[2 * t + k]) | (((qh >> (4 * k)) & 7) << 8)
+        for j in range(8):
+            q[8 * k + j] = IQ1S_GRID[index, j]
+    ls = (_read_u16(blk, 48 + 2 * (t // 4)) >> (3 * (t % 4))) & 7
+    return ls, (qh & 0x08) != 0, (qh & 0x80) != 0
 
 
 @njit(**KERNEL)
 def _dequantize_iq1_m(raw, y):
     for b in prange(raw.shape[0]):
         blk = raw[b]
-        sc0, sc1, sc2, sc3 = _read_u16(blk, 48), _read_u16(blk, 50), _read_u16(blk, 52), _read_u16(blk, 54)
-        bits = (sc0 >> 12) | ((sc1 >> 8) & 0x00F0) | ((sc2 >> 4) & 0x0F00) | (sc3 & 0xF000)
-        d = fp16_to_fp32(bits)
+        q = np.empty(16, np.int32)
+        d = iq1_m_scale(blk)
         for t in range(16):
-            sc = _read_u16(blk, 48 + 2 * (t // 4))
-            dl = d * F32(2 * ((sc >> (3 * (t % 4))) & 7) + 1)
-            qh = np.int32(blk[32 + t])
-            for k in range(2):
-                index = np.int32(blk[2 * t + k]) | (((qh >> (4 * k)) & 7) << 8)
-                delta = -DELTA if qh & (0x08 << (4 * k)) else DELTA
-                for j in range(8):
-                    y[b, 16 * t + 8 * k + j] = dl * (F32(IQ1S_GRID[index, j]) + delta)
+            ls, negative0, negative1 = iq1_m_sub_block(blk, t, q)
+            dl = d * F32(2 * ls + 1)
+            delta0 = -DELTA if negative0 else DELTA
+            delta1 = -DELTA if negative1 else DELTA
+            for j in range(8):
+                y[b, 16 * t + j] = dl * (F32(q[j]) + delta0)
+                y[b, 16 * t + 8 + j] = dl * (F32(q[8 + j]) + delta1)
 
 
 # ---------------------------------------------------------------------------------------------

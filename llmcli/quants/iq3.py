@@ -65,21 +65,34 @@ FUDGE_S = F32(1.033)
 # weight = d * (0.5 + ls) * 0.5 * grid[qs][j] * sign
 
 
+@njit(inline="always")
+def iq3_xxs_sub_block(blk, s, q):
+    """Sub-block s (32 weights) of one IQ3_XXS block (uint8 (98,)): its signed grid values into
+    q[0:32] (integers, |q| <= 62); returns its 4-bit scale ls. Weight k = d * (0.5 + ls) * 0.5 * q[k].
+    The one decoder of the layout: the dequantizer and the engine's kernels (engine/kernels/iq3.py)
+    both use it."""
+    aux = read_u32(blk, 66 + 4 * s)
+    for l in range(4):
+        signs = KSIGNS_IQ2XS[(aux >> np.uint32(7 * l)) & np.uint32(127)]
+        for half in range(2):
+            g = IQ3XXS_GRID[blk[2 + 8 * s + 2 * l + half]]
+            for j in range(4):
+                v = np.int32(g[j])
+                q[8 * l + 4 * half + j] = -v if signs & (1 << (4 * half + j)) else v
+    return np.int32(aux >> np.uint32(28))
+
+
 @njit(**KERNEL)
 def _dequantize_iq3_xxs(raw, y):
     for b in prange(raw.shape[0]):
         blk = raw[b]
+        q = np.empty(32, np.int32)
         d = read_fp16(blk, 0)
         for s in range(8):
-            aux = read_u32(blk, 66 + 4 * s)
-            db = d * (F_HALF + F32(aux >> np.uint32(28))) * F_HALF
-            for l in range(4):
-                signs = KSIGNS_IQ2XS[(aux >> np.uint32(7 * l)) & np.uint32(127)]
-                for half in range(2):
-                    g = IQ3XXS_GRID[blk[2 + 8 * s + 2 * l + half]]
-                    for j in range(4):
-                        v = db * F32(g[j])
-                        y[b, 32 * s + 8 * l + 4 * half + j] = -v if signs & (1 << (4 * half + j)) else v
+            ls = iq3_xxs_sub_block(blk, s, q)
+            db = d * (F_HALF + F32(ls)) * F_HALF
+            for k in range(32):  # db * -g is -(db * g) bit for bit: the signs can go in first
+                y[b, 32 * s + k] = db * F32(q[k])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,21 +109,31 @@ def _dequantize_iq3_xxs(raw, y):
 # weight = d * (1 + 2 * ls) * grid[qs | qh << 8][j] * sign
 
 
+@njit(inline="always")
+def iq3_s_sub_block(blk, s, q):
+    """Sub-block s (32 weights) of one IQ3_S block (uint8 (110,)): its signed grid values into
+    q[0:32] (|q| <= 15); returns its 4-bit scale ls. Weight k = d * (1 + 2 ls) * q[k]. The one
+    decoder of the layout (the dequantizer's and engine/kernels/iq3.py's)."""
+    qh = np.int32(blk[66 + s])
+    for g in range(8):
+        index = np.int32(blk[2 + 8 * s + g]) | (((qh >> g) & 1) << 8)
+        signs = blk[74 + 4 * s + g // 2]
+        for j in range(4):
+            v = np.int32(IQ3S_GRID[index, j])
+            q[4 * g + j] = -v if signs & (1 << (4 * (g % 2) + j)) else v
+    return (np.int32(blk[106 + s // 2]) >> (4 * (s % 2))) & 0x0F
+
+
 @njit(**KERNEL)
 def _dequantize_iq3_s(raw, y):
     for b in prange(raw.shape[0]):
         blk = raw[b]
+        q = np.empty(32, np.int32)
         d = read_fp16(blk, 0)
         for s in range(8):
-            ls = (blk[106 + s // 2] >> (4 * (s % 2))) & 0x0F
-            db = d * F32(1 + 2 * np.int32(ls))
-            qh = np.int32(blk[66 + s])
-            for g in range(8):
-                index = np.int32(blk[2 + 8 * s + g]) | (((qh >> g) & 1) << 8)
-                signs = blk[74 + 4 * s + g // 2]
-                for j in range(4):
-                    v = db * F32(IQ3S_GRID[index, j])
-                    y[b, 32 * s + 4 * g + j] = -v if signs & (1 << (4 * (g % 2) + j)) else v
+            db = d * F32(1 + 2 * iq3_s_sub_block(blk, s, q))
+            for k in range(32):
+                y[b, 32 * s + k] = db * F32(q[k])
 
 
 # ---------------------------------------------------------------------------------------------
