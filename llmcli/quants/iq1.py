@@ -23,7 +23,7 @@ from numba import njit, prange
 from ..errors import UnsupportedError
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .half import fp16_to_fp32, fp32_to_fp16, read_fp16
-from .iq_grids import grid_bytes
+from .iq_grids import grid
 from .iq_search import MAP_SIZE_8X2, search_tables
 from .kquant_search import F32, ZERO, nearest_int
 from .kquants import _importance, _put_f16, _sum_squares
@@ -33,7 +33,7 @@ QK_K = 256
 KERNEL = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 HELPER = dict(cache=True, nogil=True, error_model="numpy")
 
-IQ1S_GRID = grid_bytes("iq1s_grid")   # (2048, 8) int8: -1, 0, 1
+IQ1S_POINTS = grid("iq1s_grid")       # (2048,) uint64: an entry's 8 int8 values (-1, 0, 1) as one word
 KMAP_SIZE = MAP_SIZE_8X2              # ggml's map size for 8 levels of 2 bits (all levels <= 2)
 NWANT = 3                             # distinct neighbour distances ggml lists for IQ1_S/IQ1_M
 DELTA = F32(0.125)
@@ -67,30 +67,35 @@ IQ1M_SHIFT_MASKS = np.array([0x00, 0x80, 0x08, 0x88], np.uint8)
 
 
 @njit(inline="always")
-def iq1_s_sub_block(blk, s, q):
-    """Sub-block s (32 weights) of one IQ1_S block (uint8 (50,)): its grid values (-1, 0, 1) into
-    q[0:32]; returns (ls, whether delta is negative). Weight k = d * (2 ls + 1) * (q[k] +- delta).
-    The one decoder of the layout (the dequantizer's and engine/kernels/iq1.py's)."""
-    qh = np.int32(blk[34 + 2 * s]) | (np.int32(blk[35 + 2 * s]) << 8)
-    for l in range(4):
-        index = np.int32(blk[2 + 4 * s + l]) | (((qh >> (3 * l)) & 7) << 8)
-        for j in range(8):
-            q[8 * l + j] = IQ1S_GRID[index, j]
-    return (qh >> 12) & 7, (qh & 0x8000) != 0
+def iq1_s_block(blk, codes, ls, negative):
+    """One IQ1_S block (uint8 (50,)) decoded: its grid values (-1, 0, 1) into codes (uint64 (32,),
+    read as int8 (256,), a grid entry's 8 bytes stored whole), the sub-blocks' 3-bit scales into
+    ls (int32 (8,)) and whether their delta is negative into negative (bool (8,)). Weight k =
+    d * (2 ls + 1) * (value k +- delta) with sub-block k // 32's. The one decoder of the layout
+    (the dequantizer's and engine/kernels/iq1.py's)."""
+    for s in range(8):
+        qh = np.int32(blk[34 + 2 * s]) | (np.int32(blk[35 + 2 * s]) << 8)
+        for l in range(4):
+            codes[4 * s + l] = IQ1S_POINTS[np.int32(blk[2 + 4 * s + l]) | (((qh >> (3 * l)) & 7) << 8)]
+        ls[s] = (qh >> 12) & 7
+        negative[s] = (qh & 0x8000) != 0
 
 
 @njit(**KERNEL)
 def _dequantize_iq1_s(raw, y):
     for b in prange(raw.shape[0]):
         blk = raw[b]
-        q = np.empty(32, np.int32)
+        codes = np.empty(32, np.uint64)
+        values = codes.view(np.int8)
+        ls = np.empty(8, np.int32)
+        negative = np.empty(8, np.bool_)
+        iq1_s_block(blk, codes, ls, negative)
         d = read_fp16(blk, 0)
         for s in range(8):
-            ls, negative = iq1_s_sub_block(blk, s, q)
-            dl = d * F32(2 * ls + 1)
-            delta = -DELTA if negative else DELTA
-            for k in range(32):
-                y[b, 32 * s + k] = dl * (F32(q[k]) + delta)
+            dl = d * F32(2 * ls[s] + 1)
+            delta = -DELTA if negative[s] else DELTA
+            for k in range(32 * s, 32 * s + 32):
+                y[b, k] = dl * (F32(values[k]) + delta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,34 +128,34 @@ def iq1_m_scale(blk):
 
 
 @njit(inline="always")
-def iq1_m_sub_block(blk, t, q):
-    """Sub-block t (16 weights = groups 2t, 2t+1 of 8) of one IQ1_M block: its grid values
-    (-1, 0, 1) into q[0:16]; returns (ls, whether group 2t's delta is negative, the same for 2t+1).
-    Weight k = d * (2 ls + 1) * (q[k] +- delta). The one decoder of the layout (the dequantizer's
-    and engine/kernels/iq1.py's)."""
-    qh = np.int32(blk[32 + t])
-    for k in range(2):
-        index = np.int32(blk[2 * t + k]) | (((qh >> (4 * k)) & 7) << 8)
-        for j in range(8):
-            q[8 * k + j] = IQ1S_GRID[index, j]
-    ls = (_read_u16(blk, 48 + 2 * (t // 4)) >> (3 * (t % 4))) & 7
-    return ls, (qh & 0x08) != 0, (qh & 0x80) != 0
+def iq1_m_block(blk, codes, ls, negative):
+    """One IQ1_M block (uint8 (56,)) decoded: its grid values (-1, 0, 1) into codes (uint64 (32,),
+    read as int8 (256,)), the 16 sub-blocks' 3-bit scales into ls (int32 (16,)), whether each
+    group of 8's delta is negative into negative (bool (32,)). Weight k = d * (2 ls[k // 16] + 1)
+    * (value k +- delta of group k // 8), d = `iq1_m_scale`. The one decoder of the layout (the
+    dequantizer's and engine/kernels/iq1.py's)."""
+    for t in range(16):
+        qh = np.int32(blk[32 + t])
+        for k in range(2):
+            codes[2 * t + k] = IQ1S_POINTS[np.int32(blk[2 * t + k]) | (((qh >> (4 * k)) & 7) << 8)]
+            negative[2 * t + k] = (qh & (0x08 << (4 * k))) != 0
+        ls[t] = (_read_u16(blk, 48 + 2 * (t // 4)) >> (3 * (t % 4))) & 7
 
 
 @njit(**KERNEL)
 def _dequantize_iq1_m(raw, y):
     for b in prange(raw.shape[0]):
         blk = raw[b]
-        q = np.empty(16, np.int32)
+        codes = np.empty(32, np.uint64)
+        values = codes.view(np.int8)
+        ls = np.empty(16, np.int32)
+        negative = np.empty(32, np.bool_)
+        iq1_m_block(blk, codes, ls, negative)
         d = iq1_m_scale(blk)
         for t in range(16):
-            ls, negative0, negative1 = iq1_m_sub_block(blk, t, q)
-            dl = d * F32(2 * ls + 1)
-            delta0 = -DELTA if negative0 else DELTA
-            delta1 = -DELTA if negative1 else DELTA
-            for j in range(8):
-                y[b, 16 * t + j] = dl * (F32(q[j]) + delta0)
-                y[b, 16 * t + 8 + j] = dl * (F32(q[8 + j]) + delta1)
+            dl = d * F32(2 * ls[t] + 1)
+            for k in range(16 * t, 16 * t + 16):
+                y[b, k] = dl * (F32(values[k]) + (-DELTA if negative[k // 8] else DELTA))
 
 
 # ---------------------------------------------------------------------------------------------

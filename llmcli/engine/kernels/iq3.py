@@ -4,12 +4,13 @@ llama.cpp's arithmetic (ggml's `ggml_vec_dot_iq3_xxs_q8_K` / `ggml_vec_dot_iq3_s
 
 Both types hold 256 weights as 8 sub-blocks of 32 = 64 groups of 4; a group is an index into a grid
 of 4-byte points (quants/iq_grids.py) with the signs stored apart. The grid lookups and sign bits are
-decoded by the codecs' own sub-block decoders (`quants.iq3.iq3_xxs_sub_block`, `iq3_s_sub_block`:
-signed integer values q and the sub-block's 4-bit scale ls), so each layout is read in one place.
+decoded by the codecs' own block decoders (`quants.iq3.iq3_xxs_block`, `iq3_s_block`: signed
+integer values q and the sub-blocks' 4-bit scales ls), so each layout is read in one place.
 
 Float32 activations: per sub-block the decoded q go through `simd.fma_lanes` (signed bytes, one
 scale), acc[k] += (db * q[k]) * x[k], db the sub-block's float scale exactly as the dequantizer
-computes it; two 32-lane halves of a 64-lane accumulator alternate by sub-block.
+computes it (so the weights are the dequantizer's bits); two 32-lane halves of a 64-lane
+accumulator alternate by sub-block.
 
 8-bit activations (x quantized per call to ggml's Q8_K blocks, int8_kquants.quantize_q8_k_into),
 per super-block as ggml's generic C:
@@ -25,13 +26,17 @@ blocks in 8 lanes, its generic code in one).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
-from ...quants.iq3 import iq3_s_sub_block, iq3_xxs_sub_block
+from ...quants.iq3 import iq3_s_block, iq3_xxs_block
 from .common import ROW_TILE, Format, columns
+from .int8 import HAS_AVX2, HAS_VNNI, madd_pairs
 from .int8_kquants import _q8_k_columns
+from .llvm_ir import I8, I8_PTR, I16, I32, as_i64, data_ptr, halves, i64, indices, load_at, tree_reduce, vector
 from .simd import fma_lanes, lanes_sum
 
 F32 = np.float32
@@ -58,13 +63,14 @@ QK_K = 256
 #   value = d * (2 ls + 1) * q
 # ---------------------------------------------------------------------------------------------
 @njit(inline="always")
-def _sub_block(blk, s, xxs, q, d):
-    """Decode sub-block s into q (int8 (32,)); returns (float scale, odd integer scale 2 ls + 1)."""
+def _decode(blk, xxs, codes, ls):
+    """Decode an IQ3_XXS (xxs) or IQ3_S block into codes (uint64 (32,) = int8 (256,)) and ls
+    (int32 (8,)); returns its fp16 scale d."""
     if xxs:
-        ls = iq3_xxs_sub_block(blk, s, q)
-        return d * (F32(0.5) + F32(ls)) * F32(0.5), 2 * ls + 1
-    ls = iq3_s_sub_block(blk, s, q)
-    return d * F32(1 + 2 * ls), 2 * ls + 1
+        iq3_xxs_block(blk, codes, ls)
+    else:
+        iq3_s_block(blk, codes, ls)
+    return read_fp16(blk, 0)
 
 
 @njit(inline="always")
@@ -76,50 +82,84 @@ def _iq3_rows(blocks, x, out, xxs):
     xf = X.reshape(-1)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         acc = np.empty((n_t, 64), np.float32)
-        q = np.empty(32, np.int8)
-        codes = q.view(np.uint8)
+        codes = np.empty(32, np.uint64)
+        code_bytes = codes.view(np.uint8)
+        ls = np.empty(8, np.int32)
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
             for b in range(n_blocks):
-                blk = blocks[r, b]
-                d = read_fp16(blk, 0)
+                d = _decode(blocks[r, b], xxs, codes, ls)
                 for s in range(8):
-                    db, _ = _sub_block(blk, s, xxs, q, d)
+                    # the dequantizer's float scale of the sub-block
+                    db = d * (F32(0.5) + F32(ls[s])) * F32(0.5) if xxs else d * F32(1 + 2 * ls[s])
                     fma_lanes(acc=acc.reshape(-1), acc_off=32 * (s & 1), scale=db, scale2=db, x=xf,
-                              x_off=QK_K * b + 32 * s, src=codes, src_off=0, shift=0, mask=-1,  # q as is
-                              src2=codes, src2_off=0, shift2=0, mask2=0, mul2=0, bias=0,  # no second source
+                              x_off=QK_K * b + 32 * s, src=code_bytes, src_off=32 * s, shift=0, mask=-1,  # as is
+                              src2=code_bytes, src2_off=0, shift2=0, mask2=0, mul2=0, bias=0,  # no second source
                               n=32, signed=True, src2_bits=False, nibbles=False,
                               n_columns=n_t, acc_stride=64, x_stride=n_cols)
             for t in range(n_t):
                 Y[t, r] = lanes_sum(acc[t], 64)
 
 
+@intrinsic
+def scaled_dot_s8(typingctx, w, xq, x_off, scales):
+    """sum over k < 256 of scales[k // 16] * w[k] * xq[x_off + k], exact, as int32: one super-block
+    of signed weight codes (w: 256 bytes read as int8, |w| <= 127) dotted with its Q8_K activation
+    codes (xq int8 1-D), each 16 weights scaled by an int16 (|scale * w * xq| summed must fit
+    int32). Per 64 bytes: the products as int16 (|w xq| <= 16129), then vpmaddwd with the scales
+    (pairs of products times their scale, summed into 16 int32 lanes); a tree sum at the end.
+    Shared by the IQ3 and IQ1 kernels (iq1.py)."""
+    if not (all(isinstance(a, types.Array) for a in (w, xq, scales)) and isinstance(x_off, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        v64i8, v64i16, v16i32 = vector(I8, 64), vector(I16, 64), vector(I32, 16)
+        w_p = builder.bitcast(data_ptr(context, builder, tys[0], args[0]), I8_PTR)
+        x_p = builder.gep(builder.bitcast(data_ptr(context, builder, tys[1], args[1]), I8_PTR),
+                          [as_i64(context, builder, args[2], tys[2])])
+        sc = load_at(builder, builder.bitcast(data_ptr(context, builder, tys[3], args[3]), I8_PTR), i64(0),
+                     vector(I16, 16), align=2)
+        acc = ir.Constant(v16i32, [0] * 16)
+        for h in range(4):  # weights 64h .. 64h + 63 = sub-blocks of 16: 4h .. 4h + 3
+            products = builder.mul(builder.sext(load_at(builder, w_p, i64(64 * h), v64i8), v64i16),
+                                   builder.sext(load_at(builder, x_p, i64(64 * h), v64i8), v64i16))
+            for half, pairs in enumerate(halves(builder, products)):
+                lane_scales = builder.shuffle_vector(sc, sc, indices([4 * h + 2 * half + j // 16 for j in range(32)]))
+                if HAS_VNNI or HAS_AVX2:
+                    acc = builder.add(acc, madd_pairs(builder, pairs, lane_scales))
+                else:  # portable: widen, multiply, add neighbours
+                    v32i32 = vector(I32, 32)
+                    scaled = builder.mul(builder.sext(pairs, v32i32), builder.sext(lane_scales, v32i32))
+                    undef = ir.Constant(v32i32, ir.Undefined)
+                    acc = builder.add(acc, builder.add(builder.shuffle_vector(scaled, undef, indices(range(0, 32, 2))),
+                                                       builder.shuffle_vector(scaled, undef, indices(range(1, 32, 2)))))
+        return tree_reduce(builder, acc, builder.add)
+
+    return types.int32(w, xq, x_off, scales), codegen
+
+
 @njit(inline="always")
 def _iq3_int8_rows(blocks, x, out, xxs):
     """8-bit activations (Q8_K blocks), ggml's integer sums: per super-block the weights are decoded
-    once to w = (2 ls + 1) * q (int16), then per column bsum = w . xq (int32, exact)."""
+    once (signed codes, odd scales 2 ls + 1 per 32), then per column bsum = `scaled_dot_s8`."""
     X, Y = columns(x, out)
     n_t = X.shape[0]
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     xq, xd, _ = _q8_k_columns(X, False, False)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         acc = np.empty(n_t, np.float32)
-        q = np.empty(32, np.int8)
-        w = np.empty(QK_K, np.int16)
+        codes = np.empty(32, np.uint64)  # 256 int8 codes
+        ls = np.empty(8, np.int32)
+        scales = np.empty(16, np.int16)  # per 16 codes
         for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
             acc[:] = 0.0
             for b in range(n_blocks):
-                blk = blocks[r, b]
-                d = read_fp16(blk, 0)
+                d = _decode(blocks[r, b], xxs, codes, ls)
                 for s in range(8):
-                    _, odd_scale = _sub_block(blk, s, xxs, q, d)
-                    for k in range(32):
-                        w[32 * s + k] = np.int16(odd_scale * q[k])
+                    scales[2 * s] = scales[2 * s + 1] = 2 * ls[s] + 1
                 for t in range(n_t):
-                    bsum = np.int32(0)
-                    for k in range(QK_K):
-                        bsum += np.int32(w[k]) * np.int32(xq[t, QK_K * b + k])
-                    acc[t] += d * xd[t, b] * F32(bsum)
+                    acc[t] += d * xd[t, b] * F32(scaled_dot_s8(codes, xq[t], QK_K * b, scales))
             for t in range(n_t):
                 Y[t, r] = F32(0.25) * acc[t] if xxs else acc[t]
 
