@@ -66,7 +66,6 @@ QK_K = 256
 # ---------------------------------------------------------------------------------------------
 _LOW_BITS = np.uint64(0x0101010101010101)
 _HIGH_FIVE = np.uint64(0xF8F8F8F8F8F8F8F8)
-_ALL_BYTES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @njit(inline="always")
@@ -75,11 +74,11 @@ def _eighths(word, negative):
     the group's delta is negative, 8 at a time: 8 q = (word << 3) with each byte's 3 low bits
     cleared (what a byte shifts into its neighbour), + 1 = | 1. 8 q - 1 = -(8 (-q) + 1), -q
     swapping the bytes 0x01 and 0xFF (^ 0xFE where the low bit is set); 8 (-q) + 1 is never 0,
-    so iq_grids.negate_bytes applies."""
-    if negative:
-        word = word ^ ((word & _LOW_BITS) * np.uint64(0xFE))
-        return negate_bytes(((word << np.uint64(3)) & _HIGH_FIVE) | _LOW_BITS, _ALL_BYTES)
-    return ((word << np.uint64(3)) & _HIGH_FIVE) | _LOW_BITS
+    so iq_grids.negate_bytes applies. Without a branch (the signs are random: a branch
+    mispredicted about every other group)."""
+    flip = np.uint64(0) - np.uint64(negative)  # all ones where negative
+    word = word ^ ((word & _LOW_BITS) * np.uint64(0xFE) & flip)
+    return negate_bytes(((word << np.uint64(3)) & _HIGH_FIVE) | _LOW_BITS, flip)
 
 
 @njit(inline="always")
@@ -96,9 +95,9 @@ def _decode_eighths(blk, m_type, grid_values, ls, negative, codes, scales):
             scales[t] = 2 * ls[t] + 1
         return iq1_m_scale(blk)
     iq1_s_block(blk, grid_values, ls, negative)
-    for i in range(32):  # words 4s .. 4s + 3 = sub-block s
-        codes[i] = _eighths(grid_values[i], negative[i // 4])
-    for s in range(8):
+    for s in range(8):  # words 4s .. 4s + 3 = sub-block s
+        for l in range(4):
+            codes[4 * s + l] = _eighths(grid_values[4 * s + l], negative[s])
         scales[2 * s] = scales[2 * s + 1] = 2 * ls[s] + 1
     return read_fp16(blk, 0)
 
