@@ -26,11 +26,14 @@ from llmcli.gguf import GGUFReader
 from llmcli.gguf.constants import TYPE_INFO, GGMLType
 
 ALL_TYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
-             "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S"]
+             "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
 # byte offsets of each format's fp16 scales inside a block (random bytes there could be inf/NaN)
 FP16_SCALE_OFFSETS = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2],
                       "IQ4_NL": [0], "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2],
-                      "Q6_K": [208], "IQ4_XS": [0], "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0]}
+                      "Q6_K": [208], "IQ4_XS": [0], "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0],
+                      "IQ3_XXS": [0], "IQ3_S": [0], "IQ1_S": [0], "IQ1_M": []}
+# IQ1_M's d is an fp16 spread over the top nibbles of the 4 little-endian scale words at byte 48
+IQ1_M_SCALE_BYTES = [49, 51, 53, 55]
 N_ROWS = 37  # not a multiple of the 16-row mat-vec tiles nor of the 4-row GEMM blocks
 TOKEN_COUNTS = [1, 3, 17]
 
@@ -58,6 +61,10 @@ def random_rows(type_name: str, n_rows: int, n_cols: int, rng) -> np.ndarray:
     for off in FP16_SCALE_OFFSETS[type_name]:
         scales = (rng.uniform(0.5, 1.5, (n_rows, n_blocks)) * 0.01).astype(np.float16)
         raw[:, :, off:off + 2] = scales.view(np.uint8).reshape(n_rows, n_blocks, 2)
+    if type_name == "IQ1_M":
+        bits = (rng.uniform(0.5, 1.5, (n_rows, n_blocks)) * 0.01).astype(np.float16).view(np.uint16)
+        for i, at in enumerate(IQ1_M_SCALE_BYTES):
+            raw[:, :, at] = (raw[:, :, at] & 0x0F) | (((bits >> (4 * i)) & 0x0F) << 4).astype(np.uint8)
     return raw.reshape(n_rows, -1)
 
 
@@ -166,9 +173,9 @@ def test_output_buffers_and_threads():
 
 
 def test_unsupported_type_is_named():
-    raw = np.zeros((2, TYPE_INFO[GGMLType.MXFP4].block_bytes), np.uint8)
-    with pytest.raises(UnsupportedError, match="MXFP4"):
-        QuantizedMatrix(raw, GGMLType.MXFP4, 32)
+    raw = np.zeros((2, TYPE_INFO[GGMLType.Q8_K].block_bytes), np.uint8)  # an activation-only type
+    with pytest.raises(UnsupportedError, match="Q8_K"):
+        QuantizedMatrix(raw, GGMLType.Q8_K, 256)
     assert set(supported_types()) == {GGMLType[name] for name in ALL_TYPES}
 
 

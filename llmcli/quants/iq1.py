@@ -23,7 +23,7 @@ from numba import njit, prange
 from ..errors import UnsupportedError
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .half import fp16_to_fp32, fp32_to_fp16, read_fp16
-from .iq_grids import grid_bytes
+from .iq_grids import grid
 from .iq_search import MAP_SIZE_8X2, search_tables
 from .kquant_search import F32, ZERO, nearest_int
 from .kquants import _importance, _put_f16, _sum_squares
@@ -33,7 +33,7 @@ QK_K = 256
 KERNEL = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 HELPER = dict(cache=True, nogil=True, error_model="numpy")
 
-IQ1S_GRID = grid_bytes("iq1s_grid")   # (2048, 8) int8: -1, 0, 1
+IQ1S_POINTS = grid("iq1s_grid")       # (2048,) uint64: an entry's 8 int8 values (-1, 0, 1) as one word
 KMAP_SIZE = MAP_SIZE_8X2              # ggml's map size for 8 levels of 2 bits (all levels <= 2)
 NWANT = 3                             # distinct neighbour distances ggml lists for IQ1_S/IQ1_M
 DELTA = F32(0.125)
@@ -66,19 +66,36 @@ IQ1M_SHIFT_MASKS = np.array([0x00, 0x80, 0x08, 0x88], np.uint8)
 # weight = d * (2 * ls + 1) * (grid[index][j] + delta)
 
 
+@njit(inline="always")
+def iq1_s_block(blk, codes, ls, negative):
+    """One IQ1_S block (uint8 (50,)) decoded: its grid values (-1, 0, 1) into codes (uint64 (32,),
+    read as int8 (256,), a grid entry's 8 bytes stored whole), the sub-blocks' 3-bit scales into
+    ls (int32 (8,)) and whether their delta is negative into negative (bool (8,)). Weight k =
+    d * (2 ls + 1) * (value k +- delta) with sub-block k // 32's. The one decoder of the layout
+    (the dequantizer's and engine/kernels/iq1.py's)."""
+    for s in range(8):
+        qh = np.int32(blk[34 + 2 * s]) | (np.int32(blk[35 + 2 * s]) << 8)
+        for l in range(4):
+            codes[4 * s + l] = IQ1S_POINTS[np.int32(blk[2 + 4 * s + l]) | (((qh >> (3 * l)) & 7) << 8)]
+        ls[s] = (qh >> 12) & 7
+        negative[s] = (qh & 0x8000) != 0
+
+
 @njit(**KERNEL)
 def _dequantize_iq1_s(raw, y):
     for b in prange(raw.shape[0]):
         blk = raw[b]
+        codes = np.empty(32, np.uint64)
+        values = codes.view(np.int8)
+        ls = np.empty(8, np.int32)
+        negative = np.empty(8, np.bool_)
+        iq1_s_block(blk, codes, ls, negative)
         d = read_fp16(blk, 0)
         for s in range(8):
-            qh = np.int32(blk[34 + 2 * s]) | (np.int32(blk[35 + 2 * s]) << 8)
-            dl = d * F32(2 * ((qh >> 12) & 7) + 1)
-            delta = -DELTA if qh & 0x8000 else DELTA
-            for l in range(4):
-                index = np.int32(blk[2 + 4 * s + l]) | (((qh >> (3 * l)) & 7) << 8)
-                for j in range(8):
-                    y[b, 32 * s + 8 * l + j] = dl * (F32(IQ1S_GRID[index, j]) + delta)
+            dl = d * F32(2 * ls[s] + 1)
+            delta = -DELTA if negative[s] else DELTA
+            for k in range(32 * s, 32 * s + 32):
+                y[b, k] = dl * (F32(values[k]) + delta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,27 +114,48 @@ def _dequantize_iq1_s(raw, y):
 # weight = d * (2 * ls + 1) * (grid[index][j] + delta)
 
 
-@njit(**HELPER)
+@njit(inline="always")
 def _read_u16(blk, pos):
     return np.int32(blk[pos]) | (np.int32(blk[pos + 1]) << 8)
+
+
+@njit(inline="always")
+def iq1_m_scale(blk):
+    """The super-block scale d of one IQ1_M block (uint8 (56,)): the fp16 spread over the top
+    nibbles of the 4 scale words."""
+    sc0, sc1, sc2, sc3 = _read_u16(blk, 48), _read_u16(blk, 50), _read_u16(blk, 52), _read_u16(blk, 54)
+    return fp16_to_fp32((sc0 >> 12) | ((sc1 >> 8) & 0x00F0) | ((sc2 >> 4) & 0x0F00) | (sc3 & 0xF000))
+
+
+@njit(inline="always")
+def iq1_m_block(blk, codes, ls, negative):
+    """One IQ1_M block (uint8 (56,)) decoded: its grid values (-1, 0, 1) into codes (uint64 (32,),
+    read as int8 (256,)), the 16 sub-blocks' 3-bit scales into ls (int32 (16,)), whether each
+    group of 8's delta is negative into negative (bool (32,)). Weight k = d * (2 ls[k // 16] + 1)
+    * (value k +- delta of group k // 8), d = `iq1_m_scale`. The one decoder of the layout (the
+    dequantizer's and engine/kernels/iq1.py's)."""
+    for t in range(16):
+        qh = np.int32(blk[32 + t])
+        for k in range(2):
+            codes[2 * t + k] = IQ1S_POINTS[np.int32(blk[2 * t + k]) | (((qh >> (4 * k)) & 7) << 8)]
+            negative[2 * t + k] = (qh & (0x08 << (4 * k))) != 0
+        ls[t] = (_read_u16(blk, 48 + 2 * (t // 4)) >> (3 * (t % 4))) & 7
 
 
 @njit(**KERNEL)
 def _dequantize_iq1_m(raw, y):
     for b in prange(raw.shape[0]):
         blk = raw[b]
-        sc0, sc1, sc2, sc3 = _read_u16(blk, 48), _read_u16(blk, 50), _read_u16(blk, 52), _read_u16(blk, 54)
-        bits = (sc0 >> 12) | ((sc1 >> 8) & 0x00F0) | ((sc2 >> 4) & 0x0F00) | (sc3 & 0xF000)
-        d = fp16_to_fp32(bits)
+        codes = np.empty(32, np.uint64)
+        values = codes.view(np.int8)
+        ls = np.empty(16, np.int32)
+        negative = np.empty(32, np.bool_)
+        iq1_m_block(blk, codes, ls, negative)
+        d = iq1_m_scale(blk)
         for t in range(16):
-            sc = _read_u16(blk, 48 + 2 * (t // 4))
-            dl = d * F32(2 * ((sc >> (3 * (t % 4))) & 7) + 1)
-            qh = np.int32(blk[32 + t])
-            for k in range(2):
-                index = np.int32(blk[2 * t + k]) | (((qh >> (4 * k)) & 7) << 8)
-                delta = -DELTA if qh & (0x08 << (4 * k)) else DELTA
-                for j in range(8):
-                    y[b, 16 * t + 8 * k + j] = dl * (F32(IQ1S_GRID[index, j]) + delta)
+            dl = d * F32(2 * ls[t] + 1)
+            for k in range(16 * t, 16 * t + 16):
+                y[b, k] = dl * (F32(values[k]) + (-DELTA if negative[k // 8] else DELTA))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .half import read_fp16
-from .iq_grids import KSIGNS_IQ2XS, grid_bytes
+from .iq_grids import KSIGN_MASKS, SIGN_BYTE_MASKS, grid, negate_bytes
 from .iq_search import search_tables
 from .kquant_search import F32, ZERO, nearest_int
 from .kquants import _importance, _put_f16, _sum_squares
@@ -35,8 +35,8 @@ QK_K = 256
 KERNEL = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
 HELPER = dict(cache=True, nogil=True, error_model="numpy")
 
-IQ3XXS_GRID = grid_bytes("iq3xxs_grid")   # (256, 4) uint8
-IQ3S_GRID = grid_bytes("iq3s_grid")       # (512, 4) uint8
+IQ3XXS_POINTS = grid("iq3xxs_grid")       # (256,) uint32: an entry's 4 magnitudes as one word
+IQ3S_POINTS = grid("iq3s_grid")           # (512,) uint32
 KMAP_SIZE = 1 << 12                       # 4 levels of 3 bits
 NWANT_XXS, NWANT_S = 2, 3                 # distinct neighbour distances ggml lists per type
 GROUP_MAX_EPS_IQ3_XXS = F32(1e-8)
@@ -65,21 +65,36 @@ FUDGE_S = F32(1.033)
 # weight = d * (0.5 + ls) * 0.5 * grid[qs][j] * sign
 
 
+@njit(inline="always")
+def iq3_xxs_block(blk, codes, ls):
+    """One IQ3_XXS block (uint8 (98,)) decoded: its signed grid values into codes (uint64 (32,),
+    read as int8 (256,): |value| <= 62), the sub-blocks' 4-bit scales into ls (int32 (8,)).
+    Weight k = d * (0.5 + ls[k // 32]) * 0.5 * value k. The one decoder of the layout: the
+    dequantizer and the engine's kernels (engine/kernels/iq3.py) both use it. Two grid entries (4
+    bytes each) make one uint64 in registers, whose 8 signs apply at once (`negate_bytes`): one
+    store per 8 weights (narrower stores read back wider stall the store forwarding)."""
+    for s in range(8):
+        aux = read_u32(blk, 66 + 4 * s)
+        for l in range(4):  # weights 8l .. 8l + 7 of sub-block s: two grid entries, one sign byte
+            at = 2 + 8 * s + 2 * l
+            pair = np.uint64(IQ3XXS_POINTS[blk[at]]) | (np.uint64(IQ3XXS_POINTS[blk[at + 1]]) << np.uint64(32))
+            codes[4 * s + l] = negate_bytes(pair, KSIGN_MASKS[(aux >> np.uint32(7 * l)) & np.uint32(127)])
+        ls[s] = np.int32(aux >> np.uint32(28))
+
+
 @njit(**KERNEL)
 def _dequantize_iq3_xxs(raw, y):
     for b in prange(raw.shape[0]):
         blk = raw[b]
+        codes = np.empty(32, np.uint64)
+        values = codes.view(np.int8)
+        ls = np.empty(8, np.int32)
+        iq3_xxs_block(blk, codes, ls)
         d = read_fp16(blk, 0)
         for s in range(8):
-            aux = read_u32(blk, 66 + 4 * s)
-            db = d * (F_HALF + F32(aux >> np.uint32(28))) * F_HALF
-            for l in range(4):
-                signs = KSIGNS_IQ2XS[(aux >> np.uint32(7 * l)) & np.uint32(127)]
-                for half in range(2):
-                    g = IQ3XXS_GRID[blk[2 + 8 * s + 2 * l + half]]
-                    for j in range(4):
-                        v = db * F32(g[j])
-                        y[b, 32 * s + 8 * l + 4 * half + j] = -v if signs & (1 << (4 * half + j)) else v
+            db = d * (F_HALF + F32(ls[s])) * F_HALF
+            for k in range(32 * s, 32 * s + 32):  # db * -g is -(db * g) bit for bit: signs first is fine
+                y[b, k] = db * F32(values[k])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,21 +111,36 @@ def _dequantize_iq3_xxs(raw, y):
 # weight = d * (1 + 2 * ls) * grid[qs | qh << 8][j] * sign
 
 
+@njit(inline="always")
+def iq3_s_block(blk, codes, ls):
+    """One IQ3_S block (uint8 (110,)) decoded: its signed grid values into codes (uint64 (32,),
+    read as int8 (256,): |value| <= 15), the sub-blocks' 4-bit scales into ls (int32 (8,)).
+    Weight k = d * (1 + 2 ls[k // 32]) * value k. The one decoder of the layout (the
+    dequantizer's and engine/kernels/iq3.py's)."""
+    for s in range(8):
+        qh = np.int32(blk[66 + s])
+        for l in range(4):  # weights 8l .. 8l + 7 of sub-block s: groups 2l, 2l + 1, sign byte 4s + l
+            g = 2 * l
+            low = IQ3S_POINTS[np.int32(blk[2 + 8 * s + g]) | (((qh >> g) & 1) << 8)]
+            high = IQ3S_POINTS[np.int32(blk[3 + 8 * s + g]) | (((qh >> (g + 1)) & 1) << 8)]
+            pair = np.uint64(low) | (np.uint64(high) << np.uint64(32))
+            codes[4 * s + l] = negate_bytes(pair, SIGN_BYTE_MASKS[blk[74 + 4 * s + l]])
+        ls[s] = (np.int32(blk[106 + s // 2]) >> (4 * (s % 2))) & 0x0F
+
+
 @njit(**KERNEL)
 def _dequantize_iq3_s(raw, y):
     for b in prange(raw.shape[0]):
         blk = raw[b]
+        codes = np.empty(32, np.uint64)
+        values = codes.view(np.int8)
+        ls = np.empty(8, np.int32)
+        iq3_s_block(blk, codes, ls)
         d = read_fp16(blk, 0)
         for s in range(8):
-            ls = (blk[106 + s // 2] >> (4 * (s % 2))) & 0x0F
-            db = d * F32(1 + 2 * np.int32(ls))
-            qh = np.int32(blk[66 + s])
-            for g in range(8):
-                index = np.int32(blk[2 + 8 * s + g]) | (((qh >> g) & 1) << 8)
-                signs = blk[74 + 4 * s + g // 2]
-                for j in range(4):
-                    v = db * F32(IQ3S_GRID[index, j])
-                    y[b, 32 * s + 4 * g + j] = -v if signs & (1 << (4 * (g % 2) + j)) else v
+            db = d * F32(1 + 2 * ls[s])
+            for k in range(32 * s, 32 * s + 32):
+                y[b, k] = db * F32(values[k])
 
 
 # ---------------------------------------------------------------------------------------------

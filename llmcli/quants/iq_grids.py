@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 _FILE = Path(__file__).with_name("iq_grids.npz")
 
@@ -67,3 +68,27 @@ def _sign_table() -> np.ndarray:
 
 KSIGNS_IQ2XS = _sign_table()
 KSIGNS_IQ2XS.flags.writeable = False
+
+
+def _sign_byte_masks() -> np.ndarray:
+    # entry b (uint64, little-endian): byte j = 0xFF where bit j of b is set
+    bits = (np.arange(256)[:, None] >> np.arange(8)) & 1
+    return np.ascontiguousarray((bits * 0xFF).astype(np.uint8)).view("<u8").reshape(256)
+
+
+# A sign byte (bit j: weight j of a group of 8 is negative) as a mask over the 8 weights' bytes.
+SIGN_BYTE_MASKS = _sign_byte_masks()
+SIGN_BYTE_MASKS.flags.writeable = False
+# The same for the 7 stored sign bits of IQ2_XXS / IQ2_XS / IQ3_XXS (their KSIGNS_IQ2XS byte): one
+# lookup instead of two (ggml's keven_signs_q2xs).
+KSIGN_MASKS = SIGN_BYTE_MASKS[KSIGNS_IQ2XS]
+KSIGN_MASKS.flags.writeable = False
+_LOW_BITS = np.uint64(0x0101010101010101)
+
+
+@njit(inline="always")
+def negate_bytes(word, mask):
+    """The 8 bytes of `word` (uint64), each negated (two's complement) where `mask` has 0xFF: the
+    signs of 8 grid magnitudes at once. Needs every byte under the mask >= 1 (true of every grid
+    with stored signs: IQ2 and IQ3 magnitudes are >= 1), so no byte borrows from its neighbour."""
+    return (word ^ mask) + (mask & _LOW_BITS)
