@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from ...quants import get_codec
 from . import floats, gemm_int8, int8, int8_kquants, kquants, legacy
+from . import ternary
 from .common import Format
 from .gemm import gemm_nt, gemm_panels, pack_panels
 
 FORMATS: dict = {**floats.FORMATS, **legacy.FORMATS, **kquants.FORMATS}
+FORMATS.update(ternary.FORMATS)
 for _type, _format in FORMATS.items():
     if _format.dequant is None:  # the codec's decoder (quants/): each block layout decoded in one place
         _format.dequant = get_codec(_type).decoder
 for _type, _kernel in {**int8.INT8_MATVECS, **int8_kquants.INT8_KQUANT_MATVECS}.items():
+    FORMATS[_type].with_int8(_kernel)
+for _type, _kernel in ternary.INT8_MATVECS.items():
     FORMATS[_type].with_int8(_kernel)
 
 __all__ = ["FORMATS", "Format", "gemm_int8", "gemm_nt", "gemm_panels", "pack_panels"]
