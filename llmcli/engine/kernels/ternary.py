@@ -10,12 +10,16 @@ scratch block by `quants.ternary.tq1_0_codes` (the codec's own walk over the lay
 8-bit activations: x is quantized once per call to ggml's Q8_K blocks (`int8_kquants.quantize_q8_k`)
 and each weight block is dotted with them in integers, as ggml's vec_dot does:
 
-    per block b:  sum_k t_k xq_k = sum_k c_k xq_k - sum over the 16 bsums of the block
+    per block b:  sum_k t_k xq_k = sum_k c_k xq_k - sum_k xq_k
     term = float(that integer) * (d_w * d_x)
 
 the codes c (0..2, unsigned) going through `vpdpbusd` (int8.dot_u8_s8), four zmm of 64 codes a
-block, in the activations' natural order; the bsums start the integer accumulator (lane j = -bsum j).
-Equal to ggml's result to float32 rounding of the scaling and the sums (the integers are exact).
+block, in the activations' natural order. Each of the 16 int32 lanes starts at minus the sum of the
+16 activations it multiplies (`lane_sums`, once per call), so it ends as an exact partial sum of
+t * xq: the float32 rounding is then relative to the terms (ggml subtracts its bsums, sums of 16
+consecutive values, from lanes that hold other positions: its lanes carry c * xq for t = 0 weights
+too, and on real ternary rows, mostly zeros, its result was 4e-5 of the terms' magnitude off the
+exact sum; ours and ggml's agree to that).
 """
 
 from __future__ import annotations
@@ -176,8 +180,8 @@ def _ternary_codegen(kind: str):
             d_w = load_half(builder, base, d_offset)
             new = []
             for col, acc in zip(cols, accs):
-                bsums = load_at(builder, col.bsums, builder.mul(blk, i64(16)), v16i32, align=4)
-                iacc = builder.sub(zero, bsums)  # t = c - 1: minus the sum of the block's xq
+                sums = load_at(builder, col.bsums, builder.mul(blk, i64(16)), v16i32, align=4)
+                iacc = builder.sub(zero, sums)  # t = c - 1: minus the lane's activations (`lane_sums`)
                 xs = builder.gep(col.xq, [builder.mul(blk, i64(QK_K))])
                 for k, u in enumerate(codes):
                     iacc = dot_u8_s8(builder, iacc, u, load_at(builder, xs, i64(64 * k), v64i8), 3)
@@ -200,12 +204,30 @@ ROW_CODEGEN = {kind: _ternary_codegen(kind) for kind in TERNARY_KINDS}
 def row_dot_ternary_int8(typingctx, row, xq, xd, bsums, n_blocks, kind, out, r, t0, n_t):
     """One row of TQ1_0 or TQ2_0 blocks (`kind` a literal "tq1_0" | "tq2_0"; row uint8
     (n_blocks * block bytes,)) dotted with every column's Q8_K activation blocks (xq int8 (B, n),
-    xd float32 (B, n/256), bsums int32 (B, n/16) from `int8_kquants.quantize_q8_k_into`), stored as
-    float32 to out[t, r] (out (B, n_rows))."""
+    xd float32 (B, n/256) from `int8_kquants.quantize_q8_k_into`; `bsums` here int32 (B, n/16) from
+    `lane_sums`), stored as float32 to out[t, r] (out (B, n_rows))."""
     arrays_ok = all(isinstance(a, types.Array) for a in (row, xq, xd, bsums)) and isinstance(n_blocks, types.Integer)
     if not (arrays_ok and isinstance(kind, types.StringLiteral) and kind.literal_value in ROW_CODEGEN):
         return None
     return types.void(row, xq, xd, bsums, n_blocks, kind, out, r, t0, n_t), ROW_CODEGEN[kind.literal_value]
+
+
+@njit(inline="always")
+def lane_sums(xq):
+    """int32 (B, n/16): entry 16b + l = the sum of the 16 activations int32 lane l of block b's
+    integer accumulator multiplies, xq[t, 256b + 64k + 4l + i] for k < 4, i < 4 (four bytes a
+    lane in each of the block's four zmm)."""
+    n_t, n = xq.shape
+    sums = np.empty((n_t, n // 16), np.int32)  # loops, not np.zeros: that is a parallel region of its own
+    for t in range(n_t):
+        for b in range(n // QK_K):
+            for lane in range(16):
+                total = np.int32(0)
+                for k in range(4):
+                    for i in range(4):
+                        total += xq[t, QK_K * b + 64 * k + 4 * lane + i]
+                sums[t, 16 * b + lane] = total
+    return sums
 
 
 @njit(inline="always")
@@ -215,7 +237,8 @@ def _ternary_int8_rows(blocks, x, out, block_bytes, kind):
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * block_bytes)
-    xq, xd, bsums = _q8_k_columns(X, False, False)
+    xq, xd, _ = _q8_k_columns(X, False, False)
+    bsums = lane_sums(xq)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
             for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
