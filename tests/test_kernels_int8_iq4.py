@@ -3,8 +3,9 @@
 
 Oracles: ggml-cpu's vec_dot on its own activation blocks (tests/data/iquants/vec_dot.npz, see
 test_kernels_ternary.py), and the dequantized weights (bit-identical to ggml's) for the size of
-the activation rounding. B-column products against lone mat-vecs in both activation modes are
-test_kernels_matvecs.py's (IQ4_NL and IQ4_XS are in its type list).
+the activation rounding. B-column products against lone mat-vecs (serial and parallel kernels, both
+activation modes) are test_kernels_matvecs.py's (IQ4_NL and IQ4_XS are in its type lists), the IQ4_XS
+serial twin also test_kernels_int8_kquants.py's.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from llmcli.engine.kernels.common import serial_twin
 from llmcli.engine.kernels.int8 import INT8_MATVECS, quantize_activations
 from llmcli.engine.kernels.int8_kquants import INT8_KQUANT_MATVECS, quantize_q8_k
-from llmcli.engine.matmul import QuantizedMatrix, get_activations, has_int8_kernel, matvec, matvecs, set_activations
+from llmcli.engine.matmul import QuantizedMatrix, get_activations, has_int8_kernel, matvec, set_activations
 from llmcli.gguf.constants import GGMLType
 from llmcli.quants import dequantize, quantize
 
@@ -105,23 +105,6 @@ def test_int8_within_activation_rounding(type_name, n_blocks, mode):
     assert 1e-4 < rel < 0.03, rel  # measured 0.5-0.9 %: the rounding, nothing else
     mode("float")
     assert not np.array_equal(matvec(W, x), got)  # the modes run different kernels
-
-
-@pytest.mark.parametrize("type_name", TYPES)
-def test_serial_twin_and_columns(type_name, mode):
-    """The serial twin gives the parallel kernel's bits; B columns give the lone mat-vecs' bits."""
-    rng = np.random.default_rng(7)
-    n_cols = 768
-    raw = random_matrix(type_name, n_cols, rng)
-    W = QuantizedMatrix(raw, GGMLType[type_name], n_cols)
-    X = rng.standard_normal((9, n_cols)).astype(np.float32)
-    mode("int8")
-    lone = np.stack([matvec(W, x) for x in X])
-    for kernel in (KERNELS[type_name], serial_twin(KERNELS[type_name])):
-        out = np.empty((9, N_ROWS), np.float32)
-        kernel(W.weights, X, out)
-        np.testing.assert_array_equal(out, lone)
-    np.testing.assert_array_equal(matvecs(W, X), lone)
 
 
 def test_generic_code_without_avx512(tmp_path):

@@ -3,7 +3,9 @@
 Oracles: ggml's own dequantized values (tests/data/iquants/dequantize.npz) for the float kernels;
 ggml-cpu's `vec_dot` on its own Q8_K activation blocks (tests/data/iquants/vec_dot.npz, recorded by
 scripts/make_iquant_refs.py through scripts/iquant_ref_harness.cpp) for the 8-bit ones. `ggml_vec_dot_case`
-is shared with test_kernels_int8_iq4.py.
+is shared with test_kernels_int8_iq4.py. B-column products against lone mat-vecs (serial and parallel
+kernels, both activation modes) and the dequantizer against gguf-py's are test_kernels_matvecs.py's and
+test_kernels.py's (TQ1_0 and TQ2_0 are in their type list).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from llmcli.quants import dequantize, quantize
 DATA = Path(__file__).parent / "data" / "iquants"
 TYPES = ["TQ1_0", "TQ2_0"]
 N_ROWS = 37  # not a multiple of the 16-row tiles
-COLUMN_COUNTS = [1, 2, 3, 8, 9, 17]
 
 
 @pytest.fixture
@@ -149,28 +150,6 @@ def test_int8_within_activation_rounding(type_name, n_blocks, mode):
     assert np.all(np.abs(got - exact) <= 1.001 * bound + 1e-5 * (np.abs(w64) @ np.abs(x))), type_name
     mode("float")
     assert not np.array_equal(matvec(W, x), got)  # the int8 mode really ran the 8-bit kernel
-
-
-@pytest.mark.parametrize("type_name", TYPES)
-@pytest.mark.parametrize("activations", ["int8", "float"])
-def test_columns_equal_lone_matvecs(type_name, activations, mode):
-    """A B-column product's row t is `matvec(W, X[t])` bit for bit, serial and parallel kernels alike."""
-    mode(activations)
-    rng = np.random.default_rng(len(type_name) + len(activations))
-    for n_blocks in (1, 2, 3):
-        raw, _ = reference_rows(type_name, n_blocks, rng)
-        W = QuantizedMatrix(raw, GGMLType[type_name], 256 * n_blocks)
-        X = rng.standard_normal((max(COLUMN_COUNTS), 256 * n_blocks)).astype(np.float32)
-        X[:, :32] *= 30
-        lone = np.stack([matvec(W, x) for x in X])
-        fmt = W.format
-        kernels = (fmt.matvec_int8, fmt.matvec_int8_serial) if activations == "int8" else (fmt.matvec, fmt.matvec_serial)
-        for kernel in kernels:
-            for n_columns in COLUMN_COUNTS:
-                out = np.full((n_columns, N_ROWS), np.nan, np.float32)
-                kernel(W.weights, X[:n_columns], out)
-                assert np.array_equal(out, lone[:n_columns]), (n_blocks, n_columns, kernel)
-        assert np.array_equal(matvecs(W, X), lone)
 
 
 @pytest.mark.parametrize("activations", ["int8", "float"])
