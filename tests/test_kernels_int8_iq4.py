@@ -5,7 +5,9 @@ Oracles: ggml-cpu's vec_dot on its own activation blocks (tests/data/iquants/vec
 test_kernels_ternary.py), and the dequantized weights (bit-identical to ggml's) for the size of
 the activation rounding. B-column products against lone mat-vecs (serial and parallel kernels, both
 activation modes) are test_kernels_matvecs.py's (IQ4_NL and IQ4_XS are in its type lists), the IQ4_XS
-serial twin also test_kernels_int8_kquants.py's.
+serial twin also test_kernels_int8_kquants.py's. The code paths for CPUs without AVX-512 (AVX2, and
+generic x86-64) run in subprocesses here and must give the same bits as the VNNI path, for every
+int8 kernel.
 """
 
 from __future__ import annotations
@@ -107,38 +109,55 @@ def test_int8_within_activation_rounding(type_name, n_blocks, mode):
     assert not np.array_equal(matvec(W, x), got)  # the modes run different kernels
 
 
-def test_generic_code_without_avx512(tmp_path):
-    """On a CPU without AVX-512 or AVX2 pshufb (a generic x86-64 target here) the grid lookup is
-    selects and the dots plain vector IR: the same numbers."""
+# The kernels' other code paths, in a subprocess on this CPU: numba's generic x86-64 target (no
+# AVX2, no AVX-512: the grid lookup as selects, the dots as plain vector IR), and AVX2 without
+# AVX-512 (the feature detection told so: vpshufb on ymm, vpmaddubsw / the signed form).
+CPU_SETUPS = {
+    "generic": ({"NUMBA_CPU_NAME": "x86-64"}, "assert not (int8.HAS_AVX2 or int8.HAS_VNNI or int8.HAS_PSHUFB_256)"),
+    "avx2": ({}, "assert int8.HAS_AVX2 and int8.HAS_PSHUFB_256 and not (int8.HAS_VNNI or int8.HAS_AVX512BW)"),
+}
+AVX2_ONLY = """
+import llvmlite.binding as llvm
+from llvmlite.binding.targets import FeatureMap
+_features = llvm.get_host_cpu_features
+def _avx2_only():  # numba compiles for these features too: no AVX-512 instruction anywhere
+    found = FeatureMap()
+    found.update((k, v and not k.startswith("avx512") and "vnni" not in k) for k, v in _features().items())
+    assert found["avx2"]
+    return found
+llvm.get_host_cpu_features = _avx2_only
+"""
+
+
+@pytest.mark.parametrize("setup", list(CPU_SETUPS))
+def test_other_cpus_give_the_same_bits(setup, tmp_path):
+    """Every path leaves the same integer in every lane: the same float32 results, bit for bit
+    (IQ4_NL, IQ4_XS, the ternary kernels of kernels/ternary.py, and the other int8 kernels)."""
     rng = np.random.default_rng(4)
-    cases = {}
-    for type_name in TYPES:
+    native = {}
+    for type_name in TYPES + ["TQ1_0", "TQ2_0", "Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K"]:
         raw = random_matrix(type_name, 512, rng)[:20]
-        x = rng.standard_normal(512).astype(np.float32)
+        X = rng.standard_normal((3, 512)).astype(np.float32)
         np.save(tmp_path / f"{type_name}.raw.npy", raw)
-        np.save(tmp_path / f"{type_name}.x.npy", x)
+        np.save(tmp_path / f"{type_name}.x.npy", X)
         W = QuantizedMatrix(raw, GGMLType[type_name], 512)
-        out = np.empty(20, np.float32)
-        KERNELS[type_name](W.weights, W._x_view(x), out)
-        cases[type_name] = out
-    script = textwrap.dedent(f"""
+        out = np.empty((3, 20), np.float32)
+        W.format.matvec_int8(W.weights, X, out)
+        native[type_name] = out
+    env_vars, check = CPU_SETUPS[setup]
+    script = (AVX2_ONLY if setup == "avx2" else "") + textwrap.dedent(f"""
         import numpy as np
         from llmcli.engine.kernels import int8
-        from llmcli.engine.kernels.int8 import INT8_MATVECS
-        from llmcli.engine.kernels.int8_kquants import INT8_KQUANT_MATVECS
         from llmcli.engine.matmul import QuantizedMatrix
         from llmcli.gguf.constants import GGMLType
-        assert not (int8.HAS_VNNI or int8.HAS_AVX512BW or int8.HAS_PSHUFB_256)
-        for name, kernels in (("IQ4_NL", INT8_MATVECS), ("IQ4_XS", INT8_KQUANT_MATVECS)):
-            raw = np.load({str(tmp_path)!r} + f"/{{name}}.raw.npy")
-            W = QuantizedMatrix(raw, GGMLType[name], 512)
-            out = np.empty(20, np.float32)
-            kernels[GGMLType[name]](W.weights, W._x_view(np.load({str(tmp_path)!r} + f"/{{name}}.x.npy")), out)
+        {check}
+        for name in {list(native)!r}:
+            W = QuantizedMatrix(np.load({str(tmp_path)!r} + f"/{{name}}.raw.npy"), GGMLType[name], 512)
+            out = np.empty((3, 20), np.float32)
+            W.format.matvec_int8(W.weights, np.load({str(tmp_path)!r} + f"/{{name}}.x.npy"), out)
             np.save({str(tmp_path)!r} + f"/{{name}}.out.npy", out)
     """)
-    env = dict(os.environ, NUMBA_CPU_NAME="x86-64", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=900)
-    for type_name, native in cases.items():
-        generic = np.load(tmp_path / f"{type_name}.out.npy")
-        # the integer sums are exact on both paths; float32 scaling and sums may round differently
-        np.testing.assert_allclose(generic, native, rtol=1e-5, atol=1e-6 * np.abs(native).max())
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), **env_vars)
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=1200)
+    for type_name, out in native.items():
+        np.testing.assert_array_equal(np.load(tmp_path / f"{type_name}.out.npy"), out, err_msg=type_name)

@@ -16,9 +16,9 @@ Activation blocks (ggml's x86 `quantize_row_q8_0`, bit for bit):
 `vpdpbusd` multiplies unsigned by signed bytes, so weights enter as unsigned codes u with the
 format's offset removed afterwards: w = u - OFFSET (Q8_0: u = w ^ 0x80, OFFSET 128; Q4_0: the
 nibble, 8; Q5_0: nibble | 5th bit << 4, 16; IQ4_NL: its grid value + 128, looked up by nibble with a
-byte shuffle, 128 - ggml's `ggml_vec_dot_iq4_nl_q8_0`, whose activations are these Q8_0 blocks). Then  sum w*x = sum u*x - OFFSET * sum x; the
-correction -OFFSET * sum(xq of the block) starts lane 0 of the block's 8 int32 lanes (`xbias`),
-so the integer sum needs no extra instruction.
+byte shuffle, 128 - ggml's `ggml_vec_dot_iq4_nl_q8_0`, whose activations are these Q8_0 blocks).
+Then  sum w*x = sum u*x - OFFSET * sum x; the correction -OFFSET * sum(xq of the block) starts
+lane 0 of the block's 8 int32 lanes (`xbias`), so the integer sum needs no extra instruction.
 
 One block = 8 int32 lanes; a zmm holds two consecutive blocks:
 
@@ -27,10 +27,10 @@ One block = 8 int32 lanes; a zmm holds two consecutive blocks:
     acc(float32 x16) += float(lanes) * [d_w(b) xd(b)] x8 ++ [d_w(b+1) xd(b+1)] x8
 
 Without VNNI (`dot_u8_s8`): AVX2's vpmaddubsw (u8 * s8 pairs -> int16) + vpmaddwd (pairs -> int32),
-exact while two products fit int16 (codes u <= 127: every format but Q8_0, whose weights go in
-signed, |w| * sign(xq, w), with 128 * (each lane's xq sum) added to its xbias lanes), else plain
-vector IR. Every path leaves the same int32 in every lane, so the results are the same bits on
-every CPU. On this AMD Zen 3 (AVX2) the AVX2 form made the demo's mat-vecs 3-5x faster.
+exact while two products fit int16 (codes u <= 127: every format but Q8_0 and IQ4_NL, whose
+weights go in signed, |w| * sign(xq, w), with 128 * (each lane's xq sum) added to its xbias lanes),
+else plain vector IR. Every path leaves the same int32 in every lane, so the results are the same
+bits on every CPU (tests/test_kernels_int8_iq4.py runs the AVX2 and generic paths here). On this AMD Zen 3 (AVX2) the AVX2 form made the demo's mat-vecs 3-5x faster.
 
 Columns (llvm_ir.py): each row dot takes B activation rows, each quantized once per call; a pair of
 weight blocks is decoded once and dotted with every row.

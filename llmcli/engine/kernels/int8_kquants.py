@@ -19,8 +19,11 @@ Per super-block b, with the integer sums exactly as ggml's generic C code define
     Q6_K:  d_x * d * sum_s sc_s * ((u_s - 32) . xq_s)
          = d_x * d * (sum_s sc_s * (u_s . xq_s)  -  32 * sum_s sc_s * bsums_s)
            u = the 6-bit code 0..63, sc int8, s < 16 sub-blocks of 16
-    IQ4_XS: d_x * d * sum_s (ls_s - 32) * ((u_s . xq_s) - 128 * (bsums over sub-block s))
-           u = IQ4 grid value + 128 (int8.IQ4_CODES, 1..241), s < 8 sub-blocks of 32
+    IQ4_XS: d_x * d * sum_s (ls_s - 32) * ((u_s . xq_s) - 128 * (sum of xq over sub-block s))
+           u = IQ4 grid value + 128 (int8.IQ4_CODES, 1..241), s < 8 sub-blocks of 32; each int32
+           lane starts at -128 * the sum of the activations it multiplies (`lane_sums`), so it ends
+           as an exact partial sum of w * xq, the same integer on every CPU (AVX2: the signed
+           product |w| * sign(xq, w) from 0)
 
 Each block's integer sum lives in one <16 x i32> (its 16 lanes summed at the end of the row
 with everything else); it becomes float once per block and is FMA'd with d * d_x into a float32
@@ -40,7 +43,7 @@ from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from .common import COLUMN_BLOCK, ROW_TILE, columns
-from .int8 import HAS_AVX2, HAS_VNNI, INT8_GROUP, IQ4_CODES, dot_u8_s8, lookup16, madd_pairs, maddubs
+from .int8 import HAS_AVX2, HAS_VNNI, INT8_GROUP, IQ4_CODES, dot_s8_s8, dot_u8_s8, lookup16, madd_pairs, maddubs
 from .llvm_ir import (F32, I8, I8_PTR, I16, I32, I64, as_i64, block_loop, call_fma, carried_loop, const_vector,
                       data_ptr, declare, float_tree_sum, i64, indices, load_at, load_half, row_ptr, splat, tree_reduce,
                       vector)
@@ -360,13 +363,14 @@ def _q6_k_codegen(context, builder, signature, args):
 #       qword 2s + (k & 1) of qs (bytes 8(k&1) .. of sub-block s), for s < 8, nibble k >> 1
 #       u_k = lookup16(IQ4 grid + 128, those nibbles)         (one vpshufb)
 #       -> lanes 2s, 2s+1 belong to sub-block s for every k: one integer accumulator a block,
-#          started at -128 * (xq sum of sub-block s) in lane 2s, times (ls_s - 32) x2 once
+#          lane l started at -128 * lane_sums[16b + l], times (ls_s - 32) x2 once
 # ---------------------------------------------------------------------------------------------
 def _iq4_xs_codegen(context, builder, signature, args):
-    """Code for an IQ4_XS row (xq in `interleave_for_q4_k`'s order, bsums per 32 values as for Q4_K)."""
+    """Code for an IQ4_XS row (xq in `interleave_for_q4_k`'s order, `bsums` its `lane_sums`)."""
     v16i32, v8i32, v8i64, v64i8 = vector(I32, 16), vector(I32, 8), vector(I64, 8), vector(I8, 64)
     nibble = const_vector(I8, [15] * 64)
-    zero8 = ir.Constant(v8i32, [0] * 8)
+    zero = ir.Constant(v16i32, [0] * 16)
+    sign_bit = const_vector(I8, [0x80] * 64)
 
     def body(blk, base, cols, accs):
         qs_words = [load_at(builder, base, i64(8 + 64 * h), v8i64) for h in range(2)]
@@ -388,13 +392,18 @@ def _iq4_xs_codegen(context, builder, signature, args):
                                              indices([j // 2 for j in range(16)]))
         d_w = load_half(builder, base, 0)
         new = []
+        signed = [builder.xor(u, sign_bit) for u in codes] if HAS_AVX2 else None  # the grid values
         for col, acc in zip(cols, accs):
-            sums = load_at(builder, col.bsums, builder.mul(blk, i64(8)), v8i32, align=4)
-            offsets = builder.sub(zero8, builder.shl(sums, const_vector(I32, [7] * 8)))  # -128 * sum
-            iacc = builder.shuffle_vector(offsets, zero8, indices([j // 2 if j % 2 == 0 else 8 for j in range(16)]))
             xs = builder.gep(col.xq, [builder.mul(blk, i64(QK_K))])
-            for k, u in enumerate(codes):
-                iacc = dot_u8_s8(builder, iacc, u, load_at(builder, xs, i64(64 * k), v64i8))
+            if HAS_AVX2:  # u up to 241, too big for vpmaddubsw: the signed weights, no offset
+                iacc = zero
+                for k, w in enumerate(signed):
+                    iacc = dot_s8_s8(builder, iacc, w, load_at(builder, xs, i64(64 * k), v64i8))
+            else:
+                sums = load_at(builder, col.bsums, builder.mul(blk, i64(16)), v16i32, align=4)
+                iacc = builder.sub(zero, builder.shl(sums, const_vector(I32, [7] * 16)))  # -128 * the lane's xq
+                for k, u in enumerate(codes):
+                    iacc = dot_u8_s8(builder, iacc, u, load_at(builder, xs, i64(64 * k), v64i8))
             iacc = builder.mul(iacc, lane_scales)
             d = builder.fmul(d_w, builder.load(builder.gep(col.xd, [blk])))
             new.append(call_fma(builder, builder.sitofp(iacc, vector(F32, 16)), splat(builder, d, 16), acc))
@@ -470,14 +479,34 @@ def _q8_k_columns(X, interleave, per_32):
 
 
 @njit(inline="always")
+def lane_sums(xq):
+    """int32 (B, n/16): entry 16b + l = the sum of the 16 activations int32 lane l of a 256-value
+    block b's integer accumulator multiplies, xq[t, 256b + 64k + 4l + i] for k < 4, i < 4 (four
+    bytes a lane in each of the block's four zmm; IQ4_XS here, TQ1_0/TQ2_0 in ternary.py)."""
+    n_t, n = xq.shape
+    sums = np.empty((n_t, n // 16), np.int32)  # loops, not np.zeros: that is a parallel region of its own
+    for t in range(n_t):
+        for b in range(n // QK_K):
+            for lane in range(16):
+                total = np.int32(0)
+                for k in range(4):
+                    for i in range(4):
+                        total += xq[t, QK_K * b + 64 * k + 4 * lane + i]
+                sums[t, 16 * b + lane] = total
+    return sums
+
+
+@njit(inline="always")
 def _k_int8_rows(blocks, x, out, block_bytes, kind, q4_k_like):
     """The Q4_K/Q5_K/Q6_K/IQ4_XS kernels: each activation row quantized once to Q8_K blocks (for Q4_K,
-    Q5_K and IQ4_XS, `q4_k_like`, xq interleaved and sums per 32 values), then every weight row dotted with
-    all of them (`row_dot_k_int8`)."""
+    Q5_K and IQ4_XS, `q4_k_like`, xq interleaved; sums per 32 values, IQ4_XS its `lane_sums`), then
+    every weight row dotted with all of them (`row_dot_k_int8`)."""
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * block_bytes)
-    xq, xd, sums = _q8_k_columns(X, q4_k_like, q4_k_like)
+    xq, xd, sums = _q8_k_columns(X, q4_k_like, q4_k_like and kind != "iq4_xs")
+    if kind == "iq4_xs":
+        sums = lane_sums(xq)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
             for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):

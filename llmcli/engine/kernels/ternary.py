@@ -15,11 +15,11 @@ and each weight block is dotted with them in integers, as ggml's vec_dot does:
 
 the codes c (0..2, unsigned) going through `vpdpbusd` (int8.dot_u8_s8), four zmm of 64 codes a
 block, in the activations' natural order. Each of the 16 int32 lanes starts at minus the sum of the
-16 activations it multiplies (`lane_sums`, once per call), so it ends as an exact partial sum of
-t * xq: the float32 rounding is then relative to the terms (ggml subtracts its bsums, sums of 16
-consecutive values, from lanes that hold other positions: its lanes carry c * xq for t = 0 weights
-too, and on real ternary rows, mostly zeros, its result was 4e-5 of the terms' magnitude off the
-exact sum; ours and ggml's agree to that).
+16 activations it multiplies (`int8_kquants.lane_sums`, once per call), so it ends as an exact
+partial sum of t * xq: the float32 rounding is then relative to the terms. (ggml subtracts its
+bsums, sums of 16 consecutive values, from lanes that hold other positions: its lanes carry c * xq
+for the t = 0 weights too, and on real ternary rows, mostly zeros, its result was 4e-5 of the terms'
+magnitude off the exact sum, ours 9e-8; ours and ggml's agree to ggml's rounding.)
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from ...quants.half import read_fp16
 from ...quants.ternary import POW3, tq1_0_codes
 from .common import COLUMN_BLOCK, ROW_TILE, Format, columns
 from .int8 import dot_u8_s8
-from .int8_kquants import QK_K, _q8_k_columns, _row_of_blocks, shifted_pair
-from .llvm_ir import F32, I8, I16, I32, call_fma, concat, const_vector, float_tree_sum, i64, indices, load_at, \
-    load_half, splat, vector
+from .int8_kquants import QK_K, _q8_k_columns, _row_of_blocks, lane_sums, shifted_pair
+from .llvm_ir import (F32, I8, I16, I32, call_fma, concat, const_vector, float_tree_sum, i64, indices, load_at,
+                      load_half, splat, vector)
 from .simd import fma_lanes, lanes_sum
 
 
@@ -65,8 +65,8 @@ def matvec_tq1_0(blocks, x, out):
                 d = read_fp16(blocks[r, b], 52)
                 tq1_0_codes(blocks[r, b], codes)
                 for g in range(8):  # 32 weights a step
-                    fma_lanes(acc=acc.reshape(-1), acc_off=32 * (g & 1), scale=d, scale2=d, x=xf, x_off=256 * b + 32 * g,
-                              src=codes, src_off=32 * g, shift=0, mask=3,
+                    fma_lanes(acc=acc.reshape(-1), acc_off=32 * (g & 1), scale=d, scale2=d, x=xf,
+                              x_off=256 * b + 32 * g, src=codes, src_off=32 * g, shift=0, mask=3,
                               src2=codes, src2_off=0, shift2=0, mask2=0, mul2=0, bias=-1,  # no second source
                               n=32, signed=False, src2_bits=False, nibbles=False,
                               n_columns=n_t, acc_stride=64, x_stride=n_cols)
@@ -97,7 +97,8 @@ def matvec_tq2_0(blocks, x, out):
                 for h in range(2):
                     for n in range(4):
                         fma_lanes(acc=acc.reshape(-1), acc_off=32 * (n & 1), scale=d, scale2=d, x=xf,
-                                  x_off=256 * b + 128 * h + 32 * n, src=row, src_off=66 * b + 32 * h, shift=2 * n, mask=3,
+                                  x_off=256 * b + 128 * h + 32 * n, src=row, src_off=66 * b + 32 * h,
+                                  shift=2 * n, mask=3,
                                   src2=row, src2_off=0, shift2=0, mask2=0, mul2=0, bias=-1,  # no second source
                                   n=32, signed=False, src2_bits=False, nibbles=False,
                                   n_columns=n_t, acc_stride=64, x_stride=n_cols)
@@ -210,24 +211,6 @@ def row_dot_ternary_int8(typingctx, row, xq, xd, bsums, n_blocks, kind, out, r, 
     if not (arrays_ok and isinstance(kind, types.StringLiteral) and kind.literal_value in ROW_CODEGEN):
         return None
     return types.void(row, xq, xd, bsums, n_blocks, kind, out, r, t0, n_t), ROW_CODEGEN[kind.literal_value]
-
-
-@njit(inline="always")
-def lane_sums(xq):
-    """int32 (B, n/16): entry 16b + l = the sum of the 16 activations int32 lane l of block b's
-    integer accumulator multiplies, xq[t, 256b + 64k + 4l + i] for k < 4, i < 4 (four bytes a
-    lane in each of the block's four zmm)."""
-    n_t, n = xq.shape
-    sums = np.empty((n_t, n // 16), np.int32)  # loops, not np.zeros: that is a parallel region of its own
-    for t in range(n_t):
-        for b in range(n // QK_K):
-            for lane in range(16):
-                total = np.int32(0)
-                for k in range(4):
-                    for i in range(4):
-                        total += xq[t, QK_K * b + 64 * k + 4 * lane + i]
-                sums[t, 16 * b + lane] = total
-    return sums
 
 
 @njit(inline="always")
