@@ -111,8 +111,8 @@ def matvec_tq2_0(blocks, x, out):
 # lined up with the Q8_K activations xq[256b + 64k ..] (natural order):
 #
 #   TQ1_0  each code is one byte of the block times a power of 3 (diagram above): the byte is
-#          picked by a shuffle of (qs[0:32] ++ qs[32:48] ++ qh[0:4]) and multiplied by 3^n as
-#          16-bit words, then ((that & 255) * 3) >> 8
+#          picked by a shuffle of (qs[0:32] ++ qs[32:48] ++ qh[0:4]), q = byte * 3^n mod 256,
+#          code = (q * 3) >> 8 = (q >= 86) + (q >= 171)   (the 16-bit-word form: ~1.3x slower)
 #             u_0 = qs[0:32]*1    ++ qs[0:32]*3      u_1 = qs[0:32]*9 ++ qs[0:32]*27
 #             u_2 = qs[0:32]*81   ++ qs[32:48]*1 ++ qs[32:48]*3
 #             u_3 = qs[32:48]*9, *27, *81 ++ qh[0:4]*1, *3, *9, *27
@@ -145,12 +145,20 @@ def _tq1_0_codes(builder, base):
     tail = builder.shuffle_vector(second, builder.shuffle_vector(qh, qh, indices(list(range(4)) + [0] * 12)),
                                   indices(range(32)))
     all_bytes = concat(builder, first, tail)  # qs[0:48] ++ qh ++ 12 unused bytes
+    v32i16 = vector(I16, 32)
+    low_byte, high_byte = const_vector(I16, [0x00FF] * 32), const_vector(I16, [0xFF00] * 32)
     codes = []
     for picks, powers in TQ1_0_SOURCES:
-        src = builder.zext(builder.shuffle_vector(all_bytes, all_bytes, indices(picks)), v64i16)
-        low = builder.and_(builder.mul(src, const_vector(I16, powers)), const_vector(I16, [255] * 64))
-        code = builder.lshr(builder.mul(low, const_vector(I16, [3] * 64)), const_vector(I16, [8] * 64))
-        codes.append(builder.trunc(code, v64i8))
+        words = builder.bitcast(builder.shuffle_vector(all_bytes, all_bytes, indices(picks)), v32i16)
+        # byte * 3^n mod 256 in place: the even bytes' products in the low bytes of one 16-bit
+        # multiply, the odd bytes' in the high bytes of another (no widening to 64 words)
+        even = builder.mul(builder.and_(words, low_byte), const_vector(I16, powers[0::2]))
+        odd = builder.mul(builder.and_(words, high_byte), const_vector(I16, powers[1::2]))
+        q = builder.bitcast(builder.or_(builder.and_(even, low_byte), builder.and_(odd, high_byte)), v64i8)
+        # (q * 3) >> 8 for a byte q: 1 from q >= 86, 2 from q >= 171
+        one = builder.zext(builder.icmp_unsigned(">=", q, const_vector(I8, [86] * 64)), v64i8)
+        two = builder.zext(builder.icmp_unsigned(">=", q, const_vector(I8, [171] * 64)), v64i8)
+        codes.append(builder.add(one, two))
     return codes
 
 
