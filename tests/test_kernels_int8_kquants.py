@@ -25,8 +25,8 @@ from llmcli.gguf.constants import GGMLType
 from llmcli.quants import dequantize, quantize
 
 REFS = Path(__file__).parent / "data" / "kernels" / "int8_kquant_refs.npz"
-BLOCK_BYTES = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
-X_GROUP = {"Q4_K": (8, 32), "Q5_K": (8, 32), "Q6_K": (16, 16)}  # the activation view the engine passes
+BLOCK_BYTES = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "IQ4_XS": 136}
+X_GROUP = {"Q4_K": (8, 32), "Q5_K": (8, 32), "Q6_K": (16, 16), "IQ4_XS": (16, 16)}  # the engine's activation views
 N_ROWS = 37  # not a multiple of the 16-row tiles
 
 

@@ -23,7 +23,8 @@ from test_kernels import ALL_TYPES, N_ROWS, random_rows, reference_weights
 
 COLUMN_COUNTS = [1, 2, 3, 4, 5, 8, 16, 17]
 BLOCKS_PER_ROW = [1, 2, 3, 7]
-INT8_TYPES = ["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+INT8_TYPES = ["Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S",
+              "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0"]
 MODES = ["int8", "float"]
 
 

@@ -19,7 +19,7 @@ from ..errors import BadInputError
 # than the float32 GEMM (AVX512-VNNI Xeon, 1 thread, 512-token chunks: README, Speed;
 # scripts/bench_matvecs.py --gemm-kinds) and its logits stay within llama.cpp's own
 # native-vs-dequantized distance of llama.cpp's native ones (tests/test_models_kq.py); weight types
-# without an integer GEMM (F16, F32, BF16, Q4_1, Q5_1, Q2_K, Q3_K, IQ4_*, IQ3_*, IQ2_*, IQ1_*) keep
+# without an integer GEMM (F16, F32, BF16, Q4_1, Q5_1, Q2_K, Q3_K, IQ4_*, IQ3_*, IQ2_*, IQ1_*, TQ*) keep
 # the float32 GEMM.
 PROMPT_ACTIVATIONS = ("int8-gemm", "float", "int8")
 DEFAULT_PROMPT_ACTIVATIONS = PROMPT_ACTIVATIONS[0]

@@ -81,23 +81,35 @@ def _quantize_tq1_0(x, out):
 
 
 @njit(inline="always")
-def _unpack_trit(byte, k):
-    return ((((np.int32(byte) * POW3[k]) & 0xFF) * 3) >> 8) - 1
+def trit_code(byte, k):
+    """Trit k (0 = most significant) of a TQ1_0 byte as its code t + 1 (0, 1, 2): the top of the
+    8-bit product ((uint8)(byte * 3^k) * 3) >> 8."""
+    return (((np.int32(byte) * POW3[k]) & 0xFF) * 3) >> 8
+
+
+@njit(inline="always")
+def tq1_0_codes(block, out):
+    """out[k] = t + 1 (0, 1, 2) of weight k < 256 of one TQ1_0 block (uint8 (54,)), natural order;
+    `out` any array of numbers (the dequantizer writes its float32 row, the engine's mat-vec a
+    uint8 scratch block). The one walk over the layout above."""
+    for n in range(5):
+        for m in range(32):
+            out[32 * n + m] = trit_code(block[m], n)
+    for n in range(5):
+        for m in range(16):
+            out[160 + 16 * n + m] = trit_code(block[32 + m], n)
+    for n in range(4):
+        for j in range(4):
+            out[240 + 4 * n + j] = trit_code(block[48 + j], n)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _dequantize_tq1_0(raw, y):
     for b in prange(raw.shape[0]):
         d = read_fp16(raw[b], 52)
-        for n in range(5):
-            for m in range(32):
-                y[b, 32 * n + m] = F32(_unpack_trit(raw[b, m], n)) * d
-        for n in range(5):
-            for m in range(16):
-                y[b, 160 + 16 * n + m] = F32(_unpack_trit(raw[b, 32 + m], n)) * d
-        for n in range(4):
-            for j in range(4):
-                y[b, 240 + 4 * n + j] = F32(_unpack_trit(raw[b, 48 + j], n)) * d
+        tq1_0_codes(raw[b], y[b])
+        for k in range(QK_K):
+            y[b, k] = (y[b, k] - F32(1.0)) * d
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ Activation blocks (ggml's x86 `quantize_row_q8_0`, bit for bit):
 
 `vpdpbusd` multiplies unsigned by signed bytes, so weights enter as unsigned codes u with the
 format's offset removed afterwards: w = u - OFFSET (Q8_0: u = w ^ 0x80, OFFSET 128; Q4_0: the
-nibble, 8; Q5_0: nibble | 5th bit << 4, 16). Then  sum w*x = sum u*x - OFFSET * sum x; the
-correction -OFFSET * sum(xq of the block) starts lane 0 of the block's 8 int32 lanes (`xbias`),
-so the integer sum needs no extra instruction.
+nibble, 8; Q5_0: nibble | 5th bit << 4, 16; IQ4_NL: its grid value + 128, looked up by nibble with a
+byte shuffle, 128 - ggml's `ggml_vec_dot_iq4_nl_q8_0`, whose activations are these Q8_0 blocks).
+Then  sum w*x = sum u*x - OFFSET * sum x; the correction -OFFSET * sum(xq of the block) starts
+lane 0 of the block's 8 int32 lanes (`xbias`), so the integer sum needs no extra instruction.
 
 One block = 8 int32 lanes; a zmm holds two consecutive blocks:
 
@@ -26,10 +27,10 @@ One block = 8 int32 lanes; a zmm holds two consecutive blocks:
     acc(float32 x16) += float(lanes) * [d_w(b) xd(b)] x8 ++ [d_w(b+1) xd(b+1)] x8
 
 Without VNNI (`dot_u8_s8`): AVX2's vpmaddubsw (u8 * s8 pairs -> int16) + vpmaddwd (pairs -> int32),
-exact while two products fit int16 (codes u <= 127: every format but Q8_0, whose weights go in
-signed, |w| * sign(xq, w), with 128 * (each lane's xq sum) added to its xbias lanes), else plain
-vector IR. Every path leaves the same int32 in every lane, so the results are the same bits on
-every CPU. On this AMD Zen 3 (AVX2) the AVX2 form made the demo's mat-vecs 3-5x faster.
+exact while two products fit int16 (codes u <= 127: every format but Q8_0 and IQ4_NL, whose
+weights go in signed, |w| * sign(xq, w), with 128 * (each lane's xq sum) added to its xbias lanes),
+else plain vector IR. Every path leaves the same int32 in every lane, so the results are the same
+bits on every CPU (tests/test_kernels_int8_iq4.py runs the AVX2 and generic paths here). On this AMD Zen 3 (AVX2) the AVX2 form made the demo's mat-vecs 3-5x faster.
 
 Columns (llvm_ir.py): each row dot takes B activation rows, each quantized once per call; a pair of
 weight blocks is decoded once and dotted with every row.
@@ -43,13 +44,13 @@ from llvmlite import binding as llvm
 from numba import config, njit, prange, types
 from numba.extending import intrinsic, overload
 
-from ...gguf.constants import GGMLType
+from ...gguf.constants import TYPE_INFO, GGMLType
 from ...quants.half import fp32_round_fp16
+from ...quants.iquants import IQ4_GRID
 from .common import COLUMN_BLOCK, ROW_TILE, columns
-from .llvm_ir import (F32, I8, I16, I32, PREFETCH_BYTES, as_i64, call_fma, carried_loop, column_groups, concat,
+from .llvm_ir import (F16, F32, I8, I16, I32, PREFETCH_BYTES, as_i64, call_fma, carried_loop, column_groups, concat,
                       const_vector, data_ptr, declare, emit_prefetch, float_tree_sum, halves, i64, if_odd, indices,
-                      load_at, load_half, row_ptr, store_columns, vector)
-from .simd import BLOCK_BYTES
+                      load_at, row_ptr, store_columns, vector)
 
 
 def _host_features() -> dict:
@@ -67,6 +68,9 @@ HAS_AVX512 = bool(_host_features().get("avx512f", False))
 # Without VNNI, AVX2's vpmaddubsw (u8 * s8 pairs -> i16) + vpmaddwd (pairs -> i32) where the pair
 # sums cannot saturate int16; the portable vector IR (bytes widened to 64 int32 lanes) otherwise.
 HAS_AVX2 = not HAS_VNNI and bool(_host_features().get("avx2", False))
+# vpshufb (a 16-entry table lookup per byte, `lookup16`) on 64 bytes, or on 32
+HAS_AVX512BW = bool(_host_features().get("avx512bw", False))
+HAS_PSHUFB_256 = bool(_host_features().get("avx2", False))
 
 # Per weight type (simd.py has the block diagrams): how the unsigned codes u are read, the offset
 # subtracted from them (the matvec_*_int8 kernels pass it, with the block bytes as literals: the
@@ -74,10 +78,15 @@ HAS_AVX2 = not HAS_VNNI and bool(_host_features().get("avx2", False))
 #   q8_0  | d | qs[32] int8 |                   u = qs ^ 0x80                              offset 128
 #   q4_0  | d | qs[16] |                        u[j] = qs[j] & 15, u[j+16] = qs[j] >> 4    offset 8
 #   q5_0  | d | qh u32 | qs[16] |               as q4_0, | (bit j of qh) << 4              offset 16
-U_MAX = {"q8_0": 255, "q4_0": 15, "q5_0": 31}
-CODE_OFFSET = {"q8_0": 128, "q4_0": 8, "q5_0": 16}
-# Q8_0's codes reach 255, too big for vpmaddubsw: on AVX2 it multiplies the signed weights instead.
+#   iq4_nl | d | qs[16] |                       u = IQ4_GRID[nibble] + 128 (q4_0's nibbles)  offset 128
+U_MAX = {"q8_0": 255, "q4_0": 15, "q5_0": 31, "iq4_nl": 241}
+CODE_OFFSET = {"q8_0": 128, "q4_0": 8, "q5_0": 16, "iq4_nl": 128}
+# Q8_0's and IQ4_NL's codes reach 255 / 241, too big for vpmaddubsw: on AVX2 they multiply the
+# signed weights (u ^ 0x80) instead.
 SIGNED_Q8_0 = HAS_AVX2
+SIGNED_KINDS = ("q8_0", "iq4_nl")
+# IQ4_NL's grid as unsigned codes: value + 128 (1 .. 241)
+IQ4_CODES = [int(v) + 128 for v in IQ4_GRID]
 
 
 def dot_u8_s8(builder, acc, u, s, u_max=255):
@@ -141,7 +150,7 @@ def _pair_codes(builder, kind, base0, base1):
 
     if kind == "q8_0":
         return builder.xor(both(2, v32i8), const_vector(I8, [0x80] * 64))
-    qs = both(2 if kind == "q4_0" else 6, v16i8)  # <32 x i8>
+    qs = both(6 if kind == "q5_0" else 2, v16i8)  # <32 x i8>
     lo = builder.and_(qs, const_vector(I8, [15] * 32))
     hi = builder.and_(builder.lshr(qs, const_vector(I8, [4] * 32)), const_vector(I8, [15] * 32))
     # block k: weights j < 16 = lo[16k + j], weights 16 + j = hi[16k + j]
@@ -149,6 +158,8 @@ def _pair_codes(builder, kind, base0, base1):
     u = builder.shuffle_vector(lo, hi, indices(order))
     if kind == "q4_0":
         return u
+    if kind == "iq4_nl":
+        return lookup16(builder, IQ4_CODES, u)
     # 5th bit: weight j of block k is bit j of that block's little-endian u32 qh,
     # i.e. bit (j % 8) of qh byte 4k + j // 8
     qh = both(2, vector(I8, 4))  # <8 x i8>
@@ -156,6 +167,28 @@ def _pair_codes(builder, kind, base0, base1):
     bit = builder.and_(spread, const_vector(I8, [1 << (i % 8) for i in range(64)]))
     is_set = builder.icmp_unsigned("!=", bit, ir.Constant(v64i8, [0] * 64))
     return builder.or_(u, builder.select(is_set, ir.Constant(v64i8, [16] * 64), ir.Constant(v64i8, [0] * 64)))
+
+
+def lookup16(builder, table, idx):
+    """<n x i8>: table[idx[i]] per byte for a 16-entry byte table (a list of ints 0..255) and
+    indices idx <n x i8> (n 32 or 64) in 0..15: vpshufb (the table in every 16-byte lane; AVX-512BW
+    or AVX2), else a select per table entry."""
+    n = idx.type.count
+    table_bytes = [v - 256 if v > 127 else v for v in table]
+    if HAS_AVX512BW and n == 64:
+        fn = declare(builder, "llvm.x86.avx512.pshuf.b.512", idx.type, [idx.type] * 2)
+        return builder.call(fn, [const_vector(I8, table_bytes * 4), idx])
+    if HAS_PSHUFB_256:  # ymm halves
+        v32i8 = vector(I8, 32)
+        fn = declare(builder, "llvm.x86.avx2.pshuf.b", v32i8, [v32i8, v32i8])
+        parts = halves(builder, idx) if n == 64 else [idx]
+        looked = [builder.call(fn, [const_vector(I8, table_bytes * 2), part]) for part in parts]
+        return concat(builder, *looked) if n == 64 else looked[0]
+    out = ir.Constant(idx.type, [0] * n)
+    for i, value in enumerate(table_bytes):
+        hit = builder.icmp_unsigned("==", idx, ir.Constant(idx.type, [i] * n))
+        out = builder.select(hit, ir.Constant(idx.type, [value] * n), out)
+    return out
 
 
 # Columns per group (llvm_ir.py, "Columns"): one <16 x float> accumulator per column, so a weight
@@ -167,7 +200,7 @@ INT8_GROUP = 8 if HAS_AVX512 else 4
 @intrinsic
 def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t):
     """out[t, r] = sum over blocks b of d_w(b) * xd[t, b] * (w_b . xq[t]_b) for one row of
-    Q8_0/Q4_0/Q5_0 blocks (diagrams in simd.py and above) and every column t (`kind` a literal
+    Q8_0/Q4_0/Q5_0/IQ4_NL blocks (diagrams in simd.py, legacy.py and above) and every column t (`kind` a literal
     string; row uint8 (n_blocks * block_bytes,), xq int8 (B, n), xd8 float32 (B, n/4): each
     activation block's scale repeated 8 times, one per int32 lane of its block, xbias int32
     (B, n/4), as made by `quantize_activations_into` / `_int8_rows`, out float32 (B, n_rows)).
@@ -176,7 +209,7 @@ def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t
     if not isinstance(kind, types.StringLiteral) or kind.literal_value not in U_MAX:
         return None
     fmt = kind.literal_value
-    block_bytes = BLOCK_BYTES[fmt]
+    block_bytes = TYPE_INFO[GGMLType[fmt.upper()]].block_bytes
 
     def codegen(context, builder, signature, args):
         row_v, xq_v, xd_v, xb_v, nb_v, _, out_v, r_v = args[:8]
@@ -187,7 +220,6 @@ def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t
         nb = as_i64(context, builder, nb_v, tys[4])
         r = as_i64(context, builder, r_v, tys[7])
         zero_f = ir.Constant(v16f, [0.0] * 16)
-        undef_f = ir.Constant(v16f, ir.Undefined)
 
         def group(t0, n_cols):
             cols = [builder.add(t0, i64(i)) for i in range(n_cols)]
@@ -202,14 +234,14 @@ def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t
                 base0 = builder.gep(row_p, [builder.mul(b, i64(block_bytes))])
                 base1 = builder.gep(base0, [i64(block_bytes)]) if count == 2 else base0
                 u = _pair_codes(builder, fmt, base0, base1)
-                signed_w = builder.xor(u, const_vector(I8, [0x80] * 64)) if fmt == "q8_0" else None
-                d_w = [load_half(builder, base, 0) for base in (base0, base1)[:count]]
-                # [d_w(b)] x 8 ++ [d_w(b+1)] x 8, once for the group's columns
-                d_pair = undef_f
-                for k in range(2):
-                    d_pair = builder.insert_element(d_pair, d_w[k] if k < count else ir.Constant(F32, 0.0),
-                                                    ir.Constant(I32, k))
-                d_w16 = builder.shuffle_vector(d_pair, undef_f, indices([0] * 8 + [1] * 8))
+                signed_w = builder.xor(u, const_vector(I8, [0x80] * 64)) if fmt in SIGNED_KINDS else None
+                # [d_w(b)] x 8 ++ [d_w(b+1)] x 8, once for the group's columns: both fp16 scales in one
+                # i32, widened together (an insert and a conversion per scale kept the shuffle port busy)
+                halves_i32 = [builder.zext(load_at(builder, base, i64(0), I16), I32) for base in (base0, base1)[:count]]
+                pair = halves_i32[0] if count == 1 else builder.or_(halves_i32[0],
+                                                                    builder.shl(halves_i32[1], ir.Constant(I32, 16)))
+                d_pair = builder.fpext(builder.bitcast(pair, vector(F16, 2)), vector(F32, 2))
+                d_w16 = builder.shuffle_vector(d_pair, d_pair, indices([0] * 8 + [1] * 8))
                 new = []
                 for xq_p, xd_p, xb_p, acc in zip(xq_rows, xd_rows, xb_rows, accs):
                     xs = builder.gep(xq_p, [builder.shl(b, i64(5))])
@@ -226,7 +258,7 @@ def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t
                                                       ir.Constant(v8i32, [0] * 8), indices(range(16)))
                         x_d = builder.shuffle_vector(load_at(builder, xd8_p, i64(0), v8f, align=4),
                                                      ir.Constant(v8f, [0.0] * 8), indices(range(16)))
-                    if SIGNED_Q8_0 and fmt == "q8_0":  # u up to 255: the signed form (xbias has the rest)
+                    if SIGNED_Q8_0 and fmt in SIGNED_KINDS:  # u > 127: the signed form (xbias has the rest)
                         dots = dot_s8_s8(builder, bias, signed_w, s)
                     else:
                         dots = dot_u8_s8(builder, bias, u, s, U_MAX[fmt])
@@ -260,6 +292,20 @@ def _code_offset(kind):
     if isinstance(kind, types.StringLiteral) and kind.literal_value in CODE_OFFSET:
         offset = np.int32(CODE_OFFSET[kind.literal_value])
         return lambda kind: offset
+    return None
+
+
+def signed_form(kind):
+    """Whether `kind`'s activations carry the signed form's lane corrections (SIGNED_KINDS on AVX2),
+    inside njit."""
+    raise NotImplementedError("signed_form is only available in numba-compiled code")
+
+
+@overload(signed_form, inline="always")
+def _signed_form(kind):
+    if isinstance(kind, types.StringLiteral):
+        signed = SIGNED_Q8_0 and kind.literal_value in SIGNED_KINDS
+        return lambda kind: signed
     return None
 
 
@@ -316,8 +362,8 @@ def quantize_activations(x, offset):
 
 @njit(inline="always")
 def _int8_rows(blocks, x, out, block_bytes, kind):
-    """The Q8_0/Q4_0/Q5_0 kernels: each activation row quantized once, then every weight row dotted
-    with all of them (`row_dot_int8`)."""
+    """The Q8_0/Q4_0/Q5_0/IQ4_NL kernels: each activation row quantized once, then every weight row
+    dotted with all of them (`row_dot_int8`)."""
     X, Y = columns(x, out)
     n_t, n = X.shape
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
@@ -327,7 +373,7 @@ def _int8_rows(blocks, x, out, block_bytes, kind):
     xbias = np.empty((n_t, n // 4), np.int32)
     xd8 = np.empty((n_t, n // 4), np.float32)  # each block's scale once per int32 lane of it
     for t in range(n_t):
-        quantize_activations_into(X[t], xq[t], xd[t], xbias[t], code_offset(kind), SIGNED_Q8_0 and kind == "q8_0")
+        quantize_activations_into(X[t], xq[t], xd[t], xbias[t], code_offset(kind), signed_form(kind))
         for k in range(n // 4):
             xd8[t, k] = xd[t, k // 8]
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
@@ -352,8 +398,14 @@ def matvec_q5_0_int8(blocks, x, out):
     _int8_rows(blocks, x, out, 22, "q5_0")
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def matvec_iq4_nl_int8(blocks, x, out):
+    _int8_rows(blocks, x, out, 18, "iq4_nl")
+
+
 INT8_MATVECS = {
     GGMLType.Q8_0: matvec_q8_0_int8,
     GGMLType.Q4_0: matvec_q4_0_int8,
     GGMLType.Q5_0: matvec_q5_0_int8,
+    GGMLType.IQ4_NL: matvec_iq4_nl_int8,
 }

@@ -1,7 +1,8 @@
-"""Mat-vec with 8-bit activations for Q4_K, Q5_K and Q6_K weights, llama.cpp's Q8_K path: x is quantized
-once per call to ggml's Q8_K activation blocks and every weight super-block is dotted with them in
-integers (`vpdpbusd`, see int8.py), as ggml's `ggml_vec_dot_q4_K_q8_K` / `_q5_K_q8_K` / `_q6_K_q8_K`.
-Same signature as kquants.matvec_q4_k / matvec_q5_k / matvec_q6_k; `INT8_KQUANT_MATVECS` maps type -> kernel.
+"""Mat-vec with 8-bit activations for Q4_K, Q5_K, Q6_K and IQ4_XS weights, llama.cpp's Q8_K path: x is
+quantized once per call to ggml's Q8_K activation blocks and every weight super-block is dotted with
+them in integers (`vpdpbusd`, see int8.py), as ggml's `ggml_vec_dot_q4_K_q8_K` / `_q5_K_q8_K` /
+`_q6_K_q8_K` / `_iq4_xs_q8_K`. Same signature as kquants.matvec_q4_k / matvec_q5_k / matvec_q6_k /
+matvec_iq4_xs; `INT8_KQUANT_MATVECS` maps type -> kernel.
 
 Activation blocks (ggml's `quantize_row_q8_K_ref`, which its x86 backend calls, bit for bit):
 
@@ -18,6 +19,11 @@ Per super-block b, with the integer sums exactly as ggml's generic C code define
     Q6_K:  d_x * d * sum_s sc_s * ((u_s - 32) . xq_s)
          = d_x * d * (sum_s sc_s * (u_s . xq_s)  -  32 * sum_s sc_s * bsums_s)
            u = the 6-bit code 0..63, sc int8, s < 16 sub-blocks of 16
+    IQ4_XS: d_x * d * sum_s (ls_s - 32) * ((u_s . xq_s) - 128 * (sum of xq over sub-block s))
+           u = IQ4 grid value + 128 (int8.IQ4_CODES, 1..241), s < 8 sub-blocks of 32; each int32
+           lane starts at -128 * the sum of the activations it multiplies (`lane_sums`), so it ends
+           as an exact partial sum of w * xq, the same integer on every CPU (AVX2: the signed
+           product |w| * sign(xq, w) from 0)
 
 Each block's integer sum lives in one <16 x i32> (its 16 lanes summed at the end of the row
 with everything else); it becomes float once per block and is FMA'd with d * d_x into a float32
@@ -37,7 +43,7 @@ from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from .common import COLUMN_BLOCK, ROW_TILE, columns
-from .int8 import HAS_AVX2, HAS_VNNI, INT8_GROUP, dot_u8_s8, madd_pairs, maddubs
+from .int8 import HAS_AVX2, HAS_VNNI, INT8_GROUP, IQ4_CODES, dot_s8_s8, dot_u8_s8, lookup16, madd_pairs, maddubs
 from .llvm_ir import (F32, I8, I8_PTR, I16, I32, I64, as_i64, block_loop, call_fma, carried_loop, const_vector,
                       data_ptr, declare, float_tree_sum, i64, indices, load_at, load_half, row_ptr, splat, tree_reduce,
                       vector)
@@ -346,16 +352,81 @@ def _q6_k_codegen(context, builder, signature, args):
     return context.get_dummy_value()
 
 
+# ---------------------------------------------------------------------------------------------
+# IQ4_XS: 136 bytes, 256 weights in 8 sub-blocks of 32 (kquants.py has the float kernel)
+#   byte 0    2              4             8                         136
+#        | d  | scales_h u16 | scales_l[4] | qs[128]                 |
+#   sub-block s: 16 bytes qs[16s ..]: low nibble = weight j, high nibble = weight 16 + j;
+#   ls_s = (scales_l as u32 >> 4s) & 15 | ((scales_h >> 2s) & 3) << 4, scale ls_s - 32
+#   One zmm k < 4 takes weights 8k .. 8k+7 of every sub-block, as Q4_K's (same interleaved xq):
+#
+#       qword 2s + (k & 1) of qs (bytes 8(k&1) .. of sub-block s), for s < 8, nibble k >> 1
+#       u_k = lookup16(IQ4 grid + 128, those nibbles)         (one vpshufb)
+#       -> lanes 2s, 2s+1 belong to sub-block s for every k: one integer accumulator a block,
+#          lane l started at -128 * lane_sums[16b + l], times (ls_s - 32) x2 once
+# ---------------------------------------------------------------------------------------------
+def _iq4_xs_codegen(context, builder, signature, args):
+    """Code for an IQ4_XS row (xq in `interleave_for_q4_k`'s order, `bsums` its `lane_sums`)."""
+    v16i32, v8i32, v8i64, v64i8 = vector(I32, 16), vector(I32, 8), vector(I64, 8), vector(I8, 64)
+    nibble = const_vector(I8, [15] * 64)
+    zero = ir.Constant(v16i32, [0] * 16)
+    sign_bit = const_vector(I8, [0x80] * 64)
+
+    def body(blk, base, cols, accs):
+        qs_words = [load_at(builder, base, i64(8 + 64 * h), v8i64) for h in range(2)]
+        codes = []
+        for k in range(4):
+            picked = builder.bitcast(builder.shuffle_vector(qs_words[0], qs_words[1],
+                                                            indices([2 * s + (k & 1) for s in range(8)])), v64i8)
+            if k >> 1:
+                picked = builder.lshr(picked, const_vector(I8, [4] * 64))
+            codes.append(lookup16(builder, IQ4_CODES, builder.and_(picked, nibble)))
+        low = builder.lshr(splat(builder, load_at(builder, base, i64(4), I32), 8), indices(range(0, 32, 4)))
+        high = builder.lshr(splat(builder, builder.zext(load_at(builder, base, i64(2), I16), I32), 8),
+                            indices(range(0, 16, 2)))
+        scales = builder.sub(builder.or_(builder.and_(low, const_vector(I32, [15] * 8)),
+                                         builder.shl(builder.and_(high, const_vector(I32, [3] * 8)),
+                                                     const_vector(I32, [4] * 8))),
+                             const_vector(I32, [32] * 8))
+        lane_scales = builder.shuffle_vector(scales, ir.Constant(v8i32, ir.Undefined),
+                                             indices([j // 2 for j in range(16)]))
+        d_w = load_half(builder, base, 0)
+        new = []
+        signed = [builder.xor(u, sign_bit) for u in codes] if HAS_AVX2 else None  # the grid values
+        for col, acc in zip(cols, accs):
+            xs = builder.gep(col.xq, [builder.mul(blk, i64(QK_K))])
+            if HAS_AVX2:  # u up to 241, too big for vpmaddubsw: the signed weights, no offset
+                iacc = zero
+                for k, w in enumerate(signed):
+                    iacc = dot_s8_s8(builder, iacc, w, load_at(builder, xs, i64(64 * k), v64i8))
+            else:
+                sums = load_at(builder, col.bsums, builder.mul(blk, i64(16)), v16i32, align=4)
+                iacc = builder.sub(zero, builder.shl(sums, const_vector(I32, [7] * 16)))  # -128 * the lane's xq
+                for k, u in enumerate(codes):
+                    iacc = dot_u8_s8(builder, iacc, u, load_at(builder, xs, i64(64 * k), v64i8))
+            iacc = builder.mul(iacc, lane_scales)
+            d = builder.fmul(d_w, builder.load(builder.gep(col.xd, [blk])))
+            new.append(call_fma(builder, builder.sitofp(iacc, vector(F32, 16)), splat(builder, d, 16), acc))
+        return new
+
+    _row_of_blocks(context, builder, signature, args, name="iq4xs_int8", block_bytes=136, prefetch_lines=3,
+                   inits=[ir.Constant(vector(F32, 16), [0.0] * 16)], body=body,
+                   finish=lambda accs: float_tree_sum(builder, accs[0]))
+    return context.get_dummy_value()
+
+
 ROW_CODEGEN = {
     "q4_k": _q4_k_like_codegen(144, 16, None, "q4k_int8"),
     "q5_k": _q4_k_like_codegen(176, 48, 16, "q5k_int8"),
     "q6_k": _q6_k_codegen,
+    "iq4_xs": _iq4_xs_codegen,
 }
 
 
 @intrinsic
 def row_dot_k_int8(typingctx, row, xq, xd, bsums, n_blocks, kind, out, r, t0, n_t):
-    """One row of Q4_K, Q5_K or Q6_K super-blocks (`kind` a literal "q4_k" | "q5_k" | "q6_k"; row
+    """One row of Q4_K, Q5_K, Q6_K or IQ4_XS super-blocks (`kind` a literal "q4_k" | "q5_k" | "q6_k" |
+    "iq4_xs"; row
     uint8 (n_blocks * block bytes,)) dotted with every column's Q8_K activation blocks (xq int8
     (B, n), xd float32 (B, n/256), bsums int32 from `quantize_q8_k_into`, as each kind's diagram
     above reads them), stored as float32 to out[t, r] (out (B, n_rows))."""
@@ -408,14 +479,34 @@ def _q8_k_columns(X, interleave, per_32):
 
 
 @njit(inline="always")
+def lane_sums(xq):
+    """int32 (B, n/16): entry 16b + l = the sum of the 16 activations int32 lane l of a 256-value
+    block b's integer accumulator multiplies, xq[t, 256b + 64k + 4l + i] for k < 4, i < 4 (four
+    bytes a lane in each of the block's four zmm; IQ4_XS here, TQ1_0/TQ2_0 in ternary.py)."""
+    n_t, n = xq.shape
+    sums = np.empty((n_t, n // 16), np.int32)  # loops, not np.zeros: that is a parallel region of its own
+    for t in range(n_t):
+        for b in range(n // QK_K):
+            for lane in range(16):
+                total = np.int32(0)
+                for k in range(4):
+                    for i in range(4):
+                        total += xq[t, QK_K * b + 64 * k + 4 * lane + i]
+                sums[t, 16 * b + lane] = total
+    return sums
+
+
+@njit(inline="always")
 def _k_int8_rows(blocks, x, out, block_bytes, kind, q4_k_like):
-    """The Q4_K/Q5_K/Q6_K kernels: each activation row quantized once to Q8_K blocks (for Q4_K and
-    Q5_K, `q4_k_like`, xq interleaved and sums per 32 values), then every weight row dotted with
-    all of them (`row_dot_k_int8`)."""
+    """The Q4_K/Q5_K/Q6_K/IQ4_XS kernels: each activation row quantized once to Q8_K blocks (for Q4_K,
+    Q5_K and IQ4_XS, `q4_k_like`, xq interleaved; sums per 32 values, IQ4_XS its `lane_sums`), then
+    every weight row dotted with all of them (`row_dot_k_int8`)."""
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * block_bytes)
-    xq, xd, sums = _q8_k_columns(X, q4_k_like, q4_k_like)
+    xq, xd, sums = _q8_k_columns(X, q4_k_like, q4_k_like and kind != "iq4_xs")
+    if kind == "iq4_xs":
+        sums = lane_sums(xq)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
             for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
@@ -440,8 +531,14 @@ def matvec_q6_k_int8(blocks, x, out):
     _k_int8_rows(blocks, x, out, 210, "q6_k", False)
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def matvec_iq4_xs_int8(blocks, x, out):  # x float32 (n_blocks, 16, 16), as kquants.matvec_iq4_xs
+    _k_int8_rows(blocks, x, out, 136, "iq4_xs", True)
+
+
 INT8_KQUANT_MATVECS = {
     GGMLType.Q4_K: matvec_q4_k_int8,
     GGMLType.Q5_K: matvec_q5_k_int8,
     GGMLType.Q6_K: matvec_q6_k_int8,
+    GGMLType.IQ4_XS: matvec_iq4_xs_int8,
 }
