@@ -26,7 +26,7 @@ from .half import fp16_to_fp32, fp32_to_fp16, read_fp16
 from .iq_grids import grid
 from .iq_search import MAP_SIZE_8X2, search_tables
 from .kquant_search import F32, ZERO, nearest_int
-from .kquants import _importance, _put_f16, _sum_squares
+from .kquants import importance_weight, put_f16, sum_squares
 from .registry import Codec, Decoder, register
 
 QK_K = 256
@@ -236,7 +236,7 @@ def _assign_levels(order, besti1, besti2, L):
 def _weights(xb, qw, first, sigma2, weight):
     for i in range(xb.shape[0]):
         if qw.shape[0]:
-            weight[i] = _importance(qw[first + i], sigma2, xb[i])
+            weight[i] = importance_weight(qw[first + i], sigma2, xb[i])
         else:
             weight[i] = xb[i] * xb[i]
 
@@ -271,7 +271,7 @@ def _quantize_iq1_s(x, qw, out, qgrid, kmap, neighbours):
             blk = out[r, 50 * ibl:50 * (ibl + 1)]
             blk[:] = 0
             max_scale = ZERO
-            sigma2 = F_TWO * _sum_squares(xbl) / F256
+            sigma2 = F_TWO * sum_squares(xbl) / F256
             for s in range(8):
                 xb = xbl[32 * s:32 * s + 32]
                 _weights(xb, qw, QK_K * ibl + 32 * s, sigma2, weight)
@@ -349,7 +349,7 @@ def _quantize_iq1_s(x, qw, out, qgrid, kmap, neighbours):
             if max_scale == ZERO:
                 continue
             d = max_scale / F15
-            _put_f16(blk, 0, d * FUDGE_S)
+            put_f16(blk, 0, d * FUDGE_S)
             inv = F_ONE / d
             for s in range(8):
                 l = max(0, min(7, nearest_int(F_HALF * (inv * scales[s] - F_ONE))))
@@ -399,7 +399,7 @@ def _quantize_iq1_m(x, qw, out, qgrid, kmap, neighbours):
             blk = out[r, 56 * ibl:56 * (ibl + 1)]
             blk[:] = 0
             max_scale = ZERO
-            sigma2 = F_TWO * _sum_squares(xbl) / F256
+            sigma2 = F_TWO * sum_squares(xbl) / F256
             for t in range(16):
                 xb = xbl[16 * t:16 * t + 16]
                 _weights(xb, qw, QK_K * ibl + 16 * t, sigma2, weight)

@@ -33,6 +33,7 @@ from .half import read_fp16
 from .iq_grids import KSIGNS_IQ2XS, grid_bytes
 from .iq_search import MAP_SIZE_8X2, search_tables
 from .kquant_search import F32, GROUP_MAX_EPS, ONE, TENTH, ZERO, make_qp_quants, nearest_int
+from .kquants import importance_weight, sum_squares
 from .legacy import read_u32
 from .registry import Codec, Decoder, register
 
@@ -136,14 +137,6 @@ def _vmax(xval, n):
 
 
 @njit(**HELPER)
-def _block_sigma2(x):
-    total = ZERO
-    for i in range(QK_K):
-        total += x[i] * x[i]
-    return total
-
-
-@njit(**HELPER)
 def _weights(x, qw, c0, first, n, sigma2, weight, waux):
     """weight = importance * sqrt(sigma2 + x*x) (IQ2_S without importance: sigma2/4 + x*x) for
     x[first:first+n] of a block whose importances start at qw[c0]; waux = sqrt(weight), the
@@ -151,7 +144,7 @@ def _weights(x, qw, c0, first, n, sigma2, weight, waux):
     for i in range(n):
         xi = x[first + i]
         if qw.shape[0]:
-            weight[i] = qw[c0 + first + i] * np.sqrt(sigma2 + xi * xi)
+            weight[i] = importance_weight(qw[c0 + first + i], sigma2, xi)
         else:
             weight[i] = QUARTER * sigma2 + xi * xi
     for i in range(n):
@@ -248,7 +241,7 @@ def _quantize_block_iq2_xxs(x, qw, c0, out, kmap, neighbours, qgrid, scratch, le
     Laux = np.zeros(32, np.int8)
     signs = np.zeros(4, np.int32)
     q2 = np.zeros(16, np.uint32)
-    sigma2 = _block_sigma2(x) / F256
+    sigma2 = sum_squares(x[:QK_K]) / F256
     max_scale = ZERO
     for ib in range(8):
         _weights(x, qw, c0, 32 * ib, 32, sigma2, weight, waux)
@@ -382,7 +375,7 @@ def _quantize_block_iq2_xs(x, qw, c0, out, kmap, neighbours, qgrid, scratch):
     on_grid_aux = np.zeros(2, np.bool_)
     signs = np.zeros(2, np.int32)
     q2 = np.zeros(32, np.uint16)
-    sigma2 = _block_sigma2(x) / F256
+    sigma2 = sum_squares(x[:QK_K]) / F256
     max_scale = ZERO
     for ib in range(16):
         _weights(x, qw, c0, 16 * ib, 16, sigma2, weight, waux)
@@ -462,7 +455,7 @@ def _quantize_block_iq2_s(x, qw, c0, out, kmap, neighbours, qgrid, scratch):
     on_grid_aux = np.zeros(2, np.bool_)
     signs = np.zeros(2, np.int32)
     out[:] = 0
-    sigma2 = F2 * _block_sigma2(x) / F256
+    sigma2 = F2 * sum_squares(x[:QK_K]) / F256
     max_scale = ZERO
     for ib in range(16):
         _weights(x, qw, c0, 16 * ib, 16, sigma2, weight, waux)

@@ -27,7 +27,7 @@ from .half import read_fp16
 from .iq_grids import KSIGN_MASKS, SIGN_BYTE_MASKS, grid, negate_bytes
 from .iq_search import search_tables
 from .kquant_search import F32, ZERO, nearest_int
-from .kquants import _importance, _put_f16, _sum_squares
+from .kquants import importance_weight, put_f16, sum_squares
 from .legacy import read_u32
 from .registry import Codec, Decoder, register
 
@@ -254,7 +254,7 @@ def _sub_block_weights(xb, qw, ibl, s, sigma2, weight, waux):
     """ggml's per-weight importance: qw[col] * sqrt(sigma2 + x*x), or x*x without weights."""
     for i in range(32):
         if qw.shape[0]:
-            weight[i] = _importance(qw[QK_K * ibl + 32 * s + i], sigma2, xb[i])
+            weight[i] = importance_weight(qw[QK_K * ibl + 32 * s + i], sigma2, xb[i])
         else:
             weight[i] = xb[i] * xb[i]
     for i in range(32):
@@ -282,7 +282,7 @@ def _quantize_iq3_xxs(x, qw, out, qgrid, kmap, neighbours):
             blk[:] = 0
             sas[:] = 0
             max_scale = ZERO
-            sigma2 = F_TWO * _sum_squares(xbl) / F256
+            sigma2 = F_TWO * sum_squares(xbl) / F256
             for s in range(8):
                 xb = xbl[32 * s:32 * s + 32]
                 _sub_block_weights(xb, qw, ibl, s, sigma2, weight, waux)
@@ -333,7 +333,7 @@ def _quantize_iq3_xxs(x, qw, out, qgrid, kmap, neighbours):
                 blk[:] = 0
                 continue
             d = max_scale / F31
-            _put_f16(blk, 0, d * FUDGE_XXS)
+            put_f16(blk, 0, d * FUDGE_XXS)
             inv = F_ONE / d
             for s in range(8):
                 l = nearest_int(F_HALF * (inv * scales[s] - F_ONE))
@@ -362,7 +362,7 @@ def _quantize_iq3_s(x, qw, out, qgrid, kmap, neighbours):
             blk = out[r, 110 * ibl:110 * (ibl + 1)]
             blk[:] = 0
             max_scale = ZERO
-            sigma2 = F_TWO * _sum_squares(xbl) / F256
+            sigma2 = F_TWO * sum_squares(xbl) / F256
             qs_at = 2     # ggml's qs / signs pointers: not advanced past an all-zero sub-block
             signs_at = 74
             for s in range(8):
@@ -403,7 +403,7 @@ def _quantize_iq3_s(x, qw, out, qgrid, kmap, neighbours):
             if max_scale == ZERO:
                 continue
             d = max_scale / F31
-            _put_f16(blk, 0, d * FUDGE_S)
+            put_f16(blk, 0, d * FUDGE_S)
             inv = F_ONE / d
             for s in range(0, 8, 2):
                 l1 = max(0, min(15, nearest_int(F_HALF * (inv * scales[s] - F_ONE))))

@@ -57,7 +57,7 @@ F32_M127 = F32(-127.0)
 
 
 @njit(**HELPER)
-def _put_f16(out, pos, value):
+def put_f16(out, pos, value):
     """Store float32 value as little-endian fp16 at out[pos:pos+2]."""
     h = fp32_to_fp16(value)
     out[pos] = h & 0xFF
@@ -104,7 +104,7 @@ def q3_k_scale(j, sc):
 
 
 @njit(**HELPER)
-def _sum_squares(x):
+def sum_squares(x):
     """sum of x*x as ggml adds it: one float32 chain in order (the order decides the last bit)."""
     total = ZERO
     for i in range(x.shape[0]):
@@ -113,7 +113,7 @@ def _sum_squares(x):
 
 
 @njit(**HELPER)
-def _importance(qw, sigma2, x):
+def importance_weight(qw, sigma2, x):
     """The weighted path's weight of one value: importance * sqrt(sigma2 + x*x)."""
     return qw * np.sqrt(sigma2 + x * x)
 
@@ -152,11 +152,11 @@ def _quantize_block_q2_k(x, qw, out, L, lanes, sw, Ls, Lm):
     xT, wT, levels, laux, st, scales, mins = lanes
     weighted = qw.shape[0] != 0
     if weighted:
-        sigma2 = _sum_squares(x) / F256       # the mean square (Q3_K..Q5_K weigh with twice it)
+        sigma2 = sum_squares(x) / F256       # the mean square (Q3_K..Q5_K weigh with twice it)
         for i in range(16):
             for j in range(16):
                 xT[i, j] = x[16 * j + i]
-                wT[i, j] = _importance(qw[16 * j + i], sigma2, x[16 * j + i])
+                wT[i, j] = importance_weight(qw[16 * j + i], sigma2, x[16 * j + i])
         make_qkx2_quants_lanes(xT, wT, 3, WEIGHTED_RMIN, WEIGHTED_RDELTA, WEIGHTED_NSTEP, False,
                                levels, scales, mins, laux, st)
     else:
@@ -172,8 +172,8 @@ def _quantize_block_q2_k(x, qw, out, L, lanes, sw, Ls, Lm):
     packed = out[0:16]
     if weighted:  # 4-bit scales and mins fitted by make_qp_quants, weighted by each sub-block's weight
         _column_sums(wT, 0, 16, sw)
-        _put_f16(out, 80, make_qp_quants(15, scales, Ls, sw))
-        _put_f16(out, 82, make_qp_quants(15, mins, Lm, sw))
+        put_f16(out, 80, make_qp_quants(15, scales, Ls, sw))
+        put_f16(out, 82, make_qp_quants(15, mins, Lm, sw))
         for j in range(16):
             packed[j] = (np.int32(Ls[j]) | (np.int32(Lm[j]) << 4)) & 0xFF
     else:         # 4-bit scales and mins relative to the largest
@@ -188,18 +188,18 @@ def _quantize_block_q2_k(x, qw, out, L, lanes, sw, Ls, Lm):
             iscale = F15 / max_scale
             for j in range(16):
                 packed[j] = nearest_int(iscale * scales[j]) & 0xFF
-            _put_f16(out, 80, max_scale / F15)
+            put_f16(out, 80, max_scale / F15)
         else:
             for j in range(16):
                 packed[j] = 0
-            _put_f16(out, 80, ZERO)
+            put_f16(out, 80, ZERO)
         if max_min > ZERO:
             iscale = F15 / max_min
             for j in range(16):
                 packed[j] |= (nearest_int(iscale * mins[j]) << 4) & 0xFF
-            _put_f16(out, 82, max_min / F15)
+            put_f16(out, 82, max_min / F15)
         else:
-            _put_f16(out, 82, ZERO)
+            put_f16(out, 82, ZERO)
     d_all = read_fp16(out, 80)
     m_all = read_fp16(out, 82)
     for j in range(16):
@@ -278,10 +278,10 @@ def _quantize_block_q3_k(x, qw, out, L, scratch):
     if qw.shape[0] != 0:
         # levels by make_qx_quants under the importance weights, then the 16 sub-block scales
         # themselves fitted as 6-bit levels by make_qx_quants, weighted by each sub-block's weight
-        sigma2 = F2 * _sum_squares(x) / F256
+        sigma2 = F2 * sum_squares(x) / F256
         for i in range(16):
             for j in range(16):
-                wT[i, j] = _importance(qw[16 * j + i], sigma2, x[16 * j + i])
+                wT[i, j] = importance_weight(qw[16 * j + i], sigma2, x[16 * j + i])
         make_qx_quants_lanes(xT, wT, 4, levels, scales, laux, st)
         for j in range(16):
             xs[j, 0] = scales[j]
@@ -322,7 +322,7 @@ def _quantize_block_q3_k(x, qw, out, L, scratch):
         else:
             sc[j - 8] |= (l & 0xF) << 4
         sc[j % 4 + 8] |= (l >> 4) << (2 * (j // 4))
-    _put_f16(out, 108, d_block)
+    put_f16(out, 108, d_block)
     d_all = read_fp16(out, 108)
     for j in range(16):
         d = d_all * F32(q3_k_scale(j, sc))
@@ -399,12 +399,12 @@ def _search_pair_k4(xa, xb, qa, qb, lanes, nmax, rmin, rdelta, nstep):
             xT[i, j] = xa[32 * j + i]
             xT[i, 8 + j] = xb[32 * j + i]
     if qa.shape[0] != 0:
-        sigma_a = F2 * _sum_squares(xa) / F256
-        sigma_b = F2 * _sum_squares(xb) / F256
+        sigma_a = F2 * sum_squares(xa) / F256
+        sigma_b = F2 * sum_squares(xb) / F256
         for i in range(32):
             for j in range(8):
-                wT[i, j] = _importance(qa[32 * j + i], sigma_a, xa[32 * j + i])
-                wT[i, 8 + j] = _importance(qb[32 * j + i], sigma_b, xb[32 * j + i])
+                wT[i, j] = importance_weight(qa[32 * j + i], sigma_a, xa[32 * j + i])
+                wT[i, 8 + j] = importance_weight(qb[32 * j + i], sigma_b, xb[32 * j + i])
         make_qkx2_quants_lanes(xT, wT, nmax, WEIGHTED_RMIN, WEIGHTED_RDELTA, WEIGHTED_NSTEP, False,
                                levels, scales, mins, laux, st)
         return
@@ -464,8 +464,8 @@ def _finish_block_k4(x, out, L, lanes, first, nmax, weighted, sw, Ls, Lm):
             sc[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4)
             sc[j - 4] |= ((ls >> 4) << 6) & 0xFF
             sc[j] |= ((lm >> 4) << 6) & 0xFF
-    _put_f16(out, 0, d_block)
-    _put_f16(out, 2, m_block)
+    put_f16(out, 0, d_block)
+    put_f16(out, 2, m_block)
     d_all = read_fp16(out, 0)
     m_all = read_fp16(out, 2)
     for j in range(8):
@@ -619,7 +619,7 @@ def _quantize_block_q6_k(x, qw, out, L, xT, wT, levels, laux, st, scales):
             out[i] = 0
         return
     iscale = F32_M128 / max_scale
-    _put_f16(out, 208, ONE / iscale)
+    put_f16(out, 208, ONE / iscale)
     for j in range(16):
         out[192 + j] = min(127, nearest_int(iscale * scales[j])) & 0xFF
     d_all = read_fp16(out, 208)

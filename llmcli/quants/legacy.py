@@ -11,7 +11,7 @@ Exactness rules followed in every kernel:
   fastmath, and ggml's reference code is built for baseline x86-64, which has no FMA).
 - C's float -> int8/uint8 casts are x86-64's `cvttss2si` (truncate toward zero; NaN or out of
   range gives INT32_MIN) followed by keeping the low byte: `_c_float_to_int`.
-- `roundf` rounds half away from zero: `_roundf`.
+- `roundf` rounds half away from zero: `roundf`.
 - scales go to fp16 through ggml's conversion (`ggml_fp32_to_fp16`); the unrounded float32 scale is
   what divides the weights, as in ggml.
 
@@ -50,7 +50,7 @@ def _c_int8(v):
 
 
 @njit(inline="always")
-def _roundf(v):
+def roundf(v):
     """C's roundf: nearest integer, halves away from zero (np.round would round halves to even)."""
     if not (abs(v) < np.float32(8388608.0)):  # |v| >= 2**23 is already integral (or inf/NaN)
         return v
@@ -288,7 +288,7 @@ def _quantize_q8_0(x, out):
         inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
         write_u16(out, b, 0, ggml_fp32_to_fp16(d))
         for j in range(QK):
-            out[b, 2 + j] = _c_float_to_int(_roundf(x[b, j] * inv)) & 0xFF
+            out[b, 2 + j] = _c_float_to_int(roundf(x[b, j] * inv)) & 0xFF
 
 
 @njit(inline="always")
@@ -327,7 +327,7 @@ def _quantize_q8_1(x, out):
         write_u16(out, b, 0, ggml_fp32_to_fp16(d))
         total = 0
         for j in range(QK):
-            q = _c_float_to_int(_roundf(x[b, j] * inv)) & 0xFF
+            q = _c_float_to_int(roundf(x[b, j] * inv)) & 0xFF
             out[b, 4 + j] = q
             total += (q ^ 0x80) - 0x80  # the stored int8, read back
         write_u16(out, b, 2, ggml_fp32_to_fp16(np.float32(total) * d))

@@ -15,7 +15,7 @@ from numba import njit, prange
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .floats import ggml_fp32_to_fp16
 from .half import read_fp16
-from .legacy import _roundf, blockwise_quantizer, write_u16
+from .legacy import roundf, blockwise_quantizer, write_u16
 from .registry import Codec, Decoder, register
 
 QK_K = 256
@@ -35,7 +35,7 @@ def _block_amax(x, b):
 @njit(inline="always")
 def _trit(v):
     """lroundf(v) + 1: -1, 0, 1 -> 0, 1, 2 (ggml adds the three-valued digit as an int)."""
-    return np.int32(_roundf(v)) + 1
+    return np.int32(roundf(v)) + 1
 
 
 # ---------------------------------------------------------------------------------------------
