@@ -101,7 +101,8 @@ def main() -> None:
     ap.add_argument("model", type=Path)
     ap.add_argument("imatrix", type=Path)
     ap.add_argument("--refs", type=Path, default=ROOT / "tests" / "data" / "iquants" / "quantize-demo.json")
-    ap.add_argument("--only", help="comma-separated run labels or types (default: every run)")
+    ap.add_argument("--only", help="comma-separated run labels as printed, e.g. IQ1_S,IQ2_S pure embd Q8_0 "
+                                     "(default: every run)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bin", type=Path, help="llama.cpp's bin folder: count the differing blocks")
     ap.add_argument("--json-out", type=Path)
@@ -138,7 +139,7 @@ def main() -> None:
         raise SystemExit(f"{imatrix}: not the importance matrix {args.refs} was made with")
     only = set(args.only.split(",")) if args.only else None
     runs = [r for r in record["runs"] if not r.get("failed")
-            and (only is None or label(r) in only or r.get("ggml_type", r["type"]) in only)]
+            and (only is None or label(r) in only)]
     results = []
     print(f"{'run':26} {'tensors':>7} {'identical':>9} {'file':>5}  differing")
     with tempfile.TemporaryDirectory() as tmp_name:
