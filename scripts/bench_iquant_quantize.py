@@ -4,6 +4,8 @@
     PYTHONPATH=. python scripts/bench_iquant_quantize.py [--model tests/data/kq/kq-f16.gguf]
         [--imatrix tests/data/imatrix/kq.imatrix.gguf] [--types IQ3_XXS,IQ3_S,IQ1_S,IQ1_M]
         [--rounds 3] [--bin /work/scratch/llama/build/bin]
+    PYTHONPATH=. python scripts/bench_iquant_quantize.py --mixes IQ1_S,IQ4_XS,... --model F16.gguf
+        --imatrix IMATRIX [--rounds 2] [--json-out FILE]
 
 Per type and round (llama.cpp and llmcli interleaved; best of the rounds printed):
 
@@ -15,6 +17,14 @@ Per type and round (llama.cpp and llmcli interleaved; best of the rounds printed
   imatrix's weights: the first-use grid init (`iq_search.search_tables`), then the quantize
   itself, wall and CPU seconds; numba's compile/cache load is done before timing.
 
+With --mixes, whole commands instead, per mix and round (interleaved; each round's figures and
+the 1-minute load average before each run are printed, and the best of the rounds):
+
+* llama: `llama-quantize --imatrix IMATRIX MODEL out.gguf MIX N`
+* llmcli: `python -m llmcli quantize MODEL out.gguf --type MIX --imatrix IMATRIX --threads N`
+  (a fresh process: Python and numba's cache load, the grid init, the per-tensor error report
+  llmcli prints and llama-quantize does not, writing)
+
 Both at --threads N (numba's thread count and llama-quantize's nthread). Not run by the tests; a
 shared machine makes wall times noisy, the CPU seconds less so.
 """
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -82,6 +93,50 @@ def llmcli_run(model: Path, imatrix: Path, type_name: str, threads: int) -> dict
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def bench_mixes(args: argparse.Namespace) -> None:
+    model, imatrix = args.model.resolve(), args.imatrix.resolve()
+    rows = []
+    print(f"{'mix':8} {'round':>5} {'load':>5} {'llama wall/cpu s':>17} {'load':>5} {'llmcli wall/cpu s':>18} "
+          f"{'wall ratio':>10} {'cpu ratio':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.gguf"
+        for mix in args.mixes.split(","):
+            for round_ in range(args.rounds):
+                load_llama = os.getloadavg()[0]
+                llama = timed([str(args.bin / "llama-quantize"), "--imatrix", str(imatrix), str(model), str(out),
+                               mix, str(args.threads)])
+                out.unlink()
+                load_ours = os.getloadavg()[0]
+                ours = timed([sys.executable, "-m", "llmcli", "quantize", str(model), str(out), "--type", mix,
+                              "--imatrix", str(imatrix), "--threads", str(args.threads)])
+                out.unlink()
+                rows.append({"mix": mix, "round": round_, "load_llama": load_llama, "llama": llama,
+                             "load_llmcli": load_ours, "llmcli": ours})
+                print(f"{mix:8} {round_:5} {load_llama:5.1f} {llama[0]:8.2f}/{llama[1]:<8.2f} {load_ours:5.1f} "
+                      f"{ours[0]:9.2f}/{ours[1]:<8.2f} {ours[0] / llama[0]:10.2f} {ours[1] / llama[1]:9.2f}",
+                      flush=True)
+    print(f"\nbest of {args.rounds} rounds, --threads {args.threads}:")
+    print(f"{'mix':8} {'llama wall/cpu s':>17} {'llmcli wall/cpu s':>18} {'wall ratio':>10} {'cpu ratio':>9}")
+    for mix in args.mixes.split(","):
+        mine = [r for r in rows if r["mix"] == mix]
+        lw, lc = min(r["llama"][0] for r in mine), min(r["llama"][1] for r in mine)
+        ow, oc = min(r["llmcli"][0] for r in mine), min(r["llmcli"][1] for r in mine)
+        print(f"{mix:8} {lw:8.2f}/{lc:<8.2f} {ow:9.2f}/{oc:<8.2f} {ow / lw:10.2f} {oc / lc:9.2f}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"threads": args.threads, "model": str(model), "imatrix": str(imatrix),
+                                             "runs": rows}, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=ROOT / "tests/data/kq/kq-f16.gguf")
@@ -90,7 +145,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bin", type=Path, default=Path("/work/scratch/llama/build/bin"))
+    ap.add_argument("--mixes", help="time whole llama-quantize / llmcli quantize commands for these mixes")
+    ap.add_argument("--json-out", type=Path, help="with --mixes: every round's figures")
     args = ap.parse_args()
+    if args.mixes:
+        bench_mixes(args)
+        return
     print(f"{'type':8} {'llama wall/cpu s':>17} {'llmcli init wall/cpu s':>23} {'quantize wall/cpu s':>20} "
           f"{'total wall':>10} {'ratio':>6}")
     for type_name in args.types.split(","):
