@@ -89,9 +89,12 @@ def test_pooling_kinds_read_the_hidden_states(tiny):
 def test_chunks_slots_and_input_shapes_give_the_same_vectors(tiny):
     ref = _ref("llama-f16.mean")
     alone = tiny.embed(ref["prompts"], pooling="mean")
-    # prompts longer than a batch (chunks of 4 tokens, the last prompt has 38), 3 slots at once
+    # prompts longer than a batch (chunks of 4 tokens; one prompt has 81), 3 slots at once. Alone,
+    # the 81-token prompt's queries stay float32 against the f16 keys (64+ rows, as llama.cpp's flash
+    # attention tiles); in 4-token chunks they are rounded to f16 as llama.cpp's row kernel does
+    # (measured 2.9e-5; 4.7e-6 when both round)
     chunked = llmcli.load(TINY, threads=1, ctx_size=512, batch_size=4, parallel=3)
-    assert np.abs(chunked.embed(ref["prompts"], pooling="mean") - alone).max() < 1e-5
+    assert np.abs(chunked.embed(ref["prompts"], pooling="mean") - alone).max() < 1e-4
     by_ids = tiny.embed(ref["ids"], pooling="mean")
     assert np.array_equal(by_ids, alone)
     one = tiny.embed(ref["prompts"][0], pooling="mean")
