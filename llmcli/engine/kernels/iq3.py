@@ -169,71 +169,85 @@ def scaled_dot_s8(typingctx, w, xq, x_off, scales):
 BLOCK_BYTES = {"iq3_xxs": 98, "iq3_s": 110}
 
 
+class Iq3Decoder:
+    """IR readers of one IQ3_XXS / IQ3_S block (the diagram above) at an i8* `base`, for the 8-bit
+    mat-vec here and the integer GEMM's tile decoder (gemm_int8.py); grid_p an i32* to the type's
+    grid (quants.iq3's IQ3XXS_POINTS / IQ3S_POINTS)."""
+
+    def __init__(self, builder, kind: str, grid_p):
+        self.builder, self.xxs, self.grid_p = builder, kind == "iq3_xxs", grid_p
+
+    def _byte(self, base, offset):  # a block byte as i64
+        return self.builder.zext(self.builder.load(self.builder.gep(base, [i64(offset)])), I64)
+
+    def index(self, base, g):
+        """The grid index of group g, as i64."""
+        b = self.builder
+        if self.xxs:
+            return self._byte(base, 2 + g)
+        s, j = divmod(g, 8)
+        high = b.and_(b.shl(self._byte(base, 66 + s), i64(8 - j)), i64(0x100))
+        return b.or_(self._byte(base, 2 + g), high)
+
+    def sign_masks(self, base):
+        """Per zmm k < 4 the sign bits of weights 64k .. 64k + 63 (<64 x i1>); IQ3_XXS's 7
+        stored bits per 8 weights get their parity bit in lanes (`ksign_bytes`)."""
+        b = self.builder
+        if not self.xxs:
+            return sign_zmms(b, load_at(b, base, i64(74), vector(I8, 32)))
+        aux = load_at(b, base, i64(66), vector(I32, 8))
+        spread = b.shuffle_vector(aux, aux, indices([m // 4 for m in range(32)]))
+        seven = b.lshr(spread, const_vector(I32, [7 * (m % 4) for m in range(32)]))
+        return sign_zmms(b, ksign_bytes(b, seven))
+
+    def scales(self, base):
+        """2 ls + 1 per sub-block, <8 x i32>."""
+        b = self.builder
+        if self.xxs:
+            aux = load_at(b, base, i64(66), vector(I32, 8))
+            return odd_scales(b, b.lshr(aux, const_vector(I32, [28] * 8)))
+        return odd_scales(b, nibbles(b, base, 106, 4))
+
+    def index_lanes(self, base, k):
+        """<16 x i32>: the grid indices of groups 16k .. 16k + 15."""
+        b = self.builder
+        low = b.zext(load_at(b, base, i64(2 + 16 * k), vector(I8, 16)), vector(I32, 16))
+        if self.xxs:
+            return low
+        qh = b.zext(load_at(b, base, i64(66 + 2 * k), vector(I8, 2)), vector(I32, 2))
+        spread = b.shuffle_vector(qh, qh, indices([m // 8 for m in range(16)]))
+        high = b.and_(b.shl(spread, const_vector(I32, [8 - m % 8 for m in range(16)])), const_vector(I32, [0x100] * 16))
+        return b.or_(low, high)
+
+    def magnitudes(self, base, k):
+        """<64 x i8>: the grid magnitudes of weights 64k .. 64k + 63 (groups 16k .. 16k + 15), one
+        vpgatherdd (AVX-512), else 16 loads."""
+        b = self.builder
+        if HAS_AVX512:
+            gather = declare(b, "llvm.x86.avx512.mask.gather.dpi.512", vector(I32, 16),
+                             [vector(I32, 16), I8_PTR, vector(I32, 16), vector(ir.IntType(1), 16), I32])
+            lanes = b.call(gather, [ir.Constant(vector(I32, 16), [0] * 16), b.bitcast(self.grid_p, I8_PTR),
+                                    self.index_lanes(base, k), ir.Constant(vector(ir.IntType(1), 16), [1] * 16),
+                                    ir.Constant(I32, 4)])
+        else:
+            lanes = ir.Constant(vector(I32, 16), ir.Undefined)
+            for m in range(16):
+                entry = b.load(b.gep(self.grid_p, [self.index(base, 16 * k + m)]))
+                lanes = b.insert_element(lanes, entry, ir.Constant(I32, m))
+        return b.bitcast(lanes, vector(I8, 64))
+
+
 def _iq3_int8_codegen(kind: str):
     xxs = kind == "iq3_xxs"
 
     def codegen(context, builder, signature, args):
         tys = signature.args
-        grid_p = builder.bitcast(data_ptr(context, builder, tys[10], args[10]), I32.as_pointer())
-
-        def byte(base, offset):  # a block byte as i64
-            return builder.zext(builder.load(builder.gep(base, [i64(offset)])), I64)
-
-        def index(base, g):
-            """The grid index of group g, as i64."""
-            if xxs:
-                return byte(base, 2 + g)
-            s, j = divmod(g, 8)
-            high = builder.and_(builder.shl(byte(base, 66 + s), i64(8 - j)), i64(0x100))
-            return builder.or_(byte(base, 2 + g), high)
-
-        def sign_masks(base):
-            """Per zmm k < 4 the sign bits of weights 64k .. 64k + 63 (<64 x i1>); IQ3_XXS's 7
-            stored bits per 8 weights get their parity bit in lanes (`ksign_bytes`)."""
-            if not xxs:
-                return sign_zmms(builder, load_at(builder, base, i64(74), vector(I8, 32)))
-            aux = load_at(builder, base, i64(66), vector(I32, 8))
-            spread = builder.shuffle_vector(aux, aux, indices([m // 4 for m in range(32)]))
-            seven = builder.lshr(spread, const_vector(I32, [7 * (m % 4) for m in range(32)]))
-            return sign_zmms(builder, ksign_bytes(builder, seven))
-
-        def scales(base):
-            """2 ls + 1 per sub-block, <8 x i32>."""
-            if xxs:
-                aux = load_at(builder, base, i64(66), vector(I32, 8))
-                return odd_scales(builder, builder.lshr(aux, const_vector(I32, [28] * 8)))
-            return odd_scales(builder, nibbles(builder, base, 106, 4))
-
-        def index_lanes(base, k):
-            """<16 x i32>: the grid indices of groups 16k .. 16k + 15."""
-            low = builder.zext(load_at(builder, base, i64(2 + 16 * k), vector(I8, 16)), vector(I32, 16))
-            if xxs:
-                return low
-            qh = builder.zext(load_at(builder, base, i64(66 + 2 * k), vector(I8, 2)), vector(I32, 2))
-            spread = builder.shuffle_vector(qh, qh, indices([m // 8 for m in range(16)]))
-            high = builder.and_(builder.shl(spread, const_vector(I32, [8 - m % 8 for m in range(16)])),
-                                const_vector(I32, [0x100] * 16))
-            return builder.or_(low, high)
-
-        def entries(base, k):
-            """<16 x i32>: the grid entries of groups 16k .. 16k + 15, one vpgatherdd (AVX-512),
-            else 16 loads."""
-            if HAS_AVX512:
-                gather = declare(builder, "llvm.x86.avx512.mask.gather.dpi.512", vector(I32, 16),
-                                 [vector(I32, 16), I8_PTR, vector(I32, 16), vector(ir.IntType(1), 16), I32])
-                return builder.call(gather, [ir.Constant(vector(I32, 16), [0] * 16), builder.bitcast(grid_p, I8_PTR),
-                                             index_lanes(base, k), ir.Constant(vector(ir.IntType(1), 16), [1] * 16),
-                                             ir.Constant(I32, 4)])
-            lanes = ir.Constant(vector(I32, 16), ir.Undefined)
-            for m in range(16):
-                entry = builder.load(builder.gep(grid_p, [index(base, 16 * k + m)]))
-                lanes = builder.insert_element(lanes, entry, ir.Constant(I32, m))
-            return lanes
+        block = Iq3Decoder(builder, kind, builder.bitcast(data_ptr(context, builder, tys[10], args[10]),
+                                                          I32.as_pointer()))
 
         def body(blk, base, cols, accs):
-            codes = [(builder.bitcast(entries(base, k), vector(I8, 64)), mask)
-                     for k, mask in enumerate(sign_masks(base))]
-            return signed_dots(builder, blk, base, cols, accs, codes, scales(base), 8)
+            codes = [(block.magnitudes(base, k), mask) for k, mask in enumerate(block.sign_masks(base))]
+            return signed_dots(builder, blk, base, cols, accs, codes, block.scales(base), 8)
 
         def finish(accs):
             total = float_tree_sum(builder, accs[0])
