@@ -1,4 +1,5 @@
-"""The integer GEMM for prompts (kernels/gemm_int8.py): Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q5_0 weights.
+"""The integer GEMM for prompts (kernels/gemm_int8.py): Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q5_0, IQ4_NL,
+IQ4_XS, IQ3_* and IQ2_* weights.
 
 Oracles: gguf-py's dequantize for the decoded tile (codes, scales, mins rebuild the weights), the
 int8 mat-vecs' activation quantizers (already checked against ggml) for the activation blocks, and a
@@ -24,9 +25,12 @@ from llmcli.gguf.constants import GGMLType
 
 from test_kernels import random_rows, reference_weights
 
-TYPES = ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q5_0"]
+TYPES = ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q5_0", "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S", "IQ2_XXS",
+         "IQ2_XS", "IQ2_S"]
 N_ROWS = 37
-N_COLS = {"Q4_K": 512, "Q5_K": 512, "Q6_K": 512, "Q8_0": 352, "Q4_0": 352, "Q5_0": 352}
+N_COLS = {"Q4_K": 512, "Q5_K": 512, "Q6_K": 512, "Q8_0": 352, "Q4_0": 352, "Q5_0": 352, "IQ4_NL": 352,
+          "IQ4_XS": 512, "IQ3_XXS": 512, "IQ3_S": 512,
+          "IQ2_XXS": 512, "IQ2_XS": 512, "IQ2_S": 512}
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +85,9 @@ def test_decoded_tile_rebuilds_the_weights(type_name):
     raw = random_rows(type_name, N_ROWS, N_COLS[type_name], rng)
     spec, codes, scales, mins = _decoded(type_name, raw)
     u, s, m = _rows(spec, codes, scales, mins)
-    assert u.max() <= {"q4_k": 15, "q4_0": 15, "q5_k": 31, "q5_0": 31, "q6_k": 63, "q8_0": 255}[spec.kind]
+    assert u.max() <= {"q4_k": 15, "q4_0": 15, "q5_k": 31, "q5_0": 31, "q6_k": 63, "q8_0": 255,
+                       "iq4_nl": 241, "iq4_xs": 241, "iq3_xxs": 126, "iq3_s": 31,
+                       "iq2_xxs": 86, "iq2_xs": 86, "iq2_s": 86}[spec.kind]
     rebuilt = s.repeat(spec.sub_len, 1) * u + m.repeat(spec.sub_len, 1)
     expected = reference_weights(raw, type_name).astype(np.float64)
     tol = 1e-6 * (np.abs(s.repeat(spec.sub_len, 1) * u) + np.abs(m.repeat(spec.sub_len, 1)))[:N_ROWS]
@@ -91,9 +97,9 @@ def test_decoded_tile_rebuilds_the_weights(type_name):
 
 @pytest.mark.parametrize("type_name", TYPES)
 def test_activations_are_the_int8_matvecs(type_name):
-    """The GEMM's activation blocks are the int8 mat-vecs' bit for bit: Q8_0 for Q8_0/Q4_0/Q5_0
-    weights, Q8_K for the K-quants (llama.cpp's choice), with xinit = -offset * (sum of xq) and
-    xmin = d_x * (sum of xq) per sub-block."""
+    """The GEMM's activation blocks are the int8 mat-vecs' bit for bit: Q8_0 for Q8_0/Q4_0/Q5_0/IQ4_NL
+    weights, Q8_K for the K-quants, IQ4_XS, IQ3_* and IQ2_* (llama.cpp's choice), with xinit = -offset * (sum of
+    xq) and xmin = d_x * (sum of xq) per sub-block."""
     rng = np.random.default_rng(2)
     spec = g.SPECS[GGMLType[type_name]]
     n = N_COLS[type_name]
@@ -166,8 +172,9 @@ def test_matmul_int8_gemm(type_name, monkeypatch):
     both = matmul_segments(W, X, bounds=[0, 33, 47], gemm="int8")
     np.testing.assert_array_equal(both[:33], matmul(W, X[:33], gemm="int8"))
     np.testing.assert_array_equal(both[33:], matvecs(W, X[33:]))  # a 14-token segment: mat-vec
-    threshold = gemm_min_tokens(W.ggml_type, "int8")  # measured: 24 for K-quants, 16 for 32-weight blocks
-    assert threshold == (24 if type_name.endswith("_K") else 16) and gemm_min_tokens(W.ggml_type) == 32
+    threshold = gemm_min_tokens(W.ggml_type, "int8")  # measured: 24 for 256-weight blocks, 16 for 32
+    assert threshold == (24 if g.SPECS[W.ggml_type].block_size == 256 else 16)
+    assert gemm_min_tokens(W.ggml_type) == 32
     np.testing.assert_array_equal(matmul(W, X[:threshold - 1], gemm="int8"), ref[:threshold - 1])
     np.testing.assert_array_equal(matmul(W, X[:threshold], gemm="int8"), got[:threshold])
     monkeypatch.setattr(mm, "GEMM_INT8_TILE_BYTES", 32 * n)  # tiles of 32 rows: 32 + 32 + 11

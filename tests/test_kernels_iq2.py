@@ -119,12 +119,15 @@ def test_float_matvec_is_the_decoded_rows_product(type_name, activations):
     # only the order of float32 additions differs: 32 lanes of 64 FMAs each, then a tree of 5
     err = np.abs(got - products.sum(1))
     assert np.all(err <= 1e-6 * np.abs(products).sum(1)), (err / np.abs(products).sum(1)).max()
-    # the prompt GEMM (32+ tokens: decoded tiles), float and "int8" alike (no integer GEMM for IQ2)
+    # the prompt GEMMs (32+ tokens): float32 on decoded tiles; "int8" the integer GEMM, ggml's
+    # integer sums on Q8_K activations (test_kernels_gemm_int8.py checks its parts)
     X = rng.standard_normal((33, W.n_cols)).astype(np.float32)
     expected = X.astype(np.float64) @ values.astype(np.float64).T
     bound = 1e-6 * np.abs(X).astype(np.float64) @ np.abs(values).astype(np.float64).T
-    for gemm in ("float", "int8"):
-        assert np.all(np.abs(matmul(W, X, gemm=gemm) - expected) <= bound), gemm
+    assert np.all(np.abs(matmul(W, X, gemm="float") - expected) <= bound)
+    integer = matmul(W, X, gemm="int8")
+    for t in range(len(X)):
+        assert_close_to_terms(integer[t], integer_reference(type_name, raw, X[t]), "int8 GEMM", rel=2e-6)
 
 
 @pytest.mark.parametrize("type_name", TYPES)

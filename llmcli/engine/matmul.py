@@ -15,8 +15,8 @@ blocks; `set_activations("float")`
 keeps float32 activations everywhere (a dequantize-then-float32 reference to rounding error).
 Mat-muls of GEMM_MIN_TOKENS+ tokens (prompt processing) are GEMMs, float32 unless the call asks for
 `gemm="int8"`: then the integer GEMM where the weight type has one (Q4_K, Q5_K, Q6_K, Q8_0, Q4_0,
-Q5_0; kernels/gemm_int8.py: the mat-vecs' 8-bit activations and integer sums, `vpdpbusd` over weight
-tiles decoded once per call to 8-bit codes), llama.cpp's arithmetic at ~2x the float32 GEMM's speed
+Q5_0, IQ4_NL, IQ4_XS, IQ3_*, IQ2_*; kernels/gemm_int8.py: the mat-vecs' 8-bit activations and
+integer sums, `vpdpbusd` over weight tiles decoded once per call to 8-bit codes), llama.cpp's arithmetic at ~2x the float32 GEMM's speed
 here. Models compute prompts with the integer GEMM by default and with the float32 one on request
 or where the weight type has no integer GEMM (engine/prompt_activations.py,
 Transformer.set_prompt_activations); `matmul`'s own `gemm` stays "float" unless asked, the exact

@@ -1,8 +1,8 @@
 """Integer GEMM for prompt processing with 8-bit activations (`vpdpbusd`), llama.cpp's arithmetic
 at GEMM speed: out[t, col0 + r] = W[r] . X[t] for a tile of weight rows, X rounded to 8 bits as
-the int8 mat-vecs round it (int8.py: Q8_0 blocks for Q8_0/Q4_0/Q5_0 weights; int8_kquants.py:
-Q8_K blocks for Q4_K/Q5_K/Q6_K), so a prompt's products carry the same activation rounding as
-token generation's and llama.cpp's.
+the int8 mat-vecs round it (int8.py: Q8_0 blocks for Q8_0/Q4_0/Q5_0/IQ4_NL weights;
+int8_kquants.py: Q8_K blocks for Q4_K/Q5_K/Q6_K/IQ4_XS), so a prompt's products carry the same
+activation rounding as token generation's and llama.cpp's.
 
 Every supported weight is w = s * u + m with u an unsigned 8-bit code and s, m float32 per row and
 sub-block (`SPECS`):
@@ -14,6 +14,12 @@ sub-block (`SPECS`):
     Q8_0   32         q ^ 0x80 0..255           d          -128 s
     Q4_0   32         nibble 0..15              d          -8 s
     Q5_0   32         nibble | 5th bit 0..31    d          -16 s
+    IQ4_NL 32         grid value + 128 1..241   d          -128 s
+    IQ4_XS 32         grid value + 128 1..241   d * (ls-32) -128 s
+    IQ3_XXS 32        signed grid value + 64    d * (2ls+1) / 4  -64 s
+    IQ3_S  32         signed grid value + 16    d * (2ls+1) -16 s
+    IQ2_XXS 32        signed grid value + 43    d * (2ls+1) / 8  -43 s
+    IQ2_XS, IQ2_S 16  signed grid value + 43    d * (2ls+1) / 8  -43 s
 
 A weight tile is decoded once per call (`DECODERS`) into 16-row panels, VNNI order, so one zmm
 holds 16 rows x 4 consecutive k:
@@ -51,8 +57,15 @@ from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
+from ...quants.iq2 import GRID_S, GRID_XS, GRID_XXS
+from ...quants.iq3 import IQ3S_POINTS, IQ3XXS_POINTS
+from ...quants.iquants import iq4_xs_scale
+from ...quants.legacy import read_u32
 from ...quants.kquants import scale_min_k4
+from .int8 import IQ4_CODES, lookup16
 from .int8_kquants import QK_K, quantize_q8_k_into, shifted_pair
+from .iq2 import Iq2Decoder
+from .iq3 import Iq3Decoder
 from .llvm_ir import (F16, F32, I8, I32, as_i64, call_fma, carried_loop, concat, const_vector, data_ptr, declare,
                       i64, load_at, row_ptr, splat, tree_reduce, vector)
 
@@ -86,7 +99,18 @@ SPECS = {
     GGMLType.Q8_0: Spec("q8_0", 32, 34, 32, 128, False, False),
     GGMLType.Q4_0: Spec("q4_0", 32, 18, 32, 8, False, False),
     GGMLType.Q5_0: Spec("q5_0", 32, 22, 32, 16, False, False),
+    GGMLType.IQ4_NL: Spec("iq4_nl", 32, 18, 32, 128, False, False),
+    GGMLType.IQ4_XS: Spec("iq4_xs", 256, 136, 32, 128, False, True),
+    GGMLType.IQ3_XXS: Spec("iq3_xxs", 256, 98, 32, 64, False, True),
+    GGMLType.IQ3_S: Spec("iq3_s", 256, 110, 32, 16, False, True),
+    GGMLType.IQ2_XXS: Spec("iq2_xxs", 256, 66, 32, 43, False, True),
+    GGMLType.IQ2_XS: Spec("iq2_xs", 256, 74, 16, 43, False, True),
+    GGMLType.IQ2_S: Spec("iq2_s", 256, 82, 16, 43, False, True),
 }
+# the lattice types' grids (quants' arrays: one integer per entry, its magnitudes as bytes) as
+# constants of the decoders' LLVM modules
+GRIDS = {"iq3_xxs": IQ3XXS_POINTS, "iq3_s": IQ3S_POINTS, "iq2_xxs": GRID_XXS.view(np.uint64).ravel(),
+         "iq2_xs": GRID_XS.view(np.uint64).ravel(), "iq2_s": GRID_S.view(np.uint64).ravel()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,14 +154,44 @@ def _block_codes(builder, kind, base):
         return out
     if kind == "q8_0":
         return [builder.xor(load_at(builder, base, i64(2), v32i8), bytes_of(0x80, 32))]
-    lo, hi = nibbles(load_at(builder, base, i64(2 if kind == "q4_0" else 6), v16i8), 16)
+    if kind in GRIDS:  # iq2.py's / iq3.py's diagrams: grid magnitude, negated where its sign bit is set, + offset
+        decoder = Iq3Decoder if kind.startswith("iq3") else Iq2Decoder
+        block = decoder(builder, kind, _grid_constant(builder, kind))
+        offset = bytes_of(next(s.offset for s in SPECS.values() if s.kind == kind), 64)
+        out = []
+        for k, mask in enumerate(block.sign_masks(base)):
+            magnitude = block.magnitudes(base, k)
+            out.append(builder.add(builder.select(mask, builder.sub(bytes_of(0, 64), magnitude), magnitude), offset))
+        return out
+    if kind == "iq4_xs":  # sub-block s: byte 8 + 16s + j, low nibble weight 32s + j, high 32s + 16 + j
+        return [lookup16(builder, IQ4_CODES,
+                         concat(builder, *nibbles(load_at(builder, base, i64(8 + 16 * s), v16i8), 16)))
+                for s in range(8)]
+    lo, hi = nibbles(load_at(builder, base, i64(6 if kind == "q5_0" else 2), v16i8), 16)
     codes = concat(builder, lo, hi)
     if kind == "q4_0":
         return [codes]
+    if kind == "iq4_nl":  # q4_0's nibbles, looked up in the grid as unsigned codes
+        return [lookup16(builder, IQ4_CODES, codes)]
     # q5_0: bit j of the little-endian u32 qh is the 5th bit of weight j
     qh = splat(builder, load_at(builder, base, i64(2), I32), 32)
     bits = builder.and_(builder.lshr(qh, const_vector(I32, range(32))), const_vector(I32, [1] * 32))
     return [builder.or_(codes, builder.shl(builder.trunc(bits, v32i8), bytes_of(4, 32)))]
+
+
+def _grid_constant(builder, kind):
+    """i32* to the grid of `kind` as an internal constant of the function's module (made once)."""
+    name = f"llmcli_{kind}_grid"
+    elem = ir.IntType(8 * GRIDS[kind].itemsize)
+    try:
+        var = builder.module.get_global(name)
+    except KeyError:
+        values = [int(v) for v in GRIDS[kind]]
+        var = ir.GlobalVariable(builder.module, ir.ArrayType(elem, len(values)), name)
+        var.initializer = ir.Constant(var.type.pointee, values)
+        var.global_constant = True
+        var.linkage = "internal"
+    return builder.bitcast(var, elem.as_pointer())
 
 
 @intrinsic
@@ -220,6 +274,29 @@ def _block_scales(blocks, r, b, scales, mins, p, j, kind, subs_per_block):
         d = read_fp16(block, 208)
         for i in range(16):  # int8 scales: the byte reinterpreted as signed
             scales[p, ROWS_PER_PANEL * (s0 + i) + j] = d * np.float32(np.int8(block[192 + i]))
+    elif kind == "iq3_xxs" or kind == "iq3_s":
+        block = blocks[r, b]
+        d = read_fp16(block, 0)
+        for i in range(8):  # IQ3_XXS: d (2 ls + 1) / 4, ggml's final 0.25 folded in (exact)
+            if kind == "iq3_xxs":
+                sc = d * np.float32(2 * (read_u32(block, 66 + 4 * i) >> np.uint32(28)) + 1) * np.float32(0.25)
+            else:
+                sc = d * np.float32(2 * ((np.int32(block[106 + i // 2]) >> (4 * (i % 2))) & 15) + 1)
+            scales[p, ROWS_PER_PANEL * (s0 + i) + j] = sc
+    elif kind == "iq2_xxs" or kind == "iq2_xs" or kind == "iq2_s":
+        block = blocks[r, b]
+        d = read_fp16(block, 0)
+        for i in range(subs_per_block):  # d (2 ls + 1) / 8, ggml's final 0.125 folded in (exact)
+            if kind == "iq2_xxs":
+                ls = np.int32(read_u32(block, 6 + 8 * i) >> np.uint32(28))
+            else:
+                ls = (np.int32(block[(66 if kind == "iq2_xs" else 74) + i // 2]) >> (4 * (i % 2))) & 15
+            scales[p, ROWS_PER_PANEL * (s0 + i) + j] = d * np.float32(2 * ls + 1) * np.float32(0.125)
+    elif kind == "iq4_xs":
+        block = blocks[r, b]
+        d = read_fp16(block, 0)
+        for i in range(8):
+            scales[p, ROWS_PER_PANEL * (s0 + i) + j] = d * np.float32(iq4_xs_scale(block, i))
     else:
         scales[p, ROWS_PER_PANEL * s0 + j] = read_fp16(blocks[r, b], 0)
 
@@ -255,6 +332,41 @@ def decode_q5_0(blocks, r0, codes, scales, mins):
     _decode_tile(blocks, r0, codes, scales, mins, "q5_0", 1)
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def decode_iq4_nl(blocks, r0, codes, scales, mins):
+    _decode_tile(blocks, r0, codes, scales, mins, "iq4_nl", 1)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def decode_iq4_xs(blocks, r0, codes, scales, mins):
+    _decode_tile(blocks, r0, codes, scales, mins, "iq4_xs", 8)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def decode_iq3_xxs(blocks, r0, codes, scales, mins):
+    _decode_tile(blocks, r0, codes, scales, mins, "iq3_xxs", 8)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def decode_iq3_s(blocks, r0, codes, scales, mins):
+    _decode_tile(blocks, r0, codes, scales, mins, "iq3_s", 8)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def decode_iq2_xxs(blocks, r0, codes, scales, mins):
+    _decode_tile(blocks, r0, codes, scales, mins, "iq2_xxs", 8)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def decode_iq2_xs(blocks, r0, codes, scales, mins):
+    _decode_tile(blocks, r0, codes, scales, mins, "iq2_xs", 16)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def decode_iq2_s(blocks, r0, codes, scales, mins):
+    _decode_tile(blocks, r0, codes, scales, mins, "iq2_s", 16)
+
+
 DECODERS = {
     GGMLType.Q4_K: decode_q4_k,
     GGMLType.Q5_K: decode_q5_k,
@@ -262,6 +374,13 @@ DECODERS = {
     GGMLType.Q8_0: decode_q8_0,
     GGMLType.Q4_0: decode_q4_0,
     GGMLType.Q5_0: decode_q5_0,
+    GGMLType.IQ4_NL: decode_iq4_nl,
+    GGMLType.IQ4_XS: decode_iq4_xs,
+    GGMLType.IQ3_XXS: decode_iq3_xxs,
+    GGMLType.IQ3_S: decode_iq3_s,
+    GGMLType.IQ2_XXS: decode_iq2_xxs,
+    GGMLType.IQ2_XS: decode_iq2_xs,
+    GGMLType.IQ2_S: decode_iq2_s,
 }
 
 

@@ -127,91 +127,132 @@ def matvec_iq2_s(blocks, x, out):
 BLOCK_BYTES = {"iq2_xxs": 66, "iq2_xs": 74, "iq2_s": 82}
 
 
+# IR pieces every lattice i-quant's 8-bit kernel needs (iq3.py uses them too)
+def ksign_bytes(builder, seven):
+    """<n x i8> sign bytes from <n x i32> lanes whose bits 0..6 are 7 stored sign bits (higher
+    bits ignored): the 8th bit is their parity (ggml's ksigns_iq2xs table), computed in lanes."""
+    n = seven.type.count
+    seven = builder.and_(seven, const_vector(I32, [127] * n))
+    parity = seven
+    for shift in (4, 2, 1):
+        parity = builder.xor(parity, builder.lshr(parity, const_vector(I32, [shift] * n)))
+    top = builder.shl(builder.and_(parity, const_vector(I32, [1] * n)), const_vector(I32, [7] * n))
+    return builder.trunc(builder.or_(seven, top), vector(I8, n))
+
+
+def sign_zmms(builder, sign_bytes):
+    """The 256 sign bits of a block (<32 x i8>, bit j of byte m = weight 8m + j) as 4 <64 x i1>
+    masks, mask k for weights 64k .. 64k + 63."""
+    masks = builder.bitcast(sign_bytes, vector(ir.IntType(1), 256))
+    return [builder.shuffle_vector(masks, masks, const_vector(I32, range(64 * k, 64 * k + 64))) for k in range(4)]
+
+
+def nibbles(builder, base, offset: int, n_bytes: int):
+    """<2 n_bytes x i32>: the 4-bit values packed in bytes offset .. offset + n_bytes - 1 of an i8*
+    block, low nibble first (the i-quants' sub-block scales)."""
+    packed = builder.zext(load_at(builder, base, i64(offset), vector(I8, n_bytes)), vector(I32, n_bytes))
+    both = builder.shuffle_vector(packed, packed, const_vector(I32, [i // 2 for i in range(2 * n_bytes)]))
+    return builder.and_(builder.lshr(both, const_vector(I32, [0, 4] * n_bytes)), const_vector(I32, [15] * 2 * n_bytes))
+
+
+def odd_scales(builder, ls):
+    """2 ls + 1 per lane of an i32 vector: the i-quants' integer sub-block scales."""
+    n = ls.type.count
+    return builder.or_(builder.shl(ls, const_vector(I32, [1] * n)), const_vector(I32, [1] * n))
+
+
+def signed_dots(builder, blk, base, cols, accs, codes, scales, per_sub):
+    """One block of a lattice i-quant row against every column: accs (one <16 x float> per
+    column) + d_w * xd * (the block's integer sum), d_w the fp16 at byte 0 of `base`. codes: per
+    zmm k < 4 (u_k <64 x u8> the grid magnitudes of weights 64k .. 64k + 63, their sign mask
+    <64 x i1>), the signs applied to the activations; scales <n x i32> the odd sub-block scales,
+    per_sub the int32 lanes (4 weights each) a sub-block spans."""
+    v16i32, v64i8 = vector(I32, 16), vector(I8, 64)
+    zero8 = ir.Constant(v64i8, [0] * 64)
+    lane_scales = [[(16 * k + i) // per_sub for i in range(16)] for k in range(4)]
+    d_w = load_half(builder, base, 0)
+    new = []
+    for col, acc in zip(cols, accs):
+        xs = builder.gep(col.xq, [builder.mul(blk, i64(QK_K))])
+        iacc = ir.Constant(v16i32, [0] * 16)
+        for k, (u, mask) in enumerate(codes):
+            xq = load_at(builder, xs, i64(64 * k), v64i8)
+            signed = builder.select(mask, builder.sub(zero8, xq), xq)
+            iacc = dot_scaled(builder, iacc, u, signed, scales, lane_scales[k])
+        d = builder.fmul(d_w, builder.load(builder.gep(col.xd, [blk])))
+        new.append(call_fma(builder, builder.sitofp(iacc, vector(F32, 16)), splat(builder, d, 16), acc))
+    return new
+
+
+class Iq2Decoder:
+    """IR readers of one IQ2_XXS / IQ2_XS / IQ2_S block (the diagram above) at an i8* `base`, for
+    the 8-bit mat-vec here and the integer GEMM's tile decoder (gemm_int8.py); grid_p an i64* to
+    the type's grid (quants.iq2's GRID_*: one little-endian uint64 of 8 magnitudes per entry)."""
+
+    def __init__(self, builder, kind: str, grid_p):
+        self.builder, self.kind, self.grid_p = builder, kind, grid_p
+
+    def _byte(self, base, offset):  # a block byte as i64
+        return self.builder.zext(self.builder.load(self.builder.gep(base, [i64(offset)])), I64)
+
+    def index(self, base, g):
+        """The grid index of group g, as i64."""
+        b, kind = self.builder, self.kind
+        s, l = divmod(g, 4)
+        if kind == "iq2_xxs":
+            return self._byte(base, 2 + 8 * s + l)
+        if kind == "iq2_xs":
+            return b.and_(b.zext(load_at(b, base, i64(2 + 2 * g), I16), I64), i64(511))
+        high = b.and_(b.shl(self._byte(base, 66 + s), i64(8 - 2 * l)), i64(0x300))
+        return b.or_(self._byte(base, 2 + g), high)
+
+    def sign_masks(self, base):
+        """Per zmm k < 4 the 64 sign bits of groups 8k .. 8k+7 (<64 x i1>). IQ2_XXS and IQ2_XS
+        store 7 bits a group: the 8th, their parity (KSIGNS), is computed for the 32 groups as
+        vectors rather than looked up one by one."""
+        b, kind = self.builder, self.kind
+        if kind == "iq2_s":
+            return sign_zmms(b, load_at(b, base, i64(34), vector(I8, 32)))
+        if kind == "iq2_xxs":  # group 4s + l: bits 7l .. 7l+6 of the u32 at 6 + 8s
+            aux = load_at(b, base, i64(2), vector(I32, 16))
+            spread = b.shuffle_vector(aux, aux, const_vector(I32, [2 * (g // 4) + 1 for g in range(32)]))
+            seven = b.lshr(spread, const_vector(I32, [7 * (g % 4) for g in range(32)]))
+        else:  # bits 9 .. 15 of the u16 of group g
+            seven = b.lshr(b.zext(load_at(b, base, i64(2), vector(I16, 32)), vector(I32, 32)),
+                           const_vector(I32, [9] * 32))
+        return sign_zmms(b, ksign_bytes(b, seven))
+
+    def scales(self, base):
+        """2 ls + 1 per sub-block: <8 x i32> (IQ2_XXS, sub-blocks of 32) or <16 x i32> (of 16)."""
+        b = self.builder
+        if self.kind == "iq2_xxs":
+            aux = load_at(b, base, i64(2), vector(I32, 16))
+            ls = b.lshr(b.shuffle_vector(aux, aux, const_vector(I32, range(1, 16, 2))), const_vector(I32, [28] * 8))
+            return odd_scales(b, ls)
+        return odd_scales(b, nibbles(b, base, 66 if self.kind == "iq2_xs" else 74, 8))
+
+    def magnitudes(self, base, k):
+        """<64 x i8>: the grid magnitudes of weights 64k .. 64k + 63 (groups 8k .. 8k + 7)."""
+        b = self.builder
+        entries = ir.Constant(vector(I64, 8), ir.Undefined)
+        for m in range(8):
+            entry = b.load(b.gep(self.grid_p, [self.index(base, 8 * k + m)]))
+            entries = b.insert_element(entries, entry, ir.Constant(I32, m))
+        return b.bitcast(entries, vector(I8, 64))
+
+
 def _iq2_int8_codegen(kind: str):
     block_bytes = BLOCK_BYTES[kind]
 
     def codegen(context, builder, signature, args):
         tys = signature.args
-        v16i32, v8i32, v64i8 = vector(I32, 16), vector(I32, 8), vector(I8, 64)
-        grid_p = builder.bitcast(data_ptr(context, builder, tys[10], args[10]), I64.as_pointer())
-        zero8 = ir.Constant(v64i8, [0] * 64)
-
-        def byte(base, offset):  # a block byte as i64
-            return builder.zext(builder.load(builder.gep(base, [i64(offset)])), I64)
-
-        def word(base, offset, ty):  # a little-endian integer of type ty at byte `offset`, as i64
-            return builder.zext(load_at(builder, base, i64(offset), ty), I64)
-
-        def index(base, g):
-            """The grid index of group g, as i64."""
-            s, l = divmod(g, 4)
-            if kind == "iq2_xxs":
-                return byte(base, 2 + 8 * s + l)
-            if kind == "iq2_xs":
-                return builder.and_(word(base, 2 + 2 * g, I16), i64(511))
-            high = builder.and_(builder.shl(byte(base, 66 + s), i64(8 - 2 * l)), i64(0x300))
-            return builder.or_(byte(base, 2 + g), high)
-
-        def sign_masks(base):
-            """Per zmm k < 4 the 64 sign bits of groups 8k .. 8k+7 (<64 x i1>). IQ2_XXS and IQ2_XS
-            store 7 bits a group: the 8th, their parity (KSIGNS), is computed for the 32 groups as
-            vectors rather than looked up one by one."""
-            v32i32 = vector(I32, 32)
-            if kind == "iq2_s":
-                bytes_ = load_at(builder, base, i64(34), vector(I8, 32))
-            else:
-                if kind == "iq2_xxs":  # group 4s + l: bits 7l .. 7l+6 of the u32 at 6 + 8s
-                    aux = load_at(builder, base, i64(2), vector(I32, 16))
-                    spread = builder.shuffle_vector(aux, aux, const_vector(I32, [2 * (g // 4) + 1 for g in range(32)]))
-                    seven = builder.lshr(spread, const_vector(I32, [7 * (g % 4) for g in range(32)]))
-                else:  # bits 9 .. 15 of the u16 of group g
-                    seven = builder.lshr(builder.zext(load_at(builder, base, i64(2), vector(I16, 32)), v32i32),
-                                         const_vector(I32, [9] * 32))
-                seven = builder.and_(seven, const_vector(I32, [127] * 32))
-                parity = seven
-                for shift in (4, 2, 1):
-                    parity = builder.xor(parity, builder.lshr(parity, const_vector(I32, [shift] * 32)))
-                top = builder.shl(builder.and_(parity, const_vector(I32, [1] * 32)), const_vector(I32, [7] * 32))
-                bytes_ = builder.trunc(builder.or_(seven, top), vector(I8, 32))
-            masks = builder.bitcast(bytes_, vector(ir.IntType(1), 256))
-            return [builder.shuffle_vector(masks, masks, const_vector(I32, range(64 * k, 64 * k + 64)))
-                    for k in range(4)]
-
-        def scales(base):
-            """2 ls + 1 per sub-block: <8 x i32> (IQ2_XXS) or <16 x i32>."""
-            if kind == "iq2_xxs":
-                aux = load_at(builder, base, i64(2), v16i32)
-                ls = builder.lshr(builder.shuffle_vector(aux, aux, const_vector(I32, range(1, 16, 2))),
-                                  const_vector(I32, [28] * 8))
-                return builder.or_(builder.shl(ls, const_vector(I32, [1] * 8)), const_vector(I32, [1] * 8))
-            packed = builder.zext(load_at(builder, base, i64(66 if kind == "iq2_xs" else 74), vector(I8, 8)), v8i32)
-            both = builder.shuffle_vector(packed, packed, const_vector(I32, [i // 2 for i in range(16)]))
-            ls = builder.and_(builder.lshr(both, const_vector(I32, [0, 4] * 8)), const_vector(I32, [15] * 16))
-            return builder.or_(builder.shl(ls, const_vector(I32, [1] * 16)), const_vector(I32, [1] * 16))
+        block = Iq2Decoder(builder, kind, builder.bitcast(data_ptr(context, builder, tys[10], args[10]),
+                                                          I64.as_pointer()))
 
         def body(blk, base, cols, accs):
-            sc = scales(base)
-            codes = []  # (u_k, sign mask of zmm k)
-            for k, mask in enumerate(sign_masks(base)):
-                entries = ir.Constant(vector(I64, 8), ir.Undefined)
-                for m in range(8):
-                    entry = builder.load(builder.gep(grid_p, [index(base, 8 * k + m)]))
-                    entries = builder.insert_element(entries, entry, ir.Constant(I32, m))
-                codes.append((builder.bitcast(entries, v64i8), mask))
+            codes = [(block.magnitudes(base, k), mask) for k, mask in enumerate(block.sign_masks(base))]
             per_sub = 8 if kind == "iq2_xxs" else 4  # int32 lanes per sub-block
-            lane_scales = [[(16 * k + i) // per_sub for i in range(16)] for k in range(4)]
-            d_w = load_half(builder, base, 0)
-            new = []
-            for col, acc in zip(cols, accs):
-                xs = builder.gep(col.xq, [builder.mul(blk, i64(QK_K))])
-                iacc = ir.Constant(v16i32, [0] * 16)
-                for k, (u, mask) in enumerate(codes):
-                    xq = load_at(builder, xs, i64(64 * k), v64i8)
-                    signed = builder.select(mask, builder.sub(zero8, xq), xq)
-                    iacc = dot_scaled(builder, iacc, u, signed, sc, lane_scales[k])
-                d = builder.fmul(d_w, builder.load(builder.gep(col.xd, [blk])))
-                new.append(call_fma(builder, builder.sitofp(iacc, vector(F32, 16)), splat(builder, d, 16), acc))
-            return new
+            return signed_dots(builder, blk, base, cols, accs, codes, block.scales(base), per_sub)
 
         def finish(accs):
             return builder.fmul(ir.Constant(F32, 0.125), float_tree_sum(builder, accs[0]))

@@ -18,9 +18,15 @@ per super-block as ggml's generic C:
     IQ3_XXS:  bsum = sum_s (2 ls_s + 1) * (q_s . xq_s)      out += d_w * d_x * bsum;  out *= 0.25 at the end
     IQ3_S:    bsum = sum_s (2 ls_s + 1) * (q_s . xq_s)      out += d_w * d_x * bsum
 
-The integer sums are exact (|q| <= 62, |xq| <= 127, odd scales <= 31), so results equal ggml's to
-float32 rounding of the per-block scaling and of the sum over blocks (ggml's AVX2 code sums the
-blocks in 8 lanes, its generic code in one).
+in LLVM IR on iq2.py's row loop and block step (`signed_dots`): the grid entries of 16 groups
+fetched by one vpgatherdd (indices from the block's bytes as vectors), the magnitudes the unsigned
+bytes of vpmaddubsw, the sign bits a mask negating the activations, the scales 2 ls + 1 by
+vpdpwssd. The integer sums are exact (|q| <= 62, |xq| <= 127, odd scales <= 31), so results equal
+ggml's to float32 rounding of the per-block scaling and of the sum over blocks (16 lanes here;
+ggml's AVX2 code sums the blocks in 8 lanes, its generic code in one).
+
+`scaled_dot_s8` (one super-block of decoded signed codes against Q8_K, scales per 16) serves
+iq1.py's 8-bit kernels.
 """
 
 from __future__ import annotations
@@ -32,11 +38,14 @@ from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
-from ...quants.iq3 import iq3_s_block, iq3_xxs_block
+from ...quants.iq3 import IQ3S_POINTS, IQ3XXS_POINTS, iq3_s_block, iq3_xxs_block
 from .common import ROW_TILE, Format, columns
-from .int8 import HAS_AVX2, HAS_VNNI, madd_pairs
-from .int8_kquants import _q8_k_columns
-from .llvm_ir import I8, I8_PTR, I16, I32, as_i64, data_ptr, halves, i64, indices, load_at, tree_reduce, vector
+from .int8 import HAS_AVX2, HAS_AVX512, HAS_VNNI, madd_pairs
+from .int8_kquants import _row_of_blocks
+from .iq2 import ROW_CODEGEN, _iq2_int8_rows, ksign_bytes, nibbles, odd_scales, sign_zmms, signed_dots
+from .llvm_ir import F32 as F32_IR
+from .llvm_ir import I8, I8_PTR, I16, I32, I64, as_i64, const_vector, data_ptr, declare, float_tree_sum, halves, \
+    i64, indices, load_at, tree_reduce, vector
 from .simd import fma_lanes, lanes_sum
 
 F32 = np.float32
@@ -108,7 +117,7 @@ def scaled_dot_s8(typingctx, w, xq, x_off, scales):
     codes (xq int8 1-D), each 16 weights scaled by an int16 (|scale * w * xq| summed must fit
     int32). Per 64 bytes: the products as int16 (|w xq| <= 16129), then vpmaddwd with the scales
     (pairs of products times their scale, summed into 16 int32 lanes); a tree sum at the end.
-    Shared by the IQ3 and IQ1 kernels (iq1.py)."""
+    Used by the IQ1 kernels (iq1.py)."""
     if not (all(isinstance(a, types.Array) for a in (w, xq, scales)) and isinstance(x_off, types.Integer)):
         return None
 
@@ -139,29 +148,120 @@ def scaled_dot_s8(typingctx, w, xq, x_off, scales):
     return types.int32(w, xq, x_off, scales), codegen
 
 
-@njit(inline="always")
-def _iq3_int8_rows(blocks, x, out, xxs):
-    """8-bit activations (Q8_K blocks), ggml's integer sums: per super-block the weights are decoded
-    once (signed codes, odd scales 2 ls + 1 per 32), then per column bsum = `scaled_dot_s8`."""
-    X, Y = columns(x, out)
-    n_t = X.shape[0]
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    xq, xd, _ = _q8_k_columns(X, False, False)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty(n_t, np.float32)
-        codes = np.empty(32, np.uint64)  # 256 int8 codes
-        ls = np.empty(8, np.int32)
-        scales = np.empty(16, np.int16)  # per 16 codes
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            for b in range(n_blocks):
-                d = _decode(blocks[r, b], xxs, codes, ls)
-                for s in range(8):
-                    scales[2 * s] = scales[2 * s + 1] = 2 * ls[s] + 1
-                for t in range(n_t):
-                    acc[t] += d * xd[t, b] * F32(scaled_dot_s8(codes, xq[t], QK_K * b, scales))
-            for t in range(n_t):
-                Y[t, r] = F32(0.25) * acc[t] if xxs else acc[t]
+# ---------------------------------------------------------------------------------------------
+# 8-bit activations, in LLVM IR (iq2.py's row loop and block step): per block, for zmm k < 4
+# (groups g = 16k + m, m < 16, of 4 weights each):
+#
+#   u_k  (64 x u8)  = grid[index(16k)] ++ grid[index(16k+1)] ++ ... ++ grid[index(16k+15)]   (4 bytes each)
+#   sign_k (i64)    = sign bytes 8k .. 8k+7 of the block (bit j of byte m: weight 8m + j)
+#   s_k  (64 x i8)  = sign_k ? -xq : xq   over xq[256b + 64k .. +63]
+#   int32 lane i of u_k . s_k (weights 64k + 4i ..) = group 16k + i, of sub-block 2k + i/8
+#
+#   where (group g = 8s + j, s < 8 the sub-block, j < 8; sign byte m = 4s + l, l < 4):
+#   IQ3_XXS  index = byte 2+g                        sign byte m = KSIGNS[u32(66+4s) >> 7l & 127]
+#            ls = u32(66+4s) >> 28
+#   IQ3_S    index = byte 2+g | bit j of byte 66+s << 8,   sign byte m = byte 74+m
+#            ls = nibble s of bytes 106..109 (low nibble first)
+#
+# The scales 2 ls + 1 (<= 31) times a pair of products (<= 2 * 62 * 127) fit vpdpwssd's int16
+# operands; a lane (4 products x 62 x 127 x 31 < 2^24) stays exact as float32.
+# ---------------------------------------------------------------------------------------------
+BLOCK_BYTES = {"iq3_xxs": 98, "iq3_s": 110}
+
+
+class Iq3Decoder:
+    """IR readers of one IQ3_XXS / IQ3_S block (the diagram above) at an i8* `base`, for the 8-bit
+    mat-vec here and the integer GEMM's tile decoder (gemm_int8.py); grid_p an i32* to the type's
+    grid (quants.iq3's IQ3XXS_POINTS / IQ3S_POINTS)."""
+
+    def __init__(self, builder, kind: str, grid_p):
+        self.builder, self.xxs, self.grid_p = builder, kind == "iq3_xxs", grid_p
+
+    def _byte(self, base, offset):  # a block byte as i64
+        return self.builder.zext(self.builder.load(self.builder.gep(base, [i64(offset)])), I64)
+
+    def index(self, base, g):
+        """The grid index of group g, as i64."""
+        b = self.builder
+        if self.xxs:
+            return self._byte(base, 2 + g)
+        s, j = divmod(g, 8)
+        high = b.and_(b.shl(self._byte(base, 66 + s), i64(8 - j)), i64(0x100))
+        return b.or_(self._byte(base, 2 + g), high)
+
+    def sign_masks(self, base):
+        """Per zmm k < 4 the sign bits of weights 64k .. 64k + 63 (<64 x i1>); IQ3_XXS's 7
+        stored bits per 8 weights get their parity bit in lanes (`ksign_bytes`)."""
+        b = self.builder
+        if not self.xxs:
+            return sign_zmms(b, load_at(b, base, i64(74), vector(I8, 32)))
+        aux = load_at(b, base, i64(66), vector(I32, 8))
+        spread = b.shuffle_vector(aux, aux, indices([m // 4 for m in range(32)]))
+        seven = b.lshr(spread, const_vector(I32, [7 * (m % 4) for m in range(32)]))
+        return sign_zmms(b, ksign_bytes(b, seven))
+
+    def scales(self, base):
+        """2 ls + 1 per sub-block, <8 x i32>."""
+        b = self.builder
+        if self.xxs:
+            aux = load_at(b, base, i64(66), vector(I32, 8))
+            return odd_scales(b, b.lshr(aux, const_vector(I32, [28] * 8)))
+        return odd_scales(b, nibbles(b, base, 106, 4))
+
+    def index_lanes(self, base, k):
+        """<16 x i32>: the grid indices of groups 16k .. 16k + 15."""
+        b = self.builder
+        low = b.zext(load_at(b, base, i64(2 + 16 * k), vector(I8, 16)), vector(I32, 16))
+        if self.xxs:
+            return low
+        qh = b.zext(load_at(b, base, i64(66 + 2 * k), vector(I8, 2)), vector(I32, 2))
+        spread = b.shuffle_vector(qh, qh, indices([m // 8 for m in range(16)]))
+        high = b.and_(b.shl(spread, const_vector(I32, [8 - m % 8 for m in range(16)])), const_vector(I32, [0x100] * 16))
+        return b.or_(low, high)
+
+    def magnitudes(self, base, k):
+        """<64 x i8>: the grid magnitudes of weights 64k .. 64k + 63 (groups 16k .. 16k + 15), one
+        vpgatherdd (AVX-512), else 16 loads."""
+        b = self.builder
+        if HAS_AVX512:
+            gather = declare(b, "llvm.x86.avx512.mask.gather.dpi.512", vector(I32, 16),
+                             [vector(I32, 16), I8_PTR, vector(I32, 16), vector(ir.IntType(1), 16), I32])
+            lanes = b.call(gather, [ir.Constant(vector(I32, 16), [0] * 16), b.bitcast(self.grid_p, I8_PTR),
+                                    self.index_lanes(base, k), ir.Constant(vector(ir.IntType(1), 16), [1] * 16),
+                                    ir.Constant(I32, 4)])
+        else:
+            lanes = ir.Constant(vector(I32, 16), ir.Undefined)
+            for m in range(16):
+                entry = b.load(b.gep(self.grid_p, [self.index(base, 16 * k + m)]))
+                lanes = b.insert_element(lanes, entry, ir.Constant(I32, m))
+        return b.bitcast(lanes, vector(I8, 64))
+
+
+def _iq3_int8_codegen(kind: str):
+    xxs = kind == "iq3_xxs"
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        block = Iq3Decoder(builder, kind, builder.bitcast(data_ptr(context, builder, tys[10], args[10]),
+                                                          I32.as_pointer()))
+
+        def body(blk, base, cols, accs):
+            codes = [(block.magnitudes(base, k), mask) for k, mask in enumerate(block.sign_masks(base))]
+            return signed_dots(builder, blk, base, cols, accs, codes, block.scales(base), 8)
+
+        def finish(accs):
+            total = float_tree_sum(builder, accs[0])
+            return builder.fmul(ir.Constant(F32_IR, 0.25), total) if xxs else total
+
+        _row_of_blocks(context, builder, signature, args, name=f"{kind}_int8", block_bytes=BLOCK_BYTES[kind],
+                       prefetch_lines=2, inits=[ir.Constant(vector(F32_IR, 16), [0.0] * 16)], body=body, finish=finish)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+# the row loop (iq2._iq2_int8_rows) dispatches on the kind: one registry for the lattice types
+ROW_CODEGEN.update({kind: _iq3_int8_codegen(kind) for kind in BLOCK_BYTES})
 
 
 # Signature of every mat-vec kernel (common.Format): blocks uint8 (rows, n_blocks, 98 | 110),
@@ -178,12 +278,12 @@ def matvec_iq3_s(blocks, x, out):
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq3_xxs_int8(blocks, x, out):
-    _iq3_int8_rows(blocks, x, out, True)
+    _iq2_int8_rows(blocks, x, out, 98, "iq3_xxs", IQ3XXS_POINTS)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq3_s_int8(blocks, x, out):
-    _iq3_int8_rows(blocks, x, out, False)
+    _iq2_int8_rows(blocks, x, out, 110, "iq3_s", IQ3S_POINTS)
 
 
 FORMATS = {
