@@ -160,7 +160,7 @@ class _Activations(NamedTuple):
     bsums: ir.Value
 
 
-def _row_of_blocks(context, builder, signature, args, *, name, block_bytes, prefetch_lines, inits, body, finish):
+def row_of_blocks(context, builder, signature, args, *, name, block_bytes, prefetch_lines, inits, body, finish):
     """llvm_ir.block_loop over the row intrinsic's arguments; body(b, base, columns, accs) gets
     each column's `_Activations`."""
     tys = signature.args
@@ -291,7 +291,7 @@ def _q4_k_like_codegen(block_bytes: int, qs_offset: int, qh_offset: int | None, 
                                     acc_min))
             return new
 
-        _row_of_blocks(context, builder, signature, args, name=name, block_bytes=block_bytes, prefetch_lines=3,
+        row_of_blocks(context, builder, signature, args, name=name, block_bytes=block_bytes, prefetch_lines=3,
                        inits=[ir.Constant(vector(F32, 16), [0.0] * 16), ir.Constant(vector(F32, 8), [0.0] * 8)],
                        body=body, finish=lambda accs: builder.fsub(float_tree_sum(builder, accs[0]),
                                                                    float_tree_sum(builder, accs[1])))
@@ -346,7 +346,7 @@ def _q6_k_codegen(context, builder, signature, args):
             new.append(call_fma(builder, builder.sitofp(iacc, vector(F32, 16)), splat(builder, d, 16), acc))
         return new
 
-    _row_of_blocks(context, builder, signature, args, name="q6k_int8", block_bytes=210, prefetch_lines=4,
+    row_of_blocks(context, builder, signature, args, name="q6k_int8", block_bytes=210, prefetch_lines=4,
                    inits=[ir.Constant(vector(F32, 16), [0.0] * 16)], body=body,
                    finish=lambda accs: float_tree_sum(builder, accs[0]))
     return context.get_dummy_value()
@@ -409,7 +409,7 @@ def _iq4_xs_codegen(context, builder, signature, args):
             new.append(call_fma(builder, builder.sitofp(iacc, vector(F32, 16)), splat(builder, d, 16), acc))
         return new
 
-    _row_of_blocks(context, builder, signature, args, name="iq4xs_int8", block_bytes=136, prefetch_lines=3,
+    row_of_blocks(context, builder, signature, args, name="iq4xs_int8", block_bytes=136, prefetch_lines=3,
                    inits=[ir.Constant(vector(F32, 16), [0.0] * 16)], body=body,
                    finish=lambda accs: float_tree_sum(builder, accs[0]))
     return context.get_dummy_value()
@@ -459,7 +459,7 @@ def sub_block_sums(bsums):
 
 
 @njit(inline="always")
-def _q8_k_columns(X, interleave, per_32):
+def q8_k_columns(X, interleave, per_32):
     """Each activation row of X (B, n) as Q8_K blocks: (xq int8 (B, n), xd float32 (B, n/256),
     sums int32 (B, n/16), or (B, n/32) with per_32); xq in `interleave_for_q4_k`'s order if asked."""
     n_t, n = X.shape
@@ -504,7 +504,7 @@ def _k_int8_rows(blocks, x, out, block_bytes, kind, q4_k_like):
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * block_bytes)
-    xq, xd, sums = _q8_k_columns(X, q4_k_like, q4_k_like and kind != "iq4_xs")
+    xq, xd, sums = q8_k_columns(X, q4_k_like, q4_k_like and kind != "iq4_xs")
     if kind == "iq4_xs":
         sums = lane_sums(xq)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):

@@ -39,7 +39,7 @@ from ...quants.half import read_fp16
 from ...quants.iq1 import DELTA, iq1_m_block, iq1_m_scale, iq1_s_block
 from ...quants.iq_grids import negate_bytes
 from .common import ROW_TILE, Format, columns
-from .int8_kquants import _q8_k_columns
+from .int8_kquants import q8_k_columns
 from .iq3 import scaled_dot_s8
 from .simd import fma_lanes, lanes_sum
 
@@ -145,7 +145,7 @@ def _iq1_int8_rows(blocks, x, out, m_type):
     X, Y = columns(x, out)
     n_t = X.shape[0]
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    xq, xd, _ = _q8_k_columns(X, False, False)
+    xq, xd, _ = q8_k_columns(X, False, False)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         acc = np.empty(n_t, np.float32)
         grid_values = np.empty(32, np.uint64)

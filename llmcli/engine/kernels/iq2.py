@@ -41,7 +41,7 @@ from ...quants.half import read_fp16
 from ...quants.iq2 import (GRID_S, GRID_XS, GRID_XXS, iq2_group_values, iq2_s_group, iq2_xs_group,
                            iq2_xxs_group)
 from .common import COLUMN_BLOCK, ROW_TILE, Format, columns
-from .int8_kquants import _q8_k_columns, _row_of_blocks, dot_scaled
+from .int8_kquants import q8_k_columns, row_of_blocks, dot_scaled
 from .llvm_ir import F32, I8, I16, I32, I64, call_fma, const_vector, data_ptr, float_tree_sum, i64, load_at, \
     load_half, splat, vector
 from .simd import lanes_sum
@@ -257,7 +257,7 @@ def _iq2_int8_codegen(kind: str):
         def finish(accs):
             return builder.fmul(ir.Constant(F32, 0.125), float_tree_sum(builder, accs[0]))
 
-        _row_of_blocks(context, builder, signature, args, name=f"{kind}_int8", block_bytes=block_bytes,
+        row_of_blocks(context, builder, signature, args, name=f"{kind}_int8", block_bytes=block_bytes,
                        prefetch_lines=2, inits=[ir.Constant(vector(F32, 16), [0.0] * 16)], body=body, finish=finish)
         return context.get_dummy_value()
 
@@ -285,7 +285,7 @@ def _iq2_int8_rows(blocks, x, out, block_bytes, kind, grid):
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * block_bytes)
-    xq, xd, bsums = _q8_k_columns(X, False, False)
+    xq, xd, bsums = q8_k_columns(X, False, False)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
             for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):

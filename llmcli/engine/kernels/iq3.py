@@ -41,7 +41,7 @@ from ...quants.half import read_fp16
 from ...quants.iq3 import IQ3S_POINTS, IQ3XXS_POINTS, iq3_s_block, iq3_xxs_block
 from .common import ROW_TILE, Format, columns
 from .int8 import HAS_AVX2, HAS_AVX512, HAS_VNNI, madd_pairs
-from .int8_kquants import _row_of_blocks
+from .int8_kquants import row_of_blocks
 from .iq2 import ROW_CODEGEN, _iq2_int8_rows, ksign_bytes, nibbles, odd_scales, sign_zmms, signed_dots
 from .llvm_ir import F32 as F32_IR
 from .llvm_ir import I8, I8_PTR, I16, I32, I64, as_i64, const_vector, data_ptr, declare, float_tree_sum, halves, \
@@ -253,7 +253,7 @@ def _iq3_int8_codegen(kind: str):
             total = float_tree_sum(builder, accs[0])
             return builder.fmul(ir.Constant(F32_IR, 0.25), total) if xxs else total
 
-        _row_of_blocks(context, builder, signature, args, name=f"{kind}_int8", block_bytes=BLOCK_BYTES[kind],
+        row_of_blocks(context, builder, signature, args, name=f"{kind}_int8", block_bytes=BLOCK_BYTES[kind],
                        prefetch_lines=2, inits=[ir.Constant(vector(F32_IR, 16), [0.0] * 16)], body=body, finish=finish)
         return context.get_dummy_value()
 

@@ -34,7 +34,7 @@ from ...quants.half import read_fp16
 from ...quants.ternary import POW3, tq1_0_codes
 from .common import COLUMN_BLOCK, ROW_TILE, Format, columns
 from .int8 import dot_u8_s8
-from .int8_kquants import QK_K, _q8_k_columns, _row_of_blocks, lane_sums, shifted_pair
+from .int8_kquants import QK_K, q8_k_columns, row_of_blocks, lane_sums, shifted_pair
 from .llvm_ir import (F32, I8, I16, I32, call_fma, concat, const_vector, float_tree_sum, i64, indices, load_at,
                       load_half, splat, vector)
 from .simd import fma_lanes, lanes_sum
@@ -198,7 +198,7 @@ def _ternary_codegen(kind: str):
                 new.append(call_fma(builder, builder.sitofp(iacc, vector(F32, 16)), splat(builder, d, 16), acc))
             return new
 
-        _row_of_blocks(context, builder, signature, args, name=f"{kind}_int8", block_bytes=block_bytes,
+        row_of_blocks(context, builder, signature, args, name=f"{kind}_int8", block_bytes=block_bytes,
                        prefetch_lines=1, inits=[ir.Constant(vector(F32, 16), [0.0] * 16)], body=body,
                        finish=lambda accs: float_tree_sum(builder, accs[0]))
         return context.get_dummy_value()
@@ -228,7 +228,7 @@ def _ternary_int8_rows(blocks, x, out, block_bytes, kind):
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * block_bytes)
-    xq, xd, _ = _q8_k_columns(X, False, False)
+    xq, xd, _ = q8_k_columns(X, False, False)
     bsums = lane_sums(xq)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
