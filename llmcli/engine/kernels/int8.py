@@ -173,10 +173,10 @@ def _pair_codes(builder, kind, base0, base1):
     # block k: weights j < 16 = lo[16k + j], weights 16 + j = hi[16k + j]
     order = [i for k in range(2) for i in list(range(16 * k, 16 * k + 16)) + list(range(32 + 16 * k, 32 + 16 * k + 16))]
     u = builder.shuffle_vector(lo, hi, indices(order))
-    if kind not in QH_AT:  # q4_0, q4_1
-        return u
     if kind == "iq4_nl":
         return lookup16(builder, IQ4_CODES, u)
+    if kind not in QH_AT:  # q4_0, q4_1
+        return u
     # 5th bit: weight j of block k is bit j of that block's little-endian u32 qh,
     # i.e. bit (j % 8) of qh byte 4k + j // 8
     qh = both(QH_AT[kind], vector(I8, 4))  # <8 x i8>
