@@ -1,7 +1,8 @@
 // Asks the reference ggml (the static libggml-base and libggml-cpu of a llama.cpp build) how it
-// dequantizes, quantizes and multiplies the i-quant and ternary block formats, for
-// scripts/make_iquant_refs.py, which compiles this file and records the answers in
-// tests/data/iquants/. Not part of llmcli; not run by the tests.
+// dequantizes, quantizes and multiplies the i-quant and ternary block formats (and, for llmcli's
+// 8-bit kernels, any other type: Q4_1, Q5_1, Q2_K, Q3_K), for scripts/make_iquant_refs.py, which
+// compiles this file and records the answers in tests/data/iquants/ and tests/data/kernels/. Not
+// part of llmcli; not run by the tests.
 //
 //   harness dequantize TYPE NBLOCKS BLOCKS.bin OUT.f32
 //       the type traits' to_float on NBLOCKS blocks (raw bytes, back to back) -> float32 values
@@ -11,7 +12,7 @@
 //   harness vec_dot TYPE NROWS NCOLS ROWS.bin NVEC X.f32 OUT.f32 XQ.bin
 //       what the CPU backend's mul_mat does for one weight row and one activation column: the
 //       activation (NVEC x NCOLS float32) goes through the from_float of the type's vec_dot_type
-//       (Q8_K or Q8_0), then the type's vec_dot with each of the NROWS weight rows (raw blocks)
+//       (Q8_K, Q8_0 or Q8_1), then the type's vec_dot with each of the NROWS weight rows (raw blocks)
 //       -> NVEC x NROWS float32 dot products, and the quantized activations' raw bytes (XQ.bin);
 //       the vec_dot_type's name is printed on stdout
 //

@@ -42,6 +42,11 @@ It writes:
   large, all zero), `<TYPE>.dot` (float32, vectors x rows) and `<TYPE>.xq` (uint8, vectors x the
   vec_dot_type's row bytes: the quantized activations vec_dot read); `vec_dot_type` (a string
   array, the ggml name of each type's activation type, in the order of `types`) and `types`.
+* `tests/data/kernels/int8_vec_dot.npz` (alone with --int8-only, from quantize_rows.npz): the same
+  record for the legacy and K-quant types whose 8-bit-activation kernels are not checked elsewhere
+  against ggml (INT8_TYPES: Q4_1 and Q5_1 with Q8_1 activations, Q2_K and Q3_K with Q8_K), same
+  keys; the rows are quantize_rows.npz's `rows` through ggml_quantize_chunk with its `weights`, then
+  without, then VEC_DOT_RANDOM_ROWS rows of random blocks with scales of moderate size.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "tests" / "data" / "iquants"
+INT8_OUT = ROOT / "tests" / "data" / "kernels" / "int8_vec_dot.npz"
 KQ = ROOT / "tests" / "data" / "kq" / "kq-f16.gguf"
 KQ_IMATRIX = ROOT / "tests" / "data" / "imatrix" / "kq.imatrix.gguf"
 
@@ -72,11 +78,14 @@ PURE_TYPES = {"IQ1_S": "IQ1_S", "IQ1_M": "IQ1_M", "IQ2_XXS": "IQ2_XXS", "IQ2_XS"
 # ggml refuses these types without importance weights, which token_embd never has
 EMBD_OVERRIDE = {"IQ1_S", "IQ2_XXS", "IQ2_XS", "IQ2_S"}
 NEEDS_WEIGHTS = {"IQ1_S", "IQ2_XXS", "IQ2_XS"}   # GGML_ASSERT(quant_weights) in their quantize_row_*_impl
+# Not i-quants: their 8-bit-activation kernels against ggml's vec_dot (int8_vec_dot.npz)
+INT8_TYPES = ["Q4_1", "Q5_1", "Q2_K", "Q3_K"]
 
 # Byte offsets of the fp16 scales of each block (IQ1_M has none: its scale is spread over the top
 # nibbles of its four u16 `scales`, handled in finite_scales).
 FP16_AT = {"IQ1_S": [0], "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0], "IQ3_XXS": [0], "IQ3_S": [0],
-           "IQ4_NL": [0], "IQ4_XS": [0], "TQ1_0": [52], "TQ2_0": [64], "IQ1_M": []}
+           "IQ4_NL": [0], "IQ4_XS": [0], "TQ1_0": [52], "TQ2_0": [64], "IQ1_M": [],
+           "Q4_1": [0, 2], "Q5_1": [0, 2], "Q2_K": [80, 82], "Q3_K": [108]}
 IQ1_M_SCALES_AT = 48
 RANDOM_BLOCKS = 256
 QUANTIZED_BLOCKS = 256
@@ -238,7 +247,6 @@ def vec_dot_refs(harness: Path, dequantized: dict[str, np.ndarray], quantized_ro
 
     rng = np.random.default_rng(1718)
     x = activation_vectors(rng)
-    (tmp / "x.f32").write_bytes(x.tobytes())
     arrays: dict[str, np.ndarray] = {}
     act_types = []
     for type_name in PURE_TYPES:
@@ -252,16 +260,54 @@ def vec_dot_refs(harness: Path, dequantized: dict[str, np.ndarray], quantized_ro
         finite_scales(type_name, random_blocks, rng, magnitudes * rng.choice([-1.0, 1.0], len(random_blocks)))
         rows = np.ascontiguousarray(np.concatenate([quantized_rows[f"{type_name}.weighted"],
                                                     real.reshape(-1, row_bytes), random_blocks.reshape(-1, row_bytes)]))
-        (tmp / "rows.bin").write_bytes(rows.tobytes())
-        res = subprocess.run([str(harness), "vec_dot", type_name, str(len(rows)), str(COLS), str(tmp / "rows.bin"),
-                              str(len(x)), str(tmp / "x.f32"), str(tmp / "dot.f32"), str(tmp / "xq.bin")],
-                             check=True, capture_output=True, text=True)
-        act_types.append(res.stdout.strip().upper())
-        arrays[f"{type_name}.blocks"] = rows
-        arrays[f"{type_name}.x"] = x
-        arrays[f"{type_name}.dot"] = np.fromfile(tmp / "dot.f32", dtype=np.float32).reshape(len(x), len(rows))
-        arrays[f"{type_name}.xq"] = np.fromfile(tmp / "xq.bin", dtype=np.uint8).reshape(len(x), -1)
+        act_types.append(record_vec_dot(harness, type_name, rows, x, tmp, arrays))
     arrays["types"] = np.array(list(PURE_TYPES))
+    arrays["vec_dot_type"] = np.array(act_types)
+    return arrays
+
+
+def record_vec_dot(harness: Path, type_name: str, rows: np.ndarray, x: np.ndarray, tmp: Path,
+                   arrays: dict[str, np.ndarray]) -> str:
+    """ggml's from_float + vec_dot of every row of `rows` (uint8, rows x row bytes) with every vector
+    of `x` into arrays[`<TYPE>.blocks|.x|.dot|.xq`]; returns the vec_dot_type's name."""
+    (tmp / "rows.bin").write_bytes(rows.tobytes())
+    (tmp / "x.f32").write_bytes(x.tobytes())
+    res = subprocess.run([str(harness), "vec_dot", type_name, str(len(rows)), str(x.shape[1]), str(tmp / "rows.bin"),
+                          str(len(x)), str(tmp / "x.f32"), str(tmp / "dot.f32"), str(tmp / "xq.bin")],
+                         check=True, capture_output=True, text=True)
+    arrays[f"{type_name}.blocks"] = rows
+    arrays[f"{type_name}.x"] = x
+    arrays[f"{type_name}.dot"] = np.fromfile(tmp / "dot.f32", dtype=np.float32).reshape(len(x), len(rows))
+    arrays[f"{type_name}.xq"] = np.fromfile(tmp / "xq.bin", dtype=np.uint8).reshape(len(x), -1)
+    return res.stdout.strip().upper()
+
+
+def int8_vec_dot_refs(harness: Path, quantized_rows: dict[str, np.ndarray], tmp: Path) -> dict[str, np.ndarray]:
+    """int8_vec_dot.npz's arrays (module docstring)."""
+    from llmcli.gguf.constants import TYPE_BY_NAME, TYPE_INFO
+
+    rng = np.random.default_rng(1719)
+    x = activation_vectors(rng)
+    rows_f32 = quantized_rows["rows"]
+    (tmp / "rows.f32").write_bytes(rows_f32.tobytes())
+    (tmp / "weights.f32").write_bytes(quantized_rows["weights"].tobytes())
+    arrays: dict[str, np.ndarray] = {}
+    act_types = []
+    for type_name in INT8_TYPES:
+        info = TYPE_INFO[TYPE_BY_NAME[type_name]]
+        row_bytes = info.row_bytes(COLS)
+        quantized = []
+        for weight_arg in (str(tmp / "weights.f32"), "-"):
+            subprocess.run([str(harness), "quantize", type_name, str(len(rows_f32)), str(COLS), str(tmp / "rows.f32"),
+                            weight_arg, str(tmp / "out.bin")], check=True)
+            quantized.append(np.fromfile(tmp / "out.bin", dtype=np.uint8).reshape(len(rows_f32), row_bytes))
+        per_row = COLS // info.block_size
+        random_blocks = rng.integers(0, 256, (VEC_DOT_RANDOM_ROWS * per_row, info.block_bytes), dtype=np.uint8)
+        magnitudes = np.exp(rng.uniform(np.log(1e-4), np.log(0.05), len(random_blocks)))
+        finite_scales(type_name, random_blocks, rng, magnitudes * rng.choice([-1.0, 1.0], len(random_blocks)))
+        rows = np.ascontiguousarray(np.concatenate(quantized + [random_blocks.reshape(-1, row_bytes)]))
+        act_types.append(record_vec_dot(harness, type_name, rows, x, tmp, arrays))
+    arrays["types"] = np.array(INT8_TYPES)
     arrays["vec_dot_type"] = np.array(act_types)
     return arrays
 
@@ -277,13 +323,22 @@ def main() -> None:
     ap.add_argument("--demo-only", action="store_true", help="only (re)make quantize-demo.json")
     ap.add_argument("--vec-dot-only", action="store_true",
                     help="only (re)make vec_dot.npz, from the recorded dequantize.npz and quantize_rows.npz")
+    ap.add_argument("--int8-only", action="store_true",
+                    help="only (re)make tests/data/kernels/int8_vec_dot.npz, from the recorded quantize_rows.npz")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     exe = args.bin / "llama-quantize"
     llama = "0c1e570 (llama-cpp-python 0.3.36)"
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        if args.vec_dot_only:
+        if args.int8_only:
+            harness = tmp / "harness"
+            compile_harness(args.llama_src, args.llama_build, harness)
+            with np.load(OUT / "quantize_rows.npz") as qr:
+                arrays = int8_vec_dot_refs(harness, dict(qr), tmp)
+            np.savez_compressed(INT8_OUT, **arrays)
+            print(f"wrote {INT8_OUT}", file=sys.stderr)
+        elif args.vec_dot_only:
             harness = tmp / "harness"
             compile_harness(args.llama_src, args.llama_build, harness)
             with np.load(OUT / "dequantize.npz") as dq, np.load(OUT / "quantize_rows.npz") as qr:
@@ -307,7 +362,8 @@ def main() -> None:
                       "imatrix": args.demo_imatrix.name, "imatrix_sha256": sha256_file(args.demo_imatrix),
                       "runs": quantize_runs(exe, args.demo, args.demo_imatrix, False, None, tmp)}
             (OUT / "quantize-demo.json").write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {OUT}", file=sys.stderr)
+    if not args.int8_only:
+        print(f"wrote {OUT}", file=sys.stderr)
 
 
 if __name__ == "__main__":

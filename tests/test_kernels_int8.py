@@ -1,9 +1,11 @@
-"""Mat-vecs with 8-bit activations (kernels/int8.py): Q8_0, Q4_0, Q5_0 weights; and the engine's
-decode with them and the K-quant ones (int8_kquants.py, tested in test_kernels_int8_kquants.py).
+"""Mat-vecs with 8-bit activations (kernels/int8.py): Q8_0, Q4_0, Q5_0, Q4_1, Q5_1 weights; and the
+engine's decode with them and the K-quant ones (int8_kquants.py, tested in test_kernels_int8_kquants.py).
 
-Three oracles: gguf-py's dequantize for the weight blocks and its Q8_0 quantizer for the activation
-blocks; llama.cpp's own logits on the K-quant test model (its CPU backend rounds activations the same
-way), token by token through the engine.
+Oracles: gguf-py's dequantize for the weight blocks and its Q8_0 quantizer for the activation
+blocks; for Q4_1 / Q5_1 ggml itself (tests/data/kernels/int8_vec_dot.npz, recorded by
+scripts/make_iquant_refs.py --int8-only: ggml-cpu's Q8_1 activation blocks and its vec_dot) and a
+numpy transcription of ggml's integer formula; llama.cpp's own logits on the K-quant test model (its
+CPU backend rounds activations the same way), token by token through the engine.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from gguf.quants import dequantize as oracle_dequantize
 from gguf.quants import quantize as oracle_quantize
 from numba import njit
 
-from llmcli.engine.kernels.int8 import INT8_MATVECS, quantize_activations
+from llmcli.engine.kernels.common import serial_twin
+from llmcli.engine.kernels.int8 import INT8_MATVECS, q8_1_sums_into, quantize_activations
 from llmcli.engine.matmul import QuantizedMatrix, get_activations, matmul, matvec, set_activations
 from llmcli.errors import BadInputError
 from llmcli.gguf.constants import GGMLType
@@ -33,7 +36,9 @@ from llmcli.quants.mixes import QuantizeOptions
 from test_kernels import N_ROWS, random_rows
 
 INT8_TYPES = ["Q8_0", "Q4_0", "Q5_0"]
+AFFINE_TYPES = ["Q4_1", "Q5_1"]  # w = d u + m: Q8_1 activations
 KQ = Path(__file__).parent / "data" / "kq"
+GGML_REFS = Path(__file__).parent / "data" / "kernels" / "int8_vec_dot.npz"
 
 
 @pytest.fixture
@@ -46,6 +51,14 @@ def activations():
 @njit(cache=True)
 def _quantize(x):
     return quantize_activations(x, np.int32(1))
+
+
+@njit  # not cached: numba's cache would not notice a change in the inlined quantizers
+def _quantize_q8_1(x):
+    xq, xd, _ = quantize_activations(x, np.int32(0))
+    xs = np.empty(xd.size, np.float32)
+    q8_1_sums_into(x, xq, xs)
+    return xq, xd, xs
 
 
 def oracle_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +119,81 @@ def test_matvec_equals_integer_reference(type_name, n_cols, activations):
     np.testing.assert_array_equal(matmul(W, np.stack([x, x]))[1], got)
 
 
+def q8_1_records(xq, xd, xs) -> np.ndarray:
+    """Our Q8_1 activation blocks as ggml's block_q8_1 bytes (fp16 d, fp16 s, int8 qs[32]) per block."""
+    halves = [v.astype(np.float16).view(np.uint8).reshape(-1, 2) for v in (xd, xs)]
+    return np.concatenate(halves + [xq.view(np.uint8).reshape(-1, 32)], 1)
+
+
+def affine_terms(type_name: str, raw: np.ndarray, xq, xd, xs) -> tuple[np.ndarray, np.ndarray]:
+    """(ggml's dot, the sum of the magnitudes of its terms) in float64 per row, from its integer
+    formula (ggml_vec_dot_q4_1_q8_1_generic / _q5_1_): sum over blocks b of
+    d_w d_x (u . xq) + m_w s_x, u the nibble (| bit j of qh << 4 for weight j)."""
+    n_blocks = xd.size
+    blocks = raw.reshape(len(raw), n_blocks, -1)
+    d, m = (blocks[..., at:at + 2].copy().view(np.float16)[..., 0].astype(np.float64) for at in (0, 2))
+    qs = blocks[..., -16:].astype(np.int64)
+    u = np.concatenate([qs & 15, qs >> 4], -1)
+    if type_name == "Q5_1":
+        qh = blocks[..., 4:8].copy().view("<u4")[..., 0].astype(np.int64)
+        u |= ((qh[..., None] >> np.arange(32)) & 1) << 4
+    xq = xq.astype(np.int64).reshape(n_blocks, 32)
+    dots, sizes = np.einsum("rbk,bk->rb", u, xq), np.einsum("rbk,bk->rb", u, np.abs(xq))
+    xd, xs = xd.astype(np.float64), xs.astype(np.float64)
+    return (d * xd * dots + m * xs).sum(1), (np.abs(d * xd) * sizes + np.abs(m * xs)).sum(1)
+
+
+@pytest.mark.parametrize("type_name", AFFINE_TYPES)
+def test_q8_1_activation_blocks_are_ggmls(type_name):
+    """Our Q8_1 blocks (codes and d as Q8_0's, s from the unrounded d) are the bytes ggml's vec_dot read."""
+    refs = np.load(GGML_REFS)
+    assert str(refs["vec_dot_type"][list(refs["types"]).index(type_name)]) == "Q8_1"
+    for x, want in zip(refs[f"{type_name}.x"], refs[f"{type_name}.xq"]):
+        np.testing.assert_array_equal(q8_1_records(*_quantize_q8_1(x)), want.reshape(-1, 36))
+
+
+@pytest.mark.parametrize("type_name", AFFINE_TYPES)
+def test_affine_kernels_match_ggml_vec_dot(type_name, activations):
+    """ggml's own dots on ggml-quantized and random rows: the same integer sums, float32 rounding of
+    the scaling and the sums apart (measured: ggml 8.5e-8 / 1.0e-7, ours 6.7e-8 / 6.8e-8 of the terms'
+    magnitude, Q4_1 / Q5_1)."""
+    refs = np.load(GGML_REFS)
+    raw, X, ggml = refs[f"{type_name}.blocks"], refs[f"{type_name}.x"], refs[f"{type_name}.dot"]
+    kernel = INT8_MATVECS[GGMLType[type_name]]
+    blocks = raw.reshape(len(raw), -1, 20 if type_name == "Q4_1" else 24)
+    for t, x in enumerate(X):
+        exact, magnitude = affine_terms(type_name, raw, *_quantize_q8_1(x))
+        assert np.all(np.abs(ggml[t] - exact) <= 1e-6 * magnitude + 1e-30), "oracle"
+        for k in (kernel, serial_twin(kernel)):
+            got = np.full(len(raw), np.nan, np.float32)
+            k(blocks, x.reshape(-1, 2, 16), got)
+            assert np.all(np.abs(got - exact) <= 1e-6 * magnitude + 1e-30), (t, np.max(np.abs(got - exact) / magnitude))
+    assert np.all(ggml[5] == 0)  # the all-zero activation vector
+    activations("int8")
+    W = QuantizedMatrix(raw, GGMLType[type_name], X.shape[1])
+    assert np.all(matvec(W, X[5]) == 0)
+
+
+@pytest.mark.parametrize("type_name", AFFINE_TYPES)
+@pytest.mark.parametrize("n_cols", [32, 64, 96, 160, 640])  # 1, 2, 3, 5, 20 blocks: every tail
+def test_affine_matvec_equals_integer_reference(type_name, n_cols, activations):
+    rng = np.random.default_rng(n_cols + len(type_name))
+    raw = random_rows(type_name, N_ROWS, n_cols, rng)
+    W = QuantizedMatrix(raw, GGMLType[type_name], n_cols)
+    x = rng.standard_normal(n_cols).astype(np.float32)
+    x[:32] *= 40  # blocks of very different scales
+    activations("int8")
+    got = matvec(W, x)
+    exact, magnitude = affine_terms(type_name, raw, *_quantize_q8_1(x))
+    assert np.all(np.abs(got - exact) <= 1e-6 * magnitude), np.max(np.abs(got - exact) / magnitude)
+    # against the float product: off by the activation rounding only (0.1-1 %)
+    weights = oracle_dequantize(raw, gguf.GGMLQuantizationType[type_name]).astype(np.float64)
+    rel = np.linalg.norm(got - weights @ x.astype(np.float64)) / np.linalg.norm(weights @ x.astype(np.float64))
+    assert 1e-4 < rel < 0.03, rel
+    activations("float")
+    assert not np.array_equal(matvec(W, x), got)
+
+
 def test_serial_and_parallel_kernels_agree(activations):
     rng = np.random.default_rng(2)
     raw = random_rows("Q5_0", 300, 640, rng)  # > SERIAL_MATVEC_BYTES: the parallel kernel
@@ -148,7 +236,7 @@ def test_generic_code_without_vnni(tmp_path):
     np.testing.assert_allclose(generic, expected, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("tag", ["Q4_0", "Q8_0", "Q4_K_M", "Q6_K", "Q5_K-pure"])
+@pytest.mark.parametrize("tag", ["Q4_0", "Q8_0", "Q4_K_M", "Q6_K", "Q5_K-pure", "Q5_1", "Q2_K-pure", "Q3_K-pure"])
 def test_decode_logits_follow_llamacpp(tag, tmp_path, activations):
     """Token by token (mat-vecs) on the K-quant test model quantized as `tag` (Q4_0 and Q8_0 files
     hold a Q6_K output matrix, Q4_K_M Q4_K and Q6_K ones): llama.cpp's native logits (8-bit
@@ -172,8 +260,10 @@ def test_decode_logits_follow_llamacpp(tag, tmp_path, activations):
     # nearer on average than float activations (mean |diff| 0.037-0.056 against 0.040-0.094); the
     # maximum over this sensitive model's 38 x 1000 logits is one outlier and may go either way
     assert np.abs(per_mode["int8"] - native).mean() < np.abs(per_mode["float"] - native).mean()
-    # llama.cpp's own native-vs-dequantized argmax agreement on this sensitive model: 87-100 %
-    assert (per_mode["int8"].argmax(1) == native.argmax(1)).mean() >= 0.9
+    # llama.cpp's own native-vs-dequantized argmax agreement on this sensitive model: 86.8-100 %
+    # (Q5_K-pure 33 of 38 tokens); ours 86.8 % on Q3_K-pure (max 0.97 and mean 0.051 against its
+    # own 1.04 and 0.081: the near ties of a random model), 89-100 % on the others
+    assert (per_mode["int8"].argmax(1) == native.argmax(1)).mean() >= 0.865
     # float activations still reproduce the dequantized-f32 run (made with an F32 KV cache, as here;
     # the native run, like ours above, used llama.cpp's default f16 cache)
     activations("float")

@@ -132,10 +132,12 @@ llvm.get_host_cpu_features = _avx2_only
 @pytest.mark.parametrize("setup", list(CPU_SETUPS))
 def test_other_cpus_give_the_same_bits(setup, tmp_path):
     """Every path leaves the same integer in every lane: the same float32 results, bit for bit
-    (IQ4_NL, IQ4_XS, the ternary kernels of kernels/ternary.py, and the other int8 kernels)."""
+    (IQ4_NL, IQ4_XS, the ternary kernels of kernels/ternary.py, and the other int8 kernels; IQ3_*'s
+    grid lookup is vpermi2w here, scalar loads there)."""
     rng = np.random.default_rng(4)
     native = {}
-    for type_name in TYPES + ["TQ1_0", "TQ2_0", "Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K"]:
+    for type_name in TYPES + ["TQ1_0", "TQ2_0", "Q8_0", "Q4_0", "Q5_0", "Q4_1", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                              "Q6_K", "IQ3_XXS", "IQ3_S"]:
         raw = random_matrix(type_name, 512, rng)[:20]
         X = rng.standard_normal((3, 512)).astype(np.float32)
         np.save(tmp_path / f"{type_name}.raw.npy", raw)

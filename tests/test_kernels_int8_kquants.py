@@ -1,10 +1,13 @@
-"""Mat-vecs with 8-bit activations for Q4_K, Q5_K and Q6_K weights (kernels/int8_kquants.py).
+"""Mat-vecs with 8-bit activations for Q2_K, Q3_K, Q4_K, Q5_K and Q6_K weights (kernels/int8_kquants.py).
 
 Oracles: ggml itself (tests/data/kernels/int8_kquant_refs.npz, made by
 scripts/make_int8_kquant_refs.py through ctypes on the reference commit's libggml: its Q8_K
-activation blocks and its ggml_vec_dot_q4_K_q8_K / q5_K_q8_K / q6_K_q8_K results, SIMD and generic C); a numpy
-transcription of ggml's integer formula (exact int64 sums, float64 scaling); and the dequantized
-weights (llmcli's dequantize, byte-exact to ggml's) in float64 for the size of the activation rounding.
+activation blocks and its ggml_vec_dot_q4_K_q8_K / q5_K_q8_K / q6_K_q8_K results, SIMD and generic C;
+tests/data/kernels/int8_vec_dot.npz, made by scripts/make_iquant_refs.py --int8-only through
+scripts/iquant_ref_harness.cpp on the same commit's static libggml: the CPU backend's from_float and
+vec_dot for Q2_K and Q3_K); a numpy transcription of ggml's integer formula (exact int64 sums,
+float64 scaling); and the dequantized weights (llmcli's dequantize, byte-exact to ggml's) in float64
+for the size of the activation rounding.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from llmcli.gguf.constants import GGMLType
 from llmcli.quants import dequantize, quantize
 
 REFS = Path(__file__).parent / "data" / "kernels" / "int8_kquant_refs.npz"
-BLOCK_BYTES = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "IQ4_XS": 136}
-X_GROUP = {"Q4_K": (8, 32), "Q5_K": (8, 32), "Q6_K": (16, 16), "IQ4_XS": (16, 16)}  # the engine's activation views
+HARNESS_REFS = Path(__file__).parent / "data" / "kernels" / "int8_vec_dot.npz"
+BLOCK_BYTES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "IQ4_XS": 136}
+X_GROUP = {"Q2_K": (16, 16), "Q3_K": (16, 16), "Q4_K": (8, 32), "Q5_K": (8, 32), "Q6_K": (16, 16),
+           "IQ4_XS": (16, 16)}  # the engine's activation views
 N_ROWS = 37  # not a multiple of the 16-row tiles
 
 
@@ -79,6 +84,25 @@ def block_terms(type_name: str, raw: np.ndarray, xq, xd, bsums, magnitude=False)
     def f16(lo):
         return fix((blocks[..., lo] | blocks[..., lo + 1] << 8).astype(np.uint16).view(np.float16).astype(np.float64))
 
+    if type_name == "Q2_K":  # weight 128n + 32j + 16h + l = (qs[32n + 16h + l] >> 2j) & 3, sub-block 8n + 2j + h
+        qs = blocks[..., 16:80].reshape(len(raw), nb, 2, 1, 32)
+        u = ((qs >> (2 * np.arange(4))[:, None]) & 3).reshape(len(raw), nb, 16, 16)
+        sc, mn = blocks[..., 0:16] & 15, blocks[..., 0:16] >> 4
+        isum = (sc * np.einsum("rbsl,bsl->rbs", u, xq.reshape(nb, 16, 16))).sum(-1)
+        imin = (mn * bsums).sum(-1)
+        return f16(80) * xd * isum - (-1 if magnitude else 1) * f16(82) * xd * imin
+    if type_name == "Q3_K":  # as Q2_K's, minus 4 where bit 4n + j of hmask[16h + l] is clear
+        qs = blocks[..., 32:96].reshape(len(raw), nb, 2, 1, 32)
+        hm = blocks[..., 0:32].reshape(len(raw), nb, 1, 1, 32)
+        planes = np.arange(4)[:, None]
+        low = (qs >> 2 * planes) & 3
+        high = (hm >> (4 * np.arange(2)[:, None, None] + planes)) & 1
+        w = fix((low - 4 * (1 - high)).reshape(len(raw), nb, 16, 16))
+        b = blocks[..., 96:108]
+        s = np.arange(16)
+        sc = ((b[..., s % 8] >> (4 * (s // 8))) & 15) | ((b[..., 8 + s % 4] >> (2 * (s // 4))) & 3) << 4
+        isum = (fix(sc - 32) * np.einsum("rbsl,bsl->rbs", w, xq.reshape(nb, 16, 16))).sum(-1)
+        return f16(108) * xd * isum
     if type_name in ("Q4_K", "Q5_K"):
         s = blocks[..., 4:16]
         sc = np.concatenate([s[..., 0:4] & 63, (s[..., 8:12] & 15) | (s[..., 0:4] >> 6) << 4], -1)
@@ -164,7 +188,34 @@ def test_matches_ggml_vec_dot(type_name):
         assert got[1] == 0  # the all-zero row
 
 
-@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("type_name", ["Q2_K", "Q3_K"])
+def test_activation_blocks_and_dots_are_ggmls(type_name):
+    """ggml-cpu's from_float (Q8_K) and vec_dot on ggml-quantized rows (with and without importance
+    weights) and random blocks: our activation blocks are its bytes; our dots (parallel kernel, B
+    columns at once, and the serial twin one column at a time) its integer sums to float32 rounding
+    (measured: ggml 4.5e-8 / 4.2e-8, ours 8.9e-8 / 5.1e-8 of the terms' magnitude, Q2_K / Q3_K)."""
+    refs = np.load(HARNESS_REFS)
+    assert str(refs["vec_dot_type"][list(refs["types"]).index(type_name)]) == "Q8_K"
+    raw, X, ggml = refs[f"{type_name}.blocks"], refs[f"{type_name}.x"], refs[f"{type_name}.dot"]
+    n_blocks = X.shape[1] // 256
+    kernel = INT8_KQUANT_MATVECS[GGMLType[type_name]]
+    blocks = raw.reshape(len(raw), n_blocks, BLOCK_BYTES[type_name])
+    columns = np.full(ggml.shape, np.nan, np.float32)
+    kernel(blocks, X, columns)
+    for t, (x, want) in enumerate(zip(X, refs[f"{type_name}.xq"])):
+        q8k = _quantize(x)
+        for got, wanted in zip(q8k, split_q8k(want.reshape(-1, 292))):
+            np.testing.assert_array_equal(got.view(np.uint8), wanted.astype(got.dtype).view(np.uint8))
+        ref = integer_reference(type_name, raw, q8k)
+        assert_close_to_terms(ggml[t], ref, ("oracle", t))
+        assert_close_to_terms(columns[t], ref, t)
+        lone = np.full(len(raw), np.nan, np.float32)
+        serial_twin(kernel)(blocks, x.reshape(n_blocks, *X_GROUP[type_name]), lone)
+        np.testing.assert_array_equal(lone, columns[t])
+    assert np.all(columns[5] == 0) and np.all(ggml[5] == 0)  # the all-zero activation vector
+
+
+@pytest.mark.parametrize("type_name", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
 @pytest.mark.parametrize("n_cols", [256, 768, 2560])  # one super-block, an odd count, the demo's 2560
 def test_matvec_equals_integer_reference(type_name, n_cols):
     rng = np.random.default_rng(n_cols + len(type_name))

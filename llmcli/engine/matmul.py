@@ -8,9 +8,9 @@
     dequantize_rows(W, a, b)   # float32 rows a..b-1 (embedding lookup)
 
 Activations: a mat-vec (token generation, and `matvecs`) rounds x to 8 bits where the weight type
-has an integer kernel (Q8_0, Q4_0, Q5_0, IQ4_NL: kernels/int8.py; Q4_K, Q5_K, Q6_K, IQ4_XS:
-kernels/int8_kquants.py; IQ2_*: kernels/iq2.py; IQ3_*: kernels/iq3.py; IQ1_*: kernels/iq1.py;
-TQ1_0, TQ2_0: kernels/ternary.py), as llama.cpp's CPU backend quantizes activations to Q8_0/Q8_K
+has an integer kernel (Q8_0, Q4_0, Q5_0, Q4_1, Q5_1, IQ4_NL: kernels/int8.py; Q2_K, Q3_K, Q4_K, Q5_K,
+Q6_K, IQ4_XS: kernels/int8_kquants.py; IQ2_*: kernels/iq2.py; IQ3_*: kernels/iq3.py; IQ1_*: kernels/iq1.py;
+TQ1_0, TQ2_0: kernels/ternary.py), as llama.cpp's CPU backend quantizes activations to Q8_0/Q8_1/Q8_K
 blocks; `set_activations("float")`
 keeps float32 activations everywhere (a dequantize-then-float32 reference to rounding error).
 Mat-muls of GEMM_MIN_TOKENS+ tokens (prompt processing) are GEMMs, float32 unless the call asks for

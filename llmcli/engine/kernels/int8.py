@@ -32,6 +32,16 @@ weights go in signed, |w| * sign(xq, w), with 128 * (each lane's xq sum) added t
 else plain vector IR. Every path leaves the same int32 in every lane, so the results are the same
 bits on every CPU (tests/test_kernels_int8_iq4.py runs the AVX2 and generic paths here). On this AMD Zen 3 (AVX2) the AVX2 form made the demo's mat-vecs 3-5x faster.
 
+Q4_1 and Q5_1 (a scale d and a minimum m per block: w = d * u + m) dot with ggml's Q8_1 blocks, as
+`ggml_vec_dot_q4_1_q8_1` / `_q5_1_q8_1`: the same codes and d as the Q8_0 blocks above plus
+s = fp16(d' * sum(xq)), d' = amax / 127 before its fp16 rounding (ggml's x86 `quantize_row_q8_1`),
+so a block adds
+
+    d_w * d_x * (u . xq)   +   m_w * s_x          u = the nibble (| 5th bit << 4), no offset
+
+the first term in the lanes as above (xbias all zero), the second in a <2 x float> accumulator per
+column (one lane per block of the pair), added to the lanes' sum at the end of the row.
+
 Columns (llvm_ir.py): each row dot takes B activation rows, each quantized once per call; a pair of
 weight blocks is decoded once and dotted with every row.
 """
@@ -79,8 +89,15 @@ HAS_PSHUFB_256 = bool(_host_features().get("avx2", False))
 #   q4_0  | d | qs[16] |                        u[j] = qs[j] & 15, u[j+16] = qs[j] >> 4    offset 8
 #   q5_0  | d | qh u32 | qs[16] |               as q4_0, | (bit j of qh) << 4              offset 16
 #   iq4_nl | d | qs[16] |                       u = IQ4_GRID[nibble] + 128 (q4_0's nibbles)  offset 128
-U_MAX = {"q8_0": 255, "q4_0": 15, "q5_0": 31, "iq4_nl": 241}
-CODE_OFFSET = {"q8_0": 128, "q4_0": 8, "q5_0": 16, "iq4_nl": 128}
+#   q4_1  | d | m | qs[16] |                    as q4_0 (w = d u + m: the m term apart)      offset 0
+#   q5_1  | d | m | qh u32 | qs[16] |           as q5_0                                      offset 0
+U_MAX = {"q8_0": 255, "q4_0": 15, "q5_0": 31, "iq4_nl": 241, "q4_1": 15, "q5_1": 31}
+CODE_OFFSET = {"q8_0": 128, "q4_0": 8, "q5_0": 16, "iq4_nl": 128, "q4_1": 0, "q5_1": 0}
+# byte offsets of the nibbles and of the 5th bits (qh) in a block
+QS_AT = {"q4_0": 2, "q5_0": 6, "iq4_nl": 2, "q4_1": 4, "q5_1": 8}
+QH_AT = {"q5_0": 2, "q5_1": 4}
+# kinds with a minimum per block (w = d u + m): the fp16 m sits at byte 2, the activations carry s
+AFFINE_KINDS = ("q4_1", "q5_1")
 # Q8_0's and IQ4_NL's codes reach 255 / 241, too big for vpmaddubsw: on AVX2 they multiply the
 # signed weights (u ^ 0x80) instead.
 SIGNED_Q8_0 = HAS_AVX2
@@ -150,19 +167,19 @@ def _pair_codes(builder, kind, base0, base1):
 
     if kind == "q8_0":
         return builder.xor(both(2, v32i8), const_vector(I8, [0x80] * 64))
-    qs = both(6 if kind == "q5_0" else 2, v16i8)  # <32 x i8>
+    qs = both(QS_AT[kind], v16i8)  # <32 x i8>
     lo = builder.and_(qs, const_vector(I8, [15] * 32))
     hi = builder.and_(builder.lshr(qs, const_vector(I8, [4] * 32)), const_vector(I8, [15] * 32))
     # block k: weights j < 16 = lo[16k + j], weights 16 + j = hi[16k + j]
     order = [i for k in range(2) for i in list(range(16 * k, 16 * k + 16)) + list(range(32 + 16 * k, 32 + 16 * k + 16))]
     u = builder.shuffle_vector(lo, hi, indices(order))
-    if kind == "q4_0":
-        return u
     if kind == "iq4_nl":
         return lookup16(builder, IQ4_CODES, u)
+    if kind not in QH_AT:  # q4_0, q4_1
+        return u
     # 5th bit: weight j of block k is bit j of that block's little-endian u32 qh,
     # i.e. bit (j % 8) of qh byte 4k + j // 8
-    qh = both(2, vector(I8, 4))  # <8 x i8>
+    qh = both(QH_AT[kind], vector(I8, 4))  # <8 x i8>
     spread = builder.shuffle_vector(qh, qh, indices([4 * (i // 32) + (i % 32) // 8 for i in range(64)]))
     bit = builder.and_(spread, const_vector(I8, [1 << (i % 8) for i in range(64)]))
     is_set = builder.icmp_unsigned("!=", bit, ir.Constant(v64i8, [0] * 64))
@@ -204,22 +221,35 @@ def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t
     string; row uint8 (n_blocks * block_bytes,), xq int8 (B, n), xd8 float32 (B, n/4): each
     activation block's scale repeated 8 times, one per int32 lane of its block, xbias int32
     (B, n/4), as made by `quantize_activations_into` / `_int8_rows`, out float32 (B, n_rows)).
+    Q4_1/Q5_1 (AFFINE_KINDS): + m_w(b) * s[t, b], and xbias is s instead: float32 (B, n/32), each
+    Q8_1 block's s (`q8_1_sums_into`; the codes have no offset, so no lane corrections).
     Two blocks per loop trip, decoded once per group of INT8_GROUP columns, each column's float
     accumulator in a register for the whole row, a prefetch PREFETCH_BYTES ahead."""
     if not isinstance(kind, types.StringLiteral) or kind.literal_value not in U_MAX:
         return None
     fmt = kind.literal_value
+    affine = fmt in AFFINE_KINDS
     block_bytes = TYPE_INFO[GGMLType[fmt.upper()]].block_bytes
 
     def codegen(context, builder, signature, args):
         row_v, xq_v, xd_v, xb_v, nb_v, _, out_v, r_v = args[:8]
         tys = signature.args
         v16f, v16i32, v32i8, v64i8 = vector(F32, 16), vector(I32, 16), vector(I8, 32), vector(I8, 64)
-        v8i32, v8f = vector(I32, 8), vector(F32, 8)
+        v8i32, v8f, v2f = vector(I32, 8), vector(F32, 8), vector(F32, 2)
         row_p = builder.bitcast(data_ptr(context, builder, tys[0], row_v), I8.as_pointer())
         nb = as_i64(context, builder, nb_v, tys[4])
         r = as_i64(context, builder, r_v, tys[7])
         zero_f = ir.Constant(v16f, [0.0] * 16)
+        per_column = 2 if affine else 1  # accumulators: the lanes (and the m * s pair)
+
+        def fp16_pair(base0, base1, count, offset):
+            """<2 x float>: the fp16 at `offset` of both blocks (the second 0 for a lone block); both
+            in one i32, widened together (an insert and a conversion per scale kept the shuffle
+            port busy)."""
+            halves_i32 = [builder.zext(load_at(builder, base, i64(offset), I16), I32) for base in (base0, base1)[:count]]
+            pair = halves_i32[0] if count == 1 else builder.or_(halves_i32[0],
+                                                                builder.shl(halves_i32[1], ir.Constant(I32, 16)))
+            return builder.fpext(builder.bitcast(pair, vector(F16, 2)), v2f)
 
         def group(t0, n_cols):
             cols = [builder.add(t0, i64(i)) for i in range(n_cols)]
@@ -235,27 +265,34 @@ def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t
                 base1 = builder.gep(base0, [i64(block_bytes)]) if count == 2 else base0
                 u = _pair_codes(builder, fmt, base0, base1)
                 signed_w = builder.xor(u, const_vector(I8, [0x80] * 64)) if fmt in SIGNED_KINDS else None
-                # [d_w(b)] x 8 ++ [d_w(b+1)] x 8, once for the group's columns: both fp16 scales in one
-                # i32, widened together (an insert and a conversion per scale kept the shuffle port busy)
-                halves_i32 = [builder.zext(load_at(builder, base, i64(0), I16), I32) for base in (base0, base1)[:count]]
-                pair = halves_i32[0] if count == 1 else builder.or_(halves_i32[0],
-                                                                    builder.shl(halves_i32[1], ir.Constant(I32, 16)))
-                d_pair = builder.fpext(builder.bitcast(pair, vector(F16, 2)), vector(F32, 2))
+                # [d_w(b)] x 8 ++ [d_w(b+1)] x 8, once for the group's columns
+                d_pair = fp16_pair(base0, base1, count, 0)
                 d_w16 = builder.shuffle_vector(d_pair, d_pair, indices([0] * 8 + [1] * 8))
+                m_pair = fp16_pair(base0, base1, count, 2) if affine else None
                 new = []
-                for xq_p, xd_p, xb_p, acc in zip(xq_rows, xd_rows, xb_rows, accs):
+                for i, (xq_p, xd_p, xb_p) in enumerate(zip(xq_rows, xd_rows, xb_rows)):
+                    acc = accs[per_column * i]
                     xs = builder.gep(xq_p, [builder.shl(b, i64(5))])
-                    bias_p = builder.gep(xb_p, [builder.shl(b, i64(3))])
                     xd8_p = builder.gep(xd_p, [builder.shl(b, i64(3))])
+                    if affine:  # no lane corrections; s of the pair's blocks
+                        bias = ir.Constant(v16i32, [0] * 16)
+                        s_p = builder.gep(xb_p, [b])
+                        s_pair = (load_at(builder, s_p, i64(0), v2f, align=4) if count == 2 else
+                                  builder.insert_element(ir.Constant(v2f, [0.0, 0.0]), builder.load(s_p),
+                                                         ir.Constant(I32, 0)))
+                    else:
+                        bias_p = builder.gep(xb_p, [builder.shl(b, i64(3))])
                     if count == 2:
                         s = load_at(builder, xs, i64(0), v64i8)
-                        bias = load_at(builder, bias_p, i64(0), v16i32, align=4)
+                        if not affine:
+                            bias = load_at(builder, bias_p, i64(0), v16i32, align=4)
                         x_d = load_at(builder, xd8_p, i64(0), v16f, align=4)
                     else:  # one block: the upper half of each vector zero
                         s = builder.shuffle_vector(load_at(builder, xs, i64(0), v32i8), ir.Constant(v32i8, [0] * 32),
                                                    indices(range(64)))
-                        bias = builder.shuffle_vector(load_at(builder, bias_p, i64(0), v8i32, align=4),
-                                                      ir.Constant(v8i32, [0] * 8), indices(range(16)))
+                        if not affine:
+                            bias = builder.shuffle_vector(load_at(builder, bias_p, i64(0), v8i32, align=4),
+                                                          ir.Constant(v8i32, [0] * 8), indices(range(16)))
                         x_d = builder.shuffle_vector(load_at(builder, xd8_p, i64(0), v8f, align=4),
                                                      ir.Constant(v8f, [0.0] * 8), indices(range(16)))
                     if SIGNED_Q8_0 and fmt in SIGNED_KINDS:  # u > 127: the signed form (xbias has the rest)
@@ -264,6 +301,8 @@ def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t
                         dots = dot_u8_s8(builder, bias, u, s, U_MAX[fmt])
                     scales = builder.fmul(d_w16, x_d)  # d_w(b) * xd(b) per lane, as ggml rounds it
                     new.append(call_fma(builder, builder.sitofp(dots, v16f), scales, acc))
+                    if affine:
+                        new.append(call_fma(builder, m_pair, s_pair, accs[per_column * i + 1]))
                 return new
 
             def pair(i, accs):
@@ -272,9 +311,13 @@ def row_dot_int8(typingctx, row, xq, xd8, xbias, n_blocks, kind, out, r, t0, n_t
                     emit_prefetch(builder, builder.gep(row_p, [builder.mul(b0, i64(block_bytes))]), PREFETCH_BYTES)
                 return blocks_step(b0, 2, accs)
 
-            totals = carried_loop(builder, "row_dot_int8", builder.ashr(nb, i64(1)), [zero_f] * n_cols, pair)
+            inits = [zero_f, ir.Constant(v2f, [0.0, 0.0])][:per_column] * n_cols
+            totals = carried_loop(builder, "row_dot_int8", builder.ashr(nb, i64(1)), inits, pair)
             totals = if_odd(builder, nb, totals, lambda accs: blocks_step(builder.sub(nb, i64(1)), 1, accs))
-            store_columns(context, builder, tys[6], out_v, r, t0, [float_tree_sum(builder, v) for v in totals])
+            sums = [float_tree_sum(builder, totals[per_column * i]) for i in range(n_cols)]
+            if affine:  # the lanes' sum + the m * s terms
+                sums = [builder.fadd(v, float_tree_sum(builder, totals[2 * i + 1])) for i, v in enumerate(sums)]
+            store_columns(context, builder, tys[6], out_v, r, t0, sums)
 
         column_groups(context, builder, (tys[8], args[8]), (tys[9], args[9]), INT8_GROUP, group)
         return context.get_dummy_value()
@@ -309,13 +352,33 @@ def _signed_form(kind):
     return None
 
 
+def affine_kind(kind):
+    """Whether `kind` (a literal) is one of AFFINE_KINDS (Q8_1 activations with their s), inside njit."""
+    raise NotImplementedError("affine_kind is only available in numba-compiled code")
+
+
+@overload(affine_kind, inline="always")
+def _affine_kind(kind):
+    if isinstance(kind, types.StringLiteral):
+        affine = kind.literal_value in AFFINE_KINDS
+        return lambda kind: affine
+    return None
+
+
+@njit(inline="always")
+def _block_abs_max(x, first):
+    """max |x[first:first + 32]| as ggml's x86 quantizers take it (0 for an all-zero block)."""
+    amax = np.float32(0.0)
+    for k in range(32):
+        amax = max(amax, abs(x[first + k]))
+    return amax
+
+
 @njit(inline="always")
 def activation_block_scale(x, first):
     """ggml's x86 quantize_row_q8_0 for the block x[first:first + 32]: (d, the scale rounded to
     fp16 as float32, and the multiplier 127 / amax that makes the codes)."""
-    amax = np.float32(0.0)
-    for k in range(32):
-        amax = max(amax, abs(x[first + k]))
+    amax = _block_abs_max(x, first)
     inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
     return fp32_round_fp16(amax / np.float32(127.0)), inv
 
@@ -351,6 +414,18 @@ def quantize_activations_into(x, xq, xd, xbias, offset, signed_form):
 
 
 @njit(inline="always")
+def q8_1_sums_into(x, xq, xs):
+    """xs float32 (n,): the s of ggml's x86 quantize_row_q8_1 for each block of x (32 n,) whose
+    codes `quantize_activations_into` put in xq: fp16(d' * sum(xq of the block)) with d' = amax / 127
+    in float32 (not the fp16-rounded d), the sum an exact integer converted to float."""
+    for b in range(x.size // 32):
+        total = np.int32(0)
+        for k in range(32):
+            total += xq[32 * b + k]
+        xs[b] = fp32_round_fp16(_block_abs_max(x, 32 * b) / np.float32(127.0) * np.float32(total))
+
+
+@njit(inline="always")
 def quantize_activations(x, offset):
     """`quantize_activations_into` with new arrays: (xq, xd, xbias) of one activation row x."""
     xq = np.empty(x.size, np.int8)
@@ -362,8 +437,9 @@ def quantize_activations(x, offset):
 
 @njit(inline="always")
 def _int8_rows(blocks, x, out, block_bytes, kind):
-    """The Q8_0/Q4_0/Q5_0/IQ4_NL kernels: each activation row quantized once, then every weight row
-    dotted with all of them (`row_dot_int8`)."""
+    """The Q8_0/Q4_0/Q5_0/IQ4_NL/Q4_1/Q5_1 kernels: each activation row quantized once (Q4_1, Q5_1:
+    as Q8_1 blocks, their s in place of the unused xbias), then every weight row dotted with all of
+    them (`row_dot_int8`)."""
     X, Y = columns(x, out)
     n_t, n = X.shape
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
@@ -371,15 +447,33 @@ def _int8_rows(blocks, x, out, block_bytes, kind):
     xq = np.empty((n_t, n), np.int8)
     xd = np.empty((n_t, n // 32), np.float32)
     xbias = np.empty((n_t, n // 4), np.int32)
+    xs = np.empty((n_t, n // 32 if affine_kind(kind) else 0), np.float32)
     xd8 = np.empty((n_t, n // 4), np.float32)  # each block's scale once per int32 lane of it
     for t in range(n_t):
         quantize_activations_into(X[t], xq[t], xd[t], xbias[t], code_offset(kind), signed_form(kind))
+        if affine_kind(kind):
+            q8_1_sums_into(X[t], xq[t], xs[t])
         for k in range(n // 4):
             xd8[t, k] = xd[t, k // 8]
+    terms = lane_terms(kind, xbias, xs)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
             for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot_int8(flat[r], xq, xd8, xbias, n_blocks, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+                row_dot_int8(flat[r], xq, xd8, terms, n_blocks, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+
+
+def lane_terms(kind, xbias, xs):
+    """What `row_dot_int8` takes as its xbias for a literal kind: xs for AFFINE_KINDS, else xbias."""
+    raise NotImplementedError("lane_terms is only available in numba-compiled code")
+
+
+@overload(lane_terms, inline="always")
+def _lane_terms(kind, xbias, xs):
+    if isinstance(kind, types.StringLiteral):
+        if kind.literal_value in AFFINE_KINDS:
+            return lambda kind, xbias, xs: xs
+        return lambda kind, xbias, xs: xbias
+    return None
 
 
 # One kernel per weight type: `kind` must be a literal for the intrinsic, and numba caches by function.
@@ -403,9 +497,21 @@ def matvec_iq4_nl_int8(blocks, x, out):
     _int8_rows(blocks, x, out, 18, "iq4_nl")
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def matvec_q4_1_int8(blocks, x, out):
+    _int8_rows(blocks, x, out, 20, "q4_1")
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def matvec_q5_1_int8(blocks, x, out):
+    _int8_rows(blocks, x, out, 24, "q5_1")
+
+
 INT8_MATVECS = {
     GGMLType.Q8_0: matvec_q8_0_int8,
     GGMLType.Q4_0: matvec_q4_0_int8,
     GGMLType.Q5_0: matvec_q5_0_int8,
     GGMLType.IQ4_NL: matvec_iq4_nl_int8,
+    GGMLType.Q4_1: matvec_q4_1_int8,
+    GGMLType.Q5_1: matvec_q5_1_int8,
 }

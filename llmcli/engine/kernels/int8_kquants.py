@@ -1,8 +1,8 @@
-"""Mat-vec with 8-bit activations for Q4_K, Q5_K, Q6_K and IQ4_XS weights, llama.cpp's Q8_K path: x is
-quantized once per call to ggml's Q8_K activation blocks and every weight super-block is dotted with
-them in integers (`vpdpbusd`, see int8.py), as ggml's `ggml_vec_dot_q4_K_q8_K` / `_q5_K_q8_K` /
-`_q6_K_q8_K` / `_iq4_xs_q8_K`. Same signature as kquants.matvec_q4_k / matvec_q5_k / matvec_q6_k /
-matvec_iq4_xs; `INT8_KQUANT_MATVECS` maps type -> kernel.
+"""Mat-vec with 8-bit activations for Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and IQ4_XS weights, llama.cpp's Q8_K
+path: x is quantized once per call to ggml's Q8_K activation blocks and every weight super-block is
+dotted with them in integers (`vpdpbusd`, see int8.py), as ggml's `ggml_vec_dot_q2_K_q8_K` /
+`_q3_K_q8_K` / `_q4_K_q8_K` / `_q5_K_q8_K` / `_q6_K_q8_K` / `_iq4_xs_q8_K`. Same signature as
+kquants.matvec_q2_k ... matvec_q6_k / matvec_iq4_xs; `INT8_KQUANT_MATVECS` maps type -> kernel.
 
 Activation blocks (ggml's `quantize_row_q8_K_ref`, which its x86 backend calls, bit for bit):
 
@@ -13,6 +13,10 @@ Activation blocks (ggml's `quantize_row_q8_K_ref`, which its x86 backend calls, 
 
 Per super-block b, with the integer sums exactly as ggml's generic C code defines them:
 
+    Q2_K:  d_x * d * sum_s sc_s * (u_s . xq_s)  -  d_x * dmin * sum_s m_s * bsums_s
+           u = the 2-bit code 0..3, s < 16 sub-blocks of 16
+    Q3_K:  d_x * d * sum_s (sc_s - 32) * ((u_s . xq_s) - 4 * bsums_s)
+           u = 2 low bits | hmask bit << 2, 0..7 (weight u - 4), s < 16 sub-blocks of 16
     Q4_K:  d_x * d * sum_s sc_s * (u_s . xq_s)  -  d_x * dmin * sum_s m_s * (bsums over sub-block s)
            u = the nibble 0..15 (unsigned, as vpdpbusd wants), s < 8 sub-blocks of 32
     Q5_K:  the same, u = nibble | 5th bit << 4, 0..31
@@ -415,19 +419,142 @@ def _iq4_xs_codegen(context, builder, signature, args):
     return context.get_dummy_value()
 
 
+# ---------------------------------------------------------------------------------------------
+# Q2_K: 84 bytes, 256 weights in 16 sub-blocks of 16 (kquants.py has the float kernel)
+#   byte 0             16                          80    82     84
+#        | scales[16]  | qs[64]                    | d   | dmin |
+#   scales[s]: low nibble sc_s, high nibble m_s; sub-block s = 8n + 2j + h, its weight l < 16:
+#        u = (qs[32n + 16h + l] >> 2j) & 3  (0..3)          w = d sc_s u - dmin m_s
+#
+# Q3_K: 110 bytes, 256 weights in 16 sub-blocks of 16
+#   byte 0           32                 96           108  110
+#        | hmask[32] | qs[64]           | scales[12] | d  |
+#        u = (qs[32n + 16h + l] >> 2j) & 3 | (bit 4n + j of hmask[16h + l]) << 2  (0..7)
+#        w = d (sc_s - 32) (u - 4),   sc_s 6 bits (`q3_k_scales`, as quants.kquants.q3_k_scale)
+#
+# One int32 lane per sub-block: zmm k < 4 holds weights 4k .. 4k+3 of every sub-block, lane s =
+# sub-block s, whose 4 bytes are qs dword 8n + 4h + k shifted right by 2j (vpermd, vpsrlvd, & 3s):
+#
+#       lane (sub-block s)   0    1    2    3    4    5    6    7    8    9   ...  15
+#       qs dword             k   4+k   k   4+k   k   4+k   k   4+k  8+k 12+k  ... 12+k
+#       shift 2j             0    0    2    2    4    4    6    6    0    0   ...   6
+#   Q3_K:  | 4 where bit 4n + j of the bytes of hmask dword 4h + k is set (vptestmb, masked or)
+#   . xq interleaved the same way (`interleave_for_q2_k`: dword 16k + s <- dword 4s + k)
+#   -> four vpdpbusd into one accumulator whose lane s is u_s . xq_s, exact; then per block
+#   Q2_K:  acc += float(iacc * sc) * (d_w d_x),  acc_m += float(m * bsums) * (dmin_w d_x);  out = acc - acc_m
+#   Q3_K:  iacc starts at -4 * bsums (w = u - 4);   acc += float(iacc * (sc - 32)) * (d_w d_x)
+#   (ggml's integer sums per super-block, `ggml_vec_dot_q2_K_q8_K` / `_q3_K_q8_K`; |lane| < 2^24)
+# ---------------------------------------------------------------------------------------------
+def q3_k_scales(builder, base, offset):
+    """The 16 signed scales sc_s - 32 of the Q3_K block at `base` (i8*; the 12 scale bytes at
+    `offset`), <16 x i32>: low 4 bits of s from byte s % 8 (low nibble for s < 8, high after),
+    top 2 bits from byte 8 + s % 4 at bit 2 (s // 4)."""
+    packed = builder.zext(load_at(builder, base, i64(offset), vector(I8, 12)), vector(I32, 12))
+    undef = ir.Constant(packed.type, ir.Undefined)
+    low = builder.and_(builder.lshr(builder.shuffle_vector(packed, undef, indices([s % 8 for s in range(16)])),
+                                    const_vector(I32, [0] * 8 + [4] * 8)), const_vector(I32, [15] * 16))
+    top = builder.and_(builder.lshr(builder.shuffle_vector(packed, undef, indices([8 + s % 4 for s in range(16)])),
+                                    const_vector(I32, [2 * (s // 4) for s in range(16)])), const_vector(I32, [3] * 16))
+    return builder.sub(builder.or_(low, builder.shl(top, const_vector(I32, [4] * 16))), const_vector(I32, [32] * 16))
+
+
+def _q2_k_codes(builder, base, qs_offset, hmask_offset):
+    """The four <64 x i8> code vectors of a Q2_K (hmask_offset None) or Q3_K block (diagram above)."""
+    v16i32, v64i8 = vector(I32, 16), vector(I8, 64)
+    qs = load_at(builder, base, i64(qs_offset), v16i32)
+    undef = ir.Constant(v16i32, ir.Undefined)
+    shifts = const_vector(I32, [2 * ((s >> 1) & 3) for s in range(16)])
+    two_bits = const_vector(I32, [0x03030303] * 16)
+    if hmask_offset is not None:
+        hmask = load_at(builder, base, i64(hmask_offset), vector(I32, 8))
+        # byte i of lane s tests bit 4n + j (as a signed byte: bit 7 is -128)
+        bit = [1 << (4 * (s >> 3) + ((s >> 1) & 3)) for s in range(16) for _ in range(4)]
+        bit = const_vector(I8, [b - 256 if b > 127 else b for b in bit])
+        zero, four = ir.Constant(v64i8, [0] * 64), ir.Constant(v64i8, [4] * 64)
+    codes = []
+    for k in range(4):
+        picked = builder.shuffle_vector(qs, undef, indices([8 * (s >> 3) + 4 * (s & 1) + k for s in range(16)]))
+        u = builder.bitcast(builder.and_(builder.lshr(picked, shifts), two_bits), v64i8)
+        if hmask_offset is not None:
+            high = builder.bitcast(builder.shuffle_vector(hmask, ir.Constant(hmask.type, ir.Undefined),
+                                                          indices([4 * (s & 1) + k for s in range(16)])), v64i8)
+            has_bit = builder.icmp_unsigned("!=", builder.and_(high, bit), zero)
+            u = builder.or_(u, builder.select(has_bit, four, zero))
+        codes.append(u)
+    return codes
+
+
+def _q2_k_codegen(context, builder, signature, args):
+    """Code for a Q2_K row (xq in `interleave_for_q2_k`'s order, bsums per 16 as Q8_K has them)."""
+    v16i32, v16f = vector(I32, 16), vector(F32, 16)
+
+    def body(blk, base, cols, accs):
+        codes = _q2_k_codes(builder, base, 16, None)
+        packed = builder.zext(load_at(builder, base, i64(0), vector(I8, 16)), v16i32)
+        scales = builder.and_(packed, const_vector(I32, [15] * 16))
+        mins = builder.lshr(packed, const_vector(I32, [4] * 16))
+        d_w, dmin_w = load_half(builder, base, 80), load_half(builder, base, 82)
+        new = []
+        for col, acc, acc_min in zip(cols, accs[0::2], accs[1::2]):
+            xs = builder.gep(col.xq, [builder.mul(blk, i64(QK_K))])
+            iacc = ir.Constant(v16i32, [0] * 16)
+            for k, u in enumerate(codes):
+                iacc = dot_u8_s8(builder, iacc, u, load_at(builder, xs, i64(64 * k), vector(I8, 64)), 3)
+            iacc = builder.mul(iacc, scales)
+            bs = load_at(builder, col.bsums, builder.mul(blk, i64(16)), v16i32, align=4)
+            xd = builder.load(builder.gep(col.xd, [blk]))
+            d, dmin = builder.fmul(d_w, xd), builder.fmul(dmin_w, xd)
+            new.append(call_fma(builder, builder.sitofp(iacc, v16f), splat(builder, d, 16), acc))
+            new.append(call_fma(builder, builder.sitofp(builder.mul(mins, bs), v16f), splat(builder, dmin, 16),
+                                acc_min))
+        return new
+
+    row_of_blocks(context, builder, signature, args, name="q2k_int8", block_bytes=84, prefetch_lines=2,
+                   inits=[ir.Constant(v16f, [0.0] * 16)] * 2, body=body,
+                   finish=lambda accs: builder.fsub(float_tree_sum(builder, accs[0]), float_tree_sum(builder, accs[1])))
+    return context.get_dummy_value()
+
+
+def _q3_k_codegen(context, builder, signature, args):
+    """Code for a Q3_K row (xq in `interleave_for_q2_k`'s order, bsums per 16 as Q8_K has them)."""
+    v16i32, v16f = vector(I32, 16), vector(F32, 16)
+
+    def body(blk, base, cols, accs):
+        codes = _q2_k_codes(builder, base, 32, 0)
+        scales = q3_k_scales(builder, base, 96)
+        d_w = load_half(builder, base, 108)
+        new = []
+        for col, acc in zip(cols, accs):
+            xs = builder.gep(col.xq, [builder.mul(blk, i64(QK_K))])
+            bs = load_at(builder, col.bsums, builder.mul(blk, i64(16)), v16i32, align=4)
+            iacc = builder.sub(ir.Constant(v16i32, [0] * 16), builder.shl(bs, const_vector(I32, [2] * 16)))
+            for k, u in enumerate(codes):
+                iacc = dot_u8_s8(builder, iacc, u, load_at(builder, xs, i64(64 * k), vector(I8, 64)), 7)
+            iacc = builder.mul(iacc, scales)
+            d = builder.fmul(d_w, builder.load(builder.gep(col.xd, [blk])))
+            new.append(call_fma(builder, builder.sitofp(iacc, v16f), splat(builder, d, 16), acc))
+        return new
+
+    row_of_blocks(context, builder, signature, args, name="q3k_int8", block_bytes=110, prefetch_lines=2,
+                   inits=[ir.Constant(v16f, [0.0] * 16)], body=body,
+                   finish=lambda accs: float_tree_sum(builder, accs[0]))
+    return context.get_dummy_value()
+
+
 ROW_CODEGEN = {
     "q4_k": _q4_k_like_codegen(144, 16, None, "q4k_int8"),
     "q5_k": _q4_k_like_codegen(176, 48, 16, "q5k_int8"),
     "q6_k": _q6_k_codegen,
     "iq4_xs": _iq4_xs_codegen,
+    "q2_k": _q2_k_codegen,
+    "q3_k": _q3_k_codegen,
 }
 
 
 @intrinsic
 def row_dot_k_int8(typingctx, row, xq, xd, bsums, n_blocks, kind, out, r, t0, n_t):
-    """One row of Q4_K, Q5_K, Q6_K or IQ4_XS super-blocks (`kind` a literal "q4_k" | "q5_k" | "q6_k" |
-    "iq4_xs"; row
-    uint8 (n_blocks * block bytes,)) dotted with every column's Q8_K activation blocks (xq int8
+    """One row of Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS super-blocks (`kind` a literal, a key of
+    ROW_CODEGEN; row uint8 (n_blocks * block bytes,)) dotted with every column's Q8_K activation blocks (xq int8
     (B, n), xd float32 (B, n/256), bsums int32 from `quantize_q8_k_into`, as each kind's diagram
     above reads them), stored as float32 to out[t, r] (out (B, n_rows))."""
     arrays_ok = all(isinstance(a, types.Array) for a in (row, xq, xd, bsums)) and isinstance(n_blocks, types.Integer)
@@ -437,16 +564,30 @@ def row_dot_k_int8(typingctx, row, xq, xd, bsums, n_blocks, kind, out, r, t0, n_
 
 
 @njit(inline="always")
-def interleave_for_q4_k(xq):
-    """xq in the order the Q4_K/Q5_K rows read it: per block, zmm k < 4 = for each sub-block
-    s < 8 its bytes 8k .. 8k+7, i.e. 8-byte word 8k + s <- word 4s + k."""
-    words = xq.view(np.int64)
+def _interleave_words(words, per_block):
+    """Per 256-value block of `per_block` words (4 per sub-block): word (per_block / 4) k + s <- word
+    4s + k, so that word k of every sub-block sits in one run (one zmm per k)."""
+    subs = per_block // 4
     out = np.empty_like(words)
-    for b in range(words.size // 32):
+    for b in range(words.size // per_block):
         for k in range(4):
-            for s in range(8):
-                out[32 * b + 8 * k + s] = words[32 * b + 4 * s + k]
-    return out.view(np.int8)
+            for s in range(subs):
+                out[per_block * b + subs * k + s] = words[per_block * b + 4 * s + k]
+    return out
+
+
+@njit(inline="always")
+def interleave_for_q4_k(xq):
+    """xq in the order the Q4_K/Q5_K/IQ4_XS rows read it: per block, zmm k < 4 = for each sub-block
+    s < 8 its bytes 8k .. 8k+7, i.e. 8-byte word 8k + s <- word 4s + k."""
+    return _interleave_words(xq.view(np.int64), 32).view(np.int8)
+
+
+@njit(inline="always")
+def interleave_for_q2_k(xq):
+    """xq in the order the Q2_K/Q3_K rows read it: per block, zmm k < 4 = for each sub-block s < 16
+    its bytes 4k .. 4k+3, i.e. 4-byte word 16k + s <- word 4s + k."""
+    return _interleave_words(xq.view(np.int32), 64).view(np.int8)
 
 
 @njit(inline="always")
@@ -459,18 +600,20 @@ def sub_block_sums(bsums):
 
 
 @njit(inline="always")
-def q8_k_columns(X, interleave, per_32):
+def q8_k_columns(X, word_bytes, per_32):
     """Each activation row of X (B, n) as Q8_K blocks: (xq int8 (B, n), xd float32 (B, n/256),
-    sums int32 (B, n/16), or (B, n/32) with per_32); xq in `interleave_for_q4_k`'s order if asked."""
+    sums int32 (B, n/16), or (B, n/32) with per_32); xq in `interleave_for_q4_k`'s order
+    (word_bytes 8) or `interleave_for_q2_k`'s (4), or as is (0). The sums are of the blocks in
+    their natural order."""
     n_t, n = X.shape
     xq = np.empty((n_t, n), np.int8)
     xd = np.empty((n_t, n // QK_K), np.float32)
     bsums = np.empty((n_t, n // 16), np.int32)
     for t in range(n_t):
         quantize_q8_k_into(X[t], xq[t], xd[t], bsums[t], n // QK_K)
-    if interleave:
+    if word_bytes:
         for t in range(n_t):
-            row = interleave_for_q4_k(xq[t])
+            row = interleave_for_q4_k(xq[t]) if word_bytes == 8 else interleave_for_q2_k(xq[t])
             for k in range(n):  # a loop: `xq[t] = row` would be a parallel region of its own
                 xq[t, k] = row[k]
     if per_32:
@@ -497,14 +640,15 @@ def lane_sums(xq):
 
 
 @njit(inline="always")
-def _k_int8_rows(blocks, x, out, block_bytes, kind, q4_k_like):
-    """The Q4_K/Q5_K/Q6_K/IQ4_XS kernels: each activation row quantized once to Q8_K blocks (for Q4_K,
-    Q5_K and IQ4_XS, `q4_k_like`, xq interleaved; sums per 32 values, IQ4_XS its `lane_sums`), then
-    every weight row dotted with all of them (`row_dot_k_int8`)."""
+def _k_int8_rows(blocks, x, out, block_bytes, kind, word_bytes):
+    """The Q2_K/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_XS kernels: each activation row quantized once to Q8_K blocks
+    (xq interleaved in words of `word_bytes`: 8 for Q4_K, Q5_K and IQ4_XS, with sums per 32 values,
+    IQ4_XS its `lane_sums`; 4 for Q2_K and Q3_K; 0 for Q6_K), then every weight row dotted with all
+    of them (`row_dot_k_int8`)."""
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * block_bytes)
-    xq, xd, sums = q8_k_columns(X, q4_k_like, q4_k_like and kind != "iq4_xs")
+    xq, xd, sums = q8_k_columns(X, word_bytes, word_bytes == 8 and kind != "iq4_xs")
     if kind == "iq4_xs":
         sums = lane_sums(xq)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
@@ -513,30 +657,43 @@ def _k_int8_rows(blocks, x, out, block_bytes, kind, q4_k_like):
                 row_dot_k_int8(flat[r], xq, xd, sums, n_blocks, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
 
 
-# Same signature as kquants.matvec_q4_k / matvec_q5_k / matvec_q6_k: blocks uint8 (rows, n_blocks, 144 |
-# 176 | 210), x float32 (n_blocks, 8, 32) | (n_blocks, 8, 32) | (n_blocks, 16, 16), out float32 (rows,).
+# Same signature as kquants.matvec_q2_k / ... / matvec_q6_k: blocks uint8 (rows, n_blocks, 84 | 110 | 144 |
+# 176 | 210), x float32 (n_blocks, 16, 16) | (n_blocks, 16, 16) | (n_blocks, 8, 32) | (n_blocks, 8, 32) |
+# (n_blocks, 16, 16), out float32 (rows,).
+@njit(parallel=True, cache=True, nogil=True)
+def matvec_q2_k_int8(blocks, x, out):
+    _k_int8_rows(blocks, x, out, 84, "q2_k", 4)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def matvec_q3_k_int8(blocks, x, out):
+    _k_int8_rows(blocks, x, out, 110, "q3_k", 4)
+
+
 # One kernel per weight type: `kind` must be a literal for the intrinsic, and numba caches by function.
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q4_k_int8(blocks, x, out):
-    _k_int8_rows(blocks, x, out, 144, "q4_k", True)
+    _k_int8_rows(blocks, x, out, 144, "q4_k", 8)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_k_int8(blocks, x, out):
-    _k_int8_rows(blocks, x, out, 176, "q5_k", True)
+    _k_int8_rows(blocks, x, out, 176, "q5_k", 8)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q6_k_int8(blocks, x, out):
-    _k_int8_rows(blocks, x, out, 210, "q6_k", False)
+    _k_int8_rows(blocks, x, out, 210, "q6_k", 0)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq4_xs_int8(blocks, x, out):  # x float32 (n_blocks, 16, 16), as kquants.matvec_iq4_xs
-    _k_int8_rows(blocks, x, out, 136, "iq4_xs", True)
+    _k_int8_rows(blocks, x, out, 136, "iq4_xs", 8)
 
 
 INT8_KQUANT_MATVECS = {
+    GGMLType.Q2_K: matvec_q2_k_int8,
+    GGMLType.Q3_K: matvec_q3_k_int8,
     GGMLType.Q4_K: matvec_q4_k_int8,
     GGMLType.Q5_K: matvec_q5_k_int8,
     GGMLType.Q6_K: matvec_q6_k_int8,

@@ -145,7 +145,7 @@ def _iq1_int8_rows(blocks, x, out, m_type):
     X, Y = columns(x, out)
     n_t = X.shape[0]
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    xq, xd, _ = q8_k_columns(X, False, False)
+    xq, xd, _ = q8_k_columns(X, 0, False)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         acc = np.empty(n_t, np.float32)
         grid_values = np.empty(32, np.uint64)

@@ -285,7 +285,7 @@ def _iq2_int8_rows(blocks, x, out, block_bytes, kind, grid):
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * block_bytes)
-    xq, xd, bsums = q8_k_columns(X, False, False)
+    xq, xd, bsums = q8_k_columns(X, 0, False)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
             for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):

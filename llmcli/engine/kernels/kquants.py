@@ -1,6 +1,6 @@
 """Mat-vec kernels for the 256-weight super-block formats: Q2_K, Q3_K, Q4_K, Q5_K,
 Q6_K and IQ4_XS (ggml-common.h block structs, dequantize_row_* in ggml-quants.c), with float32 activations;
-token generation multiplies Q4_K, Q5_K and Q6_K with 8-bit activations in int8_kquants.py.
+token generation multiplies all of them with 8-bit activations in int8_kquants.py.
 
 Same "lanes" shape as legacy.py, except Q4_K and Q6_K (the demo model's layers), whose rows each
 run as one explicit vector loop with the accumulators in registers (`simd.row_dot_q4_k`,

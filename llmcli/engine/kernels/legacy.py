@@ -2,8 +2,8 @@
 IQ4_NL (ggml-common.h block structs, dequantize_row_* in ggml-quants.c).
 
 Float32 activations here (prompt GEMM tiles are decoded by the codecs' dequantizers, quants/; the
-mat-vecs serve types without an int8 kernel and `set_activations("float")`); token generation multiplies
-Q8_0/Q4_0/Q5_0 with 8-bit activations in int8.py. Q8_0, Q4_0 and Q5_0 (the demo model's output
+mat-vecs serve `set_activations("float")`); token generation multiplies all of them with 8-bit
+activations in int8.py. Q8_0, Q4_0 and Q5_0 (the demo model's output
 and most of its layers) run each row as one explicit vector loop (`simd.row_dot`); Q4_1 and Q5_1
 use the "lanes" shape of common.py with `simd.fma_lanes` as the step; IQ4_NL keeps a plain loop
 (a table lookup per lane).

@@ -228,7 +228,7 @@ def _ternary_int8_rows(blocks, x, out, block_bytes, kind):
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     flat = blocks.reshape(n_rows, n_blocks * block_bytes)
-    xq, xd, _ = q8_k_columns(X, False, False)
+    xq, xd, _ = q8_k_columns(X, 0, False)
     bsums = lane_sums(xq)
     for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
         for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
