@@ -33,6 +33,7 @@ GROUP_MAX_EPS = F32(1e-15)       # below this a group counts as all zero
 ZERO = F32(0.0)
 ONE = F32(1.0)
 TENTH = F32(0.1)
+FLT_MAX = F32(3.4028234663852886e38)
 
 JIT = dict(cache=True, error_model="numpy")
 
@@ -42,6 +43,53 @@ def nearest_int(fval):
     """ggml's nearest_int: the int32 nearest to float32 fval, ties to even."""
     bits = f32_bits(fval + MAGIC)
     return np.int32(np.int32(bits & np.uint32(0x007FFFFF)) - np.int32(0x00400000))  # stay int32
+
+
+@njit(inline="always")
+def max_value(v, n):
+    """ggml's running MAX(max, v[i]) over v[0:n], starting from v[0] (a NaN is kept only until a
+    later value, as in C)."""
+    m = v[0]
+    for i in range(1, n):
+        m = m if m > v[i] else v[i]
+    return m
+
+
+@njit(inline="always")
+def max_abs(v):
+    """ggml's running MAX(amax, fabsf(v[i])) over all of v (from 0 or from |v[0]|: the same)."""
+    m = abs(v[0])
+    for i in range(1, v.shape[0]):
+        a = abs(v[i])
+        m = m if m > a else a
+    return m
+
+
+@njit(inline="always")
+def max_magnitude(v):
+    """(the largest |v[i]|, the first v[i] of that magnitude, sign kept), as ggml looks for a
+    block's extreme value (0, 0 when no |v[i]| exceeds 0, e.g. all zero or NaN)."""
+    amax = ZERO
+    vmax = ZERO
+    for i in range(v.shape[0]):
+        a = abs(v[i])
+        if a > amax:
+            amax = a
+            vmax = v[i]
+    return amax, vmax
+
+
+@njit(inline="always")
+def min_max(v):
+    """(min, max) of v as ggml's `if (v < min) min = v; if (v > max) max = v;` from +-FLT_MAX."""
+    vmin = FLT_MAX
+    vmax = -FLT_MAX
+    for i in range(v.shape[0]):
+        if v[i] < vmin:
+            vmin = v[i]
+        if v[i] > vmax:
+            vmax = v[i]
+    return vmin, vmax
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from numba import njit, prange
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .half import f32_bits, f32_from_bits, fp32_to_fp16, read_fp16
 from .kquant_search import (F32, GROUP_MAX_EPS, ONE, ZERO, make_q3_quants_rmse_lanes,
-                            make_qkx2_quants_lanes, make_qp_quants, make_qx_quants_lanes, nearest_int)
+                            make_qkx2_quants_lanes, make_qp_quants, make_qx_quants_lanes, max_magnitude,
+                            nearest_int)
 from .legacy import read_u32
 from .registry import Codec, Decoder, register
 
@@ -293,13 +294,7 @@ def _quantize_block_q3_k(x, qw, out, L, scratch):
     else:
         # levels by make_q3_quants; 6-bit scales relative to the largest (sign kept) as -32
         make_q3_quants_rmse_lanes(xT, 4, levels, scales, st)
-        max_scale = ZERO
-        amax = ZERO
-        for j in range(16):
-            a = abs(scales[j])
-            if a > amax:
-                amax = a
-                max_scale = scales[j]
+        max_scale = max_magnitude(scales)[1]
         d_block = ZERO
         for j in range(16):
             Ls[j] = 0
@@ -604,16 +599,10 @@ def _quantize_block_q6_k(x, qw, out, L, xT, wT, levels, laux, st, scales):
             xT[i, j] = v
             wT[i, j] = qw[16 * j + i] if weighted else v * v
     make_qx_quants_lanes(xT, wT, 32, levels, scales, laux, st)   # 16 sub-blocks side by side
-    max_scale = ZERO
-    max_abs_scale = ZERO
     for j in range(16):
         for i in range(16):
             L[16 * j + i] = levels[i, j]
-        s = scales[j]
-        a = abs(s)
-        if a > max_abs_scale:
-            max_abs_scale = a
-            max_scale = s
+    max_abs_scale, max_scale = max_magnitude(scales)
     if max_abs_scale < GROUP_MAX_EPS:
         for i in range(210):
             out[i] = 0

@@ -27,11 +27,10 @@ from numba import njit, prange
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .floats import ggml_fp32_to_fp16
 from .half import read_fp16
-from .kquant_search import make_qkx2_quants_lanes, make_qx_quants_lanes
+from .kquant_search import make_qkx2_quants_lanes, make_qx_quants_lanes, max_abs, max_magnitude, min_max
 from .registry import Codec, Decoder, register
 
 QK = 32  # weights per block in every legacy format
-FLT_MAX = np.float32(3.4028234663852886e38)
 INT32_MIN = -2147483648
 
 
@@ -64,10 +63,24 @@ def roundf(v):
 
 
 @njit(inline="always")
+def inverse(d):
+    """1/d, or 0 for d = 0 (ggml's `d ? 1.0f/d : 0.0f`)."""
+    return np.float32(1.0) / d if d != 0 else np.float32(0.0)
+
+
+@njit(inline="always")
 def write_u16(out, b, pos, h):
     """Store a 16-bit value little-endian at out[b, pos:pos+2]."""
     out[b, pos] = h & 0xFF
     out[b, pos + 1] = (h >> 8) & 0xFF
+
+
+@njit(inline="always")
+def store_scale(out, b, pos, d):
+    """Write block b's scale d at out[b, pos] as ggml's fp16; returns 1/d (0 for d = 0): the
+    unrounded d is what divides the weights, as in ggml."""
+    write_u16(out, b, pos, ggml_fp32_to_fp16(d))
+    return inverse(d)
 
 
 @njit(inline="always")
@@ -90,16 +103,8 @@ def read_u32(block, pos):
 @njit(inline="always")
 def quantize_block_q4_0(x, out, b):
     """The 32 values x[b] (x (n_blocks, 32)) as Q4_0 block out[b] (out (n_blocks, 18) uint8)."""
-    amax = np.float32(0.0)
-    vmax = np.float32(0.0)
-    for j in range(QK):  # first value of largest magnitude wins
-        v = x[b, j]
-        if amax < abs(v):
-            amax = abs(v)
-            vmax = v
-    d = vmax / np.float32(-8.0)
-    inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-    write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+    d = max_magnitude(x[b])[1] / np.float32(-8.0)
+    inv = store_scale(out, b, 0, d)
     for j in range(QK // 2):
         q0 = min(15, _c_int8(x[b, j] * inv + np.float32(8.5)))
         q1 = min(15, _c_int8(x[b, j + QK // 2] * inv + np.float32(8.5)))
@@ -141,17 +146,8 @@ def _dequantize_q4_0(raw, y):
 @njit(parallel=True, cache=True)
 def _quantize_q4_1(x, out):
     for b in prange(x.shape[0]):
-        vmin = FLT_MAX
-        vmax = -FLT_MAX
-        for j in range(QK):
-            v = x[b, j]
-            if v < vmin:
-                vmin = v
-            if v > vmax:
-                vmax = v
-        d = (vmax - vmin) / np.float32(15.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        vmin, vmax = min_max(x[b])
+        inv = store_scale(out, b, 0, (vmax - vmin) / np.float32(15.0))
         write_u16(out, b, 2, ggml_fp32_to_fp16(vmin))
         for j in range(QK // 2):
             q0 = min(15, _c_int8((x[b, j] - vmin) * inv + np.float32(0.5)))
@@ -183,16 +179,7 @@ def _dequantize_q4_1(raw, y):
 @njit(parallel=True, cache=True)
 def _quantize_q5_0(x, out):
     for b in prange(x.shape[0]):
-        amax = np.float32(0.0)
-        vmax = np.float32(0.0)
-        for j in range(QK):
-            v = x[b, j]
-            if amax < abs(v):
-                amax = abs(v)
-                vmax = v
-        d = vmax / np.float32(-16.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        inv = store_scale(out, b, 0, max_magnitude(x[b])[1] / np.float32(-16.0))
         qh = 0
         for j in range(QK // 2):
             q0 = min(31, _c_int8(x[b, j] * inv + np.float32(16.5))) & 0xFF
@@ -230,17 +217,8 @@ def _dequantize_q5_0(raw, y):
 @njit(parallel=True, cache=True)
 def _quantize_q5_1(x, out):
     for b in prange(x.shape[0]):
-        vmin = FLT_MAX
-        vmax = -FLT_MAX
-        for j in range(QK):
-            v = x[b, j]
-            if v < vmin:
-                vmin = v
-            if v > vmax:
-                vmax = v
-        d = (vmax - vmin) / np.float32(31.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        vmin, vmax = min_max(x[b])
+        inv = store_scale(out, b, 0, (vmax - vmin) / np.float32(31.0))
         write_u16(out, b, 2, ggml_fp32_to_fp16(vmin))
         qh = 0
         for j in range(QK // 2):
@@ -280,13 +258,7 @@ def _dequantize_q5_1(raw, y):
 @njit(parallel=True, cache=True)
 def _quantize_q8_0(x, out):
     for b in prange(x.shape[0]):
-        amax = np.float32(0.0)
-        for j in range(QK):
-            a = abs(x[b, j])
-            amax = amax if amax > a else a  # ggml's MAX(amax, fabsf(v)), NaN-propagating as in C
-        d = amax / np.float32(127.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        inv = store_scale(out, b, 0, max_abs(x[b]) / np.float32(127.0))
         for j in range(QK):
             out[b, 2 + j] = _c_float_to_int(roundf(x[b, j] * inv)) & 0xFF
 
@@ -318,13 +290,8 @@ def _dequantize_q8_0(raw, y):
 @njit(parallel=True, cache=True)
 def _quantize_q8_1(x, out):
     for b in prange(x.shape[0]):
-        amax = np.float32(0.0)
-        for j in range(QK):
-            a = abs(x[b, j])
-            amax = amax if amax > a else a
-        d = amax / np.float32(127.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        d = max_abs(x[b]) / np.float32(127.0)
+        inv = store_scale(out, b, 0, d)
         total = 0
         for j in range(QK):
             q = _c_float_to_int(roundf(x[b, j] * inv)) & 0xFF
