@@ -111,6 +111,42 @@ def min_max(v):
 # `st` is caller-owned scratch, (16, S) float32, for the per-lane state.
 
 
+@njit(inline="always")
+def _max_magnitude_lanes(xT, amax, vmax):
+    """Per lane s: amax[s] = the largest |xT[i, s]|, vmax[s] = the first value of it, sign kept
+    (`max_magnitude` of every column)."""
+    n, S = xT.shape
+    for s in range(S):
+        vmax[s] = ZERO
+        amax[s] = ZERO
+    for i in range(n):
+        for s in range(S):
+            xi = xT[i, s]
+            ax = abs(xi)
+            bigger = ax > amax[s]
+            amax[s] = ax if bigger else amax[s]
+            vmax[s] = xi if bigger else vmax[s]
+
+
+@njit(inline="always")
+def _round_and_fit_lanes(xT, wT, iscale, lo, hi, off, levels, sumlx, suml2):
+    """Per lane s: levels[i, s] = off + x / scale rounded and clamped to lo..hi (x * iscale[s]),
+    and the weighted sums sumlx[s] = sum w x l, suml2[s] = sum w l l of that fit, from zero."""
+    n, S = xT.shape
+    for s in range(S):
+        sumlx[s] = ZERO
+        suml2[s] = ZERO
+    for i in range(n):
+        for s in range(S):
+            xi = xT[i, s]
+            l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
+            levels[i, s] = l + off
+            w = wT[i, s]
+            fl = F32(l)
+            sumlx[s] += w * xi * fl
+            suml2[s] += w * fl * fl
+
+
 @njit(**JIT)
 def make_qx_quants_lanes(xT, wT, nmax, levels, scales, laux, st):
     """ggml's make_qx_quants (rmse_type 1) on every column of xT with weights wT: x*x when no
@@ -125,29 +161,10 @@ def make_qx_quants_lanes(xT, wT, nmax, levels, scales, laux, st):
     hi = np.int32(nmax - 1)
     off = np.int32(nmax)
     fnmax = F32(nmax)
-    for s in range(S):
-        vmax[s] = ZERO
-        amax[s] = ZERO
-    for i in range(n):
-        for s in range(S):
-            xi = xT[i, s]
-            ax = abs(xi)
-            bigger = ax > amax[s]
-            amax[s] = ax if bigger else amax[s]
-            vmax[s] = xi if bigger else vmax[s]
+    _max_magnitude_lanes(xT, amax, vmax)
     for s in range(S):
         iscale[s] = -fnmax / vmax[s]
-        sumlx[s] = ZERO
-        suml2[s] = ZERO
-    for i in range(n):
-        for s in range(S):
-            xi = xT[i, s]
-            l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
-            levels[i, s] = l + off
-            w = wT[i, s]
-            fl = F32(l)
-            sumlx[s] += w * xi * fl
-            suml2[s] += w * fl * fl
+    _round_and_fit_lanes(xT, wT, iscale, lo, hi, off, levels, sumlx, suml2)
     for s in range(S):
         scale[s] = sumlx[s] / suml2[s] if suml2[s] != ZERO else ZERO
         best[s] = scale[s] * sumlx[s]
@@ -157,17 +174,7 @@ def make_qx_quants_lanes(xT, wT, nmax, levels, scales, laux, st):
         num = -(fnmax + TENTH * F32(step))
         for s in range(S):
             iscale[s] = num / vmax[s]
-            sumlx[s] = ZERO
-            suml2[s] = ZERO
-        for i in range(n):
-            for s in range(S):
-                xi = xT[i, s]
-                l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
-                laux[i, s] = l + off
-                w = wT[i, s]
-                fl = F32(l)
-                sumlx[s] += w * xi * fl
-                suml2[s] += w * fl * fl
+        _round_and_fit_lanes(xT, wT, iscale, lo, hi, off, laux, sumlx, suml2)
         for s in range(S):
             better = suml2[s] > ZERO and sumlx[s] * sumlx[s] > best[s] * suml2[s]
             take[s] = ONE if better else ZERO
@@ -308,16 +315,7 @@ def make_q3_quants_rmse_lanes(xT, nmax, levels, scales, st):
     vmax, amax, iscale, sumlx, suml2, changed = st[0], st[1], st[2], st[3], st[4], st[5]
     lo = np.int32(-nmax)
     hi = np.int32(nmax - 1)
-    for s in range(S):
-        vmax[s] = ZERO
-        amax[s] = ZERO
-    for i in range(n):
-        for s in range(S):
-            xi = xT[i, s]
-            ax = abs(xi)
-            bigger = ax > amax[s]
-            amax[s] = ax if bigger else amax[s]
-            vmax[s] = xi if bigger else vmax[s]
+    _max_magnitude_lanes(xT, amax, vmax)
     for s in range(S):
         iscale[s] = -F32(nmax) / vmax[s]
         sumlx[s] = ZERO
