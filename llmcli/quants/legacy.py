@@ -365,8 +365,9 @@ def _put_levels(out, b, qs_pos, qh_pos, levels, s):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _quantize_weighted_symmetric(x, qw, out, nmax, qs_pos, qh_pos):
-    """Q4_0 (nmax 8) and Q5_0 (nmax 16) with importance weights; out: (n_blocks, block_bytes)."""
+def _quantize_weighted(x, qw, out, nmax, qs_pos, qh_pos, affine):
+    """Q4_0 (nmax 8) and Q5_0 (nmax 16) with importance weights, or with `affine` Q4_1 (nmax 15)
+    and Q5_1 (nmax 31); out: (n_blocks, block_bytes)."""
     nb = x.shape[1] // QK
     n_blocks = x.shape[0] * nb
     sigma2 = np.empty(x.shape[0], np.float32)
@@ -377,50 +378,29 @@ def _quantize_weighted_symmetric(x, qw, out, nmax, qs_pos, qh_pos):
         S = min(LANES, n_blocks - first)
         xT = np.empty((QK, S), np.float32)
         wT = np.empty((QK, S), np.float32)
-        levels = np.empty((QK, S), np.int8)
-        laux = np.empty((QK, S), np.int8)
-        st = np.empty((16, S), np.float32)
-        scales = np.empty(S, np.float32)
-        _gather_block_lanes(x, qw, sigma2, first, S, nb, xT, wT)
-        make_qx_quants_lanes(xT, wT, nmax, levels, scales, laux, st)
-        for s in range(S):
-            write_u16(out, first + s, 0, ggml_fp32_to_fp16(scales[s]))
-            _put_levels(out, first + s, qs_pos, qh_pos, levels, s)
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def _quantize_weighted_affine(x, qw, out, nmax, qs_pos, qh_pos):
-    """Q4_1 (nmax 15) and Q5_1 (nmax 31) with importance weights; out: (n_blocks, block_bytes)."""
-    nb = x.shape[1] // QK
-    n_blocks = x.shape[0] * nb
-    sigma2 = np.empty(x.shape[0], np.float32)
-    for r in prange(x.shape[0]):
-        sigma2[r] = _mean_square(x[r])
-    for g in prange((n_blocks + LANES - 1) // LANES):
-        first = g * LANES
-        S = min(LANES, n_blocks - first)
-        xT = np.empty((QK, S), np.float32)
-        wT = np.empty((QK, S), np.float32)
-        levels = np.empty((QK, S), np.uint8)
-        laux = np.empty((QK, S), np.float32)
+        levels = np.empty((QK, S), np.uint8)    # both searches give levels 0..31
         st = np.empty((16, S), np.float32)
         scales = np.empty(S, np.float32)
         the_mins = np.empty(S, np.float32)
         _gather_block_lanes(x, qw, sigma2, first, S, nb, xT, wT)
-        make_qkx2_quants_lanes(xT, wT, nmax, WEIGHTED_RMIN, WEIGHTED_RDELTA, WEIGHTED_NSTEP, False,
-                               levels, scales, the_mins, laux, st)
+        if affine:
+            make_qkx2_quants_lanes(xT, wT, nmax, WEIGHTED_RMIN, WEIGHTED_RDELTA, WEIGHTED_NSTEP, False,
+                                   levels, scales, the_mins, np.empty((QK, S), np.float32), st)
+        else:
+            make_qx_quants_lanes(xT, wT, nmax, levels, scales, np.empty((QK, S), np.uint8), st)
         for s in range(S):
             write_u16(out, first + s, 0, ggml_fp32_to_fp16(scales[s]))
-            write_u16(out, first + s, 2, ggml_fp32_to_fp16(-the_mins[s]))
+            if affine:
+                write_u16(out, first + s, 2, ggml_fp32_to_fp16(-the_mins[s]))
             _put_levels(out, first + s, qs_pos, qh_pos, levels, s)
 
 
-# type -> (weighted kernel, nmax, offset of qs, offset of qh or -1)
+# type -> _quantize_weighted's (nmax, offset of qs, offset of qh or -1, whether affine)
 WEIGHTED_KERNELS = {
-    GGMLType.Q4_0: (_quantize_weighted_symmetric, 8, 2, -1),
-    GGMLType.Q5_0: (_quantize_weighted_symmetric, 16, 6, 2),
-    GGMLType.Q4_1: (_quantize_weighted_affine, 15, 4, -1),
-    GGMLType.Q5_1: (_quantize_weighted_affine, 31, 8, 4),
+    GGMLType.Q4_0: (8, 2, -1, False),
+    GGMLType.Q5_0: (16, 6, 2, False),
+    GGMLType.Q4_1: (15, 4, -1, True),
+    GGMLType.Q5_1: (31, 8, 4, True),
 }
 
 
@@ -449,9 +429,8 @@ def blockwise_quantizer(kernel, ggml_type: GGMLType, weighted=None):
         if weights is None or weighted is None:
             kernel(rows.reshape(n_blocks, info.block_size), out.reshape(n_blocks, info.block_bytes))
         else:
-            weighted_kernel, nmax, qs_pos, qh_pos = weighted
-            weighted_kernel(rows, np.ascontiguousarray(weights, dtype=np.float32),
-                            out.reshape(n_blocks, info.block_bytes), nmax, qs_pos, qh_pos)
+            _quantize_weighted(rows, np.ascontiguousarray(weights, dtype=np.float32),
+                               out.reshape(n_blocks, info.block_bytes), *weighted)
         return out
 
     quantize_rows.__name__ = f"quantize_{ggml_type.name.lower()}"
