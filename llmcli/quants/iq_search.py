@@ -56,6 +56,17 @@ def _distances(gridT, pos, d2, counts):
 
 
 @njit(**JIT)
+def _point_distances(gridT, u, bits, max_d2):
+    """(d2, counts): the squared distance of every grid entry to map point u, and their histogram."""
+    pos = np.empty(gridT.shape[0], np.int32)
+    d2 = np.empty(gridT.shape[1], np.int32)
+    counts = np.empty(max_d2 + 1, np.int32)
+    _point(u, bits, pos)
+    _distances(gridT, pos, d2, counts)
+    return d2, counts
+
+
+@njit(**JIT)
 def _cutoff(counts, nwant):
     """The largest distance kept: the nwant-th smallest distinct one (or the largest present)."""
     have = 0
@@ -75,11 +86,7 @@ def _count_neighbours(gridT, kmap, bits, nwant, max_d2, n_per_point):
         if kmap[u] >= 0:
             n_per_point[u] = 0
             continue
-        pos = np.empty(gridT.shape[0], np.int32)
-        d2 = np.empty(gridT.shape[1], np.int32)
-        counts = np.empty(max_d2 + 1, np.int32)
-        _point(u, bits, pos)
-        _distances(gridT, pos, d2, counts)
+        counts = _point_distances(gridT, u, bits, max_d2)[1]
         cut = _cutoff(counts, nwant)
         n = 0
         for d in range(cut + 1):
@@ -92,11 +99,7 @@ def _fill_neighbours(gridT, kmap, bits, max_d2, offsets, n_per_point, neighbours
     for u in prange(kmap.shape[0]):
         if offsets[u] < 0:
             continue
-        pos = np.empty(gridT.shape[0], np.int32)
-        d2 = np.empty(gridT.shape[1], np.int32)
-        counts = np.empty(max_d2 + 1, np.int32)
-        _point(u, bits, pos)
-        _distances(gridT, pos, d2, counts)
+        d2, counts = _point_distances(gridT, u, bits, max_d2)
         at = offsets[u]
         neighbours[at] = n_per_point[u]
         at += 1
