@@ -37,46 +37,49 @@ def ggml_fp32_to_fp16(v):
     return fp32_to_fp16(v)
 
 
+@njit(inline="always")
+def ggml_fp32_to_bf16(v):
+    """float32 -> bf16 bits exactly as ggml's ggml_fp32_to_bf16_row_ref."""
+    u = f32_bits(v)
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN: keep it, make it quiet
+        return np.uint16(u >> np.uint32(16)) | np.uint16(BF16_QUIET_BIT)
+    # round to nearest even; cannot wrap: the largest finite input stays below 2**32
+    rounding = np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
+    return np.uint16((u + rounding) >> np.uint32(16))
+
+
+# Every kernel converts element by element over the flattened arrays, a prange chunk at a time,
+# looping over a slice per chunk: a loop from 0 vectorises, one between computed bounds stayed
+# scalar here (~9x slower).
+@njit(inline="always")
+def _convert_chunks(src, dst, convert):
+    """dst[i] = convert(src[i]) over two flat arrays of one size."""
+    n = src.size
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        s, d = src[c * _CHUNK:(c + 1) * _CHUNK], dst[c * _CHUNK:(c + 1) * _CHUNK]
+        for i in range(s.size):
+            d[i] = convert(s[i])
+
+
 @njit(parallel=True, cache=True)
 def _f32_to_f16_kernel(x, out):
-    n = x.size
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            out[i] = ggml_fp32_to_fp16(x[i])
-
-
-# The widening kernels also decode the engine's prompt-GEMM tiles (Decoder), so they release the
-# GIL and loop over a slice per chunk: a loop from 0 vectorises, one between computed bounds
-# stayed scalar here (~9x slower).
-@njit(parallel=True, cache=True, nogil=True)
-def _f16_to_f32_kernel(h, out):
-    n = h.size
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        src, dst = h[c * _CHUNK:(c + 1) * _CHUNK], out[c * _CHUNK:(c + 1) * _CHUNK]
-        for i in range(src.size):
-            dst[i] = fp16_to_fp32(src[i])
+    _convert_chunks(x, out, ggml_fp32_to_fp16)
 
 
 @njit(parallel=True, cache=True)
 def _f32_to_bf16_kernel(x, out):
-    n = x.size
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for i in range(c * _CHUNK, min(n, (c + 1) * _CHUNK)):
-            u = f32_bits(x[i])
-            if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN: keep it, make it quiet
-                out[i] = np.uint16(u >> np.uint32(16)) | np.uint16(BF16_QUIET_BIT)
-            else:  # round to nearest even; cannot wrap: the largest finite input stays below 2**32
-                rounding = np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
-                out[i] = np.uint16((u + rounding) >> np.uint32(16))
+    _convert_chunks(x, out, ggml_fp32_to_bf16)
+
+
+# The widening kernels also decode the engine's prompt-GEMM tiles (Decoder), so they release the GIL.
+@njit(parallel=True, cache=True, nogil=True)
+def _f16_to_f32_kernel(h, out):
+    _convert_chunks(h, out, fp16_to_fp32)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _bf16_to_f32_kernel(h, out):
-    n = h.size
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        src, dst = h[c * _CHUNK:(c + 1) * _CHUNK], out[c * _CHUNK:(c + 1) * _CHUNK]
-        for i in range(src.size):
-            dst[i] = bf16_to_fp32(src[i])
+    _convert_chunks(h, out, bf16_to_fp32)
 
 
 def _narrow(kernel, rows: np.ndarray) -> np.ndarray:

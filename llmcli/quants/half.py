@@ -15,64 +15,48 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 
-@intrinsic
-def _f32_to_f16_bits(typingctx, x):
-    if not isinstance(x, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        val = args[0]
-        if x.bitwidth == 64:
-            val = builder.fptrunc(val, ir.FloatType())
-        half = builder.fptrunc(val, ir.HalfType())
-        return builder.bitcast(half, ir.IntType(16))
-
-    return types.uint16(x), codegen
+def _as_float32(builder, value, numba_type):
+    """A float argument as an LLVM float (a double is rounded to it first)."""
+    return builder.fptrunc(value, ir.FloatType()) if numba_type.bitwidth == 64 else value
 
 
-@intrinsic
-def _f16_bits_to_f32(typingctx, h):
-    if not isinstance(h, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        val = args[0]
-        if h.bitwidth != 16:
-            val = builder.trunc(val, ir.IntType(16))
-        half = builder.bitcast(val, ir.HalfType())
-        return builder.fpext(half, ir.FloatType())
-
-    return types.float32(h), codegen
+def _low_bits(builder, value, numba_type, bits):
+    """The low `bits` bits of an integer argument at least that wide."""
+    return builder.trunc(value, ir.IntType(bits)) if numba_type.bitwidth > bits else value
 
 
-@intrinsic
-def f32_bits(typingctx, x):
-    """The uint32 bit pattern of a float32."""
-    if not isinstance(x, types.Float):
-        return None
+def _bit_conversion(name, accepts, result, emit, doc=None):
+    """An intrinsic of one numba number of class `accepts` returning `result`, whose LLVM IR is
+    emit(builder, value, the argument's numba type)."""
 
-    def codegen(context, builder, signature, args):
-        val = args[0]
-        if x.bitwidth == 64:
-            val = builder.fptrunc(val, ir.FloatType())
-        return builder.bitcast(val, ir.IntType(32))
+    def typer(typingctx, x):
+        if not isinstance(x, accepts):
+            return None
 
-    return types.uint32(x), codegen
+        def codegen(context, builder, signature, args):
+            return emit(builder, args[0], x)
+
+        return result(x), codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    typer.__doc__ = doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def f32_from_bits(typingctx, b):
-    """The float32 whose bit pattern is the given uint32."""
-    if not isinstance(b, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        val = args[0]
-        if b.bitwidth > 32:
-            val = builder.trunc(val, ir.IntType(32))
-        return builder.bitcast(val, ir.FloatType())
-
-    return types.float32(b), codegen
+_f32_to_f16_bits = _bit_conversion(
+    "_f32_to_f16_bits", types.Float, types.uint16,
+    lambda b, v, t: b.bitcast(b.fptrunc(_as_float32(b, v, t), ir.HalfType()), ir.IntType(16)))
+_f16_bits_to_f32 = _bit_conversion(
+    "_f16_bits_to_f32", types.Integer, types.float32,
+    lambda b, v, t: b.fpext(b.bitcast(_low_bits(b, v, t, 16), ir.HalfType()), ir.FloatType()))
+f32_bits = _bit_conversion(
+    "f32_bits", types.Float, types.uint32,
+    lambda b, v, t: b.bitcast(_as_float32(b, v, t), ir.IntType(32)),
+    "The uint32 bit pattern of a float32.")
+f32_from_bits = _bit_conversion(
+    "f32_from_bits", types.Integer, types.float32,
+    lambda b, v, t: b.bitcast(_low_bits(b, v, t, 32), ir.FloatType()),
+    "The float32 whose bit pattern is the given uint32.")
 
 
 @njit(inline="always")

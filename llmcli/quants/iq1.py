@@ -20,14 +20,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..errors import UnsupportedError
-from ..gguf.constants import TYPE_INFO, GGMLType
+from ..gguf.constants import GGMLType
 from .half import fp16_to_fp32, fp32_to_fp16, read_fp16
 from .iq_grids import grid
-from .iq_search import MAP_SIZE_8X2, search_tables
-from .kquant_search import F32, ZERO, nearest_int
-from .kquants import importance_weight, put_f16, sum_squares
-from .registry import Codec, Decoder, register
+from .iq_search import (MAP_SIZE_8X2, LatticeKind, block_scale, importance_weights, point_index,
+                        register_lattice, scale_code, super_block)
+from .kquant_search import F32, FLT_MAX, ZERO, max_abs
+from .kquants import put_f16
 
 QK_K = 256
 KERNEL = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
@@ -39,12 +38,7 @@ NWANT = 3                             # distinct neighbour distances ggml lists 
 DELTA = F32(0.125)
 GROUP_MAX_EPS_IQ1_S = F32(1e-12)
 GROUP_MAX_EPS_IQ1_M = F32(1e-7)
-FLT_MAX = F32(3.4028234663852886e38)
-F_HALF = F32(0.5)
 F_ONE = F32(1.0)
-F_TWO = F32(2.0)
-F15 = F32(15.0)
-F256 = F32(256.0)
 FUDGE_S = F32(1.125)       # ggml stores d * 1.125 (IQ1_S), d * 1.1125 (IQ1_M): its fudge factors
 FUDGE_M = F32(1.1125)
 # the three level values with the group's shift: X_P for +delta, X_M for -delta
@@ -180,29 +174,45 @@ def _sort_by_value(xb, order):
 
 
 @njit(**HELPER)
+def _weigh_and_sort(xb, qw, first, sigma2, eps, weight, order):
+    """The weights of the sub-block xb (columns from `first`) and its largest magnitude, returned;
+    unless that is below eps (an all-zero sub-block for ggml), `order` sorts xb."""
+    importance_weights(xb, qw, first, sigma2, ZERO, weight)
+    vmax = max_abs(xb)
+    if not vmax < eps:
+        _sort_by_value(xb, order)
+    return vmax
+
+
+@njit(inline="always")
+def _group_d2(qgrid, j, xx, scale, xb, weight, first):
+    """The weighted squared distance of the 8 values of xb at `first` to grid entry j's levels
+    as values xx, at this scale."""
+    d2 = ZERO
+    for i in range(8):
+        q = xx[(qgrid[j, i] - 1) // 2]
+        diff = scale * q - xb[first + i]
+        d2 += weight[first + i] * diff * diff
+    return d2
+
+
+@njit(**HELPER)
 def _best_neighbour2(neighbours, start, qgrid, xb, weight, first, scale, xx, L):
     """ggml's iq1_find_best_neighbour2: the listed neighbour whose levels, as values xx, best fit
-    (weighted) the 8 values of xb at `first` at this scale; its levels go to L[first:first+8]."""
-    n = np.int32(neighbours[start])
+    (weighted) the 8 values of xb at `first` at this scale; its levels go to L[first:first+8].
+    Not iq_search's best_neighbour: the values are the levels shifted by the group's delta, and
+    when no listed entry gives a finite distance ggml scans the whole grid."""
     best_d2 = FLT_MAX
     best = -1
-    for jj in range(1, n + 1):
+    for jj in range(1, np.int32(neighbours[start]) + 1):
         j = np.int32(neighbours[start + jj])
-        d2 = ZERO
-        for i in range(8):
-            q = xx[(qgrid[j, i] - 1) // 2]
-            diff = scale * q - xb[first + i]
-            d2 += weight[first + i] * diff * diff
+        d2 = _group_d2(qgrid, j, xx, scale, xb, weight, first)
         if d2 < best_d2:
             best_d2 = d2
             best = j
-    if best < 0:   # every distance inf/NaN: ggml then scans the whole grid
+    if best < 0:
         for j in range(qgrid.shape[0]):
-            d2 = ZERO
-            for i in range(8):
-                q = xx[(qgrid[j, i] - 1) // 2]
-                diff = scale * q - xb[first + i]
-                d2 += weight[first + i] * diff * diff
+            d2 = _group_d2(qgrid, j, xx, scale, xb, weight, first)
             if d2 < best_d2:
                 best_d2 = d2
                 best = j
@@ -215,39 +225,48 @@ def _best_neighbour2(neighbours, start, qgrid, xb, weight, first, scale, xx, L):
 def _grid_index(L, first, qgrid, kmap, neighbours, xb, weight, scale, xx):
     """The grid index of the 8 levels at L[first:]: on the grid, or the best listed neighbour
     (then L is updated). Returns (index, whether it was on the grid)."""
-    u = 0
-    for j in range(8):
-        u |= np.int32(L[first + j]) << (2 * j)
-    index = np.int64(kmap[u])
+    index = np.int64(kmap[point_index(L, first, 8)])
     if index >= 0:
         return index, True
     return np.int64(_best_neighbour2(neighbours, -index - 1, qgrid, xb, weight, first, scale, xx, L)), False
 
 
 @njit(**HELPER)
-def _assign_levels(order, besti1, besti2, L):
-    """Sorted positions below besti1 -> level 0, below besti2 -> 1, the rest -> 2."""
+def _onto_grid(L, xb, weight, scale, negative, qgrid, kmap, neighbours, index):
+    """Every group of 8 levels of the sub-block L onto the grid: index[k] = its grid index, or
+    the best listed neighbour's (then L is updated); group k's values are the levels shifted by
+    -delta where bit k of `negative` is set, else +delta. If a group was off the grid, the scale
+    is refitted to the grid points (unless that fit is not positive). Returns the scale."""
+    n_groups = xb.shape[0] // 8
+    all_on_grid = True
+    for k in range(n_groups):
+        xx = X_M if (negative >> k) & 1 else X_P
+        found, on = _grid_index(L, 8 * k, qgrid, kmap, neighbours, xb, weight, scale, xx)
+        index[k] = found
+        all_on_grid = all_on_grid and on
+    if not all_on_grid:
+        sumqx = ZERO
+        sumq2 = ZERO
+        for k in range(n_groups):
+            xx = X_M if (negative >> k) & 1 else X_P
+            for j in range(8):
+                w = weight[8 * k + j]
+                q = xx[(qgrid[index[k], j] - 1) // 2]
+                sumqx += w * q * xb[8 * k + j]
+                sumq2 += w * q * q
+        if sumqx > ZERO and sumq2 > ZERO:
+            scale = sumqx / sumq2
+    return scale
+
+
+@njit(**HELPER)
+def _assign_levels(order, besti1, besti2, mirror, L):
+    """Sorted positions below besti1 -> level 0, below besti2 -> 1, the rest -> 2; with `mirror`
+    (a negative scale, which the caller flips with the delta signs) 2 - those levels."""
     n = order.shape[0]
     for j in range(n):
-        L[order[j]] = 0 if j < besti1 else (1 if j < besti2 else 2)
-
-
-@njit(**HELPER)
-def _weights(xb, qw, first, sigma2, weight):
-    for i in range(xb.shape[0]):
-        if qw.shape[0]:
-            weight[i] = importance_weight(qw[first + i], sigma2, xb[i])
-        else:
-            weight[i] = xb[i] * xb[i]
-
-
-@njit(**HELPER)
-def _abs_max(xb):
-    vmax = abs(xb[0])
-    for i in range(1, xb.shape[0]):
-        a = abs(xb[i])
-        vmax = vmax if vmax > a else a
-    return vmax
+        level = 0 if j < besti1 else (1 if j < besti2 else 2)
+        L[order[j]] = 2 - level if mirror else level
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,20 +286,15 @@ def _quantize_iq1_s(x, qw, out, qgrid, kmap, neighbours):
         scales = np.zeros(8, np.float32)
         shifts = np.zeros(8, np.int8)
         for ibl in range(n_blocks):
-            xbl = x[r, QK_K * ibl:QK_K * (ibl + 1)]
-            blk = out[r, 50 * ibl:50 * (ibl + 1)]
-            blk[:] = 0
+            xbl, blk, sigma2 = super_block(x, out, r, ibl, 50, True)
             max_scale = ZERO
-            sigma2 = F_TWO * sum_squares(xbl) / F256
             for s in range(8):
                 xb = xbl[32 * s:32 * s + 32]
-                _weights(xb, qw, QK_K * ibl + 32 * s, sigma2, weight)
-                vmax = _abs_max(xb)
+                vmax = _weigh_and_sort(xb, qw, QK_K * ibl + 32 * s, sigma2, GROUP_MAX_EPS_IQ1_S, weight, order)
                 if vmax < GROUP_MAX_EPS_IQ1_S:
                     scales[s] = ZERO
                     shifts[s] = 1
                     continue
-                _sort_by_value(xb, order)
                 sumx[0] = ZERO
                 sumw[0] = ZERO
                 for j in range(32):
@@ -314,29 +328,12 @@ def _quantize_iq1_s(x, qw, out, qgrid, kmap, neighbours):
                     scales[s] = ZERO
                     shifts[s] = 1
                     continue
-                _assign_levels(order, besti1, besti2, L)
+                _assign_levels(order, besti1, besti2, scale < ZERO, L)
                 if scale < ZERO:
-                    for j in range(32):
-                        L[j] = 2 - L[j]
                     scale = -scale
                     best_shift = -best_shift
-                xx = X_P if best_shift == 1 else X_M
-                all_on_grid = True
-                for k in range(4):
-                    found, on = _grid_index(L, 8 * k, qgrid, kmap, neighbours, xb, weight, scale, xx)
-                    index[k] = found
-                    all_on_grid = all_on_grid and on
-                if not all_on_grid:
-                    sumqx = ZERO
-                    sumq2 = ZERO
-                    for k in range(4):
-                        for j in range(8):
-                            w = weight[8 * k + j]
-                            q = xx[(qgrid[index[k], j] - 1) // 2]
-                            sumqx += w * q * xb[8 * k + j]
-                            sumq2 += w * q * q
-                    if sumqx > ZERO and sumq2 > ZERO:
-                        scale = sumqx / sumq2
+                scale = _onto_grid(L, xb, weight, scale, 0 if best_shift == 1 else 0xF, qgrid, kmap, neighbours,
+                                   index)
                 h = 0
                 for k in range(4):
                     blk[2 + 4 * s + k] = index[k] & 255
@@ -348,11 +345,10 @@ def _quantize_iq1_s(x, qw, out, qgrid, kmap, neighbours):
                 max_scale = max_scale if max_scale > scale else scale
             if max_scale == ZERO:
                 continue
-            d = max_scale / F15
+            d, inv = block_scale(max_scale, 7)
             put_f16(blk, 0, d * FUDGE_S)
-            inv = F_ONE / d
             for s in range(8):
-                l = max(0, min(7, nearest_int(F_HALF * (inv * scales[s] - F_ONE))))
+                l = scale_code(inv, scales[s], 7)
                 if shifts[s] == -1:
                     l |= 8
                 blk[35 + 2 * s] |= l << 4   # bits 12..15 of the u16
@@ -395,20 +391,15 @@ def _quantize_iq1_m(x, qw, out, qgrid, kmap, neighbours):
         cm1 = X_M[0] * X_M[0] - X_M[1] * X_M[1]
         cm2 = X_M[1] * X_M[1] - X_M[2] * X_M[2]
         for ibl in range(n_blocks):
-            xbl = x[r, QK_K * ibl:QK_K * (ibl + 1)]
-            blk = out[r, 56 * ibl:56 * (ibl + 1)]
-            blk[:] = 0
+            xbl, blk, sigma2 = super_block(x, out, r, ibl, 56, True)
             max_scale = ZERO
-            sigma2 = F_TWO * sum_squares(xbl) / F256
             for t in range(16):
                 xb = xbl[16 * t:16 * t + 16]
-                _weights(xb, qw, QK_K * ibl + 16 * t, sigma2, weight)
-                vmax = _abs_max(xb)
+                vmax = _weigh_and_sort(xb, qw, QK_K * ibl + 16 * t, sigma2, GROUP_MAX_EPS_IQ1_M, weight, order)
                 if vmax < GROUP_MAX_EPS_IQ1_M:
                     scales[t] = ZERO
                     shifts[t] = 0
                     continue
-                _sort_by_value(xb, order)
                 # prefix sums per half of the sub-block (each half has its own delta sign)
                 px[:, 0] = ZERO
                 pw[:, 0] = ZERO
@@ -452,30 +443,13 @@ def _quantize_iq1_m(x, qw, out, qgrid, kmap, neighbours):
                     scales[t] = ZERO
                     shifts[t] = 0
                     continue
-                _assign_levels(order, besti1, besti2, L)
+                _assign_levels(order, besti1, besti2, scale < ZERO, L)
                 if scale < ZERO:
-                    for j in range(16):
-                        L[j] = 2 - L[j]
                     scale = -scale
                     best_k = 3 - best_k
-                all_on_grid = True
-                for k in range(2):
-                    xx = _half_levels(best_k, k)
-                    found, on = _grid_index(L, 8 * k, qgrid, kmap, neighbours, xb, weight, scale, xx)
-                    index[k] = found
-                    all_on_grid = all_on_grid and on
-                if not all_on_grid:
-                    fqx = ZERO
-                    fq2 = ZERO
-                    for k in range(2):
-                        xx = _half_levels(best_k, k)
-                        for j in range(8):
-                            w = weight[8 * k + j]
-                            q = xx[(qgrid[index[k], j] - 1) // 2]
-                            fqx += w * q * xb[8 * k + j]
-                            fq2 += w * q * q
-                    if fqx > ZERO and fq2 > ZERO:
-                        scale = fqx / fq2
+                # best_k's bits: the second half's delta sign (bit 0), the first half's (bit 1)
+                scale = _onto_grid(L, xb, weight, scale, (best_k >> 1) | ((best_k & 1) << 1), qgrid, kmap,
+                                   neighbours, index)
                 blk[2 * t] = index[0] & 255
                 blk[2 * t + 1] = index[1] & 255
                 blk[32 + t] = (index[0] >> 8) | ((index[1] >> 8) << 4)
@@ -486,16 +460,15 @@ def _quantize_iq1_m(x, qw, out, qgrid, kmap, neighbours):
                 continue
             # sub-block scales, then d refitted to the stored levels and scales
             sc = np.zeros(4, np.int32)
-            d = max_scale / F15
-            inv = F_ONE / d
+            d, inv = block_scale(max_scale, 7)
             fqx = ZERO
             fq2 = ZERO
             for t in range(16):
-                l = max(0, min(7, nearest_int(F_HALF * (inv * scales[t] - F_ONE))))
+                l = scale_code(inv, scales[t], 7)
                 sc[t // 4] |= l << (3 * (t % 4))
                 blk[32 + t] |= IQ1M_SHIFT_MASKS[shifts[t]]
                 xb = xbl[16 * t:16 * t + 16]
-                _weights(xb, qw, QK_K * ibl + 16 * t, sigma2, weight)
+                importance_weights(xb, qw, QK_K * ibl + 16 * t, sigma2, ZERO, weight)
                 m = F32(2 * l + 1)
                 for k in range(2):
                     xx = _half_levels(shifts[t], k)
@@ -520,32 +493,10 @@ def _quantize_iq1_m(x, qw, out, qgrid, kmap, neighbours):
 # ---------------------------------------------------------------------------------------------
 # registration
 
-# type -> (quantize kernel, dequantize kernel, whether ggml requires importance weights)
-KERNELS = {
-    GGMLType.IQ1_S: (_quantize_iq1_s, _dequantize_iq1_s, True),
-    GGMLType.IQ1_M: (_quantize_iq1_m, _dequantize_iq1_m, False),
+KINDS = {
+    GGMLType.IQ1_S: LatticeKind(_quantize_iq1_s, _dequantize_iq1_s, "iq1s_grid", NWANT, KMAP_SIZE, False),
+    GGMLType.IQ1_M: LatticeKind(_quantize_iq1_m, _dequantize_iq1_m, "iq1s_grid", NWANT, KMAP_SIZE, True),
 }
 
-
-def _codec(ggml_type: GGMLType) -> Codec:
-    quantize_kernel, dequantize_kernel, needs_weights = KERNELS[ggml_type]
-    block_bytes = TYPE_INFO[ggml_type].block_bytes
-    no_weights = np.empty(0, np.float32)
-
-    def quantize(rows: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        """ggml's quantize_iq1_*: importance weights, one per column."""
-        if weights is None and needs_weights:
-            raise UnsupportedError(f"{ggml_type.name} needs importance weights (an importance matrix)")
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
-        qw = no_weights if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
-        out = np.zeros((rows.shape[0], rows.shape[1] // QK_K * block_bytes), np.uint8)
-        quantize_kernel(rows, qw, out, *search_tables("iq1s_grid", NWANT, KMAP_SIZE))
-        return out
-
-    quantize.__name__ = f"quantize_{ggml_type.name.lower()}"
-    decoder = Decoder(dequantize_kernel, ggml_type)
-    return register(Codec(ggml_type, decoder.dequantize, quantize, uses_weights=True, decoder=decoder))
-
-
-for _type in KERNELS:
-    _codec(_type)
+for _type, _kind in KINDS.items():
+    register_lattice(_type, _kind)

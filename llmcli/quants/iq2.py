@@ -21,21 +21,17 @@ changes the bytes.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 from numba import njit, prange
 
-from ..errors import UnsupportedError
-from ..gguf.constants import TYPE_INFO, GGMLType
+from ..gguf.constants import GGMLType
 from .floats import ggml_fp32_to_fp16
 from .half import read_fp16
 from .iq_grids import KSIGNS_IQ2XS, grid_bytes
-from .iq_search import MAP_SIZE_8X2, search_tables
-from .kquant_search import F32, GROUP_MAX_EPS, ONE, TENTH, ZERO, make_qp_quants, nearest_int
-from .kquants import importance_weight, sum_squares
+from .iq_search import (MAP_SIZE_8X2, REROUND_ALL, REROUND_OFF_GRID, LatticeKind, block_scale, point_index,
+                        register_lattice, scale_code, search_scale, search_scratch, super_block, weigh_and_fold)
+from .kquant_search import F32, GROUP_MAX_EPS, TENTH, ZERO, make_qp_quants
 from .legacy import read_u32
-from .registry import Codec, Decoder, register
 
 QK_K = 256
 KERNEL = dict(parallel=True, cache=True, nogil=True, error_model="numpy")
@@ -46,9 +42,6 @@ HALF = F32(0.5)
 QUARTER = F32(0.25)
 F3 = F32(3.0)                    # kMaxQ: levels 0..kMaxQ-1, grid values 2l+1
 F5 = F32(5.0)                    # 2*kMaxQ - 1, the largest grid value
-F31 = F32(31.0)
-F256 = F32(256.0)
-F2 = F32(2.0)
 IQ2_S_D_SHRINK = F32(0.9875)     # IQ2_S stores d * 0.9875 (its scales still use the unshrunk d)
 MAP_SIZE = MAP_SIZE_8X2          # a point of 8 levels 0..2, two bits each, level k at bits 2k
 
@@ -57,139 +50,6 @@ GRID_XXS = grid_bytes("iq2xxs_grid")
 GRID_XS = grid_bytes("iq2xs_grid")
 GRID_S = grid_bytes("iq2s_grid")
 KSIGNS = KSIGNS_IQ2XS
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared pieces of the three searches
-
-
-@njit(**HELPER)
-def _best_neighbour(tables_neighbours, qgrid, o, xval, waux, first, scale, L):
-    """ggml's iq2_find_best_neighbour: of the neighbour list at o, the entry nearest to
-    xval[first:first+8] / scale by waux-weighted squared error (first best wins ties); writes its
-    levels to L[first:first+8] and returns it."""
-    best_d2 = F32(3.4028234663852886e38)
-    index = -1
-    for j in range(1, tables_neighbours[o] + 1):
-        entry = tables_neighbours[o + j]
-        d2 = ZERO
-        for i in range(8):
-            diff = scale * F32(qgrid[entry, i]) - xval[first + i]
-            d2 += waux[first + i] * diff * diff
-        if d2 < best_d2:
-            best_d2 = d2
-            index = entry
-    for i in range(8):
-        L[first + i] = (qgrid[index, i] - 1) // 2
-    return index
-
-
-@njit(**HELPER)
-def _round_group(xval, first, inv_scale, L):
-    """L[first:first+8] = x / scale rounded to the levels 0..2 (x ~ scale * (2l + 1)); the point's
-    map index."""
-    u = 0
-    for i in range(8):
-        level = nearest_int(HALF * (inv_scale * xval[first + i] - ONE))
-        level = max(0, min(2, level))
-        L[first + i] = level
-        u |= level << (2 * i)
-    return u
-
-
-@njit(**HELPER)
-def _snap_group(kmap, neighbours, qgrid, xval, waux, first, inv_scale, scale, L):
-    """Round a group of 8 and move it onto the grid; returns whether it was on the grid already."""
-    u = _round_group(xval, first, inv_scale, L)
-    if kmap[u] >= 0:
-        return True
-    _best_neighbour(neighbours, qgrid, -kmap[u] - 1, xval, waux, first, scale, L)
-    return False
-
-
-@njit(**HELPER)
-def _fit(xval, weight, L, n):
-    """(sum w*x*q, sum w*q*q) over n values with q = 2l + 1, in ggml's order."""
-    sumqx = ZERO
-    sumq2 = ZERO
-    for i in range(n):
-        w = weight[i]
-        q = F32(2 * L[i] + 1)
-        sumqx += w * xval[i] * q
-        sumq2 += w * q * q
-    return sumqx, sumq2
-
-
-@njit(**HELPER)
-def _grid_index(kmap, L, first):
-    u = 0
-    for i in range(8):
-        u |= np.int32(L[first + i]) << (2 * i)
-    return kmap[u]
-
-
-@njit(**HELPER)
-def _vmax(xval, n):
-    m = xval[0]
-    for i in range(1, n):
-        m = m if m > xval[i] else xval[i]   # ggml's MAX(max, x)
-    return m
-
-
-@njit(**HELPER)
-def _weights(x, qw, c0, first, n, sigma2, weight, waux):
-    """weight = importance * sqrt(sigma2 + x*x) (IQ2_S without importance: sigma2/4 + x*x) for
-    x[first:first+n] of a block whose importances start at qw[c0]; waux = sqrt(weight), the
-    neighbour search's weights."""
-    for i in range(n):
-        xi = x[first + i]
-        if qw.shape[0]:
-            weight[i] = importance_weight(qw[c0 + first + i], sigma2, xi)
-        else:
-            weight[i] = QUARTER * sigma2 + xi * xi
-    for i in range(n):
-        waux[i] = np.sqrt(weight[i])
-
-
-@njit(**HELPER)
-def _even_signs(x, first, weight, xval, k):
-    """|x| of group k into xval and its 7 stored sign bits. An odd count of negatives flips the
-    value of least weight*x*x (its sign is then wrong in the block; xval carries it negative)."""
-    s = 0
-    nflip = 0
-    for i in range(8):
-        v = x[first + 8 * k + i]
-        if v >= ZERO:
-            xval[8 * k + i] = v
-        else:
-            xval[8 * k + i] = -v
-            nflip += 1
-            s |= 1 << i
-    if nflip % 2:
-        imin = 0
-        v = x[first + 8 * k]
-        least = weight[8 * k] * v * v
-        for i in range(1, 8):
-            v = x[first + 8 * k + i]
-            ax = weight[8 * k + i] * v * v
-            if ax < least:
-                least = ax
-                imin = i
-        xval[8 * k + imin] = -xval[8 * k + imin]
-        s ^= 1 << imin
-    return s & 127
-
-
-@njit(**HELPER)
-def _block_scale_d(max_scale):
-    """The super-block's d = max_scale / 31 and its inverse for the 4-bit scales."""
-    d = max_scale / F31
-    return d, ONE / d
-
-
-@njit(**HELPER)
-def _scale_code(inv_d, scale):
-    return max(0, min(15, nearest_int(HALF * (inv_d * scale - ONE))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,120 +85,69 @@ def iq2_group_values(d, ls, grid, index, signs, out, first):
         out[first + j] = -v if (signs >> j) & 1 else v
 
 
-@njit(**KERNEL)
-def _dequantize_iq2_xxs(raw, y):
+@njit(inline="always")
+def _dequantize_iq2(raw, y, group_of, grid):
+    """Blocks raw (n_blocks, block bytes) -> y (n_blocks, 256) for the IQ2 type whose group
+    reader is `group_of` (iq2_*_group) and codebook `grid` (GRID_*)."""
     for b in prange(raw.shape[0]):
         d = read_fp16(raw[b], 0)
         for g in range(32):
-            index, signs, ls = iq2_xxs_group(raw[b], g)
-            iq2_group_values(d, ls, GRID_XXS, index, signs, y[b], 8 * g)
+            index, signs, ls = group_of(raw[b], g)
+            iq2_group_values(d, ls, grid, index, signs, y[b], 8 * g)
+
+
+@njit(**KERNEL)
+def _dequantize_iq2_xxs(raw, y):
+    _dequantize_iq2(raw, y, iq2_xxs_group, GRID_XXS)
 
 
 @njit(**HELPER)
-def _quantize_block_iq2_xxs(x, qw, c0, out, kmap, neighbours, qgrid, scratch, levels_u8):
+def _quantize_block_iq2_xxs(x, qw, c0, sigma2, out, kmap, neighbours, qgrid, scratch):
+    """One IQ2_XXS block (out, cleared) of the 256 values x (importances from qw[c0], or qw
+    empty); scratch (4, 32)."""
     weight, waux, xval, scales = scratch[0], scratch[1], scratch[2], scratch[3]
-    L = np.zeros(32, np.int8)
-    Laux = np.zeros(32, np.int8)
+    L, Laux, on_grid, on_grid_aux = search_scratch(32, 8)
+    levels_u8 = np.zeros(32, np.uint8)
     signs = np.zeros(4, np.int32)
     q2 = np.zeros(16, np.uint32)
-    sigma2 = sum_squares(x[:QK_K]) / F256
     max_scale = ZERO
     for ib in range(8):
-        _weights(x, qw, c0, 32 * ib, 32, sigma2, weight, waux)
-        for k in range(4):
-            signs[k] = _even_signs(x, 32 * ib, weight, xval, k)
-        if _vmax(xval, 32) < GROUP_MAX_EPS:
+        vmax = weigh_and_fold(x[32 * ib:32 * ib + 32], qw, c0 + 32 * ib, sigma2, QUARTER * sigma2, True, weight,
+                              waux, xval, signs)
+        if vmax < GROUP_MAX_EPS:
             scales[ib] = ZERO
             continue
-        scale = make_qp_quants(4, xval[:32], levels_u8, weight[:32])
+        # the trial scales centre on make_qp_quants' fit of the magnitudes, not on their maximum
+        scale = make_qp_quants(4, xval, levels_u8, weight)
         eff_max = scale * F3
         if eff_max <= ZERO:
             scales[ib] = ZERO
             continue
-        best = ZERO
-        for step in range(-6, 7):
-            inv = (F5 + F32(step) * TENTH) / eff_max
-            this_scale = ONE / inv
-            for k in range(4):
-                _snap_group(kmap, neighbours, qgrid, xval, waux, 8 * k, inv, this_scale, Laux)
-            sumqx, sumq2 = _fit(xval, weight, Laux, 32)
-            if sumq2 > ZERO and sumqx * sumqx > best * sumq2:
-                scale = sumqx / sumq2
-                best = scale * sumqx
-                L[:] = Laux
-        if scale > ZERO:
-            inv = ONE / scale
-            for k in range(4):
-                _snap_group(kmap, neighbours, qgrid, xval, waux, 8 * k, inv, scale, L)
-            sumqx, sumq2 = _fit(xval, weight, L, 32)
-            if sumq2 > ZERO:
-                scale = sumqx / sumq2
+        scale = search_scale(xval, weight, waux, 32, 8, kmap, neighbours, qgrid, eff_max, F5, TENTH, 6, scale,
+                             REROUND_ALL, L, Laux, on_grid, on_grid_aux)
         if scale < ZERO:   # ggml: "should never happen"; flip the scale and the signs
             scale = -scale
             for k in range(4):
                 signs[k] = ~signs[k] & 127
         for k in range(4):
-            index = _grid_index(kmap, L, 8 * k)
+            index = kmap[point_index(L, 8 * k, 8)]
             q2[2 * ib] |= np.uint32(index) << np.uint32(8 * k)
             q2[2 * ib + 1] |= np.uint32(signs[k]) << np.uint32(7 * k)
         scales[ib] = scale
         max_scale = max_scale if max_scale > scale else scale
-    out[:] = 0
     if max_scale == ZERO:
         return
-    d, inv_d = _block_scale_d(max_scale)
+    d, inv_d = block_scale(max_scale, 15)
     h = ggml_fp32_to_fp16(d)
     out[0], out[1] = h & 0xFF, h >> 8
     for ib in range(8):
-        q2[2 * ib + 1] |= np.uint32(_scale_code(inv_d, scales[ib])) << np.uint32(28)
+        q2[2 * ib + 1] |= np.uint32(scale_code(inv_d, scales[ib], 15)) << np.uint32(28)
     out[2:] = q2.view(np.uint8)
 
 
-@njit(**KERNEL)
-def _quantize_iq2_xxs(x, qw, out, kmap, neighbours, qgrid):
-    n_blocks = x.shape[1] // QK_K
-    for r in prange(x.shape[0]):
-        scratch = np.zeros((4, 32), np.float32)
-        levels_u8 = np.zeros(32, np.uint8)
-        for b in range(n_blocks):
-            _quantize_block_iq2_xxs(x[r, b * QK_K:(b + 1) * QK_K], qw, b * QK_K,
-                                    out[r, b * 66:(b + 1) * 66], kmap, neighbours, qgrid, scratch, levels_u8)
-
-
 # ---------------------------------------------------------------------------------------------
-# IQ2_XS and IQ2_S: 16 sub-blocks of 16 weights (two groups of 8), a 4-bit scale each. The same
-# search: 19 trial scales around max/5, then the off-grid groups of the best re-rounded once.
-
-
-@njit(**HELPER)
-def _search_16(xval, weight, waux, kmap, neighbours, qgrid, L, Laux, on_grid, on_grid_aux):
-    """The scale of one sub-block of 16 and its levels in L (both groups on the grid)."""
-    vmax = _vmax(xval, 16)
-    best = ZERO
-    scale = vmax / F5
-    on_grid[0] = on_grid[1] = True
-    for step in range(-9, 10):
-        inv = (F5 + F32(step) * TENTH) / vmax
-        this_scale = ONE / inv
-        for k in range(2):
-            on_grid_aux[k] = _snap_group(kmap, neighbours, qgrid, xval, waux, 8 * k, inv, this_scale, Laux)
-        sumqx, sumq2 = _fit(xval, weight, Laux, 16)
-        if sumq2 > ZERO and sumqx * sumqx > best * sumq2:
-            scale = sumqx / sumq2
-            best = scale * sumqx
-            L[:] = Laux
-            on_grid[0], on_grid[1] = on_grid_aux[0], on_grid_aux[1]
-    if (not on_grid[0] or not on_grid[1]) and scale > ZERO:
-        inv = ONE / scale
-        for k in range(2):
-            if not on_grid[k]:
-                _snap_group(kmap, neighbours, qgrid, xval, waux, 8 * k, inv, scale, L)
-        sumqx, sumq2 = _fit(xval, weight, L, 16)
-        if sumq2 > ZERO:
-            scale = sumqx / sumq2
-    return scale
-
-
+# IQ2_XS and IQ2_S: 16 sub-blocks of 16 weights (two groups of 8), a 4-bit scale each.
+#
 # IQ2_XS, 74 bytes per 256 weights
 #
 #   byte  0      2                                          66               74
@@ -359,60 +168,7 @@ def iq2_xs_group(blk, g):
 
 @njit(**KERNEL)
 def _dequantize_iq2_xs(raw, y):
-    for b in prange(raw.shape[0]):
-        d = read_fp16(raw[b], 0)
-        for g in range(32):
-            index, signs, ls = iq2_xs_group(raw[b], g)
-            iq2_group_values(d, ls, GRID_XS, index, signs, y[b], 8 * g)
-
-
-@njit(**HELPER)
-def _quantize_block_iq2_xs(x, qw, c0, out, kmap, neighbours, qgrid, scratch):
-    weight, waux, xval, scales = scratch[0], scratch[1], scratch[2], scratch[3]
-    L = np.zeros(16, np.int8)
-    Laux = np.zeros(16, np.int8)
-    on_grid = np.zeros(2, np.bool_)
-    on_grid_aux = np.zeros(2, np.bool_)
-    signs = np.zeros(2, np.int32)
-    q2 = np.zeros(32, np.uint16)
-    sigma2 = sum_squares(x[:QK_K]) / F256
-    max_scale = ZERO
-    for ib in range(16):
-        _weights(x, qw, c0, 16 * ib, 16, sigma2, weight, waux)
-        for k in range(2):
-            signs[k] = _even_signs(x, 16 * ib, weight, xval, k)
-        L[:] = 0
-        if _vmax(xval, 16) < GROUP_MAX_EPS:
-            scales[ib] = ZERO
-            continue
-        scale = _search_16(xval, weight, waux, kmap, neighbours, qgrid, L, Laux, on_grid, on_grid_aux)
-        if scale < ZERO:
-            scale = -scale
-            for k in range(2):
-                signs[k] = ~signs[k] & 127
-        for k in range(2):
-            q2[2 * ib + k] = _grid_index(kmap, L, 8 * k) | (signs[k] << 9)
-        scales[ib] = scale
-        max_scale = max_scale if max_scale > scale else scale
-    out[:] = 0
-    if max_scale == ZERO:
-        return
-    d, inv_d = _block_scale_d(max_scale)
-    h = ggml_fp32_to_fp16(d)
-    out[0], out[1] = h & 0xFF, h >> 8
-    out[2:66] = q2.view(np.uint8)
-    for ib in range(16):
-        out[66 + ib // 2] |= _scale_code(inv_d, scales[ib]) << (4 * (ib % 2))
-
-
-@njit(**KERNEL)
-def _quantize_iq2_xs(x, qw, out, kmap, neighbours, qgrid):
-    n_blocks = x.shape[1] // QK_K
-    for r in prange(x.shape[0]):
-        scratch = np.zeros((4, 16), np.float32)
-        for b in range(n_blocks):
-            _quantize_block_iq2_xs(x[r, b * QK_K:(b + 1) * QK_K], qw, b * QK_K,
-                                   out[r, b * 74:(b + 1) * 74], kmap, neighbours, qgrid, scratch)
+    _dequantize_iq2(raw, y, iq2_xs_group, GRID_XS)
 
 
 # IQ2_S, 82 bytes per 256 weights
@@ -439,108 +195,86 @@ def iq2_s_group(blk, g):
 
 @njit(**KERNEL)
 def _dequantize_iq2_s(raw, y):
-    for b in prange(raw.shape[0]):
-        d = read_fp16(raw[b], 0)
-        for g in range(32):
-            index, signs, ls = iq2_s_group(raw[b], g)
-            iq2_group_values(d, ls, GRID_S, index, signs, y[b], 8 * g)
+    _dequantize_iq2(raw, y, iq2_s_group, GRID_S)
 
+
+# Quantizing IQ2_XS and IQ2_S: the same search, 19 trial scales around max/5, then the off-grid
+# groups of the best re-rounded once. They differ in the signs (IQ2_S stores all 8), the weights'
+# sigma2 (IQ2_S doubles it), the all-zero threshold, the layout and IQ2_S's shrunk d.
 
 @njit(**HELPER)
-def _quantize_block_iq2_s(x, qw, c0, out, kmap, neighbours, qgrid, scratch):
+def _quantize_block_iq2_16(x, qw, c0, sigma2, out, kmap, neighbours, qgrid, scratch, iq2_s):
+    """One IQ2_S block (iq2_s) or IQ2_XS block (out, cleared) of the 256 values x (importances
+    from qw[c0], or qw empty); scratch (4, 16)."""
     weight, waux, xval, scales = scratch[0], scratch[1], scratch[2], scratch[3]
-    L = np.zeros(16, np.int8)
-    Laux = np.zeros(16, np.int8)
-    on_grid = np.zeros(2, np.bool_)
-    on_grid_aux = np.zeros(2, np.bool_)
+    L, Laux, on_grid, on_grid_aux = search_scratch(16, 8)
     signs = np.zeros(2, np.int32)
-    out[:] = 0
-    sigma2 = F2 * sum_squares(x[:QK_K]) / F256
+    q2 = np.zeros(32, np.uint16)             # IQ2_XS's (index, signs) words
     max_scale = ZERO
     for ib in range(16):
-        _weights(x, qw, c0, 16 * ib, 16, sigma2, weight, waux)
-        for k in range(2):       # all 8 sign bits stored: no parity flip
-            s = 0
-            for i in range(8):
-                v = x[16 * ib + 8 * k + i]
-                if v >= ZERO:
-                    xval[8 * k + i] = v
-                else:
-                    xval[8 * k + i] = -v
-                    s |= 1 << i
-            signs[k] = s
+        vmax = weigh_and_fold(x[16 * ib:16 * ib + 16], qw, c0 + 16 * ib, sigma2, QUARTER * sigma2, not iq2_s,
+                              weight, waux, xval, signs)
         L[:] = 0
-        if _vmax(xval, 16) < GROUP_MAX_EPS_IQ2_S:
+        if vmax < (GROUP_MAX_EPS_IQ2_S if iq2_s else GROUP_MAX_EPS):
             scales[ib] = ZERO
             continue
-        scale = _search_16(xval, weight, waux, kmap, neighbours, qgrid, L, Laux, on_grid, on_grid_aux)
+        scale = search_scale(xval, weight, waux, 16, 8, kmap, neighbours, qgrid, vmax, F5, TENTH, 9, vmax / F5,
+                             REROUND_OFF_GRID, L, Laux, on_grid, on_grid_aux)
         if scale < ZERO:
             scale = -scale
             for k in range(2):
-                signs[k] = ~signs[k] & 255
+                signs[k] = ~signs[k] & (255 if iq2_s else 127)
         for k in range(2):
-            index = _grid_index(kmap, L, 8 * k)
+            index = kmap[point_index(L, 8 * k, 8)]
             g = 2 * ib + k
-            out[2 + g] = index & 255
-            out[66 + g // 4] |= (index >> 8) << (2 * (g % 4))
-            out[34 + g] = signs[k]
+            if iq2_s:
+                out[2 + g] = index & 255
+                out[66 + g // 4] |= (index >> 8) << (2 * (g % 4))
+                out[34 + g] = signs[k]
+            else:
+                q2[g] = index | (signs[k] << 9)
         scales[ib] = scale
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == ZERO:
         return
-    d, inv_d = _block_scale_d(max_scale)
-    h = ggml_fp32_to_fp16(d * IQ2_S_D_SHRINK)
+    d, inv_d = block_scale(max_scale, 15)
+    h = ggml_fp32_to_fp16(d * IQ2_S_D_SHRINK if iq2_s else d)
     out[0], out[1] = h & 0xFF, h >> 8
+    if not iq2_s:
+        out[2:66] = q2.view(np.uint8)
+    scales_at = 74 if iq2_s else 66
     for ib in range(16):
-        out[74 + ib // 2] |= _scale_code(inv_d, scales[ib]) << (4 * (ib % 2))
+        out[scales_at + ib // 2] |= scale_code(inv_d, scales[ib], 15) << (4 * (ib % 2))
+
+
+# the three types' blocks, in the order of `_quantize_iq2`'s `kind`
+XXS, XS, S = 0, 1, 2
+BLOCK_BYTES = (66, 74, 82)
 
 
 @njit(**KERNEL)
-def _quantize_iq2_s(x, qw, out, kmap, neighbours, qgrid):
+def _quantize_iq2(x, qw, out, qgrid, kmap, neighbours, kind):
+    """Rows x (n, 256 k) -> out (n, k block bytes) for IQ2 type `kind` (XXS, XS, S)."""
     n_blocks = x.shape[1] // QK_K
+    nbytes = BLOCK_BYTES[kind]
     for r in prange(x.shape[0]):
-        scratch = np.zeros((4, 16), np.float32)
+        scratch = np.zeros((4, 32 if kind == XXS else 16), np.float32)
         for b in range(n_blocks):
-            _quantize_block_iq2_s(x[r, b * QK_K:(b + 1) * QK_K], qw, b * QK_K,
-                                  out[r, b * 82:(b + 1) * 82], kmap, neighbours, qgrid, scratch)
+            xb, blk, sigma2 = super_block(x, out, r, b, nbytes, kind == S)
+            if kind == XXS:
+                _quantize_block_iq2_xxs(xb, qw, b * QK_K, sigma2, blk, kmap, neighbours, qgrid, scratch)
+            else:
+                _quantize_block_iq2_16(xb, qw, b * QK_K, sigma2, blk, kmap, neighbours, qgrid, scratch, kind == S)
 
 
 # ---------------------------------------------------------------------------------------------
 # registration
 
-class _Kind(NamedTuple):
-    quantize: object
-    dequantize: object
-    grid: str               # iq_grids name
-    nwant: int              # neighbour distances kept (ggml's nwant)
-    weightless: bool        # whether ggml quantizes without importance weights
-
-
 KINDS = {
-    GGMLType.IQ2_XXS: _Kind(_quantize_iq2_xxs, _dequantize_iq2_xxs, "iq2xxs_grid", 2, False),
-    GGMLType.IQ2_XS: _Kind(_quantize_iq2_xs, _dequantize_iq2_xs, "iq2xs_grid", 2, False),
-    GGMLType.IQ2_S: _Kind(_quantize_iq2_s, _dequantize_iq2_s, "iq2s_grid", 1, True),
+    GGMLType.IQ2_XXS: LatticeKind(_quantize_iq2, _dequantize_iq2_xxs, "iq2xxs_grid", 2, MAP_SIZE, False, (XXS,)),
+    GGMLType.IQ2_XS: LatticeKind(_quantize_iq2, _dequantize_iq2_xs, "iq2xs_grid", 2, MAP_SIZE, False, (XS,)),
+    GGMLType.IQ2_S: LatticeKind(_quantize_iq2, _dequantize_iq2_s, "iq2s_grid", 1, MAP_SIZE, True, (S,)),
 }
 
-
-def _codec(ggml_type: GGMLType, kind: _Kind) -> Codec:
-    info = TYPE_INFO[ggml_type]
-    no_weights = np.empty(0, np.float32)
-
-    def quantize(rows: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        if weights is None and not kind.weightless:
-            raise UnsupportedError(f"quantizing to {ggml_type.name} needs importance weights "
-                                   f"(an importance matrix: --imatrix)")
-        rows = np.ascontiguousarray(rows, dtype=np.float32)
-        qw = no_weights if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
-        out = np.zeros((rows.shape[0], rows.shape[1] // QK_K * info.block_bytes), np.uint8)
-        tables = search_tables(kind.grid, kind.nwant, MAP_SIZE)
-        kind.quantize(rows, qw, out, tables.kmap, tables.neighbours, tables.qgrid)
-        return out
-
-    quantize.__name__ = f"quantize_{ggml_type.name.lower()}"
-    decoder = Decoder(kind.dequantize, ggml_type)
-    return register(Codec(ggml_type, decoder.dequantize, quantize, uses_weights=True, decoder=decoder))
-
 for _type, _kind in KINDS.items():
-    _codec(_type, _kind)
+    register_lattice(_type, _kind)

@@ -15,10 +15,9 @@ import numpy as np
 from numba import njit, prange
 
 from ..gguf.constants import TYPE_INFO, GGMLType
-from .floats import ggml_fp32_to_fp16
 from .half import read_fp16
-from .kquant_search import GROUP_MAX_EPS, nearest_int
-from .legacy import write_u16
+from .kquant_search import GROUP_MAX_EPS, max_magnitude, nearest_int
+from .legacy import inverse, store_scale, write_u16
 from .registry import Codec, Decoder, register
 
 F32 = np.float32
@@ -138,13 +137,7 @@ def _quantize_iq4(x, qw, out, nsub):
             else:
                 for j in range(32):
                     weight[j] = xb[o + j] * xb[o + j]
-            amax = F32(0.0)
-            vmax = F32(0.0)
-            for j in range(32):
-                ax = abs(xb[o + j])
-                if ax > amax:
-                    amax = ax
-                    vmax = xb[o + j]
+            amax, vmax = max_magnitude(xb[o:o + 32])
             if amax < GROUP_MAX_EPS:
                 scales[ib] = F32(0.0)
                 continue
@@ -179,13 +172,12 @@ def _quantize_iq4(x, qw, out, nsub):
             # 6-bit sub-block scales l in -32..31 times d = -max_scale / 32 (the unrounded d picks
             # the indices, as in ggml), then every sub-block's indices again for its stored scale
             d = -max_scale / F32(32.0)
-            write_u16(out, b, 0, ggml_fp32_to_fp16(d))
-            inv = F32(1.0) / d if d != 0 else F32(0.0)
+            inv = store_scale(out, b, 0, d)
             scales_h = 0
             for ib in range(nsub):
                 l = max(-32, min(31, nearest_int(inv * scales[ib])))
                 dl = d * F32(l)
-                idl = F32(1.0) / dl if dl != 0 else F32(0.0)
+                idl = inverse(dl)
                 for j in range(32 * ib, 32 * ib + 32):
                     levels[j] = _best_index(idl * xb[j])
                 l += 32
@@ -196,8 +188,7 @@ def _quantize_iq4(x, qw, out, nsub):
                 scales_h |= (l >> 4) << (2 * ib)
             write_u16(out, b, 2, scales_h)
         else:
-            write_u16(out, b, 0, ggml_fp32_to_fp16(scales[0]))
-            inv = F32(1.0) / scales[0] if scales[0] != 0 else F32(0.0)
+            inv = store_scale(out, b, 0, scales[0])
             for j in range(32):
                 levels[j] = _best_index(inv * xb[j])
         for i in range(nsub):

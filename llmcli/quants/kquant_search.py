@@ -33,6 +33,7 @@ GROUP_MAX_EPS = F32(1e-15)       # below this a group counts as all zero
 ZERO = F32(0.0)
 ONE = F32(1.0)
 TENTH = F32(0.1)
+FLT_MAX = F32(3.4028234663852886e38)
 
 JIT = dict(cache=True, error_model="numpy")
 
@@ -42,6 +43,53 @@ def nearest_int(fval):
     """ggml's nearest_int: the int32 nearest to float32 fval, ties to even."""
     bits = f32_bits(fval + MAGIC)
     return np.int32(np.int32(bits & np.uint32(0x007FFFFF)) - np.int32(0x00400000))  # stay int32
+
+
+@njit(inline="always")
+def max_value(v, n):
+    """ggml's running MAX(max, v[i]) over v[0:n], starting from v[0] (a NaN is kept only until a
+    later value, as in C)."""
+    m = v[0]
+    for i in range(1, n):
+        m = m if m > v[i] else v[i]
+    return m
+
+
+@njit(inline="always")
+def max_abs(v):
+    """ggml's running MAX(amax, fabsf(v[i])) over all of v (from 0 or from |v[0]|: the same)."""
+    m = abs(v[0])
+    for i in range(1, v.shape[0]):
+        a = abs(v[i])
+        m = m if m > a else a
+    return m
+
+
+@njit(inline="always")
+def max_magnitude(v):
+    """(the largest |v[i]|, the first v[i] of that magnitude, sign kept), as ggml looks for a
+    block's extreme value (0, 0 when no |v[i]| exceeds 0, e.g. all zero or NaN)."""
+    amax = ZERO
+    vmax = ZERO
+    for i in range(v.shape[0]):
+        a = abs(v[i])
+        if a > amax:
+            amax = a
+            vmax = v[i]
+    return amax, vmax
+
+
+@njit(inline="always")
+def min_max(v):
+    """(min, max) of v as ggml's `if (v < min) min = v; if (v > max) max = v;` from +-FLT_MAX."""
+    vmin = FLT_MAX
+    vmax = -FLT_MAX
+    for i in range(v.shape[0]):
+        if v[i] < vmin:
+            vmin = v[i]
+        if v[i] > vmax:
+            vmax = v[i]
+    return vmin, vmax
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,6 +111,42 @@ def nearest_int(fval):
 # `st` is caller-owned scratch, (16, S) float32, for the per-lane state.
 
 
+@njit(inline="always")
+def _max_magnitude_lanes(xT, amax, vmax):
+    """Per lane s: amax[s] = the largest |xT[i, s]|, vmax[s] = the first value of it, sign kept
+    (`max_magnitude` of every column)."""
+    n, S = xT.shape
+    for s in range(S):
+        vmax[s] = ZERO
+        amax[s] = ZERO
+    for i in range(n):
+        for s in range(S):
+            xi = xT[i, s]
+            ax = abs(xi)
+            bigger = ax > amax[s]
+            amax[s] = ax if bigger else amax[s]
+            vmax[s] = xi if bigger else vmax[s]
+
+
+@njit(inline="always")
+def _round_and_fit_lanes(xT, wT, iscale, lo, hi, off, levels, sumlx, suml2):
+    """Per lane s: levels[i, s] = off + x / scale rounded and clamped to lo..hi (x * iscale[s]),
+    and the weighted sums sumlx[s] = sum w x l, suml2[s] = sum w l l of that fit, from zero."""
+    n, S = xT.shape
+    for s in range(S):
+        sumlx[s] = ZERO
+        suml2[s] = ZERO
+    for i in range(n):
+        for s in range(S):
+            xi = xT[i, s]
+            l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
+            levels[i, s] = l + off
+            w = wT[i, s]
+            fl = F32(l)
+            sumlx[s] += w * xi * fl
+            suml2[s] += w * fl * fl
+
+
 @njit(**JIT)
 def make_qx_quants_lanes(xT, wT, nmax, levels, scales, laux, st):
     """ggml's make_qx_quants (rmse_type 1) on every column of xT with weights wT: x*x when no
@@ -77,29 +161,10 @@ def make_qx_quants_lanes(xT, wT, nmax, levels, scales, laux, st):
     hi = np.int32(nmax - 1)
     off = np.int32(nmax)
     fnmax = F32(nmax)
-    for s in range(S):
-        vmax[s] = ZERO
-        amax[s] = ZERO
-    for i in range(n):
-        for s in range(S):
-            xi = xT[i, s]
-            ax = abs(xi)
-            bigger = ax > amax[s]
-            amax[s] = ax if bigger else amax[s]
-            vmax[s] = xi if bigger else vmax[s]
+    _max_magnitude_lanes(xT, amax, vmax)
     for s in range(S):
         iscale[s] = -fnmax / vmax[s]
-        sumlx[s] = ZERO
-        suml2[s] = ZERO
-    for i in range(n):
-        for s in range(S):
-            xi = xT[i, s]
-            l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
-            levels[i, s] = l + off
-            w = wT[i, s]
-            fl = F32(l)
-            sumlx[s] += w * xi * fl
-            suml2[s] += w * fl * fl
+    _round_and_fit_lanes(xT, wT, iscale, lo, hi, off, levels, sumlx, suml2)
     for s in range(S):
         scale[s] = sumlx[s] / suml2[s] if suml2[s] != ZERO else ZERO
         best[s] = scale[s] * sumlx[s]
@@ -109,17 +174,7 @@ def make_qx_quants_lanes(xT, wT, nmax, levels, scales, laux, st):
         num = -(fnmax + TENTH * F32(step))
         for s in range(S):
             iscale[s] = num / vmax[s]
-            sumlx[s] = ZERO
-            suml2[s] = ZERO
-        for i in range(n):
-            for s in range(S):
-                xi = xT[i, s]
-                l = max(lo, min(hi, nearest_int(iscale[s] * xi)))
-                laux[i, s] = l + off
-                w = wT[i, s]
-                fl = F32(l)
-                sumlx[s] += w * xi * fl
-                suml2[s] += w * fl * fl
+        _round_and_fit_lanes(xT, wT, iscale, lo, hi, off, laux, sumlx, suml2)
         for s in range(S):
             better = suml2[s] > ZERO and sumlx[s] * sumlx[s] > best[s] * suml2[s]
             take[s] = ONE if better else ZERO
@@ -260,16 +315,7 @@ def make_q3_quants_rmse_lanes(xT, nmax, levels, scales, st):
     vmax, amax, iscale, sumlx, suml2, changed = st[0], st[1], st[2], st[3], st[4], st[5]
     lo = np.int32(-nmax)
     hi = np.int32(nmax - 1)
-    for s in range(S):
-        vmax[s] = ZERO
-        amax[s] = ZERO
-    for i in range(n):
-        for s in range(S):
-            xi = xT[i, s]
-            ax = abs(xi)
-            bigger = ax > amax[s]
-            amax[s] = ax if bigger else amax[s]
-            vmax[s] = xi if bigger else vmax[s]
+    _max_magnitude_lanes(xT, amax, vmax)
     for s in range(S):
         iscale[s] = -F32(nmax) / vmax[s]
         sumlx[s] = ZERO

@@ -27,7 +27,8 @@ from numba import njit, prange
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .half import f32_bits, f32_from_bits, fp32_to_fp16, read_fp16
 from .kquant_search import (F32, GROUP_MAX_EPS, ONE, ZERO, make_q3_quants_rmse_lanes,
-                            make_qkx2_quants_lanes, make_qp_quants, make_qx_quants_lanes, nearest_int)
+                            make_qkx2_quants_lanes, make_qp_quants, make_qx_quants_lanes, max_magnitude,
+                            nearest_int)
 from .legacy import read_u32
 from .registry import Codec, Decoder, register
 
@@ -137,6 +138,29 @@ def _lane_scratch(n, S):
             np.empty(S, np.float32))
 
 
+@njit(inline="always")
+def _quantize_rows(x, qw, out, nbytes, quantize_block, scratch_of):
+    """Rows x (n, 256 k) -> out (n, k nbytes) block by block: quantize_block(values, importance
+    weights (or qw empty), block bytes, scratch), with one scratch_of() per row (Q2_K, Q3_K,
+    Q6_K; Q4_K and Q5_K pair blocks across rows)."""
+    nb = x.shape[1] // QK_K
+    for r in prange(x.shape[0]):
+        scratch = scratch_of()
+        for b in range(nb):
+            quantize_block(x[r, b * QK_K:(b + 1) * QK_K], qw[b * QK_K:(b + 1) * QK_K],  # qw: empty or a slice
+                           out[r, b * nbytes:(b + 1) * nbytes], scratch)
+
+
+@njit(inline="always")
+def _dequantize_rows(raw, y, nbytes, dequantize_block):
+    """Rows of blocks raw (n, k nbytes) -> y (n, 256 k): dequantize_block(block bytes, its 256
+    values) per block."""
+    nb = y.shape[1] // QK_K
+    for r in prange(y.shape[0]):
+        for b in range(nb):
+            dequantize_block(raw[r, b * nbytes:(b + 1) * nbytes], y[r, b * QK_K:(b + 1) * QK_K])
+
+
 # ---------------------------------------------------------------------------------------------
 # Q2_K                                                                          84 bytes / 256
 #
@@ -147,8 +171,17 @@ def _lane_scratch(n, S):
 
 
 @njit(**HELPER)
-def _quantize_block_q2_k(x, qw, out, L, lanes, sw, Ls, Lm):
+def _q2_scratch():
+    """Buffers of one Q2_K block: levels L, the lane search over 16 sub-blocks (`_lane_scratch`),
+    and the weighted path's sub-block weights sw and 4-bit scales Ls and mins Lm."""
+    return (np.empty(QK_K, np.uint8), _lane_scratch(16, 16), np.empty(16, np.float32), np.empty(16, np.uint8),
+            np.empty(16, np.uint8))
+
+
+@njit(**HELPER)
+def _quantize_block_q2_k(x, qw, out, scratch):
     """One block; qw: the block's 256 importance weights, or empty for the reference path."""
+    L, lanes, sw, Ls, Lm = scratch
     xT, wT, levels, laux, st, scales, mins = lanes
     weighted = qw.shape[0] != 0
     if weighted:
@@ -214,37 +247,27 @@ def _quantize_block_q2_k(x, qw, out, L, lanes, sw, Ls, Lm):
 
 @njit(**KERNEL)
 def _quantize_q2_k(x, qw, out):
-    nb = x.shape[1] // QK_K
-    for r in prange(x.shape[0]):
-        L = np.empty(QK_K, np.uint8)
-        lanes = _lane_scratch(16, 16)
-        sw = np.empty(16, np.float32)
-        Ls = np.empty(16, np.uint8)
-        Lm = np.empty(16, np.uint8)
-        for b in range(nb):
-            qb = qw[b * QK_K:(b + 1) * QK_K]      # empty when qw is
-            _quantize_block_q2_k(x[r, b * QK_K:(b + 1) * QK_K], qb, out[r, b * 84:(b + 1) * 84],
-                                 L, lanes, sw, Ls, Lm)
+    _quantize_rows(x, qw, out, 84, _quantize_block_q2_k, _q2_scratch)
+
+
+@njit(inline="always")
+def _dequantize_block_q2_k(blk, y):
+    d = read_fp16(blk, 80)
+    dmin = read_fp16(blk, 82)
+    for h in range(2):
+        for s in range(4):
+            for half in range(2):
+                sc = blk[8 * h + 2 * s + half]
+                dl = d * F32(sc & 0xF)
+                ml = dmin * F32(sc >> 4)
+                for l in range(16):
+                    q = (blk[16 + 32 * h + 16 * half + l] >> (2 * s)) & 3
+                    y[128 * h + 32 * s + 16 * half + l] = dl * F32(q) - ml
 
 
 @njit(**DEQUANT)
 def _dequantize_q2_k(raw, y):
-    nb = y.shape[1] // QK_K
-    for r in prange(y.shape[0]):
-        for b in range(nb):
-            blk = raw[r, b * 84:(b + 1) * 84]
-            d = read_fp16(blk, 80)
-            dmin = read_fp16(blk, 82)
-            o = b * QK_K
-            for h in range(2):
-                for s in range(4):
-                    for half in range(2):
-                        sc = blk[8 * h + 2 * s + half]
-                        dl = d * F32(sc & 0xF)
-                        ml = dmin * F32(sc >> 4)
-                        for l in range(16):
-                            q = (blk[16 + 32 * h + 16 * half + l] >> (2 * s)) & 3
-                            y[r, o + 128 * h + 32 * s + 16 * half + l] = dl * F32(q) - ml
+    _dequantize_rows(raw, y, 84, _dequantize_block_q2_k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,10 +281,10 @@ def _dequantize_q2_k(raw, y):
 
 @njit(**HELPER)
 def _q3_scratch():
-    """Buffers of one Q3_K block: the lane search over 16 sub-blocks (xT, wT, levels, laux, st,
-    scales), the stored 6-bit scales Ls, and the weighted path's second search - one lane fitting
-    the 16 sub-block scales (xs, ws, ls, lsaux, st1, d1)."""
-    return (np.empty((16, 16), np.float32), np.empty((16, 16), np.float32), np.empty((16, 16), np.int8),
+    """Buffers of one Q3_K block: levels L, the lane search over 16 sub-blocks (xT, wT, levels,
+    laux, st, scales), the stored 6-bit scales Ls, and the weighted path's second search - one
+    lane fitting the 16 sub-block scales (xs, ws, ls, lsaux, st1, d1)."""
+    return (np.empty(QK_K, np.int8), np.empty((16, 16), np.float32), np.empty((16, 16), np.float32), np.empty((16, 16), np.int8),
             np.empty((16, 16), np.int8), np.empty((16, 16), np.float32), np.empty(16, np.float32),
             np.empty(16, np.int32),
             np.empty((16, 1), np.float32), np.empty((16, 1), np.float32), np.empty((16, 1), np.int8),
@@ -269,9 +292,9 @@ def _q3_scratch():
 
 
 @njit(**HELPER)
-def _quantize_block_q3_k(x, qw, out, L, scratch):
+def _quantize_block_q3_k(x, qw, out, scratch):
     """One block; qw: the block's 256 importance weights, or empty for the reference path."""
-    xT, wT, levels, laux, st, scales, Ls, xs, ws, ls, lsaux, st1, d1 = scratch
+    L, xT, wT, levels, laux, st, scales, Ls, xs, ws, ls, lsaux, st1, d1 = scratch
     for i in range(16):
         for j in range(16):
             xT[i, j] = x[16 * j + i]
@@ -293,13 +316,7 @@ def _quantize_block_q3_k(x, qw, out, L, scratch):
     else:
         # levels by make_q3_quants; 6-bit scales relative to the largest (sign kept) as -32
         make_q3_quants_rmse_lanes(xT, 4, levels, scales, st)
-        max_scale = ZERO
-        amax = ZERO
-        for j in range(16):
-            a = abs(scales[j])
-            if a > amax:
-                amax = a
-                max_scale = scales[j]
+        max_scale = max_magnitude(scales)[1]
         d_block = ZERO
         for j in range(16):
             Ls[j] = 0
@@ -342,34 +359,28 @@ def _quantize_block_q3_k(x, qw, out, L, scratch):
 
 @njit(**KERNEL)
 def _quantize_q3_k(x, qw, out):
-    nb = x.shape[1] // QK_K
-    for r in prange(x.shape[0]):
-        L = np.empty(QK_K, np.int8)
-        scratch = _q3_scratch()
-        for b in range(nb):
-            _quantize_block_q3_k(x[r, b * QK_K:(b + 1) * QK_K], qw[b * QK_K:(b + 1) * QK_K],
-                                 out[r, b * 110:(b + 1) * 110], L, scratch)
+    _quantize_rows(x, qw, out, 110, _quantize_block_q3_k, _q3_scratch)
+
+
+@njit(inline="always")
+def _dequantize_block_q3_k(blk, y):
+    d_all = read_fp16(blk, 108)
+    sc = blk[96:108]
+    for h in range(2):
+        for s in range(4):
+            bit = 1 << (4 * h + s)
+            for half in range(2):
+                dl = d_all * F32(q3_k_scale(8 * h + 2 * s + half, sc))
+                for l in range(16):
+                    k = 16 * half + l
+                    low = np.int32((blk[32 + 32 * h + k] >> (2 * s)) & 3)
+                    q = low - (0 if (blk[k] & bit) != 0 else 4)
+                    y[128 * h + 32 * s + k] = dl * F32(q)
 
 
 @njit(**DEQUANT)
 def _dequantize_q3_k(raw, y):
-    nb = y.shape[1] // QK_K
-    for r in prange(y.shape[0]):
-        for b in range(nb):
-            blk = raw[r, b * 110:(b + 1) * 110]
-            d_all = read_fp16(blk, 108)
-            sc = blk[96:108]
-            o = b * QK_K
-            for h in range(2):
-                for s in range(4):
-                    bit = 1 << (4 * h + s)
-                    for half in range(2):
-                        dl = d_all * F32(q3_k_scale(8 * h + 2 * s + half, sc))
-                        for l in range(16):
-                            k = 16 * half + l
-                            low = np.int32((blk[32 + 32 * h + k] >> (2 * s)) & 3)
-                            q = low - (0 if (blk[k] & bit) != 0 else 4)
-                            y[r, o + 128 * h + 32 * s + k] = dl * F32(q)
+    _dequantize_rows(raw, y, 110, _dequantize_block_q3_k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,44 +553,49 @@ def _quantize_q5_k(x, qw, out):
 
 
 @njit(inline="always")
-def _dequantize_k4(raw, y, five_bits):
-    """Q4_K rows, or Q5_K (five_bits: qs at byte 48 and bit 5 of each level from qh at 16) -> y."""
-    nbytes, qs = (176, 48) if five_bits else (144, 16)
-    nb = y.shape[1] // QK_K
-    for r in prange(y.shape[0]):
-        for b in range(nb):
-            blk = raw[r, b * nbytes:(b + 1) * nbytes]
-            d = read_fp16(blk, 0)
-            dmin = read_fp16(blk, 2)
-            sc = blk[4:16]
-            o = b * QK_K
-            for c in range(4):
-                s1, m1 = scale_min_k4(2 * c, sc)
-                s2, m2 = scale_min_k4(2 * c + 1, sc)
-                d1 = d * F32(s1)
-                dm1 = dmin * F32(m1)
-                d2 = d * F32(s2)
-                dm2 = dmin * F32(m2)
-                for l in range(32):
-                    q = blk[qs + 32 * c + l]
-                    lo = np.int32(q & 0xF)
-                    hi = np.int32(q >> 4)
-                    if five_bits:
-                        qh = blk[16 + l]
-                        lo += 16 if (qh & (1 << (2 * c))) != 0 else 0
-                        hi += 16 if (qh & (2 << (2 * c))) != 0 else 0
-                    y[r, o + 64 * c + l] = d1 * F32(lo) - dm1
-                    y[r, o + 64 * c + 32 + l] = d2 * F32(hi) - dm2
+def _dequantize_block_k4(blk, y, five_bits):
+    """A Q4_K block, or Q5_K (five_bits: qs at byte 48 and bit 5 of each level from qh at 16) -> y."""
+    qs = 48 if five_bits else 16
+    d = read_fp16(blk, 0)
+    dmin = read_fp16(blk, 2)
+    sc = blk[4:16]
+    for c in range(4):
+        s1, m1 = scale_min_k4(2 * c, sc)
+        s2, m2 = scale_min_k4(2 * c + 1, sc)
+        d1 = d * F32(s1)
+        dm1 = dmin * F32(m1)
+        d2 = d * F32(s2)
+        dm2 = dmin * F32(m2)
+        for l in range(32):
+            q = blk[qs + 32 * c + l]
+            lo = np.int32(q & 0xF)
+            hi = np.int32(q >> 4)
+            if five_bits:
+                qh = blk[16 + l]
+                lo += 16 if (qh & (1 << (2 * c))) != 0 else 0
+                hi += 16 if (qh & (2 << (2 * c))) != 0 else 0
+            y[64 * c + l] = d1 * F32(lo) - dm1
+            y[64 * c + 32 + l] = d2 * F32(hi) - dm2
+
+
+@njit(inline="always")
+def _dequantize_block_q4_k(blk, y):
+    _dequantize_block_k4(blk, y, False)
+
+
+@njit(inline="always")
+def _dequantize_block_q5_k(blk, y):
+    _dequantize_block_k4(blk, y, True)
 
 
 @njit(**DEQUANT)
 def _dequantize_q4_k(raw, y):
-    _dequantize_k4(raw, y, False)
+    _dequantize_rows(raw, y, 144, _dequantize_block_q4_k)
 
 
 @njit(**DEQUANT)
 def _dequantize_q5_k(raw, y):
-    _dequantize_k4(raw, y, True)
+    _dequantize_rows(raw, y, 176, _dequantize_block_q5_k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -594,9 +610,19 @@ def _dequantize_q5_k(raw, y):
 
 
 @njit(**HELPER)
-def _quantize_block_q6_k(x, qw, out, L, xT, wT, levels, laux, st, scales):
+def _q6_scratch():
+    """Buffers of one Q6_K block: levels L and the lane search over 16 sub-blocks (xT, wT,
+    levels, laux, st, scales)."""
+    return (np.empty(QK_K, np.int8), np.empty((16, 16), np.float32), np.empty((16, 16), np.float32),
+            np.empty((16, 16), np.int8), np.empty((16, 16), np.int8), np.empty((16, 16), np.float32),
+            np.empty(16, np.float32))
+
+
+@njit(**HELPER)
+def _quantize_block_q6_k(x, qw, out, scratch):
     """One block; qw: the block's 256 importance weights, or empty for the reference path. The
     paths differ only in the search's weights: x*x, or the importance weights as they are."""
+    L, xT, wT, levels, laux, st, scales = scratch
     weighted = qw.shape[0] != 0
     for i in range(16):
         for j in range(16):
@@ -604,16 +630,10 @@ def _quantize_block_q6_k(x, qw, out, L, xT, wT, levels, laux, st, scales):
             xT[i, j] = v
             wT[i, j] = qw[16 * j + i] if weighted else v * v
     make_qx_quants_lanes(xT, wT, 32, levels, scales, laux, st)   # 16 sub-blocks side by side
-    max_scale = ZERO
-    max_abs_scale = ZERO
     for j in range(16):
         for i in range(16):
             L[16 * j + i] = levels[i, j]
-        s = scales[j]
-        a = abs(s)
-        if a > max_abs_scale:
-            max_abs_scale = a
-            max_scale = s
+    max_abs_scale, max_scale = max_magnitude(scales)
     if max_abs_scale < GROUP_MAX_EPS:
         for i in range(210):
             out[i] = 0
@@ -643,38 +663,28 @@ def _quantize_block_q6_k(x, qw, out, L, xT, wT, levels, laux, st, scales):
 
 @njit(**KERNEL)
 def _quantize_q6_k(x, qw, out):
-    nb = x.shape[1] // QK_K
-    for r in prange(x.shape[0]):
-        L = np.empty(QK_K, np.int8)
-        xT = np.empty((16, 16), np.float32)
-        wT = np.empty((16, 16), np.float32)
-        levels = np.empty((16, 16), np.int8)
-        laux = np.empty((16, 16), np.int8)
-        st = np.empty((16, 16), np.float32)
-        scales = np.empty(16, np.float32)
-        for b in range(nb):
-            _quantize_block_q6_k(x[r, b * QK_K:(b + 1) * QK_K], qw[b * QK_K:(b + 1) * QK_K],
-                                 out[r, b * 210:(b + 1) * 210], L, xT, wT, levels, laux, st, scales)
+    _quantize_rows(x, qw, out, 210, _quantize_block_q6_k, _q6_scratch)
+
+
+@njit(inline="always")
+def _dequantize_block_q6_k(blk, y):
+    d = read_fp16(blk, 208)
+    for h in range(2):
+        for s in range(4):
+            ql = blk[64 * h + 32 * (s % 2):64 * h + 32 * (s % 2) + 32]
+            qh = blk[128 + 32 * h:128 + 32 * h + 32]
+            o = 128 * h + 32 * s
+            for half in range(2):
+                dl = d * F32(np.int8(blk[192 + 8 * h + 2 * s + half]))
+                for l in range(16 * half, 16 * half + 16):
+                    low = (np.int32(ql[l]) >> (4 * (s // 2))) & 0xF
+                    high = (np.int32(qh[l]) >> (2 * s)) & 3
+                    y[o + l] = dl * F32((low | (high << 4)) - 32)
 
 
 @njit(**DEQUANT)
 def _dequantize_q6_k(raw, y):
-    nb = y.shape[1] // QK_K
-    for r in prange(y.shape[0]):
-        for b in range(nb):
-            blk = raw[r, b * 210:(b + 1) * 210]
-            d = read_fp16(blk, 208)
-            for h in range(2):
-                for s in range(4):
-                    ql = blk[64 * h + 32 * (s % 2):64 * h + 32 * (s % 2) + 32]
-                    qh = blk[128 + 32 * h:128 + 32 * h + 32]
-                    o = b * QK_K + 128 * h + 32 * s
-                    for half in range(2):
-                        dl = d * F32(np.int8(blk[192 + 8 * h + 2 * s + half]))
-                        for l in range(16 * half, 16 * half + 16):
-                            low = (np.int32(ql[l]) >> (4 * (s // 2))) & 0xF
-                            high = (np.int32(qh[l]) >> (2 * s)) & 3
-                            y[r, o + l] = dl * F32((low | (high << 4)) - 32)
+    _dequantize_rows(raw, y, 210, _dequantize_block_q6_k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -731,15 +741,16 @@ def _quantize_q8_k(x, out):
                 blk[i] = (bits >> (8 * i)) & 0xFF
 
 
+@njit(inline="always")
+def _dequantize_block_q8_k(blk, y):
+    d = f32_from_bits(read_u32(blk, 0))
+    for j in range(QK_K):
+        y[j] = d * F32(np.int8(blk[4 + j]))
+
+
 @njit(**DEQUANT)
 def _dequantize_q8_k(raw, y):
-    nb = y.shape[1] // QK_K
-    for r in prange(y.shape[0]):
-        for b in range(nb):
-            blk = raw[r, b * 292:(b + 1) * 292]
-            d = f32_from_bits(read_u32(blk, 0))
-            for j in range(QK_K):
-                y[r, b * QK_K + j] = d * F32(np.int8(blk[4 + j]))
+    _dequantize_rows(raw, y, 292, _dequantize_block_q8_k)
 
 
 # ---------------------------------------------------------------------------------------------

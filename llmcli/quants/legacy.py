@@ -27,11 +27,10 @@ from numba import njit, prange
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .floats import ggml_fp32_to_fp16
 from .half import read_fp16
-from .kquant_search import make_qkx2_quants_lanes, make_qx_quants_lanes
+from .kquant_search import make_qkx2_quants_lanes, make_qx_quants_lanes, max_abs, max_magnitude, min_max
 from .registry import Codec, Decoder, register
 
 QK = 32  # weights per block in every legacy format
-FLT_MAX = np.float32(3.4028234663852886e38)
 INT32_MIN = -2147483648
 
 
@@ -64,10 +63,24 @@ def roundf(v):
 
 
 @njit(inline="always")
+def inverse(d):
+    """1/d, or 0 for d = 0 (ggml's `d ? 1.0f/d : 0.0f`)."""
+    return np.float32(1.0) / d if d != 0 else np.float32(0.0)
+
+
+@njit(inline="always")
 def write_u16(out, b, pos, h):
     """Store a 16-bit value little-endian at out[b, pos:pos+2]."""
     out[b, pos] = h & 0xFF
     out[b, pos + 1] = (h >> 8) & 0xFF
+
+
+@njit(inline="always")
+def store_scale(out, b, pos, d):
+    """Write block b's scale d at out[b, pos] as ggml's fp16; returns 1/d (0 for d = 0): the
+    unrounded d is what divides the weights, as in ggml."""
+    write_u16(out, b, pos, ggml_fp32_to_fp16(d))
+    return inverse(d)
 
 
 @njit(inline="always")
@@ -90,16 +103,8 @@ def read_u32(block, pos):
 @njit(inline="always")
 def quantize_block_q4_0(x, out, b):
     """The 32 values x[b] (x (n_blocks, 32)) as Q4_0 block out[b] (out (n_blocks, 18) uint8)."""
-    amax = np.float32(0.0)
-    vmax = np.float32(0.0)
-    for j in range(QK):  # first value of largest magnitude wins
-        v = x[b, j]
-        if amax < abs(v):
-            amax = abs(v)
-            vmax = v
-    d = vmax / np.float32(-8.0)
-    inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-    write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+    d = max_magnitude(x[b])[1] / np.float32(-8.0)
+    inv = store_scale(out, b, 0, d)
     for j in range(QK // 2):
         q0 = min(15, _c_int8(x[b, j] * inv + np.float32(8.5)))
         q1 = min(15, _c_int8(x[b, j + QK // 2] * inv + np.float32(8.5)))
@@ -141,17 +146,8 @@ def _dequantize_q4_0(raw, y):
 @njit(parallel=True, cache=True)
 def _quantize_q4_1(x, out):
     for b in prange(x.shape[0]):
-        vmin = FLT_MAX
-        vmax = -FLT_MAX
-        for j in range(QK):
-            v = x[b, j]
-            if v < vmin:
-                vmin = v
-            if v > vmax:
-                vmax = v
-        d = (vmax - vmin) / np.float32(15.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        vmin, vmax = min_max(x[b])
+        inv = store_scale(out, b, 0, (vmax - vmin) / np.float32(15.0))
         write_u16(out, b, 2, ggml_fp32_to_fp16(vmin))
         for j in range(QK // 2):
             q0 = min(15, _c_int8((x[b, j] - vmin) * inv + np.float32(0.5)))
@@ -183,16 +179,7 @@ def _dequantize_q4_1(raw, y):
 @njit(parallel=True, cache=True)
 def _quantize_q5_0(x, out):
     for b in prange(x.shape[0]):
-        amax = np.float32(0.0)
-        vmax = np.float32(0.0)
-        for j in range(QK):
-            v = x[b, j]
-            if amax < abs(v):
-                amax = abs(v)
-                vmax = v
-        d = vmax / np.float32(-16.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        inv = store_scale(out, b, 0, max_magnitude(x[b])[1] / np.float32(-16.0))
         qh = 0
         for j in range(QK // 2):
             q0 = min(31, _c_int8(x[b, j] * inv + np.float32(16.5))) & 0xFF
@@ -230,17 +217,8 @@ def _dequantize_q5_0(raw, y):
 @njit(parallel=True, cache=True)
 def _quantize_q5_1(x, out):
     for b in prange(x.shape[0]):
-        vmin = FLT_MAX
-        vmax = -FLT_MAX
-        for j in range(QK):
-            v = x[b, j]
-            if v < vmin:
-                vmin = v
-            if v > vmax:
-                vmax = v
-        d = (vmax - vmin) / np.float32(31.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        vmin, vmax = min_max(x[b])
+        inv = store_scale(out, b, 0, (vmax - vmin) / np.float32(31.0))
         write_u16(out, b, 2, ggml_fp32_to_fp16(vmin))
         qh = 0
         for j in range(QK // 2):
@@ -280,13 +258,7 @@ def _dequantize_q5_1(raw, y):
 @njit(parallel=True, cache=True)
 def _quantize_q8_0(x, out):
     for b in prange(x.shape[0]):
-        amax = np.float32(0.0)
-        for j in range(QK):
-            a = abs(x[b, j])
-            amax = amax if amax > a else a  # ggml's MAX(amax, fabsf(v)), NaN-propagating as in C
-        d = amax / np.float32(127.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        inv = store_scale(out, b, 0, max_abs(x[b]) / np.float32(127.0))
         for j in range(QK):
             out[b, 2 + j] = _c_float_to_int(roundf(x[b, j] * inv)) & 0xFF
 
@@ -318,13 +290,8 @@ def _dequantize_q8_0(raw, y):
 @njit(parallel=True, cache=True)
 def _quantize_q8_1(x, out):
     for b in prange(x.shape[0]):
-        amax = np.float32(0.0)
-        for j in range(QK):
-            a = abs(x[b, j])
-            amax = amax if amax > a else a
-        d = amax / np.float32(127.0)
-        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        write_u16(out, b, 0, ggml_fp32_to_fp16(d))
+        d = max_abs(x[b]) / np.float32(127.0)
+        inv = store_scale(out, b, 0, d)
         total = 0
         for j in range(QK):
             q = _c_float_to_int(roundf(x[b, j] * inv)) & 0xFF
@@ -398,8 +365,9 @@ def _put_levels(out, b, qs_pos, qh_pos, levels, s):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _quantize_weighted_symmetric(x, qw, out, nmax, qs_pos, qh_pos):
-    """Q4_0 (nmax 8) and Q5_0 (nmax 16) with importance weights; out: (n_blocks, block_bytes)."""
+def _quantize_weighted(x, qw, out, nmax, qs_pos, qh_pos, affine):
+    """Q4_0 (nmax 8) and Q5_0 (nmax 16) with importance weights, or with `affine` Q4_1 (nmax 15)
+    and Q5_1 (nmax 31); out: (n_blocks, block_bytes)."""
     nb = x.shape[1] // QK
     n_blocks = x.shape[0] * nb
     sigma2 = np.empty(x.shape[0], np.float32)
@@ -410,50 +378,29 @@ def _quantize_weighted_symmetric(x, qw, out, nmax, qs_pos, qh_pos):
         S = min(LANES, n_blocks - first)
         xT = np.empty((QK, S), np.float32)
         wT = np.empty((QK, S), np.float32)
-        levels = np.empty((QK, S), np.int8)
-        laux = np.empty((QK, S), np.int8)
-        st = np.empty((16, S), np.float32)
-        scales = np.empty(S, np.float32)
-        _gather_block_lanes(x, qw, sigma2, first, S, nb, xT, wT)
-        make_qx_quants_lanes(xT, wT, nmax, levels, scales, laux, st)
-        for s in range(S):
-            write_u16(out, first + s, 0, ggml_fp32_to_fp16(scales[s]))
-            _put_levels(out, first + s, qs_pos, qh_pos, levels, s)
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def _quantize_weighted_affine(x, qw, out, nmax, qs_pos, qh_pos):
-    """Q4_1 (nmax 15) and Q5_1 (nmax 31) with importance weights; out: (n_blocks, block_bytes)."""
-    nb = x.shape[1] // QK
-    n_blocks = x.shape[0] * nb
-    sigma2 = np.empty(x.shape[0], np.float32)
-    for r in prange(x.shape[0]):
-        sigma2[r] = _mean_square(x[r])
-    for g in prange((n_blocks + LANES - 1) // LANES):
-        first = g * LANES
-        S = min(LANES, n_blocks - first)
-        xT = np.empty((QK, S), np.float32)
-        wT = np.empty((QK, S), np.float32)
-        levels = np.empty((QK, S), np.uint8)
-        laux = np.empty((QK, S), np.float32)
+        levels = np.empty((QK, S), np.uint8)    # both searches give levels 0..31
         st = np.empty((16, S), np.float32)
         scales = np.empty(S, np.float32)
         the_mins = np.empty(S, np.float32)
         _gather_block_lanes(x, qw, sigma2, first, S, nb, xT, wT)
-        make_qkx2_quants_lanes(xT, wT, nmax, WEIGHTED_RMIN, WEIGHTED_RDELTA, WEIGHTED_NSTEP, False,
-                               levels, scales, the_mins, laux, st)
+        if affine:
+            make_qkx2_quants_lanes(xT, wT, nmax, WEIGHTED_RMIN, WEIGHTED_RDELTA, WEIGHTED_NSTEP, False,
+                                   levels, scales, the_mins, np.empty((QK, S), np.float32), st)
+        else:
+            make_qx_quants_lanes(xT, wT, nmax, levels, scales, np.empty((QK, S), np.uint8), st)
         for s in range(S):
             write_u16(out, first + s, 0, ggml_fp32_to_fp16(scales[s]))
-            write_u16(out, first + s, 2, ggml_fp32_to_fp16(-the_mins[s]))
+            if affine:
+                write_u16(out, first + s, 2, ggml_fp32_to_fp16(-the_mins[s]))
             _put_levels(out, first + s, qs_pos, qh_pos, levels, s)
 
 
-# type -> (weighted kernel, nmax, offset of qs, offset of qh or -1)
+# type -> _quantize_weighted's (nmax, offset of qs, offset of qh or -1, whether affine)
 WEIGHTED_KERNELS = {
-    GGMLType.Q4_0: (_quantize_weighted_symmetric, 8, 2, -1),
-    GGMLType.Q5_0: (_quantize_weighted_symmetric, 16, 6, 2),
-    GGMLType.Q4_1: (_quantize_weighted_affine, 15, 4, -1),
-    GGMLType.Q5_1: (_quantize_weighted_affine, 31, 8, 4),
+    GGMLType.Q4_0: (8, 2, -1, False),
+    GGMLType.Q5_0: (16, 6, 2, False),
+    GGMLType.Q4_1: (15, 4, -1, True),
+    GGMLType.Q5_1: (31, 8, 4, True),
 }
 
 
@@ -482,9 +429,8 @@ def blockwise_quantizer(kernel, ggml_type: GGMLType, weighted=None):
         if weights is None or weighted is None:
             kernel(rows.reshape(n_blocks, info.block_size), out.reshape(n_blocks, info.block_bytes))
         else:
-            weighted_kernel, nmax, qs_pos, qh_pos = weighted
-            weighted_kernel(rows, np.ascontiguousarray(weights, dtype=np.float32),
-                            out.reshape(n_blocks, info.block_bytes), nmax, qs_pos, qh_pos)
+            _quantize_weighted(rows, np.ascontiguousarray(weights, dtype=np.float32),
+                               out.reshape(n_blocks, info.block_bytes), *weighted)
         return out
 
     quantize_rows.__name__ = f"quantize_{ggml_type.name.lower()}"

@@ -13,23 +13,13 @@ import numpy as np
 from numba import njit, prange
 
 from ..gguf.constants import TYPE_INFO, GGMLType
-from .floats import ggml_fp32_to_fp16
 from .half import read_fp16
-from .legacy import roundf, blockwise_quantizer, write_u16
+from .kquant_search import max_abs
+from .legacy import blockwise_quantizer, roundf, store_scale
 from .registry import Codec, Decoder, register
 
 QK_K = 256
 F32 = np.float32
-
-
-@njit(inline="always")
-def _block_amax(x, b):
-    """ggml's MAX(amax, fabsf(v)) over a block, in order (a NaN is kept only until a later value)."""
-    amax = F32(0.0)
-    for j in range(QK_K):
-        v = abs(x[b, j])
-        amax = amax if amax > v else v
-    return amax
 
 
 @njit(inline="always")
@@ -69,15 +59,13 @@ def _pack_trits(x, b, first, stride, count, inv):
 @njit(parallel=True, cache=True)
 def _quantize_tq1_0(x, out):
     for b in prange(x.shape[0]):
-        d = _block_amax(x, b)
-        inv = F32(1.0) / d if d != 0 else F32(0.0)
+        inv = store_scale(out, b, 52, max_abs(x[b]))   # d: the block's largest magnitude
         for m in range(32):
             out[b, m] = _pack_trits(x, b, m, 32, 5, inv)
         for m in range(16):
             out[b, 32 + m] = _pack_trits(x, b, 160 + m, 16, 5, inv)
         for j in range(4):
             out[b, 48 + j] = _pack_trits(x, b, 240 + j, 4, 4, inv)
-        write_u16(out, b, 52, ggml_fp32_to_fp16(d))
 
 
 @njit(inline="always")
@@ -125,15 +113,13 @@ def _dequantize_tq1_0(raw, y):
 @njit(parallel=True, cache=True)
 def _quantize_tq2_0(x, out):
     for b in prange(x.shape[0]):
-        d = _block_amax(x, b)
-        inv = F32(1.0) / d if d != 0 else F32(0.0)
+        inv = store_scale(out, b, 64, max_abs(x[b]))
         for h in range(2):
             for m in range(32):
                 q = 0
                 for n in range(4):
                     q += (_trit(x[b, 128 * h + 32 * n + m] * inv) & 3) << (2 * n)
                 out[b, 32 * h + m] = q & 0xFF
-        write_u16(out, b, 64, ggml_fp32_to_fp16(d))
 
 
 @njit(parallel=True, cache=True, nogil=True)
