@@ -38,13 +38,13 @@ from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
 from ...quants.iq1 import DELTA, iq1_m_block, iq1_m_scale, iq1_s_block
 from ...quants.iq_grids import negate_bytes
+from ...quants.kquants import QK_K
 from .common import ROW_TILE, Format, columns, lanes_rows
 from .int8_kquants import q8_k_columns
 from .iq3 import scaled_dot_s8
 from .simd import fma_lanes
 
 F32 = np.float32
-QK_K = 256
 
 
 # ---------------------------------------------------------------------------------------------

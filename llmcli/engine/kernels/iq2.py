@@ -38,12 +38,11 @@ from numba.extending import intrinsic
 from ...gguf.constants import GGMLType
 from ...quants.iq2 import (GRID_S, GRID_XS, GRID_XXS, iq2_group_values, iq2_s_group, iq2_xs_group,
                            iq2_xxs_group)
+from ...quants.kquants import QK_K
 from .common import Format, columns, decoded_rows, row_dots
 from .int8_kquants import q8_k_columns, row_of_blocks, dot_scaled
 from .llvm_ir import F32, I8, I16, I32, I64, call_fma, const_vector, data_ptr, float_tree_sum, i64, load_at, \
     load_half, splat, vector
-
-QK_K = 256
 
 
 # ---------------------------------------------------------------------------------------------

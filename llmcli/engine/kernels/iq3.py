@@ -39,6 +39,7 @@ from numba.extending import intrinsic
 from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
 from ...quants.iq3 import IQ3S_POINTS, IQ3XXS_POINTS, iq3_s_block, iq3_xxs_block
+from ...quants.kquants import QK_K
 from .common import Format, lanes_rows
 from .int8 import HAS_AVX2, HAS_AVX512, HAS_VNNI, madd_pairs
 from .int8_kquants import row_of_blocks
@@ -49,7 +50,6 @@ from .llvm_ir import I8, I8_PTR, I16, I32, I64, as_i64, const_vector, data_ptr, 
 from .simd import fma_lanes
 
 F32 = np.float32
-QK_K = 256
 
 
 # ---------------------------------------------------------------------------------------------
