@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import BadInputError
 from ..generation.sampling import SamplingParams
 from .app import app, err_console
+from .progress import showing, terminal_bar
 from .run_cmd import (BATCH_SIZE, CACHE_TYPE_K, CACHE_TYPE_V, CTX_SIZE, MLOCK, MODEL, MIN_P, NO_MMAP, REPEAT_LAST_N,
                       REPEAT_PENALTY, SEED, STOP, TEMP, THREADS, TOP_K, TOP_P, _check_n_predict, _load)
 
@@ -31,19 +30,11 @@ class _Tally:
         self.done = self.errors = self.generated = self.prompt = 0
         self.skipped = skipped
         self.began = time.perf_counter()
-        self.bar = Progress(TextColumn("[dim]generating"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("[dim]{task.fields[rate]} t/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn(), console=err_console, transient=True) \
-            if err_console.is_terminal else None
+        self.bar = terminal_bar("[dim]generating", "[dim]{task.fields[rate]} t/s")
         self.task = self.bar.add_task("", total=total, completed=skipped, rate="-") if self.bar else None
 
-    @contextlib.contextmanager
     def running(self):
-        if self.bar is None:
-            yield
-            return
-        with self.bar:
-            yield
+        return showing(self.bar)
 
     @property
     def seconds(self) -> float:
