@@ -390,8 +390,10 @@ class ExpertStacks:
     def __init__(self, conv: "ArchConverter", source: str, merged: str, projections: tuple[str, ...]):
         self.conv, self.source, self.merged, self.projections = conv, source, merged, projections
         self.layers: dict[int, dict[str, SourceTensor]] = {}
+        self.n_experts = 0
 
     def add(self, src: SourceTensor, name: str, bid: int, n_experts: int) -> Iterable[OutputTensor]:
+        self.n_experts = n_experts
         layer = self.layers.setdefault(bid, {})
         layer[name] = src
         if len(layer) < n_experts * len(self.projections):
@@ -405,11 +407,12 @@ class ExpertStacks:
                                (n_experts, *parts[0].shape), stacked(parts), sum(part.n_bytes for part in parts))
         del self.layers[bid]
 
-    def check_complete(self, n_experts: int) -> None:
+    def check_complete(self) -> None:
+        """A layer whose expert tensors did not all come is an error."""
         for bid, layer in self.layers.items():
             if layer:
                 raise BadInputError(f"{self.conv.dir}: layer {bid} has {len(layer)} expert tensors, "
-                                    f"expected {len(self.projections) * n_experts}")
+                                    f"expected {len(self.projections) * self.n_experts}")
 
 
 def iter_blocks(names: Iterable[str]) -> Iterator[int]:

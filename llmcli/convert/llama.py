@@ -131,7 +131,7 @@ class LlamaConverter(ArchConverter):
         yield from self._experts.add(src, name, int(m.group(1)), int(self.need("num_local_experts")))
 
     def check_plan_complete(self) -> None:
-        self._experts.check_complete(int(self.need("num_local_experts")))
+        self._experts.check_complete()
 
     def plan(self) -> list[OutputTensor]:
         extra = list(self.rope_freqs())

@@ -98,4 +98,4 @@ class Qwen2MoeConverter(ArchConverter):
                                src.n_bytes // 2)
 
     def check_plan_complete(self) -> None:
-        self._experts.check_complete(self.n_experts)
+        self._experts.check_complete()
