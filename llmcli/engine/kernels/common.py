@@ -29,7 +29,6 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from ...quants.half import read_fp16
 from .simd import lanes_sum
 
 # Rows per prange work item in mat-vec kernels: big enough to amortise the accumulator set-up,
@@ -135,34 +134,6 @@ def lanes_rows_min(blocks, x, out, block_bytes, block_step, variant, sub_block):
 def no_scratch():
     """`lanes_rows`' scratch_of for block steps that decode nothing."""
     return None
-
-
-@njit(inline="always")
-def decoded_rows(blocks, x, out, n_sub, decode_32, variant, table):
-    """The rows of the formats whose weights come from a table lookup each, which no fma_lanes
-    step expresses (IQ4_NL, IQ4_XS, the IQ2 types): the "lanes" shape as a plain loop. Per block
-    its fp16 d (byte 0), then per sub-block s < n_sub of 32 weights decode_32(blk, d, s, variant,
-    table, w) puts them in w (32,) float32 (variant, table: what the kernel passes, e.g. a
-    type's group decoder and its grid), and acc[t, k] += w[k] * X[t, 32 (n_sub b + s) + k] for
-    every column t; out[t, r] = lanes_sum(acc[t], 32)."""
-    X, Y = columns(x, out)
-    n_t = X.shape[0]
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 32), np.float32)
-        w = np.empty(32, np.float32)
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            for b in range(n_blocks):
-                blk = blocks[r, b]
-                d = read_fp16(blk, 0)
-                for s in range(n_sub):
-                    decode_32(blk, d, s, variant, table, w)
-                    for t in range(n_t):
-                        for k in range(32):
-                            acc[t, k] += w[k] * X[t, 32 * (n_sub * b + s) + k]
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 32)
 
 
 def serial_twin(kernel):

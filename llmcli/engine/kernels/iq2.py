@@ -9,8 +9,8 @@ decoder reads) with 8 sign bits, and a 4-bit scale ls per 32 (IQ2_XXS) or 16 wei
 
 Float activations: a group is decoded by the codec's own helpers (`iq2_*_group`,
 `iq2_group_values`: the dequantizer's arithmetic, so a row's weights are the decoded rows' bits) into
-32 floats per 32 weights, then `acc[t, k] += w[k] * x[t, ...]` per column (common.decoded_rows, as
-IQ4_NL: a table lookup per group does not fit `simd.fma_lanes`).
+32 floats per 32 weights, then `acc[t, k] += w[k] * x[t, ...]` per column, as legacy.iq4_rows (a
+table lookup per group does not fit `simd.fma_lanes`).
 
 8-bit activations (ggml's `ggml_vec_dot_iq2_xxs_q8_K` / `_iq2_xs_q8_K` / `_iq2_s_q8_K`): x quantized
 once per call to Q8_K blocks (int8_kquants.quantize_q8_k_into), then per super-block b, exactly in
@@ -31,18 +31,21 @@ additions.
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
+from ...quants.half import read_fp16
 from ...quants.iq2 import (GRID_S, GRID_XS, GRID_XXS, iq2_group_values, iq2_s_group, iq2_xs_group,
                            iq2_xxs_group)
 from ...quants.kquants import QK_K
-from .common import Format, columns, decoded_rows, row_dots
+from .common import ROW_TILE, Format, columns, row_dots
 from .int8_kquants import q8_k_columns, row_of_blocks, dot_scaled
 from .llvm_ir import F32, I8, I16, I32, I64, call_fma, const_vector, data_ptr, float_tree_sum, i64, load_at, \
     load_half, splat, vector
+from .simd import lanes_sum
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,27 +69,44 @@ from .llvm_ir import F32, I8, I16, I32, I64, call_fma, const_vector, data_ptr, f
 #        |      |               |                | of group 4s + l  |           |
 # ---------------------------------------------------------------------------------------------
 @njit(inline="always")
-def _iq2_weights(blk, d, s, group_of, grid, w):
-    """The 32 weights of sub-block s (groups 4s .. 4s+3) by the codec's group decoder of the type
-    (group_of) and its grid: common.decoded_rows' decode step."""
-    for l in range(4):
-        index, signs, ls = group_of(blk, 4 * s + l)
-        iq2_group_values(d, ls, grid, index, signs, w, 8 * l)
+def _iq2_rows(blocks, x, out, group_of, grid):
+    """Rows of IQ2 blocks (group_of: the codec's group decoder of the type, grid its table):
+    32 weights decoded at a time, then acc[t, k] += w[k] * X[t, ...] for every column."""
+    X, Y = columns(x, out)
+    n_t = X.shape[0]
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty((n_t, 32), np.float32)
+        w = np.empty(32, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            for b in range(n_blocks):
+                blk = blocks[r, b]
+                d = read_fp16(blk, 0)
+                for s in range(8):
+                    for l in range(4):
+                        index, signs, ls = group_of(blk, 4 * s + l)
+                        iq2_group_values(d, ls, grid, index, signs, w, 8 * l)
+                    for t in range(n_t):
+                        for k in range(32):
+                            acc[t, k] += w[k] * X[t, 256 * b + 32 * s + k]
+            for t in range(n_t):
+                Y[t, r] = lanes_sum(acc[t], 32)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq2_xxs(blocks, x, out):
-    decoded_rows(blocks, x, out, 8, _iq2_weights, iq2_xxs_group, GRID_XXS)
+    _iq2_rows(blocks, x, out, iq2_xxs_group, GRID_XXS)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq2_xs(blocks, x, out):
-    decoded_rows(blocks, x, out, 8, _iq2_weights, iq2_xs_group, GRID_XS)
+    _iq2_rows(blocks, x, out, iq2_xs_group, GRID_XS)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq2_s(blocks, x, out):
-    decoded_rows(blocks, x, out, 8, _iq2_weights, iq2_s_group, GRID_S)
+    _iq2_rows(blocks, x, out, iq2_s_group, GRID_S)
 
 
 # ---------------------------------------------------------------------------------------------

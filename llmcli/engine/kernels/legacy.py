@@ -14,13 +14,13 @@ Nibble formats split a block in two halves: byte j holds weight j (low nibble) a
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
 from ...quants.iquants import IQ4_GRID, iq4_xs_scale
-from .simd import fma_lanes, row_dot
-from .common import Format, columns, decoded_rows, lanes_rows_min, row_dots
+from .simd import fma_lanes, lanes_sum, row_dot
+from .common import ROW_TILE, Format, columns, lanes_rows_min, row_dots
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,19 +124,30 @@ def matvec_iq4_nl(blocks, x, out):
 @njit(inline="always")
 def iq4_rows(blocks, x, out, sub_blocks):
     """IQ4_NL rows (sub_blocks = 1: the nibbles at byte 2, scale d) or IQ4_XS rows (8 sub-blocks of
-    32 weights, the nibbles at byte 8, scale d * its 6-bit scale): a table lookup per lane, so
-    common.decoded_rows' plain loop."""
-    decoded_rows(blocks, x, out, sub_blocks, _iq4_weights, sub_blocks, IQ4_GRID)
-
-
-@njit(inline="always")
-def _iq4_weights(blk, d, ib, sub_blocks, grid, w):
+    32 weights, the nibbles at byte 8, scale d * its 6-bit scale): a plain loop, a table lookup per
+    lane; a sub-block's 32 weights are decoded once, then acc[t, k] += w[k] * x[t, ...] per column."""
+    X, Y = columns(x, out)
+    n_t = X.shape[0]
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
     qs = 2 if sub_blocks == 1 else 8
-    dl = d if sub_blocks == 1 else d * np.float32(iq4_xs_scale(blk, ib))
-    for j in range(16):
-        q = np.int32(blk[qs + 16 * ib + j])
-        w[j] = dl * grid[q & 15]
-        w[16 + j] = dl * grid[q >> 4]
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty((n_t, 32), np.float32)
+        w = np.empty(32, np.float32)
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            for b in range(n_blocks):
+                d = read_fp16(blocks[r, b], 0)
+                for ib in range(sub_blocks):
+                    dl = d if sub_blocks == 1 else d * np.float32(iq4_xs_scale(blocks[r, b], ib))
+                    for j in range(16):
+                        q = np.int32(blocks[r, b, qs + 16 * ib + j])
+                        w[j] = dl * IQ4_GRID[q & 15]
+                        w[16 + j] = dl * IQ4_GRID[q >> 4]
+                    for t in range(n_t):
+                        for k in range(32):
+                            acc[t, k] += w[k] * X[t, 32 * (sub_blocks * b + ib) + k]
+            for t in range(n_t):
+                Y[t, r] = lanes_sum(acc[t], 32)
 
 
 FORMATS = {
