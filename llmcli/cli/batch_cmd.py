@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import BadInputError
 from ..generation.sampling import SamplingParams
 from .app import app, err_console
-from .run_cmd import (BATCH_SIZE, CACHE_TYPE_K, CACHE_TYPE_V, CTX_SIZE, MLOCK, MODEL, MIN_P, NO_MMAP, REPEAT_LAST_N,
-                      REPEAT_PENALTY, SEED, STOP, TEMP, THREADS, TOP_K, TOP_P, _check_n_predict, _load)
+from .progress import showing, terminal_bar
+from .run_cmd import LOAD_OPTIONS, MODEL, SAMPLING_OPTIONS, STOP, _check_n_predict, _load, option_groups
 
 RAY_HELP = "On a Ray cluster (pip install \"llmcli[ray]\")"
 # `--ray` and `--ray-address`, shared with `llmcli serve`
@@ -31,19 +29,11 @@ class _Tally:
         self.done = self.errors = self.generated = self.prompt = 0
         self.skipped = skipped
         self.began = time.perf_counter()
-        self.bar = Progress(TextColumn("[dim]generating"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("[dim]{task.fields[rate]} t/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn(), console=err_console, transient=True) \
-            if err_console.is_terminal else None
+        self.bar = terminal_bar("[dim]generating", "[dim]{task.fields[rate]} t/s")
         self.task = self.bar.add_task("", total=total, completed=skipped, rate="-") if self.bar else None
 
-    @contextlib.contextmanager
     def running(self):
-        if self.bar is None:
-            yield
-            return
-        with self.bar:
-            yield
+        return showing(self.bar)
 
     @property
     def seconds(self) -> float:
@@ -80,6 +70,7 @@ def _count_lines(path: Path) -> int:
 
 
 @app.command()
+@option_groups
 def batch(
     input: Path = typer.Argument(..., help="JSONL input: a prompt string or an object with prompt or messages "
                                            "(and optional id, metadata, max_tokens, temperature, top_k, top_p, "
@@ -91,20 +82,8 @@ def batch(
     max_tokens: int = typer.Option(-1, "-n", "--max-tokens",
                                    help="Tokens per line (-1: until end of generation or a full context)."),
     stop: list[str] = STOP,
-    ctx_size: int = CTX_SIZE,
-    threads: int = THREADS,
-    batch_size: int = BATCH_SIZE,
-    no_mmap: bool = NO_MMAP,
-    mlock: bool = MLOCK,
-    cache_type_k: str = CACHE_TYPE_K,
-    cache_type_v: str = CACHE_TYPE_V,
-    temp: float = TEMP,
-    top_k: int = TOP_K,
-    top_p: float = TOP_P,
-    min_p: float = MIN_P,
-    repeat_penalty: float = REPEAT_PENALTY,
-    repeat_last_n: int = REPEAT_LAST_N,
-    seed: int = SEED,
+    load: dict = LOAD_OPTIONS,
+    sampling: dict = SAMPLING_OPTIONS,
     chat: bool = typer.Option(False, "--chat", help="Prompt lines are user messages, rendered with the chat "
                                                     "template (messages lines always are)."),
     ray: bool = RAY,
@@ -119,7 +98,7 @@ def batch(
     """Generate for every line of a JSONL file with continuous batching; records in input order."""
     from ..batch import BatchSettings, ResultFile, read_jobs
 
-    params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed).validate()
+    params = SamplingParams(**sampling).validate()
     _check_n_predict(max_tokens)
     if parallel < 1:
         raise BadInputError(f"--parallel must be at least 1, got {parallel}")
@@ -148,16 +127,16 @@ def batch(
     tally = None
     try:
         if ray:
-            runner = RayJob(model, address=ray_address, concurrency=concurrency, num_cpus=num_cpus or threads or 1,
-                            parallel=parallel, ctx_size=ctx_size, batch_size=batch_size,
-                            load_options=dict(use_mmap=not no_mmap, mlock=mlock, cache_type_k=cache_type_k,
-                                              cache_type_v=cache_type_v))
+            runner = RayJob(model, address=ray_address, concurrency=concurrency,
+                            num_cpus=num_cpus or load["threads"] or 1, parallel=parallel, ctx_size=load["ctx_size"],
+                            batch_size=load["batch_size"],
+                            load_options=dict(use_mmap=not load["no_mmap"], mlock=load["mlock"],
+                                              cache_type_k=load["cache_type_k"], cache_type_v=load["cache_type_v"]))
             records = runner.run(jobs)
         else:
             from ..batch import run_jobs
 
-            llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v,
-                        parallel=parallel)
+            llm = _load(model, **load, parallel=parallel)
             records = run_jobs(llm, jobs)
         tally = _Tally(total, skipped)
         with tally.running():

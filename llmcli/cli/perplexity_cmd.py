@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import BadInputError
 from .app import app, err_console
+from .progress import showing, terminal_bar
 from .run_cmd import ACTIVATIONS, CACHE_TYPE_K, CACHE_TYPE_V, check_activations
 
 QUALITY_HELP = "KL divergence against a base model"
@@ -101,21 +101,16 @@ class _Report:
 
     def __init__(self, as_json: bool, description: str):
         self.as_json = as_json
-        self.bar = Progress(TextColumn("[dim]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("[dim]PPL {task.fields[ppl]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn(), console=err_console, transient=True) \
-            if err_console.is_terminal else None
+        self.bar = terminal_bar("[dim]{task.description}", "[dim]PPL {task.fields[ppl]}")
         self.task = self.bar.add_task(description, total=None, ppl="-") if self.bar else None
         self.held: list[str] = []
 
     @contextlib.contextmanager
     def running(self):
-        if self.bar is None:
+        with showing(self.bar):
             yield
-            return
-        with self.bar:
-            yield
-        self.flush()
+        if self.bar is not None:
+            self.flush()
 
     def on_chunk(self, done: int, total: int, ppl: float) -> None:
         if self.bar is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -54,6 +56,45 @@ GRAMMAR_FILE = typer.Option(None, "--grammar-file", help="Read the GBNF grammar 
 JSON_SCHEMA = typer.Option(None, "-j", "--json-schema",
                            help="JSON schema the output must validate against: a file, or the schema itself.",
                            rich_help_panel=CONSTRAINTS_HELP)
+
+
+
+class OptionGroup(dict):
+    """Options several commands take, declared once: parameter name -> (type, typer option)."""
+
+
+# the model-loading options of run, chat, batch and serve (`_load`'s keywords)
+LOAD_OPTIONS = OptionGroup(ctx_size=(int, CTX_SIZE), threads=(int, THREADS), batch_size=(int, BATCH_SIZE),
+                           no_mmap=(bool, NO_MMAP), mlock=(bool, MLOCK), cache_type_k=(str, CACHE_TYPE_K),
+                           cache_type_v=(str, CACHE_TYPE_V))
+# the sampling options of run, chat and batch (SamplingParams' fields)
+SAMPLING_OPTIONS = OptionGroup(temp=(float, TEMP), top_k=(int, TOP_K), top_p=(float, TOP_P), min_p=(float, MIN_P),
+                               repeat_penalty=(float, REPEAT_PENALTY), repeat_last_n=(int, REPEAT_LAST_N),
+                               seed=(int, SEED))
+
+
+def option_groups(command):
+    """Decorator (under `@app.command()`): a parameter of `command` whose default is an
+    OptionGroup stands for the group's options, which typer sees in its place in this order; the
+    command receives their values as a dict under the parameter's name."""
+    signature = inspect.signature(command, eval_str=True)
+    params, groups = [], {}
+    for param in signature.parameters.values():
+        if isinstance(param.default, OptionGroup):
+            groups[param.name] = list(param.default)
+            params += [param.replace(name=name, annotation=kind, default=option)
+                       for name, (kind, option) in param.default.items()]
+        else:
+            params.append(param)
+
+    @functools.wraps(command)
+    def with_groups(**values):
+        for name, members in groups.items():
+            values[name] = {member: values.pop(member) for member in members}
+        return command(**values)
+
+    with_groups.__signature__ = signature.replace(parameters=params)
+    return with_groups
 
 
 def _read_grammar(grammar: str | None, grammar_file: Path | None, json_schema: str | None):
@@ -152,16 +193,21 @@ def check_activations(activations: str) -> None:
     check_prompt_activations(activations, "--activations")
 
 
-def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_size: int, no_mmap: bool = False,
-          mlock: bool = False, cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE,
-          parallel: int = 1, activations: str = DEFAULT_PROMPT_ACTIVATIONS):
-    from ..api import load
-
+def check_load_options(threads: int | None, batch_size: int, activations: str) -> None:
+    """The checks of LOAD_OPTIONS and --activations that need no model."""
     check_activations(activations)
     if batch_size <= 0:
         raise BadInputError(f"--batch-size must be positive, got {batch_size}")
     if threads is not None and threads <= 0:
         raise BadInputError(f"--threads must be positive, got {threads}")
+
+
+def _load(model: Path | None, threads: int | None, ctx_size: int | None, batch_size: int, no_mmap: bool = False,
+          mlock: bool = False, cache_type_k: str = DEFAULT_KV_TYPE, cache_type_v: str = DEFAULT_KV_TYPE,
+          parallel: int = 1, activations: str = DEFAULT_PROMPT_ACTIVATIONS):
+    from ..api import load
+
+    check_load_options(threads, batch_size, activations)
     name = model.name if model else "the demo model (Gemma 3 270M)"
     with _loading_status(f"loading {name}"):
         return load(model, threads=threads, ctx_size=ctx_size, batch_size=batch_size, use_mmap=not no_mmap,
@@ -229,6 +275,7 @@ def _chat_loop(llm, params, n_predict: int, stop: list[str], system: str | None,
 
 
 @app.command()
+@option_groups
 def run(
     model: Path = MODEL,
     prompt: str = typer.Option(None, "-p", "--prompt", help="Text to continue."),
@@ -236,22 +283,10 @@ def run(
     n_predict: int = typer.Option(-1, "-n", "--n-predict",
                                   help="Tokens to generate (-1: until end of generation or a full context)."),
     stop: list[str] = STOP,
-    ctx_size: int = CTX_SIZE,
-    threads: int = THREADS,
-    batch_size: int = BATCH_SIZE,
-    no_mmap: bool = NO_MMAP,
-    mlock: bool = MLOCK,
-    cache_type_k: str = CACHE_TYPE_K,
-    cache_type_v: str = CACHE_TYPE_V,
+    load: dict = LOAD_OPTIONS,
     activations: str = ACTIVATIONS,
     verbose: bool = VERBOSE,
-    temp: float = TEMP,
-    top_k: int = TOP_K,
-    top_p: float = TOP_P,
-    min_p: float = MIN_P,
-    repeat_penalty: float = REPEAT_PENALTY,
-    repeat_last_n: int = REPEAT_LAST_N,
-    seed: int = SEED,
+    sampling: dict = SAMPLING_OPTIONS,
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past end-of-generation tokens."),
     no_parse_special: bool = typer.Option(False, "--no-parse-special",
                                           help="Treat special-token text in the prompt as plain text."),
@@ -263,23 +298,21 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with ids, text, stop reason, timings."),
 ) -> None:
     """Generate text from a prompt, streaming it as it comes; timings go to stderr."""
-    params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed).validate()
+    params = SamplingParams(**sampling).validate()
     _check_n_predict(n_predict)
     text = _read_prompt(prompt, file)
     constraint = _read_grammar(grammar, grammar_file, json_schema)
     if chat:
         if as_json:
             raise BadInputError("--json does not apply to --chat")
-        llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v,
-                    activations=activations)
+        llm = _load(model, **load, activations=activations)
         if verbose:
             _print_memory(llm)
         _chat_loop(llm, params, n_predict, stop, system, text, constraint)
         return
     if text is None:
         raise BadInputError("no prompt: give one with -p TEXT or -f FILE (or use --chat)")
-    llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v,
-                    activations=activations)
+    llm = _load(model, **load, activations=activations)
     if verbose:
         _print_memory(llm)
     completion = llm.complete(text, max_tokens=n_predict, params=params, stop=stop,
@@ -307,33 +340,21 @@ def _check_n_predict(n_predict: int) -> None:
 
 
 @app.command("chat")
+@option_groups
 def chat_command(
     model: Path = MODEL,
     system: str = SYSTEM,
     n_predict: int = typer.Option(-1, "-n", "--n-predict", help="Tokens per reply (-1: until end of turn)."),
     stop: list[str] = STOP,
-    ctx_size: int = CTX_SIZE,
-    threads: int = THREADS,
-    batch_size: int = BATCH_SIZE,
-    no_mmap: bool = NO_MMAP,
-    mlock: bool = MLOCK,
-    cache_type_k: str = CACHE_TYPE_K,
-    cache_type_v: str = CACHE_TYPE_V,
+    load: dict = LOAD_OPTIONS,
     activations: str = ACTIVATIONS,
     verbose: bool = VERBOSE,
-    temp: float = TEMP,
-    top_k: int = TOP_K,
-    top_p: float = TOP_P,
-    min_p: float = MIN_P,
-    repeat_penalty: float = REPEAT_PENALTY,
-    repeat_last_n: int = REPEAT_LAST_N,
-    seed: int = SEED,
+    sampling: dict = SAMPLING_OPTIONS,
 ) -> None:
     """Chat with a model (same as `llmcli run --chat`)."""
-    params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed).validate()
+    params = SamplingParams(**sampling).validate()
     _check_n_predict(n_predict)
-    llm = _load(model, threads, ctx_size, batch_size, no_mmap, mlock, cache_type_k, cache_type_v,
-                    activations=activations)
+    llm = _load(model, **load, activations=activations)
     if verbose:
         _print_memory(llm)
     _chat_loop(llm, params, n_predict, stop, system, None)

@@ -9,8 +9,7 @@ import typer
 from ..errors import BadInputError, LlmcliError
 from .app import app
 from .batch_cmd import RAY, RAY_ADDRESS, RAY_HELP
-from .run_cmd import (ACTIVATIONS, BATCH_SIZE, CACHE_TYPE_K, CACHE_TYPE_V, CTX_SIZE, MLOCK, MODEL, NO_MMAP, THREADS,
-                      check_activations)
+from .run_cmd import ACTIVATIONS, LOAD_OPTIONS, MODEL, check_load_options, option_groups
 
 
 def _api_keys(key: str | None, key_file: Path | None) -> frozenset[str]:
@@ -35,18 +34,13 @@ def _api_keys(key: str | None, key_file: Path | None) -> frozenset[str]:
 
 
 @app.command()
+@option_groups
 def serve(
     model: Path = MODEL,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="Port to listen on (0: any free one, logged)."),
     parallel: int = typer.Option(1, "-np", "--parallel", help="Requests generated at once (slots)."),
-    ctx_size: int = CTX_SIZE,
-    threads: int = THREADS,
-    batch_size: int = BATCH_SIZE,
-    no_mmap: bool = NO_MMAP,
-    mlock: bool = MLOCK,
-    cache_type_k: str = CACHE_TYPE_K,
-    cache_type_v: str = CACHE_TYPE_V,
+    load: dict = LOAD_OPTIONS,
     activations: str = ACTIVATIONS,
     alias: str = typer.Option(None, "--alias", help="Model name clients see (default: the file name)."),
     api_key: str = typer.Option(None, "--api-key", help="Require this key (Authorization: Bearer KEY)."),
@@ -76,13 +70,9 @@ def serve(
         raise BadInputError(f"--port must be in 0..65535, got {port}")
     if parallel < 1:
         raise BadInputError(f"--parallel must be at least 1, got {parallel}")
-    if batch_size <= 0:
-        raise BadInputError(f"--batch-size must be positive, got {batch_size}")
-    if threads is not None and threads <= 0:
-        raise BadInputError(f"--threads must be positive, got {threads}")
-    if ctx_size is not None and ctx_size <= 0:
-        raise BadInputError(f"--ctx-size must be positive, got {ctx_size}")
-    check_activations(activations)
+    check_load_options(load["threads"], load["batch_size"], activations)
+    if load["ctx_size"] is not None and load["ctx_size"] <= 0:
+        raise BadInputError(f"--ctx-size must be positive, got {load['ctx_size']}")
     if not timeout > 0:
         raise BadInputError(f"--timeout must be positive, got {timeout}")
     if max_queue is not None and max_queue < 0:
@@ -97,10 +87,10 @@ def serve(
     if not ray and (ray_address is not None or replicas is not None or autoscale is not None):
         raise BadInputError("--ray-address, --replicas and --autoscale apply to --ray")
     origins = tuple(o.strip() for item in cors_origins for o in item.split(",") if o.strip())
-    config = ServerConfig(model=model, host=host, port=port, parallel=parallel, ctx_size=ctx_size,
-                          threads=threads, batch_size=batch_size, use_mmap=not no_mmap, mlock=mlock,
-                          cache_type_k=cache_type_k, cache_type_v=cache_type_v, prompt_activations=activations,
-                          alias=alias,
+    config = ServerConfig(model=model, host=host, port=port, parallel=parallel, ctx_size=load["ctx_size"],
+                          threads=load["threads"], batch_size=load["batch_size"], use_mmap=not load["no_mmap"],
+                          mlock=load["mlock"], cache_type_k=load["cache_type_k"], cache_type_v=load["cache_type_v"],
+                          prompt_activations=activations, alias=alias,
                           api_keys=_api_keys(api_key, api_key_file), cors_origins=origins, timeout=timeout,
                           max_queue=max_queue, pooling=pooling)
     if ray:

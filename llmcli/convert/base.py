@@ -380,6 +380,41 @@ def stacked(parts: list[SourceTensor], transform: Callable[[np.ndarray], np.ndar
     return load
 
 
+class ExpertStacks:
+    """Mixture-of-experts checkpoints that store one tensor per expert and projection: a layer's
+    tensors are held until all n_experts x len(projections) have come, then each projection's are
+    written as one tensor stacked on a new first axis (the expert), in `projections` order.
+    source / merged: the HF name templates of an expert's tensor ({bid}, {x}: the expert, {p}) and
+    of the stacked one ({bid}, {p}), the latter mapped to GGUF by the converter's name table."""
+
+    def __init__(self, conv: "ArchConverter", source: str, merged: str, projections: tuple[str, ...]):
+        self.conv, self.source, self.merged, self.projections = conv, source, merged, projections
+        self.layers: dict[int, dict[str, SourceTensor]] = {}
+        self.n_experts = 0
+
+    def add(self, src: SourceTensor, name: str, bid: int, n_experts: int) -> Iterable[OutputTensor]:
+        self.n_experts = n_experts
+        layer = self.layers.setdefault(bid, {})
+        layer[name] = src
+        if len(layer) < n_experts * len(self.projections):
+            return
+        for p in self.projections:
+            try:
+                parts = [layer.pop(self.source.format(bid=bid, x=x, p=p)) for x in range(n_experts)]
+            except KeyError as e:
+                raise BadInputError(f"{self.conv.dir}: expert tensor {e} missing for layer {bid}") from None
+            yield OutputTensor(self.conv.map_name(self.merged.format(bid=bid, p=p), parts[0]),
+                               (n_experts, *parts[0].shape), stacked(parts), sum(part.n_bytes for part in parts))
+        del self.layers[bid]
+
+    def check_complete(self) -> None:
+        """A layer whose expert tensors did not all come is an error."""
+        for bid, layer in self.layers.items():
+            if layer:
+                raise BadInputError(f"{self.conv.dir}: layer {bid} has {len(layer)} expert tensors, "
+                                    f"expected {len(self.projections) * self.n_experts}")
+
+
 def iter_blocks(names: Iterable[str]) -> Iterator[int]:
     for n in names:
         if (b := block_id(n)) is not None:

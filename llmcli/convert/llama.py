@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..vocab import hf as vocab
-from .base import COMMON_TENSOR_NAMES, ArchConverter, OutputTensor, stacked
+from .base import COMMON_TENSOR_NAMES, ArchConverter, ExpertStacks, OutputTensor
 from .checkpoint import SourceTensor
 from .metadata import KV
 from .registry import register
@@ -73,7 +73,8 @@ class LlamaConverter(ArchConverter):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._experts: dict[int, dict[str, SourceTensor]] = {}
+        self._experts = ExpertStacks(self, "model.layers.{bid}.block_sparse_moe.experts.{x}.{p}.weight",
+                                     "layers.{bid}.feed_forward.experts.{p}.weight", ("w1", "w2", "w3"))
 
     def set_hparams(self, kv: KV, file_type: int) -> None:
         super().set_hparams(kv, file_type)
@@ -127,28 +128,10 @@ class LlamaConverter(ArchConverter):
         if m is None:
             yield from super().tensor_outputs(src, name)
             return
-        n_experts = int(self.need("num_local_experts"))
-        bid = int(m.group(1))
-        layer = self._experts.setdefault(bid, {})
-        layer[name] = src
-        if len(layer) < n_experts * 3:
-            return
-        for wid in ("w1", "w2", "w3"):
-            try:
-                parts = [layer.pop(f"model.layers.{bid}.block_sparse_moe.experts.{x}.{wid}.weight")
-                         for x in range(n_experts)]
-            except KeyError as e:
-                raise BadInputError(f"{self.dir}: expert tensor {e} missing for layer {bid}") from None
-            merged = f"layers.{bid}.feed_forward.experts.{wid}.weight"
-            yield OutputTensor(self.map_name(merged, parts[0]), (n_experts, *parts[0].shape), stacked(parts),
-                               sum(p.n_bytes for p in parts))
-        del self._experts[bid]
+        yield from self._experts.add(src, name, int(m.group(1)), int(self.need("num_local_experts")))
 
     def check_plan_complete(self) -> None:
-        for bid, layer in self._experts.items():
-            if layer:
-                raise BadInputError(f"{self.dir}: layer {bid} has {len(layer)} expert tensors, "
-                                    f"expected {3 * int(self.need('num_local_experts'))}")
+        self._experts.check_complete()
 
     def plan(self) -> list[OutputTensor]:
         extra = list(self.rope_freqs())

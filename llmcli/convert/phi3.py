@@ -12,21 +12,15 @@ import math
 import numpy as np
 
 from ..errors import BadInputError, UnsupportedError
-from .base import ArchConverter, OutputTensor
+from .base import COMMON_TENSOR_NAMES, ArchConverter, OutputTensor
 from .llama import vocab_config
 from .metadata import KV
 from .registry import register
 
-PHI3_TENSOR_NAMES = {
-    "model.embed_tokens": "token_embd",
-    "model.norm": "output_norm",
-    "lm_head": "output",
-    "model.layers.{bid}.input_layernorm": "blk.{bid}.attn_norm",
+PHI3_TENSOR_NAMES = {  # the common names (their q/k/v and gate/up entries match nothing here) + the fused ones
+    **COMMON_TENSOR_NAMES,
     "model.layers.{bid}.self_attn.qkv_proj": "blk.{bid}.attn_qkv",
-    "model.layers.{bid}.self_attn.o_proj": "blk.{bid}.attn_output",
-    "model.layers.{bid}.post_attention_layernorm": "blk.{bid}.ffn_norm",
     "model.layers.{bid}.mlp.gate_up_proj": "blk.{bid}.ffn_up",
-    "model.layers.{bid}.mlp.down_proj": "blk.{bid}.ffn_down",
 }
 
 

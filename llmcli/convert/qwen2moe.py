@@ -23,7 +23,7 @@ import re
 from typing import Iterable
 
 from ..errors import BadInputError
-from .base import COMMON_TENSOR_NAMES, ArchConverter, OutputTensor, stacked
+from .base import COMMON_TENSOR_NAMES, ArchConverter, ExpertStacks, OutputTensor
 from .checkpoint import SourceTensor
 from .metadata import KV
 from .registry import register
@@ -55,7 +55,8 @@ class Qwen2MoeConverter(ArchConverter):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._experts: dict[int, dict[str, SourceTensor]] = {}
+        self._experts = ExpertStacks(self, "model.layers.{bid}.mlp.experts.{x}.{p}.weight",
+                                     "model.layers.{bid}.mlp.experts.{p}.weight", STACK_ORDER)
 
     def set_hparams(self, kv: KV, file_type: int) -> None:
         super().set_hparams(kv, file_type)
@@ -75,21 +76,7 @@ class Qwen2MoeConverter(ArchConverter):
         if m is None:
             yield from super().tensor_outputs(src, name)
             return
-        bid = int(m.group(1))
-        layer = self._experts.setdefault(bid, {})
-        layer[name] = src
-        if len(layer) < self.n_experts * 3:
-            return
-        for which in STACK_ORDER:
-            try:
-                parts = [layer.pop(f"model.layers.{bid}.mlp.experts.{x}.{which}.weight")
-                         for x in range(self.n_experts)]
-            except KeyError as e:
-                raise BadInputError(f"{self.dir}: expert tensor {e} missing for layer {bid}") from None
-            merged = f"model.layers.{bid}.mlp.experts.{which}.weight"
-            yield OutputTensor(self.map_name(merged, parts[0]), (self.n_experts, *parts[0].shape), stacked(parts),
-                               sum(p.n_bytes for p in parts))
-        del self._experts[bid]
+        yield from self._experts.add(src, name, int(m.group(1)), self.n_experts)
 
     def _fused_outputs(self, src: SourceTensor, bid: int, which: str) -> Iterable[OutputTensor]:
         """transformers' fused layout: down_proj (n_expert, n_embd, n_ff) as is, gate_up_proj split."""
@@ -111,7 +98,4 @@ class Qwen2MoeConverter(ArchConverter):
                                src.n_bytes // 2)
 
     def check_plan_complete(self) -> None:
-        for bid, layer in self._experts.items():
-            if layer:
-                raise BadInputError(f"{self.dir}: layer {bid} has {len(layer)} expert tensors, "
-                                    f"expected {3 * self.n_experts}")
+        self._experts.check_complete()

@@ -26,8 +26,10 @@ from __future__ import annotations
 import types
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 from numba.extending import overload
+
+from .simd import lanes_sum
 
 # Rows per prange work item in mat-vec kernels: big enough to amortise the accumulator set-up,
 # small enough that 2 threads share a 256-row matrix evenly.
@@ -65,6 +67,73 @@ def block_sums(X, size):
                 s += X[t, size * j + k]
             sums[t, j] = s
     return sums
+
+
+@njit(inline="always")
+def row_dots(rows, Y, row_dot, kind, operands):
+    """The loop of the kernels whose rows each run as one whole-row LLVM loop (simd.py's
+    `row_dot`s, the int8 ones): row_dot(rows[r], operands, kind, Y, r, t0, n) stores
+    row r . column t to Y[t, r] for t0 <= t < t0 + n. Tiles of ROW_TILE rows (prange); per tile
+    the columns in blocks of COLUMN_BLOCK, each block over all the tile's rows. rows: the weight
+    rows as 2-D (row, bytes or values); kind: a literal the row dot dispatches on; operands: the
+    activations as the row dot takes them (an array or a tuple)."""
+    n_rows = rows.shape[0]
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
+            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+                row_dot(rows[r], operands, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+
+
+@njit(inline="always")
+def lanes_rows(blocks, x, out, block_bytes, block_step, variant, x_sums, scratch_of):
+    """The "lanes" shape (module docstring) around one format's block step, for the kernels whose
+    blocks go through `simd.fma_lanes`. Per tile of ROW_TILE rows (prange): acc (B, 64), a 64-lane
+    float32 accumulator per column, and offset (B,); per row both start at 0, then for each block b
+
+        block_step(blocks, r, b, row, base, variant, x_sums, scratch, acc, offset, xf, n_t, n_cols)
+
+    adds the block's lanes into acc (flat (B * 64,), column t at 64 t) by fma_lanes steps over xf
+    (the activations flat, column t at n_cols t; n_t = B), and into offset[t] what needs no lanes
+    (a minimum times a sum of x over a sub-block; x_sums: what the kernel computed from X for that,
+    or None). row: row r's bytes flat, block b at row[base:]; variant: a constant for steps that
+    serve two types; scratch = scratch_of() once per tile, what a step decodes a block into (or
+    None). Then out[t, r] = lanes_sum(acc[t]) + offset[t] (an offset of +0 changes no bit: the lanes
+    start at +0, so no sum of them is -0)."""
+    X, Y = columns(x, out)
+    n_t, n_cols = X.shape
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    flat = blocks.reshape(n_rows, n_blocks * block_bytes)
+    xf = X.reshape(-1)
+    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
+        acc = np.empty((n_t, 64), np.float32)
+        acc_lanes = acc.reshape(-1)
+        offset = np.empty(n_t, np.float32)
+        scratch = scratch_of()
+        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
+            acc[:] = 0.0
+            offset[:] = 0.0
+            row = flat[r]
+            for b in range(n_blocks):
+                block_step(blocks, r, b, row, block_bytes * b, variant, x_sums, scratch, acc_lanes, offset, xf, n_t,
+                           n_cols)
+            for t in range(n_t):
+                Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
+
+
+@njit(inline="always")
+def lanes_rows_min(blocks, x, out, block_bytes, block_step, variant, sub_block):
+    """`lanes_rows` for the formats with a minimum per sub-block of `sub_block` weights (Q4_1, Q5_1,
+    Q2_K, Q5_K): x_sums[t, b, j] = the sum of column t's activations over sub-block j of block b,
+    which the block step multiplies by the minimum into offset."""
+    X, _ = columns(x, out)
+    x_sums = block_sums(X, sub_block).reshape(X.shape[0], blocks.shape[1], -1)
+    lanes_rows(blocks, x, out, block_bytes, block_step, variant, x_sums, no_scratch)
+
+
+@njit(inline="always")
+def no_scratch():
+    """`lanes_rows`' scratch_of for block steps that decode nothing."""
+    return None
 
 
 def serial_twin(kernel):

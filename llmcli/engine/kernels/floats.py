@@ -12,18 +12,19 @@ import numpy as np
 from numba import njit, prange
 
 from ...gguf.constants import GGMLType
-from .common import COLUMN_BLOCK, ROW_TILE, Format, columns
+from .common import Format, columns, row_dots
 from .simd import row_dot_float
 
 
 @njit(inline="always")
 def _float_rows(w, x, out, kind):
     X, Y = columns(x, out)
-    n_rows = w.shape[0]
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot_float(w[r], X, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+    row_dots(w, Y, _row_dot, kind, X)
+
+
+@njit(inline="always")
+def _row_dot(row, X, kind, Y, r, t0, n_t):  # common.row_dots' step
+    row_dot_float(row, X, kind, Y, r, t0, n_t)
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -38,13 +38,13 @@ from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
 from ...quants.iq1 import DELTA, iq1_m_block, iq1_m_scale, iq1_s_block
 from ...quants.iq_grids import negate_bytes
-from .common import ROW_TILE, Format, columns
+from ...quants.kquants import QK_K
+from .common import ROW_TILE, Format, columns, lanes_rows
 from .int8_kquants import q8_k_columns
 from .iq3 import scaled_dot_s8
-from .simd import fma_lanes, lanes_sum
+from .simd import fma_lanes
 
 F32 = np.float32
-QK_K = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,36 +103,29 @@ def _decode_eighths(blk, m_type, grid_values, ls, negative, codes, scales):
 
 
 @njit(inline="always")
-def _iq1_rows(blocks, x, out, m_type):
-    """Float32 activations: IQ1_M rows (m_type) or IQ1_S rows, "lanes" shape, all columns at once;
-    one fma_lanes step per 32 codes (a float scale d * (2 ls + 1) * 0.125 per 16: the weights are
-    the dequantizer's d * (2 ls + 1) * (q +- delta) bit for bit, 8 q +- 1 and / 8 being exact)."""
-    X, Y = columns(x, out)
-    n_t, n_cols = X.shape
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    xf = X.reshape(-1)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 64), np.float32)
-        grid_values = np.empty(32, np.uint64)
-        ls = np.empty(16, np.int32)
-        negative = np.empty(32, np.bool_)
-        codes = np.empty(32, np.uint64)
-        code_bytes = codes.view(np.uint8)
-        scales = np.empty(16, np.int16)
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            for b in range(n_blocks):
-                d = _decode_eighths(blocks[r, b], m_type, grid_values, ls, negative, codes, scales)
-                for i in range(8):
-                    fma_lanes(acc=acc.reshape(-1), acc_off=32 * (i & 1),
-                              scale=d * F32(scales[2 * i]) * F32(0.125),
-                              scale2=d * F32(scales[2 * i + 1]) * F32(0.125), x=xf, x_off=QK_K * b + 32 * i,
-                              src=code_bytes, src_off=32 * i, shift=0, mask=-1,  # the codes as is
-                              src2=code_bytes, src2_off=0, shift2=0, mask2=0, mul2=0, bias=0,  # no second source
-                              n=32, signed=True, src2_bits=False, nibbles=False,
-                              n_columns=n_t, acc_stride=64, x_stride=n_cols)
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 64)
+def _iq1_scratch():
+    """The block decoder's outputs (grid values, ls, delta signs) and the codes 8 q +- 1 with their
+    odd scales (`_decode_eighths`)."""
+    codes = np.empty(32, np.uint64)
+    return (np.empty(32, np.uint64), np.empty(16, np.int32), np.empty(32, np.bool_), codes, codes.view(np.uint8),
+            np.empty(16, np.int16))
+
+
+@njit(inline="always")
+def _iq1_block(blocks, r, b, row, base, m_type, x_sums, scratch, acc, offset, xf, n_t, n_cols):
+    """Float32 activations: an IQ1_M block (m_type) or IQ1_S block, one fma_lanes step per 32 codes
+    (a float scale d * (2 ls + 1) * 0.125 per 16: the weights are the dequantizer's
+    d * (2 ls + 1) * (q +- delta) bit for bit, 8 q +- 1 and / 8 being exact)."""
+    grid_values, ls, negative, codes, code_bytes, scales = scratch
+    d = _decode_eighths(blocks[r, b], m_type, grid_values, ls, negative, codes, scales)
+    for i in range(8):
+        fma_lanes(acc=acc, acc_off=32 * (i & 1),
+                  scale=d * F32(scales[2 * i]) * F32(0.125),
+                  scale2=d * F32(scales[2 * i + 1]) * F32(0.125), x=xf, x_off=QK_K * b + 32 * i,
+                  src=code_bytes, src_off=32 * i, shift=0, mask=-1,  # the codes as is
+                  src2=code_bytes, src2_off=0, shift2=0, mask2=0, mul2=0, bias=0,  # no second source
+                  n=32, signed=True, src2_bits=False, nibbles=False,
+                  n_columns=n_t, acc_stride=64, x_stride=n_cols)
 
 
 @njit(inline="always")
@@ -168,12 +161,12 @@ def _iq1_int8_rows(blocks, x, out, m_type):
 # x float32 (n_blocks, 8, 32) | (n_blocks, 16, 16) or X (B, n_cols), out float32 (rows,) or (B, rows).
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq1_s(blocks, x, out):
-    _iq1_rows(blocks, x, out, False)
+    lanes_rows(blocks, x, out, 50, _iq1_block, False, None, _iq1_scratch)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq1_m(blocks, x, out):
-    _iq1_rows(blocks, x, out, True)
+    lanes_rows(blocks, x, out, 56, _iq1_block, True, None, _iq1_scratch)
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -40,13 +40,12 @@ from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
 from ...quants.iq2 import (GRID_S, GRID_XS, GRID_XXS, iq2_group_values, iq2_s_group, iq2_xs_group,
                            iq2_xxs_group)
-from .common import COLUMN_BLOCK, ROW_TILE, Format, columns
+from ...quants.kquants import QK_K
+from .common import ROW_TILE, Format, columns, row_dots
 from .int8_kquants import q8_k_columns, row_of_blocks, dot_scaled
 from .llvm_ir import F32, I8, I16, I32, I64, call_fma, const_vector, data_ptr, float_tree_sum, i64, load_at, \
     load_half, splat, vector
 from .simd import lanes_sum
-
-QK_K = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,13 +283,14 @@ def row_dot_iq2_int8(typingctx, row, xq, xd, bsums, n_blocks, kind, out, r, t0, 
 def _iq2_int8_rows(blocks, x, out, block_bytes, kind, grid):
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * block_bytes)
     xq, xd, bsums = q8_k_columns(X, 0, False)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot_iq2_int8(flat[r], xq, xd, bsums, n_blocks, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0),
-                                 grid)
+    row_dots(blocks.reshape(n_rows, n_blocks * block_bytes), Y, _int8_row, kind, (xq, xd, bsums, n_blocks, grid))
+
+
+@njit(inline="always")
+def _int8_row(row, operands, kind, Y, r, t0, n_t):  # common.row_dots' step
+    xq, xd, bsums, n_blocks, grid = operands
+    row_dot_iq2_int8(row, xq, xd, bsums, n_blocks, kind, Y, r, t0, n_t, grid)
 
 
 # Same signature as the float kernels above. One kernel per type: `kind` must be a literal.

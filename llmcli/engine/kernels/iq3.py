@@ -35,24 +35,24 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
 from ...quants.iq3 import IQ3S_POINTS, IQ3XXS_POINTS, iq3_s_block, iq3_xxs_block
 from ...quants.iq_grids import grid_bytes, quantizer_grid
-from .common import ROW_TILE, Format, columns
+from ...quants.kquants import QK_K
+from .common import Format, lanes_rows
 from .int8 import HAS_AVX2, HAS_AVX512, HAS_AVX512BW, HAS_VNNI, lookup16, madd_pairs
 from .int8_kquants import row_of_blocks
 from .iq2 import ROW_CODEGEN, _iq2_int8_rows, ksign_bytes, nibbles, odd_scales, sign_zmms, signed_dots
 from .llvm_ir import F32 as F32_IR
 from .llvm_ir import I8, I8_PTR, I16, I32, I64, as_i64, const_vector, data_ptr, declare, float_tree_sum, halves, \
     i64, indices, load_at, tree_reduce, vector
-from .simd import fma_lanes, lanes_sum
+from .simd import fma_lanes
 
 F32 = np.float32
-QK_K = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,31 +86,24 @@ def _decode(blk, xxs, codes, ls):
 
 
 @njit(inline="always")
-def _iq3_rows(blocks, x, out, xxs):
-    """Float32 activations: IQ3_XXS rows (xxs) or IQ3_S rows, "lanes" shape, all columns at once."""
-    X, Y = columns(x, out)
-    n_t, n_cols = X.shape
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    xf = X.reshape(-1)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 64), np.float32)
-        codes = np.empty(32, np.uint64)
-        code_bytes = codes.view(np.uint8)
-        ls = np.empty(8, np.int32)
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            for b in range(n_blocks):
-                d = _decode(blocks[r, b], xxs, codes, ls)
-                for s in range(8):
-                    # the dequantizer's float scale of the sub-block
-                    db = d * (F32(0.5) + F32(ls[s])) * F32(0.5) if xxs else d * F32(1 + 2 * ls[s])
-                    fma_lanes(acc=acc.reshape(-1), acc_off=32 * (s & 1), scale=db, scale2=db, x=xf,
-                              x_off=QK_K * b + 32 * s, src=code_bytes, src_off=32 * s, shift=0, mask=-1,  # as is
-                              src2=code_bytes, src2_off=0, shift2=0, mask2=0, mul2=0, bias=0,  # no second source
-                              n=32, signed=True, src2_bits=False, nibbles=False,
-                              n_columns=n_t, acc_stride=64, x_stride=n_cols)
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 64)
+def _iq3_scratch():
+    codes = np.empty(32, np.uint64)
+    return codes, codes.view(np.uint8), np.empty(8, np.int32)
+
+
+@njit(inline="always")
+def _iq3_block(blocks, r, b, row, base, xxs, x_sums, scratch, acc, offset, xf, n_t, n_cols):
+    """Float32 activations: an IQ3_XXS block (xxs) or IQ3_S block, one fma_lanes step a sub-block."""
+    codes, code_bytes, ls = scratch
+    d = _decode(blocks[r, b], xxs, codes, ls)
+    for s in range(8):
+        # the dequantizer's float scale of the sub-block
+        db = d * (F32(0.5) + F32(ls[s])) * F32(0.5) if xxs else d * F32(1 + 2 * ls[s])
+        fma_lanes(acc=acc, acc_off=32 * (s & 1), scale=db, scale2=db, x=xf,
+                  x_off=QK_K * b + 32 * s, src=code_bytes, src_off=32 * s, shift=0, mask=-1,  # as is
+                  src2=code_bytes, src2_off=0, shift2=0, mask2=0, mul2=0, bias=0,  # no second source
+                  n=32, signed=True, src2_bits=False, nibbles=False,
+                  n_columns=n_t, acc_stride=64, x_stride=n_cols)
 
 
 @intrinsic
@@ -333,12 +326,12 @@ ROW_CODEGEN.update({kind: _iq3_int8_codegen(kind) for kind in BLOCK_BYTES})
 # x float32 (n_blocks, 8, 32) or X (B, n_cols), out float32 (rows,) or (B, rows).
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq3_xxs(blocks, x, out):
-    _iq3_rows(blocks, x, out, True)
+    lanes_rows(blocks, x, out, 98, _iq3_block, True, None, _iq3_scratch)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_iq3_s(blocks, x, out):
-    _iq3_rows(blocks, x, out, False)
+    lanes_rows(blocks, x, out, 110, _iq3_block, False, None, _iq3_scratch)
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -12,14 +12,14 @@ sub-block sums of x are computed once per call (llama.cpp's `bsums` idea).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
 from ...quants.kquants import q3_k_scale, scale_min_k4
 from .llvm_ir import PREFETCH_BYTES
-from .simd import fma_lanes, lanes_sum, prefetch, row_dot_q4_k, row_dot_q6_k
-from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns
+from .simd import fma_lanes, prefetch, row_dot_q4_k, row_dot_q6_k
+from .common import Format, block_sums, columns, lanes_rows, lanes_rows_min, no_scratch, row_dots
 from .legacy import iq4_rows
 
 
@@ -31,42 +31,30 @@ from .legacy import iq4_rows
 #   sub-block s = 8n + 2j + h (n: 128-half, j: 2-bit plane, h: 16-byte half), weight l of it:
 #        q = (qs[32n + 16h + l] >> 2j) & 3       value = d*scale*q - dmin*min
 # ---------------------------------------------------------------------------------------------
+@njit(inline="always")
+def _q2_k_block(blocks, r, b, row, base, variant, x_sum, scratch, acc, offset, xf, n_t, n_cols):
+    d = read_fp16(blocks[r, b], 80)
+    dmin = read_fp16(blocks[r, b], 82)
+    for n in range(2):
+        for j in range(4):
+            s = 8 * n + 2 * j  # sub-blocks s and s+1: 32 consecutive weights
+            sc0 = np.int32(blocks[r, b, s])
+            sc1 = np.int32(blocks[r, b, s + 1])
+            m0 = np.float32(sc0 >> 4)
+            m1 = np.float32(sc1 >> 4)
+            for t in range(n_t):
+                offset[t] -= dmin * (m0 * x_sum[t, b, s] + m1 * x_sum[t, b, s + 1])
+            fma_lanes(acc=acc, acc_off=32 * (j & 1), scale=d * np.float32(sc0 & 15),
+                      scale2=d * np.float32(sc1 & 15), x=xf, x_off=256 * b + 16 * s,
+                      src=row, src_off=base + 16 + 32 * n, shift=2 * j, mask=3,
+                      src2=row, src2_off=0, shift2=0, mask2=0, mul2=0, bias=0,  # no second source
+                      n=32, signed=False, src2_bits=False, nibbles=False,
+                      n_columns=n_t, acc_stride=64, x_stride=n_cols)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q2_k(blocks, x, out):
-    X, Y = columns(x, out)
-    n_t, n_cols = X.shape
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 84)
-    xf = X.reshape(-1)
-    x_sum = block_sums(X, 16).reshape(n_t, n_blocks, 16)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 64), np.float32)
-        offset = np.empty(n_t, np.float32)
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            offset[:] = 0.0
-            row = flat[r]
-            for b in range(n_blocks):
-                d = read_fp16(blocks[r, b], 80)
-                dmin = read_fp16(blocks[r, b], 82)
-                base = 84 * b
-                for n in range(2):
-                    for j in range(4):
-                        s = 8 * n + 2 * j  # sub-blocks s and s+1: 32 consecutive weights
-                        sc0 = np.int32(blocks[r, b, s])
-                        sc1 = np.int32(blocks[r, b, s + 1])
-                        m0 = np.float32(sc0 >> 4)
-                        m1 = np.float32(sc1 >> 4)
-                        for t in range(n_t):
-                            offset[t] += dmin * (m0 * x_sum[t, b, s] + m1 * x_sum[t, b, s + 1])
-                        fma_lanes(acc=acc.reshape(-1), acc_off=32 * (j & 1), scale=d * np.float32(sc0 & 15),
-                                  scale2=d * np.float32(sc1 & 15), x=xf, x_off=256 * b + 16 * s,
-                                  src=row, src_off=base + 16 + 32 * n, shift=2 * j, mask=3,
-                                  src2=row, src2_off=0, shift2=0, mask2=0, mul2=0, bias=0,  # no second source
-                                  n=32, signed=False, src2_bits=False, nibbles=False,
-                                  n_columns=n_t, acc_stride=64, x_stride=n_cols)
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 64) - offset[t]
+    lanes_rows_min(blocks, x, out, 84, _q2_k_block, False, 16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,34 +69,25 @@ def matvec_q2_k(blocks, x, out):
 #           byte 8+i: bits 0-1 -> s[i], 2-3 -> s[i+4], 4-5 -> s[i+8], 6-7 -> s[i+12] (high 2 bits)
 #           (read by quants.kquants.q3_k_scale)
 # ---------------------------------------------------------------------------------------------
+@njit(inline="always")
+def _q3_k_block(blocks, r, b, row, base, variant, x_sums, scratch, acc, offset, xf, n_t, n_cols):
+    d = read_fp16(blocks[r, b], 108)
+    sc = blocks[r, b, 96:108]
+    for n in range(2):
+        for j in range(4):
+            s = 8 * n + 2 * j  # sub-blocks s and s+1: 32 consecutive weights
+            # q = 2 low bits + 4 * hmask bit - 4
+            fma_lanes(acc=acc, acc_off=32 * (j & 1), scale=d * np.float32(q3_k_scale(s, sc)),
+                      scale2=d * np.float32(q3_k_scale(s + 1, sc)), x=xf, x_off=256 * b + 16 * s,
+                      src=row, src_off=base + 32 + 32 * n, shift=2 * j, mask=3,
+                      src2=row, src2_off=base, shift2=4 * n + j, mask2=1, mul2=4, bias=-4,
+                      n=32, signed=False, src2_bits=False, nibbles=False,
+                      n_columns=n_t, acc_stride=64, x_stride=n_cols)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q3_k(blocks, x, out):
-    X, Y = columns(x, out)
-    n_t, n_cols = X.shape
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 110)
-    xf = X.reshape(-1)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 64), np.float32)
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            row = flat[r]
-            for b in range(n_blocks):
-                d = read_fp16(blocks[r, b], 108)
-                sc = blocks[r, b, 96:108]
-                base = 110 * b
-                for n in range(2):
-                    for j in range(4):
-                        s = 8 * n + 2 * j  # sub-blocks s and s+1: 32 consecutive weights
-                        # q = 2 low bits + 4 * hmask bit - 4
-                        fma_lanes(acc=acc.reshape(-1), acc_off=32 * (j & 1), scale=d * np.float32(q3_k_scale(s, sc)),
-                                  scale2=d * np.float32(q3_k_scale(s + 1, sc)), x=xf, x_off=256 * b + 16 * s,
-                                  src=row, src_off=base + 32 + 32 * n, shift=2 * j, mask=3,
-                                  src2=row, src2_off=base, shift2=4 * n + j, mask2=1, mul2=4, bias=-4,
-                                  n=32, signed=False, src2_bits=False, nibbles=False,
-                                  n_columns=n_t, acc_stride=64, x_stride=n_cols)
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 64)
+    lanes_rows(blocks, x, out, 110, _q3_k_block, False, None, no_scratch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,12 +102,13 @@ def matvec_q4_k(blocks, x, out):
     # one LLVM loop per row (simd.row_dot_q4_k: accumulators in registers, scales unpacked as vectors)
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 144)
-    x_sum = block_sums(X, 32)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot_q4_k(flat[r], X, x_sum, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+    row_dots(blocks.reshape(n_rows, n_blocks * 144), Y, _q4_k_row, "q4_k", (X, block_sums(X, 32), n_blocks))
+
+
+@njit(inline="always")
+def _q4_k_row(row, operands, kind, Y, r, t0, n_t):  # common.row_dots' step
+    X, x_sum, n_blocks = operands
+    row_dot_q4_k(row, X, x_sum, n_blocks, Y, r, t0, n_t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,49 +117,37 @@ def matvec_q4_k(blocks, x, out):
 #        | d  | dmin | scales[12] | qh[32]  | qs[128]                |
 #   as Q4_K, plus a 5th bit: sub-block s takes bit s of qh[l] (l = position in the sub-block)
 # ---------------------------------------------------------------------------------------------
+@njit(inline="always")
+def _q5_k_block(blocks, r, b, row, base, variant, x_sum, scratch, acc, offset, xf, n_t, n_cols):
+    d = read_fp16(blocks[r, b], 0)
+    dmin = read_fp16(blocks[r, b], 2)
+    prefetch(row, base + PREFETCH_BYTES)
+    prefetch(row, base + PREFETCH_BYTES + 64)
+    prefetch(row, base + PREFETCH_BYTES + 128)
+    for g in range(4):
+        sc1, m1 = scale_min_k4(2 * g, blocks[r, b, 4:16])
+        sc2, m2 = scale_min_k4(2 * g + 1, blocks[r, b, 4:16])
+        mf1 = np.float32(m1)
+        mf2 = np.float32(m2)
+        for t in range(n_t):
+            offset[t] -= dmin * (mf1 * x_sum[t, b, 2 * g] + mf2 * x_sum[t, b, 2 * g + 1])
+        d1 = d * np.float32(sc1)
+        d2 = d * np.float32(sc2)
+        fma_lanes(acc=acc, acc_off=0, scale=d1, scale2=d1, x=xf, x_off=256 * b + 64 * g,
+                  src=row, src_off=base + 48 + 32 * g, shift=0, mask=15,
+                  src2=row, src2_off=base + 16, shift2=2 * g, mask2=1, mul2=16, bias=0,
+                  n=32, signed=False, src2_bits=False, nibbles=False,
+                  n_columns=n_t, acc_stride=64, x_stride=n_cols)
+        fma_lanes(acc=acc, acc_off=32, scale=d2, scale2=d2, x=xf, x_off=256 * b + 64 * g + 32,
+                  src=row, src_off=base + 48 + 32 * g, shift=4, mask=15,
+                  src2=row, src2_off=base + 16, shift2=2 * g + 1, mask2=1, mul2=16, bias=0,
+                  n=32, signed=False, src2_bits=False, nibbles=False,
+                  n_columns=n_t, acc_stride=64, x_stride=n_cols)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_k(blocks, x, out):
-    X, Y = columns(x, out)
-    n_t, n_cols = X.shape
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 176)
-    xf = X.reshape(-1)
-    x_sum = block_sums(X, 32).reshape(n_t, n_blocks, 8)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 64), np.float32)
-        offset = np.empty(n_t, np.float32)
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            offset[:] = 0.0
-            row = flat[r]
-            for b in range(n_blocks):
-                d = read_fp16(blocks[r, b], 0)
-                dmin = read_fp16(blocks[r, b], 2)
-                base = 176 * b
-                prefetch(row, base + PREFETCH_BYTES)
-                prefetch(row, base + PREFETCH_BYTES + 64)
-                prefetch(row, base + PREFETCH_BYTES + 128)
-                for g in range(4):
-                    sc1, m1 = scale_min_k4(2 * g, blocks[r, b, 4:16])
-                    sc2, m2 = scale_min_k4(2 * g + 1, blocks[r, b, 4:16])
-                    mf1 = np.float32(m1)
-                    mf2 = np.float32(m2)
-                    for t in range(n_t):
-                        offset[t] += dmin * (mf1 * x_sum[t, b, 2 * g] + mf2 * x_sum[t, b, 2 * g + 1])
-                    d1 = d * np.float32(sc1)
-                    d2 = d * np.float32(sc2)
-                    fma_lanes(acc=acc.reshape(-1), acc_off=0, scale=d1, scale2=d1, x=xf, x_off=256 * b + 64 * g,
-                              src=row, src_off=base + 48 + 32 * g, shift=0, mask=15,
-                              src2=row, src2_off=base + 16, shift2=2 * g, mask2=1, mul2=16, bias=0,
-                              n=32, signed=False, src2_bits=False, nibbles=False,
-                              n_columns=n_t, acc_stride=64, x_stride=n_cols)
-                    fma_lanes(acc=acc.reshape(-1), acc_off=32, scale=d2, scale2=d2, x=xf, x_off=256 * b + 64 * g + 32,
-                              src=row, src_off=base + 48 + 32 * g, shift=4, mask=15,
-                              src2=row, src2_off=base + 16, shift2=2 * g + 1, mask2=1, mul2=16, bias=0,
-                              n=32, signed=False, src2_bits=False, nibbles=False,
-                              n_columns=n_t, acc_stride=64, x_stride=n_cols)
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 64) - offset[t]
+    lanes_rows_min(blocks, x, out, 176, _q5_k_block, False, 32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,11 +165,13 @@ def matvec_q6_k(blocks, x, out):
     # one LLVM loop per row (simd.row_dot_q6_k: accumulators in registers, a zmm per sub-block)
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 210)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot_q6_k(flat[r], X, n_blocks, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+    row_dots(blocks.reshape(n_rows, n_blocks * 210), Y, _q6_k_row, "q6_k", (X, n_blocks))
+
+
+@njit(inline="always")
+def _q6_k_row(row, operands, kind, Y, r, t0, n_t):  # common.row_dots' step
+    X, n_blocks = operands
+    row_dot_q6_k(row, X, n_blocks, Y, r, t0, n_t)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
 from ...quants.iquants import IQ4_GRID, iq4_xs_scale
 from .simd import fma_lanes, lanes_sum, row_dot
-from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns
+from .common import ROW_TILE, Format, columns, lanes_rows_min, row_dots
 
 
 # ---------------------------------------------------------------------------------------------
@@ -32,13 +32,21 @@ from .common import COLUMN_BLOCK, ROW_TILE, Format, block_sums, columns
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q8_0(blocks, x, out):
     # the demo's output matrix: a whole-row vector loop (simd.row_dot), ~15 % over fma_lanes
+    _whole_rows(blocks, x, out, 34, "q8_0")
+
+
+@njit(inline="always")
+def _whole_rows(blocks, x, out, block_bytes, kind):
+    """Q8_0, Q4_0 or Q5_0 rows (kind), each one `simd.row_dot`."""
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 34)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot(flat[r], X, n_blocks, "q8_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+    row_dots(blocks.reshape(n_rows, n_blocks * block_bytes), Y, _row_dot, kind, (X, n_blocks))
+
+
+@njit(inline="always")
+def _row_dot(row, operands, kind, Y, r, t0, n_t):  # common.row_dots' step
+    X, n_blocks = operands
+    row_dot(row, X, n_blocks, kind, Y, r, t0, n_t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,13 +57,7 @@ def matvec_q8_0(blocks, x, out):
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q4_0(blocks, x, out):
     # one vector loop per row (simd.row_dot); in cache ~30 % over fma_lanes steps
-    X, Y = columns(x, out)
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 18)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot(flat[r], X, n_blocks, "q4_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+    _whole_rows(blocks, x, out, 18, "q4_0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,40 +68,24 @@ def matvec_q4_0(blocks, x, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q4_1(blocks, x, out):
-    _affine_rows(blocks, x, out, 20, False)
+    lanes_rows_min(blocks, x, out, 20, _affine_block, False, 32)
 
 
 @njit(inline="always")
-def _affine_rows(blocks, x, out, block_bytes, five_bits):
-    """Q4_1 rows, or Q5_1 (five_bits: qh at byte 4, the nibbles at 8 instead of 4): the "lanes"
-    shape, one fma_lanes step a block (a nibble lane each, and Q5_1's bit j of qh as bit 4)."""
-    X, Y = columns(x, out)
-    n_t, n_cols = X.shape
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * block_bytes)
-    xf = X.reshape(-1)
-    x_sum = block_sums(X, 32)
+def _affine_block(blocks, r, b, row, base, five_bits, x_sum, scratch, acc, offset, xf, n_t, n_cols):
+    """A Q4_1 block, or Q5_1 (five_bits: qh at byte 4, the nibbles at 8 instead of 4): one
+    fma_lanes step (a nibble lane each, and Q5_1's bit j of qh as bit 4)."""
     qs = 8 if five_bits else 4
     qh_mask, qh_weight = (1, 16) if five_bits else (0, 0)  # Q4_1: no second source
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 64), np.float32)
-        offset = np.empty(n_t, np.float32)
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            offset[:] = 0.0
-            row = flat[r]
-            for b in range(n_blocks):
-                d = read_fp16(blocks[r, b], 0)
-                m = read_fp16(blocks[r, b], 2)
-                for t in range(n_t):
-                    offset[t] += m * x_sum[t, b]
-                fma_lanes(acc=acc.reshape(-1), acc_off=32 * (b & 1), scale=d, scale2=d, x=xf, x_off=32 * b,
-                          src=row, src_off=block_bytes * b + qs, shift=0, mask=0,  # nibbles: shift and mask unused
-                          src2=row, src2_off=block_bytes * b + 4, shift2=0, mask2=qh_mask, mul2=qh_weight, bias=0,
-                          n=32, signed=False, src2_bits=five_bits, nibbles=True,
-                          n_columns=n_t, acc_stride=64, x_stride=n_cols)
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 64) + offset[t]
+    d = read_fp16(blocks[r, b], 0)
+    m = read_fp16(blocks[r, b], 2)
+    for t in range(n_t):
+        offset[t] += m * x_sum[t, b, 0]
+    fma_lanes(acc=acc, acc_off=32 * (b & 1), scale=d, scale2=d, x=xf, x_off=32 * b,
+              src=row, src_off=base + qs, shift=0, mask=0,  # nibbles: shift and mask unused
+              src2=row, src2_off=base + 4, shift2=0, mask2=qh_mask, mul2=qh_weight, bias=0,
+              n=32, signed=False, src2_bits=five_bits, nibbles=True,
+              n_columns=n_t, acc_stride=64, x_stride=n_cols)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,13 +98,7 @@ def _affine_rows(blocks, x, out, block_bytes, five_bits):
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_0(blocks, x, out):
     # one vector loop per row (simd.row_dot); in cache ~15 % over fma_lanes steps
-    X, Y = columns(x, out)
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 22)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot(flat[r], X, n_blocks, "q5_0", Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+    _whole_rows(blocks, x, out, 22, "q5_0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +108,7 @@ def matvec_q5_0(blocks, x, out):
 # ---------------------------------------------------------------------------------------------
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_q5_1(blocks, x, out):
-    _affine_rows(blocks, x, out, 24, True)
+    lanes_rows_min(blocks, x, out, 24, _affine_block, True, 32)
 
 
 # ---------------------------------------------------------------------------------------------

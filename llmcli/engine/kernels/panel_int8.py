@@ -145,38 +145,21 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, 
 
 
 @njit(inline="always")
-def _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p0, out, col0, n_blocks):
-    """`panel_micro` over panels p0, p0 + 1 for columns t0 .. t0 + n_t - 1 (n_t 1..6 at run time:
-    the literal the intrinsic wants chosen here)."""
+def _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks):
+    """`panel_micro` over n_p panels from p0 (2, or 1 for a lone last panel; a literal) for
+    columns t0 .. t0 + n_t - 1 (n_t 1..6 at run time: the literal the intrinsic wants chosen here)."""
     if n_t == 6:
-        panel_micro(xq, xd, xinit, t0, 6, codes, scales, p0, 2, out, col0, n_blocks)
+        panel_micro(xq, xd, xinit, t0, 6, codes, scales, p0, n_p, out, col0, n_blocks)
     elif n_t == 5:
-        panel_micro(xq, xd, xinit, t0, 5, codes, scales, p0, 2, out, col0, n_blocks)
+        panel_micro(xq, xd, xinit, t0, 5, codes, scales, p0, n_p, out, col0, n_blocks)
     elif n_t == 4:
-        panel_micro(xq, xd, xinit, t0, 4, codes, scales, p0, 2, out, col0, n_blocks)
+        panel_micro(xq, xd, xinit, t0, 4, codes, scales, p0, n_p, out, col0, n_blocks)
     elif n_t == 3:
-        panel_micro(xq, xd, xinit, t0, 3, codes, scales, p0, 2, out, col0, n_blocks)
+        panel_micro(xq, xd, xinit, t0, 3, codes, scales, p0, n_p, out, col0, n_blocks)
     elif n_t == 2:
-        panel_micro(xq, xd, xinit, t0, 2, codes, scales, p0, 2, out, col0, n_blocks)
+        panel_micro(xq, xd, xinit, t0, 2, codes, scales, p0, n_p, out, col0, n_blocks)
     else:
-        panel_micro(xq, xd, xinit, t0, 1, codes, scales, p0, 2, out, col0, n_blocks)
-
-
-@njit(inline="always")
-def _one_panel(xq, xd, xinit, t0, n_t, codes, scales, p0, out, col0, n_blocks):
-    """`_columns_micro` for a lone last panel (an odd panel count)."""
-    if n_t == 6:
-        panel_micro(xq, xd, xinit, t0, 6, codes, scales, p0, 1, out, col0, n_blocks)
-    elif n_t == 5:
-        panel_micro(xq, xd, xinit, t0, 5, codes, scales, p0, 1, out, col0, n_blocks)
-    elif n_t == 4:
-        panel_micro(xq, xd, xinit, t0, 4, codes, scales, p0, 1, out, col0, n_blocks)
-    elif n_t == 3:
-        panel_micro(xq, xd, xinit, t0, 3, codes, scales, p0, 1, out, col0, n_blocks)
-    elif n_t == 2:
-        panel_micro(xq, xd, xinit, t0, 2, codes, scales, p0, 1, out, col0, n_blocks)
-    else:
-        panel_micro(xq, xd, xinit, t0, 1, codes, scales, p0, 1, out, col0, n_blocks)
+        panel_micro(xq, xd, xinit, t0, 1, codes, scales, p0, n_p, out, col0, n_blocks)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -205,8 +188,8 @@ def matvecs_q8_0_panels(codes, scales, X, out, tail):
                 p0 = PANELS_PER_MICRO * pair
                 for t0 in range(0, n_t, COLUMNS_PER_MICRO):
                     if p0 + 1 < full:
-                        _columns_micro(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0, out,
-                                       ROWS_PER_PANEL * p0, n_blocks)
+                        _columns_micro(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0,
+                                       PANELS_PER_MICRO, out, ROWS_PER_PANEL * p0, n_blocks)
                     else:  # the pair holds the partial last panel: one panel at a time
                         _panel_or_tail(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0,
                                        out, tail, full, n_blocks)
@@ -226,9 +209,9 @@ def matvecs_q8_0_panels(codes, scales, X, out, tail):
 def _panel_or_tail(xq, xd, xinit, t0, n_t, codes, scales, p, out, tail, full, n_blocks):
     """Panel p alone: into out if its rows are all real, else (the partial last one) into tail."""
     if p < full:
-        _one_panel(xq, xd, xinit, t0, n_t, codes, scales, p, out, ROWS_PER_PANEL * p, n_blocks)
+        _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p, 1, out, ROWS_PER_PANEL * p, n_blocks)
     else:
-        _one_panel(xq, xd, xinit, t0, n_t, codes, scales, p, tail, 0, n_blocks)
+        _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p, 1, tail, 0, n_blocks)
 
 
 @njit(parallel=True, cache=True, nogil=True)

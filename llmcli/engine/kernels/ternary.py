@@ -26,18 +26,18 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from ...quants.half import read_fp16
 from ...quants.ternary import POW3, tq1_0_codes
-from .common import COLUMN_BLOCK, ROW_TILE, Format, columns
+from .common import Format, columns, lanes_rows, no_scratch, row_dots
 from .int8 import dot_u8_s8
 from .int8_kquants import QK_K, q8_k_columns, row_of_blocks, lane_sums, shifted_pair
 from .llvm_ir import (F32, I8, I16, I32, call_fma, concat, const_vector, float_tree_sum, i64, indices, load_at,
                       load_half, splat, vector)
-from .simd import fma_lanes, lanes_sum
+from .simd import fma_lanes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,28 +50,26 @@ from .simd import fma_lanes, lanes_sum
 #   qh[j], j < 4:        trit n (n < 4) = weight 240 + 4n + j
 #   trit n of a byte, as its code c = t + 1:  ((byte * 3^n) & 255) * 3 >> 8
 # ---------------------------------------------------------------------------------------------
+@njit(inline="always")
+def _tq1_0_block(blocks, r, b, row, base, variant, x_sums, codes, acc, offset, xf, n_t, n_cols):
+    d = read_fp16(blocks[r, b], 52)
+    tq1_0_codes(blocks[r, b], codes)
+    for g in range(8):  # 32 weights a step
+        fma_lanes(acc=acc, acc_off=32 * (g & 1), scale=d, scale2=d, x=xf,
+                  x_off=256 * b + 32 * g, src=codes, src_off=32 * g, shift=0, mask=3,
+                  src2=codes, src2_off=0, shift2=0, mask2=0, mul2=0, bias=-1,  # no second source
+                  n=32, signed=False, src2_bits=False, nibbles=False,
+                  n_columns=n_t, acc_stride=64, x_stride=n_cols)
+
+
+@njit(inline="always")
+def _tq1_0_scratch():
+    return np.empty(QK_K, np.uint8)  # one block's codes, in weight order
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_tq1_0(blocks, x, out):
-    X, Y = columns(x, out)
-    n_t, n_cols = X.shape
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    xf = X.reshape(-1)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 64), np.float32)
-        codes = np.empty(QK_K, np.uint8)  # one block's codes, in weight order
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            for b in range(n_blocks):
-                d = read_fp16(blocks[r, b], 52)
-                tq1_0_codes(blocks[r, b], codes)
-                for g in range(8):  # 32 weights a step
-                    fma_lanes(acc=acc.reshape(-1), acc_off=32 * (g & 1), scale=d, scale2=d, x=xf,
-                              x_off=256 * b + 32 * g, src=codes, src_off=32 * g, shift=0, mask=3,
-                              src2=codes, src2_off=0, shift2=0, mask2=0, mul2=0, bias=-1,  # no second source
-                              n=32, signed=False, src2_bits=False, nibbles=False,
-                              n_columns=n_t, acc_stride=64, x_stride=n_cols)
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 64)
+    lanes_rows(blocks, x, out, 54, _tq1_0_block, False, None, _tq1_0_scratch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,30 +78,22 @@ def matvec_tq1_0(blocks, x, out):
 #        | qs[0:32]: weights 0..127 | qs[32:64]: weights 128..255 |  d   |
 #   qs[32h + m], bits 2l..2l+1 = c of weight 128h + 32l + m      (c = 3 reads as t = 2, as in ggml)
 # ---------------------------------------------------------------------------------------------
+@njit(inline="always")
+def _tq2_0_block(blocks, r, b, row, base, variant, x_sums, scratch, acc, offset, xf, n_t, n_cols):
+    d = read_fp16(blocks[r, b], 64)
+    for h in range(2):
+        for n in range(4):
+            fma_lanes(acc=acc, acc_off=32 * (n & 1), scale=d, scale2=d, x=xf,
+                      x_off=256 * b + 128 * h + 32 * n, src=row, src_off=base + 32 * h,
+                      shift=2 * n, mask=3,
+                      src2=row, src2_off=0, shift2=0, mask2=0, mul2=0, bias=-1,  # no second source
+                      n=32, signed=False, src2_bits=False, nibbles=False,
+                      n_columns=n_t, acc_stride=64, x_stride=n_cols)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def matvec_tq2_0(blocks, x, out):
-    X, Y = columns(x, out)
-    n_t, n_cols = X.shape
-    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * 66)
-    xf = X.reshape(-1)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        acc = np.empty((n_t, 64), np.float32)
-        for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-            acc[:] = 0.0
-            row = flat[r]
-            for b in range(n_blocks):
-                d = read_fp16(blocks[r, b], 64)
-                for h in range(2):
-                    for n in range(4):
-                        fma_lanes(acc=acc.reshape(-1), acc_off=32 * (n & 1), scale=d, scale2=d, x=xf,
-                                  x_off=256 * b + 128 * h + 32 * n, src=row, src_off=66 * b + 32 * h,
-                                  shift=2 * n, mask=3,
-                                  src2=row, src2_off=0, shift2=0, mask2=0, mul2=0, bias=-1,  # no second source
-                                  n=32, signed=False, src2_bits=False, nibbles=False,
-                                  n_columns=n_t, acc_stride=64, x_stride=n_cols)
-            for t in range(n_t):
-                Y[t, r] = lanes_sum(acc[t], 64)
+    lanes_rows(blocks, x, out, 66, _tq2_0_block, False, None, no_scratch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,14 +217,14 @@ def _ternary_int8_rows(blocks, x, out, block_bytes, kind):
     them (`row_dot_ternary_int8`)."""
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * block_bytes)
     xq, xd, _ = q8_k_columns(X, 0, False)
-    bsums = lane_sums(xq)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot_ternary_int8(flat[r], xq, xd, bsums, n_blocks, kind, Y, r, t0,
-                                     min(COLUMN_BLOCK, Y.shape[0] - t0))
+    row_dots(blocks.reshape(n_rows, n_blocks * block_bytes), Y, _int8_row, kind, (xq, xd, lane_sums(xq), n_blocks))
+
+
+@njit(inline="always")
+def _int8_row(row, operands, kind, Y, r, t0, n_t):  # common.row_dots' step
+    xq, xd, bsums, n_blocks = operands
+    row_dot_ternary_int8(row, xq, xd, bsums, n_blocks, kind, Y, r, t0, n_t)
 
 
 # Same signature as matvec_tq1_0 / matvec_tq2_0; one kernel per type (`kind` a literal).

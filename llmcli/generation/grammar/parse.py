@@ -118,19 +118,18 @@ class _Parser:
                 return pos
 
     def name(self, pos: int) -> int:
-        end = pos
-        while _is_word_char(self.src[end]):
-            end += 1
-        if end == pos:
-            self.fail(pos, "expected-name", f"a rule name (letters, digits, '-') was expected, found {self.shown(pos)}")
-        return end
+        return self._run(pos, _is_word_char, "expected-name", "a rule name (letters, digits, '-')")
 
     def integer(self, pos: int) -> int:
+        return self._run(pos, _is_digit, "bad-repetition", "a number")
+
+    def _run(self, pos: int, accepts, kind: str, wanted: str) -> int:
+        """The end of the characters from pos that `accepts`; at least one, else a `kind` error."""
         end = pos
-        while _is_digit(self.src[end]):
+        while accepts(self.src[end]):
             end += 1
         if end == pos:
-            self.fail(pos, "bad-repetition", f"a number was expected, found {self.shown(pos)}")
+            self.fail(pos, kind, f"{wanted} was expected, found {self.shown(pos)}")
         return end
 
     def char(self, pos: int) -> tuple[int, int]:
