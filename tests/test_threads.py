@@ -79,15 +79,24 @@ def test_one_lucky_layer_does_not_switch():
 
 
 def test_free_cores_count_the_others_load_with_a_margin_to_rise():
-    machine = _Machine(own=2.0)  # our own threads are not load
+    machine = _Machine(own=2.0, step=0.01)  # our own threads are not load
     free = machine.free_cores()
-    assert [free.cap(2) for _ in range(5)][-1] == 2 and free.cap(8) == 2
-    assert free.idle
+    assert not free.idle  # nothing measured yet
+    # the first estimate after FIRST_WINDOW, not WINDOW: a short command is not run blind
+    assert [free.cap(2) for _ in range(5)][-1] == 2 and free.measured and free.idle
+    machine.step = 0.1
+    assert free.cap(8) == 2
     for others, cores, idle in ((1.0, 1, False), (0.4, 1, False), (0.1, 2, True), (0.6, 1, False), (2.0, 1, False),
                                 (0.0, 2, True), (0.3, 2, False)):
         machine.others = others
         assert [free.cap(2) for _ in range(5)][-1] == cores, others
         assert free.idle == idle, others
+
+
+def test_the_first_estimate_comes_soon_enough_for_a_short_command():
+    machine = _Machine(others=1.0, step=0.01)
+    free = machine.free_cores()
+    assert [free.cap(2) for _ in range(6)] == [2, 2, 2, 2, 1, 1]
 
 
 def test_an_idle_machine_runs_every_layer_at_the_free_cores_without_rechecks():

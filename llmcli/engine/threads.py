@@ -101,10 +101,14 @@ class FreeCores:
     we run at nice 0: they give the CPU up as soon as we want it (when we run niced, it counts).
     `cores` moves down as soon as the free cores round to fewer, and up only with a clear margin
     (`RISE`), so a load near the middle does not flip it. Reading the counters costs ~15 us, once
-    per window at most.
+    per window at most. The first estimate comes after `FIRST_WINDOW` (it covers the model's
+    loading): a short command (a 128-token prompt takes ~0.1 s) would otherwise run its whole
+    first window at every core as if the machine were idle, 2 threads against a busy core.
+    Until then the machine does not count as idle.
     """
 
     WINDOW = 0.25  # seconds of counters behind each estimate
+    FIRST_WINDOW = 0.05  # seconds behind the first one (the counters tick every 10 ms)
     RISE = 0.75  # free cores above the current count needed to count one more
     IDLE = 0.25  # the others' load, in cores, under which the machine counts as idle
     CONTENDING = ("user", "system", "irq", "softirq", "steal")
@@ -121,6 +125,7 @@ class FreeCores:
         self._own_cpu = own_cpu or time.process_time
         self.free = float(self.n_cpus)
         self.cores = self.n_cpus
+        self.measured = False
         self._since = self._sample()
 
     def _sample(self) -> tuple[float, float, float]:
@@ -128,7 +133,8 @@ class FreeCores:
 
     def cap(self, n_max: int) -> int:
         """Threads worth using, at most n_max (at least 1), from the last full window."""
-        if self._clock() - self._since[0] >= self.WINDOW:
+        if self._clock() - self._since[0] >= (self.WINDOW if self.measured else self.FIRST_WINDOW):
+            self.measured = True
             sample = self._sample()
             wall, busy, own = (a - b for a, b in zip(sample, self._since))
             self._since = sample
@@ -141,7 +147,7 @@ class FreeCores:
     @property
     def idle(self) -> bool:
         """Whether the others left every core free in the last window (as of the last `cap`)."""
-        return self.n_cpus - self.free < self.IDLE
+        return self.measured and self.n_cpus - self.free < self.IDLE
 
 
 def _niceness() -> int:
