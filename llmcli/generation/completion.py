@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from .interrupts import interrupts_after_step
 from .scheduler import Scheduler
 from .sequence import Sequence, State
 
@@ -57,7 +58,12 @@ class Completion:
                 for piece in seq.take_pieces():
                     if piece.text:
                         yield piece.text
-                if seq.done or not sched.step():
+                if seq.done:
+                    break
+                with interrupts_after_step() as raise_noted:
+                    more = sched.step()
+                raise_noted()
+                if not more:
                     break
         except KeyboardInterrupt:
             sched.cancel(seq, "interrupted")
