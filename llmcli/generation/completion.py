@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from .interrupts import interrupts_after_step
+from .interrupts import interrupts_at_token_boundaries
 from .scheduler import Scheduler
 from .sequence import Sequence, State
 
@@ -53,26 +53,27 @@ class Completion:
         seq, sched = self.seq, self.scheduler
         if seq.state is State.WAITING and seq not in sched.waiting:
             sched.submit(seq)
-        try:
-            while True:
-                for piece in seq.take_pieces():
-                    if piece.text:
-                        yield piece.text
-                if seq.done:
-                    break
-                with interrupts_after_step() as raise_noted:
-                    more = sched.step()
-                raise_noted()
-                if not more:
-                    break
-        except KeyboardInterrupt:
-            sched.cancel(seq, "interrupted")
-        except GeneratorExit:  # the caller stopped reading: free the slot
-            sched.cancel(seq, "cancelled")
-            raise
-        except BaseException:  # a step failed: free the slot
-            sched.cancel(seq, "error")
-            raise
+        # Ctrl-C is noted and acted on at the next token boundary (generation/interrupts.py), also
+        # while the caller handles a piece: LLVM objects left by a compile are freed by the garbage
+        # collector wherever it runs, and an exception inside that crashes the process.
+        with interrupts_at_token_boundaries() as raise_noted:
+            try:
+                while True:
+                    for piece in seq.take_pieces():
+                        if piece.text:
+                            yield piece.text
+                    raise_noted()
+                    if seq.done or not sched.step():
+                        break
+                    raise_noted()
+            except KeyboardInterrupt:
+                sched.cancel(seq, "interrupted")
+            except GeneratorExit:  # the caller stopped reading: free the slot
+                sched.cancel(seq, "cancelled")
+                raise
+            except BaseException:  # a step failed: free the slot
+                sched.cancel(seq, "error")
+                raise
         for piece in seq.take_pieces():
             if piece.text:
                 yield piece.text
