@@ -94,7 +94,10 @@ def test_ctrl_c_stops_generation_and_still_prints_timings(data_dir):
         [sys.executable, "-m", "llmcli.cli", "run", "-m", str(data_dir / TINY), "-p", "Once", "-n", "100000",
          "-c", "100000", "--temp", "1", "--seed", "1", "--ignore-eos"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"},
+        # a test run started in the background (`cmd &` in a script) ignores SIGINT, and a child
+        # inherits that: give `run` the disposition a terminal's Ctrl-C meets
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.read(1)  # generation has started
         time.sleep(0.5)
