@@ -328,7 +328,10 @@ def _gemm_int8(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray, ws: Workspace
         codes = ws.buffer("codes", n_panels, n_cols * gemm_int8.ROWS_PER_PANEL, np.uint8)
         scales = ws.buffer("scales", n_panels, n_sub * gemm_int8.ROWS_PER_PANEL)
         mins = ws.buffer("mins", n_panels, n_sub * gemm_int8.ROWS_PER_PANEL) if spec.has_min else scales
-        decode(W.weights, start, codes, scales, mins)
+        if W.panels is not None:  # the same tile from the packed rows (the map's pages stay released)
+            W.panels.decode_tile(start, codes, scales)
+        else:
+            decode(W.weights, start, codes, scales, mins)
         for a, b in segments:
             kernel(xq[a:b], xscale[a:b], xinit[a:b], xmin[a:b], codes, scales, mins, out[a:b], start, n_rows,
                    scratch[a:b])

@@ -278,6 +278,7 @@ class GGUFReader:
             self._mmap = (mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if use_mmap
                           else self._read_whole(size))
             self.file_size = size
+            self.mlock = mlock
             self._parse()
             if mlock:
                 self._lock_in_memory()
@@ -470,11 +471,18 @@ class GGUFReader:
             self.release_pages(t, 0, hi)
         return out.reshape(t.n_rows, t.row_bytes)
 
+    @property
+    def releases_pages(self) -> bool:
+        """Whether `release_pages` frees memory: a plain map (not --no-mmap's copy, not --mlock's
+        locked pages)."""
+        return (isinstance(self._mmap, mmap.mmap) and hasattr(self._mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED")
+                and not self.mlock)
+
     def release_pages(self, t: TensorInfo, lo: int, hi: int) -> None:
         """Drop the mapped pages wholly inside bytes lo..hi-1 of tensor t from this process's
         resident memory, once their contents have been copied elsewhere (they are read from the
         file again if touched); nothing where the OS cannot."""
-        if not hasattr(mmap, "MADV_DONTNEED") or not hasattr(self._mmap, "madvise"):
+        if not self.releases_pages:  # (madvise refuses locked pages)
             return
         start = self.data_offset + t.offset
         first = -(-(start + lo) // mmap.PAGESIZE) * mmap.PAGESIZE

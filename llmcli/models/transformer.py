@@ -138,7 +138,7 @@ class Transformer:
         out_raw = r.tensor_copy(out) if copy and not panels else r.tensor_bytes(out)
         self.output = Linear(r, out, raw=out_raw, workspace=self.workspace)
         if panels:
-            pack_panels(self.output.matrix, lambda a, b: r.release_pages(out, a * out.row_bytes, b * out.row_bytes))
+            self._pack(self.output, out)
         self.token_embd_raw = out_raw if out is embd else r.tensor_bytes(embd)
         # A tied matrix in panels: embeddings are looked up there (the map's pages, read-ahead
         # around each looked-up row, would come back into memory: ~120 MB over a few thousand tokens).
@@ -152,11 +152,22 @@ class Transformer:
         if len(info.shape) == 1:
             return vector(self.reader, info)
         if len(info.shape) == 2:
-            return Linear(self.reader, info, bias, workspace=self.workspace)
+            linear = Linear(self.reader, info, bias, workspace=self.workspace)
+            # Repacked where the rows' pages can be given back (else --no-mmap / --mlock would hold
+            # both copies); the output matrix below is repacked either way, in place of its copy.
+            if packs_panels(info.type) and self.reader.releases_pages:
+                self._pack(linear, info)
+            return linear
         n_rows_per_expert, n_expert = info.shape[1], info.shape[2]
         return [Linear(self.reader, info, rows=(e * n_rows_per_expert, (e + 1) * n_rows_per_expert),
                        workspace=self.workspace, expert=e)
                 for e in range(n_expert)]
+
+    def _pack(self, linear: Linear, info) -> None:
+        """Repack a matrix's rows into panels (engine/panels.py: its mat-vecs and prompt GEMMs then
+        read only the panels), releasing the mapped pages of the rows packed as it goes."""
+        pack_panels(linear.matrix, lambda a, b: self.reader.release_pages(info, a * info.row_bytes,
+                                                                          b * info.row_bytes))
 
     def _check_embedding_type(self, embd) -> None:
         try:

@@ -1,5 +1,6 @@
-"""Q8_0 weights repacked once, at load, into VNNI row panels, and the one kernel that multiplies
-by them for any number of activation rows (B = 1 .. 16 decoded sequences, or a short prompt).
+"""Q8_0, Q4_0 and IQ4_NL weights repacked once, at load, into VNNI row panels, and the one kernel
+that multiplies by them for any number of activation rows (B = 1 .. 16 decoded sequences, or a
+short prompt); the integer GEMM's tiles are decoded from the same panels (`decode_panel_tile`).
 
 Why: the B-column mat-vec (int8.py `row_dot_int8`) dots one weight row at a time, so per 32-weight
 block and column it pays a `vpdpbusd` plus the conversion, scale product and FMA of that block's 8
@@ -10,40 +11,52 @@ In panel order one zmm holds 16 rows x 4 consecutive codes, so a `vpdpbusd` agai
 bytes broadcast serves 16 rows at once, the block's scale work is done once per 16 rows and no
 horizontal sum is needed: 19.7 ms at 8 columns, 12.0 ms at 1 (row mat-vec 15.7), 27.8 ms at 16
 (Xeon AVX512-VNNI, 1 thread, shared machine). llama.cpp repacks Q4_0/Q8_0/IQ4_NL the same way
-for its CPU backend.
+for its CPU backend. The 4-bit types keep their nibbles packed (half the bytes to stream) and
+split them in registers.
 
-The packed matrix holds the same bytes as the GGUF rows, reordered (lossless, the same size):
+A packed matrix holds the same bytes as the GGUF rows, reordered (lossless, the same size):
 
-    Q8_0 row r, block b   | d fp16 | qs[32] int8 |            (34 bytes; simd.py's diagram)
+    Q8_0 row r, block b        | d fp16 | qs[32] int8 |         (34 bytes; simd.py's diagram)
+    Q4_0 / IQ4_NL row r, block b  | d fp16 | qs[16] |          (18 bytes; qs[i]: low nibble =
+                                                                 weight i, high = weight 16 + i)
 
-    codes  (P, K * 16) uint8, P = ceil(n_rows / 16) panels of 16 rows, u = qs ^ 0x80 (unsigned):
+    codes (P, K * 16) uint8 for Q8_0, (P, K * 8) for the 4-bit types; P = ceil(n_rows / 16)
+    panels of 16 rows:
 
+    Q8_0, u = qs ^ 0x80 (unsigned), 8 zmm per block:
         panel p:  k4 = 0                      k4 = 1                          k4 = K/4 - 1
                  [r0 k0..3|r1 k0..3|..|r15 k0..3][r0 k4..7|r1 k4..7|..|r15 k4..7] .. [..]
                   <------- 64 bytes = 1 zmm ---->
         row 16p + j, code k at byte 64 (k // 4) + 4 j + k % 4   (gemm_int8.py's tile layout)
 
+    Q4_0 / IQ4_NL, the qs bytes as they are, 4 zmm (256 bytes) per block b:
+        zmm m < 4 of block b:  [r0 qs[4m..4m+3] | r1 qs[4m..4m+3] | .. | r15 qs[4m..4m+3]]
+        row 16p + j: byte 256 b + 64 m + 4 j + i = qs[4m + i] of its block b
+        low nibbles of zmm m  = codes 32b + 4m .. 32b + 4m + 3       (the VNNI zmm of k4 = 8b + m)
+        high nibbles of zmm m = codes 32b + 16 + 4m .. + 3           (the VNNI zmm of k4 = 8b + 4 + m)
+        u = the nibble (Q4_0) or IQ4_NL's grid value + 128 looked up by it (`lookup16`)
+
     scales (P, n_blocks * 16) uint16: [p, 16 b + j] = d (fp16 bits) of row 16p + j, block b
 
-Rows past the matrix's last one (in the last panel) are zero. Packing reuses the integer GEMM's
-row decoder (`gemm_int8.store_row_codes`), so the code layout exists once.
+Rows past the matrix's last one (in the last panel) are zero. Packing Q8_0 reuses the integer
+GEMM's row decoder (`gemm_int8.store_row_codes`), so that code layout exists once.
 
 Activations are ggml's Q8_0 blocks (gemm_int8.activations_q8_0, bit for bit int8.py's and
 ggml's quantize_row_q8_0): xq int8 (B, K), xd float32 (B, K/32), xinit int32 (B, K/32) =
--128 * (sum of the block's xq), the offset of the unsigned codes. Then, for each row r and column t,
-in block order:
+-offset * (sum of the block's xq), the offset of the unsigned codes (int8.CODE_OFFSET: 128, 8,
+128). Then, for each row r and column t, in block order:
 
     acc += float(xinit[t, b] + sum_k u[r, 32b + k] xq[t, 32b + k]) * (d_w[r, b] * xd[t, b])
 
-(the block's integer sum times the product of the two scales, as ggml's vec_dot_q8_0_q8_0 rounds
+(the block's integer sum times the product of the two scales, as ggml's vec_dot_*_q8_0 rounds
 it) with the row's accumulator in one float lane of its own. A column's arithmetic does not depend
 on the other columns, on B, on how columns are grouped or on the thread count: a sequence
 decoded in a batch gets the bits it gets alone, and a mat-vec (B = 1) is the same code.
 
 `panel_micro` runs 2 panels (32 rows) x up to 6 columns: per block 12 int32 accumulators start at
 xinit and take 8 `vpdpbusd` each, then 12 float accumulators (in registers over the whole row)
-take one FMA each. A panel pair's codes (K * 32 bytes, 20 KB for K = 640) stay in L1 while the
-column groups after the first pass over them.
+take one FMA each. A panel pair's codes (K * 32 bytes, 20 KB for a Q8_0 K = 640) stay in L1
+while the column groups after the first pass over them.
 """
 
 from __future__ import annotations
@@ -55,23 +68,29 @@ from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
 from ...quants.half import fp16_to_fp32
+from ...quants.iquants import IQ4_GRID
 from .common import serial_twin
 from .gemm_int8 import quantize_q8_0_into, store_row_codes
-from .int8 import HAS_VNNI, dot_u8_s8
-from .llvm_ir import (F16, F32, I8, I16, I32, as_i64, call_fma, carried_loop, i64, load_at, row_ptr, splat,
-                      vector)
+from .int8 import HAS_VNNI, IQ4_CODES, code_offset, dot_u8_s8, lookup16
+from .llvm_ir import (F16, F32, I8, I16, I32, PREFETCH_BYTES, as_i64, call_fma, carried_loop, const_vector,
+                      emit_prefetch, i64, load_at, row_ptr, splat, vector)
 
 ROWS_PER_PANEL = 16
-Q8_0_BLOCK = 32
-Q8_0_BLOCK_BYTES = 34
+BLOCK = 32  # weights per block, every packed type
+# Packed types (where the CPU has VNNI; without it the B-column mat-vec stays): their kind (int8.py's
+# and gemm_int8.py's name) and the code bytes per row and block in a panel.
+PANEL_KINDS = {GGMLType.Q8_0: "q8_0", GGMLType.Q4_0: "q4_0", GGMLType.IQ4_NL: "iq4_nl"} if HAS_VNNI else {}
+PANEL_TYPES = tuple(PANEL_KINDS)
+CODE_BYTES = {"q8_0": 32, "q4_0": 16, "iq4_nl": 16}
+# The float value of each code, as the type's decoder gives it before the scale (`rows_panels`).
+CODE_VALUES = {"q8_0": np.arange(-128, 128, dtype=np.float32), "q4_0": np.arange(-8, 8, dtype=np.float32),
+               "iq4_nl": np.asarray(IQ4_GRID, np.float32)}
 # The micro-kernel: 2 panels x 6 columns = 12 float accumulators + 12 int32 ones (+ 2 zmm of codes
 # and 2 of scales) of AVX-512's 32 registers.
 PANELS_PER_MICRO = 2
 COLUMNS_PER_MICRO = 6
 # Panel pairs per parallel work item (each item writes its own rows of out).
 PAIRS_PER_ITEM = 8
-# The types packed at load, where the CPU has VNNI (without it the B-column mat-vec stays).
-PANEL_TYPES = (GGMLType.Q8_0,) if HAS_VNNI else ()
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -80,29 +99,73 @@ def pack_q8_0(blocks, r0, codes, scales):
     codes (P, K * 16) uint8 and scales (P, n_blocks * 16) uint16 (module docstring); rows past
     the matrix's end become zero. One panel per work item."""
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * Q8_0_BLOCK_BYTES)
+    flat = blocks.reshape(n_rows, n_blocks * blocks.shape[2])
     for p in prange(codes.shape[0]):
         for j in range(ROWS_PER_PANEL):
             r = r0 + ROWS_PER_PANEL * p + j
             present = store_row_codes(flat, r, n_blocks, "q8_0", codes, p, j)
+            _store_scales(blocks, r, present, scales, p, j)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def pack_nibbles(blocks, r0, codes, scales):
+    """`pack_q8_0` for Q4_0 / IQ4_NL `blocks` (n_rows, n_blocks, 18): codes (P, K * 8) uint8, each
+    row's qs bytes moved 4 at a time to their panel places (module docstring)."""
+    n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    for p in prange(codes.shape[0]):
+        for j in range(ROWS_PER_PANEL):
+            r = r0 + ROWS_PER_PANEL * p + j
+            present = r < n_rows
             for b in range(n_blocks):
-                scales[p, ROWS_PER_PANEL * b + j] = (
-                    np.uint16(blocks[r, b, 0]) | (np.uint16(blocks[r, b, 1]) << 8) if present else 0)
+                for m in range(4):
+                    for i in range(4):
+                        codes[p, 256 * b + 64 * m + 4 * j + i] = blocks[r, b, 2 + 4 * m + i] if present else 0
+            _store_scales(blocks, r, present, scales, p, j)
+
+
+@njit(inline="always")
+def _store_scales(blocks, r, present, scales, p, j):
+    """Row r's fp16 block scales (bytes 0, 1 of each block) into row j of panel p (0 past the end)."""
+    for b in range(blocks.shape[1]):
+        scales[p, ROWS_PER_PANEL * b + j] = (
+            np.uint16(blocks[r, b, 0]) | (np.uint16(blocks[r, b, 1]) << 8) if present else 0)
+
+
+def _panel_block_codes(builder, kind, panel, b):
+    """The 8 VNNI zmm of block b of a panel (`panel` i8*, b i64): zmm g holds the 16 rows' codes
+    32b + 4g .. 32b + 4g + 3 (the module docstring's layouts), as unsigned bytes."""
+    v64i8 = vector(I8, 64)
+    if kind == "q8_0":
+        at = builder.shl(b, i64(9))
+        return [load_at(builder, panel, builder.add(at, i64(64 * g)), v64i8) for g in range(8)]
+    at = builder.shl(b, i64(8))
+    nibble = const_vector(I8, [15] * 64)
+    low, high = [], []
+    for m in range(4):
+        packed = load_at(builder, panel, builder.add(at, i64(64 * m)), v64i8)
+        low.append(builder.and_(packed, nibble))
+        high.append(builder.and_(builder.lshr(packed, const_vector(I8, [4] * 64)), nibble))
+    codes = low + high
+    if kind == "iq4_nl":
+        codes = [lookup16(builder, IQ4_CODES, u) for u in codes]
+    return codes
 
 
 @intrinsic
-def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks):
+def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks, kind):
     """out[t0 + i, col0 + 16 j + l] = row 16 (p0 + j) + l . column t0 + i (the module docstring's
-    sum over all n_blocks blocks) for i < n_t (1..6), j < n_p (1 or 2), l < 16; n_t, n_p literals."""
-    if not all(isinstance(a, types.IntegerLiteral) for a in (n_t, n_p)):
+    sum over all n_blocks blocks) for i < n_t (1..6), j < n_p (1 or 2), l < 16; n_t, n_p and kind
+    (a PANEL_KINDS value) literals."""
+    if not all(isinstance(a, types.IntegerLiteral) for a in (n_t, n_p)) or not isinstance(kind, types.StringLiteral):
         return None
-    n_col, n_pan = n_t.literal_value, n_p.literal_value
-    sig = types.void(xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks)
+    n_col, n_pan, fmt = n_t.literal_value, n_p.literal_value, kind.literal_value
+    block_bytes = CODE_BYTES[fmt] * ROWS_PER_PANEL  # one block of a panel: 16 rows' codes
+    sig = types.void(xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks, kind)
 
     def codegen(context, builder, signature, args):
         tys = signature.args
         xq_v, xd_v, xi_v, _, _, codes_v, sc_v, _, _, out_v = args[:10]
-        v16f, v16i, v64i8, v16h = vector(F32, 16), vector(I32, 16), vector(I8, 64), vector(F16, 16)
+        v16f, v16h = vector(F32, 16), vector(F16, 16)
         t0_, p0_, col0_, nb = (as_i64(context, builder, args[k], tys[k]) for k in (3, 7, 10, 11))
         ts = [builder.add(t0_, i64(i)) for i in range(n_col)]
         ps = [builder.add(p0_, i64(j)) for j in range(n_pan)]
@@ -114,15 +177,19 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, 
 
         def block(b, accs):
             k = builder.shl(b, i64(5))           # first weight of the block
-            w_at = builder.shl(b, i64(9))        # its byte in a panel: 64 * 32 / 4 per block
             iaccs = [splat(builder, builder.load(builder.gep(xi_rows[i], [b])), 16) for i in range(n_col)]
             iaccs = [[v] * n_pan for v in iaccs]
-            for g in range(Q8_0_BLOCK // 4):
-                w = [load_at(builder, code_rows[j], builder.add(w_at, i64(64 * g)), v64i8) for j in range(n_pan)]
+            if PREFETCH_BYTES:  # every line of the block's codes, a few KiB ahead (the rows' pages are 4 KiB)
+                at = builder.mul(b, i64(block_bytes))
+                for j in range(n_pan):
+                    for line in range(block_bytes // 64):
+                        emit_prefetch(builder, code_rows[j], builder.add(at, i64(PREFETCH_BYTES + 64 * line)))
+            w = [_panel_block_codes(builder, fmt, code_rows[j], b) for j in range(n_pan)]
+            for g in range(BLOCK // 4):
                 for i in range(n_col):
                     xb = builder.bitcast(splat(builder, load_at(builder, xq_rows[i], builder.add(k, i64(4 * g)), I32),
-                                               16), v64i8)
-                    iaccs[i] = [dot_u8_s8(builder, iaccs[i][j], w[j], xb) for j in range(n_pan)]
+                                               16), vector(I8, 64))
+                    iaccs[i] = [dot_u8_s8(builder, iaccs[i][j], w[j][g], xb) for j in range(n_pan)]
             d_w = [builder.fpext(builder.bitcast(load_at(builder, sc_rows[j], builder.shl(b, i64(4)), vector(I16, 16)),
                                                  v16h), v16f) for j in range(n_pan)]
             new = []
@@ -133,7 +200,7 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, 
                                         accs[n_pan * i + j]))
             return new
 
-        finals = carried_loop(builder, "panel_q8_0", nb, [ir.Constant(v16f, [0.0] * 16)] * (n_col * n_pan), block)
+        finals = carried_loop(builder, f"panel_{fmt}", nb, [ir.Constant(v16f, [0.0] * 16)] * (n_col * n_pan), block)
         for i in range(n_col):
             row = row_ptr(context, builder, tys[9], out_v, ts[i])
             for j in range(n_pan):
@@ -145,39 +212,39 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, 
 
 
 @njit(inline="always")
-def _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks):
+def _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks, kind):
     """`panel_micro` over n_p panels from p0 (2, or 1 for a lone last panel; a literal) for
     columns t0 .. t0 + n_t - 1 (n_t 1..6 at run time: the literal the intrinsic wants chosen here)."""
     if n_t == 6:
-        panel_micro(xq, xd, xinit, t0, 6, codes, scales, p0, n_p, out, col0, n_blocks)
+        panel_micro(xq, xd, xinit, t0, 6, codes, scales, p0, n_p, out, col0, n_blocks, kind)
     elif n_t == 5:
-        panel_micro(xq, xd, xinit, t0, 5, codes, scales, p0, n_p, out, col0, n_blocks)
+        panel_micro(xq, xd, xinit, t0, 5, codes, scales, p0, n_p, out, col0, n_blocks, kind)
     elif n_t == 4:
-        panel_micro(xq, xd, xinit, t0, 4, codes, scales, p0, n_p, out, col0, n_blocks)
+        panel_micro(xq, xd, xinit, t0, 4, codes, scales, p0, n_p, out, col0, n_blocks, kind)
     elif n_t == 3:
-        panel_micro(xq, xd, xinit, t0, 3, codes, scales, p0, n_p, out, col0, n_blocks)
+        panel_micro(xq, xd, xinit, t0, 3, codes, scales, p0, n_p, out, col0, n_blocks, kind)
     elif n_t == 2:
-        panel_micro(xq, xd, xinit, t0, 2, codes, scales, p0, n_p, out, col0, n_blocks)
+        panel_micro(xq, xd, xinit, t0, 2, codes, scales, p0, n_p, out, col0, n_blocks, kind)
     else:
-        panel_micro(xq, xd, xinit, t0, 1, codes, scales, p0, n_p, out, col0, n_blocks)
+        panel_micro(xq, xd, xinit, t0, 1, codes, scales, p0, n_p, out, col0, n_blocks, kind)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def matvecs_q8_0_panels(codes, scales, X, out, tail):
+@njit(inline="always")
+def _panel_matvecs(codes, scales, X, out, tail, kind):
     """out[t, r] = row r . X[t] for X float32 (B, K), out float32 (B, n_rows), the rows in panels
-    (module docstring); `tail` float32 (B, 16): the last panel's results when n_rows is not a
-    multiple of 16. Columns in groups of 6 (the rest one smaller group), each group over a panel
-    pair's whole row before the next group."""
+    of `kind` (module docstring); `tail` float32 (B, 16): the last panel's results when n_rows is
+    not a multiple of 16. Columns in groups of 6 (the rest one smaller group), each group over a
+    panel pair's whole row before the next group."""
     n_t, n = X.shape
     n_rows = out.shape[1]
-    n_blocks = n // Q8_0_BLOCK
+    n_blocks = n // BLOCK
     xq = np.empty((n_t, n), np.int8)
     xd = np.empty((n_t, n_blocks), np.float32)
     xinit = np.empty((n_t, n_blocks), np.int32)
     for t in range(n_t):  # ggml's Q8_0 blocks; xinit: the offset of the unsigned codes
         quantize_q8_0_into(X[t], xq[t], xd[t], xinit[t], n_blocks)
         for b in range(n_blocks):
-            xinit[t, b] *= -128
+            xinit[t, b] *= -code_offset(kind)
     n_panels = codes.shape[0]
     full = n_rows // ROWS_PER_PANEL  # panels whose 16 rows are all real
     n_pairs = n_panels // PANELS_PER_MICRO
@@ -189,16 +256,16 @@ def matvecs_q8_0_panels(codes, scales, X, out, tail):
                 for t0 in range(0, n_t, COLUMNS_PER_MICRO):
                     if p0 + 1 < full:
                         _columns_micro(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0,
-                                       PANELS_PER_MICRO, out, ROWS_PER_PANEL * p0, n_blocks)
+                                       PANELS_PER_MICRO, out, ROWS_PER_PANEL * p0, n_blocks, kind)
                     else:  # the pair holds the partial last panel: one panel at a time
                         _panel_or_tail(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0,
-                                       out, tail, full, n_blocks)
+                                       out, tail, full, n_blocks, kind)
                         _panel_or_tail(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0 + 1,
-                                       out, tail, full, n_blocks)
+                                       out, tail, full, n_blocks, kind)
         elif n_panels % PANELS_PER_MICRO:  # the lone last panel of an odd count
             for t0 in range(0, n_t, COLUMNS_PER_MICRO):
                 _panel_or_tail(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, n_panels - 1,
-                               out, tail, full, n_blocks)
+                               out, tail, full, n_blocks, kind)
     if full < n_panels:
         for t in range(n_t):
             for j in range(n_rows - ROWS_PER_PANEL * full):
@@ -206,26 +273,118 @@ def matvecs_q8_0_panels(codes, scales, X, out, tail):
 
 
 @njit(inline="always")
-def _panel_or_tail(xq, xd, xinit, t0, n_t, codes, scales, p, out, tail, full, n_blocks):
+def _panel_or_tail(xq, xd, xinit, t0, n_t, codes, scales, p, out, tail, full, n_blocks, kind):
     """Panel p alone: into out if its rows are all real, else (the partial last one) into tail."""
     if p < full:
-        _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p, 1, out, ROWS_PER_PANEL * p, n_blocks)
+        _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p, 1, out, ROWS_PER_PANEL * p, n_blocks, kind)
     else:
-        _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p, 1, tail, 0, n_blocks)
+        _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p, 1, tail, 0, n_blocks, kind)
+
+
+# One kernel per type: `kind` must be a literal for the intrinsic, and numba caches by function.
+@njit(parallel=True, cache=True, nogil=True)
+def matvecs_q8_0_panels(codes, scales, X, out, tail):
+    _panel_matvecs(codes, scales, X, out, tail, "q8_0")
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def rows_q8_0_panels(codes, scales, ids, out):
-    """out[i] = row ids[i] of the packed matrix as float32, d * q as the Q8_0 decoder gives it
-    (token embeddings looked up in a tied output matrix's panels, not in the map)."""
+def matvecs_q4_0_panels(codes, scales, X, out, tail):
+    _panel_matvecs(codes, scales, X, out, tail, "q4_0")
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def matvecs_iq4_nl_panels(codes, scales, X, out, tail):
+    _panel_matvecs(codes, scales, X, out, tail, "iq4_nl")
+
+
+@intrinsic
+def expand_panel(typingctx, src, p_src, dst, p_dst, n_blocks, kind):
+    """Panel p_dst of `dst` (P, K * 16) uint8 = panel p_src of the packed `src` with every code as
+    a byte, in VNNI order (gemm_int8.py's tile layout): what `_panel_block_codes` gives the
+    micro-kernel, stored. `kind` a literal."""
+    if not isinstance(kind, types.StringLiteral):
+        return None
+    fmt = kind.literal_value
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        src_row = builder.bitcast(row_ptr(context, builder, tys[0], args[0], as_i64(context, builder, args[1], tys[1])),
+                                  I8.as_pointer())
+        dst_row = builder.bitcast(row_ptr(context, builder, tys[2], args[2], as_i64(context, builder, args[3], tys[3])),
+                                  I8.as_pointer())
+        v64i8 = vector(I8, 64)
+
+        def block(b, _):
+            at = builder.shl(b, i64(9))
+            for g, u in enumerate(_panel_block_codes(builder, fmt, src_row, b)):
+                p = builder.gep(dst_row, [builder.add(at, i64(64 * g))])
+                builder.store(u, builder.bitcast(p, v64i8.as_pointer()), align=1)
+            return []
+
+        carried_loop(builder, f"expand_{fmt}", as_i64(context, builder, args[4], tys[4]), [], block)
+        return context.get_dummy_value()
+
+    return types.void(src, p_src, dst, p_dst, n_blocks, kind), codegen
+
+
+@njit(inline="always")
+def _decode_panel_tile(codes, scales, p0, tile_codes, tile_scales, kind):
+    """Panels p0 .. of a packed matrix as the integer GEMM's decoded tile (gemm_int8.py: codes
+    (P, K * 16) uint8, scales (P, n_blocks * 16) float32); panels past the matrix's last are zero
+    (in a partial last panel the missing rows' scales are 0, their codes whatever nibble 0 gives)."""
     n_blocks = scales.shape[1] // ROWS_PER_PANEL
+    for p in prange(tile_codes.shape[0]):
+        if p0 + p < codes.shape[0]:
+            expand_panel(codes, p0 + p, tile_codes, p, n_blocks, kind)
+            for k in range(scales.shape[1]):
+                tile_scales[p, k] = fp16_to_fp32(scales[p0 + p, k])
+        else:
+            tile_codes[p, :] = 0
+            tile_scales[p, :] = 0.0
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def decode_q8_0_panels(codes, scales, p0, tile_codes, tile_scales):
+    _decode_panel_tile(codes, scales, p0, tile_codes, tile_scales, "q8_0")
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def decode_q4_0_panels(codes, scales, p0, tile_codes, tile_scales):
+    _decode_panel_tile(codes, scales, p0, tile_codes, tile_scales, "q4_0")
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def decode_iq4_nl_panels(codes, scales, p0, tile_codes, tile_scales):
+    _decode_panel_tile(codes, scales, p0, tile_codes, tile_scales, "iq4_nl")
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def rows_panels(codes, scales, ids, values, out):
+    """out[i] = row ids[i] of a packed matrix as float32, values[u] * d as the type's decoder gives
+    it (`CODE_VALUES`: 256 entries for Q8_0's byte codes, 16 for the nibble types): token
+    embeddings looked up in a tied output matrix's panels, not in the map."""
+    n_blocks = scales.shape[1] // ROWS_PER_PANEL
+    nibbles = values.size == 16
     for i in prange(ids.shape[0]):
         p, j = ids[i] // ROWS_PER_PANEL, ids[i] % ROWS_PER_PANEL
         for b in range(n_blocks):
             d = fp16_to_fp32(scales[p, ROWS_PER_PANEL * b + j])
-            for k in range(32 * b, 32 * b + 32):
-                out[i, k] = np.float32(np.int32(codes[p, 64 * (k // 4) + 4 * j + k % 4]) - 128) * d
+            for k in range(BLOCK):
+                if nibbles:  # byte 256 b + 64 m + 4 j + i holds codes 4m + i (low) and 16 + 4m + i (high)
+                    byte = np.int64(codes[p, 256 * b + 64 * ((k % 16) // 4) + 4 * j + k % 4])
+                    u = byte & 15 if k < 16 else byte >> 4
+                else:
+                    u = np.int64(codes[p, 64 * ((BLOCK * b + k) // 4) + 4 * j + k % 4])
+                out[i, BLOCK * b + k] = values[u] * d
 
 
-# Entering numba's thread pool costs more than a small matrix's product (common.serial_twin).
-matvecs_q8_0_panels_serial = serial_twin(matvecs_q8_0_panels)
+# Per packed type: (pack, mat-vecs, their serial twin, tile decoder). Entering numba's thread pool
+# costs more than a small matrix's product (common.serial_twin).
+KERNELS = {
+    kind: (pack, matvecs, serial_twin(matvecs), decode)
+    for kind, pack, matvecs, decode in (
+        ("q8_0", pack_q8_0, matvecs_q8_0_panels, decode_q8_0_panels),
+        ("q4_0", pack_nibbles, matvecs_q4_0_panels, decode_q4_0_panels),
+        ("iq4_nl", pack_nibbles, matvecs_iq4_nl_panels, decode_iq4_nl_panels),
+    )
+}
