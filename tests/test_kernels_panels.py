@@ -1,4 +1,4 @@
-"""Q8_0, Q4_0 and IQ4_NL weights repacked into VNNI row panels (engine/panels.py,
+"""Q8_0, Q4_0, Q5_0 and IQ4_NL weights repacked into VNNI row panels (engine/panels.py,
 kernels/panel_int8.py): the packing is the same bytes reordered; column t of a B-column product is
 bit for bit the lone (B = 1) product of X[t], for any B, serial or parallel, at 1 or 2 threads; the
 values are the row mat-vec's up to float summation order (the same 8-bit activations); `matvec`/
@@ -27,7 +27,7 @@ from test_kernels import random_rows
 ROW_COUNTS = [37, 64, 80]
 BLOCKS_PER_ROW = [1, 2, 20]
 COLUMN_COUNTS = [1, 2, 3, 5, 6, 7, 8, 12, 13, 16]
-TYPES = ["Q8_0", "Q4_0", "IQ4_NL"]
+TYPES = ["Q8_0", "Q4_0", "Q5_0", "IQ4_NL"]
 
 
 def test_every_type_packs_on_this_cpu():
@@ -70,15 +70,18 @@ def test_packing_is_the_same_bytes_reordered(n_rows, type_name):
     rng = np.random.default_rng(n_rows)
     W = matrix(rng, type_name, n_rows, 3)
     P = panels_of(W)
-    assert P.nbytes == -(-n_rows // 16) * 16 * W.raw.shape[1]  # 34 (18) bytes per 32 weights
+    assert P.nbytes == -(-n_rows // 16) * 16 * W.raw.shape[1]  # 34 (18, 22) bytes per 32 weights
     if type_name == "Q8_0":
         codes = P.codes.reshape(P.codes.shape[0], -1, 16, 4)  # [panel, k // 4, row in panel, k % 4]
         codes = codes.transpose(0, 2, 1, 3).reshape(-1, W.n_cols)[:n_rows]
         assert np.array_equal(codes ^ 0x80, W.weights[:, :, 2:].reshape(n_rows, -1))
-    else:  # [panel, block, m, row in panel, i] = qs[4m + i] of the row's block
-        codes = P.codes.reshape(P.codes.shape[0], 3, 4, 16, 4)
-        codes = codes.transpose(0, 3, 1, 2, 4).reshape(-1, 3, 16)[:n_rows]
-        assert np.array_equal(codes, W.weights[:, :, 2:])
+    else:  # [panel, block, m, row in panel, i] = qs[4m + i] of the row's block (m = 4: Q5_0's qh)
+        qs_at = 6 if type_name == "Q5_0" else 2
+        codes = P.codes.reshape(P.codes.shape[0], 3, -1, 16, 4).transpose(0, 3, 1, 2, 4)
+        codes = codes.reshape(-1, 3, codes.shape[3] * 4)[:n_rows]
+        assert np.array_equal(codes[:, :, :16], W.weights[:, :, qs_at:])
+        if type_name == "Q5_0":
+            assert np.array_equal(codes[:, :, 16:], W.weights[:, :, 2:6])
     scales = P.scales.reshape(P.scales.shape[0], -1, 16).transpose(0, 2, 1).reshape(-1, 3)[:n_rows]
     assert np.array_equal(scales, W.weights[:, :, :2].copy().view(np.uint16)[:, :, 0])
     padded = P.codes.reshape(P.codes.shape[0], -1, 16, 4)[-1, :, n_rows % 16 or 16:]

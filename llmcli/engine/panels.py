@@ -1,5 +1,5 @@
 """Weight matrices repacked once, at load, into VNNI row panels (kernels/panel_int8.py has the
-layouts and the kernels): Q8_0, Q4_0 and IQ4_NL, where the CPU has VNNI.
+layouts and the kernels): Q8_0, Q4_0, Q5_0 and IQ4_NL, where the CPU has VNNI.
 
     pack_panels(W, release)    W.panels = W's rows in panels; `matmul.matvec`/`matvecs` then run
                                the panel kernel for W and `matmul`'s integer GEMM decodes its
@@ -36,15 +36,15 @@ SERIAL_PANEL_BYTES = 128 * 1024
 
 
 def packs_panels(ggml_type: GGMLType) -> bool:
-    """Whether matrices of this type can be repacked into panels on this CPU (Q8_0, Q4_0, IQ4_NL
-    with VNNI)."""
+    """Whether matrices of this type can be repacked into panels on this CPU (Q8_0, Q4_0, Q5_0,
+    IQ4_NL with VNNI)."""
     return GGMLType(ggml_type) in PANEL_KINDS
 
 
 class PanelMatrix:
-    """A Q8_0/Q4_0/IQ4_NL (n_rows, n_cols) matrix as 16-row VNNI panels: codes (P, n_cols * 16)
-    uint8 for Q8_0, (P, n_cols * 8) for the 4-bit types, and scales (P, n_cols / 32 * 16) uint16
-    (fp16 bits), P = ceil(n_rows / 16)."""
+    """A Q8_0/Q4_0/Q5_0/IQ4_NL (n_rows, n_cols) matrix as 16-row VNNI panels: codes (P, n_cols * 16)
+    uint8 for Q8_0, (P, n_cols * 8) for the 4-bit types, (P, n_cols * 10) for Q5_0, and scales
+    (P, n_cols / 32 * 16) uint16 (fp16 bits), P = ceil(n_rows / 16)."""
 
     __slots__ = ("codes", "scales", "n_rows", "n_cols", "kind")
 

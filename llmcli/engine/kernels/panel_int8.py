@@ -1,4 +1,4 @@
-"""Q8_0, Q4_0 and IQ4_NL weights repacked once, at load, into VNNI row panels, and the one kernel
+"""Q8_0, Q4_0, Q5_0 and IQ4_NL weights repacked once, at load, into VNNI row panels, and the one kernel
 that multiplies by them for any number of activation rows (B = 1 .. 16 decoded sequences, or a
 short prompt); the integer GEMM's tiles are decoded from the same panels (`decode_panel_tile`).
 
@@ -11,17 +11,19 @@ In panel order one zmm holds 16 rows x 4 consecutive codes, so a `vpdpbusd` agai
 bytes broadcast serves 16 rows at once, the block's scale work is done once per 16 rows and no
 horizontal sum is needed: 19.7 ms at 8 columns, 12.0 ms at 1 (row mat-vec 15.7), 27.8 ms at 16
 (Xeon AVX512-VNNI, 1 thread, shared machine). llama.cpp repacks Q4_0/Q8_0/IQ4_NL the same way
-for its CPU backend. The 4-bit types keep their nibbles packed (half the bytes to stream) and
-split them in registers.
+for its CPU backend. The 4- and 5-bit types keep their nibbles (and 5th bits) packed (half the
+bytes to stream) and split them in registers.
 
 A packed matrix holds the same bytes as the GGUF rows, reordered (lossless, the same size):
 
     Q8_0 row r, block b        | d fp16 | qs[32] int8 |         (34 bytes; simd.py's diagram)
     Q4_0 / IQ4_NL row r, block b  | d fp16 | qs[16] |          (18 bytes; qs[i]: low nibble =
                                                                  weight i, high = weight 16 + i)
+    Q5_0 row r, block b        | d fp16 | qh u32 | qs[16] |     (22 bytes; bit i of qh: the 5th
+                                                                 bit of weight i)
 
-    codes (P, K * 16) uint8 for Q8_0, (P, K * 8) for the 4-bit types; P = ceil(n_rows / 16)
-    panels of 16 rows:
+    codes (P, K * 16) uint8 for Q8_0, (P, K * 8) for the 4-bit types, (P, K * 10) for Q5_0;
+    P = ceil(n_rows / 16) panels of 16 rows:
 
     Q8_0, u = qs ^ 0x80 (unsigned), 8 zmm per block:
         panel p:  k4 = 0                      k4 = 1                          k4 = K/4 - 1
@@ -29,12 +31,16 @@ A packed matrix holds the same bytes as the GGUF rows, reordered (lossless, the 
                   <------- 64 bytes = 1 zmm ---->
         row 16p + j, code k at byte 64 (k // 4) + 4 j + k % 4   (gemm_int8.py's tile layout)
 
-    Q4_0 / IQ4_NL, the qs bytes as they are, 4 zmm (256 bytes) per block b:
+    Q4_0 / IQ4_NL / Q5_0, the qs bytes as they are, 4 zmm (256 bytes) per block b (S = 256 bytes
+    per block, Q5_0 320):
         zmm m < 4 of block b:  [r0 qs[4m..4m+3] | r1 qs[4m..4m+3] | .. | r15 qs[4m..4m+3]]
-        row 16p + j: byte 256 b + 64 m + 4 j + i = qs[4m + i] of its block b
+        row 16p + j: byte S b + 64 m + 4 j + i = qs[4m + i] of its block b
         low nibbles of zmm m  = codes 32b + 4m .. 32b + 4m + 3       (the VNNI zmm of k4 = 8b + m)
         high nibbles of zmm m = codes 32b + 16 + 4m .. + 3           (the VNNI zmm of k4 = 8b + 4 + m)
         u = the nibble (Q4_0) or IQ4_NL's grid value + 128 looked up by it (`lookup16`)
+    Q5_0 then 1 zmm of 5th bits:  [r0 qh | r1 qh | .. | r15 qh] at byte S b + 256 (row j's u32 at 4 j)
+        VNNI zmm g (codes 4g .. 4g + 3 of each row) | 16 where bit 4g + i of the row's qh is set:
+        byte g // 2 of each qh copied to its 4 bytes (vpshufb), tested against 1, 2, 4, 8 << 4 (g % 2)
 
     scales (P, n_blocks * 16) uint16: [p, 16 b + j] = d (fp16 bits) of row 16p + j, block b
 
@@ -44,7 +50,7 @@ GEMM's row decoder (`gemm_int8.store_row_codes`), so that code layout exists onc
 Activations are ggml's Q8_0 blocks (gemm_int8.activations_q8_0, bit for bit int8.py's and
 ggml's quantize_row_q8_0): xq int8 (B, K), xd float32 (B, K/32), xinit int32 (B, K/32) =
 -offset * (sum of the block's xq), the offset of the unsigned codes (int8.CODE_OFFSET: 128, 8,
-128). Then, for each row r and column t, in block order:
+16, 128). Then, for each row r and column t, in block order:
 
     acc += float(xinit[t, b] + sum_k u[r, 32b + k] xq[t, 32b + k]) * (d_w[r, b] * xd[t, b])
 
@@ -71,19 +77,21 @@ from ...quants.half import fp16_to_fp32
 from ...quants.iquants import IQ4_GRID
 from .common import serial_twin
 from .gemm_int8 import quantize_q8_0_into, store_row_codes
-from .int8 import HAS_VNNI, IQ4_CODES, code_offset, dot_u8_s8, lookup16
+from .int8 import HAS_VNNI, IQ4_CODES, QH_AT, QS_AT, code_offset, dot_u8_s8, lookup16
 from .llvm_ir import (F16, F32, I8, I16, I32, PREFETCH_BYTES, as_i64, call_fma, carried_loop, const_vector,
-                      emit_prefetch, i64, load_at, row_ptr, splat, vector)
+                      emit_prefetch, i64, indices, load_at, row_ptr, splat, vector)
 
 ROWS_PER_PANEL = 16
 BLOCK = 32  # weights per block, every packed type
 # Packed types (where the CPU has VNNI; without it the B-column mat-vec stays): their kind (int8.py's
 # and gemm_int8.py's name) and the code bytes per row and block in a panel.
-PANEL_KINDS = {GGMLType.Q8_0: "q8_0", GGMLType.Q4_0: "q4_0", GGMLType.IQ4_NL: "iq4_nl"} if HAS_VNNI else {}
+PANEL_KINDS = ({GGMLType.Q8_0: "q8_0", GGMLType.Q4_0: "q4_0", GGMLType.Q5_0: "q5_0", GGMLType.IQ4_NL: "iq4_nl"}
+               if HAS_VNNI else {})
 PANEL_TYPES = tuple(PANEL_KINDS)
-CODE_BYTES = {"q8_0": 32, "q4_0": 16, "iq4_nl": 16}
+CODE_BYTES = {"q8_0": 32, "q4_0": 16, "q5_0": 20, "iq4_nl": 16}
 # The float value of each code, as the type's decoder gives it before the scale (`rows_panels`).
 CODE_VALUES = {"q8_0": np.arange(-128, 128, dtype=np.float32), "q4_0": np.arange(-8, 8, dtype=np.float32),
+               "q5_0": np.arange(-16, 16, dtype=np.float32),
                "iq4_nl": np.asarray(IQ4_GRID, np.float32)}
 # The micro-kernel: 2 panels x 6 columns = 12 float accumulators + 12 int32 ones (+ 2 zmm of codes
 # and 2 of scales) of AVX-512's 32 registers.
@@ -108,10 +116,12 @@ def pack_q8_0(blocks, r0, codes, scales):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def pack_nibbles(blocks, r0, codes, scales):
-    """`pack_q8_0` for Q4_0 / IQ4_NL `blocks` (n_rows, n_blocks, 18): codes (P, K * 8) uint8, each
-    row's qs bytes moved 4 at a time to their panel places (module docstring)."""
+def pack_nibbles(blocks, r0, codes, scales, qs_at, qh_at):
+    """`pack_q8_0` for Q4_0 / IQ4_NL / Q5_0 `blocks` (n_rows, n_blocks, block bytes), their qs bytes
+    at qs_at, Q5_0's qh at qh_at (-1: none): codes (P, n_blocks * 16 * (16, or 20 with qh)) uint8,
+    each row's qs (and qh) bytes moved 4 at a time to their panel places (module docstring)."""
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
+    stride = codes.shape[1] // n_blocks  # a block's bytes in a panel
     for p in prange(codes.shape[0]):
         for j in range(ROWS_PER_PANEL):
             r = r0 + ROWS_PER_PANEL * p + j
@@ -119,7 +129,10 @@ def pack_nibbles(blocks, r0, codes, scales):
             for b in range(n_blocks):
                 for m in range(4):
                     for i in range(4):
-                        codes[p, 256 * b + 64 * m + 4 * j + i] = blocks[r, b, 2 + 4 * m + i] if present else 0
+                        codes[p, stride * b + 64 * m + 4 * j + i] = blocks[r, b, qs_at + 4 * m + i] if present else 0
+                if qh_at >= 0:
+                    for i in range(4):
+                        codes[p, stride * b + 256 + 4 * j + i] = blocks[r, b, qh_at + i] if present else 0
             _store_scales(blocks, r, present, scales, p, j)
 
 
@@ -138,7 +151,7 @@ def _panel_block_codes(builder, kind, panel, b):
     if kind == "q8_0":
         at = builder.shl(b, i64(9))
         return [load_at(builder, panel, builder.add(at, i64(64 * g)), v64i8) for g in range(8)]
-    at = builder.shl(b, i64(8))
+    at = builder.mul(b, i64(CODE_BYTES[kind] * ROWS_PER_PANEL))
     nibble = const_vector(I8, [15] * 64)
     low, high = [], []
     for m in range(4):
@@ -148,6 +161,14 @@ def _panel_block_codes(builder, kind, panel, b):
     codes = low + high
     if kind == "iq4_nl":
         codes = [lookup16(builder, IQ4_CODES, u) for u in codes]
+    if kind == "q5_0":  # | 16 where the 5th bit is set: byte g // 2 of each row's qh, bits 4 (g % 2) + i
+        qh = load_at(builder, panel, builder.add(at, i64(256)), v64i8)
+        zero, fifth = ir.Constant(v64i8, [0] * 64), ir.Constant(v64i8, [16] * 64)
+        for g in range(8):
+            spread = builder.shuffle_vector(qh, qh, indices([4 * (i // 4) + g // 2 for i in range(64)]))
+            bits = builder.and_(spread, const_vector(I8, [1 << (4 * (g % 2) + i % 4) for i in range(64)]))
+            has_bit = builder.icmp_unsigned("!=", bits, zero)
+            codes[g] = builder.or_(codes[g], builder.select(has_bit, fifth, zero))
     return codes
 
 
@@ -293,6 +314,11 @@ def matvecs_q4_0_panels(codes, scales, X, out, tail):
 
 
 @njit(parallel=True, cache=True, nogil=True)
+def matvecs_q5_0_panels(codes, scales, X, out, tail):
+    _panel_matvecs(codes, scales, X, out, tail, "q5_0")
+
+
+@njit(parallel=True, cache=True, nogil=True)
 def matvecs_iq4_nl_panels(codes, scales, X, out, tail):
     _panel_matvecs(codes, scales, X, out, tail, "iq4_nl")
 
@@ -354,6 +380,11 @@ def decode_q4_0_panels(codes, scales, p0, tile_codes, tile_scales):
 
 
 @njit(parallel=True, cache=True, nogil=True)
+def decode_q5_0_panels(codes, scales, p0, tile_codes, tile_scales):
+    _decode_panel_tile(codes, scales, p0, tile_codes, tile_scales, "q5_0")
+
+
+@njit(parallel=True, cache=True, nogil=True)
 def decode_iq4_nl_panels(codes, scales, p0, tile_codes, tile_scales):
     _decode_panel_tile(codes, scales, p0, tile_codes, tile_scales, "iq4_nl")
 
@@ -361,21 +392,30 @@ def decode_iq4_nl_panels(codes, scales, p0, tile_codes, tile_scales):
 @njit(parallel=True, cache=True, nogil=True)
 def rows_panels(codes, scales, ids, values, out):
     """out[i] = row ids[i] of a packed matrix as float32, values[u] * d as the type's decoder gives
-    it (`CODE_VALUES`: 256 entries for Q8_0's byte codes, 16 for the nibble types): token
-    embeddings looked up in a tied output matrix's panels, not in the map."""
+    it (`CODE_VALUES`: 256 entries for Q8_0's byte codes, 16 for the nibble types, 32 for Q5_0's
+    5-bit ones): token embeddings looked up in a tied output matrix's panels, not in the map."""
     n_blocks = scales.shape[1] // ROWS_PER_PANEL
-    nibbles = values.size == 16
+    stride = codes.shape[1] // n_blocks  # a block's bytes in a panel
+    nibbles, fifth_bits = values.size <= 32, values.size == 32
     for i in prange(ids.shape[0]):
         p, j = ids[i] // ROWS_PER_PANEL, ids[i] % ROWS_PER_PANEL
         for b in range(n_blocks):
             d = fp16_to_fp32(scales[p, ROWS_PER_PANEL * b + j])
             for k in range(BLOCK):
-                if nibbles:  # byte 256 b + 64 m + 4 j + i holds codes 4m + i (low) and 16 + 4m + i (high)
-                    byte = np.int64(codes[p, 256 * b + 64 * ((k % 16) // 4) + 4 * j + k % 4])
+                if nibbles:  # byte S b + 64 m + 4 j + i holds codes 4m + i (low) and 16 + 4m + i (high)
+                    byte = np.int64(codes[p, stride * b + 64 * ((k % 16) // 4) + 4 * j + k % 4])
                     u = byte & 15 if k < 16 else byte >> 4
+                    if fifth_bits:  # bit k of the row's qh (u32 at S b + 256 + 4 j)
+                        u |= ((np.int64(codes[p, stride * b + 256 + 4 * j + k // 8]) >> (k % 8)) & 1) << 4
                 else:
                     u = np.int64(codes[p, 64 * ((BLOCK * b + k) // 4) + 4 * j + k % 4])
                 out[i, BLOCK * b + k] = values[u] * d
+
+
+def _nibble_packer(kind):
+    """pack(blocks, r0, codes, scales) for a nibble kind: `pack_nibbles` at its qs (and qh) bytes."""
+    qs_at, qh_at = QS_AT[kind], QH_AT.get(kind, -1)
+    return lambda blocks, r0, codes, scales: pack_nibbles(blocks, r0, codes, scales, qs_at, qh_at)
 
 
 # Per packed type: (pack, mat-vecs, their serial twin, tile decoder). Entering numba's thread pool
@@ -384,7 +424,8 @@ KERNELS = {
     kind: (pack, matvecs, serial_twin(matvecs), decode)
     for kind, pack, matvecs, decode in (
         ("q8_0", pack_q8_0, matvecs_q8_0_panels, decode_q8_0_panels),
-        ("q4_0", pack_nibbles, matvecs_q4_0_panels, decode_q4_0_panels),
-        ("iq4_nl", pack_nibbles, matvecs_iq4_nl_panels, decode_iq4_nl_panels),
+        ("q4_0", _nibble_packer("q4_0"), matvecs_q4_0_panels, decode_q4_0_panels),
+        ("q5_0", _nibble_packer("q5_0"), matvecs_q5_0_panels, decode_q5_0_panels),
+        ("iq4_nl", _nibble_packer("iq4_nl"), matvecs_iq4_nl_panels, decode_iq4_nl_panels),
     )
 }
