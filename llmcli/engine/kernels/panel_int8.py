@@ -62,7 +62,10 @@ decoded in a batch gets the bits it gets alone, and a mat-vec (B = 1) is the sam
 `panel_micro` runs 2 panels (32 rows) x up to 6 columns: per block 12 int32 accumulators start at
 xinit and take 8 `vpdpbusd` each, then 12 float accumulators (in registers over the whole row)
 take one FMA each. A panel pair's codes (K * 32 bytes, 20 KB for a Q8_0 K = 640) stay in L1
-while the column groups after the first pass over them.
+while the column groups after the first pass over them. A lone column (B = 1, memory-bound) runs
+one panel at a time, its integer sums split over MIN_CHAINS independent vpdpbusd chains added at
+the block's end (exact: the same bits): the demo's 178 MB output matrix 8.4-9.8 -> 4.8-5.8 ms,
+~36 GB/s of the ~38 GB/s a plain read of it reaches here (one thread).
 """
 
 from __future__ import annotations
@@ -97,6 +100,9 @@ CODE_VALUES = {"q8_0": np.arange(-128, 128, dtype=np.float32), "q4_0": np.arange
 # and 2 of scales) of AVX-512's 32 registers.
 PANELS_PER_MICRO = 2
 COLUMNS_PER_MICRO = 6
+# Independent vpdpbusd chains a block keeps in flight at least (a lone column's one accumulator is
+# split in this many; Zen 4: latency ~4 cycles, one zmm per cycle).
+MIN_CHAINS = 4
 # Panel pairs per parallel work item (each item writes its own rows of out).
 PAIRS_PER_ITEM = 8
 
@@ -172,6 +178,13 @@ def _panel_block_codes(builder, kind, panel, b):
     return codes
 
 
+def _pairwise_add(builder, values):
+    """The sum of integer vectors, as a balanced tree."""
+    while len(values) > 1:
+        values = [builder.add(a, c) for a, c in zip(values[0::2], values[1::2])] + values[len(values) & ~1:]
+    return values[0]
+
+
 @intrinsic
 def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks, kind):
     """out[t0 + i, col0 + 16 j + l] = row 16 (p0 + j) + l . column t0 + i (the module docstring's
@@ -181,6 +194,7 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, 
         return None
     n_col, n_pan, fmt = n_t.literal_value, n_p.literal_value, kind.literal_value
     block_bytes = CODE_BYTES[fmt] * ROWS_PER_PANEL  # one block of a panel: 16 rows' codes
+    n_chains = max(1, MIN_CHAINS // (n_col * n_pan))
     sig = types.void(xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks, kind)
 
     def codegen(context, builder, signature, args):
@@ -198,8 +212,12 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, 
 
         def block(b, accs):
             k = builder.shl(b, i64(5))           # first weight of the block
-            iaccs = [splat(builder, builder.load(builder.gep(xi_rows[i], [b])), 16) for i in range(n_col)]
-            iaccs = [[v] * n_pan for v in iaccs]
+            # chains[c][i][j]: the integer sums of column i, panel j over the groups g = c mod n_chains
+            # (one chain per accumulator, or more where they are few and the vpdpbusd latency
+            # would bound them); integer sums, so any split gives the same bits
+            zero = ir.Constant(vector(I32, 16), [0] * 16)
+            chains = [[[splat(builder, builder.load(builder.gep(xi_rows[i], [b])), 16) if c == 0 else zero
+                        for _ in range(n_pan)] for i in range(n_col)] for c in range(n_chains)]
             if PREFETCH_BYTES:  # every line of the block's codes, a few KiB ahead (the rows' pages are 4 KiB)
                 at = builder.mul(b, i64(block_bytes))
                 for j in range(n_pan):
@@ -210,7 +228,10 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, 
                 for i in range(n_col):
                     xb = builder.bitcast(splat(builder, load_at(builder, xq_rows[i], builder.add(k, i64(4 * g)), I32),
                                                16), vector(I8, 64))
-                    iaccs[i] = [dot_u8_s8(builder, iaccs[i][j], w[j][g], xb) for j in range(n_pan)]
+                    chain = chains[g % n_chains][i]
+                    chain[:] = [dot_u8_s8(builder, chain[j], w[j][g], xb) for j in range(n_pan)]
+            iaccs = [[_pairwise_add(builder, [chains[c][i][j] for c in range(n_chains)]) for j in range(n_pan)]
+                     for i in range(n_col)]
             d_w = [builder.fpext(builder.bitcast(load_at(builder, sc_rows[j], builder.shl(b, i64(4)), vector(I16, 16)),
                                                  v16h), v16f) for j in range(n_pan)]
             new = []
@@ -275,10 +296,12 @@ def _panel_matvecs(codes, scales, X, out, tail, kind):
             for pair in range(item * PAIRS_PER_ITEM, min(n_pairs, (item + 1) * PAIRS_PER_ITEM)):
                 p0 = PANELS_PER_MICRO * pair
                 for t0 in range(0, n_t, COLUMNS_PER_MICRO):
-                    if p0 + 1 < full:
+                    # a lone column takes its panels one at a time: one sequential stream of codes
+                    # (two streams 10 KB apart read the demo's output ~1.6x slower) and the same bits
+                    if p0 + 1 < full and n_t > 1:
                         _columns_micro(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0,
                                        PANELS_PER_MICRO, out, ROWS_PER_PANEL * p0, n_blocks, kind)
-                    else:  # the pair holds the partial last panel: one panel at a time
+                    else:  # one column, or the pair holds the partial last panel: one panel at a time
                         _panel_or_tail(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0,
                                        out, tail, full, n_blocks, kind)
                         _panel_or_tail(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0 + 1,
