@@ -42,11 +42,11 @@ from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
-from .common import COLUMN_BLOCK, ROW_TILE, columns
+from .common import columns, row_dots
 from .int8 import HAS_AVX2, HAS_VNNI, INT8_GROUP, IQ4_CODES, dot_s8_s8, dot_u8_s8, lookup16, madd_pairs, maddubs
 from .llvm_ir import (F32, I8, I8_PTR, I16, I32, I64, as_i64, block_loop, call_fma, carried_loop, const_vector,
                       data_ptr, declare, float_tree_sum, i64, indices, load_at, load_half, row_ptr, splat, tree_reduce,
@@ -647,14 +647,16 @@ def _k_int8_rows(blocks, x, out, block_bytes, kind, word_bytes):
     of them (`row_dot_k_int8`)."""
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * block_bytes)
     xq, xd, sums = q8_k_columns(X, word_bytes, word_bytes == 8 and kind != "iq4_xs")
     if kind == "iq4_xs":
         sums = lane_sums(xq)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot_k_int8(flat[r], xq, xd, sums, n_blocks, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+    row_dots(blocks.reshape(n_rows, n_blocks * block_bytes), Y, _k_int8_row, kind, (xq, xd, sums, n_blocks))
+
+
+@njit(inline="always")
+def _k_int8_row(row, operands, kind, Y, r, t0, n_t):  # common.row_dots' step
+    xq, xd, sums, n_blocks = operands
+    row_dot_k_int8(row, xq, xd, sums, n_blocks, kind, Y, r, t0, n_t)
 
 
 # Same signature as kquants.matvec_q2_k / ... / matvec_q6_k: blocks uint8 (rows, n_blocks, 84 | 110 | 144 |
