@@ -96,6 +96,17 @@ def gguf_with_template(src: Path, dst: Path, template: str) -> Path:
 
 
 @pytest.fixture
+def activation_mode():
+    """`activation_mode("int8" | "float")` sets the engine's activation mode for the test; the mode
+    it had comes back afterwards."""
+    from llmcli.engine.matmul import get_activations, set_activations
+
+    before = get_activations()
+    yield set_activations
+    set_activations(before)
+
+
+@pytest.fixture
 def cli():
     """`res = cli("inspect", path, "--json")` -> res.exit_code, res.stdout, res.stderr."""
     return run_cli

@@ -19,8 +19,8 @@ import pytest
 from gguf.quants import dequantize as oracle_dequantize
 from gguf.quants import quantize as oracle_quantize
 
-from llmcli.engine.matmul import (QuantizedMatrix, dequantize_rows, get_activations, get_threads, matmul,
-                                  matvec, set_activations, set_threads, supported_types)
+from llmcli.engine.matmul import (QuantizedMatrix, dequantize_rows, get_threads, matmul, matvec, set_threads,
+                                  supported_types)
 from llmcli.errors import BadInputError, UnsupportedError
 from llmcli.gguf import GGUFReader
 from llmcli.gguf.constants import TYPE_INFO, GGMLType
@@ -40,11 +40,8 @@ TOKEN_COUNTS = [1, 3, 17]
 
 
 @pytest.fixture(autouse=True)
-def float_activations():
-    before = get_activations()
-    set_activations("float")
-    yield
-    set_activations(before)
+def float_activations(activation_mode):
+    activation_mode("float")
 
 
 def random_rows(type_name: str, n_rows: int, n_cols: int, rng) -> np.ndarray:

@@ -18,8 +18,7 @@ from llmcli.engine import matmul as mm
 from llmcli.engine.kernels import gemm_int8 as g
 from llmcli.engine.kernels.int8 import quantize_activations
 from llmcli.engine.kernels.int8_kquants import quantize_q8_k
-from llmcli.engine.matmul import (QuantizedMatrix, Workspace, gemm_min_tokens, get_activations, matmul, matmul_segments,
-                                  matvecs, set_activations)
+from llmcli.engine.matmul import QuantizedMatrix, Workspace, gemm_min_tokens, matmul, matmul_segments, matvecs
 from llmcli.errors import BadInputError
 from llmcli.gguf.constants import GGMLType
 
@@ -34,12 +33,9 @@ N_COLS = {"Q4_K": 512, "Q5_K": 512, "Q6_K": 512, "Q8_0": 352, "Q4_0": 352, "Q5_0
 
 
 @pytest.fixture(autouse=True)
-def int8_matvecs():
+def int8_matvecs(activation_mode):
     """The mat-vecs compared with round activations to 8 bits (the default mode)."""
-    before = get_activations()
-    set_activations("int8")
-    yield
-    set_activations(before)
+    activation_mode("int8")
 
 
 @njit  # not cached: numba's cache would not notice a change in the inlined quantizers

@@ -26,7 +26,7 @@ from numba import njit
 
 from llmcli.engine.kernels.common import serial_twin
 from llmcli.engine.kernels.int8 import INT8_MATVECS, q8_1_sums_into, quantize_activations
-from llmcli.engine.matmul import QuantizedMatrix, get_activations, matmul, matvec, set_activations
+from llmcli.engine.matmul import QuantizedMatrix, matmul, matvec, set_activations
 from llmcli.errors import BadInputError
 from llmcli.gguf.constants import GGMLType
 from llmcli.models import load_model
@@ -39,13 +39,6 @@ INT8_TYPES = ["Q8_0", "Q4_0", "Q5_0"]
 AFFINE_TYPES = ["Q4_1", "Q5_1"]  # w = d u + m: Q8_1 activations
 KQ = Path(__file__).parent / "data" / "kq"
 GGML_REFS = Path(__file__).parent / "data" / "kernels" / "int8_vec_dot.npz"
-
-
-@pytest.fixture
-def activations():
-    before = get_activations()
-    yield set_activations
-    set_activations(before)
 
 
 @njit(cache=True)
@@ -68,14 +61,39 @@ def oracle_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return blocks[:, 2:].view(np.int8).reshape(-1).astype(np.int64), scales
 
 
+def oracle_weights(raw: np.ndarray, type_name: str) -> np.ndarray:
+    """gguf-py's dequantized weights in float64."""
+    return oracle_dequantize(raw, gguf.GGMLQuantizationType[type_name]).astype(np.float64)
+
+
 def int8_reference(raw: np.ndarray, type_name: str, x: np.ndarray) -> np.ndarray:
     """sum over blocks of d_w * d_x * (codes . xq) in float64, from gguf-py's dequantized weights
     (= d_w * code) and gguf-py's activation blocks."""
     xq, xd = oracle_activations(x)
-    weights = oracle_dequantize(raw, gguf.GGMLQuantizationType[type_name]).astype(np.float64)
+    weights = oracle_weights(raw, type_name)
     n_blocks = x.size // 32
     per_block = np.einsum("rbk,bk->rb", weights.reshape(len(raw), n_blocks, 32), xq.reshape(n_blocks, 32))
     return per_block @ xd.astype(np.float64)
+
+
+def int8_matvec_case(type_name: str, n_cols: int, activation_mode):
+    """(raw rows, their matrix, x, the engine's mat-vec of x with 8-bit activations): N_ROWS random
+    rows of `type_name`, x with blocks of very different scales (its first 40x the others)."""
+    rng = np.random.default_rng(n_cols + len(type_name))
+    raw = random_rows(type_name, N_ROWS, n_cols, rng)
+    W = QuantizedMatrix(raw, GGMLType[type_name], n_cols)
+    x = rng.standard_normal(n_cols).astype(np.float32)
+    x[:32] *= 40
+    activation_mode("int8")
+    return raw, W, x, matvec(W, x)
+
+
+def float_mode_matvec(W: QuantizedMatrix, x: np.ndarray, int8_result: np.ndarray, activation_mode) -> np.ndarray:
+    """W . x with float activations (the mode stays "float"): another kernel, not int8_result's bits."""
+    activation_mode("float")
+    result = matvec(W, x)
+    assert not np.array_equal(result, int8_result)
+    return result
 
 
 def test_activation_blocks_are_ggmls():
@@ -97,25 +115,17 @@ def test_activation_blocks_are_ggmls():
 
 @pytest.mark.parametrize("type_name", INT8_TYPES)
 @pytest.mark.parametrize("n_cols", [32, 64, 96, 160, 224, 640])  # 1, 2, 3, 5, 7, 20 blocks: every tail
-def test_matvec_equals_integer_reference(type_name, n_cols, activations):
-    rng = np.random.default_rng(n_cols + len(type_name))
-    raw = random_rows(type_name, N_ROWS, n_cols, rng)
-    W = QuantizedMatrix(raw, GGMLType[type_name], n_cols)
-    x = rng.standard_normal(n_cols).astype(np.float32)
-    x[:32] *= 40  # blocks of very different scales
-    activations("int8")
-    got = matvec(W, x)
+def test_matvec_equals_integer_reference(type_name, n_cols, activation_mode):
+    raw, W, x, got = int8_matvec_case(type_name, n_cols, activation_mode)
     expected = int8_reference(raw, type_name, x)
     # exact integer sums; only the float32 scaling and lane sums round (and a tie rounded the other way)
-    scale = np.abs(oracle_dequantize(raw, gguf.GGMLQuantizationType[type_name])).sum(1) * np.abs(x).max() / 127
+    scale = np.abs(oracle_weights(raw, type_name)).sum(1) * np.abs(x).max() / 127
     assert np.all(np.abs(got - expected) <= 1e-5 * np.abs(expected) + 1e-3 * scale), type_name
     # the mode switch: float activations give the float kernels' result, which differs by the rounding
-    activations("float")
-    exact = matvec(W, x)
-    assert not np.array_equal(exact, got)
+    exact = float_mode_matvec(W, x, got, activation_mode)
     assert np.abs(exact - got).max() < 0.02 * np.abs(exact).max()
     # a batch of fewer than 4 tokens runs as mat-vecs: the same kernel
-    activations("int8")
+    activation_mode("int8")
     np.testing.assert_array_equal(matmul(W, np.stack([x, x]))[1], got)
 
 
@@ -153,7 +163,7 @@ def test_q8_1_activation_blocks_are_ggmls(type_name):
 
 
 @pytest.mark.parametrize("type_name", AFFINE_TYPES)
-def test_affine_kernels_match_ggml_vec_dot(type_name, activations):
+def test_affine_kernels_match_ggml_vec_dot(type_name, activation_mode):
     """ggml's own dots on ggml-quantized and random rows: the same integer sums, float32 rounding of
     the scaling and the sums apart (measured: ggml 8.5e-8 / 1.0e-7, ours 6.7e-8 / 6.8e-8 of the terms'
     magnitude, Q4_1 / Q5_1)."""
@@ -169,37 +179,30 @@ def test_affine_kernels_match_ggml_vec_dot(type_name, activations):
             k(blocks, x.reshape(-1, 2, 16), got)
             assert np.all(np.abs(got - exact) <= 1e-6 * magnitude + 1e-30), (t, np.max(np.abs(got - exact) / magnitude))
     assert np.all(ggml[5] == 0)  # the all-zero activation vector
-    activations("int8")
+    activation_mode("int8")
     W = QuantizedMatrix(raw, GGMLType[type_name], X.shape[1])
     assert np.all(matvec(W, X[5]) == 0)
 
 
 @pytest.mark.parametrize("type_name", AFFINE_TYPES)
 @pytest.mark.parametrize("n_cols", [32, 64, 96, 160, 640])  # 1, 2, 3, 5, 20 blocks: every tail
-def test_affine_matvec_equals_integer_reference(type_name, n_cols, activations):
-    rng = np.random.default_rng(n_cols + len(type_name))
-    raw = random_rows(type_name, N_ROWS, n_cols, rng)
-    W = QuantizedMatrix(raw, GGMLType[type_name], n_cols)
-    x = rng.standard_normal(n_cols).astype(np.float32)
-    x[:32] *= 40  # blocks of very different scales
-    activations("int8")
-    got = matvec(W, x)
+def test_affine_matvec_equals_integer_reference(type_name, n_cols, activation_mode):
+    raw, W, x, got = int8_matvec_case(type_name, n_cols, activation_mode)
     exact, magnitude = affine_terms(type_name, raw, *_quantize_q8_1(x))
     assert np.all(np.abs(got - exact) <= 1e-6 * magnitude), np.max(np.abs(got - exact) / magnitude)
     # against the float product: off by the activation rounding only (0.1-1 %)
-    weights = oracle_dequantize(raw, gguf.GGMLQuantizationType[type_name]).astype(np.float64)
-    rel = np.linalg.norm(got - weights @ x.astype(np.float64)) / np.linalg.norm(weights @ x.astype(np.float64))
+    product = oracle_weights(raw, type_name) @ x.astype(np.float64)
+    rel = np.linalg.norm(got - product) / np.linalg.norm(product)
     assert 1e-4 < rel < 0.03, rel
-    activations("float")
-    assert not np.array_equal(matvec(W, x), got)
+    float_mode_matvec(W, x, got, activation_mode)
 
 
-def test_serial_and_parallel_kernels_agree(activations):
+def test_serial_and_parallel_kernels_agree(activation_mode):
     rng = np.random.default_rng(2)
     raw = random_rows("Q5_0", 300, 640, rng)  # > SERIAL_MATVEC_BYTES: the parallel kernel
     W = QuantizedMatrix(raw, GGMLType.Q5_0, 640)
     x = rng.standard_normal(640).astype(np.float32)
-    activations("int8")
+    activation_mode("int8")
     out = np.empty(300, np.float32)
     INT8_MATVECS[GGMLType.Q5_0](W.weights, W._x_view(x), out)
     np.testing.assert_array_equal(matvec(W, x), out)
@@ -237,7 +240,7 @@ def test_generic_code_without_vnni(tmp_path):
 
 
 @pytest.mark.parametrize("tag", ["Q4_0", "Q8_0", "Q4_K_M", "Q6_K", "Q5_K-pure", "Q5_1", "Q2_K-pure", "Q3_K-pure"])
-def test_decode_logits_follow_llamacpp(tag, tmp_path, activations):
+def test_decode_logits_follow_llamacpp(tag, tmp_path, activation_mode):
     """Token by token (mat-vecs) on the K-quant test model quantized as `tag` (Q4_0 and Q8_0 files
     hold a Q6_K output matrix, Q4_K_M Q4_K and Q6_K ones): llama.cpp's native logits (8-bit
     activations) within 2x its own native-vs-dequantized-f32 difference, and nearer to them on
@@ -251,7 +254,7 @@ def test_decode_logits_follow_llamacpp(tag, tmp_path, activations):
     model = load_model(path, threads=1)
     per_mode = {}
     for mode in ("int8", "float"):
-        activations(mode)
+        activation_mode(mode)
         seq = model.new_sequence()
         per_mode[mode] = np.stack([np.asarray(model.forward(seq, [t])).reshape(-1) for t in ids])
     llamacpp_spread = np.abs(native - dequantized).max()  # 0.75 (Q4_0), 0.60 (Q8_0), 1.35, 1.55
@@ -266,7 +269,7 @@ def test_decode_logits_follow_llamacpp(tag, tmp_path, activations):
     assert (per_mode["int8"].argmax(1) == native.argmax(1)).mean() >= 0.865
     # float activations still reproduce the dequantized-f32 run (made with an F32 KV cache, as here;
     # the native run, like ours above, used llama.cpp's default f16 cache)
-    activations("float")
+    activation_mode("float")
     f32_kv = load_model(path, threads=1, cache_type_k="f32", cache_type_v="f32")
     seq = f32_kv.new_sequence()
     float_f32_kv = np.stack([np.asarray(f32_kv.forward(seq, [t])).reshape(-1) for t in ids])

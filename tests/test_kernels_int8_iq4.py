@@ -23,23 +23,15 @@ from numba import njit
 
 from llmcli.engine.kernels.int8 import INT8_MATVECS, quantize_activations
 from llmcli.engine.kernels.int8_kquants import INT8_KQUANT_MATVECS, quantize_q8_k
-from llmcli.engine.matmul import QuantizedMatrix, get_activations, has_int8_kernel, matvec, set_activations
+from llmcli.engine.matmul import QuantizedMatrix, has_int8_kernel, matvec
 from llmcli.gguf.constants import GGMLType
-from llmcli.quants import dequantize, quantize
 
+from test_kernels_int8_kquants import assert_activation_rounding_only, random_matrix, varied_activations
 from test_kernels_ternary import DATA, assert_is_ggmls_dot, q8_0_values, q8_k_values
 
 TYPES = ["IQ4_NL", "IQ4_XS"]
 ACTIVATION_VALUES = {"IQ4_NL": q8_0_values, "IQ4_XS": q8_k_values}
 KERNELS = {"IQ4_NL": INT8_MATVECS[GGMLType.IQ4_NL], "IQ4_XS": INT8_KQUANT_MATVECS[GGMLType.IQ4_XS]}
-N_ROWS = 37  # not a multiple of the 16-row tiles
-
-
-@pytest.fixture
-def mode():
-    before = get_activations()
-    yield set_activations
-    set_activations(before)
 
 
 @njit  # not cached: numba's cache would not notice a change in the inlined quantizers
@@ -51,15 +43,9 @@ def _activations(x, q8_k):
     return xq, xd
 
 
-def random_matrix(type_name: str, n_cols: int, rng) -> np.ndarray:
-    w = rng.standard_normal((N_ROWS, n_cols)).astype(np.float32) * rng.uniform(0.01, 3, (N_ROWS, 1)).astype(np.float32)
-    w[3] = 0  # an all-zero row
-    return quantize(w, GGMLType[type_name])
-
-
 @pytest.mark.parametrize("type_name", TYPES)
-def test_int8_matches_ggml_vec_dot(type_name, mode):
-    mode("int8")
+def test_int8_matches_ggml_vec_dot(type_name, activation_mode):
+    activation_mode("int8")
     assert has_int8_kernel(GGMLType[type_name])
     assert_is_ggmls_dot(type_name, ACTIVATION_VALUES[type_name])
 
@@ -82,30 +68,21 @@ def test_activation_blocks_are_the_ones_ggml_dots(type_name):
 
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("n_blocks", [1, 3, 8])  # super-blocks (IQ4_XS) or 32-blocks x 8 (IQ4_NL)
-def test_int8_within_activation_rounding(type_name, n_blocks, mode):
+def test_int8_within_activation_rounding(type_name, n_blocks, activation_mode):
     """Against the exact product: each x is off by at most half its activation block's step d_x, so
     |error| <= sum over activation blocks of d_x / 2 * sum |w| there."""
     rng = np.random.default_rng(n_blocks + len(type_name))
     n_cols = 256 * n_blocks
     raw = random_matrix(type_name, n_cols, rng)
-    x = rng.standard_normal(n_cols).astype(np.float32)
-    x[:256] *= 40  # blocks of very different scales
-    if n_blocks > 1:
-        x[256:512] = 0  # an all-zero activation block
+    x = varied_activations(n_cols, rng)
     W = QuantizedMatrix(raw, GGMLType[type_name], n_cols)
-    mode("int8")
+    activation_mode("int8")
     got = matvec(W, x)
     _, xd = _activations(x, type_name == "IQ4_XS")
-    w64 = dequantize(raw, GGMLType[type_name]).astype(np.float64)
-    exact = w64 @ x.astype(np.float64)
-    size = len(x) // len(xd)
-    bound = (np.abs(w64).reshape(N_ROWS, -1, size).sum(-1) * np.abs(xd.astype(np.float64)) / 2).sum(1)
-    err = np.abs(got - exact)
-    assert np.all(err <= 1.001 * bound + 1e-6 * (np.abs(w64) @ np.abs(x))), (err / bound).max()
+    # measured 0.5-0.9 % of the product: the rounding, nothing else
+    assert_activation_rounding_only(got, raw, type_name, x, xd, lambda weights: 1e-6 * (np.abs(weights) @ np.abs(x)))
     assert got[3] == 0
-    rel = np.linalg.norm(got - exact) / np.linalg.norm(exact)
-    assert 1e-4 < rel < 0.03, rel  # measured 0.5-0.9 %: the rounding, nothing else
-    mode("float")
+    activation_mode("float")
     assert not np.array_equal(matvec(W, x), got)  # the modes run different kernels
 
 

@@ -21,7 +21,7 @@ from numba import njit
 
 from llmcli.engine.kernels import FORMATS
 from llmcli.engine.kernels.int8_kquants import quantize_q8_k
-from llmcli.engine.matmul import (QuantizedMatrix, get_activations, matmul, matvec, matvecs, set_activations)
+from llmcli.engine.matmul import QuantizedMatrix, matmul, matvec, matvecs
 from llmcli.gguf.constants import GGMLType
 from llmcli.quants import dequantize
 from llmcli.quants.iq_grids import KSIGNS_IQ2XS, grid_bytes
@@ -37,14 +37,6 @@ N_BLOCKS = 8  # 2048 columns
 @njit  # not cached: numba's cache would not notice a change in the inlined quantize_q8_k
 def _quantize(x):
     return quantize_q8_k(x)
-
-
-@pytest.fixture
-def activations():
-    """Restores the activation mode a test changes."""
-    before = get_activations()
-    yield set_activations
-    set_activations(before)
 
 
 def ggml_rows(type_name: str, n_rows: int = N_ROWS) -> tuple[np.ndarray, np.ndarray]:
@@ -106,8 +98,8 @@ def assert_close_to_terms(got, reference, what, rel=3e-7):
 
 
 @pytest.mark.parametrize("type_name", TYPES)
-def test_float_matvec_is_the_decoded_rows_product(type_name, activations):
-    activations("float")
+def test_float_matvec_is_the_decoded_rows_product(type_name, activation_mode):
+    activation_mode("float")
     raw, ggml_values = ggml_rows(type_name)
     values = dequantize(raw, GGMLType[type_name])
     np.testing.assert_array_equal(values, ggml_values)  # the codec decodes as ggml (test_iq2.py)
@@ -132,8 +124,8 @@ def test_float_matvec_is_the_decoded_rows_product(type_name, activations):
 
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("mode", ["float", "int8"])
-def test_columns_and_serial_twin_are_the_single_matvec_bit_for_bit(type_name, mode, activations):
-    activations(mode)
+def test_columns_and_serial_twin_are_the_single_matvec_bit_for_bit(type_name, mode, activation_mode):
+    activation_mode(mode)
     raw, _ = ggml_rows(type_name)
     W = matrix(type_name, raw)
     rng = np.random.default_rng(3)
@@ -153,8 +145,8 @@ def test_columns_and_serial_twin_are_the_single_matvec_bit_for_bit(type_name, mo
 
 
 @pytest.mark.parametrize("type_name", TYPES)
-def test_int8_matvec_equals_ggmls_integer_formula(type_name, activations):
-    activations("int8")
+def test_int8_matvec_equals_ggmls_integer_formula(type_name, activation_mode):
+    activation_mode("int8")
     raw, values = ggml_rows(type_name)
     raw[5, :BLOCK_BYTES[type_name]] = 0  # a block of zeros (d = 0)
     W = matrix(type_name, raw)
@@ -177,11 +169,11 @@ def split_q8k(blocks: np.ndarray):
 
 
 @pytest.mark.parametrize("type_name", TYPES)
-def test_int8_matvec_equals_ggmls_vec_dot(type_name, activations):
+def test_int8_matvec_equals_ggmls_vec_dot(type_name, activation_mode):
     """ggml-cpu's own vec_dot_iq2_*_q8_K (AVX-512 build) on ggml-quantized, real and random rows,
     for 6 activation columns (outliers, a zero super-block, ...): our Q8_K blocks are ggml's, and
     our dots equal ggml's up to the order of the float additions."""
-    activations("int8")
+    activation_mode("int8")
     refs = np.load(REFS / "vec_dot.npz")
     assert str(refs["vec_dot_type"][list(refs["types"]).index(type_name)]) == "Q8_K"
     raw, X, dots = refs[f"{type_name}.blocks"], refs[f"{type_name}.x"], refs[f"{type_name}.dot"]
@@ -200,11 +192,11 @@ def test_int8_matvec_equals_ggmls_vec_dot(type_name, activations):
         assert np.all(err <= 3e-7 * reference[1] + 1e-30), (t, (err / np.maximum(reference[1], 1e-30)).max())
 
 
-def test_generic_code_without_vnni(tmp_path, activations):
+def test_generic_code_without_vnni(tmp_path, activation_mode):
     """Compiled for a CPU without AVX512-VNNI (int8.HAS_VNNI False) the int8 kernels emit plain
     vector IR for the byte products and the sign masks: the same numbers. Haswell, not "generic":
     the fp16 scales load as `fpext half`, which needs F16C."""
-    activations("int8")
+    activation_mode("int8")
     refs = np.load(REFS / "vec_dot.npz")
     script = textwrap.dedent(f"""
         import numpy as np

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from llmcli.engine.linear import Linear
-from llmcli.engine.matmul import (QuantizedMatrix, Workspace, gemm_min_tokens, get_activations, get_threads,
+from llmcli.engine.matmul import (QuantizedMatrix, Workspace, gemm_min_tokens, get_threads,
                                   matmul, matvec, matvecs, set_activations, set_threads)
 from llmcli.errors import BadInputError
 from llmcli.gguf.constants import TYPE_INFO, GGMLType
@@ -29,11 +29,9 @@ MODES = ["int8", "float"]
 
 
 @pytest.fixture
-def mode(request):
-    before = get_activations()
-    set_activations(request.param)
-    yield request.param
-    set_activations(before)
+def mode(request, activation_mode):
+    activation_mode(request.param)
+    return request.param
 
 
 def row_length(type_name: str, n_blocks: int) -> int:

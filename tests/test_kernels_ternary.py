@@ -19,21 +19,14 @@ from numba import njit
 from llmcli.engine.kernels.common import serial_twin
 from llmcli.engine.kernels.int8_kquants import quantize_q8_k
 from llmcli.engine.kernels.ternary import INT8_MATVECS
-from llmcli.engine.matmul import (SERIAL_MATVEC_BYTES, QuantizedMatrix, get_activations, get_threads, matvec,
-                                  matvecs, set_activations, set_threads)
+from llmcli.engine.matmul import (SERIAL_MATVEC_BYTES, QuantizedMatrix, get_threads, matvec, matvecs,
+                                  set_threads)
 from llmcli.gguf.constants import GGMLType
 from llmcli.quants import dequantize, quantize
 
 DATA = Path(__file__).parent / "data" / "iquants"
 TYPES = ["TQ1_0", "TQ2_0"]
 N_ROWS = 37  # not a multiple of the 16-row tiles
-
-
-@pytest.fixture
-def mode():
-    before = get_activations()
-    yield set_activations
-    set_activations(before)
 
 
 @njit  # not cached: numba's cache would not notice a change in the inlined quantize_q8_k
@@ -99,8 +92,8 @@ def assert_is_ggmls_dot(type_name: str, activation_values) -> None:
 
 
 @pytest.mark.parametrize("type_name", TYPES)
-def test_int8_matches_ggml_vec_dot(type_name, mode):
-    mode("int8")
+def test_int8_matches_ggml_vec_dot(type_name, activation_mode):
+    activation_mode("int8")
     assert_is_ggmls_dot(type_name, q8_k_values)
 
 
@@ -118,8 +111,8 @@ def test_activation_blocks_are_the_ones_ggml_dots(type_name):
 
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("n_blocks", [1, 2, 5])
-def test_float_matvec_equals_dequantized_product(type_name, n_blocks, mode):
-    mode("float")
+def test_float_matvec_equals_dequantized_product(type_name, n_blocks, activation_mode):
+    activation_mode("float")
     rng = np.random.default_rng(n_blocks + len(type_name))
     raw, w64 = reference_rows(type_name, n_blocks, rng)
     W = QuantizedMatrix(raw, GGMLType[type_name], 256 * n_blocks)
@@ -134,7 +127,7 @@ def test_float_matvec_equals_dequantized_product(type_name, n_blocks, mode):
 
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("n_blocks", [1, 3, 7])
-def test_int8_within_activation_rounding(type_name, n_blocks, mode):
+def test_int8_within_activation_rounding(type_name, n_blocks, activation_mode):
     """8-bit activations against the exact product: each x is off by at most half its block's
     step d_x (= max |x| / 127), so |error| <= sum over blocks of d_x / 2 * sum |w| there."""
     rng = np.random.default_rng(10 * n_blocks + len(type_name))
@@ -142,21 +135,21 @@ def test_int8_within_activation_rounding(type_name, n_blocks, mode):
     W = QuantizedMatrix(raw, GGMLType[type_name], 256 * n_blocks)
     x = rng.standard_normal(256 * n_blocks).astype(np.float32)
     x[:256] *= 40
-    mode("int8")
+    activation_mode("int8")
     got = matvec(W, x)
     _, xd, _ = _quantize_q8_k(x)
     exact = w64 @ x.astype(np.float64)
     bound = (np.abs(w64).reshape(N_ROWS, n_blocks, 256).sum(-1) * np.abs(xd.astype(np.float64)) / 2).sum(1)
     assert np.all(np.abs(got - exact) <= 1.001 * bound + 1e-5 * (np.abs(w64) @ np.abs(x))), type_name
-    mode("float")
+    activation_mode("float")
     assert not np.array_equal(matvec(W, x), got)  # the int8 mode really ran the 8-bit kernel
 
 
 @pytest.mark.parametrize("activations", ["int8", "float"])
-def test_parallel_pool_gives_the_same_bits(activations, mode):
+def test_parallel_pool_gives_the_same_bits(activations, activation_mode):
     """Through the public API at 1 and 2 threads, a matrix big enough for the parallel kernel; and
     the kernels' serial twins."""
-    mode(activations)
+    activation_mode(activations)
     rng = np.random.default_rng(11)
     before = get_threads()
     try:

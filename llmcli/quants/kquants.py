@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import register_jitable
 
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .half import f32_bits, f32_from_bits, fp32_to_fp16, read_fp16
@@ -91,17 +92,28 @@ def scale_min_k4(j, sc):
             (np.int32(sc[j + 4]) >> 4) | ((np.int32(sc[j]) >> 6) << 4))
 
 
-@njit(inline="always")
-def q3_k_scale(j, sc):
-    """Q3_K: the signed 6-bit scale of sub-block j from the block's 12 scale bytes `sc` (bytes
-    96..107 of the block); the quantizer, the dequantizer and the engine's Q3_K mat-vec use it.
+@register_jitable
+def q3_k_scale_bits(j):
+    """Where Q3_K keeps the 6-bit scale of sub-block j (stored as scale + 32) in the block's 12
+    scale bytes (bytes 96..107 of the block): (byte, shift) of its low 4 bits, (byte, shift) of its
+    top 2 bits. The one description of that layout: `q3_k_scale` reads it, the quantizer writes it,
+    int8_kquants.q3_k_scales builds its vector shuffles from it (Python and numba both call this).
 
     bytes 0-7 : low 4 bits of scale j (j<8, bits 0-3) and of scale j+8 (bits 4-7)
-    bytes 8-11: byte 8+(j%4) bits 2*(j//4)..+1 hold the top 2 bits; stored value is scale + 32
+    bytes 8-11: byte 8+(j%4) bits 2*(j//4)..+1 hold the top 2 bits
     """
-    low = (np.int32(sc[j]) & 0xF) if j < 8 else (np.int32(sc[j - 8]) >> 4)
-    high = (np.int32(sc[8 + j % 4]) >> (2 * (j // 4))) & 3
-    return (low | (high << 4)) - 32
+    return j % 8, 4 * (j // 8), 8 + j % 4, 2 * (j // 4)
+
+
+@njit(inline="always")
+def q3_k_scale(j, sc):
+    """Q3_K: the signed 6-bit scale of sub-block j from the block's 12 scale bytes `sc`
+    (`q3_k_scale_bits`); the dequantizer, the quantizer's final pass and the engine's float Q3_K
+    mat-vec use it."""
+    low_byte, low_shift, top_byte, top_shift = q3_k_scale_bits(j)
+    low = (np.int32(sc[low_byte]) >> low_shift) & 0xF
+    top = (np.int32(sc[top_byte]) >> top_shift) & 3
+    return (low | (top << 4)) - 32
 
 
 @njit(**HELPER)
@@ -334,11 +346,9 @@ def _quantize_block_q3_k(x, qw, out, scratch):
         sc[j] = 0
     for j in range(16):
         l = Ls[j]
-        if j < 8:
-            sc[j] = l & 0xF
-        else:
-            sc[j - 8] |= (l & 0xF) << 4
-        sc[j % 4 + 8] |= (l >> 4) << (2 * (j // 4))
+        low_byte, low_shift, top_byte, top_shift = q3_k_scale_bits(j)
+        sc[low_byte] |= (l & 0xF) << low_shift
+        sc[top_byte] |= (l >> 4) << top_shift
     put_f16(out, 108, d_block)
     d_all = read_fp16(out, 108)
     for j in range(16):

@@ -51,13 +51,13 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from llvmlite import binding as llvm
-from numba import config, njit, prange, types
+from numba import config, njit, types
 from numba.extending import intrinsic, overload
 
 from ...gguf.constants import TYPE_INFO, GGMLType
 from ...quants.half import fp32_round_fp16
 from ...quants.iquants import IQ4_GRID
-from .common import COLUMN_BLOCK, ROW_TILE, columns
+from .common import columns, row_dots
 from .llvm_ir import (F16, F32, I8, I16, I32, PREFETCH_BYTES, as_i64, call_fma, carried_loop, column_groups, concat,
                       const_vector, data_ptr, declare, emit_prefetch, float_tree_sum, halves, i64, if_odd, indices,
                       load_at, row_ptr, store_columns, vector)
@@ -443,7 +443,6 @@ def _int8_rows(blocks, x, out, block_bytes, kind):
     X, Y = columns(x, out)
     n_t, n = X.shape
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * block_bytes)
     xq = np.empty((n_t, n), np.int8)
     xd = np.empty((n_t, n // 32), np.float32)
     xbias = np.empty((n_t, n // 4), np.int32)
@@ -455,11 +454,14 @@ def _int8_rows(blocks, x, out, block_bytes, kind):
             q8_1_sums_into(X[t], xq[t], xs[t])
         for k in range(n // 4):
             xd8[t, k] = xd[t, k // 8]
-    terms = lane_terms(kind, xbias, xs)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot_int8(flat[r], xq, xd8, terms, n_blocks, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+    row_dots(blocks.reshape(n_rows, n_blocks * block_bytes), Y, _int8_row, kind,
+             (xq, xd8, lane_terms(kind, xbias, xs), n_blocks))
+
+
+@njit(inline="always")
+def _int8_row(row, operands, kind, Y, r, t0, n_t):  # common.row_dots' step
+    xq, xd8, terms, n_blocks = operands
+    row_dot_int8(row, xq, xd8, terms, n_blocks, kind, Y, r, t0, n_t)
 
 
 def lane_terms(kind, xbias, xs):

@@ -42,11 +42,12 @@ from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from ...gguf.constants import GGMLType
-from .common import COLUMN_BLOCK, ROW_TILE, columns
+from ...quants.kquants import q3_k_scale_bits
+from .common import columns, row_dots
 from .int8 import HAS_AVX2, HAS_VNNI, INT8_GROUP, IQ4_CODES, dot_s8_s8, dot_u8_s8, lookup16, madd_pairs, maddubs
 from .llvm_ir import (F32, I8, I8_PTR, I16, I32, I64, as_i64, block_loop, call_fma, carried_loop, const_vector,
                       data_ptr, declare, float_tree_sum, i64, indices, load_at, load_half, row_ptr, splat, tree_reduce,
@@ -430,7 +431,7 @@ def _iq4_xs_codegen(context, builder, signature, args):
 #   byte 0           32                 96           108  110
 #        | hmask[32] | qs[64]           | scales[12] | d  |
 #        u = (qs[32n + 16h + l] >> 2j) & 3 | (bit 4n + j of hmask[16h + l]) << 2  (0..7)
-#        w = d (sc_s - 32) (u - 4),   sc_s 6 bits (`q3_k_scales`, as quants.kquants.q3_k_scale)
+#        w = d (sc_s - 32) (u - 4),   sc_s 6 bits (`q3_k_scales`; quants.kquants.q3_k_scale_bits)
 #
 # One int32 lane per sub-block: zmm k < 4 holds weights 4k .. 4k+3 of every sub-block, lane s =
 # sub-block s, whose 4 bytes are qs dword 8n + 4h + k shifted right by 2j (vpermd, vpsrlvd, & 3s):
@@ -447,14 +448,15 @@ def _iq4_xs_codegen(context, builder, signature, args):
 # ---------------------------------------------------------------------------------------------
 def q3_k_scales(builder, base, offset):
     """The 16 signed scales sc_s - 32 of the Q3_K block at `base` (i8*; the 12 scale bytes at
-    `offset`), <16 x i32>: low 4 bits of s from byte s % 8 (low nibble for s < 8, high after),
-    top 2 bits from byte 8 + s % 4 at bit 2 (s // 4)."""
+    `offset`), <16 x i32>: each scale's low 4 and top 2 bits gathered by one shuffle and shift
+    each, their bytes and shifts from quants.kquants.q3_k_scale_bits (the layout's one description)."""
     packed = builder.zext(load_at(builder, base, i64(offset), vector(I8, 12)), vector(I32, 12))
     undef = ir.Constant(packed.type, ir.Undefined)
-    low = builder.and_(builder.lshr(builder.shuffle_vector(packed, undef, indices([s % 8 for s in range(16)])),
-                                    const_vector(I32, [0] * 8 + [4] * 8)), const_vector(I32, [15] * 16))
-    top = builder.and_(builder.lshr(builder.shuffle_vector(packed, undef, indices([8 + s % 4 for s in range(16)])),
-                                    const_vector(I32, [2 * (s // 4) for s in range(16)])), const_vector(I32, [3] * 16))
+    low_byte, low_shift, top_byte, top_shift = zip(*(q3_k_scale_bits(s) for s in range(16)))
+    low = builder.and_(builder.lshr(builder.shuffle_vector(packed, undef, indices(low_byte)),
+                                    const_vector(I32, low_shift)), const_vector(I32, [15] * 16))
+    top = builder.and_(builder.lshr(builder.shuffle_vector(packed, undef, indices(top_byte)),
+                                    const_vector(I32, top_shift)), const_vector(I32, [3] * 16))
     return builder.sub(builder.or_(low, builder.shl(top, const_vector(I32, [4] * 16))), const_vector(I32, [32] * 16))
 
 
@@ -647,14 +649,16 @@ def _k_int8_rows(blocks, x, out, block_bytes, kind, word_bytes):
     of them (`row_dot_k_int8`)."""
     X, Y = columns(x, out)
     n_rows, n_blocks = blocks.shape[0], blocks.shape[1]
-    flat = blocks.reshape(n_rows, n_blocks * block_bytes)
     xq, xd, sums = q8_k_columns(X, word_bytes, word_bytes == 8 and kind != "iq4_xs")
     if kind == "iq4_xs":
         sums = lane_sums(xq)
-    for tile in prange((n_rows + ROW_TILE - 1) // ROW_TILE):
-        for t0 in range(0, Y.shape[0], COLUMN_BLOCK):  # a block of columns over the tile's rows
-            for r in range(tile * ROW_TILE, min(n_rows, (tile + 1) * ROW_TILE)):
-                row_dot_k_int8(flat[r], xq, xd, sums, n_blocks, kind, Y, r, t0, min(COLUMN_BLOCK, Y.shape[0] - t0))
+    row_dots(blocks.reshape(n_rows, n_blocks * block_bytes), Y, _k_int8_row, kind, (xq, xd, sums, n_blocks))
+
+
+@njit(inline="always")
+def _k_int8_row(row, operands, kind, Y, r, t0, n_t):  # common.row_dots' step
+    xq, xd, sums, n_blocks = operands
+    row_dot_k_int8(row, xq, xd, sums, n_blocks, kind, Y, r, t0, n_t)
 
 
 # Same signature as kquants.matvec_q2_k / ... / matvec_q6_k: blocks uint8 (rows, n_blocks, 84 | 110 | 144 |

@@ -226,34 +226,26 @@ class Iq3Decoder:
             return odd_scales(b, b.lshr(aux, const_vector(I32, [28] * 8)))
         return odd_scales(b, nibbles(b, base, 106, 4))
 
-    def index_lanes(self, base, k):
-        """<16 x i32>: the grid indices of groups 16k .. 16k + 15."""
+    def group_indices(self, base, first, count, element):
+        """<count x element> (count a multiple of 8, element an int type of 16 bits or more): the
+        grid indices of groups first .. first + count - 1, first a multiple of 8 (IQ3_S: their 9th
+        bits, bit j of byte 66 + s for group 8s + j, from count / 8 bytes)."""
         b = self.builder
-        low = b.zext(load_at(b, base, i64(2 + 16 * k), vector(I8, 16)), vector(I32, 16))
+        lanes = vector(element, count)
+        low = b.zext(load_at(b, base, i64(2 + first), vector(I8, count)), lanes)
         if self.xxs:
             return low
-        qh = b.zext(load_at(b, base, i64(66 + 2 * k), vector(I8, 2)), vector(I32, 2))
-        spread = b.shuffle_vector(qh, qh, indices([m // 8 for m in range(16)]))
-        high = b.and_(b.shl(spread, const_vector(I32, [8 - m % 8 for m in range(16)])), const_vector(I32, [0x100] * 16))
-        return b.or_(low, high)
-
-    def index_words(self, base, p):
-        """<32 x i16>: the grid indices of groups 32p .. 32p + 31."""
-        b = self.builder
-        v32i16 = vector(I16, 32)
-        low = b.zext(load_at(b, base, i64(2 + 32 * p), vector(I8, 32)), v32i16)
-        if self.xxs:
-            return low
-        qh = b.zext(load_at(b, base, i64(66 + 4 * p), vector(I8, 4)), vector(I16, 4))
-        spread = b.shuffle_vector(qh, qh, indices([m // 8 for m in range(32)]))
-        high = b.and_(b.shl(spread, const_vector(I16, [8 - m % 8 for m in range(32)])), const_vector(I16, [0x100] * 32))
+        qh = b.zext(load_at(b, base, i64(66 + first // 8), vector(I8, count // 8)), vector(element, count // 8))
+        spread = b.shuffle_vector(qh, qh, indices([m // 8 for m in range(count)]))
+        high = b.and_(b.shl(spread, const_vector(element, [8 - m % 8 for m in range(count)])),
+                      const_vector(element, [0x100] * count))
         return b.or_(low, high)
 
     def rank_words(self, base, p):
         """<32 x i16>: the rank words (RANK_WORDS) of groups 32p .. 32p + 31, by vpermi2w slices."""
         b = self.builder
         v32i16 = vector(I16, 32)
-        idx = self.index_words(base, p)
+        idx = self.group_indices(base, 32 * p, 32, I16)  # as 16-bit words for vpermi2w
         words = RANK_WORDS["iq3_xxs" if self.xxs else "iq3_s"][1]
         permute = declare(b, "llvm.x86.avx512.vpermi2var.hi.512", v32i16, [v32i16] * 3)
         slices = [b.call(permute, [const_vector(I16, words[at:at + 32]), idx, const_vector(I16, words[at + 32:at + 64])])
@@ -285,8 +277,8 @@ class Iq3Decoder:
             gather = declare(b, "llvm.x86.avx512.mask.gather.dpi.512", vector(I32, 16),
                              [vector(I32, 16), I8_PTR, vector(I32, 16), vector(ir.IntType(1), 16), I32])
             lanes = b.call(gather, [ir.Constant(vector(I32, 16), [0] * 16), b.bitcast(self.grid_p, I8_PTR),
-                                    self.index_lanes(base, k), ir.Constant(vector(ir.IntType(1), 16), [1] * 16),
-                                    ir.Constant(I32, 4)])
+                                    self.group_indices(base, 16 * k, 16, I32),
+                                    ir.Constant(vector(ir.IntType(1), 16), [1] * 16), ir.Constant(I32, 4)])
         else:
             lanes = ir.Constant(vector(I32, 16), ir.Undefined)
             for m in range(16):
