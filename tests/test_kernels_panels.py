@@ -18,7 +18,7 @@ import pytest
 from llmcli.engine import matmul
 from llmcli.engine.kernels import gemm_int8
 from llmcli.engine.kernels.panel_int8 import KERNELS, PANEL_KINDS
-from llmcli.engine.matmul import QuantizedMatrix, get_activations, matvec, matvecs, set_activations, set_threads
+from llmcli.engine.matmul import QuantizedMatrix, matvec, matvecs, set_activations, set_threads
 from llmcli.engine.panels import PanelMatrix
 from llmcli.gguf.constants import GGMLType
 
@@ -36,11 +36,10 @@ def test_every_type_packs_on_this_cpu():
 
 
 @pytest.fixture
-def int8_mode():
-    before, threads = get_activations(), matmul.get_threads()
-    set_activations("int8")
+def int8_mode(activation_mode):
+    threads = matmul.get_threads()
+    activation_mode("int8")
     yield
-    set_activations(before)
     set_threads(threads)
 
 
