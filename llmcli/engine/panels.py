@@ -1,5 +1,6 @@
 """Weight matrices repacked once, at load, into VNNI row panels (kernels/panel_int8.py has the
-layouts and the kernels): Q8_0, Q4_0, Q5_0 and IQ4_NL, where the CPU has VNNI.
+layouts and the kernels): an output matrix of Q8_0, Q4_0, Q5_0 or IQ4_NL, and Q4_0 / IQ4_NL layer
+matrices (`LAYER_PANEL_TYPES`), where the CPU has VNNI.
 
     pack_panels(W, release)    W.panels = W's rows in panels; `matmul.matvec`/`matvecs` then run
                                the panel kernel for W and `matmul`'s integer GEMM decodes its
@@ -26,13 +27,27 @@ from ..errors import UnsupportedError
 from ..gguf.constants import GGMLType
 from .kernels.panel_int8 import CODE_BYTES, CODE_VALUES, KERNELS, PANEL_KINDS, ROWS_PER_PANEL, rows_panels
 
-__all__ = ["PanelMatrix", "pack_panels", "packs_panels"]
+__all__ = ["LAYER_PANEL_TYPES", "PanelMatrix", "pack_panels", "packs_layer_panels", "packs_panels"]
 
 # Bytes of source rows packed between two calls of `release` (~11 MB).
 PACK_CHUNK_BYTES = 11 << 20
 # Below this many weight bytes times columns a product runs on the calling thread (as
 # matmul.SERIAL_MATVEC_BYTES for the row mat-vecs: a parallel region's entry costs ~25 us).
 SERIAL_PANEL_BYTES = 128 * 1024
+
+
+# The layer matrices repacked at load: the types llama.cpp's CPU backend repacks (Q4_0, IQ4_NL). The
+# others keep their rows: the panel kernel sums a row's blocks in another order than the row
+# mat-vec, and on the demo model (Q5_0, Q8_0 layers) that rounding noise, amplified by every
+# layer's 8-bit activations, moved its importance-matrix sums past llama-imatrix's own spread
+# (max 1.6e-2 against 1.0e-2) and a long greedy JSON generation off llama.cpp's path where llama.cpp's
+# top-2 margin was 3.0 (tests/test_imatrix.py, tests/test_grammar_llamacpp.py).
+LAYER_PANEL_TYPES = (GGMLType.Q4_0, GGMLType.IQ4_NL)
+
+
+def packs_layer_panels(ggml_type: GGMLType) -> bool:
+    """Whether a layer matrix (not the output matrix) of this type is repacked at load."""
+    return GGMLType(ggml_type) in LAYER_PANEL_TYPES and packs_panels(ggml_type)
 
 
 def packs_panels(ggml_type: GGMLType) -> bool:

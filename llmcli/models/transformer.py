@@ -36,7 +36,7 @@ from ..engine.kv_cache import DEFAULT_KV_TYPE, KV_TYPES, CacheSlot, KVCache, che
 from ..engine.linear import COMPUTABLE_TYPES, Linear, float_rows, vector
 from ..engine.matmul import GEMM_MIN_TOKENS, Workspace, get_threads
 from ..engine.prompt_activations import DEFAULT_PROMPT_ACTIVATIONS, PROMPT_ACTIVATIONS, check_prompt_activations
-from ..engine.panels import pack_panels, packs_panels
+from ..engine.panels import pack_panels, packs_layer_panels, packs_panels
 from ..engine.rope import rope_tables
 from ..engine.threads import AutoThreads
 from ..errors import BadInputError, FormatError, LlmcliError, UnsupportedError
@@ -153,9 +153,10 @@ class Transformer:
             return vector(self.reader, info)
         if len(info.shape) == 2:
             linear = Linear(self.reader, info, bias, workspace=self.workspace)
-            # Repacked where the rows' pages can be given back (else --no-mmap / --mlock would hold
-            # both copies); the output matrix below is repacked either way, in place of its copy.
-            if packs_panels(info.type) and self.reader.releases_pages:
+            # Repacked (Q4_0, IQ4_NL: engine/panels.py) where the rows' pages can be given back (else
+            # --no-mmap / --mlock would hold both copies); the output matrix below is repacked
+            # either way, in place of its copy.
+            if packs_layer_panels(info.type) and self.reader.releases_pages:
                 self._pack(linear, info)
             return linear
         n_rows_per_expert, n_expert = info.shape[1], info.shape[2]
