@@ -50,8 +50,8 @@ from ...quants.kquants import q3_k_scale_bits
 from .common import columns, row_dots
 from .int8 import HAS_AVX2, HAS_VNNI, INT8_GROUP, IQ4_CODES, dot_s8_s8, dot_u8_s8, lookup16, madd_pairs, maddubs
 from .llvm_ir import (F32, I8, I8_PTR, I16, I32, I64, as_i64, block_loop, call_fma, carried_loop, const_vector,
-                      data_ptr, declare, float_tree_sum, i64, indices, load_at, load_half, row_ptr, splat, tree_reduce,
-                      vector)
+                      data_ptr, declare, float_tree_sum, i64, indices, load_at, load_half, pairwise, row_ptr, splat,
+                      tree_reduce, vector)
 from .simd import q4_k_scales_mins
 
 # Columns per group (llvm_ir.py, "Columns"): Q4_K/Q5_K 1 zmm + 1 ymm accumulator per column, Q6_K 1 zmm;
@@ -103,7 +103,7 @@ def quantize_q8_k_into(typingctx, x, xq, xd, bsums, n_blocks):
             xb = builder.gep(x_p, [builder.mul(b, i64(QK_K))])
             v = [load_at(builder, xb, i64(16 * j), v16f, align=4) for j in range(16)]
             mags = [builder.call(fabs, [vj]) for vj in v]
-            amax = tree_reduce(builder, _pairwise(mags, vmax), vmax)
+            amax = tree_reduce(builder, pairwise(mags, vmax), vmax)
             amax_v = splat(builder, amax, 16)
             first = None
             for j in range(16):  # lowest index where |x| == amax (256: none)
@@ -143,13 +143,6 @@ def quantize_q8_k_into(typingctx, x, xq, xd, bsums, n_blocks):
         return context.get_dummy_value()
 
     return types.void(x, xq, xd, bsums, n_blocks), codegen
-
-
-def _pairwise(values, op):
-    """op-combine a list of values pairwise (a balanced tree)."""
-    while len(values) > 1:
-        values = [op(a, c) for a, c in zip(values[0::2], values[1::2])] + ([values[-1]] if len(values) % 2 else [])
-    return values[0]
 
 
 # ---------------------------------------------------------------------------------------------

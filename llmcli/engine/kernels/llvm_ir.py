@@ -8,7 +8,7 @@ the vector instructions themselves; what they all need is here, once:
 - types and constants: `I8` .. `F32`, `vector`, `i64`, `const_vector`, `indices` (shuffle masks);
 - memory: `data_ptr`, `row_ptr`, `load_at`, `load_half` (a block's fp16 scale as float),
   `emit_prefetch`;
-- lanes: `splat`, `concat`, `halves`, `tree_reduce`, `float_tree_sum`, `call_fma`, `declare`;
+- lanes: `splat`, `concat`, `halves`, `tree_reduce`, `pairwise`, `float_tree_sum`, `call_fma`, `declare`;
 - control flow: `carried_loop` (a loop with its values in registers), `if_odd` (the lone last
   block of a row read in pairs), `join_values` (phis), `column_groups` and `store_columns` (B
   activation rows at once), `block_loop` (one weight row, one block per trip, every column of a
@@ -134,6 +134,13 @@ def tree_reduce(builder, vec, op):
         vec = op(lo, hi)
         size = half
     return builder.extract_element(vec, ir.Constant(I32, 0))
+
+
+def pairwise(values, op):
+    """op-combine a list of values pairwise (a balanced tree), e.g. op = builder.add."""
+    while len(values) > 1:
+        values = [op(a, c) for a, c in zip(values[0::2], values[1::2])] + ([values[-1]] if len(values) % 2 else [])
+    return values[0]
 
 
 def float_tree_sum(builder, vec):

@@ -82,7 +82,7 @@ from .common import serial_twin
 from .gemm_int8 import quantize_q8_0_into, store_row_codes
 from .int8 import HAS_VNNI, IQ4_CODES, QH_AT, QS_AT, code_offset, dot_u8_s8, lookup16
 from .llvm_ir import (F16, F32, I8, I16, I32, PREFETCH_BYTES, as_i64, call_fma, carried_loop, const_vector,
-                      emit_prefetch, i64, indices, load_at, row_ptr, splat, vector)
+                      emit_prefetch, i64, indices, load_at, pairwise, row_ptr, splat, vector)
 
 ROWS_PER_PANEL = 16
 BLOCK = 32  # weights per block, every packed type
@@ -90,7 +90,6 @@ BLOCK = 32  # weights per block, every packed type
 # and gemm_int8.py's name) and the code bytes per row and block in a panel.
 PANEL_KINDS = ({GGMLType.Q8_0: "q8_0", GGMLType.Q4_0: "q4_0", GGMLType.Q5_0: "q5_0", GGMLType.IQ4_NL: "iq4_nl"}
                if HAS_VNNI else {})
-PANEL_TYPES = tuple(PANEL_KINDS)
 CODE_BYTES = {"q8_0": 32, "q4_0": 16, "q5_0": 20, "iq4_nl": 16}
 # The float value of each code, as the type's decoder gives it before the scale (`rows_panels`).
 CODE_VALUES = {"q8_0": np.arange(-128, 128, dtype=np.float32), "q4_0": np.arange(-8, 8, dtype=np.float32),
@@ -178,13 +177,6 @@ def _panel_block_codes(builder, kind, panel, b):
     return codes
 
 
-def _pairwise_add(builder, values):
-    """The sum of integer vectors, as a balanced tree."""
-    while len(values) > 1:
-        values = [builder.add(a, c) for a, c in zip(values[0::2], values[1::2])] + values[len(values) & ~1:]
-    return values[0]
-
-
 @intrinsic
 def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks, kind):
     """out[t0 + i, col0 + 16 j + l] = row 16 (p0 + j) + l . column t0 + i (the module docstring's
@@ -230,7 +222,7 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, 
                                                16), vector(I8, 64))
                     chain = chains[g % n_chains][i]
                     chain[:] = [dot_u8_s8(builder, chain[j], w[j][g], xb) for j in range(n_pan)]
-            iaccs = [[_pairwise_add(builder, [chains[c][i][j] for c in range(n_chains)]) for j in range(n_pan)]
+            iaccs = [[pairwise([chains[c][i][j] for c in range(n_chains)], builder.add) for j in range(n_pan)]
                      for i in range(n_col)]
             d_w = [builder.fpext(builder.bitcast(load_at(builder, sc_rows[j], builder.shl(b, i64(4)), vector(I16, 16)),
                                                  v16h), v16f) for j in range(n_pan)]
