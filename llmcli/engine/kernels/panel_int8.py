@@ -59,13 +59,17 @@ it) with the row's accumulator in one float lane of its own. A column's arithmet
 on the other columns, on B, on how columns are grouped or on the thread count: a sequence
 decoded in a batch gets the bits it gets alone, and a mat-vec (B = 1) is the same code.
 
-`panel_micro` runs 2 panels (32 rows) x up to 6 columns: per block 12 int32 accumulators start at
-xinit and take 8 `vpdpbusd` each, then 12 float accumulators (in registers over the whole row)
-take one FMA each. A panel pair's codes (K * 32 bytes, 20 KB for a Q8_0 K = 640) stay in L1
-while the column groups after the first pass over them. A lone column (B = 1, memory-bound) runs
-one panel at a time, its integer sums split over MIN_CHAINS independent vpdpbusd chains added at
-the block's end (exact: the same bits): the demo's 178 MB output matrix 8.4-9.8 -> 4.8-5.8 ms,
-~36 GB/s of the ~38 GB/s a plain read of it reaches here (one thread).
+`panel_micro` runs one panel (16 rows) x up to 8 columns: per block 8 int32 accumulators start at
+xinit and take 8 `vpdpbusd` each, then 8 float accumulators (in registers over the whole row)
+take one FMA each. Panels are read one after the other, one sequential stream of codes, prefetched
+PANEL_PREFETCH_BYTES ahead; more than 8 columns take several passes over a panel (its K * 16 bytes,
+10 KB for a Q8_0 K = 640, stay in L1 for the later ones). Few columns (B < 4) split their integer
+sums over MIN_CHAINS independent vpdpbusd chains added at the block's end (exact: the same bits).
+The demo's 178 MB output matrix, 1 thread (a plain read of it: ~4.2-4.6 ms, ~38 GB/s):
+
+    B            1         2         4         8         16
+    ms           4.4-4.8   4.4-4.9   4.4-5.1   5.2-6.0   12.6
+    (2 panels x 6 columns before: 5.4, 6.7, 7.3, 10.6, 15.6)
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ from ...quants.iquants import IQ4_GRID
 from .common import serial_twin
 from .gemm_int8 import quantize_q8_0_into, store_row_codes
 from .int8 import HAS_VNNI, IQ4_CODES, QH_AT, QS_AT, code_offset, dot_u8_s8, lookup16
-from .llvm_ir import (F16, F32, I8, I16, I32, PREFETCH_BYTES, as_i64, call_fma, carried_loop, const_vector,
+from .llvm_ir import (F16, F32, I8, I16, I32, as_i64, call_fma, carried_loop, const_vector,
                       emit_prefetch, i64, indices, load_at, pairwise, row_ptr, splat, vector)
 
 ROWS_PER_PANEL = 16
@@ -95,15 +99,20 @@ CODE_BYTES = {"q8_0": 32, "q4_0": 16, "q5_0": 20, "iq4_nl": 16}
 CODE_VALUES = {"q8_0": np.arange(-128, 128, dtype=np.float32), "q4_0": np.arange(-8, 8, dtype=np.float32),
                "q5_0": np.arange(-16, 16, dtype=np.float32),
                "iq4_nl": np.asarray(IQ4_GRID, np.float32)}
-# The micro-kernel: 2 panels x 6 columns = 12 float accumulators + 12 int32 ones (+ 2 zmm of codes
-# and 2 of scales) of AVX-512's 32 registers.
-PANELS_PER_MICRO = 2
-COLUMNS_PER_MICRO = 6
+# The micro-kernel: one panel x up to 8 columns = 8 float accumulators + 8 int32 ones (+ the block's
+# codes and scales) of AVX-512's 32 registers. One panel at a time: the codes are one sequential
+# stream (two panels' streams 10 KB apart, 2 x 6 columns, ran B = 2..8 10-30 % slower).
+COLUMNS_PER_MICRO = 8
 # Independent vpdpbusd chains a block keeps in flight at least (a lone column's one accumulator is
 # split in this many; Zen 4: latency ~4 cycles, one zmm per cycle).
 MIN_CHAINS = 4
-# Panel pairs per parallel work item (each item writes its own rows of out).
-PAIRS_PER_ITEM = 8
+# Panels per parallel work item (each item writes its own rows of out).
+PANELS_PER_ITEM = 16
+# How far ahead of the block being multiplied the codes are prefetched: past the next 4 KiB page,
+# where the hardware prefetcher stops, and far enough that up to 8 columns' vpdpbusd work hides the
+# latency (llvm_ir.PREFETCH_BYTES, 4 KiB, serves one column of row mat-vecs). The demo's output
+# matrix, 1 thread, B = 8: 6.1 ms at 4 KiB, 5.2-5.5 at 8 KiB, 8-32 KiB alike within the noise.
+PANEL_PREFETCH_BYTES = 8192
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -178,97 +187,99 @@ def _panel_block_codes(builder, kind, panel, b):
 
 
 @intrinsic
-def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks, kind):
-    """out[t0 + i, col0 + 16 j + l] = row 16 (p0 + j) + l . column t0 + i (the module docstring's
-    sum over all n_blocks blocks) for i < n_t (1..6), j < n_p (1 or 2), l < 16; n_t, n_p and kind
-    (a PANEL_KINDS value) literals."""
-    if not all(isinstance(a, types.IntegerLiteral) for a in (n_t, n_p)) or not isinstance(kind, types.StringLiteral):
+def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks, kind):
+    """out[t0 + i, col0 + l] = row 16 p + l . column t0 + i (the module docstring's sum over all
+    n_blocks blocks) for i < n_t (1..8), l < 16; n_t and kind (a PANEL_KINDS value) literals."""
+    if not isinstance(n_t, types.IntegerLiteral) or not isinstance(kind, types.StringLiteral):
         return None
-    n_col, n_pan, fmt = n_t.literal_value, n_p.literal_value, kind.literal_value
+    n_col, fmt = n_t.literal_value, kind.literal_value
     block_bytes = CODE_BYTES[fmt] * ROWS_PER_PANEL  # one block of a panel: 16 rows' codes
-    n_chains = max(1, MIN_CHAINS // (n_col * n_pan))
-    sig = types.void(xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks, kind)
+    n_chains = max(1, MIN_CHAINS // n_col)
+    sig = types.void(xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks, kind)
 
     def codegen(context, builder, signature, args):
         tys = signature.args
-        xq_v, xd_v, xi_v, _, _, codes_v, sc_v, _, _, out_v = args[:10]
+        xq_v, xd_v, xi_v, _, _, codes_v, sc_v, _, out_v = args[:9]
         v16f, v16h = vector(F32, 16), vector(F16, 16)
-        t0_, p0_, col0_, nb = (as_i64(context, builder, args[k], tys[k]) for k in (3, 7, 10, 11))
+        t0_, p_, col0_, nb = (as_i64(context, builder, args[k], tys[k]) for k in (3, 7, 9, 10))
         ts = [builder.add(t0_, i64(i)) for i in range(n_col)]
-        ps = [builder.add(p0_, i64(j)) for j in range(n_pan)]
         xq_rows = [builder.bitcast(row_ptr(context, builder, tys[0], xq_v, t), I8.as_pointer()) for t in ts]
         xd_rows = [row_ptr(context, builder, tys[1], xd_v, t) for t in ts]
         xi_rows = [row_ptr(context, builder, tys[2], xi_v, t) for t in ts]
-        code_rows = [builder.bitcast(row_ptr(context, builder, tys[5], codes_v, p), I8.as_pointer()) for p in ps]
-        sc_rows = [builder.bitcast(row_ptr(context, builder, tys[6], sc_v, p), I16.as_pointer()) for p in ps]
+        code_row = builder.bitcast(row_ptr(context, builder, tys[5], codes_v, p_), I8.as_pointer())
+        sc_row = builder.bitcast(row_ptr(context, builder, tys[6], sc_v, p_), I16.as_pointer())
 
         def block(b, accs):
             k = builder.shl(b, i64(5))           # first weight of the block
-            # chains[c][i][j]: the integer sums of column i, panel j over the groups g = c mod n_chains
-            # (one chain per accumulator, or more where they are few and the vpdpbusd latency
-            # would bound them); integer sums, so any split gives the same bits
+            # chains[c][i]: the integer sums of column i over the groups g = c mod n_chains (one
+            # chain per column, or more where the columns are few and the vpdpbusd latency would
+            # bound them); integer sums, so any split gives the same bits
             zero = ir.Constant(vector(I32, 16), [0] * 16)
-            chains = [[[splat(builder, builder.load(builder.gep(xi_rows[i], [b])), 16) if c == 0 else zero
-                        for _ in range(n_pan)] for i in range(n_col)] for c in range(n_chains)]
-            if PREFETCH_BYTES:  # every line of the block's codes, a few KiB ahead (the rows' pages are 4 KiB)
-                at = builder.mul(b, i64(block_bytes))
-                for j in range(n_pan):
-                    for line in range(block_bytes // 64):
-                        emit_prefetch(builder, code_rows[j], builder.add(at, i64(PREFETCH_BYTES + 64 * line)))
-            w = [_panel_block_codes(builder, fmt, code_rows[j], b) for j in range(n_pan)]
+            chains = [[splat(builder, builder.load(builder.gep(xi_rows[i], [b])), 16) if c == 0 else zero
+                       for i in range(n_col)] for c in range(n_chains)]
+            at = builder.mul(b, i64(block_bytes))
+            for line in range(block_bytes // 64):  # every line of the block's codes, PANEL_PREFETCH_BYTES ahead
+                emit_prefetch(builder, code_row, builder.add(at, i64(PANEL_PREFETCH_BYTES + 64 * line)))
+            w = _panel_block_codes(builder, fmt, code_row, b)
             for g in range(BLOCK // 4):
+                chain = chains[g % n_chains]
                 for i in range(n_col):
                     xb = builder.bitcast(splat(builder, load_at(builder, xq_rows[i], builder.add(k, i64(4 * g)), I32),
                                                16), vector(I8, 64))
-                    chain = chains[g % n_chains][i]
-                    chain[:] = [dot_u8_s8(builder, chain[j], w[j][g], xb) for j in range(n_pan)]
-            iaccs = [[pairwise([chains[c][i][j] for c in range(n_chains)], builder.add) for j in range(n_pan)]
-                     for i in range(n_col)]
-            d_w = [builder.fpext(builder.bitcast(load_at(builder, sc_rows[j], builder.shl(b, i64(4)), vector(I16, 16)),
-                                                 v16h), v16f) for j in range(n_pan)]
+                    chain[i] = dot_u8_s8(builder, chain[i], w[g], xb)
+            d_w = builder.fpext(builder.bitcast(load_at(builder, sc_row, builder.shl(b, i64(4)), vector(I16, 16)),
+                                                v16h), v16f)
             new = []
             for i in range(n_col):
+                isum = pairwise([chains[c][i] for c in range(n_chains)], builder.add)
                 d_x = splat(builder, builder.load(builder.gep(xd_rows[i], [b])), 16)
-                for j in range(n_pan):
-                    new.append(call_fma(builder, builder.sitofp(iaccs[i][j], v16f), builder.fmul(d_w[j], d_x),
-                                        accs[n_pan * i + j]))
+                new.append(call_fma(builder, builder.sitofp(isum, v16f), builder.fmul(d_w, d_x), accs[i]))
             return new
 
-        finals = carried_loop(builder, f"panel_{fmt}", nb, [ir.Constant(v16f, [0.0] * 16)] * (n_col * n_pan), block)
+        finals = carried_loop(builder, f"panel_{fmt}", nb, [ir.Constant(v16f, [0.0] * 16)] * n_col, block)
         for i in range(n_col):
-            row = row_ptr(context, builder, tys[9], out_v, ts[i])
-            for j in range(n_pan):
-                p = builder.gep(row, [builder.add(col0_, i64(ROWS_PER_PANEL * j))])
-                builder.store(finals[n_pan * i + j], builder.bitcast(p, v16f.as_pointer()), align=4)
+            row = row_ptr(context, builder, tys[8], out_v, ts[i])
+            builder.store(finals[i], builder.bitcast(builder.gep(row, [col0_]), v16f.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @njit(inline="always")
-def _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p0, n_p, out, col0, n_blocks, kind):
-    """`panel_micro` over n_p panels from p0 (2, or 1 for a lone last panel; a literal) for
-    columns t0 .. t0 + n_t - 1 (n_t 1..6 at run time: the literal the intrinsic wants chosen here)."""
-    if n_t == 6:
-        panel_micro(xq, xd, xinit, t0, 6, codes, scales, p0, n_p, out, col0, n_blocks, kind)
+def _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks, kind):
+    """`panel_micro` of panel p for columns t0 .. t0 + n_t - 1 (n_t 1..8 at run time: the literal
+    the intrinsic wants chosen here)."""
+    if n_t == 8:
+        panel_micro(xq, xd, xinit, t0, 8, codes, scales, p, out, col0, n_blocks, kind)
+    elif n_t == 7:
+        panel_micro(xq, xd, xinit, t0, 7, codes, scales, p, out, col0, n_blocks, kind)
+    elif n_t == 6:
+        panel_micro(xq, xd, xinit, t0, 6, codes, scales, p, out, col0, n_blocks, kind)
     elif n_t == 5:
-        panel_micro(xq, xd, xinit, t0, 5, codes, scales, p0, n_p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 5, codes, scales, p, out, col0, n_blocks, kind)
     elif n_t == 4:
-        panel_micro(xq, xd, xinit, t0, 4, codes, scales, p0, n_p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 4, codes, scales, p, out, col0, n_blocks, kind)
     elif n_t == 3:
-        panel_micro(xq, xd, xinit, t0, 3, codes, scales, p0, n_p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 3, codes, scales, p, out, col0, n_blocks, kind)
     elif n_t == 2:
-        panel_micro(xq, xd, xinit, t0, 2, codes, scales, p0, n_p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 2, codes, scales, p, out, col0, n_blocks, kind)
     else:
-        panel_micro(xq, xd, xinit, t0, 1, codes, scales, p0, n_p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 1, codes, scales, p, out, col0, n_blocks, kind)
+
+
+@njit(inline="always")
+def column_group(n_t):
+    """Columns per pass over a panel: all of them up to COLUMNS_PER_MICRO (the codes are read
+    from memory once), else the fewest passes of equal size (the later ones read the panel from L1)."""
+    n_pass = (n_t + COLUMNS_PER_MICRO - 1) // COLUMNS_PER_MICRO
+    return (n_t + n_pass - 1) // n_pass
 
 
 @njit(inline="always")
 def _panel_matvecs(codes, scales, X, out, tail, kind):
     """out[t, r] = row r . X[t] for X float32 (B, K), out float32 (B, n_rows), the rows in panels
     of `kind` (module docstring); `tail` float32 (B, 16): the last panel's results when n_rows is
-    not a multiple of 16. Columns in groups of 6 (the rest one smaller group), each group over a
-    panel pair's whole row before the next group."""
+    not a multiple of 16. Panel by panel, each in `column_group` passes."""
     n_t, n = X.shape
     n_rows = out.shape[1]
     n_blocks = n // BLOCK
@@ -281,40 +292,19 @@ def _panel_matvecs(codes, scales, X, out, tail, kind):
             xinit[t, b] *= -code_offset(kind)
     n_panels = codes.shape[0]
     full = n_rows // ROWS_PER_PANEL  # panels whose 16 rows are all real
-    n_pairs = n_panels // PANELS_PER_MICRO
-    n_items = (n_pairs + PAIRS_PER_ITEM - 1) // PAIRS_PER_ITEM
-    for item in prange(n_items + 1):
-        if item < n_items:
-            for pair in range(item * PAIRS_PER_ITEM, min(n_pairs, (item + 1) * PAIRS_PER_ITEM)):
-                p0 = PANELS_PER_MICRO * pair
-                for t0 in range(0, n_t, COLUMNS_PER_MICRO):
-                    # a lone column takes its panels one at a time: one sequential stream of codes
-                    # (two streams 10 KB apart read the demo's output ~1.6x slower) and the same bits
-                    if p0 + 1 < full and n_t > 1:
-                        _columns_micro(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0,
-                                       PANELS_PER_MICRO, out, ROWS_PER_PANEL * p0, n_blocks, kind)
-                    else:  # one column, or the pair holds the partial last panel: one panel at a time
-                        _panel_or_tail(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0,
-                                       out, tail, full, n_blocks, kind)
-                        _panel_or_tail(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, p0 + 1,
-                                       out, tail, full, n_blocks, kind)
-        elif n_panels % PANELS_PER_MICRO:  # the lone last panel of an odd count
-            for t0 in range(0, n_t, COLUMNS_PER_MICRO):
-                _panel_or_tail(xq, xd, xinit, t0, min(COLUMNS_PER_MICRO, n_t - t0), codes, scales, n_panels - 1,
-                               out, tail, full, n_blocks, kind)
+    group = column_group(n_t)
+    for item in prange((n_panels + PANELS_PER_ITEM - 1) // PANELS_PER_ITEM):
+        for p in range(item * PANELS_PER_ITEM, min(n_panels, (item + 1) * PANELS_PER_ITEM)):
+            for t0 in range(0, n_t, group):
+                n_g = min(group, n_t - t0)
+                if p < full:
+                    _columns_micro(xq, xd, xinit, t0, n_g, codes, scales, p, out, ROWS_PER_PANEL * p, n_blocks, kind)
+                else:  # the partial last panel
+                    _columns_micro(xq, xd, xinit, t0, n_g, codes, scales, p, tail, 0, n_blocks, kind)
     if full < n_panels:
         for t in range(n_t):
             for j in range(n_rows - ROWS_PER_PANEL * full):
                 out[t, ROWS_PER_PANEL * full + j] = tail[t, j]
-
-
-@njit(inline="always")
-def _panel_or_tail(xq, xd, xinit, t0, n_t, codes, scales, p, out, tail, full, n_blocks, kind):
-    """Panel p alone: into out if its rows are all real, else (the partial last one) into tail."""
-    if p < full:
-        _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p, 1, out, ROWS_PER_PANEL * p, n_blocks, kind)
-    else:
-        _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p, 1, tail, 0, n_blocks, kind)
 
 
 # One kernel per type: `kind` must be a literal for the intrinsic, and numba caches by function.
