@@ -1,7 +1,8 @@
 """Q8_0, Q4_0, Q5_0 and IQ4_NL weights repacked into VNNI row panels (engine/panels.py,
 kernels/panel_int8.py): the packing is the same bytes reordered; column t of a B-column product is
 bit for bit the lone (B = 1) product of X[t], for any B, serial or parallel, at 1 or 2 threads; the
-values are the row mat-vec's up to float summation order (the same 8-bit activations); `matvec`/
+values are the row mat-vec's up to float summation order (the same 8-bit activations), and in
+row order (Q8_0, Q5_0) the row mat-vec's bits; `matvec`/
 `matvecs` run the panels of a packed matrix in "int8" mode only; `matmul`'s integer GEMM decodes
 from the panels the tile it decodes from the rows (the same results), and rows looked up in the
 panels are the type's decoder's.
@@ -20,6 +21,7 @@ from llmcli.engine.kernels import gemm_int8
 from llmcli.engine.kernels.panel_int8 import KERNELS, PANEL_KINDS
 from llmcli.engine.matmul import QuantizedMatrix, matvec, matvecs, set_activations, set_threads
 from llmcli.engine.panels import PanelMatrix
+from llmcli.errors import UnsupportedError
 from llmcli.gguf.constants import GGMLType
 
 from test_kernels import random_rows
@@ -28,6 +30,7 @@ ROW_COUNTS = [37, 64, 80]
 BLOCKS_PER_ROW = [1, 2, 20]
 COLUMN_COUNTS = [1, 2, 3, 5, 6, 7, 8, 12, 13, 16]
 TYPES = ["Q8_0", "Q4_0", "Q5_0", "IQ4_NL"]
+ROW_ORDER_TYPES = ["Q8_0", "Q5_0"]
 
 
 def test_every_type_packs_on_this_cpu():
@@ -53,8 +56,8 @@ def panels_of(W: QuantizedMatrix) -> PanelMatrix:
 
 def kernels(W: QuantizedMatrix):
     """(serial, parallel) panel mat-vec kernels of W's type."""
-    _, parallel, serial, _ = KERNELS[PANEL_KINDS[W.ggml_type]]
-    return serial, parallel
+    found = KERNELS[PANEL_KINDS[W.ggml_type]]
+    return found.matvecs_serial, found.matvecs
 
 
 def activations(rng, n_columns: int, n_cols: int) -> np.ndarray:
@@ -110,6 +113,40 @@ def test_columns_equal_lone_products_and_the_row_matvec(n_rows, type_name, int8_
                     out = np.full((n_columns, n_rows), np.nan, np.float32)
                     kernel(P.codes, P.scales, X[:n_columns], out, tail[:n_columns])
                     assert np.array_equal(out, lone[:n_columns]), (n_rows, n_blocks, threads, kernel, n_columns)
+
+
+@pytest.mark.parametrize("type_name", ROW_ORDER_TYPES)
+@pytest.mark.parametrize("n_rows", ROW_COUNTS)
+def test_row_order_panels_give_the_row_matvecs_bits(n_rows, type_name, int8_mode):
+    """Q8_0 / Q5_0 layer matrices keep the row mat-vec's summation order in panels: every column
+    bit for bit what the row-by-row 8-bit mat-vec gives, for any B, serial or parallel, at 1 or 2
+    threads, with odd block counts too (the row kernel's lone last block)."""
+    rng = np.random.default_rng(200 + n_rows)
+    for n_blocks in BLOCKS_PER_ROW + [3]:
+        W = matrix(rng, type_name, n_rows, n_blocks)
+        P = PanelMatrix(W.weights, W.n_cols, W.ggml_type, row_order=True)
+        found = KERNELS[P.kind]
+        X = activations(rng, max(COLUMN_COUNTS), W.n_cols)
+        tail = np.empty((max(COLUMN_COUNTS), 16), np.float32)
+        for threads in (1, 2):
+            set_threads(threads)
+            for kernel in (found.row_order_serial, found.row_order):
+                for n_columns in COLUMN_COUNTS:
+                    rows = matvecs(W, X[:n_columns])  # W has no panels: the row mat-vec
+                    out = np.full((n_columns, n_rows), np.nan, np.float32)
+                    kernel(P.codes, P.scales, X[:n_columns], out, tail[:n_columns])
+                    assert np.array_equal(out.view(np.uint32), rows.view(np.uint32)), \
+                        (n_blocks, threads, kernel, n_columns)
+        W.panels = P  # and through matvecs / matvec
+        assert np.array_equal(matvecs(W, X[:5]), rows[:5]) and np.array_equal(matvec(W, X[2]), rows[2])
+
+
+@pytest.mark.parametrize("type_name", sorted(set(TYPES) - set(ROW_ORDER_TYPES)))
+def test_row_order_is_offered_only_where_layers_use_it(type_name):
+    rng = np.random.default_rng(3)
+    W = matrix(rng, type_name, 16, 1)
+    with pytest.raises(UnsupportedError, match="row-order"):
+        PanelMatrix(W.weights, W.n_cols, W.ggml_type, row_order=True)
 
 
 @pytest.mark.parametrize("type_name", TYPES)

@@ -77,8 +77,9 @@ def test_layer_matrices_are_repacked_only_where_the_map_gives_their_pages_back(c
 
 def test_mlock_with_an_output_matrix_repacked_out_of_the_map():
     """The demo model's 178 MB Q8_0 output is repacked at load; with --mlock its locked pages are
-    not released (madvise refuses them: the load failed with EINVAL), and the logits are the same
-    (its layers, Q5_0 / Q8_0 / Q4_K / Q6_K, keep their rows either way)."""
+    not released (madvise refuses them: the load failed with EINVAL), and the logits are the same:
+    its Q5_0 / Q8_0 layer matrices, in row-order panels from the map and rows under --mlock, give
+    the row mat-vec's bits either way (8 tokens: 8-column mat-vecs)."""
     from llmcli.demo import demo_model_path
 
     case = json.loads((DATA / "demo" / "llamacpp.json").read_text())["prompts"][0]
@@ -87,6 +88,9 @@ def test_mlock_with_an_output_matrix_repacked_out_of_the_map():
     for mlock in (False, True):
         model = load_model(demo_model_path(), threads=1, ctx_size=64, mlock=mlock)
         assert model.output.matrix.panels is not None
+        q5_0 = [m for blk in model.blocks for m in vars(blk).values() if getattr(m, "type", None) == GGMLType.Q5_0]
+        assert q5_0 and all((m.matrix.panels is not None) != mlock for m in q5_0)
+        assert all(m.matrix.panels.row_order for m in q5_0 if m.matrix.panels is not None)
         logits.append(model.logits(ids))
         del model
     assert np.array_equal(logits[0], logits[1])

@@ -1,6 +1,6 @@
 """Weight matrices repacked once, at load, into VNNI row panels (kernels/panel_int8.py has the
-layouts and the kernels): an output matrix of Q8_0, Q4_0, Q5_0 or IQ4_NL, and Q4_0 / IQ4_NL layer
-matrices (`LAYER_PANEL_TYPES`), where the CPU has VNNI.
+layouts and the kernels): output and layer matrices of Q8_0, Q4_0, Q5_0 or IQ4_NL (the layers in
+the order `LAYER_PANEL_ORDER` says), where the CPU has VNNI.
 
     pack_panels(W, release)    W.panels = W's rows in panels; `matmul.matvec`/`matvecs` then run
                                the panel kernel for W and `matmul`'s integer GEMM decodes its
@@ -27,7 +27,7 @@ from ..errors import UnsupportedError
 from ..gguf.constants import GGMLType
 from .kernels.panel_int8 import CODE_BYTES, CODE_VALUES, KERNELS, PANEL_KINDS, ROWS_PER_PANEL, rows_panels
 
-__all__ = ["LAYER_PANEL_TYPES", "PanelMatrix", "pack_panels", "packs_layer_panels", "packs_panels"]
+__all__ = ["LAYER_PANEL_ORDER", "PanelMatrix", "pack_panels", "packs_layer_panels", "packs_panels"]
 
 # Bytes of source rows packed between two calls of `release` (~11 MB).
 PACK_CHUNK_BYTES = 11 << 20
@@ -36,18 +36,22 @@ PACK_CHUNK_BYTES = 11 << 20
 SERIAL_PANEL_BYTES = 128 * 1024
 
 
-# The layer matrices repacked at load: the types llama.cpp's CPU backend repacks (Q4_0, IQ4_NL). The
-# others keep their rows: the panel kernel sums a row's blocks in another order than the row
-# mat-vec, and on the demo model (Q5_0, Q8_0 layers) that rounding noise, amplified by every
-# layer's 8-bit activations, moved its importance-matrix sums past llama-imatrix's own spread
-# (max 1.6e-2 against 1.0e-2) and a long greedy JSON generation off llama.cpp's path where llama.cpp's
-# top-2 margin was 3.0 (tests/test_imatrix.py, tests/test_grammar_llamacpp.py).
-LAYER_PANEL_TYPES = (GGMLType.Q4_0, GGMLType.IQ4_NL)
+# The layer matrices repacked at load, and whether their mat-vecs keep the row mat-vec's summation
+# order (True) or take the panel kernel's faster one (False): the types llama.cpp's CPU backend
+# repacks (Q4_0, IQ4_NL) the latter. Q5_0 and Q8_0 keep the rows' bits: the panel kernel sums a
+# row's blocks in another order, and on the demo model (Q5_0, Q8_0 layers) that rounding noise,
+# amplified by every layer's 8-bit activations, moved its importance-matrix sums past
+# llama-imatrix's own spread (max 1.6e-2 against 1.0e-2) and a long greedy JSON generation off
+# llama.cpp's path where llama.cpp's top-2 margin was 3.0 (tests/test_imatrix.py,
+# tests/test_grammar_llamacpp.py). In row order they still stream panels (no horizontal sums,
+# one block decode for 3 columns): demo 640-wide Q5_0 rows ~1.5-2x the row mat-vec.
+LAYER_PANEL_ORDER = {GGMLType.Q4_0: False, GGMLType.IQ4_NL: False, GGMLType.Q5_0: True, GGMLType.Q8_0: True}
 
 
 def packs_layer_panels(ggml_type: GGMLType) -> bool:
-    """Whether a layer matrix (not the output matrix) of this type is repacked at load."""
-    return GGMLType(ggml_type) in LAYER_PANEL_TYPES and packs_panels(ggml_type)
+    """Whether a layer matrix (not the output matrix) of this type is repacked at load (in the
+    order LAYER_PANEL_ORDER says)."""
+    return GGMLType(ggml_type) in LAYER_PANEL_ORDER and packs_panels(ggml_type)
 
 
 def packs_panels(ggml_type: GGMLType) -> bool:
@@ -61,22 +65,25 @@ class PanelMatrix:
     uint8 for Q8_0, (P, n_cols * 8) for the 4-bit types, (P, n_cols * 10) for Q5_0, and scales
     (P, n_cols / 32 * 16) uint16 (fp16 bits), P = ceil(n_rows / 16)."""
 
-    __slots__ = ("codes", "scales", "n_rows", "n_cols", "kind")
+    __slots__ = ("codes", "scales", "n_rows", "n_cols", "kind", "row_order")
 
     def __init__(self, weights: np.ndarray, n_cols: int, ggml_type: GGMLType,
-                 release: Callable[[int, int], None] | None = None):
+                 release: Callable[[int, int], None] | None = None, row_order: bool = False):
         """Pack `weights` (n_rows, n_blocks, block bytes) of `ggml_type`, about PACK_CHUNK_BYTES of
         rows at a time, calling release(first_row, end_row) after each chunk: those rows' source
-        bytes are no longer read."""
+        bytes are no longer read. row_order: mat-vecs give the row mat-vec's bits (Q8_0, Q5_0)."""
         if not packs_panels(ggml_type):
             raise UnsupportedError(f"no panel kernel for {GGMLType(ggml_type).name} on this CPU")
         self.kind = PANEL_KINDS[GGMLType(ggml_type)]
+        if row_order and KERNELS[self.kind].row_order is None:
+            raise UnsupportedError(f"no row-order panel kernel for {GGMLType(ggml_type).name}")
+        self.row_order = row_order
         n_rows = weights.shape[0]
         n_panels = -(-n_rows // ROWS_PER_PANEL)
         self.n_rows, self.n_cols = n_rows, n_cols
         self.codes = np.empty((n_panels, n_cols // 32 * CODE_BYTES[self.kind] * ROWS_PER_PANEL), np.uint8)
         self.scales = np.empty((n_panels, n_cols // 32 * ROWS_PER_PANEL), np.uint16)
-        pack = KERNELS[self.kind][0]
+        pack = KERNELS[self.kind].pack
         chunk = max(1, PACK_CHUNK_BYTES // max(1, weights[:1].nbytes * ROWS_PER_PANEL))
         for p0 in range(0, n_panels, chunk):
             p1 = min(n_panels, p0 + chunk)
@@ -93,8 +100,12 @@ class PanelMatrix:
         contiguous (checked by matmul): column t's bits do not depend on B or the thread count."""
         serial = self.nbytes * X.shape[0] < SERIAL_PANEL_BYTES or numba.get_num_threads() == 1
         tail = np.empty((X.shape[0], ROWS_PER_PANEL), np.float32)
-        _, parallel, serial_kernel, _ = KERNELS[self.kind]
-        (serial_kernel if serial else parallel)(self.codes, self.scales, X, out, tail)
+        kernels = KERNELS[self.kind]
+        if self.row_order:
+            kernel = kernels.row_order_serial if serial else kernels.row_order
+        else:
+            kernel = kernels.matvecs_serial if serial else kernels.matvecs
+        kernel(self.codes, self.scales, X, out, tail)
         return out
 
     def decode_tile(self, r0: int, codes: np.ndarray, scales: np.ndarray) -> None:
@@ -102,7 +113,7 @@ class PanelMatrix:
         (kernels/gemm_int8.py: codes (P, n_cols * 16) uint8, scales (P, n_cols / 32 * 16) float32);
         rows past the matrix's end with scale 0. For the real rows the bytes the GEMM's decoder
         makes from the rows."""
-        KERNELS[self.kind][3](self.codes, self.scales, r0 // ROWS_PER_PANEL, codes, scales)
+        KERNELS[self.kind].decode(self.codes, self.scales, r0 // ROWS_PER_PANEL, codes, scales)
 
     def rows(self, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         """out (len(ids), n_cols) float32 = rows ids decoded, the bits the type's decoder gives (a
@@ -111,8 +122,8 @@ class PanelMatrix:
         return out
 
 
-def pack_panels(W, release: Callable[[int, int], None] | None = None) -> None:
+def pack_panels(W, release: Callable[[int, int], None] | None = None, row_order: bool = False) -> None:
     """Give the QuantizedMatrix W its panels (W.panels), `release` as for PanelMatrix: from then
     on every mat-vec with W (any number of columns) runs the panel kernel and the integer GEMM
     decodes from the panels."""
-    W.panels = PanelMatrix(W.weights, W.n_cols, W.ggml_type, release)
+    W.panels = PanelMatrix(W.weights, W.n_cols, W.ggml_type, release, row_order)

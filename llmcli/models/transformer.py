@@ -36,7 +36,7 @@ from ..engine.kv_cache import DEFAULT_KV_TYPE, KV_TYPES, CacheSlot, KVCache, che
 from ..engine.linear import COMPUTABLE_TYPES, Linear, float_rows, vector
 from ..engine.matmul import GEMM_MIN_TOKENS, Workspace, get_threads
 from ..engine.prompt_activations import DEFAULT_PROMPT_ACTIVATIONS, PROMPT_ACTIVATIONS, check_prompt_activations
-from ..engine.panels import pack_panels, packs_layer_panels, packs_panels
+from ..engine.panels import LAYER_PANEL_ORDER, pack_panels, packs_layer_panels, packs_panels
 from ..engine.rope import rope_tables
 from ..engine.threads import AutoThreads
 from ..errors import BadInputError, FormatError, LlmcliError, UnsupportedError
@@ -153,22 +153,23 @@ class Transformer:
             return vector(self.reader, info)
         if len(info.shape) == 2:
             linear = Linear(self.reader, info, bias, workspace=self.workspace)
-            # Repacked (Q4_0, IQ4_NL: engine/panels.py) where the rows' pages can be given back (else
-            # --no-mmap / --mlock would hold both copies); the output matrix below is repacked
-            # either way, in place of its copy.
+            # Repacked (Q4_0, IQ4_NL; Q5_0, Q8_0 in the rows' summation order: engine/panels.py) where
+            # the rows' pages can be given back (else --no-mmap / --mlock would hold both copies);
+            # the output matrix below is repacked either way, in place of its copy.
             if packs_layer_panels(info.type) and self.reader.releases_pages:
-                self._pack(linear, info)
+                self._pack(linear, info, LAYER_PANEL_ORDER[info.type])
             return linear
         n_rows_per_expert, n_expert = info.shape[1], info.shape[2]
         return [Linear(self.reader, info, rows=(e * n_rows_per_expert, (e + 1) * n_rows_per_expert),
                        workspace=self.workspace, expert=e)
                 for e in range(n_expert)]
 
-    def _pack(self, linear: Linear, info) -> None:
+    def _pack(self, linear: Linear, info, row_order: bool = False) -> None:
         """Repack a matrix's rows into panels (engine/panels.py: its mat-vecs and prompt GEMMs then
-        read only the panels), releasing the mapped pages of the rows packed as it goes."""
+        read only the panels; row_order: in the row mat-vec's summation order), releasing the
+        mapped pages of the rows packed as it goes."""
         pack_panels(linear.matrix, lambda a, b: self.reader.release_pages(info, a * info.row_bytes,
-                                                                          b * info.row_bytes))
+                                                                          b * info.row_bytes), row_order)
 
     def _check_embedding_type(self, embd) -> None:
         try:

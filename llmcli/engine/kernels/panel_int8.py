@@ -59,6 +59,22 @@ it) with the row's accumulator in one float lane of its own. A column's arithmet
 on the other columns, on B, on how columns are grouped or on the thread count: a sequence
 decoded in a batch gets the bits it gets alone, and a mat-vec (B = 1) is the same code.
 
+Row order (`panel_lanes_micro`, Q8_0 and Q5_0 layer matrices, engine/panels.py): the bits of
+int8.py's row mat-vec, which keeps 16 float lanes per row, lane 8 h + g for the blocks b = h mod 2
+(a zmm holds a block pair) and the codes 4g .. 4g + 3 of each:
+
+    lane[h, g] += float(xinit[t, b] if g == 0 else 0  +  sum_{k < 4} u[r, 32b + 4g + k] xq[t, 32b + 4g + k])
+                  * (d_w[r, b] * xd[t, b])                                    for b = h, h + 2, ...
+    out[t, r] = ((S0 + S4) + (S2 + S6)) + ((S1 + S5) + (S3 + S7)),  S_g = lane[0, g] + lane[1, g]
+                (llvm_ir.tree_reduce's order over the 16 lanes)
+
+In panel order lane[h, g] of 16 rows is one zmm: the VNNI zmm g of block b, without adding the
+groups together, gives each row's int32 for that lane. A pass takes one parity h and up to
+LANE_COLUMNS columns (8 float accumulators each); the 16 zmm of a column go to a scratch row and
+are added there in that order. Twice the float work of `panel_micro` per block, but no horizontal
+sums and one block decode per 3 columns: the demo's 2048 x 640 Q5_0 at 1 thread, B = 1 40 -> 17 us,
+B = 8 175 -> 93 us against the row mat-vec.
+
 `panel_micro` runs one panel (16 rows) x up to 8 columns: per block 8 int32 accumulators start at
 xinit and take 8 `vpdpbusd` each, then 8 float accumulators (in registers over the whole row)
 take one FMA each. Panels are read one after the other, one sequential stream of codes, prefetched
@@ -73,6 +89,9 @@ The demo's 178 MB output matrix, 1 thread (a plain read of it: ~4.2-4.6 ms, ~38 
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
@@ -108,6 +127,10 @@ COLUMNS_PER_MICRO = 8
 MIN_CHAINS = 4
 # Panels per parallel work item (each item writes its own rows of out).
 PANELS_PER_ITEM = 16
+# The row-order micro-kernel (`panel_lanes_micro`): up to 3 columns x 8 float accumulators.
+LANE_COLUMNS = 3
+# A row mat-vec's float lanes per row (int8.py `row_dot_int8`: 8 per block, two blocks a vector).
+ROW_LANES = 16
 # How far ahead of the block being multiplied the codes are prefetched: past the next 4 KiB page,
 # where the hardware prefetcher stops, and far enough that up to 8 columns' vpdpbusd work hides the
 # latency (llvm_ir.PREFETCH_BYTES, 4 KiB, serves one column of row mat-vecs). The demo's output
@@ -268,11 +291,27 @@ def _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks
 
 
 @njit(inline="always")
-def column_group(n_t):
-    """Columns per pass over a panel: all of them up to COLUMNS_PER_MICRO (the codes are read
-    from memory once), else the fewest passes of equal size (the later ones read the panel from L1)."""
-    n_pass = (n_t + COLUMNS_PER_MICRO - 1) // COLUMNS_PER_MICRO
+def column_group(n_t, most):
+    """Columns per pass over a panel: all of them up to `most` (the codes are read from memory
+    once), else the fewest passes of equal size (the later ones read the panel from L1)."""
+    n_pass = (n_t + most - 1) // most
     return (n_t + n_pass - 1) // n_pass
+
+
+@njit(inline="always")
+def _activations(X, kind):
+    """X float32 (B, K) as ggml's Q8_0 activation blocks: xq int8 (B, K), xd float32 (B, K/32) and
+    xinit int32 (B, K/32), the offset of `kind`'s unsigned codes (module docstring)."""
+    n_t, n = X.shape
+    n_blocks = n // BLOCK
+    xq = np.empty((n_t, n), np.int8)
+    xd = np.empty((n_t, n_blocks), np.float32)
+    xinit = np.empty((n_t, n_blocks), np.int32)
+    for t in range(n_t):
+        quantize_q8_0_into(X[t], xq[t], xd[t], xinit[t], n_blocks)
+        for b in range(n_blocks):
+            xinit[t, b] *= -code_offset(kind)
+    return xq, xd, xinit
 
 
 @njit(inline="always")
@@ -283,16 +322,10 @@ def _panel_matvecs(codes, scales, X, out, tail, kind):
     n_t, n = X.shape
     n_rows = out.shape[1]
     n_blocks = n // BLOCK
-    xq = np.empty((n_t, n), np.int8)
-    xd = np.empty((n_t, n_blocks), np.float32)
-    xinit = np.empty((n_t, n_blocks), np.int32)
-    for t in range(n_t):  # ggml's Q8_0 blocks; xinit: the offset of the unsigned codes
-        quantize_q8_0_into(X[t], xq[t], xd[t], xinit[t], n_blocks)
-        for b in range(n_blocks):
-            xinit[t, b] *= -code_offset(kind)
+    xq, xd, xinit = _activations(X, kind)
     n_panels = codes.shape[0]
     full = n_rows // ROWS_PER_PANEL  # panels whose 16 rows are all real
-    group = column_group(n_t)
+    group = column_group(n_t, COLUMNS_PER_MICRO)
     for item in prange((n_panels + PANELS_PER_ITEM - 1) // PANELS_PER_ITEM):
         for p in range(item * PANELS_PER_ITEM, min(n_panels, (item + 1) * PANELS_PER_ITEM)):
             for t0 in range(0, n_t, group):
@@ -305,6 +338,115 @@ def _panel_matvecs(codes, scales, X, out, tail, kind):
         for t in range(n_t):
             for j in range(n_rows - ROWS_PER_PANEL * full):
                 out[t, ROWS_PER_PANEL * full + j] = tail[t, j]
+
+
+@intrinsic
+def panel_lanes_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, parity, lanes, n_blocks, kind):
+    """Row order (module docstring): lanes[t0 + i, 128 parity + 16 g + l] = lane 8 parity + g of
+    row 16 p + l and column t0 + i, the sum over the blocks b = parity mod 2 in order of
+    float(int32 of codes 4g .. 4g + 3 of block b . xq) * (d_w(b) * xd(b)), for i < n_t (1..3);
+    n_t, parity and kind literals."""
+    if not all(isinstance(a, types.IntegerLiteral) for a in (n_t, parity)) or not isinstance(kind, types.StringLiteral):
+        return None
+    n_col, half, fmt = n_t.literal_value, parity.literal_value, kind.literal_value
+    block_bytes = CODE_BYTES[fmt] * ROWS_PER_PANEL
+    sig = types.void(xq, xd, xinit, t0, n_t, codes, scales, p, parity, lanes, n_blocks, kind)
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        xq_v, xd_v, xi_v, _, _, codes_v, sc_v, _, _, lanes_v = args[:10]
+        v16f, v16h, v16i = vector(F32, 16), vector(F16, 16), vector(I32, 16)
+        t0_, p_, nb = (as_i64(context, builder, args[k], tys[k]) for k in (3, 7, 10))
+        ts = [builder.add(t0_, i64(i)) for i in range(n_col)]
+        xq_rows = [builder.bitcast(row_ptr(context, builder, tys[0], xq_v, t), I8.as_pointer()) for t in ts]
+        xd_rows = [row_ptr(context, builder, tys[1], xd_v, t) for t in ts]
+        xi_rows = [row_ptr(context, builder, tys[2], xi_v, t) for t in ts]
+        code_row = builder.bitcast(row_ptr(context, builder, tys[5], codes_v, p_), I8.as_pointer())
+        sc_row = builder.bitcast(row_ptr(context, builder, tys[6], sc_v, p_), I16.as_pointer())
+        zero = ir.Constant(v16i, [0] * 16)
+
+        def block(j, accs):
+            b = builder.add(builder.shl(j, i64(1)), i64(half))
+            k = builder.shl(b, i64(5))
+            if half == 0:  # the even pass streams both blocks of each pair; the odd one finds them cached
+                at = builder.mul(b, i64(block_bytes))
+                for line in range(2 * block_bytes // 64):
+                    emit_prefetch(builder, code_row, builder.add(at, i64(PANEL_PREFETCH_BYTES + 64 * line)))
+            w = _panel_block_codes(builder, fmt, code_row, b)
+            d_w = builder.fpext(builder.bitcast(load_at(builder, sc_row, builder.shl(b, i64(4)), vector(I16, 16)),
+                                                v16h), v16f)
+            new = []
+            for i in range(n_col):
+                scale = builder.fmul(d_w, splat(builder, builder.load(builder.gep(xd_rows[i], [b])), 16))
+                for g in range(BLOCK // 4):
+                    # the block's code offset starts lane 0, as int8.py's xbias does
+                    init = splat(builder, builder.load(builder.gep(xi_rows[i], [b])), 16) if g == 0 else zero
+                    xb = builder.bitcast(splat(builder, load_at(builder, xq_rows[i], builder.add(k, i64(4 * g)), I32),
+                                               16), vector(I8, 64))
+                    dots = dot_u8_s8(builder, init, w[g], xb)
+                    new.append(call_fma(builder, builder.sitofp(dots, v16f), scale, accs[8 * i + g]))
+            return new
+
+        trips = builder.ashr(builder.sub(builder.add(nb, i64(1)), i64(half)), i64(1))
+        finals = carried_loop(builder, f"lanes_{fmt}", trips, [ir.Constant(v16f, [0.0] * 16)] * (8 * n_col), block)
+        for i in range(n_col):
+            row = row_ptr(context, builder, tys[9], lanes_v, ts[i])
+            for g in range(8):
+                at = builder.gep(row, [i64(128 * half + 16 * g)])
+                builder.store(finals[8 * i + g], builder.bitcast(at, v16f.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _lanes_micro(xq, xd, xinit, t0, n_t, codes, scales, p, lanes, n_blocks, kind):
+    """Both parities of `panel_lanes_micro` for panel p, columns t0 .. t0 + n_t - 1 (n_t 1..3 at
+    run time)."""
+    if n_t == 3:
+        panel_lanes_micro(xq, xd, xinit, t0, 3, codes, scales, p, 0, lanes, n_blocks, kind)
+        panel_lanes_micro(xq, xd, xinit, t0, 3, codes, scales, p, 1, lanes, n_blocks, kind)
+    elif n_t == 2:
+        panel_lanes_micro(xq, xd, xinit, t0, 2, codes, scales, p, 0, lanes, n_blocks, kind)
+        panel_lanes_micro(xq, xd, xinit, t0, 2, codes, scales, p, 1, lanes, n_blocks, kind)
+    else:
+        panel_lanes_micro(xq, xd, xinit, t0, 1, codes, scales, p, 0, lanes, n_blocks, kind)
+        panel_lanes_micro(xq, xd, xinit, t0, 1, codes, scales, p, 1, lanes, n_blocks, kind)
+
+
+@njit(inline="always")
+def _lane_sum(lanes, t, l):
+    """Row l's 16 lanes of column t added as llvm_ir.tree_reduce adds a vector's (lane 8 h + g at
+    128 h + 16 g + l): halves, then quarters, eighths, pairs."""
+    s0 = lanes[t, l] + lanes[t, 128 + l]
+    s1 = lanes[t, 16 + l] + lanes[t, 144 + l]
+    s2 = lanes[t, 32 + l] + lanes[t, 160 + l]
+    s3 = lanes[t, 48 + l] + lanes[t, 176 + l]
+    s4 = lanes[t, 64 + l] + lanes[t, 192 + l]
+    s5 = lanes[t, 80 + l] + lanes[t, 208 + l]
+    s6 = lanes[t, 96 + l] + lanes[t, 224 + l]
+    s7 = lanes[t, 112 + l] + lanes[t, 240 + l]
+    return ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7))
+
+
+@njit(inline="always")
+def _panel_lanes_matvecs(codes, scales, X, out, kind):
+    """`_panel_matvecs` in row order: out[t, r] the bits int8.py's row mat-vec gives (its 16 float
+    lanes per row kept apart, `panel_lanes_micro`, and added in its order, `_lane_sum`)."""
+    n_t, n = X.shape
+    n_rows = out.shape[1]
+    n_blocks = n // BLOCK
+    xq, xd, xinit = _activations(X, kind)
+    n_panels = codes.shape[0]
+    group = column_group(n_t, LANE_COLUMNS)
+    for item in prange((n_panels + PANELS_PER_ITEM - 1) // PANELS_PER_ITEM):
+        lanes = np.empty((n_t, ROWS_PER_PANEL * ROW_LANES), np.float32)
+        for p in range(item * PANELS_PER_ITEM, min(n_panels, (item + 1) * PANELS_PER_ITEM)):
+            for t0 in range(0, n_t, group):
+                _lanes_micro(xq, xd, xinit, t0, min(group, n_t - t0), codes, scales, p, lanes, n_blocks, kind)
+            for t in range(n_t):
+                for l in range(min(ROWS_PER_PANEL, n_rows - ROWS_PER_PANEL * p)):
+                    out[t, ROWS_PER_PANEL * p + l] = _lane_sum(lanes, t, l)
 
 
 # One kernel per type: `kind` must be a literal for the intrinsic, and numba caches by function.
@@ -326,6 +468,17 @@ def matvecs_q5_0_panels(codes, scales, X, out, tail):
 @njit(parallel=True, cache=True, nogil=True)
 def matvecs_iq4_nl_panels(codes, scales, X, out, tail):
     _panel_matvecs(codes, scales, X, out, tail, "iq4_nl")
+
+
+# Row order for the types whose layer matrices keep the row mat-vec's bits (engine/panels.py).
+@njit(parallel=True, cache=True, nogil=True)
+def matvecs_q8_0_lanes(codes, scales, X, out, tail):
+    _panel_lanes_matvecs(codes, scales, X, out, "q8_0")
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def matvecs_q5_0_lanes(codes, scales, X, out, tail):
+    _panel_lanes_matvecs(codes, scales, X, out, "q5_0")
 
 
 @intrinsic
@@ -423,14 +576,29 @@ def _nibble_packer(kind):
     return lambda blocks, r0, codes, scales: pack_nibbles(blocks, r0, codes, scales, qs_at, qh_at)
 
 
-# Per packed type: (pack, mat-vecs, their serial twin, tile decoder). Entering numba's thread pool
-# costs more than a small matrix's product (common.serial_twin).
+class PanelKernels(NamedTuple):
+    """A packed type's kernels: `pack`(blocks, r0, codes, scales); the mat-vecs (codes, scales, X,
+    out, tail) and their serial twin; the same in row order (None: not offered for the type);
+    `decode`, the integer GEMM's tile from the panels."""
+
+    pack: Callable
+    matvecs: Callable
+    matvecs_serial: Callable
+    row_order: Callable | None
+    row_order_serial: Callable | None
+    decode: Callable
+
+
+def _kernels(pack, matvecs, decode, row_order=None):
+    """PanelKernels with the serial twins made: entering numba's thread pool costs more than a
+    small matrix's product (common.serial_twin)."""
+    return PanelKernels(pack, matvecs, serial_twin(matvecs), row_order,
+                        serial_twin(row_order) if row_order is not None else None, decode)
+
+
 KERNELS = {
-    kind: (pack, matvecs, serial_twin(matvecs), decode)
-    for kind, pack, matvecs, decode in (
-        ("q8_0", pack_q8_0, matvecs_q8_0_panels, decode_q8_0_panels),
-        ("q4_0", _nibble_packer("q4_0"), matvecs_q4_0_panels, decode_q4_0_panels),
-        ("q5_0", _nibble_packer("q5_0"), matvecs_q5_0_panels, decode_q5_0_panels),
-        ("iq4_nl", _nibble_packer("iq4_nl"), matvecs_iq4_nl_panels, decode_iq4_nl_panels),
-    )
+    "q8_0": _kernels(pack_q8_0, matvecs_q8_0_panels, decode_q8_0_panels, matvecs_q8_0_lanes),
+    "q4_0": _kernels(_nibble_packer("q4_0"), matvecs_q4_0_panels, decode_q4_0_panels),
+    "q5_0": _kernels(_nibble_packer("q5_0"), matvecs_q5_0_panels, decode_q5_0_panels, matvecs_q5_0_lanes),
+    "iq4_nl": _kernels(_nibble_packer("iq4_nl"), matvecs_iq4_nl_panels, decode_iq4_nl_panels),
 }
