@@ -824,7 +824,7 @@ def _round_like_keys(q: np.ndarray, k_cache: np.ndarray) -> None:
     """With an f16 key cache, round the queries to f16 too, in place, as llama.cpp's row kernel
     does (under FLASH_ATTN_TILE_QUERIES query rows): the scores are products of two f16 values."""
     if k_cache.dtype == KV_TYPES["f16"].dtype:
-        np.copyto(q, q.astype(np.float16))
+        ops.round_through_f16(q)
 
 
 def load_model(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
