@@ -123,7 +123,7 @@ class PanelMatrix:
 
 
 def pack_panels(W, release: Callable[[int, int], None] | None = None, row_order: bool = False) -> None:
-    """Give the QuantizedMatrix W its panels (W.panels), `release` as for PanelMatrix: from then
-    on every mat-vec with W (any number of columns) runs the panel kernel and the integer GEMM
-    decodes from the panels."""
+    """Give the QuantizedMatrix W its panels (W.panels), `release` and `row_order` as for
+    PanelMatrix: from then on every mat-vec with W (any number of columns) runs the panel kernel
+    and the integer GEMM decodes from the panels."""
     W.panels = PanelMatrix(W.weights, W.n_cols, W.ggml_type, release, row_order)
