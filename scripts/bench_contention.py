@@ -7,7 +7,7 @@ Two phases, idle then loaded. The loaded phase starts a background load of one b
 subprocess spinning in a loop, stopped by this script on every exit path, Ctrl-C included). In
 each phase, for every round, it runs `llmcli bench -m M -p 128 -n 64 -o json` at `-t 1`, `-t 2`
 and with no `-t` (the default), and `llama-bench` the same, one after the other (interleaved, so
-slow drifts of a shared machine hit every configuration alike). It prints per phase and test the
+slow drifts of a shared machine hit every configuration alike; the order rotates by one each round). It prints per phase and test the
 median tokens/s of each configuration and two ratios: llmcli's default against its own 1-thread
 figure, and against llama.cpp's default. `--budget` bounds the whole run in seconds: a run that
 would pass it is cut off, and what was measured is reported. `--json FILE` keeps every figure.
@@ -109,9 +109,16 @@ def label(tool: str, threads: str | None) -> str:
     return f"{tool} {'-t ' + threads if threads else 'default'}"
 
 
+def round_order(round_: int) -> list:
+    """CONFIGS rotated by one per round (round 1 as listed): no configuration always follows the
+    same one (a default run right after a 2-thread run measured ~5-10 % below `-t 1` under load)."""
+    shift = (round_ - 1) % len(CONFIGS)
+    return CONFIGS[shift:] + CONFIGS[:shift]
+
+
 def measure(phase: str, args, deadline: float, figures: dict) -> None:
     for round_ in range(1, args.rounds + 1):
-        for tool, threads in CONFIGS:
+        for tool, threads in round_order(round_):
             left = deadline - time.monotonic()
             if left < 10:
                 print(f"  budget spent: stopping in the {phase} phase", file=sys.stderr)
