@@ -209,6 +209,32 @@ def _panel_block_codes(builder, kind, panel, b):
     return codes
 
 
+def _column_rows(context, builder, tys, args, ts):
+    """The intrinsics' per-column operands: pointers to xq[t] (i8*), xd[t] and xinit[t] for each
+    column t of ts (arguments 0, 1, 2)."""
+    xq_rows = [builder.bitcast(row_ptr(context, builder, tys[0], args[0], t), I8.as_pointer()) for t in ts]
+    return xq_rows, [row_ptr(context, builder, tys[1], args[1], t) for t in ts], \
+        [row_ptr(context, builder, tys[2], args[2], t) for t in ts]
+
+
+def _panel_rows(context, builder, tys, args, p):
+    """Panel p's codes (i8*) and fp16 scales (i16*) (intrinsic arguments 5, 6)."""
+    return (builder.bitcast(row_ptr(context, builder, tys[5], args[5], p), I8.as_pointer()),
+            builder.bitcast(row_ptr(context, builder, tys[6], args[6], p), I16.as_pointer()))
+
+
+def _block_scales(builder, sc_row, b):
+    """d_w of the panel's 16 rows for block b, <16 x float>."""
+    halves16 = load_at(builder, sc_row, builder.shl(b, i64(4)), vector(I16, 16))
+    return builder.fpext(builder.bitcast(halves16, vector(F16, 16)), vector(F32, 16))
+
+
+def _activation_quad(builder, xq_row, k, g):
+    """Activation bytes k + 4g .. k + 4g + 3 of a column, broadcast to every row of a VNNI zmm."""
+    return builder.bitcast(splat(builder, load_at(builder, xq_row, builder.add(k, i64(4 * g)), I32), 16),
+                           vector(I8, 64))
+
+
 @intrinsic
 def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks, kind):
     """out[t0 + i, col0 + l] = row 16 p + l . column t0 + i (the module docstring's sum over all
@@ -222,15 +248,12 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, 
 
     def codegen(context, builder, signature, args):
         tys = signature.args
-        xq_v, xd_v, xi_v, _, _, codes_v, sc_v, _, out_v = args[:9]
-        v16f, v16h = vector(F32, 16), vector(F16, 16)
+        out_v = args[8]
+        v16f = vector(F32, 16)
         t0_, p_, col0_, nb = (as_i64(context, builder, args[k], tys[k]) for k in (3, 7, 9, 10))
         ts = [builder.add(t0_, i64(i)) for i in range(n_col)]
-        xq_rows = [builder.bitcast(row_ptr(context, builder, tys[0], xq_v, t), I8.as_pointer()) for t in ts]
-        xd_rows = [row_ptr(context, builder, tys[1], xd_v, t) for t in ts]
-        xi_rows = [row_ptr(context, builder, tys[2], xi_v, t) for t in ts]
-        code_row = builder.bitcast(row_ptr(context, builder, tys[5], codes_v, p_), I8.as_pointer())
-        sc_row = builder.bitcast(row_ptr(context, builder, tys[6], sc_v, p_), I16.as_pointer())
+        xq_rows, xd_rows, xi_rows = _column_rows(context, builder, tys, args, ts)
+        code_row, sc_row = _panel_rows(context, builder, tys, args, p_)
 
         def block(b, accs):
             k = builder.shl(b, i64(5))           # first weight of the block
@@ -247,11 +270,8 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, 
             for g in range(BLOCK // 4):
                 chain = chains[g % n_chains]
                 for i in range(n_col):
-                    xb = builder.bitcast(splat(builder, load_at(builder, xq_rows[i], builder.add(k, i64(4 * g)), I32),
-                                               16), vector(I8, 64))
-                    chain[i] = dot_u8_s8(builder, chain[i], w[g], xb)
-            d_w = builder.fpext(builder.bitcast(load_at(builder, sc_row, builder.shl(b, i64(4)), vector(I16, 16)),
-                                                v16h), v16f)
+                    chain[i] = dot_u8_s8(builder, chain[i], w[g], _activation_quad(builder, xq_rows[i], k, g))
+            d_w = _block_scales(builder, sc_row, b)
             new = []
             for i in range(n_col):
                 isum = pairwise([chains[c][i] for c in range(n_chains)], builder.add)
@@ -354,16 +374,13 @@ def panel_lanes_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, parit
 
     def codegen(context, builder, signature, args):
         tys = signature.args
-        xq_v, xd_v, xi_v, _, _, codes_v, sc_v, _, _, lanes_v = args[:10]
-        v16f, v16h, v16i = vector(F32, 16), vector(F16, 16), vector(I32, 16)
+        lanes_v = args[9]
+        v16f = vector(F32, 16)
         t0_, p_, nb = (as_i64(context, builder, args[k], tys[k]) for k in (3, 7, 10))
         ts = [builder.add(t0_, i64(i)) for i in range(n_col)]
-        xq_rows = [builder.bitcast(row_ptr(context, builder, tys[0], xq_v, t), I8.as_pointer()) for t in ts]
-        xd_rows = [row_ptr(context, builder, tys[1], xd_v, t) for t in ts]
-        xi_rows = [row_ptr(context, builder, tys[2], xi_v, t) for t in ts]
-        code_row = builder.bitcast(row_ptr(context, builder, tys[5], codes_v, p_), I8.as_pointer())
-        sc_row = builder.bitcast(row_ptr(context, builder, tys[6], sc_v, p_), I16.as_pointer())
-        zero = ir.Constant(v16i, [0] * 16)
+        xq_rows, xd_rows, xi_rows = _column_rows(context, builder, tys, args, ts)
+        code_row, sc_row = _panel_rows(context, builder, tys, args, p_)
+        zero = ir.Constant(vector(I32, 16), [0] * 16)
 
         def block(j, accs):
             b = builder.add(builder.shl(j, i64(1)), i64(half))
@@ -373,17 +390,14 @@ def panel_lanes_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, parit
                 for line in range(2 * block_bytes // 64):
                     emit_prefetch(builder, code_row, builder.add(at, i64(PANEL_PREFETCH_BYTES + 64 * line)))
             w = _panel_block_codes(builder, fmt, code_row, b)
-            d_w = builder.fpext(builder.bitcast(load_at(builder, sc_row, builder.shl(b, i64(4)), vector(I16, 16)),
-                                                v16h), v16f)
+            d_w = _block_scales(builder, sc_row, b)
             new = []
             for i in range(n_col):
                 scale = builder.fmul(d_w, splat(builder, builder.load(builder.gep(xd_rows[i], [b])), 16))
                 for g in range(BLOCK // 4):
                     # the block's code offset starts lane 0, as int8.py's xbias does
                     init = splat(builder, builder.load(builder.gep(xi_rows[i], [b])), 16) if g == 0 else zero
-                    xb = builder.bitcast(splat(builder, load_at(builder, xq_rows[i], builder.add(k, i64(4 * g)), I32),
-                                               16), vector(I8, 64))
-                    dots = dot_u8_s8(builder, init, w[g], xb)
+                    dots = dot_u8_s8(builder, init, w[g], _activation_quad(builder, xq_rows[i], k, g))
                     new.append(call_fma(builder, builder.sitofp(dots, v16f), scale, accs[8 * i + g]))
             return new
 
