@@ -75,6 +75,28 @@ def test_matches_llama_cpp(tmp_path, name, outtype):
     assert ours["file_sha256"] == ref["file_sha256"], "whole file not byte-identical"
 
 
+@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
+def test_expert_stacks_stream_in_row_slices(tmp_path, monkeypatch, outtype):
+    """A stack of experts is written a slice of rows at a time, slices crossing from one expert to
+    the next, no expert tensor ever loaded whole (a real MoE layer's stack is ~1 GB of float32)."""
+    from llmcli.convert import pipeline
+    from llmcli.convert.checkpoint import SourceTensor
+
+    whole = SourceTensor.load
+
+    def load(self):
+        assert ".experts." not in self.name, f"{self.name} loaded whole"
+        return whole(self)
+
+    monkeypatch.setattr(SourceTensor, "load", load)
+    monkeypatch.setattr(pipeline, "_ROWS_PER_CHUNK_BYTES", 5 * 64 * 4 * 2)  # 5 rows of 64: never an expert's 32
+    out = tmp_path / "out.gguf"
+    convert(checkpoint_copy(tmp_path, "qwen2moe"), out, outtype=outtype, pre=FORCED_PRE["qwen2moe"])
+    ours, ref = gguf_record(out), reference("qwen2moe", outtype)
+    assert_tensors_match(ours, ref)
+    assert ours["file_sha256"] == ref["file_sha256"]
+
+
 # the other --outtype paths recorded with llama.cpp's converter (scripts/make_arch_references.py):
 # 3-D expert tensors in BF16 / Q8_0, a float16 checkpoint to BF16 / Q8_0 / auto (-> f16)
 EXTRA_OUTTYPES = [("qwen2moe", "bf16"), ("qwen2moe", "q8_0"), ("baichuan", "bf16"), ("baichuan", "q8_0"),

@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from llmcli.errors import FormatError, OutputExistsError
+from llmcli.errors import FormatError, LlmcliError, OutputExistsError
 from llmcli.gguf import GGMLType, GGUFReader, GGUFWriter, MetadataValue, ValueType, rewrite
 from llmcli.gguf.constants import TYPE_INFO
 
@@ -117,6 +117,27 @@ def test_writer_leaves_nothing_on_error(tmp_path):
         with w2.open():
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tensor_data_in_parts(tmp_path):
+    """write_tensor_parts: the parts of a tensor one after the other, exactly its size or an error
+    naming the tensor (and nothing left behind)."""
+    values = np.arange(96, dtype=np.float32)
+    whole, parts = tmp_path / "whole.gguf", tmp_path / "parts.gguf"
+    for path, write in ((whole, lambda w: w.write_tensor_data("a", values)),
+                        (parts, lambda w: w.write_tensor_parts("a", (values[:10], values[10:64].tobytes(), values[64:])))):
+        w = GGUFWriter(path)
+        w.add_tensor_info("a", (96,), GGMLType.F32)
+        with w.open():
+            write(w)
+    assert parts.read_bytes() == whole.read_bytes()
+    for bad, says in (((values[:50],), "has 200 bytes"), ((values, values[:1]), "has more than 384 bytes")):
+        w = GGUFWriter(tmp_path / "bad.gguf")
+        w.add_tensor_info("a", (96,), GGMLType.F32)
+        with pytest.raises(LlmcliError, match=f"tensor 'a' {says}, its F32 shape"):
+            with w.open():
+                w.write_tensor_parts("a", bad)
+        assert not (tmp_path / "bad.gguf").exists()
 
 
 # -- malformed files: each must give a FormatError naming the file ----------------------------------

@@ -36,8 +36,9 @@ class OutputTensor:
     shape: tuple[int, ...]
     load: Callable[[], np.ndarray]
     source_bytes: int
-    # rows start..stop (first axis) of the result, for 2-D tensors whose transform works row by
-    # row: lets the writer stream big matrices in slices instead of holding them whole
+    # rows start..stop of the result as a 2-D array (leading axes flattened: a stack of experts'
+    # matrices is their rows one after another), for tensors whose transform works row by row:
+    # lets the writer stream big matrices in slices instead of holding them whole
     load_rows: Callable[[int, int], np.ndarray] | None = None
 
     @property
@@ -364,20 +365,24 @@ class ArchConverter:
         """Raise if an architecture gathered pieces (experts) that never completed."""
 
 
-def stacked(parts: list[SourceTensor], transform: Callable[[np.ndarray], np.ndarray] | None = None
-            ) -> Callable[[], np.ndarray]:
-    """A loader stacking same-shaped tensors on a new first axis, one piece in memory at a time."""
+def stacked(parts: list[SourceTensor]) -> tuple[Callable[[], np.ndarray], Callable[[int, int], np.ndarray]]:
+    """(load, load_rows) of same-shaped tensors stacked on a new first axis: the whole stack, or
+    rows start..stop of it flattened to 2-D, reading only the pieces (and rows) they cover."""
+    rows_per_part = int(np.prod(parts[0].shape[:-1], dtype=np.int64))
+
+    def load_rows(start: int, stop: int) -> np.ndarray:
+        pieces = []
+        for i in range(start // rows_per_part, (stop - 1) // rows_per_part + 1 if stop > start else 0):
+            lo, hi = max(start - i * rows_per_part, 0), min(stop - i * rows_per_part, rows_per_part)
+            piece = parts[i].load_rows(lo, hi) if len(parts[i].shape) == 2 else \
+                parts[i].load().reshape(rows_per_part, -1)[lo:hi]
+            pieces.append(piece.reshape(hi - lo, -1))
+        return np.concatenate(pieces) if len(pieces) != 1 else pieces[0]
 
     def load() -> np.ndarray:
-        first = parts[0].load()
-        out = np.empty((len(parts), *first.shape), dtype=first.dtype)
-        out[0] = first
-        del first
-        for i, p in enumerate(parts[1:], start=1):
-            out[i] = p.load()
-        return transform(out) if transform else out
+        return load_rows(0, len(parts) * rows_per_part).reshape(len(parts), *parts[0].shape)
 
-    return load
+    return load, load_rows
 
 
 class ExpertStacks:
@@ -403,8 +408,10 @@ class ExpertStacks:
                 parts = [layer.pop(self.source.format(bid=bid, x=x, p=p)) for x in range(n_experts)]
             except KeyError as e:
                 raise BadInputError(f"{self.conv.dir}: expert tensor {e} missing for layer {bid}") from None
+            load, load_rows = stacked(parts)
             yield OutputTensor(self.conv.map_name(self.merged.format(bid=bid, p=p), parts[0]),
-                               (n_experts, *parts[0].shape), stacked(parts), sum(part.n_bytes for part in parts))
+                               (n_experts, *parts[0].shape), load, sum(part.n_bytes for part in parts),
+                               load_rows if len(parts[0].shape) == 2 else None)
         del self.layers[bid]
 
     def check_complete(self) -> None:

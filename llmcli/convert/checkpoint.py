@@ -63,6 +63,8 @@ class SourceTensor:
         with open(self.path, "rb") as f:
             f.seek(self.offset + first * dtype.itemsize)
             raw = np.fromfile(f, dtype=dtype, count=count)
+            if hasattr(os, "posix_fadvise"):  # read once: not worth the page cache's room (see _read)
+                os.posix_fadvise(f.fileno(), self.offset + first * dtype.itemsize, raw.nbytes, os.POSIX_FADV_DONTNEED)
         if raw.size != count:
             raise FormatError(f"{self.path}: tensor '{self.name}' is cut short (file truncated?)")
         if self.dtype in ("F32", "F16"):
