@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from .gguf.constants import QUANTIZATION_VERSION, TYPE_INFO, GGMLType, ValueType
 from .gguf.reader import MetadataValue, TensorInfo
 from .imatrix.file import read_imatrix
 from .quants import registry
+from .quants.error_sums import square_sums
 from .quants.mixes import (
     IMATRIX_ONLY_MIXES,
     MIXES_BY_PRECISION,
@@ -346,29 +347,59 @@ class QuantizeReport:
         }
 
 
-def to_float32(raw: np.ndarray, source: GGMLType) -> np.ndarray:
-    """(rows, row_bytes) of any readable type -> float32 (rows, row_length)."""
-    if source == GGMLType.F32:
+def decode_into(raw: np.ndarray, ggml_type: GGMLType, buffer: np.ndarray) -> np.ndarray:
+    """(rows, row_bytes) of any readable type -> float32 (rows, row_length), written into the front
+    of `buffer` (float32, at least that many values) and returned as a view of it: slab after slab
+    reuses one buffer instead of faulting in a fresh 64 MB array each time. F32 rows are viewed in place."""
+    if ggml_type == GGMLType.F32:
         return np.ascontiguousarray(raw).view(np.float32)
-    return registry.dequantize(raw, source)
+    info = TYPE_INFO[ggml_type]
+    out = buffer[:raw.shape[0] * (raw.shape[1] // info.block_bytes * info.block_size)].reshape(raw.shape[0], -1)
+    registry.get_codec(ggml_type).decoder(np.ascontiguousarray(raw), out)
+    return out
 
 
-def convert_rows(raw: np.ndarray, source: GGMLType, target: GGMLType, where: str, measure: bool = True,
-                 on_slab: Callable[[int], None] | None = None, importance: np.ndarray | None = None,
-                 rows_per_matrix: int = 0) -> tuple[np.ndarray, float, float]:
-    """Rows of `source` bytes -> rows of `target` bytes, slab by slab.
+class SlabBuffers:
+    """The float32 buffers one run's slabs are decoded into (`decode_into`): a slab's input rows and,
+    when the error is measured, its quantized rows decoded back. One pair for the whole run, grown
+    when a slab needs more: fresh 64 MB arrays per tensor cost their page faults every time (on a
+    1B f16 -> Q8_0, about as long as the decoding itself)."""
 
-    Returns (bytes, sum of squared error, sum of squared input); the sums are zero when `measure`
-    is false. `on_slab(n_input_bytes)` is called after each slab (progress). `importance`: column
-    weights, one vector per `rows_per_matrix` rows (per expert of a 3-D tensor); slabs stop at
-    those boundaries so each is quantized with its matrix's weights."""
+    def __init__(self) -> None:
+        self.inputs = self.round_trip = np.empty(0, np.float32)
+
+    def fit(self, n_values: int, measure: bool) -> None:
+        if self.inputs.size < n_values:
+            self.inputs = np.empty(n_values, np.float32)
+        if measure and self.round_trip.size < n_values:
+            self.round_trip = np.empty(n_values, np.float32)
+
+
+@dataclass
+class ErrorSums:
+    """What a tensor's reported error is computed from: sum of (round trip - input)^2 and of input^2."""
+
+    err2: float = 0.0
+    ref2: float = 0.0
+
+
+def convert_rows(raw: np.ndarray, source: GGMLType, target: GGMLType, where: str, buffers: SlabBuffers,
+                 sums: ErrorSums | None = None, on_slab: Callable[[int, int], None] | None = None,
+                 importance: np.ndarray | None = None, rows_per_matrix: int = 0) -> Iterator[np.ndarray]:
+    """Rows of `source` bytes -> rows of `target` bytes, yielded slab by slab (the caller writes
+    each; only one slab's rows are ever in memory, whatever the tensor's size).
+
+    `buffers`: where slabs are decoded. `sums`: the error sums to add to (None: not measured). `on_slab(lo, hi)` is called once a
+    slab's output has been taken, with the slab's byte range in `raw` (progress, and dropping the
+    input pages it read). `importance`: column weights, one vector per `rows_per_matrix` rows (per
+    expert of a 3-D tensor); slabs stop at those boundaries so each is quantized with its matrix's
+    weights."""
     n_rows = raw.shape[0]
     if n_rows == 0:
-        return np.empty((0, 0), np.uint8), 0.0, 0.0
+        return
     row_length = raw.shape[1] // TYPE_INFO[source].block_bytes * TYPE_INFO[source].block_size
-    out = np.empty((n_rows, TYPE_INFO[target].row_bytes(row_length)), dtype=np.uint8)
     slab = max(1, SLAB_ELEMENTS // max(row_length, 1))
-    err2 = ref2 = 0.0
+    buffers.fit(min(n_rows, slab) * row_length, sums is not None)
     starts = list(range(0, n_rows, slab))
     if importance is not None:  # cut at every matrix boundary too
         starts = sorted(set(starts) | set(range(0, n_rows, rows_per_matrix)))
@@ -377,21 +408,20 @@ def convert_rows(raw: np.ndarray, source: GGMLType, target: GGMLType, where: str
         if importance is not None:
             m = start // rows_per_matrix
             weights = importance[m * row_length:(m + 1) * row_length]
-        x = to_float32(raw[start:stop], source)
-        if not np.isfinite(x).all():
+        x = decode_into(raw[start:stop], source, buffers.inputs)
+        _, ref2 = square_sums(x, x)
+        if not math.isfinite(ref2):  # (no float32 square overflows the float64 sum)
             bad = start + int(np.argwhere(~np.isfinite(x))[0][0])
             raise BadInputError(f"{where}: row {bad} holds NaN or infinite values; "
                                 f"ggml cannot quantize it to a valid {target.name} block")
         q = registry.quantize(x, target, weights)
-        out[start:start + len(q)] = q
-        if measure:
-            d = (registry.dequantize(q, target) - x).ravel()
-            xf = x.ravel()
-            err2 += float(np.dot(d, d))   # float32 BLAS sums: plenty for a report figure
-            ref2 += float(np.dot(xf, xf))
+        if sums is not None:
+            err2, _ = square_sums(x, decode_into(q, target, buffers.round_trip))
+            sums.err2 += err2
+            sums.ref2 += ref2
+        yield q
         if on_slab is not None:
-            on_slab(len(q) * raw.shape[1])
-    return out, err2, ref2
+            on_slab(start * raw.shape[1], stop * raw.shape[1])
 
 
 def relative_rmse(err2: float, ref2: float) -> float:
@@ -505,11 +535,12 @@ def run_quantize(source, output_path: str | os.PathLike | None, mix: Mix, option
     started = time.perf_counter()
     writer = plan.writer(output_path, force=force)
     bar = _progress_bar(sum(t.bytes_in for t in plan.tensors), progress)
+    buffers = SlabBuffers()
     try:
         with writer.open():
             for t in plan.tensors:
                 bar.set_postfix_str(t.name, refresh=False)
-                result = write_tensor(source, writer, t, measure, on_slab=bar.update)
+                result = write_tensor(source, writer, t, buffers, measure, on_slab=bar.update)
                 report.tensors.append(result)
                 if not t.converts:
                     bar.update(t.bytes_in)
@@ -521,20 +552,29 @@ def run_quantize(source, output_path: str | os.PathLike | None, mix: Mix, option
     return report
 
 
-def write_tensor(reader, writer: GGUFWriter, t: TensorPlan, measure: bool = True,
+def write_tensor(reader, writer: GGUFWriter, t: TensorPlan, buffers: SlabBuffers, measure: bool = True,
                  on_slab: Callable[[int], None] | None = None) -> TensorResult:
-    """Write tensor t (converted or copied) and drop its mapped input pages from this process:
-    a 7B f16 input otherwise stayed resident as it was read (peak RSS 13.6 GB, the whole file)."""
+    """Write tensor t (converted slab by slab, or copied) and drop its mapped input pages from this
+    process as they are used: a 7B f16 input otherwise stayed resident as it was read (peak RSS
+    13.6 GB, the whole file), and a tensor held whole (a 152064 x 3584 embedding's f16 is 1 GB)
+    weighed as much as the rest. `on_slab(n)`: n more input bytes are done (progress)."""
     raw = reader.tensor_bytes(t.info)
+    release = getattr(reader, "release_pages", None)  # (a source other than a GGUFReader may not map)
     if not t.converts:
         writer.write_tensor_data(t.name, raw)
         result = _result(t)
     else:
-        data, err2, ref2 = convert_rows(raw, t.source, t.target, f"{reader.path}: tensor '{t.name}'", measure,
-                                        on_slab, t.importance, t.info.shape[1] if len(t.info.shape) > 1 else 1)
-        writer.write_tensor_data(t.name, data)
-        result = _result(t, relative_rmse(err2, ref2) if measure else None)
-    release = getattr(reader, "release_pages", None)  # (a source other than a GGUFReader may not map)
+        def slab_done(lo: int, hi: int) -> None:
+            if release is not None:
+                release(t.info, lo, hi)
+            if on_slab is not None:
+                on_slab(hi - lo)
+
+        sums = ErrorSums() if measure else None
+        writer.write_tensor_parts(t.name, convert_rows(
+            raw, t.source, t.target, f"{reader.path}: tensor '{t.name}'", buffers, sums, slab_done, t.importance,
+            t.info.shape[1] if len(t.info.shape) > 1 else 1))
+        result = _result(t, relative_rmse(sums.err2, sums.ref2) if measure else None)
     if release is not None:
         release(t.info, 0, t.info.n_bytes)
     return result
