@@ -18,6 +18,7 @@ replaced only when the user said `--force`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import sys
@@ -25,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import BadInputError, OutputExistsError
+from .errors import BadInputError, OutputExistsError, OutputWriteError
 
 try:  # POSIX: a lock the kernel drops when its holder dies, however it dies
     import fcntl
@@ -33,6 +34,8 @@ except ImportError:  # Windows: the process id alone tells a live writer from a 
     fcntl = None
 
 TEMP_SUFFIX = ".tmp"
+# Write errors that say the output does not fit, whatever the data: a one-line error, not a bug.
+OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def check_output_path(path: str | os.PathLike, force: bool) -> Path:
@@ -69,9 +72,12 @@ def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Bina
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
         _fsync_directory(path.parent)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.errno in OUT_OF_SPACE:
+            raise OutputWriteError(f"{path}: cannot write the output: {e.strerror} "
+                                   f"(the partial file was removed)") from None
         raise
 
 

@@ -25,3 +25,7 @@ class BadInputError(LlmcliError):
 
 class OutputExistsError(LlmcliError):
     """Refusing to overwrite an existing output without --force."""
+
+
+class OutputWriteError(LlmcliError):
+    """The output could not be written (the disk is full, a quota or file-size limit reached)."""

@@ -258,3 +258,27 @@ def test_sigkill_during_convert_leaves_no_target_and_the_next_run_cleans_up(tmp_
     seen = _check_kills([*args[:3], target, *args[4:]], target, hf, reference.read_bytes())
     print("convert killed at:", "; ".join(seen))
     assert seen[0] == "no temporary file yet" and all(s.startswith("temporary file at") for s in seen[1:])
+
+
+def _file_size_limit(n_bytes: int):
+    """preexec_fn: writes past n_bytes fail with EFBIG (SIGXFSZ ignored), as a full disk fails with ENOSPC."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
+    return limit
+
+
+def test_an_output_that_does_not_fit_is_one_line_and_leaves_nothing(tmp_path):
+    """The disk filling up mid-write (here: the file-size limit, EFBIG) is an expected failure: one
+    line naming the output, exit 1, no partial file; not a traceback."""
+    out = tmp_path / "kq-q8_0.gguf"
+    proc = subprocess.run([sys.executable, "-m", "llmcli", "quantize", str(DATA / "kq" / "kq-f16.gguf"), str(out),
+                           "--type", "Q8_0", "--threads", "1"], cwd=ROOT, capture_output=True, text=True,
+                          preexec_fn=_file_size_limit(1 << 20), timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {out}: cannot write the output: File too large"), lines
+    assert list(tmp_path.iterdir()) == []
