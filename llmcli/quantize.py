@@ -389,11 +389,11 @@ def convert_rows(raw: np.ndarray, source: GGMLType, target: GGMLType, where: str
     """Rows of `source` bytes -> rows of `target` bytes, yielded slab by slab (the caller writes
     each; only one slab's rows are ever in memory, whatever the tensor's size).
 
-    `buffers`: where slabs are decoded. `sums`: the error sums to add to (None: not measured). `on_slab(lo, hi)` is called once a
-    slab's output has been taken, with the slab's byte range in `raw` (progress, and dropping the
-    input pages it read). `importance`: column weights, one vector per `rows_per_matrix` rows (per
-    expert of a 3-D tensor); slabs stop at those boundaries so each is quantized with its matrix's
-    weights."""
+    `buffers`: where slabs are decoded. `sums`: the error sums to add to (None: not measured).
+    `on_slab(lo, hi)` is called once a slab's output has been taken, with the slab's byte range in
+    `raw` (progress, and dropping the input pages it read). `importance`: column weights, one vector
+    per `rows_per_matrix` rows (per expert of a 3-D tensor); slabs stop at those boundaries so each
+    is quantized with its matrix's weights."""
     n_rows = raw.shape[0]
     if n_rows == 0:
         return

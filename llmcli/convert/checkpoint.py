@@ -63,7 +63,7 @@ class SourceTensor:
         with open(self.path, "rb") as f:
             f.seek(self.offset + first * dtype.itemsize)
             raw = np.fromfile(f, dtype=dtype, count=count)
-            if hasattr(os, "posix_fadvise"):  # read once: not worth the page cache's room (see _read)
+            if hasattr(os, "posix_fadvise"):  # read once: its pages would only crowd the page cache
                 os.posix_fadvise(f.fileno(), self.offset + first * dtype.itemsize, raw.nbytes, os.POSIX_FADV_DONTNEED)
         if raw.size != count:
             raise FormatError(f"{self.path}: tensor '{self.name}' is cut short (file truncated?)")

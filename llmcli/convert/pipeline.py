@@ -145,8 +145,7 @@ def encode_by_rows(t: OutputTensor, ggml_type: GGMLType) -> Iterator[np.ndarray]
     """Encode a tensor slice by slice of its rows (`OutputTensor.load_rows`), yielding each slice's bytes:
     memory = two slices, whatever the tensor's size (a 152064 x 3584 embedding's f16 bytes are 1 GB).
     The next slice is read on a second thread while this one is encoded and written (file reads and
-    numpy's widening release the GIL): reading, the kernel's copy out of the page cache, was a third
-    of the time and ran on the one busy core."""
+    numpy's widening release the GIL), so the second core takes the reading and widening."""
     n_rows, row_len = int(np.prod(t.shape[:-1], dtype=np.int64)), t.shape[-1]
     step = max(1, _ROWS_PER_CHUNK_BYTES // 2 // max(1, row_len * 4))
     slices = [(i, min(n_rows, i + step)) for i in range(0, n_rows, step)]
