@@ -72,6 +72,7 @@ def test_each_tensors_mapped_pages_are_released_once_written(tmp_path, monkeypat
         original(self, t, lo, hi)
 
     monkeypatch.setattr(GGUFReader, "release_pages", record)
+    default_slab = quantize.SLAB_ELEMENTS
     monkeypatch.setattr(quantize, "SLAB_ELEMENTS", 1 << 14)  # several slabs per matrix
     out = tmp_path / "q.gguf"
     with GGUFReader(KQ) as reader:
@@ -92,7 +93,7 @@ def test_each_tensors_mapped_pages_are_released_once_written(tmp_path, monkeypat
         else:
             assert slabs == [], name
     assert slabbed > 0
-    monkeypatch.setattr(quantize, "SLAB_ELEMENTS", 1 << 24)
+    monkeypatch.setattr(quantize, "SLAB_ELEMENTS", default_slab)
     plain = tmp_path / "plain.gguf"
     monkeypatch.setattr(GGUFReader, "release_pages", original)
     quantize_file(KQ, plain, "Q4_K_M", measure=False)

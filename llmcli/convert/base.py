@@ -372,7 +372,7 @@ def stacked(parts: list[SourceTensor]) -> tuple[Callable[[], np.ndarray], Callab
 
     def load_rows(start: int, stop: int) -> np.ndarray:
         pieces = []
-        for i in range(start // rows_per_part, (stop - 1) // rows_per_part + 1 if stop > start else 0):
+        for i in range(start // rows_per_part, -(-stop // rows_per_part)):  # the parts rows start..stop touch
             lo, hi = max(start - i * rows_per_part, 0), min(stop - i * rows_per_part, rows_per_part)
             piece = parts[i].load_rows(lo, hi) if len(parts[i].shape) == 2 else \
                 parts[i].load().reshape(rows_per_part, -1)[lo:hi]

@@ -9,7 +9,7 @@ values go in chunks of CHUNK (parallel), each chunk's float64 partial sums added
 count.
 
 numpy's `d = y - x; d @ d; x @ x` plus `isfinite(x).all()` allocated two slab-sized arrays and read
-the values five times: on a 7B-shaped f16 -> Q8_0 that was more time than the quantization itself.
+the values five times: on a 1B-shaped f16 -> Q8_0 that took ~1.4 s against ~0.75 s for quantizing.
 """
 
 from __future__ import annotations
