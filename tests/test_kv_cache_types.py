@@ -204,7 +204,7 @@ def test_store_writes_the_blocks_llamacpp_writes():
     v = (rng.standard_normal((3, 2, 32)) * 1e-3).astype(np.float32)
     k_cache, v_cache = np.zeros((2, 2, 4, 36), np.uint8), np.zeros((2, 2, 4, 34), np.uint8)
     seq, positions = np.array([1, 1, 0]), np.array([5, 6, 2])  # a ring of 4 slots
-    ops.store_kv_rows_typed(k, v, k_cache, v_cache, seq, positions, "q4_0", "q8_0")
+    ops.kv_kernels("q4_0", "q8_0").store_rows(k, v, k_cache, v_cache, seq, positions)
     for t in range(3):
         for h in range(2):
             slot = positions[t] % 4
@@ -232,7 +232,7 @@ def test_block_attention_is_attention_over_the_blocks_values(serial):
     v_cache = np.zeros((n_seq, n_kv, n_slots, 2 * 18), np.uint8)
     seq_all = np.repeat(np.arange(n_seq), n_slots)
     pos_all = np.tile(np.arange(n_slots), n_seq)
-    ops.store_kv_rows_typed(k, v, k_cache, v_cache, seq_all, pos_all, "q8_0", "q4_0")
+    ops.kv_kernels("q8_0", "q4_0").store_rows(k, v, k_cache, v_cache, seq_all, pos_all)
     k_float = np.empty((n_seq, n_kv, head_dim, n_slots), np.float32)
     v_float = np.empty((n_seq, n_kv, n_slots, head_dim), np.float32)
     for s in range(n_seq):
@@ -247,8 +247,8 @@ def test_block_attention_is_attention_over_the_blocks_values(serial):
     seq, positions = np.array([1, 0, 1]), np.array([39, 7, 20])
     args = (seq, positions, 0.125, 0.0, 0, np.zeros(4, np.float32))
     out, expected = np.empty((3, 4, head_dim), np.float32), np.empty((3, 4, head_dim), np.float32)
-    (ops.attention_rows_typed_serial if serial else ops.attention_rows_typed)(q, k_cache, v_cache, *args, out,
-                                                                               "q8_0", "q4_0")
+    kernels = ops.kv_kernels("q8_0", "q4_0")
+    (kernels.rows_serial if serial else kernels.rows)(q, k_cache, v_cache, *args, out)
     ops.attention_rows_serial(q_blocks, k_float, v_float, *args, expected)
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
 
@@ -270,3 +270,34 @@ def test_run_v_prints_the_cache_memory(cli):
     line = next(line for line in res.stderr.splitlines() if line.startswith("KV cache"))
     assert "K (q8_0)" in line and "V (q4_0)" in line and "64 positions" in line
     assert f"{kv['bytes_k'] / 2**20:.2f} MiB" in line and f"{kv['bytes_v'] / 2**20:.2f} MiB" in line
+
+
+@pytest.mark.parametrize("k_kind,v_kind", [("q8_0", "q4_0"), ("q4_0", "q8_0"), ("f16", "q8_0")])
+@pytest.mark.parametrize("window", [0, 24])
+def test_prompt_panels_over_blocks_are_the_row_kernel(k_kind, v_kind, window):
+    """A prompt chunk with a block-type cache runs the GEMM-shaped kernel over the blocks'
+    dequantized values, with the queries as the Q8_0 blocks llama.cpp's row kernel dots them as
+    (or as f16 for f16 keys): the row kernel's results, up to float rounding - sliding-window
+    ring included (36 slots wrapped by positions 0 .. 51, queries at 40 .. 51 in a window of 24)."""
+    from llmcli.models.transformer import _round_like_keys
+
+    rng = np.random.default_rng(11)
+    n_kv, head_dim, n_tok = 2, 64, 12
+    pos0 = 40 if window else 20
+    n_pos = pos0 + n_tok
+    n_slots = 36 if window else n_pos
+    q = rng.standard_normal((n_tok, 4, head_dim)).astype(np.float32)
+    k = rng.standard_normal((n_pos, n_kv, head_dim)).astype(np.float32)
+    v = rng.standard_normal((n_pos, n_kv, head_dim)).astype(np.float32)
+    k_cache = KVCache(1, [n_slots], n_kv, head_dim, head_dim, k_kind, v_kind)
+    keys, values = k_cache.layer(0)
+    positions = np.arange(n_pos)
+    kernels = ops.kv_kernels(k_kind, v_kind)
+    kernels.store_rows(k, v, keys, values, np.zeros(n_pos, np.int64), positions)
+    _round_like_keys(q, k_kind)
+    args = (0.125, 0.0, window, np.zeros(4, np.float32))
+    rows, panels = np.empty((n_tok, 4, head_dim), np.float32), np.empty((n_tok, 4, head_dim), np.float32)
+    kernels.rows(q, keys, values, np.zeros(n_tok, np.int64), positions[pos0:], *args, rows)
+    assert ops.attention_blocked_fits(n_tok, pos0, window, n_slots, head_dim)
+    kernels.blocked(q, keys[0], values[0], pos0, *args, panels)
+    np.testing.assert_allclose(panels, rows, rtol=0, atol=2e-5)

@@ -12,10 +12,12 @@ float64 here too; everything else is float32 like ggml's CPU backend.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
-from numba import literally, njit, prange, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 from ..quants.half import f32_from_bits, fp32_round_fp16, fp32_to_fp16
@@ -467,46 +469,6 @@ def _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, w
             out[t, h0 + i, d] = acc[i, d]
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
-def attention_rows(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
-    """Batched decode: row t of q (T, H, Dh) is one token of sequence seq[t] at positions[t];
-    k_cache (S, Hkv, Dh, n_slots) and v_cache (S, Hkv, n_slots, Dv) hold every sequence's cache
-    (see KVCache). One task per (row, key/value head): its query heads together, so a sequence's
-    result does not depend on the others in the batch (one token evaluated alone runs this too)."""
-    for task in prange(q.shape[0] * k_cache.shape[1]):
-        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
-                              "float", "float")
-
-
-@njit(cache=True, nogil=True, fastmath=_REASSOCIATE)
-def attention_rows_serial(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
-    for task in range(q.shape[0] * k_cache.shape[1]):
-        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
-                              "float", "float")
-
-
-@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
-def attention_rows_typed(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, k_kind, v_kind):
-    """`attention_rows` where the key or value cache is of a block type (k_kind / v_kind: the
-    KV cache type names, see engine.kv_cache): read in place, block by block. Prompts with such a
-    cache run this too (a row per token), as llama.cpp's flash attention does for them."""
-    literally(k_kind)
-    literally(v_kind)
-    for task in prange(q.shape[0] * k_cache.shape[1]):
-        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
-                              k_kind, v_kind)
-
-
-@njit(cache=True, nogil=True, fastmath=_REASSOCIATE)
-def attention_rows_typed_serial(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out,
-                                k_kind, v_kind):
-    literally(k_kind)
-    literally(v_kind)
-    for task in range(q.shape[0] * k_cache.shape[1]):
-        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
-                              k_kind, v_kind)
-
-
 @njit(cache=True, nogil=True)
 def round_through_f16(x):
     """x (T, H, D) float32 rounded to fp16 and back in place (nearest even, as numpy's astype):
@@ -518,131 +480,81 @@ def round_through_f16(x):
                 x[a, b, c] = fp32_round_fp16(x[a, b, c])
 
 
+@njit(cache=True, nogil=True)
+def round_through_q8_0(x):
+    """x (T, H, D) float32 replaced in place by the values of its Q8_0 blocks (ggml's x86
+    quantize_row_q8_0, `activation_block_scale`): the queries as llama.cpp's flash attention dots
+    them with q8_0 / q4_0 keys, so float products over the dequantized keys are its integer
+    products up to float rounding."""
+    for a in range(x.shape[0]):
+        for b in range(x.shape[1]):
+            row = x[a, b]
+            for first in range(0, row.size, 32):
+                d, inv = activation_block_scale(row, first)
+                for k in range(first, first + 32):
+                    row[k] = np.float32(activation_code(row[k], inv)) * d
+
+
 # Query rows per block of the GEMM-shaped attention: gemm_micro's 6-row register block.
 ATTN_ROWS = 6
 ATTN_STRIP = 32
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
-def attention_blocked(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
-    """`attention` for a batch, as two small GEMMs per block of 6 query rows (same arguments).
+def _fill_key_panel(keys, slot, panel, j, dense, kind):
+    """panel[:, j] = the key in `slot` of one key/value head's keys (float: (Dh, n_slots);
+    q8_0 / q4_0: (n_slots, Dh / 32 blocks)); dense: (Dh / 32, 32) float32 scratch for the blocks."""
+    raise NotImplementedError("only available in numba-compiled code")
 
-    First the keys and values the batch can see (positions key_first .. pos0 + T - 1, read
-    modulo the ring) are copied into panels of 32 positions, so the products stream contiguous
-    memory (a strided walk over the cache ran at half the speed):
 
-        kp[g, n, d, j] = key of position key_first + 32 n + j, channel d       (Dh x 32 per panel)
-        vp[g, c, n, j] = value of position key_first + n, channel 32 c + j     (keys x 32 per strip)
-        (zeros past the last position)
+def _fill_value_row(values, slot, strips, row, dense, kind):
+    """strips[c, row, :] = channels 32 c .. 32 c + 31 of the value in `slot` (values: float
+    (n_slots, Dv); q8_0 / q4_0: (n_slots, Dv / 32 blocks)); dense as `_fill_key_panel`'s."""
+    raise NotImplementedError("only available in numba-compiled code")
 
-    The query heads sharing key/value head g form rows i = t * r + (h - g r), r = H / Hkv; a
-    block of 6 consecutive rows (at most two tokens) sees one run of panels, so on `gemm_micro`:
 
-        S (6, 32 n) = Qblock (6, Dh) @ kp[g, panels]                   one call per panel
-        P = exp(mask(softcap(scale S) - ALiBi) - row max)               0 outside each row's window
-        Oblock (6, Dv) = P (6, keys) @ vp[g, c, keys]                   one call per 32 channels
+@overload(_fill_key_panel, inline="always")
+def _fill_key_panel_kind(keys, slot, panel, j, dense, kind):
+    if not isinstance(kind, types.StringLiteral):
+        return None
+    if kind.literal_value not in QUANTIZED_KV:
+        def float_key(keys, slot, panel, j, dense, kind):
+            for d in range(panel.shape[0]):
+                panel[d, j] = as_float(keys[d, slot])
+        return float_key
+    dequantize_block = {"q8_0": dequantize_block_q8_0, "q4_0": dequantize_block_q4_0}[kind.literal_value]
+    block_bytes = BLOCK_BYTES[kind.literal_value]
 
-    Needs Dv a multiple of 32 (`attention_blocked_fits`).
-    """
-    n_tok, n_heads, head_dim = q.shape
-    n_kv = k_cache.shape[0]
-    ring = k_cache.shape[2]
-    head_dim_v = v_cache.shape[2]
-    key_first = 0
-    if window > 0 and pos0 - window + 1 > 0:
-        key_first = pos0 - window + 1
-    n_keys = pos0 + n_tok - key_first
-    n_panels = (n_keys + ATTN_STRIP - 1) // ATTN_STRIP
-    n_strips_v = head_dim_v // ATTN_STRIP
-    kp = np.empty((n_kv, n_panels, head_dim, ATTN_STRIP), np.float32)
-    vp = np.empty((n_kv, n_strips_v, n_panels * ATTN_STRIP, ATTN_STRIP), np.float32)
-    for task in prange(n_kv * n_panels):
-        g = task // n_panels
-        n0 = ATTN_STRIP * (task % n_panels)
-        for j in range(ATTN_STRIP):
-            if n0 + j < n_keys:
-                slot = (key_first + n0 + j) % ring
-                for d in range(head_dim):
-                    kp[g, n0 // ATTN_STRIP, d, j] = as_float(k_cache[g, d, slot])
-                for c in range(n_strips_v):
-                    for jj in range(ATTN_STRIP):
-                        vp[g, c, n0 + j, jj] = as_float(v_cache[g, slot, ATTN_STRIP * c + jj])
-            else:
-                for d in range(head_dim):
-                    kp[g, n0 // ATTN_STRIP, d, j] = 0.0
-                for c in range(n_strips_v):
-                    for jj in range(ATTN_STRIP):
-                        vp[g, c, n0 + j, jj] = 0.0
+    def block_key(keys, slot, panel, j, dense, kind):
+        n_blocks = dense.shape[0]
+        raw = keys[slot].reshape(n_blocks, block_bytes)
+        for b in range(n_blocks):
+            dequantize_block(raw, dense, b)
+            for jj in range(32):
+                panel[32 * b + jj, j] = dense[b, jj]
+    return block_key
 
-    per_kv = n_heads // n_kv
-    n_rows = n_tok * per_kv
-    n_blocks = (n_rows + ATTN_ROWS - 1) // ATTN_ROWS
-    for item in prange(n_kv * n_blocks):
-        # Later blocks see more keys: visit blocks 0, B-1, 1, B-2, ... so both threads get as much work.
-        g = item % n_kv
-        kk = item // n_kv
-        b = kk // 2 if kk % 2 == 0 else n_blocks - 1 - kk // 2
-        i0 = ATTN_ROWS * b
-        rows = min(ATTN_ROWS, n_rows - i0)
-        p_first = pos0 + i0 // per_kv
-        p_last = pos0 + (i0 + rows - 1) // per_kv
-        key_lo = key_first
-        if window > 0 and p_first - window + 1 > key_lo:
-            key_lo = p_first - window + 1
-        panel_lo = (key_lo - key_first) // ATTN_STRIP
-        panel_hi = (p_last - key_first) // ATTN_STRIP
-        n_cols = ATTN_STRIP * (panel_hi - panel_lo + 1)
-        col_first = key_first + ATTN_STRIP * panel_lo  # position of score column 0
-        xb = np.zeros((ATTN_ROWS, head_dim), np.float32)
-        for i in range(rows):
-            t = (i0 + i) // per_kv
-            h = g * per_kv + (i0 + i) % per_kv
-            for d in range(head_dim):
-                xb[i, d] = q[t, h, d]
-        scores = np.empty((ATTN_ROWS, n_cols), np.float32)
-        for n in range(panel_lo, panel_hi + 1):
-            gemm_micro(xb, 0, 6, kp[g, n], 0, scores, ATTN_STRIP * (n - panel_lo), head_dim)
-        probs = np.zeros((ATTN_ROWS, n_cols), np.float32)
-        inv = np.zeros(ATTN_ROWS, np.float32)
-        for i in range(rows):
-            p = pos0 + (i0 + i) // per_kv
-            h = g * per_kv + (i0 + i) % per_kv
-            start = key_first
-            if window > 0 and p - window + 1 > start:
-                start = p - window + 1
-            # one simple loop per step, so each vectorises
-            j0 = start - col_first
-            m = p - start + 1
-            row = scores[i, j0:j0 + m]
-            weights = probs[i, j0:j0 + m]
-            if softcap > 0.0:
-                for j in range(m):
-                    weights[j] = np.float32(softcap) * _tanh(row[j] * np.float32(scale / softcap))
-            else:
-                for j in range(m):
-                    weights[j] = row[j] * np.float32(scale)
-            slope = slopes[h]
-            if slope != 0.0:
-                for j in range(m):  # distance p - (start + j)
-                    weights[j] -= np.float32(slope) * np.float32(m - 1 - j)
-            best = np.float32(-np.inf)
-            for j in range(m):
-                best = max(best, weights[j])
-            total = 0.0
-            for j in range(m):
-                e = _exp(weights[j] - best)
-                weights[j] = e
-                total += e
-            inv[i] = np.float32(1.0 / total)
-        acc = np.empty((ATTN_ROWS, head_dim_v), np.float32)
-        key0 = ATTN_STRIP * panel_lo
-        for c in range(n_strips_v):
-            gemm_micro(probs, 0, 6, vp[g, c, key0:key0 + n_cols], 0, acc, ATTN_STRIP * c, n_cols)
-        for i in range(rows):
-            t = (i0 + i) // per_kv
-            h = g * per_kv + (i0 + i) % per_kv
-            for d in range(head_dim_v):
-                out[t, h, d] = acc[i, d] * inv[i]
+
+@overload(_fill_value_row, inline="always")
+def _fill_value_row_kind(values, slot, strips, row, dense, kind):
+    if not isinstance(kind, types.StringLiteral):
+        return None
+    if kind.literal_value not in QUANTIZED_KV:
+        def float_value(values, slot, strips, row, dense, kind):
+            for c in range(strips.shape[0]):
+                for jj in range(ATTN_STRIP):
+                    strips[c, row, jj] = as_float(values[slot, ATTN_STRIP * c + jj])
+        return float_value
+    dequantize_block = {"q8_0": dequantize_block_q8_0, "q4_0": dequantize_block_q4_0}[kind.literal_value]
+    block_bytes = BLOCK_BYTES[kind.literal_value]
+
+    def block_value(values, slot, strips, row, dense, kind):
+        n_blocks = dense.shape[0]
+        raw = values[slot].reshape(n_blocks, block_bytes)
+        for b in range(n_blocks):  # a block is one strip's 32 channels (ATTN_STRIP = QK8_0 = QK4_0)
+            dequantize_block(raw, dense, b)
+            for jj in range(32):
+                strips[b, row, jj] = dense[b, jj]
+    return block_value
 
 
 def attention_blocked_fits(n_tok: int, pos0: int, window: int, n_slots: int, head_dim_v: int) -> bool:
@@ -729,15 +641,6 @@ def store_kv(k, v, k_cache, v_cache, pos0):
                 v_cache[h, (pos0 + t) % ring, d] = to_storage(v[t, h, d], v_cache)
 
 
-@njit(cache=True, nogil=True)
-def store_kv_rows(k, v, k_cache, v_cache, seq, positions):
-    """Batched decode: row t's key (Hkv, Dh) and value (Hkv, Dv) into sequence seq[t]'s cache
-    (a slot of k_cache (S, Hkv, Dh, n_slots) / v_cache (S, Hkv, n_slots, Dv)) at positions[t]."""
-    for t in range(k.shape[0]):
-        s = seq[t]
-        store_kv(k[t:t + 1], v[t:t + 1], k_cache[s], v_cache[s], positions[t])
-
-
 def _store_row(x, cache, slot, kind, transposed):
     """Store x (D,) as position `slot` of one key/value head's cache of type `kind`: a row of
     blocks cache[slot] (q8_0 / q4_0), cache[slot, :] (float values) or, transposed, cache[:, slot]
@@ -784,19 +687,185 @@ def _store_row_kind(x, cache, slot, kind, transposed):
     return float_row
 
 
-@njit(cache=True, nogil=True)
-def store_kv_rows_typed(k, v, k_cache, v_cache, seq, positions, k_kind, v_kind):
-    """`store_kv_rows` for caches of any type (k_kind / v_kind: the KV cache type names): row t's
-    key (Hkv, Dh) and value (Hkv, Dv) into sequence seq[t]'s cache at positions[t], a block type
-    quantized a head row at a time."""
-    literally(k_kind)
-    literally(v_kind)
-    ring = v_cache.shape[2]
-    for t in range(k.shape[0]):
-        slot = positions[t] % ring
-        for h in range(k.shape[1]):
-            _store_row(k[t, h], k_cache[seq[t], h], slot, k_kind, True)  # float keys: transposed
-            _store_row(v[t, h], v_cache[seq[t], h], slot, v_kind, False)
+class KVKernels(NamedTuple):
+    """The kernels that read or write a KV cache, compiled for one pair of cache types (see
+    `kv_kernels`)."""
+
+    rows: object  # (q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out)
+    rows_serial: object  # the same on the calling thread (`PARALLEL_MIN_WORK`)
+    blocked: object  # (q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out)
+    store_rows: object  # (k, v, k_cache, v_cache, seq, positions)
+
+
+def kv_kernels(k_type: str, v_type: str) -> KVKernels:
+    """The attention and store kernels for caches of types k_type / v_type (engine.kv_cache's
+    names; f32 and f16 share the float kernels, which convert by the array's dtype)."""
+    return _kv_kernels(k_type if k_type in QUANTIZED_KV else "float", v_type if v_type in QUANTIZED_KV else "float")
+
+
+@functools.cache
+def _kv_kernels(k_kind: str, v_kind: str) -> KVKernels:
+    # The block helpers dispatch on the type names as numba literals. Taken as arguments
+    # (`numba.literally`), every call typed the whole kernel again before finding its compiled
+    # version (~200 ms per decode attention call, 15 ms per store); closed over here, they are
+    # compile-time constants, and numba's cache keeps one entry per pair.
+
+    @njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
+    def rows(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
+        """Batched decode: row t of q (T, H, Dh) is one token of sequence seq[t] at positions[t];
+        k_cache and v_cache hold every sequence's cache (see KVCache), block types read in place.
+        One task per (row, key/value head): its query heads together, so a sequence's result does
+        not depend on the others in the batch (one token evaluated alone runs this too)."""
+        for task in prange(q.shape[0] * k_cache.shape[1]):
+            _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
+                                  k_kind, v_kind)
+
+    @njit(cache=True, nogil=True, fastmath=_REASSOCIATE)
+    def rows_serial(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
+        for task in range(q.shape[0] * k_cache.shape[1]):
+            _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
+                                  k_kind, v_kind)
+
+    @njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
+    def blocked(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
+        """`attention` for a batch, as two small GEMMs per block of 6 query rows (the same
+        arguments; a q8_0 / q4_0 cache is (Hkv, n_slots, row of blocks): one sequence's).
+
+        First the keys and values the batch can see (positions key_first .. pos0 + T - 1, read
+        modulo the ring) are copied into panels of 32 positions as float32 (blocks dequantized, as
+        llama.cpp's flash attention widens them), so the products stream contiguous memory (a strided
+        walk over the cache ran at half the speed):
+
+            kp[g, n, d, j] = key of position key_first + 32 n + j, channel d       (Dh x 32 per panel)
+            vp[g, c, n, j] = value of position key_first + n, channel 32 c + j     (keys x 32 per strip)
+            (zeros past the last position)
+
+        The query heads sharing key/value head g form rows i = t * r + (h - g r), r = H / Hkv; a
+        block of 6 consecutive rows (at most two tokens) sees one run of panels, so on `gemm_micro`:
+
+            S (6, 32 n) = Qblock (6, Dh) @ kp[g, panels]                   one call per panel
+            P = exp(mask(softcap(scale S) - ALiBi) - row max)               0 outside each row's window
+            Oblock (6, Dv) = P (6, keys) @ vp[g, c, keys]                   one call per 32 channels
+
+        Needs Dv a multiple of 32 (`attention_blocked_fits`).
+        """
+        n_tok, n_heads, head_dim = q.shape
+        n_kv = k_cache.shape[0]
+        ring = v_cache.shape[1]  # (Hkv, n_slots, ...) in every layout
+        head_dim_v = out.shape[2]
+        key_first = 0
+        if window > 0 and pos0 - window + 1 > 0:
+            key_first = pos0 - window + 1
+        n_keys = pos0 + n_tok - key_first
+        n_panels = (n_keys + ATTN_STRIP - 1) // ATTN_STRIP
+        n_strips_v = head_dim_v // ATTN_STRIP
+        kp = np.empty((n_kv, n_panels, head_dim, ATTN_STRIP), np.float32)
+        vp = np.empty((n_kv, n_strips_v, n_panels * ATTN_STRIP, ATTN_STRIP), np.float32)
+        for task in prange(n_kv * n_panels):
+            g = task // n_panels
+            n0 = ATTN_STRIP * (task % n_panels)
+            panel = kp[g, n0 // ATTN_STRIP]
+            dense = np.empty((max(head_dim, head_dim_v) // 32, 32), np.float32)
+            for j in range(ATTN_STRIP):
+                if n0 + j < n_keys:
+                    slot = (key_first + n0 + j) % ring
+                    _fill_key_panel(k_cache[g], slot, panel, j, dense[:head_dim // 32], k_kind)
+                    _fill_value_row(v_cache[g], slot, vp[g], n0 + j, dense[:n_strips_v], v_kind)
+                else:
+                    for d in range(head_dim):
+                        panel[d, j] = 0.0
+                    for c in range(n_strips_v):
+                        for jj in range(ATTN_STRIP):
+                            vp[g, c, n0 + j, jj] = 0.0
+
+        per_kv = n_heads // n_kv
+        n_rows = n_tok * per_kv
+        n_blocks = (n_rows + ATTN_ROWS - 1) // ATTN_ROWS
+        for item in prange(n_kv * n_blocks):
+            # Later blocks see more keys: visit blocks 0, B-1, 1, B-2, ... so both threads get as much work.
+            g = item % n_kv
+            kk = item // n_kv
+            b = kk // 2 if kk % 2 == 0 else n_blocks - 1 - kk // 2
+            i0 = ATTN_ROWS * b
+            rows = min(ATTN_ROWS, n_rows - i0)
+            p_first = pos0 + i0 // per_kv
+            p_last = pos0 + (i0 + rows - 1) // per_kv
+            key_lo = key_first
+            if window > 0 and p_first - window + 1 > key_lo:
+                key_lo = p_first - window + 1
+            panel_lo = (key_lo - key_first) // ATTN_STRIP
+            panel_hi = (p_last - key_first) // ATTN_STRIP
+            n_cols = ATTN_STRIP * (panel_hi - panel_lo + 1)
+            col_first = key_first + ATTN_STRIP * panel_lo  # position of score column 0
+            xb = np.zeros((ATTN_ROWS, head_dim), np.float32)
+            for i in range(rows):
+                t = (i0 + i) // per_kv
+                h = g * per_kv + (i0 + i) % per_kv
+                for d in range(head_dim):
+                    xb[i, d] = q[t, h, d]
+            scores = np.empty((ATTN_ROWS, n_cols), np.float32)
+            for n in range(panel_lo, panel_hi + 1):
+                gemm_micro(xb, 0, 6, kp[g, n], 0, scores, ATTN_STRIP * (n - panel_lo), head_dim)
+            probs = np.zeros((ATTN_ROWS, n_cols), np.float32)
+            inv = np.zeros(ATTN_ROWS, np.float32)
+            for i in range(rows):
+                p = pos0 + (i0 + i) // per_kv
+                h = g * per_kv + (i0 + i) % per_kv
+                start = key_first
+                if window > 0 and p - window + 1 > start:
+                    start = p - window + 1
+                # one simple loop per step, so each vectorises
+                j0 = start - col_first
+                m = p - start + 1
+                row = scores[i, j0:j0 + m]
+                weights = probs[i, j0:j0 + m]
+                if softcap > 0.0:
+                    for j in range(m):
+                        weights[j] = np.float32(softcap) * _tanh(row[j] * np.float32(scale / softcap))
+                else:
+                    for j in range(m):
+                        weights[j] = row[j] * np.float32(scale)
+                slope = slopes[h]
+                if slope != 0.0:
+                    for j in range(m):  # distance p - (start + j)
+                        weights[j] -= np.float32(slope) * np.float32(m - 1 - j)
+                best = np.float32(-np.inf)
+                for j in range(m):
+                    best = max(best, weights[j])
+                total = 0.0
+                for j in range(m):
+                    e = _exp(weights[j] - best)
+                    weights[j] = e
+                    total += e
+                inv[i] = np.float32(1.0 / total)
+            acc = np.empty((ATTN_ROWS, head_dim_v), np.float32)
+            key0 = ATTN_STRIP * panel_lo
+            for c in range(n_strips_v):
+                gemm_micro(probs, 0, 6, vp[g, c, key0:key0 + n_cols], 0, acc, ATTN_STRIP * c, n_cols)
+            for i in range(rows):
+                t = (i0 + i) // per_kv
+                h = g * per_kv + (i0 + i) % per_kv
+                for d in range(head_dim_v):
+                    out[t, h, d] = acc[i, d] * inv[i]
+
+    @njit(cache=True, nogil=True)
+    def store_rows(k, v, k_cache, v_cache, seq, positions):
+        """Batched decode: row t's key (Hkv, Dh) and value (Hkv, Dv) into sequence seq[t]'s cache
+        (k_cache (S, Hkv, Dh, n_slots) / v_cache (S, Hkv, n_slots, Dv) for floats) at positions[t],
+        a block type quantized a head row at a time."""
+        ring = v_cache.shape[2]
+        for t in range(k.shape[0]):
+            slot = positions[t] % ring
+            for h in range(k.shape[1]):
+                _store_row(k[t, h], k_cache[seq[t], h], slot, k_kind, True)  # float keys: transposed
+                _store_row(v[t, h], v_cache[seq[t], h], slot, v_kind, False)
+
+    return KVKernels(rows, rows_serial, blocked, store_rows)
+
+
+_FLOAT_KV = kv_kernels("f32", "f32")
+attention_rows, attention_rows_serial = _FLOAT_KV.rows, _FLOAT_KV.rows_serial
+attention_blocked, store_kv_rows = _FLOAT_KV.blocked, _FLOAT_KV.store_rows
 
 
 @njit(cache=True, nogil=True)

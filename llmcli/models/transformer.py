@@ -64,8 +64,9 @@ class Transformer:
         check_prompt_activations(prompt_activations)  # checked first, as the cache types
         kind_k, kind_v = kv_type(cache_type_k, "--cache-type-k"), kv_type(cache_type_v, "--cache-type-v")  # checked first
         self.cache_type_k, self.cache_type_v = kind_k.name, kind_v.name
-        # a block-type cache runs the attention kernels that read blocks (`ops.attention_rows_typed`)
+        # a block-type cache runs the attention kernels that read blocks, compiled for the pair
         self.kv_blocks = kind_k.quantized or kind_v.quantized
+        self.kv_kernels = ops.kv_kernels(self.cache_type_k, self.cache_type_v)
         self.path = reader.path
         hp, _ = _hparams(reader, spec)
         self.hp: HParams = hp
@@ -608,10 +609,9 @@ class Transformer:
         if table is not None:
             ops.rope(k3, table[0], table[1], pos0, neox)
         k_cache, v_cache = part.slot.layer(il)
-        if self.kv_blocks:  # every sequence's cache, a row per token (`_attend_blocks`)
-            k_cache, v_cache = part.slot.cache.layer(il)
+        if self.kv_blocks:  # stored as rows of blocks, through every sequence's arrays
             index, positions = np.full(n_all, part.slot.index), np.arange(pos0, pos0 + n_all)
-            ops.store_kv_rows_typed(k3, v3, k_cache, v_cache, index, positions, self.cache_type_k, self.cache_type_v)
+            self.kv_kernels.store_rows(k3, v3, *part.slot.cache.layer(il), index, positions)
         else:
             ops.store_kv(k3, v3, k_cache, v_cache, pos0)
         if n == 0:
@@ -624,23 +624,25 @@ class Transformer:
             norm(flat, blk.attn_q_norm, hp.rms_eps, flat)
         if table is not None:
             (ops.rope_serial if n == 1 else ops.rope)(q3, table[0], table[1], pos0, neox)
-        if n_all < FLASH_ATTN_TILE_QUERIES:  # the chunk's rows, as llama.cpp's batch (not the kept ones)
-            _round_like_keys(q3, k_cache)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
         window = hp.n_swa if swa else 0
-        if self.kv_blocks:
-            self._attend_blocks(q3, k_cache, v_cache, index[n_all - n:], positions[n_all - n:], window, a3)
-            return
         n_keys = pos0 + n if window <= 0 else min(pos0 + n, window)
         work = n * hp.n_head * n_keys * (hp.head_dim + hp.head_dim_v)
-        if work < ops.PARALLEL_MIN_WORK:
-            attention = ops.attention_serial
-        elif n >= ops.BLOCKED_ATTENTION_MIN_QUERIES and \
-                ops.attention_blocked_fits(n, pos0, window, k_cache.shape[2], hp.head_dim_v):
-            attention = ops.attention_blocked  # register-blocked products: ~3x faster on a prompt
+        blocked = n >= ops.BLOCKED_ATTENTION_MIN_QUERIES and work >= ops.PARALLEL_MIN_WORK and \
+            ops.attention_blocked_fits(n, pos0, window, v_cache.shape[1], hp.head_dim_v)
+        # llama.cpp's flash attention converts the queries to the keys' dot type in its row kernel:
+        # for batches under FLASH_ATTN_TILE_QUERIES rows, and for any with a block-type cache
+        if self.kv_blocks or n_all < FLASH_ATTN_TILE_QUERIES:  # the chunk's rows (not the kept ones)
+            _round_like_keys(q3, self.cache_type_k)
+        args = (q3, k_cache, v_cache, pos0, hp.attn_scale, hp.attn_softcap, window, self.slopes, a3)
+        if blocked:  # register-blocked products: ~3x faster on a prompt (blocks dequantized once)
+            self.kv_kernels.blocked(*args)
+        elif self.kv_blocks:
+            self._attend_each_row(q3, *part.slot.cache.layer(il), index[n_all - n:], positions[n_all - n:], window, a3)
+        elif work < ops.PARALLEL_MIN_WORK:
+            ops.attention_serial(*args)
         else:
-            attention = ops.attention
-        attention(q3, k_cache, v_cache, pos0, hp.attn_scale, hp.attn_softcap, window, self.slopes, a3)
+            ops.attention(*args)
 
     def _attend_rows(self, il: int, blk, q: np.ndarray, k: np.ndarray, v: np.ndarray, attn: np.ndarray,
                      part: "_Part") -> None:
@@ -667,16 +669,9 @@ class Transformer:
         k_cache, v_cache = part.cache.layer(il)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
         window = hp.n_swa if swa else 0
-        if self.kv_blocks:
-            ops.store_kv_rows_typed(k3, v3, k_cache, v_cache, index, positions, self.cache_type_k, self.cache_type_v)
-            _round_like_keys(q3, k_cache)
-            self._attend_blocks(q3, k_cache, v_cache, index, positions, window, a3)
-            return
-        ops.store_kv_rows(k3, v3, k_cache, v_cache, index, positions)
-        _round_like_keys(q3, k_cache)
-        attention = ops.attention_rows_serial if self._serial_rows(positions, window) else ops.attention_rows
-        attention(q3, k_cache, v_cache, index, positions, hp.attn_scale, hp.attn_softcap, window,
-                  self.slopes, a3)
+        self.kv_kernels.store_rows(k3, v3, k_cache, v_cache, index, positions)
+        _round_like_keys(q3, self.cache_type_k)
+        self._attend_each_row(q3, k_cache, v_cache, index, positions, window, a3)
 
     def _serial_rows(self, positions: np.ndarray, window: int) -> bool:
         """Whether rows at these positions are too little attention work for a parallel region."""
@@ -685,14 +680,13 @@ class Transformer:
         work = hp.n_head * n_keys * (hp.head_dim + hp.head_dim_v)
         return work < ops.PARALLEL_MIN_WORK or get_threads() == 1  # a 1-thread parallel region still costs
 
-    def _attend_blocks(self, q3, k_cache, v_cache, index, positions, window, a3) -> None:
+    def _attend_each_row(self, q3, k_cache, v_cache, index, positions, window, a3) -> None:
         """Attention of query rows (one token of sequence index[t] at positions[t] each) into a3,
-        with a q8_0 / q4_0 key or value cache read block by block (every sequence's arrays)."""
+        over every sequence's arrays (a q8_0 / q4_0 cache read block by block)."""
         hp = self.hp
         serial = self._serial_rows(positions, window)
-        attention = ops.attention_rows_typed_serial if serial else ops.attention_rows_typed
-        attention(q3, k_cache, v_cache, index, positions, hp.attn_scale, hp.attn_softcap, window, self.slopes, a3,
-                  self.cache_type_k, self.cache_type_v)
+        attention = self.kv_kernels.rows_serial if serial else self.kv_kernels.rows
+        attention(q3, k_cache, v_cache, index, positions, hp.attn_scale, hp.attn_softcap, window, self.slopes, a3)
 
     def _ffn(self, blk, h: np.ndarray, out: np.ndarray, parts: list["_Part"]) -> None:
         if hasattr(blk, "ffn_gate_inp"):  # routing is per token: each part as it runs alone
@@ -820,11 +814,19 @@ class _Part:
 FLASH_ATTN_TILE_QUERIES = 64
 
 
-def _round_like_keys(q: np.ndarray, k_cache: np.ndarray) -> None:
-    """With an f16 key cache, round the queries to f16 too, in place, as llama.cpp's row kernel
-    does (under FLASH_ATTN_TILE_QUERIES query rows): the scores are products of two f16 values."""
-    if k_cache.dtype == KV_TYPES["f16"].dtype:
-        ops.round_through_f16(q)
+# What llama.cpp's flash-attention row kernel converts the queries to before dotting them with keys
+# of each cache type (the keys' vec_dot_type): f16 values, or Q8_0 blocks for the block types.
+_QUERY_ROUNDING = {"f16": ops.round_through_f16, "q8_0": ops.round_through_q8_0, "q4_0": ops.round_through_q8_0}
+
+
+def _round_like_keys(q: np.ndarray, k_type: str) -> None:
+    """Round the queries in place as llama.cpp's row kernel does for keys of type k_type (it runs
+    under FLASH_ATTN_TILE_QUERIES query rows, and for any batch with a block-type cache): the scores
+    are then the products it computes. Q8_0 rounding is idempotent (the codes of a block's values
+    are its codes), so the block kernels that quantize the queries again get the same blocks."""
+    rounding = _QUERY_ROUNDING.get(k_type)
+    if rounding is not None:
+        rounding(q)
 
 
 def load_model(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
