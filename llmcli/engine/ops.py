@@ -502,7 +502,8 @@ ATTN_STRIP = 32
 
 def _fill_key_panel(keys, slot, panel, j, dense, kind):
     """panel[:, j] = the key in `slot` of one key/value head's keys (float: (Dh, n_slots);
-    q8_0 / q4_0: (n_slots, Dh / 32 blocks)); dense: (Dh / 32, 32) float32 scratch for the blocks."""
+    q8_0 / q4_0: (n_slots, Dh / 32 blocks), the rows `_group_scores`' block_keys draws); dense:
+    (Dh / 32, 32) float32 scratch for the blocks."""
     raise NotImplementedError("only available in numba-compiled code")
 
 

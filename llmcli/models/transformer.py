@@ -32,7 +32,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..engine import ops
-from ..engine.kv_cache import DEFAULT_KV_TYPE, KV_TYPES, CacheSlot, KVCache, check_head_size, kv_type
+from ..engine.kv_cache import DEFAULT_KV_TYPE, CacheSlot, KVCache, check_head_size, kv_type
 from ..engine.linear import COMPUTABLE_TYPES, Linear, float_rows, vector
 from ..engine.matmul import GEMM_MIN_TOKENS, Workspace, get_threads
 from ..engine.prompt_activations import DEFAULT_PROMPT_ACTIVATIONS, PROMPT_ACTIVATIONS, check_prompt_activations
@@ -64,9 +64,10 @@ class Transformer:
         check_prompt_activations(prompt_activations)  # checked first, as the cache types
         kind_k, kind_v = kv_type(cache_type_k, "--cache-type-k"), kv_type(cache_type_v, "--cache-type-v")  # checked first
         self.cache_type_k, self.cache_type_v = kind_k.name, kind_v.name
-        # a block-type cache runs the attention kernels that read blocks, compiled for the pair
+        # a block-type cache is written a row of blocks per position, and read a row per query
+        # where a prompt chunk is too small for the panels of `kv_kernels.blocked`
         self.kv_blocks = kind_k.quantized or kind_v.quantized
-        self.kv_kernels = ops.kv_kernels(self.cache_type_k, self.cache_type_v)
+        self.kv_kernels = ops.kv_kernels(self.cache_type_k, self.cache_type_v)  # compiled for this pair
         self.path = reader.path
         hp, _ = _hparams(reader, spec)
         self.hp: HParams = hp
