@@ -321,6 +321,26 @@ def _add_group_scores(q, keys, t, h0, n_group, slot, m, j0, scores):
 QUANTIZED_KV = tuple(name for name, kind in KV_TYPES.items() if kind.quantized)
 
 
+def _dequantize_kv_row(row, dense, kind):
+    """dense (n_blocks, 32) float32 = the values of one position's row of q8_0 / q4_0 blocks
+    (`row`: n_blocks x the type's block bytes), as llama.cpp's to_float."""
+    raise NotImplementedError("only available in numba-compiled code")
+
+
+@overload(_dequantize_kv_row, inline="always")
+def _dequantize_kv_row_kind(row, dense, kind):
+    if not isinstance(kind, types.StringLiteral) or kind.literal_value not in QUANTIZED_KV:
+        return None
+    dequantize_block = {"q8_0": dequantize_block_q8_0, "q4_0": dequantize_block_q4_0}[kind.literal_value]
+    block_bytes = BLOCK_BYTES[kind.literal_value]
+
+    def block_row(row, dense, kind):
+        raw = row.reshape(dense.shape[0], block_bytes)
+        for b in range(dense.shape[0]):
+            dequantize_block(raw, dense, b)
+    return block_row
+
+
 def _group_scores(q, keys, t, h0, n_group, start, n, ring, scores, kind):
     """scores[i, j] = q[t, h0 + i] . key of position start + j (slot (start + j) % ring), for the
     n_group query heads sharing `keys` (one key/value head's) and j < n; `kind` the cache type."""
@@ -400,8 +420,6 @@ def _add_group_values_kind(values, start, n, ring, scores, inv, acc, kind):
                     for d in range(head_dim_v):
                         row[d] += w * as_float(vals[d])
         return float_values
-    dequantize_block = {"q8_0": dequantize_block_q8_0, "q4_0": dequantize_block_q4_0}[kind.literal_value]
-    block_bytes = BLOCK_BYTES[kind.literal_value]
 
     def block_values(values, start, n, ring, scores, inv, acc, kind):
         """Values of Q8_0 / Q4_0 blocks (the layout of `block_keys`): each position's row is
@@ -412,9 +430,7 @@ def _add_group_values_kind(values, start, n, ring, scores, inv, acc, kind):
         dense = np.empty((n_blocks, 32), np.float32)
         flat = dense.reshape(head_dim_v)
         for j in range(n):
-            raw = values[(start + j) % ring].reshape(n_blocks, block_bytes)
-            for b in range(n_blocks):
-                dequantize_block(raw, dense, b)
+            _dequantize_kv_row(values[(start + j) % ring], dense, kind)
             for i in range(n_group):
                 w = scores[i, j] * inv[i]
                 row = acc[i]
@@ -522,14 +538,10 @@ def _fill_key_panel_kind(keys, slot, panel, j, dense, kind):
             for d in range(panel.shape[0]):
                 panel[d, j] = as_float(keys[d, slot])
         return float_key
-    dequantize_block = {"q8_0": dequantize_block_q8_0, "q4_0": dequantize_block_q4_0}[kind.literal_value]
-    block_bytes = BLOCK_BYTES[kind.literal_value]
 
     def block_key(keys, slot, panel, j, dense, kind):
-        n_blocks = dense.shape[0]
-        raw = keys[slot].reshape(n_blocks, block_bytes)
-        for b in range(n_blocks):
-            dequantize_block(raw, dense, b)
+        _dequantize_kv_row(keys[slot], dense, kind)
+        for b in range(dense.shape[0]):
             for jj in range(32):
                 panel[32 * b + jj, j] = dense[b, jj]
     return block_key
@@ -545,14 +557,10 @@ def _fill_value_row_kind(values, slot, strips, row, dense, kind):
                 for jj in range(ATTN_STRIP):
                     strips[c, row, jj] = as_float(values[slot, ATTN_STRIP * c + jj])
         return float_value
-    dequantize_block = {"q8_0": dequantize_block_q8_0, "q4_0": dequantize_block_q4_0}[kind.literal_value]
-    block_bytes = BLOCK_BYTES[kind.literal_value]
 
     def block_value(values, slot, strips, row, dense, kind):
-        n_blocks = dense.shape[0]
-        raw = values[slot].reshape(n_blocks, block_bytes)
-        for b in range(n_blocks):  # a block is one strip's 32 channels (ATTN_STRIP = QK8_0 = QK4_0)
-            dequantize_block(raw, dense, b)
+        _dequantize_kv_row(values[slot], dense, kind)
+        for b in range(dense.shape[0]):  # a block is one strip's 32 channels (ATTN_STRIP = QK8_0 = QK4_0)
             for jj in range(32):
                 strips[b, row, jj] = dense[b, jj]
     return block_value
