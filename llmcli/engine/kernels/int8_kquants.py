@@ -49,7 +49,7 @@ from ...gguf.constants import GGMLType
 from ...quants.kquants import q3_k_scale_bits
 from .common import columns, row_dots
 from .int8 import HAS_AVX2, HAS_VNNI, INT8_GROUP, IQ4_CODES, dot_s8_s8, dot_u8_s8, lookup16, madd_pairs, maddubs
-from .llvm_ir import (F32, I8, I8_PTR, I16, I32, I64, as_i64, block_loop, call_fma, carried_loop, const_vector,
+from .llvm_ir import (F16, F32, I8, I8_PTR, I16, I32, I64, as_i64, block_loop, call_fma, carried_loop, const_vector,
                       data_ptr, declare, float_tree_sum, i64, indices, load_at, load_half, pairwise, row_ptr, splat,
                       tree_reduce, vector)
 from .simd import q4_k_scales_mins
@@ -272,7 +272,8 @@ def _q4_k_like_codegen(block_bytes: int, qs_offset: int, qh_offset: int | None, 
                 codes.append(u)
             lane_scales = builder.shuffle_vector(scales, ir.Constant(scales.type, ir.Undefined),
                                                  indices([j // 2 for j in range(16)]))
-            d_w, dmin_w = load_half(builder, base, 0), load_half(builder, base, 2)
+            # d and dmin side by side: one conversion and one multiply by d_x for both per column
+            d_pair = builder.fpext(load_at(builder, base, i64(0), vector(F16, 2)), vector(F32, 2))
             new = []
             for col, acc, acc_min in zip(cols, accs[0::2], accs[1::2]):
                 xs = builder.gep(col.xq, [builder.mul(blk, i64(QK_K))])
@@ -282,8 +283,8 @@ def _q4_k_like_codegen(block_bytes: int, qs_offset: int, qh_offset: int | None, 
                 iacc = builder.mul(iacc, lane_scales)
                 # sum_s m_s * (sum of xq over sub-block s)
                 min_dots = builder.mul(mins, load_at(builder, col.bsums, builder.mul(blk, i64(8)), v8i32, align=4))
-                xd = builder.load(builder.gep(col.xd, [blk]))
-                d, dmin = builder.fmul(d_w, xd), builder.fmul(dmin_w, xd)
+                scaled = builder.fmul(d_pair, splat(builder, builder.load(builder.gep(col.xd, [blk])), 2))
+                d, dmin = (builder.extract_element(scaled, ir.Constant(I32, k)) for k in range(2))
                 new.append(call_fma(builder, builder.sitofp(iacc, vector(F32, 16)), splat(builder, d, 16), acc))
                 new.append(call_fma(builder, builder.sitofp(min_dots, vector(F32, 8)), splat(builder, dmin, 8),
                                     acc_min))

@@ -377,24 +377,36 @@ def row_dot(typingctx, row, x, n_blocks, kind, out, r, t0, n_t):
 #   (quants/kquants.py unpacks them one at a time: the scalar form of the same rule)
 # ---------------------------------------------------------------------------------------------
 def q4_k_scales_mins(builder, base):
-    """The 8 scales and the 8 mins of the Q4_K / Q5_K block at `base` (i8*), <8 x i32> each."""
-    packed = builder.zext(load_at(builder, base, i64(4), vector(I8, 12)), vector(I32, 12))
-    undef = ir.Constant(packed.type, ir.Undefined)
+    """The 8 scales and the 8 mins of the Q4_K / Q5_K block at `base` (i8*), <8 x i32> each.
 
-    def pick(picked):
-        return builder.shuffle_vector(packed, undef, indices(picked))
+    The rule above on the 12 bytes as three little-endian words a0, a1, a2 (byte j of a word is
+    s[4w + j]), with general-purpose register operations, as ggml's `utmp` unpack does:
 
-    def lanes(values):
-        return const_vector(I32, values)
+        scales 0..3 = a0 & 0x3f3f3f3f     scales 4..7 = a2 & 0x0f0f0f0f | (a0 >> 6 & 0x03030303) << 4
+        mins   0..3 = a1 & 0x3f3f3f3f     mins   4..7 = a2 >> 4 & 0x0f0f0f0f | (a1 >> 6 & 0x03030303) << 4
 
-    low_mask, high_mask = lanes([63] * 4 + [15] * 4), lanes([0] * 4 + [48] * 4)
-    top2 = lanes([4] * 8)  # (byte >> 6) << 4
-    six = lanes([6] * 8)
-    scales = builder.or_(builder.and_(pick([0, 1, 2, 3, 8, 9, 10, 11]), low_mask),
-                         builder.and_(builder.shl(builder.lshr(pick([0, 1, 2, 3, 0, 1, 2, 3]), six), top2), high_mask))
-    mins = builder.or_(builder.and_(builder.lshr(pick([4, 5, 6, 7, 8, 9, 10, 11]), lanes([0] * 4 + [4] * 4)), low_mask),
-                       builder.and_(builder.shl(builder.lshr(pick([4, 5, 6, 7, 4, 5, 6, 7]), six), top2), high_mask))
-    return scales, mins
+    then one byte-to-dword widening of the 16 bytes. The scalar ALUs do the bit work while the
+    vector units run the block's products (a vector form on a <12 x i32> widening took ~15 vector
+    instructions of the ~45 in a Q4_K mat-vec block)."""
+    words = [load_at(builder, base, i64(4 + 4 * w), I32, align=1) for w in range(3)]
+
+    def mask(value, pattern):
+        return builder.and_(value, ir.Constant(I32, pattern))
+
+    def top2(word):  # bits 6-7 of each byte, moved to bits 4-5
+        return builder.shl(mask(builder.lshr(word, ir.Constant(I32, 6)), 0x03030303), ir.Constant(I32, 4))
+
+    scales_lo, mins_lo = mask(words[0], 0x3F3F3F3F), mask(words[1], 0x3F3F3F3F)
+    scales_hi = builder.or_(mask(words[2], 0x0F0F0F0F), top2(words[0]))
+    mins_hi = builder.or_(mask(builder.lshr(words[2], ir.Constant(I32, 4)), 0x0F0F0F0F), top2(words[1]))
+    v4i32 = vector(I32, 4)
+    packed = ir.Constant(v4i32, ir.Undefined)
+    for lane, word in enumerate((scales_lo, scales_hi, mins_lo, mins_hi)):
+        packed = builder.insert_element(packed, word, ir.Constant(I32, lane))
+    both = builder.zext(builder.bitcast(packed, vector(I8, 16)), vector(I32, 16))
+    undef = ir.Constant(both.type, ir.Undefined)
+    return (builder.shuffle_vector(both, undef, indices(range(8))),
+            builder.shuffle_vector(both, undef, indices(range(8, 16))))
 
 
 # Columns per group in the K-quant float row dots (Q4_K: 2 zmm + 1 ymm accumulators per column;
