@@ -32,7 +32,7 @@ from numba.extending import intrinsic
 from ...gguf.constants import TYPE_INFO, GGMLType
 from .llvm_ir import (F16, F32, I8, I8_PTR, I16, I32, PREFETCH_BYTES, as_i64, block_loop, call_fma,
                       carried_loop, column_groups, concat, const_vector, data_ptr, emit_prefetch, float_tree_sum,
-                      i64, if_odd, indices, load_at, load_half, row_ptr, splat, store_columns, vector)
+                      halves, i64, if_odd, indices, load_at, load_half, row_ptr, splat, store_columns, vector)
 
 FMA_LANES_ARGS = ("acc", "acc_off", "scale", "scale2", "x", "x_off", "src", "src_off", "shift", "mask",
                   "src2", "src2_off", "shift2", "mask2", "mul2", "bias", "n", "signed", "src2_bits", "nibbles",
@@ -403,10 +403,8 @@ def q4_k_scales_mins(builder, base):
     packed = ir.Constant(v4i32, ir.Undefined)
     for lane, word in enumerate((scales_lo, scales_hi, mins_lo, mins_hi)):
         packed = builder.insert_element(packed, word, ir.Constant(I32, lane))
-    both = builder.zext(builder.bitcast(packed, vector(I8, 16)), vector(I32, 16))
-    undef = ir.Constant(both.type, ir.Undefined)
-    return (builder.shuffle_vector(both, undef, indices(range(8))),
-            builder.shuffle_vector(both, undef, indices(range(8, 16))))
+    scales, mins = halves(builder, builder.zext(builder.bitcast(packed, vector(I8, 16)), vector(I32, 16)))
+    return scales, mins
 
 
 # Columns per group in the K-quant float row dots (Q4_K: 2 zmm + 1 ymm accumulators per column;
