@@ -7,7 +7,7 @@ the vector instructions themselves; what they all need is here, once:
 
 - types and constants: `I8` .. `F32`, `vector`, `i64`, `const_vector`, `indices` (shuffle masks);
 - memory: `data_ptr`, `row_ptr`, `load_at`, `load_half` (a block's fp16 scale as float),
-  `emit_prefetch`;
+  `emit_prefetch` (how far ahead and into which cache: `PREFETCH_BYTES`, `ROW_PREFETCH_BYTES`);
 - lanes: `splat`, `concat`, `halves`, `tree_reduce`, `pairwise`, `float_tree_sum`, `call_fma`, `declare`;
 - control flow: `carried_loop` (a loop with its values in registers), `if_odd` (the lone last
   block of a row read in pairs), `join_values` (phis), `column_groups` and `store_columns` (B
@@ -36,6 +36,18 @@ I8_PTR = I8.as_pointer()
 # How far ahead of the block being read mat-vec kernels prefetch (0: no prefetch): past the next
 # 4 KiB page boundary, where the hardware prefetcher stops. 2-8 KiB measured alike; 0-1 KiB ~20 % slower.
 PREFETCH_BYTES = 4096
+# Where a prefetch puts the line: llvm.prefetch's locality 3 (prefetcht0: L1 and outward) or 2
+# (prefetcht1: L2 and outward).
+INTO_L1, INTO_L2 = 3, 2
+# `block_loop`'s rows (the 8-bit K-quant, IQ and ternary kernels; simd.py's float Q4_K/Q6_K rows)
+# prefetch further ahead and only into L2, so that their Q8_K activations (1.1-1.3 bytes per
+# weight with the block sums) stay in L1 for the whole row: weights prefetched into L1 evicted
+# them from long rows, such as a 7B's ffn_down (18944 columns: 21 KiB of activations; L1 holds
+# 32 KiB here). Qwen2.5-7B Q4_K_M, 1 thread, GB/s of weights (a matrix copy in memory, best of
+# 20): ffn_down Q6_K 17.1 -> 31.8, ffn_down Q4_K 19.4 -> 25.5, the 3584-wide rows and the 1B's
+# 8192-wide ones unchanged or better (output Q6_K 28.1 -> 31.3); 8 KiB ahead measured alike, L2
+# and L3 (prefetcht2) alike.
+ROW_PREFETCH_BYTES, ROW_PREFETCH_INTO = 16384, INTO_L2
 
 
 def vector(elem, n: int) -> ir.VectorType:
@@ -92,11 +104,12 @@ def declare(builder, name: str, ret, args):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, list(args)), name)
 
 
-def emit_prefetch(builder, base, offset):
-    """Prefetch the cache line at i8* base + offset (bytes) for reading, into all cache levels."""
+def emit_prefetch(builder, base, offset, into=INTO_L1):
+    """Prefetch the cache line at i8* base + offset (bytes) for reading, into the cache level
+    `into` (INTO_L1 or INTO_L2) and those beyond it."""
     fn = declare(builder, "llvm.prefetch.p0i8", ir.VoidType(), [I8_PTR, I32, I32, I32])
     p = builder.gep(builder.bitcast(base, I8_PTR), [i64(offset) if isinstance(offset, int) else offset])
-    builder.call(fn, [p, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+    builder.call(fn, [p, ir.Constant(I32, 0), ir.Constant(I32, into), ir.Constant(I32, 1)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +266,7 @@ def block_loop(context, builder, *, name, row, n_blocks, block_bytes, prefetch_l
                                           reads of it (once, before the loop)
             accs = inits * len(cols)
             for b < n_blocks:  base = row + b * block_bytes (i8*), prefetch `prefetch_lines` cache
-                               lines PREFETCH_BYTES ahead, accs = body(b, base, cols, accs)
+                               lines ROW_PREFETCH_BYTES ahead (into L2), accs = body(b, base, cols, accs)
             out[t, r] = finish(that column's accs)            (`out` = (type, value, r as i64))
 
     `body` returns the new accumulators column by column, len(inits) per column."""
@@ -265,8 +278,8 @@ def block_loop(context, builder, *, name, row, n_blocks, block_bytes, prefetch_l
 
         def step(b, accs):
             base = builder.gep(row, [builder.mul(b, i64(block_bytes))])
-            for line in range(prefetch_lines if PREFETCH_BYTES else 0):
-                emit_prefetch(builder, base, PREFETCH_BYTES + 64 * line)
+            for line in range(prefetch_lines if ROW_PREFETCH_BYTES else 0):
+                emit_prefetch(builder, base, ROW_PREFETCH_BYTES + 64 * line, ROW_PREFETCH_INTO)
             return body(b, base, cols, accs)
 
         finals = carried_loop(builder, name, n_blocks, list(inits) * count, step)
