@@ -33,8 +33,10 @@ I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64
 F16, F32 = ir.HalfType(), ir.FloatType()
 I8_PTR = I8.as_pointer()
 
-# How far ahead of the block being read mat-vec kernels prefetch (0: no prefetch): past the next
-# 4 KiB page boundary, where the hardware prefetcher stops. 2-8 KiB measured alike; 0-1 KiB ~20 % slower.
+# How far ahead of the block being read the Q8_0-family row kernels (int8.py) and `simd.prefetch`'s
+# callers prefetch, into L1 (0: no prefetch): past the next 4 KiB page boundary, where the
+# hardware prefetcher stops. 2-8 KiB measured alike; 0-1 KiB ~20 % slower. (`block_loop`'s
+# setting below made the Q8_0 row kernel 2x slower: the demo's output matrix 27.8 -> 13.1 GB/s.)
 PREFETCH_BYTES = 4096
 # Where a prefetch puts the line: llvm.prefetch's locality 3 (prefetcht0: L1 and outward) or 2
 # (prefetcht1: L2 and outward).
@@ -45,8 +47,8 @@ INTO_L1, INTO_L2 = 3, 2
 # them from long rows, such as a 7B's ffn_down (18944 columns: 21 KiB of activations; L1 holds
 # 32 KiB here). Qwen2.5-7B Q4_K_M, 1 thread, GB/s of weights (a matrix copy in memory, best of
 # 20): ffn_down Q6_K 17.1 -> 31.8, ffn_down Q4_K 19.4 -> 25.5, the 3584-wide rows and the 1B's
-# 8192-wide ones unchanged or better (output Q6_K 28.1 -> 31.3); 8 KiB ahead measured alike, L2
-# and L3 (prefetcht2) alike.
+# 8192-wide ones unchanged or better (output Q6_K 28.1 -> 31.3); 8 KiB ahead and prefetcht2
+# measured alike.
 ROW_PREFETCH_BYTES, ROW_PREFETCH_INTO = 16384, INTO_L2
 
 
