@@ -104,7 +104,7 @@ from ...quants.iquants import IQ4_GRID
 from .common import serial_twin
 from .gemm_int8 import quantize_q8_0_into, store_row_codes
 from .int8 import HAS_VNNI, IQ4_CODES, QH_AT, QS_AT, code_offset, dot_u8_s8, lookup16
-from .llvm_ir import (F16, F32, I8, I16, I32, as_i64, call_fma, carried_loop, const_vector,
+from .llvm_ir import (F16, F32, I8, I16, I32, INTO_L1, INTO_L2, as_i64, call_fma, carried_loop, const_vector,
                       emit_prefetch, i64, indices, load_at, pairwise, row_ptr, splat, vector)
 
 ROWS_PER_PANEL = 16
@@ -136,6 +136,15 @@ ROW_LANES = 16
 # latency (llvm_ir.PREFETCH_BYTES, 4 KiB, serves one column of row mat-vecs). The demo's output
 # matrix, 1 thread, B = 8: 6.1 ms at 4 KiB, 5.2-5.5 at 8 KiB, 8-32 KiB alike within the noise.
 PANEL_PREFETCH_BYTES = 8192
+# From this many columns a `panel_micro` pass prefetches into L2 rather than L1, and
+# `panel_lanes_micro` (8 float lanes per column: more work per byte) always does. Where a pass
+# spends long on each block - many columns on this AMD EPYC (Zen 4, one zmm vpdpbusd per cycle as
+# measured) - the codes prefetched into L1 8 KiB ahead stalled it. 1 thread, ms, L1 / L2:
+#     demo output Q8_0, B  1          2          3          4          5           6          8           16
+#                          5.7 / 7.1  5.2 / 7.1  6.0 / 6.9  6.3 / 6.2  10.9 / 5.5  8.7 / 6.3  13.3 / 8.3  23.3 / 16.3
+#     demo ffn_up Q5_0 (row order, in the model), B = 1: 1.48 / 1.05 (a token: 13.9 / 12.5)
+#     demo-Q4_0 layers at B = 1: L1 ahead (a token 10.7-10.9 against 12.2-12.4)
+PANEL_L2_PREFETCH_COLUMNS = 4
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -244,6 +253,7 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, 
     n_col, fmt = n_t.literal_value, kind.literal_value
     block_bytes = CODE_BYTES[fmt] * ROWS_PER_PANEL  # one block of a panel: 16 rows' codes
     n_chains = max(1, MIN_CHAINS // n_col)
+    into = INTO_L2 if n_col >= PANEL_L2_PREFETCH_COLUMNS else INTO_L1
     sig = types.void(xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks, kind)
 
     def codegen(context, builder, signature, args):
@@ -265,7 +275,7 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, 
                        for i in range(n_col)] for c in range(n_chains)]
             at = builder.mul(b, i64(block_bytes))
             for line in range(block_bytes // 64):  # every line of the block's codes, PANEL_PREFETCH_BYTES ahead
-                emit_prefetch(builder, code_row, builder.add(at, i64(PANEL_PREFETCH_BYTES + 64 * line)))
+                emit_prefetch(builder, code_row, builder.add(at, i64(PANEL_PREFETCH_BYTES + 64 * line)), into)
             w = _panel_block_codes(builder, fmt, code_row, b)
             for g in range(BLOCK // 4):
                 chain = chains[g % n_chains]
@@ -388,7 +398,7 @@ def panel_lanes_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, parit
             if half == 0:  # the even pass streams both blocks of each pair; the odd one finds them cached
                 at = builder.mul(b, i64(block_bytes))
                 for line in range(2 * block_bytes // 64):
-                    emit_prefetch(builder, code_row, builder.add(at, i64(PANEL_PREFETCH_BYTES + 64 * line)))
+                    emit_prefetch(builder, code_row, builder.add(at, i64(PANEL_PREFETCH_BYTES + 64 * line)), INTO_L2)
             w = _panel_block_codes(builder, fmt, code_row, b)
             d_w = _block_scales(builder, sc_row, b)
             new = []
