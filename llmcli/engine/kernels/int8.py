@@ -58,9 +58,9 @@ from ...gguf.constants import TYPE_INFO, GGMLType
 from ...quants.half import fp32_round_fp16
 from ...quants.iquants import IQ4_GRID
 from .common import columns, row_dots
-from .llvm_ir import (F16, F32, I8, I16, I32, PREFETCH_BYTES, as_i64, call_fma, carried_loop, column_groups, concat,
-                      const_vector, data_ptr, declare, emit_prefetch, float_tree_sum, halves, i64, if_odd, indices,
-                      load_at, row_ptr, store_columns, vector)
+from .llvm_ir import (F16, F32, I8, I16, I32, I64, PREFETCH_BYTES, as_i64, call_fma, carried_loop, column_groups,
+                      concat, const_vector, data_ptr, declare, emit_prefetch, float_tree_sum, halves, i64, if_odd,
+                      indices, load_at, row_ptr, store_columns, vector)
 
 
 def _host_features() -> dict:
@@ -81,6 +81,11 @@ HAS_AVX2 = not HAS_VNNI and bool(_host_features().get("avx2", False))
 # vpshufb (a 16-entry table lookup per byte, `lookup16`) on 64 bytes, or on 32
 HAS_AVX512BW = bool(_host_features().get("avx512bw", False))
 HAS_PSHUFB_256 = bool(_host_features().get("avx2", False))
+# vgf2p8affineqb: any bit-linear map of each byte, with a matrix per 64-bit lane - a nibble
+# pulled out of every byte in one instruction (`nibbles`) where AVX-512 needs a word shift and a
+# mask. The K-quant rows use it; the panel kernels keep the shift (with 8 columns' accumulators in
+# registers, GFNI measured 3-5 % slower there at B = 4-8 on the demo's Q4_0 file).
+HAS_GFNI = HAS_AVX512BW and bool(_host_features().get("gfni", False))
 
 # Per weight type (simd.py has the block diagrams): how the unsigned codes u are read, the offset
 # subtracted from them (the matvec_*_int8 kernels pass it, with the block bytes as literals: the
@@ -184,6 +189,24 @@ def _pair_codes(builder, kind, base0, base1):
     bit = builder.and_(spread, const_vector(I8, [1 << (i % 8) for i in range(64)]))
     is_set = builder.icmp_unsigned("!=", bit, ir.Constant(v64i8, [0] * 64))
     return builder.or_(u, builder.select(is_set, ir.Constant(v64i8, [16] * 64), ir.Constant(v64i8, [0] * 64)))
+
+
+# vgf2p8affineqb's matrix for one 64-bit lane: byte 7 - j selects the input bits whose parity is
+# output bit j. LOW_NIBBLE: bits 0-3 kept, 4-7 cleared; HIGH_NIBBLE: bits 4-7 moved to 0-3.
+LOW_NIBBLE, HIGH_NIBBLE = 0x0102040800000000, 0x1020408000000000
+
+
+def nibbles(builder, v64, high_by_qword):
+    """<64 x i8>: every byte of v64 (<64 x i8>) reduced to its low nibble, or in the 64-bit lanes q
+    where high_by_qword[q] is true to its high nibble (0..15 either way)."""
+    if HAS_GFNI:
+        affine = declare(builder, "llvm.x86.vgf2p8affineqb.512", vector(I8, 64),
+                         [vector(I8, 64), vector(I8, 64), I8])
+        matrix = const_vector(I64, [HIGH_NIBBLE if high else LOW_NIBBLE for high in high_by_qword])
+        return builder.call(affine, [v64, builder.bitcast(matrix, vector(I8, 64)), ir.Constant(I8, 0)])
+    shifts = const_vector(I16, [4 if high else 0 for high in high_by_qword for _ in range(4)])
+    shifted = builder.lshr(builder.bitcast(v64, vector(I16, 32)), shifts)
+    return builder.and_(builder.bitcast(shifted, vector(I8, 64)), const_vector(I8, [15] * 64))
 
 
 def lookup16(builder, table, idx):
