@@ -191,19 +191,28 @@ def _pair_codes(builder, kind, base0, base1):
     return builder.or_(u, builder.select(is_set, ir.Constant(v64i8, [16] * 64), ir.Constant(v64i8, [0] * 64)))
 
 
-# vgf2p8affineqb's matrix for one 64-bit lane: byte 7 - j selects the input bits whose parity is
-# output bit j. LOW_NIBBLE: bits 0-3 kept, 4-7 cleared; HIGH_NIBBLE: bits 4-7 moved to 0-3.
-LOW_NIBBLE, HIGH_NIBBLE = 0x0102040800000000, 0x1020408000000000
+def bit_matrix(moves) -> int:
+    """vgf2p8affineqb's matrix for one 64-bit lane (byte 7 - o selects the input bits whose parity
+    is output bit o) of the byte map that moves input bit i to output bit o for each (i, o) of
+    `moves` and clears every other bit."""
+    return sum((1 << i) << (8 * (7 - o)) for i, o in moves)
+
+
+LOW_NIBBLE, HIGH_NIBBLE = bit_matrix((i, i) for i in range(4)), bit_matrix((4 + i, i) for i in range(4))
+
+
+def byte_affine(builder, v64, matrices):
+    """<64 x i8>: each byte of v64 (<64 x i8>) mapped by matrices[q] (`bit_matrix`) in 64-bit lane q:
+    one vgf2p8affineqb (HAS_GFNI CPUs only)."""
+    affine = declare(builder, "llvm.x86.vgf2p8affineqb.512", vector(I8, 64), [vector(I8, 64), vector(I8, 64), I8])
+    return builder.call(affine, [v64, builder.bitcast(const_vector(I64, matrices), vector(I8, 64)), ir.Constant(I8, 0)])
 
 
 def nibbles(builder, v64, high_by_qword):
     """<64 x i8>: every byte of v64 (<64 x i8>) reduced to its low nibble, or in the 64-bit lanes q
     where high_by_qword[q] is true to its high nibble (0..15 either way)."""
     if HAS_GFNI:
-        affine = declare(builder, "llvm.x86.vgf2p8affineqb.512", vector(I8, 64),
-                         [vector(I8, 64), vector(I8, 64), I8])
-        matrix = const_vector(I64, [HIGH_NIBBLE if high else LOW_NIBBLE for high in high_by_qword])
-        return builder.call(affine, [v64, builder.bitcast(matrix, vector(I8, 64)), ir.Constant(I8, 0)])
+        return byte_affine(builder, v64, [HIGH_NIBBLE if high else LOW_NIBBLE for high in high_by_qword])
     shifts = const_vector(I16, [4 if high else 0 for high in high_by_qword for _ in range(4)])
     shifted = builder.lshr(builder.bitcast(v64, vector(I16, 32)), shifts)
     return builder.and_(builder.bitcast(shifted, vector(I8, 64)), const_vector(I8, [15] * 64))
