@@ -204,8 +204,9 @@ LOW_NIBBLE, HIGH_NIBBLE = bit_matrix((i, i) for i in range(4)), bit_matrix((4 + 
 def byte_affine(builder, v64, matrices):
     """<64 x i8>: each byte of v64 (<64 x i8>) mapped by matrices[q] (`bit_matrix`) in 64-bit lane q:
     one vgf2p8affineqb (HAS_GFNI CPUs only)."""
-    affine = declare(builder, "llvm.x86.vgf2p8affineqb.512", vector(I8, 64), [vector(I8, 64), vector(I8, 64), I8])
-    return builder.call(affine, [v64, builder.bitcast(const_vector(I64, matrices), vector(I8, 64)), ir.Constant(I8, 0)])
+    v64i8 = vector(I8, 64)
+    affine = declare(builder, "llvm.x86.vgf2p8affineqb.512", v64i8, [v64i8, v64i8, I8])
+    return builder.call(affine, [v64, builder.bitcast(const_vector(I64, matrices), v64i8), ir.Constant(I8, 0)])
 
 
 def nibbles(builder, v64, high_by_qword):
