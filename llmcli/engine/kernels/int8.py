@@ -219,6 +219,17 @@ def nibbles(builder, v64, high_by_qword):
     return builder.and_(builder.bitcast(shifted, vector(I8, 64)), const_vector(I8, [15] * 64))
 
 
+def bit_moved(builder, v64, source_by_qword, to):
+    """<64 x i8>: in each byte of v64 (<64 x i8>) in 64-bit lane q, bit source_by_qword[q] moved to
+    bit `to`, every other bit cleared (Q5_K's fifth bits: bit s of the qh bytes in lane s)."""
+    if HAS_GFNI:
+        return byte_affine(builder, v64, [bit_matrix([(source, to)]) for source in source_by_qword])
+    v64i8 = vector(I8, 64)
+    mask = const_vector(I8, [1 << source for source in source_by_qword for _ in range(8)])
+    is_set = builder.icmp_unsigned("!=", builder.and_(v64, mask), ir.Constant(v64i8, [0] * 64))
+    return builder.select(is_set, ir.Constant(v64i8, [1 << to] * 64), ir.Constant(v64i8, [0] * 64))
+
+
 def lookup16(builder, table, idx):
     """<n x i8>: table[idx[i]] per byte for a 16-entry byte table (a list of ints 0..255) and
     indices idx <n x i8> (n 32 or 64) in 0..15: vpshufb (the table in every 16-byte lane; AVX-512BW

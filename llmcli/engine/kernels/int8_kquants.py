@@ -48,8 +48,8 @@ from numba.extending import intrinsic
 from ...gguf.constants import GGMLType
 from ...quants.kquants import q3_k_scale_bits
 from .common import columns, row_dots
-from .int8 import (HAS_AVX2, HAS_GFNI, HAS_VNNI, INT8_GROUP, IQ4_CODES, bit_matrix, byte_affine, dot_s8_s8,
-                   dot_u8_s8, lookup16, madd_pairs, maddubs, nibbles)
+from .int8 import (HAS_AVX2, HAS_VNNI, INT8_GROUP, IQ4_CODES, bit_moved, dot_s8_s8, dot_u8_s8, lookup16, madd_pairs,
+                   maddubs, nibbles)
 from .llvm_ir import (F16, F32, I8, I8_PTR, I16, I32, I64, as_i64, block_loop, call_fma, carried_loop, const_vector,
                       data_ptr, declare, float_tree_sum, i64, indices, load_at, load_half, pairwise, row_ptr, splat,
                       tree_reduce, vector)
@@ -241,7 +241,8 @@ def dot_scaled(builder, acc, u, s, scale_src, lane_scale):
 #   zmm k < 4 holds bytes l = 8k .. 8k+7 of every sub-block s (Q4_K's order, same interleaved xq):
 #
 #       qh word k (qh[8k .. 8k+7]) x8:  | qhk | qhk | ... | qhk |      8-byte word s of the zmm
-#       & (1 << s) in word s, != 0 -> 16 (vptestmb + masked move), | the nibbles
+#       bit s of word s's bytes moved to bit 4 (int8.bit_moved: one vgf2p8affineqb with GFNI,
+#       else & (1 << s), != 0 -> 16 by vptestmb + masked move), | the nibbles
 #
 #   u <= 31 stays unsigned, so vpdpbusd needs nothing more; mins and bsums exactly as Q4_K.
 # ---------------------------------------------------------------------------------------------
@@ -253,8 +254,6 @@ def _q4_k_like_codegen(block_bytes: int, qs_offset: int, qh_offset: int | None, 
     def codegen(context, builder, signature, args):
         v16i32, v8i32, v8i64 = vector(I32, 16), vector(I32, 8), vector(I64, 8)
         v64i8 = vector(I8, 64)
-        sub_block_bit = const_vector(I8, [1 << s for s in range(8) for _ in range(8)])
-        zero, fifth = ir.Constant(v64i8, [0] * 64), ir.Constant(v64i8, [16] * 64)
 
         def body(blk, base, cols, accs):
             scales, mins = q4_k_scales_mins(builder, base)
@@ -268,11 +267,7 @@ def _q4_k_like_codegen(block_bytes: int, qs_offset: int, qh_offset: int | None, 
                 u = nibbles(builder, builder.bitcast(picked, v64i8), [q % 2 == 1 for q in range(8)])
                 if qh is not None:  # + 16 where bit s of the weight's qh byte is set
                     qh_k = builder.bitcast(builder.shuffle_vector(qh, qh, indices([k] * 8)), v64i8)
-                    if HAS_GFNI:  # bit s of word s's bytes moved to bit 4, in one vgf2p8affineqb
-                        u = builder.or_(u, byte_affine(builder, qh_k, [bit_matrix([(s, 4)]) for s in range(8)]))
-                    else:
-                        has_bit = builder.icmp_unsigned("!=", builder.and_(qh_k, sub_block_bit), zero)
-                        u = builder.or_(u, builder.select(has_bit, fifth, zero))
+                    u = builder.or_(u, bit_moved(builder, qh_k, range(8), 4))
                 codes.append(u)
             lane_scales = builder.shuffle_vector(scales, ir.Constant(scales.type, ir.Undefined),
                                                  indices([j // 2 for j in range(16)]))
