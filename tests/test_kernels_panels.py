@@ -141,6 +141,59 @@ def test_row_order_panels_give_the_row_matvecs_bits(n_rows, type_name, int8_mode
         assert np.array_equal(matvecs(W, X[:5]), rows[:5]) and np.array_equal(matvec(W, X[2]), rows[2])
 
 
+@pytest.mark.parametrize("type_name", ROW_ORDER_TYPES)
+@pytest.mark.parametrize("n_rows", ROW_COUNTS)
+def test_decoded_tokens_sum_in_float64_the_same_bits_packed_or_not(n_rows, type_name, int8_mode):
+    """A Q8_0 / Q5_0 layer matrix's decoded tokens (matvecs(decoding=True) of a matrix marked
+    wide_decode) sum each row in float64: in panels and in the unpacked rows (--mlock, --no-mmap)
+    the same bits, for any B, serial or parallel, at 1 or 2 threads; each row is its exact sum
+    (the integer block sums times d_w * xd rounded to float32, as ggml rounds them) rounded once;
+    and prompt rows (decoding=False) keep the row order's bits."""
+    rng = np.random.default_rng(300 + n_rows)
+    for n_blocks in BLOCKS_PER_ROW + [3]:
+        W = matrix(rng, type_name, n_rows, n_blocks)
+        X = activations(rng, max(COLUMN_COUNTS), W.n_cols)
+        row_order = matvecs(W, X)  # not yet marked: the row mat-vec
+        W.wide_decode = True
+        assert np.array_equal(matvecs(W, X), row_order)
+        exact = _exact_sums(W, X)
+        for threads in (1, 2):
+            set_threads(threads)
+            for n_columns in COLUMN_COUNTS:
+                rows = matvecs(W, X[:n_columns], decoding=True)
+                assert np.array_equal(rows, exact[:n_columns]), (n_blocks, threads, n_columns)
+        W.panels = PanelMatrix(W.weights, W.n_cols, W.ggml_type, row_order=True)
+        for threads in (1, 2):
+            set_threads(threads)
+            for n_columns in COLUMN_COUNTS:
+                packed = matvecs(W, X[:n_columns], decoding=True)
+                assert np.array_equal(packed, exact[:n_columns]), (n_blocks, threads, n_columns)
+        assert np.array_equal(matvecs(W, X), row_order)
+
+
+def _exact_sums(W: QuantizedMatrix, X: np.ndarray) -> np.ndarray:
+    """Each row . X[t] from the blocks' codes and fp16 scales and X's Q8_0 activation blocks: the
+    integer block sums times d_w * xd (float32), each product exact in float64, added in block
+    order in float64 and rounded to float32 once."""
+    from llmcli.quants.registry import dequantize
+
+    n_blocks = W.n_cols // 32
+    xq = np.empty(X.shape, np.int8)
+    xd = np.empty((X.shape[0], n_blocks), np.float32)
+    xsum = np.empty((X.shape[0], n_blocks), np.int32)
+    gemm_int8.activations_q8_0(X, 1, xq, xd, xsum)
+    d_w = W.weights[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)  # (rows, blocks)
+    # the codes: each block's values over its scale (exact: a small integer times an fp16 d)
+    values = dequantize(W.raw, W.ggml_type).reshape(W.n_rows, n_blocks, 32)
+    codes = np.rint(np.divide(values, d_w[:, :, None], out=np.zeros_like(values), where=d_w[:, :, None] != 0))
+    isums = np.einsum("rbk,tbk->trb", codes.astype(np.int64), xq.reshape(X.shape[0], n_blocks, 32).astype(np.int64))
+    d = (d_w[None, :, :] * xd[:, None, :]).astype(np.float32)  # float32 products, as ggml rounds them
+    total = np.zeros((X.shape[0], W.n_rows), np.float64)
+    for b in range(n_blocks):
+        total += isums[:, :, b].astype(np.float64) * d[:, :, b].astype(np.float64)
+    return total.astype(np.float32)
+
+
 @pytest.mark.parametrize("type_name", sorted(set(TYPES) - set(ROW_ORDER_TYPES)))
 def test_row_order_is_offered_only_where_layers_use_it(type_name):
     rng = np.random.default_rng(3)
@@ -201,7 +254,7 @@ def test_gemm_tiles_from_panels_are_the_tiles_from_rows(n_rows, type_name):
 @pytest.mark.parametrize("type_name", TYPES)
 def test_rows_decode_as_the_types_decoder(type_name):
     """Token embeddings of a tied output matrix are looked up in its panels: the same bits."""
-    from llmcli.quants import dequantize
+    from llmcli.quants.registry import dequantize
 
     rng = np.random.default_rng(11)
     W = matrix(rng, type_name, 37, 3)

@@ -92,10 +92,11 @@ class Linear:
         for a matrix marked `row_exact`)."""
         return not self.row_exact and n_rows >= mm.gemm_min_tokens(self.type, self.gemm)
 
-    def decode(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def decode(self, x: np.ndarray, out: np.ndarray, decoding: bool = False) -> np.ndarray:
         """x: float32 (B, n_in) -> out (B, n_out) with mat-vec arithmetic for every row, whatever B
-        (batched decode: row b equals what one row alone gives)."""
-        mm.matvecs(self.matrix, x, out)
+        (batched decode: row b equals what one row alone gives). decoding: the rows are decoded
+        tokens (matmul.matvecs: float64 sums where the matrix is marked so)."""
+        mm.matvecs(self.matrix, x, out, decoding)
         if self.bias is not None:
             out += self.bias
         return out

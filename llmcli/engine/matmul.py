@@ -42,6 +42,7 @@ import numpy as np
 from ..errors import BadInputError, UnsupportedError
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .kernels import FORMATS, gemm_int8, gemm_nt, gemm_panels, pack_panels
+from .kernels.panel_int8 import PANEL_KINDS, WIDE_ROW_LAYOUT, rows_wide, rows_wide_serial
 
 __all__ = ["QuantizedMatrix", "Workspace", "matvec", "matvecs", "matmul", "matmul_segments", "gemm_min_tokens",
            "has_int8_kernel", "dequantize_rows",
@@ -121,7 +122,7 @@ class QuantizedMatrix:
     `raw` is a uint8 (n_rows, row_bytes) view (e.g. `GGUFReader.tensor_bytes`); it is never copied.
     """
 
-    __slots__ = ("raw", "ggml_type", "n_rows", "n_cols", "format", "weights", "x_shape", "panels")
+    __slots__ = ("raw", "ggml_type", "n_rows", "n_cols", "format", "weights", "x_shape", "panels", "wide_decode")
 
     def __init__(self, raw: np.ndarray, ggml_type: GGMLType, n_cols: int):
         ggml_type = GGMLType(ggml_type)
@@ -151,6 +152,9 @@ class QuantizedMatrix:
         self.x_shape = (n_cols // int(np.prod(group)),) + group if group else (n_cols,)
         # The rows repacked for the panel kernel (engine/panels.py `pack_panels`), None: not packed.
         self.panels = None
+        # Decoded tokens' mat-vecs sum each row in float64, packed or not (engine/panels.py
+        # `WIDE_DECODE`: a Q8_0 / Q5_0 layer matrix where the CPU has VNNI).
+        self.wide_decode = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -208,17 +212,23 @@ def _matvec_kernel(W: QuantizedMatrix, n_columns: int):
     return fmt.matvec_serial if serial else fmt.matvec
 
 
-def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None, decoding: bool = False) -> np.ndarray:
     """out[t, r] = W[r] . X[t] for X float32 (B, n_cols), any B; returns out (B, n_rows).
 
     One pass over the weights for all B rows (batched decoding: B sequences, one new token each).
     Row t of the result equals `matvec(W, X[t])` bit for bit, in either activation mode (a matrix
-    with panels: the panel kernel in "int8" mode, kernels/panel_int8.py)."""
+    with panels: the panel kernel in "int8" mode, kernels/panel_int8.py). decoding: the rows are
+    decoded tokens, and a matrix marked `wide_decode` sums them in float64 (in "int8" mode; packed
+    or not, the same bits)."""
     X = _activations(W, X, 2, "X")
     out = _output(out, (X.shape[0], W.n_rows))
+    wide = decoding and W.wide_decode and _activations_mode == "int8"
     if _uses_panels(W):
         if X.shape[0]:
-            W.panels.matvecs(X, out)
+            W.panels.matvecs(X, out, wide)
+    elif wide and W.n_rows and X.shape[0]:
+        serial = W.raw.nbytes * X.shape[0] < SERIAL_MATVEC_BYTES or numba.get_num_threads() == 1
+        (rows_wide_serial if serial else rows_wide)(W.weights, X, out, *WIDE_ROW_LAYOUT[PANEL_KINDS[W.ggml_type]])
     elif W.n_rows and X.shape[0]:
         _matvec_kernel(W, X.shape[0])(W.weights, X, out)
     return out

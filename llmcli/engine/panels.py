@@ -27,7 +27,7 @@ from ..errors import UnsupportedError
 from ..gguf.constants import GGMLType
 from .kernels.panel_int8 import CODE_BYTES, CODE_VALUES, KERNELS, PANEL_KINDS, ROWS_PER_PANEL, rows_panels
 
-__all__ = ["LAYER_PANEL_ORDER", "PanelMatrix", "pack_panels", "packs_layer_panels", "packs_panels"]
+__all__ = ["LAYER_PANEL_ORDER", "WIDE_DECODE", "PanelMatrix", "pack_panels", "packs_layer_panels", "packs_panels"]
 
 # Bytes of source rows packed between two calls of `release` (~11 MB).
 PACK_CHUNK_BYTES = 11 << 20
@@ -44,8 +44,19 @@ SERIAL_PANEL_BYTES = 128 * 1024
 # llama-imatrix's own spread (max 1.6e-2 against 1.0e-2) and a long greedy JSON generation off
 # llama.cpp's path where llama.cpp's top-2 margin was 3.0 (tests/test_imatrix.py,
 # tests/test_grammar_llamacpp.py). In row order they still stream panels (no horizontal sums,
-# one block decode for 3 columns): demo 640-wide Q5_0 rows ~1.5-2x the row mat-vec.
+# one block decode for 3 columns): demo 640-wide Q5_0 rows ~1.5-2x the row mat-vec. (Their prompt
+# rows, that is: decoded tokens take WIDE_DECODE's float64 sums.)
 LAYER_PANEL_ORDER = {GGMLType.Q4_0: False, GGMLType.IQ4_NL: False, GGMLType.Q5_0: True, GGMLType.Q8_0: True}
+# The layer matrices whose decoded tokens (not prompt rows) sum each row in float64 instead
+# (matmul.matvecs `decoding`, kernels/panel_int8.py's `wide` kernels; `rows_wide` where the rows
+# stay unpacked, the same bits): the row order's 8 float lanes cost 8 FMAs per block and column
+# (on this Zen 4 an FMA and a vpdpbusd share one port), the float64 sum 2 - the demo's
+# 2048 x 640 Q5_0 at 1 thread, warm, B = 4: 80 -> 57 us, B = 8: 155 -> 112 us; a step of 4
+# sequences 19.2-20.1 -> 17.8-18.2 ms. Each product (int32 block sum times d_w * xd, rounded to
+# float32 as ggml does) is exact in float64, so a row is its exact sum rounded once: as close to
+# llama.cpp's decoding as the row order (tests/test_grammar_llamacpp.py; llama-imatrix's sums
+# from prompt rows keep the row order: tests/test_imatrix.py).
+WIDE_DECODE = frozenset(t for t, row_order in LAYER_PANEL_ORDER.items() if row_order)
 
 
 def packs_layer_panels(ggml_type: GGMLType) -> bool:
@@ -95,13 +106,16 @@ class PanelMatrix:
     def nbytes(self) -> int:
         return self.codes.nbytes + self.scales.nbytes
 
-    def matvecs(self, X: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def matvecs(self, X: np.ndarray, out: np.ndarray, wide: bool = False) -> np.ndarray:
         """out[t, r] = row r . X[t] for X float32 (B, n_cols), out float32 (B, n_rows), both
-        contiguous (checked by matmul): column t's bits do not depend on B or the thread count."""
+        contiguous (checked by matmul): column t's bits do not depend on B or the thread count.
+        wide: each row's sum in float64 (a row-order matrix's decoded tokens, WIDE_DECODE)."""
         serial = self.nbytes * X.shape[0] < SERIAL_PANEL_BYTES or numba.get_num_threads() == 1
         tail = np.empty((X.shape[0], ROWS_PER_PANEL), np.float32)
         kernels = KERNELS[self.kind]
-        if self.row_order:
+        if wide:
+            kernel = kernels.wide_serial if serial else kernels.wide
+        elif self.row_order:
             kernel = kernels.row_order_serial if serial else kernels.row_order
         else:
             kernel = kernels.matvecs_serial if serial else kernels.matvecs

@@ -36,7 +36,7 @@ from ..engine.kv_cache import DEFAULT_KV_TYPE, CacheSlot, KVCache, check_head_si
 from ..engine.linear import COMPUTABLE_TYPES, Linear, float_rows, vector
 from ..engine.matmul import GEMM_MIN_TOKENS, Workspace, get_threads
 from ..engine.prompt_activations import DEFAULT_PROMPT_ACTIVATIONS, PROMPT_ACTIVATIONS, check_prompt_activations
-from ..engine.panels import LAYER_PANEL_ORDER, pack_panels, packs_layer_panels, packs_panels
+from ..engine.panels import LAYER_PANEL_ORDER, WIDE_DECODE, pack_panels, packs_layer_panels, packs_panels
 from ..engine.rope import rope_tables
 from ..engine.threads import AutoThreads
 from ..errors import BadInputError, FormatError, LlmcliError, UnsupportedError
@@ -157,7 +157,9 @@ class Transformer:
             linear = Linear(self.reader, info, bias, workspace=self.workspace)
             # Repacked (Q4_0, IQ4_NL; Q5_0, Q8_0 in the rows' summation order: engine/panels.py) where
             # the rows' pages can be given back (else --no-mmap / --mlock would hold both copies);
-            # the output matrix below is repacked either way, in place of its copy.
+            # the output matrix below is repacked either way, in place of its copy. Q5_0 / Q8_0
+            # decoded tokens sum in float64 either way (the same bits from panels or rows).
+            linear.matrix.wide_decode = packs_layer_panels(info.type) and info.type in WIDE_DECODE
             if packs_layer_panels(info.type) and self.reader.releases_pages:
                 self._pack(linear, info, LAYER_PANEL_ORDER[info.type])
             return linear
@@ -541,21 +543,21 @@ class Transformer:
         if self.observer is not None:
             self.observer(w, x)
         sizes = [p.n for p in parts] if sizes is None else sizes
-        groups: list[list] = []  # [mat-vec?, first row, row bounds of its runs]
+        groups: list[list] = []  # [(mat-vec?, decoded tokens?), first row, row bounds of its runs]
         row = 0
         for part, size in zip(parts, sizes):
-            matvec = part.decode or not w.uses_gemm(size)
-            if groups and groups[-1][0] == matvec:
+            kind = (part.decode or not w.uses_gemm(size), part.decode)
+            if groups and groups[-1][0] == kind:
                 groups[-1][2].append(row + size)
             else:
-                groups.append([matvec, row, [row, row + size]])
+                groups.append([kind, row, [row, row + size]])
             row += size
-        for matvec, start, bounds in groups:
+        for (matvec, decoding), start, bounds in groups:
             stop = bounds[-1]
             if stop == start:
                 continue
             if matvec:
-                w.decode(x[start:stop], out[start:stop])
+                w.decode(x[start:stop], out[start:stop], decoding)
             else:  # each run its own GEMM, every weight tile decoded once for all of them
                 w.segments(x[start:stop], out[start:stop], [b - start for b in bounds])
         return out

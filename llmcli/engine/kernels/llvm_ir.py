@@ -30,7 +30,7 @@ from numba import types
 from numba.core import cgutils
 
 I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-F16, F32 = ir.HalfType(), ir.FloatType()
+F16, F32, F64 = ir.HalfType(), ir.FloatType(), ir.DoubleType()
 I8_PTR = I8.as_pointer()
 
 # How far ahead of the block being read the Q8_0-family row kernels (int8.py) and `simd.prefetch`'s
@@ -164,9 +164,10 @@ def float_tree_sum(builder, vec):
 
 
 def call_fma(builder, a, b, c):
-    """llvm.fma on floats or float vectors: a * b + c rounded once."""
+    """llvm.fma on floats or doubles or vectors of them: a * b + c rounded once."""
     ty = c.type
-    name = f"llvm.fma.v{ty.count}f32" if isinstance(ty, ir.VectorType) else "llvm.fma.f32"
+    element = {F32: "f32", F64: "f64"}[ty.element if isinstance(ty, ir.VectorType) else ty]
+    name = f"llvm.fma.v{ty.count}{element}" if isinstance(ty, ir.VectorType) else f"llvm.fma.{element}"
     return builder.call(declare(builder, name, ty, [ty] * 3), [a, b, c])
 
 

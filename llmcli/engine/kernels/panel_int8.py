@@ -73,7 +73,21 @@ groups together, gives each row's int32 for that lane. A pass takes one parity h
 LANE_COLUMNS columns (8 float accumulators each); the 16 zmm of a column go to a scratch row and
 are added there in that order. Twice the float work of `panel_micro` per block, but no horizontal
 sums and one block decode per 3 columns: the demo's 2048 x 640 Q5_0 at 1 thread, B = 1 40 -> 17 us,
-B = 8 175 -> 93 us against the row mat-vec.
+B = 8 175 -> 93 us against the row mat-vec. Prompt rows of those matrices take this order.
+
+Float64 sums (`panel_micro` with `wide`, the same matrices' decoded tokens, engine/panels.py
+WIDE_DECODE): the block's integer sum as `panel_micro` makes it, times d_w * xd rounded to float32
+(as above), added to the row's float64 accumulator (two <8 x double> per column), rounded to
+float32 at the end:
+
+    acc += double(xinit[t, b] + sum_k u[r, 32b + k] xq[t, 32b + k]) * double(d_w[r, b] * xd[t, b])
+    out[t, r] = float(acc)
+
+The product is exact in float64 (a 21-bit integer times a 24-bit float), so each step rounds once,
+whether an FMA or a multiply and an add makes it, and `rows_wide` gives the same bits from the
+GGUF rows. The row order pays 8 FMAs per block and column (an FMA and a vpdpbusd share one port
+pair on Zen 4: 8 + 8 a block), this 2 (8 + 2): the demo's 2048 x 640 Q5_0 at 1 thread, warm,
+B = 1 / 4 / 8: 28.5 / 80 / 155 us in row order, 26.5 / 57 / 112 us in float64.
 
 `panel_micro` runs one panel (16 rows) x up to 8 columns: per block 8 int32 accumulators start at
 xinit and take 8 `vpdpbusd` each, then 8 float accumulators (in registers over the whole row)
@@ -104,7 +118,7 @@ from ...quants.iquants import IQ4_GRID
 from .common import serial_twin
 from .gemm_int8 import quantize_q8_0_into, store_row_codes
 from .int8 import HAS_VNNI, IQ4_CODES, QH_AT, QS_AT, code_offset, dot_u8_s8, lookup16
-from .llvm_ir import (F16, F32, I8, I16, I32, INTO_L1, INTO_L2, as_i64, call_fma, carried_loop, const_vector,
+from .llvm_ir import (F16, F32, F64, I8, I16, I32, INTO_L1, INTO_L2, as_i64, call_fma, carried_loop, const_vector,
                       emit_prefetch, i64, indices, load_at, pairwise, row_ptr, splat, vector)
 
 ROWS_PER_PANEL = 16
@@ -122,6 +136,8 @@ CODE_VALUES = {"q8_0": np.arange(-128, 128, dtype=np.float32), "q4_0": np.arange
 # codes and scales) of AVX-512's 32 registers. One panel at a time: the codes are one sequential
 # stream (two panels' streams 10 KB apart, 2 x 6 columns, ran B = 2..8 10-30 % slower).
 COLUMNS_PER_MICRO = 8
+# In float64 sums two accumulators a column: up to 6 columns (12 + 6 int32 + the block's 8 codes).
+WIDE_COLUMNS = 6
 # Independent vpdpbusd chains a block keeps in flight at least (a lone column's one accumulator is
 # split in this many; Zen 4: latency ~4 cycles, one zmm per cycle).
 MIN_CHAINS = 4
@@ -245,21 +261,23 @@ def _activation_quad(builder, xq_row, k, g):
 
 
 @intrinsic
-def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks, kind):
+def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks, kind, wide):
     """out[t0 + i, col0 + l] = row 16 p + l . column t0 + i (the module docstring's sum over all
-    n_blocks blocks) for i < n_t (1..8), l < 16; n_t and kind (a PANEL_KINDS value) literals."""
-    if not isinstance(n_t, types.IntegerLiteral) or not isinstance(kind, types.StringLiteral):
+    n_blocks blocks) for i < n_t (1..8; 1..WIDE_COLUMNS if wide), l < 16; n_t, kind (a PANEL_KINDS
+    value) and wide literals. wide: each row's sum in float64 (module docstring), else float32."""
+    if not isinstance(n_t, types.IntegerLiteral) or not isinstance(kind, types.StringLiteral) \
+            or not isinstance(wide, types.BooleanLiteral):
         return None
-    n_col, fmt = n_t.literal_value, kind.literal_value
+    n_col, fmt, in_f64 = n_t.literal_value, kind.literal_value, wide.literal_value
     block_bytes = CODE_BYTES[fmt] * ROWS_PER_PANEL  # one block of a panel: 16 rows' codes
     n_chains = max(1, MIN_CHAINS // n_col)
     into = INTO_L2 if n_col >= PANEL_L2_PREFETCH_COLUMNS else INTO_L1
-    sig = types.void(xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks, kind)
+    sig = types.void(xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks, kind, wide)
 
     def codegen(context, builder, signature, args):
         tys = signature.args
         out_v = args[8]
-        v16f = vector(F32, 16)
+        v16f, v8d = vector(F32, 16), vector(F64, 8)
         t0_, p_, col0_, nb = (as_i64(context, builder, args[k], tys[k]) for k in (3, 7, 9, 10))
         ts = [builder.add(t0_, i64(i)) for i in range(n_col)]
         xq_rows, xd_rows, xi_rows = _column_rows(context, builder, tys, args, ts)
@@ -286,38 +304,51 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, 
             for i in range(n_col):
                 isum = pairwise([chains[c][i] for c in range(n_chains)], builder.add)
                 d_x = splat(builder, builder.load(builder.gep(xd_rows[i], [b])), 16)
-                new.append(call_fma(builder, builder.sitofp(isum, v16f), builder.fmul(d_w, d_x), accs[i]))
+                d = builder.fmul(d_w, d_x)  # d_w(b) * xd(b) rounded to float32, as ggml rounds it
+                if in_f64:  # rows 0-7 and 8-15 in two <8 x double>; isum * d is exact there
+                    for h in range(2):
+                        half = indices(range(8 * h, 8 * h + 8))
+                        d64 = builder.fpext(builder.shuffle_vector(d, d, half), v8d)
+                        isum64 = builder.sitofp(builder.shuffle_vector(isum, isum, half), v8d)
+                        new.append(call_fma(builder, isum64, d64, accs[2 * i + h]))
+                else:
+                    new.append(call_fma(builder, builder.sitofp(isum, v16f), d, accs[i]))
             return new
 
-        finals = carried_loop(builder, f"panel_{fmt}", nb, [ir.Constant(v16f, [0.0] * 16)] * n_col, block)
+        inits = [ir.Constant(v8d, [0.0] * 8)] * (2 * n_col) if in_f64 else [ir.Constant(v16f, [0.0] * 16)] * n_col
+        finals = carried_loop(builder, f"panel_{fmt}", nb, inits, block)
         for i in range(n_col):
             row = row_ptr(context, builder, tys[8], out_v, ts[i])
-            builder.store(finals[i], builder.bitcast(builder.gep(row, [col0_]), v16f.as_pointer()), align=4)
+            if in_f64:  # rounded to float32 once
+                result = builder.fptrunc(builder.shuffle_vector(finals[2 * i], finals[2 * i + 1], indices(range(16))), v16f)
+            else:
+                result = finals[i]
+            builder.store(result, builder.bitcast(builder.gep(row, [col0_]), v16f.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @njit(inline="always")
-def _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks, kind):
+def _columns_micro(xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks, kind, wide):
     """`panel_micro` of panel p for columns t0 .. t0 + n_t - 1 (n_t 1..8 at run time: the literal
     the intrinsic wants chosen here)."""
     if n_t == 8:
-        panel_micro(xq, xd, xinit, t0, 8, codes, scales, p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 8, codes, scales, p, out, col0, n_blocks, kind, wide)
     elif n_t == 7:
-        panel_micro(xq, xd, xinit, t0, 7, codes, scales, p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 7, codes, scales, p, out, col0, n_blocks, kind, wide)
     elif n_t == 6:
-        panel_micro(xq, xd, xinit, t0, 6, codes, scales, p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 6, codes, scales, p, out, col0, n_blocks, kind, wide)
     elif n_t == 5:
-        panel_micro(xq, xd, xinit, t0, 5, codes, scales, p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 5, codes, scales, p, out, col0, n_blocks, kind, wide)
     elif n_t == 4:
-        panel_micro(xq, xd, xinit, t0, 4, codes, scales, p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 4, codes, scales, p, out, col0, n_blocks, kind, wide)
     elif n_t == 3:
-        panel_micro(xq, xd, xinit, t0, 3, codes, scales, p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 3, codes, scales, p, out, col0, n_blocks, kind, wide)
     elif n_t == 2:
-        panel_micro(xq, xd, xinit, t0, 2, codes, scales, p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 2, codes, scales, p, out, col0, n_blocks, kind, wide)
     else:
-        panel_micro(xq, xd, xinit, t0, 1, codes, scales, p, out, col0, n_blocks, kind)
+        panel_micro(xq, xd, xinit, t0, 1, codes, scales, p, out, col0, n_blocks, kind, wide)
 
 
 @njit(inline="always")
@@ -345,7 +376,7 @@ def _activations(X, kind):
 
 
 @njit(inline="always")
-def _panel_matvecs(codes, scales, X, out, tail, kind):
+def _panel_matvecs(codes, scales, X, out, tail, kind, wide=False):
     """out[t, r] = row r . X[t] for X float32 (B, K), out float32 (B, n_rows), the rows in panels
     of `kind` (module docstring); `tail` float32 (B, 16): the last panel's results when n_rows is
     not a multiple of 16. Panel by panel, each in `column_group` passes."""
@@ -355,15 +386,15 @@ def _panel_matvecs(codes, scales, X, out, tail, kind):
     xq, xd, xinit = _activations(X, kind)
     n_panels = codes.shape[0]
     full = n_rows // ROWS_PER_PANEL  # panels whose 16 rows are all real
-    group = column_group(n_t, COLUMNS_PER_MICRO)
+    group = column_group(n_t, WIDE_COLUMNS if wide else COLUMNS_PER_MICRO)
     for item in prange((n_panels + PANELS_PER_ITEM - 1) // PANELS_PER_ITEM):
         for p in range(item * PANELS_PER_ITEM, min(n_panels, (item + 1) * PANELS_PER_ITEM)):
             for t0 in range(0, n_t, group):
                 n_g = min(group, n_t - t0)
                 if p < full:
-                    _columns_micro(xq, xd, xinit, t0, n_g, codes, scales, p, out, ROWS_PER_PANEL * p, n_blocks, kind)
+                    _columns_micro(xq, xd, xinit, t0, n_g, codes, scales, p, out, ROWS_PER_PANEL * p, n_blocks, kind, wide)
                 else:  # the partial last panel
-                    _columns_micro(xq, xd, xinit, t0, n_g, codes, scales, p, tail, 0, n_blocks, kind)
+                    _columns_micro(xq, xd, xinit, t0, n_g, codes, scales, p, tail, 0, n_blocks, kind, wide)
     if full < n_panels:
         for t in range(n_t):
             for j in range(n_rows - ROWS_PER_PANEL * full):
@@ -505,6 +536,17 @@ def matvecs_q5_0_lanes(codes, scales, X, out, tail):
     _panel_lanes_matvecs(codes, scales, X, out, "q5_0")
 
 
+# Float64 sums for the types whose layer matrices decode in them (engine/panels.py).
+@njit(parallel=True, cache=True, nogil=True)
+def matvecs_q8_0_wide(codes, scales, X, out, tail):
+    _panel_matvecs(codes, scales, X, out, tail, "q8_0", True)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def matvecs_q5_0_wide(codes, scales, X, out, tail):
+    _panel_matvecs(codes, scales, X, out, tail, "q5_0", True)
+
+
 @intrinsic
 def expand_panel(typingctx, src, p_src, dst, p_dst, n_blocks, kind):
     """Panel p_dst of `dst` (P, K * 16) uint8 = panel p_src of the packed `src` with every code as
@@ -594,6 +636,43 @@ def rows_panels(codes, scales, ids, values, out):
                 out[i, BLOCK * b + k] = values[u] * d
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def rows_wide(blocks, X, out, qs_at, qh_at):
+    """`matvecs_*_wide` of a matrix left in its GGUF rows (a Q8_0 / Q5_0 layer matrix not repacked:
+    --mlock, --no-mmap), bit for bit: blocks uint8 (n_rows, K / 32, block bytes), the codes at
+    byte qs_at of a block and Q5_0's fifth bits at qh_at (-1: Q8_0). Per row and column the
+    blocks' exact integer sums times d_w * xd (float32), added in order in float64."""
+    n_t, n = X.shape
+    n_blocks = n // BLOCK
+    xq = np.empty((n_t, n), np.int8)
+    xd = np.empty((n_t, n_blocks), np.float32)
+    xsum = np.empty((n_t, n_blocks), np.int32)
+    for t in range(n_t):
+        quantize_q8_0_into(X[t], xq[t], xd[t], xsum[t], n_blocks)
+    for r in prange(blocks.shape[0]):
+        codes = np.empty(BLOCK, np.int32)
+        for t in range(n_t):
+            acc = np.float64(0.0)
+            for b in range(n_blocks):
+                block = blocks[r, b]
+                if qh_at < 0:  # Q8_0: qs[k] int8
+                    for k in range(BLOCK):
+                        codes[k] = np.int32(np.int8(block[qs_at + k]))
+                else:  # Q5_0: nibble k of qs (low: k < 16) | bit k of qh << 4, less 16
+                    qh = np.int64(block[qh_at]) | (np.int64(block[qh_at + 1]) << 8) | \
+                        (np.int64(block[qh_at + 2]) << 16) | (np.int64(block[qh_at + 3]) << 24)
+                    for k in range(16):
+                        byte = np.int64(block[qs_at + k])
+                        codes[k] = np.int32((byte & 15) | (((qh >> k) & 1) << 4)) - 16
+                        codes[k + 16] = np.int32((byte >> 4) | (((qh >> (k + 16)) & 1) << 4)) - 16
+                isum = np.int32(0)
+                for k in range(BLOCK):
+                    isum += codes[k] * np.int32(xq[t, BLOCK * b + k])
+                d = fp16_to_fp32(np.uint16(block[0]) | (np.uint16(block[1]) << 8)) * xd[t, b]
+                acc += np.float64(isum) * np.float64(d)  # exact product: one rounding, as the FMA's
+            out[t, r] = np.float32(acc)
+
+
 def _nibble_packer(kind):
     """pack(blocks, r0, codes, scales) for a nibble kind: `pack_nibbles` at its qs (and qh) bytes."""
     qs_at, qh_at = QS_AT[kind], QH_AT.get(kind, -1)
@@ -602,27 +681,34 @@ def _nibble_packer(kind):
 
 class PanelKernels(NamedTuple):
     """A packed type's kernels: `pack`(blocks, r0, codes, scales); the mat-vecs (codes, scales, X,
-    out, tail) and their serial twin; the same in row order (None: not offered for the type);
-    `decode`, the integer GEMM's tile from the panels."""
+    out, tail) and their serial twin; the same in row order and in float64 sums (None: not offered
+    for the type); `decode`, the integer GEMM's tile from the panels."""
 
     pack: Callable
     matvecs: Callable
     matvecs_serial: Callable
     row_order: Callable | None
     row_order_serial: Callable | None
+    wide: Callable | None
+    wide_serial: Callable | None
     decode: Callable
 
 
-def _kernels(pack, matvecs, decode, row_order=None):
+def _kernels(pack, matvecs, decode, row_order=None, wide=None):
     """PanelKernels with the serial twins made: entering numba's thread pool costs more than a
     small matrix's product (common.serial_twin)."""
-    return PanelKernels(pack, matvecs, serial_twin(matvecs), row_order,
-                        serial_twin(row_order) if row_order is not None else None, decode)
+    def twin(kernel):
+        return serial_twin(kernel) if kernel is not None else None
+    return PanelKernels(pack, matvecs, twin(matvecs), row_order, twin(row_order), wide, twin(wide), decode)
 
 
 KERNELS = {
-    "q8_0": _kernels(pack_q8_0, matvecs_q8_0_panels, decode_q8_0_panels, matvecs_q8_0_lanes),
+    "q8_0": _kernels(pack_q8_0, matvecs_q8_0_panels, decode_q8_0_panels, matvecs_q8_0_lanes, matvecs_q8_0_wide),
     "q4_0": _kernels(_nibble_packer("q4_0"), matvecs_q4_0_panels, decode_q4_0_panels),
-    "q5_0": _kernels(_nibble_packer("q5_0"), matvecs_q5_0_panels, decode_q5_0_panels, matvecs_q5_0_lanes),
+    "q5_0": _kernels(_nibble_packer("q5_0"), matvecs_q5_0_panels, decode_q5_0_panels, matvecs_q5_0_lanes,
+                     matvecs_q5_0_wide),
     "iq4_nl": _kernels(_nibble_packer("iq4_nl"), matvecs_iq4_nl_panels, decode_iq4_nl_panels),
 }
+rows_wide_serial = serial_twin(rows_wide)
+# `rows_wide`'s (qs_at, qh_at) per kind: Q8_0's int8 codes follow its fp16 d (simd.py's diagrams).
+WIDE_ROW_LAYOUT = {"q8_0": (2, -1), "q5_0": (QS_AT["q5_0"], QH_AT["q5_0"])}
