@@ -320,7 +320,8 @@ def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, 
         for i in range(n_col):
             row = row_ptr(context, builder, tys[8], out_v, ts[i])
             if in_f64:  # rounded to float32 once
-                result = builder.fptrunc(builder.shuffle_vector(finals[2 * i], finals[2 * i + 1], indices(range(16))), v16f)
+                both = builder.shuffle_vector(finals[2 * i], finals[2 * i + 1], indices(range(16)))
+                result = builder.fptrunc(both, v16f)
             else:
                 result = finals[i]
             builder.store(result, builder.bitcast(builder.gep(row, [col0_]), v16f.as_pointer()), align=4)
@@ -392,7 +393,8 @@ def _panel_matvecs(codes, scales, X, out, tail, kind, wide=False):
             for t0 in range(0, n_t, group):
                 n_g = min(group, n_t - t0)
                 if p < full:
-                    _columns_micro(xq, xd, xinit, t0, n_g, codes, scales, p, out, ROWS_PER_PANEL * p, n_blocks, kind, wide)
+                    _columns_micro(xq, xd, xinit, t0, n_g, codes, scales, p, out, ROWS_PER_PANEL * p, n_blocks, kind,
+                                   wide)
                 else:  # the partial last panel
                     _columns_micro(xq, xd, xinit, t0, n_g, codes, scales, p, tail, 0, n_blocks, kind, wide)
     if full < n_panels:
@@ -651,26 +653,28 @@ def rows_wide(blocks, X, out, qs_at, qh_at):
         quantize_q8_0_into(X[t], xq[t], xd[t], xsum[t], n_blocks)
     for r in prange(blocks.shape[0]):
         codes = np.empty(BLOCK, np.int32)
-        for t in range(n_t):
-            acc = np.float64(0.0)
-            for b in range(n_blocks):
-                block = blocks[r, b]
-                if qh_at < 0:  # Q8_0: qs[k] int8
-                    for k in range(BLOCK):
-                        codes[k] = np.int32(np.int8(block[qs_at + k]))
-                else:  # Q5_0: nibble k of qs (low: k < 16) | bit k of qh << 4, less 16
-                    qh = np.int64(block[qh_at]) | (np.int64(block[qh_at + 1]) << 8) | \
-                        (np.int64(block[qh_at + 2]) << 16) | (np.int64(block[qh_at + 3]) << 24)
-                    for k in range(16):
-                        byte = np.int64(block[qs_at + k])
-                        codes[k] = np.int32((byte & 15) | (((qh >> k) & 1) << 4)) - 16
-                        codes[k + 16] = np.int32((byte >> 4) | (((qh >> (k + 16)) & 1) << 4)) - 16
+        acc = np.zeros(n_t, np.float64)
+        for b in range(n_blocks):
+            block = blocks[r, b]
+            if qh_at < 0:  # Q8_0: qs[k] int8
+                for k in range(BLOCK):
+                    codes[k] = np.int32(np.int8(block[qs_at + k]))
+            else:  # Q5_0: nibble k of qs (low: k < 16) | bit k of qh << 4, less 16
+                qh = np.int64(block[qh_at]) | (np.int64(block[qh_at + 1]) << 8) | \
+                    (np.int64(block[qh_at + 2]) << 16) | (np.int64(block[qh_at + 3]) << 24)
+                for k in range(16):
+                    byte = np.int64(block[qs_at + k])
+                    codes[k] = np.int32((byte & 15) | (((qh >> k) & 1) << 4)) - 16
+                    codes[k + 16] = np.int32((byte >> 4) | (((qh >> (k + 16)) & 1) << 4)) - 16
+            d_w = fp16_to_fp32(np.uint16(block[0]) | (np.uint16(block[1]) << 8))
+            for t in range(n_t):
                 isum = np.int32(0)
                 for k in range(BLOCK):
                     isum += codes[k] * np.int32(xq[t, BLOCK * b + k])
-                d = fp16_to_fp32(np.uint16(block[0]) | (np.uint16(block[1]) << 8)) * xd[t, b]
-                acc += np.float64(isum) * np.float64(d)  # exact product: one rounding, as the FMA's
-            out[t, r] = np.float32(acc)
+                d = d_w * xd[t, b]  # float32, as the panels round it
+                acc[t] += np.float64(isum) * np.float64(d)  # an exact product: one rounding, as the FMA's
+        for t in range(n_t):
+            out[t, r] = np.float32(acc[t])
 
 
 def _nibble_packer(kind):
