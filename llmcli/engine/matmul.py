@@ -204,12 +204,17 @@ def _matvec_kernel(W: QuantizedMatrix, n_columns: int):
     """The mat-vec kernel for W's type and the activation mode; it takes one x or B rows. Its serial
     and parallel versions give the same bits."""
     fmt = W.format
-    # A parallel region costs more than it saves on one thread or on a small matrix (B rows of
-    # activations: about B times the work of one).
-    serial = W.raw.nbytes * n_columns < SERIAL_MATVEC_BYTES or numba.get_num_threads() == 1
+    serial = _serial(W, n_columns)
     if _activations_mode == "int8" and fmt.matvec_int8 is not None:
         return fmt.matvec_int8_serial if serial else fmt.matvec_int8
     return fmt.matvec_serial if serial else fmt.matvec
+
+
+def _serial(W: QuantizedMatrix, n_columns: int) -> bool:
+    """Whether W's mat-vec of n_columns rows runs on the calling thread: a parallel region costs
+    more than it saves on one thread or on a small matrix (B rows of activations: about B times
+    the work of one)."""
+    return W.raw.nbytes * n_columns < SERIAL_MATVEC_BYTES or numba.get_num_threads() == 1
 
 
 def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None, decoding: bool = False) -> np.ndarray:
@@ -218,8 +223,8 @@ def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None, de
     One pass over the weights for all B rows (batched decoding: B sequences, one new token each).
     Row t of the result equals `matvec(W, X[t])` bit for bit, in either activation mode (a matrix
     with panels: the panel kernel in "int8" mode, kernels/panel_int8.py). decoding: the rows are
-    decoded tokens, and a matrix marked `wide_decode` sums them in float64 (in "int8" mode; packed
-    or not, the same bits)."""
+    decoded tokens, and a matrix marked `wide_decode` sums them in float64 instead (in "int8" mode;
+    packed or not, the same bits; row t still does not depend on the other rows)."""
     X = _activations(W, X, 2, "X")
     out = _output(out, (X.shape[0], W.n_rows))
     wide = decoding and W.wide_decode and _activations_mode == "int8"
@@ -227,8 +232,8 @@ def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None, de
         if X.shape[0]:
             W.panels.matvecs(X, out, wide)
     elif wide and W.n_rows and X.shape[0]:
-        serial = W.raw.nbytes * X.shape[0] < SERIAL_MATVEC_BYTES or numba.get_num_threads() == 1
-        (rows_wide_serial if serial else rows_wide)(W.weights, X, out, *WIDE_ROW_LAYOUT[PANEL_KINDS[W.ggml_type]])
+        kernel = rows_wide_serial if _serial(W, X.shape[0]) else rows_wide
+        kernel(W.weights, X, out, *WIDE_ROW_LAYOUT[PANEL_KINDS[W.ggml_type]])
     elif W.n_rows and X.shape[0]:
         _matvec_kernel(W, X.shape[0])(W.weights, X, out)
     return out

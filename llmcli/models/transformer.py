@@ -537,9 +537,10 @@ class Transformer:
     def _project(self, w: Linear, x: np.ndarray, out: np.ndarray, parts: list["_Part"],
                  sizes: list[int] | None = None) -> np.ndarray:
         """out = x @ w.T for rows in consecutive runs of `sizes` (default: each part's n), each with
-        the arithmetic it gets alone: decode rows and prompt runs under the GEMM threshold as one
-        B-row mat-vec (row-exact: a row's result does not depend on the others), every longer
-        prompt run as a GEMM of its own (sharing the decoded weight tiles)."""
+        the arithmetic it gets alone: decode rows as one B-row mat-vec (row-exact: a row's result
+        does not depend on the others; matmul.matvecs `decoding`), prompt runs under the GEMM
+        threshold as another, every longer prompt run as a GEMM of its own (sharing the decoded
+        weight tiles)."""
         if self.observer is not None:
             self.observer(w, x)
         sizes = [p.n for p in parts] if sizes is None else sizes
