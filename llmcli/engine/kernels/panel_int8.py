@@ -644,13 +644,9 @@ def rows_wide(blocks, X, out, qs_at, qh_at):
     --mlock, --no-mmap), bit for bit: blocks uint8 (n_rows, K / 32, block bytes), the codes at
     byte qs_at of a block and Q5_0's fifth bits at qh_at (-1: Q8_0). Per row and column the
     blocks' exact integer sums times d_w * xd (float32), added in order in float64."""
-    n_t, n = X.shape
-    n_blocks = n // BLOCK
-    xq = np.empty((n_t, n), np.int8)
-    xd = np.empty((n_t, n_blocks), np.float32)
-    xsum = np.empty((n_t, n_blocks), np.int32)
-    for t in range(n_t):
-        quantize_q8_0_into(X[t], xq[t], xd[t], xsum[t], n_blocks)
+    n_t = X.shape[0]
+    n_blocks = X.shape[1] // BLOCK
+    xq, xd, _ = _activations(X, "q8_0")  # the codes here are signed: no offset to undo
     for r in prange(blocks.shape[0]):
         codes = np.empty(BLOCK, np.int32)
         acc = np.zeros(n_t, np.float64)
