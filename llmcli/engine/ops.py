@@ -26,7 +26,8 @@ from .half import as_float, to_storage
 from .kv_cache import KV_TYPES
 from .kernels.int8 import (SIGNED_Q8_0, activation_block_scale, activation_code, code_offset,
                            quantize_activations_into, row_dot_int8)
-from .kernels.simd import BLOCK_BYTES, gemm_micro, prefetch
+from .kernels.attention import key_scores, value_sums
+from .kernels.simd import BLOCK_BYTES, gemm_micro
 
 # Let LLVM reassociate and fuse float sums (vectorised partial sums, FMA) but keep IEEE inf/NaN
 # semantics: the attention maximum starts at -inf.
@@ -180,6 +181,32 @@ def _add_values(v_cache, kvh, slot, m, weights, inv, acc):
 
 
 @njit(inline="always")
+def _softmax_weights(scores, weights, m, scale, softcap, slope):
+    """weights[j] = exp(logit_j - max logit) for j < m, returning their sum, where logit_j is
+    scores[j] scaled (soft-capped as llama.cpp does: softcap * tanh(s * scale / softcap)) less
+    the ALiBi slope times the distance m - 1 - j to the query (the last key is the query's own
+    position). weights may be scores. One simple loop per step, so that each vectorises."""
+    if softcap > 0.0:
+        for j in range(m):
+            weights[j] = np.float32(softcap) * _tanh(scores[j] * np.float32(scale / softcap))
+    else:
+        for j in range(m):
+            weights[j] = scores[j] * np.float32(scale)
+    if slope != 0.0:
+        for j in range(m):
+            weights[j] -= np.float32(slope) * np.float32(m - 1 - j)
+    best = np.float32(-np.inf)
+    for j in range(m):
+        best = max(best, weights[j])
+    total = 0.0
+    for j in range(m):
+        e = _exp(weights[j] - best)
+        weights[j] = e
+        total += e
+    return total
+
+
+@njit(inline="always")
 def _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out, task):
     n_heads = q.shape[1]
     head_dim_v = v_cache.shape[2]
@@ -205,22 +232,7 @@ def _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, o
             m = min(n - j0, ring - slot)
             _add_scores(q, k_cache, t, h, kvh, slot, m, scores[j0:j0 + m])
             j0 += m
-    slope = slopes[h]
-    best = -np.inf
-    for j in range(n):
-        s = scores[j] * np.float32(scale)
-        if softcap > 0.0:
-            s = np.float32(softcap) * _tanh(s / np.float32(softcap))
-        s -= np.float32(slope * (p - (start + j)))
-        scores[j] = s
-        if s > best:
-            best = s
-    total = 0.0
-    for j in range(n):
-        e = _exp(scores[j] - best)
-        scores[j] = e
-        total += e
-    inv = np.float32(1.0 / total)
+    inv = np.float32(1.0 / _softmax_weights(scores, scores, n, scale, softcap, slopes[h]))
     acc = np.zeros(head_dim_v, dtype=np.float32)
     if first + n <= ring:
         _add_values(v_cache, kvh, first, n, scores, inv, acc)
@@ -269,54 +281,6 @@ def attention_serial(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, 
         _attention_task(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out, task)
 
 
-# Decode attention reads a sequence's keys channel by channel, each a short run of slots (a few
-# hundred bytes) 2 * n_slots bytes apart: too short for the hardware prefetcher, so with the
-# weights streamed between layers every run was a cache miss (demo shape, 170 positions: 31-40 us
-# per layer and sequence against 9.5 us with the cache warm). Channels this far ahead, and value
-# rows VALUE_PREFETCH_ROWS ahead, are prefetched (the same arithmetic).
-KEY_PREFETCH_ROWS = 8
-VALUE_PREFETCH_ROWS = 8
-
-
-@njit(inline="always")
-def _prefetch_run(rows, r, first, count):
-    """Prefetch elements first .. first + count - 1 of row r of the 2-D `rows`."""
-    size = rows.itemsize
-    base = r * rows.strides[0] + first * size
-    for off in range(0, count * size + 63, 64):
-        prefetch(rows, base + off)
-
-
-@njit(inline="always")
-def _add_group_scores(q, keys, t, h0, n_group, slot, m, j0, scores):
-    """scores[i, j0 + j] += q[t, h0 + i] . key in slot + j, for the n_group query heads sharing
-    `keys` (Hkv's (Dh, n_slots) of one head) and j < m: each run of four channels of the keys is
-    loaded once for all the heads."""
-    head_dim = q.shape[2]
-    d4 = head_dim - head_dim % 4
-    for d in range(min(head_dim, KEY_PREFETCH_ROWS)):
-        _prefetch_run(keys, d, slot, m)
-    for d in range(0, d4, 4):
-        for ahead in range(d + KEY_PREFETCH_ROWS, min(head_dim, d + KEY_PREFETCH_ROWS + 4)):
-            _prefetch_run(keys, ahead, slot, m)
-        k0 = keys[d, slot:slot + m]
-        k1 = keys[d + 1, slot:slot + m]
-        k2 = keys[d + 2, slot:slot + m]
-        k3 = keys[d + 3, slot:slot + m]
-        for i in range(n_group):
-            q0, q1, q2, q3 = q[t, h0 + i, d], q[t, h0 + i, d + 1], q[t, h0 + i, d + 2], q[t, h0 + i, d + 3]
-            dst = scores[i, j0:j0 + m]
-            for j in range(m):
-                dst[j] += q0 * as_float(k0[j]) + q1 * as_float(k1[j]) + q2 * as_float(k2[j]) + q3 * as_float(k3[j])
-    for d in range(d4, head_dim):
-        kd = keys[d, slot:slot + m]
-        for i in range(n_group):
-            qd = q[t, h0 + i, d]
-            dst = scores[i, j0:j0 + m]
-            for j in range(m):
-                dst[j] += qd * as_float(kd[j])
-
-
 # KV cache types stored as ggml blocks; the others are float arrays.
 QUANTIZED_KV = tuple(name for name, kind in KV_TYPES.items() if kind.quantized)
 
@@ -357,7 +321,7 @@ def _group_scores_kind(q, keys, t, h0, n_group, start, n, ring, scores, kind):
             while j0 < n:  # one run of slots, or two where a sliding-window ring wraps
                 slot = (start + j0) % ring
                 m = min(n - j0, ring - slot)
-                _add_group_scores(q, keys, t, h0, n_group, slot, m, j0, scores)
+                key_scores(q[t, h0:h0 + n_group], keys, slot, m, scores, j0)
                 j0 += m
         return float_keys
 
@@ -386,42 +350,26 @@ def _group_scores_kind(q, keys, t, h0, n_group, start, n, ring, scores, kind):
     return block_keys
 
 
-def _add_group_values(values, start, n, ring, scores, inv, acc, kind):
-    """acc[i] += sum_j scores[i, j] * inv[i] * value of position start + j, for j < n."""
+def _add_group_values(values, start, n, ring, weights, acc, kind):
+    """acc[i] += sum_j weights[i, j] * value of position start + j, for j < n."""
     raise NotImplementedError("only available in numba-compiled code")
 
 
 @overload(_add_group_values, inline="always")
-def _add_group_values_kind(values, start, n, ring, scores, inv, acc, kind):
+def _add_group_values_kind(values, start, n, ring, weights, acc, kind):
     if not isinstance(kind, types.StringLiteral):
         return None
     if kind.literal_value not in QUANTIZED_KV:
-        def float_values(values, start, n, ring, scores, inv, acc, kind):
-            n_group, head_dim_v = acc.shape
-            n4 = n - n % 4
-            for j in range(min(n, VALUE_PREFETCH_ROWS)):
-                _prefetch_run(values, (start + j) % ring, 0, head_dim_v)
-            for j in range(0, n4, 4):  # four keys per pass: each value row loaded once for the group
-                for ahead in range(j + VALUE_PREFETCH_ROWS, min(n, j + VALUE_PREFETCH_ROWS + 4)):
-                    _prefetch_run(values, (start + ahead) % ring, 0, head_dim_v)
-                v0, v1 = values[(start + j) % ring], values[(start + j + 1) % ring]
-                v2, v3 = values[(start + j + 2) % ring], values[(start + j + 3) % ring]
-                for i in range(n_group):
-                    w0, w1 = scores[i, j] * inv[i], scores[i, j + 1] * inv[i]
-                    w2, w3 = scores[i, j + 2] * inv[i], scores[i, j + 3] * inv[i]
-                    row = acc[i]
-                    for d in range(head_dim_v):
-                        row[d] += w0 * as_float(v0[d]) + w1 * as_float(v1[d]) + w2 * as_float(v2[d]) + w3 * as_float(v3[d])
-            for j in range(n4, n):
-                vals = values[(start + j) % ring]
-                for i in range(n_group):
-                    w = scores[i, j] * inv[i]
-                    row = acc[i]
-                    for d in range(head_dim_v):
-                        row[d] += w * as_float(vals[d])
+        def float_values(values, start, n, ring, weights, acc, kind):
+            j0 = 0
+            while j0 < n:  # one run of slots, or two where a sliding-window ring wraps
+                slot = (start + j0) % ring
+                m = min(n - j0, ring - slot)
+                value_sums(weights, j0, values, slot, m, acc)
+                j0 += m
         return float_values
 
-    def block_values(values, start, n, ring, scores, inv, acc, kind):
+    def block_values(values, start, n, ring, weights, acc, kind):
         """Values of Q8_0 / Q4_0 blocks (the layout of `block_keys`): each position's row is
         dequantized to float32 (llama.cpp's to_float) and added with its weight, never the whole
         cache at once."""
@@ -432,7 +380,7 @@ def _add_group_values_kind(values, start, n, ring, scores, inv, acc, kind):
         for j in range(n):
             _dequantize_kv_row(values[(start + j) % ring], dense, kind)
             for i in range(n_group):
-                w = scores[i, j] * inv[i]
+                w = weights[i, j]
                 row = acc[i]
                 for d in range(head_dim_v):
                     row[d] += w * flat[d]
@@ -458,31 +406,16 @@ def _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, w
         start = p - window + 1
     n = p + 1 - start
     h0 = g * n_group
-    scores = np.zeros((n_group, n), dtype=np.float32)
+    scores = np.empty((n_group, n), dtype=np.float32)  # every entry written
     _group_scores(q, keys, t, h0, n_group, start, n, ring, scores, k_kind)
     inv = np.empty(n_group, dtype=np.float32)
     for i in range(n_group):
-        slope = slopes[h0 + i]
-        best = -np.inf
-        for j in range(n):
-            s = scores[i, j] * np.float32(scale)
-            if softcap > 0.0:
-                s = np.float32(softcap) * _tanh(s / np.float32(softcap))
-            s -= np.float32(slope * (p - (start + j)))
-            scores[i, j] = s
-            if s > best:
-                best = s
-        total = 0.0
-        for j in range(n):
-            e = _exp(scores[i, j] - best)
-            scores[i, j] = e
-            total += e
-        inv[i] = np.float32(1.0 / total)
+        inv[i] = np.float32(1.0 / _softmax_weights(scores[i], scores[i], n, scale, softcap, slopes[h0 + i]))
     acc = np.zeros((n_group, head_dim_v), dtype=np.float32)
-    _add_group_values(values, start, n, ring, scores, inv, acc, v_kind)
-    for i in range(n_group):
+    _add_group_values(values, start, n, ring, scores, acc, v_kind)
+    for i in range(n_group):  # normalised once, at the end (as llama.cpp's flash attention)
         for d in range(head_dim_v):
-            out[t, h0 + i, d] = acc[i, d]
+            out[t, h0 + i, d] = acc[i, d] * inv[i]
 
 
 @njit(cache=True, nogil=True)
@@ -823,30 +756,10 @@ def _kv_kernels(k_kind: str, v_kind: str) -> KVKernels:
                 start = key_first
                 if window > 0 and p - window + 1 > start:
                     start = p - window + 1
-                # one simple loop per step, so each vectorises
                 j0 = start - col_first
                 m = p - start + 1
-                row = scores[i, j0:j0 + m]
-                weights = probs[i, j0:j0 + m]
-                if softcap > 0.0:
-                    for j in range(m):
-                        weights[j] = np.float32(softcap) * _tanh(row[j] * np.float32(scale / softcap))
-                else:
-                    for j in range(m):
-                        weights[j] = row[j] * np.float32(scale)
-                slope = slopes[h]
-                if slope != 0.0:
-                    for j in range(m):  # distance p - (start + j)
-                        weights[j] -= np.float32(slope) * np.float32(m - 1 - j)
-                best = np.float32(-np.inf)
-                for j in range(m):
-                    best = max(best, weights[j])
-                total = 0.0
-                for j in range(m):
-                    e = _exp(weights[j] - best)
-                    weights[j] = e
-                    total += e
-                inv[i] = np.float32(1.0 / total)
+                inv[i] = np.float32(1.0 / _softmax_weights(scores[i, j0:j0 + m], probs[i, j0:j0 + m], m, scale,
+                                                           softcap, slopes[h]))
             acc = np.empty((ATTN_ROWS, head_dim_v), np.float32)
             key0 = ATTN_STRIP * panel_lo
             for c in range(n_strips_v):
