@@ -1,9 +1,10 @@
 """Batched attention kernels against a float64 numpy softmax attention (the textbook formula).
 
-`ops.attention_blocked` (GEMM-shaped, used for prompts) and `ops.attention` (per query) must both
-equal it on random data for every feature the graph uses: causal masking, grouped-query heads,
-sliding window, a sliding-window ring whose run of slots wraps around, soft-capping, ALiBi, and a batch
-that continues a cache.
+`ops.attention_blocked` (GEMM-shaped, used for prompts), `ops.attention` (per query) and the decode
+rows (`ops.attention_rows`, register tiles over an f32 or f16 cache) must all equal it on random
+data for every feature the graph uses: causal masking, grouped-query heads, sliding window, a
+sliding-window ring whose run of slots wraps around, soft-capping, ALiBi, a batch that continues a
+cache, and head sizes / runs of keys that are not a multiple of the tiles' 16 lanes.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ CASES = {  # n_tok, pos0, n_heads, n_kv, head_dim, head_dim_v, window, n_slots, 
     "short-ring": (9, 3, 2, 1, 16, 32, 4, 13, 0.0, False),
     "softcap-alibi": (25, 3, 3, 3, 24, 32, 0, 32, 50.0, True),
     "gemma3-shape": (70, 5, 4, 1, 256, 256, 32, 128, 0.0, False),
+    "odd-sizes": (11, 6, 6, 2, 40, 40, 0, 24, 0.0, False),  # 3 heads a group, Dv 40: masked lanes
 }
 
 
@@ -68,11 +70,26 @@ def test_batched_attention_equals_softmax_formula(case):
     scale = 1.0 / np.sqrt(head_dim)
     expected = _reference(q, keys, values, pos0, scale, softcap, window, slopes)
     k_cache, v_cache = _cache(keys, values, n_slots)
-    assert ops.attention_blocked_fits(n_tok, pos0, window, n_slots, head_dim_v)
-    for kernel in (ops.attention, ops.attention_blocked):
+    blocked = ops.attention_blocked_fits(n_tok, pos0, window, n_slots, head_dim_v)
+    assert blocked == (head_dim_v % 32 == 0)
+    for kernel in (ops.attention, ops.attention_blocked) if blocked else (ops.attention,):
         out = np.full((n_tok, n_heads, head_dim_v), np.nan, np.float32)
         kernel(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out)
         np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5, err_msg=kernel.__name__)
+    # the same rows as decoded tokens of one sequence (positions pos0 ..), from an f32 and an f16 cache
+    seq, positions = np.zeros(n_tok, np.int64), pos0 + np.arange(n_tok)
+    f16_keys, f16_values = keys.astype(np.float16), values.astype(np.float16)
+    f16_expected = _reference(q, f16_keys.astype(np.float32), f16_values.astype(np.float32), pos0, scale, softcap,
+                              window, slopes)
+    k16, v16 = _cache(f16_keys.astype(np.float32), f16_values.astype(np.float32), n_slots)
+    caches = {"f32": (k_cache, v_cache, expected),
+              "f16": (k16.astype(np.float16).view(np.uint16), v16.astype(np.float16).view(np.uint16), f16_expected)}
+    for kind, (k_rows, v_rows, want) in caches.items():
+        kernels = ops.kv_kernels(kind, kind)
+        for kernel in (kernels.rows, kernels.rows_serial):
+            out = np.full((n_tok, n_heads, head_dim_v), np.nan, np.float32)
+            kernel(q, k_rows[None], v_rows[None], seq, positions, scale, softcap, window, slopes, out)
+            np.testing.assert_allclose(out, want, rtol=0, atol=2e-5, err_msg=f"{kind} decode rows")
 
 
 def test_blocked_attention_needs_value_heads_of_32_and_every_position_in_the_ring():

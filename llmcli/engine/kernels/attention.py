@@ -31,10 +31,7 @@ The cache layouts they read (engine.kv_cache, one key/value head of one sequence
 `value_sums`: acc[i, c] += sum_j weights[i, j0 + j] * values[slot + j, c], for j < m in order.
     Tiles of 64 channels x up to 4 heads.
 Both end with one vector under a lane mask where m (keys) or Dv (values) is not a multiple of 16:
-masked loads, so no lane reads past the run. Software prefetch did not pay: with the weights
-streamed between layers the keys and values come from memory either way (a cold decode step of
-the demo shape took 19-20 us per sequence and layer with or without prefetching; a bare read of
-the same bytes 10.6 us).
+masked loads and stores, so no lane touches memory past the run.
 """
 
 from __future__ import annotations
@@ -86,6 +83,9 @@ def _tile_widths(builder, n_items, emit):
         emit(done, 1, builder.icmp_signed("<", lanes, splat(builder, left, LANES)))
 
 
+_NAMES = {F32: "f32", I16: "i16"}  # LLVM's names of the element types in intrinsic names
+
+
 def _load(builder, base, offset, elem, mask):
     """<LANES x elem> at base + offset (elements), the lanes off in `mask` read as 0 and not touched."""
     vty = vector(elem, LANES)
@@ -104,9 +104,6 @@ def _store(builder, value, base, offset, mask):
         return
     fn = declare(builder, f"llvm.masked.store.v{LANES}f32.p0", ir.VoidType(), [value.type, p.type, I32, mask.type])
     builder.call(fn, [value, p, ir.Constant(I32, 4), mask])
-
-
-_NAMES = {F32: "f32", I16: "i16"}
 
 
 @intrinsic
