@@ -388,6 +388,18 @@ def _add_group_values_kind(values, start, n, ring, weights, acc, kind):
 
 
 @njit(inline="always")
+def _parallel_rows(q, positions, window, out):
+    """Whether decode rows at these positions are attention work enough for a parallel region
+    (PARALLEL_MIN_WORK multiply-adds): decided in the kernel, not in Python (numpy's sum over the
+    positions cost ~9 us a layer in a model, its memory cold after the weights' stream)."""
+    n_keys = 0
+    for t in range(positions.shape[0]):
+        seen = positions[t] + 1
+        n_keys += seen if window <= 0 else min(seen, window)
+    return q.shape[1] * n_keys * (q.shape[2] + out.shape[2]) >= PARALLEL_MIN_WORK
+
+
+@njit(inline="always")
 def _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
                           k_kind, v_kind):
     """Row t's query heads that share key/value head g (task = t * Hkv + g) against sequence
@@ -442,6 +454,21 @@ def round_through_q8_0(x):
                 d, inv = activation_block_scale(row, first)
                 for k in range(first, first + 32):
                     row[k] = np.float32(activation_code(row[k], inv)) * d
+
+
+# What llama.cpp's flash-attention row kernel converts the queries to before dotting them with keys
+# of each cache type (the keys' vec_dot_type), as `round_queries` codes: f16 values (1), or Q8_0
+# blocks for the block types (2); f32 keys take the queries as they are (0).
+QUERY_ROUNDING = {"f32": 0, "f16": 1, "q8_0": 2, "q4_0": 2}
+
+
+@njit(cache=True, nogil=True)
+def round_queries(q, rounding):
+    """q (T, H, D) rounded in place as `QUERY_ROUNDING` code `rounding` says."""
+    if rounding == 1:
+        round_through_f16(q)
+    elif rounding == 2:
+        round_through_q8_0(q)
 
 
 # Query rows per block of the GEMM-shaped attention: gemm_micro's 6-row register block.
@@ -629,14 +656,55 @@ def _store_row_kind(x, cache, slot, kind, transposed):
     return float_row
 
 
+@njit(inline="always")
+def _attention_tasks(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, parallel, k_kind,
+                     v_kind):
+    """Batched decode: row t of q (T, H, Dh) is one token of sequence seq[t] at positions[t];
+    k_cache and v_cache hold every sequence's cache (see KVCache), block types read in place.
+    One task per (row, key/value head): its query heads together, so a sequence's result does
+    not depend on the others in the batch (one token evaluated alone runs this too). The tasks
+    go to the thread pool (`prange`) when `parallel`, else run on the calling thread."""
+    if parallel:
+        for task in prange(q.shape[0] * k_cache.shape[1]):
+            _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
+                                  k_kind, v_kind)
+    else:  # a function of its own: the task inlined twice in one function made numba warn at compile
+        _attention_tasks_serial(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, k_kind,
+                                v_kind)
+
+
+@njit(nogil=True, fastmath=_REASSOCIATE)
+def _attention_tasks_serial(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, k_kind,
+                            v_kind):
+    for task in range(q.shape[0] * k_cache.shape[1]):
+        _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
+                              k_kind, v_kind)
+
+
+@njit(inline="always")
+def _store_rows(k, v, k_cache, v_cache, seq, positions, k_kind, v_kind):
+    """Batched decode: row t's key (Hkv, Dh) and value (Hkv, Dv) into sequence seq[t]'s cache
+    (k_cache (S, Hkv, Dh, n_slots) / v_cache (S, Hkv, n_slots, Dv) for floats) at positions[t],
+    a block type quantized a head row at a time."""
+    ring = v_cache.shape[2]
+    for t in range(k.shape[0]):
+        slot = positions[t] % ring
+        for h in range(k.shape[1]):
+            _store_row(k[t, h], k_cache[seq[t], h], slot, k_kind, True)  # float keys: transposed
+            _store_row(v[t, h], v_cache[seq[t], h], slot, v_kind, False)
+
+
 class KVKernels(NamedTuple):
     """The kernels that read or write a KV cache, compiled for one pair of cache types (see
     `kv_kernels`)."""
 
     rows: object  # (q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out)
     rows_serial: object  # the same on the calling thread (`PARALLEL_MIN_WORK`)
+    attend_rows: object  # the same arguments and `threads`: `rows` or `rows_serial`, by the rows' work
     blocked: object  # (q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out)
     store_rows: object  # (k, v, k_cache, v_cache, seq, positions)
+    decode_rows: object  # (q, k, v, cos, sin, neox, query_rounding, k_cache, v_cache, seq, positions,
+    #                       scale, softcap, window, slopes, out, threads): a decode step's attention
 
 
 def kv_kernels(k_type: str, v_type: str) -> KVKernels:
@@ -654,19 +722,22 @@ def _kv_kernels(k_kind: str, v_kind: str) -> KVKernels:
 
     @njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
     def rows(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
-        """Batched decode: row t of q (T, H, Dh) is one token of sequence seq[t] at positions[t];
-        k_cache and v_cache hold every sequence's cache (see KVCache), block types read in place.
-        One task per (row, key/value head): its query heads together, so a sequence's result does
-        not depend on the others in the batch (one token evaluated alone runs this too)."""
-        for task in prange(q.shape[0] * k_cache.shape[1]):
-            _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
-                                  k_kind, v_kind)
+        _attention_tasks(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, True, k_kind, v_kind)
 
     @njit(cache=True, nogil=True, fastmath=_REASSOCIATE)
     def rows_serial(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out):
-        for task in range(q.shape[0] * k_cache.shape[1]):
-            _attention_group_task(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, task,
-                                  k_kind, v_kind)
+        _attention_tasks(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, False, k_kind,
+                         v_kind)
+
+    # `attend_rows` and `decode_rows` take the loops inline (module-level helpers) rather than
+    # calling `rows` or `store_rows`, and the thread count as an argument: numba cannot cache a
+    # function that calls a parallel one, asks for the thread count or calls a function made in
+    # this closure, and would compile it at every start. threads: the pool's count now (a
+    # parallel region of 1 thread still costs).
+    @njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
+    def attend_rows(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, threads):
+        _attention_tasks(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out,
+                         threads > 1 and _parallel_rows(q, positions, window, out), k_kind, v_kind)
 
     @njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
     def blocked(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
@@ -772,17 +843,26 @@ def _kv_kernels(k_kind: str, v_kind: str) -> KVKernels:
 
     @njit(cache=True, nogil=True)
     def store_rows(k, v, k_cache, v_cache, seq, positions):
-        """Batched decode: row t's key (Hkv, Dh) and value (Hkv, Dv) into sequence seq[t]'s cache
-        (k_cache (S, Hkv, Dh, n_slots) / v_cache (S, Hkv, n_slots, Dv) for floats) at positions[t],
-        a block type quantized a head row at a time."""
-        ring = v_cache.shape[2]
-        for t in range(k.shape[0]):
-            slot = positions[t] % ring
-            for h in range(k.shape[1]):
-                _store_row(k[t, h], k_cache[seq[t], h], slot, k_kind, True)  # float keys: transposed
-                _store_row(v[t, h], v_cache[seq[t], h], slot, v_kind, False)
+        _store_rows(k, v, k_cache, v_cache, seq, positions, k_kind, v_kind)
 
-    return KVKernels(rows, rows_serial, blocked, store_rows)
+    @njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
+    def decode_rows(q, k, v, cos, sin, neox, query_rounding, k_cache, v_cache, seq, positions, scale, softcap,
+                    window, slopes, out, threads):
+        """A decode step's attention in one call (row t: one token of sequence seq[t] at
+        positions[t]): RoPE on the keys and queries (cos of 0 rows: none), the keys and values
+        stored (`store_rows`), the queries rounded as the keys' type asks (`round_queries`), then
+        `attend_rows`. One call instead of five from Python: in a model each call's Python and
+        dispatch ran on memory the weights' stream had just evicted (1B-shaped model, 1 thread: 50-64
+        -> 38-43 us a layer)."""
+        if cos.shape[0]:
+            rope_rows(k, cos, sin, positions, neox)
+            rope_rows(q, cos, sin, positions, neox)
+        _store_rows(k, v, k_cache, v_cache, seq, positions, k_kind, v_kind)
+        round_queries(q, query_rounding)
+        _attention_tasks(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out,
+                         threads > 1 and _parallel_rows(q, positions, window, out), k_kind, v_kind)
+
+    return KVKernels(rows, rows_serial, attend_rows, blocked, store_rows, decode_rows)
 
 
 _FLOAT_KV = kv_kernels("f32", "f32")

@@ -68,6 +68,7 @@ class Transformer:
         # where a prompt chunk is too small for the panels of `kv_kernels.blocked`
         self.kv_blocks = kind_k.quantized or kind_v.quantized
         self.kv_kernels = ops.kv_kernels(self.cache_type_k, self.cache_type_v)  # compiled for this pair
+        self.query_rounding = ops.QUERY_ROUNDING[self.cache_type_k]  # as llama.cpp's row kernel (ops)
         self.path = reader.path
         hp, _ = _hparams(reader, spec)
         self.hp: HParams = hp
@@ -642,7 +643,8 @@ class Transformer:
         if blocked:  # register-blocked products: ~3x faster on a prompt (blocks dequantized once)
             self.kv_kernels.blocked(*args)
         elif self.kv_blocks:
-            self._attend_each_row(q3, *part.slot.cache.layer(il), index[n_all - n:], positions[n_all - n:], window, a3)
+            self.kv_kernels.attend_rows(q3, *part.slot.cache.layer(il), index[n_all - n:], positions[n_all - n:],
+                                        hp.attn_scale, hp.attn_softcap, window, self.slopes, a3, get_threads())
         elif work < ops.PARALLEL_MIN_WORK:
             ops.attention_serial(*args)
         else:
@@ -665,32 +667,13 @@ class Transformer:
             flat = q.reshape(n * hp.n_head, hp.head_dim)
             ops.rms_norm_serial(flat, blk.attn_q_norm, hp.rms_eps, flat)
         swa = hp.is_swa[il]
-        table = self._rope_table(swa, int(positions.max()) + 1)
-        if table is not None:
-            neox = hp.rope_style == "neox"
-            ops.rope_rows(k3, table[0], table[1], positions, neox)
-            ops.rope_rows(q3, table[0], table[1], positions, neox)
+        table = self._rope_table(swa, part.n_positions)
+        cos, sin = _NO_ROPE if table is None else table
         k_cache, v_cache = part.cache.layer(il)
         a3 = attn.reshape(n, hp.n_head, hp.head_dim_v)
-        window = hp.n_swa if swa else 0
-        self.kv_kernels.store_rows(k3, v3, k_cache, v_cache, index, positions)
-        _round_like_keys(q3, self.cache_type_k)
-        self._attend_each_row(q3, k_cache, v_cache, index, positions, window, a3)
-
-    def _serial_rows(self, positions: np.ndarray, window: int) -> bool:
-        """Whether rows at these positions are too little attention work for a parallel region."""
-        hp = self.hp
-        n_keys = int((positions + 1).sum()) if window <= 0 else int(np.minimum(positions + 1, window).sum())
-        work = hp.n_head * n_keys * (hp.head_dim + hp.head_dim_v)
-        return work < ops.PARALLEL_MIN_WORK or get_threads() == 1  # a 1-thread parallel region still costs
-
-    def _attend_each_row(self, q3, k_cache, v_cache, index, positions, window, a3) -> None:
-        """Attention of query rows (one token of sequence index[t] at positions[t] each) into a3,
-        over every sequence's arrays (a q8_0 / q4_0 cache read block by block)."""
-        hp = self.hp
-        serial = self._serial_rows(positions, window)
-        attention = self.kv_kernels.rows_serial if serial else self.kv_kernels.rows
-        attention(q3, k_cache, v_cache, index, positions, hp.attn_scale, hp.attn_softcap, window, self.slopes, a3)
+        self.kv_kernels.decode_rows(q3, k3, v3, cos, sin, hp.rope_style == "neox", self.query_rounding, k_cache,
+                                    v_cache, index, positions, hp.attn_scale, hp.attn_softcap,
+                                    hp.n_swa if swa else 0, self.slopes, a3, get_threads())
 
     def _ffn(self, blk, h: np.ndarray, out: np.ndarray, parts: list["_Part"]) -> None:
         if hasattr(blk, "ffn_gate_inp"):  # routing is per token: each part as it runs alone
@@ -763,12 +746,14 @@ class _Part:
     cache (`index` its slot rows), each at its own position. `n` rows now; at the last layer
     only the last `n_out` rows go on (a decode row always does)."""
 
-    __slots__ = ("decode", "n", "n_out", "slot", "pos", "cache", "index", "positions")
+    __slots__ = ("decode", "n", "n_out", "slot", "pos", "cache", "index", "positions", "n_positions")
 
     def __init__(self, decode: bool, n: int, n_out: int, slot=None, pos: int = 0, cache=None,
                  index=None, positions=None):
         self.decode, self.n, self.n_out = decode, n, n_out
         self.slot, self.pos, self.cache, self.index, self.positions = slot, pos, cache, index, positions
+        # decode rows: the RoPE table length they need (found once a step, not once a layer)
+        self.n_positions = int(positions.max()) + 1 if decode and n else 0
 
     @classmethod
     def chunk(cls, slot: CacheSlot, pos: int, n: int, n_out: int) -> "_Part":
@@ -812,15 +797,13 @@ class _Part:
         slot.n_past = pos + len(ids)
 
 
+# (cos, sin) for a model without RoPE: `decode_rows` skips the rotation on a table of 0 rows.
+_NO_ROPE = (np.zeros((0, 1), np.float32),) * 2
+
 # llama.cpp's CPU flash attention (on by default) takes 64 or more query rows in float32 tiles
 # (keys widened to float32); fewer rows, as in decoding, go through its row kernel, which first
 # converts the queries to the keys' type.
 FLASH_ATTN_TILE_QUERIES = 64
-
-
-# What llama.cpp's flash-attention row kernel converts the queries to before dotting them with keys
-# of each cache type (the keys' vec_dot_type): f16 values, or Q8_0 blocks for the block types.
-_QUERY_ROUNDING = {"f16": ops.round_through_f16, "q8_0": ops.round_through_q8_0, "q4_0": ops.round_through_q8_0}
 
 
 def _round_like_keys(q: np.ndarray, k_type: str) -> None:
@@ -828,9 +811,7 @@ def _round_like_keys(q: np.ndarray, k_type: str) -> None:
     under FLASH_ATTN_TILE_QUERIES query rows, and for any batch with a block-type cache): the scores
     are then the products it computes. Q8_0 rounding is idempotent (the codes of a block's values
     are its codes), so the block kernels that quantize the queries again get the same blocks."""
-    rounding = _QUERY_ROUNDING.get(k_type)
-    if rounding is not None:
-        rounding(q)
+    ops.round_queries(q, ops.QUERY_ROUNDING[k_type])
 
 
 def load_model(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
