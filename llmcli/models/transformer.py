@@ -544,6 +544,9 @@ class Transformer:
         weight tiles)."""
         if self.observer is not None:
             self.observer(w, x)
+        if len(parts) == 1 and parts[0].decode:  # decoding: one run of decoded tokens, x's every row
+            w.decode(x, out, True)
+            return out
         sizes = [p.n for p in parts] if sizes is None else sizes
         groups: list[list] = []  # [(mat-vec?, decoded tokens?), first row, row bounds of its runs]
         row = 0
