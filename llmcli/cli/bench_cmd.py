@@ -49,8 +49,10 @@ def _batched(models, n_pp: str, n_tg: str, n_pl: str, shared_prompt: bool, threa
             for n_batch in parse_int_list(batch_size, "-b", minimum=1):
                 model = load_model(path, threads=n_threads, ctx_size=ctx_size or need, batch_size=n_batch,
                                    n_seq=max(pls), cache_type_k=cache_type_k, cache_type_v=cache_type_v)
-                if warmup:  # compile or load every kernel outside the timings
-                    run_batched(model, min(pps[0], 16), 2, min(max(pls), 2), shared_prompt, rng)
+                if warmup:  # compile or load every kernel outside the timings: a prompt as long as the
+                    # first timed one (llama-batched-bench warms with 16 tokens, but here a prompt of 16
+                    # takes other kernels than one of 128, whose loading then fell in B = 1's T_PP)
+                    run_batched(model, min(pps[0], n_batch), 2, min(max(pls), 2), shared_prompt, rng)
                 for pp in pps:
                     for tg in tgs:
                         for pl in pls:
