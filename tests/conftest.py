@@ -107,6 +107,18 @@ def activation_mode():
 
 
 @pytest.fixture
+def int8_mode(activation_mode):
+    """The engine in "int8" activation mode for the test; the mode and the thread count it had
+    come back afterwards."""
+    from llmcli.engine.matmul import get_threads, set_threads
+
+    threads = get_threads()
+    activation_mode("int8")
+    yield
+    set_threads(threads)
+
+
+@pytest.fixture
 def cli():
     """`res = cli("inspect", path, "--json")` -> res.exit_code, res.stdout, res.stderr."""
     return run_cli

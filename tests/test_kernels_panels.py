@@ -38,14 +38,6 @@ def test_every_type_packs_on_this_cpu():
     assert [t.name for t in PANEL_KINDS] == TYPES
 
 
-@pytest.fixture
-def int8_mode(activation_mode):
-    threads = matmul.get_threads()
-    activation_mode("int8")
-    yield
-    set_threads(threads)
-
-
 def matrix(rng, type_name: str, n_rows: int, n_blocks: int) -> QuantizedMatrix:
     return QuantizedMatrix(random_rows(type_name, n_rows, 32 * n_blocks, rng), GGMLType[type_name], 32 * n_blocks)
 

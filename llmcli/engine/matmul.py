@@ -42,6 +42,7 @@ import numpy as np
 from ..errors import BadInputError, UnsupportedError
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .kernels import FORMATS, gemm_int8, gemm_nt, gemm_panels, pack_panels
+from .kernels.int8_kquants import matvec_q4_k_kernel_order, matvec_q4_k_kernel_order_serial
 from .kernels.panel_int8 import PANEL_KINDS, WIDE_ROW_LAYOUT, rows_wide, rows_wide_serial
 
 __all__ = ["QuantizedMatrix", "Workspace", "matvec", "matvecs", "matmul", "matmul_segments", "gemm_min_tokens",
@@ -122,7 +123,8 @@ class QuantizedMatrix:
     `raw` is a uint8 (n_rows, row_bytes) view (e.g. `GGUFReader.tensor_bytes`); it is never copied.
     """
 
-    __slots__ = ("raw", "ggml_type", "n_rows", "n_cols", "format", "weights", "x_shape", "panels", "wide_decode")
+    __slots__ = ("raw", "ggml_type", "n_rows", "n_cols", "format", "weights", "x_shape", "panels", "wide_decode",
+                 "kernel_rows")
 
     def __init__(self, raw: np.ndarray, ggml_type: GGMLType, n_cols: int):
         ggml_type = GGMLType(ggml_type)
@@ -155,6 +157,9 @@ class QuantizedMatrix:
         # Decoded tokens' mat-vecs sum each row in float64, packed or not (engine/panels.py
         # `WIDE_DECODE`: a Q8_0 / Q5_0 layer matrix where the CPU has VNNI).
         self.wide_decode = False
+        # Q4_K rows repacked into the 8-bit mat-vec's order (engine/panels.py `pack_kernel_order`),
+        # read-only (rows, n_blocks, 148); None: not repacked.
+        self.kernel_rows = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -196,18 +201,22 @@ def matvec(W: QuantizedMatrix, x: np.ndarray, out: np.ndarray | None = None) -> 
     if _uses_panels(W):
         W.panels.matvecs(x.reshape(1, -1), out.reshape(1, -1))
     elif W.n_rows:
-        _matvec_kernel(W, 1)(W.weights, W._x_view(x), out)
+        kernel, weights = _matvec_kernel(W, 1)
+        kernel(weights, W._x_view(x), out)
     return out
 
 
 def _matvec_kernel(W: QuantizedMatrix, n_columns: int):
-    """The mat-vec kernel for W's type and the activation mode; it takes one x or B rows. Its serial
-    and parallel versions give the same bits."""
+    """(kernel, weights): the mat-vec kernel for W's type and the activation mode, and the rows it
+    reads (in "int8" mode a repacked matrix's `kernel_rows`, else the rows as stored); it takes one
+    x or B rows. Its serial and parallel versions give the same bits."""
     fmt = W.format
     serial = _serial(W, n_columns)
+    if _activations_mode == "int8" and W.kernel_rows is not None:
+        return (matvec_q4_k_kernel_order_serial if serial else matvec_q4_k_kernel_order), W.kernel_rows
     if _activations_mode == "int8" and fmt.matvec_int8 is not None:
-        return fmt.matvec_int8_serial if serial else fmt.matvec_int8
-    return fmt.matvec_serial if serial else fmt.matvec
+        return (fmt.matvec_int8_serial if serial else fmt.matvec_int8), W.weights
+    return (fmt.matvec_serial if serial else fmt.matvec), W.weights
 
 
 def _serial(W: QuantizedMatrix, n_columns: int) -> bool:
@@ -235,7 +244,8 @@ def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None, de
         kernel = rows_wide_serial if _serial(W, X.shape[0]) else rows_wide
         kernel(W.weights, X, out, *WIDE_ROW_LAYOUT[PANEL_KINDS[W.ggml_type]])
     elif W.n_rows and X.shape[0]:
-        _matvec_kernel(W, X.shape[0])(W.weights, X, out)
+        kernel, weights = _matvec_kernel(W, X.shape[0])
+        kernel(weights, X, out)
     return out
 
 
@@ -345,6 +355,8 @@ def _gemm_int8(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray, ws: Workspace
         mins = ws.buffer("mins", n_panels, n_sub * gemm_int8.ROWS_PER_PANEL) if spec.has_min else scales
         if W.panels is not None:  # the same tile from the packed rows (the map's pages stay released)
             W.panels.decode_tile(start, codes, scales)
+        elif W.kernel_rows is not None:  # the same again, from the rows in the mat-vec's order
+            gemm_int8.decode_q4_k_kernel_order(W.kernel_rows, start, codes, scales, mins)
         else:
             decode(W.weights, start, codes, scales, mins)
         for a, b in segments:

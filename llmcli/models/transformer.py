@@ -36,7 +36,8 @@ from ..engine.kv_cache import DEFAULT_KV_TYPE, CacheSlot, KVCache, check_head_si
 from ..engine.linear import COMPUTABLE_TYPES, Linear, float_rows, vector
 from ..engine.matmul import GEMM_MIN_TOKENS, Workspace, get_threads
 from ..engine.prompt_activations import DEFAULT_PROMPT_ACTIVATIONS, PROMPT_ACTIVATIONS, check_prompt_activations
-from ..engine.panels import LAYER_PANEL_ORDER, WIDE_DECODE, pack_panels, packs_layer_panels, packs_panels
+from ..engine.panels import (KERNEL_ORDER_TYPES, LAYER_PANEL_ORDER, WIDE_DECODE, pack_kernel_order, pack_panels,
+                             packs_layer_panels, packs_panels)
 from ..engine.rope import rope_tables
 from ..engine.threads import AutoThreads
 from ..errors import BadInputError, FormatError, LlmcliError, UnsupportedError
@@ -163,6 +164,8 @@ class Transformer:
             linear.matrix.wide_decode = packs_layer_panels(info.type) and info.type in WIDE_DECODE
             if packs_layer_panels(info.type) and self.reader.releases_pages:
                 self._pack(linear, info, LAYER_PANEL_ORDER[info.type])
+            elif info.type in KERNEL_ORDER_TYPES and self.reader.releases_pages:
+                pack_kernel_order(linear.matrix, self._releaser(info))
             return linear
         n_rows_per_expert, n_expert = info.shape[1], info.shape[2]
         return [Linear(self.reader, info, rows=(e * n_rows_per_expert, (e + 1) * n_rows_per_expert),
@@ -173,8 +176,11 @@ class Transformer:
         """Repack a matrix's rows into panels (engine/panels.py: its mat-vecs and prompt GEMMs then
         read only the panels; row_order: in the row mat-vec's summation order), releasing the
         mapped pages of the rows packed as it goes."""
-        pack_panels(linear.matrix, lambda a, b: self.reader.release_pages(info, a * info.row_bytes,
-                                                                          b * info.row_bytes), row_order)
+        pack_panels(linear.matrix, self._releaser(info), row_order)
+
+    def _releaser(self, info):
+        """release(first_row, end_row): give back the mapped pages of a matrix's rows once repacked."""
+        return lambda a, b: self.reader.release_pages(info, a * info.row_bytes, b * info.row_bytes)
 
     def _check_embedding_type(self, embd) -> None:
         try:

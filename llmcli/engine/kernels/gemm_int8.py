@@ -63,11 +63,11 @@ from ...quants.iquants import iq4_xs_scale
 from ...quants.legacy import read_u32
 from ...quants.kquants import scale_min_k4
 from .int8 import IQ4_CODES, lookup16
-from .int8_kquants import QK_K, quantize_q8_k_into, shifted_pair
+from .int8_kquants import Q4_K_KERNEL_ORDER_BYTES, QK_K, quantize_q8_k_into, shifted_pair
 from .iq2 import Iq2Decoder
 from .iq3 import Iq3Decoder
 from .llvm_ir import (F16, F32, I8, I32, as_i64, call_fma, carried_loop, concat, const_vector, data_ptr, declare,
-                      i64, load_at, row_ptr, splat, tree_reduce, vector)
+                      i64, indices, load_at, row_ptr, splat, tree_reduce, vector)
 
 ROWS_PER_PANEL = 16
 # The micro-kernel: 2 panels (32 rows) x 6 tokens = 12 zmm float accumulators + 12 int32 ones.
@@ -107,6 +107,10 @@ SPECS = {
     GGMLType.IQ2_XS: Spec("iq2_xs", 256, 74, 16, 43, False, True),
     GGMLType.IQ2_S: Spec("iq2_s", 256, 82, 16, 43, False, True),
 }
+# Q4_K layer matrices repacked into the 8-bit mat-vec's order (int8_kquants.q4_k_kernel_order):
+# the same tiles as Q4_K's, decoded from 148-byte blocks.
+Q4_K_KERNEL_ORDER = Spec("q4_k_ko", 256, Q4_K_KERNEL_ORDER_BYTES, 32, 0, True, True)
+_DECODE_SPECS = list(SPECS.values()) + [Q4_K_KERNEL_ORDER]
 # the lattice types' grids (quants' arrays: one integer per entry, its magnitudes as bytes) as
 # constants of the decoders' LLVM modules
 GRIDS = {"iq3_xxs": IQ3XXS_POINTS, "iq3_s": IQ3S_POINTS, "iq2_xxs": GRID_XXS.view(np.uint64).ravel(),
@@ -142,6 +146,17 @@ def _block_codes(builder, kind, base):
                                                               bytes_of(1, 32)), bytes_of(4, 32)))
             out.append(concat(builder, lo, hi))
         return out
+    if kind == "q4_k_ko":
+        # int8_kquants.q4_k_kernel_order: byte 8 (2g + h) + b of u_k (the low / high nibbles of the
+        # zmm at 20 + 64 (k // 2)) is weight 64g + 32h + 8k + b
+        u = []
+        for half in range(2):
+            lo, hi = nibbles(load_at(builder, base, i64(20 + 64 * half), v64i8), 64)
+            u += [lo, hi]
+        both = [concat(builder, u[0], u[1]), concat(builder, u[2], u[3])]
+        order = [[128 * (k // 2) + 64 * (k % 2) + 8 * (2 * g + h) + b for h in range(2) for k in range(4)
+                  for b in range(8)] for g in range(4)]
+        return [builder.shuffle_vector(both[0], both[1], indices(weights)) for weights in order]
     if kind == "q6_k":  # int8_kquants.py's Q6_K diagram: u_a, u_b per half n
         out = []
         for n in range(2):
@@ -201,7 +216,7 @@ def store_block_codes(typingctx, row, b, kind, codes, p, lane):
     code k at codes[p, 64 (k // 4) + 4 lane + k % 4]. One 4-byte store per 4 codes."""
     if not isinstance(kind, types.StringLiteral):
         return None
-    spec = next(s for s in SPECS.values() if s.kind == kind.literal_value)
+    spec = next(s for s in _DECODE_SPECS if s.kind == kind.literal_value)
 
     def codegen(context, builder, signature, args):
         tys = signature.args
@@ -269,6 +284,12 @@ def _block_scales(blocks, r, b, scales, mins, p, j, kind, subs_per_block):
             sc, mn = scale_min_k4(i, block[4:16])
             scales[p, ROWS_PER_PANEL * (s0 + i) + j] = d * np.float32(sc)
             mins[p, ROWS_PER_PANEL * (s0 + i) + j] = -(dmin * np.float32(mn))
+    elif kind == "q4_k_ko":  # the same values, the scales and mins as bytes at 4 and 12
+        block = blocks[r, b]
+        d, dmin = read_fp16(block, 0), read_fp16(block, 2)
+        for i in range(8):
+            scales[p, ROWS_PER_PANEL * (s0 + i) + j] = d * np.float32(block[4 + i])
+            mins[p, ROWS_PER_PANEL * (s0 + i) + j] = -(dmin * np.float32(block[12 + i]))
     elif kind == "q6_k":
         block = blocks[r, b]
         d = read_fp16(block, 208)
@@ -305,6 +326,11 @@ def _block_scales(blocks, r, b, scales, mins, p, j, kind, subs_per_block):
 @njit(parallel=True, cache=True, nogil=True)
 def decode_q4_k(blocks, r0, codes, scales, mins):
     _decode_tile(blocks, r0, codes, scales, mins, "q4_k", 8)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def decode_q4_k_kernel_order(blocks, r0, codes, scales, mins):  # blocks (rows, n_blocks, 148)
+    _decode_tile(blocks, r0, codes, scales, mins, "q4_k_ko", 8)
 
 
 @njit(parallel=True, cache=True, nogil=True)
