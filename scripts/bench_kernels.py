@@ -100,7 +100,7 @@ def main() -> None:
     for n in thread_counts:
         header += f" | {n}T mv ms  GB/s"
         if not args.no_pp:
-            header += f"  pp ms GFLOP/s"
+            header += "  pp ms GFLOP/s"
     for n in thread_counts:
         set_threads(n)
         bandwidth, gemm = yardsticks(args.rounds)

@@ -28,7 +28,6 @@ import pytest
 from llmcli.demo import demo_model_path
 from llmcli.generation import Request, SamplingParams, Scheduler
 from llmcli.generation.grammar import (JSON_OBJECT_GBNF, GrammarError, compile_grammar, schema_to_grammar)
-from llmcli.generation.grammar.tokens import TokenIndex
 from llmcli.gguf import GGUFReader
 from llmcli.models import load_model
 from llmcli.vocab import Tokenizer

@@ -22,14 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import BadInputError, LlmcliError
 from ..generation import Request as GenerationRequest
-from ..generation import SamplingParams
+from ..generation import SamplingParams, finish_reason
 from ..generation.grammar.tokens import TokenIndex
 from ..generation.pooling import l2_normalize
 from ..generation.tools import ArgumentsPart, CallHead, ReplyReader
 from .errors import ApiError
 from .gateway import Gateway
 from .responses import (ChatShapes, TextShapes, TokenTexts, arguments_delta, call_head_delta, embedding_list,
-                        finish_reason, tool_call_deltas, usage)
+                        tool_call_deltas, usage)
 from .schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
                       NativeCompletionRequest, TokenizeRequest)
 from .state import ServerState

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from .. import __version__
-from ..generation import TokenLogprob, finish_reason
+from ..generation import TokenLogprob
 from ..generation.tools import ToolCall
 
 SYSTEM_FINGERPRINT = f"llmcli-{__version__}"

@@ -128,7 +128,7 @@ TQ1_0_SOURCES = _tq1_0_sources()
 
 def _tq1_0_codes(builder, base):
     """The four <64 x i8> code vectors of the TQ1_0 block at `base` (i8*)."""
-    v64i8, v64i16 = vector(I8, 64), vector(I16, 64)
+    v64i8 = vector(I8, 64)
     first = load_at(builder, base, i64(0), vector(I8, 32))
     second = load_at(builder, base, i64(32), vector(I8, 16))
     qh = load_at(builder, base, i64(48), vector(I8, 4))
