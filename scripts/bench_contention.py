@@ -79,7 +79,8 @@ def command(tool: str, threads: str | None, args) -> list[str]:
 
 
 def run_one(cmd: list[str], timeout: float) -> dict[str, float] | None:
-    """tokens/s per test ("pp128", "tg64") of one bench run; None if it failed or ran out of time."""
+    """tokens/s per test ("pp128", "tg64", "tg32@d4096" after a context of 4096) of one bench run;
+    None if it failed or ran out of time."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -99,6 +100,7 @@ def run_one(cmd: list[str], timeout: float) -> dict[str, float] | None:
     result = {}
     for r in rows:
         name = f"pp{r['n_prompt']}" if not r["n_gen"] else f"tg{r['n_gen']}"
+        name += f"@d{r['n_depth']}" if r.get("n_depth") else ""
         result[name] = float(r["avg_ts"])
         if r.get("threading_layer"):
             result["threading_layer"] = r["threading_layer"]
