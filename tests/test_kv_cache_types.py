@@ -279,8 +279,6 @@ def test_prompt_panels_over_blocks_are_the_row_kernel(k_kind, v_kind, window):
     dequantized values, with the queries as the Q8_0 blocks llama.cpp's row kernel dots them as
     (or as f16 for f16 keys): the row kernel's results, up to float rounding - sliding-window
     ring included (36 slots wrapped by positions 0 .. 51, queries at 40 .. 51 in a window of 24)."""
-    from llmcli.models.transformer import _round_like_keys
-
     rng = np.random.default_rng(11)
     n_kv, head_dim, n_tok = 2, 64, 12
     pos0 = 40 if window else 20
@@ -294,7 +292,7 @@ def test_prompt_panels_over_blocks_are_the_row_kernel(k_kind, v_kind, window):
     positions = np.arange(n_pos)
     kernels = ops.kv_kernels(k_kind, v_kind)
     kernels.store_rows(k, v, keys, values, np.zeros(n_pos, np.int64), positions)
-    _round_like_keys(q, k_kind)
+    ops.round_queries(q, ops.QUERY_ROUNDING[k_kind])
     args = (0.125, 0.0, window, np.zeros(4, np.float32))
     rows, panels = np.empty((n_tok, 4, head_dim), np.float32), np.empty((n_tok, 4, head_dim), np.float32)
     kernels.rows(q, keys, values, np.zeros(n_tok, np.int64), positions[pos0:], *args, rows)

@@ -388,10 +388,13 @@ def _add_group_values_kind(values, start, n, ring, weights, acc, kind):
 
 
 @njit(inline="always")
-def _parallel_rows(q, positions, window, out):
-    """Whether decode rows at these positions are attention work enough for a parallel region
-    (PARALLEL_MIN_WORK multiply-adds): decided in the kernel, not in Python (numpy's sum over the
-    positions cost ~9 us a layer in a model, its memory cold after the weights' stream)."""
+def _parallel_rows(q, positions, window, out, threads):
+    """Whether decode rows at these positions run in a parallel region: more than one thread, and
+    attention work enough for it (PARALLEL_MIN_WORK multiply-adds), decided in the kernel, not in
+    Python (numpy's sum over the positions cost ~9 us a layer in a model, its memory cold after
+    the weights' stream)."""
+    if threads <= 1:
+        return False
     n_keys = 0
     for t in range(positions.shape[0]):
         seen = positions[t] + 1
@@ -737,7 +740,7 @@ def _kv_kernels(k_kind: str, v_kind: str) -> KVKernels:
     @njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
     def attend_rows(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out, threads):
         _attention_tasks(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out,
-                         threads > 1 and _parallel_rows(q, positions, window, out), k_kind, v_kind)
+                         _parallel_rows(q, positions, window, out, threads), k_kind, v_kind)
 
     @njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOCIATE)
     def blocked(q, k_cache, v_cache, pos0, scale, softcap, window, slopes, out):
@@ -860,7 +863,7 @@ def _kv_kernels(k_kind: str, v_kind: str) -> KVKernels:
         _store_rows(k, v, k_cache, v_cache, seq, positions, k_kind, v_kind)
         round_queries(q, query_rounding)
         _attention_tasks(q, k_cache, v_cache, seq, positions, scale, softcap, window, slopes, out,
-                         threads > 1 and _parallel_rows(q, positions, window, out), k_kind, v_kind)
+                         _parallel_rows(q, positions, window, out, threads), k_kind, v_kind)
 
     return KVKernels(rows, rows_serial, attend_rows, blocked, store_rows, decode_rows)
 

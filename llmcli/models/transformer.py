@@ -645,9 +645,11 @@ class Transformer:
         blocked = n >= ops.BLOCKED_ATTENTION_MIN_QUERIES and work >= ops.PARALLEL_MIN_WORK and \
             ops.attention_blocked_fits(n, pos0, window, v_cache.shape[1], hp.head_dim_v)
         # llama.cpp's flash attention converts the queries to the keys' dot type in its row kernel:
-        # for batches under FLASH_ATTN_TILE_QUERIES rows, and for any with a block-type cache
+        # for batches under FLASH_ATTN_TILE_QUERIES rows, and for any with a block-type cache. Q8_0
+        # rounding is idempotent (the codes of a block's values are its codes), so the block
+        # kernels that quantize the queries again get the same blocks.
         if self.kv_blocks or n_all < FLASH_ATTN_TILE_QUERIES:  # the chunk's rows (not the kept ones)
-            _round_like_keys(q3, self.cache_type_k)
+            ops.round_queries(q3, self.query_rounding)
         args = (q3, k_cache, v_cache, pos0, hp.attn_scale, hp.attn_softcap, window, self.slopes, a3)
         if blocked:  # register-blocked products: ~3x faster on a prompt (blocks dequantized once)
             self.kv_kernels.blocked(*args)
@@ -813,14 +815,6 @@ _NO_ROPE = (np.zeros((0, 1), np.float32),) * 2
 # (keys widened to float32); fewer rows, as in decoding, go through its row kernel, which first
 # converts the queries to the keys' type.
 FLASH_ATTN_TILE_QUERIES = 64
-
-
-def _round_like_keys(q: np.ndarray, k_type: str) -> None:
-    """Round the queries in place as llama.cpp's row kernel does for keys of type k_type (it runs
-    under FLASH_ATTN_TILE_QUERIES query rows, and for any batch with a block-type cache): the scores
-    are then the products it computes. Q8_0 rounding is idempotent (the codes of a block's values
-    are its codes), so the block kernels that quantize the queries again get the same blocks."""
-    ops.round_queries(q, ops.QUERY_ROUNDING[k_type])
 
 
 def load_model(path: str | os.PathLike, threads: int | None = None, ctx_size: int | None = None,
