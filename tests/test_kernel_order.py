@@ -118,3 +118,37 @@ def test_a_model_gives_the_same_logits_repacked_or_not(tmp_path):
         steps = [model.decode([seq], np.array([9 + i]))[0].copy() for i in range(3)]
         results.append(np.concatenate([prompt] + [s.reshape(1, -1) for s in steps]))
     assert np.array_equal(results[0].view(np.uint32), results[1].view(np.uint32))
+
+
+def test_q4_k_experts_are_repacked_each_releasing_its_rows(tmp_path, int8_mode):
+    """A 3-D Q4_K expert stack (3 experts of 37 rows, 512 columns): each expert's Linear holds its
+    rows in the kernel's order and gives the stored rows' bits, and the mapped pages are given back
+    expert after expert, every row of the stack once, at its offset in the stack."""
+    from types import SimpleNamespace
+
+    from llmcli.gguf import GGUFReader, GGUFWriter
+    from llmcli.models.transformer import Transformer
+
+    n_rows, n_cols, n_expert = 37, 512, 3
+    raw = random_rows("Q4_K", n_rows * n_expert, n_cols, np.random.default_rng(5))
+    path = tmp_path / "experts.gguf"
+    w = GGUFWriter(path)
+    w.add_string("general.architecture", "llama")
+    w.add_tensor_info("blk.0.ffn_up_exps.weight", (n_cols, n_rows, n_expert), GGMLType.Q4_K)
+    with w.open():
+        w.write_tensor_data("blk.0.ffn_up_exps.weight", raw)
+    with GGUFReader(path) as reader:
+        released = []
+        reader.release_pages = lambda info, lo, hi: released.append((lo // info.row_bytes, hi // info.row_bytes))
+        model = SimpleNamespace(reader=reader, workspace=None)
+        model._releaser = lambda info: Transformer._releaser(model, info)
+        experts = Transformer._weight(model, reader.tensor("blk.0.ffn_up_exps.weight"), None)
+        assert [e.expert for e in experts] == list(range(n_expert))
+        assert all(e.matrix.kernel_rows is not None for e in experts)
+        assert released[0][0] == 0 and released[-1][1] == n_rows * n_expert
+        assert all(b == c for (_, b), (c, _) in zip(released, released[1:]))
+        X = np.random.default_rng(6).standard_normal((3, n_cols)).astype(np.float32)
+        for e, linear in enumerate(experts):
+            rows = QuantizedMatrix(raw[e * n_rows:(e + 1) * n_rows], GGMLType.Q4_K, n_cols)
+            assert rows.kernel_rows is None
+            assert np.array_equal(linear.decode(X, np.empty((3, n_rows), np.float32)), matvecs(rows, X))
