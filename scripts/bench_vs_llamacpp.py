@@ -11,6 +11,12 @@ the other, the first of the pair alternating from round to round, so that the dr
 machine hit both alike. Prints every round's tokens/s and llmcli / llama.cpp per test, then per
 test the medians of each and the range and median of the per-round ratios (the README's tables
 of side-by-side figures come from this). `--json FILE` keeps every figure.
+
+Before and after every run it reads a 512 MiB array with the bench's thread count (`-t`, the
+largest if a list; else every CPU) and prints the rate: generation is a stream of the weights, and
+on the VMs these figures come from that rate moves between levels for minutes at a time (2 vCPUs:
+~34 or ~52 GB/s at 2 threads, a process's generation following it), so a ratio means something
+only between runs that read memory alike. `--no-probe` leaves it out.
 """
 
 from __future__ import annotations
@@ -18,13 +24,60 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from bench_contention import DEFAULT_LLAMA_BENCH, run_one
 
 TOOLS = ("llmcli", "llama.cpp")
+PROBE_BYTES = 512 * 2**20
+PROBE_PASSES = 3
+
+
+def probe_threads(bench_args: list[str]) -> int:
+    """The bench's thread count: `-t`/`--threads` (the largest of a comma list), else every CPU."""
+    for flag, value in zip(bench_args, bench_args[1:]):
+        if flag in ("-t", "--threads"):
+            return max(int(n) for n in value.split(","))
+    return os.cpu_count() or 1
+
+
+class MemoryProbe:
+    """GB/s of a parallel read of PROBE_BYTES (best of PROBE_PASSES): the memory's state now. It
+    loads one byte of every 64-byte line, which moves every line from memory, as a stream of weights
+    does, without the arithmetic of a full sum."""
+
+    def __init__(self, threads: int):
+        import numba
+        import numpy as np
+
+        @numba.njit(parallel=True)
+        def read(data, parts):
+            step = data.size // parts
+            sums = np.zeros(parts, np.int64)
+            for part in numba.prange(parts):
+                total = 0
+                for i in range(part * step, (part + 1) * step, 64):
+                    total += data[i]
+                sums[part] = total
+            return sums.sum()
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        self._read = read
+        self._data = np.ones(PROBE_BYTES, np.uint8)
+        self._parts = 64 * threads
+        read(self._data, self._parts)  # compile, and fault the pages in
+
+    def rate(self) -> float:
+        best = float("inf")
+        for _ in range(PROBE_PASSES):
+            start = time.perf_counter()
+            self._read(self._data, self._parts)
+            best = min(best, time.perf_counter() - start)
+        return PROBE_BYTES / best / 1e9
 
 
 def command(tool: str, args) -> list[str]:
@@ -43,6 +96,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds for one bench run (default 3600)")
     ap.add_argument("--json", type=Path, help="write every figure here")
+    ap.add_argument("--no-probe", action="store_true", help="no memory read rate before and after each run")
     ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then the arguments both benches take")
     args = ap.parse_args()
     if args.bench_args[:1] == ["--"]:
@@ -56,13 +110,20 @@ def main() -> int:
 
     figures: dict[str, dict[str, list[float]]] = {}  # test -> tool -> tokens/s per round
     ratios: dict[str, list[float]] = {}
+    probe = None if args.no_probe else MemoryProbe(probe_threads(args.bench_args))
+    memory: dict[str, list[list[float]]] = {}  # tool -> [GB/s before, after] per round
     for round_ in range(1, args.rounds + 1):
         order = TOOLS if round_ % 2 else TOOLS[::-1]
         results = {}
         for tool in order:
+            before = probe.rate() if probe else None
             result = run_one(command(tool, args), args.timeout)
             if result is None:
                 return 1
+            if probe:
+                memory.setdefault(tool, []).append([before, probe.rate()])
+                print(f"round {round_} {tool}: memory read {before:.1f} GB/s before, {memory[tool][-1][1]:.1f} after",
+                      flush=True)
             result.pop("threading_layer", None)
             results[tool] = result
         for test in results["llmcli"]:
@@ -86,7 +147,8 @@ def main() -> int:
               f"| {test} | {mine:.2f} | - | - | - |")
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "bench_args": args.bench_args,
-                                         "llama_only": args.llama_only, "figures": figures, "ratios": ratios},
+                                         "llama_only": args.llama_only, "figures": figures, "ratios": ratios,
+                                         "memory_read_gbs": memory},
                                         indent=1))
     return 0
 
