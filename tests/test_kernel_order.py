@@ -120,35 +120,41 @@ def test_a_model_gives_the_same_logits_repacked_or_not(tmp_path):
     assert np.array_equal(results[0].view(np.uint32), results[1].view(np.uint32))
 
 
-def test_q4_k_experts_are_repacked_each_releasing_its_rows(tmp_path, int8_mode):
-    """A 3-D Q4_K expert stack (3 experts of 37 rows, 512 columns): each expert's Linear holds its
-    rows in the kernel's order and gives the stored rows' bits, and the mapped pages are given back
-    expert after expert, every row of the stack once, at its offset in the stack."""
-    from types import SimpleNamespace
-
+@pytest.mark.parametrize("type_name,repacked", [
+    ("Q4_K", lambda m: m.kernel_rows is not None and not m.wide_decode),
+    ("Q8_0", lambda m: m.panels is not None and m.wide_decode),  # as a Q8_0 layer matrix: float64 decode sums
+])
+def test_experts_are_repacked_as_layer_matrices_each_releasing_its_rows(tmp_path, int8_mode, type_name, repacked):
+    """A 3-D expert stack (3 experts of 37 rows, 512 columns) of a type layer matrices are repacked
+    in at load: each expert's Linear is repacked the same way and gives the bits its stored rows
+    give (decoded tokens), and the mapped pages are given back expert after expert, every row of
+    the stack once, at its offset in the stack."""
     from llmcli.gguf import GGUFReader, GGUFWriter
     from llmcli.models.transformer import Transformer
 
     n_rows, n_cols, n_expert = 37, 512, 3
-    raw = random_rows("Q4_K", n_rows * n_expert, n_cols, np.random.default_rng(5))
+    ggml_type = GGMLType[type_name]
+    raw = random_rows(type_name, n_rows * n_expert, n_cols, np.random.default_rng(5))
     path = tmp_path / "experts.gguf"
     w = GGUFWriter(path)
     w.add_string("general.architecture", "llama")
-    w.add_tensor_info("blk.0.ffn_up_exps.weight", (n_cols, n_rows, n_expert), GGMLType.Q4_K)
+    w.add_tensor_info("blk.0.ffn_up_exps.weight", (n_cols, n_rows, n_expert), ggml_type)
     with w.open():
         w.write_tensor_data("blk.0.ffn_up_exps.weight", raw)
     with GGUFReader(path) as reader:
         released = []
         reader.release_pages = lambda info, lo, hi: released.append((lo // info.row_bytes, hi // info.row_bytes))
-        model = SimpleNamespace(reader=reader, workspace=None)
-        model._releaser = lambda info: Transformer._releaser(model, info)
-        experts = Transformer._weight(model, reader.tensor("blk.0.ffn_up_exps.weight"), None)
+        model = Transformer.__new__(Transformer)  # only what _weight reads
+        model.reader, model.workspace = reader, None
+        experts = model._weight(reader.tensor("blk.0.ffn_up_exps.weight"), None)
         assert [e.expert for e in experts] == list(range(n_expert))
-        assert all(e.matrix.kernel_rows is not None for e in experts)
+        assert all(repacked(e.matrix) for e in experts)
         assert released[0][0] == 0 and released[-1][1] == n_rows * n_expert
         assert all(b == c for (_, b), (c, _) in zip(released, released[1:]))
         X = np.random.default_rng(6).standard_normal((3, n_cols)).astype(np.float32)
         for e, linear in enumerate(experts):
-            rows = QuantizedMatrix(raw[e * n_rows:(e + 1) * n_rows], GGMLType.Q4_K, n_cols)
-            assert rows.kernel_rows is None
-            assert np.array_equal(linear.decode(X, np.empty((3, n_rows), np.float32)), matvecs(rows, X))
+            rows = QuantizedMatrix(raw[e * n_rows:(e + 1) * n_rows], ggml_type, n_cols)
+            rows.wide_decode = linear.matrix.wide_decode
+            assert rows.kernel_rows is None and rows.panels is None
+            assert np.array_equal(linear.decode(X, np.empty((3, n_rows), np.float32), True),
+                                  matvecs(rows, X, decoding=True))

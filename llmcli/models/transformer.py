@@ -141,8 +141,8 @@ class Transformer:
         panels = copy and packs_panels(out.type)
         out_raw = r.tensor_copy(out) if copy and not panels else r.tensor_bytes(out)
         self.output = Linear(r, out, raw=out_raw, workspace=self.workspace)
-        if panels:
-            self._pack(self.output, out)
+        if panels:  # the panel kernel's own order: an output row's rounding goes no further
+            pack_panels(self.output.matrix, self._releaser(out))
         self.token_embd_raw = out_raw if out is embd else r.tensor_bytes(embd)
         # A tied matrix in panels: embeddings are looked up there (the map's pages, read-ahead
         # around each looked-up row, would come back into memory: ~120 MB over a few thousand tokens).
@@ -152,44 +152,39 @@ class Transformer:
 
     def _weight(self, info, bias):
         """1-D tensors become float32 vectors, matrices Linear views, 3-D expert stacks a list of
-        per-expert Linear views (expert e = rows [e * n_ff, (e + 1) * n_ff) of the raw view)."""
+        per-expert Linear views (expert e = rows [e * n_ff, (e + 1) * n_ff) of the raw view); each
+        matrix and each expert repacked as `_repacked` says."""
         if len(info.shape) == 1:
             return vector(self.reader, info)
         if len(info.shape) == 2:
-            linear = Linear(self.reader, info, bias, workspace=self.workspace)
-            # Repacked (Q4_0, IQ4_NL; Q5_0, Q8_0 in the rows' summation order: engine/panels.py) where
-            # the rows' pages can be given back (else --no-mmap / --mlock would hold both copies);
-            # the output matrix below is repacked either way, in place of its copy. Q5_0 / Q8_0
-            # decoded tokens sum in float64 either way (the same bits from panels or rows).
-            linear.matrix.wide_decode = packs_layer_panels(info.type) and info.type in WIDE_DECODE
-            if packs_layer_panels(info.type) and self.reader.releases_pages:
-                self._pack(linear, info, LAYER_PANEL_ORDER[info.type])
-            elif info.type in KERNEL_ORDER_TYPES and self.reader.releases_pages:
-                pack_kernel_order(linear.matrix, self._releaser(info))
-            return linear
-        n_rows_per_expert, n_expert = info.shape[1], info.shape[2]
-        experts = [Linear(self.reader, info, rows=(e * n_rows_per_expert, (e + 1) * n_rows_per_expert),
-                          workspace=self.workspace, expert=e)
-                   for e in range(n_expert)]
-        # Experts of a kernel-order type are repacked as the layer matrices are (a token reads 4-8
-        # of them a layer: Qwen1.5-MoE-A2.7B-shaped Q4_K_M, 1 thread, their mat-vecs ~21 GB/s in
-        # the stored order).
-        if info.type in KERNEL_ORDER_TYPES and self.reader.releases_pages:
-            release = self._releaser(info)
-            for e, linear in enumerate(experts):
-                first = e * n_rows_per_expert
-                pack_kernel_order(linear.matrix, lambda a, b, first=first: release(first + a, first + b))
-        return experts
+            return self._repacked(Linear(self.reader, info, bias, workspace=self.workspace), info)
+        n, n_expert = info.shape[1], info.shape[2]  # rows per expert
+        return [self._repacked(Linear(self.reader, info, rows=(e * n, (e + 1) * n), workspace=self.workspace,
+                                      expert=e), info, e * n)
+                for e in range(n_expert)]
 
-    def _pack(self, linear: Linear, info, row_order: bool = False) -> None:
-        """Repack a matrix's rows into panels (engine/panels.py: its mat-vecs and prompt GEMMs then
-        read only the panels; row_order: in the row mat-vec's summation order), releasing the
-        mapped pages of the rows packed as it goes."""
-        pack_panels(linear.matrix, self._releaser(info), row_order)
+    def _repacked(self, linear: Linear, info, first_row: int = 0) -> Linear:
+        """A layer matrix, or one expert (its rows from first_row of the stack), repacked at load
+        where its rows' pages can be given back (else --no-mmap / --mlock would hold both copies):
+        Q4_0, IQ4_NL into panels, Q5_0, Q8_0 into panels in the rows' summation order
+        (engine/panels.py), Q4_K into the mat-vec's order. Q5_0 / Q8_0 decoded tokens sum in
+        float64 either way (the same bits from panels or rows). Experts as layer matrices: a MoE
+        token reads 4-8 of them a layer (Qwen1.5-MoE-A2.7B-shaped Q4_K_M, 1 thread: its Q8_0 /
+        Q5_0 ffn_down experts 146 -> 111 us each, its Q4_K ones ~21 GB/s in the stored order)."""
+        linear.matrix.wide_decode = packs_layer_panels(info.type) and info.type in WIDE_DECODE
+        if self.reader.releases_pages:
+            release = self._releaser(info, first_row)
+            if packs_layer_panels(info.type):
+                pack_panels(linear.matrix, release, LAYER_PANEL_ORDER[info.type])
+            elif info.type in KERNEL_ORDER_TYPES:
+                pack_kernel_order(linear.matrix, release)
+        return linear
 
-    def _releaser(self, info):
-        """release(first_row, end_row): give back the mapped pages of a matrix's rows once repacked."""
-        return lambda a, b: self.reader.release_pages(info, a * info.row_bytes, b * info.row_bytes)
+    def _releaser(self, info, first_row: int = 0):
+        """release(first, end): give back the mapped pages of rows first_row + first .. first_row
+        + end - 1 of a matrix (of the expert stack: an expert's) once repacked."""
+        return lambda a, b: self.reader.release_pages(info, (first_row + a) * info.row_bytes,
+                                                      (first_row + b) * info.row_bytes)
 
     def _check_embedding_type(self, embd) -> None:
         try:
