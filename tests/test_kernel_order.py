@@ -125,10 +125,10 @@ def test_a_model_gives_the_same_logits_repacked_or_not(tmp_path):
     ("Q8_0", lambda m: m.panels is not None and m.wide_decode),  # as a Q8_0 layer matrix: float64 decode sums
 ])
 def test_experts_are_repacked_as_layer_matrices_each_releasing_its_rows(tmp_path, int8_mode, type_name, repacked):
-    """A 3-D expert stack (3 experts of 37 rows, 512 columns) of a type layer matrices are repacked
-    in at load: each expert's Linear is repacked the same way and gives the bits its stored rows
-    give (decoded tokens), and the mapped pages are given back expert after expert, every row of
-    the stack once, at its offset in the stack."""
+    """A 3-D expert stack (3 experts of 37 rows, 512 columns) of a type whose layer matrices are
+    repacked at load: each expert's Linear is repacked the same way and gives the bits its stored
+    rows give (decoded tokens), and the mapped pages are given back expert after expert, every row
+    of the stack once, at its offset in the stack."""
     from llmcli.gguf import GGUFReader, GGUFWriter
     from llmcli.models.transformer import Transformer
 
