@@ -48,7 +48,9 @@ def probe_threads(bench_args: list[str]) -> int:
 class MemoryProbe:
     """GB/s of a parallel read of PROBE_BYTES (best of PROBE_PASSES): the memory's state now. It
     loads one byte of every 64-byte line, which moves every line from memory, as a stream of weights
-    does, without the arithmetic of a full sum."""
+    does, without the arithmetic of a full sum. The array exists only while a probe runs: held
+    between probes, its 512 MiB would be missing to the benches (llmcli plans its memory by what
+    is available)."""
 
     def __init__(self, threads: int):
         import numba
@@ -67,15 +69,17 @@ class MemoryProbe:
 
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         self._read = read
-        self._data = np.ones(PROBE_BYTES, np.uint8)
         self._parts = 64 * threads
-        read(self._data, self._parts)  # compile, and fault the pages in
+        read(np.ones(self._parts * 64, np.uint8), self._parts)  # compile
 
     def rate(self) -> float:
+        import numpy as np
+
+        data = np.ones(PROBE_BYTES, np.uint8)  # written whole: its pages are in before the passes
         best = float("inf")
         for _ in range(PROBE_PASSES):
             start = time.perf_counter()
-            self._read(self._data, self._parts)
+            self._read(data, self._parts)
             best = min(best, time.perf_counter() - start)
         return PROBE_BYTES / best / 1e9
 
