@@ -92,6 +92,16 @@ class Linear:
         for a matrix marked `row_exact`)."""
         return not self.row_exact and n_rows >= mm.gemm_min_tokens(self.type, self.gemm)
 
+    @staticmethod
+    def decode_experts(experts: list["Linear"], x: np.ndarray, out: np.ndarray, decoding: bool = False) -> np.ndarray:
+        """out[i] = experts[i] applied to x[i], each row the bits `decode` gives it, in one call
+        for all of them (matmul.expert_matvecs)."""
+        mm.expert_matvecs([e.matrix for e in experts], x, out, decoding)
+        for i, e in enumerate(experts):
+            if e.bias is not None:
+                out[i] += e.bias
+        return out
+
     def decode(self, x: np.ndarray, out: np.ndarray, decoding: bool = False) -> np.ndarray:
         """x: float32 (B, n_in) -> out (B, n_out) with mat-vec arithmetic for every row, whatever B
         (batched decode: row b equals what one row alone gives). decoding: the rows are decoded

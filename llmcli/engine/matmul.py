@@ -3,6 +3,7 @@
     W = QuantizedMatrix(reader.tensor_bytes(name), GGMLType.Q4_K, n_cols)
     matvec(W, x, out)          # out (n_rows,)           = W @ x            token generation
     matvecs(W, X, out)         # out (B, n_rows)         = X @ W.T          B sequences, a token each
+    expert_matvecs([W...], X, out)  # out[i] = W_i @ X[i]                  a MoE token's experts
     matmul(W, X, out, ws)      # out (n_tokens, n_rows)  = X @ W.T          prompt processing
     matmul_segments(W, X, out, bounds, ws)   # matmul per row range, weight tiles decoded once
     dequantize_rows(W, a, b)   # float32 rows a..b-1 (embedding lookup)
@@ -42,11 +43,12 @@ import numpy as np
 from ..errors import BadInputError, UnsupportedError
 from ..gguf.constants import TYPE_INFO, GGMLType
 from .kernels import FORMATS, gemm_int8, gemm_nt, gemm_panels, pack_panels
-from .kernels.int8_kquants import matvec_q4_k_kernel_order, matvec_q4_k_kernel_order_serial
+from .kernels.int8_kquants import (expert_matvecs_q4_k_kernel_order, expert_matvecs_q4_k_kernel_order_serial,
+                                   matvec_q4_k_kernel_order, matvec_q4_k_kernel_order_serial)
 from .kernels.panel_int8 import PANEL_KINDS, WIDE_ROW_LAYOUT, rows_wide, rows_wide_serial
 
-__all__ = ["QuantizedMatrix", "Workspace", "matvec", "matvecs", "matmul", "matmul_segments", "gemm_min_tokens",
-           "has_int8_kernel", "dequantize_rows",
+__all__ = ["QuantizedMatrix", "Workspace", "matvec", "matvecs", "expert_matvecs", "matmul", "matmul_segments",
+           "gemm_min_tokens", "has_int8_kernel", "dequantize_rows",
            "set_threads", "get_threads", "default_threads", "supported_types", "set_activations", "get_activations"]
 
 # Mat-vecs over fewer weight bytes run on the calling thread: entering numba's thread pool costs
@@ -246,6 +248,30 @@ def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None, de
     elif W.n_rows and X.shape[0]:
         kernel, weights = _matvec_kernel(W, X.shape[0])
         kernel(weights, X, out)
+    return out
+
+
+def expert_matvecs(Ws: list[QuantizedMatrix], X: np.ndarray, out: np.ndarray, decoding: bool = False) -> np.ndarray:
+    """out[i] = Ws[i] @ X[i] for same-shaped matrices (a MoE token's experts: row i of X the input
+    of expert i), each row the bits `matvecs(Ws[i], X[i:i + 1], ..., decoding)` gives it. Experts
+    repacked at load (Q4_K in the kernel's order, panels) run in one call, every expert's rows in
+    one parallel region; other types one `matvecs` each."""
+    if not Ws or len(Ws) != len(X) or any(W.shape != Ws[0].shape for W in Ws):
+        raise BadInputError(f"{len(X)} activation rows for {len(Ws)} matrices of shapes "
+                            f"{sorted({W.shape for W in Ws})}: expected one row per matrix, all of one shape")
+    X = _activations(Ws[0], X, 2, "X")
+    out = _output(out, (X.shape[0], Ws[0].n_rows))
+    if all(_uses_panels(W) for W in Ws):
+        wides = {decoding and W.wide_decode for W in Ws}  # as `matvecs` decides it per matrix
+        if len(wides) == 1 and Ws[0].panels.expert_matvecs([W.panels for W in Ws], X, out, wides.pop()):
+            return out
+    elif _activations_mode == "int8" and all(W.kernel_rows is not None for W in Ws):
+        serial = _serial(Ws[0], len(Ws))  # as much work as one expert's mat-vec of len(Ws) columns
+        kernel = expert_matvecs_q4_k_kernel_order_serial if serial else expert_matvecs_q4_k_kernel_order
+        kernel(tuple(W.kernel_rows for W in Ws), X, out)
+        return out
+    for i, W in enumerate(Ws):
+        matvecs(W, X[i:i + 1], out[i:i + 1], decoding)
     return out
 
 

@@ -29,7 +29,8 @@ import numpy as np
 from ..errors import UnsupportedError
 from ..gguf.constants import GGMLType
 from .kernels.int8_kquants import Q4_K_KERNEL_ORDER_BYTES, q4_k_kernel_order
-from .kernels.panel_int8 import CODE_BYTES, CODE_VALUES, KERNELS, PANEL_KINDS, ROWS_PER_PANEL, rows_panels
+from .kernels.panel_int8 import (CODE_BYTES, CODE_VALUES, KERNELS, PANEL_KINDS, ROWS_PER_PANEL, PanelKernels,
+                                 rows_panels)
 
 __all__ = ["KERNEL_ORDER_TYPES", "LAYER_PANEL_ORDER", "WIDE_DECODE", "PanelMatrix", "pack_kernel_order", "pack_panels",
            "packs_layer_panels", "packs_panels"]
@@ -76,6 +77,13 @@ def packs_panels(ggml_type: GGMLType) -> bool:
     return GGMLType(ggml_type) in PANEL_KINDS
 
 
+def _kernel(kernels: PanelKernels, name: str, n_bytes: int) -> Callable:
+    """The PanelKernels field `name`, or its serial twin for a product over fewer than
+    SERIAL_PANEL_BYTES (weight bytes times columns) or on one thread."""
+    serial = n_bytes < SERIAL_PANEL_BYTES or numba.get_num_threads() == 1
+    return getattr(kernels, f"{name}_serial" if serial else name)
+
+
 class PanelMatrix:
     """A Q8_0/Q4_0/Q5_0/IQ4_NL (n_rows, n_cols) matrix as 16-row VNNI panels: codes (P, n_cols * 16)
     uint8 for Q8_0, (P, n_cols * 8) for the 4-bit types, (P, n_cols * 10) for Q5_0, and scales
@@ -115,17 +123,31 @@ class PanelMatrix:
         """out[t, r] = row r . X[t] for X float32 (B, n_cols), out float32 (B, n_rows), both
         contiguous (checked by matmul): column t's bits do not depend on B or the thread count.
         wide: each row's sum in float64 (a row-order matrix's decoded tokens, WIDE_DECODE)."""
-        serial = self.nbytes * X.shape[0] < SERIAL_PANEL_BYTES or numba.get_num_threads() == 1
         tail = np.empty((X.shape[0], ROWS_PER_PANEL), np.float32)
-        kernels = KERNELS[self.kind]
-        if wide:
-            kernel = kernels.wide_serial if serial else kernels.wide
-        elif self.row_order:
-            kernel = kernels.row_order_serial if serial else kernels.row_order
-        else:
-            kernel = kernels.matvecs_serial if serial else kernels.matvecs
-        kernel(self.codes, self.scales, X, out, tail)
+        _kernel(KERNELS[self.kind], self.kernel_name(wide), self.nbytes * X.shape[0])(self.codes, self.scales, X,
+                                                                                      out, tail)
         return out
+
+    def kernel_name(self, wide: bool) -> str:
+        """The PanelKernels field `matvecs` runs with this `wide`."""
+        return "wide" if wide else "row_order" if self.row_order else "matvecs"
+
+    @staticmethod
+    def expert_matvecs(matrices: list["PanelMatrix"], X: np.ndarray, out: np.ndarray, wide: bool) -> bool:
+        """out[i] = matrices[i] . X[i] (same kind and shape; a MoE token's experts) in one call,
+        each pair the bits `matvecs(X[i:i + 1], ..., wide)` gives it, when the kind's `experts`
+        kernel is that arithmetic (float64 sums for WIDE_DECODE types, the plain panel order
+        for the others); False, nothing done, when it is not."""
+        first = matrices[0]
+        kernels = KERNELS[first.kind]
+        expected = "wide" if kernels.wide is not None else "matvecs"
+        if any(m.kind != first.kind or m.codes.shape != first.codes.shape or m.kernel_name(wide) != expected
+               for m in matrices):
+            return False
+        tail = np.empty((len(matrices), ROWS_PER_PANEL), np.float32)
+        _kernel(kernels, "experts", first.nbytes * len(matrices))(tuple(m.codes for m in matrices),
+                                                                  tuple(m.scales for m in matrices), X, out, tail)
+        return True
 
     def decode_tile(self, r0: int, codes: np.ndarray, scales: np.ndarray) -> None:
         """Rows r0 .. r0 + 16 P - 1 (r0 a multiple of 16) as the integer GEMM's decoded tile

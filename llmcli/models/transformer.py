@@ -736,14 +736,10 @@ class Transformer:
         if hp.expert_weights_scale not in (0.0, 1.0):
             weights *= np.float32(hp.expert_weights_scale)
         out[:] = 0.0
-        gates = getattr(blk, "ffn_gate_exps", None)
-        for e in np.unique(top):
-            rows, slot = np.nonzero(top == e)
-            xe = np.ascontiguousarray(h[rows])
-            ye = np.empty((len(rows), hp.n_embd), np.float32)
-            self._dense_ffn(gates[e] if gates else None, blk.ffn_up_exps[e], blk.ffn_down_exps[e], xe, ye,
-                            [part.kept(len(rows))])
-            out[rows] += weights[rows, slot][:, None] * ye
+        if n == 1 and hasattr(blk, "ffn_gate_exps") and self.observer is None:
+            self._token_experts(blk, h, out, top[0], weights[0], part.decode)
+        else:
+            self._experts_by_rows(blk, h, out, top, weights, part)
         if hasattr(blk, "ffn_up_shexp"):
             shared = np.empty_like(out)
             self._dense_ffn(getattr(blk, "ffn_gate_shexp", None), blk.ffn_up_shexp, blk.ffn_down_shexp, h, shared,
@@ -754,6 +750,38 @@ class Transformer:
                     if isinstance(gate_inp, Linear) else (h @ gate_inp)[:, None]
                 shared *= (1.0 / (1.0 + np.exp(-g))).astype(np.float32)
             out += shared
+
+    def _token_experts(self, blk, h: np.ndarray, out: np.ndarray, experts: np.ndarray, weights: np.ndarray,
+                       decoding: bool) -> None:
+        """out += the weighted outputs of one token's k experts, added in ascending expert id as
+        `_experts_by_rows` adds them (the same bits), each projection one call for all k experts
+        (matmul.expert_matvecs: one parallel region, not one per expert; Qwen1.5-MoE-shaped
+        Q4_K_M, 2 threads, a layer's four gate experts 167-210 -> 128-152 us)."""
+        order = np.argsort(experts)
+        ids = experts[order]
+        x = np.repeat(h, len(ids), axis=0)
+        width = blk.ffn_gate_exps[0].n_out
+        gate, up = np.empty((len(ids), width), np.float32), np.empty((len(ids), width), np.float32)
+        Linear.decode_experts([blk.ffn_gate_exps[e] for e in ids], x, gate, decoding)
+        Linear.decode_experts([blk.ffn_up_exps[e] for e in ids], x, up, decoding)
+        ops.ACTIVATIONS[self.spec.activation](gate, up, gate)
+        down = np.empty((len(ids), out.shape[1]), np.float32)
+        Linear.decode_experts([blk.ffn_down_exps[e] for e in ids], gate, down, decoding)
+        for i, slot in enumerate(order):
+            out[0] += weights[slot] * down[i]
+
+    def _experts_by_rows(self, blk, h: np.ndarray, out: np.ndarray, top: np.ndarray, weights: np.ndarray,
+                         part: "_Part") -> None:
+        """out += each row's weighted expert outputs (top, weights (n, k)), expert by expert in
+        ascending id, each over the rows that chose it."""
+        gates = getattr(blk, "ffn_gate_exps", None)
+        for e in np.unique(top):
+            rows, slot = np.nonzero(top == e)
+            xe = np.ascontiguousarray(h[rows])
+            ye = np.empty((len(rows), out.shape[1]), np.float32)
+            self._dense_ffn(gates[e] if gates else None, blk.ffn_up_exps[e], blk.ffn_down_exps[e], xe, ye,
+                            [part.kept(len(rows))])
+            out[rows] += weights[rows, slot][:, None] * ye
 
 
 class _Part:

@@ -549,6 +549,57 @@ def matvecs_q5_0_wide(codes, scales, X, out, tail):
     _panel_matvecs(codes, scales, X, out, tail, "q5_0", True)
 
 
+@njit(inline="always")
+def _panel_expert_matvecs(codes, scales, X, out, tail, kind, wide):
+    """out[i] = matrix i . X[i] for a tuple of same-shaped matrices in panels (codes[i],
+    scales[i]: a MoE token's experts), X float32 (k, K), out float32 (k, n_rows), tail (k, 16):
+    each pair as `_panel_matvecs` computes it alone (one column: the same bits), every matrix's
+    panels in one parallel region, so the threads share the experts' rows between them (a region
+    per expert left each thread a few hundred kilobytes to stream and a join to wait at)."""
+    n_e, n = X.shape
+    n_rows = out.shape[1]
+    n_blocks = n // BLOCK
+    xq, xd, xinit = _activations(X, kind)
+    n_panels = codes[0].shape[0]
+    full = n_rows // ROWS_PER_PANEL
+    n_items = (n_panels + PANELS_PER_ITEM - 1) // PANELS_PER_ITEM
+    for task in prange(n_e * n_items):
+        i, item = task // n_items, task % n_items
+        expert_codes, expert_scales = codes[i], scales[i]
+        for p in range(item * PANELS_PER_ITEM, min(n_panels, (item + 1) * PANELS_PER_ITEM)):
+            if p < full:
+                _columns_micro(xq, xd, xinit, i, 1, expert_codes, expert_scales, p, out, ROWS_PER_PANEL * p, n_blocks,
+                               kind, wide)
+            else:
+                _columns_micro(xq, xd, xinit, i, 1, expert_codes, expert_scales, p, tail, 0, n_blocks, kind, wide)
+    if full < n_panels:
+        for i in range(n_e):
+            for j in range(n_rows - ROWS_PER_PANEL * full):
+                out[i, ROWS_PER_PANEL * full + j] = tail[i, j]
+
+
+# Decoded tokens of several experts (a layer matrix's decode arithmetic: float64 sums where the type
+# has them, WIDE_DECODE in engine/panels.py).
+@njit(parallel=True, cache=True, nogil=True)
+def expert_matvecs_q8_0_wide(codes, scales, X, out, tail):
+    _panel_expert_matvecs(codes, scales, X, out, tail, "q8_0", True)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def expert_matvecs_q5_0_wide(codes, scales, X, out, tail):
+    _panel_expert_matvecs(codes, scales, X, out, tail, "q5_0", True)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def expert_matvecs_q4_0_panels(codes, scales, X, out, tail):
+    _panel_expert_matvecs(codes, scales, X, out, tail, "q4_0", False)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def expert_matvecs_iq4_nl_panels(codes, scales, X, out, tail):
+    _panel_expert_matvecs(codes, scales, X, out, tail, "iq4_nl", False)
+
+
 @intrinsic
 def expand_panel(typingctx, src, p_src, dst, p_dst, n_blocks, kind):
     """Panel p_dst of `dst` (P, K * 16) uint8 = panel p_src of the packed `src` with every code as
@@ -682,7 +733,9 @@ def _nibble_packer(kind):
 class PanelKernels(NamedTuple):
     """A packed type's kernels: `pack`(blocks, r0, codes, scales); the mat-vecs (codes, scales, X,
     out, tail) and their serial twin; the same in row order and in float64 sums (None: not offered
-    for the type); `decode`, the integer GEMM's tile from the panels."""
+    for the type); `decode`, the integer GEMM's tile from the panels; `experts` and its twin, the
+    decoded tokens of several matrices at once (`_panel_expert_matvecs`, in float64 sums where
+    the type has them, as a layer matrix decodes)."""
 
     pack: Callable
     matvecs: Callable
@@ -692,22 +745,27 @@ class PanelKernels(NamedTuple):
     wide: Callable | None
     wide_serial: Callable | None
     decode: Callable
+    experts: Callable  # (codes tuple, scales tuple, X, out, tail): several matrices' decoded tokens
+    experts_serial: Callable
 
 
-def _kernels(pack, matvecs, decode, row_order=None, wide=None):
+def _kernels(pack, matvecs, decode, experts, row_order=None, wide=None):
     """PanelKernels with the serial twins made: entering numba's thread pool costs more than a
     small matrix's product (common.serial_twin)."""
     def twin(kernel):
         return serial_twin(kernel) if kernel is not None else None
-    return PanelKernels(pack, matvecs, twin(matvecs), row_order, twin(row_order), wide, twin(wide), decode)
+    return PanelKernels(pack, matvecs, twin(matvecs), row_order, twin(row_order), wide, twin(wide), decode, experts,
+                        twin(experts))
 
 
 KERNELS = {
-    "q8_0": _kernels(pack_q8_0, matvecs_q8_0_panels, decode_q8_0_panels, matvecs_q8_0_lanes, matvecs_q8_0_wide),
-    "q4_0": _kernels(_nibble_packer("q4_0"), matvecs_q4_0_panels, decode_q4_0_panels),
-    "q5_0": _kernels(_nibble_packer("q5_0"), matvecs_q5_0_panels, decode_q5_0_panels, matvecs_q5_0_lanes,
-                     matvecs_q5_0_wide),
-    "iq4_nl": _kernels(_nibble_packer("iq4_nl"), matvecs_iq4_nl_panels, decode_iq4_nl_panels),
+    "q8_0": _kernels(pack_q8_0, matvecs_q8_0_panels, decode_q8_0_panels, expert_matvecs_q8_0_wide,
+                     matvecs_q8_0_lanes, matvecs_q8_0_wide),
+    "q4_0": _kernels(_nibble_packer("q4_0"), matvecs_q4_0_panels, decode_q4_0_panels, expert_matvecs_q4_0_panels),
+    "q5_0": _kernels(_nibble_packer("q5_0"), matvecs_q5_0_panels, decode_q5_0_panels, expert_matvecs_q5_0_wide,
+                     matvecs_q5_0_lanes, matvecs_q5_0_wide),
+    "iq4_nl": _kernels(_nibble_packer("iq4_nl"), matvecs_iq4_nl_panels, decode_iq4_nl_panels,
+                       expert_matvecs_iq4_nl_panels),
 }
 rows_wide_serial = serial_twin(rows_wide)
 # `rows_wide`'s (qs_at, qh_at) per kind: Q8_0's int8 codes follow its fp16 d (simd.py's diagrams).
