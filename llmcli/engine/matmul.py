@@ -251,7 +251,8 @@ def matvecs(W: QuantizedMatrix, X: np.ndarray, out: np.ndarray | None = None, de
     return out
 
 
-def expert_matvecs(Ws: list[QuantizedMatrix], X: np.ndarray, out: np.ndarray, decoding: bool = False) -> np.ndarray:
+def expert_matvecs(Ws: list[QuantizedMatrix], X: np.ndarray, out: np.ndarray | None = None,
+                   decoding: bool = False) -> np.ndarray:
     """out[i] = Ws[i] @ X[i] for same-shaped matrices (a MoE token's experts: row i of X the input
     of expert i), each row the bits `matvecs(Ws[i], X[i:i + 1], ..., decoding)` gives it. Experts
     repacked at load (Q4_K in the kernel's order, panels) run in one call, every expert's rows in
