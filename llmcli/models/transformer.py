@@ -736,6 +736,8 @@ class Transformer:
         if hp.expert_weights_scale not in (0.0, 1.0):
             weights *= np.float32(hp.expert_weights_scale)
         out[:] = 0.0
+        # One token: its experts in one call per projection. An observer (imatrix) is shown each
+        # expert's input as the loop over experts projects it.
         if n == 1 and hasattr(blk, "ffn_gate_exps") and self.observer is None:
             self._token_experts(blk, h, out, top[0], weights[0], part.decode)
         else:
