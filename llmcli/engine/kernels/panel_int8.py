@@ -135,9 +135,11 @@ CODE_VALUES = {"q8_0": np.arange(-128, 128, dtype=np.float32), "q4_0": np.arange
 # The micro-kernel: one panel x up to 8 columns = 8 float accumulators + 8 int32 ones (+ the block's
 # codes and scales) of AVX-512's 32 registers. One panel at a time: the codes are one sequential
 # stream (two panels' streams 10 KB apart, 2 x 6 columns, ran B = 2..8 10-30 % slower).
+# Float64 sums take two accumulators a column, so 8 columns (16 + 8 int32 + the block's 8 codes)
+# spill a little, yet one pass beats two: a Q5_0 block is then decoded once, not twice (the demo's
+# 2048 x 640 Q5_0, 1 thread, cold, B = 7 / 8: 106 / 116 -> 97 / 109 us against at most 6 a pass;
+# Q8_0, with nothing to decode, alike either way).
 COLUMNS_PER_MICRO = 8
-# In float64 sums two accumulators a column: up to 6 columns (12 + 6 int32 + the block's 8 codes).
-WIDE_COLUMNS = 6
 # Independent vpdpbusd chains a block keeps in flight at least (a lone column's one accumulator is
 # split in this many; Zen 4: latency ~4 cycles, one zmm per cycle).
 MIN_CHAINS = 4
@@ -263,7 +265,7 @@ def _activation_quad(builder, xq_row, k, g):
 @intrinsic
 def panel_micro(typingctx, xq, xd, xinit, t0, n_t, codes, scales, p, out, col0, n_blocks, kind, wide):
     """out[t0 + i, col0 + l] = row 16 p + l . column t0 + i (the module docstring's sum over all
-    n_blocks blocks) for i < n_t (1..8; 1..WIDE_COLUMNS if wide), l < 16; n_t, kind (a PANEL_KINDS
+    n_blocks blocks) for i < n_t (1..8), l < 16; n_t, kind (a PANEL_KINDS
     value) and wide literals. wide: each row's sum in float64 (module docstring), else float32."""
     if not isinstance(n_t, types.IntegerLiteral) or not isinstance(kind, types.StringLiteral) \
             or not isinstance(wide, types.BooleanLiteral):
@@ -387,7 +389,7 @@ def _panel_matvecs(codes, scales, X, out, tail, kind, wide=False):
     xq, xd, xinit = _activations(X, kind)
     n_panels = codes.shape[0]
     full = n_rows // ROWS_PER_PANEL  # panels whose 16 rows are all real
-    group = column_group(n_t, WIDE_COLUMNS if wide else COLUMNS_PER_MICRO)
+    group = column_group(n_t, COLUMNS_PER_MICRO)
     for item in prange((n_panels + PANELS_PER_ITEM - 1) // PANELS_PER_ITEM):
         for p in range(item * PANELS_PER_ITEM, min(n_panels, (item + 1) * PANELS_PER_ITEM)):
             for t0 in range(0, n_t, group):
