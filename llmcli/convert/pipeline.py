@@ -130,7 +130,8 @@ FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 _ROWS_PER_CHUNK_BYTES = 16 * 1024 * 1024  # float32 bytes per slice: keeps temporaries small
 # Slices being read while one is encoded (`encode_by_rows`): the reads are exactly their bytes (no
 # kernel readahead, checkpoint.SourceTensor), so two in flight keep the disk busy. Qwen1.5-MoE-shaped
-# bf16 -> f16, page cache dropped: one 61.1 s, two 54.5 s, three 53.3 s.
+# bf16 -> f16, page cache dropped, before the float16 encoder vectorised: one 61.1 s, two 54.5 s,
+# three 53.3 s (with it, two: 46.9-49.9 s).
 READ_AHEAD_SLICES = 2
 
 
@@ -150,8 +151,8 @@ def encode_by_rows(t: OutputTensor, ggml_type: GGMLType) -> Iterator[np.ndarray]
     """Encode a tensor slice by slice of its rows (`OutputTensor.load_rows`), yielding each slice's bytes:
     memory = 1 + READ_AHEAD_SLICES slices, whatever the tensor's size (a 152064 x 3584 embedding's
     f16 bytes are 1 GB). The next slices are read on other threads while this one is encoded and
-    written (file reads and numpy's widening release the GIL), so the second core takes the reading
-    and widening."""
+    written (file reads, numpy's widening and the encoders release the GIL), so the second core
+    takes the reading and widening."""
     n_rows, row_len = int(np.prod(t.shape[:-1], dtype=np.int64)), t.shape[-1]
     step = max(1, _ROWS_PER_CHUNK_BYTES // 2 // max(1, row_len * 4))
     slices = [(i, min(n_rows, i + step)) for i in range(0, n_rows, step)]
